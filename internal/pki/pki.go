@@ -1,0 +1,234 @@
+// Package pki holds the small amount of X.509 machinery meshfed's control plane
+// needs: creating a CA, signing certificate requests with a SPIFFE URI SAN, and
+// PEM encoding. Policy (who gets which identity, for how long) stays with the
+// callers in hub and trust.
+package pki
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"time"
+)
+
+// CA is a certificate authority: a self-signed certificate and its key.
+type CA struct {
+	Cert *x509.Certificate
+	Key  crypto.Signer
+}
+
+// NewCA creates a self-signed ECDSA P-256 CA for the given SPIFFE trust domain,
+// valid for ttl.
+func NewCA(trustDomain string, ttl time.Duration, now time.Time) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("pki: generate key: %w", err)
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	td := &url.URL{Scheme: "spiffe", Host: trustDomain}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "meshfed CA " + trustDomain, Organization: []string{"meshfed"}},
+		NotBefore:             now.Add(-time.Minute),
+		NotAfter:              now.Add(ttl),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		URIs:                  []*url.URL{td},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, fmt.Errorf("pki: self-sign: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("pki: parse CA: %w", err)
+	}
+	return &CA{Cert: cert, Key: key}, nil
+}
+
+// LeafOptions describe a leaf certificate to issue.
+type LeafOptions struct {
+	// SPIFFEID is the single URI SAN, e.g. spiffe://hub.meshfed/server/a.
+	SPIFFEID string
+	// DNSNames and IPs are added as SANs for server certificates.
+	DNSNames []string
+	IPs      []net.IP
+	TTL      time.Duration
+	Now      time.Time
+	// Server and Client select the extended key usages.
+	Server, Client bool
+}
+
+// Sign issues a leaf certificate for pub.
+func (ca *CA) Sign(pub crypto.PublicKey, opts LeafOptions) (*x509.Certificate, error) {
+	id, err := url.Parse(opts.SPIFFEID)
+	if err != nil || id.Scheme != "spiffe" || id.Host == "" {
+		return nil, fmt.Errorf("pki: invalid SPIFFE ID %q", opts.SPIFFEID)
+	}
+	if opts.TTL <= 0 {
+		return nil, errors.New("pki: TTL must be positive")
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	notAfter := opts.Now.Add(opts.TTL)
+	if notAfter.After(ca.Cert.NotAfter) {
+		notAfter = ca.Cert.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{Organization: []string{"meshfed"}},
+		NotBefore:             opts.Now.Add(-time.Minute),
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
+		BasicConstraintsValid: true,
+		URIs:                  []*url.URL{id},
+		DNSNames:              opts.DNSNames,
+		IPAddresses:           opts.IPs,
+	}
+	if opts.Server {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
+	}
+	if opts.Client {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("pki: sign: %w", err)
+	}
+	return x509.ParseCertificate(der)
+}
+
+// SignCSR checks the request's signature and issues a leaf for its key. The
+// identity comes from opts, never from the request's own subject or SANs.
+func (ca *CA) SignCSR(csrDER []byte, opts LeafOptions) (*x509.Certificate, error) {
+	csr, err := x509.ParseCertificateRequest(csrDER)
+	if err != nil {
+		return nil, fmt.Errorf("pki: parse CSR: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("pki: CSR signature: %w", err)
+	}
+	return ca.Sign(csr.PublicKey, opts)
+}
+
+// NewKey generates an ECDSA P-256 key.
+func NewKey() (*ecdsa.PrivateKey, error) {
+	return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+}
+
+// NewCSR creates a DER certificate request for key.
+func NewCSR(key crypto.Signer) ([]byte, error) {
+	return x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{Organization: []string{"meshfed"}}}, key)
+}
+
+// Fingerprint is the hex SHA-256 of a certificate's DER bytes.
+func Fingerprint(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// CertPEM encodes a certificate as PEM.
+func CertPEM(cert *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+}
+
+// KeyPEM encodes a private key as PKCS#8 PEM.
+func KeyPEM(key crypto.Signer) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("pki: marshal key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// ParseCertsPEM decodes every CERTIFICATE block in data; it fails if there is none.
+func ParseCertsPEM(data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("pki: parse certificate: %w", err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("pki: no CERTIFICATE block")
+	}
+	return certs, nil
+}
+
+// ParseKeyPEM decodes a PKCS#8 private key.
+func ParseKeyPEM(data []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("pki: no PEM block in key")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("pki: parse key: %w", err)
+	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, errors.New("pki: key is not a signer")
+	}
+	return s, nil
+}
+
+// ParseCA decodes a CA from PEM.
+func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
+	certs, err := ParseCertsPEM(certPEM)
+	if err != nil {
+		return nil, err
+	}
+	key, err := ParseKeyPEM(keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &CA{Cert: certs[0], Key: key}, nil
+}
+
+// SPIFFEID returns the single URI SAN of a certificate, or an error if it has
+// none or more than one.
+func SPIFFEID(cert *x509.Certificate) (*url.URL, error) {
+	if len(cert.URIs) != 1 {
+		return nil, fmt.Errorf("pki: certificate has %d URI SANs, want exactly 1", len(cert.URIs))
+	}
+	u := cert.URIs[0]
+	if u.Scheme != "spiffe" {
+		return nil, fmt.Errorf("pki: URI SAN %q is not a SPIFFE ID", u)
+	}
+	return u, nil
+}
+
+func newSerial() (*big.Int, error) {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, fmt.Errorf("pki: serial: %w", err)
+	}
+	return n, nil
+}
