@@ -1,0 +1,192 @@
+package hub
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/meshfed/meshfed/federation"
+)
+
+// Config is one hub server's configuration. Build it with DefaultConfig, set
+// fields, then New validates it.
+type Config struct {
+	// Name is this server's unique name: its Raft ID and memberlist node name.
+	Name string
+	// DataDir holds the Raft log, snapshots and admin.yaml.
+	DataDir string
+	// BindAddr is the IP every port binds to; it is also advertised.
+	BindAddr   string
+	GRPCPort   int
+	RaftPort   int
+	GossipPort int
+	HTTPPort   int
+	// BootstrapExpect is the number of servers to wait for before the first
+	// election. 0 means join an existing cluster only.
+	BootstrapExpect int
+	// Join lists host:gossip-port addresses of other servers to join.
+	Join []string
+	// EncryptKey authenticates and encrypts Raft and gossip traffic between
+	// servers; base64 of 32 random bytes (meshfed hub keygen). Empty disables
+	// it, with a loud warning.
+	EncryptKey string
+	// TrustDomain is the hub's own SPIFFE trust domain (control-plane identities).
+	TrustDomain string
+
+	// TokenTTL is the default join token lifetime; MaxTokenTTL bounds requests.
+	TokenTTL    time.Duration
+	MaxTokenTTL time.Duration
+	// AgentCertTTL is the lifetime of the client certificate issued at join.
+	AgentCertTTL time.Duration
+	// DeadServerGrace is how long a failed server stays in the Raft
+	// configuration before the leader removes it (autopilot).
+	DeadServerGrace time.Duration
+	// ConsistentReadTimeout bounds how long a server waits to catch up to the
+	// leader's commit index before answering Unavailable.
+	ConsistentReadTimeout time.Duration
+	// ApplyTimeout bounds one Raft write.
+	ApplyTimeout time.Duration
+
+	// Raft timing and log compaction.
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	SnapshotInterval   time.Duration
+	SnapshotThreshold  uint64
+	TrailingLogs       uint64
+
+	// GossipProfile is "lan" (memberlist LAN defaults) or "local" (loopback,
+	// faster failure detection).
+	GossipProfile string
+}
+
+// DefaultConfig returns a configuration with every tunable set.
+func DefaultConfig() Config {
+	return Config{
+		BindAddr:              "127.0.0.1",
+		GRPCPort:              7400,
+		RaftPort:              7401,
+		GossipPort:            7402,
+		HTTPPort:              7403,
+		TrustDomain:           "hub.meshfed",
+		TokenTTL:              15 * time.Minute,
+		MaxTokenTTL:           24 * time.Hour,
+		AgentCertTTL:          30 * 24 * time.Hour,
+		DeadServerGrace:       30 * time.Second,
+		ConsistentReadTimeout: 2 * time.Second,
+		ApplyTimeout:          10 * time.Second,
+		HeartbeatTimeout:      1000 * time.Millisecond,
+		ElectionTimeout:       1000 * time.Millisecond,
+		LeaderLeaseTimeout:    500 * time.Millisecond,
+		SnapshotInterval:      2 * time.Minute,
+		SnapshotThreshold:     8192,
+		TrailingLogs:          10240,
+		GossipProfile:         "lan",
+	}
+}
+
+// Limits on hub inputs.
+const (
+	MaxServers = 7
+	MaxJoin    = 16
+)
+
+// Validate reports every problem at once, each naming the field and bound.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("hub: config %s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if _, err := federation.ParseClusterName(c.Name); err != nil {
+		bad("name", "%q must be a lowercase DNS label of at most 63 characters", c.Name)
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "required")
+	}
+	if ip := net.ParseIP(c.BindAddr); ip == nil {
+		bad("bind", "%q is not an IP address", c.BindAddr)
+	} else if ip.IsUnspecified() {
+		bad("bind", "%q: bind to a specific address; it is also advertised to peers", c.BindAddr)
+	}
+	ports := map[int]string{}
+	for _, p := range []struct {
+		field string
+		v     int
+	}{{"grpc_port", c.GRPCPort}, {"raft_port", c.RaftPort}, {"gossip_port", c.GossipPort}, {"http_port", c.HTTPPort}} {
+		if p.v < 1 || p.v > 65535 {
+			bad(p.field, "%d must be in 1..65535", p.v)
+			continue
+		}
+		if other, dup := ports[p.v]; dup {
+			bad(p.field, "%d is also %s", p.v, other)
+		}
+		ports[p.v] = p.field
+	}
+	if c.BootstrapExpect < 0 || c.BootstrapExpect > MaxServers {
+		bad("bootstrap_expect", "%d must be in 0..%d", c.BootstrapExpect, MaxServers)
+	}
+	if c.BootstrapExpect == 0 && len(c.Join) == 0 {
+		bad("join", "required when bootstrap_expect is 0 (nothing to join)")
+	}
+	if len(c.Join) > MaxJoin {
+		bad("join", "%d addresses, at most %d", len(c.Join), MaxJoin)
+	}
+	for i, j := range c.Join {
+		if _, _, err := net.SplitHostPort(j); err != nil {
+			bad(fmt.Sprintf("join[%d]", i), "%q must be host:port", j)
+		}
+	}
+	if c.EncryptKey != "" {
+		if _, err := DecodeEncryptKey(c.EncryptKey); err != nil {
+			bad("encrypt_key", "%v", err)
+		}
+	}
+	if _, err := federation.ParseTrustDomain(c.TrustDomain); err != nil {
+		bad("trust_domain", "%v", err)
+	}
+	positive := []struct {
+		field string
+		v     time.Duration
+	}{
+		{"token_ttl", c.TokenTTL}, {"max_token_ttl", c.MaxTokenTTL}, {"agent_cert_ttl", c.AgentCertTTL},
+		{"dead_server_grace", c.DeadServerGrace}, {"consistent_read_timeout", c.ConsistentReadTimeout},
+		{"apply_timeout", c.ApplyTimeout}, {"heartbeat_timeout", c.HeartbeatTimeout},
+		{"election_timeout", c.ElectionTimeout}, {"leader_lease_timeout", c.LeaderLeaseTimeout},
+		{"snapshot_interval", c.SnapshotInterval},
+	}
+	for _, p := range positive {
+		if p.v <= 0 {
+			bad(p.field, "%v must be positive", p.v)
+		}
+	}
+	if c.TokenTTL > c.MaxTokenTTL {
+		bad("token_ttl", "%v exceeds max_token_ttl %v", c.TokenTTL, c.MaxTokenTTL)
+	}
+	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
+		bad("leader_lease_timeout", "%v must not exceed heartbeat_timeout %v", c.LeaderLeaseTimeout, c.HeartbeatTimeout)
+	}
+	if c.SnapshotThreshold == 0 {
+		bad("snapshot_threshold", "must be positive")
+	}
+	if c.GossipProfile != "lan" && c.GossipProfile != "local" {
+		bad("gossip_profile", "%q must be lan or local", c.GossipProfile)
+	}
+	return errors.Join(errs...)
+}
+
+// EncryptKeySize is the size of the shared server key in bytes.
+const EncryptKeySize = 32
+
+// DecodeEncryptKey decodes a base64 shared key.
+func DecodeEncryptKey(s string) ([]byte, error) {
+	k, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, fmt.Errorf("not base64: %w", err)
+	}
+	if len(k) != EncryptKeySize {
+		return nil, fmt.Errorf("%d bytes, want %d (use meshfed hub keygen)", len(k), EncryptKeySize)
+	}
+	return k, nil
+}

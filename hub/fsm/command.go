@@ -1,0 +1,116 @@
+// Package fsm is the hub's Raft finite state machine: the numbered command
+// protocol, deterministic Apply over the state store, and snapshots.
+//
+// Commands are a persisted protocol. Each is one MessageType byte followed by
+// a protobuf payload from hub/internal/hubpb. Numbers are explicit and
+// append-only: never renumber, never reuse. A type with IgnoreUnknownFlag set
+// may be skipped by an older server that does not know it; any other unknown
+// type stops the server (panic), because applying the log without it would
+// diverge.
+package fsm
+
+import (
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshfed/meshfed/hub/internal/hubpb"
+)
+
+// MessageType identifies a Raft command.
+type MessageType uint8
+
+// Command types. Append only.
+const (
+	SetCAType          MessageType = 0
+	CreateTokenType    MessageType = 1
+	RevokeTokenType    MessageType = 2
+	JoinType           MessageType = 3
+	RemoveClusterType  MessageType = 4
+	PublishExportsType MessageType = 5
+	PutBundleType      MessageType = 6
+	PutPolicyType      MessageType = 7
+	DeletePolicyType   MessageType = 8
+	ClusterStatusType  MessageType = 9
+)
+
+// IgnoreUnknownFlag marks a command an older server may skip.
+const IgnoreUnknownFlag MessageType = 128
+
+func (t MessageType) String() string {
+	switch t &^ IgnoreUnknownFlag {
+	case SetCAType:
+		return "SetCA"
+	case CreateTokenType:
+		return "CreateToken"
+	case RevokeTokenType:
+		return "RevokeToken"
+	case JoinType:
+		return "Join"
+	case RemoveClusterType:
+		return "RemoveCluster"
+	case PublishExportsType:
+		return "PublishExports"
+	case PutBundleType:
+		return "PutBundle"
+	case PutPolicyType:
+		return "PutPolicy"
+	case DeletePolicyType:
+		return "DeletePolicy"
+	case ClusterStatusType:
+		return "ClusterStatus"
+	}
+	return fmt.Sprintf("MessageType(%d)", uint8(t))
+}
+
+// Encode frames a command.
+func Encode(t MessageType, msg proto.Message) ([]byte, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
+	if err != nil {
+		return nil, fmt.Errorf("fsm: encode %s: %w", t, err)
+	}
+	return append([]byte{byte(t)}, b...), nil
+}
+
+// payloadFor returns an empty payload message for a known command type.
+func payloadFor(t MessageType) proto.Message {
+	switch t &^ IgnoreUnknownFlag {
+	case SetCAType:
+		return &hubpb.CmdSetCA{}
+	case CreateTokenType:
+		return &hubpb.CmdCreateToken{}
+	case RevokeTokenType:
+		return &hubpb.CmdRevokeToken{}
+	case JoinType:
+		return &hubpb.CmdJoin{}
+	case RemoveClusterType:
+		return &hubpb.CmdRemoveCluster{}
+	case PublishExportsType:
+		return &hubpb.CmdPublishExports{}
+	case PutBundleType:
+		return &hubpb.CmdPutBundle{}
+	case PutPolicyType:
+		return &hubpb.CmdPutPolicy{}
+	case DeletePolicyType:
+		return &hubpb.CmdDeletePolicy{}
+	case ClusterStatusType:
+		return &hubpb.CmdClusterStatus{}
+	}
+	return nil
+}
+
+// Decode parses a framed command. ok is false for an unknown type.
+func Decode(b []byte) (t MessageType, msg proto.Message, ok bool, err error) {
+	if len(b) == 0 {
+		return 0, nil, false, fmt.Errorf("fsm: empty command")
+	}
+	t = MessageType(b[0])
+	msg = payloadFor(t)
+	if msg == nil {
+		return t, nil, false, nil
+	}
+	if err := proto.Unmarshal(b[1:], msg); err != nil {
+		return t, nil, true, fmt.Errorf("fsm: decode %s: %w", t, err)
+	}
+	return t, msg, true, nil
+}

@@ -1,0 +1,395 @@
+package fsm
+
+import (
+	"bufio"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/proto"
+
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/hub/internal/hubpb"
+	"github.com/meshfed/meshfed/hub/state"
+)
+
+// Limits enforced deterministically in Apply (handlers check them earlier too,
+// with friendlier errors; these are the backstop).
+const (
+	MaxClusters          = 1024
+	MaxExportsPerCluster = 4096
+	MaxPolicies          = 4096
+	MaxTokens            = 10000
+	// Used or expired tokens are pruned this long after they stop being usable.
+	tokenRetentionMs = 24 * 3600 * 1000
+)
+
+// Error is a command's deterministic refusal. It travels between servers as
+// a gRPC code plus message.
+type Error struct {
+	Code codes.Code
+	Msg  string
+}
+
+func (e *Error) Error() string { return "fsm: " + e.Msg }
+
+func refuse(code codes.Code, format string, args ...any) *Error {
+	return &Error{Code: code, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Result is what Apply returns for every command (raft.ApplyFuture.Response).
+type Result struct {
+	// Err is nil when the command took effect.
+	Err *Error
+}
+
+// FSM implements raft.FSM over a state.Store.
+type FSM struct {
+	log *slog.Logger
+
+	mu    sync.RWMutex
+	store *state.Store
+}
+
+var _ raft.FSM = (*FSM)(nil)
+
+// New returns an FSM over an empty store.
+func New(log *slog.Logger) *FSM {
+	return &FSM{log: log, store: state.New()}
+}
+
+// Store returns the current store. After a restore a new store is returned;
+// holders of the old one see its Abandoned channel closed.
+func (f *FSM) Store() *state.Store {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.store
+}
+
+// Apply applies one committed log entry. It is deterministic: everything it
+// depends on is in the command or the store.
+func (f *FSM) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return &Result{}
+	}
+	t, msg, known, err := Decode(l.Data)
+	if err != nil {
+		// A known command that does not decode was proposed by a buggy server:
+		// applying nothing is the same on every server, so it stays deterministic.
+		f.log.Error("undecodable command", "index", l.Index, "err", err)
+		return &Result{Err: refuse(codes.InvalidArgument, "%v", err)}
+	}
+	if !known {
+		if t&IgnoreUnknownFlag != 0 {
+			f.log.Warn("ignoring unknown command", "type", uint8(t), "index", l.Index)
+			return &Result{}
+		}
+		panic(fmt.Sprintf("fsm: unknown command type %d at index %d: upgrade this server", uint8(t), l.Index))
+	}
+	w := f.Store().Write(l.Index)
+	if rerr := apply(w, t&^IgnoreUnknownFlag, msg); rerr != nil {
+		w.Abort()
+		return &Result{Err: rerr}
+	}
+	w.Commit()
+	return &Result{}
+}
+
+func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
+	switch t {
+	case SetCAType:
+		if w.CA() == nil {
+			w.SetCA(msg.(*hubpb.CmdSetCA).GetCa())
+		}
+		return nil
+	case CreateTokenType:
+		return applyCreateToken(w, msg.(*hubpb.CmdCreateToken))
+	case RevokeTokenType:
+		id := msg.(*hubpb.CmdRevokeToken).GetId()
+		tok := w.Token(id)
+		if tok == nil {
+			return refuse(codes.NotFound, "token %q: not found", id)
+		}
+		tok = proto.Clone(tok).(*hubpb.Token)
+		tok.Revoked = true
+		w.PutToken(tok)
+		return nil
+	case JoinType:
+		return applyJoin(w, msg.(*hubpb.CmdJoin))
+	case RemoveClusterType:
+		name := msg.(*hubpb.CmdRemoveCluster).GetName()
+		if !w.DeleteCluster(name) {
+			return refuse(codes.NotFound, "cluster %q: not a member", name)
+		}
+		for _, e := range w.ExportsOf(name) {
+			w.DeleteExport(name, e.GetService().GetNamespace()+"/"+e.GetService().GetName())
+		}
+		for _, b := range w.Bundles() {
+			if b.GetCluster() == name {
+				w.DeleteBundle(b.GetBundle().GetTrustDomain())
+			}
+		}
+		return nil
+	case PublishExportsType:
+		return applyPublish(w, msg.(*hubpb.CmdPublishExports))
+	case PutBundleType:
+		c := msg.(*hubpb.CmdPutBundle)
+		cl := w.Cluster(c.GetCluster())
+		if cl == nil {
+			return refuse(codes.PermissionDenied, "cluster %q: not a member", c.GetCluster())
+		}
+		if td := c.GetBundle().GetTrustDomain(); td != cl.GetTrustDomain() {
+			return refuse(codes.PermissionDenied, "bundle.trust_domain: %q is not cluster %q's trust domain %q", td, cl.GetName(), cl.GetTrustDomain())
+		}
+		w.PutBundle(&hubpb.BundleRecord{Cluster: cl.GetName(), Bundle: c.GetBundle()})
+		return nil
+	case PutPolicyType:
+		p := msg.(*hubpb.CmdPutPolicy).GetPolicy()
+		if w.Policy(p.GetName()) == nil && len(w.Policies()) >= MaxPolicies {
+			return refuse(codes.ResourceExhausted, "policies: at most %d", MaxPolicies)
+		}
+		w.PutPolicy(p)
+		return nil
+	case DeletePolicyType:
+		name := msg.(*hubpb.CmdDeletePolicy).GetName()
+		if !w.DeletePolicy(name) {
+			return refuse(codes.NotFound, "policy %q: not found", name)
+		}
+		return nil
+	case ClusterStatusType:
+		c := msg.(*hubpb.CmdClusterStatus)
+		cl := w.Cluster(c.GetCluster())
+		if cl == nil {
+			return refuse(codes.NotFound, "cluster %q: not a member", c.GetCluster())
+		}
+		cl = proto.Clone(cl).(*fedv1.ClusterRecord)
+		cl.Status = c.GetStatus()
+		cl.LastSeenMs = c.GetNowMs()
+		w.PutCluster(cl)
+		return nil
+	}
+	panic(fmt.Sprintf("fsm: no apply for %s", t))
+}
+
+func applyCreateToken(w *state.WriteTxn, c *hubpb.CmdCreateToken) *Error {
+	tok := c.GetToken()
+	if w.Token(tok.GetId()) != nil {
+		return refuse(codes.AlreadyExists, "token %q: already exists", tok.GetId())
+	}
+	// Prune tokens that can no longer be used, then bound the rest.
+	now := tok.GetCreatedAtMs()
+	live := 0
+	for _, t := range w.Tokens() {
+		dead := t.GetUsed() || t.GetRevoked() || t.GetExpiresAtMs() <= now
+		if dead && now-t.GetExpiresAtMs() > tokenRetentionMs {
+			w.DeleteToken(t.GetId())
+			continue
+		}
+		live++
+	}
+	if live >= MaxTokens {
+		return refuse(codes.ResourceExhausted, "tokens: at most %d kept; revoke unused ones", MaxTokens)
+	}
+	w.PutToken(tok)
+	return nil
+}
+
+// ErrTokenRefused is the single message for every token refusal that should
+// not tell an attacker which check failed beyond what an operator needs.
+var errTokenRefused = errors.New("token refused")
+
+func applyJoin(w *state.WriteTxn, c *hubpb.CmdJoin) *Error {
+	tok := w.Token(c.GetTokenId())
+	if tok == nil || subtle.ConstantTimeCompare(tok.GetSecretHash(), c.GetSecretHash()) != 1 {
+		return refuse(codes.PermissionDenied, "%v: unknown token", errTokenRefused)
+	}
+	switch {
+	case tok.GetRevoked():
+		return refuse(codes.PermissionDenied, "%v: token %s was revoked", errTokenRefused, tok.GetId())
+	case tok.GetUsed():
+		return refuse(codes.PermissionDenied, "%v: token %s was already used", errTokenRefused, tok.GetId())
+	case c.GetNowMs() >= tok.GetExpiresAtMs():
+		return refuse(codes.PermissionDenied, "%v: token %s expired", errTokenRefused, tok.GetId())
+	case tok.GetCluster() != c.GetCluster().GetName():
+		return refuse(codes.PermissionDenied, "%v: token %s is bound to cluster %q, not %q", errTokenRefused, tok.GetId(), tok.GetCluster(), c.GetCluster().GetName())
+	}
+	name := c.GetCluster().GetName()
+	td := c.GetCluster().GetTrustDomain()
+	if b := w.Bundle(td); b != nil && b.GetCluster() != name {
+		return refuse(codes.FailedPrecondition, "trust_bundle.trust_domain: %q is already used by cluster %q", td, b.GetCluster())
+	}
+	if w.Cluster(name) == nil && len(w.Clusters()) >= MaxClusters {
+		return refuse(codes.ResourceExhausted, "clusters: at most %d members", MaxClusters)
+	}
+	tok = proto.Clone(tok).(*hubpb.Token)
+	tok.Used = true
+	w.PutToken(tok)
+	cl := proto.Clone(c.GetCluster()).(*fedv1.ClusterRecord)
+	cl.JoinedAtMs = c.GetNowMs()
+	cl.Status = "disconnected"
+	w.PutCluster(cl)
+	if c.GetBundle() != nil {
+		w.PutBundle(&hubpb.BundleRecord{Cluster: name, Bundle: c.GetBundle()})
+	}
+	return nil
+}
+
+func applyPublish(w *state.WriteTxn, c *hubpb.CmdPublishExports) *Error {
+	name := c.GetCluster()
+	if w.Cluster(name) == nil {
+		return refuse(codes.PermissionDenied, "cluster %q: not a member", name)
+	}
+	for _, key := range c.GetDeletes() {
+		w.DeleteExport(name, key)
+	}
+	for _, svc := range c.GetUpserts() {
+		key := svc.GetNamespace() + "/" + svc.GetName()
+		if old := w.Export(name, key); old != nil && proto.Equal(old.GetService(), svc) {
+			continue // unchanged: no new revision, no fan-out
+		}
+		w.PutExport(name, svc)
+	}
+	if n := len(w.ExportsOf(name)); n > MaxExportsPerCluster {
+		return refuse(codes.ResourceExhausted, "exports: cluster %q would have %d, at most %d", name, n, MaxExportsPerCluster)
+	}
+	return nil
+}
+
+// Snapshot captures an immutable view; Persist runs concurrently with Apply.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	return &snapshot{view: f.Store().Read()}, nil
+}
+
+// snapshotFormat versions the snapshot stream.
+const snapshotFormat = 1
+
+type snapshot struct{ view *state.ReadTxn }
+
+func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	bw := bufio.NewWriterSize(sink, 1<<16)
+	err := s.write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("fsm: persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *snapshot) write(w io.Writer) error {
+	put := func(r *hubpb.SnapshotRecord) error {
+		_, err := protodelim.MarshalTo(w, r)
+		return err
+	}
+	v := s.view
+	if err := put(&hubpb.SnapshotRecord{Rec: &hubpb.SnapshotRecord_Header{Header: &hubpb.SnapshotHeader{
+		Format: snapshotFormat, Revision: v.Revision(), TombstoneFloor: v.TombstoneFloor(),
+	}}}); err != nil {
+		return err
+	}
+	if ca := v.CA(); ca != nil {
+		if err := put(&hubpb.SnapshotRecord{Rec: &hubpb.SnapshotRecord_Ca{Ca: ca}}); err != nil {
+			return err
+		}
+	}
+	for _, t := range v.Tokens() {
+		if err := put(&hubpb.SnapshotRecord{Rec: &hubpb.SnapshotRecord_Token{Token: t}}); err != nil {
+			return err
+		}
+	}
+	for _, c := range v.Clusters() {
+		if err := put(&hubpb.SnapshotRecord{Rec: &hubpb.SnapshotRecord_Cluster{Cluster: c}}); err != nil {
+			return err
+		}
+	}
+	for _, e := range v.Exports() {
+		if err := put(&hubpb.SnapshotRecord{Rec: &hubpb.SnapshotRecord_Export{Export: e}}); err != nil {
+			return err
+		}
+	}
+	for _, b := range v.Bundles() {
+		if err := put(&hubpb.SnapshotRecord{Rec: &hubpb.SnapshotRecord_Bundle{Bundle: b}}); err != nil {
+			return err
+		}
+	}
+	for _, p := range v.Policies() {
+		if err := put(&hubpb.SnapshotRecord{Rec: &hubpb.SnapshotRecord_Policy{Policy: p}}); err != nil {
+			return err
+		}
+	}
+	for _, t := range v.Tombstones() {
+		if err := put(&hubpb.SnapshotRecord{Rec: &hubpb.SnapshotRecord_Tombstone{Tombstone: t}}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *snapshot) Release() {}
+
+// Restore builds a fresh store from a snapshot and swaps it in; watchers of
+// the old store are woken through its Abandoned channel.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	br := bufio.NewReaderSize(rc, 1<<16)
+	r := state.NewRestorer()
+	first := true
+	for {
+		rec := &hubpb.SnapshotRecord{}
+		err := protodelim.UnmarshalFrom(br, rec)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("fsm: restore: %w", err)
+		}
+		if first {
+			h := rec.GetHeader()
+			if h == nil {
+				return errors.New("fsm: restore: snapshot does not start with a header")
+			}
+			if h.GetFormat() != snapshotFormat {
+				return fmt.Errorf("fsm: restore: snapshot format %d, this server reads %d", h.GetFormat(), snapshotFormat)
+			}
+			r.Header(h.GetRevision(), h.GetTombstoneFloor())
+			first = false
+			continue
+		}
+		switch x := rec.GetRec().(type) {
+		case *hubpb.SnapshotRecord_Ca:
+			r.CA(x.Ca)
+		case *hubpb.SnapshotRecord_Token:
+			r.Token(x.Token)
+		case *hubpb.SnapshotRecord_Cluster:
+			r.Cluster(x.Cluster)
+		case *hubpb.SnapshotRecord_Export:
+			r.Export(x.Export)
+		case *hubpb.SnapshotRecord_Bundle:
+			r.Bundle(x.Bundle)
+		case *hubpb.SnapshotRecord_Policy:
+			r.Policy(x.Policy)
+		case *hubpb.SnapshotRecord_Tombstone:
+			r.Tombstone(x.Tombstone)
+		default:
+			return fmt.Errorf("fsm: restore: unknown snapshot record %T", x)
+		}
+	}
+	if first {
+		return errors.New("fsm: restore: empty snapshot")
+	}
+	fresh := r.Done()
+	f.mu.Lock()
+	old := f.store
+	f.store = fresh
+	f.mu.Unlock()
+	old.Abandon()
+	return nil
+}

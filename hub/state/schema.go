@@ -1,0 +1,80 @@
+// Package state is the hub's in-memory state store: go-memdb tables over a
+// declared schema, with a revision (the Raft index of the last change) on every
+// record, tombstones for deletions, and a watch channel that closes on every
+// commit. The FSM (package hub/fsm) is its only writer; gRPC handlers and Sync
+// streams read immutable snapshots of it.
+//
+// Records are protobuf messages owned by the store: readers must not modify
+// what they get back, and writers always insert fresh copies.
+package state
+
+import (
+	"fmt"
+
+	memdb "github.com/hashicorp/go-memdb"
+)
+
+// Table names. They also appear in tombstones, which are persisted in
+// snapshots, so they never change.
+const (
+	TableMeta       = "meta"
+	TableTokens     = "tokens"
+	TableClusters   = "clusters"
+	TableExports    = "exports"
+	TableBundles    = "bundles"
+	TablePolicies   = "policies"
+	TableTombstones = "tombstones"
+)
+
+func schema() *memdb.DBSchema {
+	id := func(field string) *memdb.IndexSchema {
+		return &memdb.IndexSchema{Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: field}}
+	}
+	rev := &memdb.IndexSchema{Name: "revision", Indexer: &memdb.UintFieldIndex{Field: "Rev"}}
+	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
+		TableMeta:   {Name: TableMeta, Indexes: map[string]*memdb.IndexSchema{"id": id("Key")}},
+		TableTokens: {Name: TableTokens, Indexes: map[string]*memdb.IndexSchema{"id": id("Key")}},
+		TableClusters: {Name: TableClusters, Indexes: map[string]*memdb.IndexSchema{
+			"id": id("Key"), "revision": rev,
+		}},
+		TableExports: {Name: TableExports, Indexes: map[string]*memdb.IndexSchema{
+			"id":       id("Key"),
+			"revision": rev,
+			"cluster":  {Name: "cluster", Indexer: &memdb.StringFieldIndex{Field: "Cluster"}},
+			"service":  {Name: "service", Indexer: &memdb.StringFieldIndex{Field: "Service"}},
+		}},
+		TableBundles: {Name: TableBundles, Indexes: map[string]*memdb.IndexSchema{
+			"id": id("Key"), "revision": rev,
+		}},
+		TablePolicies: {Name: TablePolicies, Indexes: map[string]*memdb.IndexSchema{
+			"id": id("Key"), "revision": rev,
+		}},
+		TableTombstones: {Name: TableTombstones, Indexes: map[string]*memdb.IndexSchema{
+			"id": id("Key"), "revision": rev,
+		}},
+	}}
+}
+
+// row is what every table stores: a key, the revision of its last change, and
+// the record.
+type row struct {
+	Key string
+	Rev uint64
+	// Cluster and Service are set for exports only (secondary indexes).
+	Cluster string
+	Service string
+	Value   any
+}
+
+// ExportKey is the primary key of an export: cluster + "/" + namespace/name.
+func ExportKey(cluster, service string) string { return cluster + "/" + service }
+
+func tombKey(table, key string) string { return table + ":" + key }
+
+func mustDB() *memdb.MemDB {
+	db, err := memdb.NewMemDB(schema())
+	if err != nil {
+		panic(fmt.Sprintf("state: invalid schema: %v", err))
+	}
+	return db
+}

@@ -1,0 +1,510 @@
+package state
+
+import (
+	"sort"
+	"sync"
+
+	memdb "github.com/hashicorp/go-memdb"
+	"google.golang.org/protobuf/proto"
+
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/hub/internal/hubpb"
+)
+
+// MaxTombstones bounds the tombstones kept for resuming Sync streams. When
+// exceeded the oldest are dropped and the tombstone floor rises; a stream that
+// resumes from below the floor gets a full snapshot instead of a delta.
+const MaxTombstones = 20000
+
+const (
+	metaRevision = "revision"
+	metaFloor    = "tombstone_floor"
+	metaCA       = "ca"
+	metaTombs    = "tombstone_count"
+)
+
+// Store is the state store. It is safe for concurrent use: one writer (the
+// FSM) and any number of readers.
+type Store struct {
+	db *memdb.MemDB
+
+	mu        sync.Mutex
+	watch     chan struct{}
+	abandoned chan struct{}
+}
+
+// New returns an empty store.
+func New() *Store {
+	return &Store{db: mustDB(), watch: make(chan struct{}), abandoned: make(chan struct{})}
+}
+
+// Watch returns a channel that is closed at the next commit or when the store
+// is abandoned (replaced by a snapshot restore).
+func (s *Store) Watch() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.watch
+}
+
+// Abandoned is closed once the store has been replaced by a restore. Readers
+// holding it must fetch the current store again.
+func (s *Store) Abandoned() <-chan struct{} { return s.abandoned }
+
+// Abandon marks the store replaced and wakes all watchers.
+func (s *Store) Abandon() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.abandoned:
+	default:
+		close(s.abandoned)
+		close(s.watch)
+		s.watch = make(chan struct{})
+	}
+}
+
+func (s *Store) notify() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.watch)
+	s.watch = make(chan struct{})
+}
+
+// Read returns an immutable view of the store as of now.
+func (s *Store) Read() *ReadTxn { return &ReadTxn{txn: s.db.Txn(false)} }
+
+// Write opens the single write transaction for a change at revision rev (the
+// Raft index). Call Commit or Abort.
+func (s *Store) Write(rev uint64) *WriteTxn {
+	return &WriteTxn{ReadTxn: ReadTxn{txn: s.db.Txn(true)}, store: s, rev: rev}
+}
+
+// ReadTxn is a consistent view of the store.
+type ReadTxn struct{ txn *memdb.Txn }
+
+func (r *ReadTxn) get(table, key string) *row {
+	raw, err := r.txn.First(table, "id", key)
+	if err != nil {
+		panic(err) // only on a schema mismatch, a programming error
+	}
+	if raw == nil {
+		return nil
+	}
+	return raw.(*row)
+}
+
+func (r *ReadTxn) all(table, index string, args ...any) []*row {
+	it, err := r.txn.Get(table, index, args...)
+	if err != nil {
+		panic(err)
+	}
+	var out []*row
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw.(*row))
+	}
+	return out
+}
+
+func (r *ReadTxn) since(table string, rev uint64) []*row {
+	it, err := r.txn.LowerBound(table, "revision", rev+1)
+	if err != nil {
+		panic(err)
+	}
+	var out []*row
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw.(*row))
+	}
+	return out
+}
+
+func (r *ReadTxn) metaUint(key string) uint64 {
+	if rw := r.get(TableMeta, key); rw != nil {
+		return rw.Value.(uint64)
+	}
+	return 0
+}
+
+// Revision is the Raft index of the last change.
+func (r *ReadTxn) Revision() uint64 { return r.metaUint(metaRevision) }
+
+// TombstoneFloor is the highest revision whose tombstones were dropped.
+func (r *ReadTxn) TombstoneFloor() uint64 { return r.metaUint(metaFloor) }
+
+// CA returns the hub CA, or nil before the first leader created it.
+func (r *ReadTxn) CA() *hubpb.CAState {
+	if rw := r.get(TableMeta, metaCA); rw != nil {
+		return rw.Value.(*hubpb.CAState)
+	}
+	return nil
+}
+
+// Token returns a join token by ID, or nil.
+func (r *ReadTxn) Token(id string) *hubpb.Token {
+	if rw := r.get(TableTokens, id); rw != nil {
+		return rw.Value.(*hubpb.Token)
+	}
+	return nil
+}
+
+// Tokens returns every token, sorted by ID.
+func (r *ReadTxn) Tokens() []*hubpb.Token {
+	return values[*hubpb.Token](r.all(TableTokens, "id"))
+}
+
+// Cluster returns a member cluster by name, or nil.
+func (r *ReadTxn) Cluster(name string) *fedv1.ClusterRecord {
+	if rw := r.get(TableClusters, name); rw != nil {
+		return rw.Value.(*fedv1.ClusterRecord)
+	}
+	return nil
+}
+
+// Clusters returns every member cluster, sorted by name.
+func (r *ReadTxn) Clusters() []*fedv1.ClusterRecord {
+	return values[*fedv1.ClusterRecord](r.all(TableClusters, "id"))
+}
+
+// Export returns one cluster's export of a service (namespace/name), or nil.
+func (r *ReadTxn) Export(cluster, service string) *fedv1.ExportRecord {
+	if rw := r.get(TableExports, ExportKey(cluster, service)); rw != nil {
+		return rw.Value.(*fedv1.ExportRecord)
+	}
+	return nil
+}
+
+// Exports returns every export, sorted by cluster then service.
+func (r *ReadTxn) Exports() []*fedv1.ExportRecord {
+	return values[*fedv1.ExportRecord](r.all(TableExports, "id"))
+}
+
+// ExportsOf returns a cluster's exports.
+func (r *ReadTxn) ExportsOf(cluster string) []*fedv1.ExportRecord {
+	return values[*fedv1.ExportRecord](r.all(TableExports, "cluster", cluster))
+}
+
+// ExportsFor returns every cluster's export of one service.
+func (r *ReadTxn) ExportsFor(service string) []*fedv1.ExportRecord {
+	return values[*fedv1.ExportRecord](r.all(TableExports, "service", service))
+}
+
+// Bundle returns the bundle of a trust domain, or nil.
+func (r *ReadTxn) Bundle(td string) *hubpb.BundleRecord {
+	if rw := r.get(TableBundles, td); rw != nil {
+		return rw.Value.(*hubpb.BundleRecord)
+	}
+	return nil
+}
+
+// Bundles returns every trust bundle, sorted by trust domain.
+func (r *ReadTxn) Bundles() []*hubpb.BundleRecord {
+	return values[*hubpb.BundleRecord](r.all(TableBundles, "id"))
+}
+
+// Policy returns a traffic policy by name, or nil.
+func (r *ReadTxn) Policy(name string) *fedv1.TrafficPolicy {
+	if rw := r.get(TablePolicies, name); rw != nil {
+		return rw.Value.(*fedv1.TrafficPolicy)
+	}
+	return nil
+}
+
+// Policies returns every traffic policy, sorted by name.
+func (r *ReadTxn) Policies() []*fedv1.TrafficPolicy {
+	return values[*fedv1.TrafficPolicy](r.all(TablePolicies, "id"))
+}
+
+// Tombstones returns every tombstone, sorted by key.
+func (r *ReadTxn) Tombstones() []*hubpb.Tombstone {
+	return values[*hubpb.Tombstone](r.all(TableTombstones, "id"))
+}
+
+// Delta is what changed in the streamed tables (clusters, exports, bundles,
+// policies) after a revision.
+type Delta struct {
+	Revision uint64
+	// Reset is true when the delta is a full snapshot, because the requested
+	// revision is below the tombstone floor or ahead of this store.
+	Reset    bool
+	Clusters []*fedv1.ClusterRecord
+	Exports  []*fedv1.ExportRecord
+	Bundles  []*hubpb.BundleRecord
+	Policies []*fedv1.TrafficPolicy
+	// Removed maps a table name to the keys deleted since the revision.
+	Removed map[string][]string
+}
+
+// Empty reports whether the delta carries no change.
+func (d *Delta) Empty() bool {
+	if d.Reset {
+		return false
+	}
+	n := len(d.Clusters) + len(d.Exports) + len(d.Bundles) + len(d.Policies)
+	for _, keys := range d.Removed {
+		n += len(keys)
+	}
+	return n == 0
+}
+
+// Changes returns the delta after revision since. since == 0, since below the
+// tombstone floor, or since ahead of the store all give a full snapshot.
+func (r *ReadTxn) Changes(since uint64) *Delta {
+	rev := r.Revision()
+	d := &Delta{Revision: rev, Removed: map[string][]string{}}
+	if since == 0 || since < r.TombstoneFloor() || since > rev {
+		d.Reset = true
+		d.Clusters = r.Clusters()
+		d.Exports = r.Exports()
+		d.Bundles = r.Bundles()
+		d.Policies = r.Policies()
+		return d
+	}
+	d.Clusters = values[*fedv1.ClusterRecord](r.since(TableClusters, since))
+	d.Exports = values[*fedv1.ExportRecord](r.since(TableExports, since))
+	d.Bundles = values[*hubpb.BundleRecord](r.since(TableBundles, since))
+	d.Policies = values[*fedv1.TrafficPolicy](r.since(TablePolicies, since))
+	for _, t := range values[*hubpb.Tombstone](r.since(TableTombstones, since)) {
+		d.Removed[t.GetTable()] = append(d.Removed[t.GetTable()], t.GetKey())
+	}
+	for _, keys := range d.Removed {
+		sort.Strings(keys)
+	}
+	return d
+}
+
+func values[T any](rows []*row) []T {
+	out := make([]T, 0, len(rows))
+	for _, rw := range rows {
+		out = append(out, rw.Value.(T))
+	}
+	return out
+}
+
+// WriteTxn is the write transaction of one Raft command.
+type WriteTxn struct {
+	ReadTxn
+	store *Store
+	rev   uint64
+	dirty bool
+}
+
+// Rev is the revision this transaction writes at.
+func (w *WriteTxn) Rev() uint64 { return w.rev }
+
+func (w *WriteTxn) insert(table string, rw *row) {
+	if err := w.txn.Insert(table, rw); err != nil {
+		panic(err)
+	}
+	w.dirty = true
+}
+
+func (w *WriteTxn) remove(table, key string) bool {
+	rw := w.get(table, key)
+	if rw == nil {
+		return false
+	}
+	if err := w.txn.Delete(table, rw); err != nil {
+		panic(err)
+	}
+	w.dirty = true
+	return true
+}
+
+// upsert inserts a streamed record and clears its tombstone.
+func (w *WriteTxn) upsert(table string, rw *row) {
+	rw.Rev = w.rev
+	w.insert(table, rw)
+	if w.remove(TableTombstones, tombKey(table, rw.Key)) {
+		w.addTombs(-1)
+	}
+}
+
+// delete removes a streamed record and leaves a tombstone.
+func (w *WriteTxn) delete(table, key string) bool {
+	if !w.remove(table, key) {
+		return false
+	}
+	t := &hubpb.Tombstone{Table: table, Key: key, Revision: w.rev}
+	w.insert(TableTombstones, &row{Key: tombKey(table, key), Rev: w.rev, Value: t})
+	w.addTombs(1)
+	return true
+}
+
+func (w *WriteTxn) addTombs(n int) {
+	c := int(w.metaUint(metaTombs)) + n
+	w.insert(TableMeta, &row{Key: metaTombs, Value: uint64(c)})
+}
+
+// SetCA stores the hub CA.
+func (w *WriteTxn) SetCA(ca *hubpb.CAState) {
+	w.insert(TableMeta, &row{Key: metaCA, Value: ca})
+}
+
+// PutToken stores a join token.
+func (w *WriteTxn) PutToken(t *hubpb.Token) {
+	w.insert(TableTokens, &row{Key: t.GetId(), Value: t})
+}
+
+// DeleteToken removes a join token.
+func (w *WriteTxn) DeleteToken(id string) { w.remove(TableTokens, id) }
+
+// PutCluster stores a member cluster, stamping its revisions.
+func (w *WriteTxn) PutCluster(c *fedv1.ClusterRecord) {
+	c = proto.Clone(c).(*fedv1.ClusterRecord)
+	if old := w.Cluster(c.GetName()); old != nil {
+		c.CreateRevision = old.GetCreateRevision()
+	} else {
+		c.CreateRevision = w.rev
+	}
+	c.ModifyRevision = w.rev
+	w.upsert(TableClusters, &row{Key: c.GetName(), Value: c})
+}
+
+// DeleteCluster removes a cluster and leaves a tombstone.
+func (w *WriteTxn) DeleteCluster(name string) bool { return w.delete(TableClusters, name) }
+
+// PutExport stores one cluster's export of a service. Its create revision is
+// kept across updates (MCS conflict resolution: the oldest export wins).
+func (w *WriteTxn) PutExport(cluster string, svc *fedv1.ExportedService) {
+	key := svc.GetNamespace() + "/" + svc.GetName()
+	rec := &fedv1.ExportRecord{Cluster: cluster, Service: proto.Clone(svc).(*fedv1.ExportedService), CreateRevision: w.rev, ModifyRevision: w.rev}
+	if old := w.Export(cluster, key); old != nil {
+		rec.CreateRevision = old.GetCreateRevision()
+	}
+	w.upsert(TableExports, &row{Key: ExportKey(cluster, key), Cluster: cluster, Service: key, Value: rec})
+}
+
+// DeleteExport removes one cluster's export of a service.
+func (w *WriteTxn) DeleteExport(cluster, service string) bool {
+	return w.delete(TableExports, ExportKey(cluster, service))
+}
+
+// PutBundle stores a trust domain's bundle.
+func (w *WriteTxn) PutBundle(b *hubpb.BundleRecord) {
+	b = proto.Clone(b).(*hubpb.BundleRecord)
+	td := b.GetBundle().GetTrustDomain()
+	if old := w.Bundle(td); old != nil {
+		b.CreateRevision = old.GetCreateRevision()
+	} else {
+		b.CreateRevision = w.rev
+	}
+	b.ModifyRevision = w.rev
+	w.upsert(TableBundles, &row{Key: td, Value: b})
+}
+
+// DeleteBundle removes a trust domain's bundle.
+func (w *WriteTxn) DeleteBundle(td string) bool { return w.delete(TableBundles, td) }
+
+// PutPolicy stores a traffic policy.
+func (w *WriteTxn) PutPolicy(p *fedv1.TrafficPolicy) {
+	p = proto.Clone(p).(*fedv1.TrafficPolicy)
+	if old := w.Policy(p.GetName()); old != nil {
+		p.CreateRevision = old.GetCreateRevision()
+	} else {
+		p.CreateRevision = w.rev
+	}
+	p.ModifyRevision = w.rev
+	w.upsert(TablePolicies, &row{Key: p.GetName(), Value: p})
+}
+
+// DeletePolicy removes a traffic policy.
+func (w *WriteTxn) DeletePolicy(name string) bool { return w.delete(TablePolicies, name) }
+
+// Commit records the revision if anything changed, prunes tombstones and wakes
+// watchers.
+func (w *WriteTxn) Commit() {
+	if !w.dirty {
+		w.txn.Abort()
+		return
+	}
+	w.insert(TableMeta, &row{Key: metaRevision, Value: w.rev})
+	w.pruneTombstones()
+	w.txn.Commit()
+	w.store.notify()
+}
+
+// Abort discards the transaction.
+func (w *WriteTxn) Abort() { w.txn.Abort() }
+
+func (w *WriteTxn) pruneTombstones() {
+	n := int(w.metaUint(metaTombs))
+	if n <= MaxTombstones {
+		return
+	}
+	oldest := w.since(TableTombstones, 0)[:n-MaxTombstones]
+	floor := w.TombstoneFloor()
+	for _, rw := range oldest {
+		if err := w.txn.Delete(TableTombstones, rw); err != nil {
+			panic(err)
+		}
+		floor = max(floor, rw.Rev)
+	}
+	w.insert(TableMeta, &row{Key: metaFloor, Value: floor})
+	w.addTombs(-len(oldest))
+}
+
+// restore helpers, used by the FSM when it rebuilds a store from a snapshot.
+
+// Restorer loads records into a fresh store.
+type Restorer struct {
+	store *Store
+	txn   *memdb.Txn
+	tombs uint64
+}
+
+// NewRestorer starts loading a fresh store.
+func NewRestorer() *Restorer {
+	s := New()
+	return &Restorer{store: s, txn: s.db.Txn(true)}
+}
+
+func (r *Restorer) insert(table string, rw *row) {
+	if err := r.txn.Insert(table, rw); err != nil {
+		panic(err)
+	}
+}
+
+// Header sets the revision and tombstone floor.
+func (r *Restorer) Header(rev, floor uint64) {
+	r.insert(TableMeta, &row{Key: metaRevision, Value: rev})
+	r.insert(TableMeta, &row{Key: metaFloor, Value: floor})
+}
+
+// CA restores the hub CA.
+func (r *Restorer) CA(ca *hubpb.CAState) { r.insert(TableMeta, &row{Key: metaCA, Value: ca}) }
+
+// Token restores a join token.
+func (r *Restorer) Token(t *hubpb.Token) { r.insert(TableTokens, &row{Key: t.GetId(), Value: t}) }
+
+// Cluster restores a member cluster.
+func (r *Restorer) Cluster(c *fedv1.ClusterRecord) {
+	r.insert(TableClusters, &row{Key: c.GetName(), Rev: c.GetModifyRevision(), Value: c})
+}
+
+// Export restores an export.
+func (r *Restorer) Export(e *fedv1.ExportRecord) {
+	svc := e.GetService().GetNamespace() + "/" + e.GetService().GetName()
+	r.insert(TableExports, &row{Key: ExportKey(e.GetCluster(), svc), Rev: e.GetModifyRevision(), Cluster: e.GetCluster(), Service: svc, Value: e})
+}
+
+// Bundle restores a trust bundle.
+func (r *Restorer) Bundle(b *hubpb.BundleRecord) {
+	r.insert(TableBundles, &row{Key: b.GetBundle().GetTrustDomain(), Rev: b.GetModifyRevision(), Value: b})
+}
+
+// Policy restores a traffic policy.
+func (r *Restorer) Policy(p *fedv1.TrafficPolicy) {
+	r.insert(TablePolicies, &row{Key: p.GetName(), Rev: p.GetModifyRevision(), Value: p})
+}
+
+// Tombstone restores a tombstone.
+func (r *Restorer) Tombstone(t *hubpb.Tombstone) {
+	r.insert(TableTombstones, &row{Key: tombKey(t.GetTable(), t.GetKey()), Rev: t.GetRevision(), Value: t})
+	r.tombs++
+}
+
+// Done commits and returns the restored store.
+func (r *Restorer) Done() *Store {
+	r.insert(TableMeta, &row{Key: metaTombs, Value: r.tombs})
+	r.txn.Commit()
+	return r.store
+}
