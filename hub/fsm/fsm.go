@@ -168,9 +168,14 @@ func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
 		if cl == nil {
 			return refuse(codes.NotFound, "cluster %q: not a member", c.GetCluster())
 		}
+		if c.GetStatus() == "disconnected" && cl.GetLastSeenMs() > c.GetConnectedAtMs() {
+			return nil // a newer stream connected since; keep its status
+		}
 		cl = proto.Clone(cl).(*fedv1.ClusterRecord)
 		cl.Status = c.GetStatus()
-		cl.LastSeenMs = c.GetNowMs()
+		if c.GetStatus() == "connected" {
+			cl.LastSeenMs = c.GetNowMs()
+		}
 		w.PutCluster(cl)
 		return nil
 	}

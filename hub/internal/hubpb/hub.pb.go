@@ -635,10 +635,14 @@ func (x *CmdDeletePolicy) GetName() string {
 }
 
 type CmdClusterStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	Status        string                 `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
-	NowMs         int64                  `protobuf:"varint,3,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// "connected" or "disconnected".
+	Status string `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	NowMs  int64  `protobuf:"varint,3,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
+	// For "disconnected": when the closing stream connected. Ignored if a newer
+	// stream has connected since (its last_seen is later).
+	ConnectedAtMs int64 `protobuf:"varint,4,opt,name=connected_at_ms,json=connectedAtMs,proto3" json:"connected_at_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -690,6 +694,13 @@ func (x *CmdClusterStatus) GetStatus() string {
 func (x *CmdClusterStatus) GetNowMs() int64 {
 	if x != nil {
 		return x.NowMs
+	}
+	return 0
+}
+
+func (x *CmdClusterStatus) GetConnectedAtMs() int64 {
+	if x != nil {
+		return x.ConnectedAtMs
 	}
 	return 0
 }
@@ -1294,11 +1305,12 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\fCmdPutPolicy\x12<\n" +
 	"\x06policy\x18\x01 \x01(\v2$.meshfed.federation.v1.TrafficPolicyR\x06policy\"%\n" +
 	"\x0fCmdDeletePolicy\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"[\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x83\x01\n" +
 	"\x10CmdClusterStatus\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x15\n" +
-	"\x06now_ms\x18\x03 \x01(\x03R\x05nowMs\"O\n" +
+	"\x06now_ms\x18\x03 \x01(\x03R\x05nowMs\x12&\n" +
+	"\x0fconnected_at_ms\x18\x04 \x01(\x03R\rconnectedAtMs\"O\n" +
 	"\tTombstone\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1a\n" +

@@ -1,0 +1,257 @@
+package hub
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshfed/meshfed/federation"
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/hub/fsm"
+	"github.com/meshfed/meshfed/hub/internal/hubpb"
+	"github.com/meshfed/meshfed/internal/pki"
+)
+
+type adminService struct {
+	fedv1.UnimplementedAdminServer
+	s *Server
+}
+
+func tokenInfo(t *hubpb.Token) *fedv1.TokenInfo {
+	return &fedv1.TokenInfo{
+		Id: t.GetId(), Cluster: t.GetCluster(), CreatedAtMs: t.GetCreatedAtMs(),
+		ExpiresAtMs: t.GetExpiresAtMs(), Used: t.GetUsed(), Revoked: t.GetRevoked(),
+	}
+}
+
+func (a *adminService) CreateToken(ctx context.Context, req *fedv1.CreateTokenRequest) (*fedv1.CreateTokenResponse, error) {
+	s := a.s
+	cluster, err := federation.ParseClusterName(req.GetCluster())
+	if err != nil {
+		return nil, fieldErr("", err)
+	}
+	ttl := s.cfg.TokenTTL
+	if req.GetTtlSeconds() != 0 {
+		ttl = time.Duration(req.GetTtlSeconds()) * time.Second
+	}
+	if ttl <= 0 || ttl > s.cfg.MaxTokenTTL {
+		return nil, invalidArg("ttl_seconds", "%d must be in 1..%d", req.GetTtlSeconds(), int64(s.cfg.MaxTokenTTL/time.Second))
+	}
+	ca, _, _ := s.certs.current()
+	if ca == nil {
+		return nil, status.Error(codes.Unavailable, "hub: not ready: no hub CA yet; retry")
+	}
+	idb := make([]byte, federation.JoinTokenIDLength/2)
+	secret := make([]byte, federation.JoinTokenSecretSize)
+	if _, err := rand.Read(idb); err != nil {
+		return nil, status.Errorf(codes.Internal, "token: %v", err)
+	}
+	if _, err := rand.Read(secret); err != nil {
+		return nil, status.Errorf(codes.Internal, "token: %v", err)
+	}
+	now := time.Now()
+	hash := sha256.Sum256(secret)
+	tok := &hubpb.Token{
+		Id: hex.EncodeToString(idb), Cluster: cluster.String(), SecretHash: hash[:],
+		CreatedAtMs: now.UnixMilli(), ExpiresAtMs: now.Add(ttl).UnixMilli(),
+	}
+	if _, err := s.apply(ctx, fsm.CreateTokenType, &hubpb.CmdCreateToken{Token: tok}); err != nil {
+		return nil, err
+	}
+	jt := federation.JoinToken{ID: tok.GetId(), Secret: secret, Cluster: cluster, CAFingerprint: pki.Fingerprint(ca.Cert), Addrs: s.hubAddrs()}
+	return &fedv1.CreateTokenResponse{Token: jt.String(), Info: tokenInfo(tok)}, nil
+}
+
+func (a *adminService) ListTokens(ctx context.Context, _ *fedv1.ListTokensRequest) (*fedv1.ListTokensResponse, error) {
+	r, err := a.s.consistentRead(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &fedv1.ListTokensResponse{}
+	for _, t := range r.Tokens() {
+		resp.Tokens = append(resp.Tokens, tokenInfo(t))
+	}
+	return resp, nil
+}
+
+func (a *adminService) RevokeToken(ctx context.Context, req *fedv1.RevokeTokenRequest) (*fedv1.RevokeTokenResponse, error) {
+	if len(req.GetId()) != federation.JoinTokenIDLength {
+		return nil, invalidArg("id", "%q must be %d hex characters", req.GetId(), federation.JoinTokenIDLength)
+	}
+	if _, err := a.s.apply(ctx, fsm.RevokeTokenType, &hubpb.CmdRevokeToken{Id: req.GetId()}); err != nil {
+		return nil, err
+	}
+	return &fedv1.RevokeTokenResponse{}, nil
+}
+
+func (a *adminService) ListClusters(ctx context.Context, _ *fedv1.ListClustersRequest) (*fedv1.ListClustersResponse, error) {
+	r, err := a.s.consistentRead(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &fedv1.ListClustersResponse{Clusters: r.Clusters(), Revision: r.Revision()}, nil
+}
+
+func (a *adminService) DescribeCluster(ctx context.Context, req *fedv1.DescribeClusterRequest) (*fedv1.DescribeClusterResponse, error) {
+	if _, err := federation.ParseClusterName(req.GetName()); err != nil {
+		return nil, fieldErr("", err)
+	}
+	r, err := a.s.consistentRead(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c := r.Cluster(req.GetName())
+	if c == nil {
+		return nil, status.Errorf(codes.NotFound, "cluster %q: not a member", req.GetName())
+	}
+	resp := &fedv1.DescribeClusterResponse{Cluster: c, Exports: r.ExportsOf(c.GetName())}
+	if b := r.Bundle(c.GetTrustDomain()); b != nil {
+		resp.Bundle = b.GetBundle()
+	}
+	return resp, nil
+}
+
+func (a *adminService) RemoveCluster(ctx context.Context, req *fedv1.RemoveClusterRequest) (*fedv1.RemoveClusterResponse, error) {
+	if _, err := federation.ParseClusterName(req.GetName()); err != nil {
+		return nil, fieldErr("", err)
+	}
+	idx, err := a.s.apply(ctx, fsm.RemoveClusterType, &hubpb.CmdRemoveCluster{Name: req.GetName()})
+	if err != nil {
+		return nil, err
+	}
+	return &fedv1.RemoveClusterResponse{Revision: idx}, nil
+}
+
+func (a *adminService) ListServices(ctx context.Context, _ *fedv1.ListServicesRequest) (*fedv1.ListServicesResponse, error) {
+	r, err := a.s.consistentRead(ctx)
+	if err != nil {
+		return nil, err
+	}
+	by := map[string]*fedv1.GlobalService{}
+	var keys []string
+	for _, e := range r.Exports() {
+		k := e.GetService().GetNamespace() + "/" + e.GetService().GetName()
+		g, ok := by[k]
+		if !ok {
+			g = &fedv1.GlobalService{Key: k}
+			by[k] = g
+			keys = append(keys, k)
+		}
+		g.Exports = append(g.Exports, e)
+	}
+	sort.Strings(keys)
+	resp := &fedv1.ListServicesResponse{Revision: r.Revision()}
+	for _, k := range keys {
+		resp.Services = append(resp.Services, by[k])
+	}
+	return resp, nil
+}
+
+func (a *adminService) PutPolicy(ctx context.Context, req *fedv1.PutPolicyRequest) (*fedv1.PutPolicyResponse, error) {
+	if req.GetPolicy() == nil {
+		return nil, invalidArg("policy", "required")
+	}
+	if err := validatePolicy("policy", req.GetPolicy()); err != nil {
+		return nil, err
+	}
+	idx, err := a.s.apply(ctx, fsm.PutPolicyType, &hubpb.CmdPutPolicy{Policy: req.GetPolicy()})
+	if err != nil {
+		return nil, err
+	}
+	return &fedv1.PutPolicyResponse{Revision: idx}, nil
+}
+
+func (a *adminService) DeletePolicy(ctx context.Context, req *fedv1.DeletePolicyRequest) (*fedv1.DeletePolicyResponse, error) {
+	if req.GetName() == "" || len(req.GetName()) > federation.MaxNameLength {
+		return nil, invalidArg("name", "must be 1 to %d characters", federation.MaxNameLength)
+	}
+	idx, err := a.s.apply(ctx, fsm.DeletePolicyType, &hubpb.CmdDeletePolicy{Name: req.GetName()})
+	if err != nil {
+		return nil, err
+	}
+	return &fedv1.DeletePolicyResponse{Revision: idx}, nil
+}
+
+func (a *adminService) ListPolicies(ctx context.Context, _ *fedv1.ListPoliciesRequest) (*fedv1.ListPoliciesResponse, error) {
+	r, err := a.s.consistentRead(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &fedv1.ListPoliciesResponse{Policies: r.Policies(), Revision: r.Revision()}, nil
+}
+
+// Status answers from this server's view, without a consistent read, so that
+// it works when there is no leader: it is the operator's debugging tool.
+func (a *adminService) Status(ctx context.Context, _ *fedv1.StatusRequest) (*fedv1.StatusResponse, error) {
+	s := a.s
+	_, leaderID := s.raft.LeaderWithID()
+	resp := &fedv1.StatusResponse{
+		Leader: string(leaderID), Revision: s.fsm.Store().Read().Revision(),
+		CommitIndex: s.raft.CommitIndex(), AnsweredBy: s.cfg.Name,
+	}
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "raft configuration: %v", err)
+	}
+	inRaft := map[string]raft.Server{}
+	for _, srv := range f.Configuration().Servers {
+		inRaft[string(srv.ID)] = srv
+	}
+	names := map[string]bool{}
+	for _, m := range s.members.snapshot() {
+		names[m.Name] = true
+	}
+	for id := range inRaft {
+		names[id] = true
+	}
+	sorted := make([]string, 0, len(names))
+	for n := range names {
+		sorted = append(sorted, n)
+	}
+	sort.Strings(sorted)
+	for _, n := range sorted {
+		st := &fedv1.ServerStatus{Name: n, State: "follower", Suffrage: "none", Health: "unknown"}
+		if srv, ok := inRaft[n]; ok {
+			st.RaftAddress = string(srv.Address)
+			st.Suffrage = map[raft.ServerSuffrage]string{raft.Voter: "voter", raft.Nonvoter: "nonvoter", raft.Staging: "staging"}[srv.Suffrage]
+		}
+		if m, ok := s.members.get(n); ok {
+			st.Health = m.Health
+			st.GrpcAddress = m.Meta.GRPC
+			if st.RaftAddress == "" {
+				st.RaftAddress = m.Meta.Raft
+			}
+		}
+		switch {
+		case n == string(leaderID):
+			st.State = "leader"
+		case st.Health == "dead" || st.Health == "left":
+			st.State = "unknown"
+		}
+		if n == s.cfg.Name {
+			st.State = stateName(s.raft.State())
+			st.AppliedIndex = s.raft.AppliedIndex()
+		}
+		resp.Servers = append(resp.Servers, st)
+	}
+	return resp, nil
+}
+
+func stateName(st raft.RaftState) string {
+	switch st {
+	case raft.Leader:
+		return "leader"
+	case raft.Candidate:
+		return "candidate"
+	case raft.Follower:
+		return "follower"
+	}
+	return "shutdown"
+}

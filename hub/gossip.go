@@ -1,0 +1,270 @@
+package hub
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+)
+
+// serverMeta is what each server gossips about itself. It only gains fields.
+type serverMeta struct {
+	Version         int    `json:"v"`
+	Raft            string `json:"raft"`
+	GRPC            string `json:"grpc"`
+	BootstrapExpect int    `json:"expect"`
+}
+
+// member is a hub server as gossip sees it.
+type member struct {
+	Name string
+	Meta serverMeta
+	// Health is alive, suspect, dead or left.
+	Health string
+	Since  time.Time
+}
+
+// memberTracker records every server gossip has told us about, including
+// dead and departed ones (memberlist forgets those).
+type memberTracker struct {
+	mu      sync.Mutex
+	members map[string]*member
+	changed chan struct{}
+}
+
+func newMemberTracker() *memberTracker {
+	return &memberTracker{members: map[string]*member{}, changed: make(chan struct{}, 1)}
+}
+
+func (t *memberTracker) set(n *memberlist.Node, health string) {
+	var meta serverMeta
+	if err := json.Unmarshal(n.Meta, &meta); err != nil {
+		return // not a meshfed hub server
+	}
+	t.mu.Lock()
+	m, ok := t.members[n.Name]
+	if !ok || m.Health != health || m.Meta != meta {
+		t.members[n.Name] = &member{Name: n.Name, Meta: meta, Health: health, Since: time.Now()}
+	}
+	t.mu.Unlock()
+	select {
+	case t.changed <- struct{}{}:
+	default:
+	}
+}
+
+// snapshot returns copies, sorted by name.
+func (t *memberTracker) snapshot() []member {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]member, 0, len(t.members))
+	for _, m := range t.members {
+		out = append(out, *m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (t *memberTracker) get(name string) (member, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	m, ok := t.members[name]
+	if !ok {
+		return member{}, false
+	}
+	return *m, true
+}
+
+// memberlist delegates.
+func (t *memberTracker) NotifyJoin(n *memberlist.Node)   { t.set(n, "alive") }
+func (t *memberTracker) NotifyUpdate(n *memberlist.Node) { t.set(n, "alive") }
+func (t *memberTracker) NotifyLeave(n *memberlist.Node) {
+	if n.State == memberlist.StateLeft {
+		t.set(n, "left")
+	} else {
+		t.set(n, "dead")
+	}
+}
+
+type metaDelegate struct{ meta []byte }
+
+func (d metaDelegate) NodeMeta(limit int) []byte {
+	if len(d.meta) > limit {
+		return nil
+	}
+	return d.meta
+}
+func (metaDelegate) NotifyMsg([]byte)                {}
+func (metaDelegate) GetBroadcasts(int, int) [][]byte { return nil }
+func (metaDelegate) LocalState(bool) []byte          { return nil }
+func (metaDelegate) MergeRemoteState([]byte, bool)   {}
+
+func (s *Server) setupGossip() error {
+	var mc *memberlist.Config
+	if s.cfg.GossipProfile == "local" {
+		mc = memberlist.DefaultLocalConfig()
+	} else {
+		mc = memberlist.DefaultLANConfig()
+	}
+	mc.Name = s.cfg.Name
+	mc.BindAddr = s.cfg.BindAddr
+	mc.BindPort = s.cfg.GossipPort
+	mc.AdvertiseAddr = s.cfg.BindAddr
+	mc.AdvertisePort = s.cfg.GossipPort
+	mc.LogOutput = logWriter{s.log, "memberlist"}
+	if s.keys != nil {
+		mc.SecretKey = s.keys.gossipKey
+		mc.GossipVerifyIncoming = true
+		mc.GossipVerifyOutgoing = true
+	}
+	meta, err := json.Marshal(serverMeta{Version: 1, Raft: s.addr(s.cfg.RaftPort), GRPC: s.GRPCAddr(), BootstrapExpect: s.cfg.BootstrapExpect})
+	if err != nil {
+		return err
+	}
+	s.members = newMemberTracker()
+	mc.Delegate = metaDelegate{meta: meta}
+	mc.Events = s.members
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return fmt.Errorf("hub: gossip: %w", err)
+	}
+	s.gossip = ml
+	return nil
+}
+
+// joinLoop joins the configured addresses, retrying with backoff and jitter
+// until at least one answers.
+func (s *Server) joinLoop() {
+	if len(s.cfg.Join) == 0 {
+		return
+	}
+	backoff := 200 * time.Millisecond
+	for {
+		n, err := s.gossip.Join(s.cfg.Join)
+		if n > 0 {
+			s.log.Info("joined gossip pool", "contacted", n)
+			return
+		}
+		s.log.Debug("gossip join failed; retrying", "err", err, "in", backoff)
+		select {
+		case <-s.stopCh:
+			return
+		case <-time.After(backoff + rand.N(backoff/2)):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// reconcileLoop bootstraps Raft once BootstrapExpect servers are visible and,
+// on the leader, keeps the Raft configuration in line with gossip: it adds
+// live servers and removes departed or long-dead ones (autopilot).
+func (s *Server) reconcileLoop() {
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stopCh:
+			return
+		case <-s.members.changed:
+		case <-tick.C:
+		}
+		s.maybeBootstrap()
+		if s.raft.State() == raft.Leader {
+			s.reconcileMembers()
+		}
+	}
+}
+
+func (s *Server) maybeBootstrap() {
+	if s.cfg.BootstrapExpect == 0 || s.raft.LastIndex() > 0 {
+		return
+	}
+	var servers []raft.Server
+	for _, m := range s.members.snapshot() {
+		if m.Health != "alive" {
+			continue
+		}
+		if m.Meta.BootstrapExpect != 0 && m.Meta.BootstrapExpect != s.cfg.BootstrapExpect {
+			s.log.Error("servers disagree on bootstrap_expect; not bootstrapping", "peer", m.Name, "peer_expect", m.Meta.BootstrapExpect, "expect", s.cfg.BootstrapExpect)
+			return
+		}
+		servers = append(servers, raft.Server{ID: raft.ServerID(m.Name), Address: raft.ServerAddress(m.Meta.Raft), Suffrage: raft.Voter})
+	}
+	if len(servers) < s.cfg.BootstrapExpect {
+		return
+	}
+	err := s.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
+	switch {
+	case err == nil:
+		s.log.Info("bootstrapped raft", "servers", len(servers))
+	case err == raft.ErrCantBootstrap:
+		// Another server's leader reached us first.
+	default:
+		s.log.Error("bootstrap", "err", err)
+	}
+}
+
+func (s *Server) reconcileMembers() {
+	future := s.raft.GetConfiguration()
+	if err := future.Error(); err != nil {
+		return
+	}
+	cfg := future.Configuration()
+	inRaft := map[raft.ServerID]raft.Server{}
+	voters := 0
+	for _, srv := range cfg.Servers {
+		inRaft[srv.ID] = srv
+		if srv.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	members := s.members.snapshot()
+	byName := map[string]member{}
+	for _, m := range members {
+		byName[m.Name] = m
+		if m.Health != "alive" {
+			continue
+		}
+		cur, ok := inRaft[raft.ServerID(m.Name)]
+		if ok && string(cur.Address) == m.Meta.Raft {
+			continue
+		}
+		if len(inRaft) >= MaxServers && !ok {
+			s.log.Warn("not adding server: at most servers", "peer", m.Name, "max", MaxServers)
+			continue
+		}
+		s.log.Info("adding raft voter", "peer", m.Name, "addr", m.Meta.Raft)
+		if err := s.raft.AddVoter(raft.ServerID(m.Name), raft.ServerAddress(m.Meta.Raft), 0, s.cfg.ApplyTimeout).Error(); err != nil {
+			s.log.Warn("add voter", "peer", m.Name, "err", err)
+		}
+		return // one configuration change at a time
+	}
+	// Remove departed servers, and dead ones after the grace period, while a
+	// majority of the current voters is healthy.
+	healthy := 0
+	var remove []raft.ServerID
+	for _, srv := range cfg.Servers {
+		m, ok := byName[string(srv.ID)]
+		switch {
+		case srv.ID == raft.ServerID(s.cfg.Name) || !ok || m.Health == "alive" || m.Health == "suspect":
+			if srv.Suffrage == raft.Voter {
+				healthy++
+			}
+		case m.Health == "left" || time.Since(m.Since) > s.cfg.DeadServerGrace:
+			remove = append(remove, srv.ID)
+		}
+	}
+	if len(remove) == 0 || healthy <= voters/2 {
+		return
+	}
+	id := remove[0]
+	s.log.Info("removing departed raft server", "peer", id, "health", byName[string(id)].Health)
+	if err := s.raft.RemoveServer(id, 0, s.cfg.ApplyTimeout).Error(); err != nil {
+		s.log.Warn("remove server", "peer", id, "err", err)
+	}
+}

@@ -1,0 +1,258 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/internal/clientconfig"
+)
+
+// testHub is a multi-server hub on loopback with real Raft on disk and real
+// gRPC over TLS, whose servers can be killed and restarted.
+type testHub struct {
+	t       testing.TB
+	encrypt string
+	mu      sync.Mutex
+	cfgs    []Config
+	servers []*Server // nil while stopped
+}
+
+// freePorts reserves n distinct TCP ports that are also free for UDP.
+func freePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var ports []int
+	var lns []net.Listener
+	for len(ports) < n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := ln.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			_ = ln.Close()
+			continue
+		}
+		_ = u.Close()
+		lns = append(lns, ln)
+		ports = append(ports, p)
+	}
+	for _, ln := range lns {
+		_ = ln.Close()
+	}
+	return ports
+}
+
+type slogWriter struct{ t testing.TB }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(slogWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+// newTestHub starts n servers with bootstrap-expect n and waits for a leader.
+func newTestHub(t testing.TB, n int, tweak ...func(*Config)) *testHub {
+	t.Helper()
+	key, err := GenerateEncryptKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &testHub{t: t, encrypt: key}
+	ports := freePorts(t, 4*n)
+	root := t.TempDir()
+	for i := 0; i < n; i++ {
+		c := DefaultConfig()
+		c.Name = fmt.Sprintf("s%d", i)
+		c.DataDir = filepath.Join(root, c.Name)
+		c.GRPCPort, c.RaftPort, c.GossipPort, c.HTTPPort = ports[4*i], ports[4*i+1], ports[4*i+2], ports[4*i+3]
+		c.BootstrapExpect = n
+		c.EncryptKey = key
+		c.GossipProfile = "local"
+		c.HeartbeatTimeout = 300 * time.Millisecond
+		c.ElectionTimeout = 300 * time.Millisecond
+		c.LeaderLeaseTimeout = 150 * time.Millisecond
+		c.DeadServerGrace = time.Hour
+		if i > 0 {
+			c.Join = []string{fmt.Sprintf("127.0.0.1:%d", ports[2])}
+		}
+		for _, f := range tweak {
+			f(&c)
+		}
+		h.cfgs = append(h.cfgs, c)
+	}
+	h.servers = make([]*Server, n)
+	for i := range h.cfgs {
+		h.Start(i)
+	}
+	t.Cleanup(h.stopAll)
+	h.WaitReady(30 * time.Second)
+	return h
+}
+
+func (h *testHub) stopAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, s := range h.servers {
+		if s != nil {
+			s.Kill()
+			h.servers[i] = nil
+		}
+	}
+}
+
+// Start starts (or restarts) server i with its original config and data dir.
+func (h *testHub) Start(i int) *Server {
+	h.t.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.servers[i] != nil {
+		h.t.Fatalf("server %d already running", i)
+	}
+	c := h.cfgs[i]
+	if len(c.Join) == 0 {
+		// Join whichever other server exists; restarts need a way back in.
+		for j, o := range h.cfgs {
+			if j != i {
+				c.Join = append(c.Join, fmt.Sprintf("127.0.0.1:%d", o.GossipPort))
+			}
+		}
+	}
+	var s *Server
+	var err error
+	// A just-killed server's ports can take a moment to be free again.
+	waitFor(h.t, 10*time.Second, "server start", func() error {
+		s, err = New(c, testLogger(h.t))
+		return err
+	})
+	if err := s.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	h.servers[i] = s
+	return s
+}
+
+// Kill stops server i as a crash would.
+func (h *testHub) Kill(i int) {
+	h.mu.Lock()
+	s := h.servers[i]
+	h.servers[i] = nil
+	h.mu.Unlock()
+	if s != nil {
+		s.Kill()
+	}
+}
+
+func (h *testHub) Server(i int) *Server {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.servers[i]
+}
+
+// Leader waits for a ready leader among the running servers and returns its index.
+func (h *testHub) Leader(timeout time.Duration) int {
+	h.t.Helper()
+	idx := -1
+	waitFor(h.t, timeout, "a ready leader", func() error {
+		for i := range h.cfgs {
+			if s := h.Server(i); s != nil && s.raft.State() == raft.Leader && s.leaderReady.Load() {
+				idx = i
+				return nil
+			}
+		}
+		return errors.New("no ready leader")
+	})
+	return idx
+}
+
+// WaitReady waits until every running server answers Ready.
+func (h *testHub) WaitReady(timeout time.Duration) {
+	h.t.Helper()
+	waitFor(h.t, timeout, "all servers ready", func() error {
+		for i := range h.cfgs {
+			s := h.Server(i)
+			if s == nil {
+				continue
+			}
+			if err := s.Ready(context.Background()); err != nil {
+				return fmt.Errorf("%s: %w", s.Name(), err)
+			}
+		}
+		return nil
+	})
+}
+
+// AdminConn dials the given servers (all running ones when none are named)
+// with the admin.yaml of the first running server.
+func (h *testHub) AdminConn(only ...int) *grpc.ClientConn {
+	h.t.Helper()
+	var cfg *clientconfig.Config
+	var addrs []string
+	for i := range h.cfgs {
+		s := h.Server(i)
+		if s == nil {
+			continue
+		}
+		if cfg == nil {
+			var err error
+			waitFor(h.t, 10*time.Second, "admin.yaml", func() error {
+				cfg, err = clientconfig.Load(s.AdminConfigPath())
+				return err
+			})
+		}
+		if len(only) == 0 || contains(only, i) {
+			addrs = append(addrs, s.GRPCAddr())
+		}
+	}
+	cfg.Hubs = addrs
+	conn, err := cfg.Dial(context.Background())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+func (h *testHub) Admin(only ...int) fedv1.AdminClient {
+	return fedv1.NewAdminClient(h.AdminConn(only...))
+}
+
+func contains(xs []int, x int) bool {
+	for _, y := range xs {
+		if x == y {
+			return true
+		}
+	}
+	return false
+}
+
+// waitFor polls cond until it returns nil or the deadline passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for {
+		if err = cond(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
+		}
+		<-time.After(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,103 @@
+package hub
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshfed/meshfed/federation"
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/hub/fsm"
+	"github.com/meshfed/meshfed/hub/internal/hubpb"
+	"github.com/meshfed/meshfed/internal/pki"
+)
+
+type joinService struct {
+	fedv1.UnimplementedJoinServer
+	s *Server
+}
+
+// Join consumes a one-time token through Raft (so two concurrent uses give
+// exactly one success), records the cluster and its trust bundle, and signs
+// the agent's CSR with the hub CA.
+func (j *joinService) Join(ctx context.Context, req *fedv1.JoinRequest) (*fedv1.JoinResponse, error) {
+	s := j.s
+	tok, err := federation.ParseJoinToken(req.GetToken())
+	if err != nil {
+		return nil, fieldErr("", err)
+	}
+	cluster, err := federation.ParseClusterName(req.GetCluster())
+	if err != nil {
+		return nil, fieldErr("", err)
+	}
+	if tok.Cluster != cluster {
+		return nil, status.Errorf(codes.PermissionDenied, "token refused: token %s is bound to cluster %q, not %q", tok.ID, tok.Cluster, cluster)
+	}
+	loc, err := validateLocality("locality", req.GetLocality())
+	if err != nil {
+		return nil, err
+	}
+	if req.GetTrustBundle() == nil {
+		return nil, invalidArg("trust_bundle", "required")
+	}
+	td, err := validateBundle("trust_bundle", req.GetTrustBundle())
+	if err != nil {
+		return nil, err
+	}
+	if len(req.GetCsr()) == 0 || len(req.GetCsr()) > MaxCSRSize {
+		return nil, invalidArg("csr", "%d bytes, want 1 to %d", len(req.GetCsr()), MaxCSRSize)
+	}
+	if err := validateGatewayAddrs("gateway_addresses", req.GetGatewayAddresses()); err != nil {
+		return nil, err
+	}
+	if err := validateCapabilities("capabilities", req.GetCapabilities()); err != nil {
+		return nil, err
+	}
+	ca, _, _ := s.certs.current()
+	if ca == nil {
+		return nil, status.Error(codes.Unavailable, "hub: not ready: no hub CA yet; retry")
+	}
+	// Check the CSR before consuming the token, so a bad request changes nothing.
+	id := fmt.Sprintf("spiffe://%s/%s/%s", s.cfg.TrustDomain, kindCluster, cluster)
+	now := time.Now()
+	if _, err := ca.SignCSR(req.GetCsr(), pki.LeafOptions{SPIFFEID: id, TTL: time.Minute, Now: now, Client: true}); err != nil {
+		return nil, invalidArg("csr", "%v", err)
+	}
+	hash := sha256.Sum256(tok.Secret)
+	_, err = s.apply(ctx, fsm.JoinType, &hubpb.CmdJoin{
+		TokenId: tok.ID, SecretHash: hash[:], NowMs: now.UnixMilli(),
+		Cluster: &fedv1.ClusterRecord{
+			Name: cluster.String(), TrustDomain: td.String(),
+			Locality:         &fedv1.Locality{Region: loc.Region(), Zone: loc.Zone(), Subzone: loc.Subzone()},
+			GatewayAddresses: req.GetGatewayAddresses(), Capabilities: req.GetCapabilities(),
+		},
+		Bundle: req.GetTrustBundle(),
+	})
+	if err != nil {
+		s.log.Info("join refused", "cluster", cluster, "token", tok.ID, "err", err)
+		return nil, err
+	}
+	cert, err := ca.SignCSR(req.GetCsr(), pki.LeafOptions{SPIFFEID: id, TTL: s.cfg.AgentCertTTL, Now: now, Client: true})
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "sign agent certificate: %v", err)
+	}
+	s.log.Info("cluster joined", "cluster", cluster, "trust_domain", td, "locality", loc)
+	return &fedv1.JoinResponse{
+		ClientCertificate: pki.CertPEM(cert),
+		HubCa:             pki.CertPEM(ca.Cert),
+		Settings:          &fedv1.FederationSettings{HubTrustDomain: s.cfg.TrustDomain, HeartbeatSeconds: 30},
+		Capabilities:      localCapabilities(),
+		HubAddresses:      s.hubAddrs(),
+	}, nil
+}
+
+func localCapabilities() *fedv1.Capabilities {
+	return &fedv1.Capabilities{
+		Version:  federation.CapabilityVersion,
+		Features: []string{federation.FeatureSyncAck, federation.FeatureSyncResume},
+	}
+}

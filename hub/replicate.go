@@ -1,0 +1,245 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshfed/meshfed/hub/fsm"
+	"github.com/meshfed/meshfed/hub/internal/hubpb"
+	"github.com/meshfed/meshfed/hub/state"
+	"github.com/meshfed/meshfed/internal/clientconfig"
+)
+
+// errNoLeader is returned (as Unavailable) while there is no leader to serve a
+// write or confirm a read.
+var errNoLeader = status.Error(codes.Unavailable, "hub: no leader; retry")
+
+// apply proposes a command and waits until it is committed and applied,
+// forwarding it to the leader when this server is not. The returned index is
+// the command's Raft index. An Unavailable error from a forwarded write means
+// the outcome is unknown.
+func (s *Server) apply(ctx context.Context, t fsm.MessageType, msg proto.Message) (uint64, error) {
+	b, err := fsm.Encode(t, msg)
+	if err != nil {
+		return 0, status.Error(codes.Internal, err.Error())
+	}
+	if len(b) > MaxMessageSize {
+		return 0, status.Errorf(codes.InvalidArgument, "command is %d bytes, at most %d", len(b), MaxMessageSize)
+	}
+	if s.raft.State() == raft.Leader {
+		return s.applyLocal(b)
+	}
+	conn, err := s.leaderConn(ctx)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := hubpb.NewInternalClient(conn).Apply(ctx, &hubpb.ApplyRequest{Command: b})
+	if err != nil {
+		if status.Code(err) == codes.Unknown || status.Code(err) == codes.Canceled {
+			return 0, status.Errorf(codes.Unavailable, "hub: forwarding to leader: %v", err)
+		}
+		return 0, err
+	}
+	if resp.GetErrorCode() != "" {
+		return resp.GetIndex(), status.Error(codeFromName(resp.GetErrorCode()), resp.GetError())
+	}
+	return resp.GetIndex(), nil
+}
+
+func (s *Server) applyLocal(b []byte) (uint64, error) {
+	start := time.Now()
+	f := s.raft.Apply(b, s.cfg.ApplyTimeout)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
+			errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrRaftShutdown) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			return 0, status.Errorf(codes.Unavailable, "hub: %v; retry", err)
+		}
+		return 0, status.Errorf(codes.Internal, "hub: apply: %v", err)
+	}
+	s.metrics.commit.Observe(time.Since(start).Seconds())
+	res, _ := f.Response().(*fsm.Result)
+	if res != nil && res.Err != nil {
+		return f.Index(), status.Error(res.Err.Code, res.Err.Msg)
+	}
+	return f.Index(), nil
+}
+
+func codeFromName(name string) codes.Code {
+	for c := codes.OK; c <= codes.Unauthenticated; c++ {
+		if c.String() == name {
+			return c
+		}
+	}
+	return codes.Unknown
+}
+
+// readIndex returns an index that, once applied locally, makes a read
+// linearizable: the leader's commit index after it has confirmed leadership.
+func (s *Server) readIndex(ctx context.Context) (uint64, error) {
+	if s.raft.State() == raft.Leader {
+		if !s.leaderReady.Load() {
+			return 0, status.Error(codes.Unavailable, "hub: new leader still applying earlier entries; retry")
+		}
+		if err := s.raft.VerifyLeader().Error(); err != nil {
+			return 0, status.Errorf(codes.Unavailable, "hub: leadership not confirmed: %v; retry", err)
+		}
+		return s.raft.CommitIndex(), nil
+	}
+	conn, err := s.leaderConn(ctx)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := hubpb.NewInternalClient(conn).ReadIndex(ctx, &hubpb.ReadIndexRequest{})
+	if err != nil {
+		return 0, status.Errorf(codes.Unavailable, "hub: read index from leader: %v", status.Convert(err).Message())
+	}
+	return resp.GetIndex(), nil
+}
+
+// consistentRead returns a view of the store that includes every write
+// acknowledged before the call. A server that cannot catch up within
+// ConsistentReadTimeout answers Unavailable; it never serves a stale or
+// empty view as authoritative.
+func (s *Server) consistentRead(ctx context.Context) (*state.ReadTxn, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConsistentReadTimeout)
+	defer cancel()
+	idx, err := s.readIndex(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.waitApplied(ctx, idx); err != nil {
+		return nil, err
+	}
+	return s.fsm.Store().Read(), nil
+}
+
+// waitApplied polls the applied index until it reaches idx or ctx ends.
+func (s *Server) waitApplied(ctx context.Context, idx uint64) error {
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		applied := s.raft.AppliedIndex()
+		if applied >= idx {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return status.Errorf(codes.Unavailable, "hub: server %s has not caught up (applied %d, leader committed %d); retry", s.cfg.Name, applied, idx)
+		case <-s.stopCh:
+			return status.Error(codes.Unavailable, "hub: shutting down")
+		case <-tick.C:
+		}
+	}
+}
+
+// leaderConn returns a connection to the current leader's gRPC address.
+func (s *Server) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
+	_, id := s.raft.LeaderWithID()
+	if id == "" {
+		return nil, errNoLeader
+	}
+	if id == raft.ServerID(s.cfg.Name) {
+		return nil, status.Error(codes.Unavailable, "hub: leadership changing; retry")
+	}
+	m, ok := s.members.get(string(id))
+	if !ok || m.Meta.GRPC == "" {
+		return nil, status.Errorf(codes.Unavailable, "hub: leader %s not known to gossip yet; retry", id)
+	}
+	return s.peers.get(m.Meta.GRPC)
+}
+
+// hubAddrs lists the gRPC addresses of every live server, this one first.
+func (s *Server) hubAddrs() []string {
+	addrs := []string{s.GRPCAddr()}
+	for _, m := range s.members.snapshot() {
+		if m.Name != s.cfg.Name && m.Health == "alive" && m.Meta.GRPC != "" {
+			addrs = append(addrs, m.Meta.GRPC)
+		}
+	}
+	sort.Strings(addrs[1:])
+	return addrs
+}
+
+// peerConns caches gRPC connections to other hub servers.
+type peerConns struct {
+	s     *Server
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func newPeerConns(s *Server) *peerConns {
+	return &peerConns{s: s, conns: map[string]*grpc.ClientConn{}}
+}
+
+func (p *peerConns) get(addr string) (*grpc.ClientConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.conns[addr]; ok {
+		return c, nil
+	}
+	tlsCfg, err := p.s.certs.peerTLS()
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	c, err := clientconfig.Dial([]string{addr}, tlsCfg, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize)))
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "hub: dial %s: %v", addr, err)
+	}
+	p.conns[addr] = c
+	return c, nil
+}
+
+func (p *peerConns) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for a, c := range p.conns {
+		_ = c.Close()
+		delete(p.conns, a)
+	}
+}
+
+// internalService serves other hub servers.
+type internalService struct {
+	hubpb.UnimplementedInternalServer
+	s *Server
+}
+
+func (i *internalService) Apply(ctx context.Context, req *hubpb.ApplyRequest) (*hubpb.ApplyResponse, error) {
+	if i.s.raft.State() != raft.Leader {
+		return nil, status.Error(codes.Unavailable, "hub: not the leader; retry")
+	}
+	t, _, known, err := fsm.Decode(req.GetCommand())
+	if err != nil || !known {
+		return nil, status.Errorf(codes.InvalidArgument, "command: %v (type %d)", err, t)
+	}
+	idx, err := i.s.applyLocal(req.GetCommand())
+	if err != nil {
+		st := status.Convert(err)
+		if st.Code() == codes.Unavailable || st.Code() == codes.Internal {
+			return nil, err
+		}
+		return &hubpb.ApplyResponse{Index: idx, ErrorCode: st.Code().String(), Error: st.Message()}, nil
+	}
+	return &hubpb.ApplyResponse{Index: idx}, nil
+}
+
+func (i *internalService) ReadIndex(ctx context.Context, _ *hubpb.ReadIndexRequest) (*hubpb.ReadIndexResponse, error) {
+	if i.s.raft.State() != raft.Leader {
+		return nil, status.Error(codes.Unavailable, "hub: not the leader; retry")
+	}
+	idx, err := i.s.readIndex(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &hubpb.ReadIndexResponse{Index: idx}, nil
+}
+

@@ -1,0 +1,373 @@
+// Package hub is the meshfed hub server: the federation's state replicated
+// with hashicorp/raft (raft-wal log, file snapshots), server discovery and
+// failure detection with hashicorp/memberlist, and the gRPC API (Join, Sync,
+// Admin) served over TLS from the hub's own CA.
+//
+// Any server answers any call. Writes are forwarded to the leader and
+// acknowledged only once committed and applied. Reads are consistent: a
+// server first learns the leader's commit index (ReadIndex) and answers only
+// after it has applied that far, or says Unavailable.
+package hub
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+	wal "github.com/hashicorp/raft-wal"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/hub/fsm"
+	"github.com/meshfed/meshfed/hub/internal/hubpb"
+)
+
+// Server is one hub server.
+type Server struct {
+	cfg  Config
+	log  *slog.Logger
+	keys *peerKeys // nil without an encrypt key
+
+	fsm       *fsm.FSM
+	raft      *raft.Raft
+	wal       *wal.WAL
+	transport *raft.NetworkTransport
+	gossip    *memberlist.Memberlist
+	members   *memberTracker
+
+	grpc     *grpc.Server
+	grpcLn   net.Listener
+	http     *http.Server
+	httpLn   net.Listener
+	certs    *certManager
+	peers    *peerConns
+	metrics  *metrics
+	registry *prometheus.Registry
+
+	// leaderReady is true while this server is leader and has applied
+	// everything from earlier terms (a barrier succeeded).
+	leaderReady atomic.Bool
+	streams     atomic.Int64
+
+	stopOnce sync.Once
+	stopCh   chan struct{}
+	wg       sync.WaitGroup
+}
+
+// New validates cfg, opens the data directory and binds every port. Call Run.
+func New(cfg Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("server", cfg.Name)
+	s := &Server{cfg: cfg, log: log, stopCh: make(chan struct{}), fsm: fsm.New(log)}
+	if cfg.EncryptKey == "" {
+		log.Warn("NO ENCRYPT KEY: Raft and gossip traffic between hub servers is neither encrypted nor authenticated; anyone who reaches these ports can join the hub. Generate one with `meshfed hub keygen` and pass --encrypt-key to every server.")
+	} else {
+		k, _ := DecodeEncryptKey(cfg.EncryptKey) // validated
+		keys, err := derivePeerKeys(k)
+		if err != nil {
+			return nil, err
+		}
+		s.keys = keys
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "raft", "wal"), 0o700); err != nil {
+		return nil, fmt.Errorf("hub: data dir: %w", err)
+	}
+	s.registry = prometheus.NewRegistry()
+	s.metrics = newMetrics(s, s.registry)
+	s.certs = newCertManager(s)
+	s.peers = newPeerConns(s)
+	ok := false
+	defer func() {
+		if !ok {
+			s.closeAll()
+		}
+	}()
+	if err := s.setupRaft(); err != nil {
+		return nil, err
+	}
+	if err := s.setupGRPC(); err != nil {
+		return nil, err
+	}
+	if err := s.setupHTTP(); err != nil {
+		return nil, err
+	}
+	if err := s.setupGossip(); err != nil {
+		return nil, err
+	}
+	ok = true
+	return s, nil
+}
+
+func (s *Server) addr(port int) string {
+	return net.JoinHostPort(s.cfg.BindAddr, strconv.Itoa(port))
+}
+
+// GRPCAddr is the address agents and operators dial.
+func (s *Server) GRPCAddr() string { return s.grpcLn.Addr().String() }
+
+// HTTPAddr is the health and metrics address.
+func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
+
+// Name is the server's name.
+func (s *Server) Name() string { return s.cfg.Name }
+
+// AdminConfigPath is where the server writes admin.yaml.
+func (s *Server) AdminConfigPath() string { return filepath.Join(s.cfg.DataDir, "admin.yaml") }
+
+// logWriter adapts library loggers that want an io.Writer to slog.
+type logWriter struct {
+	log *slog.Logger
+	lib string
+}
+
+func (w logWriter) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	level := slog.LevelDebug
+	switch {
+	case strings.Contains(msg, "[ERR"):
+		level = slog.LevelWarn // library errors are mostly peers going away; we log our own errors
+	case strings.Contains(msg, "[WARN"):
+		level = slog.LevelInfo
+	case strings.Contains(msg, "[INFO"):
+		level = slog.LevelInfo
+	}
+	w.log.Log(context.Background(), level, msg, "lib", w.lib)
+	return len(p), nil
+}
+
+func (s *Server) setupRaft() error {
+	dir := filepath.Join(s.cfg.DataDir, "raft")
+	w, err := wal.Open(filepath.Join(dir, "wal"))
+	if err != nil {
+		return fmt.Errorf("hub: open raft log: %w", err)
+	}
+	s.wal = w
+	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Output: logWriter{s.log, "raft"}, Level: hclog.Info})
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hlog)
+	if err != nil {
+		return fmt.Errorf("hub: snapshot store: %w", err)
+	}
+	var tlsCfg *tls.Config
+	if s.keys != nil {
+		tlsCfg = s.keys.raftTLS
+	}
+	layer, err := newStreamLayer(s.addr(s.cfg.RaftPort), tlsCfg)
+	if err != nil {
+		return err
+	}
+	s.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: layer, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog,
+	})
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(s.cfg.Name)
+	rc.Logger = hlog
+	rc.HeartbeatTimeout = s.cfg.HeartbeatTimeout
+	rc.ElectionTimeout = s.cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = s.cfg.LeaderLeaseTimeout
+	rc.SnapshotInterval = s.cfg.SnapshotInterval
+	rc.SnapshotThreshold = s.cfg.SnapshotThreshold
+	rc.TrailingLogs = s.cfg.TrailingLogs
+	// A removed server must not disrupt the cluster with elections.
+	rc.ShutdownOnRemove = false
+	r, err := raft.NewRaft(rc, s.fsm, w, w, snaps, s.transport)
+	if err != nil {
+		return fmt.Errorf("hub: start raft: %w", err)
+	}
+	s.raft = r
+	return nil
+}
+
+func (s *Server) setupGRPC() error {
+	ln, err := net.Listen("tcp", s.addr(s.cfg.GRPCPort))
+	if err != nil {
+		return fmt.Errorf("hub: grpc listen: %w", err)
+	}
+	s.grpcLn = ln
+	s.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(s.certs.serverTLS())),
+		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.MaxConcurrentStreams(4096),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.ChainUnaryInterceptor(s.authUnary),
+		grpc.ChainStreamInterceptor(s.authStream),
+	)
+	fedv1.RegisterJoinServer(s.grpc, &joinService{s: s})
+	fedv1.RegisterSyncServer(s.grpc, &syncService{s: s})
+	fedv1.RegisterAdminServer(s.grpc, &adminService{s: s})
+	hubpb.RegisterInternalServer(s.grpc, &internalService{s: s})
+	return nil
+}
+
+// Run serves until ctx is done, then shuts the server down gracefully.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Start(); err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+	case <-s.stopCh:
+	}
+	return s.Shutdown()
+}
+
+// Start begins serving in the background.
+func (s *Server) Start() error {
+	s.goFunc(func() {
+		if err := s.grpc.Serve(s.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			s.log.Error("grpc serve", "err", err)
+		}
+	})
+	s.goFunc(func() {
+		if err := s.http.Serve(s.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("http serve", "err", err)
+		}
+	})
+	s.goFunc(s.joinLoop)
+	s.goFunc(s.leaderLoop)
+	s.goFunc(s.reconcileLoop)
+	s.goFunc(s.certs.run)
+	s.log.Info("hub server started", "grpc", s.GRPCAddr(), "raft", s.addr(s.cfg.RaftPort),
+		"gossip", s.addr(s.cfg.GossipPort), "http", s.HTTPAddr(), "bootstrap_expect", s.cfg.BootstrapExpect)
+	return nil
+}
+
+func (s *Server) goFunc(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
+// Shutdown leaves the gossip pool, stops serving and closes Raft. The server
+// stays in the Raft configuration (a restart rejoins); removal is the
+// leader's job after DeadServerGrace, or an operator's.
+func (s *Server) Shutdown() error {
+	var err error
+	s.stopOnce.Do(func() {
+		close(s.stopCh)
+		if s.gossip != nil {
+			_ = s.gossip.Leave(time.Second)
+		}
+		err = s.closeAll()
+	})
+	return err
+}
+
+// Kill stops the server abruptly, as a crash would: no gossip leave, no
+// graceful stream shutdown. What Raft fsynced stays on disk. For tests.
+func (s *Server) Kill() {
+	s.stopOnce.Do(func() {
+		close(s.stopCh)
+		_ = s.closeAll()
+	})
+}
+
+func (s *Server) closeAll() error {
+	var errs []error
+	if s.grpc != nil {
+		s.grpc.Stop()
+	} else if s.grpcLn != nil {
+		_ = s.grpcLn.Close()
+	}
+	if s.http != nil {
+		_ = s.http.Close()
+	} else if s.httpLn != nil {
+		_ = s.httpLn.Close()
+	}
+	if s.gossip != nil {
+		if err := s.gossip.Shutdown(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.raft != nil {
+		if err := s.raft.Shutdown().Error(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.transport != nil {
+		_ = s.transport.Close()
+	}
+	s.wg.Wait()
+	s.peers.close()
+	if s.wal != nil {
+		if err := s.wal.Close(); err != nil && !errors.Is(err, io.ErrClosedPipe) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) stopping() bool {
+	select {
+	case <-s.stopCh:
+		return true
+	default:
+		return false
+	}
+}
+
+// leaderLoop tracks leadership. On gaining it, it runs a barrier so that
+// everything from earlier terms is applied before the server answers reads as
+// leader, then makes sure the hub CA exists.
+func (s *Server) leaderLoop() {
+	obs := make(chan raft.Observation, 16)
+	observer := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	s.raft.RegisterObserver(observer)
+	defer s.raft.DeregisterObserver(observer)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stopCh:
+			return
+		case <-obs:
+		case <-tick.C:
+		}
+		isLeader := s.raft.State() == raft.Leader
+		if !isLeader {
+			s.leaderReady.Store(false)
+			continue
+		}
+		if s.leaderReady.Load() {
+			continue
+		}
+		if err := s.raft.Barrier(s.cfg.ApplyTimeout).Error(); err != nil {
+			s.log.Warn("leader barrier failed", "err", err)
+			continue
+		}
+		s.leaderReady.Store(true)
+		s.log.Info("leader ready", "term_index", s.raft.AppliedIndex())
+		if err := s.ensureCA(); err != nil {
+			s.log.Error("create hub CA", "err", err)
+			s.leaderReady.Store(false)
+		}
+	}
+}

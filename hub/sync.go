@@ -1,0 +1,277 @@
+package hub
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshfed/meshfed/federation"
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/hub/fsm"
+	"github.com/meshfed/meshfed/hub/internal/hubpb"
+	"github.com/meshfed/meshfed/hub/state"
+)
+
+// MaxDeltaRecords bounds the records in one SyncDelta message; a larger change
+// set is split over several messages, the last of which carries the revision.
+const MaxDeltaRecords = 512
+
+type syncService struct {
+	fedv1.UnimplementedSyncServer
+	s *Server
+}
+
+// Sync serves one agent. The stream's identity (from its client certificate)
+// is the only cluster it may publish for.
+func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
+	s := y.s
+	ctx := stream.Context()
+	id, _ := callerIdentity(ctx)
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return invalidArg("hello", "the first message on a Sync stream must be a SyncHello")
+	}
+	if hello.GetCluster() != id.name {
+		return status.Errorf(codes.PermissionDenied, "hello.cluster: %q, but this agent's certificate is for cluster %q", hello.GetCluster(), id.name)
+	}
+	if err := validateCapabilities("hello.capabilities", hello.GetCapabilities()); err != nil {
+		return err
+	}
+	view, err := s.consistentRead(ctx)
+	if err != nil {
+		return err
+	}
+	if view.Cluster(id.name) == nil {
+		return status.Errorf(codes.PermissionDenied, "cluster %q is not a member of the federation (removed?)", id.name)
+	}
+	if err := stream.Send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_Hello{Hello: &fedv1.SyncHelloResponse{
+		Capabilities: localCapabilities(), Server: s.cfg.Name,
+	}}}); err != nil {
+		return err
+	}
+	s.streams.Add(1)
+	defer s.streams.Add(-1)
+
+	connectedAt := time.Now().UnixMilli()
+	s.setClusterStatus(id.name, "connected", connectedAt)
+	defer s.setClusterStatus(id.name, "disconnected", connectedAt)
+
+	recv := make(chan *fedv1.SyncRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case recv <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	sent := hello.GetResumeRevision()
+	store := s.fsm.Store()
+	d := view.Changes(sent)
+	if err := y.sendDelta(stream, d); err != nil {
+		return err
+	}
+	sent = d.Revision
+	for {
+		watch := store.Watch()
+		// Catch up with anything committed since the last send.
+		if cur := s.fsm.Store(); cur != store {
+			store = cur
+			continue
+		}
+		if d := store.Read().Changes(sent); !d.Empty() {
+			if err := y.sendDelta(stream, d); err != nil {
+				return err
+			}
+			sent = d.Revision
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.stopCh:
+			return status.Error(codes.Unavailable, "hub: server shutting down; reconnect to another")
+		case err := <-recvErr:
+			return err
+		case <-watch:
+		case m := <-recv:
+			if err := y.handle(ctx, stream, id.name, m); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *Server) setClusterStatus(cluster, st string, connectedAt int64) {
+	// Status is advisory: it must not hold up the stream, and a failure (no
+	// leader) only leaves a stale status.
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
+		defer cancel()
+		_, err := s.apply(ctx, fsm.ClusterStatusType, &hubpb.CmdClusterStatus{
+			Cluster: cluster, Status: st, NowMs: connectedAt, ConnectedAtMs: connectedAt,
+		})
+		if err != nil && status.Code(err) != codes.NotFound {
+			s.log.Debug("cluster status", "cluster", cluster, "status", st, "err", err)
+		}
+	}()
+}
+
+func (y *syncService) handle(ctx context.Context, stream fedv1.Sync_SyncServer, cluster string, m *fedv1.SyncRequest) error {
+	s := y.s
+	switch msg := m.GetMsg().(type) {
+	case *fedv1.SyncRequest_Publish:
+		p := msg.Publish
+		res := &fedv1.PublishResult{Nonce: p.GetNonce()}
+		idx, err := y.publish(ctx, cluster, p)
+		res.Revision = idx
+		if err != nil {
+			st := status.Convert(err)
+			res.ErrorCode, res.Error = st.Code().String(), st.Message()
+			if st.Code() == codes.PermissionDenied {
+				_ = stream.Send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_PublishResult{PublishResult: res}})
+				return err
+			}
+		}
+		return stream.Send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_PublishResult{PublishResult: res}})
+	case *fedv1.SyncRequest_PublishBundle:
+		res := &fedv1.PublishResult{Nonce: msg.PublishBundle.GetNonce()}
+		idx, err := y.publishBundle(ctx, cluster, msg.PublishBundle.GetBundle())
+		res.Revision = idx
+		if err != nil {
+			st := status.Convert(err)
+			res.ErrorCode, res.Error = st.Code().String(), st.Message()
+		}
+		return stream.Send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_PublishResult{PublishResult: res}})
+	case *fedv1.SyncRequest_Ack:
+		return nil
+	case *fedv1.SyncRequest_Nack:
+		s.log.Warn("agent rejected a delta", "cluster", cluster, "revision", msg.Nack.GetRevision(), "error", msg.Nack.GetError())
+		return nil
+	case *fedv1.SyncRequest_Hello:
+		return invalidArg("hello", "sent twice on one stream")
+	}
+	return invalidArg("msg", "empty or unknown message")
+}
+
+func (y *syncService) publish(ctx context.Context, cluster string, p *fedv1.PublishExports) (uint64, error) {
+	if n := len(p.GetUpserts()) + len(p.GetDeletes()); n > MaxExportsPerPublish {
+		return 0, invalidArg("publish", "%d changes, at most %d per message", n, MaxExportsPerPublish)
+	}
+	for i, svc := range p.GetUpserts() {
+		if err := validateExport(fmt.Sprintf("publish.upserts[%d]", i), svc); err != nil {
+			return 0, err
+		}
+	}
+	for i, key := range p.GetDeletes() {
+		if _, err := federation.ParseServiceKey(key); err != nil {
+			return 0, fieldErr(fmt.Sprintf("publish.deletes[%d]", i), err)
+		}
+	}
+	return y.s.apply(ctx, fsm.PublishExportsType, &hubpb.CmdPublishExports{
+		Cluster: cluster, Upserts: p.GetUpserts(), Deletes: p.GetDeletes(),
+	})
+}
+
+func (y *syncService) publishBundle(ctx context.Context, cluster string, b *fedv1.TrustBundle) (uint64, error) {
+	if b == nil {
+		return 0, invalidArg("publish_bundle.bundle", "required")
+	}
+	if _, err := validateBundle("publish_bundle.bundle", b); err != nil {
+		return 0, err
+	}
+	return y.s.apply(ctx, fsm.PutBundleType, &hubpb.CmdPutBundle{Cluster: cluster, Bundle: b})
+}
+
+// sendDelta sends d, split into messages of at most MaxDeltaRecords records.
+// Only the last message carries the revision, so a receiver that applies
+// messages in order never records a revision it has not fully received.
+func (y *syncService) sendDelta(stream fedv1.Sync_SyncServer, d *state.Delta) error {
+	msgs := splitDelta(d)
+	for _, m := range msgs {
+		if err := stream.Send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_Delta{Delta: m}}); err != nil {
+			return err
+		}
+		y.s.metrics.sends.Inc()
+	}
+	return nil
+}
+
+func splitDelta(d *state.Delta) []*fedv1.SyncDelta {
+	var out []*fedv1.SyncDelta
+	cur := &fedv1.SyncDelta{Reset_: d.Reset}
+	n := 0
+	flush := func() {
+		out = append(out, cur)
+		cur = &fedv1.SyncDelta{}
+		n = 0
+	}
+	add := func() {
+		n++
+		if n >= MaxDeltaRecords {
+			flush()
+		}
+	}
+	for _, c := range d.Clusters {
+		cur.Clusters = append(cur.Clusters, c)
+		add()
+	}
+	for _, e := range d.Exports {
+		cur.Exports = append(cur.Exports, e)
+		add()
+	}
+	for _, b := range d.Bundles {
+		cur.Bundles = append(cur.Bundles, b.GetBundle())
+		add()
+	}
+	for _, p := range d.Policies {
+		cur.Policies = append(cur.Policies, p)
+		add()
+	}
+	for _, k := range d.Removed[state.TableClusters] {
+		cur.RemovedClusters = append(cur.RemovedClusters, k)
+		add()
+	}
+	for _, k := range d.Removed[state.TableExports] {
+		cluster, svc, _ := cutExportKey(k)
+		cur.RemovedExports = append(cur.RemovedExports, &fedv1.ExportRef{Cluster: cluster, Service: svc})
+		add()
+	}
+	for _, k := range d.Removed[state.TableBundles] {
+		cur.RemovedBundles = append(cur.RemovedBundles, k)
+		add()
+	}
+	for _, k := range d.Removed[state.TablePolicies] {
+		cur.RemovedPolicies = append(cur.RemovedPolicies, k)
+		add()
+	}
+	if n > 0 || len(out) == 0 {
+		flush()
+	}
+	out[len(out)-1].Revision = d.Revision
+	return out
+}
+
+func cutExportKey(k string) (cluster, service string, ok bool) {
+	for i := 0; i < len(k); i++ {
+		if k[i] == '/' {
+			return k[:i], k[i+1:], true
+		}
+	}
+	return "", k, false
+}

@@ -1,0 +1,221 @@
+package hub
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshfed/meshfed/federation"
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+)
+
+// Limits on every input the hub accepts. Errors name the field path and bound.
+const (
+	MaxMessageSize        = 4 << 20
+	MaxPortsPerService    = 64
+	MaxEndpointGroups     = 256
+	MaxLabels             = 32
+	MaxLabelKeyLength     = 63
+	MaxLabelValueLength   = 253
+	MaxExportsPerPublish  = 1024
+	MaxBundleAuthorities  = 16
+	MaxGatewayAddresses   = 16
+	MaxCSRSize            = 8 << 10
+	MaxPolicySubsets      = 16
+	MaxFailoverRegions    = 16
+	MaxRetryAttempts      = 10
+	MaxCapabilityFeatures = 64
+	MaxFeatureNameLength  = 64
+	MaxCount              = 1 << 20
+)
+
+var protocols = map[string]bool{"TCP": true, "UDP": true, "HTTP": true, "HTTP2": true, "GRPC": true, "TLS": true}
+
+func invalidArg(field, format string, args ...any) error {
+	return status.Errorf(codes.InvalidArgument, "%s: %s", field, fmt.Sprintf(format, args...))
+}
+
+// fieldErr turns a federation parse error into InvalidArgument under prefix.
+func fieldErr(prefix string, err error) error {
+	var fe *federation.FieldError
+	if errors.As(err, &fe) {
+		if prefix != "" {
+			fe = fe.WithPrefix(prefix)
+		}
+		return status.Error(codes.InvalidArgument, fe.Error())
+	}
+	return status.Errorf(codes.InvalidArgument, "%s: %v", prefix, err)
+}
+
+func validateLocality(field string, l *fedv1.Locality) (federation.Locality, error) {
+	loc, err := federation.NewLocality(l.GetRegion(), l.GetZone(), l.GetSubzone())
+	if err != nil {
+		return federation.Locality{}, fieldErr(strings.TrimSuffix(field, ".locality"), err)
+	}
+	return loc, nil
+}
+
+func validateLabels(field string, labels map[string]string) error {
+	if len(labels) > MaxLabels {
+		return invalidArg(field, "%d labels, at most %d", len(labels), MaxLabels)
+	}
+	for k, v := range labels {
+		if k == "" || len(k) > MaxLabelKeyLength {
+			return invalidArg(field, "key %q must be 1 to %d characters", k, MaxLabelKeyLength)
+		}
+		if len(v) > MaxLabelValueLength {
+			return invalidArg(field+"["+k+"]", "value is %d characters, at most %d", len(v), MaxLabelValueLength)
+		}
+	}
+	return nil
+}
+
+func validateExport(field string, svc *fedv1.ExportedService) error {
+	if _, err := federation.NewServiceKey(svc.GetNamespace(), svc.GetName()); err != nil {
+		return fieldErr(field, err)
+	}
+	if n := len(svc.GetPorts()); n == 0 || n > MaxPortsPerService {
+		return invalidArg(field+".ports", "%d ports, want 1 to %d", n, MaxPortsPerService)
+	}
+	seen := map[uint32]bool{}
+	for i, p := range svc.GetPorts() {
+		pf := fmt.Sprintf("%s.ports[%d]", field, i)
+		if p.GetPort() < 1 || p.GetPort() > 65535 {
+			return invalidArg(pf+".port", "%d must be in 1..65535", p.GetPort())
+		}
+		if seen[p.GetPort()] {
+			return invalidArg(pf+".port", "%d is listed twice", p.GetPort())
+		}
+		seen[p.GetPort()] = true
+		if !protocols[p.GetProtocol()] {
+			return invalidArg(pf+".protocol", "%q must be one of TCP, UDP, HTTP, HTTP2, GRPC, TLS", p.GetProtocol())
+		}
+		if len(p.GetName()) > federation.MaxNameLength || len(p.GetAppProtocol()) > 253 {
+			return invalidArg(pf, "name at most %d and app_protocol at most 253 characters", federation.MaxNameLength)
+		}
+	}
+	if n := len(svc.GetEndpoints()); n > MaxEndpointGroups {
+		return invalidArg(field+".endpoints", "%d groups, at most %d", n, MaxEndpointGroups)
+	}
+	for i, g := range svc.GetEndpoints() {
+		gf := fmt.Sprintf("%s.endpoints[%d]", field, i)
+		if len(g.GetZone()) > federation.MaxLocalityPartLength {
+			return invalidArg(gf+".zone", "at most %d characters", federation.MaxLocalityPartLength)
+		}
+		if err := validateLabels(gf+".labels", g.GetLabels()); err != nil {
+			return err
+		}
+		if g.GetReady() > MaxCount || g.GetServing() > MaxCount || g.GetTerminating() > MaxCount {
+			return invalidArg(gf, "counts must be at most %d", MaxCount)
+		}
+	}
+	return nil
+}
+
+// validateBundle checks a trust bundle and returns its trust domain.
+func validateBundle(field string, b *fedv1.TrustBundle) (federation.TrustDomain, error) {
+	td, err := federation.ParseTrustDomain(b.GetTrustDomain())
+	if err != nil {
+		return td, fieldErr(field, err)
+	}
+	n := len(b.GetX509Authorities())
+	if n == 0 || n > MaxBundleAuthorities {
+		return td, invalidArg(field+".x509_authorities", "%d authorities, want 1 to %d", n, MaxBundleAuthorities)
+	}
+	for i, der := range b.GetX509Authorities() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return td, invalidArg(fmt.Sprintf("%s.x509_authorities[%d]", field, i), "not a DER certificate: %v", err)
+		}
+		if !c.IsCA {
+			return td, invalidArg(fmt.Sprintf("%s.x509_authorities[%d]", field, i), "not a CA certificate")
+		}
+	}
+	if b.GetRefreshHintSeconds() < 0 || b.GetRefreshHintSeconds() > 7*24*3600 {
+		return td, invalidArg(field+".refresh_hint_seconds", "%d must be in 0..604800", b.GetRefreshHintSeconds())
+	}
+	return td, nil
+}
+
+func validateGatewayAddrs(field string, addrs []string) error {
+	if len(addrs) > MaxGatewayAddresses {
+		return invalidArg(field, "%d addresses, at most %d", len(addrs), MaxGatewayAddresses)
+	}
+	for i, a := range addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil || len(a) > 255 {
+			return invalidArg(fmt.Sprintf("%s[%d]", field, i), "%q must be host:port", a)
+		}
+	}
+	return nil
+}
+
+func validateCapabilities(field string, c *fedv1.Capabilities) error {
+	if err := federation.CheckPeer(c.GetVersion()); err != nil {
+		return fieldErr(strings.TrimSuffix(field, ".capabilities"), err)
+	}
+	if n := len(c.GetFeatures()); n > MaxCapabilityFeatures {
+		return invalidArg(field+".features", "%d features, at most %d", n, MaxCapabilityFeatures)
+	}
+	for i, f := range c.GetFeatures() {
+		if len(f) > MaxFeatureNameLength {
+			return invalidArg(fmt.Sprintf("%s.features[%d]", field, i), "at most %d characters", MaxFeatureNameLength)
+		}
+	}
+	return nil
+}
+
+func validatePolicy(field string, p *fedv1.TrafficPolicy) error {
+	if _, err := federation.ParseClusterName(p.GetName()); err != nil {
+		return invalidArg(field+".name", "%q must be a lowercase DNS label of at most %d characters", p.GetName(), federation.MaxNameLength)
+	}
+	if _, err := federation.ParseServiceKey(p.GetService()); err != nil {
+		return fieldErr(field, err)
+	}
+	if n := len(p.GetSubsets()); n > MaxPolicySubsets {
+		return invalidArg(field+".subsets", "%d subsets, at most %d", n, MaxPolicySubsets)
+	}
+	total := uint32(0)
+	for i, sub := range p.GetSubsets() {
+		sf := fmt.Sprintf("%s.subsets[%d]", field, i)
+		if sub.GetWeight() > 100 {
+			return invalidArg(sf+".weight", "%d must be in 0..100", sub.GetWeight())
+		}
+		total += sub.GetWeight()
+		if err := validateLabels(sf+".labels", sub.GetLabels()); err != nil {
+			return err
+		}
+	}
+	if len(p.GetSubsets()) > 0 && total != 100 {
+		return invalidArg(field+".subsets", "weights sum to %d, want 100", total)
+	}
+	if n := len(p.GetFailoverRegions()); n > MaxFailoverRegions {
+		return invalidArg(field+".failover_regions", "%d regions, at most %d", n, MaxFailoverRegions)
+	}
+	for i, r := range p.GetFailoverRegions() {
+		if _, err := federation.NewLocality(r, "", ""); err != nil {
+			return fieldErr(fmt.Sprintf("%s.failover_regions[%d]", field, i), err)
+		}
+	}
+	if od := p.GetOutlierDetection(); od != nil {
+		if od.GetMaxEjectionPercent() > 100 {
+			return invalidArg(field+".outlier_detection.max_ejection_percent", "%d must be in 0..100", od.GetMaxEjectionPercent())
+		}
+		if od.GetIntervalMs() < 0 || od.GetBaseEjectionMs() < 0 {
+			return invalidArg(field+".outlier_detection", "durations must not be negative")
+		}
+	}
+	if r := p.GetRetries(); r != nil {
+		if r.GetAttempts() > MaxRetryAttempts {
+			return invalidArg(field+".retries.attempts", "%d, at most %d", r.GetAttempts(), MaxRetryAttempts)
+		}
+		if r.GetPerTryTimeoutMs() < 0 {
+			return invalidArg(field+".retries.per_try_timeout_ms", "must not be negative")
+		}
+	}
+	return nil
+}
