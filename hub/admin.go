@@ -237,7 +237,7 @@ func (a *adminService) Status(ctx context.Context, _ *fedv1.StatusRequest) (*fed
 		}
 		if n == s.cfg.Name {
 			st.State = stateName(s.raft.State())
-			st.AppliedIndex = s.raft.AppliedIndex()
+			st.AppliedIndex = s.fsm.AppliedIndex()
 		}
 		resp.Servers = append(resp.Servers, st)
 	}

@@ -152,7 +152,8 @@ func (m *certManager) issue(ca *pki.CA, path string, ttl time.Duration, server b
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}, nil
+	// The chain carries the CA so that joining agents can pin it by fingerprint.
+	return &tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
 }
 
 // writeAdminConfig writes <data-dir>/admin.yaml once: hub addresses, the CA

@@ -60,6 +60,10 @@ type Config struct {
 	// GossipProfile is "lan" (memberlist LAN defaults) or "local" (loopback,
 	// faster failure detection).
 	GossipProfile string
+
+	// walSegmentSize overrides raft-wal's segment size (tests use small
+	// segments so that log compaction really drops entries).
+	walSegmentSize int
 }
 
 // DefaultConfig returns a configuration with every tunable set.

@@ -46,7 +46,7 @@ func newMetrics(s *Server, reg *prometheus.Registry) *metrics {
 			if s.raft == nil {
 				return 0
 			}
-			return float64(s.raft.AppliedIndex())
+			return float64(s.fsm.AppliedIndex())
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshfed_hub_revision", Help: "State revision (Raft index of the last change)."}, func() float64 {
 			return float64(s.fsm.Store().Read().Revision())
@@ -95,7 +95,7 @@ func (s *Server) Ready(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if applied := s.raft.AppliedIndex(); applied < idx {
+	if applied := s.fsm.AppliedIndex(); applied < idx {
 		return fmt.Errorf("catching up: applied %d of %d", applied, idx)
 	}
 	return nil

@@ -83,7 +83,10 @@ func codeFromName(name string) codes.Code {
 }
 
 // readIndex returns an index that, once applied locally, makes a read
-// linearizable: the leader's commit index after it has confirmed leadership.
+// linearizable: the leader's FSM applied index after it has confirmed
+// leadership. Every acknowledged write was applied on the leader before it
+// was acknowledged, and a new leader is ready only after a barrier, so the
+// index covers every acknowledged write.
 func (s *Server) readIndex(ctx context.Context) (uint64, error) {
 	if s.raft.State() == raft.Leader {
 		if !s.leaderReady.Load() {
@@ -92,7 +95,7 @@ func (s *Server) readIndex(ctx context.Context) (uint64, error) {
 		if err := s.raft.VerifyLeader().Error(); err != nil {
 			return 0, status.Errorf(codes.Unavailable, "hub: leadership not confirmed: %v; retry", err)
 		}
-		return s.raft.CommitIndex(), nil
+		return s.fsm.AppliedIndex(), nil
 	}
 	conn, err := s.leaderConn(ctx)
 	if err != nil {
@@ -127,7 +130,7 @@ func (s *Server) waitApplied(ctx context.Context, idx uint64) error {
 	tick := time.NewTicker(2 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		applied := s.raft.AppliedIndex()
+		applied := s.fsm.AppliedIndex()
 		if applied >= idx {
 			return nil
 		}

@@ -30,6 +30,7 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -49,6 +50,7 @@ type Server struct {
 	fsm       *fsm.FSM
 	raft      *raft.Raft
 	wal       *wal.WAL
+	walMeta   *metadb.BoltMetaDB
 	transport *raft.NetworkTransport
 	gossip    *memberlist.Memberlist
 	members   *memberTracker
@@ -160,12 +162,20 @@ func (w logWriter) Write(p []byte) (int, error) {
 
 func (s *Server) setupRaft() error {
 	dir := filepath.Join(s.cfg.DataDir, "raft")
-	w, err := wal.Open(filepath.Join(dir, "wal"))
+	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Output: logWriter{s.log, "raft"}, Level: hclog.Info})
+	// raft-wal's Close leaves its meta DB open (and flock-ed); we own it so
+	// that a server can be restarted within one process.
+	s.walMeta = &metadb.BoltMetaDB{}
+	segment := wal.DefaultSegmentSize
+	if s.cfg.walSegmentSize > 0 {
+		segment = s.cfg.walSegmentSize
+	}
+	w, err := wal.Open(filepath.Join(dir, "wal"), wal.WithMetaStore(s.walMeta),
+		wal.WithLogger(hlog.Named("wal")), wal.WithSegmentSize(segment))
 	if err != nil {
 		return fmt.Errorf("hub: open raft log: %w", err)
 	}
 	s.wal = w
-	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Output: logWriter{s.log, "raft"}, Level: hclog.Info})
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hlog)
 	if err != nil {
 		return fmt.Errorf("hub: snapshot store: %w", err)
@@ -319,6 +329,11 @@ func (s *Server) closeAll() error {
 			errs = append(errs, err)
 		}
 	}
+	if s.walMeta != nil {
+		if err := s.walMeta.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -364,7 +379,7 @@ func (s *Server) leaderLoop() {
 			continue
 		}
 		s.leaderReady.Store(true)
-		s.log.Info("leader ready", "term_index", s.raft.AppliedIndex())
+		s.log.Info("leader ready", "applied_index", s.fsm.AppliedIndex())
 		if err := s.ensureCA(); err != nil {
 			s.log.Error("create hub CA", "err", err)
 			s.leaderReady.Store(false)

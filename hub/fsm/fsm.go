@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
@@ -55,7 +56,17 @@ type FSM struct {
 
 	mu    sync.RWMutex
 	store *state.Store
+	// applied is the index of the last command log this FSM has applied.
+	// Unlike raft.AppliedIndex, which moves when entries are handed to the
+	// FSM goroutine, it moves only once the store shows the command.
+	applied atomic.Uint64
 }
+
+// AppliedIndex is the Raft index of the last command applied to the store.
+// Every server applies the same commands, so the values are comparable
+// across servers: a read that waits for AppliedIndex to reach the leader's
+// value sees every write the leader has acknowledged.
+func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
 
 var _ raft.FSM = (*FSM)(nil)
 
@@ -78,6 +89,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return &Result{}
 	}
+	defer f.applied.Store(l.Index)
 	t, msg, known, err := Decode(l.Data)
 	if err != nil {
 		// A known command that does not decode was proposed by a buggy server:
@@ -268,13 +280,16 @@ func applyPublish(w *state.WriteTxn, c *hubpb.CmdPublishExports) *Error {
 
 // Snapshot captures an immutable view; Persist runs concurrently with Apply.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	return &snapshot{view: f.Store().Read()}, nil
+	return &snapshot{view: f.Store().Read(), applied: f.AppliedIndex()}, nil
 }
 
 // snapshotFormat versions the snapshot stream.
 const snapshotFormat = 1
 
-type snapshot struct{ view *state.ReadTxn }
+type snapshot struct {
+	view    *state.ReadTxn
+	applied uint64
+}
 
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 	bw := bufio.NewWriterSize(sink, 1<<16)
@@ -296,7 +311,7 @@ func (s *snapshot) write(w io.Writer) error {
 	}
 	v := s.view
 	if err := put(&hubpb.SnapshotRecord{Rec: &hubpb.SnapshotRecord_Header{Header: &hubpb.SnapshotHeader{
-		Format: snapshotFormat, Revision: v.Revision(), TombstoneFloor: v.TombstoneFloor(),
+		Format: snapshotFormat, Revision: v.Revision(), TombstoneFloor: v.TombstoneFloor(), AppliedIndex: s.applied,
 	}}}); err != nil {
 		return err
 	}
@@ -347,6 +362,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	br := bufio.NewReaderSize(rc, 1<<16)
 	r := state.NewRestorer()
 	first := true
+	var applied uint64
 	for {
 		rec := &hubpb.SnapshotRecord{}
 		err := protodelim.UnmarshalFrom(br, rec)
@@ -365,6 +381,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 				return fmt.Errorf("fsm: restore: snapshot format %d, this server reads %d", h.GetFormat(), snapshotFormat)
 			}
 			r.Header(h.GetRevision(), h.GetTombstoneFloor())
+			applied = h.GetAppliedIndex()
 			first = false
 			continue
 		}
@@ -394,6 +411,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	old := f.store
 	f.store = fresh
+	f.applied.Store(applied)
 	f.mu.Unlock()
 	old.Abandon()
 	return nil

@@ -952,8 +952,10 @@ type SnapshotHeader struct {
 	Format         uint32                 `protobuf:"varint,1,opt,name=format,proto3" json:"format,omitempty"`
 	Revision       uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	TombstoneFloor uint64                 `protobuf:"varint,3,opt,name=tombstone_floor,json=tombstoneFloor,proto3" json:"tombstone_floor,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Index of the last command the FSM had applied.
+	AppliedIndex  uint64 `protobuf:"varint,4,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SnapshotHeader) Reset() {
@@ -1003,6 +1005,13 @@ func (x *SnapshotHeader) GetRevision() uint64 {
 func (x *SnapshotHeader) GetTombstoneFloor() uint64 {
 	if x != nil {
 		return x.TombstoneFloor
+	}
+	return 0
+}
+
+func (x *SnapshotHeader) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
 	}
 	return 0
 }
@@ -1324,11 +1333,12 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\x06bundle\x18\x06 \x01(\v2\x1c.meshfed.hub.v1.BundleRecordH\x00R\x06bundle\x12>\n" +
 	"\x06policy\x18\a \x01(\v2$.meshfed.federation.v1.TrafficPolicyH\x00R\x06policy\x129\n" +
 	"\ttombstone\x18\b \x01(\v2\x19.meshfed.hub.v1.TombstoneH\x00R\ttombstoneB\x05\n" +
-	"\x03rec\"m\n" +
+	"\x03rec\"\x92\x01\n" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12'\n" +
-	"\x0ftombstone_floor\x18\x03 \x01(\x04R\x0etombstoneFloor\"\xb6\x01\n" +
+	"\x0ftombstone_floor\x18\x03 \x01(\x04R\x0etombstoneFloor\x12#\n" +
+	"\rapplied_index\x18\x04 \x01(\x04R\fappliedIndex\"\xb6\x01\n" +
 	"\fBundleRecord\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12:\n" +
 	"\x06bundle\x18\x02 \x01(\v2\".meshfed.federation.v1.TrustBundleR\x06bundle\x12'\n" +

@@ -1,0 +1,225 @@
+package hub
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/meshfed/meshfed/federation"
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/pki"
+)
+
+// testAgent is the hub side of an agent, enough to join and sync.
+type testAgent struct {
+	t       testing.TB
+	cluster string
+	conn    *grpc.ClientConn
+}
+
+// joinTLS verifies the hub by the CA fingerprint in the token, as the agent does.
+func joinTLS(fp string, trustDomain string) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		InsecureSkipVerify: true, // verified below by pinning the CA fingerprint
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			for _, r := range raw[1:] {
+				c, err := x509.ParseCertificate(r)
+				if err == nil && pki.Fingerprint(c) == fp {
+					pool := x509.NewCertPool()
+					pool.AddCert(c)
+					return clientconfig.VerifyHubServer(raw, pool, trustDomain)
+				}
+			}
+			return fmt.Errorf("hub does not present the pinned CA %s", fp)
+		},
+	}
+}
+
+// join redeems token for cluster; it returns the gRPC error unchanged.
+func join(ctx context.Context, token, cluster string) (*testAgent, *fedv1.JoinResponse, error) {
+	jt, err := federation.ParseJoinToken(token)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := clientconfig.Dial(jt.Addrs, joinTLS(jt.CAFingerprint, "hub.meshfed"))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer conn.Close()
+	key, err := pki.NewKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	td := cluster + ".meshfed.local"
+	resp, err := fedv1.NewJoinClient(conn).Join(ctx, &fedv1.JoinRequest{
+		Token: token, Cluster: cluster,
+		Locality:     &fedv1.Locality{Region: "r-" + cluster, Zone: "z-" + cluster},
+		TrustBundle:  mustBundle(td),
+		Csr:          csr,
+		Capabilities: &fedv1.Capabilities{Version: federation.CapabilityVersion},
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	certs, err := pki.ParseCertsPEM(resp.GetClientCertificate())
+	if err != nil {
+		return nil, nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(resp.GetHubCa())
+	tlsCfg := clientconfig.ClientTLS(pool, &tls.Certificate{Certificate: [][]byte{certs[0].Raw}, PrivateKey: key, Leaf: certs[0]}, resp.GetSettings().GetHubTrustDomain())
+	aconn, err := grpc.NewClient("passthrough:///"+jt.Addrs[0], grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	if err != nil {
+		return nil, nil, err
+	}
+	return &testAgent{cluster: cluster, conn: aconn}, resp, nil
+}
+
+func mustBundle(td string) *fedv1.TrustBundle {
+	ca, err := pki.NewCA(td, time.Hour, time.Now())
+	if err != nil {
+		panic(err)
+	}
+	return &fedv1.TrustBundle{TrustDomain: td, X509Authorities: [][]byte{ca.Cert.Raw}, RefreshHintSeconds: 60, SequenceNumber: 1}
+}
+
+// joinCluster creates a token through admin and joins with it.
+func joinCluster(t testing.TB, admin fedv1.AdminClient, cluster string) *testAgent {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	tok, err := admin.CreateToken(ctx, &fedv1.CreateTokenRequest{Cluster: cluster})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _, err := join(ctx, tok.GetToken(), cluster)
+	if err != nil {
+		t.Fatalf("join %s: %v", cluster, err)
+	}
+	a.t = t
+	t.Cleanup(func() { _ = a.conn.Close() })
+	return a
+}
+
+// syncStream is an open Sync stream with a local view of the catalog.
+type syncStream struct {
+	t        testing.TB
+	stream   fedv1.Sync_SyncClient
+	cancel   context.CancelFunc
+	revision uint64
+	exports  map[string]*fedv1.ExportRecord // cluster/ns/name
+	clusters map[string]*fedv1.ClusterRecord
+	resets   int
+}
+
+func (a *testAgent) sync(resume uint64, helloCluster string) (*syncStream, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := fedv1.NewSyncClient(a.conn).Sync(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if helloCluster == "" {
+		helloCluster = a.cluster
+	}
+	if err := st.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Hello{Hello: &fedv1.SyncHello{
+		Cluster: helloCluster, ResumeRevision: resume, Capabilities: &fedv1.Capabilities{Version: federation.CapabilityVersion},
+	}}}); err != nil {
+		cancel()
+		return nil, err
+	}
+	m, err := st.Recv()
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if m.GetHello() == nil {
+		cancel()
+		return nil, fmt.Errorf("first message is %T, want hello", m.GetMsg())
+	}
+	s := &syncStream{t: a.t, stream: st, cancel: cancel, revision: resume,
+		exports: map[string]*fedv1.ExportRecord{}, clusters: map[string]*fedv1.ClusterRecord{}}
+	a.t.Cleanup(cancel)
+	return s, nil
+}
+
+// next applies messages until one matches pred, returning it.
+func (s *syncStream) next(pred func(*fedv1.SyncResponse) bool) (*fedv1.SyncResponse, error) {
+	for {
+		m, err := s.stream.Recv()
+		if err != nil {
+			return nil, err
+		}
+		if d := m.GetDelta(); d != nil {
+			s.apply(d)
+		}
+		if pred(m) {
+			return m, nil
+		}
+	}
+}
+
+func (s *syncStream) apply(d *fedv1.SyncDelta) {
+	if d.GetReset_() {
+		s.resets++
+		s.exports = map[string]*fedv1.ExportRecord{}
+		s.clusters = map[string]*fedv1.ClusterRecord{}
+	}
+	for _, c := range d.GetClusters() {
+		s.clusters[c.GetName()] = c
+	}
+	for _, c := range d.GetRemovedClusters() {
+		delete(s.clusters, c)
+	}
+	for _, e := range d.GetExports() {
+		s.exports[e.GetCluster()+"/"+e.GetService().GetNamespace()+"/"+e.GetService().GetName()] = e
+	}
+	for _, r := range d.GetRemovedExports() {
+		delete(s.exports, r.GetCluster()+"/"+r.GetService())
+	}
+	if d.GetRevision() != 0 {
+		s.revision = d.GetRevision()
+	}
+}
+
+// waitRevision applies deltas until the view has reached rev.
+func (s *syncStream) waitRevision(rev uint64) error {
+	if s.revision >= rev {
+		return nil
+	}
+	_, err := s.next(func(*fedv1.SyncResponse) bool { return s.revision >= rev })
+	return err
+}
+
+func (s *syncStream) publish(nonce uint64, upserts []*fedv1.ExportedService, deletes ...string) (*fedv1.PublishResult, error) {
+	if err := s.stream.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Publish{Publish: &fedv1.PublishExports{
+		Nonce: nonce, Upserts: upserts, Deletes: deletes,
+	}}}); err != nil {
+		return nil, err
+	}
+	m, err := s.next(func(m *fedv1.SyncResponse) bool { return m.GetPublishResult().GetNonce() == nonce })
+	if err != nil {
+		return nil, err
+	}
+	return m.GetPublishResult(), nil
+}
+
+func svc(ns, name string, ready uint32) *fedv1.ExportedService {
+	return &fedv1.ExportedService{
+		Namespace: ns, Name: name,
+		Ports:     []*fedv1.ServicePort{{Name: "http", Port: 8080, Protocol: "HTTP"}},
+		Endpoints: []*fedv1.EndpointGroup{{Zone: "z1", Ready: ready, Labels: map[string]string{"version": "v1"}}},
+	}
+}
