@@ -150,7 +150,7 @@ func TestInstallSnapshotToLaggingFollower(t *testing.T) {
 		c.SnapshotThreshold = 50
 		c.TrailingLogs = 10
 		c.SnapshotInterval = time.Hour // snapshots are taken explicitly below
-		c.walSegmentSize = 8 << 10      // so that compaction really drops entries
+		c.walSegmentSize = 8 << 10     // so that compaction really drops entries
 	})
 	leader := h.Leader(10 * time.Second)
 	follower := (leader + 1) % 3

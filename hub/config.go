@@ -53,9 +53,14 @@ type Config struct {
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration
 	LeaderLeaseTimeout time.Duration
-	SnapshotInterval   time.Duration
-	SnapshotThreshold  uint64
-	TrailingLogs       uint64
+	// CommitTimeout is how long the leader waits, with no new writes, before
+	// telling followers the commit index. It bounds how late followers apply
+	// (and so serve) a write: Sync fan-out from followers and consistent
+	// reads on followers wait for it.
+	CommitTimeout     time.Duration
+	SnapshotInterval  time.Duration
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
 
 	// GossipProfile is "lan" (memberlist LAN defaults) or "local" (loopback,
 	// faster failure detection).
@@ -84,6 +89,7 @@ func DefaultConfig() Config {
 		HeartbeatTimeout:      1000 * time.Millisecond,
 		ElectionTimeout:       1000 * time.Millisecond,
 		LeaderLeaseTimeout:    500 * time.Millisecond,
+		CommitTimeout:         5 * time.Millisecond,
 		SnapshotInterval:      2 * time.Minute,
 		SnapshotThreshold:     8192,
 		TrailingLogs:          10240,
@@ -158,6 +164,7 @@ func (c *Config) Validate() error {
 		{"dead_server_grace", c.DeadServerGrace}, {"consistent_read_timeout", c.ConsistentReadTimeout},
 		{"apply_timeout", c.ApplyTimeout}, {"heartbeat_timeout", c.HeartbeatTimeout},
 		{"election_timeout", c.ElectionTimeout}, {"leader_lease_timeout", c.LeaderLeaseTimeout},
+		{"commit_timeout", c.CommitTimeout},
 		{"snapshot_interval", c.SnapshotInterval},
 	}
 	for _, p := range positive {

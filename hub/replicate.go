@@ -245,4 +245,3 @@ func (i *internalService) ReadIndex(ctx context.Context, _ *hubpb.ReadIndexReque
 	}
 	return &hubpb.ReadIndexResponse{Index: idx}, nil
 }
-

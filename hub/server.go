@@ -197,6 +197,7 @@ func (s *Server) setupRaft() error {
 	rc.HeartbeatTimeout = s.cfg.HeartbeatTimeout
 	rc.ElectionTimeout = s.cfg.ElectionTimeout
 	rc.LeaderLeaseTimeout = s.cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = s.cfg.CommitTimeout
 	rc.SnapshotInterval = s.cfg.SnapshotInterval
 	rc.SnapshotThreshold = s.cfg.SnapshotThreshold
 	rc.TrailingLogs = s.cfg.TrailingLogs
