@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -436,4 +439,74 @@ func containsAll(s string, subs ...string) bool {
 		}
 	}
 	return true
+}
+
+// Add starts a new server that joins the running ones (bootstrap-expect 0).
+func (h *testHub) Add(name string) int {
+	h.t.Helper()
+	ports := freePorts(h.t, 4)
+	c := h.cfgs[0]
+	c.Name = name
+	c.DataDir = filepath.Join(filepath.Dir(h.cfgs[0].DataDir), name)
+	c.GRPCPort, c.RaftPort, c.GossipPort, c.HTTPPort = ports[0], ports[1], ports[2], ports[3]
+	c.BootstrapExpect = 0
+	c.Join = nil
+	for _, o := range h.cfgs {
+		c.Join = append(c.Join, fmt.Sprintf("127.0.0.1:%d", o.GossipPort))
+	}
+	h.mu.Lock()
+	h.cfgs = append(h.cfgs, c)
+	h.servers = append(h.servers, nil)
+	i := len(h.cfgs) - 1
+	h.mu.Unlock()
+	h.Start(i)
+	return i
+}
+
+func voters(t *testing.T, s *Server) []string {
+	t.Helper()
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, srv := range f.Configuration().Servers {
+		ids = append(ids, string(srv.ID))
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func TestDeadServerRemovedAndReplaced(t *testing.T) {
+	h := newTestHub(t, 3, func(c *Config) { c.DeadServerGrace = 2 * time.Second })
+	leader := h.Leader(10 * time.Second)
+	victim := (leader + 1) % 3
+	victimName := h.cfgs[victim].Name
+	h.Kill(victim)
+	waitFor(t, 30*time.Second, "dead server removed from the raft configuration", func() error {
+		l := h.Server(h.Leader(10 * time.Second))
+		for _, id := range voters(t, l) {
+			if id == victimName {
+				return fmt.Errorf("%s still a member: %v", id, voters(t, l))
+			}
+		}
+		return nil
+	})
+	// A replacement joins the same way and becomes a voter.
+	r := h.Add("s9")
+	waitFor(t, 30*time.Second, "replacement is a voter", func() error {
+		got := voters(t, h.Server(h.Leader(10*time.Second)))
+		if len(got) != 3 || !slices.Contains(got, "s9") {
+			return fmt.Errorf("voters %v", got)
+		}
+		return nil
+	})
+	h.WaitReady(20 * time.Second)
+	// It serves consistent reads of data written before it existed.
+	acked := createTokens(t, h.Admin(), "late", 3)
+	have, err := tokenSet(t, h.Admin(r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireAll(t, have, acked)
 }
