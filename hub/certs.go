@@ -221,7 +221,11 @@ const (
 	kindCluster = "cluster"
 )
 
-type identity struct{ kind, name string }
+type identity struct {
+	kind, name string
+	// serial is the certificate's serial number in hex.
+	serial string
+}
 
 type identityKey struct{}
 
@@ -240,7 +244,8 @@ func (s *Server) identify(ctx context.Context) (identity, error) {
 	if !ok || len(ti.State.VerifiedChains) == 0 {
 		return identity{}, status.Error(codes.Unauthenticated, "a client certificate issued by the hub CA is required")
 	}
-	id, err := pki.SPIFFEID(ti.State.VerifiedChains[0][0])
+	leaf := ti.State.VerifiedChains[0][0]
+	id, err := pki.SPIFFEID(leaf)
 	if err != nil {
 		return identity{}, status.Error(codes.Unauthenticated, err.Error())
 	}
@@ -251,7 +256,7 @@ func (s *Server) identify(ctx context.Context) (identity, error) {
 	if len(parts) != 2 || parts[1] == "" {
 		return identity{}, status.Errorf(codes.Unauthenticated, "identity %q has no hub role", id)
 	}
-	return identity{kind: parts[0], name: parts[1]}, nil
+	return identity{kind: parts[0], name: parts[1], serial: leaf.SerialNumber.Text(16)}, nil
 }
 
 // requiredKind maps a full method name to the identity kinds allowed to call it.

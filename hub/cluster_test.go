@@ -510,3 +510,29 @@ func TestDeadServerRemovedAndReplaced(t *testing.T) {
 	}
 	requireAll(t, have, acked)
 }
+
+func TestRemovedClusterCredentialsStopWorking(t *testing.T) {
+	h := newTestHub(t, 3)
+	admin := h.Admin()
+	old := joinCluster(t, admin, "east")
+	st, err := old.sync(0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.RemoveCluster(ctxT(t, 10*time.Second), &fedv1.RemoveClusterRequest{Name: "east"}); err != nil {
+		t.Fatal(err)
+	}
+	// The open stream is closed, not left receiving the catalog.
+	_, err = st.next(func(*fedv1.SyncResponse) bool { return false })
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("open stream after removal: %v, want PermissionDenied", err)
+	}
+	// The cluster rejoins with a new token; the old certificate stays refused.
+	fresh := joinCluster(t, admin, "east")
+	if _, err := old.sync(0, ""); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("superseded certificate: %v, want PermissionDenied", err)
+	}
+	if _, err := fresh.sync(0, ""); err != nil {
+		t.Fatalf("new credentials: %v", err)
+	}
+}

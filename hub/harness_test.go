@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
@@ -170,7 +169,7 @@ func (h *testHub) Leader(timeout time.Duration) int {
 	idx := -1
 	waitFor(h.t, timeout, "a ready leader", func() error {
 		for i := range h.cfgs {
-			if s := h.Server(i); s != nil && s.raft.State() == raft.Leader && s.leaderReady.Load() {
+			if s := h.Server(i); s != nil && s.leaderReady() {
 				idx = i
 				return nil
 			}

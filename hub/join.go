@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/subtle"
 	"fmt"
 	"time"
 
@@ -68,12 +69,20 @@ func (j *joinService) Join(ctx context.Context, req *fedv1.JoinRequest) (*fedv1.
 		return nil, invalidArg("csr", "%v", err)
 	}
 	hash := sha256.Sum256(tok.Secret)
+	if err := s.precheckToken(ctx, tok.ID, hash[:], now); err != nil {
+		return nil, err
+	}
+	serial, err := pki.NewSerial()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "serial: %v", err)
+	}
 	_, err = s.apply(ctx, fsm.JoinType, &hubpb.CmdJoin{
 		TokenId: tok.ID, SecretHash: hash[:], NowMs: now.UnixMilli(),
 		Cluster: &fedv1.ClusterRecord{
 			Name: cluster.String(), TrustDomain: td.String(),
 			Locality:         &fedv1.Locality{Region: loc.Region(), Zone: loc.Zone(), Subzone: loc.Subzone()},
 			GatewayAddresses: req.GetGatewayAddresses(), Capabilities: req.GetCapabilities(),
+			AgentCertSerial: serial.Text(16),
 		},
 		Bundle: req.GetTrustBundle(),
 	})
@@ -81,7 +90,7 @@ func (j *joinService) Join(ctx context.Context, req *fedv1.JoinRequest) (*fedv1.
 		s.log.Info("join refused", "cluster", cluster, "token", tok.ID, "err", err)
 		return nil, err
 	}
-	cert, err := ca.SignCSR(req.GetCsr(), pki.LeafOptions{SPIFFEID: id, TTL: s.cfg.AgentCertTTL, Now: now, Client: true})
+	cert, err := ca.SignCSR(req.GetCsr(), pki.LeafOptions{SPIFFEID: id, TTL: s.cfg.AgentCertTTL, Now: now, Client: true, Serial: serial})
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "sign agent certificate: %v", err)
 	}
@@ -93,6 +102,30 @@ func (j *joinService) Join(ctx context.Context, req *fedv1.JoinRequest) (*fedv1.
 		Capabilities:      localCapabilities(),
 		HubAddresses:      s.hubAddrs(),
 	}, nil
+}
+
+// precheckToken refuses, without a Raft write, a token that is certainly
+// unusable, so that unauthenticated Join calls cannot load the log. The FSM
+// checks again, authoritatively, when the join is applied.
+func (s *Server) precheckToken(ctx context.Context, id string, hash []byte, now time.Time) error {
+	tok := s.fsm.Store().Read().Token(id)
+	if tok == nil {
+		// Maybe just created and not yet applied here: ask consistently.
+		r, err := s.consistentRead(ctx)
+		if err != nil {
+			return err
+		}
+		tok = r.Token(id)
+	}
+	if tok == nil || subtle.ConstantTimeCompare(tok.GetSecretHash(), hash) != 1 {
+		return status.Error(codes.PermissionDenied, "token refused: unknown token")
+	}
+	if tok.GetUsed() || tok.GetRevoked() || now.UnixMilli() >= tok.GetExpiresAtMs() {
+		// Used, revoked and expired are final states: a stale view can only
+		// lag behind them, never show them wrongly.
+		return status.Errorf(codes.PermissionDenied, "token refused: token %s is used, revoked or expired", id)
+	}
+	return nil
 }
 
 func localCapabilities() *fedv1.Capabilities {

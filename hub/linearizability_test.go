@@ -182,8 +182,77 @@ func TestLinearizability(t *testing.T) {
 			_ = porcupine.Visualize(kvModel, info, f)
 			_ = f.Close()
 		}
+		for _, a := range staleReads(ops) {
+			t.Log(a)
+		}
 		t.Fatalf("history is not linearizable (visualization: %s)", path)
 	case porcupine.Unknown:
-		t.Fatal("linearizability check timed out")
+		t.Fatalf("linearizability check timed out (%d operations)", len(ops))
 	}
+}
+
+// staleReads names concrete anomalies to make a failure readable: a get that
+// returned a value overwritten by a put that completed before the get began.
+func staleReads(ops []porcupine.Operation) []string {
+	var out []string
+	for _, g := range ops {
+		in := g.Input.(kvInput)
+		if in.put {
+			continue
+		}
+		got := g.Output.(kvOutput).value
+		var wrote *porcupine.Operation
+		for i, p := range ops {
+			if pi := p.Input.(kvInput); pi.put && pi.key == in.key && pi.value == got {
+				wrote = &ops[i]
+			}
+		}
+		for _, p := range ops {
+			pi := p.Input.(kvInput)
+			if !pi.put || pi.key != in.key || pi.value == got || p.Output.(kvOutput).unknown {
+				continue
+			}
+			// p completed before g began, and began after got's put completed.
+			if p.Return < g.Call && (wrote == nil && got == "" || wrote != nil && wrote.Return < p.Call) {
+				out = append(out, fmt.Sprintf("client %d get(%s) at %v..%v returned %q, but put(%s)=%s completed at %v",
+					g.ClientId, in.key, time.Duration(g.Call), time.Duration(g.Return), got, pi.key, pi.value, time.Duration(p.Return)))
+				break
+			}
+		}
+		if len(out) >= 10 {
+			break
+		}
+	}
+	// Non-monotonic reads: g1 saw v1, a later g2 saw v2, but v2's put
+	// completed before v1's put began.
+	puts := map[string]porcupine.Operation{}
+	for _, p := range ops {
+		if pi := p.Input.(kvInput); pi.put {
+			puts[pi.key+"="+pi.value] = p
+		}
+	}
+	for _, g1 := range ops {
+		k := g1.Input.(kvInput)
+		if k.put {
+			continue
+		}
+		v1 := g1.Output.(kvOutput).value
+		for _, g2 := range ops {
+			k2 := g2.Input.(kvInput)
+			if k2.put || k2.key != k.key || g2.Call <= g1.Return {
+				continue
+			}
+			v2 := g2.Output.(kvOutput).value
+			p1, ok1 := puts[k.key+"="+v1]
+			p2, ok2 := puts[k.key+"="+v2]
+			if v1 != v2 && ok1 && (v2 == "" || ok2 && p2.Return < p1.Call) {
+				out = append(out, fmt.Sprintf("get(%s) by client %d at %v returned %q; a later get by client %d at %v returned older %q",
+					k.key, g1.ClientId, time.Duration(g1.Call), v1, g2.ClientId, time.Duration(g2.Call), v2))
+				if len(out) >= 10 {
+					return out
+				}
+			}
+		}
+	}
+	return out
 }

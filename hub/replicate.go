@@ -83,19 +83,29 @@ func codeFromName(name string) codes.Code {
 }
 
 // readIndex returns an index that, once applied locally, makes a read
-// linearizable: the leader's FSM applied index after it has confirmed
-// leadership. Every acknowledged write was applied on the leader before it
-// was acknowledged, and a new leader is ready only after a barrier, so the
-// index covers every acknowledged write.
+// linearizable: the last command at or below the leader's commit index,
+// taken after the leader has confirmed its leadership in a term in which it
+// has applied everything from earlier terms (a barrier). It covers every
+// write committed before the read began, acknowledged or not, so two reads
+// in sequence never go back in time even when served by different servers.
+//
+// It is a command index, not a Raft index, because only commands reach the
+// FSM: fsm.AppliedIndex never points at a no-op, barrier or configuration
+// entry, so waiting for it to reach a Raft index of such an entry would
+// never end.
 func (s *Server) readIndex(ctx context.Context) (uint64, error) {
 	if s.raft.State() == raft.Leader {
-		if !s.leaderReady.Load() {
+		term := s.raft.CurrentTerm()
+		if s.readyTerm.Load() != term {
 			return 0, status.Error(codes.Unavailable, "hub: new leader still applying earlier entries; retry")
 		}
 		if err := s.raft.VerifyLeader().Error(); err != nil {
 			return 0, status.Errorf(codes.Unavailable, "hub: leadership not confirmed: %v; retry", err)
 		}
-		return s.fsm.AppliedIndex(), nil
+		if s.raft.CurrentTerm() != term {
+			return 0, status.Error(codes.Unavailable, "hub: leadership changed during the read; retry")
+		}
+		return s.lastCommandAtOrBelow(s.raft.CommitIndex())
 	}
 	conn, err := s.leaderConn(ctx)
 	if err != nil {
@@ -106,6 +116,23 @@ func (s *Server) readIndex(ctx context.Context) (uint64, error) {
 		return 0, status.Errorf(codes.Unavailable, "hub: read index from leader: %v", status.Convert(err).Message())
 	}
 	return resp.GetIndex(), nil
+}
+
+// lastCommandAtOrBelow scans the leader's log back from idx to the first
+// command entry. Entries above the FSM's applied index are never compacted,
+// and a leader holds every committed entry, so the scan is short and sound.
+func (s *Server) lastCommandAtOrBelow(idx uint64) (uint64, error) {
+	floor := s.fsm.AppliedIndex()
+	for i := idx; i > floor; i-- {
+		var l raft.Log
+		if err := s.wal.GetLog(i, &l); err != nil {
+			return 0, status.Errorf(codes.Unavailable, "hub: read index: log entry %d: %v", i, err)
+		}
+		if l.Type == raft.LogCommand {
+			return i, nil
+		}
+	}
+	return floor, nil
 }
 
 // consistentRead returns a view of the store that includes every write

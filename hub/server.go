@@ -64,9 +64,9 @@ type Server struct {
 	metrics  *metrics
 	registry *prometheus.Registry
 
-	// leaderReady is true while this server is leader and has applied
-	// everything from earlier terms (a barrier succeeded).
-	leaderReady atomic.Bool
+	// readyTerm is the Raft term in which this server, as leader, has
+	// applied everything from earlier terms (a barrier succeeded in it).
+	readyTerm atomic.Uint64
 	streams     atomic.Int64
 
 	stopOnce sync.Once
@@ -367,23 +367,31 @@ func (s *Server) leaderLoop() {
 		case <-obs:
 		case <-tick.C:
 		}
-		isLeader := s.raft.State() == raft.Leader
-		if !isLeader {
-			s.leaderReady.Store(false)
+		if s.raft.State() != raft.Leader {
 			continue
 		}
-		if s.leaderReady.Load() {
+		term := s.raft.CurrentTerm()
+		if s.readyTerm.Load() == term {
 			continue
 		}
 		if err := s.raft.Barrier(s.cfg.ApplyTimeout).Error(); err != nil {
 			s.log.Warn("leader barrier failed", "err", err)
 			continue
 		}
-		s.leaderReady.Store(true)
-		s.log.Info("leader ready", "applied_index", s.fsm.AppliedIndex())
+		if s.raft.State() != raft.Leader || s.raft.CurrentTerm() != term {
+			continue
+		}
+		s.readyTerm.Store(term)
+		s.log.Info("leader ready", "term", term, "applied_index", s.fsm.AppliedIndex())
 		if err := s.ensureCA(); err != nil {
 			s.log.Error("create hub CA", "err", err)
-			s.leaderReady.Store(false)
 		}
 	}
 }
+
+// leaderReady reports whether this server is the leader and has applied
+// everything committed before its term.
+func (s *Server) leaderReady() bool {
+	return s.raft.State() == raft.Leader && s.readyTerm.Load() == s.raft.CurrentTerm()
+}
+

@@ -48,8 +48,8 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 	if err != nil {
 		return err
 	}
-	if view.Cluster(id.name) == nil {
-		return status.Errorf(codes.PermissionDenied, "cluster %q is not a member of the federation (removed?)", id.name)
+	if err := checkMember(view, id); err != nil {
+		return err
 	}
 	if err := stream.Send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_Hello{Hello: &fedv1.SyncHelloResponse{
 		Capabilities: localCapabilities(), Server: s.cfg.Name,
@@ -94,7 +94,11 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 			store = cur
 			continue
 		}
-		if d := store.Read().Changes(sent); !d.Empty() {
+		view := store.Read()
+		if err := checkMember(view, id); err != nil {
+			return err
+		}
+		if d := view.Changes(sent); !d.Empty() {
 			if err := y.sendDelta(stream, d); err != nil {
 				return err
 			}
@@ -115,6 +119,19 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 			}
 		}
 	}
+}
+
+// checkMember refuses a stream whose cluster was removed, or whose
+// certificate is not the one issued at the cluster's latest join.
+func checkMember(view *state.ReadTxn, id identity) error {
+	c := view.Cluster(id.name)
+	if c == nil {
+		return status.Errorf(codes.PermissionDenied, "cluster %q is not a member of the federation (removed?)", id.name)
+	}
+	if c.GetAgentCertSerial() != id.serial {
+		return status.Errorf(codes.PermissionDenied, "cluster %q: this certificate was superseded by a later join", id.name)
+	}
+	return nil
 }
 
 func (s *Server) setClusterStatus(cluster, st string, connectedAt int64) {

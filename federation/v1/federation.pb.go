@@ -738,8 +738,12 @@ type ClusterRecord struct {
 	Status         string `protobuf:"bytes,8,opt,name=status,proto3" json:"status,omitempty"`
 	CreateRevision uint64 `protobuf:"varint,9,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
 	ModifyRevision uint64 `protobuf:"varint,10,opt,name=modify_revision,json=modifyRevision,proto3" json:"modify_revision,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Hex serial of the agent certificate issued at the cluster's latest join.
+	// Only that certificate may open Sync streams for the cluster, so a
+	// removed-and-rejoined cluster's old credentials stop working.
+	AgentCertSerial string `protobuf:"bytes,11,opt,name=agent_cert_serial,json=agentCertSerial,proto3" json:"agent_cert_serial,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ClusterRecord) Reset() {
@@ -840,6 +844,13 @@ func (x *ClusterRecord) GetModifyRevision() uint64 {
 		return x.ModifyRevision
 	}
 	return 0
+}
+
+func (x *ClusterRecord) GetAgentCertSerial() string {
+	if x != nil {
+		return x.AgentCertSerial
+	}
+	return ""
 }
 
 // A global traffic policy for one service (namespace/name).
@@ -3216,7 +3227,7 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12@\n" +
 	"\aservice\x18\x02 \x01(\v2&.meshfed.federation.v1.ExportedServiceR\aservice\x12'\n" +
 	"\x0fcreate_revision\x18\x03 \x01(\x04R\x0ecreateRevision\x12'\n" +
-	"\x0fmodify_revision\x18\x04 \x01(\x04R\x0emodifyRevision\"\xa7\x03\n" +
+	"\x0fmodify_revision\x18\x04 \x01(\x04R\x0emodifyRevision\"\xd3\x03\n" +
 	"\rClusterRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12;\n" +
@@ -3230,7 +3241,8 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x06status\x18\b \x01(\tR\x06status\x12'\n" +
 	"\x0fcreate_revision\x18\t \x01(\x04R\x0ecreateRevision\x12'\n" +
 	"\x0fmodify_revision\x18\n" +
-	" \x01(\x04R\x0emodifyRevision\"\x8f\x03\n" +
+	" \x01(\x04R\x0emodifyRevision\x12*\n" +
+	"\x11agent_cert_serial\x18\v \x01(\tR\x0fagentCertSerial\"\x8f\x03\n" +
 	"\rTrafficPolicy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12?\n" +

@@ -35,7 +35,7 @@ func NewCA(trustDomain string, ttl time.Duration, now time.Time) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pki: generate key: %w", err)
 	}
-	serial, err := newSerial()
+	serial, err := NewSerial()
 	if err != nil {
 		return nil, err
 	}
@@ -72,6 +72,9 @@ type LeafOptions struct {
 	Now      time.Time
 	// Server and Client select the extended key usages.
 	Server, Client bool
+	// Serial, if set, is the certificate's serial number; otherwise a random
+	// one is chosen.
+	Serial *big.Int
 }
 
 // Sign issues a leaf certificate for pub.
@@ -83,9 +86,12 @@ func (ca *CA) Sign(pub crypto.PublicKey, opts LeafOptions) (*x509.Certificate, e
 	if opts.TTL <= 0 {
 		return nil, errors.New("pki: TTL must be positive")
 	}
-	serial, err := newSerial()
-	if err != nil {
-		return nil, err
+	serial := opts.Serial
+	if serial == nil {
+		var err error
+		if serial, err = NewSerial(); err != nil {
+			return nil, err
+		}
 	}
 	notAfter := opts.Now.Add(opts.TTL)
 	if notAfter.After(ca.Cert.NotAfter) {
@@ -225,7 +231,8 @@ func SPIFFEID(cert *x509.Certificate) (*url.URL, error) {
 	return u, nil
 }
 
-func newSerial() (*big.Int, error) {
+// NewSerial returns a random 127-bit certificate serial number.
+func NewSerial() (*big.Int, error) {
 	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
 		return nil, fmt.Errorf("pki: serial: %w", err)

@@ -1,0 +1,116 @@
+# meshfed developer tasks. Everything here works on a fresh machine with only
+# Go (and make, git, bash) installed: Go modules and the pinned tools are
+# downloaded on first use; tools go into .bin/ (git-ignored).
+#
+#   make build       bin/meshfed
+#   make test        go vet + every test (no -race: too slow on 2 cores)
+#   make test-long   the long linearizability check of the hub
+#   make lint        gofmt, go vet, golangci-lint (config: .golangci.yml)
+#   make proto       buf lint + buf generate
+#   make proto-check regenerate and fail if the generated code changed
+#   make bench       benchmarks, one iteration each (BENCH_PKGS)
+#   make dev         a local 3-server hub as real processes (scripts/dev-hub.sh)
+#   make clean       remove bin/ and .dev/ (make clean-tools also removes .bin/)
+
+GO    ?= go
+GOFMT ?= $(shell $(GO) env GOROOT)/bin/gofmt
+
+BIN_DIR := $(CURDIR)/.bin
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
+# TEST_DEPS: targets that must be built before `make test` (for example
+# testenv-bins, once testenv needs binaries built from source). Empty for now.
+TEST_DEPS ?=
+
+# BENCH_PKGS: packages whose benchmarks `make bench` runs.
+BENCH_PKGS ?= ./hub/...
+
+# Pinned tool versions. Bump here; `make lint` / `make proto` reinstall a tool
+# whose binary in .bin/ was built from a different version.
+GOLANGCI_LINT_VERSION      := v2.15.0
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
+BUF_VERSION                := v1.75.0
+
+# Generated code checked by proto-check.
+GENERATED_DIRS := federation/v1 hub/internal/hubpb
+
+# go-install installs package $(2) at version $(3) into .bin/ as $(1), unless
+# .bin/$(1) is already that package built at that version (as recorded in the
+# binary's build info, see `go version -m`).
+define go-install
+	@if ! $(GO) version -m $(BIN_DIR)/$(1) 2>/dev/null | \
+		awk -v p='$(2)' -v v='$(3)' '$$1 == "path" && $$2 == p { a = 1 } $$1 == "mod" && $$3 == v { b = 1 } END { exit !(a && b) }'; then \
+		echo "installing $(2)@$(3) into $(BIN_DIR)"; \
+		GOBIN=$(BIN_DIR) $(GO) install $(2)@$(3); \
+	fi
+endef
+
+.PHONY: all
+all: build
+
+.PHONY: build
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/meshfed ./cmd/meshfed
+
+.PHONY: test
+test: $(TEST_DEPS)
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 25m ./...
+
+.PHONY: test-long
+test-long: $(TEST_DEPS)
+	MESHFED_LINEARIZABILITY=long $(GO) test -count=1 -timeout 30m -run TestLinearizability ./hub/
+
+.PHONY: lint-tools
+lint-tools:
+	$(call go-install,golangci-lint,github.com/golangci/golangci-lint/v2/cmd/golangci-lint,$(GOLANGCI_LINT_VERSION))
+
+.PHONY: lint
+lint: lint-tools
+	@echo "gofmt -l (generated *.pb.go excluded)"
+	@out=$$(find . -type f -name '*.go' ! -name '*.pb.go' \
+		! -path './.*' ! -path './bin/*' ! -path './vendor/*' ! -path '*/testdata/*' -print0 | \
+		xargs -0 $(GOFMT) -l); \
+	if [ -n "$$out" ]; then echo "these files need gofmt -w:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(BIN_DIR)/golangci-lint run ./...
+
+.PHONY: proto-tools
+proto-tools:
+	$(call go-install,protoc-gen-go,google.golang.org/protobuf/cmd/protoc-gen-go,$(PROTOC_GEN_GO_VERSION))
+	$(call go-install,protoc-gen-go-grpc,google.golang.org/grpc/cmd/protoc-gen-go-grpc,$(PROTOC_GEN_GO_GRPC_VERSION))
+	$(call go-install,buf,github.com/bufbuild/buf/cmd/buf,$(BUF_VERSION))
+
+# buf.gen.yaml runs the plugins from .bin/ by relative path, so buf runs from
+# the repository root.
+.PHONY: proto
+proto: proto-tools
+	$(BIN_DIR)/buf lint
+	$(BIN_DIR)/buf generate
+
+.PHONY: proto-check
+proto-check: proto
+	@git diff --exit-code -- $(GENERATED_DIRS) || { \
+		echo "generated code is out of date: run 'make proto' and commit the result"; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- $(GENERATED_DIRS)); \
+	if [ -n "$$untracked" ]; then echo "files under $(GENERATED_DIRS) are not committed:"; echo "$$untracked"; exit 1; fi
+
+.PHONY: bench
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m $(BENCH_PKGS)
+
+.PHONY: dev
+dev: build
+	./scripts/dev-hub.sh
+
+.PHONY: clean
+clean:
+	rm -rf bin .dev
+
+.PHONY: clean-tools
+clean-tools:
+	rm -rf .bin
