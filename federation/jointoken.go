@@ -5,8 +5,10 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 )
 
@@ -45,16 +47,30 @@ type joinTokenWire struct {
 	Addrs   []string `json:"a"`
 }
 
-// String encodes the token. It contains the secret: never log it.
+// Encode returns the token as an operator hands it over. It contains the
+// secret: never log it.
+func (t JoinToken) Encode() string {
+	return JoinTokenPrefix + base64.RawURLEncoding.EncodeToString(t.document())
+}
+
+// String describes the token without its secret, so that formatting a token
+// in a log line does not leak it.
 func (t JoinToken) String() string {
-	b, err := json.Marshal(joinTokenWire{
+	return fmt.Sprintf("join token %s for cluster %s (secret redacted)", t.ID, t.Cluster)
+}
+
+// document is the canonical JSON form: fixed key order, no HTML escaping.
+func (t JoinToken) document() []byte {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(joinTokenWire{
 		ID: t.ID, Secret: base64.RawURLEncoding.EncodeToString(t.Secret),
 		Cluster: t.Cluster.String(), FP: t.CAFingerprint, Addrs: t.Addrs,
-	})
-	if err != nil {
+	}); err != nil {
 		panic(err) // strings and slices of strings always marshal
 	}
-	return JoinTokenPrefix + base64.RawURLEncoding.EncodeToString(b)
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 }
 
 func tokenErr(field, value, reason string) error {
@@ -92,18 +108,48 @@ func ParseJoinToken(s string) (JoinToken, error) {
 	if err != nil {
 		return JoinToken{}, tokenErr("cluster", w.Cluster, "must be a cluster name: "+err.Error())
 	}
-	if len(w.FP) != 64 || !isHex(w.FP) {
-		return JoinToken{}, tokenErr("fp", w.FP, "must be a hex SHA-256 (64 characters)")
+	if len(w.FP) != 64 || !isHex(w.FP) || strings.ToLower(w.FP) != w.FP {
+		return JoinToken{}, tokenErr("fp", w.FP, "must be a lowercase hex SHA-256 (64 characters)")
 	}
 	if len(w.Addrs) == 0 || len(w.Addrs) > MaxJoinTokenAddrs {
 		return JoinToken{}, tokenErr("a", fmt.Sprint(len(w.Addrs)), fmt.Sprintf("must list 1 to %d hub addresses", MaxJoinTokenAddrs))
 	}
 	for i, a := range w.Addrs {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			return JoinToken{}, tokenErr(fmt.Sprintf("a[%d]", i), a, "must be host:port")
+		if err := checkHostPort(a); err != nil {
+			return JoinToken{}, tokenErr(fmt.Sprintf("a[%d]", i), a, err.Error())
 		}
 	}
-	return JoinToken{ID: w.ID, Secret: secret, Cluster: cluster, CAFingerprint: strings.ToLower(w.FP), Addrs: w.Addrs}, nil
+	t := JoinToken{ID: w.ID, Secret: secret, Cluster: cluster, CAFingerprint: w.FP, Addrs: w.Addrs}
+	// One token, one spelling: reject case-folded or duplicate keys, extra
+	// data and any other non-canonical form.
+	if !bytes.Equal(t.document(), raw) {
+		return JoinToken{}, tokenErr("encoding", "", "not in canonical form")
+	}
+	return t, nil
+}
+
+// checkHostPort accepts an IP address or DNS name and a port in 1..65535.
+func checkHostPort(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return errors.New("must be host:port")
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 1 || p > 65535 || strconv.Itoa(p) != port {
+		return errors.New("port must be a number in 1..65535")
+	}
+	if net.ParseIP(host) != nil {
+		return nil
+	}
+	if host == "" || len(host) > 253 {
+		return errors.New("host must be an IP address or a DNS name of at most 253 characters")
+	}
+	for _, label := range strings.Split(host, ".") {
+		if !isLabel(strings.ToLower(label)) {
+			return errors.New("host must be an IP address or a DNS name")
+		}
+	}
+	return nil
 }
 
 func isHex(s string) bool {

@@ -145,7 +145,8 @@ func TestClusterNameZero(t *testing.T) {
 	if federation.MustClusterName("a") == federation.MustClusterName("b") {
 		t.Errorf("distinct names compare equal")
 	}
-	if federation.MustClusterName("a") != federation.MustClusterName("a") {
+	a1, a2 := federation.MustClusterName("a"), federation.MustClusterName("a")
+	if a1 != a2 {
 		t.Errorf("equal names compare unequal")
 	}
 }

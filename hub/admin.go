@@ -66,7 +66,7 @@ func (a *adminService) CreateToken(ctx context.Context, req *fedv1.CreateTokenRe
 		return nil, err
 	}
 	jt := federation.JoinToken{ID: tok.GetId(), Secret: secret, Cluster: cluster, CAFingerprint: pki.Fingerprint(ca.Cert), Addrs: s.hubAddrs()}
-	return &fedv1.CreateTokenResponse{Token: jt.String(), Info: tokenInfo(tok)}, nil
+	return &fedv1.CreateTokenResponse{Token: jt.Encode(), Info: tokenInfo(tok)}, nil
 }
 
 func (a *adminService) ListTokens(ctx context.Context, _ *fedv1.ListTokensRequest) (*fedv1.ListTokensResponse, error) {

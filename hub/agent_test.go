@@ -53,7 +53,7 @@ func join(ctx context.Context, token, cluster string) (*testAgent, *fedv1.JoinRe
 	if err != nil {
 		return nil, nil, err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	key, err := pki.NewKey()
 	if err != nil {
 		return nil, nil, err

@@ -34,7 +34,7 @@ func fsyncLatency(b *testing.B, dir string, n int) (p50, p99 time.Duration) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	buf := make([]byte, 4096)
 	var lat []time.Duration
 	for i := 0; i < n; i++ {

@@ -175,6 +175,20 @@ func (c *Config) Validate() error {
 	if c.TokenTTL > c.MaxTokenTTL {
 		bad("token_ttl", "%v exceeds max_token_ttl %v", c.TokenTTL, c.MaxTokenTTL)
 	}
+	for _, p := range []struct {
+		field string
+		v     time.Duration
+	}{
+		{"heartbeat_timeout", c.HeartbeatTimeout}, {"election_timeout", c.ElectionTimeout},
+		{"leader_lease_timeout", c.LeaderLeaseTimeout}, {"snapshot_interval", c.SnapshotInterval},
+	} {
+		if p.v > 0 && p.v < minRaftTimeout {
+			bad(p.field, "%v must be at least %v", p.v, minRaftTimeout)
+		}
+	}
+	if c.ElectionTimeout < c.HeartbeatTimeout {
+		bad("election_timeout", "%v must be at least heartbeat_timeout %v", c.ElectionTimeout, c.HeartbeatTimeout)
+	}
 	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
 		bad("leader_lease_timeout", "%v must not exceed heartbeat_timeout %v", c.LeaderLeaseTimeout, c.HeartbeatTimeout)
 	}
@@ -186,6 +200,9 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// minRaftTimeout is the smallest timing hashicorp/raft accepts.
+const minRaftTimeout = 5 * time.Millisecond
 
 // EncryptKeySize is the size of the shared server key in bytes.
 const EncryptKeySize = 32

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sort"
@@ -146,8 +147,10 @@ func (s *Server) joinLoop() {
 	backoff := 200 * time.Millisecond
 	for {
 		n, err := s.gossip.Join(s.cfg.Join)
-		if n > 0 {
-			s.log.Info("joined gossip pool", "contacted", n)
+		// Reaching only ourselves (every server may list every other, and
+		// itself) is not joining: keep trying until someone else answers.
+		if n > 0 && s.gossip.NumMembers() > 1 {
+			s.log.Info("joined gossip pool", "contacted", n, "members", s.gossip.NumMembers())
 			return
 		}
 		s.log.Debug("gossip join failed; retrying", "err", err, "in", backoff)
@@ -202,7 +205,7 @@ func (s *Server) maybeBootstrap() {
 	switch {
 	case err == nil:
 		s.log.Info("bootstrapped raft", "servers", len(servers))
-	case err == raft.ErrCantBootstrap:
+	case errors.Is(err, raft.ErrCantBootstrap):
 		// Another server's leader reached us first.
 	default:
 		s.log.Error("bootstrap", "err", err)

@@ -67,7 +67,7 @@ type Server struct {
 	// readyTerm is the Raft term in which this server, as leader, has
 	// applied everything from earlier terms (a barrier succeeded in it).
 	readyTerm atomic.Uint64
-	streams     atomic.Int64
+	streams   atomic.Int64
 
 	stopOnce sync.Once
 	stopCh   chan struct{}
@@ -104,7 +104,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	ok := false
 	defer func() {
 		if !ok {
-			s.closeAll()
+			_ = s.closeAll() // the construction error is the one to report
 		}
 	}()
 	if err := s.setupRaft(); err != nil {
@@ -274,16 +274,14 @@ func (s *Server) goFunc(f func()) {
 	}()
 }
 
-// Shutdown leaves the gossip pool, stops serving and closes Raft. The server
-// stays in the Raft configuration (a restart rejoins); removal is the
-// leader's job after DeadServerGrace, or an operator's.
+// Shutdown stops serving and closes Raft and gossip without leaving the
+// gossip pool: a stopped server is a failed one to its peers, so a rolling
+// restart never shrinks the Raft configuration. Removal is the leader's job
+// after DeadServerGrace, or an operator's.
 func (s *Server) Shutdown() error {
 	var err error
 	s.stopOnce.Do(func() {
 		close(s.stopCh)
-		if s.gossip != nil {
-			_ = s.gossip.Leave(time.Second)
-		}
 		err = s.closeAll()
 	})
 	return err
@@ -338,15 +336,6 @@ func (s *Server) closeAll() error {
 	return errors.Join(errs...)
 }
 
-func (s *Server) stopping() bool {
-	select {
-	case <-s.stopCh:
-		return true
-	default:
-		return false
-	}
-}
-
 // leaderLoop tracks leadership. On gaining it, it runs a barrier so that
 // everything from earlier terms is applied before the server answers reads as
 // leader, then makes sure the hub CA exists.
@@ -394,4 +383,3 @@ func (s *Server) leaderLoop() {
 func (s *Server) leaderReady() bool {
 	return s.raft.State() == raft.Leader && s.readyTerm.Load() == s.raft.CurrentTerm()
 }
-

@@ -181,7 +181,7 @@ func readPolicy(stdin io.Reader, path string) (*fedv1.TrafficPolicy, error) {
 		if err != nil {
 			return nil, err
 		}
-		defer f.Close()
+		defer func() { _ = f.Close() }() // read-only
 		r, name = f, path
 	}
 	b, err := io.ReadAll(io.LimitReader(r, maxPolicyFileSize+1))

@@ -183,6 +183,9 @@ func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
 		if c.GetStatus() == "disconnected" && cl.GetLastSeenMs() > c.GetConnectedAtMs() {
 			return nil // a newer stream connected since; keep its status
 		}
+		if c.GetStatus() == "connected" && cl.GetLastSeenMs() > c.GetNowMs() {
+			return nil // an older stream's connect committed late; keep the newer one
+		}
 		cl = proto.Clone(cl).(*fedv1.ClusterRecord)
 		cl.Status = c.GetStatus()
 		if c.GetStatus() == "connected" {
@@ -211,7 +214,7 @@ func applyCreateToken(w *state.WriteTxn, c *hubpb.CmdCreateToken) *Error {
 		live++
 	}
 	if live >= MaxTokens {
-		return refuse(codes.ResourceExhausted, "tokens: at most %d kept; revoke unused ones", MaxTokens)
+		return refuse(codes.ResourceExhausted, "tokens: at most %d kept (used, revoked and expired tokens count for 24h after they expire)", MaxTokens)
 	}
 	w.PutToken(tok)
 	return nil
@@ -238,6 +241,9 @@ func applyJoin(w *state.WriteTxn, c *hubpb.CmdJoin) *Error {
 	}
 	name := c.GetCluster().GetName()
 	td := c.GetCluster().GetTrustDomain()
+	if b := c.GetBundle(); b != nil && b.GetTrustDomain() != td {
+		return refuse(codes.InvalidArgument, "trust_bundle.trust_domain: %q is not the cluster's trust domain %q", b.GetTrustDomain(), td)
+	}
 	if b := w.Bundle(td); b != nil && b.GetCluster() != name {
 		return refuse(codes.FailedPrecondition, "trust_bundle.trust_domain: %q is already used by cluster %q", td, b.GetCluster())
 	}
@@ -306,7 +312,7 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 
 func (s *snapshot) write(w io.Writer) error {
 	put := func(r *hubpb.SnapshotRecord) error {
-		_, err := protodelim.MarshalTo(w, r)
+		_, err := protodelim.MarshalOptions{MarshalOptions: proto.MarshalOptions{Deterministic: true}}.MarshalTo(w, r)
 		return err
 	}
 	v := s.view
@@ -358,7 +364,7 @@ func (s *snapshot) Release() {}
 // Restore builds a fresh store from a snapshot and swaps it in; watchers of
 // the old store are woken through its Abandoned channel.
 func (f *FSM) Restore(rc io.ReadCloser) error {
-	defer rc.Close()
+	defer func() { _ = rc.Close() }() // read side: nothing to flush
 	br := bufio.NewReaderSize(rc, 1<<16)
 	r := state.NewRestorer()
 	first := true

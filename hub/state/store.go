@@ -57,15 +57,20 @@ func (s *Store) Abandon() {
 	select {
 	case <-s.abandoned:
 	default:
+		// Both stay closed: every later Watch on this store returns at once.
 		close(s.abandoned)
 		close(s.watch)
-		s.watch = make(chan struct{})
 	}
 }
 
 func (s *Store) notify() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	select {
+	case <-s.abandoned:
+		return // watch is closed for good
+	default:
+	}
 	close(s.watch)
 	s.watch = make(chan struct{})
 }
