@@ -59,7 +59,10 @@ build:
 .PHONY: test
 test: $(TEST_DEPS)
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 25m ./...
+	# -p 1: packages run one at a time. Tests kill and restart servers on
+	# fixed ports; a test in another package picking "free" ports at the same
+	# moment could take them in between.
+	$(GO) test -p 1 -count=1 -timeout 25m ./...
 
 .PHONY: test-long
 test-long: $(TEST_DEPS)

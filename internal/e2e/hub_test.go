@@ -107,6 +107,15 @@ func startHub(t *testing.T, n int) *hub {
 		for i := range h.procs {
 			h.kill(i)
 		}
+		if t.Failed() {
+			for _, p := range h.procs {
+				b, _ := os.ReadFile(filepath.Join(filepath.Dir(p.dir), p.name+".log"))
+				if len(b) > 4000 {
+					b = b[len(b)-4000:]
+				}
+				t.Logf("--- %s log (tail) ---\n%s", p.name, b)
+			}
+		}
 	})
 	h.waitReady()
 	return h
@@ -163,6 +172,11 @@ func (h *hub) waitReady() {
 		for _, p := range h.procs {
 			if p.cmd == nil {
 				continue
+			}
+			select {
+			case <-p.done:
+				h.t.Fatalf("%s exited: %v", p.name, p.cmd.ProcessState)
+			default:
 			}
 			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", p.http))
 			if err != nil {
