@@ -145,7 +145,10 @@ func (m *certManager) issue(ca *pki.CA, path string, ttl time.Duration, server b
 		TTL:      ttl, Now: time.Now(), Client: true, Server: server,
 	}
 	if server {
-		opts.IPs = []net.IP{net.ParseIP(m.s.cfg.BindAddr)}
+		opts.IPs = []net.IP{net.ParseIP(m.s.advertiseIP())}
+		if bind := net.ParseIP(m.s.cfg.BindAddr); !bind.IsUnspecified() && !bind.Equal(opts.IPs[0]) {
+			opts.IPs = append(opts.IPs, bind)
+		}
 		opts.DNSNames = []string{"localhost", m.s.cfg.Name}
 	}
 	leaf, err := ca.Sign(key.Public(), opts)

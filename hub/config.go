@@ -17,12 +17,16 @@ type Config struct {
 	Name string
 	// DataDir holds the Raft log, snapshots and admin.yaml.
 	DataDir string
-	// BindAddr is the IP every port binds to; it is also advertised.
-	BindAddr   string
-	GRPCPort   int
-	RaftPort   int
-	GossipPort int
-	HTTPPort   int
+	// BindAddr is the IP every port binds to.
+	BindAddr string
+	// AdvertiseAddr is the IP other servers, agents and operators use to
+	// reach this one (in gossip, Raft, join tokens and admin.yaml). Empty
+	// means BindAddr, which must then be a specific address.
+	AdvertiseAddr string
+	GRPCPort      int
+	RaftPort      int
+	GossipPort    int
+	HTTPPort      int
 	// BootstrapExpect is the number of servers to wait for before the first
 	// election. 0 means join an existing cluster only.
 	BootstrapExpect int
@@ -117,8 +121,13 @@ func (c *Config) Validate() error {
 	}
 	if ip := net.ParseIP(c.BindAddr); ip == nil {
 		bad("bind", "%q is not an IP address", c.BindAddr)
-	} else if ip.IsUnspecified() {
-		bad("bind", "%q: bind to a specific address; it is also advertised to peers", c.BindAddr)
+	} else if ip.IsUnspecified() && c.AdvertiseAddr == "" {
+		bad("advertise", "required when bind is %q: peers need a specific address", c.BindAddr)
+	}
+	if c.AdvertiseAddr != "" {
+		if ip := net.ParseIP(c.AdvertiseAddr); ip == nil || ip.IsUnspecified() {
+			bad("advertise", "%q must be a specific IP address", c.AdvertiseAddr)
+		}
 	}
 	ports := map[int]string{}
 	for _, p := range []struct {

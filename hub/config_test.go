@@ -17,6 +17,7 @@ var configNoDefault = map[string]bool{
 	"BootstrapExpect": true, // 0 is meaningful: join only
 	"Join":            true, // peers are deployment-specific
 	"EncryptKey":      true, // a secret; must be generated (meshfed hub keygen)
+	"AdvertiseAddr":   true, // empty means BindAddr
 }
 
 // validTestConfig is DefaultConfig plus the fields that have no default.
@@ -127,7 +128,8 @@ func TestConfigValidateNamesFieldAndBound(t *testing.T) {
 		{"bad name", func(c *Config) { c.Name = "Hub_1" }, "name", "63"},
 		{"no data dir", func(c *Config) { c.DataDir = "" }, "data_dir", "required"},
 		{"bind not an IP", func(c *Config) { c.BindAddr = "localhost" }, "bind", "IP"},
-		{"bind unspecified v6", func(c *Config) { c.BindAddr = "::" }, "bind", "specific"},
+		{"bind unspecified without advertise", func(c *Config) { c.BindAddr = "::" }, "advertise", "specific"},
+		{"advertise unspecified", func(c *Config) { c.BindAddr = "0.0.0.0"; c.AdvertiseAddr = "0.0.0.0" }, "advertise", "specific"},
 		{"raft port high", func(c *Config) { c.RaftPort = 65536 }, "raft_port", "1..65535"},
 		{"gossip port negative", func(c *Config) { c.GossipPort = -1 }, "gossip_port", "1..65535"},
 		{"duplicate port", func(c *Config) { c.HTTPPort = c.GRPCPort }, "http_port", "grpc_port"},

@@ -115,7 +115,7 @@ func (s *Server) setupGossip() error {
 	mc.Name = s.cfg.Name
 	mc.BindAddr = s.cfg.BindAddr
 	mc.BindPort = s.cfg.GossipPort
-	mc.AdvertiseAddr = s.cfg.BindAddr
+	mc.AdvertiseAddr = s.advertiseIP()
 	mc.AdvertisePort = s.cfg.GossipPort
 	mc.LogOutput = logWriter{s.log, "memberlist"}
 	if s.keys != nil {
@@ -123,7 +123,7 @@ func (s *Server) setupGossip() error {
 		mc.GossipVerifyIncoming = true
 		mc.GossipVerifyOutgoing = true
 	}
-	meta, err := json.Marshal(serverMeta{Version: 1, Raft: s.addr(s.cfg.RaftPort), GRPC: s.GRPCAddr(), BootstrapExpect: s.cfg.BootstrapExpect})
+	meta, err := json.Marshal(serverMeta{Version: 1, Raft: string(s.transport.LocalAddr()), GRPC: s.GRPCAddr(), BootstrapExpect: s.cfg.BootstrapExpect})
 	if err != nil {
 		return err
 	}

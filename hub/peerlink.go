@@ -92,21 +92,26 @@ func derivePeerKeys(encryptKey []byte) (*peerKeys, error) {
 // authenticated by the shared key.
 type streamLayer struct {
 	net.Listener
-	tls *tls.Config
+	advertise net.Addr
+	tls       *tls.Config
 }
 
 var _ raft.StreamLayer = (*streamLayer)(nil)
 
-func newStreamLayer(addr string, tlsCfg *tls.Config) (*streamLayer, error) {
+func newStreamLayer(addr, advertiseIP string, tlsCfg *tls.Config) (*streamLayer, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("hub: raft listen: %w", err)
 	}
+	adv := &net.TCPAddr{IP: net.ParseIP(advertiseIP), Port: ln.Addr().(*net.TCPAddr).Port}
 	if tlsCfg != nil {
 		ln = tls.NewListener(ln, tlsCfg)
 	}
-	return &streamLayer{Listener: ln, tls: tlsCfg}, nil
+	return &streamLayer{Listener: ln, advertise: adv, tls: tlsCfg}, nil
 }
+
+// Addr is the advertised address; Raft puts it in its configuration.
+func (s *streamLayer) Addr() net.Addr { return s.advertise }
 
 func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	d := &net.Dialer{Timeout: timeout}

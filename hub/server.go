@@ -127,8 +127,21 @@ func (s *Server) addr(port int) string {
 	return net.JoinHostPort(s.cfg.BindAddr, strconv.Itoa(port))
 }
 
+// advertiseIP is the address peers and clients use to reach this server.
+func (s *Server) advertiseIP() string {
+	if s.cfg.AdvertiseAddr != "" {
+		return s.cfg.AdvertiseAddr
+	}
+	return s.cfg.BindAddr
+}
+
+// advertised is the advertised host:port of a listener.
+func (s *Server) advertised(ln net.Addr) string {
+	return net.JoinHostPort(s.advertiseIP(), strconv.Itoa(ln.(*net.TCPAddr).Port))
+}
+
 // GRPCAddr is the address agents and operators dial.
-func (s *Server) GRPCAddr() string { return s.grpcLn.Addr().String() }
+func (s *Server) GRPCAddr() string { return s.advertised(s.grpcLn.Addr()) }
 
 // HTTPAddr is the health and metrics address.
 func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
@@ -184,7 +197,7 @@ func (s *Server) setupRaft() error {
 	if s.keys != nil {
 		tlsCfg = s.keys.raftTLS
 	}
-	layer, err := newStreamLayer(s.addr(s.cfg.RaftPort), tlsCfg)
+	layer, err := newStreamLayer(s.addr(s.cfg.RaftPort), s.advertiseIP(), tlsCfg)
 	if err != nil {
 		return err
 	}
@@ -261,7 +274,7 @@ func (s *Server) Start() error {
 	s.goFunc(s.leaderLoop)
 	s.goFunc(s.reconcileLoop)
 	s.goFunc(s.certs.run)
-	s.log.Info("hub server started", "grpc", s.GRPCAddr(), "raft", s.addr(s.cfg.RaftPort),
+	s.log.Info("hub server started", "grpc", s.GRPCAddr(), "raft", s.transport.LocalAddr(),
 		"gossip", s.addr(s.cfg.GossipPort), "http", s.HTTPAddr(), "bootstrap_expect", s.cfg.BootstrapExpect)
 	return nil
 }
