@@ -9,6 +9,7 @@
 #   make proto       buf lint + buf generate
 #   make proto-check regenerate and fail if the generated code changed
 #   make bench       benchmarks, one iteration each (BENCH_PKGS)
+#   make testenv-bins  kube-apiserver and etcd for testenv (cached, ~9 min once)
 #   make dev         a local 3-server hub as real processes (scripts/dev-hub.sh)
 #   make clean       remove bin/ and .dev/ (make clean-tools also removes .bin/)
 
@@ -21,12 +22,12 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-# TEST_DEPS: targets that must be built before `make test` (for example
-# testenv-bins, once testenv needs binaries built from source). Empty for now.
-TEST_DEPS ?=
+# TEST_DEPS: targets that must be built before `make test`: testenv runs
+# kube-apiserver and etcd built from source (testenv-bins).
+TEST_DEPS ?= testenv-bins
 
 # BENCH_PKGS: packages whose benchmarks `make bench` runs.
-BENCH_PKGS ?= ./hub/...
+BENCH_PKGS ?= ./hub/... ./testenv/...
 
 # Pinned tool versions. Bump here; `make lint` / `make proto` reinstall a tool
 # whose binary in .bin/ was built from a different version.
@@ -67,6 +68,13 @@ test: $(TEST_DEPS)
 .PHONY: test-long
 test-long: $(TEST_DEPS)
 	MESHFED_LINEARIZABILITY=long $(GO) test -count=1 -timeout 30m -run TestLinearizability ./hub/
+
+# testenv-bins builds kube-apiserver and etcd from source (tools/testenv) into
+# a versioned cache folder, once; see scripts/testenv-bins.sh and
+# docs/testing.md. MESHFED_KUBE_APISERVER / MESHFED_ETCD skip the build.
+.PHONY: testenv-bins
+testenv-bins:
+	GO=$(GO) ./scripts/testenv-bins.sh
 
 .PHONY: lint-tools
 lint-tools:

@@ -169,8 +169,12 @@ func newHubStatusCmd(d deps) *cobra.Command {
 func statusTable(w io.Writer, r *fedv1.StatusResponse) {
 	row(w, "NAME", "STATE", "SUFFRAGE", "HEALTH", "GRPC", "RAFT", "APPLIED")
 	for _, s := range r.GetServers() {
-		row(w, s.GetName(), s.GetState(), s.GetSuffrage(), s.GetHealth(), s.GetGrpcAddress(), s.GetRaftAddress(),
-			strconv.FormatUint(s.GetAppliedIndex(), 10))
+		// Only the answering server knows its own applied index.
+		applied := "-"
+		if s.GetName() == r.GetAnsweredBy() {
+			applied = strconv.FormatUint(s.GetAppliedIndex(), 10)
+		}
+		row(w, s.GetName(), s.GetState(), s.GetSuffrage(), s.GetHealth(), s.GetGrpcAddress(), s.GetRaftAddress(), applied)
 	}
 	leader := r.GetLeader()
 	if leader == "" {
@@ -178,4 +182,5 @@ func statusTable(w io.Writer, r *fedv1.StatusResponse) {
 	}
 	fmt.Fprintf(w, "leader: %s\n", leader)
 	fmt.Fprintf(w, "revision: %d\n", r.GetRevision())
+	fmt.Fprintf(w, "answered by: %s\n", r.GetAnsweredBy())
 }
