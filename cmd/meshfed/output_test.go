@@ -43,8 +43,9 @@ var (
 			{Name: "hub-b", State: "follower", Suffrage: "voter", Health: "suspect", GrpcAddress: "127.0.0.2:7400", RaftAddress: "127.0.0.2:7401", AppliedIndex: 118},
 			{Name: "hub-c", State: "unknown", Suffrage: "nonvoter", Health: "dead"},
 		},
-		Leader:   "hub-a",
-		Revision: 57,
+		Leader:     "hub-a",
+		AnsweredBy: "hub-a",
+		Revision:   57,
 	}
 	clustersFixture = &fedv1.ListClustersResponse{
 		Clusters: []*fedv1.ClusterRecord{
