@@ -66,6 +66,14 @@ type Config struct {
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
 
+	// BundlePort serves SPIFFE bundle endpoints under the https_spiffe
+	// profile (0 disables). BundleWebPort serves them under https_web with
+	// the certificate and key in BundleWebCertFile and BundleWebKeyFile.
+	BundlePort        int
+	BundleWebPort     int
+	BundleWebCertFile string
+	BundleWebKeyFile  string
+
 	// GossipProfile is "lan" (memberlist LAN defaults) or "local" (loopback,
 	// faster failure detection).
 	GossipProfile string
@@ -142,6 +150,24 @@ func (c *Config) Validate() error {
 			bad(p.field, "%d is also %s", p.v, other)
 		}
 		ports[p.v] = p.field
+	}
+	for _, p := range []struct {
+		field string
+		v     int
+	}{{"bundle_port", c.BundlePort}, {"bundle_web_port", c.BundleWebPort}} {
+		if p.v == 0 {
+			continue
+		}
+		if p.v < 1 || p.v > 65535 {
+			bad(p.field, "%d must be in 1..65535 (0 disables)", p.v)
+		} else if other, dup := ports[p.v]; dup {
+			bad(p.field, "%d is also %s", p.v, other)
+		} else {
+			ports[p.v] = p.field
+		}
+	}
+	if c.BundleWebPort != 0 && (c.BundleWebCertFile == "" || c.BundleWebKeyFile == "") {
+		bad("bundle_web_cert_file", "bundle_web_cert_file and bundle_web_key_file are required with bundle_web_port")
 	}
 	if c.BootstrapExpect < 0 || c.BootstrapExpect > MaxServers {
 		bad("bootstrap_expect", "%d must be in 0..%d", c.BootstrapExpect, MaxServers)

@@ -55,6 +55,10 @@ type Server struct {
 	gossip    *memberlist.Memberlist
 	members   *memberTracker
 
+	bundleLns  []net.Listener
+	bundleSrvs []*http.Server
+	fetchers   *fetchers
+
 	grpc     *grpc.Server
 	grpcLn   net.Listener
 	http     *http.Server
@@ -101,6 +105,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.metrics = newMetrics(s, s.registry)
 	s.certs = newCertManager(s)
 	s.peers = newPeerConns(s)
+	s.fetchers = newFetchers(s)
 	ok := false
 	defer func() {
 		if !ok {
@@ -114,6 +119,9 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	if err := s.setupHTTP(); err != nil {
+		return nil, err
+	}
+	if err := s.setupBundleEndpoints(); err != nil {
 		return nil, err
 	}
 	if err := s.setupGossip(); err != nil {
@@ -274,6 +282,16 @@ func (s *Server) Start() error {
 	s.goFunc(s.leaderLoop)
 	s.goFunc(s.reconcileLoop)
 	s.goFunc(s.certs.run)
+	s.goFunc(s.fetchers.run)
+	for _, ln := range s.bundleLns {
+		srv := &http.Server{Handler: s.bundleHandler(), ReadHeaderTimeout: 5 * time.Second}
+		s.bundleSrvs = append(s.bundleSrvs, srv)
+		s.goFunc(func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("bundle endpoint serve", "err", err)
+			}
+		})
+	}
 	s.log.Info("hub server started", "grpc", s.GRPCAddr(), "raft", s.transport.LocalAddr(),
 		"gossip", s.addr(s.cfg.GossipPort), "http", s.HTTPAddr(), "bootstrap_expect", s.cfg.BootstrapExpect)
 	return nil
@@ -320,6 +338,14 @@ func (s *Server) closeAll() error {
 		_ = s.http.Close()
 	} else if s.httpLn != nil {
 		_ = s.httpLn.Close()
+	}
+	for _, srv := range s.bundleSrvs {
+		_ = srv.Close()
+	}
+	if len(s.bundleSrvs) == 0 {
+		for _, ln := range s.bundleLns {
+			_ = ln.Close()
+		}
 	}
 	if s.gossip != nil {
 		if err := s.gossip.Shutdown(); err != nil {

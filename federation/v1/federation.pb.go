@@ -742,8 +742,11 @@ type ClusterRecord struct {
 	// Only that certificate may open Sync streams for the cluster, so a
 	// removed-and-rejoined cluster's old credentials stop working.
 	AgentCertSerial string `protobuf:"bytes,11,opt,name=agent_cert_serial,json=agentCertSerial,proto3" json:"agent_cert_serial,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Bumped by `meshfed trust rotate`; the cluster's agent rotates its CA
+	// when it sees a value above the last one it handled.
+	CaRotation    uint64 `protobuf:"varint,12,opt,name=ca_rotation,json=caRotation,proto3" json:"ca_rotation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClusterRecord) Reset() {
@@ -851,6 +854,13 @@ func (x *ClusterRecord) GetAgentCertSerial() string {
 		return x.AgentCertSerial
 	}
 	return ""
+}
+
+func (x *ClusterRecord) GetCaRotation() uint64 {
+	if x != nil {
+		return x.CaRotation
+	}
+	return 0
 }
 
 // A global traffic policy for one service (namespace/name).
@@ -2963,6 +2973,680 @@ func (x *ListPoliciesResponse) GetRevision() uint64 {
 	return 0
 }
 
+// A relationship with an external trust domain (e.g. a SPIRE deployment)
+// whose bundle the hub fetches from a SPIFFE bundle endpoint. All of
+// trust_domain, url and profile are explicit, as the SPIFFE Federation spec
+// requires; none is inferred from another.
+type FederationRelationship struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// https URL of the bundle endpoint.
+	Url string `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	// "https_web" or "https_spiffe".
+	Profile string `protobuf:"bytes,3,opt,name=profile,proto3" json:"profile,omitempty"`
+	// Required for https_spiffe: the SPIFFE ID the endpoint must present.
+	EndpointSpiffeId string `protobuf:"bytes,4,opt,name=endpoint_spiffe_id,json=endpointSpiffeId,proto3" json:"endpoint_spiffe_id,omitempty"`
+	// For https_spiffe: the endpoint trust domain's bundle to start from
+	// (DER CA certificates), when that trust domain is not the one fetched and
+	// is not otherwise known to the hub.
+	EndpointBootstrapAuthorities [][]byte `protobuf:"bytes,5,rep,name=endpoint_bootstrap_authorities,json=endpointBootstrapAuthorities,proto3" json:"endpoint_bootstrap_authorities,omitempty"`
+	CreateRevision               uint64   `protobuf:"varint,6,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
+	ModifyRevision               uint64   `protobuf:"varint,7,opt,name=modify_revision,json=modifyRevision,proto3" json:"modify_revision,omitempty"`
+	unknownFields                protoimpl.UnknownFields
+	sizeCache                    protoimpl.SizeCache
+}
+
+func (x *FederationRelationship) Reset() {
+	*x = FederationRelationship{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederationRelationship) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederationRelationship) ProtoMessage() {}
+
+func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
+func (*FederationRelationship) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *FederationRelationship) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetEndpointSpiffeId() string {
+	if x != nil {
+		return x.EndpointSpiffeId
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetEndpointBootstrapAuthorities() [][]byte {
+	if x != nil {
+		return x.EndpointBootstrapAuthorities
+	}
+	return nil
+}
+
+func (x *FederationRelationship) GetCreateRevision() uint64 {
+	if x != nil {
+		return x.CreateRevision
+	}
+	return 0
+}
+
+func (x *FederationRelationship) GetModifyRevision() uint64 {
+	if x != nil {
+		return x.ModifyRevision
+	}
+	return 0
+}
+
+type PutFederationRequest struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Federation    *FederationRelationship `protobuf:"bytes,1,opt,name=federation,proto3" json:"federation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutFederationRequest) Reset() {
+	*x = PutFederationRequest{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutFederationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutFederationRequest) ProtoMessage() {}
+
+func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutFederationRequest.ProtoReflect.Descriptor instead.
+func (*PutFederationRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *PutFederationRequest) GetFederation() *FederationRelationship {
+	if x != nil {
+		return x.Federation
+	}
+	return nil
+}
+
+type PutFederationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutFederationResponse) Reset() {
+	*x = PutFederationResponse{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutFederationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutFederationResponse) ProtoMessage() {}
+
+func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutFederationResponse.ProtoReflect.Descriptor instead.
+func (*PutFederationResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *PutFederationResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type DeleteFederationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederationRequest) Reset() {
+	*x = DeleteFederationRequest{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederationRequest) ProtoMessage() {}
+
+func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
+func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *DeleteFederationRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type DeleteFederationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederationResponse) Reset() {
+	*x = DeleteFederationResponse{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederationResponse) ProtoMessage() {}
+
+func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
+func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *DeleteFederationResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type ListFederationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederationsRequest) Reset() {
+	*x = ListFederationsRequest{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederationsRequest) ProtoMessage() {}
+
+func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
+func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
+}
+
+type FederationStatus struct {
+	state      protoimpl.MessageState  `protogen:"open.v1"`
+	Federation *FederationRelationship `protobuf:"bytes,1,opt,name=federation,proto3" json:"federation,omitempty"`
+	// From the server that answered (the leader fetches): last successful
+	// fetch (Unix ms) and the last error, if any.
+	LastFetchMs   int64  `protobuf:"varint,2,opt,name=last_fetch_ms,json=lastFetchMs,proto3" json:"last_fetch_ms,omitempty"`
+	LastError     string `protobuf:"bytes,3,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FederationStatus) Reset() {
+	*x = FederationStatus{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederationStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederationStatus) ProtoMessage() {}
+
+func (x *FederationStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederationStatus.ProtoReflect.Descriptor instead.
+func (*FederationStatus) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *FederationStatus) GetFederation() *FederationRelationship {
+	if x != nil {
+		return x.Federation
+	}
+	return nil
+}
+
+func (x *FederationStatus) GetLastFetchMs() int64 {
+	if x != nil {
+		return x.LastFetchMs
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+type ListFederationsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Federations   []*FederationStatus    `protobuf:"bytes,1,rep,name=federations,proto3" json:"federations,omitempty"`
+	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederationsResponse) Reset() {
+	*x = ListFederationsResponse{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederationsResponse) ProtoMessage() {}
+
+func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
+func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *ListFederationsResponse) GetFederations() []*FederationStatus {
+	if x != nil {
+		return x.Federations
+	}
+	return nil
+}
+
+func (x *ListFederationsResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type BundleInfo struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Bundle *TrustBundle           `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// The member cluster that owns the trust domain; empty for an external
+	// (federated) trust domain.
+	Cluster        string `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	ModifyRevision uint64 `protobuf:"varint,3,opt,name=modify_revision,json=modifyRevision,proto3" json:"modify_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *BundleInfo) Reset() {
+	*x = BundleInfo{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleInfo) ProtoMessage() {}
+
+func (x *BundleInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleInfo.ProtoReflect.Descriptor instead.
+func (*BundleInfo) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *BundleInfo) GetBundle() *TrustBundle {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *BundleInfo) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *BundleInfo) GetModifyRevision() uint64 {
+	if x != nil {
+		return x.ModifyRevision
+	}
+	return 0
+}
+
+type ListBundlesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBundlesRequest) Reset() {
+	*x = ListBundlesRequest{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBundlesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBundlesRequest) ProtoMessage() {}
+
+func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
+func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
+}
+
+type ListBundlesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bundles       []*BundleInfo          `protobuf:"bytes,1,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBundlesResponse) Reset() {
+	*x = ListBundlesResponse{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBundlesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBundlesResponse) ProtoMessage() {}
+
+func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
+func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *ListBundlesResponse) GetBundles() []*BundleInfo {
+	if x != nil {
+		return x.Bundles
+	}
+	return nil
+}
+
+func (x *ListBundlesResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type RotateCARequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateCARequest) Reset() {
+	*x = RotateCARequest{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateCARequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateCARequest) ProtoMessage() {}
+
+func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
+func (*RotateCARequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *RotateCARequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+type RotateCAResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CaRotation    uint64                 `protobuf:"varint,1,opt,name=ca_rotation,json=caRotation,proto3" json:"ca_rotation,omitempty"`
+	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateCAResponse) Reset() {
+	*x = RotateCAResponse{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateCAResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateCAResponse) ProtoMessage() {}
+
+func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
+func (*RotateCAResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *RotateCAResponse) GetCaRotation() uint64 {
+	if x != nil {
+		return x.CaRotation
+	}
+	return 0
+}
+
+func (x *RotateCAResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type ServerStatus struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2981,7 +3665,7 @@ type ServerStatus struct {
 
 func (x *ServerStatus) Reset() {
 	*x = ServerStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2993,7 +3677,7 @@ func (x *ServerStatus) String() string {
 func (*ServerStatus) ProtoMessage() {}
 
 func (x *ServerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3006,7 +3690,7 @@ func (x *ServerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStatus.ProtoReflect.Descriptor instead.
 func (*ServerStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ServerStatus) GetName() string {
@@ -3066,7 +3750,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3078,7 +3762,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3091,7 +3775,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
 }
 
 type StatusResponse struct {
@@ -3107,7 +3791,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3119,7 +3803,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3132,7 +3816,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *StatusResponse) GetServers() []*ServerStatus {
@@ -3227,7 +3911,7 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12@\n" +
 	"\aservice\x18\x02 \x01(\v2&.meshfed.federation.v1.ExportedServiceR\aservice\x12'\n" +
 	"\x0fcreate_revision\x18\x03 \x01(\x04R\x0ecreateRevision\x12'\n" +
-	"\x0fmodify_revision\x18\x04 \x01(\x04R\x0emodifyRevision\"\xd3\x03\n" +
+	"\x0fmodify_revision\x18\x04 \x01(\x04R\x0emodifyRevision\"\xf4\x03\n" +
 	"\rClusterRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12;\n" +
@@ -3242,7 +3926,9 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x0fcreate_revision\x18\t \x01(\x04R\x0ecreateRevision\x12'\n" +
 	"\x0fmodify_revision\x18\n" +
 	" \x01(\x04R\x0emodifyRevision\x12*\n" +
-	"\x11agent_cert_serial\x18\v \x01(\tR\x0fagentCertSerial\"\x8f\x03\n" +
+	"\x11agent_cert_serial\x18\v \x01(\tR\x0fagentCertSerial\x12\x1f\n" +
+	"\vca_rotation\x18\f \x01(\x04R\n" +
+	"caRotation\"\x8f\x03\n" +
 	"\rTrafficPolicy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12?\n" +
@@ -3372,6 +4058,50 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x13ListPoliciesRequest\"t\n" +
 	"\x14ListPoliciesResponse\x12@\n" +
 	"\bpolicies\x18\x01 \x03(\v2$.meshfed.federation.v1.TrafficPolicyR\bpolicies\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\xad\x02\n" +
+	"\x16FederationRelationship\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x10\n" +
+	"\x03url\x18\x02 \x01(\tR\x03url\x12\x18\n" +
+	"\aprofile\x18\x03 \x01(\tR\aprofile\x12,\n" +
+	"\x12endpoint_spiffe_id\x18\x04 \x01(\tR\x10endpointSpiffeId\x12D\n" +
+	"\x1eendpoint_bootstrap_authorities\x18\x05 \x03(\fR\x1cendpointBootstrapAuthorities\x12'\n" +
+	"\x0fcreate_revision\x18\x06 \x01(\x04R\x0ecreateRevision\x12'\n" +
+	"\x0fmodify_revision\x18\a \x01(\x04R\x0emodifyRevision\"e\n" +
+	"\x14PutFederationRequest\x12M\n" +
+	"\n" +
+	"federation\x18\x01 \x01(\v2-.meshfed.federation.v1.FederationRelationshipR\n" +
+	"federation\"3\n" +
+	"\x15PutFederationResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"<\n" +
+	"\x17DeleteFederationRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"6\n" +
+	"\x18DeleteFederationResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"\x18\n" +
+	"\x16ListFederationsRequest\"\xa4\x01\n" +
+	"\x10FederationStatus\x12M\n" +
+	"\n" +
+	"federation\x18\x01 \x01(\v2-.meshfed.federation.v1.FederationRelationshipR\n" +
+	"federation\x12\"\n" +
+	"\rlast_fetch_ms\x18\x02 \x01(\x03R\vlastFetchMs\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x03 \x01(\tR\tlastError\"\x80\x01\n" +
+	"\x17ListFederationsResponse\x12I\n" +
+	"\vfederations\x18\x01 \x03(\v2'.meshfed.federation.v1.FederationStatusR\vfederations\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\x8b\x01\n" +
+	"\n" +
+	"BundleInfo\x12:\n" +
+	"\x06bundle\x18\x01 \x01(\v2\".meshfed.federation.v1.TrustBundleR\x06bundle\x12\x18\n" +
+	"\acluster\x18\x02 \x01(\tR\acluster\x12'\n" +
+	"\x0fmodify_revision\x18\x03 \x01(\x04R\x0emodifyRevision\"\x14\n" +
+	"\x12ListBundlesRequest\"n\n" +
+	"\x13ListBundlesResponse\x12;\n" +
+	"\abundles\x18\x01 \x03(\v2!.meshfed.federation.v1.BundleInfoR\abundles\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"+\n" +
+	"\x0fRotateCARequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\"O\n" +
+	"\x10RotateCAResponse\x12\x1f\n" +
+	"\vca_rotation\x18\x01 \x01(\x04R\n" +
+	"caRotation\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\"\xd7\x01\n" +
 	"\fServerStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
@@ -3392,7 +4122,7 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x04Join\x12O\n" +
 	"\x04Join\x12\".meshfed.federation.v1.JoinRequest\x1a#.meshfed.federation.v1.JoinResponse2[\n" +
 	"\x04Sync\x12S\n" +
-	"\x04Sync\x12\".meshfed.federation.v1.SyncRequest\x1a#.meshfed.federation.v1.SyncResponse(\x010\x012\xef\b\n" +
+	"\x04Sync\x12\".meshfed.federation.v1.SyncRequest\x1a#.meshfed.federation.v1.SyncResponse(\x010\x012\x85\r\n" +
 	"\x05Admin\x12d\n" +
 	"\vCreateToken\x12).meshfed.federation.v1.CreateTokenRequest\x1a*.meshfed.federation.v1.CreateTokenResponse\x12a\n" +
 	"\n" +
@@ -3405,7 +4135,12 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\tPutPolicy\x12'.meshfed.federation.v1.PutPolicyRequest\x1a(.meshfed.federation.v1.PutPolicyResponse\x12g\n" +
 	"\fDeletePolicy\x12*.meshfed.federation.v1.DeletePolicyRequest\x1a+.meshfed.federation.v1.DeletePolicyResponse\x12g\n" +
 	"\fListPolicies\x12*.meshfed.federation.v1.ListPoliciesRequest\x1a+.meshfed.federation.v1.ListPoliciesResponse\x12U\n" +
-	"\x06Status\x12$.meshfed.federation.v1.StatusRequest\x1a%.meshfed.federation.v1.StatusResponseB7Z5github.com/meshfed/meshfed/federation/v1;federationv1b\x06proto3"
+	"\x06Status\x12$.meshfed.federation.v1.StatusRequest\x1a%.meshfed.federation.v1.StatusResponse\x12j\n" +
+	"\rPutFederation\x12+.meshfed.federation.v1.PutFederationRequest\x1a,.meshfed.federation.v1.PutFederationResponse\x12s\n" +
+	"\x10DeleteFederation\x12..meshfed.federation.v1.DeleteFederationRequest\x1a/.meshfed.federation.v1.DeleteFederationResponse\x12p\n" +
+	"\x0fListFederations\x12-.meshfed.federation.v1.ListFederationsRequest\x1a..meshfed.federation.v1.ListFederationsResponse\x12d\n" +
+	"\vListBundles\x12).meshfed.federation.v1.ListBundlesRequest\x1a*.meshfed.federation.v1.ListBundlesResponse\x12[\n" +
+	"\bRotateCA\x12&.meshfed.federation.v1.RotateCARequest\x1a'.meshfed.federation.v1.RotateCAResponseB7Z5github.com/meshfed/meshfed/federation/v1;federationv1b\x06proto3"
 
 var (
 	file_meshfed_federation_v1_federation_proto_rawDescOnce sync.Once
@@ -3419,61 +4154,74 @@ func file_meshfed_federation_v1_federation_proto_rawDescGZIP() []byte {
 	return file_meshfed_federation_v1_federation_proto_rawDescData
 }
 
-var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
 var file_meshfed_federation_v1_federation_proto_goTypes = []any{
-	(*Capabilities)(nil),            // 0: meshfed.federation.v1.Capabilities
-	(*Locality)(nil),                // 1: meshfed.federation.v1.Locality
-	(*TrustBundle)(nil),             // 2: meshfed.federation.v1.TrustBundle
-	(*JoinRequest)(nil),             // 3: meshfed.federation.v1.JoinRequest
-	(*FederationSettings)(nil),      // 4: meshfed.federation.v1.FederationSettings
-	(*JoinResponse)(nil),            // 5: meshfed.federation.v1.JoinResponse
-	(*ServicePort)(nil),             // 6: meshfed.federation.v1.ServicePort
-	(*EndpointGroup)(nil),           // 7: meshfed.federation.v1.EndpointGroup
-	(*ExportedService)(nil),         // 8: meshfed.federation.v1.ExportedService
-	(*ExportRecord)(nil),            // 9: meshfed.federation.v1.ExportRecord
-	(*ClusterRecord)(nil),           // 10: meshfed.federation.v1.ClusterRecord
-	(*TrafficPolicy)(nil),           // 11: meshfed.federation.v1.TrafficPolicy
-	(*WeightedSubset)(nil),          // 12: meshfed.federation.v1.WeightedSubset
-	(*OutlierDetection)(nil),        // 13: meshfed.federation.v1.OutlierDetection
-	(*RetryPolicy)(nil),             // 14: meshfed.federation.v1.RetryPolicy
-	(*SyncHello)(nil),               // 15: meshfed.federation.v1.SyncHello
-	(*PublishExports)(nil),          // 16: meshfed.federation.v1.PublishExports
-	(*PublishBundle)(nil),           // 17: meshfed.federation.v1.PublishBundle
-	(*Ack)(nil),                     // 18: meshfed.federation.v1.Ack
-	(*Nack)(nil),                    // 19: meshfed.federation.v1.Nack
-	(*SyncRequest)(nil),             // 20: meshfed.federation.v1.SyncRequest
-	(*ExportRef)(nil),               // 21: meshfed.federation.v1.ExportRef
-	(*SyncDelta)(nil),               // 22: meshfed.federation.v1.SyncDelta
-	(*PublishResult)(nil),           // 23: meshfed.federation.v1.PublishResult
-	(*SyncHelloResponse)(nil),       // 24: meshfed.federation.v1.SyncHelloResponse
-	(*SyncResponse)(nil),            // 25: meshfed.federation.v1.SyncResponse
-	(*TokenInfo)(nil),               // 26: meshfed.federation.v1.TokenInfo
-	(*CreateTokenRequest)(nil),      // 27: meshfed.federation.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),     // 28: meshfed.federation.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),       // 29: meshfed.federation.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),      // 30: meshfed.federation.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),      // 31: meshfed.federation.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),     // 32: meshfed.federation.v1.RevokeTokenResponse
-	(*ListClustersRequest)(nil),     // 33: meshfed.federation.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),    // 34: meshfed.federation.v1.ListClustersResponse
-	(*DescribeClusterRequest)(nil),  // 35: meshfed.federation.v1.DescribeClusterRequest
-	(*DescribeClusterResponse)(nil), // 36: meshfed.federation.v1.DescribeClusterResponse
-	(*RemoveClusterRequest)(nil),    // 37: meshfed.federation.v1.RemoveClusterRequest
-	(*RemoveClusterResponse)(nil),   // 38: meshfed.federation.v1.RemoveClusterResponse
-	(*GlobalService)(nil),           // 39: meshfed.federation.v1.GlobalService
-	(*ListServicesRequest)(nil),     // 40: meshfed.federation.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),    // 41: meshfed.federation.v1.ListServicesResponse
-	(*PutPolicyRequest)(nil),        // 42: meshfed.federation.v1.PutPolicyRequest
-	(*PutPolicyResponse)(nil),       // 43: meshfed.federation.v1.PutPolicyResponse
-	(*DeletePolicyRequest)(nil),     // 44: meshfed.federation.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),    // 45: meshfed.federation.v1.DeletePolicyResponse
-	(*ListPoliciesRequest)(nil),     // 46: meshfed.federation.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),    // 47: meshfed.federation.v1.ListPoliciesResponse
-	(*ServerStatus)(nil),            // 48: meshfed.federation.v1.ServerStatus
-	(*StatusRequest)(nil),           // 49: meshfed.federation.v1.StatusRequest
-	(*StatusResponse)(nil),          // 50: meshfed.federation.v1.StatusResponse
-	nil,                             // 51: meshfed.federation.v1.EndpointGroup.LabelsEntry
-	nil,                             // 52: meshfed.federation.v1.WeightedSubset.LabelsEntry
+	(*Capabilities)(nil),             // 0: meshfed.federation.v1.Capabilities
+	(*Locality)(nil),                 // 1: meshfed.federation.v1.Locality
+	(*TrustBundle)(nil),              // 2: meshfed.federation.v1.TrustBundle
+	(*JoinRequest)(nil),              // 3: meshfed.federation.v1.JoinRequest
+	(*FederationSettings)(nil),       // 4: meshfed.federation.v1.FederationSettings
+	(*JoinResponse)(nil),             // 5: meshfed.federation.v1.JoinResponse
+	(*ServicePort)(nil),              // 6: meshfed.federation.v1.ServicePort
+	(*EndpointGroup)(nil),            // 7: meshfed.federation.v1.EndpointGroup
+	(*ExportedService)(nil),          // 8: meshfed.federation.v1.ExportedService
+	(*ExportRecord)(nil),             // 9: meshfed.federation.v1.ExportRecord
+	(*ClusterRecord)(nil),            // 10: meshfed.federation.v1.ClusterRecord
+	(*TrafficPolicy)(nil),            // 11: meshfed.federation.v1.TrafficPolicy
+	(*WeightedSubset)(nil),           // 12: meshfed.federation.v1.WeightedSubset
+	(*OutlierDetection)(nil),         // 13: meshfed.federation.v1.OutlierDetection
+	(*RetryPolicy)(nil),              // 14: meshfed.federation.v1.RetryPolicy
+	(*SyncHello)(nil),                // 15: meshfed.federation.v1.SyncHello
+	(*PublishExports)(nil),           // 16: meshfed.federation.v1.PublishExports
+	(*PublishBundle)(nil),            // 17: meshfed.federation.v1.PublishBundle
+	(*Ack)(nil),                      // 18: meshfed.federation.v1.Ack
+	(*Nack)(nil),                     // 19: meshfed.federation.v1.Nack
+	(*SyncRequest)(nil),              // 20: meshfed.federation.v1.SyncRequest
+	(*ExportRef)(nil),                // 21: meshfed.federation.v1.ExportRef
+	(*SyncDelta)(nil),                // 22: meshfed.federation.v1.SyncDelta
+	(*PublishResult)(nil),            // 23: meshfed.federation.v1.PublishResult
+	(*SyncHelloResponse)(nil),        // 24: meshfed.federation.v1.SyncHelloResponse
+	(*SyncResponse)(nil),             // 25: meshfed.federation.v1.SyncResponse
+	(*TokenInfo)(nil),                // 26: meshfed.federation.v1.TokenInfo
+	(*CreateTokenRequest)(nil),       // 27: meshfed.federation.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),      // 28: meshfed.federation.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),        // 29: meshfed.federation.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),       // 30: meshfed.federation.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),       // 31: meshfed.federation.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),      // 32: meshfed.federation.v1.RevokeTokenResponse
+	(*ListClustersRequest)(nil),      // 33: meshfed.federation.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),     // 34: meshfed.federation.v1.ListClustersResponse
+	(*DescribeClusterRequest)(nil),   // 35: meshfed.federation.v1.DescribeClusterRequest
+	(*DescribeClusterResponse)(nil),  // 36: meshfed.federation.v1.DescribeClusterResponse
+	(*RemoveClusterRequest)(nil),     // 37: meshfed.federation.v1.RemoveClusterRequest
+	(*RemoveClusterResponse)(nil),    // 38: meshfed.federation.v1.RemoveClusterResponse
+	(*GlobalService)(nil),            // 39: meshfed.federation.v1.GlobalService
+	(*ListServicesRequest)(nil),      // 40: meshfed.federation.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),     // 41: meshfed.federation.v1.ListServicesResponse
+	(*PutPolicyRequest)(nil),         // 42: meshfed.federation.v1.PutPolicyRequest
+	(*PutPolicyResponse)(nil),        // 43: meshfed.federation.v1.PutPolicyResponse
+	(*DeletePolicyRequest)(nil),      // 44: meshfed.federation.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),     // 45: meshfed.federation.v1.DeletePolicyResponse
+	(*ListPoliciesRequest)(nil),      // 46: meshfed.federation.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 47: meshfed.federation.v1.ListPoliciesResponse
+	(*FederationRelationship)(nil),   // 48: meshfed.federation.v1.FederationRelationship
+	(*PutFederationRequest)(nil),     // 49: meshfed.federation.v1.PutFederationRequest
+	(*PutFederationResponse)(nil),    // 50: meshfed.federation.v1.PutFederationResponse
+	(*DeleteFederationRequest)(nil),  // 51: meshfed.federation.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil), // 52: meshfed.federation.v1.DeleteFederationResponse
+	(*ListFederationsRequest)(nil),   // 53: meshfed.federation.v1.ListFederationsRequest
+	(*FederationStatus)(nil),         // 54: meshfed.federation.v1.FederationStatus
+	(*ListFederationsResponse)(nil),  // 55: meshfed.federation.v1.ListFederationsResponse
+	(*BundleInfo)(nil),               // 56: meshfed.federation.v1.BundleInfo
+	(*ListBundlesRequest)(nil),       // 57: meshfed.federation.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),      // 58: meshfed.federation.v1.ListBundlesResponse
+	(*RotateCARequest)(nil),          // 59: meshfed.federation.v1.RotateCARequest
+	(*RotateCAResponse)(nil),         // 60: meshfed.federation.v1.RotateCAResponse
+	(*ServerStatus)(nil),             // 61: meshfed.federation.v1.ServerStatus
+	(*StatusRequest)(nil),            // 62: meshfed.federation.v1.StatusRequest
+	(*StatusResponse)(nil),           // 63: meshfed.federation.v1.StatusResponse
+	nil,                              // 64: meshfed.federation.v1.EndpointGroup.LabelsEntry
+	nil,                              // 65: meshfed.federation.v1.WeightedSubset.LabelsEntry
 }
 var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	1,  // 0: meshfed.federation.v1.JoinRequest.locality:type_name -> meshfed.federation.v1.Locality
@@ -3481,7 +4229,7 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	0,  // 2: meshfed.federation.v1.JoinRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
 	4,  // 3: meshfed.federation.v1.JoinResponse.settings:type_name -> meshfed.federation.v1.FederationSettings
 	0,  // 4: meshfed.federation.v1.JoinResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	51, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
+	64, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
 	6,  // 6: meshfed.federation.v1.ExportedService.ports:type_name -> meshfed.federation.v1.ServicePort
 	7,  // 7: meshfed.federation.v1.ExportedService.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
 	8,  // 8: meshfed.federation.v1.ExportRecord.service:type_name -> meshfed.federation.v1.ExportedService
@@ -3490,7 +4238,7 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	12, // 11: meshfed.federation.v1.TrafficPolicy.subsets:type_name -> meshfed.federation.v1.WeightedSubset
 	13, // 12: meshfed.federation.v1.TrafficPolicy.outlier_detection:type_name -> meshfed.federation.v1.OutlierDetection
 	14, // 13: meshfed.federation.v1.TrafficPolicy.retries:type_name -> meshfed.federation.v1.RetryPolicy
-	52, // 14: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
+	65, // 14: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
 	0,  // 15: meshfed.federation.v1.SyncHello.capabilities:type_name -> meshfed.federation.v1.Capabilities
 	8,  // 16: meshfed.federation.v1.PublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
 	2,  // 17: meshfed.federation.v1.PublishBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
@@ -3518,38 +4266,53 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	39, // 39: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
 	11, // 40: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
 	11, // 41: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	48, // 42: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
-	3,  // 43: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
-	20, // 44: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
-	27, // 45: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
-	29, // 46: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
-	31, // 47: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
-	33, // 48: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
-	35, // 49: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
-	37, // 50: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
-	40, // 51: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
-	42, // 52: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
-	44, // 53: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
-	46, // 54: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
-	49, // 55: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
-	5,  // 56: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
-	25, // 57: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
-	28, // 58: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
-	30, // 59: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
-	32, // 60: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
-	34, // 61: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
-	36, // 62: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
-	38, // 63: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
-	41, // 64: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
-	43, // 65: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
-	45, // 66: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
-	47, // 67: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
-	50, // 68: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
-	56, // [56:69] is the sub-list for method output_type
-	43, // [43:56] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	48, // 42: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	48, // 43: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	54, // 44: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
+	2,  // 45: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	56, // 46: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
+	61, // 47: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
+	3,  // 48: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
+	20, // 49: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
+	27, // 50: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
+	29, // 51: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
+	31, // 52: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
+	33, // 53: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
+	35, // 54: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
+	37, // 55: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
+	40, // 56: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
+	42, // 57: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
+	44, // 58: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
+	46, // 59: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
+	62, // 60: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
+	49, // 61: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
+	51, // 62: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
+	53, // 63: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
+	57, // 64: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
+	59, // 65: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
+	5,  // 66: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
+	25, // 67: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
+	28, // 68: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
+	30, // 69: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
+	32, // 70: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
+	34, // 71: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
+	36, // 72: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
+	38, // 73: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
+	41, // 74: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
+	43, // 75: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
+	45, // 76: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
+	47, // 77: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
+	63, // 78: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
+	50, // 79: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
+	52, // 80: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
+	55, // 81: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
+	58, // 82: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
+	60, // 83: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
+	66, // [66:84] is the sub-list for method output_type
+	48, // [48:66] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_federation_v1_federation_proto_init() }
@@ -3575,7 +4338,7 @@ func file_meshfed_federation_v1_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_federation_v1_federation_proto_rawDesc), len(file_meshfed_federation_v1_federation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   53,
+			NumMessages:   66,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

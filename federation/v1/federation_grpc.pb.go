@@ -237,17 +237,22 @@ var Sync_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Admin_CreateToken_FullMethodName     = "/meshfed.federation.v1.Admin/CreateToken"
-	Admin_ListTokens_FullMethodName      = "/meshfed.federation.v1.Admin/ListTokens"
-	Admin_RevokeToken_FullMethodName     = "/meshfed.federation.v1.Admin/RevokeToken"
-	Admin_ListClusters_FullMethodName    = "/meshfed.federation.v1.Admin/ListClusters"
-	Admin_DescribeCluster_FullMethodName = "/meshfed.federation.v1.Admin/DescribeCluster"
-	Admin_RemoveCluster_FullMethodName   = "/meshfed.federation.v1.Admin/RemoveCluster"
-	Admin_ListServices_FullMethodName    = "/meshfed.federation.v1.Admin/ListServices"
-	Admin_PutPolicy_FullMethodName       = "/meshfed.federation.v1.Admin/PutPolicy"
-	Admin_DeletePolicy_FullMethodName    = "/meshfed.federation.v1.Admin/DeletePolicy"
-	Admin_ListPolicies_FullMethodName    = "/meshfed.federation.v1.Admin/ListPolicies"
-	Admin_Status_FullMethodName          = "/meshfed.federation.v1.Admin/Status"
+	Admin_CreateToken_FullMethodName      = "/meshfed.federation.v1.Admin/CreateToken"
+	Admin_ListTokens_FullMethodName       = "/meshfed.federation.v1.Admin/ListTokens"
+	Admin_RevokeToken_FullMethodName      = "/meshfed.federation.v1.Admin/RevokeToken"
+	Admin_ListClusters_FullMethodName     = "/meshfed.federation.v1.Admin/ListClusters"
+	Admin_DescribeCluster_FullMethodName  = "/meshfed.federation.v1.Admin/DescribeCluster"
+	Admin_RemoveCluster_FullMethodName    = "/meshfed.federation.v1.Admin/RemoveCluster"
+	Admin_ListServices_FullMethodName     = "/meshfed.federation.v1.Admin/ListServices"
+	Admin_PutPolicy_FullMethodName        = "/meshfed.federation.v1.Admin/PutPolicy"
+	Admin_DeletePolicy_FullMethodName     = "/meshfed.federation.v1.Admin/DeletePolicy"
+	Admin_ListPolicies_FullMethodName     = "/meshfed.federation.v1.Admin/ListPolicies"
+	Admin_Status_FullMethodName           = "/meshfed.federation.v1.Admin/Status"
+	Admin_PutFederation_FullMethodName    = "/meshfed.federation.v1.Admin/PutFederation"
+	Admin_DeleteFederation_FullMethodName = "/meshfed.federation.v1.Admin/DeleteFederation"
+	Admin_ListFederations_FullMethodName  = "/meshfed.federation.v1.Admin/ListFederations"
+	Admin_ListBundles_FullMethodName      = "/meshfed.federation.v1.Admin/ListBundles"
+	Admin_RotateCA_FullMethodName         = "/meshfed.federation.v1.Admin/RotateCA"
 )
 
 // AdminClient is the client API for Admin service.
@@ -265,6 +270,11 @@ type AdminClient interface {
 	DeletePolicy(ctx context.Context, in *DeletePolicyRequest, opts ...grpc.CallOption) (*DeletePolicyResponse, error)
 	ListPolicies(ctx context.Context, in *ListPoliciesRequest, opts ...grpc.CallOption) (*ListPoliciesResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	PutFederation(ctx context.Context, in *PutFederationRequest, opts ...grpc.CallOption) (*PutFederationResponse, error)
+	DeleteFederation(ctx context.Context, in *DeleteFederationRequest, opts ...grpc.CallOption) (*DeleteFederationResponse, error)
+	ListFederations(ctx context.Context, in *ListFederationsRequest, opts ...grpc.CallOption) (*ListFederationsResponse, error)
+	ListBundles(ctx context.Context, in *ListBundlesRequest, opts ...grpc.CallOption) (*ListBundlesResponse, error)
+	RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*RotateCAResponse, error)
 }
 
 type adminClient struct {
@@ -385,6 +395,56 @@ func (c *adminClient) Status(ctx context.Context, in *StatusRequest, opts ...grp
 	return out, nil
 }
 
+func (c *adminClient) PutFederation(ctx context.Context, in *PutFederationRequest, opts ...grpc.CallOption) (*PutFederationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutFederationResponse)
+	err := c.cc.Invoke(ctx, Admin_PutFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) DeleteFederation(ctx context.Context, in *DeleteFederationRequest, opts ...grpc.CallOption) (*DeleteFederationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteFederationResponse)
+	err := c.cc.Invoke(ctx, Admin_DeleteFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListFederations(ctx context.Context, in *ListFederationsRequest, opts ...grpc.CallOption) (*ListFederationsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFederationsResponse)
+	err := c.cc.Invoke(ctx, Admin_ListFederations_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListBundles(ctx context.Context, in *ListBundlesRequest, opts ...grpc.CallOption) (*ListBundlesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListBundlesResponse)
+	err := c.cc.Invoke(ctx, Admin_ListBundles_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*RotateCAResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateCAResponse)
+	err := c.cc.Invoke(ctx, Admin_RotateCA_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -400,6 +460,11 @@ type AdminServer interface {
 	DeletePolicy(context.Context, *DeletePolicyRequest) (*DeletePolicyResponse, error)
 	ListPolicies(context.Context, *ListPoliciesRequest) (*ListPoliciesResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	PutFederation(context.Context, *PutFederationRequest) (*PutFederationResponse, error)
+	DeleteFederation(context.Context, *DeleteFederationRequest) (*DeleteFederationResponse, error)
+	ListFederations(context.Context, *ListFederationsRequest) (*ListFederationsResponse, error)
+	ListBundles(context.Context, *ListBundlesRequest) (*ListBundlesResponse, error)
+	RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -442,6 +507,21 @@ func (UnimplementedAdminServer) ListPolicies(context.Context, *ListPoliciesReque
 }
 func (UnimplementedAdminServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedAdminServer) PutFederation(context.Context, *PutFederationRequest) (*PutFederationResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PutFederation not implemented")
+}
+func (UnimplementedAdminServer) DeleteFederation(context.Context, *DeleteFederationRequest) (*DeleteFederationResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteFederation not implemented")
+}
+func (UnimplementedAdminServer) ListFederations(context.Context, *ListFederationsRequest) (*ListFederationsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListFederations not implemented")
+}
+func (UnimplementedAdminServer) ListBundles(context.Context, *ListBundlesRequest) (*ListBundlesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListBundles not implemented")
+}
+func (UnimplementedAdminServer) RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RotateCA not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -662,6 +742,96 @@ func _Admin_Status_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_PutFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).PutFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_PutFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).PutFederation(ctx, req.(*PutFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_DeleteFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).DeleteFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_DeleteFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).DeleteFederation(ctx, req.(*DeleteFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListFederations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFederationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListFederations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListFederations_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListFederations(ctx, req.(*ListFederationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListBundles_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBundlesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListBundles(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListBundles_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListBundles(ctx, req.(*ListBundlesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_RotateCA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateCARequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RotateCA(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RotateCA_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RotateCA(ctx, req.(*RotateCARequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -712,6 +882,26 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Admin_Status_Handler,
+		},
+		{
+			MethodName: "PutFederation",
+			Handler:    _Admin_PutFederation_Handler,
+		},
+		{
+			MethodName: "DeleteFederation",
+			Handler:    _Admin_DeleteFederation_Handler,
+		},
+		{
+			MethodName: "ListFederations",
+			Handler:    _Admin_ListFederations_Handler,
+		},
+		{
+			MethodName: "ListBundles",
+			Handler:    _Admin_ListBundles_Handler,
+		},
+		{
+			MethodName: "RotateCA",
+			Handler:    _Admin_RotateCA_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

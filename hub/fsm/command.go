@@ -22,16 +22,20 @@ type MessageType uint8
 
 // Command types. Append only.
 const (
-	SetCAType          MessageType = 0
-	CreateTokenType    MessageType = 1
-	RevokeTokenType    MessageType = 2
-	JoinType           MessageType = 3
-	RemoveClusterType  MessageType = 4
-	PublishExportsType MessageType = 5
-	PutBundleType      MessageType = 6
-	PutPolicyType      MessageType = 7
-	DeletePolicyType   MessageType = 8
-	ClusterStatusType  MessageType = 9
+	SetCAType             MessageType = 0
+	CreateTokenType       MessageType = 1
+	RevokeTokenType       MessageType = 2
+	JoinType              MessageType = 3
+	RemoveClusterType     MessageType = 4
+	PublishExportsType    MessageType = 5
+	PutBundleType         MessageType = 6
+	PutPolicyType         MessageType = 7
+	DeletePolicyType      MessageType = 8
+	ClusterStatusType     MessageType = 9
+	PutFederationType     MessageType = 10
+	DeleteFederationType  MessageType = 11
+	RotateCAType          MessageType = 12
+	PutExternalBundleType MessageType = 13
 )
 
 // IgnoreUnknownFlag marks a command an older server may skip.
@@ -59,6 +63,14 @@ func (t MessageType) String() string {
 		return "DeletePolicy"
 	case ClusterStatusType:
 		return "ClusterStatus"
+	case PutFederationType:
+		return "PutFederation"
+	case DeleteFederationType:
+		return "DeleteFederation"
+	case RotateCAType:
+		return "RotateCA"
+	case PutExternalBundleType:
+		return "PutExternalBundle"
 	}
 	return fmt.Sprintf("MessageType(%d)", uint8(t))
 }
@@ -95,6 +107,14 @@ func payloadFor(t MessageType) proto.Message {
 		return &hubpb.CmdDeletePolicy{}
 	case ClusterStatusType:
 		return &hubpb.CmdClusterStatus{}
+	case PutFederationType:
+		return &hubpb.CmdPutFederation{}
+	case DeleteFederationType:
+		return &hubpb.CmdDeleteFederation{}
+	case RotateCAType:
+		return &hubpb.CmdRotateCA{}
+	case PutExternalBundleType:
+		return &hubpb.CmdPutExternalBundle{}
 	}
 	return nil
 }

@@ -27,6 +27,7 @@ const (
 	MaxExportsPerCluster = 4096
 	MaxPolicies          = 4096
 	MaxTokens            = 10000
+	MaxFederations       = 256
 	// Used or expired tokens are pruned this long after they stop being usable.
 	tokenRetentionMs = 24 * 3600 * 1000
 )
@@ -193,6 +194,47 @@ func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
 		}
 		w.PutCluster(cl)
 		return nil
+	case PutFederationType:
+		f := msg.(*hubpb.CmdPutFederation).GetFederation()
+		td := f.GetTrustDomain()
+		if b := w.Bundle(td); b != nil && b.GetCluster() != "" {
+			return refuse(codes.FailedPrecondition, "federation.trust_domain: %q belongs to member cluster %q", td, b.GetCluster())
+		}
+		if w.Federation(td) == nil && len(w.Federations()) >= MaxFederations {
+			return refuse(codes.ResourceExhausted, "federations: at most %d", MaxFederations)
+		}
+		w.PutFederation(f)
+		return nil
+	case DeleteFederationType:
+		td := msg.(*hubpb.CmdDeleteFederation).GetTrustDomain()
+		if !w.DeleteFederation(td) {
+			return refuse(codes.NotFound, "federation %q: not found", td)
+		}
+		if b := w.Bundle(td); b != nil && b.GetCluster() == "" {
+			w.DeleteBundle(td) // withdraw what was fetched
+		}
+		return nil
+	case RotateCAType:
+		name := msg.(*hubpb.CmdRotateCA).GetCluster()
+		cl := w.Cluster(name)
+		if cl == nil {
+			return refuse(codes.NotFound, "cluster %q: not a member", name)
+		}
+		cl = proto.Clone(cl).(*fedv1.ClusterRecord)
+		cl.CaRotation++
+		w.PutCluster(cl)
+		return nil
+	case PutExternalBundleType:
+		b := msg.(*hubpb.CmdPutExternalBundle).GetBundle()
+		td := b.GetTrustDomain()
+		if w.Federation(td) == nil {
+			return refuse(codes.FailedPrecondition, "bundle.trust_domain: %q has no federation relationship (removed?)", td)
+		}
+		if old := w.Bundle(td); old != nil && proto.Equal(old.GetBundle(), b) {
+			return nil // refetched, unchanged
+		}
+		w.PutBundle(&hubpb.BundleRecord{Bundle: b})
+		return nil
 	}
 	panic(fmt.Sprintf("fsm: no apply for %s", t))
 }
@@ -246,6 +288,9 @@ func applyJoin(w *state.WriteTxn, c *hubpb.CmdJoin) *Error {
 	}
 	if b := w.Bundle(td); b != nil && b.GetCluster() != name {
 		return refuse(codes.FailedPrecondition, "trust_bundle.trust_domain: %q is already used by cluster %q", td, b.GetCluster())
+	}
+	if w.Federation(td) != nil {
+		return refuse(codes.FailedPrecondition, "trust_bundle.trust_domain: %q is a federated external trust domain", td)
 	}
 	if w.Cluster(name) == nil && len(w.Clusters()) >= MaxClusters {
 		return refuse(codes.ResourceExhausted, "clusters: at most %d members", MaxClusters)
@@ -356,6 +401,11 @@ func (s *snapshot) write(w io.Writer) error {
 			return err
 		}
 	}
+	for _, f := range v.Federations() {
+		if err := put(&hubpb.SnapshotRecord{Rec: &hubpb.SnapshotRecord_Federation{Federation: f}}); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -406,6 +456,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			r.Policy(x.Policy)
 		case *hubpb.SnapshotRecord_Tombstone:
 			r.Tombstone(x.Tombstone)
+		case *hubpb.SnapshotRecord_Federation:
+			r.Federation(x.Federation)
 		default:
 			return fmt.Errorf("fsm: restore: unknown snapshot record %T", x)
 		}

@@ -574,7 +574,7 @@ func TestUnknownCommand(t *testing.T) {
 		t.Error("known command with the ignore flag was not applied")
 	}
 
-	for _, typ := range []byte{42, 127, byte(fsm.ClusterStatusType) + 1} {
+	for _, typ := range []byte{42, 127, byte(fsm.PutExternalBundleType) + 1} {
 		func() {
 			defer func() {
 				if recover() == nil {
@@ -673,6 +673,15 @@ func goldenCommands() []namedCommand {
 		}}},
 		{"DeletePolicy", fsm.DeletePolicyType, &hubpb.CmdDeletePolicy{Name: "cart"}},
 		{"ClusterStatus", fsm.ClusterStatusType, status("east", "disconnected", 1700000001000, 1700000000500)},
+		{"PutFederation", fsm.PutFederationType, &hubpb.CmdPutFederation{Federation: &fedv1.FederationRelationship{
+			TrustDomain: "spire.example", Url: "https://spire.example:8443", Profile: "https_spiffe",
+			EndpointSpiffeId: "spiffe://spire.example/spire/server",
+		}}},
+		{"DeleteFederation", fsm.DeleteFederationType, &hubpb.CmdDeleteFederation{TrustDomain: "spire.example"}},
+		{"RotateCA", fsm.RotateCAType, &hubpb.CmdRotateCA{Cluster: "east"}},
+		{"PutExternalBundle", fsm.PutExternalBundleType, &hubpb.CmdPutExternalBundle{Bundle: &fedv1.TrustBundle{
+			TrustDomain: "spire.example", X509Authorities: [][]byte{[]byte("DER")}, RefreshHintSeconds: 300, SequenceNumber: 7,
+		}}},
 	}
 }
 

@@ -24,6 +24,10 @@ const (
 	TableBundles    = "bundles"
 	TablePolicies   = "policies"
 	TableTombstones = "tombstones"
+	// TableFederations holds relationships with external trust domains. It
+	// is not streamed to agents: they get the bundles, not how they were
+	// fetched.
+	TableFederations = "federations"
 )
 
 func schema() *memdb.DBSchema {
@@ -52,6 +56,7 @@ func schema() *memdb.DBSchema {
 		TableTombstones: {Name: TableTombstones, Indexes: map[string]*memdb.IndexSchema{
 			"id": id("Key"), "revision": rev,
 		}},
+		TableFederations: {Name: TableFederations, Indexes: map[string]*memdb.IndexSchema{"id": id("Key")}},
 	}}
 }
 

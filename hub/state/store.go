@@ -218,6 +218,19 @@ func (r *ReadTxn) Policies() []*fedv1.TrafficPolicy {
 	return values[*fedv1.TrafficPolicy](r.all(TablePolicies, "id"))
 }
 
+// Federation returns the relationship with an external trust domain, or nil.
+func (r *ReadTxn) Federation(td string) *fedv1.FederationRelationship {
+	if rw := r.get(TableFederations, td); rw != nil {
+		return rw.Value.(*fedv1.FederationRelationship)
+	}
+	return nil
+}
+
+// Federations returns every relationship, sorted by trust domain.
+func (r *ReadTxn) Federations() []*fedv1.FederationRelationship {
+	return values[*fedv1.FederationRelationship](r.all(TableFederations, "id"))
+}
+
 // Tombstones returns every tombstone, sorted by key.
 func (r *ReadTxn) Tombstones() []*hubpb.Tombstone {
 	return values[*hubpb.Tombstone](r.all(TableTombstones, "id"))
@@ -411,6 +424,21 @@ func (w *WriteTxn) PutPolicy(p *fedv1.TrafficPolicy) {
 	w.upsert(TablePolicies, &row{Key: p.GetName(), Value: p})
 }
 
+// PutFederation stores a relationship with an external trust domain.
+func (w *WriteTxn) PutFederation(f *fedv1.FederationRelationship) {
+	f = proto.Clone(f).(*fedv1.FederationRelationship)
+	if old := w.Federation(f.GetTrustDomain()); old != nil {
+		f.CreateRevision = old.GetCreateRevision()
+	} else {
+		f.CreateRevision = w.rev
+	}
+	f.ModifyRevision = w.rev
+	w.insert(TableFederations, &row{Key: f.GetTrustDomain(), Rev: w.rev, Value: f})
+}
+
+// DeleteFederation removes a relationship.
+func (w *WriteTxn) DeleteFederation(td string) bool { return w.remove(TableFederations, td) }
+
 // DeletePolicy removes a traffic policy.
 func (w *WriteTxn) DeletePolicy(name string) bool { return w.delete(TablePolicies, name) }
 
@@ -499,6 +527,11 @@ func (r *Restorer) Bundle(b *hubpb.BundleRecord) {
 // Policy restores a traffic policy.
 func (r *Restorer) Policy(p *fedv1.TrafficPolicy) {
 	r.insert(TablePolicies, &row{Key: p.GetName(), Rev: p.GetModifyRevision(), Value: p})
+}
+
+// Federation restores a relationship with an external trust domain.
+func (r *Restorer) Federation(f *fedv1.FederationRelationship) {
+	r.insert(TableFederations, &row{Key: f.GetTrustDomain(), Rev: f.GetModifyRevision(), Value: f})
 }
 
 // Tombstone restores a tombstone.

@@ -705,6 +705,183 @@ func (x *CmdClusterStatus) GetConnectedAtMs() int64 {
 	return 0
 }
 
+type CmdPutFederation struct {
+	state         protoimpl.MessageState     `protogen:"open.v1"`
+	Federation    *v1.FederationRelationship `protobuf:"bytes,1,opt,name=federation,proto3" json:"federation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdPutFederation) Reset() {
+	*x = CmdPutFederation{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdPutFederation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdPutFederation) ProtoMessage() {}
+
+func (x *CmdPutFederation) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdPutFederation.ProtoReflect.Descriptor instead.
+func (*CmdPutFederation) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CmdPutFederation) GetFederation() *v1.FederationRelationship {
+	if x != nil {
+		return x.Federation
+	}
+	return nil
+}
+
+type CmdDeleteFederation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdDeleteFederation) Reset() {
+	*x = CmdDeleteFederation{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdDeleteFederation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdDeleteFederation) ProtoMessage() {}
+
+func (x *CmdDeleteFederation) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdDeleteFederation.ProtoReflect.Descriptor instead.
+func (*CmdDeleteFederation) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CmdDeleteFederation) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type CmdRotateCA struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdRotateCA) Reset() {
+	*x = CmdRotateCA{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdRotateCA) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdRotateCA) ProtoMessage() {}
+
+func (x *CmdRotateCA) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdRotateCA.ProtoReflect.Descriptor instead.
+func (*CmdRotateCA) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CmdRotateCA) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+// A bundle fetched from an external trust domain's endpoint.
+type CmdPutExternalBundle struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bundle        *v1.TrustBundle        `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdPutExternalBundle) Reset() {
+	*x = CmdPutExternalBundle{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdPutExternalBundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdPutExternalBundle) ProtoMessage() {}
+
+func (x *CmdPutExternalBundle) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdPutExternalBundle.ProtoReflect.Descriptor instead.
+func (*CmdPutExternalBundle) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CmdPutExternalBundle) GetBundle() *v1.TrustBundle {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
 // Tombstone of a deleted record, kept so that resumed Sync streams learn of deletions.
 type Tombstone struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -719,7 +896,7 @@ type Tombstone struct {
 
 func (x *Tombstone) Reset() {
 	*x = Tombstone{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[12]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -731,7 +908,7 @@ func (x *Tombstone) String() string {
 func (*Tombstone) ProtoMessage() {}
 
 func (x *Tombstone) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[12]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -744,7 +921,7 @@ func (x *Tombstone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tombstone.ProtoReflect.Descriptor instead.
 func (*Tombstone) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{12}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Tombstone) GetTable() string {
@@ -781,6 +958,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Bundle
 	//	*SnapshotRecord_Policy
 	//	*SnapshotRecord_Tombstone
+	//	*SnapshotRecord_Federation
 	Rec           isSnapshotRecord_Rec `protobuf_oneof:"rec"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -788,7 +966,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -800,7 +978,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -813,7 +991,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{13}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SnapshotRecord) GetRec() isSnapshotRecord_Rec {
@@ -895,6 +1073,15 @@ func (x *SnapshotRecord) GetTombstone() *Tombstone {
 	return nil
 }
 
+func (x *SnapshotRecord) GetFederation() *v1.FederationRelationship {
+	if x != nil {
+		if x, ok := x.Rec.(*SnapshotRecord_Federation); ok {
+			return x.Federation
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Rec interface {
 	isSnapshotRecord_Rec()
 }
@@ -931,6 +1118,10 @@ type SnapshotRecord_Tombstone struct {
 	Tombstone *Tombstone `protobuf:"bytes,8,opt,name=tombstone,proto3,oneof"`
 }
 
+type SnapshotRecord_Federation struct {
+	Federation *v1.FederationRelationship `protobuf:"bytes,9,opt,name=federation,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Header) isSnapshotRecord_Rec() {}
 
 func (*SnapshotRecord_Ca) isSnapshotRecord_Rec() {}
@@ -947,6 +1138,8 @@ func (*SnapshotRecord_Policy) isSnapshotRecord_Rec() {}
 
 func (*SnapshotRecord_Tombstone) isSnapshotRecord_Rec() {}
 
+func (*SnapshotRecord_Federation) isSnapshotRecord_Rec() {}
+
 type SnapshotHeader struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Format         uint32                 `protobuf:"varint,1,opt,name=format,proto3" json:"format,omitempty"`
@@ -960,7 +1153,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1165,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1178,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{14}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1029,7 +1222,7 @@ type BundleRecord struct {
 
 func (x *BundleRecord) Reset() {
 	*x = BundleRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1234,7 @@ func (x *BundleRecord) String() string {
 func (*BundleRecord) ProtoMessage() {}
 
 func (x *BundleRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1247,7 @@ func (x *BundleRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleRecord.ProtoReflect.Descriptor instead.
 func (*BundleRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{15}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BundleRecord) GetCluster() string {
@@ -1095,7 +1288,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1300,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1313,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{16}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -1142,7 +1335,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1154,7 +1347,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1167,7 +1360,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{17}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -1199,7 +1392,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1404,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1417,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{18}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
 }
 
 type ReadIndexResponse struct {
@@ -1236,7 +1429,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1441,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1454,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{19}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -1319,11 +1512,21 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x15\n" +
 	"\x06now_ms\x18\x03 \x01(\x03R\x05nowMs\x12&\n" +
-	"\x0fconnected_at_ms\x18\x04 \x01(\x03R\rconnectedAtMs\"O\n" +
+	"\x0fconnected_at_ms\x18\x04 \x01(\x03R\rconnectedAtMs\"a\n" +
+	"\x10CmdPutFederation\x12M\n" +
+	"\n" +
+	"federation\x18\x01 \x01(\v2-.meshfed.federation.v1.FederationRelationshipR\n" +
+	"federation\"8\n" +
+	"\x13CmdDeleteFederation\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"'\n" +
+	"\vCmdRotateCA\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\"R\n" +
+	"\x14CmdPutExternalBundle\x12:\n" +
+	"\x06bundle\x18\x01 \x01(\v2\".meshfed.federation.v1.TrustBundleR\x06bundle\"O\n" +
 	"\tTombstone\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"\xdf\x03\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xb0\x04\n" +
 	"\x0eSnapshotRecord\x128\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.meshfed.hub.v1.SnapshotHeaderH\x00R\x06header\x12)\n" +
 	"\x02ca\x18\x02 \x01(\v2\x17.meshfed.hub.v1.CAStateH\x00R\x02ca\x12-\n" +
@@ -1332,7 +1535,10 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\x06export\x18\x05 \x01(\v2#.meshfed.federation.v1.ExportRecordH\x00R\x06export\x126\n" +
 	"\x06bundle\x18\x06 \x01(\v2\x1c.meshfed.hub.v1.BundleRecordH\x00R\x06bundle\x12>\n" +
 	"\x06policy\x18\a \x01(\v2$.meshfed.federation.v1.TrafficPolicyH\x00R\x06policy\x129\n" +
-	"\ttombstone\x18\b \x01(\v2\x19.meshfed.hub.v1.TombstoneH\x00R\ttombstoneB\x05\n" +
+	"\ttombstone\x18\b \x01(\v2\x19.meshfed.hub.v1.TombstoneH\x00R\ttombstone\x12O\n" +
+	"\n" +
+	"federation\x18\t \x01(\v2-.meshfed.federation.v1.FederationRelationshipH\x00R\n" +
+	"federationB\x05\n" +
 	"\x03rec\"\x92\x01\n" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x1a\n" +
@@ -1370,60 +1576,68 @@ func file_meshfed_hub_v1_hub_proto_rawDescGZIP() []byte {
 	return file_meshfed_hub_v1_hub_proto_rawDescData
 }
 
-var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_meshfed_hub_v1_hub_proto_goTypes = []any{
-	(*CAState)(nil),            // 0: meshfed.hub.v1.CAState
-	(*Token)(nil),              // 1: meshfed.hub.v1.Token
-	(*CmdSetCA)(nil),           // 2: meshfed.hub.v1.CmdSetCA
-	(*CmdCreateToken)(nil),     // 3: meshfed.hub.v1.CmdCreateToken
-	(*CmdRevokeToken)(nil),     // 4: meshfed.hub.v1.CmdRevokeToken
-	(*CmdJoin)(nil),            // 5: meshfed.hub.v1.CmdJoin
-	(*CmdRemoveCluster)(nil),   // 6: meshfed.hub.v1.CmdRemoveCluster
-	(*CmdPublishExports)(nil),  // 7: meshfed.hub.v1.CmdPublishExports
-	(*CmdPutBundle)(nil),       // 8: meshfed.hub.v1.CmdPutBundle
-	(*CmdPutPolicy)(nil),       // 9: meshfed.hub.v1.CmdPutPolicy
-	(*CmdDeletePolicy)(nil),    // 10: meshfed.hub.v1.CmdDeletePolicy
-	(*CmdClusterStatus)(nil),   // 11: meshfed.hub.v1.CmdClusterStatus
-	(*Tombstone)(nil),          // 12: meshfed.hub.v1.Tombstone
-	(*SnapshotRecord)(nil),     // 13: meshfed.hub.v1.SnapshotRecord
-	(*SnapshotHeader)(nil),     // 14: meshfed.hub.v1.SnapshotHeader
-	(*BundleRecord)(nil),       // 15: meshfed.hub.v1.BundleRecord
-	(*ApplyRequest)(nil),       // 16: meshfed.hub.v1.ApplyRequest
-	(*ApplyResponse)(nil),      // 17: meshfed.hub.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),   // 18: meshfed.hub.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),  // 19: meshfed.hub.v1.ReadIndexResponse
-	(*v1.ClusterRecord)(nil),   // 20: meshfed.federation.v1.ClusterRecord
-	(*v1.TrustBundle)(nil),     // 21: meshfed.federation.v1.TrustBundle
-	(*v1.ExportedService)(nil), // 22: meshfed.federation.v1.ExportedService
-	(*v1.TrafficPolicy)(nil),   // 23: meshfed.federation.v1.TrafficPolicy
-	(*v1.ExportRecord)(nil),    // 24: meshfed.federation.v1.ExportRecord
+	(*CAState)(nil),                   // 0: meshfed.hub.v1.CAState
+	(*Token)(nil),                     // 1: meshfed.hub.v1.Token
+	(*CmdSetCA)(nil),                  // 2: meshfed.hub.v1.CmdSetCA
+	(*CmdCreateToken)(nil),            // 3: meshfed.hub.v1.CmdCreateToken
+	(*CmdRevokeToken)(nil),            // 4: meshfed.hub.v1.CmdRevokeToken
+	(*CmdJoin)(nil),                   // 5: meshfed.hub.v1.CmdJoin
+	(*CmdRemoveCluster)(nil),          // 6: meshfed.hub.v1.CmdRemoveCluster
+	(*CmdPublishExports)(nil),         // 7: meshfed.hub.v1.CmdPublishExports
+	(*CmdPutBundle)(nil),              // 8: meshfed.hub.v1.CmdPutBundle
+	(*CmdPutPolicy)(nil),              // 9: meshfed.hub.v1.CmdPutPolicy
+	(*CmdDeletePolicy)(nil),           // 10: meshfed.hub.v1.CmdDeletePolicy
+	(*CmdClusterStatus)(nil),          // 11: meshfed.hub.v1.CmdClusterStatus
+	(*CmdPutFederation)(nil),          // 12: meshfed.hub.v1.CmdPutFederation
+	(*CmdDeleteFederation)(nil),       // 13: meshfed.hub.v1.CmdDeleteFederation
+	(*CmdRotateCA)(nil),               // 14: meshfed.hub.v1.CmdRotateCA
+	(*CmdPutExternalBundle)(nil),      // 15: meshfed.hub.v1.CmdPutExternalBundle
+	(*Tombstone)(nil),                 // 16: meshfed.hub.v1.Tombstone
+	(*SnapshotRecord)(nil),            // 17: meshfed.hub.v1.SnapshotRecord
+	(*SnapshotHeader)(nil),            // 18: meshfed.hub.v1.SnapshotHeader
+	(*BundleRecord)(nil),              // 19: meshfed.hub.v1.BundleRecord
+	(*ApplyRequest)(nil),              // 20: meshfed.hub.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 21: meshfed.hub.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),          // 22: meshfed.hub.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),         // 23: meshfed.hub.v1.ReadIndexResponse
+	(*v1.ClusterRecord)(nil),          // 24: meshfed.federation.v1.ClusterRecord
+	(*v1.TrustBundle)(nil),            // 25: meshfed.federation.v1.TrustBundle
+	(*v1.ExportedService)(nil),        // 26: meshfed.federation.v1.ExportedService
+	(*v1.TrafficPolicy)(nil),          // 27: meshfed.federation.v1.TrafficPolicy
+	(*v1.FederationRelationship)(nil), // 28: meshfed.federation.v1.FederationRelationship
+	(*v1.ExportRecord)(nil),           // 29: meshfed.federation.v1.ExportRecord
 }
 var file_meshfed_hub_v1_hub_proto_depIdxs = []int32{
 	0,  // 0: meshfed.hub.v1.CmdSetCA.ca:type_name -> meshfed.hub.v1.CAState
 	1,  // 1: meshfed.hub.v1.CmdCreateToken.token:type_name -> meshfed.hub.v1.Token
-	20, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	21, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	22, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
-	21, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	23, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	14, // 7: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
-	0,  // 8: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
-	1,  // 9: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
-	20, // 10: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	24, // 11: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
-	15, // 12: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
-	23, // 13: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	12, // 14: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
-	21, // 15: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	16, // 16: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
-	18, // 17: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
-	17, // 18: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
-	19, // 19: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
-	18, // [18:20] is the sub-list for method output_type
-	16, // [16:18] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	24, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	25, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	26, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
+	25, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	27, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	28, // 7: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	25, // 8: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	18, // 9: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
+	0,  // 10: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
+	1,  // 11: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
+	24, // 12: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	29, // 13: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
+	19, // 14: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
+	27, // 15: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	16, // 16: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
+	28, // 17: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	25, // 18: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	20, // 19: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
+	22, // 20: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
+	21, // 21: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
+	23, // 22: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
+	21, // [21:23] is the sub-list for method output_type
+	19, // [19:21] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_hub_v1_hub_proto_init() }
@@ -1431,7 +1645,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 	if File_meshfed_hub_v1_hub_proto != nil {
 		return
 	}
-	file_meshfed_hub_v1_hub_proto_msgTypes[13].OneofWrappers = []any{
+	file_meshfed_hub_v1_hub_proto_msgTypes[17].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Ca)(nil),
 		(*SnapshotRecord_Token)(nil),
@@ -1440,6 +1654,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 		(*SnapshotRecord_Bundle)(nil),
 		(*SnapshotRecord_Policy)(nil),
 		(*SnapshotRecord_Tombstone)(nil),
+		(*SnapshotRecord_Federation)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1447,7 +1662,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_hub_v1_hub_proto_rawDesc), len(file_meshfed_hub_v1_hub_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
