@@ -63,6 +63,7 @@ admin.yaml a hub writes into its data directory at bootstrap.`,
 		newClustersCmd(d),
 		newServicesCmd(d),
 		newPolicyCmd(d),
+		newTrustCmd(d),
 	)
 	return root
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -315,5 +316,15 @@ func TestHubProcesses(t *testing.T) {
 	// The CLI reports errors on stderr with a non-zero exit.
 	if _, err := run(t, "clusters", "remove", "nosuch", "--config", h.config()); err == nil {
 		t.Fatal("removing an unknown cluster succeeded")
+	}
+	_, err := run(t, "trust", "federate", "--trust-domain", "spire.example", "--url", "http://127.0.0.1:1/b",
+		"--profile", "https_web", "--config", h.config())
+	if err == nil || !strings.Contains(err.Error(), "federation.url") {
+		t.Fatalf("federating over plain http: %v, want an error naming federation.url", err)
+	}
+	// The hub's own trust domain is among the bundles only once a cluster
+	// joins; with none, the list is empty but the call works.
+	if _, err := run(t, "trust", "bundles", "-o", "json", "--config", h.config()); err != nil {
+		t.Fatal(err)
 	}
 }
