@@ -23,7 +23,7 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 # TEST_DEPS: targets that must be built before `make test`: testenv runs
 # kube-apiserver and etcd built from source (testenv-bins).
-TEST_DEPS ?= testenv-bins
+TEST_DEPS ?= testenv-bins spire-bin
 
 # BENCH_PKGS: packages whose benchmarks `make bench` runs.
 BENCH_PKGS ?= ./hub/... ./testenv/...
@@ -71,6 +71,12 @@ test-long: $(TEST_DEPS)
 # testenv-bins builds kube-apiserver and etcd from source (tools/testenv) into
 # a versioned cache folder, once; see scripts/testenv-bins.sh and
 # docs/testing.md. MESHFED_KUBE_APISERVER / MESHFED_ETCD skip the build.
+# spire-bin builds spire-server (tools/spire) into the same cache, once, for
+# the SPIRE interop test (hub/spire_test.go); see scripts/spire-bin.sh.
+.PHONY: spire-bin
+spire-bin:
+	./scripts/spire-bin.sh >/dev/null
+
 .PHONY: testenv-bins
 testenv-bins:
 	GO=$(GO) ./scripts/testenv-bins.sh
