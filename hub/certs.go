@@ -85,31 +85,35 @@ func (m *certManager) run() {
 		st := s.fsm.Store()
 		watch := st.Watch()
 		if caState := st.Read().CA(); caState != nil {
-			if err := m.refresh(caState); err != nil {
+			if err := m.refresh(caState, false); err != nil {
 				s.log.Error("server certificate", "err", err)
 			}
 		}
 		var renew <-chan time.Time
 		if _, _, cert := m.current(); cert != nil {
-			renew = time.After(time.Until(cert.Leaf.NotAfter) / 2)
+			renew = time.After(max(time.Until(cert.Leaf.NotAfter)/2, time.Minute))
 		}
 		select {
 		case <-s.stopCh:
 			return
 		case <-watch:
 		case <-renew:
-			m.mu.Lock()
-			m.cert = nil
-			m.mu.Unlock()
+			// Issue the successor first and swap: handshakes never see a gap.
+			if caState := st.Read().CA(); caState != nil {
+				if err := m.refresh(caState, true); err != nil {
+					s.log.Error("renew server certificate", "err", err)
+				}
+			}
 		}
 	}
 }
 
-func (m *certManager) refresh(caState *hubpb.CAState) error {
+// refresh issues this server's certificate if it has none, or if renew.
+func (m *certManager) refresh(caState *hubpb.CAState, renew bool) error {
 	m.mu.RLock()
 	have := m.cert != nil
 	m.mu.RUnlock()
-	if have {
+	if have && !renew {
 		return nil
 	}
 	ca, err := pki.ParseCA(caState.GetCertPem(), caState.GetKeyPem())
