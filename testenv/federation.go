@@ -1,0 +1,371 @@
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshfed/meshfed/federation"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// Backend is how a federation's clusters are made.
+type Backend string
+
+const (
+	// BackendProcess runs etcd and kube-apiserver processes per cluster on
+	// loopback. It is the default.
+	BackendProcess Backend = "process"
+	// BackendKind creates a kind cluster per cluster (Docker and the kind
+	// node image are needed); see docs/testing.md.
+	BackendKind Backend = "kind"
+)
+
+// Cluster describes one member cluster of a federation.
+type Cluster struct {
+	Name   string // a DNS label, unique in the federation
+	Region string
+	Zone   string
+}
+
+// Options describe the federation [Start] and [New] stand up.
+type Options struct {
+	// HubServers is the number of `meshfed hub` processes: 0 (no hub), 1, 3
+	// or 5 (up to 7).
+	HubServers int
+	// Clusters are the member clusters, each with its own control plane.
+	Clusters []Cluster
+	// Seed seeds the random sources of every link; the same seed and the
+	// same traffic give the same jitter and drops. 0 is a fixed default.
+	Seed uint64
+	// ReadyTimeout bounds how long each process may take to become ready
+	// (default 60 s; a loaded 2-core machine starting three API servers at
+	// once needs ~10 s).
+	ReadyTimeout time.Duration
+	// Dir holds every file of the federation (data, certificates, logs).
+	// Start uses t.TempDir(); New makes a temporary folder that Close
+	// removes. A Dir given here is left in place.
+	Dir string
+	// Backend selects how clusters are made; "" means
+	// $MESHFED_TESTENV_BACKEND, or BackendProcess when that is unset.
+	Backend Backend
+	// KindNodeImage is the kind node image (BackendKind only); "" is the
+	// kind library's default.
+	KindNodeImage string
+}
+
+// Validate reports every problem with the options at once, each naming its
+// field.
+func (o Options) Validate() error {
+	var errs []error
+	if o.HubServers < 0 || o.HubServers > 7 {
+		errs = append(errs, fmt.Errorf("testenv: HubServers: %d: must be 0 to 7", o.HubServers))
+	}
+	if len(o.Clusters) == 0 && o.HubServers == 0 {
+		errs = append(errs, errors.New("testenv: Clusters: a federation needs a cluster or a hub"))
+	}
+	seen := map[string]bool{}
+	for i, c := range o.Clusters {
+		field := fmt.Sprintf("Clusters[%d]", i)
+		if _, err := federation.ParseClusterName(c.Name); err != nil {
+			errs = append(errs, fmt.Errorf("testenv: %s.Name: %w", field, err))
+		} else if seen[c.Name] {
+			errs = append(errs, fmt.Errorf("testenv: %s.Name: %q is used twice", field, c.Name))
+		}
+		seen[c.Name] = true
+		if _, err := federation.NewLocality(c.Region, c.Zone, ""); err != nil {
+			errs = append(errs, fmt.Errorf("testenv: %s: %w", field, err))
+		}
+	}
+	switch o.Backend {
+	case "", BackendProcess, BackendKind:
+	default:
+		errs = append(errs, fmt.Errorf("testenv: Backend: %q: must be %q or %q", o.Backend, BackendProcess, BackendKind))
+	}
+	if o.ReadyTimeout < 0 {
+		errs = append(errs, fmt.Errorf("testenv: ReadyTimeout: %v: must be at least 0", o.ReadyTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// Federation is a running federation: clusters, a hub, and the WAN links
+// between clusters.
+type Federation struct {
+	dir      string
+	ownDir   bool
+	backend  Backend
+	hub      *Hub
+	clusters []*ClusterEnv
+	byName   map[string]*ClusterEnv
+	links    map[[2]string]*Link // keyed by the pair in Options order
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// ClusterEnv is one running member cluster.
+type ClusterEnv struct {
+	spec       Cluster
+	cp         *ControlPlane // BackendProcess
+	closeKind  func() error  // BackendKind
+	config     *rest.Config
+	clientset  *kubernetes.Clientset
+	kubeconfig string
+}
+
+// Start stands up the federation described by opts, failing the test if it
+// cannot, and registers its teardown with t.Cleanup: every process is
+// killed and every file removed, even when the test fails midway, and the
+// tails of the processes' logs are logged if the test failed.
+func Start(t testing.TB, opts Options) *Federation {
+	t.Helper()
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	f, err := New(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(f.LogTails(3000))
+		}
+		if err := f.Close(); err != nil {
+			t.Errorf("testenv: close: %v", err)
+		}
+	})
+	return f
+}
+
+// New stands up the federation described by opts and returns it once every
+// control plane and hub server is ready. The caller must Close it. On error
+// nothing is left running.
+func New(ctx context.Context, opts Options) (*Federation, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	f := &Federation{dir: opts.Dir, byName: map[string]*ClusterEnv{}, links: map[[2]string]*Link{}}
+	if f.dir == "" {
+		d, err := os.MkdirTemp("", "meshfed-testenv-")
+		if err != nil {
+			return nil, err
+		}
+		f.dir, f.ownDir = d, true
+	}
+	f.backend = opts.Backend
+	if f.backend == "" {
+		f.backend = Backend(os.Getenv(EnvBackend))
+	}
+	if f.backend == "" {
+		f.backend = BackendProcess
+	}
+	readyTimeout := opts.ReadyTimeout
+	if readyTimeout == 0 {
+		readyTimeout = time.Minute
+	}
+
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+	}
+	f.clusters = make([]*ClusterEnv, len(opts.Clusters))
+	var start func(i int, c Cluster)
+	switch f.backend {
+	case BackendProcess:
+		apiserver, etcd, err := Binaries()
+		if err != nil {
+			return nil, f.abort(err)
+		}
+		start = func(i int, c Cluster) {
+			cp, err := startControlPlane(ctx, controlPlaneSpec{
+				name: c.Name, dir: filepath.Join(f.dir, "clusters", c.Name),
+				apiserverBin: apiserver, etcdBin: etcd, readyTimeout: readyTimeout,
+			})
+			if err != nil {
+				fail(err)
+				return
+			}
+			f.clusters[i] = &ClusterEnv{spec: c, cp: cp, config: cp.config, clientset: cp.clientset, kubeconfig: cp.kubecfg}
+		}
+	case BackendKind:
+		clusters, err := startKind(opts.Clusters, filepath.Join(f.dir, "kind"), opts.KindNodeImage)
+		if err != nil {
+			return nil, f.abort(err)
+		}
+		f.clusters = clusters
+		start = func(int, Cluster) {}
+	default:
+		return nil, f.abort(fmt.Errorf("testenv: backend %q (from $%s): must be %q or %q", f.backend, EnvBackend, BackendProcess, BackendKind))
+	}
+	for i, c := range opts.Clusters {
+		wg.Add(1)
+		go func() { defer wg.Done(); start(i, c) }()
+	}
+	if opts.HubServers > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bin, err := meshfedBinary()
+			if err != nil {
+				fail(err)
+				return
+			}
+			h, err := startHub(ctx, hubSpec{dir: f.dir, servers: opts.HubServers, binary: bin, readyTimeout: readyTimeout})
+			if err != nil {
+				fail(err)
+				return
+			}
+			f.hub = h
+		}()
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		return nil, f.abort(errors.Join(errs...))
+	}
+	for _, c := range f.clusters {
+		f.byName[c.spec.Name] = c
+	}
+	n := uint64(0)
+	for i, a := range opts.Clusters {
+		for _, b := range opts.Clusters[i+1:] {
+			f.links[[2]string{a.Name, b.Name}] = newLink(opts.Seed, n, a.Name, b.Name)
+			n++
+		}
+	}
+	return f, nil
+}
+
+// abort closes what New started and returns err.
+func (f *Federation) abort(err error) error {
+	if cerr := f.Close(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	return err
+}
+
+// Backend is how the clusters were made.
+func (f *Federation) Backend() Backend { return f.backend }
+
+// Dir is the folder that holds the federation's files.
+func (f *Federation) Dir() string { return f.dir }
+
+// Hub is the hub, or nil when Options.HubServers was 0.
+func (f *Federation) Hub() *Hub { return f.hub }
+
+// Clusters returns the member clusters in Options order.
+func (f *Federation) Clusters() []*ClusterEnv { return append([]*ClusterEnv(nil), f.clusters...) }
+
+// Cluster returns the member cluster called name. It panics if there is none:
+// that is a mistake in the test.
+func (f *Federation) Cluster(name string) *ClusterEnv {
+	c, ok := f.byName[name]
+	if !ok {
+		panic(fmt.Sprintf("testenv: no cluster %q in the federation", name))
+	}
+	return c
+}
+
+// Link returns the WAN link between clusters a and b, seen from a: its
+// forward direction is a→b, and a relay made with it listens on a's side and
+// forwards to b's side. Link(b, a) is the same link seen from b. It panics if
+// a or b is not a member or a == b.
+//
+// Nothing is routed through the links by Start yet (agents and gateways do
+// not exist); route traffic through one with [Link.Relay].
+func (f *Federation) Link(a, b string) *Link {
+	if l, ok := f.links[[2]string{a, b}]; ok {
+		return l
+	}
+	if l, ok := f.links[[2]string{b, a}]; ok {
+		return l.Reverse()
+	}
+	panic(fmt.Sprintf("testenv: no link between %q and %q in the federation", a, b))
+}
+
+// Processes returns every process of the federation: each cluster's etcd and
+// kube-apiserver, then the hub servers.
+func (f *Federation) Processes() []*Process {
+	var ps []*Process
+	for _, c := range f.clusters {
+		if c != nil && c.cp != nil {
+			ps = append(ps, c.cp.Processes()...)
+		}
+	}
+	if f.hub != nil {
+		ps = append(ps, f.hub.Processes()...)
+	}
+	return ps
+}
+
+// LogTails returns the last n bytes of every process's log, each under a
+// header, for a failed test's output.
+func (f *Federation) LogTails(n int) string {
+	var b strings.Builder
+	for _, p := range f.Processes() {
+		fmt.Fprintf(&b, "--- %s (%s), last %d bytes ---\n%s\n", p.Name(), p.LogPath(), n, p.Tail(n))
+	}
+	return b.String()
+}
+
+// Close kills every process, deletes kind clusters, stops every relay, and
+// removes the federation's folder if New made it. It is safe to call more
+// than once.
+func (f *Federation) Close() error {
+	f.closeOnce.Do(func() {
+		var errs []error
+		if f.hub != nil {
+			f.hub.Close()
+		}
+		for _, c := range f.clusters {
+			if c == nil {
+				continue
+			}
+			if c.cp != nil {
+				c.cp.Close()
+			}
+			if c.closeKind != nil {
+				errs = append(errs, c.closeKind())
+			}
+		}
+		for _, l := range f.links {
+			errs = append(errs, l.Close())
+		}
+		if f.ownDir {
+			errs = append(errs, os.RemoveAll(f.dir))
+		}
+		f.closeErr = errors.Join(errs...)
+	})
+	return f.closeErr
+}
+
+// Name is the cluster's name.
+func (c *ClusterEnv) Name() string { return c.spec.Name }
+
+// Spec is the cluster as described in Options.
+func (c *ClusterEnv) Spec() Cluster { return c.spec }
+
+// RESTConfig returns a new copy of the admin client configuration.
+func (c *ClusterEnv) RESTConfig() *rest.Config { return rest.CopyConfig(c.config) }
+
+// Clientset is a client with the admin identity.
+func (c *ClusterEnv) Clientset() *kubernetes.Clientset { return c.clientset }
+
+// Kubeconfig is the path of a kubeconfig file with the admin identity.
+func (c *ClusterEnv) Kubeconfig() string { return c.kubeconfig }
+
+// ControlPlane is the cluster's etcd and kube-apiserver processes, for fault
+// injection; nil with BackendKind.
+func (c *ClusterEnv) ControlPlane() *ControlPlane { return c.cp }
