@@ -116,7 +116,7 @@ proto-check: proto
 	if [ -n "$$untracked" ]; then echo "files under $(GENERATED_DIRS) are not committed:"; echo "$$untracked"; exit 1; fi
 
 .PHONY: bench
-bench:
+bench: $(TEST_DEPS)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m $(BENCH_PKGS)
 
 .PHONY: dev
