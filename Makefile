@@ -26,7 +26,7 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 TEST_DEPS ?= testenv-bins spire-bin
 
 # BENCH_PKGS: packages whose benchmarks `make bench` runs.
-BENCH_PKGS ?= ./hub/... ./testenv/...
+BENCH_PKGS ?= ./hub/... ./trust/... ./testenv/...
 
 # Pinned tool versions. Bump here; `make lint` / `make proto` reinstall a tool
 # whose binary in .bin/ was built from a different version.

@@ -6,23 +6,20 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/hub/fsm"
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
-	"github.com/meshfed/meshfed/hub/state"
+	"github.com/meshfed/meshfed/trust"
 )
 
 // The hub's SPIFFE bundle endpoints serve every trust domain it holds (the
@@ -34,31 +31,11 @@ import (
 
 // Limits for bundle fetching.
 const (
-	maxBundleDocument   = 1 << 20
 	defaultBundleReload = 5 * time.Minute
 	minBundleReload     = 5 * time.Second
 	maxBundleReload     = time.Hour
 	fetchTimeout        = 30 * time.Second
 )
-
-// bundleOf converts a stored bundle to go-spiffe's form.
-func bundleOf(b *fedv1.TrustBundle) (*spiffebundle.Bundle, error) {
-	td, err := spiffeid.TrustDomainFromString(b.GetTrustDomain())
-	if err != nil {
-		return nil, err
-	}
-	out := spiffebundle.New(td)
-	for _, der := range b.GetX509Authorities() {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, err
-		}
-		out.AddX509Authority(c)
-	}
-	out.SetRefreshHint(time.Duration(b.GetRefreshHintSeconds()) * time.Second)
-	out.SetSequenceNumber(b.GetSequenceNumber())
-	return out, nil
-}
 
 // storeBundles is a spiffebundle.Source and x509bundle.Source over the
 // current state store plus the hub's own CA.
@@ -68,7 +45,7 @@ func (b storeBundles) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffeb
 	if td.Name() == b.s.cfg.TrustDomain {
 		ca, _, _ := b.s.certs.current()
 		if ca == nil {
-			return nil, errors.New("hub: no hub CA yet")
+			return nil, fmt.Errorf("%w: no hub CA yet", trust.ErrNotFederated)
 		}
 		out := spiffebundle.New(td)
 		out.AddX509Authority(ca.Cert)
@@ -77,9 +54,9 @@ func (b storeBundles) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffeb
 	}
 	rec := b.s.fsm.Store().Read().Bundle(td.Name())
 	if rec == nil {
-		return nil, fmt.Errorf("hub: no bundle for trust domain %q", td)
+		return nil, fmt.Errorf("%w: hub holds no bundle for %q", trust.ErrNotFederated, td)
 	}
-	return bundleOf(rec.GetBundle())
+	return trust.BundleFromProto(rec.GetBundle())
 }
 
 func (b storeBundles) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
@@ -92,30 +69,9 @@ func (b storeBundles) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x50
 
 // bundleHandler serves GET /<trust-domain>.
 func (s *Server) bundleHandler() http.Handler {
-	src := storeBundles{s}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet {
-			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-			return
-		}
-		td, err := spiffeid.TrustDomainFromString(strings.TrimPrefix(r.URL.Path, "/"))
-		if err != nil {
-			http.Error(w, "path must be /<trust-domain>", http.StatusNotFound)
-			return
-		}
-		b, err := src.GetBundleForTrustDomain(td)
-		if err != nil {
-			http.Error(w, fmt.Sprintf("no bundle for %q", td), http.StatusNotFound)
-			return
-		}
-		data, err := b.Marshal()
-		if err != nil {
-			http.Error(w, "cannot encode bundle", http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(data)
-	})
+	mux := http.NewServeMux()
+	mux.Handle("/{trust_domain}", trust.BundleSetHandler(storeBundles{s}))
+	return mux
 }
 
 func (s *Server) setupBundleEndpoints() error {
@@ -170,16 +126,12 @@ type fetchStatus struct {
 // the leader fetches; results go through Raft like every other write.
 type fetchers struct {
 	s      *Server
-	client func(f *fedv1.FederationRelationship) (*http.Client, error)
-
 	mu   sync.Mutex
 	byTD map[string]*fetchStatus
 }
 
 func newFetchers(s *Server) *fetchers {
-	f := &fetchers{s: s, byTD: map[string]*fetchStatus{}}
-	f.client = f.httpClient
-	return f
+	return &fetchers{s: s, byTD: map[string]*fetchStatus{}}
 }
 
 func (f *fetchers) status(td string) (fetchStatus, bool) {
@@ -216,15 +168,15 @@ func (f *fetchers) run() {
 			due := !now.Before(st.next)
 			f.mu.Unlock()
 			if due {
-				f.fetchOne(view, rel)
+				f.fetchOne(rel)
 			}
 		}
 	}
 }
 
-func (f *fetchers) fetchOne(view *state.ReadTxn, rel *fedv1.FederationRelationship) {
+func (f *fetchers) fetchOne(rel *fedv1.FederationRelationship) {
 	td := rel.GetTrustDomain()
-	b, err := f.fetch(view, rel)
+	b, err := f.fetch(rel)
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), f.s.cfg.ApplyTimeout)
 		_, err = f.s.apply(ctx, fsm.PutExternalBundleType, &hubpb.CmdPutExternalBundle{Bundle: b})
@@ -249,88 +201,56 @@ func (f *fetchers) fetchOne(view *state.ReadTxn, rel *fedv1.FederationRelationsh
 	st.next = now.Add(min(max(reload, minBundleReload), maxBundleReload))
 }
 
-// fetch gets one external bundle. It reads at most maxBundleDocument bytes,
-// follows no redirect, and refuses a document whose authorities name another
-// trust domain.
-func (f *fetchers) fetch(view *state.ReadTxn, rel *fedv1.FederationRelationship) (*fedv1.TrustBundle, error) {
-	td, err := spiffeid.TrustDomainFromString(rel.GetTrustDomain())
+// fetch gets one external bundle with trust.Fetcher: https only, no
+// redirects (so none is persisted), at most 1 MiB, and no authority naming
+// another trust domain. Under https_spiffe the endpoint must present the
+// configured SPIFFE ID, chained to the endpoint trust domain's bundle (the
+// one the hub holds, else the configured bootstrap authorities): a WebPKI
+// certificate is refused, so a profile downgrade fails.
+func (f *fetchers) fetch(rel *fedv1.FederationRelationship) (*fedv1.TrustBundle, error) {
+	cfg, err := f.fetcherConfig(rel)
 	if err != nil {
 		return nil, err
 	}
-	client, err := f.client(rel)
+	fetcher, err := trust.NewFetcher(cfg)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rel.GetUrl(), http.NoBody)
+	b, err := fetcher.Fetch(ctx)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("bundle endpoint answered %s", resp.Status)
-	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBundleDocument+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxBundleDocument {
-		return nil, fmt.Errorf("bundle document larger than %d bytes", maxBundleDocument)
-	}
-	b, err := spiffebundle.Parse(td, data)
-	if err != nil {
-		return nil, err
-	}
-	hint, _ := b.RefreshHint()
-	seq, _ := b.SequenceNumber()
-	out := &fedv1.TrustBundle{TrustDomain: td.Name(), RefreshHintSeconds: int64(max(hint/time.Second, 0)), SequenceNumber: seq}
-	for _, c := range b.X509Authorities() {
-		for _, u := range c.URIs {
-			if u.Scheme == "spiffe" && u.Host != td.Name() {
-				return nil, fmt.Errorf("endpoint served a bundle of trust domain %q for %q", u.Host, td)
-			}
-		}
-		out.X509Authorities = append(out.X509Authorities, c.Raw)
-	}
-	if len(out.X509Authorities) == 0 || len(out.X509Authorities) > MaxBundleAuthorities {
-		return nil, fmt.Errorf("bundle has %d X.509 authorities, want 1 to %d", len(out.X509Authorities), MaxBundleAuthorities)
+	out := trust.BundleToProto(b)
+	if n := len(out.GetX509Authorities()); n == 0 || n > MaxBundleAuthorities {
+		return nil, fmt.Errorf("bundle has %d X.509 authorities, want 1 to %d", n, MaxBundleAuthorities)
 	}
 	return out, nil
 }
 
-// httpClient builds the client for a relationship's profile. https_spiffe
-// authenticates the endpoint by SPIFFE ID against the endpoint trust domain's
-// bundle: the one the hub holds, else the configured bootstrap authorities.
-// A WebPKI certificate is refused there, so there is no silent downgrade.
-func (f *fetchers) httpClient(rel *fedv1.FederationRelationship) (*http.Client, error) {
-	var tlsCfg *tls.Config
+func (f *fetchers) fetcherConfig(rel *fedv1.FederationRelationship) (trust.FetcherConfig, error) {
+	cfg := trust.DefaultFetcherConfig()
+	td, err := spiffeid.TrustDomainFromString(rel.GetTrustDomain())
+	if err != nil {
+		return cfg, err
+	}
+	cfg.TrustDomain, cfg.URL, cfg.Timeout = td, rel.GetUrl(), fetchTimeout
 	switch rel.GetProfile() {
 	case ProfileHTTPSWeb:
-		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
+		cfg.Profile = trust.ProfileHTTPSWeb
 	case ProfileHTTPSSPIFFE:
-		id, err := spiffeid.FromString(rel.GetEndpointSpiffeId())
-		if err != nil {
-			return nil, err
+		cfg.Profile = trust.ProfileHTTPSSPIFFE
+		if cfg.EndpointID, err = spiffeid.FromString(rel.GetEndpointSpiffeId()); err != nil {
+			return cfg, err
 		}
-		src, err := f.endpointBundle(rel, id.TrustDomain())
-		if err != nil {
-			return nil, err
+		if cfg.EndpointBundles, err = f.endpointBundle(rel, cfg.EndpointID.TrustDomain()); err != nil {
+			return cfg, err
 		}
-		tlsCfg = tlsconfig.TLSClientConfig(src, tlsconfig.AuthorizeID(id))
 	default:
-		return nil, fmt.Errorf("unknown profile %q", rel.GetProfile())
+		return cfg, fmt.Errorf("unknown profile %q", rel.GetProfile())
 	}
-	return &http.Client{
-		Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: nil, ResponseHeaderTimeout: fetchTimeout},
-		// Redirects are not followed (and so never persisted): the configured
-		// URL is the only one the hub trusts for this trust domain.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}, nil
+	return cfg, nil
 }
 
 func (f *fetchers) endpointBundle(rel *fedv1.FederationRelationship, td spiffeid.TrustDomain) (x509bundle.Source, error) {
