@@ -125,7 +125,7 @@ type fetchStatus struct {
 // fetchers refreshes the bundles of federated external trust domains. Only
 // the leader fetches; results go through Raft like every other write.
 type fetchers struct {
-	s      *Server
+	s    *Server
 	mu   sync.Mutex
 	byTD map[string]*fetchStatus
 }

@@ -12,12 +12,16 @@ import (
 // configNoDefault lists the Config fields DefaultConfig leaves zero on
 // purpose: they identify this server or its peers, or are secrets.
 var configNoDefault = map[string]bool{
-	"Name":            true, // unique per server
-	"DataDir":         true, // deployment-specific
-	"BootstrapExpect": true, // 0 is meaningful: join only
-	"Join":            true, // peers are deployment-specific
-	"EncryptKey":      true, // a secret; must be generated (meshfed hub keygen)
-	"AdvertiseAddr":   true, // empty means BindAddr
+	"Name":              true, // unique per server
+	"DataDir":           true, // deployment-specific
+	"BootstrapExpect":   true, // 0 is meaningful: join only
+	"Join":              true, // peers are deployment-specific
+	"EncryptKey":        true, // a secret; must be generated (meshfed hub keygen)
+	"AdvertiseAddr":     true, // empty means BindAddr
+	"BundlePort":        true, // 0: no https_spiffe bundle endpoint
+	"BundleWebPort":     true, // 0: no https_web bundle endpoint
+	"BundleWebCertFile": true, // only with BundleWebPort
+	"BundleWebKeyFile":  true, // only with BundleWebPort
 }
 
 // validTestConfig is DefaultConfig plus the fields that have no default.
