@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -95,4 +96,33 @@ func dialAdmin(ctx context.Context, path string) (fedv1.AdminClient, func() erro
 		return nil, nil, err
 	}
 	return fedv1.NewAdminClient(conn), conn.Close, nil
+}
+
+// newReadCmd builds a command that makes one Admin read call and prints the
+// response as a table, JSON or YAML (-o).
+func newReadCmd[R any](d deps, use, short string, call func(context.Context, fedv1.AdminClient) (R, error), table func(io.Writer, R)) *cobra.Command {
+	var (
+		cf  clientFlags
+		out outputFormat
+	)
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			c, err := cf.dial(cmd, d)
+			if err != nil {
+				return err
+			}
+			defer c.done()
+			resp, err := call(c.ctx, c.client)
+			if err != nil {
+				return err
+			}
+			return writeOutput(cmd.OutOrStdout(), out, resp, func(w io.Writer) { table(w, resp) })
+		}),
+	}
+	cf.add(cmd)
+	addOutputFlag(cmd, &out)
+	return cmd
 }

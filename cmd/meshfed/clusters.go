@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strconv"
@@ -22,30 +23,10 @@ func newClustersCmd(d deps) *cobra.Command {
 }
 
 func newClustersListCmd(d deps) *cobra.Command {
-	var (
-		cf  clientFlags
-		out outputFormat
-	)
-	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List the member clusters",
-		Args:  cobra.NoArgs,
-		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.dial(cmd, d)
-			if err != nil {
-				return err
-			}
-			defer c.done()
-			resp, err := c.client.ListClusters(c.ctx, &fedv1.ListClustersRequest{})
-			if err != nil {
-				return err
-			}
-			return writeOutput(cmd.OutOrStdout(), out, resp, func(w io.Writer) { clustersTable(w, resp) })
-		}),
-	}
-	cf.add(cmd)
-	addOutputFlag(cmd, &out)
-	return cmd
+	return newReadCmd(d, "list", "List the member clusters",
+		func(ctx context.Context, c fedv1.AdminClient) (*fedv1.ListClustersResponse, error) {
+			return c.ListClusters(ctx, &fedv1.ListClustersRequest{})
+		}, clustersTable)
 }
 
 func clustersTable(w io.Writer, r *fedv1.ListClustersResponse) {

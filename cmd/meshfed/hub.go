@@ -144,30 +144,10 @@ func newHubKeygenCmd(d deps) *cobra.Command {
 }
 
 func newHubStatusCmd(d deps) *cobra.Command {
-	var (
-		cf  clientFlags
-		out outputFormat
-	)
-	cmd := &cobra.Command{
-		Use:   "status",
-		Short: "Show the hub servers, their Raft state and health",
-		Args:  cobra.NoArgs,
-		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.dial(cmd, d)
-			if err != nil {
-				return err
-			}
-			defer c.done()
-			resp, err := c.client.Status(c.ctx, &fedv1.StatusRequest{})
-			if err != nil {
-				return err
-			}
-			return writeOutput(cmd.OutOrStdout(), out, resp, func(w io.Writer) { statusTable(w, resp) })
-		}),
-	}
-	cf.add(cmd)
-	addOutputFlag(cmd, &out)
-	return cmd
+	return newReadCmd(d, "status", "Show the hub servers, their Raft state and health",
+		func(ctx context.Context, c fedv1.AdminClient) (*fedv1.StatusResponse, error) {
+			return c.Status(ctx, &fedv1.StatusRequest{})
+		}, statusTable)
 }
 
 func statusTable(w io.Writer, r *fedv1.StatusResponse) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -29,30 +30,10 @@ func newPolicyCmd(d deps) *cobra.Command {
 }
 
 func newPolicyListCmd(d deps) *cobra.Command {
-	var (
-		cf  clientFlags
-		out outputFormat
-	)
-	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List traffic policies",
-		Args:  cobra.NoArgs,
-		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.dial(cmd, d)
-			if err != nil {
-				return err
-			}
-			defer c.done()
-			resp, err := c.client.ListPolicies(c.ctx, &fedv1.ListPoliciesRequest{})
-			if err != nil {
-				return err
-			}
-			return writeOutput(cmd.OutOrStdout(), out, resp, func(w io.Writer) { policiesTable(w, resp.GetPolicies()) })
-		}),
-	}
-	cf.add(cmd)
-	addOutputFlag(cmd, &out)
-	return cmd
+	return newReadCmd(d, "list", "List traffic policies",
+		func(ctx context.Context, c fedv1.AdminClient) (*fedv1.ListPoliciesResponse, error) {
+			return c.ListPolicies(ctx, &fedv1.ListPoliciesRequest{})
+		}, func(w io.Writer, r *fedv1.ListPoliciesResponse) { policiesTable(w, r.GetPolicies()) })
 }
 
 func newPolicyGetCmd(d deps) *cobra.Command {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"slices"
@@ -21,30 +22,10 @@ func newServicesCmd(d deps) *cobra.Command {
 }
 
 func newServicesListCmd(d deps) *cobra.Command {
-	var (
-		cf  clientFlags
-		out outputFormat
-	)
-	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List global services, the clusters exporting them and their ready endpoints",
-		Args:  cobra.NoArgs,
-		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.dial(cmd, d)
-			if err != nil {
-				return err
-			}
-			defer c.done()
-			resp, err := c.client.ListServices(c.ctx, &fedv1.ListServicesRequest{})
-			if err != nil {
-				return err
-			}
-			return writeOutput(cmd.OutOrStdout(), out, resp, func(w io.Writer) { servicesTable(w, resp) })
-		}),
-	}
-	cf.add(cmd)
-	addOutputFlag(cmd, &out)
-	return cmd
+	return newReadCmd(d, "list", "List global services, the clusters exporting them and their ready endpoints",
+		func(ctx context.Context, c fedv1.AdminClient) (*fedv1.ListServicesResponse, error) {
+			return c.ListServices(ctx, &fedv1.ListServicesRequest{})
+		}, servicesTable)
 }
 
 // servicesTable prints one line per global service. CLUSTERS lists the

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"time"
@@ -78,31 +79,10 @@ func createdTokenTable(w io.Writer, r *fedv1.CreateTokenResponse) {
 }
 
 func newTokenListCmd(d deps) *cobra.Command {
-	var (
-		cf  clientFlags
-		out outputFormat
-	)
-	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List join tokens and their state (never their secrets)",
-		Args:  cobra.NoArgs,
-		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.dial(cmd, d)
-			if err != nil {
-				return err
-			}
-			defer c.done()
-			resp, err := c.client.ListTokens(c.ctx, &fedv1.ListTokensRequest{})
-			if err != nil {
-				return err
-			}
-			now := time.Now()
-			return writeOutput(cmd.OutOrStdout(), out, resp, func(w io.Writer) { tokensTable(w, resp, now) })
-		}),
-	}
-	cf.add(cmd)
-	addOutputFlag(cmd, &out)
-	return cmd
+	return newReadCmd(d, "list", "List join tokens and their state (never their secrets)",
+		func(ctx context.Context, c fedv1.AdminClient) (*fedv1.ListTokensResponse, error) {
+			return c.ListTokens(ctx, &fedv1.ListTokensRequest{})
+		}, func(w io.Writer, r *fedv1.ListTokensResponse) { tokensTable(w, r, time.Now()) })
 }
 
 func tokensTable(w io.Writer, r *fedv1.ListTokensResponse, now time.Time) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -25,42 +26,24 @@ func newTrustCmd(d deps) *cobra.Command {
 }
 
 func newTrustBundlesCmd(d deps) *cobra.Command {
-	var (
-		cf  clientFlags
-		out outputFormat
-	)
-	cmd := &cobra.Command{
-		Use:   "bundles",
-		Short: "List the trust bundles of the federation (one per trust domain, never merged)",
-		Args:  cobra.NoArgs,
-		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.dial(cmd, d)
-			if err != nil {
-				return err
-			}
-			defer c.done()
-			resp, err := c.client.ListBundles(c.ctx, &fedv1.ListBundlesRequest{})
-			if err != nil {
-				return err
-			}
-			return writeOutput(cmd.OutOrStdout(), out, resp, func(w io.Writer) {
-				row(w, "TRUST DOMAIN", "OWNER", "AUTHORITIES", "SEQUENCE", "REFRESH", "REVISION")
-				for _, b := range resp.GetBundles() {
-					owner := b.GetCluster()
-					if owner == "" {
-						owner = "(external)"
-					}
-					row(w, b.GetBundle().GetTrustDomain(), owner, strconv.Itoa(len(b.GetBundle().GetX509Authorities())),
-						strconv.FormatUint(b.GetBundle().GetSequenceNumber(), 10),
-						strconv.FormatInt(b.GetBundle().GetRefreshHintSeconds(), 10)+"s",
-						strconv.FormatUint(b.GetModifyRevision(), 10))
-				}
-			})
-		}),
+	return newReadCmd(d, "bundles", "List the trust bundles of the federation (one per trust domain, never merged)",
+		func(ctx context.Context, c fedv1.AdminClient) (*fedv1.ListBundlesResponse, error) {
+			return c.ListBundles(ctx, &fedv1.ListBundlesRequest{})
+		}, bundlesTable)
+}
+
+func bundlesTable(w io.Writer, resp *fedv1.ListBundlesResponse) {
+	row(w, "TRUST DOMAIN", "OWNER", "AUTHORITIES", "SEQUENCE", "REFRESH", "REVISION")
+	for _, b := range resp.GetBundles() {
+		owner := b.GetCluster()
+		if owner == "" {
+			owner = "(external)"
+		}
+		row(w, b.GetBundle().GetTrustDomain(), owner, strconv.Itoa(len(b.GetBundle().GetX509Authorities())),
+			strconv.FormatUint(b.GetBundle().GetSequenceNumber(), 10),
+			strconv.FormatInt(b.GetBundle().GetRefreshHintSeconds(), 10)+"s",
+			strconv.FormatUint(b.GetModifyRevision(), 10))
 	}
-	cf.add(cmd)
-	addOutputFlag(cmd, &out)
-	return cmd
 }
 
 func newTrustRotateCmd(d deps) *cobra.Command {
@@ -153,36 +136,16 @@ bootstrap trust in the endpoint's trust domain, e.g. from
 }
 
 func newTrustFederationsCmd(d deps) *cobra.Command {
-	var (
-		cf  clientFlags
-		out outputFormat
-	)
-	cmd := &cobra.Command{
-		Use:   "federations",
-		Short: "List relationships with external trust domains and their last fetch",
-		Args:  cobra.NoArgs,
-		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.dial(cmd, d)
-			if err != nil {
-				return err
+	return newReadCmd(d, "federations", "List relationships with external trust domains and their last fetch",
+		func(ctx context.Context, c fedv1.AdminClient) (*fedv1.ListFederationsResponse, error) {
+			return c.ListFederations(ctx, &fedv1.ListFederationsRequest{})
+		}, func(w io.Writer, resp *fedv1.ListFederationsResponse) {
+			row(w, "TRUST DOMAIN", "PROFILE", "URL", "LAST FETCH", "LAST ERROR")
+			for _, s := range resp.GetFederations() {
+				f := s.GetFederation()
+				row(w, f.GetTrustDomain(), f.GetProfile(), f.GetUrl(), fmtTime(s.GetLastFetchMs()), strings.ReplaceAll(s.GetLastError(), "\t", " "))
 			}
-			defer c.done()
-			resp, err := c.client.ListFederations(c.ctx, &fedv1.ListFederationsRequest{})
-			if err != nil {
-				return err
-			}
-			return writeOutput(cmd.OutOrStdout(), out, resp, func(w io.Writer) {
-				row(w, "TRUST DOMAIN", "PROFILE", "URL", "LAST FETCH", "LAST ERROR")
-				for _, s := range resp.GetFederations() {
-					f := s.GetFederation()
-					row(w, f.GetTrustDomain(), f.GetProfile(), f.GetUrl(), fmtTime(s.GetLastFetchMs()), strings.ReplaceAll(s.GetLastError(), "\t", " "))
-				}
-			})
-		}),
-	}
-	cf.add(cmd)
-	addOutputFlag(cmd, &out)
-	return cmd
+		})
 }
 
 func newTrustRemoveFederationCmd(d deps) *cobra.Command {
