@@ -64,6 +64,8 @@ admin.yaml a hub writes into its data directory at bootstrap.`,
 		newServicesCmd(d),
 		newPolicyCmd(d),
 		newTrustCmd(d),
+		newJoinCmd(),
+		newAgentCmd(),
 	)
 	return root
 }

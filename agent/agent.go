@@ -1,0 +1,549 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/trust"
+)
+
+// Agent is meshfed's presence in one member cluster. Build it with New and
+// run it with Run; it needs credentials stored by Join.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+
+	sourceBox mailbox[map[string]*fedv1.ExportedService]
+	viewBox   mailbox[*view]
+
+	mu        sync.Mutex // guards the fields below, read by HTTP
+	creds     *Credentials
+	connected bool
+	server    string
+	lastErr   string
+	snap      *view
+	cached    bool // snap came from the on-disk cache, not this run's hub
+	desired   map[string]*fedv1.ExportedService
+	failures  map[string]string
+	conflicts map[string]string
+	source    catalogSource
+	importer  *kubeImporter
+	httpAddr  string
+
+	reg          *prometheus.Registry
+	mConnected   prometheus.Gauge
+	mRevision    prometheus.Gauge
+	mExports     prometheus.Gauge
+	mImports     prometheus.Gauge
+	mReconnects  prometheus.Counter
+	mPublishErrs prometheus.Counter
+}
+
+// New validates cfg and returns an Agent.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	a := &Agent{cfg: cfg, log: log.With("cluster", cfg.Cluster.String()), sourceBox: newMailbox[map[string]*fedv1.ExportedService](), viewBox: newMailbox[*view]()}
+	a.initMetrics()
+	return a, nil
+}
+
+// HTTPAddr returns the address the HTTP server listens on, once Run has
+// started it ("" before).
+func (a *Agent) HTTPAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.httpAddr
+}
+
+// kubeRESTConfig returns the REST config of the kubernetes source.
+func kubeRESTConfig(cfg Config) (*rest.Config, error) {
+	if cfg.KubeConfig != nil {
+		return rest.CopyConfig(cfg.KubeConfig), nil
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("agent: kubeconfig: %w", err)
+	}
+	return rc, nil
+}
+
+// openStores returns where credentials and the CA root live for cfg.
+func openStores(cfg Config) (stores, error) {
+	if cfg.Source != SourceKubernetes {
+		return fileStores(cfg.DataDir), nil
+	}
+	rc, err := kubeRESTConfig(cfg)
+	if err != nil {
+		return stores{}, err
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return stores{}, fmt.Errorf("agent: kubernetes client: %w", err)
+	}
+	return secretStores(cs, cfg.Namespace), nil
+}
+
+// Run runs the agent until ctx is done: the catalog source, the importer,
+// the HTTP server and the Sync stream to the hub, reconnecting with backoff.
+// It returns ErrNotJoined without stored credentials, and nil when ctx is
+// cancelled.
+func (a *Agent) Run(ctx context.Context) error {
+	st, err := openStores(a.cfg)
+	if err != nil {
+		return err
+	}
+	b, err := st.creds.Load()
+	if errors.Is(err, trust.ErrNotFound) {
+		return ErrNotJoined
+	}
+	if err != nil {
+		return fmt.Errorf("agent: credentials: %w", err)
+	}
+	creds, err := decodeCredentials(b)
+	if err != nil {
+		return err
+	}
+	if creds.Cluster != a.cfg.Cluster.String() {
+		return fmt.Errorf("agent: stored credentials are for cluster %q, not %q", creds.Cluster, a.cfg.Cluster)
+	}
+	rc := trust.DefaultRootConfig()
+	rc.TrustDomain = trust.DefaultTrustDomain(a.cfg.Cluster)
+	if _, err := st.ca.Load(); err != nil {
+		return fmt.Errorf("agent: the cluster CA root is missing (it is stored at join): %w", err)
+	}
+	root, err := trust.NewRootAuthority(rc, st.ca)
+	if err != nil {
+		return fmt.Errorf("agent: cluster CA: %w", err)
+	}
+	defer func() { _ = root.Close() }()
+
+	vf := viewFile{path: filepath.Join(a.cfg.DataDir, hubStateFile)}
+	cached, err := vf.load()
+	if err != nil {
+		// A corrupt cache is not used, and not overwritten until the hub
+		// sends a full state.
+		a.log.Error("ignoring the cached hub state", "err", err)
+	}
+	v := newView()
+	if cached != nil {
+		v = cached
+		a.log.Info("loaded the cached hub state", "revision", v.revision)
+	}
+
+	var src catalogSource
+	var imp *kubeImporter
+	switch a.cfg.Source {
+	case SourceFile:
+		src = newFileSource(a.cfg.SourcePath, a.cfg.FilePollInterval, a.log)
+	case SourceKubernetes:
+		rcfg, err := kubeRESTConfig(a.cfg)
+		if err != nil {
+			return err
+		}
+		ks, err := newKubeSource(rcfg, a.log)
+		if err != nil {
+			return err
+		}
+		src = ks
+		imp, err = newKubeImporter(rcfg, a.cfg, a.log)
+		if err != nil {
+			return err
+		}
+	}
+	a.mu.Lock()
+	a.creds = creds
+	a.source = src
+	a.importer = imp
+	if cached != nil {
+		a.snap = cached.snapshot()
+		a.cached = true
+	}
+	a.mu.Unlock()
+	if cached != nil {
+		a.publishView(cached)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	goRun := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("agent: %s: %w", name, err)
+			}
+		}()
+	}
+	goRun("catalog source", func(ctx context.Context) error {
+		return src.Run(ctx, func(m map[string]*fedv1.ExportedService) { a.sourceBox.put(m) })
+	})
+	if imp != nil {
+		goRun("importer", func(ctx context.Context) error { return imp.Run(ctx, &a.viewBox) })
+	}
+	if a.cfg.HTTPAddr != "" {
+		ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
+		if err != nil {
+			return fmt.Errorf("agent: http: %w", err)
+		}
+		a.mu.Lock()
+		a.httpAddr = ln.Addr().String()
+		a.mu.Unlock()
+		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		goRun("http", func(ctx context.Context) error {
+			go func() { <-ctx.Done(); _ = srv.Close() }()
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	goRun("hub", func(ctx context.Context) error { return a.runHub(ctx, creds, root, v, vf) })
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		a.log.Error("agent stopping", "err", runErr)
+	}
+	cancel()
+	wg.Wait()
+	return runErr
+}
+
+// runHub keeps one Sync stream open to some hub server.
+func (a *Agent) runHub(ctx context.Context, creds *Credentials, root *trust.RootAuthority, v *view, vf viewFile) error {
+	tlsCfg, err := creds.hubTLS()
+	if err != nil {
+		return err
+	}
+	conn, err := clientconfig.Dial(creds.HubAddresses, tlsCfg, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	if err != nil {
+		return fmt.Errorf("dial hub: %w", err)
+	}
+	defer func() { _ = conn.Close() }()
+	s := &syncSession{a: a, conn: conn, root: root, view: v, file: vf, pub: newPublisher(a.cfg.MaxPublishBatch, a.cfg.MaxPublishBytes)}
+	backoff := a.cfg.ReconnectMin
+	for {
+		start := time.Now()
+		err := s.run(ctx)
+		a.setConnected(false, "")
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.setErr(err)
+		a.mReconnects.Inc()
+		if time.Since(start) > 10*time.Second {
+			backoff = a.cfg.ReconnectMin
+		}
+		wait := time.Duration(rand.Int64N(int64(backoff)) + 1) // full jitter
+		a.log.Warn("hub stream ended; reconnecting", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, a.cfg.ReconnectMax)
+	}
+}
+
+func (a *Agent) setConnected(ok bool, server string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.connected, a.server = ok, server
+	if ok {
+		a.lastErr = ""
+		a.mConnected.Set(1)
+	} else {
+		a.mConnected.Set(0)
+	}
+}
+
+func (a *Agent) setErr(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		a.lastErr = err.Error()
+	}
+}
+
+// publishView hands a new view to the importer and the status, and
+// reports conflicts to the source.
+func (a *Agent) publishView(v *view) {
+	snap := v.snapshot()
+	plans, conflicts := planImports(a.cfg.Cluster.String(), snap)
+	a.mu.Lock()
+	a.snap = snap
+	a.conflicts = conflicts
+	src := a.source
+	a.mu.Unlock()
+	a.mRevision.Set(float64(snap.revision))
+	a.mImports.Set(float64(len(plans)))
+	a.viewBox.put(snap)
+	if cr, ok := src.(conflictReporter); ok {
+		c := make(map[string]string, len(conflicts))
+		for k, m := range conflicts {
+			c[k] = m
+		}
+		cr.setConflicts(c)
+	}
+}
+
+// syncSession is the state that outlives one stream: the view and the
+// publisher. It is owned by the runHub goroutine.
+type syncSession struct {
+	a    *Agent
+	conn *grpc.ClientConn
+	root *trust.RootAuthority
+	view *view
+	file viewFile
+	pub  *publisher
+
+	bundleNonce    uint64
+	bundleInflight bool
+}
+
+// bundleNonceBase separates bundle nonces from export nonces.
+const bundleNonceBase = 1 << 62
+
+const publishRetry = time.Second
+
+func (s *syncSession) run(ctx context.Context) error {
+	a := s.a
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer s.pub.sessionEnded()
+	s.bundleInflight = false
+	stream, err := fedv1.NewSyncClient(s.conn).Sync(sctx)
+	if err != nil {
+		return err
+	}
+	if err := stream.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Hello{Hello: &fedv1.SyncHello{
+		Cluster: a.cfg.Cluster.String(), ResumeRevision: s.view.revision, Capabilities: localCapabilities(),
+	}}}); err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return fmt.Errorf("sync: first message is %T, want hello", first.GetMsg())
+	}
+	server := hello.GetServer()
+	a.log.Info("hub stream open", "server", server, "resume", s.view.revision)
+
+	type recvd struct {
+		m   *fedv1.SyncResponse
+		err error
+	}
+	rc := make(chan recvd, 16)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			select {
+			case rc <- recvd{m, err}:
+			case <-sctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	bundleCh, stopWatch := s.root.Watch()
+	defer stopWatch()
+
+	var asm deltaAssembler
+	synced := false
+	var debounce, retry <-chan time.Time
+	flush := func() error {
+		for m := s.pub.next(); m != nil; m = s.pub.next() {
+			if err := stream.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Publish{Publish: m}}); err != nil {
+				return err
+			}
+		}
+		s.noteFailures()
+		return nil
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case r := <-rc:
+			if r.err != nil {
+				return r.err
+			}
+			switch {
+			case r.m.GetDelta() != nil:
+				full, err := asm.add(r.m.GetDelta())
+				if err != nil {
+					return err
+				}
+				if full == nil {
+					continue
+				}
+				s.view.apply(full)
+				if err := s.file.save(s.view); err != nil {
+					a.log.Error("persisting the hub state", "err", err)
+				}
+				a.mu.Lock()
+				a.cached = false
+				a.mu.Unlock()
+				a.publishView(s.view)
+				if !synced {
+					synced = true
+					a.setConnected(true, server)
+					s.pub.sessionStarted(s.view.own(a.cfg.Cluster.String()))
+					if err := flush(); err != nil {
+						return err
+					}
+				}
+				if err := s.maybePublishBundle(stream); err != nil {
+					return err
+				}
+			case r.m.GetPublishResult() != nil:
+				res := r.m.GetPublishResult()
+				if res.GetNonce() >= bundleNonceBase {
+					if res.GetNonce() == s.bundleNonce {
+						s.bundleInflight = false
+						if res.GetErrorCode() != "" {
+							a.log.Error("the hub refused the trust bundle", "code", res.GetErrorCode(), "err", res.GetError())
+							a.mPublishErrs.Inc()
+							retry = time.After(publishRetry)
+						}
+					}
+					continue
+				}
+				if res.GetErrorCode() != "" {
+					a.mPublishErrs.Inc()
+					a.log.Warn("the hub refused a publish", "code", res.GetErrorCode(), "err", res.GetError())
+				}
+				if s.pub.result(res) {
+					retry = time.After(publishRetry)
+				} else if err := flush(); err != nil {
+					return err
+				}
+			}
+		case <-a.sourceBox.ch:
+			if m, ok := a.sourceBox.take(); ok {
+				a.mu.Lock()
+				a.desired = m
+				a.mu.Unlock()
+				a.mExports.Set(float64(len(m)))
+				s.pub.setDesired(m)
+				if debounce == nil {
+					debounce = time.After(a.cfg.Debounce)
+				}
+			}
+		case <-debounce:
+			debounce = nil
+			if err := flush(); err != nil {
+				return err
+			}
+		case <-retry:
+			retry = nil
+			if err := flush(); err != nil {
+				return err
+			}
+			if err := s.maybePublishBundle(stream); err != nil {
+				return err
+			}
+		case <-bundleCh:
+			if synced {
+				if err := s.maybePublishBundle(stream); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+func (s *syncSession) noteFailures() {
+	f := s.pub.failures()
+	s.a.mu.Lock()
+	s.a.failures = f
+	s.a.mu.Unlock()
+}
+
+// maybePublishBundle publishes the cluster's trust bundle when the hub's
+// copy differs.
+func (s *syncSession) maybePublishBundle(stream fedv1.Sync_SyncClient) error {
+	if s.bundleInflight {
+		return nil
+	}
+	b, err := s.root.Bundle()
+	if err != nil {
+		return err
+	}
+	p := trust.BundleToProto(b)
+	if have := s.view.bundles[p.GetTrustDomain()]; have != nil && proto.Equal(have, p) {
+		return nil
+	}
+	s.bundleNonce++
+	if s.bundleNonce < bundleNonceBase {
+		s.bundleNonce = bundleNonceBase + 1
+	}
+	s.bundleInflight = true
+	return stream.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_PublishBundle{PublishBundle: &fedv1.PublishBundle{Nonce: s.bundleNonce, Bundle: p}}})
+}
+
+// mailbox holds the latest value of something and signals its arrival;
+// older values not yet taken are replaced.
+type mailbox[T any] struct {
+	mu  *sync.Mutex
+	v   *T
+	ch  chan struct{}
+	has *bool
+}
+
+func newMailbox[T any]() mailbox[T] {
+	var v T
+	has := false
+	return mailbox[T]{mu: &sync.Mutex{}, v: &v, ch: make(chan struct{}, 1), has: &has}
+}
+
+func (m *mailbox[T]) put(v T) {
+	m.mu.Lock()
+	*m.v, *m.has = v, true
+	m.mu.Unlock()
+	select {
+	case m.ch <- struct{}{}:
+	default:
+	}
+}
+
+func (m *mailbox[T]) take() (T, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v, ok := *m.v, *m.has
+	var zero T
+	*m.v, *m.has = zero, false
+	return v, ok
+}

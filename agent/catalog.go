@@ -1,0 +1,199 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/meshfed/meshfed/federation"
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+)
+
+// catalogSource produces this cluster's exports. The agent runs exactly
+// one.
+type catalogSource interface {
+	// Run watches the catalog until ctx is done. It calls update from a
+	// single goroutine with the complete set of exports, keyed
+	// "namespace/name": first once its initial state is loaded (never
+	// before: an incomplete first set would withdraw exports), then after
+	// every change. update takes ownership of the map and its messages and
+	// does not block for long.
+	Run(ctx context.Context, update func(map[string]*fedv1.ExportedService)) error
+}
+
+// conflictReporter is implemented by sources that can show MCS conflicts
+// on their export objects. The agent calls it from its sync goroutine with
+// the complete set of this cluster's losing exports (key → message); the
+// map is handed over.
+type conflictReporter interface {
+	setConflicts(map[string]string)
+}
+
+// sourceStatus is implemented by sources that have per-export conditions
+// or a last error to show in /state.
+type sourceStatus interface {
+	status() sourceState
+}
+
+// sourceState is what a source shows in /state.
+type sourceState struct {
+	Kind      string            `json:"kind"`
+	LastError string            `json:"lastError,omitempty"`
+	Invalid   map[string]string `json:"invalid,omitempty"` // key → reason
+}
+
+// Limits on exports, the same as the hub's.
+const (
+	maxPortsPerService = 64
+	maxEndpointGroups  = 256
+	maxLabels          = 32
+	maxLabelKey        = 63
+	maxLabelValue      = 253
+	maxCount           = 1 << 20
+)
+
+var supportedProtocols = []string{"TCP", "UDP", "HTTP", "HTTP2", "GRPC", "TLS"}
+
+// validateExport checks svc as the hub will, so that an invalid export is
+// reported locally with its field path instead of failing a publish.
+func validateExport(field string, svc *fedv1.ExportedService) error {
+	if _, err := federation.NewServiceKey(svc.GetNamespace(), svc.GetName()); err != nil {
+		if fe, ok := err.(*federation.FieldError); ok {
+			return fe.WithPrefix(field)
+		}
+		return err
+	}
+	inv := func(f, v, reason string, args ...any) error {
+		return &federation.FieldError{Field: field + f, Value: v, Reason: fmt.Sprintf(reason, args...)}
+	}
+	if n := len(svc.GetPorts()); n == 0 || n > maxPortsPerService {
+		return inv(".ports", fmt.Sprint(n), "ports: want 1 to %d", maxPortsPerService)
+	}
+	names := map[string]bool{}
+	for i, p := range svc.GetPorts() {
+		pf := fmt.Sprintf(".ports[%d]", i)
+		if p.GetPort() < 1 || p.GetPort() > 65535 {
+			return inv(pf+".port", fmt.Sprint(p.GetPort()), "must be in 1..65535")
+		}
+		if !slices.Contains(supportedProtocols, p.GetProtocol()) {
+			return inv(pf+".protocol", p.GetProtocol(), "must be one of %s", strings.Join(supportedProtocols, ", "))
+		}
+		if len(p.GetName()) > federation.MaxNameLength {
+			return inv(pf+".name", p.GetName(), "at most %d characters", federation.MaxNameLength)
+		}
+		if len(svc.GetPorts()) > 1 && p.GetName() == "" {
+			return inv(pf+".name", "", "required when a service has several ports")
+		}
+		if names[p.GetName()] {
+			return inv(pf+".name", p.GetName(), "duplicate port name")
+		}
+		names[p.GetName()] = true
+		if len(p.GetAppProtocol()) > 253 {
+			return inv(pf+".app_protocol", p.GetAppProtocol(), "at most 253 characters")
+		}
+	}
+	if n := len(svc.GetEndpoints()); n > maxEndpointGroups {
+		return inv(".endpoints", fmt.Sprint(n), "endpoint groups, at most %d", maxEndpointGroups)
+	}
+	for i, g := range svc.GetEndpoints() {
+		gf := fmt.Sprintf(".endpoints[%d]", i)
+		if len(g.GetZone()) > federation.MaxLocalityPartLength {
+			return inv(gf+".zone", g.GetZone(), "at most %d characters", federation.MaxLocalityPartLength)
+		}
+		if err := validateLabels(field+gf+".labels", g.GetLabels()); err != nil {
+			return err
+		}
+		if g.GetReady() > maxCount || g.GetServing() > maxCount || g.GetTerminating() > maxCount {
+			return inv(gf, "", "counts must be at most %d", maxCount)
+		}
+	}
+	return nil
+}
+
+func validateLabels(field string, labels map[string]string) error {
+	if len(labels) > maxLabels {
+		return &federation.FieldError{Field: field, Value: fmt.Sprint(len(labels)), Reason: fmt.Sprintf("labels, at most %d", maxLabels)}
+	}
+	for k, v := range labels {
+		if k == "" || len(k) > maxLabelKey {
+			return &federation.FieldError{Field: field, Value: k, Reason: fmt.Sprintf("key must be 1 to %d characters", maxLabelKey)}
+		}
+		if len(v) > maxLabelValue {
+			return &federation.FieldError{Field: field + "[" + k + "]", Value: v, Reason: fmt.Sprintf("at most %d characters", maxLabelValue)}
+		}
+	}
+	return nil
+}
+
+// endpointHealth is one endpoint's zone, labels and conditions, the input
+// of groupEndpoints.
+type endpointHealth struct {
+	zone                      string
+	labels                    map[string]string
+	ready, serving, terminate bool
+}
+
+// groupEndpoints aggregates endpoints into groups by zone and label set,
+// sorted, at most maxEndpointGroups (the rest are folded into the last).
+func groupEndpoints(eps []endpointHealth) []*fedv1.EndpointGroup {
+	byKey := map[string]*fedv1.EndpointGroup{}
+	for _, e := range eps {
+		k := e.zone + "\x00" + labelString(e.labels)
+		g, ok := byKey[k]
+		if !ok {
+			var labels map[string]string
+			if len(e.labels) > 0 {
+				labels = make(map[string]string, len(e.labels))
+				for lk, lv := range e.labels {
+					labels[lk] = lv
+				}
+			}
+			g = &fedv1.EndpointGroup{Zone: e.zone, Labels: labels}
+			byKey[k] = g
+		}
+		if e.ready {
+			g.Ready++
+		}
+		if e.serving {
+			g.Serving++
+		}
+		if e.terminate {
+			g.Terminating++
+		}
+	}
+	keys := make([]string, 0, len(byKey))
+	for k := range byKey {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	out := make([]*fedv1.EndpointGroup, 0, len(keys))
+	for _, k := range keys {
+		if len(out) == maxEndpointGroups {
+			last := out[len(out)-1]
+			g := byKey[k]
+			last.Ready += g.Ready
+			last.Serving += g.Serving
+			last.Terminating += g.Terminating
+			continue
+		}
+		out = append(out, byKey[k])
+	}
+	return out
+}
+
+func labelString(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(m[k])
+		b.WriteByte(',')
+	}
+	return b.String()
+}

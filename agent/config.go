@@ -1,0 +1,207 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"k8s.io/client-go/rest"
+
+	"github.com/meshfed/meshfed/federation"
+)
+
+// SourceKind selects the catalog source.
+type SourceKind string
+
+// Catalog sources.
+const (
+	// SourceKubernetes watches MCS ServiceExports, Services and
+	// EndpointSlices and writes imports into the cluster.
+	SourceKubernetes SourceKind = "kubernetes"
+	// SourceFile reads a YAML catalog file (see the package doc); imports
+	// live only in the agent's state.
+	SourceFile SourceKind = "file"
+)
+
+// Limits and defaults.
+const (
+	DefaultHTTPAddr        = "127.0.0.1:7480"
+	DefaultNamespace       = "meshfed-system"
+	DefaultDebounce        = 50 * time.Millisecond
+	DefaultEgressPortMin   = 15000
+	DefaultEgressPortMax   = 15999
+	DefaultFilePoll        = time.Second
+	DefaultReconnectMin    = 200 * time.Millisecond
+	DefaultReconnectMax    = 10 * time.Second
+	DefaultMaxPublishBatch = 1024      // the hub's limit of changes per PublishExports
+	DefaultMaxPublishBytes = 1 << 20   // well under the hub's 4 MiB message limit
+	MaxPublishBytes        = 3 << 20   // leaves room for framing under the hub's 4 MiB
+	MaxExports             = 4096      // the hub's limit of exports per cluster
+	MaxGatewayAddresses    = 16        // the hub's limit
+	MaxHubStateBytes       = 256 << 20 // the largest persisted hub state read back
+	DefaultJoinTimeout     = 30 * time.Second
+)
+
+// Config configures an Agent. Build it with DefaultConfig, set Cluster,
+// Locality, DataDir and Source, then pass it to New, which validates it.
+type Config struct {
+	// Cluster is this cluster's name; it must match the join token and the
+	// stored credentials.
+	Cluster federation.ClusterName
+	// Locality is sent at join.
+	Locality federation.Locality
+	// DataDir holds the credentials (file source), the cluster CA root
+	// (file source), the cached hub state and the catalog-independent
+	// agent state. Required.
+	DataDir string
+	// Source selects the catalog source.
+	Source SourceKind
+	// SourcePath is the YAML catalog file of the file source.
+	SourcePath string
+	// FilePollInterval is how often the file source checks its file.
+	FilePollInterval time.Duration
+
+	// Kubeconfig is the kubeconfig file of the kubernetes source; empty
+	// means in-cluster config. KubeConfig, if set, takes precedence.
+	Kubeconfig string
+	// KubeConfig is a REST config for the kubernetes source (tests).
+	KubeConfig *rest.Config
+	// Namespace is where the agent keeps its Secrets in-cluster.
+	Namespace string
+
+	// HTTPAddr is host:port of /healthz, /readyz, /metrics and /state;
+	// empty disables the HTTP server.
+	HTTPAddr string
+
+	// GatewayAddress is the local gateway's IP address that derived
+	// EndpointSlices point at. Required for the kubernetes source.
+	GatewayAddress string
+	// EgressPortMin and EgressPortMax bound the egress ports assigned to
+	// imported service ports, one port each.
+	EgressPortMin, EgressPortMax int
+	// GatewayAddresses are host:port of the cluster's east-west gateways
+	// as remote clusters reach them, sent at join.
+	GatewayAddresses []string
+
+	// Debounce is how long a burst of catalog changes is collected before
+	// it is published.
+	Debounce time.Duration
+	// MaxPublishBatch bounds the changes in one PublishExports message.
+	MaxPublishBatch int
+	// MaxPublishBytes bounds the encoded size of one PublishExports message.
+	MaxPublishBytes int
+	// ReconnectMin and ReconnectMax bound the reconnect backoff (with full
+	// jitter) to the hub.
+	ReconnectMin, ReconnectMax time.Duration
+	// JoinTimeout bounds the Join call.
+	JoinTimeout time.Duration
+
+	// Log receives the agent's logs; nil discards them.
+	Log *slog.Logger
+}
+
+// DefaultConfig returns a Config with every tunable set.
+func DefaultConfig() Config {
+	return Config{
+		Source:           SourceKubernetes,
+		FilePollInterval: DefaultFilePoll,
+		Namespace:        DefaultNamespace,
+		HTTPAddr:         DefaultHTTPAddr,
+		EgressPortMin:    DefaultEgressPortMin,
+		EgressPortMax:    DefaultEgressPortMax,
+		Debounce:         DefaultDebounce,
+		MaxPublishBatch:  DefaultMaxPublishBatch,
+		MaxPublishBytes:  DefaultMaxPublishBytes,
+		ReconnectMin:     DefaultReconnectMin,
+		ReconnectMax:     DefaultReconnectMax,
+		JoinTimeout:      DefaultJoinTimeout,
+	}
+}
+
+// ParseSource parses the --source flag: "kubernetes" or "file:PATH".
+func ParseSource(s string) (SourceKind, string, error) {
+	switch {
+	case s == string(SourceKubernetes):
+		return SourceKubernetes, "", nil
+	case strings.HasPrefix(s, "file:") && len(s) > len("file:"):
+		return SourceFile, s[len("file:"):], nil
+	}
+	return "", "", &federation.FieldError{Field: "source", Value: s, Reason: `must be "kubernetes" or "file:PATH"`}
+}
+
+// Validate reports every invalid field at once, each a
+// *federation.FieldError joined with errors.Join.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(field, value, reason string, args ...any) {
+		errs = append(errs, &federation.FieldError{Field: field, Value: value, Reason: fmt.Sprintf(reason, args...)})
+	}
+	if c.Cluster.IsZero() {
+		add("cluster", "", "required")
+	}
+	if c.Locality.IsZero() {
+		add("locality", "", "required (region and zone)")
+	}
+	if c.DataDir == "" {
+		add("data_dir", "", "required")
+	}
+	switch c.Source {
+	case SourceKubernetes:
+		if c.GatewayAddress == "" {
+			add("gateway_address", "", "required with the kubernetes source")
+		}
+	case SourceFile:
+		if c.SourcePath == "" {
+			add("source_path", "", "required with the file source")
+		}
+	default:
+		add("source", string(c.Source), `must be "kubernetes" or "file"`)
+	}
+	if c.GatewayAddress != "" && net.ParseIP(c.GatewayAddress) == nil {
+		add("gateway_address", c.GatewayAddress, "must be an IP address")
+	}
+	if c.FilePollInterval < 10*time.Millisecond || c.FilePollInterval > time.Hour {
+		add("file_poll_interval", c.FilePollInterval.String(), "must be in 10ms..1h")
+	}
+	if c.Namespace == "" || len(c.Namespace) > federation.MaxNameLength {
+		add("namespace", c.Namespace, "must be a namespace name of 1 to %d characters", federation.MaxNameLength)
+	}
+	if c.HTTPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			add("http_addr", c.HTTPAddr, "must be host:port")
+		}
+	}
+	if c.EgressPortMin < 1 || c.EgressPortMax > 65535 || c.EgressPortMin > c.EgressPortMax {
+		add("egress_ports", fmt.Sprintf("%d-%d", c.EgressPortMin, c.EgressPortMax), "must be a range within 1..65535")
+	}
+	if len(c.GatewayAddresses) > MaxGatewayAddresses {
+		add("gateway_addresses", fmt.Sprint(len(c.GatewayAddresses)), "at most %d", MaxGatewayAddresses)
+	}
+	for i, a := range c.GatewayAddresses {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			add(fmt.Sprintf("gateway_addresses[%d]", i), a, "must be host:port")
+		}
+	}
+	if c.Debounce < 0 || c.Debounce > 10*time.Second {
+		add("debounce", c.Debounce.String(), "must be in 0s..10s")
+	}
+	if c.MaxPublishBatch < 1 || c.MaxPublishBatch > DefaultMaxPublishBatch {
+		add("max_publish_batch", fmt.Sprint(c.MaxPublishBatch), "must be in 1..%d", DefaultMaxPublishBatch)
+	}
+	if c.MaxPublishBytes < 64<<10 || c.MaxPublishBytes > MaxPublishBytes {
+		add("max_publish_bytes", fmt.Sprint(c.MaxPublishBytes), "must be in %d..%d", 64<<10, MaxPublishBytes)
+	}
+	if c.ReconnectMin < time.Millisecond || c.ReconnectMax < c.ReconnectMin || c.ReconnectMax > 5*time.Minute {
+		add("reconnect", fmt.Sprintf("%v..%v", c.ReconnectMin, c.ReconnectMax), "must satisfy 1ms <= min <= max <= 5m")
+	}
+	if c.JoinTimeout < time.Second || c.JoinTimeout > 10*time.Minute {
+		add("join_timeout", c.JoinTimeout.String(), "must be in 1s..10m")
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("agent: invalid config: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,86 @@
+// Package agent is meshfed's presence in a member cluster. It joins the
+// federation with a one-time token (Join), then runs (New + Run): it keeps
+// one Sync stream open to some hub server, publishes what the cluster
+// exports, keeps a revisioned copy of the hub's state on disk, and
+// materializes what other clusters export as local imports.
+//
+// # Join
+//
+// Join pins the hub CA by the token's fingerprint, creates the cluster's CA
+// root (trust.RootAuthority; trust domain <cluster>.meshfed.local), sends
+// the locality, the trust bundle, a CSR and capabilities, and stores the
+// issued client certificate. With the file source credentials and root are
+// files in the data directory (credentials.yaml, ca/root.pem, 0600); with
+// the kubernetes source they are the Secrets meshfed-agent-credentials and
+// meshfed-cluster-ca in namespace meshfed-system. Nothing is stored unless
+// the hub accepted the join, so a refused token changes nothing.
+//
+// # Sync
+//
+// The agent dials every hub address round-robin with its client
+// certificate, says hello with the revision it last applied, and applies
+// SyncDeltas whole: the messages of a split delta are buffered until the
+// one carrying the revision, so its view never holds half a reset. After
+// each delta the view is written to <data-dir>/hubstate.pb ("MFHS", a
+// format version byte, then the view as one reset SyncDelta). A lost stream
+// is reopened against any server with exponential backoff and full jitter,
+// resuming from the last revision.
+//
+// Exports are published with PublishExports: changes are debounced
+// (Config.Debounce), at most one update per service is in flight, a
+// message holds at most MaxPublishBatch changes and MaxPublishBytes bytes,
+// and what the hub already holds (its view of this cluster's exports) is
+// not sent again. The cluster's trust bundle is published with
+// PublishBundle whenever it differs from the hub's copy.
+//
+// # Static stability
+//
+// On start the cached view is loaded and imports are served from it before
+// the hub answers; imports change only when a complete delta from the hub
+// changes them, never because the hub is unreachable. The importer updates
+// objects in place, so a hub that comes back with the same state causes no
+// write at all.
+//
+// # Catalog sources
+//
+// The kubernetes source watches MCS ServiceExports
+// (multicluster.x-k8s.io/v1alpha1), the Services they name and those
+// Services' EndpointSlices, and sets Valid and Conflict conditions on each
+// ServiceExport. The file source polls a YAML file:
+//
+//	services:
+//	- namespace: default          # RFC 1123 label
+//	  name: reviews               # RFC 1123 label
+//	  export: true                # published to the hub; false: local only
+//	  ports:                      # 1 to 64
+//	  - {name: http, port: 8080, protocol: HTTP, appProtocol: http}
+//	  endpoints:                  # at most 4096
+//	  - {address: 127.0.0.1:9001, zone: us-east-1a, labels: {version: v1}, ready: true}
+//	  # serving defaults to ready; terminating defaults to false
+//
+// protocol is one of TCP, UDP, HTTP, HTTP2, GRPC, TLS; port names are
+// unique and required when a service has several ports. Unknown keys are
+// rejected. An invalid file is rejected with the field path of the problem
+// (e.g. services[1].ports[0].protocol) and the last good content keeps
+// serving; the error shows in /state.
+//
+// # Imports
+//
+// MCS namespace sameness: namespace/name exported by any cluster is one
+// global service. For each one whose namespace exists locally the
+// kubernetes importer writes a ServiceImport, a derived Service
+// (meshfed-<name>) and an EndpointSlice pointing at Config.GatewayAddress
+// with one egress port per service port, assigned from
+// EgressPortMin..EgressPortMax and recorded in an annotation. Everything
+// it writes carries app.kubernetes.io/managed-by=meshfed-agent; nothing
+// else is touched. Orphans are deleted at start. Conflicts follow MCS: the
+// oldest export (lowest create_revision) wins; a cluster whose export
+// conflicts with it sets a Conflict condition on its own ServiceExport.
+// With the file source imports exist only in the agent's state (/state).
+//
+// # HTTP
+//
+// /healthz, /readyz (a view exists: synced, or cached), /metrics
+// (meshfed_agent_hub_connected, meshfed_agent_revision, ...) and /state
+// (State as JSON).
+package agent

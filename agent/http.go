@@ -1,0 +1,132 @@
+package agent
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+)
+
+func (a *Agent) initMetrics() {
+	a.reg = prometheus.NewRegistry()
+	a.mConnected = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshfed_agent_hub_connected", Help: "1 while a Sync stream to a hub server is open and synced."})
+	a.mRevision = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshfed_agent_revision", Help: "Hub revision of the agent's view."})
+	a.mExports = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshfed_agent_exports", Help: "Services this cluster exports."})
+	a.mImports = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshfed_agent_imports", Help: "Global services this cluster imports."})
+	a.mReconnects = prometheus.NewCounter(prometheus.CounterOpts{Name: "meshfed_agent_hub_reconnects_total", Help: "Sync streams that ended and were retried."})
+	a.mPublishErrs = prometheus.NewCounter(prometheus.CounterOpts{Name: "meshfed_agent_publish_errors_total", Help: "Publishes the hub refused."})
+	a.reg.MustRegister(a.mConnected, a.mRevision, a.mExports, a.mImports, a.mReconnects, a.mPublishErrs,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+}
+
+// State is the agent's state as /state serves it and
+// `meshfed agent status` shows it.
+type State struct {
+	Cluster     string         `json:"cluster"`
+	TrustDomain string         `json:"trustDomain"`
+	Hub         HubState       `json:"hub"`
+	Exports     []ExportState  `json:"exports"`
+	Imports     []*importPlan  `json:"imports"`
+	Clusters    []ClusterState `json:"clusters"`
+	Source      *sourceState   `json:"source,omitempty"`
+}
+
+// HubState is the agent's connection to the hub.
+type HubState struct {
+	Connected bool     `json:"connected"`
+	Server    string   `json:"server,omitempty"`
+	Revision  uint64   `json:"revision"`
+	FromCache bool     `json:"fromCache"`
+	LastError string   `json:"lastError,omitempty"`
+	Addresses []string `json:"addresses"`
+}
+
+// ExportState is one local export.
+type ExportState struct {
+	Key       string               `json:"key"`
+	Ports     []*fedv1.ServicePort `json:"ports"`
+	Ready     uint32               `json:"ready"`
+	Published bool                 `json:"published"`
+	Error     string               `json:"error,omitempty"`
+	Conflict  string               `json:"conflict,omitempty"`
+}
+
+// ClusterState is one member cluster as the hub last told.
+type ClusterState struct {
+	Name             string   `json:"name"`
+	Region           string   `json:"region"`
+	Zone             string   `json:"zone"`
+	GatewayAddresses []string `json:"gatewayAddresses,omitempty"`
+	Status           string   `json:"status,omitempty"`
+}
+
+// State returns the agent's current state (a fresh copy).
+func (a *Agent) State() State {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := State{Cluster: a.cfg.Cluster.String(), Exports: []ExportState{}, Imports: []*importPlan{}, Clusters: []ClusterState{}}
+	if a.creds != nil {
+		st.TrustDomain = a.creds.TrustDomain
+		st.Hub.Addresses = slices.Clone(a.creds.HubAddresses)
+	}
+	st.Hub.Connected, st.Hub.Server, st.Hub.LastError, st.Hub.FromCache = a.connected, a.server, a.lastErr, a.cached
+	var own map[string]*fedv1.ExportedService
+	if a.snap != nil {
+		st.Hub.Revision = a.snap.revision
+		own = a.snap.own(a.cfg.Cluster.String())
+		plans, _ := planImports(a.cfg.Cluster.String(), a.snap)
+		for _, k := range sortedKeys(plans) {
+			st.Imports = append(st.Imports, plans[k])
+		}
+		for _, k := range sortedKeys(a.snap.clusters) {
+			c := a.snap.clusters[k]
+			st.Clusters = append(st.Clusters, ClusterState{Name: c.GetName(), Region: c.GetLocality().GetRegion(), Zone: c.GetLocality().GetZone(),
+				GatewayAddresses: slices.Clone(c.GetGatewayAddresses()), Status: c.GetStatus()})
+		}
+	}
+	for _, k := range sortedKeys(a.desired) {
+		s := a.desired[k]
+		e := ExportState{Key: k, Ports: s.GetPorts(), Error: a.failures[k], Conflict: a.conflicts[k]}
+		for _, g := range s.GetEndpoints() {
+			e.Ready += g.GetReady()
+		}
+		_, e.Published = own[k]
+		st.Exports = append(st.Exports, e)
+	}
+	if ss, ok := a.source.(sourceStatus); ok {
+		s := ss.status()
+		st.Source = &s
+	}
+	return st
+}
+
+// Handler serves /healthz, /readyz, /metrics and /state.
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		a.mu.Lock()
+		haveView := a.snap != nil
+		a.mu.Unlock()
+		if !haveView {
+			http.Error(w, "no hub state yet: not synced and no cache", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /state", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(a.State())
+	})
+	return mux
+}

@@ -1,0 +1,209 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshfed/meshfed/federation"
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/trust"
+)
+
+// Errors of Join. Each leaves nothing behind locally.
+var (
+	// ErrJoinRefused: the hub refused the token (unknown, used, expired,
+	// revoked or bound to another cluster). Permanent: get a new token.
+	ErrJoinRefused = errors.New("agent: join refused by the hub")
+	// ErrWrongCluster: the token is bound to another cluster than --cluster.
+	ErrWrongCluster = errors.New("agent: join token is for another cluster")
+	// ErrAlreadyJoined: credentials are already stored; run the agent.
+	ErrAlreadyJoined = errors.New("agent: already joined (credentials are stored); run meshfed agent")
+)
+
+// Join redeems a join token for cfg.Cluster: it pins the hub CA by the
+// token's fingerprint, creates (or loads) the cluster's CA root, sends the
+// cluster's locality, trust bundle, a CSR and capabilities, and stores the
+// issued credentials and the CA root. Nothing is stored unless the hub
+// accepted the join. The agent is not started; call New(cfg).Run next.
+func Join(ctx context.Context, cfg Config, token string) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	jt, err := federation.ParseJoinToken(token)
+	if err != nil {
+		return fmt.Errorf("agent: join: %w", err)
+	}
+	if jt.Cluster != cfg.Cluster {
+		return fmt.Errorf("%w: the token is for cluster %q, not %q", ErrWrongCluster, jt.Cluster, cfg.Cluster)
+	}
+	st, err := openStores(cfg)
+	if err != nil {
+		return err
+	}
+	if _, err := st.creds.Load(); err == nil {
+		return ErrAlreadyJoined
+	} else if !errors.Is(err, trust.ErrNotFound) {
+		return fmt.Errorf("agent: join: reading stored credentials: %w", err)
+	}
+
+	// The CA root: reuse a stored one, else generate it in memory and
+	// persist it only after the hub accepted us.
+	mem := &memStore{}
+	caExisted := false
+	if b, err := st.ca.Load(); err == nil {
+		caExisted = true
+		if err := mem.Save(b); err != nil {
+			return err
+		}
+	} else if !errors.Is(err, trust.ErrNotFound) {
+		return fmt.Errorf("agent: join: reading the CA root: %w", err)
+	}
+	td := trust.DefaultTrustDomain(cfg.Cluster)
+	rc := trust.DefaultRootConfig()
+	rc.TrustDomain = td
+	root, err := trust.NewRootAuthority(rc, mem)
+	if err != nil {
+		return fmt.Errorf("agent: join: cluster CA: %w", err)
+	}
+	defer func() { _ = root.Close() }()
+	bundle, err := root.Bundle()
+	if err != nil {
+		return fmt.Errorf("agent: join: cluster CA bundle: %w", err)
+	}
+
+	key, err := pki.NewKey()
+	if err != nil {
+		return err
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		return err
+	}
+	conn, err := clientconfig.Dial(jt.Addrs, pinnedTLS(jt.CAFingerprint))
+	if err != nil {
+		return fmt.Errorf("agent: join: dial hub: %w", err)
+	}
+	defer func() { _ = conn.Close() }()
+	cctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
+	defer cancel()
+	resp, err := fedv1.NewJoinClient(conn).Join(cctx, &fedv1.JoinRequest{
+		Token:   jt.Encode(),
+		Cluster: cfg.Cluster.String(),
+		Locality: &fedv1.Locality{
+			Region: cfg.Locality.Region(), Zone: cfg.Locality.Zone(), Subzone: cfg.Locality.Subzone(),
+		},
+		TrustBundle:      trust.BundleToProto(bundle),
+		Csr:              csr,
+		Capabilities:     localCapabilities(),
+		GatewayAddresses: cfg.GatewayAddresses,
+	})
+	if err != nil {
+		if s, ok := status.FromError(err); ok && s.Code() == codes.PermissionDenied {
+			return fmt.Errorf("%w: %s (the token may be used, expired, revoked or for another cluster; create a new one with meshfed token create --cluster %s)", ErrJoinRefused, s.Message(), cfg.Cluster)
+		}
+		return fmt.Errorf("agent: join: %w", err)
+	}
+	creds, err := credentialsFromResponse(cfg, td.Name(), key, jt, resp)
+	if err != nil {
+		return err
+	}
+	b, err := encodeCredentials(creds)
+	if err != nil {
+		return err
+	}
+	if !caExisted {
+		rootPEM, err := mem.Load()
+		if err != nil {
+			return err
+		}
+		if err := st.ca.Save(rootPEM); err != nil {
+			return fmt.Errorf("agent: join: saving the CA root: %w", err)
+		}
+	}
+	if err := st.creds.Save(b); err != nil {
+		return fmt.Errorf("agent: join: saving credentials: %w", err)
+	}
+	return nil
+}
+
+func credentialsFromResponse(cfg Config, td string, key crypto.Signer, jt federation.JoinToken, resp *fedv1.JoinResponse) (*Credentials, error) {
+	certs, err := pki.ParseCertsPEM(resp.GetClientCertificate())
+	if err != nil {
+		return nil, fmt.Errorf("agent: join: client_certificate: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(resp.GetHubCa()) {
+		return nil, errors.New("agent: join: hub_ca: no certificate")
+	}
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return nil, fmt.Errorf("agent: join: client_certificate does not chain to hub_ca: %w", err)
+	}
+	keyPEM, err := pki.KeyPEM(key)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tls.X509KeyPair(pki.CertPEM(certs[0]), keyPEM); err != nil {
+		return nil, fmt.Errorf("agent: join: client_certificate does not match the key: %w", err)
+	}
+	hubs := resp.GetHubAddresses()
+	if len(hubs) == 0 {
+		hubs = jt.Addrs
+	}
+	if len(hubs) > 16 {
+		hubs = hubs[:16]
+	}
+	return &Credentials{
+		APIVersion: CredentialsAPIVersion, Kind: CredentialsKind,
+		Cluster: cfg.Cluster.String(), Region: cfg.Locality.Region(), Zone: cfg.Locality.Zone(),
+		TrustDomain:    td,
+		HubTrustDomain: resp.GetSettings().GetHubTrustDomain(),
+		HubAddresses:   hubs,
+		HubCA:          string(resp.GetHubCa()),
+		Cert:           string(pki.CertPEM(certs[0])),
+		Key:            string(keyPEM),
+		JoinedAt:       time.Now().UTC().Format(time.RFC3339),
+	}, nil
+}
+
+// pinnedTLS verifies a hub server by the CA fingerprint from a join token:
+// the presented chain must contain that CA, the leaf must chain to it and
+// carry spiffe://<the CA's trust domain>/server/<name>.
+func pinnedTLS(fp string) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		InsecureSkipVerify: true, // verified below by pinning the CA fingerprint
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			for _, r := range raw[1:] {
+				c, err := x509.ParseCertificate(r)
+				if err != nil || pki.Fingerprint(c) != fp {
+					continue
+				}
+				id, err := pki.SPIFFEID(c)
+				if err != nil {
+					return fmt.Errorf("agent: pinned hub CA: %w", err)
+				}
+				pool := x509.NewCertPool()
+				pool.AddCert(c)
+				return clientconfig.VerifyHubServer(raw, pool, id.Host)
+			}
+			return fmt.Errorf("agent: the hub does not present the pinned CA %s…", fp[:min(12, len(fp))])
+		},
+	}
+}
+
+func localCapabilities() *fedv1.Capabilities {
+	return &fedv1.Capabilities{
+		Version:  federation.CapabilityVersion,
+		Features: []string{federation.FeatureSyncResume},
+	}
+}

@@ -1,0 +1,462 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
+	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1alpha1"
+
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+)
+
+// sliceManagedBy is the EndpointSlice managed-by label value.
+const sliceManagedBy = "agent.meshfed.io"
+
+// kubeImporter writes imports into the cluster: for each global service
+// whose namespace exists, a ServiceImport, a derived Service and an
+// EndpointSlice pointing at the local gateway. It only ever touches
+// objects labelled as its own. One goroutine reconciles everything from
+// the latest view; informer callbacks only signal it.
+type kubeImporter struct {
+	log     *slog.Logger
+	self    string
+	gateway string
+	minPort int
+	maxPort int
+	kube    kubernetes.Interface
+	mcs     mcsclient.Interface
+	kick    chan struct{}
+
+	egress map[string]int // namespace/name/port-name → egress port
+	inited bool
+}
+
+func newKubeImporter(rc *rest.Config, cfg Config, log *slog.Logger) (*kubeImporter, error) {
+	kc, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	mc, err := mcsclient.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("mcs client: %w", err)
+	}
+	return &kubeImporter{log: log, self: cfg.Cluster.String(), gateway: cfg.GatewayAddress, minPort: cfg.EgressPortMin, maxPort: cfg.EgressPortMax,
+		kube: kc, mcs: mc, kick: make(chan struct{}, 1), egress: map[string]int{}}, nil
+}
+
+type importListers struct {
+	namespaces corelisters.NamespaceLister
+	imports    mcslisters.ServiceImportLister
+	services   corelisters.ServiceLister
+	slices     discoverylisters.EndpointSliceLister
+}
+
+func (im *kubeImporter) signal(any) {
+	select {
+	case im.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run reconciles until ctx is done. Nothing is written or deleted before
+// the first view arrives (from the cache or the hub).
+func (im *kubeImporter) Run(ctx context.Context, views *mailbox[*view]) error {
+	owned := func(o *metav1.ListOptions) { o.LabelSelector = LabelManagedBy + "=" + ManagedByValue }
+	kf := informers.NewSharedInformerFactory(im.kube, 0)
+	of := informers.NewSharedInformerFactoryWithOptions(im.kube, 0, informers.WithTweakListOptions(owned))
+	mf := mcsinformers.NewSharedInformerFactoryWithOptions(im.mcs, 0, mcsinformers.WithTweakListOptions(owned))
+	h := handlers(im.signal, im.signal)
+	nsInf := kf.Core().V1().Namespaces()
+	siInf := mf.Multicluster().V1alpha1().ServiceImports()
+	svcInf := of.Core().V1().Services()
+	esInf := of.Discovery().V1().EndpointSlices()
+	for _, inf := range []cache.SharedIndexInformer{nsInf.Informer(), siInf.Informer(), svcInf.Informer(), esInf.Informer()} {
+		if _, err := inf.AddEventHandler(h); err != nil {
+			return err
+		}
+	}
+	l := importListers{namespaces: nsInf.Lister(), imports: siInf.Lister(), services: svcInf.Lister(), slices: esInf.Lister()}
+	kf.Start(ctx.Done())
+	of.Start(ctx.Done())
+	mf.Start(ctx.Done())
+	defer kf.Shutdown()
+	defer of.Shutdown()
+	defer mf.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), nsInf.Informer().HasSynced, siInf.Informer().HasSynced, svcInf.Informer().HasSynced, esInf.Informer().HasSynced) {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return errors.New("importer caches did not sync (are the MCS CRDs installed?)")
+	}
+	var cur *view
+	var retry <-chan time.Time
+	backoff := 100 * time.Millisecond
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-views.ch:
+			if v, ok := views.take(); ok {
+				cur = v
+			}
+		case <-im.kick:
+		case <-retry:
+			retry = nil
+		}
+		if cur == nil {
+			continue
+		}
+		if err := im.reconcile(ctx, l, cur); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			im.log.Warn("reconciling imports", "err", err, "retry", backoff)
+			retry = time.After(backoff)
+			backoff = min(2*backoff, 10*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+	}
+}
+
+func isOwned(m metav1.Object) bool { return m.GetLabels()[LabelManagedBy] == ManagedByValue }
+
+// derivedName is the derived Service's (and its EndpointSlice's) name.
+func derivedName(name string) string {
+	n := "meshfed-" + name
+	if len(n) <= 63 {
+		return n
+	}
+	sum := sha256.Sum256([]byte(name))
+	return n[:54] + "-" + hex.EncodeToString(sum[:4])
+}
+
+func egressAnnotation(ports map[string]int) string {
+	keys := slices.Sorted(maps.Keys(ports))
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, k+"="+strconv.Itoa(ports[k]))
+	}
+	return strings.Join(parts, ",")
+}
+
+func parseEgressAnnotation(s string) map[string]int {
+	out := map[string]int{}
+	for _, p := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(p, "=")
+		if n, err := strconv.Atoi(v); ok && err == nil {
+			out[k] = n
+		}
+	}
+	return out
+}
+
+// allocate returns the egress port for one port of an import.
+func (im *kubeImporter) allocate(key, port string) (int, error) {
+	k := key + "/" + port
+	if p, ok := im.egress[k]; ok {
+		return p, nil
+	}
+	used := map[int]bool{}
+	for _, p := range im.egress {
+		used[p] = true
+	}
+	for p := im.minPort; p <= im.maxPort; p++ {
+		if !used[p] {
+			im.egress[k] = p
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("egress ports %d-%d exhausted", im.minPort, im.maxPort)
+}
+
+func (im *kubeImporter) reconcile(ctx context.Context, l importListers, v *view) error {
+	existing, err := l.imports.List(labelsEverything())
+	if err != nil {
+		return err
+	}
+	if !im.inited {
+		// Keep the egress ports assigned before a restart.
+		for _, si := range existing {
+			if isOwned(si) {
+				for port, p := range parseEgressAnnotation(si.Annotations[AnnotationEgressPorts]) {
+					im.egress[si.Namespace+"/"+si.Name+"/"+port] = p
+				}
+			}
+		}
+		im.inited = true
+	}
+	plans, _ := planImports(im.self, v)
+	want := map[string]bool{}
+	var errs []error
+	for _, key := range sortedKeys(plans) {
+		p := plans[key]
+		if _, err := l.namespaces.Get(p.Namespace); err != nil {
+			continue
+		}
+		want[key] = true
+		if err := im.ensure(ctx, l, p); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", key, err))
+		}
+	}
+	// Garbage: owned objects of services no longer imported.
+	for _, si := range existing {
+		if isOwned(si) && !want[si.Namespace+"/"+si.Name] {
+			errs = append(errs, im.deleteImport(ctx, si.Namespace, si.Name))
+		}
+	}
+	svcs, err := l.services.List(labelsEverything())
+	if err != nil {
+		return err
+	}
+	for _, s := range svcs {
+		if isOwned(s) && !want[s.Namespace+"/"+s.Labels[LabelService]] {
+			errs = append(errs, ignoreNotFound(im.kube.CoreV1().Services(s.Namespace).Delete(ctx, s.Name, metav1.DeleteOptions{})))
+		}
+	}
+	sls, err := l.slices.List(labelsEverything())
+	if err != nil {
+		return err
+	}
+	for _, s := range sls {
+		if isOwned(s) && !want[s.Namespace+"/"+s.Labels[LabelService]] {
+			errs = append(errs, ignoreNotFound(im.kube.DiscoveryV1().EndpointSlices(s.Namespace).Delete(ctx, s.Name, metav1.DeleteOptions{})))
+		}
+	}
+	for k := range im.egress {
+		i := strings.LastIndex(k, "/")
+		if !want[k[:i]] {
+			delete(im.egress, k)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func ignoreNotFound(err error) error {
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+func (im *kubeImporter) deleteImport(ctx context.Context, ns, name string) error {
+	im.log.Info("removing import", "service", ns+"/"+name)
+	return ignoreNotFound(im.mcs.MulticlusterV1alpha1().ServiceImports(ns).Delete(ctx, name, metav1.DeleteOptions{}))
+}
+
+func ownedMeta(ns, name, service string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelService: service}}
+}
+
+func k8sProtocol(p string) corev1.Protocol {
+	if p == "UDP" {
+		return corev1.ProtocolUDP
+	}
+	return corev1.ProtocolTCP
+}
+
+func appProtocol(p *fedv1.ServicePort) *string {
+	if p.GetAppProtocol() == "" {
+		return nil
+	}
+	s := p.GetAppProtocol()
+	return &s
+}
+
+func (im *kubeImporter) ensure(ctx context.Context, l importListers, p *importPlan) error {
+	dn := derivedName(p.Name)
+	egress := map[string]int{}
+	for _, port := range p.Ports {
+		e, err := im.allocate(p.Key, port.GetName())
+		if err != nil {
+			return err
+		}
+		egress[port.GetName()] = e
+	}
+	// 1. The derived Service.
+	var svcPorts []corev1.ServicePort
+	for _, port := range p.Ports {
+		svcPorts = append(svcPorts, corev1.ServicePort{Name: port.GetName(), Protocol: k8sProtocol(port.GetProtocol()), AppProtocol: appProtocol(port),
+			Port: int32(port.GetPort()), TargetPort: intstr.FromInt32(int32(egress[port.GetName()]))})
+	}
+	svc, err := l.services.Services(p.Namespace).Get(dn)
+	switch {
+	case apierrors.IsNotFound(err):
+		if cur, gerr := im.kube.CoreV1().Services(p.Namespace).Get(ctx, dn, metav1.GetOptions{}); gerr == nil && !isOwned(cur) {
+			return fmt.Errorf("service %s/%s exists and is not meshfed's; not touching it", p.Namespace, dn)
+		}
+		s := &corev1.Service{ObjectMeta: ownedMeta(p.Namespace, dn, p.Name), Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, Ports: svcPorts}}
+		svc, err = im.kube.CoreV1().Services(p.Namespace).Create(ctx, s, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+	case err != nil:
+		return err
+	case !servicePortsEqual(svc.Spec.Ports, svcPorts):
+		n := svc.DeepCopy()
+		n.Spec.Ports = svcPorts
+		if svc, err = im.kube.CoreV1().Services(p.Namespace).Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			return err
+		}
+	}
+	// 2. The EndpointSlice at the gateway.
+	if err := im.ensureSlice(ctx, l, p, dn, egress); err != nil {
+		return err
+	}
+	// 3. The ServiceImport.
+	spec := mcsv1a1.ServiceImportSpec{Type: mcsv1a1.ClusterSetIP}
+	for _, port := range p.Ports {
+		spec.Ports = append(spec.Ports, mcsv1a1.ServicePort{Name: port.GetName(), Protocol: k8sProtocol(port.GetProtocol()), AppProtocol: appProtocol(port), Port: int32(port.GetPort())})
+	}
+	if svc != nil && svc.Spec.ClusterIP != "" && svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		spec.IPs = []string{svc.Spec.ClusterIP}
+	}
+	var clusters []mcsv1a1.ClusterStatus
+	for _, c := range p.Clusters {
+		clusters = append(clusters, mcsv1a1.ClusterStatus{Cluster: c.Cluster})
+	}
+	ann := egressAnnotation(egress)
+	sis := im.mcs.MulticlusterV1alpha1().ServiceImports(p.Namespace)
+	si, err := l.imports.ServiceImports(p.Namespace).Get(p.Name)
+	switch {
+	case apierrors.IsNotFound(err):
+		n := &mcsv1a1.ServiceImport{ObjectMeta: ownedMeta(p.Namespace, p.Name, p.Name), Spec: spec}
+		n.Annotations = map[string]string{AnnotationEgressPorts: ann}
+		si, err = sis.Create(ctx, n, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return nil // the cache is behind; the next pass compares
+		}
+		if err != nil {
+			return err
+		}
+		im.log.Info("created import", "service", p.Key)
+	case err != nil:
+		return err
+	case !isOwned(si):
+		return fmt.Errorf("ServiceImport %s exists and is not meshfed's; not touching it", p.Key)
+	case !serviceImportSpecEqual(si.Spec, spec) || si.Annotations[AnnotationEgressPorts] != ann:
+		n := si.DeepCopy()
+		n.Spec = spec
+		if n.Annotations == nil {
+			n.Annotations = map[string]string{}
+		}
+		n.Annotations[AnnotationEgressPorts] = ann
+		if si, err = sis.Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			return err
+		}
+	}
+	if !slices.Equal(si.Status.Clusters, clusters) {
+		n := si.DeepCopy()
+		n.Status.Clusters = clusters
+		if _, err := sis.UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (im *kubeImporter) ensureSlice(ctx context.Context, l importListers, p *importPlan, dn string, egress map[string]int) error {
+	addrType := discoveryv1.AddressTypeIPv4
+	if ip := net.ParseIP(im.gateway); ip != nil && ip.To4() == nil {
+		addrType = discoveryv1.AddressTypeIPv6
+	}
+	var ports []discoveryv1.EndpointPort
+	for _, port := range p.Ports {
+		name, proto, num := port.GetName(), k8sProtocol(port.GetProtocol()), int32(egress[port.GetName()])
+		ports = append(ports, discoveryv1.EndpointPort{Name: &name, Protocol: &proto, Port: &num, AppProtocol: appProtocol(port)})
+	}
+	ready := false
+	for _, c := range p.Clusters {
+		if c.Ready > 0 && c.Conflict == "" {
+			ready = true
+		}
+	}
+	eps := []discoveryv1.Endpoint{{Addresses: []string{im.gateway}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}}
+	labels := map[string]string{
+		LabelManagedBy: ManagedByValue, LabelService: p.Name,
+		discoveryv1.LabelServiceName: dn, discoveryv1.LabelManagedBy: sliceManagedBy,
+		mcsv1a1.LabelServiceName: p.Name,
+	}
+	cur, err := l.slices.EndpointSlices(p.Namespace).Get(dn)
+	switch {
+	case apierrors.IsNotFound(err):
+		es := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: dn, Labels: labels},
+			AddressType: addrType, Endpoints: eps, Ports: ports}
+		_, err := im.kube.DiscoveryV1().EndpointSlices(p.Namespace).Create(ctx, es, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+		return nil
+	case err != nil:
+		return err
+	}
+	if maps.Equal(cur.Labels, labels) && cur.AddressType == addrType && slicePortsEqual(cur.Ports, ports) && sliceEndpointsEqual(cur.Endpoints, eps) {
+		return nil
+	}
+	n := cur.DeepCopy()
+	n.Labels, n.Endpoints, n.Ports = labels, eps, ports
+	if n.AddressType != addrType {
+		// AddressType is immutable: replace the slice.
+		if err := im.kube.DiscoveryV1().EndpointSlices(p.Namespace).Delete(ctx, dn, metav1.DeleteOptions{}); err != nil {
+			return ignoreNotFound(err)
+		}
+		return nil
+	}
+	_, err = im.kube.DiscoveryV1().EndpointSlices(p.Namespace).Update(ctx, n, metav1.UpdateOptions{})
+	return err
+}
+
+func ptrEq[T comparable](a, b *T) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+func servicePortsEqual(a, b []corev1.ServicePort) bool {
+	return slices.EqualFunc(a, b, func(x, y corev1.ServicePort) bool {
+		return x.Name == y.Name && x.Protocol == y.Protocol && ptrEq(x.AppProtocol, y.AppProtocol) && x.Port == y.Port && x.TargetPort == y.TargetPort
+	})
+}
+
+func slicePortsEqual(a, b []discoveryv1.EndpointPort) bool {
+	return slices.EqualFunc(a, b, func(x, y discoveryv1.EndpointPort) bool {
+		return ptrEq(x.Name, y.Name) && ptrEq(x.Protocol, y.Protocol) && ptrEq(x.Port, y.Port) && ptrEq(x.AppProtocol, y.AppProtocol)
+	})
+}
+
+func sliceEndpointsEqual(a, b []discoveryv1.Endpoint) bool {
+	return slices.EqualFunc(a, b, func(x, y discoveryv1.Endpoint) bool {
+		return slices.Equal(x.Addresses, y.Addresses) && ptrEq(x.Conditions.Ready, y.Conditions.Ready)
+	})
+}
+
+func serviceImportSpecEqual(a, b mcsv1a1.ServiceImportSpec) bool {
+	return a.Type == b.Type && slices.Equal(a.IPs, b.IPs) && slices.EqualFunc(a.Ports, b.Ports, func(x, y mcsv1a1.ServicePort) bool {
+		return x.Name == y.Name && x.Protocol == y.Protocol && ptrEq(x.AppProtocol, y.AppProtocol) && x.Port == y.Port
+	})
+}

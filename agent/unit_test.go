@@ -1,0 +1,187 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshfed/meshfed/federation"
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+)
+
+func svc(ns, name string, port uint32) *fedv1.ExportedService {
+	return &fedv1.ExportedService{Namespace: ns, Name: name, Ports: []*fedv1.ServicePort{{Name: "http", Port: port, Protocol: "HTTP"}}}
+}
+
+func TestPublisherOneInFlightPerKeyAndBatching(t *testing.T) {
+	p := newPublisher(2, 1<<20)
+	p.sessionStarted(map[string]*fedv1.ExportedService{"default/old": svc("default", "old", 1)})
+	if m := p.next(); m != nil {
+		t.Fatalf("sent %v before the source's first set", m)
+	}
+	p.setDesired(map[string]*fedv1.ExportedService{"default/a": svc("default", "a", 80), "default/b": svc("default", "b", 80), "default/c": svc("default", "c", 80)})
+	m1 := p.next()
+	m2 := p.next()
+	if m1 == nil || m2 == nil || len(m1.Upserts)+len(m1.Deletes) != 2 || len(m2.Upserts)+len(m2.Deletes) != 2 {
+		t.Fatalf("batches %v %v, want 2+2 changes (3 upserts, 1 delete of default/old)", m1, m2)
+	}
+	if m := p.next(); m != nil {
+		t.Fatalf("third message %v, want nothing", m)
+	}
+	// a changes while in flight: not sent again until its result.
+	p.setDesired(map[string]*fedv1.ExportedService{"default/a": svc("default", "a", 81), "default/b": svc("default", "b", 80), "default/c": svc("default", "c", 80)})
+	if m := p.next(); m != nil {
+		t.Fatalf("sent %v while default/a is in flight", m)
+	}
+	p.result(&fedv1.PublishResult{Nonce: m1.Nonce, Revision: 10})
+	p.result(&fedv1.PublishResult{Nonce: m2.Nonce, Revision: 11})
+	m3 := p.next()
+	if m3 == nil || len(m3.Upserts) != 1 || m3.Upserts[0].GetPorts()[0].GetPort() != 81 {
+		t.Fatalf("after results: %v, want the new default/a", m3)
+	}
+	p.result(&fedv1.PublishResult{Nonce: m3.Nonce, Revision: 12})
+	if !p.inSync() {
+		t.Fatal("not in sync")
+	}
+}
+
+func TestPublisherInvalidBatchIsRetriedOneByOne(t *testing.T) {
+	p := newPublisher(10, 1<<20)
+	p.sessionStarted(nil)
+	p.setDesired(map[string]*fedv1.ExportedService{"default/a": svc("default", "a", 80), "default/b": svc("default", "b", 80)})
+	m := p.next()
+	if !p.result(&fedv1.PublishResult{Nonce: m.Nonce, ErrorCode: codes.InvalidArgument.String(), Error: "upserts[1]: bad"}) {
+		t.Fatal("a refused batch of two should be retried")
+	}
+	a := p.next()
+	b := p.next()
+	if a == nil || b == nil || len(a.Upserts) != 1 || len(b.Upserts) != 1 {
+		t.Fatalf("retries %v %v, want one key each", a, b)
+	}
+	p.result(&fedv1.PublishResult{Nonce: a.Nonce})
+	if p.result(&fedv1.PublishResult{Nonce: b.Nonce, ErrorCode: codes.InvalidArgument.String(), Error: "bad"}) {
+		t.Fatal("a single refused key must not be retried")
+	}
+	if f := p.failures(); len(f) != 1 {
+		t.Fatalf("failures %v", f)
+	}
+	if m := p.next(); m != nil {
+		t.Fatalf("resent %v", m)
+	}
+}
+
+func TestPublisherBoundsMessageBytes(t *testing.T) {
+	p := newPublisher(1024, 64<<10)
+	p.sessionStarted(nil)
+	want := map[string]*fedv1.ExportedService{}
+	for i := range 2000 {
+		s := svc("default", fmt.Sprintf("s%d", i), 80)
+		want["default/"+s.Name] = s
+	}
+	p.setDesired(want)
+	n := 0
+	for m := p.next(); m != nil; m = p.next() {
+		if sz := proto.Size(m); sz > 64<<10+1024 {
+			t.Fatalf("message of %d bytes", sz)
+		}
+		n += len(m.Upserts)
+	}
+	if n != 2000 {
+		t.Fatalf("sent %d upserts, want 2000", n)
+	}
+}
+
+func TestDeltaAssemblerAppliesWholeDeltas(t *testing.T) {
+	v := newView()
+	v.apply(&fedv1.SyncDelta{Revision: 5, Reset_: true, Exports: []*fedv1.ExportRecord{{Cluster: "east", Service: svc("default", "a", 80)}}})
+	var asm deltaAssembler
+	// A reset split in two: the view must not change until the last part.
+	d, err := asm.add(&fedv1.SyncDelta{Reset_: true, Exports: []*fedv1.ExportRecord{{Cluster: "east", Service: svc("default", "b", 80)}}})
+	if err != nil || d != nil {
+		t.Fatalf("first part: %v %v", d, err)
+	}
+	d, err = asm.add(&fedv1.SyncDelta{Reset_: true, Revision: 9, Exports: []*fedv1.ExportRecord{{Cluster: "west", Service: svc("default", "b", 80)}}})
+	if err != nil || d == nil {
+		t.Fatalf("last part: %v %v", d, err)
+	}
+	v.apply(d)
+	if v.revision != 9 || len(v.exports) != 2 {
+		t.Fatalf("view rev %d exports %v", v.revision, v.exports)
+	}
+	b, err := encodeView(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := decodeView(b)
+	if err != nil || back.revision != 9 || len(back.exports) != 2 {
+		t.Fatalf("decode: %v %+v", err, back)
+	}
+	b[4] = 99
+	if _, err := decodeView(b); err == nil {
+		t.Fatal("decoded an unknown format version")
+	}
+}
+
+func TestPlanImportsOldestWins(t *testing.T) {
+	v := newView()
+	v.apply(&fedv1.SyncDelta{Revision: 3, Reset_: true, Exports: []*fedv1.ExportRecord{
+		{Cluster: "west", Service: svc("default", "r", 9090), CreateRevision: 7},
+		{Cluster: "east", Service: svc("default", "r", 8080), CreateRevision: 4},
+	}})
+	plans, conflicts := planImports("west", v)
+	p := plans["default/r"]
+	if p == nil || p.Clusters[0].Cluster != "east" || p.Ports[0].GetPort() != 8080 || len(p.Ports) != 1 {
+		t.Fatalf("plan %+v", p)
+	}
+	if !strings.Contains(conflicts["default/r"], "east") {
+		t.Fatalf("conflicts %v, want west's export to lose to east", conflicts)
+	}
+	if _, c := planImports("east", v); len(c) != 0 {
+		t.Fatalf("east conflicts %v, want none", c)
+	}
+}
+
+func TestParseFileCatalogFieldPaths(t *testing.T) {
+	for _, tc := range []struct{ doc, field string }{
+		{"services:\n- {namespace: default, name: a, ports: [{port: 80, protocol: SCTP}]}\n", "services[0].ports[0].protocol"},
+		{"services:\n- {namespace: Default, name: a, ports: [{port: 80, protocol: TCP}]}\n", "services[0].service.namespace"},
+		{"services:\n- {namespace: d, name: a, ports: [{port: 80, protocol: TCP}], endpoints: [{address: nope}]}\n", "services[0].endpoints[0].address"},
+		{"services:\n- {namespace: d, name: a, ports: [{port: 0, protocol: TCP}]}\n", "services[0].ports[0].port"},
+	} {
+		_, err := ParseFileCatalog([]byte(tc.doc))
+		var fe *federation.FieldError
+		if !errors.As(err, &fe) || fe.Field != tc.field {
+			t.Errorf("%q: %v, want a FieldError on %s", tc.doc, err, tc.field)
+		}
+	}
+	if _, err := ParseFileCatalog([]byte("services: []\nextra: 1\n")); err == nil {
+		t.Error("unknown key accepted")
+	}
+	c, err := ParseFileCatalog([]byte(reviewsCatalog))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := c.exports()["default/reviews"]
+	if e == nil || len(e.Endpoints) != 1 || e.Endpoints[0].GetReady() != 1 || e.Endpoints[0].GetServing() != 1 {
+		t.Fatalf("export %v", e)
+	}
+}
+
+func TestConfigValidateNamesFields(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Source = SourceKubernetes
+	cfg.EgressPortMin = 0
+	err := cfg.Validate()
+	for _, f := range []string{"cluster", "locality", "data_dir", "gateway_address", "egress_ports"} {
+		if err == nil || !strings.Contains(err.Error(), f) {
+			t.Errorf("error %v does not name %s", err, f)
+		}
+	}
+	if _, _, err := ParseSource("file:"); err == nil {
+		t.Error("empty file path accepted")
+	}
+}

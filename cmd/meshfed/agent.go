@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshfed/meshfed/agent"
+	"github.com/meshfed/meshfed/federation"
+)
+
+// agentFlags are the flags join and agent share.
+type agentFlags struct {
+	cfg      agent.Config
+	cluster  string
+	region   string
+	zone     string
+	source   string
+	httpPort int
+	egress   string
+	level    logLevel
+}
+
+func (f *agentFlags) add(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.cluster, "cluster", "", "this cluster's name (a DNS label)")
+	fl.StringVar(&f.region, "region", "", "this cluster's region")
+	fl.StringVar(&f.zone, "zone", "", "this cluster's zone")
+	fl.StringVar(&f.source, "source", "kubernetes", `catalog source: "kubernetes" or "file:PATH"`)
+	fl.StringVar(&f.cfg.Kubeconfig, "kubeconfig", "", "kubeconfig of the kubernetes source (default: in-cluster)")
+	fl.StringVar(&f.cfg.DataDir, "data-dir", "", "directory for credentials (file source), the CA root and the cached hub state")
+	fl.IntVar(&f.httpPort, "http-port", 7480, "port of /healthz, /readyz, /metrics and /state on 127.0.0.1 (0: any free port, -1: off)")
+	fl.StringVar(&f.cfg.GatewayAddress, "gateway-address", "", "IP address of the local east-west gateway that imports point at (kubernetes source)")
+	fl.StringVar(&f.egress, "egress-ports", fmt.Sprintf("%d-%d", agent.DefaultEgressPortMin, agent.DefaultEgressPortMax), "range of egress ports assigned to imported service ports")
+	fl.StringArrayVar(&f.cfg.GatewayAddresses, "gateway", nil, "host:port of an east-west gateway as remote clusters reach it (repeatable; sent at join)")
+	fl.Var(&f.level, "log-level", "log level: debug, info, warn or error")
+}
+
+// build turns the flags into a validated config.
+func (f *agentFlags) build(cmd *cobra.Command) (agent.Config, error) {
+	var errs []error
+	cfg := f.cfg
+	if f.cluster != "" {
+		c, err := federation.ParseClusterName(f.cluster)
+		errs = append(errs, err)
+		cfg.Cluster = c
+	}
+	if f.region != "" || f.zone != "" {
+		l, err := federation.NewLocality(f.region, f.zone, "")
+		errs = append(errs, err)
+		cfg.Locality = l
+	}
+	kind, path, err := agent.ParseSource(f.source)
+	errs = append(errs, err)
+	cfg.Source, cfg.SourcePath = kind, path
+	switch {
+	case f.httpPort < 0:
+		cfg.HTTPAddr = ""
+	case f.httpPort > 65535:
+		errs = append(errs, &federation.FieldError{Field: "http-port", Value: strconv.Itoa(f.httpPort), Reason: "must be in 0..65535 or -1"})
+	default:
+		cfg.HTTPAddr = "127.0.0.1:" + strconv.Itoa(f.httpPort)
+	}
+	lo, hi, ok := strings.Cut(f.egress, "-")
+	a, err1 := strconv.Atoi(lo)
+	b, err2 := strconv.Atoi(hi)
+	if !ok || err1 != nil || err2 != nil {
+		errs = append(errs, &federation.FieldError{Field: "egress-ports", Value: f.egress, Reason: "must be MIN-MAX"})
+	}
+	cfg.EgressPortMin, cfg.EgressPortMax = a, b
+	cfg.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: f.level.Level}))
+	if err := errors.Join(errs...); err != nil {
+		return cfg, &codedError{code: exitUsage, err: err, lines: unjoin(err)}
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, &codedError{code: exitUsage, err: err, lines: unjoin(err)}
+	}
+	return cfg, nil
+}
+
+// runAgent runs the agent until SIGINT or SIGTERM.
+func runAgent(cmd *cobra.Command, cfg agent.Config) error {
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+func newJoinCmd() *cobra.Command {
+	f := &agentFlags{cfg: agent.DefaultConfig(), level: logLevel{slog.LevelInfo}}
+	cmd := &cobra.Command{
+		Use:   "join TOKEN --cluster NAME --region R --zone Z --source kubernetes|file:PATH",
+		Short: "Join this cluster to the federation with a one-time token, then run the agent",
+		Long: `Join this cluster to the federation with a one-time token from
+"meshfed token create", then run the agent until SIGINT or SIGTERM.
+
+The hub is authenticated by the CA fingerprint in the token. The issued
+credentials are stored in --data-dir (file source) or in Secrets in
+meshfed-system (kubernetes source). A refused token changes nothing.`,
+		Args: cobra.ExactArgs(1),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			cfg, err := f.build(cmd)
+			if err != nil {
+				return err
+			}
+			if err := agent.Join(cmd.Context(), cfg, args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "joined the federation as cluster %s\n", cfg.Cluster)
+			return runAgent(cmd, cfg)
+		}),
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func newAgentCmd() *cobra.Command {
+	f := &agentFlags{cfg: agent.DefaultConfig(), level: logLevel{slog.LevelInfo}}
+	cmd := &cobra.Command{
+		Use:   "agent --cluster NAME --region R --zone Z --data-dir D --source kubernetes|file:PATH",
+		Short: "Run the agent of a joined cluster from its stored credentials",
+		Args:  cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.build(cmd)
+			if err != nil {
+				return err
+			}
+			return runAgent(cmd, cfg)
+		}),
+	}
+	f.add(cmd)
+	cmd.AddCommand(newAgentStatusCmd())
+	return cmd
+}
+
+func newAgentStatusCmd() *cobra.Command {
+	var addr string
+	out := outputFormat("table")
+	cmd := &cobra.Command{
+		Use:   "status --agent HOST:PORT",
+		Short: "Show an agent's hub connection, exports, imports and clusters",
+		Args:  cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			st, err := fetchAgentState(cmd.Context(), addr)
+			if err != nil {
+				return err
+			}
+			return writeOutput(cmd.OutOrStdout(), out, st, func(w io.Writer) { agentStateTable(w, st) })
+		}),
+	}
+	cmd.Flags().StringVar(&addr, "agent", "127.0.0.1:7480", "host:port of the agent's HTTP endpoint")
+	addOutputFlag(cmd, &out)
+	return cmd
+}
+
+func fetchAgentState(ctx context.Context, addr string) (*agent.State, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/state", nil)
+	if err != nil {
+		return nil, usageError(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("agent %s: %s", addr, resp.Status)
+	}
+	var st agent.State
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&st); err != nil {
+		return nil, fmt.Errorf("agent %s: %w", addr, err)
+	}
+	return &st, nil
+}
+
+func agentStateTable(w io.Writer, st *agent.State) {
+	conn := "disconnected"
+	if st.Hub.Connected {
+		conn = "connected to " + st.Hub.Server
+	}
+	if st.Hub.FromCache {
+		conn += " (serving the cached state)"
+	}
+	fmt.Fprintf(w, "CLUSTER\t%s\nTRUST DOMAIN\t%s\nHUB\t%s\nREVISION\t%d\n", st.Cluster, st.TrustDomain, conn, st.Hub.Revision)
+	if st.Hub.LastError != "" {
+		fmt.Fprintf(w, "LAST ERROR\t%s\n", st.Hub.LastError)
+	}
+	fmt.Fprintln(w)
+	row(w, "EXPORT", "PORTS", "READY", "PUBLISHED", "CONDITION")
+	for _, e := range st.Exports {
+		cond := e.Error
+		if e.Conflict != "" {
+			cond = "Conflict: " + e.Conflict
+		}
+		row(w, e.Key, ports(e.Ports), strconv.Itoa(int(e.Ready)), strconv.FormatBool(e.Published), cond)
+	}
+	fmt.Fprintln(w)
+	row(w, "IMPORT", "PORTS", "CLUSTERS (ready)")
+	for _, p := range st.Imports {
+		var cs []string
+		for _, c := range p.Clusters {
+			cs = append(cs, fmt.Sprintf("%s(%d)", c.Cluster, c.Ready))
+		}
+		row(w, p.Key, ports(p.Ports), strings.Join(cs, ","))
+	}
+	fmt.Fprintln(w)
+	row(w, "CLUSTER", "LOCALITY", "GATEWAYS", "STATUS")
+	for _, c := range st.Clusters {
+		row(w, c.Name, c.Region+"/"+c.Zone, strings.Join(c.GatewayAddresses, ","), c.Status)
+	}
+}
