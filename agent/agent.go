@@ -409,7 +409,15 @@ func (s *syncSession) run(ctx context.Context) error {
 				if full == nil {
 					continue
 				}
+				before := s.view.clusters[a.cfg.Cluster.String()].GetCaRotation()
+				known := s.view.clusters[a.cfg.Cluster.String()] != nil
 				s.view.apply(full)
+				// Act on `meshfed trust rotate` before the view is saved, so a
+				// crash in between rotates again (which Rotate refuses while a
+				// rotation runs) rather than never.
+				if after := s.view.clusters[a.cfg.Cluster.String()].GetCaRotation(); known && after > before {
+					a.rotateCA(s.root, after)
+				}
 				if err := s.file.save(s.view); err != nil {
 					a.log.Error("persisting the hub state", "err", err)
 				}
@@ -490,6 +498,20 @@ func (s *syncSession) noteFailures() {
 	s.a.mu.Lock()
 	s.a.failures = f
 	s.a.mu.Unlock()
+}
+
+// rotateCA starts a CA rotation the hub asked for. The new root enters the
+// bundle at once; root.Watch then republishes the bundle to the hub.
+func (a *Agent) rotateCA(root *trust.RootAuthority, n uint64) {
+	st, err := root.Rotate()
+	switch {
+	case errors.Is(err, trust.ErrRotationInProgress):
+		a.log.Info("CA rotation requested while one is in progress", "ca_rotation", n)
+	case err != nil:
+		a.log.Error("CA rotation", "ca_rotation", n, "err", err)
+	default:
+		a.log.Info("CA rotation started", "ca_rotation", n, "status", fmt.Sprintf("%+v", st))
+	}
 }
 
 // maybePublishBundle publishes the cluster's trust bundle when the hub's

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"os"
 	"path/filepath"
 	"strings"
@@ -112,5 +113,34 @@ func TestFileAgentsJoinExportImport(t *testing.T) {
 			}
 			return nil
 		})
+	})
+
+	t.Run("TrustRotateReachesTheHub", func(t *testing.T) {
+		// `meshfed trust rotate --cluster east`: the agent starts a CA
+		// rotation and publishes the bundle with the new root next to the
+		// old one (phase 1: both trusted before anything is signed).
+		if _, err := admin.RotateCA(ctx, &fedv1.RotateCARequest{Cluster: "east"}); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			resp, err := admin.ListBundles(ctx, &fedv1.ListBundlesRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for _, b := range resp.GetBundles() {
+				if b.GetCluster() == "east" {
+					n = len(b.GetBundle().GetX509Authorities())
+				}
+			}
+			if n == 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("east's bundle at the hub has %d authorities, want 2 (old and new root)", n)
+			}
+			<-time.After(50 * time.Millisecond) // polling the hub, not synchronising
+		}
 	})
 }
