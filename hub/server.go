@@ -51,6 +51,7 @@ type Server struct {
 	raft      *raft.Raft
 	wal       *wal.WAL
 	walMeta   *metadb.BoltMetaDB
+	stable    *gatedStable
 	transport *raft.NetworkTransport
 	gossip    *memberlist.Memberlist
 	members   *memberTracker
@@ -224,7 +225,8 @@ func (s *Server) setupRaft() error {
 	rc.TrailingLogs = s.cfg.TrailingLogs
 	// A removed server must not disrupt the cluster with elections.
 	rc.ShutdownOnRemove = false
-	r, err := raft.NewRaft(rc, s.fsm, w, w, snaps, s.transport)
+	s.stable = &gatedStable{StableStore: w}
+	r, err := raft.NewRaft(rc, s.fsm, w, s.stable, snaps, s.transport)
 	if err != nil {
 		return fmt.Errorf("hub: start raft: %w", err)
 	}
@@ -362,6 +364,9 @@ func (s *Server) closeAll() error {
 	}
 	s.wg.Wait()
 	s.peers.close()
+	if s.stable != nil {
+		s.stable.close()
+	}
 	if s.wal != nil {
 		if err := s.wal.Close(); err != nil && !errors.Is(err, io.ErrClosedPipe) {
 			errs = append(errs, err)
@@ -421,4 +426,43 @@ func (s *Server) leaderLoop() {
 // everything committed before its term.
 func (s *Server) leaderReady() bool {
 	return s.raft.State() == raft.Leader && s.readyTerm.Load() == s.raft.CurrentTerm()
+}
+
+// gatedStable is the Raft stable store, closed before the WAL is. A
+// heartbeat that the transport is still handling while the server shuts
+// down may try to persist a new term; raft panics on a store error, and
+// acknowledging a term it did not persist would be unsafe. So after close a
+// write waits for the process to end instead: no response goes out.
+type gatedStable struct {
+	raft.StableStore
+	mu     sync.RWMutex
+	closed bool
+}
+
+func (g *gatedStable) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+}
+
+func (g *gatedStable) enter() {
+	g.mu.RLock()
+	if g.closed {
+		g.mu.RUnlock()
+		select {} // shutting down: never persist, never answer
+	}
+}
+
+// Set implements raft.StableStore.
+func (g *gatedStable) Set(k, v []byte) error {
+	g.enter()
+	defer g.mu.RUnlock()
+	return g.StableStore.Set(k, v)
+}
+
+// SetUint64 implements raft.StableStore.
+func (g *gatedStable) SetUint64(k []byte, v uint64) error {
+	g.enter()
+	defer g.mu.RUnlock()
+	return g.StableStore.SetUint64(k, v)
 }
