@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/meshfed/meshfed/testenv"
+)
+
+// BenchmarkPropagation measures, on real kube-apiservers with a real hub,
+// the time from creating an exported service in cluster east (Service,
+// EndpointSlice, ServiceExport) to its ServiceImport and derived
+// EndpointSlice both existing in cluster west, over many services.
+func BenchmarkPropagation(b *testing.B) {
+	fed := testenv.Start(b, testenv.Options{
+		HubServers: 3,
+		Clusters: []testenv.Cluster{
+			{Name: "east", Region: "us-east", Zone: "us-east-1a"},
+			{Name: "west", Region: "us-west", Zone: "us-west-1a"},
+		},
+	})
+	admin := adminClient(b, fed)
+	ctx := context.Background()
+	east, west := fed.Cluster("east"), fed.Cluster("west")
+	emc, wmc := installCRDs(b, east), installCRDs(b, west)
+	ekc, wkc := east.Clientset(), west.Clientset()
+	ecfg, wcfg := kubeConfig(b, east, b.TempDir()), kubeConfig(b, west, b.TempDir())
+	for _, c := range []struct {
+		cfg  Config
+		name string
+	}{{ecfg, "east"}, {wcfg, "west"}} {
+		if err := Join(ctx, c.cfg, createToken(b, admin, c.name)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ea, wa := startAgent(b, ecfg), startAgent(b, wcfg)
+	waitState(b, ea.a, 60*time.Second, connected)
+	waitState(b, wa.a, 60*time.Second, connected)
+
+	// Arrival times in west, from watches (no polling error).
+	var mu sync.Mutex
+	importAt, sliceAt := map[string]time.Time{}, map[string]time.Time{}
+	siw, err := wmc.MulticlusterV1alpha1().ServiceImports("default").Watch(ctx, metav1.ListOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer siw.Stop()
+	esw, err := wkc.DiscoveryV1().EndpointSlices("default").Watch(ctx, metav1.ListOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer esw.Stop()
+	record := func(w watch.Interface, at map[string]time.Time) {
+		for ev := range w.ResultChan() {
+			if ev.Type != watch.Added {
+				continue
+			}
+			m, ok := ev.Object.(metav1.Object)
+			if !ok {
+				continue
+			}
+			mu.Lock()
+			if _, seen := at[m.GetName()]; !seen {
+				at[m.GetName()] = time.Now()
+			}
+			mu.Unlock()
+		}
+	}
+	go record(siw, importAt)
+	go record(esw, sliceAt)
+
+	// One service at a time: each measurement is one export on a quiet
+	// federation, from the create calls to both objects existing in west.
+	const services = 30
+	var lat []time.Duration
+	for i := 0; i < services; i++ {
+		name := fmt.Sprintf("svc%03d", i)
+		t0 := time.Now()
+		createExport(b, ekc, emc, "default", name, 8080, corev1.ServiceTypeClusterIP, "us-east-1a")
+		if err := testenv.WaitFor(ctx, 60*time.Second, func(context.Context) error {
+			mu.Lock()
+			defer mu.Unlock()
+			si, ok1 := importAt[name]
+			es, ok2 := sliceAt[derivedName(name)]
+			if !ok1 || !ok2 {
+				return fmt.Errorf("%s not imported yet", name)
+			}
+			last := si
+			if es.After(si) {
+				last = es
+			}
+			lat = append(lat, last.Sub(t0))
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	p50, p99 := lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
+	b.ReportMetric(float64(p50.Milliseconds()), "p50-ms")
+	b.ReportMetric(float64(p99.Milliseconds()), "p99-ms")
+	fmt.Printf("export in east -> ServiceImport + EndpointSlice in west, %d services one at a time: p50 %v  p99 %v\n",
+		services, p50.Round(time.Millisecond), p99.Round(time.Millisecond))
+}
