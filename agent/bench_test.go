@@ -103,6 +103,7 @@ func BenchmarkPropagation(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	b.Logf("latencies in creation order: %v", lat)
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	p50, p99 := lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
 	b.ReportMetric(float64(p50.Milliseconds()), "p50-ms")
