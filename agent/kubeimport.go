@@ -320,7 +320,7 @@ func (im *kubeImporter) ensure(ctx context.Context, l importListers, p *importPl
 		n := svc.DeepCopy()
 		n.Spec.Ports = svcPorts
 		if svc, err = im.kube.CoreV1().Services(p.Namespace).Update(ctx, n, metav1.UpdateOptions{}); err != nil {
-			return err
+			return cacheBehind(err)
 		}
 	}
 	// 2. The EndpointSlice at the gateway.
@@ -366,14 +366,14 @@ func (im *kubeImporter) ensure(ctx context.Context, l importListers, p *importPl
 		}
 		n.Annotations[AnnotationEgressPorts] = ann
 		if si, err = sis.Update(ctx, n, metav1.UpdateOptions{}); err != nil {
-			return err
+			return cacheBehind(err)
 		}
 	}
 	if !slices.Equal(si.Status.Clusters, clusters) {
 		n := si.DeepCopy()
 		n.Status.Clusters = clusters
 		if _, err := sis.UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
-			return err
+			return cacheBehind(err)
 		}
 	}
 	return nil
@@ -427,6 +427,17 @@ func (im *kubeImporter) ensureSlice(ctx context.Context, l importListers, p *imp
 		return nil
 	}
 	_, err = im.kube.DiscoveryV1().EndpointSlices(p.Namespace).Update(ctx, n, metav1.UpdateOptions{})
+	return cacheBehind(err)
+}
+
+// cacheBehind turns a write conflict into success: the lister was behind
+// (typically our own previous write), the informer will deliver the newer
+// object and kick another pass, which compares again. Retrying with backoff
+// instead would only add delay.
+func cacheBehind(err error) error {
+	if apierrors.IsConflict(err) {
+		return nil
+	}
 	return err
 }
 
