@@ -39,7 +39,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 BUF_VERSION                := v1.75.0
 
 # Generated code checked by proto-check.
-GENERATED_DIRS := federation/v1 hub/internal/hubpb
+GENERATED_DIRS := federation/v1 gateway/v1 hub/internal/hubpb
 
 # go-install installs package $(2) at version $(3) into .bin/ as $(1), unless
 # .bin/$(1) is already that package built at that version (as recorded in the

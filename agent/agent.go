@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"k8s.io/client-go/kubernetes"
@@ -21,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
 	"github.com/meshfed/meshfed/internal/clientconfig"
 	"github.com/meshfed/meshfed/trust"
 )
@@ -31,8 +33,12 @@ type Agent struct {
 	cfg Config
 	log *slog.Logger
 
-	sourceBox mailbox[map[string]*fedv1.ExportedService]
+	sourceBox mailbox[catalog]
+	pubBox    mailbox[map[string]*fedv1.ExportedService]
 	viewBox   mailbox[*view]
+	gwKick    chan struct{}
+	gw        *gatewayHub
+	egress    *egressTable
 
 	mu        sync.Mutex // guards the fields below, read by HTTP
 	creds     *Credentials
@@ -42,6 +48,8 @@ type Agent struct {
 	snap      *view
 	cached    bool // snap came from the on-disk cache, not this run's hub
 	desired   map[string]*fedv1.ExportedService
+	local     map[string]*gatewayv1.LocalService
+	gwAddr    string
 	failures  map[string]string
 	conflicts map[string]string
 	source    catalogSource
@@ -66,7 +74,9 @@ func New(cfg Config) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	a := &Agent{cfg: cfg, log: log.With("cluster", cfg.Cluster.String()), sourceBox: newMailbox[map[string]*fedv1.ExportedService](), viewBox: newMailbox[*view]()}
+	a := &Agent{cfg: cfg, log: log.With("cluster", cfg.Cluster.String()), sourceBox: newMailbox[catalog](),
+		pubBox: newMailbox[map[string]*fedv1.ExportedService](), viewBox: newMailbox[*view](), gwKick: make(chan struct{}, 1), gw: newGatewayHub()}
+	a.egress = newEgressTable(cfg.EgressPortMin, cfg.EgressPortMax, a.kickGateways)
 	a.initMetrics()
 	return a, nil
 }
@@ -77,6 +87,22 @@ func (a *Agent) HTTPAddr() string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.httpAddr
+}
+
+// GatewayAPIAddr returns the address the gateway API listens on, once Run
+// has started it ("" before).
+func (a *Agent) GatewayAPIAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.gwAddr
+}
+
+// kickGateways asks for the gateway config to be recomputed.
+func (a *Agent) kickGateways() {
+	select {
+	case a.gwKick <- struct{}{}:
+	default:
+	}
 }
 
 // kubeRESTConfig returns the REST config of the kubernetes source.
@@ -130,16 +156,43 @@ func (a *Agent) Run(ctx context.Context) error {
 	if creds.Cluster != a.cfg.Cluster.String() {
 		return fmt.Errorf("agent: stored credentials are for cluster %q, not %q", creds.Cluster, a.cfg.Cluster)
 	}
-	rc := trust.DefaultRootConfig()
-	rc.TrustDomain = trust.DefaultTrustDomain(a.cfg.Cluster)
+	td, err := spiffeid.TrustDomainFromString(creds.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("agent: stored credentials: trustDomain: %w", err)
+	}
 	if _, err := st.ca.Load(); err != nil {
 		return fmt.Errorf("agent: the cluster CA root is missing (it is stored at join): %w", err)
 	}
-	root, err := trust.NewRootAuthority(rc, st.ca)
+	root, err := trust.NewRootAuthority(a.cfg.rootConfig(td), st.ca)
 	if err != nil {
 		return fmt.Errorf("agent: cluster CA: %w", err)
 	}
 	defer func() { _ = root.Close() }()
+	ca, err := trust.NewCA(root, a.cfg.caConfig())
+	if err != nil {
+		return fmt.Errorf("agent: cluster CA: %w", err)
+	}
+	svids, err := trust.NewSVIDSource(ca, trust.AgentID(td), trust.DefaultSVIDSourceConfig())
+	if err != nil {
+		return fmt.Errorf("agent: agent SVID: %w", err)
+	}
+	token, err := loadGatewayToken(st.gwBoot)
+	if err != nil {
+		return err
+	}
+	if err := writeGatewayBootstrap(st.gwBoot, a.cfg.Cluster.String(), token, root); err != nil {
+		return err
+	}
+	var egressF *egressFile
+	if a.cfg.Source == SourceFile {
+		f := newEgressFile(filepath.Join(a.cfg.DataDir, egressFileName))
+		egressF = &f
+		m, err := f.load()
+		if err != nil {
+			a.log.Error("ignoring the egress ports file", "err", err)
+		}
+		a.egress.seed(m)
+	}
 
 	vf := viewFile{path: filepath.Join(a.cfg.DataDir, hubStateFile)}
 	cached, err := vf.load()
@@ -169,7 +222,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 		src = ks
-		imp, err = newKubeImporter(rcfg, a.cfg, a.log)
+		imp, err = newKubeImporter(rcfg, a.cfg, a.egress, a.log)
 		if err != nil {
 			return err
 		}
@@ -184,7 +237,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	if cached != nil {
-		a.publishView(cached)
+		a.publishView(cached, egressF)
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -201,8 +254,24 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 	goRun("catalog source", func(ctx context.Context) error {
-		return src.Run(ctx, func(m map[string]*fedv1.ExportedService) { a.sourceBox.put(m) })
+		return src.Run(ctx, func(c catalog) { a.sourceBox.put(c) })
 	})
+	goRun("catalog", a.runCatalog)
+	goRun("agent SVID", svids.Run)
+	goRun("gateway config", func(ctx context.Context) error { return a.runGatewayConfig(ctx, root, st.gwBoot, token) })
+	if a.cfg.GatewayAPIAddr != "" {
+		ln, err := net.Listen("tcp", a.cfg.GatewayAPIAddr)
+		if err != nil {
+			return fmt.Errorf("agent: gateway API: %w", err)
+		}
+		a.mu.Lock()
+		a.gwAddr = ln.Addr().String()
+		a.mu.Unlock()
+		srv := &gatewayServer{hub: a.gw, ca: ca, root: root, token: token, gwID: trust.GatewayID(td)}
+		goRun("gateway API", func(ctx context.Context) error {
+			return serveGateways(ctx, ln, gatewayServerTLS(svids, ca, trust.GatewayID(td)), srv)
+		})
+	}
 	if imp != nil {
 		goRun("importer", func(ctx context.Context) error { return imp.Run(ctx, &a.viewBox) })
 	}
@@ -223,7 +292,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		})
 	}
-	goRun("hub", func(ctx context.Context) error { return a.runHub(ctx, creds, root, v, vf) })
+	goRun("hub", func(ctx context.Context) error { return a.runHub(ctx, creds, root, v, vf, egressF) })
 
 	var runErr error
 	select {
@@ -237,7 +306,7 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // runHub keeps one Sync stream open to some hub server.
-func (a *Agent) runHub(ctx context.Context, creds *Credentials, root *trust.RootAuthority, v *view, vf viewFile) error {
+func (a *Agent) runHub(ctx context.Context, creds *Credentials, root *trust.RootAuthority, v *view, vf viewFile, egressF *egressFile) error {
 	tlsCfg, err := creds.hubTLS()
 	if err != nil {
 		return err
@@ -247,7 +316,7 @@ func (a *Agent) runHub(ctx context.Context, creds *Credentials, root *trust.Root
 		return fmt.Errorf("dial hub: %w", err)
 	}
 	defer func() { _ = conn.Close() }()
-	s := &syncSession{a: a, conn: conn, root: root, view: v, file: vf, pub: newPublisher(a.cfg.MaxPublishBatch, a.cfg.MaxPublishBytes)}
+	s := &syncSession{a: a, conn: conn, root: root, view: v, file: vf, egressF: egressF, pub: newPublisher(a.cfg.MaxPublishBatch, a.cfg.MaxPublishBytes)}
 	backoff := a.cfg.ReconnectMin
 	for {
 		start := time.Now()
@@ -273,6 +342,7 @@ func (a *Agent) runHub(ctx context.Context, creds *Credentials, root *trust.Root
 }
 
 func (a *Agent) setConnected(ok bool, server string) {
+	defer a.kickGateways()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.connected, a.server = ok, server
@@ -292,11 +362,23 @@ func (a *Agent) setErr(err error) {
 	}
 }
 
-// publishView hands a new view to the importer and the status, and
-// reports conflicts to the source.
-func (a *Agent) publishView(v *view) {
+// publishView hands a new view to the importer, the gateways and the
+// status, and reports conflicts to the source. With the file source, which
+// has no importer, it assigns the imports' egress ports and saves them.
+func (a *Agent) publishView(v *view, egressF *egressFile) {
 	snap := v.snapshot()
 	plans, conflicts := planImports(a.cfg.Cluster.String(), snap)
+	if egressF != nil {
+		changed, err := allocateFilePlans(a.egress, plans)
+		if err != nil {
+			a.log.Error("egress ports", "err", err)
+		}
+		if changed {
+			if err := egressF.save(a.egress.snapshot()); err != nil {
+				a.log.Error("saving the egress ports", "err", err)
+			}
+		}
+	}
 	a.mu.Lock()
 	a.snap = snap
 	a.conflicts = conflicts
@@ -305,6 +387,7 @@ func (a *Agent) publishView(v *view) {
 	a.mRevision.Set(float64(snap.revision))
 	a.mImports.Set(float64(len(plans)))
 	a.viewBox.put(snap)
+	a.kickGateways()
 	if cr, ok := src.(conflictReporter); ok {
 		c := make(map[string]string, len(conflicts))
 		for k, m := range conflicts {
@@ -317,12 +400,13 @@ func (a *Agent) publishView(v *view) {
 // syncSession is the state that outlives one stream: the view and the
 // publisher. It is owned by the runHub goroutine.
 type syncSession struct {
-	a    *Agent
-	conn *grpc.ClientConn
-	root *trust.RootAuthority
-	view *view
-	file viewFile
-	pub  *publisher
+	a       *Agent
+	conn    *grpc.ClientConn
+	root    *trust.RootAuthority
+	view    *view
+	file    viewFile
+	egressF *egressFile
+	pub     *publisher
 
 	bundleNonce    uint64
 	bundleInflight bool
@@ -424,7 +508,7 @@ func (s *syncSession) run(ctx context.Context) error {
 				a.mu.Lock()
 				a.cached = false
 				a.mu.Unlock()
-				a.publishView(s.view)
+				a.publishView(s.view, s.egressF)
 				if !synced {
 					synced = true
 					a.setConnected(true, server)
@@ -459,12 +543,8 @@ func (s *syncSession) run(ctx context.Context) error {
 					return err
 				}
 			}
-		case <-a.sourceBox.ch:
-			if m, ok := a.sourceBox.take(); ok {
-				a.mu.Lock()
-				a.desired = m
-				a.mu.Unlock()
-				a.mExports.Set(float64(len(m)))
+		case <-a.pubBox.ch:
+			if m, ok := a.pubBox.take(); ok {
 				s.pub.setDesired(m)
 				if debounce == nil {
 					debounce = time.After(a.cfg.Debounce)
@@ -568,4 +648,62 @@ func (m *mailbox[T]) take() (T, bool) {
 	var zero T
 	*m.v, *m.has = zero, false
 	return v, ok
+}
+
+// runCatalog takes each catalog from the source: the exports go to the
+// hub session (whenever one runs), the local endpoints to the gateways at
+// once, hub or no hub.
+func (a *Agent) runCatalog(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.sourceBox.ch:
+		}
+		c, ok := a.sourceBox.take()
+		if !ok {
+			continue
+		}
+		a.mu.Lock()
+		a.desired, a.local = c.exports, c.local
+		a.mu.Unlock()
+		a.mExports.Set(float64(len(c.exports)))
+		a.pubBox.put(c.exports)
+		a.kickGateways()
+	}
+}
+
+// runGatewayConfig recomputes the gateway config whenever its inputs
+// change, and rewrites the gateways' bootstrap document when the cluster's
+// bundle changes (a rotation).
+func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority, boot trust.Store, token string) error {
+	bundleCh, stop := root.Watch()
+	defer stop()
+	a.kickGateways()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-bundleCh:
+			if err := writeGatewayBootstrap(boot, a.cfg.Cluster.String(), token, root); err != nil {
+				a.log.Error("gateway bootstrap", "err", err)
+			}
+		case <-a.gwKick:
+		}
+		var own *fedv1.TrustBundle
+		if b, err := root.Bundle(); err == nil {
+			own = trust.BundleToProto(b)
+		}
+		a.mu.Lock()
+		snap, local := a.snap, a.local
+		hub := &gatewayv1.HubState{Connected: a.connected, Cached: a.cached}
+		a.mu.Unlock()
+		if snap == nil {
+			// No hub state yet (never synced, no cache): gateways wait
+			// rather than get a config that imports nothing.
+			continue
+		}
+		hub.Revision = snap.revision
+		a.gw.set(buildGatewayConfig(a.cfg.Cluster.String(), snap, local, a.egress.snapshot(), own, hub))
+	}
 }

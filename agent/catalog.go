@@ -8,18 +8,56 @@ import (
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
 )
+
+// catalog is one complete state of a catalog source, keyed
+// "namespace/name": the exports the agent publishes, and the endpoints of
+// each exported service, which only this cluster's gateways see.
+type catalog struct {
+	exports map[string]*fedv1.ExportedService
+	local   map[string]*gatewayv1.LocalService
+}
+
+func newCatalog() catalog {
+	return catalog{exports: map[string]*fedv1.ExportedService{}, local: map[string]*gatewayv1.LocalService{}}
+}
+
+// clone copies the maps; the messages are shared (never modified).
+func (c catalog) clone() catalog {
+	out := catalog{exports: make(map[string]*fedv1.ExportedService, len(c.exports)), local: make(map[string]*gatewayv1.LocalService, len(c.local))}
+	for k, v := range c.exports {
+		out.exports[k] = v
+	}
+	for k, v := range c.local {
+		out.local[k] = v
+	}
+	return out
+}
+
+// MaxLocalEndpoints bounds the endpoints of one local service sent to the
+// gateways; beyond it, the endpoints sorted by address are cut.
+const MaxLocalEndpoints = 4096
+
+// sortEndpoints sorts by address and cuts to MaxLocalEndpoints, reporting
+// whether it cut.
+func sortEndpoints(eps []*gatewayv1.Endpoint) ([]*gatewayv1.Endpoint, bool) {
+	slices.SortFunc(eps, func(a, b *gatewayv1.Endpoint) int { return strings.Compare(a.GetAddress(), b.GetAddress()) })
+	if len(eps) > MaxLocalEndpoints {
+		return eps[:MaxLocalEndpoints], true
+	}
+	return eps, false
+}
 
 // catalogSource produces this cluster's exports. The agent runs exactly
 // one.
 type catalogSource interface {
 	// Run watches the catalog until ctx is done. It calls update from a
-	// single goroutine with the complete set of exports, keyed
-	// "namespace/name": first once its initial state is loaded (never
-	// before: an incomplete first set would withdraw exports), then after
-	// every change. update takes ownership of the map and its messages and
-	// does not block for long.
-	Run(ctx context.Context, update func(map[string]*fedv1.ExportedService)) error
+	// single goroutine with the complete catalog: first once its initial
+	// state is loaded (never before: an incomplete first set would
+	// withdraw exports), then after every change. update takes ownership
+	// of the maps and their messages and does not block for long.
+	Run(ctx context.Context, update func(catalog)) error
 }
 
 // conflictReporter is implemented by sources that can show MCS conflicts

@@ -8,9 +8,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/rest"
 
 	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/trust"
 )
 
 // SourceKind selects the catalog source.
@@ -43,6 +45,7 @@ const (
 	MaxGatewayAddresses    = 16        // the hub's limit
 	MaxHubStateBytes       = 256 << 20 // the largest persisted hub state read back
 	DefaultJoinTimeout     = 30 * time.Second
+	DefaultGatewayAPIAddr  = "127.0.0.1:7481"
 )
 
 // Config configures an Agent. Build it with DefaultConfig, set Cluster,
@@ -53,6 +56,10 @@ type Config struct {
 	Cluster federation.ClusterName
 	// Locality is sent at join.
 	Locality federation.Locality
+	// TrustDomain is the cluster's SPIFFE trust domain, chosen at join;
+	// zero means <cluster>.meshfed.local. After join the stored
+	// credentials' trust domain is used.
+	TrustDomain federation.TrustDomain
 	// DataDir holds the credentials (file source), the cluster CA root
 	// (file source), the cached hub state and the catalog-independent
 	// agent state. Required.
@@ -86,6 +93,20 @@ type Config struct {
 	// as remote clusters reach them, sent at join.
 	GatewayAddresses []string
 
+	// GatewayAPIAddr is host:port of the gateway API (config stream and
+	// SVIDs, mTLS with the cluster's SVIDs); empty disables it.
+	GatewayAPIAddr string
+	// SVIDTTL is the lifetime of the SVIDs the cluster CA issues (agent
+	// and gateways); they are renewed at half-life.
+	SVIDTTL time.Duration
+	// BundleRefresh is the refresh hint published in the cluster's bundle;
+	// a CA rotation publishes the new root 3 refresh hints before it signs.
+	BundleRefresh time.Duration
+	// ClockSkew is the clock disagreement the cluster CA tolerates: roots
+	// are backdated by it and an old root stays SVIDTTL + ClockSkew after
+	// a rotation switched away from it.
+	ClockSkew time.Duration
+
 	// Debounce is how long a burst of catalog changes is collected before
 	// it is published.
 	Debounce time.Duration
@@ -118,6 +139,10 @@ func DefaultConfig() Config {
 		ReconnectMin:     DefaultReconnectMin,
 		ReconnectMax:     DefaultReconnectMax,
 		JoinTimeout:      DefaultJoinTimeout,
+		GatewayAPIAddr:   DefaultGatewayAPIAddr,
+		SVIDTTL:          trust.DefaultSVIDTTL,
+		BundleRefresh:    trust.DefaultRefreshHint,
+		ClockSkew:        trust.DefaultClockSkew,
 	}
 }
 
@@ -174,6 +199,20 @@ func (c *Config) Validate() error {
 			add("http_addr", c.HTTPAddr, "must be host:port")
 		}
 	}
+	if c.GatewayAPIAddr != "" {
+		if _, _, err := net.SplitHostPort(c.GatewayAPIAddr); err != nil {
+			add("gateway_api_addr", c.GatewayAPIAddr, "must be host:port")
+		}
+	}
+	if c.SVIDTTL < trust.MinSVIDTTL || c.SVIDTTL > trust.MaxAllowedSVIDTTL {
+		add("svid_ttl", c.SVIDTTL.String(), "must be in %v..%v", trust.MinSVIDTTL, trust.MaxAllowedSVIDTTL)
+	}
+	if c.BundleRefresh < trust.MinRefreshHint || c.BundleRefresh > trust.MaxRefreshHint {
+		add("bundle_refresh", c.BundleRefresh.String(), "must be in %v..%v", trust.MinRefreshHint, trust.MaxRefreshHint)
+	}
+	if c.ClockSkew < 0 || c.ClockSkew > trust.MaxClockSkew {
+		add("clock_skew", c.ClockSkew.String(), "must be in 0s..%v", trust.MaxClockSkew)
+	}
 	if c.EgressPortMin < 1 || c.EgressPortMax > 65535 || c.EgressPortMin > c.EgressPortMax {
 		add("egress_ports", fmt.Sprintf("%d-%d", c.EgressPortMin, c.EgressPortMax), "must be a range within 1..65535")
 	}
@@ -204,4 +243,23 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("agent: invalid config: %w", err)
 	}
 	return nil
+}
+
+// rootConfig is the cluster CA root's configuration for trust domain td.
+func (c *Config) rootConfig(td spiffeid.TrustDomain) trust.RootConfig {
+	rc := trust.DefaultRootConfig()
+	rc.TrustDomain = td
+	rc.MaxSVIDTTL = c.SVIDTTL
+	rc.RefreshHint = c.BundleRefresh
+	rc.PrepareDuration = trust.DefaultPrepareFactor * c.BundleRefresh
+	rc.ClockSkew = c.ClockSkew
+	return rc
+}
+
+// caConfig is the cluster CA's configuration.
+func (c *Config) caConfig() trust.CAConfig {
+	cc := trust.DefaultCAConfig()
+	cc.SVIDTTL = c.SVIDTTL
+	cc.Backdate = min(trust.DefaultBackdate, c.ClockSkew)
+	return cc
 }

@@ -52,12 +52,18 @@ const (
 
 // Names of what the agent persists.
 const (
-	credentialsFile   = "credentials.yaml"
-	caFile            = "ca/root.pem"
-	hubStateFile      = "hubstate.pb"
-	credentialsSecret = "meshfed-agent-credentials"
-	caSecret          = "meshfed-cluster-ca"
-	secretDataKey     = "data"
+	credentialsFile = "credentials.yaml"
+	caFile          = "ca/root.pem"
+	hubStateFile    = "hubstate.pb"
+	egressFileName  = "egress-ports.json"
+	// GatewayBootstrapFile (in the data directory) and
+	// GatewayBootstrapSecret (key "data", in the agent's namespace) hold
+	// the gateways' bootstrap document (see gatewayclient.Bootstrap).
+	GatewayBootstrapFile   = "gateway-bootstrap.json"
+	GatewayBootstrapSecret = "meshfed-gateway-bootstrap"
+	credentialsSecret      = "meshfed-agent-credentials"
+	caSecret               = "meshfed-cluster-ca"
+	secretDataKey          = "data"
 )
 
 // ErrNotJoined is returned by Run when there are no stored credentials.
@@ -118,21 +124,24 @@ func decodeCredentials(b []byte) (*Credentials, error) {
 // files in the data directory (file source) or Secrets (kubernetes source).
 // Both are trust.Store: bytes in, bytes out, ErrNotFound when absent.
 type stores struct {
-	creds trust.Store
-	ca    trust.Store
+	creds  trust.Store
+	ca     trust.Store
+	gwBoot trust.Store
 }
 
 func fileStores(dataDir string) stores {
 	return stores{
-		creds: trust.NewFileStore(filepath.Join(dataDir, credentialsFile)),
-		ca:    trust.NewFileStore(filepath.Join(dataDir, caFile)),
+		creds:  trust.NewFileStore(filepath.Join(dataDir, credentialsFile)),
+		ca:     trust.NewFileStore(filepath.Join(dataDir, caFile)),
+		gwBoot: trust.NewFileStore(filepath.Join(dataDir, GatewayBootstrapFile)),
 	}
 }
 
 func secretStores(client kubernetes.Interface, namespace string) stores {
 	return stores{
-		creds: &secretStore{client: client, namespace: namespace, name: credentialsSecret},
-		ca:    &secretStore{client: client, namespace: namespace, name: caSecret},
+		creds:  &secretStore{client: client, namespace: namespace, name: credentialsSecret},
+		ca:     &secretStore{client: client, namespace: namespace, name: caSecret},
+		gwBoot: &secretStore{client: client, namespace: namespace, name: GatewayBootstrapSecret},
 	}
 }
 

@@ -113,6 +113,7 @@ func fileConfig(t testing.TB, cluster, region, zone, dir string) Config {
 	cfg.SourcePath = filepath.Join(dir, "catalog.yaml")
 	cfg.FilePollInterval = 20 * time.Millisecond
 	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.GatewayAPIAddr = "127.0.0.1:0"
 	cfg.ReconnectMin = 20 * time.Millisecond
 	cfg.ReconnectMax = 500 * time.Millisecond
 	cfg.Log = testLogger(t, cluster)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
 )
 
 // FileCatalog is the file source's YAML document. See the package doc.
@@ -41,8 +43,11 @@ type FilePort struct {
 }
 
 // FileEndpoint is one endpoint of a FileService. Serving defaults to Ready.
+// Address is host:port, the target of the service's first port; Ports
+// gives the target port of others by port name.
 type FileEndpoint struct {
 	Address     string            `json:"address"`
+	Ports       map[string]uint32 `json:"ports,omitempty"`
 	Zone        string            `json:"zone,omitempty"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	Ready       bool              `json:"ready"`
@@ -108,6 +113,14 @@ func (c *FileCatalog) validate() error {
 			if err := validateLabels(ef+".labels", e.Labels); err != nil {
 				return err
 			}
+			for name, p := range e.Ports {
+				if !slices.ContainsFunc(s.Ports, func(sp FilePort) bool { return sp.Name == name }) {
+					return &federation.FieldError{Field: ef + ".ports[" + name + "]", Value: name, Reason: "names no port of the service"}
+				}
+				if p < 1 || p > 65535 {
+					return &federation.FieldError{Field: ef + ".ports[" + name + "]", Value: strconv.FormatUint(uint64(p), 10), Reason: "must be in 1..65535"}
+				}
+			}
 		}
 		// Ports, protocols and endpoint groups are checked as the hub
 		// checks them, with this file's field names.
@@ -136,12 +149,43 @@ func (s FileService) exported() *fedv1.ExportedService {
 	return out
 }
 
-// exports is the set the agent publishes: services with export: true.
-func (c *FileCatalog) exports() map[string]*fedv1.ExportedService {
-	out := map[string]*fedv1.ExportedService{}
+// local is s with its endpoints, as the gateways see it. The catalog is
+// valid (addresses are host:port).
+func (s FileService) local() *gatewayv1.LocalService {
+	out := &gatewayv1.LocalService{Service: s.Namespace + "/" + s.Name}
+	for _, p := range s.Ports {
+		out.Ports = append(out.Ports, &fedv1.ServicePort{Name: p.Name, Port: p.Port, Protocol: p.Protocol, AppProtocol: p.AppProtocol})
+	}
+	for _, e := range s.Endpoints {
+		host, port, _ := net.SplitHostPort(e.Address)
+		n, _ := strconv.ParseUint(port, 10, 16)
+		ep := &gatewayv1.Endpoint{Address: host, Zone: e.Zone, Labels: e.Labels, Ready: e.Ready, Serving: e.Ready, Terminating: e.Terminating}
+		if e.Serving != nil {
+			ep.Serving = *e.Serving
+		}
+		for i, p := range s.Ports {
+			target := uint32(n)
+			if t, ok := e.Ports[p.Name]; ok {
+				target = t
+			} else if i > 0 {
+				continue // only the first port defaults to the address's port
+			}
+			ep.Ports = append(ep.Ports, &gatewayv1.EndpointPort{Name: p.Name, Port: target})
+		}
+		out.Endpoints = append(out.Endpoints, ep)
+	}
+	out.Endpoints, _ = sortEndpoints(out.Endpoints)
+	return out
+}
+
+// catalog is the set the agent publishes, services with export: true, and
+// their endpoints.
+func (c *FileCatalog) catalog() catalog {
+	out := newCatalog()
 	for _, s := range c.Services {
 		if s.Export {
-			out[s.Namespace+"/"+s.Name] = s.exported()
+			out.exports[s.Namespace+"/"+s.Name] = s.exported()
+			out.local[s.Namespace+"/"+s.Name] = s.local()
 		}
 	}
 	return out
@@ -185,7 +229,7 @@ func (s *fileSource) setErr(err error) {
 	s.lastErr = err.Error()
 }
 
-func (s *fileSource) Run(ctx context.Context, update func(map[string]*fedv1.ExportedService)) error {
+func (s *fileSource) Run(ctx context.Context, update func(catalog)) error {
 	var last []byte
 	var lastMod time.Time
 	var lastSize int64 = -1
@@ -220,7 +264,7 @@ func (s *fileSource) Run(ctx context.Context, update func(map[string]*fedv1.Expo
 			s.setErr(nil)
 			last = b
 			loaded = true
-			update(c.exports())
+			update(c.catalog())
 		}
 		select {
 		case <-ctx.Done():

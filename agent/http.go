@@ -34,7 +34,12 @@ type State struct {
 	Imports     []*importPlan  `json:"imports"`
 	Clusters    []ClusterState `json:"clusters"`
 	Source      *sourceState   `json:"source,omitempty"`
+	// Gateways are the gateway replicas following the config stream.
+	Gateways []GatewayState `json:"gateways"`
 }
+
+// GatewayState is one gateway replica connected to the gateway API.
+type GatewayState = gatewayStreamState
 
 // HubState is the agent's connection to the hub.
 type HubState struct {
@@ -69,7 +74,8 @@ type ClusterState struct {
 func (a *Agent) State() State {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := State{Cluster: a.cfg.Cluster.String(), Exports: []ExportState{}, Imports: []*importPlan{}, Clusters: []ClusterState{}}
+	st := State{Cluster: a.cfg.Cluster.String(), Exports: []ExportState{}, Imports: []*importPlan{}, Clusters: []ClusterState{}, Gateways: a.gw.list()}
+	egress := a.egress.snapshot()
 	if a.creds != nil {
 		st.TrustDomain = a.creds.TrustDomain
 		st.Hub.Addresses = slices.Clone(a.creds.HubAddresses)
@@ -81,7 +87,14 @@ func (a *Agent) State() State {
 		own = a.snap.own(a.cfg.Cluster.String())
 		plans, _ := planImports(a.cfg.Cluster.String(), a.snap)
 		for _, k := range sortedKeys(plans) {
-			st.Imports = append(st.Imports, plans[k])
+			p := plans[k]
+			p.Egress = map[string]int{}
+			for _, port := range p.Ports {
+				if e, ok := egress[k+"/"+port.GetName()]; ok {
+					p.Egress[port.GetName()] = e
+				}
+			}
+			st.Imports = append(st.Imports, p)
 		}
 		for _, k := range sortedKeys(a.snap.clusters) {
 			c := a.snap.clusters[k]

@@ -17,6 +17,9 @@ type importPlan struct {
 	// exports that do not conflict with them, in create order.
 	Ports    []*fedv1.ServicePort `json:"ports"`
 	Clusters []importCluster      `json:"clusters"`
+	// Egress is the egress port of each port, by port name, once assigned
+	// (status only).
+	Egress map[string]int `json:"egressPorts,omitempty"`
 }
 
 // importCluster is one exporting cluster of an import, oldest first.

@@ -68,10 +68,11 @@ func Join(ctx context.Context, cfg Config, token string) error {
 	} else if !errors.Is(err, trust.ErrNotFound) {
 		return fmt.Errorf("agent: join: reading the CA root: %w", err)
 	}
-	td := trust.DefaultTrustDomain(cfg.Cluster)
-	rc := trust.DefaultRootConfig()
-	rc.TrustDomain = td
-	root, err := trust.NewRootAuthority(rc, mem)
+	td, err := trust.ClusterTrustDomain(cfg.Cluster, cfg.TrustDomain)
+	if err != nil {
+		return err
+	}
+	root, err := trust.NewRootAuthority(cfg.rootConfig(td), mem)
 	if err != nil {
 		return fmt.Errorf("agent: join: cluster CA: %w", err)
 	}

@@ -80,6 +80,7 @@ func kubeConfig(t testing.TB, c *testenv.ClusterEnv, dir string) Config {
 	cfg.KubeConfig = c.RESTConfig()
 	cfg.GatewayAddress = "10.99.0.1"
 	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.GatewayAPIAddr = "127.0.0.1:0"
 	cfg.ReconnectMin = 20 * time.Millisecond
 	cfg.ReconnectMax = 300 * time.Millisecond
 	cfg.Log = testLogger(t, c.Name())

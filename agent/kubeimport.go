@@ -45,17 +45,15 @@ type kubeImporter struct {
 	log     *slog.Logger
 	self    string
 	gateway string
-	minPort int
-	maxPort int
 	kube    kubernetes.Interface
 	mcs     mcsclient.Interface
 	kick    chan struct{}
 
-	egress map[string]int // namespace/name/port-name → egress port
+	egress *egressTable
 	inited bool
 }
 
-func newKubeImporter(rc *rest.Config, cfg Config, log *slog.Logger) (*kubeImporter, error) {
+func newKubeImporter(rc *rest.Config, cfg Config, egress *egressTable, log *slog.Logger) (*kubeImporter, error) {
 	kc, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
@@ -64,8 +62,8 @@ func newKubeImporter(rc *rest.Config, cfg Config, log *slog.Logger) (*kubeImport
 	if err != nil {
 		return nil, fmt.Errorf("mcs client: %w", err)
 	}
-	return &kubeImporter{log: log, self: cfg.Cluster.String(), gateway: cfg.GatewayAddress, minPort: cfg.EgressPortMin, maxPort: cfg.EgressPortMax,
-		kube: kc, mcs: mc, kick: make(chan struct{}, 1), egress: map[string]int{}}, nil
+	return &kubeImporter{log: log, self: cfg.Cluster.String(), gateway: cfg.GatewayAddress,
+		kube: kc, mcs: mc, kick: make(chan struct{}, 1), egress: egress}, nil
 }
 
 type importListers struct {
@@ -175,25 +173,6 @@ func parseEgressAnnotation(s string) map[string]int {
 	return out
 }
 
-// allocate returns the egress port for one port of an import.
-func (im *kubeImporter) allocate(key, port string) (int, error) {
-	k := key + "/" + port
-	if p, ok := im.egress[k]; ok {
-		return p, nil
-	}
-	used := map[int]bool{}
-	for _, p := range im.egress {
-		used[p] = true
-	}
-	for p := im.minPort; p <= im.maxPort; p++ {
-		if !used[p] {
-			im.egress[k] = p
-			return p, nil
-		}
-	}
-	return 0, fmt.Errorf("egress ports %d-%d exhausted", im.minPort, im.maxPort)
-}
-
 func (im *kubeImporter) reconcile(ctx context.Context, l importListers, v *view) error {
 	existing, err := l.imports.List(labelsEverything())
 	if err != nil {
@@ -201,13 +180,15 @@ func (im *kubeImporter) reconcile(ctx context.Context, l importListers, v *view)
 	}
 	if !im.inited {
 		// Keep the egress ports assigned before a restart.
+		seed := map[string]int{}
 		for _, si := range existing {
 			if isOwned(si) {
 				for port, p := range parseEgressAnnotation(si.Annotations[AnnotationEgressPorts]) {
-					im.egress[si.Namespace+"/"+si.Name+"/"+port] = p
+					seed[si.Namespace+"/"+si.Name+"/"+port] = p
 				}
 			}
 		}
+		im.egress.seed(seed)
 		im.inited = true
 	}
 	plans, _ := planImports(im.self, v)
@@ -247,12 +228,7 @@ func (im *kubeImporter) reconcile(ctx context.Context, l importListers, v *view)
 			errs = append(errs, ignoreNotFound(im.kube.DiscoveryV1().EndpointSlices(s.Namespace).Delete(ctx, s.Name, metav1.DeleteOptions{})))
 		}
 	}
-	for k := range im.egress {
-		i := strings.LastIndex(k, "/")
-		if !want[k[:i]] {
-			delete(im.egress, k)
-		}
-	}
+	im.egress.retain(want)
 	return errors.Join(errs...)
 }
 
@@ -291,7 +267,7 @@ func (im *kubeImporter) ensure(ctx context.Context, l importListers, p *importPl
 	dn := derivedName(p.Name)
 	egress := map[string]int{}
 	for _, port := range p.Ports {
-		e, err := im.allocate(p.Key, port.GetName())
+		e, err := im.egress.allocate(p.Key, port.GetName())
 		if err != nil {
 			return err
 		}

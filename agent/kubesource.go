@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -18,6 +20,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
@@ -28,6 +32,7 @@ import (
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
 )
 
 // Condition reasons the kubernetes source sets on ServiceExports, beyond
@@ -46,6 +51,7 @@ const (
 type kubeSource struct {
 	log   *slog.Logger
 	kube  kubernetes.Interface
+	meta  metadata.Interface
 	mcs   mcsclient.Interface
 	queue workqueue.TypedRateLimitingInterface[types.NamespacedName]
 
@@ -69,7 +75,11 @@ func newKubeSource(rc *rest.Config, log *slog.Logger) (*kubeSource, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mcs client: %w", err)
 	}
-	return &kubeSource{log: log, kube: kc, mcs: mc, conflicts: map[string]string{}, invalid: map[string]string{},
+	md, err := metadata.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("metadata client: %w", err)
+	}
+	return &kubeSource{log: log, kube: kc, meta: md, mcs: mc, conflicts: map[string]string{}, invalid: map[string]string{},
 		queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]())}, nil
 }
 
@@ -143,9 +153,30 @@ type kubeListers struct {
 	services corelisters.ServiceLister
 	slices   discoverylisters.EndpointSliceLister
 	nodes    corelisters.NodeLister
+	pods     cache.GenericLister // metadata only: endpoint labels come from pods
 }
 
-func (s *kubeSource) Run(ctx context.Context, update func(map[string]*fedv1.ExportedService)) error {
+// enqueuePod is the pod informer's update callback: a pod's labels are its
+// endpoint's labels, so a label change recomputes the services of its
+// namespace that select it.
+func (s *kubeSource) enqueuePod(l *kubeListers) func(old, obj any) {
+	return func(old, obj any) {
+		o, err1 := apimeta.Accessor(old)
+		n, err2 := apimeta.Accessor(obj)
+		if err1 != nil || err2 != nil || labelString(o.GetLabels()) == labelString(n.GetLabels()) {
+			return
+		}
+		ses, err := l.exports.ServiceExports(n.GetNamespace()).List(labelsEverything())
+		if err != nil {
+			return
+		}
+		for _, se := range ses {
+			s.queue.Add(types.NamespacedName{Namespace: se.Namespace, Name: se.Name})
+		}
+	}
+}
+
+func (s *kubeSource) Run(ctx context.Context, update func(catalog)) error {
 	defer s.queue.ShutDown()
 	kf := informers.NewSharedInformerFactory(s.kube, 0)
 	mf := mcsinformers.NewSharedInformerFactory(s.mcs, 0)
@@ -162,12 +193,19 @@ func (s *kubeSource) Run(ctx context.Context, update func(map[string]*fedv1.Expo
 	if _, err := esInf.Informer().AddEventHandler(handlers(s.enqueueSlice, s.enqueueSlice)); err != nil {
 		return err
 	}
-	l := kubeListers{exports: seInf.Lister(), services: svcInf.Lister(), slices: esInf.Lister(), nodes: nodeInf.Lister()}
+	pf := metadatainformer.NewSharedInformerFactory(s.meta, 0)
+	podInf := pf.ForResource(corev1.SchemeGroupVersion.WithResource("pods"))
+	l := kubeListers{exports: seInf.Lister(), services: svcInf.Lister(), slices: esInf.Lister(), nodes: nodeInf.Lister(), pods: podInf.Lister()}
+	if _, err := podInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: s.enqueuePod(&l)}); err != nil {
+		return err
+	}
 	_ = nodeInf.Informer()
 	kf.Start(ctx.Done())
 	mf.Start(ctx.Done())
+	pf.Start(ctx.Done())
 	defer kf.Shutdown()
 	defer mf.Shutdown()
+	defer pf.Shutdown()
 	for typ, ok := range kf.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			return fmt.Errorf("cache of %v did not sync", typ)
@@ -178,7 +216,12 @@ func (s *kubeSource) Run(ctx context.Context, update func(map[string]*fedv1.Expo
 			return fmt.Errorf("cache of %v did not sync (are the MCS CRDs installed?)", typ)
 		}
 	}
-	exports := map[string]*fedv1.ExportedService{}
+	for typ, ok := range pf.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("cache of %v did not sync", typ)
+		}
+	}
+	exports := newCatalog()
 	// The first set is complete: every existing ServiceExport.
 	all, err := l.exports.List(labelsEverything())
 	if err != nil {
@@ -191,7 +234,7 @@ func (s *kubeSource) Run(ctx context.Context, update func(map[string]*fedv1.Expo
 			s.queue.AddRateLimited(key) // retried by the worker below
 		}
 	}
-	update(cloneExports(exports))
+	update(exports.clone())
 	go func() { <-ctx.Done(); s.queue.ShutDown() }()
 	for {
 		key, shutdown := s.queue.Get()
@@ -207,46 +250,41 @@ func (s *kubeSource) Run(ctx context.Context, update func(map[string]*fedv1.Expo
 		}
 		s.queue.Done(key)
 		if changed {
-			update(cloneExports(exports))
+			update(exports.clone())
 		}
 	}
 }
 
-func cloneExports(m map[string]*fedv1.ExportedService) map[string]*fedv1.ExportedService {
-	out := make(map[string]*fedv1.ExportedService, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
-}
-
 // process recomputes one service: its export (or none) and the conditions
 // on its ServiceExport. It reports whether the export set changed.
-func (s *kubeSource) process(ctx context.Context, l kubeListers, key types.NamespacedName, exports map[string]*fedv1.ExportedService) (bool, error) {
+func (s *kubeSource) process(ctx context.Context, l kubeListers, key types.NamespacedName, c catalog) (bool, error) {
 	k := key.Namespace + "/" + key.Name
 	se, err := l.exports.ServiceExports(key.Namespace).Get(key.Name)
 	if apierrors.IsNotFound(err) {
 		s.setInvalid(k, "")
-		_, had := exports[k]
-		delete(exports, k)
+		_, had := c.exports[k]
+		delete(c.exports, k)
+		delete(c.local, k)
 		return had, nil
 	}
 	if err != nil {
 		return false, err
 	}
-	svc, reason, msg := s.build(l, se)
+	svc, local, reason, msg := s.build(l, se)
 	s.mu.Lock()
 	conflict := s.conflicts[k]
 	s.mu.Unlock()
 	s.setInvalid(k, msg)
 	changed := false
 	if svc != nil {
-		old, had := exports[k]
-		changed = !had || !exportEqual(old, svc)
-		exports[k] = svc
+		old, had := c.exports[k]
+		changed = !had || !exportEqual(old, svc) || !proto.Equal(c.local[k], local)
+		c.exports[k] = svc
+		c.local[k] = local
 	} else {
-		_, changed = exports[k]
-		delete(exports, k)
+		_, changed = c.exports[k]
+		delete(c.exports, k)
+		delete(c.local, k)
 	}
 	return changed, s.setConditions(ctx, se, reason, msg, conflict)
 }
@@ -262,26 +300,27 @@ func (s *kubeSource) setInvalid(k, msg string) {
 }
 
 // build converts a ServiceExport's Service and EndpointSlices into an
-// export, or returns the reason and message of why it is invalid.
-func (s *kubeSource) build(l kubeListers, se *mcsv1a1.ServiceExport) (*fedv1.ExportedService, string, string) {
+// export and its local endpoints, or returns the reason and message of why
+// it is invalid.
+func (s *kubeSource) build(l kubeListers, se *mcsv1a1.ServiceExport) (*fedv1.ExportedService, *gatewayv1.LocalService, string, string) {
 	if _, err := federation.NewServiceKey(se.Namespace, se.Name); err != nil {
-		return nil, ReasonInvalidName, err.Error()
+		return nil, nil, ReasonInvalidName, err.Error()
 	}
 	svc, err := l.services.Services(se.Namespace).Get(se.Name)
 	if err != nil {
-		return nil, string(mcsv1a1.ServiceExportReasonNoService), fmt.Sprintf("service %s/%s not found", se.Namespace, se.Name)
+		return nil, nil, string(mcsv1a1.ServiceExportReasonNoService), fmt.Sprintf("service %s/%s not found", se.Namespace, se.Name)
 	}
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
-		return nil, string(mcsv1a1.ServiceExportReasonInvalidServiceType), "ExternalName services cannot be exported"
+		return nil, nil, string(mcsv1a1.ServiceExportReasonInvalidServiceType), "ExternalName services cannot be exported"
 	}
 	if n := len(svc.Spec.Ports); n > maxPortsPerService {
-		return nil, ReasonTooManyPorts, fmt.Sprintf("spec.ports: %d ports, at most %d", n, maxPortsPerService)
+		return nil, nil, ReasonTooManyPorts, fmt.Sprintf("spec.ports: %d ports, at most %d", n, maxPortsPerService)
 	}
 	out := &fedv1.ExportedService{Namespace: se.Namespace, Name: se.Name}
 	for i, p := range svc.Spec.Ports {
 		proto, err := exportProtocol(p)
 		if err != nil {
-			return nil, ReasonUnsupportedProtocol, fmt.Sprintf("spec.ports[%d]: %v", i, err)
+			return nil, nil, ReasonUnsupportedProtocol, fmt.Sprintf("spec.ports[%d]: %v", i, err)
 		}
 		sp := &fedv1.ServicePort{Name: p.Name, Port: uint32(p.Port), Protocol: proto}
 		if p.AppProtocol != nil {
@@ -291,10 +330,20 @@ func (s *kubeSource) build(l kubeListers, se *mcsv1a1.ServiceExport) (*fedv1.Exp
 	}
 	sl, err := l.slices.EndpointSlices(se.Namespace).List(labelsFor(discoveryv1.LabelServiceName, se.Name))
 	if err != nil {
-		return nil, ReasonInvalidExport, err.Error()
+		return nil, nil, ReasonInvalidExport, err.Error()
 	}
+	local := &gatewayv1.LocalService{Service: se.Namespace + "/" + se.Name, Ports: out.Ports}
 	var eps []endpointHealth
 	for _, es := range sl {
+		if es.AddressType == discoveryv1.AddressTypeFQDN {
+			continue
+		}
+		var ports []*gatewayv1.EndpointPort
+		for _, p := range es.Ports {
+			if p.Port != nil && p.Name != nil {
+				ports = append(ports, &gatewayv1.EndpointPort{Name: *p.Name, Port: uint32(*p.Port)})
+			}
+		}
 		for _, e := range es.Endpoints {
 			h := endpointHealth{ready: e.Conditions.Ready == nil || *e.Conditions.Ready}
 			h.serving = h.ready
@@ -310,14 +359,52 @@ func (s *kubeSource) build(l kubeListers, se *mcsv1a1.ServiceExport) (*fedv1.Exp
 					h.zone = n.Labels[corev1.LabelTopologyZone]
 				}
 			}
+			h.labels = podLabels(l, e.TargetRef)
 			eps = append(eps, h)
+			for _, addr := range e.Addresses {
+				local.Endpoints = append(local.Endpoints, &gatewayv1.Endpoint{Address: addr, Ports: ports, Zone: h.zone, Labels: h.labels,
+					Ready: h.ready, Serving: h.serving, Terminating: h.terminate})
+			}
 		}
 	}
 	out.Endpoints = groupEndpoints(eps)
 	if err := validateExport("spec", out); err != nil {
-		return nil, ReasonInvalidExport, err.Error()
+		return nil, nil, ReasonInvalidExport, err.Error()
 	}
-	return out, "", ""
+	local.Endpoints, _ = sortEndpoints(local.Endpoints)
+	return out, local, "", ""
+}
+
+// podLabels returns the labels of the pod an endpoint refers to, cut to
+// the labels limit (sorted keys first), or nil.
+func podLabels(l kubeListers, ref *corev1.ObjectReference) map[string]string {
+	if ref == nil || ref.Kind != "Pod" || l.pods == nil {
+		return nil
+	}
+	obj, err := l.pods.ByNamespace(ref.Namespace).Get(ref.Name)
+	if err != nil {
+		return nil
+	}
+	m, err := apimeta.Accessor(obj)
+	if err != nil || len(m.GetLabels()) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(m.GetLabels()))
+	for k, v := range m.GetLabels() {
+		// Labels the hub would refuse are left out rather than failing the export.
+		if len(k) <= maxLabelKey && len(v) <= maxLabelValue {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	if len(keys) > maxLabels {
+		keys = keys[:maxLabels]
+	}
+	out := make(map[string]string, len(keys))
+	for _, k := range keys {
+		out[k] = m.GetLabels()[k]
+	}
+	return out
 }
 
 // exportProtocol maps a Service port to the federation's protocol: the

@@ -165,7 +165,7 @@ func TestParseFileCatalogFieldPaths(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := c.exports()["default/reviews"]
+	e := c.catalog().exports["default/reviews"]
 	if e == nil || len(e.Endpoints) != 1 || e.Endpoints[0].GetReady() != 1 || e.Endpoints[0].GetServing() != 1 {
 		t.Fatalf("export %v", e)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/meshfed/meshfed/agent"
 	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/trust"
 )
 
 // agentFlags are the flags join and agent share.
@@ -30,6 +31,7 @@ type agentFlags struct {
 	source   string
 	httpPort int
 	egress   string
+	td       string
 	level    logLevel
 }
 
@@ -45,6 +47,11 @@ func (f *agentFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.cfg.GatewayAddress, "gateway-address", "", "IP address of the local east-west gateway that imports point at (kubernetes source)")
 	fl.StringVar(&f.egress, "egress-ports", fmt.Sprintf("%d-%d", agent.DefaultEgressPortMin, agent.DefaultEgressPortMax), "range of egress ports assigned to imported service ports")
 	fl.StringArrayVar(&f.cfg.GatewayAddresses, "gateway", nil, "host:port of an east-west gateway as remote clusters reach it (repeatable; sent at join)")
+	fl.StringVar(&f.cfg.GatewayAPIAddr, "gateway-api", agent.DefaultGatewayAPIAddr, `host:port of the gateway API (config stream and SVIDs for this cluster's gateways; "" turns it off)`)
+	fl.StringVar(&f.td, "trust-domain", "", "this cluster's SPIFFE trust domain, chosen at join (default <cluster>.meshfed.local)")
+	fl.DurationVar(&f.cfg.SVIDTTL, "svid-ttl", trust.DefaultSVIDTTL, "lifetime of the SVIDs the cluster CA issues (renewed at half-life)")
+	fl.DurationVar(&f.cfg.BundleRefresh, "bundle-refresh", trust.DefaultRefreshHint, "refresh hint of the cluster's trust bundle; a CA rotation publishes the new root 3 hints before it signs")
+	fl.DurationVar(&f.cfg.ClockSkew, "clock-skew", trust.DefaultClockSkew, "clock disagreement the cluster CA tolerates")
 	fl.Var(&f.level, "log-level", "log level: debug, info, warn or error")
 }
 
@@ -61,6 +68,11 @@ func (f *agentFlags) build(cmd *cobra.Command) (agent.Config, error) {
 		l, err := federation.NewLocality(f.region, f.zone, "")
 		errs = append(errs, err)
 		cfg.Locality = l
+	}
+	if f.td != "" {
+		td, err := federation.ParseTrustDomain(f.td)
+		errs = append(errs, err)
+		cfg.TrustDomain = td
 	}
 	kind, path, err := agent.ParseSource(f.source)
 	errs = append(errs, err)
@@ -212,17 +224,29 @@ func agentStateTable(w io.Writer, st *agent.State) {
 		row(w, e.Key, ports(e.Ports), strconv.Itoa(int(e.Ready)), strconv.FormatBool(e.Published), cond)
 	}
 	fmt.Fprintln(w)
-	row(w, "IMPORT", "PORTS", "CLUSTERS (ready)")
+	row(w, "IMPORT", "PORTS", "EGRESS", "CLUSTERS (ready)")
 	for _, p := range st.Imports {
-		var cs []string
+		var cs, eg []string
 		for _, c := range p.Clusters {
 			cs = append(cs, fmt.Sprintf("%s(%d)", c.Cluster, c.Ready))
 		}
-		row(w, p.Key, ports(p.Ports), strings.Join(cs, ","))
+		for _, port := range p.Ports {
+			if e := p.Egress[port.GetName()]; e != 0 {
+				eg = append(eg, strconv.Itoa(e))
+			} else {
+				eg = append(eg, "-")
+			}
+		}
+		row(w, p.Key, ports(p.Ports), strings.Join(eg, ","), strings.Join(cs, ","))
 	}
 	fmt.Fprintln(w)
 	row(w, "CLUSTER", "LOCALITY", "GATEWAYS", "STATUS")
 	for _, c := range st.Clusters {
 		row(w, c.Name, c.Region+"/"+c.Zone, strings.Join(c.GatewayAddresses, ","), c.Status)
+	}
+	fmt.Fprintln(w)
+	row(w, "GATEWAY", "PEER", "CONFIG REVISION", "SINCE")
+	for _, g := range st.Gateways {
+		row(w, g.Instance, g.Peer, strconv.FormatUint(g.Revision, 10), g.Since.UTC().Format(time.RFC3339))
 	}
 }
