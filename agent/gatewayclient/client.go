@@ -229,7 +229,7 @@ func (c *Client) notifyLocked() {
 // stream, reconnecting with backoff, until ctx is done. It returns nil
 // then; it returns an error only for a bootstrap the agent refuses.
 func (c *Client) Run(ctx context.Context) error {
-	if err := c.renewUntilDone(ctx, true); err != nil {
+	if err := c.renewUntilDone(ctx, true); err != nil || ctx.Err() != nil {
 		return err
 	}
 	errc := make(chan error, 1)
