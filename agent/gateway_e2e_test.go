@@ -35,16 +35,16 @@ type gateway struct {
 
 func startGateway(t testing.TB, a *Agent, dataDir, instance string) *gateway {
 	t.Helper()
-	boot, err := os.ReadFile(filepath.Join(dataDir, GatewayBootstrapFile))
-	if err != nil {
-		t.Fatal(err)
-	}
 	if err := testenv.WaitFor(context.Background(), 20*time.Second, func(context.Context) error {
 		if a.GatewayAPIAddr() == "" {
 			return errors.New("the agent's gateway API is not listening yet")
 		}
 		return nil
 	}); err != nil {
+		t.Fatal(err)
+	}
+	boot, err := os.ReadFile(filepath.Join(dataDir, GatewayBootstrapFile)) // written before the API listens
+	if err != nil {
 		t.Fatal(err)
 	}
 	c, err := gatewayclient.New(gatewayclient.Config{Agent: a.GatewayAPIAddr(), Bootstrap: boot, Instance: instance,
