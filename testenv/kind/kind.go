@@ -1,12 +1,24 @@
 // Package kind is testenv's kind backend: it turns a list of clusters with
 // regions and zones into kind cluster configs shaped like deploy/kind/*.yaml,
-// and creates and deletes those clusters with the sigs.k8s.io/kind library
-// (Docker, or Podman, must be installed, with the kind node image
-// available).
+// creates and deletes those clusters with the sigs.k8s.io/kind library, and
+// provides the steps that install meshfed into them from deploy/:
 //
-// testenv uses it when MESHFED_TESTENV_BACKEND=kind; see docs/testing.md.
-// The config generation is pure and unit-tested; creating clusters needs
-// Docker and is tested only where it is available.
+//   - the image: [BuildImage] (docker build of deploy/Dockerfile),
+//     [SaveImage] and [LoadImage] (what `kind load docker-image` does, with
+//     the library's nodeutils);
+//   - pod routing between clusters ([NodeAddrs], [RoutePlan], [AddRoutes]),
+//     so that agents reach the hub servers' advertised pod IPs;
+//   - manifests: [ReadManifests] (deploy/crds), [Overlay] and [Render]
+//     (deploy/kustomize/hub and agent, rendered with `kubectl kustomize`),
+//     and [Applier] (server-side apply through the dynamic client);
+//   - the hub and the agents: [HubCommand], [CreateToken], and waits for
+//     nodes, StatefulSets, Deployments, Secrets and connected clusters.
+//
+// testenv sequences these steps when MESHFED_TESTENV_BACKEND=kind; see
+// docs/testing.md. Docker (or Podman) with the kind node image, and
+// kubectl, must be installed. Config generation, overlays, rendering,
+// routing plans and the image-load plan are pure or local and unit-tested;
+// the rest needs Docker and is tested only where it is available.
 package kind
 
 import (
@@ -17,6 +29,7 @@ import (
 
 	"sigs.k8s.io/kind/pkg/apis/config/v1alpha4"
 	"sigs.k8s.io/kind/pkg/cluster"
+	"sigs.k8s.io/kind/pkg/cluster/nodes"
 	"sigs.k8s.io/yaml"
 )
 
@@ -130,6 +143,19 @@ func Create(cfg *v1alpha4.Cluster, dir, image string, wait time.Duration) (*Clus
 		return nil, fmt.Errorf("kind: create %s: %w", cfg.Name, err)
 	}
 	return &Cluster{Name: cfg.Name, Kubeconfig: kubeconfig, provider: p}, nil
+}
+
+// Nodes lists the cluster's node containers (not an external load
+// balancer), for [LoadImage] and [AddRoutes].
+func (c *Cluster) Nodes() ([]nodes.Node, error) {
+	ns, err := c.provider.ListInternalNodes(c.Name)
+	if err != nil {
+		return nil, fmt.Errorf("kind: nodes of %s: %w", c.Name, err)
+	}
+	if len(ns) == 0 {
+		return nil, fmt.Errorf("kind: nodes of %s: none", c.Name)
+	}
+	return ns, nil
 }
 
 // Delete deletes the cluster.
