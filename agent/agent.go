@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -311,7 +312,15 @@ func (a *Agent) runHub(ctx context.Context, creds *Credentials, root *trust.Root
 	if err != nil {
 		return err
 	}
-	conn, err := clientconfig.Dial(creds.HubAddresses, tlsCfg, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	addrs := creds.HubAddresses
+	if len(a.cfg.HubAddresses) > 0 {
+		addrs = a.cfg.HubAddresses
+	}
+	// Keepalive finds a hub that went silent (a partition leaves the TCP
+	// connection open) within hubKeepalive + hubKeepaliveTimeout; the hub
+	// permits pings every 10 s.
+	conn, err := clientconfig.Dial(addrs, tlsCfg, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: hubKeepalive, Timeout: hubKeepaliveTimeout, PermitWithoutStream: true}))
 	if err != nil {
 		return fmt.Errorf("dial hub: %w", err)
 	}
@@ -411,6 +420,12 @@ type syncSession struct {
 	bundleNonce    uint64
 	bundleInflight bool
 }
+
+// Keepalive of the agent's connection to the hub.
+const (
+	hubKeepalive        = 10 * time.Second
+	hubKeepaliveTimeout = 5 * time.Second
+)
 
 // bundleNonceBase separates bundle nonces from export nonces.
 const bundleNonceBase = 1 << 62

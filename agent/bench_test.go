@@ -22,6 +22,7 @@ import (
 func BenchmarkPropagation(b *testing.B) {
 	fed := testenv.Start(b, testenv.Options{
 		HubServers: 3,
+		NoAgents:   true, // the agents run in-process
 		Clusters: []testenv.Cluster{
 			{Name: "east", Region: "us-east", Zone: "us-east-1a"},
 			{Name: "west", Region: "us-west", Zone: "us-west-1a"},

@@ -93,6 +93,12 @@ type Config struct {
 	// as remote clusters reach them, sent at join.
 	GatewayAddresses []string
 
+	// HubAddresses, if set, are the hub servers' host:port to dial instead
+	// of those in the token and the stored credentials (a hub behind a
+	// proxy, a NAT or a load balancer). The hub is still authenticated by
+	// its CA.
+	HubAddresses []string
+
 	// GatewayAPIAddr is host:port of the gateway API (config stream and
 	// SVIDs, mTLS with the cluster's SVIDs); empty disables it.
 	GatewayAPIAddr string
@@ -197,6 +203,14 @@ func (c *Config) Validate() error {
 	if c.HTTPAddr != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			add("http_addr", c.HTTPAddr, "must be host:port")
+		}
+	}
+	if len(c.HubAddresses) > MaxGatewayAddresses {
+		add("hub_addresses", fmt.Sprint(len(c.HubAddresses)), "at most %d", MaxGatewayAddresses)
+	}
+	for i, a := range c.HubAddresses {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			add(fmt.Sprintf("hub_addresses[%d]", i), a, "must be host:port")
 		}
 	}
 	if c.GatewayAPIAddr != "" {

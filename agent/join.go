@@ -90,7 +90,11 @@ func Join(ctx context.Context, cfg Config, token string) error {
 	if err != nil {
 		return err
 	}
-	conn, err := clientconfig.Dial(jt.Addrs, pinnedTLS(jt.CAFingerprint))
+	addrs := jt.Addrs
+	if len(cfg.HubAddresses) > 0 {
+		addrs = cfg.HubAddresses
+	}
+	conn, err := clientconfig.Dial(addrs, pinnedTLS(jt.CAFingerprint))
 	if err != nil {
 		return fmt.Errorf("agent: join: dial hub: %w", err)
 	}

@@ -156,6 +156,7 @@ func waitCondition(t testing.TB, mc mcsclient.Interface, ns, name, typ string, s
 func TestKubeAgentsExportImportStaticStability(t *testing.T) {
 	fed := testenv.Start(t, testenv.Options{
 		HubServers: 1,
+		NoAgents:   true, // the agents run in-process
 		Clusters: []testenv.Cluster{
 			{Name: "east", Region: "us-east", Zone: "us-east-1a"},
 			{Name: "west", Region: "us-west", Zone: "us-west-1a"},

@@ -60,8 +60,7 @@ type kindCluster struct {
 //  7. until the hub lists every cluster as connected.
 //
 // On error every cluster created is deleted.
-func startKind(specs []Cluster, dir, image string) ([]*ClusterEnv, error) {
-	ctx := context.Background()
+func startKind(ctx context.Context, specs []Cluster, dir, image string) ([]*ClusterEnv, error) {
 	root, err := repoRoot(ctx)
 	if err != nil {
 		return nil, err

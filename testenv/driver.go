@@ -145,6 +145,12 @@ func driveConfigOf(opts []DriveOption) driveConfig {
 // when all requests are done, or early when ctx ends (requests not sent by
 // then are not in the result).
 func DriveHTTP(ctx context.Context, url string, opts ...DriveOption) *Result {
+	return driveHTTP(ctx, []string{url}, opts...)
+}
+
+// driveHTTP is DriveHTTP over several URLs, request i going to
+// urls[i%len(urls)] (round robin, as kube-proxy spreads a Service).
+func driveHTTP(ctx context.Context, urls []string, opts ...DriveOption) *Result {
 	c := driveConfigOf(opts)
 	client := &http.Client{
 		Timeout: c.timeout,
@@ -155,7 +161,7 @@ func DriveHTTP(ctx context.Context, url string, opts ...DriveOption) *Result {
 	}
 	defer client.CloseIdleConnections()
 	return drive(ctx, c, func(ctx context.Context, o *Outcome) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, urls[o.Seq%len(urls)], nil)
 		if err != nil {
 			o.Err = err
 			return
@@ -186,10 +192,15 @@ func DriveHTTP(ctx context.Context, url string, opts ...DriveOption) *Result {
 // greeting, sends the payload and reads it back, and records every outcome.
 // It returns like [DriveHTTP].
 func DriveTCP(ctx context.Context, addr string, opts ...DriveOption) *Result {
+	return driveTCP(ctx, []string{addr}, opts...)
+}
+
+// driveTCP is DriveTCP over several addresses, round robin.
+func driveTCP(ctx context.Context, addrs []string, opts ...DriveOption) *Result {
 	c := driveConfigOf(opts)
 	var d net.Dialer
 	return drive(ctx, c, func(ctx context.Context, o *Outcome) {
-		conn, err := d.DialContext(ctx, "tcp", addr)
+		conn, err := d.DialContext(ctx, "tcp", addrs[o.Seq%len(addrs)])
 		if err != nil {
 			o.Err = err
 			return

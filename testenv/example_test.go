@@ -5,14 +5,14 @@ import (
 	"fmt"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/meshfed/meshfed/testenv"
 )
 
-// Three clusters, each with its own etcd and kube-apiserver, and a hub of
-// three `meshfed hub` processes. In a test, use testenv.Start(t, ...), which
-// fails the test on error and tears everything down in t.Cleanup.
+// Three clusters, each with its own etcd, kube-apiserver and meshfed agent,
+// and a hub of three `meshfed hub` processes. A workload deployed and
+// exported in west is imported by the other clusters. In a test, use
+// testenv.Start(t, ...), which fails the test on error and tears everything
+// down in t.Cleanup.
 func Example() {
 	ctx := context.Background()
 	fed, err := testenv.New(ctx, testenv.Options{
@@ -32,41 +32,41 @@ func Example() {
 			fmt.Println(err)
 		}
 	}()
-
 	for _, c := range fed.Clusters() {
 		v, err := c.Clientset().Discovery().ServerVersion()
 		if err != nil {
 			fmt.Println(err)
 			return
 		}
-		// The API server creates its system namespaces right after it is
-		// ready; wait for them rather than sleep.
-		var names []string
-		err = testenv.WaitFor(ctx, 30*time.Second, func(ctx context.Context) error {
-			list, err := c.Clientset().CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
-			if err != nil {
-				return err
-			}
-			names = names[:0]
-			for _, ns := range list.Items {
-				names = append(names, ns.Name)
-			}
-			if len(names) < 4 {
-				return fmt.Errorf("namespaces %v", names)
-			}
-			return nil
+		fmt.Printf("%s: kube-apiserver %s answers, agent %s\n", c.Name(), v.GitVersion, c.Agent().Name())
+	}
+	fmt.Printf("hub: %d servers ready\n", len(fed.Hub().Servers()))
+
+	west := fed.Cluster("west")
+	west.Deploy(testenv.EchoHTTP("default/reviews", 2))
+	west.Export("default/reviews")
+	fed.Link("east", "west").Set(testenv.Latency(30*time.Millisecond), testenv.Loss(0.01))
+	for _, name := range []string{"east", "central"} {
+		c := fed.Cluster(name)
+		err := testenv.WaitFor(ctx, 30*time.Second, func(ctx context.Context) error {
+			_, err := c.Targets(ctx, "default/reviews") // the import's endpoints, at the gateway
+			return err
 		})
 		if err != nil {
 			fmt.Println(err)
 			return
 		}
-		fmt.Printf("%s: kube-apiserver %s, namespaces %v\n", c.Name(), v.GitVersion, names)
+		fmt.Printf("%s imports default/reviews\n", name)
 	}
-	fmt.Printf("hub: %d servers ready\n", len(fed.Hub().Servers()))
+	res := west.Drive("default/reviews", testenv.Requests(100))
+	fmt.Printf("west: %d of %d requests answered, by %d instances\n", res.Succeeded(), len(res.Outcomes), len(res.ByInstance()))
 
 	// Output:
-	// east: kube-apiserver v1.36.3, namespaces [default kube-node-lease kube-public kube-system]
-	// west: kube-apiserver v1.36.3, namespaces [default kube-node-lease kube-public kube-system]
-	// central: kube-apiserver v1.36.3, namespaces [default kube-node-lease kube-public kube-system]
+	// east: kube-apiserver v1.36.3 answers, agent east/agent
+	// west: kube-apiserver v1.36.3 answers, agent west/agent
+	// central: kube-apiserver v1.36.3 answers, agent central/agent
 	// hub: 3 servers ready
+	// east imports default/reviews
+	// central imports default/reviews
+	// west: 100 of 100 requests answered, by 2 instances
 }

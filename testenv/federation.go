@@ -14,6 +14,7 @@ import (
 	"github.com/meshfed/meshfed/federation"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 )
 
 // Backend is how a federation's clusters are made.
@@ -59,6 +60,10 @@ type Options struct {
 	// KindNodeImage is the kind node image (BackendKind only); "" is the
 	// kind library's default.
 	KindNodeImage string
+	// NoAgents leaves the clusters without agents (tests that run their
+	// own). By default, with a hub, every cluster gets the MCS CRDs and a
+	// joined `meshfed agent` process.
+	NoAgents bool
 }
 
 // Validate reports every problem with the options at once, each naming its
@@ -85,7 +90,11 @@ func (o Options) Validate() error {
 		}
 	}
 	switch o.Backend {
-	case "", BackendProcess, BackendKind:
+	case BackendKind:
+		if o.HubServers > 0 {
+			errs = append(errs, fmt.Errorf("testenv: HubServers: %d: the kind backend runs the hub in the first cluster; must be 0", o.HubServers))
+		}
+	case "", BackendProcess:
 	default:
 		errs = append(errs, fmt.Errorf("testenv: Backend: %q: must be %q or %q", o.Backend, BackendProcess, BackendKind))
 	}
@@ -105,6 +114,8 @@ type Federation struct {
 	clusters []*ClusterEnv
 	byName   map[string]*ClusterEnv
 	links    map[[2]string]*Link // keyed by the pair in Options order
+	hubLinks map[string]*Link    // cluster → hub
+	tb       testing.TB          // from Start: helpers fail the test
 
 	closeOnce sync.Once
 	closeErr  error
@@ -118,6 +129,11 @@ type ClusterEnv struct {
 	config     *rest.Config
 	clientset  *kubernetes.Clientset
 	kubeconfig string
+	fed        *Federation
+	index      int    // in Options.Clusters
+	agent      *Agent // nil without a hub or with NoAgents
+	mcs        mcsclient.Interface
+	workloads  map[string]*Workload
 }
 
 // Start stands up the federation described by opts, failing the test if it
@@ -133,6 +149,7 @@ func Start(t testing.TB, opts Options) *Federation {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.tb = t
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Log(f.LogTails(3000))
@@ -151,7 +168,7 @@ func New(ctx context.Context, opts Options) (*Federation, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	f := &Federation{dir: opts.Dir, byName: map[string]*ClusterEnv{}, links: map[[2]string]*Link{}}
+	f := &Federation{dir: opts.Dir, byName: map[string]*ClusterEnv{}, links: map[[2]string]*Link{}, hubLinks: map[string]*Link{}}
 	if f.dir == "" {
 		d, err := os.MkdirTemp("", "meshfed-testenv-")
 		if err != nil {
@@ -201,7 +218,7 @@ func New(ctx context.Context, opts Options) (*Federation, error) {
 			f.clusters[i] = &ClusterEnv{spec: c, cp: cp, config: cp.config, clientset: cp.clientset, kubeconfig: cp.kubecfg}
 		}
 	case BackendKind:
-		clusters, err := startKind(opts.Clusters, filepath.Join(f.dir, "kind"), opts.KindNodeImage)
+		clusters, err := startKind(ctx, opts.Clusters, filepath.Join(f.dir, "kind"), opts.KindNodeImage)
 		if err != nil {
 			return nil, f.abort(err)
 		}
@@ -235,14 +252,42 @@ func New(ctx context.Context, opts Options) (*Federation, error) {
 	if len(errs) > 0 {
 		return nil, f.abort(errors.Join(errs...))
 	}
-	for _, c := range f.clusters {
+	for i, c := range f.clusters {
 		f.byName[c.spec.Name] = c
+		c.fed, c.index = f, i
+		mc, err := mcsclient.NewForConfig(c.config)
+		if err != nil {
+			return nil, f.abort(err)
+		}
+		c.mcs = mc
+		c.workloads = map[string]*Workload{}
 	}
 	n := uint64(0)
 	for i, a := range opts.Clusters {
 		for _, b := range opts.Clusters[i+1:] {
 			f.links[[2]string{a.Name, b.Name}] = newLink(opts.Seed, n, a.Name, b.Name)
 			n++
+		}
+	}
+	if f.hub != nil {
+		for _, c := range opts.Clusters {
+			f.hubLinks[c.Name] = newLink(opts.Seed, n, c.Name, "hub")
+			n++
+		}
+	}
+	if f.hub != nil && !opts.NoAgents {
+		for i, c := range f.clusters {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := f.startAgent(ctx, i, c, readyTimeout); err != nil {
+					fail(fmt.Errorf("testenv: cluster %s: agent: %w", c.Name(), err))
+				}
+			}()
+		}
+		wg.Wait()
+		if len(errs) > 0 {
+			return nil, f.abort(errors.Join(errs...))
 		}
 	}
 	return f, nil
@@ -283,8 +328,9 @@ func (f *Federation) Cluster(name string) *ClusterEnv {
 // forwards to b's side. Link(b, a) is the same link seen from b. It panics if
 // a or b is not a member or a == b.
 //
-// Nothing is routed through the links by Start yet (agents and gateways do
-// not exist); route traffic through one with [Link.Relay].
+// Cluster-to-cluster traffic will flow through the links once east-west
+// gateways exist; until then, route traffic through one with [Link.Relay].
+// Agent-to-hub traffic goes through [Federation.HubLink].
 func (f *Federation) Link(a, b string) *Link {
 	if l, ok := f.links[[2]string{a, b}]; ok {
 		return l
@@ -295,13 +341,28 @@ func (f *Federation) Link(a, b string) *Link {
 	panic(fmt.Sprintf("testenv: no link between %q and %q in the federation", a, b))
 }
 
-// Processes returns every process of the federation: each cluster's etcd and
-// kube-apiserver, then the hub servers.
+// HubLink returns the WAN link between a cluster and the hub, seen from
+// the cluster: the cluster's agent reaches every hub server through it.
+// Partition it to cut the cluster off the hub. It panics if there is no
+// hub or no such cluster.
+func (f *Federation) HubLink(cluster string) *Link {
+	l, ok := f.hubLinks[cluster]
+	if !ok {
+		panic(fmt.Sprintf("testenv: no hub link for %q (no hub, or no such cluster)", cluster))
+	}
+	return l
+}
+
+// Processes returns every process of the federation: each cluster's etcd,
+// kube-apiserver and agent, then the hub servers.
 func (f *Federation) Processes() []*Process {
 	var ps []*Process
 	for _, c := range f.clusters {
 		if c != nil && c.cp != nil {
 			ps = append(ps, c.cp.Processes()...)
+		}
+		if c != nil && c.agent != nil {
+			ps = append(ps, c.agent.Process)
 		}
 	}
 	if f.hub != nil {
@@ -326,6 +387,17 @@ func (f *Federation) LogTails(n int) string {
 func (f *Federation) Close() error {
 	f.closeOnce.Do(func() {
 		var errs []error
+		for _, c := range f.clusters {
+			if c == nil {
+				continue
+			}
+			if c.agent != nil {
+				_ = c.agent.Kill()
+			}
+			for _, w := range c.workloads {
+				w.close()
+			}
+		}
 		if f.hub != nil {
 			f.hub.Close()
 		}
@@ -341,6 +413,9 @@ func (f *Federation) Close() error {
 			}
 		}
 		for _, l := range f.links {
+			errs = append(errs, l.Close())
+		}
+		for _, l := range f.hubLinks {
 			errs = append(errs, l.Close())
 		}
 		if f.ownDir {
@@ -369,3 +444,7 @@ func (c *ClusterEnv) Kubeconfig() string { return c.kubeconfig }
 // ControlPlane is the cluster's etcd and kube-apiserver processes, for fault
 // injection; nil with BackendKind.
 func (c *ClusterEnv) ControlPlane() *ControlPlane { return c.cp }
+
+// Agent is the cluster's meshfed agent, or nil (no hub, or
+// Options.NoAgents).
+func (c *ClusterEnv) Agent() *Agent { return c.agent }

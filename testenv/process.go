@@ -184,6 +184,13 @@ func (p *Process) Tail(n int) string {
 	return string(b)
 }
 
+// setArgs replaces the arguments of the next start.
+func (p *Process) setArgs(args []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.args = args
+}
+
 func (p *Process) launch() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

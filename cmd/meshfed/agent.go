@@ -47,6 +47,7 @@ func (f *agentFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.cfg.GatewayAddress, "gateway-address", "", "IP address of the local east-west gateway that imports point at (kubernetes source)")
 	fl.StringVar(&f.egress, "egress-ports", fmt.Sprintf("%d-%d", agent.DefaultEgressPortMin, agent.DefaultEgressPortMax), "range of egress ports assigned to imported service ports")
 	fl.StringArrayVar(&f.cfg.GatewayAddresses, "gateway", nil, "host:port of an east-west gateway as remote clusters reach it (repeatable; sent at join)")
+	fl.StringArrayVar(&f.cfg.HubAddresses, "hub", nil, "host:port of a hub server to dial instead of the addresses in the token and credentials (repeatable)")
 	fl.StringVar(&f.cfg.GatewayAPIAddr, "gateway-api", agent.DefaultGatewayAPIAddr, `host:port of the gateway API (config stream and SVIDs for this cluster's gateways; "" turns it off)`)
 	fl.StringVar(&f.td, "trust-domain", "", "this cluster's SPIFFE trust domain, chosen at join (default <cluster>.meshfed.local)")
 	fl.DurationVar(&f.cfg.SVIDTTL, "svid-ttl", trust.DefaultSVIDTTL, "lifetime of the SVIDs the cluster CA issues (renewed at half-life)")
