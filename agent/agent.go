@@ -40,6 +40,7 @@ type Agent struct {
 	gwKick    chan struct{}
 	gw        *gatewayHub
 	egress    *egressTable
+	cmCache   *configMapCache // kubernetes source
 
 	mu        sync.Mutex // guards the fields below, read by HTTP
 	creds     *Credentials
@@ -218,6 +219,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		cs, err := kubernetes.NewForConfig(rcfg)
+		if err != nil {
+			return fmt.Errorf("agent: kubernetes client: %w", err)
+		}
+		a.cmCache = newConfigMapCache(cs, a.cfg.Namespace, DefaultConfigMapCacheInterval, a.log)
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		cmView, err := a.cmCache.load(lctx)
+		cancel()
+		switch {
+		case err != nil:
+			a.log.Error("ignoring the hub state cached in ConfigMaps", "err", err)
+		case cmView != nil && (cached == nil || cmView.revision > cached.revision):
+			a.log.Info("loaded the hub state cached in ConfigMaps", "revision", cmView.revision)
+			cached, v = cmView, cmView
+		}
 		ks, err := newKubeSource(rcfg, a.log)
 		if err != nil {
 			return err
@@ -258,6 +274,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return src.Run(ctx, func(c catalog) { a.sourceBox.put(c) })
 	})
 	goRun("catalog", a.runCatalog)
+	if a.cmCache != nil {
+		goRun("hub state ConfigMaps", a.cmCache.run)
+	}
 	goRun("agent SVID", svids.Run)
 	goRun("gateway config", func(ctx context.Context) error { return a.runGatewayConfig(ctx, root, st.gwBoot, token) })
 	if a.cfg.GatewayAPIAddr != "" {
@@ -351,6 +370,7 @@ func (a *Agent) runHub(ctx context.Context, creds *Credentials, root *trust.Root
 }
 
 func (a *Agent) setConnected(ok bool, server string) {
+	defer a.reportSynced()
 	defer a.kickGateways()
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -397,6 +417,7 @@ func (a *Agent) publishView(v *view, egressF *egressFile) {
 	a.mImports.Set(float64(len(plans)))
 	a.viewBox.put(snap)
 	a.kickGateways()
+	a.reportSynced()
 	if cr, ok := src.(conflictReporter); ok {
 		c := make(map[string]string, len(conflicts))
 		for k, m := range conflicts {
@@ -519,6 +540,9 @@ func (s *syncSession) run(ctx context.Context) error {
 				}
 				if err := s.file.save(s.view); err != nil {
 					a.log.Error("persisting the hub state", "err", err)
+				}
+				if a.cmCache != nil {
+					a.cmCache.put(s.view.snapshot())
 				}
 				a.mu.Lock()
 				a.cached = false
@@ -685,6 +709,7 @@ func (a *Agent) runCatalog(ctx context.Context) error {
 		a.mExports.Set(float64(len(c.exports)))
 		a.pubBox.put(c.exports)
 		a.kickGateways()
+		a.reportSynced()
 	}
 }
 
@@ -721,4 +746,26 @@ func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority,
 		hub.Revision = snap.revision
 		a.gw.set(buildGatewayConfig(a.cfg.Cluster.String(), snap, local, a.egress.snapshot(), own, hub))
 	}
+}
+
+// reportSynced tells the source, for each export, whether the hub holds it
+// as desired, and whether the agent is connected.
+func (a *Agent) reportSynced() {
+	a.mu.Lock()
+	src, connected, snap, desired := a.source, a.connected, a.snap, a.desired
+	a.mu.Unlock()
+	sr, ok := src.(syncReporter)
+	if !ok {
+		return
+	}
+	var own map[string]*fedv1.ExportedService
+	if snap != nil {
+		own = snap.own(a.cfg.Cluster.String())
+	}
+	published := make(map[string]bool, len(desired))
+	for k, d := range desired {
+		h, ok := own[k]
+		published[k] = ok && exportEqual(h, d)
+	}
+	sr.setSynced(connected, published)
 }

@@ -68,6 +68,14 @@ type conflictReporter interface {
 	setConflicts(map[string]string)
 }
 
+// syncReporter is implemented by sources that show whether each export
+// reached the hub. The agent calls it with whether it is connected and, for
+// each current export (key), whether the hub holds it as desired; the map
+// is handed over.
+type syncReporter interface {
+	setSynced(connected bool, published map[string]bool)
+}
+
 // sourceStatus is implemented by sources that have per-export conditions
 // or a last error to show in /state.
 type sourceStatus interface {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -100,13 +101,21 @@ func createExport(t testing.TB, kc kubernetes.Interface, mc mcsclient.Interface,
 		t.Fatal(err)
 	}
 	if svcType != corev1.ServiceTypeExternalName {
+		// The first endpoint's pod carries a subset label and a per-pod
+		// one (which is not an endpoint label).
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-pod-1", Labels: map[string]string{"version": "v1", "pod-template-hash": "abc"}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "none"}}}}
+		if _, err := kc.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 		ready := true
 		pn, pp := "http", port
 		es := &discoveryv1.EndpointSlice{
 			ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
 			AddressType: discoveryv1.AddressTypeIPv4,
 			Endpoints: []discoveryv1.Endpoint{
-				{Addresses: []string{"10.1.0.1"}, Zone: &zone, Conditions: discoveryv1.EndpointConditions{Ready: &ready}},
+				{Addresses: []string{"10.1.0.1"}, Zone: &zone, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+					TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: name + "-pod-1"}},
 				{Addresses: []string{"10.1.0.2"}, Zone: &zone, Conditions: discoveryv1.EndpointConditions{Ready: &ready}},
 			},
 			Ports: []discoveryv1.EndpointPort{{Name: &pn, Port: &pp}},
@@ -230,6 +239,30 @@ func TestKubeAgentsExportImportStaticStability(t *testing.T) {
 	if _, err := wmc.MulticlusterV1alpha1().ServiceImports("default").Get(ctx, "theirs", metav1.GetOptions{}); err != nil {
 		t.Fatalf("foreign ServiceImport: %v", err)
 	}
+	waitCondition(t, emc, "default", "reviews", ConditionSynced, metav1.ConditionTrue, ReasonPublished)
+
+	t.Run("EndpointLabelsFromPods", func(t *testing.T) {
+		// Local endpoints (for the gateways) carry their pod's labels,
+		// without the per-pod ones; the hub gets them as a group.
+		if err := testenv.WaitFor(ctx, 20*time.Second, func(context.Context) error {
+			ea.a.mu.Lock()
+			l := ea.a.local["default/reviews"]
+			ea.a.mu.Unlock()
+			if l == nil || len(l.GetEndpoints()) != 2 {
+				return fmt.Errorf("local default/reviews = %v", l)
+			}
+			e0, e1 := l.GetEndpoints()[0], l.GetEndpoints()[1]
+			if e0.GetAddress() != "10.1.0.1" || e0.GetLabels()["version"] != "v1" || len(e0.GetLabels()) != 1 || len(e1.GetLabels()) != 0 {
+				return fmt.Errorf("endpoints %v, want 10.1.0.1 labelled version=v1 only, 10.1.0.2 unlabelled", l.GetEndpoints())
+			}
+			if len(e0.GetPorts()) != 1 || e0.GetPorts()[0].GetPort() != 8080 || e0.GetZone() != "us-east-1a" {
+				return fmt.Errorf("endpoint ports %v zone %q", e0.GetPorts(), e0.GetZone())
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
 
 	t.Run("InvalidExportCondition", func(t *testing.T) {
 		createExport(t, ekc, emc, "default", "external", 0, corev1.ServiceTypeExternalName, "")
@@ -282,9 +315,28 @@ func TestKubeAgentsExportImportStaticStability(t *testing.T) {
 			}
 			return nil
 		})
+		waitCondition(t, emc, "default", "reviews", ConditionSynced, metav1.ConditionFalse, ReasonHubUnreachable)
 		stable(t, "hub down")
-		// Restart the agent while the hub is down: it serves from its cache.
+		// The hub state is cached in ConfigMaps too (a rescheduled pod
+		// loses its data directory).
+		if err := testenv.WaitFor(ctx, 20*time.Second, func(ctx context.Context) error {
+			cm, err := wkc.CoreV1().ConfigMaps(DefaultNamespace).Get(ctx, HubStateConfigMap, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if cm.Data["revision"] != strconv.FormatUint(wa.a.State().Hub.Revision, 10) {
+				return fmt.Errorf("ConfigMap cache at revision %s, agent at %d", cm.Data["revision"], wa.a.State().Hub.Revision)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// Restart the agent while the hub is down, without its data
+		// directory: it serves from the ConfigMap cache.
 		wa.stop(t)
+		if err := os.Remove(filepath.Join(wcfg.DataDir, hubStateFile)); err != nil {
+			t.Fatal(err)
+		}
 		wa = startAgent(parent, wcfg)
 		st := waitState(t, wa.a, 20*time.Second, hasImportFrom("default/reviews", "east"))
 		if !st.Hub.FromCache || st.Hub.Connected {
@@ -309,6 +361,7 @@ func TestKubeAgentsExportImportStaticStability(t *testing.T) {
 		}
 		waitState(t, wa.a, 60*time.Second, connected)
 		waitState(t, ea.a, 60*time.Second, connected)
+		waitCondition(t, emc, "default", "reviews", ConditionSynced, metav1.ConditionTrue, ReasonPublished)
 		stable(t, "hub back")
 		si, es, _ := importObjects(ctx, wkc, wmc, "default", "reviews")
 		if si.ResourceVersion != si0.ResourceVersion || es.ResourceVersion != es0.ResourceVersion {

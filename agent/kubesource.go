@@ -42,6 +42,18 @@ const (
 	ReasonTooManyPorts        = "TooManyPorts"
 	ReasonUnsupportedProtocol = "UnsupportedProtocol"
 	ReasonInvalidExport       = "InvalidExport"
+
+	// ConditionSynced is meshfed's condition on a ServiceExport: True
+	// once the hub holds the export as the cluster has it, False while
+	// the agent is not connected to the hub (reason HubUnreachable; the
+	// hub keeps serving the last published state) or the hub has not
+	// acknowledged the current state yet (Pending), or the export is
+	// invalid (Invalid).
+	ConditionSynced      = "meshfed.io/Synced"
+	ReasonPublished      = "Published"
+	ReasonPending        = "Pending"
+	ReasonHubUnreachable = "HubUnreachable"
+	ReasonInvalid        = "Invalid"
 )
 
 // kubeSource watches ServiceExports, Services and EndpointSlices. Informer
@@ -58,11 +70,14 @@ type kubeSource struct {
 	mu        sync.Mutex
 	conflicts map[string]string
 	invalid   map[string]string
+	connected bool
+	published map[string]bool
 }
 
 var (
 	_ catalogSource    = (*kubeSource)(nil)
 	_ conflictReporter = (*kubeSource)(nil)
+	_ syncReporter     = (*kubeSource)(nil)
 	_ sourceStatus     = (*kubeSource)(nil)
 )
 
@@ -105,6 +120,23 @@ func (s *kubeSource) setConflicts(c map[string]string) {
 	}
 	for k := range old {
 		if _, ok := c[k]; !ok {
+			s.enqueueKey(k)
+		}
+	}
+}
+
+func (s *kubeSource) setSynced(connected bool, published map[string]bool) {
+	s.mu.Lock()
+	oldConn, old := s.connected, s.published
+	s.connected, s.published = connected, published
+	s.mu.Unlock()
+	for k, p := range published {
+		if connected != oldConn || old[k] != p {
+			s.enqueueKey(k)
+		}
+	}
+	for k := range old {
+		if _, ok := published[k]; !ok {
 			s.enqueueKey(k)
 		}
 	}
@@ -273,6 +305,7 @@ func (s *kubeSource) process(ctx context.Context, l kubeListers, key types.Names
 	svc, local, reason, msg := s.build(l, se)
 	s.mu.Lock()
 	conflict := s.conflicts[k]
+	sync := syncState{connected: s.connected, published: s.published[k]}
 	s.mu.Unlock()
 	s.setInvalid(k, msg)
 	changed := false
@@ -286,7 +319,7 @@ func (s *kubeSource) process(ctx context.Context, l kubeListers, key types.Names
 		delete(c.exports, k)
 		delete(c.local, k)
 	}
-	return changed, s.setConditions(ctx, se, reason, msg, conflict)
+	return changed, s.setConditions(ctx, se, reason, msg, conflict, sync)
 }
 
 func (s *kubeSource) setInvalid(k, msg string) {
@@ -375,6 +408,20 @@ func (s *kubeSource) build(l kubeListers, se *mcsv1a1.ServiceExport) (*fedv1.Exp
 	return out, local, "", ""
 }
 
+// perInstanceLabels are set by controllers on every pod, with values that
+// differ per pod or per rollout; they select no policy subset.
+var perInstanceLabels = map[string]bool{
+	"pod-template-hash":                  true,
+	"controller-revision-hash":           true,
+	"pod-template-generation":            true,
+	"statefulset.kubernetes.io/pod-name": true,
+	"apps.kubernetes.io/pod-index":       true,
+	"batch.kubernetes.io/controller-uid": true,
+	"batch.kubernetes.io/job-name":       true,
+	"controller-uid":                     true,
+	"job-name":                           true,
+}
+
 // podLabels returns the labels of the pod an endpoint refers to, cut to
 // the labels limit (sorted keys first), or nil.
 func podLabels(l kubeListers, ref *corev1.ObjectReference) map[string]string {
@@ -391,8 +438,10 @@ func podLabels(l kubeListers, ref *corev1.ObjectReference) map[string]string {
 	}
 	keys := make([]string, 0, len(m.GetLabels()))
 	for k, v := range m.GetLabels() {
-		// Labels the hub would refuse are left out rather than failing the export.
-		if len(k) <= maxLabelKey && len(v) <= maxLabelValue {
+		// Labels that name one pod or one rollout would make a group per
+		// pod; labels the hub would refuse are left out rather than
+		// failing the export.
+		if !perInstanceLabels[k] && len(k) <= maxLabelKey && len(v) <= maxLabelValue {
 			keys = append(keys, k)
 		}
 	}
@@ -436,7 +485,10 @@ func exportProtocol(p corev1.ServicePort) (string, error) {
 
 // setConditions writes the Valid and Conflict conditions on the
 // ServiceExport when they changed.
-func (s *kubeSource) setConditions(ctx context.Context, se *mcsv1a1.ServiceExport, reason, msg, conflict string) error {
+// syncState is what the Synced condition shows.
+type syncState struct{ connected, published bool }
+
+func (s *kubeSource) setConditions(ctx context.Context, se *mcsv1a1.ServiceExport, reason, msg, conflict string, sync syncState) error {
 	next := se.DeepCopy()
 	valid := metav1.Condition{Type: string(mcsv1a1.ServiceExportConditionValid), Status: metav1.ConditionTrue,
 		Reason: string(mcsv1a1.ServiceExportReasonValid), Message: "exported by meshfed", ObservedGeneration: se.Generation}
@@ -450,6 +502,18 @@ func (s *kubeSource) setConditions(ctx context.Context, se *mcsv1a1.ServiceExpor
 		c.Status, c.Reason, c.Message = metav1.ConditionTrue, string(mcsv1a1.ServiceExportReasonPortConflict), truncateMsg(conflict)
 	}
 	apimeta.SetStatusCondition(&next.Status.Conditions, c)
+	sc := metav1.Condition{Type: ConditionSynced, Status: metav1.ConditionTrue, Reason: ReasonPublished,
+		Message: "the hub has this export", ObservedGeneration: se.Generation}
+	switch {
+	case reason != "":
+		sc.Status, sc.Reason, sc.Message = metav1.ConditionFalse, ReasonInvalid, "not published: see the Valid condition"
+	case !sync.connected:
+		sc.Status, sc.Reason, sc.Message = metav1.ConditionFalse, ReasonHubUnreachable,
+			"the agent is not connected to the hub; the hub keeps the last state published"
+	case !sync.published:
+		sc.Status, sc.Reason, sc.Message = metav1.ConditionFalse, ReasonPending, "waiting for the hub to acknowledge the current state"
+	}
+	apimeta.SetStatusCondition(&next.Status.Conditions, sc)
 	if conditionsEqual(se.Status.Conditions, next.Status.Conditions) {
 		return nil
 	}
