@@ -112,3 +112,80 @@ func BenchmarkPropagation(b *testing.B) {
 	fmt.Printf("export in east -> ServiceImport + EndpointSlice in west, %d services one at a time: p50 %v  p99 %v\n",
 		services, p50.Round(time.Millisecond), p99.Round(time.Millisecond))
 }
+
+// BenchmarkHealthToGatewayConfig measures, on real kube-apiservers with a
+// real 3-server hub, the time from an endpoint's readiness flipping in an
+// EndpointSlice of cluster east to the config stream of west's gateway
+// showing the new ready count of the import: east's informer, debounce
+// (50 ms) and publish, the hub's commit and Sync fan-out, west's view and
+// gateway config, the gateway stream.
+func BenchmarkHealthToGatewayConfig(b *testing.B) {
+	fed := testenv.Start(b, testenv.Options{
+		HubServers: 3,
+		NoAgents:   true, // the agents run in-process
+		Clusters: []testenv.Cluster{
+			{Name: "east", Region: "us-east", Zone: "us-east-1a"},
+			{Name: "west", Region: "us-west", Zone: "us-west-1a"},
+		},
+	})
+	admin := adminClient(b, fed)
+	ctx := context.Background()
+	east, west := fed.Cluster("east"), fed.Cluster("west")
+	emc := installCRDs(b, east)
+	installCRDs(b, west)
+	ekc := east.Clientset()
+	ecfg, wcfg := kubeConfig(b, east, b.TempDir()), kubeConfig(b, west, b.TempDir())
+	for _, c := range []struct {
+		cfg  Config
+		name string
+	}{{ecfg, "east"}, {wcfg, "west"}} {
+		if err := Join(ctx, c.cfg, createToken(b, admin, c.name)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	startAgent(b, ecfg)
+	wa := startAgent(b, wcfg)
+	gw := startGateway(b, wa.a, "west-gw")
+	createExport(b, ekc, emc, "default", "reviews", 8080, corev1.ServiceTypeClusterIP, "us-east-1a")
+	waitGateway(b, gw, 60*time.Second, importReady("default/reviews", "east", 2))
+	changed := gw.c.Watch()
+
+	const changes = 60
+	var lat []time.Duration
+	slices := ekc.DiscoveryV1().EndpointSlices("default")
+	for i := range changes {
+		ready := i%2 == 1 // first the second endpoint goes unready, then back
+		want := uint32(1)
+		if ready {
+			want = 2
+		}
+		es, err := slices.Get(ctx, "reviews-1", metav1.GetOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		es.Endpoints[1].Conditions.Ready = &ready
+		t0 := time.Now()
+		if _, err := slices.Update(ctx, es, metav1.UpdateOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		deadline := time.After(30 * time.Second)
+		for {
+			s, _ := gw.c.State()
+			if importReady("default/reviews", "east", want)(s) == nil {
+				lat = append(lat, time.Since(t0))
+				break
+			}
+			select {
+			case <-changed:
+			case <-deadline:
+				b.Fatalf("change %d: west's gateway config never showed %d ready", i, want)
+			}
+		}
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	p50, p99 := lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
+	b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
+	fmt.Printf("endpoint readiness in east -> west gateway config, %d changes one at a time: p50 %v  p99 %v  (of which 50ms is the publish debounce)\n",
+		changes, p50.Round(time.Millisecond), p99.Round(time.Millisecond))
+}

@@ -33,7 +33,7 @@ type gateway struct {
 	stop context.CancelFunc
 }
 
-func startGateway(t testing.TB, a *Agent, dataDir, instance string) *gateway {
+func startGateway(t testing.TB, a *Agent, instance string) *gateway {
 	t.Helper()
 	if err := testenv.WaitFor(context.Background(), 20*time.Second, func(context.Context) error {
 		if a.GatewayAPIAddr() == "" {
@@ -43,7 +43,12 @@ func startGateway(t testing.TB, a *Agent, dataDir, instance string) *gateway {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	boot, err := os.ReadFile(filepath.Join(dataDir, GatewayBootstrapFile)) // written before the API listens
+	// Written before the API listens: a file, or a Secret in-cluster.
+	st, err := openStores(a.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot, err := st.gwBoot.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,8 +132,8 @@ func TestGatewayConfigStream(t *testing.T) {
 	waitState(t, west.a, 30*time.Second, hasImportFrom("default/reviews", "east"))
 
 	// Two replicas of each cluster's gateway follow their agent.
-	eastGW := startGateway(t, east.a, eastCfg.DataDir, "east-gw-0")
-	westGWs := []*gateway{startGateway(t, west.a, westCfg.DataDir, "west-gw-0"), startGateway(t, west.a, westCfg.DataDir, "west-gw-1")}
+	eastGW := startGateway(t, east.a, "east-gw-0")
+	westGWs := []*gateway{startGateway(t, west.a, "west-gw-0"), startGateway(t, west.a, "west-gw-1")}
 	for _, g := range westGWs {
 		s := waitGateway(t, g, 20*time.Second, importReady("default/reviews", "east", 1))
 		im := s.Imports["default/reviews"]
@@ -250,14 +255,14 @@ func TestGatewayConfigStream(t *testing.T) {
 			})
 		}
 		// A replica that starts now gets the last good config.
-		late := startGateway(t, west.a, westCfg.DataDir, "west-gw-2")
+		late := startGateway(t, west.a, "west-gw-2")
 		waitGateway(t, late, 20*time.Second, importReady("default/reviews", "east", 2))
 
 		// The agent restarts while the hub is down: its gateways get the
 		// cached config, marked as such.
 		west.stop(t)
 		west = startAgent(top, westCfg)
-		g := startGateway(t, west.a, westCfg.DataDir, "west-gw-3")
+		g := startGateway(t, west.a, "west-gw-3")
 		s := waitGateway(t, g, 20*time.Second, importReady("default/reviews", "east", 2))
 		if !s.Hub.GetCached() || s.Hub.GetConnected() {
 			t.Errorf("hub state after a restart without the hub = %v, want cached and disconnected", s.Hub)
@@ -282,7 +287,7 @@ func TestGatewayConfigStream(t *testing.T) {
 	t.Run("RemovedClusterIsRefusedAndCut", func(t *testing.T) {
 		// West's gateway serves mTLS with the federated bundle set its
 		// agent streams; east's gateway connects and stays connected.
-		wg := startGateway(t, west.a, westCfg.DataDir, "west-gw-4")
+		wg := startGateway(t, west.a, "west-gw-4")
 		waitGateway(t, wg, 20*time.Second, func(s *gatewayclient.State) error {
 			if _, ok := s.Bundles["east.meshfed.local"]; !ok {
 				return errors.New("no east bundle")

@@ -44,8 +44,8 @@ func TestRotationUnderLoadAcrossClusters(t *testing.T) {
 		}
 	}
 	east, west := startAgent(t, eastCfg), startAgent(t, westCfg)
-	eastGW := startGateway(t, east.a, eastCfg.DataDir, "east-gw")
-	westGW := startGateway(t, west.a, westCfg.DataDir, "west-gw")
+	eastGW := startGateway(t, east.a, "east-gw")
+	westGW := startGateway(t, west.a, "west-gw")
 	hasBoth := func(s *gatewayclient.State) error {
 		for _, td := range []string{"east.meshfed.local", "west.meshfed.local"} {
 			if _, ok := s.Bundles[td]; !ok {
