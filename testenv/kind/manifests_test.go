@@ -69,7 +69,8 @@ var (
 	agentFlags = map[string]bool{
 		"cluster": true, "region": true, "zone": true, "source": true, "kubeconfig": true,
 		"data-dir": true, "http-port": true, "gateway-address": true, "egress-ports": true,
-		"gateway": true, "log-level": true,
+		"gateway": true, "log-level": true, "gateway-api": true, "hub": true, "trust-domain": true,
+		"svid-ttl": true, "bundle-refresh": true, "clock-skew": true,
 	}
 	agentRequired = []string{"cluster", "region", "zone", "source", "gateway-address", "data-dir", "http-port"}
 )
@@ -95,7 +96,7 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured) agentParts {
 	}
 	// kubectl kustomize orders namespaces and RBAC before the workloads that
 	// need them, and the backend applies in that order.
-	want := []string{"Namespace", "ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "ConfigMap", "Deployment"}
+	want := []string{"Namespace", "ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "ConfigMap", "Service", "Deployment"}
 	if !reflect.DeepEqual(kinds, want) {
 		t.Fatalf("kinds %v, want %v", kinds, want)
 	}
