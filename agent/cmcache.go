@@ -89,7 +89,9 @@ func (c *configMapCache) meta(name string) metav1.ObjectMeta {
 	return metav1.ObjectMeta{Name: name, Namespace: c.namespace, Labels: map[string]string{LabelManagedBy: ManagedByValue}}
 }
 
-func chunkName(slot string, i int) string { return HubStateConfigMap + "-" + slot + "-" + strconv.Itoa(i) }
+func chunkName(slot string, i int) string {
+	return HubStateConfigMap + "-" + slot + "-" + strconv.Itoa(i)
+}
 
 func (c *configMapCache) save(ctx context.Context, v *view) error {
 	raw, err := encodeView(v)

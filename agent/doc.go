@@ -13,7 +13,10 @@
 // files in the data directory (credentials.yaml, ca/root.pem, 0600); with
 // the kubernetes source they are the Secrets meshfed-agent-credentials and
 // meshfed-cluster-ca in namespace meshfed-system. Nothing is stored unless
-// the hub accepted the join, so a refused token changes nothing.
+// the hub accepted the join, so a refused token changes nothing. The trust
+// domain can be chosen at join (Config.TrustDomain); Config.HubAddresses
+// replaces the hub addresses of the token and credentials (a hub behind a
+// proxy or load balancer), the CA pin still applies.
 //
 // # Sync
 //
@@ -24,7 +27,8 @@
 // each delta the view is written to <data-dir>/hubstate.pb ("MFHS", a
 // format version byte, then the view as one reset SyncDelta). A lost stream
 // is reopened against any server with exponential backoff and full jitter,
-// resuming from the last revision.
+// resuming from the last revision. gRPC keepalive (10 s, 5 s timeout)
+// notices a hub that went silent behind a partition.
 //
 // Exports are published with PublishExports: changes are debounced
 // (Config.Debounce), at most one update per service is in flight, a
@@ -39,14 +43,26 @@
 // the hub answers; imports change only when a complete delta from the hub
 // changes them, never because the hub is unreachable. The importer updates
 // objects in place, so a hub that comes back with the same state causes no
-// write at all.
+// write at all. With the kubernetes source the view is also cached in
+// ConfigMaps in the agent's namespace (a pod rescheduled without its data
+// directory keeps it): meshfed-hub-state is an index (slot, chunk count,
+// SHA-256, revision) and meshfed-hub-state-<slot>-<i> hold the gzipped
+// state in chunks of 900 KiB, at most MaxHubStateChunks; a write goes to
+// the slot the index does not name and then switches the index, at most
+// once a second. At start the newer of the two caches wins.
 //
 // # Catalog sources
 //
 // The kubernetes source watches MCS ServiceExports
 // (multicluster.x-k8s.io/v1alpha1), the Services they name and those
-// Services' EndpointSlices, and sets Valid and Conflict conditions on each
-// ServiceExport. The file source polls a YAML file:
+// Services' EndpointSlices (ports by name, zone from the endpoint or its
+// node, labels from the endpoint's pod without per-pod ones such as
+// pod-template-hash), and sets three conditions on each ServiceExport:
+// Valid and Conflict (MCS), and meshfed.io/Synced: True (Published) once
+// the hub holds the export as the cluster has it, False with
+// HubUnreachable while the agent is not connected (the hub keeps the last
+// published state), Pending until the hub acknowledged a change, Invalid
+// when Valid is False. The file source polls a YAML file:
 //
 //	services:
 //	- namespace: default          # RFC 1123 label
@@ -56,6 +72,8 @@
 //	  - {name: http, port: 8080, protocol: HTTP, appProtocol: http}
 //	  endpoints:                  # at most 4096
 //	  - {address: 127.0.0.1:9001, zone: us-east-1a, labels: {version: v1}, ready: true}
+//	  # address is host:port, the target of the first port; ports: {grpc: 9002}
+//	  # gives the target of other ports by name
 //	  # serving defaults to ready; terminating defaults to false
 //
 // protocol is one of TCP, UDP, HTTP, HTTP2, GRPC, TLS; port names are
@@ -76,11 +94,44 @@
 // else is touched. Orphans are deleted at start. Conflicts follow MCS: the
 // oldest export (lowest create_revision) wins; a cluster whose export
 // conflicts with it sets a Conflict condition on its own ServiceExport.
-// With the file source imports exist only in the agent's state (/state).
+// With the file source imports exist only in the agent's state (/state)
+// and the gateway config; their egress ports are kept in
+// <data-dir>/egress-ports.json.
+//
+// # Gateway API
+//
+// The agent runs the cluster's CA (trust.CA over the root, SVIDs of
+// Config.SVIDTTL, renewed at half-life) and serves its gateways the
+// meshfed.gateway.v1.Config service on Config.GatewayAPIAddr, over TLS
+// with its own SVID (spiffe://<td>/meshfed/agent):
+//
+//   - SignSVID signs a gateway's CSR as spiffe://<td>/meshfed/gateway. The
+//     caller authenticates with a gateway SVID of this cluster (renewal) or,
+//     the first time, with the bootstrap token. The agent writes the
+//     gateways' bootstrap document (cluster, trust domain, token, the
+//     cluster's bundle; see gatewayclient.Bootstrap) to
+//     <data-dir>/gateway-bootstrap.json or the Secret
+//     meshfed-gateway-bootstrap, and rewrites it when the bundle changes.
+//   - Stream needs a gateway SVID of this cluster. It sends a snapshot,
+//     then a delta whenever something changes, each with the stream's next
+//     revision: imports with their egress ports and each exporting
+//     cluster's endpoint groups, this cluster's exported services with
+//     every endpoint (address, target ports, zone, labels, ready, serving,
+//     terminating), the remote clusters (trust domain, locality, gateway
+//     addresses, status), the policies, the federated bundles (the
+//     cluster's own from its CA, fresher than the hub's during a
+//     rotation), and the hub state (revision, connected, cached). Messages
+//     carry at most 512 upserts; larger changes are split. Every replica
+//     has its own stream (at most MaxGatewayStreams). Nothing is sent
+//     before a hub state exists (synced or cached), so a gateway never
+//     gets an empty config while a cache exists; with the hub gone the
+//     last good config keeps being served, marked disconnected.
+//
+// Package gatewayclient is the gateway's side.
 //
 // # HTTP
 //
 // /healthz, /readyz (a view exists: synced, or cached), /metrics
 // (meshfed_agent_hub_connected, meshfed_agent_revision, ...) and /state
-// (State as JSON).
+// (State as JSON, including the connected gateway replicas).
 package agent
