@@ -147,8 +147,8 @@ func diffGatewayConfig(last, cur *gatewayConfig) (*gatewayv1.StreamResponse, boo
 
 // splitDelta cuts a delta into messages of at most maxGatewayDeltaItems
 // upserts each, so no message outgrows the gRPC limit. Removals and the
-// snapshot flag ride in the first; every part carries the hub state. The
-// gateway applies each part as it comes: a snapshot's later parts only add.
+// snapshot flag ride in the first; every part carries the hub state; all
+// but the last have more=true, and the gateway applies them together.
 func splitDelta(d *gatewayv1.StreamResponse) []*gatewayv1.StreamResponse {
 	n := len(d.Imports) + len(d.LocalServices) + len(d.Clusters) + len(d.Policies) + len(d.Bundles)
 	if n <= maxGatewayDeltaItems {
@@ -187,6 +187,9 @@ func splitDelta(d *gatewayv1.StreamResponse) []*gatewayv1.StreamResponse {
 	for _, x := range d.Imports {
 		m := take()
 		m.Imports = append(m.Imports, x)
+	}
+	for _, m := range out[:len(out)-1] {
+		m.More = true
 	}
 	return out
 }

@@ -394,7 +394,7 @@ func (c *Client) stream(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var cur *State
+	var cur, pending *State
 	for {
 		m, err := st.Recv()
 		if err != nil {
@@ -403,14 +403,26 @@ func (c *Client) stream(ctx context.Context) error {
 		if cur == nil && !m.GetSnapshot() {
 			return errors.New("gatewayclient: the stream did not start with a snapshot")
 		}
-		c.mu.Lock()
-		if cur == nil {
+		switch {
+		case pending != nil:
+			cur = pending // continue the split change
+		case cur == nil:
 			cur = newState()
-		} else {
+		default:
+			c.mu.Lock()
 			cur = c.state.clone()
+			c.mu.Unlock()
 		}
-		c.mu.Unlock()
 		cur.apply(m)
+		if m.GetMore() {
+			// Part of a split change: publish it only whole. Later parts
+			// build on cur, not on c.state.
+			if pending == nil {
+				pending = cur
+			}
+			continue
+		}
+		pending = nil
 		if err := c.setBundles(cur); err != nil {
 			c.log.Error("federated bundles", "err", err)
 		}

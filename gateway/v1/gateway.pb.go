@@ -99,7 +99,11 @@ type StreamResponse struct {
 	Bundles        []*v1.TrustBundle `protobuf:"bytes,11,rep,name=bundles,proto3" json:"bundles,omitempty"`
 	RemovedBundles []string          `protobuf:"bytes,12,rep,name=removed_bundles,json=removedBundles,proto3" json:"removed_bundles,omitempty"`
 	// Where the agent's hub state stands after this message.
-	Hub           *HubState `protobuf:"bytes,13,opt,name=hub,proto3" json:"hub,omitempty"`
+	Hub *HubState `protobuf:"bytes,13,opt,name=hub,proto3" json:"hub,omitempty"`
+	// True when more messages of the same change follow: a large snapshot or
+	// delta is split, and the gateway applies it only once the message with
+	// more=false has arrived, so it never acts on half of one.
+	More          bool `protobuf:"varint,14,opt,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -223,6 +227,13 @@ func (x *StreamResponse) GetHub() *HubState {
 		return x.Hub
 	}
 	return nil
+}
+
+func (x *StreamResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
 }
 
 type HubState struct {
@@ -867,7 +878,7 @@ const file_meshfed_gateway_v1_gateway_proto_rawDesc = "" +
 	" meshfed/gateway/v1/gateway.proto\x12\x12meshfed.gateway.v1\x1a&meshfed/federation/v1/federation.proto\"t\n" +
 	"\rStreamRequest\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12G\n" +
-	"\fcapabilities\x18\x02 \x01(\v2#.meshfed.federation.v1.CapabilitiesR\fcapabilities\"\x94\x05\n" +
+	"\fcapabilities\x18\x02 \x01(\v2#.meshfed.federation.v1.CapabilitiesR\fcapabilities\"\xa8\x05\n" +
 	"\x0eStreamResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x124\n" +
@@ -882,7 +893,8 @@ const file_meshfed_gateway_v1_gateway_proto_rawDesc = "" +
 	" \x03(\tR\x0fremovedPolicies\x12<\n" +
 	"\abundles\x18\v \x03(\v2\".meshfed.federation.v1.TrustBundleR\abundles\x12'\n" +
 	"\x0fremoved_bundles\x18\f \x03(\tR\x0eremovedBundles\x12.\n" +
-	"\x03hub\x18\r \x01(\v2\x1c.meshfed.gateway.v1.HubStateR\x03hub\"\\\n" +
+	"\x03hub\x18\r \x01(\v2\x1c.meshfed.gateway.v1.HubStateR\x03hub\x12\x12\n" +
+	"\x04more\x18\x0e \x01(\bR\x04more\"\\\n" +
 	"\bHubState\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x1c\n" +
 	"\tconnected\x18\x02 \x01(\bR\tconnected\x12\x16\n" +

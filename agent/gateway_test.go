@@ -1,0 +1,79 @@
+package agent
+
+import (
+	"fmt"
+	"testing"
+
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
+)
+
+func bigGatewayConfig(n int) *gatewayConfig {
+	c := emptyGatewayConfig()
+	for i := range n {
+		k := fmt.Sprintf("default/svc-%04d", i)
+		c.imports[k] = &gatewayv1.Import{Service: k, Ports: []*gatewayv1.ImportPort{{Port: &fedv1.ServicePort{Name: "http", Port: 80}, EgressPort: uint32(15000 + i)}}}
+	}
+	c.bundles["east.meshfed.local"] = &fedv1.TrustBundle{TrustDomain: "east.meshfed.local", SequenceNumber: 1}
+	c.clusters["east"] = &gatewayv1.RemoteCluster{Name: "east"}
+	c.hub = &gatewayv1.HubState{Revision: 7, Connected: true}
+	return c
+}
+
+func TestDiffGatewayConfig(t *testing.T) {
+	cur := bigGatewayConfig(3)
+	snap, changed := diffGatewayConfig(nil, cur)
+	if !changed || !snap.GetSnapshot() || len(snap.GetImports()) != 3 || len(snap.GetBundles()) != 1 || len(snap.GetClusters()) != 1 {
+		t.Fatalf("snapshot %v", snap)
+	}
+	if _, changed := diffGatewayConfig(cur, bigGatewayConfig(3)); changed {
+		t.Fatal("equal configs differ")
+	}
+	next := bigGatewayConfig(2) // svc-0002 gone
+	next.imports["default/svc-0000"] = &gatewayv1.Import{Service: "default/svc-0000"}
+	d, changed := diffGatewayConfig(cur, next)
+	if !changed || d.GetSnapshot() || len(d.GetImports()) != 1 || d.GetImports()[0].GetService() != "default/svc-0000" ||
+		len(d.GetRemovedImports()) != 1 || d.GetRemovedImports()[0] != "default/svc-0002" || len(d.GetBundles()) != 0 {
+		t.Fatalf("delta %v", d)
+	}
+	hubOnly := bigGatewayConfig(3)
+	hubOnly.hub = &gatewayv1.HubState{Revision: 7}
+	if d, changed := diffGatewayConfig(cur, hubOnly); !changed || d.GetHub().GetConnected() {
+		t.Fatalf("a hub state change: changed %v, %v", changed, d)
+	}
+}
+
+func TestSplitDelta(t *testing.T) {
+	d, _ := diffGatewayConfig(nil, bigGatewayConfig(1200))
+	parts := splitDelta(d)
+	if len(parts) != 3 {
+		t.Fatalf("%d parts, want 3 (1202 upserts, %d per message)", len(parts), maxGatewayDeltaItems)
+	}
+	seen := map[string]bool{}
+	for i, p := range parts {
+		if n := len(p.GetImports()) + len(p.GetBundles()) + len(p.GetClusters()); n > maxGatewayDeltaItems {
+			t.Errorf("part %d has %d upserts", i, n)
+		}
+		if p.GetMore() != (i < len(parts)-1) {
+			t.Errorf("part %d: more=%v", i, p.GetMore())
+		}
+		if p.GetSnapshot() != (i == 0) {
+			t.Errorf("part %d: snapshot=%v", i, p.GetSnapshot())
+		}
+		if p.GetHub().GetRevision() != 7 {
+			t.Errorf("part %d: hub %v", i, p.GetHub())
+		}
+		for _, im := range p.GetImports() {
+			seen[im.GetService()] = true
+		}
+	}
+	if len(seen) != 1200 {
+		t.Errorf("%d imports across the parts, want 1200", len(seen))
+	}
+	if len(parts[0].GetBundles()) != 1 || len(parts[0].GetClusters()) != 1 {
+		t.Error("bundles and clusters must come first")
+	}
+	if small := splitDelta(&gatewayv1.StreamResponse{Imports: []*gatewayv1.Import{{}}}); len(small) != 1 || small[0].GetMore() {
+		t.Errorf("a small delta is split: %v", small)
+	}
+}
