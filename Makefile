@@ -9,7 +9,7 @@
 #   make proto       buf lint + buf generate
 #   make proto-check regenerate and fail if the generated code changed
 #   make bench       benchmarks, one iteration each (BENCH_PKGS)
-#   make dev         a local 3-server hub as real processes (scripts/dev-hub.sh)
+#   make dev         a local federation as real processes: hub + 2 agents (scripts/dev-hub.sh)
 #   make clean       remove bin/ and .dev/ (make clean-tools also removes .bin/)
 
 GO    ?= go

@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# dev-hub.sh starts a local 3-server meshfed hub as real processes from
-# bin/meshfed (build it with `make build`; `make dev` does both), waits until
-# every server is ready, prints how to use it, and keeps it running until
-# Ctrl-C or SIGTERM, which stop the servers.
+# dev-hub.sh starts a local meshfed federation as real processes from
+# bin/meshfed (build it with `make build`; `make dev` does both): a 3-server
+# hub and two member clusters, east and west, each an agent with a file
+# catalog (agents/<cluster>/catalog.yaml: east exports default/reviews, west
+# default/ratings; edit the files and the agents pick the change up). It
+# waits until the hub is ready and each cluster imports the other's service,
+# prints how to use it, and keeps everything running until Ctrl-C or
+# SIGTERM, which stop it.
 #
 # Environment:
 #   MESHFED_DEV_DIR      state directory (default .dev): s0..s2 data dirs,
 #                        sN.log server logs, encrypt.key (created once)
 #   MESHFED_DEV_PORT     base port (default 7400); server i listens on
-#                        base+10*i+0..3 for gRPC, Raft, gossip and HTTP
+#                        base+10*i+0..3 for gRPC, Raft, gossip and HTTP;
+#                        agent j (east 0, west 1) on base+50+10*j for HTTP
+#                        (/state) and +1 for its gateway API
 #   MESHFED_DEV_ONESHOT  if 1, stop the servers right after printing status
 #                        (a smoke test for CI)
 #
 # Data directories survive a restart: running it again brings the same hub
-# back. `make clean` (or removing the state directory) starts over.
+# and agents back (an agent joins once, then restarts from its credentials). `make clean` (or removing the state directory) starts over.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,9 +41,11 @@ die() {
 if [[ ! -x $BIN ]]; then
 	die "$BIN not found; run 'make build' first (or 'make dev', which builds it)"
 fi
-if ! [[ $BASE_PORT =~ ^[0-9]+$ ]] || ((BASE_PORT < 1024 || BASE_PORT + 10 * (SERVERS - 1) + 3 > 65535)); then
-	die "MESHFED_DEV_PORT=$BASE_PORT: must be a port in 1024..$((65535 - 10 * (SERVERS - 1) - 3))"
+if ! [[ $BASE_PORT =~ ^[0-9]+$ ]] || ((BASE_PORT < 1024 || BASE_PORT + 61 > 65535)); then
+	die "MESHFED_DEV_PORT=$BASE_PORT: must be a port in 1024..$((65535 - 61))"
 fi
+readonly CLUSTERS=(east west)
+readonly REGIONS=(us-east us-west)
 
 # port I KIND prints server I's port of KIND (grpc, raft, gossip or http).
 port() {
@@ -50,6 +58,15 @@ port() {
 	*) die "unknown port kind $2" ;;
 	esac
 	echo $((BASE_PORT + 10 * $1 + offset))
+}
+
+# agent_port J KIND prints agent J's port of KIND (http or gwapi).
+agent_port() {
+	case $2 in
+	http) echo $((BASE_PORT + 50 + 10 * $1)) ;;
+	gwapi) echo $((BASE_PORT + 51 + 10 * $1)) ;;
+	*) die "unknown agent port kind $2" ;;
+	esac
 }
 
 # listening PORT succeeds if something accepts TCP connections on 127.0.0.1:PORT.
@@ -76,6 +93,14 @@ ready() {
 for ((i = 0; i < SERVERS; i++)); do
 	for kind in grpc raft gossip http; do
 		p=$(port "$i" "$kind")
+		if listening "$p"; then
+			die "port $p is in use (another 'make dev' still running?); stop it or set MESHFED_DEV_PORT"
+		fi
+	done
+done
+for ((j = 0; j < ${#CLUSTERS[@]}; j++)); do
+	for kind in http gwapi; do
+		p=$(agent_port "$j" "$kind")
 		if listening "$p"; then
 			die "port $p is in use (another 'make dev' still running?); stop it or set MESHFED_DEV_PORT"
 		fi
@@ -146,12 +171,18 @@ trap cleanup EXIT
 trap 'if ((up)); then exit 0; else exit 130; fi' INT
 trap 'if ((up)); then exit 0; else exit 143; fi' TERM
 
-# tail_logs prints the end of every server's log, for when something failed.
+# tail_logs prints the end of every server's and agent's log, for when
+# something failed.
 tail_logs() {
-	local i
+	local i f
 	for ((i = 0; i < SERVERS; i++)); do
 		log "last lines of $DEV_DIR/s$i.log:"
 		tail -n 15 "$DEV_DIR/s$i.log" >&2 || true
+	done
+	for f in "$DEV_DIR"/agents/*/agent.log; do
+		[[ -e $f ]] || continue
+		log "last lines of $f:"
+		tail -n 15 "$f" >&2 || true
 	done
 }
 
@@ -198,9 +229,70 @@ while :; do
 done
 
 readonly ADMIN_CONFIG=$DEV_ABS/s0/admin.yaml
+
+# The catalogs: east exports default/reviews, west default/ratings. The
+# endpoints are declared only: traffic between clusters needs the east-west
+# gateway, which is not built yet.
+write_catalog() {
+	local c=$1 svc=$2 zone=$3 port=$4
+	cat >"$DEV_DIR/agents/$c/catalog.yaml" <<CATALOG
+services:
+- namespace: default
+  name: $svc
+  export: true
+  ports: [{name: http, port: 8080, protocol: HTTP}]
+  endpoints:
+  - {address: 127.0.0.1:$port, zone: $zone, labels: {version: v1}, ready: true}
+  - {address: 127.0.0.1:$((port + 1)), zone: $zone, labels: {version: v2}, ready: true}
+CATALOG
+}
+
+for ((j = 0; j < ${#CLUSTERS[@]}; j++)); do
+	c=${CLUSTERS[$j]}
+	dir=$DEV_ABS/agents/$c
+	mkdir -p -m 700 "$dir"
+	if [[ ! -s $dir/catalog.yaml ]]; then
+		if ((j == 0)); then svc=reviews; else svc=ratings; fi
+		write_catalog "$c" "$svc" "${REGIONS[$j]}-1a" $((9001 + 10 * j))
+	fi
+	flags=(--cluster "$c" --region "${REGIONS[$j]}" --zone "${REGIONS[$j]}-1a"
+		--source "file:$dir/catalog.yaml" --data-dir "$dir"
+		--http-port "$(agent_port "$j" http)" --gateway-api "127.0.0.1:$(agent_port "$j" gwapi)"
+		--egress-ports "$((15000 + 100 * j))-$((15099 + 100 * j))")
+	if [[ -s $dir/credentials.yaml ]]; then
+		"$BIN" agent "${flags[@]}" >>"$dir/agent.log" 2>&1 &
+	else
+		token=$("$BIN" token create --cluster "$c" --config "$ADMIN_CONFIG" | head -1)
+		"$BIN" join "$token" "${flags[@]}" >>"$dir/agent.log" 2>&1 &
+	fi
+	pids+=("$!")
+	log "started the agent of $c (pid $!): state http://127.0.0.1:$(agent_port "$j" http)/state, log $dir/agent.log"
+done
+
+# imports J KEY succeeds if agent J's status lists the import KEY.
+imports() {
+	"$BIN" agent status --agent "127.0.0.1:$(agent_port "$1" http)" -o json 2>/dev/null | grep -q "\"key\": *\"$2\""
+}
+
+log "waiting up to ${READY_TIMEOUT}s for each cluster to import the other's service"
+deadline=$((SECONDS + READY_TIMEOUT))
+until imports 0 default/ratings && imports 1 default/reviews; do
+	for pid in "${pids[@]}"; do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			tail_logs
+			die "a process exited during start-up (see the logs in $DEV_DIR)"
+		fi
+	done
+	if ((SECONDS >= deadline)); then
+		tail_logs
+		die "the clusters did not import each other's services within ${READY_TIMEOUT}s"
+	fi
+	sleep 0.25
+done
 cat <<EOF
 
-A local meshfed hub is running: 3 servers on 127.0.0.1 (gRPC ports $(port 0 grpc), $(port 1 grpc), $(port 2 grpc)).
+A local meshfed federation is running: a hub of 3 servers on 127.0.0.1 (gRPC
+ports $(port 0 grpc), $(port 1 grpc), $(port 2 grpc)) and the clusters east and west (file catalogs).
   data and logs:  $DEV_ABS
   admin config:   $ADMIN_CONFIG
 
@@ -216,6 +308,11 @@ then, from another terminal:
   bin/meshfed clusters list
   bin/meshfed services list
   bin/meshfed policy list
+  bin/meshfed agent status --agent 127.0.0.1:$(agent_port 0 http)    # east
+  bin/meshfed agent status --agent 127.0.0.1:$(agent_port 1 http)    # west
+
+Edit $DEV_ABS/agents/east/catalog.yaml (ready: false, say) and watch
+west's import change.
 
 Status now:
 
@@ -223,6 +320,10 @@ EOF
 
 status_rc=0
 "$BIN" hub status --config "$ADMIN_CONFIG" || status_rc=$?
+echo
+"$BIN" clusters list --config "$ADMIN_CONFIG" || status_rc=$?
+echo
+"$BIN" agent status --agent "127.0.0.1:$(agent_port 1 http)" || status_rc=$?
 echo
 
 if [[ $ONESHOT == 1 ]]; then
@@ -233,14 +334,14 @@ if ((status_rc != 0)); then
 	log "'meshfed hub status' failed (exit $status_rc); the servers keep running, see $DEV_DIR/s*.log"
 fi
 
-log "press Ctrl-C to stop the hub"
+log "press Ctrl-C to stop the federation"
 up=1
 # Wait until interrupted, or until a server exits on its own.
 while :; do
-	for ((i = 0; i < SERVERS; i++)); do
-		if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+	for pid in "${pids[@]}"; do
+		if ! kill -0 "$pid" 2>/dev/null; then
 			tail_logs
-			die "s$i exited unexpectedly (see $DEV_DIR/s$i.log); stopping the others"
+			die "a process (pid $pid) exited unexpectedly (see the logs in $DEV_DIR); stopping the others"
 		fi
 	done
 	# wait -n returns when any server exits or a trapped signal arrives.
