@@ -178,6 +178,9 @@ func (f *fetchers) fetchOne(rel *fedv1.FederationRelationship) {
 	td := rel.GetTrustDomain()
 	b, err := f.fetch(rel)
 	if err == nil {
+		err = checkSequence(f.s.fsm.Store().Read().Bundle(td), b)
+	}
+	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), f.s.cfg.ApplyTimeout)
 		_, err = f.s.apply(ctx, fsm.PutExternalBundleType, &hubpb.CmdPutExternalBundle{Bundle: b})
 		cancel()
@@ -199,6 +202,20 @@ func (f *fetchers) fetchOne(rel *fedv1.FederationRelationship) {
 		reload = defaultBundleReload
 	}
 	st.next = now.Add(min(max(reload, minBundleReload), maxBundleReload))
+}
+
+// checkSequence refuses a fetched bundle whose sequence number is lower
+// than the stored one's: a replayed or rolled-back bundle could bring back
+// a root its trust domain retired. (Endpoints that do not number their
+// bundles send 0, which is accepted.)
+func checkSequence(cur *hubpb.BundleRecord, next *fedv1.TrustBundle) error {
+	if cur == nil || cur.GetCluster() != "" {
+		return nil
+	}
+	if have, got := cur.GetBundle().GetSequenceNumber(), next.GetSequenceNumber(); got != 0 && got < have {
+		return fmt.Errorf("bundle sequence number went back from %d to %d: refused (a replayed or rolled-back bundle); keeping sequence %d", have, got, have)
+	}
+	return nil
 }
 
 // fetch gets one external bundle with trust.Fetcher: https only, no

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,7 +28,7 @@ type externalEndpoint struct {
 	ca     *pki.CA
 	url    string
 	id     string
-	served *spiffebundle.Bundle // what it serves; tests may swap it
+	served atomic.Pointer[spiffebundle.Bundle] // what it serves; tests may swap it
 }
 
 func newExternalEndpoint(t *testing.T, td string, webPKI bool) *externalEndpoint {
@@ -36,9 +38,11 @@ func newExternalEndpoint(t *testing.T, td string, webPKI bool) *externalEndpoint
 		t.Fatal(err)
 	}
 	e := &externalEndpoint{td: td, ca: ca, id: "spiffe://" + td + "/spire/server"}
-	e.served = spiffebundle.New(spiffeid.RequireTrustDomainFromString(td))
-	e.served.AddX509Authority(ca.Cert)
-	e.served.SetRefreshHint(5 * time.Second)
+	served := spiffebundle.New(spiffeid.RequireTrustDomainFromString(td))
+	served.AddX509Authority(ca.Cert)
+	served.SetRefreshHint(time.Second)
+	served.SetSequenceNumber(5)
+	e.served.Store(served)
 	key, _ := pki.NewKey()
 	opts := pki.LeafOptions{SPIFFEID: e.id, TTL: time.Hour, Now: time.Now(), Server: true, IPs: []net.IP{net.ParseIP("127.0.0.1")}}
 	if webPKI {
@@ -68,7 +72,7 @@ func newExternalEndpoint(t *testing.T, td string, webPKI bool) *externalEndpoint
 type servedSource struct{ e *externalEndpoint }
 
 func (s servedSource) GetBundleForTrustDomain(spiffeid.TrustDomain) (*spiffebundle.Bundle, error) {
-	return s.e.served, nil
+	return s.e.served.Load(), nil
 }
 
 func (e *externalEndpoint) relationship() *fedv1.FederationRelationship {
@@ -198,8 +202,9 @@ func TestHubRefusesBadBundleEndpoints(t *testing.T) {
 	t.Run("serves another trust domain's bundle", func(t *testing.T) {
 		ext := newExternalEndpoint(t, "spire-a.example", false)
 		other, _ := pki.NewCA("spire-b.example", time.Hour, time.Now())
-		ext.served = spiffebundle.New(spiffeid.RequireTrustDomainFromString("spire-a.example"))
-		ext.served.AddX509Authority(other.Cert)
+		b := spiffebundle.New(spiffeid.RequireTrustDomainFromString("spire-a.example"))
+		b.AddX509Authority(other.Cert)
+		ext.served.Store(b)
 		if _, err := admin.PutFederation(ctx, &fedv1.PutFederationRequest{Federation: ext.relationship()}); err != nil {
 			t.Fatal(err)
 		}
@@ -226,6 +231,34 @@ func TestHubRefusesBadBundleEndpoints(t *testing.T) {
 		})
 		if _, err := bundleFor(t, admin, "spire-c.example"); err == nil {
 			t.Fatal("accepted a bundle from an endpoint without the configured SPIFFE ID")
+		}
+	})
+	t.Run("a bundle whose sequence number goes back", func(t *testing.T) {
+		ext := newExternalEndpoint(t, "spire-d.example", false)
+		if _, err := admin.PutFederation(ctx, &fedv1.PutFederationRequest{Federation: ext.relationship()}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 20*time.Second, "first bundle fetched", func() error {
+			_, err := bundleFor(t, admin, "spire-d.example")
+			return err
+		})
+		// An older bundle (a replay, or a rolled-back server) with another
+		// root: refused, and the stored bundle stays.
+		other, _ := pki.NewCA("spire-d.example", time.Hour, time.Now())
+		old := spiffebundle.New(spiffeid.RequireTrustDomainFromString("spire-d.example"))
+		old.AddX509Authority(other.Cert)
+		old.SetRefreshHint(time.Second)
+		old.SetSequenceNumber(4)
+		ext.served.Store(old)
+		waitFor(t, 20*time.Second, "rollback refused", func() error {
+			if e := fetchStatusOf(t, admin, "spire-d.example"); !strings.Contains(e, "sequence") {
+				return fmt.Errorf("fetch status %q, want a sequence error", e)
+			}
+			return nil
+		})
+		info, err := bundleFor(t, admin, "spire-d.example")
+		if err != nil || !mustCert(t, info.GetBundle().GetX509Authorities()[0]).Equal(ext.ca.Cert) || info.GetBundle().GetSequenceNumber() != 5 {
+			t.Fatalf("stored bundle %v (%v), want the first one (sequence 5)", info, err)
 		}
 	})
 	t.Run("relationships are explicit", func(t *testing.T) {
