@@ -1,15 +1,19 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -60,12 +64,21 @@ var scaleRegions = [...]string{"us-east", "us-west", "eu-west", "ap-south"}
 //     50 services in one PublishExports at once. publish-ack-s is until every
 //     PublishResult came back, fullsync-s until every agent's view holds all
 //     12,800 exports;
-//   - hub RSS (each server, after the full sync) and this process's heap;
+//   - hub RSS (each server, after the full sync; hub-rss-max-MiB and
+//     hub-rss-sum-MiB) and this process's heap in use after a GC
+//     (bench-heap-MiB). The log adds each server's Go heap and GC goal (from
+//     /metrics) before and after, and the CPU seconds the hub servers and
+//     this process spent on the full sync: both share the machine;
 //   - fan-out: 6 times, one agent republishes one service with one endpoint
 //     less ready (10 → 9); a sample is, for each of the 256 agents, the time
 //     from that send until its view shows 9. The 6 origins are spread over
 //     the agents (hence over the hub servers, leader and followers), each
-//     changing a different service.
+//     changing a different service. fanout-p50-ms, fanout-p99-ms and
+//     fanout-max-ms are over all 6 × 256 samples.
+//
+// The simulated agents decode every delta in this process, on the same
+// machine as the hub: on a small machine the full sync is bounded by this
+// process's CPU as much as by the hub's (the log shows both).
 //
 // b.N runs the whole workload that many times (run it with -benchtime 1x);
 // ns/op includes starting the hub.
@@ -169,6 +182,10 @@ func runScale(b *testing.B) scaleResult {
 	}
 	b.Logf("connect: %d streams open and every view shows %d connected clusters after %v; streams per server: %v",
 		scaleAgents, scaleAgents, time.Since(t).Round(time.Millisecond), perServer)
+	before, err := scaleSample(fed)
+	if err != nil {
+		b.Fatal(err)
+	}
 
 	// Full sync: every agent publishes its services at once.
 	t0 := time.Now()
@@ -189,11 +206,18 @@ func runScale(b *testing.B) scaleResult {
 		b.Fatal(err)
 	}
 	res.fullSync = s.synced.last().Sub(t0)
-	perAgent := s.synced.since(t0)
-	slices.Sort(perAgent)
-	b.Logf("full sync from the release of %d publishes of %d services: all acknowledged after %v; every view holds %d exports after %v (first agent %v, p50 %v)",
-		scaleAgents, scaleServices, res.publishAck.Round(time.Millisecond), scaleAgents*scaleServices,
-		res.fullSync.Round(time.Millisecond), perAgent[0].Round(time.Millisecond), scalePercentile(perAgent, 50).Round(time.Millisecond))
+	after, err := scaleSample(fed)
+	if err != nil {
+		b.Fatal(err)
+	}
+	acks, syncs := s.acked.since(t0), s.synced.since(t0)
+	slices.Sort(acks)
+	slices.Sort(syncs)
+	b.Logf("full sync, from the release of %d publishes of %d services: acknowledged first/p50/last %v/%v/%v; views hold all %d exports first/p50/last %v/%v/%v",
+		scaleAgents, scaleServices, scaleRound(acks[0]), scaleRound(scalePercentile(acks, 50)), scaleRound(res.publishAck),
+		scaleAgents*scaleServices, scaleRound(syncs[0]), scaleRound(scalePercentile(syncs, 50)), scaleRound(res.fullSync))
+	b.Logf("CPU during the full sync (%v wall, %d cores): hub servers %v s, bench process %.1f s",
+		scaleRound(after.at.Sub(before.at)), runtime.NumCPU(), scaleCPUDelta(before, after), after.selfCPU-before.selfCPU)
 
 	// Memory, on a quiet hub with everything synced.
 	for _, srv := range fed.Hub().Servers() {
@@ -203,14 +227,17 @@ func runScale(b *testing.B) scaleResult {
 		}
 		res.hubRSS = append(res.hubRSS, rss)
 	}
+	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	res.heapInuse = m.HeapInuse
-	leader := scaleHubLeader(admin)
-	b.Logf("memory after full sync: hub servers RSS %v MiB (leader %s); bench process heap in use %.0f MiB (%d simulated agents, their connections and views)",
-		scaleMiBs(res.hubRSS), leader, scaleMiB(int64(m.HeapInuse)), scaleAgents)
+	b.Logf("memory after full sync: hub servers (leader %s) RSS %v MiB, Go heap in use %v MiB, next GC at %v MiB "+
+		"(before the publishes: RSS %v, heap in use %v, next GC at %v); bench process heap in use after a GC %.0f MiB (%d simulated agents, their connections and views)",
+		scaleHubLeader(admin), scaleMiBs(res.hubRSS), scaleMiBs(after.hubHeap), scaleMiBs(after.hubGoal),
+		scaleMiBs(before.hubRSS), scaleMiBs(before.hubHeap), scaleMiBs(before.hubGoal), scaleMiB(int64(m.HeapInuse)), scaleAgents)
 
 	// Fan-out of single changes.
+	var rounds []string
 	for r := range scaleFanoutRounds {
 		origin := s.agents[r*scaleAgents/scaleFanoutRounds]
 		j := r % scaleServices
@@ -219,11 +246,11 @@ func runScale(b *testing.B) scaleResult {
 			b.Fatal(err)
 		}
 		slices.Sort(lat)
-		b.Logf("fan-out %d: %s (on %s) %s/svc-%02d ready 10 → 9: p50 %v, max %v over %d agents",
-			r+1, origin.name, origin.server, scaleNamespace, j, scalePercentile(lat, 50).Round(time.Microsecond),
-			lat[len(lat)-1].Round(time.Microsecond), len(lat))
+		rounds = append(rounds, fmt.Sprintf("%s on %s: %v/%v", origin.name, origin.server,
+			scalePercentile(lat, 50).Round(100*time.Microsecond), lat[len(lat)-1].Round(100*time.Microsecond)))
 		res.fanout = append(res.fanout, lat...)
 	}
+	b.Logf("fan-out of one service's ready 10 → 9 to %d agents, p50/max per round: %s", scaleAgents, strings.Join(rounds, "; "))
 	return res
 }
 
@@ -323,9 +350,12 @@ func (s *scaleRun) fanout(id int, origin *scaleAgent, j int) ([]time.Duration, e
 	return p.m.since(p.start), nil
 }
 
-// close ends every stream and connection and waits for the receivers.
+// close ends every stream and connection and waits for the receivers; it
+// may be called more than once.
 func (s *scaleRun) close(b *testing.B) {
-	s.closing.Store(true)
+	if s.closing.Swap(true) {
+		return
+	}
 	for _, a := range s.agents {
 		if a.cancel != nil {
 			a.cancel()
@@ -672,6 +702,96 @@ func scaleMiBs(ns []int64) []string {
 	out := make([]string, len(ns))
 	for i, n := range ns {
 		out[i] = fmt.Sprintf("%.0f", scaleMiB(n))
+	}
+	return out
+}
+
+func scaleRound(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+
+// scaleSnapshot is the resource use of the hub servers and of this
+// process at one moment.
+type scaleSnapshot struct {
+	at      time.Time
+	hubRSS  []int64
+	hubHeap []int64   // go_memstats_heap_inuse_bytes
+	hubGoal []int64   // go_memstats_next_gc_bytes: twice the heap live at the last GC (GOGC 100)
+	hubCPU  []float64 // process_cpu_seconds_total
+	selfCPU float64   // user + system seconds of this process
+}
+
+func scaleSample(fed *testenv.Federation) (scaleSnapshot, error) {
+	sn := scaleSnapshot{at: time.Now()}
+	for _, srv := range fed.Hub().Servers() {
+		rss, err := srv.RSS()
+		if err != nil {
+			return sn, fmt.Errorf("RSS of %s: %w", srv.Name(), err)
+		}
+		m, err := scaleScrape(srv.HTTPAddr(), "go_memstats_heap_inuse_bytes", "go_memstats_next_gc_bytes", "process_cpu_seconds_total")
+		if err != nil {
+			return sn, fmt.Errorf("metrics of %s: %w", srv.Name(), err)
+		}
+		sn.hubRSS = append(sn.hubRSS, rss)
+		sn.hubHeap = append(sn.hubHeap, int64(m[0]))
+		sn.hubGoal = append(sn.hubGoal, int64(m[1]))
+		sn.hubCPU = append(sn.hubCPU, m[2])
+	}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return sn, fmt.Errorf("getrusage: %w", err)
+	}
+	sn.selfCPU = time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	return sn, nil
+}
+
+// scaleScrape returns the values of unlabelled metrics from a hub server's
+// /metrics (Prometheus text format: "name value" lines).
+func scaleScrape(httpAddr string, names ...string) ([]float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	found := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 2 || !slices.Contains(names, f[0]) {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[1], 64)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f[0], err)
+		}
+		found[f[0]] = v
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]float64, len(names))
+	for i, n := range names {
+		v, ok := found[n]
+		if !ok {
+			return nil, fmt.Errorf("no metric %s", n)
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+func scaleCPUDelta(before, after scaleSnapshot) []string {
+	out := make([]string, len(after.hubCPU))
+	for i := range after.hubCPU {
+		out[i] = fmt.Sprintf("%.1f", after.hubCPU[i]-before.hubCPU[i])
 	}
 	return out
 }
