@@ -88,6 +88,16 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 	}
 	sent = d.Revision
 	for {
+		// The agent's own messages first, one at a time: under a burst of
+		// other clusters' commits there is always a delta to send, and a
+		// publish must not wait until the stream has caught up with them.
+		select {
+		case m := <-recv:
+			if err := y.handle(ctx, stream, id.name, m); err != nil {
+				return err
+			}
+		default:
+		}
 		watch := store.Watch()
 		// Catch up with anything committed since the last send.
 		if cur := s.fsm.Store(); cur != store {
