@@ -15,17 +15,18 @@ var threeClusters = []Cluster{
 	{Name: "central", Region: "eu-central", Zone: "eu-central-1a"},
 }
 
-// BenchmarkStart measures the time from New to ready (every API server and
-// hub server ready) for 3 clusters and a 3-server hub, with cached binaries
-// (the meshfed build is done before the clock starts), and the resident
-// memory of each cluster's etcd + kube-apiserver right after.
+// BenchmarkStart measures the time from New to ready (every API server,
+// hub server and agent ready: each agent joined and holds the hub state)
+// for 3 clusters and a 3-server hub, with cached binaries (the meshfed
+// build is done before the clock starts), and the resident memory of each
+// cluster's etcd, kube-apiserver and agent right after.
 func BenchmarkStart(b *testing.B) {
 	requireBinaries(b)
 	if _, err := meshfedBinary(); err != nil {
 		b.Fatal(err)
 	}
 	var total time.Duration
-	var clusterRSS, apiserverRSS, etcdRSS, hubRSS int64
+	var clusterRSS, apiserverRSS, etcdRSS, agentRSS, hubRSS int64
 	var clusters, hubServers int64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -43,9 +44,14 @@ func BenchmarkStart(b *testing.B) {
 			if err1 != nil || err2 != nil {
 				b.Fatal(err1, err2)
 			}
+			ag, err := c.Agent().RSS()
+			if err != nil {
+				b.Fatal(err)
+			}
 			apiserverRSS += a
 			etcdRSS += e
-			clusterRSS += a + e
+			agentRSS += ag
+			clusterRSS += a + e + ag
 			clusters++
 		}
 		for _, s := range fed.Hub().Servers() {
@@ -66,6 +72,7 @@ func BenchmarkStart(b *testing.B) {
 	b.ReportMetric(float64(clusterRSS)/float64(clusters)/mib, "MiB-rss/cluster")
 	b.ReportMetric(float64(apiserverRSS)/float64(clusters)/mib, "MiB-rss/apiserver")
 	b.ReportMetric(float64(etcdRSS)/float64(clusters)/mib, "MiB-rss/etcd")
+	b.ReportMetric(float64(agentRSS)/float64(clusters)/mib, "MiB-rss/agent")
 	b.ReportMetric(float64(hubRSS)/float64(hubServers)/mib, "MiB-rss/hub-server")
 }
 
