@@ -9,14 +9,14 @@
 //   - pod routing between clusters ([NodeAddrs], [RoutePlan], [AddRoutes]),
 //     so that agents reach the hub servers' advertised pod IPs;
 //   - manifests: [ReadManifests] (deploy/crds), [Overlay] and [Render]
-//     (deploy/kustomize/hub and agent, rendered with `kubectl kustomize`),
+//     (deploy/kustomize/hub and agent, rendered with the kustomize library),
 //     and [Applier] (server-side apply through the dynamic client);
 //   - the hub and the agents: [HubCommand], [CreateToken], and waits for
 //     nodes, StatefulSets, Deployments, Secrets and connected clusters.
 //
 // testenv sequences these steps when MESHFED_TESTENV_BACKEND=kind; see
 // docs/testing.md. Docker (or Podman) with the kind node image, and
-// kubectl, must be installed. Config generation, overlays, rendering,
+// kubectl (for `kubectl exec` into the hub pod), must be installed. Config generation, overlays, rendering,
 // routing plans and the image-load plan are pure or local and unit-tested;
 // the rest needs Docker and is tested only where it is available.
 package kind

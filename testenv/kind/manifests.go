@@ -8,10 +8,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sort"
-	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -42,27 +42,25 @@ func CheckRepo(root string) error {
 	return nil
 }
 
-// ErrNoKubectl is returned by [Render] when kubectl is not on PATH: the
-// kustomizations are rendered with `kubectl kustomize`.
-var ErrNoKubectl = errors.New("kind: kubectl is not on PATH (the manifests are rendered with `kubectl kustomize`)")
-
-// Render renders the kustomization in dir with `kubectl kustomize` and
-// decodes the result.
-func Render(ctx context.Context, dir string) ([]*unstructured.Unstructured, error) {
-	kubectl, err := exec.LookPath("kubectl")
+// Render renders the kustomization in dir with kustomize (the krusty
+// library, what `kubectl kustomize` runs) and decodes the result.
+func Render(_ context.Context, dir string) ([]*unstructured.Unstructured, error) {
+	opts := krusty.MakeDefaultOptions()
+	// kubectl kustomize's order: namespaces and RBAC before the
+	// workloads that need them.
+	opts.Reorder = krusty.ReorderOptionLegacy
+	k := krusty.MakeKustomizer(opts)
+	rm, err := k.Run(filesys.MakeFsOnDisk(), dir)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoKubectl, err)
+		return nil, fmt.Errorf("kind: kustomize %s: %w", dir, err)
 	}
-	cmd := exec.CommandContext(ctx, kubectl, "kustomize", dir)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	out, err := rm.AsYaml()
 	if err != nil {
-		return nil, fmt.Errorf("kind: kubectl kustomize %s: %w: %s", dir, err, strings.TrimSpace(stderr.String()))
+		return nil, fmt.Errorf("kind: kustomize %s: %w", dir, err)
 	}
 	objs, err := Decode(out)
 	if err != nil {
-		return nil, fmt.Errorf("kind: kubectl kustomize %s: %w", dir, err)
+		return nil, fmt.Errorf("kind: kustomize %s: %w", dir, err)
 	}
 	return objs, nil
 }
