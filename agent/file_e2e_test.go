@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/testenv"
 )
 

@@ -2,9 +2,10 @@ package hub
 
 import (
 	"context"
-	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"testing"
 	"time"
+
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
 )
 
 func TestThreeServersBootstrapAndServe(t *testing.T) {

@@ -2,9 +2,9 @@ package testenv
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"time"
+
+	"github.com/meshfed/meshfed/internal/wait"
 )
 
 // WaitFor calls cond until it returns nil and returns nil; or, when timeout
@@ -22,38 +22,8 @@ func WaitFor(ctx context.Context, timeout time.Duration, cond func(ctx context.C
 	return poll(ctx, cond)
 }
 
-// permanentError stops a poll at once.
-type permanentError struct{ err error }
-
-func (e permanentError) Error() string { return e.err.Error() }
-func (e permanentError) Unwrap() error { return e.err }
-
-func permanent(err error) error { return permanentError{err} }
+func permanent(err error) error { return wait.Permanent(err) }
 
 func poll(ctx context.Context, cond func(ctx context.Context) error) error {
-	const maxDelay = 250 * time.Millisecond
-	delay := 10 * time.Millisecond
-	t := time.NewTimer(0)
-	defer t.Stop()
-	var last error
-	for {
-		select {
-		case <-ctx.Done():
-			if last == nil {
-				return fmt.Errorf("testenv: waiting: %w", ctx.Err())
-			}
-			return fmt.Errorf("testenv: waiting: %w; last error: %v", ctx.Err(), last)
-		case <-t.C:
-		}
-		last = cond(ctx)
-		if last == nil {
-			return nil
-		}
-		var p permanentError
-		if errors.As(last, &p) {
-			return p.err
-		}
-		t.Reset(delay)
-		delay = min(2*delay, maxDelay)
-	}
+	return wait.Poll(ctx, wait.Backoff{Min: 10 * time.Millisecond, Max: 250 * time.Millisecond}, "testenv: waiting", cond)
 }

@@ -2,7 +2,6 @@ package kind
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -15,6 +14,8 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
+
+	"github.com/meshfed/meshfed/internal/wait"
 )
 
 // FieldManager is the server-side apply field manager of everything the
@@ -141,34 +142,5 @@ func describe(o *unstructured.Unstructured) string {
 func poll(ctx context.Context, timeout time.Duration, cond func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	const maxDelay = 500 * time.Millisecond
-	delay := 20 * time.Millisecond
-	t := time.NewTimer(0)
-	defer t.Stop()
-	var last error
-	for {
-		select {
-		case <-ctx.Done():
-			if last == nil {
-				return fmt.Errorf("waiting %v: %w", timeout, ctx.Err())
-			}
-			return fmt.Errorf("waiting %v: %w; last: %v", timeout, ctx.Err(), last)
-		case <-t.C:
-		}
-		if last = cond(ctx); last == nil {
-			return nil
-		}
-		var p permanentError
-		if errors.As(last, &p) {
-			return p.err
-		}
-		t.Reset(delay)
-		delay = min(2*delay, maxDelay)
-	}
+	return wait.Poll(ctx, wait.Backoff{Min: 20 * time.Millisecond, Max: 500 * time.Millisecond}, fmt.Sprintf("waiting %v", timeout), cond)
 }
-
-// permanentError stops a poll at once.
-type permanentError struct{ err error }
-
-func (e permanentError) Error() string { return e.err.Error() }
-func (e permanentError) Unwrap() error { return e.err }

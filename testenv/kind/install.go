@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/internal/wait"
 )
 
 // The names in deploy/ that the backend relies on. A test renders the
@@ -210,7 +211,7 @@ func WaitConnected(ctx context.Context, hubKubeconfig string, want []string, tim
 		}
 		missing, err := NotConnected(out, want)
 		if err != nil {
-			return permanentError{err}
+			return wait.Permanent(err)
 		}
 		if len(missing) > 0 {
 			return fmt.Errorf("not connected: %s", strings.Join(missing, ", "))
