@@ -505,6 +505,7 @@ func (s *syncSession) run(ctx context.Context) error {
 	var debounce, retry <-chan time.Time
 	flush := func() error {
 		for m := s.pub.next(); m != nil; m = s.pub.next() {
+			a.log.Debug("publishing", "nonce", m.GetNonce(), "upserts", len(m.GetUpserts()), "deletes", len(m.GetDeletes()))
 			if err := stream.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Publish{Publish: m}}); err != nil {
 				return err
 			}
@@ -529,6 +530,7 @@ func (s *syncSession) run(ctx context.Context) error {
 				if full == nil {
 					continue
 				}
+				a.log.Debug("hub delta", "revision", full.GetRevision(), "reset", full.GetReset_(), "exports", len(full.GetExports()), "removed_exports", len(full.GetRemovedExports()))
 				before := s.view.clusters[a.cfg.Cluster.String()].GetCaRotation()
 				known := s.view.clusters[a.cfg.Cluster.String()] != nil
 				s.view.apply(full)
@@ -561,6 +563,7 @@ func (s *syncSession) run(ctx context.Context) error {
 				}
 			case r.m.GetPublishResult() != nil:
 				res := r.m.GetPublishResult()
+				a.log.Debug("publish result", "nonce", res.GetNonce(), "revision", res.GetRevision(), "code", res.GetErrorCode())
 				if res.GetNonce() >= bundleNonceBase {
 					if res.GetNonce() == s.bundleNonce {
 						s.bundleInflight = false
@@ -703,6 +706,7 @@ func (a *Agent) runCatalog(ctx context.Context) error {
 		if !ok {
 			continue
 		}
+		a.log.Debug("catalog", "exports", len(c.exports))
 		a.mu.Lock()
 		a.desired, a.local = c.exports, c.local
 		a.mu.Unlock()

@@ -110,6 +110,7 @@ func (im *kubeImporter) Run(ctx context.Context, views *mailbox[*view]) error {
 		}
 		return errors.New("importer caches did not sync (are the MCS CRDs installed?)")
 	}
+	im.log.Debug("importer caches synced")
 	var cur *view
 	var retry <-chan time.Time
 	backoff := 100 * time.Millisecond
@@ -128,7 +129,10 @@ func (im *kubeImporter) Run(ctx context.Context, views *mailbox[*view]) error {
 		if cur == nil {
 			continue
 		}
-		if err := im.reconcile(ctx, l, cur); err != nil {
+		start := time.Now()
+		err := im.reconcile(ctx, l, cur)
+		im.log.Debug("reconciled imports", "revision", cur.revision, "took", time.Since(start), "err", err)
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
