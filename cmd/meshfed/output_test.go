@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
 	"io"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshfed/meshfed/agent"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 )
 
@@ -134,4 +136,31 @@ func TestTokenState(t *testing.T) {
 			t.Errorf("%s: state %q, want %q", tok.GetId(), got, want[i])
 		}
 	}
+}
+
+// agentStateFixture is what an agent's /state says (decoded as `meshfed
+// agent status` decodes it).
+const agentStateFixture = `{
+  "cluster": "west", "trustDomain": "west.meshfed.local",
+  "hub": {"connected": true, "server": "s1", "revision": 42, "fromCache": false, "addresses": ["127.0.0.1:7400"]},
+  "exports": [{"key": "default/ratings", "ports": [{"name": "http", "port": 8080, "protocol": "HTTP"}], "ready": 2, "published": true},
+              {"key": "default/legacy", "ports": [{"name": "tcp", "port": 9000, "protocol": "TCP"}], "ready": 0, "published": false, "conflict": "port 9000 is TCP here, UDP in east; the oldest export, from cluster east, wins"}],
+  "imports": [{"key": "default/reviews", "namespace": "default", "name": "reviews",
+               "ports": [{"name": "http", "port": 8080, "protocol": "HTTP"}, {"name": "grpc", "port": 9090, "protocol": "GRPC"}],
+               "clusters": [{"cluster": "east", "region": "us-east", "zone": "us-east-1a", "ready": 3, "serving": 3, "terminating": 0, "createRevision": 7}],
+               "egressPorts": {"http": 15000}}],
+  "clusters": [{"name": "east", "region": "us-east", "zone": "us-east-1a", "gatewayAddresses": ["10.0.0.1:15443"], "status": "connected"}],
+  "gateways": [{"instance": "west-gw-0", "peer": "10.1.0.7:51234", "since": "2026-11-25T10:00:00Z", "revision": 12}]
+}`
+
+func TestAgentStatusTable(t *testing.T) {
+	var st agent.State
+	if err := json.Unmarshal([]byte(agentStateFixture), &st); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := writeOutput(&buf, formatTable, nil, func(w io.Writer) { agentStateTable(w, &st) }); err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "agent_status.table", buf.Bytes())
 }
