@@ -64,8 +64,10 @@ var scaleRegions = [...]string{"us-east", "us-west", "eu-west", "ap-south"}
 //     50 services in one PublishExports at once. publish-ack-s is until every
 //     PublishResult came back, fullsync-s until every agent's view holds all
 //     12,800 exports;
-//   - hub RSS (each server, after the full sync; hub-rss-max-MiB and
-//     hub-rss-sum-MiB) and this process's heap in use after a GC
+//   - hub memory after the full sync: each server's RSS (hub-rss-max-MiB,
+//     hub-rss-sum-MiB) and its live heap after two GCs
+//     (hub-live-heap-max-MiB, from /debug/pprof; the RSS is mostly garbage
+//     and pooled gRPC buffers of the burst), and this process's heap in use after a GC
 //     (bench-heap-MiB). The log adds each server's Go heap and GC goal (from
 //     /metrics) before and after, and the CPU seconds the hub servers and
 //     this process spent on the full sync: both share the machine;
@@ -89,7 +91,7 @@ func BenchmarkScale(b *testing.B) {
 	}
 	var join, ack, full time.Duration
 	var fanout []time.Duration
-	var rssMax, rssSum, heap float64
+	var rssMax, rssSum, liveMax, heap float64
 	for _, r := range runs {
 		join += r.join
 		ack += r.publishAck
@@ -101,6 +103,9 @@ func BenchmarkScale(b *testing.B) {
 			sum += v
 		}
 		rssSum = max(rssSum, scaleMiB(sum))
+		for _, v := range r.hubLive {
+			liveMax = max(liveMax, scaleMiB(v))
+		}
 		heap = max(heap, scaleMiB(int64(r.heapInuse)))
 	}
 	n := time.Duration(len(runs))
@@ -113,6 +118,7 @@ func BenchmarkScale(b *testing.B) {
 	b.ReportMetric(scaleMs(fanout[len(fanout)-1]), "fanout-max-ms")
 	b.ReportMetric(rssMax, "hub-rss-max-MiB")
 	b.ReportMetric(rssSum, "hub-rss-sum-MiB")
+	b.ReportMetric(liveMax, "hub-live-heap-max-MiB")
 	b.ReportMetric(heap, "bench-heap-MiB")
 }
 
@@ -120,6 +126,7 @@ type scaleResult struct {
 	join, publishAck, fullSync time.Duration
 	fanout                     []time.Duration
 	hubRSS                     []int64
+	hubLive                    []int64
 	heapInuse                  uint64
 }
 
@@ -226,11 +233,17 @@ func runScale(b *testing.B) scaleResult {
 			b.Fatalf("RSS of %s: %v", srv.Name(), err)
 		}
 		res.hubRSS = append(res.hubRSS, rss)
+		live, err := srv.LiveHeap(context.Background())
+		if err != nil {
+			b.Fatalf("live heap of %s: %v", srv.Name(), err)
+		}
+		res.hubLive = append(res.hubLive, live)
 	}
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	res.heapInuse = m.HeapInuse
+	b.Logf("live heap after full sync (two GCs): hub servers %v MiB", scaleMiBs(res.hubLive))
 	b.Logf("memory after full sync: hub servers (leader %s) RSS %v MiB, Go heap in use %v MiB, next GC at %v MiB "+
 		"(before the publishes: RSS %v, heap in use %v, next GC at %v); bench process heap in use after a GC %.0f MiB (%d simulated agents, their connections and views)",
 		scaleHubLeader(admin), scaleMiBs(res.hubRSS), scaleMiBs(after.hubHeap), scaleMiBs(after.hubGoal),

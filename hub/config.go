@@ -78,6 +78,10 @@ type Config struct {
 	// faster failure detection).
 	GossipProfile string
 
+	// Pprof serves net/http/pprof under /debug/pprof/ on the HTTP port.
+	// Off by default: profiles reveal internals and cost CPU.
+	Pprof bool
+
 	// walSegmentSize overrides raft-wal's segment size (tests use small
 	// segments so that log compaction really drops entries).
 	walSegmentSize int

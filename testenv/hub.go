@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -107,6 +108,7 @@ func (h *Hub) tryStart(s hubSpec, attempt int) error {
 			"--bootstrap-expect", strconv.Itoa(s.servers),
 			"--gossip-profile", "local",
 			"--encrypt-key", h.key,
+			"--pprof", // for benchmarks: the live heap after a GC
 		}
 		// Every other server, so that a restarted server finds its way back.
 		for j := 0; j < s.servers; j++ {
@@ -232,4 +234,50 @@ func (h *Hub) Close() {
 	for _, s := range h.servers {
 		_ = s.Kill()
 	}
+}
+
+// LiveHeap returns the server's Go heap held by live objects: it asks the
+// server (started with --pprof) for a heap profile after a garbage
+// collection (/debug/pprof/heap?gc=1&debug=1), twice, and reads the second
+// one's HeapAlloc. Twice, because objects in sync.Pools (gRPC's message
+// buffers) survive one collection in the pools' victim caches. RSS also
+// counts garbage not yet collected and memory the runtime keeps.
+func (s *HubServer) LiveHeap(ctx context.Context) (int64, error) {
+	var n int64
+	for range 2 {
+		var err error
+		if n, err = s.heapAlloc(ctx); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
+}
+
+func (s *HubServer) heapAlloc(ctx context.Context) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.HTTPAddr()+"/debug/pprof/heap?gc=1&debug=1", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("testenv: %s: heap profile: %s (is --pprof set?)", s.name, resp.Status)
+	}
+	// The profile can be megabytes; the runtime's statistics are at its end.
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "# HeapAlloc = "); ok {
+			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("testenv: %s: no HeapAlloc in the heap profile", s.name)
 }

@@ -62,6 +62,7 @@ when the flag is empty).`,
 	f.StringVar(&cfg.EncryptKey, "encrypt-key", cfg.EncryptKey, "base64 key shared by all servers, from 'meshfed hub keygen' (default $"+envEncryptKey+")")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "the hub's SPIFFE trust domain")
 	f.DurationVar(&cfg.DeadServerGrace, "dead-server-grace", cfg.DeadServerGrace, "how long a failed server stays a Raft member before it is removed")
+	f.BoolVar(&cfg.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the HTTP port")
 	f.StringVar(&cfg.GossipProfile, "gossip-profile", cfg.GossipProfile, "gossip timing: lan, or local for loopback test setups")
 	f.Var(&level, "log-level", "log level: debug, info, warn or error")
 
