@@ -391,10 +391,11 @@ func (a *Agent) setErr(err error) {
 	}
 }
 
-// publishView hands a new view to the importer, the gateways and the
-// status, and reports conflicts to the source. With the file source, which
-// has no importer, it assigns the imports' egress ports and saves them.
-func (a *Agent) publishView(v *view, egressF *egressFile) {
+// publishView hands a snapshot of v to the importer, the gateways and the
+// status, reports conflicts to the source, and returns the snapshot. With
+// the file source, which has no importer, it assigns the imports' egress
+// ports and saves them.
+func (a *Agent) publishView(v *view, egressF *egressFile) *view {
 	snap := v.snapshot()
 	plans, conflicts := planImports(a.cfg.Cluster.String(), snap)
 	if egressF != nil {
@@ -425,6 +426,7 @@ func (a *Agent) publishView(v *view, egressF *egressFile) {
 		}
 		cr.setConflicts(c)
 	}
+	return snap
 }
 
 // syncSession is the state that outlives one stream: the view and the
@@ -543,13 +545,13 @@ func (s *syncSession) run(ctx context.Context) error {
 				if err := s.file.save(s.view); err != nil {
 					a.log.Error("persisting the hub state", "err", err)
 				}
-				if a.cmCache != nil {
-					a.cmCache.put(s.view.snapshot())
-				}
 				a.mu.Lock()
 				a.cached = false
 				a.mu.Unlock()
-				a.publishView(s.view, s.egressF)
+				snap := a.publishView(s.view, s.egressF)
+				if a.cmCache != nil {
+					a.cmCache.put(snap)
+				}
 				if !synced {
 					synced = true
 					a.setConnected(true, server)
