@@ -133,7 +133,8 @@ type ClusterEnv struct {
 	index      int    // in Options.Clusters
 	agent      *Agent // nil without a hub or with NoAgents
 	mcs        mcsclient.Interface
-	workloads  map[string]*Workload
+	wmu        sync.Mutex
+	workloads  map[string]*Workload // guarded by wmu
 }
 
 // Start stands up the federation described by opts, failing the test if it
@@ -394,7 +395,7 @@ func (f *Federation) Close() error {
 			if c.agent != nil {
 				_ = c.agent.Kill()
 			}
-			for _, w := range c.workloads {
+			for _, w := range c.workloadList() {
 				w.close()
 			}
 		}

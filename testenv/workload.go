@@ -139,10 +139,24 @@ func (c *ClusterEnv) deploy(ctx context.Context, spec WorkloadSpec) (*Workload, 
 	if spec.Replicas < 1 || spec.Replicas > 100 {
 		return nil, fmt.Errorf("replicas: %d: must be 1 to 100", spec.Replicas)
 	}
-	if _, dup := c.workloads[spec.Namespace+"/"+spec.Name]; dup {
-		return nil, errors.New("already deployed")
+	switch {
+	case spec.Port == 0 && spec.HTTP:
+		spec.Port = 80
+	case spec.Port == 0:
+		spec.Port = 9000
+	case spec.Port < 0 || spec.Port > 65535:
+		return nil, fmt.Errorf("port: %d: must be 1 to 65535", spec.Port)
 	}
 	w := &Workload{spec: spec, cluster: c}
+	c.wmu.Lock()
+	_, dup := c.workloads[w.Service()]
+	if !dup {
+		c.workloads[w.Service()] = w // its echo servers are closed with the federation
+	}
+	c.wmu.Unlock()
+	if dup {
+		return nil, errors.New("already deployed")
+	}
 	for i := range spec.Replicas {
 		inst := Instance{Cluster: c.Name(), Zone: c.spec.Zone, Name: w.sliceName(i)}
 		var e *Echo
@@ -158,7 +172,6 @@ func (c *ClusterEnv) deploy(ctx context.Context, spec WorkloadSpec) (*Workload, 
 		}
 		w.instances = append(w.instances, e)
 	}
-	c.workloads[w.Service()] = w
 	kc := c.clientset
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: spec.Namespace}}
 	if _, err := kc.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -346,7 +359,7 @@ func (c *ClusterEnv) isHTTP(service string) bool {
 		return false
 	}
 	for _, o := range c.fed.clusters {
-		if w, ok := o.workloads[service]; ok {
+		if w := o.Workload(service); w != nil {
 			return w.spec.HTTP
 		}
 	}
@@ -355,4 +368,18 @@ func (c *ClusterEnv) isHTTP(service string) bool {
 
 // Workload returns the workload deployed as "namespace/name" in the
 // cluster, or nil.
-func (c *ClusterEnv) Workload(service string) *Workload { return c.workloads[service] }
+func (c *ClusterEnv) Workload(service string) *Workload {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.workloads[service]
+}
+
+func (c *ClusterEnv) workloadList() []*Workload {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	out := make([]*Workload, 0, len(c.workloads))
+	for _, w := range c.workloads {
+		out = append(out, w)
+	}
+	return out
+}
