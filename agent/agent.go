@@ -726,6 +726,7 @@ func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority,
 	bundleCh, stop := root.Watch()
 	defer stop()
 	a.kickGateways()
+	var prev *gatewayConfig
 	for {
 		select {
 		case <-ctx.Done():
@@ -750,7 +751,10 @@ func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority,
 			continue
 		}
 		hub.Revision = snap.revision
-		a.gw.set(buildGatewayConfig(a.cfg.Cluster.String(), snap, local, a.egress.snapshot(), own, hub))
+		cfg := buildGatewayConfig(a.cfg.Cluster.String(), snap, local, a.egress.snapshot(), own, hub)
+		cfg.reuse(prev)
+		prev = cfg
+		a.gw.set(cfg)
 	}
 }
 

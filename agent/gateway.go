@@ -103,6 +103,31 @@ func buildGatewayConfig(self string, v *view, local map[string]*gatewayv1.LocalS
 	return c
 }
 
+// reuse makes c share every message equal to prev's, so that each
+// stream's diff finds unchanged entries by pointer: the equality is
+// computed once per change here, not once per gateway stream.
+func (c *gatewayConfig) reuse(prev *gatewayConfig) {
+	if prev == nil {
+		return
+	}
+	reuseEqual(c.imports, prev.imports)
+	reuseEqual(c.local, prev.local)
+	reuseEqual(c.clusters, prev.clusters)
+	reuseEqual(c.policies, prev.policies)
+	reuseEqual(c.bundles, prev.bundles)
+	if proto.Equal(c.hub, prev.hub) {
+		c.hub = prev.hub
+	}
+}
+
+func reuseEqual[T proto.Message](cur, prev map[string]T) {
+	for k, v := range cur {
+		if old, ok := prev[k]; ok && sameMessage(old, v) {
+			cur[k] = old
+		}
+	}
+}
+
 // diffMap appends to ups the values of cur that are new or changed since
 // last, and to dels the keys of last that cur lacks, both sorted by key.
 func diffMap[T proto.Message](last, cur map[string]T, ups *[]T, dels *[]string) {

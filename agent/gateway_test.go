@@ -77,3 +77,20 @@ func TestSplitDelta(t *testing.T) {
 		t.Errorf("a small delta is split: %v", small)
 	}
 }
+
+func TestGatewayConfigReuse(t *testing.T) {
+	prev := bigGatewayConfig(3)
+	cur := bigGatewayConfig(3)
+	cur.imports["default/svc-0001"] = &gatewayv1.Import{Service: "default/svc-0001"} // changed
+	cur.reuse(prev)
+	if cur.imports["default/svc-0000"] != prev.imports["default/svc-0000"] || cur.hub != prev.hub || cur.bundles["east.meshfed.local"] != prev.bundles["east.meshfed.local"] {
+		t.Error("equal messages are not shared")
+	}
+	if cur.imports["default/svc-0001"] == prev.imports["default/svc-0001"] {
+		t.Error("a changed message was replaced by the old one")
+	}
+	d, _ := diffGatewayConfig(prev, cur)
+	if len(d.GetImports()) != 1 || d.GetImports()[0].GetService() != "default/svc-0001" {
+		t.Errorf("delta %v, want only svc-0001", d.GetImports())
+	}
+}
