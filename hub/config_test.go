@@ -22,6 +22,7 @@ var configNoDefault = map[string]bool{
 	"BundleWebPort":     true, // 0: no https_web bundle endpoint
 	"BundleWebCertFile": true, // only with BundleWebPort
 	"BundleWebKeyFile":  true, // only with BundleWebPort
+	"Pprof":             true, // off by default: profiles reveal internals
 }
 
 // validTestConfig is DefaultConfig plus the fields that have no default.
