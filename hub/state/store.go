@@ -123,10 +123,7 @@ func (r *ReadTxn) since(table string, rev uint64) []*row {
 }
 
 func (r *ReadTxn) metaUint(key string) uint64 {
-	if rw := r.get(TableMeta, key); rw != nil {
-		return rw.Value.(uint64)
-	}
-	return 0
+	return value[uint64](r.get(TableMeta, key))
 }
 
 // Revision is the Raft index of the last change.
@@ -137,18 +134,12 @@ func (r *ReadTxn) TombstoneFloor() uint64 { return r.metaUint(metaFloor) }
 
 // CA returns the hub CA, or nil before the first leader created it.
 func (r *ReadTxn) CA() *hubpb.CAState {
-	if rw := r.get(TableMeta, metaCA); rw != nil {
-		return rw.Value.(*hubpb.CAState)
-	}
-	return nil
+	return value[*hubpb.CAState](r.get(TableMeta, metaCA))
 }
 
 // Token returns a join token by ID, or nil.
 func (r *ReadTxn) Token(id string) *hubpb.Token {
-	if rw := r.get(TableTokens, id); rw != nil {
-		return rw.Value.(*hubpb.Token)
-	}
-	return nil
+	return value[*hubpb.Token](r.get(TableTokens, id))
 }
 
 // Tokens returns every token, sorted by ID.
@@ -158,10 +149,7 @@ func (r *ReadTxn) Tokens() []*hubpb.Token {
 
 // Cluster returns a member cluster by name, or nil.
 func (r *ReadTxn) Cluster(name string) *fedv1.ClusterRecord {
-	if rw := r.get(TableClusters, name); rw != nil {
-		return rw.Value.(*fedv1.ClusterRecord)
-	}
-	return nil
+	return value[*fedv1.ClusterRecord](r.get(TableClusters, name))
 }
 
 // Clusters returns every member cluster, sorted by name.
@@ -171,10 +159,7 @@ func (r *ReadTxn) Clusters() []*fedv1.ClusterRecord {
 
 // Export returns one cluster's export of a service (namespace/name), or nil.
 func (r *ReadTxn) Export(cluster, service string) *fedv1.ExportRecord {
-	if rw := r.get(TableExports, ExportKey(cluster, service)); rw != nil {
-		return rw.Value.(*fedv1.ExportRecord)
-	}
-	return nil
+	return value[*fedv1.ExportRecord](r.get(TableExports, ExportKey(cluster, service)))
 }
 
 // Exports returns every export, sorted by cluster then service.
@@ -194,10 +179,7 @@ func (r *ReadTxn) ExportsFor(service string) []*fedv1.ExportRecord {
 
 // Bundle returns the bundle of a trust domain, or nil.
 func (r *ReadTxn) Bundle(td string) *hubpb.BundleRecord {
-	if rw := r.get(TableBundles, td); rw != nil {
-		return rw.Value.(*hubpb.BundleRecord)
-	}
-	return nil
+	return value[*hubpb.BundleRecord](r.get(TableBundles, td))
 }
 
 // Bundles returns every trust bundle, sorted by trust domain.
@@ -207,10 +189,7 @@ func (r *ReadTxn) Bundles() []*hubpb.BundleRecord {
 
 // Policy returns a traffic policy by name, or nil.
 func (r *ReadTxn) Policy(name string) *fedv1.TrafficPolicy {
-	if rw := r.get(TablePolicies, name); rw != nil {
-		return rw.Value.(*fedv1.TrafficPolicy)
-	}
-	return nil
+	return value[*fedv1.TrafficPolicy](r.get(TablePolicies, name))
 }
 
 // Policies returns every traffic policy, sorted by name.
@@ -220,10 +199,7 @@ func (r *ReadTxn) Policies() []*fedv1.TrafficPolicy {
 
 // Federation returns the relationship with an external trust domain, or nil.
 func (r *ReadTxn) Federation(td string) *fedv1.FederationRelationship {
-	if rw := r.get(TableFederations, td); rw != nil {
-		return rw.Value.(*fedv1.FederationRelationship)
-	}
-	return nil
+	return value[*fedv1.FederationRelationship](r.get(TableFederations, td))
 }
 
 // Federations returns every relationship, sorted by trust domain.
@@ -287,6 +263,15 @@ func (r *ReadTxn) Changes(since uint64) *Delta {
 		sort.Strings(keys)
 	}
 	return d
+}
+
+// value returns a row's value, or T's zero value for no row.
+func value[T any](rw *row) T {
+	if rw == nil {
+		var zero T
+		return zero
+	}
+	return rw.Value.(T)
 }
 
 func values[T any](rows []*row) []T {
