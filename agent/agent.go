@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -41,6 +42,7 @@ type Agent struct {
 	gw        *gatewayHub
 	egress    *egressTable
 	cmCache   *configMapCache // kubernetes source
+	td        spiffeid.TrustDomain
 
 	mu        sync.Mutex // guards the fields below, read by HTTP
 	creds     *Credentials
@@ -162,6 +164,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: stored credentials: trustDomain: %w", err)
 	}
+	a.td = td // set before any goroutine starts
 	if _, err := st.ca.Load(); err != nil {
 		return fmt.Errorf("agent: the cluster CA root is missing (it is stored at join): %w", err)
 	}
@@ -751,11 +754,28 @@ func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority,
 			continue
 		}
 		hub.Revision = snap.revision
-		cfg := buildGatewayConfig(a.cfg.Cluster.String(), snap, local, a.egress.snapshot(), own, hub)
+		cfg := buildGatewayConfig(a.gatewaySelf(), snap, local, a.egress.snapshot(), own, hub)
 		cfg.reuse(prev)
 		prev = cfg
 		a.gw.set(cfg)
 	}
+}
+
+// gatewaySelf is this cluster as its gateways serve it: name, locality,
+// trust domain, and the QUIC ingress (the port of the first advertised
+// gateway address).
+func (a *Agent) gatewaySelf() *gatewayv1.Self {
+	me := &gatewayv1.Self{Cluster: a.cfg.Cluster.String(), TrustDomain: a.td.Name(),
+		Locality: &fedv1.Locality{Region: a.cfg.Locality.Region(), Zone: a.cfg.Locality.Zone(), Subzone: a.cfg.Locality.Subzone()},
+		Ingress:  &gatewayv1.Ingress{BindAddress: a.cfg.GatewayIngressBind, Alpn: gatewayv1.ALPN}}
+	if len(a.cfg.GatewayAddresses) > 0 {
+		if _, port, err := net.SplitHostPort(a.cfg.GatewayAddresses[0]); err == nil {
+			if p, err := strconv.ParseUint(port, 10, 16); err == nil {
+				me.Ingress.Port = uint32(p)
+			}
+		}
+	}
+	return me
 }
 
 // reportSynced tells the source, for each export, whether the hub holds it

@@ -92,6 +92,9 @@ type Config struct {
 	// GatewayAddresses are host:port of the cluster's east-west gateways
 	// as remote clusters reach them, sent at join.
 	GatewayAddresses []string
+	// GatewayIngressBind is the IP address the gateways bind their QUIC
+	// ingress to (sent to them in the config stream); empty means all.
+	GatewayIngressBind string
 
 	// HubAddresses, if set, are the hub servers' host:port to dial instead
 	// of those in the token and the stored credentials (a hub behind a

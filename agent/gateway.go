@@ -26,7 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/meshfed/meshfed/agent/gatewayclient"
+	"github.com/meshfed/meshfed/gateway/gatewayclient"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
 	"github.com/meshfed/meshfed/trust"
@@ -50,6 +50,7 @@ type gatewayConfig struct {
 	policies map[string]*fedv1.TrafficPolicy
 	bundles  map[string]*fedv1.TrustBundle
 	hub      *gatewayv1.HubState
+	self     *gatewayv1.Self
 }
 
 func emptyGatewayConfig() *gatewayConfig {
@@ -61,9 +62,10 @@ func emptyGatewayConfig() *gatewayConfig {
 // buildGatewayConfig computes the gateway config from the hub view, the
 // local catalog, the egress assignments and this cluster's own bundle
 // (which is fresher than the hub's copy during a rotation). Pure.
-func buildGatewayConfig(self string, v *view, local map[string]*gatewayv1.LocalService, egress map[string]int, own *fedv1.TrustBundle, hub *gatewayv1.HubState) *gatewayConfig {
+func buildGatewayConfig(me *gatewayv1.Self, v *view, local map[string]*gatewayv1.LocalService, egress map[string]int, own *fedv1.TrustBundle, hub *gatewayv1.HubState) *gatewayConfig {
+	self := me.GetCluster()
 	c := emptyGatewayConfig()
-	c.hub = hub
+	c.hub, c.self = hub, me
 	for k, s := range local {
 		c.local[k] = s
 	}
@@ -118,6 +120,9 @@ func (c *gatewayConfig) reuse(prev *gatewayConfig) {
 	if proto.Equal(c.hub, prev.hub) {
 		c.hub = prev.hub
 	}
+	if proto.Equal(c.self, prev.self) {
+		c.self = prev.self
+	}
 }
 
 func reuseEqual[T proto.Message](cur, prev map[string]T) {
@@ -164,7 +169,10 @@ func diffGatewayConfig(last, cur *gatewayConfig) (*gatewayv1.StreamResponse, boo
 	diffMap(last.clusters, cur.clusters, &d.Clusters, &d.RemovedClusters)
 	diffMap(last.policies, cur.policies, &d.Policies, &d.RemovedPolicies)
 	diffMap(last.bundles, cur.bundles, &d.Bundles, &d.RemovedBundles)
-	changed := d.Snapshot || !proto.Equal(last.hub, cur.hub) ||
+	if d.Snapshot || !sameMessage(last.self, cur.self) {
+		d.Self = cur.self
+	}
+	changed := d.Snapshot || !proto.Equal(last.hub, cur.hub) || d.Self != nil ||
 		len(d.Imports)+len(d.RemovedImports)+len(d.LocalServices)+len(d.RemovedLocalServices)+len(d.Clusters)+
 			len(d.RemovedClusters)+len(d.Policies)+len(d.RemovedPolicies)+len(d.Bundles)+len(d.RemovedBundles) > 0
 	return d, changed
@@ -236,6 +244,23 @@ type gatewayStreamState struct {
 	Peer     string    `json:"peer"`
 	Since    time.Time `json:"since"`
 	Revision uint64    `json:"revision"`
+	// From the replica's last Report: the revision it applied (or
+	// rejected, with the reason) and its health.
+	Applied  uint64         `json:"applied"`
+	Rejected string         `json:"rejected,omitempty"`
+	Health   *GatewayHealth `json:"health,omitempty"`
+	Reported time.Time      `json:"reported,omitzero"`
+}
+
+// GatewayHealth is a gateway replica's health as it reported it.
+type GatewayHealth struct {
+	Serving          bool   `json:"serving"`
+	Draining         bool   `json:"draining,omitempty"`
+	Cached           bool   `json:"cached,omitempty"`
+	RemoteGateways   uint32 `json:"remoteGateways"`
+	RemoteGatewaysUp uint32 `json:"remoteGatewaysUp"`
+	ActiveStreams    uint32 `json:"activeStreams"`
+	Ingress          string `json:"ingress,omitempty"`
 }
 
 func newGatewayHub() *gatewayHub {
@@ -273,6 +298,32 @@ func (h *gatewayHub) setRevision(id, rev uint64) {
 	if s := h.streams[id]; s != nil {
 		s.Revision = rev
 	}
+}
+
+// report records a replica's Report on its streams (by instance name). It
+// reports whether a stream of that instance is connected.
+func (h *gatewayHub) report(r *gatewayv1.ReportRequest, now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	found := false
+	for _, s := range h.streams {
+		if s.Instance != r.GetInstance() {
+			continue
+		}
+		found = true
+		s.Reported = now
+		if r.GetError() != "" {
+			s.Rejected = r.GetError()
+		} else {
+			s.Applied, s.Rejected = r.GetRevision(), ""
+		}
+		if hl := r.GetHealth(); hl != nil {
+			s.Health = &GatewayHealth{Serving: hl.GetServing(), Draining: hl.GetDraining(), Cached: hl.GetCached(),
+				RemoteGateways: hl.GetRemoteGateways(), RemoteGatewaysUp: hl.GetRemoteGatewaysUp(),
+				ActiveStreams: hl.GetActiveStreams(), Ingress: hl.GetIngressAddress()}
+		}
+	}
+	return found
 }
 
 func (h *gatewayHub) removeStream(id uint64) {
@@ -344,6 +395,23 @@ func (s *gatewayServer) SignSVID(ctx context.Context, req *gatewayv1.SignSVIDReq
 		resp.CertChain = append(resp.CertChain, c.Raw)
 	}
 	return resp, nil
+}
+
+// Report records a replica's applied revision and health.
+func (s *gatewayServer) Report(ctx context.Context, req *gatewayv1.ReportRequest) (*gatewayv1.ReportResponse, error) {
+	if err := s.verifiedGateway(ctx); err != nil {
+		return nil, err
+	}
+	if n := len(req.GetInstance()); n == 0 || n > maxGatewayInstance {
+		return nil, status.Errorf(codes.InvalidArgument, "instance: %d bytes, want 1 to %d", n, maxGatewayInstance)
+	}
+	if n := len(req.GetError()); n > gatewayclient.MaxReportError {
+		return nil, status.Errorf(codes.InvalidArgument, "error: %d bytes, at most %d", n, gatewayclient.MaxReportError)
+	}
+	if !s.hub.report(req, time.Now()) {
+		return nil, status.Errorf(codes.FailedPrecondition, "instance: %q has no config stream open", req.GetInstance())
+	}
+	return &gatewayv1.ReportResponse{}, nil
 }
 
 func (s *gatewayServer) Stream(req *gatewayv1.StreamRequest, stream gatewayv1.Config_StreamServer) error {

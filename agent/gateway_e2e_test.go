@@ -18,7 +18,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
-	"github.com/meshfed/meshfed/agent/gatewayclient"
+	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/gateway/gatewayclient"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
 	"github.com/meshfed/meshfed/testenv"
@@ -89,19 +90,15 @@ func waitGateway(t testing.TB, g *gateway, timeout time.Duration, cond func(*gat
 
 func importReady(key, cluster string, ready uint32) func(*gatewayclient.State) error {
 	return func(s *gatewayclient.State) error {
-		im := s.Imports[key]
+		im := s.Imports[federation.MustServiceKey(key)]
 		if im == nil {
 			return fmt.Errorf("no import %s", key)
 		}
-		for _, c := range im.GetClusters() {
-			if c.GetCluster() != cluster {
+		for _, c := range im.Clusters {
+			if c.Cluster.String() != cluster {
 				continue
 			}
-			var n uint32
-			for _, g := range c.GetEndpoints() {
-				n += g.GetReady()
-			}
-			if n != ready {
+			if n := uint32(c.Ready()); n != ready {
 				return fmt.Errorf("import %s from %s: %d ready, want %d", key, cluster, n, ready)
 			}
 			return nil
@@ -136,14 +133,17 @@ func TestGatewayConfigStream(t *testing.T) {
 	westGWs := []*gateway{startGateway(t, west.a, "west-gw-0"), startGateway(t, west.a, "west-gw-1")}
 	for _, g := range westGWs {
 		s := waitGateway(t, g, 20*time.Second, importReady("default/reviews", "east", 1))
-		im := s.Imports["default/reviews"]
-		if len(im.GetPorts()) != 1 || im.GetPorts()[0].GetEgressPort() < DefaultEgressPortMin || im.GetPorts()[0].GetPort().GetPort() != 8080 {
-			t.Errorf("import ports = %v, want 8080 with an egress port from %d", im.GetPorts(), DefaultEgressPortMin)
+		im := s.Imports[federation.MustServiceKey("default/reviews")]
+		if len(im.Ports) != 1 || im.Ports[0].Egress < DefaultEgressPortMin || im.Ports[0].Port != 8080 {
+			t.Errorf("import ports = %v, want 8080 with an egress port from %d", im.Ports, DefaultEgressPortMin)
 		}
-		if c := s.Clusters["east"]; c == nil || c.GetLocality().GetZone() != "us-east-1a" || c.GetTrustDomain() != "east.meshfed.local" {
+		if c := s.Clusters[federation.MustClusterName("east")]; c == nil || c.Locality.Zone() != "us-east-1a" || c.TrustDomain.Name() != "east.meshfed.local" {
 			t.Errorf("remote cluster east = %v", c)
 		}
-		if _, self := s.Clusters["west"]; self {
+		if s.Self.Cluster.String() != "west" || s.Self.TrustDomain.Name() != "west.meshfed.local" || s.Self.Ingress.ALPN == "" {
+			t.Errorf("self = %+v, want west with its trust domain and an ALPN", s.Self)
+		}
+		if _, self := s.Clusters[federation.MustClusterName("west")]; self {
 			t.Error("the gateway's own cluster is listed as remote")
 		}
 		for _, td := range []string{"east.meshfed.local", "west.meshfed.local"} {
@@ -151,7 +151,7 @@ func TestGatewayConfigStream(t *testing.T) {
 				t.Errorf("bundle of %s missing", td)
 			}
 		}
-		if !s.Hub.GetConnected() || s.Hub.GetRevision() == 0 {
+		if !s.Hub.Connected || s.Hub.Revision == 0 {
 			t.Errorf("hub state = %v, want connected with a revision", s.Hub)
 		}
 		svid, err := g.c.GetX509SVID()
@@ -162,7 +162,7 @@ func TestGatewayConfigStream(t *testing.T) {
 	// The egress port in the stream is the one the agent shows.
 	st := west.a.State()
 	s, _ := westGWs[0].c.State()
-	if got, want := findImport(st, "default/reviews").Egress["http"], int(s.Imports["default/reviews"].GetPorts()[0].GetEgressPort()); got != want {
+	if got, want := findImport(st, "default/reviews").Egress["http"], int(s.Imports[federation.MustServiceKey("default/reviews")].Ports[0].Egress); got != want {
 		t.Errorf("agent status egress %d, stream %d", got, want)
 	}
 	waitState(t, west.a, 10*time.Second, func(st State) error {
@@ -174,13 +174,13 @@ func TestGatewayConfigStream(t *testing.T) {
 
 	// East's gateway sees its local endpoints, with addresses and labels.
 	es := waitGateway(t, eastGW, 10*time.Second, func(s *gatewayclient.State) error {
-		if l := s.Local["default/reviews"]; l == nil || len(l.GetEndpoints()) != 2 {
+		if l := s.Local[federation.MustServiceKey("default/reviews")]; l == nil || len(l.Endpoints) != 2 {
 			return fmt.Errorf("local default/reviews = %v, want 2 endpoints", l)
 		}
 		return nil
 	})
-	ep := es.Local["default/reviews"].GetEndpoints()[0]
-	if ep.GetAddress() != "127.0.0.1" || len(ep.GetPorts()) != 1 || ep.GetPorts()[0].GetPort() != 9001 || ep.GetLabels()["version"] != "v1" || !ep.GetReady() {
+	ep := es.Local[federation.MustServiceKey("default/reviews")].Endpoints[0]
+	if ep.Addr.String() != "127.0.0.1" || len(ep.Ports) != 1 || ep.Ports["http"] != 9001 || ep.Labels["version"] != "v1" || !ep.Ready {
 		t.Errorf("endpoint = %v, want 127.0.0.1 port 9001, version=v1, ready", ep)
 	}
 
@@ -248,7 +248,7 @@ func TestGatewayConfigStream(t *testing.T) {
 		}
 		for _, g := range westGWs {
 			waitGateway(t, g, 20*time.Second, func(s *gatewayclient.State) error {
-				if s.Hub.GetConnected() {
+				if s.Hub.Connected {
 					return errors.New("still connected")
 				}
 				return importReady("default/reviews", "east", 2)(s)
@@ -264,10 +264,10 @@ func TestGatewayConfigStream(t *testing.T) {
 		west = startAgent(top, westCfg)
 		g := startGateway(t, west.a, "west-gw-3")
 		s := waitGateway(t, g, 20*time.Second, importReady("default/reviews", "east", 2))
-		if !s.Hub.GetCached() || s.Hub.GetConnected() {
+		if !s.Hub.Cached || s.Hub.Connected {
 			t.Errorf("hub state after a restart without the hub = %v, want cached and disconnected", s.Hub)
 		}
-		if c := s.Clusters["east"]; c == nil {
+		if c := s.Clusters[federation.MustClusterName("east")]; c == nil {
 			t.Error("remote cluster east missing from the cached config")
 		}
 
@@ -277,7 +277,7 @@ func TestGatewayConfigStream(t *testing.T) {
 			}
 		}
 		waitGateway(t, g, 30*time.Second, func(s *gatewayclient.State) error {
-			if !s.Hub.GetConnected() || s.Hub.GetCached() {
+			if !s.Hub.Connected || s.Hub.Cached {
 				return fmt.Errorf("hub state %v, want connected", s.Hub)
 			}
 			return importReady("default/reviews", "east", 2)(s)

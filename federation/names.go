@@ -258,6 +258,16 @@ func ParseServiceKey(s string) (ServiceKey, error) {
 	return NewServiceKey(ns, name)
 }
 
+// MustServiceKey is ParseServiceKey for constants and tests: it panics on
+// an invalid key.
+func MustServiceKey(s string) ServiceKey {
+	k, err := ParseServiceKey(s)
+	if err != nil {
+		panic(err)
+	}
+	return k
+}
+
 // Namespace returns the namespace half of k.
 func (k ServiceKey) Namespace() string { return k.namespace }
 

@@ -5,3 +5,7 @@
 // proto/meshfed/gateway/v1/gateway.proto; this file, written by hand,
 // holds the package documentation.
 package gatewayv1
+
+// ALPN is the ALPN protocol of gateway-to-gateway QUIC connections, version
+// 1 of the east-west stream protocol (see package eastwest).
+const ALPN = "meshfed-ew/1"

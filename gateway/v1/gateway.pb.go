@@ -103,7 +103,10 @@ type StreamResponse struct {
 	// True when more messages of the same change follow: a large snapshot or
 	// delta is split, and the gateway applies it only once the message with
 	// more=false has arrived, so it never acts on half of one.
-	More          bool `protobuf:"varint,14,opt,name=more,proto3" json:"more,omitempty"`
+	More bool `protobuf:"varint,14,opt,name=more,proto3" json:"more,omitempty"`
+	// This cluster as its gateways serve it. Set in every snapshot and in a
+	// delta when it changed; absent means unchanged.
+	Self          *Self `protobuf:"bytes,15,opt,name=self,proto3" json:"self,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -236,6 +239,147 @@ func (x *StreamResponse) GetMore() bool {
 	return false
 }
 
+func (x *StreamResponse) GetSelf() *Self {
+	if x != nil {
+		return x.Self
+	}
+	return nil
+}
+
+// This cluster: its name, locality and trust domain, and how its gateways
+// accept traffic from remote gateways.
+type Self struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Locality      *v1.Locality           `protobuf:"bytes,2,opt,name=locality,proto3" json:"locality,omitempty"`
+	TrustDomain   string                 `protobuf:"bytes,3,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	Ingress       *Ingress               `protobuf:"bytes,4,opt,name=ingress,proto3" json:"ingress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Self) Reset() {
+	*x = Self{}
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Self) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Self) ProtoMessage() {}
+
+func (x *Self) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Self.ProtoReflect.Descriptor instead.
+func (*Self) Descriptor() ([]byte, []int) {
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Self) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *Self) GetLocality() *v1.Locality {
+	if x != nil {
+		return x.Locality
+	}
+	return nil
+}
+
+func (x *Self) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *Self) GetIngress() *Ingress {
+	if x != nil {
+		return x.Ingress
+	}
+	return nil
+}
+
+// The gateways' QUIC ingress.
+type Ingress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// IP address to bind; empty means all addresses.
+	BindAddress string `protobuf:"bytes,1,opt,name=bind_address,json=bindAddress,proto3" json:"bind_address,omitempty"`
+	// UDP port.
+	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// The ALPN protocol remote gateways must negotiate.
+	Alpn          string `protobuf:"bytes,3,opt,name=alpn,proto3" json:"alpn,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ingress) Reset() {
+	*x = Ingress{}
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ingress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ingress) ProtoMessage() {}
+
+func (x *Ingress) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ingress.ProtoReflect.Descriptor instead.
+func (*Ingress) Descriptor() ([]byte, []int) {
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Ingress) GetBindAddress() string {
+	if x != nil {
+		return x.BindAddress
+	}
+	return ""
+}
+
+func (x *Ingress) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Ingress) GetAlpn() string {
+	if x != nil {
+		return x.Alpn
+	}
+	return ""
+}
+
 type HubState struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The hub revision the config was computed from.
@@ -250,7 +394,7 @@ type HubState struct {
 
 func (x *HubState) Reset() {
 	*x = HubState{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -262,7 +406,7 @@ func (x *HubState) String() string {
 func (*HubState) ProtoMessage() {}
 
 func (x *HubState) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -275,7 +419,7 @@ func (x *HubState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HubState.ProtoReflect.Descriptor instead.
 func (*HubState) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *HubState) GetRevision() uint64 {
@@ -313,7 +457,7 @@ type Import struct {
 
 func (x *Import) Reset() {
 	*x = Import{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -325,7 +469,7 @@ func (x *Import) String() string {
 func (*Import) ProtoMessage() {}
 
 func (x *Import) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -338,7 +482,7 @@ func (x *Import) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Import.ProtoReflect.Descriptor instead.
 func (*Import) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Import) GetService() string {
@@ -374,7 +518,7 @@ type ImportPort struct {
 
 func (x *ImportPort) Reset() {
 	*x = ImportPort{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[4]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -386,7 +530,7 @@ func (x *ImportPort) String() string {
 func (*ImportPort) ProtoMessage() {}
 
 func (x *ImportPort) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[4]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -399,7 +543,7 @@ func (x *ImportPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportPort.ProtoReflect.Descriptor instead.
 func (*ImportPort) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ImportPort) GetPort() *v1.ServicePort {
@@ -428,7 +572,7 @@ type ImportCluster struct {
 
 func (x *ImportCluster) Reset() {
 	*x = ImportCluster{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[5]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -440,7 +584,7 @@ func (x *ImportCluster) String() string {
 func (*ImportCluster) ProtoMessage() {}
 
 func (x *ImportCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[5]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -453,7 +597,7 @@ func (x *ImportCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportCluster.ProtoReflect.Descriptor instead.
 func (*ImportCluster) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ImportCluster) GetCluster() string {
@@ -490,7 +634,7 @@ type LocalService struct {
 
 func (x *LocalService) Reset() {
 	*x = LocalService{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[6]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +646,7 @@ func (x *LocalService) String() string {
 func (*LocalService) ProtoMessage() {}
 
 func (x *LocalService) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[6]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +659,7 @@ func (x *LocalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalService.ProtoReflect.Descriptor instead.
 func (*LocalService) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LocalService) GetService() string {
@@ -556,7 +700,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[7]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -568,7 +712,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[7]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -581,7 +725,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Endpoint) GetAddress() string {
@@ -643,7 +787,7 @@ type EndpointPort struct {
 
 func (x *EndpointPort) Reset() {
 	*x = EndpointPort{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[8]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -655,7 +799,7 @@ func (x *EndpointPort) String() string {
 func (*EndpointPort) ProtoMessage() {}
 
 func (x *EndpointPort) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[8]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -668,7 +812,7 @@ func (x *EndpointPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointPort.ProtoReflect.Descriptor instead.
 func (*EndpointPort) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *EndpointPort) GetName() string {
@@ -700,7 +844,7 @@ type RemoteCluster struct {
 
 func (x *RemoteCluster) Reset() {
 	*x = RemoteCluster{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[9]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +856,7 @@ func (x *RemoteCluster) String() string {
 func (*RemoteCluster) ProtoMessage() {}
 
 func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[9]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +869,7 @@ func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoteCluster.ProtoReflect.Descriptor instead.
 func (*RemoteCluster) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RemoteCluster) GetName() string {
@@ -767,15 +911,20 @@ type SignSVIDRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// PKCS#10, DER. At most 8 KiB.
 	Csr []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
-	// The bootstrap token, when the caller has no gateway SVID yet.
+	// The bootstrap token, when the caller has no gateway SVID yet (local
+	// development: the file catalog source).
 	BootstrapToken string `protobuf:"bytes,2,opt,name=bootstrap_token,json=bootstrapToken,proto3" json:"bootstrap_token,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// A Kubernetes ServiceAccount token of the gateway's pod, when the caller
+	// has no gateway SVID yet: the agent checks it with a TokenReview against
+	// its cluster's API server. At most 16 KiB.
+	ServiceAccountToken string `protobuf:"bytes,3,opt,name=service_account_token,json=serviceAccountToken,proto3" json:"service_account_token,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *SignSVIDRequest) Reset() {
 	*x = SignSVIDRequest{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[10]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +936,7 @@ func (x *SignSVIDRequest) String() string {
 func (*SignSVIDRequest) ProtoMessage() {}
 
 func (x *SignSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[10]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +949,7 @@ func (x *SignSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SignSVIDRequest) GetCsr() []byte {
@@ -817,6 +966,13 @@ func (x *SignSVIDRequest) GetBootstrapToken() string {
 	return ""
 }
 
+func (x *SignSVIDRequest) GetServiceAccountToken() string {
+	if x != nil {
+		return x.ServiceAccountToken
+	}
+	return ""
+}
+
 type SignSVIDResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The SVID and its intermediates, DER, leaf first.
@@ -829,7 +985,7 @@ type SignSVIDResponse struct {
 
 func (x *SignSVIDResponse) Reset() {
 	*x = SignSVIDResponse{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[11]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +997,7 @@ func (x *SignSVIDResponse) String() string {
 func (*SignSVIDResponse) ProtoMessage() {}
 
 func (x *SignSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[11]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +1010,7 @@ func (x *SignSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SignSVIDResponse) GetCertChain() [][]byte {
@@ -871,6 +1027,212 @@ func (x *SignSVIDResponse) GetBundle() *v1.TrustBundle {
 	return nil
 }
 
+type ReportRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gateway instance (pod name), 1..253 bytes.
+	Instance string `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
+	// The stream revision this report is about.
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Empty when the gateway applied the revision; otherwise why it rejected
+	// it (it keeps serving the last config it accepted). At most 1 KiB.
+	Error         string         `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	Health        *GatewayHealth `protobuf:"bytes,4,opt,name=health,proto3" json:"health,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportRequest) Reset() {
+	*x = ReportRequest{}
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportRequest) ProtoMessage() {}
+
+func (x *ReportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportRequest.ProtoReflect.Descriptor instead.
+func (*ReportRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ReportRequest) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *ReportRequest) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *ReportRequest) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ReportRequest) GetHealth() *GatewayHealth {
+	if x != nil {
+		return x.Health
+	}
+	return nil
+}
+
+// A gateway replica's health as it sees itself.
+type GatewayHealth struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True while its ingress and egress listeners serve.
+	Serving bool `protobuf:"varint,1,opt,name=serving,proto3" json:"serving,omitempty"`
+	// True once it stops accepting work on its way out (SIGTERM).
+	Draining bool `protobuf:"varint,2,opt,name=draining,proto3" json:"draining,omitempty"`
+	// Remote gateways it knows of, and how many of them answer probes.
+	RemoteGateways   uint32 `protobuf:"varint,3,opt,name=remote_gateways,json=remoteGateways,proto3" json:"remote_gateways,omitempty"`
+	RemoteGatewaysUp uint32 `protobuf:"varint,4,opt,name=remote_gateways_up,json=remoteGatewaysUp,proto3" json:"remote_gateways_up,omitempty"`
+	ActiveStreams    uint32 `protobuf:"varint,5,opt,name=active_streams,json=activeStreams,proto3" json:"active_streams,omitempty"`
+	// host:port of its QUIC ingress.
+	IngressAddress string `protobuf:"bytes,6,opt,name=ingress_address,json=ingressAddress,proto3" json:"ingress_address,omitempty"`
+	// True when it serves from its on-disk cache because the agent is unreachable.
+	Cached        bool `protobuf:"varint,7,opt,name=cached,proto3" json:"cached,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayHealth) Reset() {
+	*x = GatewayHealth{}
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayHealth) ProtoMessage() {}
+
+func (x *GatewayHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayHealth.ProtoReflect.Descriptor instead.
+func (*GatewayHealth) Descriptor() ([]byte, []int) {
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GatewayHealth) GetServing() bool {
+	if x != nil {
+		return x.Serving
+	}
+	return false
+}
+
+func (x *GatewayHealth) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+func (x *GatewayHealth) GetRemoteGateways() uint32 {
+	if x != nil {
+		return x.RemoteGateways
+	}
+	return 0
+}
+
+func (x *GatewayHealth) GetRemoteGatewaysUp() uint32 {
+	if x != nil {
+		return x.RemoteGatewaysUp
+	}
+	return 0
+}
+
+func (x *GatewayHealth) GetActiveStreams() uint32 {
+	if x != nil {
+		return x.ActiveStreams
+	}
+	return 0
+}
+
+func (x *GatewayHealth) GetIngressAddress() string {
+	if x != nil {
+		return x.IngressAddress
+	}
+	return ""
+}
+
+func (x *GatewayHealth) GetCached() bool {
+	if x != nil {
+		return x.Cached
+	}
+	return false
+}
+
+type ReportResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportResponse) Reset() {
+	*x = ReportResponse{}
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportResponse) ProtoMessage() {}
+
+func (x *ReportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportResponse.ProtoReflect.Descriptor instead.
+func (*ReportResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{16}
+}
+
 var File_meshfed_gateway_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_meshfed_gateway_v1_gateway_proto_rawDesc = "" +
@@ -878,7 +1240,7 @@ const file_meshfed_gateway_v1_gateway_proto_rawDesc = "" +
 	" meshfed/gateway/v1/gateway.proto\x12\x12meshfed.gateway.v1\x1a&meshfed/federation/v1/federation.proto\"t\n" +
 	"\rStreamRequest\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12G\n" +
-	"\fcapabilities\x18\x02 \x01(\v2#.meshfed.federation.v1.CapabilitiesR\fcapabilities\"\xa8\x05\n" +
+	"\fcapabilities\x18\x02 \x01(\v2#.meshfed.federation.v1.CapabilitiesR\fcapabilities\"\xd6\x05\n" +
 	"\x0eStreamResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x124\n" +
@@ -894,7 +1256,17 @@ const file_meshfed_gateway_v1_gateway_proto_rawDesc = "" +
 	"\abundles\x18\v \x03(\v2\".meshfed.federation.v1.TrustBundleR\abundles\x12'\n" +
 	"\x0fremoved_bundles\x18\f \x03(\tR\x0eremovedBundles\x12.\n" +
 	"\x03hub\x18\r \x01(\v2\x1c.meshfed.gateway.v1.HubStateR\x03hub\x12\x12\n" +
-	"\x04more\x18\x0e \x01(\bR\x04more\"\\\n" +
+	"\x04more\x18\x0e \x01(\bR\x04more\x12,\n" +
+	"\x04self\x18\x0f \x01(\v2\x18.meshfed.gateway.v1.SelfR\x04self\"\xb7\x01\n" +
+	"\x04Self\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12;\n" +
+	"\blocality\x18\x02 \x01(\v2\x1f.meshfed.federation.v1.LocalityR\blocality\x12!\n" +
+	"\ftrust_domain\x18\x03 \x01(\tR\vtrustDomain\x125\n" +
+	"\aingress\x18\x04 \x01(\v2\x1b.meshfed.gateway.v1.IngressR\aingress\"T\n" +
+	"\aIngress\x12!\n" +
+	"\fbind_address\x18\x01 \x01(\tR\vbindAddress\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x12\n" +
+	"\x04alpn\x18\x03 \x01(\tR\x04alpn\"\\\n" +
 	"\bHubState\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x1c\n" +
 	"\tconnected\x18\x02 \x01(\bR\tconnected\x12\x16\n" +
@@ -935,17 +1307,33 @@ const file_meshfed_gateway_v1_gateway_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12;\n" +
 	"\blocality\x18\x03 \x01(\v2\x1f.meshfed.federation.v1.LocalityR\blocality\x12+\n" +
 	"\x11gateway_addresses\x18\x04 \x03(\tR\x10gatewayAddresses\x12\x16\n" +
-	"\x06status\x18\x05 \x01(\tR\x06status\"L\n" +
+	"\x06status\x18\x05 \x01(\tR\x06status\"\x80\x01\n" +
 	"\x0fSignSVIDRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12'\n" +
-	"\x0fbootstrap_token\x18\x02 \x01(\tR\x0ebootstrapToken\"m\n" +
+	"\x0fbootstrap_token\x18\x02 \x01(\tR\x0ebootstrapToken\x122\n" +
+	"\x15service_account_token\x18\x03 \x01(\tR\x13serviceAccountToken\"m\n" +
 	"\x10SignSVIDResponse\x12\x1d\n" +
 	"\n" +
 	"cert_chain\x18\x01 \x03(\fR\tcertChain\x12:\n" +
-	"\x06bundle\x18\x02 \x01(\v2\".meshfed.federation.v1.TrustBundleR\x06bundle2\xb2\x01\n" +
+	"\x06bundle\x18\x02 \x01(\v2\".meshfed.federation.v1.TrustBundleR\x06bundle\"\x98\x01\n" +
+	"\rReportRequest\x12\x1a\n" +
+	"\binstance\x18\x01 \x01(\tR\binstance\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x129\n" +
+	"\x06health\x18\x04 \x01(\v2!.meshfed.gateway.v1.GatewayHealthR\x06health\"\x84\x02\n" +
+	"\rGatewayHealth\x12\x18\n" +
+	"\aserving\x18\x01 \x01(\bR\aserving\x12\x1a\n" +
+	"\bdraining\x18\x02 \x01(\bR\bdraining\x12'\n" +
+	"\x0fremote_gateways\x18\x03 \x01(\rR\x0eremoteGateways\x12,\n" +
+	"\x12remote_gateways_up\x18\x04 \x01(\rR\x10remoteGatewaysUp\x12%\n" +
+	"\x0eactive_streams\x18\x05 \x01(\rR\ractiveStreams\x12'\n" +
+	"\x0fingress_address\x18\x06 \x01(\tR\x0eingressAddress\x12\x16\n" +
+	"\x06cached\x18\a \x01(\bR\x06cached\"\x10\n" +
+	"\x0eReportResponse2\x83\x02\n" +
 	"\x06Config\x12Q\n" +
 	"\x06Stream\x12!.meshfed.gateway.v1.StreamRequest\x1a\".meshfed.gateway.v1.StreamResponse0\x01\x12U\n" +
-	"\bSignSVID\x12#.meshfed.gateway.v1.SignSVIDRequest\x1a$.meshfed.gateway.v1.SignSVIDResponseB1Z/github.com/meshfed/meshfed/gateway/v1;gatewayv1b\x06proto3"
+	"\bSignSVID\x12#.meshfed.gateway.v1.SignSVIDRequest\x1a$.meshfed.gateway.v1.SignSVIDResponse\x12O\n" +
+	"\x06Report\x12!.meshfed.gateway.v1.ReportRequest\x1a\".meshfed.gateway.v1.ReportResponseB1Z/github.com/meshfed/meshfed/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_meshfed_gateway_v1_gateway_proto_rawDescOnce sync.Once
@@ -959,55 +1347,66 @@ func file_meshfed_gateway_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_meshfed_gateway_v1_gateway_proto_rawDescData
 }
 
-var file_meshfed_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_meshfed_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_meshfed_gateway_v1_gateway_proto_goTypes = []any{
 	(*StreamRequest)(nil),    // 0: meshfed.gateway.v1.StreamRequest
 	(*StreamResponse)(nil),   // 1: meshfed.gateway.v1.StreamResponse
-	(*HubState)(nil),         // 2: meshfed.gateway.v1.HubState
-	(*Import)(nil),           // 3: meshfed.gateway.v1.Import
-	(*ImportPort)(nil),       // 4: meshfed.gateway.v1.ImportPort
-	(*ImportCluster)(nil),    // 5: meshfed.gateway.v1.ImportCluster
-	(*LocalService)(nil),     // 6: meshfed.gateway.v1.LocalService
-	(*Endpoint)(nil),         // 7: meshfed.gateway.v1.Endpoint
-	(*EndpointPort)(nil),     // 8: meshfed.gateway.v1.EndpointPort
-	(*RemoteCluster)(nil),    // 9: meshfed.gateway.v1.RemoteCluster
-	(*SignSVIDRequest)(nil),  // 10: meshfed.gateway.v1.SignSVIDRequest
-	(*SignSVIDResponse)(nil), // 11: meshfed.gateway.v1.SignSVIDResponse
-	nil,                      // 12: meshfed.gateway.v1.Endpoint.LabelsEntry
-	(*v1.Capabilities)(nil),  // 13: meshfed.federation.v1.Capabilities
-	(*v1.TrafficPolicy)(nil), // 14: meshfed.federation.v1.TrafficPolicy
-	(*v1.TrustBundle)(nil),   // 15: meshfed.federation.v1.TrustBundle
-	(*v1.ServicePort)(nil),   // 16: meshfed.federation.v1.ServicePort
-	(*v1.EndpointGroup)(nil), // 17: meshfed.federation.v1.EndpointGroup
-	(*v1.Locality)(nil),      // 18: meshfed.federation.v1.Locality
+	(*Self)(nil),             // 2: meshfed.gateway.v1.Self
+	(*Ingress)(nil),          // 3: meshfed.gateway.v1.Ingress
+	(*HubState)(nil),         // 4: meshfed.gateway.v1.HubState
+	(*Import)(nil),           // 5: meshfed.gateway.v1.Import
+	(*ImportPort)(nil),       // 6: meshfed.gateway.v1.ImportPort
+	(*ImportCluster)(nil),    // 7: meshfed.gateway.v1.ImportCluster
+	(*LocalService)(nil),     // 8: meshfed.gateway.v1.LocalService
+	(*Endpoint)(nil),         // 9: meshfed.gateway.v1.Endpoint
+	(*EndpointPort)(nil),     // 10: meshfed.gateway.v1.EndpointPort
+	(*RemoteCluster)(nil),    // 11: meshfed.gateway.v1.RemoteCluster
+	(*SignSVIDRequest)(nil),  // 12: meshfed.gateway.v1.SignSVIDRequest
+	(*SignSVIDResponse)(nil), // 13: meshfed.gateway.v1.SignSVIDResponse
+	(*ReportRequest)(nil),    // 14: meshfed.gateway.v1.ReportRequest
+	(*GatewayHealth)(nil),    // 15: meshfed.gateway.v1.GatewayHealth
+	(*ReportResponse)(nil),   // 16: meshfed.gateway.v1.ReportResponse
+	nil,                      // 17: meshfed.gateway.v1.Endpoint.LabelsEntry
+	(*v1.Capabilities)(nil),  // 18: meshfed.federation.v1.Capabilities
+	(*v1.TrafficPolicy)(nil), // 19: meshfed.federation.v1.TrafficPolicy
+	(*v1.TrustBundle)(nil),   // 20: meshfed.federation.v1.TrustBundle
+	(*v1.Locality)(nil),      // 21: meshfed.federation.v1.Locality
+	(*v1.ServicePort)(nil),   // 22: meshfed.federation.v1.ServicePort
+	(*v1.EndpointGroup)(nil), // 23: meshfed.federation.v1.EndpointGroup
 }
 var file_meshfed_gateway_v1_gateway_proto_depIdxs = []int32{
-	13, // 0: meshfed.gateway.v1.StreamRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	3,  // 1: meshfed.gateway.v1.StreamResponse.imports:type_name -> meshfed.gateway.v1.Import
-	6,  // 2: meshfed.gateway.v1.StreamResponse.local_services:type_name -> meshfed.gateway.v1.LocalService
-	9,  // 3: meshfed.gateway.v1.StreamResponse.clusters:type_name -> meshfed.gateway.v1.RemoteCluster
-	14, // 4: meshfed.gateway.v1.StreamResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	15, // 5: meshfed.gateway.v1.StreamResponse.bundles:type_name -> meshfed.federation.v1.TrustBundle
-	2,  // 6: meshfed.gateway.v1.StreamResponse.hub:type_name -> meshfed.gateway.v1.HubState
-	4,  // 7: meshfed.gateway.v1.Import.ports:type_name -> meshfed.gateway.v1.ImportPort
-	5,  // 8: meshfed.gateway.v1.Import.clusters:type_name -> meshfed.gateway.v1.ImportCluster
-	16, // 9: meshfed.gateway.v1.ImportPort.port:type_name -> meshfed.federation.v1.ServicePort
-	17, // 10: meshfed.gateway.v1.ImportCluster.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
-	16, // 11: meshfed.gateway.v1.LocalService.ports:type_name -> meshfed.federation.v1.ServicePort
-	7,  // 12: meshfed.gateway.v1.LocalService.endpoints:type_name -> meshfed.gateway.v1.Endpoint
-	8,  // 13: meshfed.gateway.v1.Endpoint.ports:type_name -> meshfed.gateway.v1.EndpointPort
-	12, // 14: meshfed.gateway.v1.Endpoint.labels:type_name -> meshfed.gateway.v1.Endpoint.LabelsEntry
-	18, // 15: meshfed.gateway.v1.RemoteCluster.locality:type_name -> meshfed.federation.v1.Locality
-	15, // 16: meshfed.gateway.v1.SignSVIDResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	0,  // 17: meshfed.gateway.v1.Config.Stream:input_type -> meshfed.gateway.v1.StreamRequest
-	10, // 18: meshfed.gateway.v1.Config.SignSVID:input_type -> meshfed.gateway.v1.SignSVIDRequest
-	1,  // 19: meshfed.gateway.v1.Config.Stream:output_type -> meshfed.gateway.v1.StreamResponse
-	11, // 20: meshfed.gateway.v1.Config.SignSVID:output_type -> meshfed.gateway.v1.SignSVIDResponse
-	19, // [19:21] is the sub-list for method output_type
-	17, // [17:19] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	18, // 0: meshfed.gateway.v1.StreamRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	5,  // 1: meshfed.gateway.v1.StreamResponse.imports:type_name -> meshfed.gateway.v1.Import
+	8,  // 2: meshfed.gateway.v1.StreamResponse.local_services:type_name -> meshfed.gateway.v1.LocalService
+	11, // 3: meshfed.gateway.v1.StreamResponse.clusters:type_name -> meshfed.gateway.v1.RemoteCluster
+	19, // 4: meshfed.gateway.v1.StreamResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	20, // 5: meshfed.gateway.v1.StreamResponse.bundles:type_name -> meshfed.federation.v1.TrustBundle
+	4,  // 6: meshfed.gateway.v1.StreamResponse.hub:type_name -> meshfed.gateway.v1.HubState
+	2,  // 7: meshfed.gateway.v1.StreamResponse.self:type_name -> meshfed.gateway.v1.Self
+	21, // 8: meshfed.gateway.v1.Self.locality:type_name -> meshfed.federation.v1.Locality
+	3,  // 9: meshfed.gateway.v1.Self.ingress:type_name -> meshfed.gateway.v1.Ingress
+	6,  // 10: meshfed.gateway.v1.Import.ports:type_name -> meshfed.gateway.v1.ImportPort
+	7,  // 11: meshfed.gateway.v1.Import.clusters:type_name -> meshfed.gateway.v1.ImportCluster
+	22, // 12: meshfed.gateway.v1.ImportPort.port:type_name -> meshfed.federation.v1.ServicePort
+	23, // 13: meshfed.gateway.v1.ImportCluster.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
+	22, // 14: meshfed.gateway.v1.LocalService.ports:type_name -> meshfed.federation.v1.ServicePort
+	9,  // 15: meshfed.gateway.v1.LocalService.endpoints:type_name -> meshfed.gateway.v1.Endpoint
+	10, // 16: meshfed.gateway.v1.Endpoint.ports:type_name -> meshfed.gateway.v1.EndpointPort
+	17, // 17: meshfed.gateway.v1.Endpoint.labels:type_name -> meshfed.gateway.v1.Endpoint.LabelsEntry
+	21, // 18: meshfed.gateway.v1.RemoteCluster.locality:type_name -> meshfed.federation.v1.Locality
+	20, // 19: meshfed.gateway.v1.SignSVIDResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	15, // 20: meshfed.gateway.v1.ReportRequest.health:type_name -> meshfed.gateway.v1.GatewayHealth
+	0,  // 21: meshfed.gateway.v1.Config.Stream:input_type -> meshfed.gateway.v1.StreamRequest
+	12, // 22: meshfed.gateway.v1.Config.SignSVID:input_type -> meshfed.gateway.v1.SignSVIDRequest
+	14, // 23: meshfed.gateway.v1.Config.Report:input_type -> meshfed.gateway.v1.ReportRequest
+	1,  // 24: meshfed.gateway.v1.Config.Stream:output_type -> meshfed.gateway.v1.StreamResponse
+	13, // 25: meshfed.gateway.v1.Config.SignSVID:output_type -> meshfed.gateway.v1.SignSVIDResponse
+	16, // 26: meshfed.gateway.v1.Config.Report:output_type -> meshfed.gateway.v1.ReportResponse
+	24, // [24:27] is the sub-list for method output_type
+	21, // [21:24] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_gateway_v1_gateway_proto_init() }
@@ -1021,7 +1420,7 @@ func file_meshfed_gateway_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_gateway_v1_gateway_proto_rawDesc), len(file_meshfed_gateway_v1_gateway_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Config_Stream_FullMethodName   = "/meshfed.gateway.v1.Config/Stream"
 	Config_SignSVID_FullMethodName = "/meshfed.gateway.v1.Config/SignSVID"
+	Config_Report_FullMethodName   = "/meshfed.gateway.v1.Config/Report"
 )
 
 // ConfigClient is the client API for Config service.
@@ -41,6 +42,11 @@ type ConfigClient interface {
 	// gateway X509-SVID. The caller authenticates with a gateway SVID of the
 	// cluster (renewal) or, the first time, with the bootstrap token.
 	SignSVID(ctx context.Context, in *SignSVIDRequest, opts ...grpc.CallOption) (*SignSVIDResponse, error)
+	// Report tells the agent which stream revision a gateway replica applied
+	// (or rejected, and why) and how healthy it is. Gateways call it after
+	// every change they act on and periodically; the agent shows it in its
+	// status. The caller must present the cluster's gateway SVID.
+	Report(ctx context.Context, in *ReportRequest, opts ...grpc.CallOption) (*ReportResponse, error)
 }
 
 type configClient struct {
@@ -80,6 +86,16 @@ func (c *configClient) SignSVID(ctx context.Context, in *SignSVIDRequest, opts .
 	return out, nil
 }
 
+func (c *configClient) Report(ctx context.Context, in *ReportRequest, opts ...grpc.CallOption) (*ReportResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportResponse)
+	err := c.cc.Invoke(ctx, Config_Report_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ConfigServer is the server API for Config service.
 // All implementations must embed UnimplementedConfigServer
 // for forward compatibility.
@@ -94,6 +110,11 @@ type ConfigServer interface {
 	// gateway X509-SVID. The caller authenticates with a gateway SVID of the
 	// cluster (renewal) or, the first time, with the bootstrap token.
 	SignSVID(context.Context, *SignSVIDRequest) (*SignSVIDResponse, error)
+	// Report tells the agent which stream revision a gateway replica applied
+	// (or rejected, and why) and how healthy it is. Gateways call it after
+	// every change they act on and periodically; the agent shows it in its
+	// status. The caller must present the cluster's gateway SVID.
+	Report(context.Context, *ReportRequest) (*ReportResponse, error)
 	mustEmbedUnimplementedConfigServer()
 }
 
@@ -109,6 +130,9 @@ func (UnimplementedConfigServer) Stream(*StreamRequest, grpc.ServerStreamingServ
 }
 func (UnimplementedConfigServer) SignSVID(context.Context, *SignSVIDRequest) (*SignSVIDResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SignSVID not implemented")
+}
+func (UnimplementedConfigServer) Report(context.Context, *ReportRequest) (*ReportResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Report not implemented")
 }
 func (UnimplementedConfigServer) mustEmbedUnimplementedConfigServer() {}
 func (UnimplementedConfigServer) testEmbeddedByValue()                {}
@@ -160,6 +184,24 @@ func _Config_SignSVID_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Config_Report_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConfigServer).Report(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Config_Report_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConfigServer).Report(ctx, req.(*ReportRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Config_ServiceDesc is the grpc.ServiceDesc for Config service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -170,6 +212,10 @@ var Config_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SignSVID",
 			Handler:    _Config_SignSVID_Handler,
+		},
+		{
+			MethodName: "Report",
+			Handler:    _Config_Report_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	mrand "math/rand/v2"
 	"sync"
 	"time"
@@ -24,7 +25,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
-	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
 	"github.com/meshfed/meshfed/trust"
 )
@@ -40,84 +40,21 @@ type Config struct {
 	// ReconnectMin and ReconnectMax bound the reconnect backoff (full
 	// jitter). Zero means 100ms and 5s.
 	ReconnectMin, ReconnectMax time.Duration
+	// CacheDir, when set, is where the client keeps its SVID (svid.pem)
+	// and the last config it accepted (config.pb), so that a gateway
+	// restarted while its agent is down starts from them and keeps
+	// serving (static stability). Created 0700.
+	CacheDir string
+	// ServiceAccountToken, when set, returns a Kubernetes ServiceAccount
+	// token that SignSVID sends so the agent can authenticate the gateway
+	// by a TokenReview instead of the static bootstrap token.
+	ServiceAccountToken func() (string, error)
 	// Log receives the client's logs; nil discards them.
 	Log *slog.Logger
 }
 
-// State is the gateway config at one revision of the stream. Its maps and
-// messages are never modified after State returns them.
-type State struct {
-	Revision uint64
-	Hub      *gatewayv1.HubState
-	Imports  map[string]*gatewayv1.Import
-	Local    map[string]*gatewayv1.LocalService
-	Clusters map[string]*gatewayv1.RemoteCluster
-	Policies map[string]*fedv1.TrafficPolicy
-	Bundles  map[string]*fedv1.TrustBundle
-}
-
-func newState() *State {
-	return &State{Hub: &gatewayv1.HubState{}, Imports: map[string]*gatewayv1.Import{}, Local: map[string]*gatewayv1.LocalService{},
-		Clusters: map[string]*gatewayv1.RemoteCluster{}, Policies: map[string]*fedv1.TrafficPolicy{}, Bundles: map[string]*fedv1.TrustBundle{}}
-}
-
-func (s *State) clone() *State {
-	c := newState()
-	c.Revision, c.Hub = s.Revision, s.Hub
-	copyMap(c.Imports, s.Imports)
-	copyMap(c.Local, s.Local)
-	copyMap(c.Clusters, s.Clusters)
-	copyMap(c.Policies, s.Policies)
-	copyMap(c.Bundles, s.Bundles)
-	return c
-}
-
-func copyMap[T any](dst, src map[string]T) {
-	for k, v := range src {
-		dst[k] = v
-	}
-}
-
-// apply applies one message of the stream.
-func (s *State) apply(m *gatewayv1.StreamResponse) {
-	if m.GetSnapshot() {
-		*s = *newState()
-	}
-	for _, x := range m.GetImports() {
-		s.Imports[x.GetService()] = x
-	}
-	for _, k := range m.GetRemovedImports() {
-		delete(s.Imports, k)
-	}
-	for _, x := range m.GetLocalServices() {
-		s.Local[x.GetService()] = x
-	}
-	for _, k := range m.GetRemovedLocalServices() {
-		delete(s.Local, k)
-	}
-	for _, x := range m.GetClusters() {
-		s.Clusters[x.GetName()] = x
-	}
-	for _, k := range m.GetRemovedClusters() {
-		delete(s.Clusters, k)
-	}
-	for _, x := range m.GetPolicies() {
-		s.Policies[x.GetName()] = x
-	}
-	for _, k := range m.GetRemovedPolicies() {
-		delete(s.Policies, k)
-	}
-	for _, x := range m.GetBundles() {
-		s.Bundles[x.GetTrustDomain()] = x
-	}
-	for _, k := range m.GetRemovedBundles() {
-		delete(s.Bundles, k)
-	}
-	if m.GetHub() != nil {
-		s.Hub = m.GetHub()
-	}
-	s.Revision = m.GetRevision()
-}
+// MaxReportError bounds the rejection reason a Report carries.
+const MaxReportError = 1 << 10
 
 // Client is a gateway's side of the agent's gateway API: it gets and renews
 // the gateway's X509-SVID and follows the config stream. Its SVID source
@@ -134,12 +71,25 @@ type Client struct {
 	token   string
 	bundles *trust.BundleSet
 
-	mu      sync.Mutex
-	svid    *x509svid.SVID
-	state   *State
-	synced  bool
-	lastErr error
-	watch   []chan struct{}
+	svidStore   *trust.FileStore // nil without CacheDir
+	configStore *trust.FileStore
+	cacheKick   chan struct{}
+
+	mu       sync.Mutex
+	svid     *x509svid.SVID
+	raw      *rawState // the stream's state, consistent with the agent
+	state    *State    // the last state that parsed
+	synced   bool
+	lastErr  error
+	rejected rejection
+	watch    []chan struct{}
+	rconn    *grpc.ClientConn // for Report; dialled on first use
+}
+
+// rejection is the last revision whose config did not parse.
+type rejection struct {
+	revision uint64
+	err      error
 }
 
 var _ x509svid.Source = (*Client)(nil)
@@ -168,9 +118,15 @@ func New(cfg Config) (*Client, error) {
 	}
 	td := bundle.TrustDomain()
 	c := &Client{cfg: cfg, log: log, td: td, agentID: trust.AgentID(td), gwID: trust.GatewayID(td), token: boot.Token,
-		bundles: trust.NewBundleSet(), state: newState()}
+		bundles: trust.NewBundleSet(), raw: newRawState(), cacheKick: make(chan struct{}, 1)}
+	c.state, _ = parse(c.raw, nil, 0)
 	if err := c.bundles.Set(bundle); err != nil {
 		return nil, err
+	}
+	if cfg.CacheDir != "" {
+		c.svidStore = trust.NewFileStore(filepath.Join(cfg.CacheDir, "svid.pem"))
+		c.configStore = trust.NewFileStore(filepath.Join(cfg.CacheDir, "config.pb"))
+		c.loadCache()
 	}
 	return c, nil
 }
@@ -192,11 +148,21 @@ func (c *Client) GetX509SVID() (*x509svid.SVID, error) {
 	return c.svid, nil
 }
 
-// State returns the current config and whether a snapshot has arrived.
+// State returns the current config and whether there is one: a snapshot
+// arrived, or a cached config was loaded (State.Cached).
 func (c *Client) State() (*State, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.state, c.synced
+}
+
+// Rejected returns the last stream revision whose config the client
+// refused (it keeps the state before it), and why; 0 and nil when the
+// current state is the stream's latest.
+func (c *Client) Rejected() (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rejected.revision, c.rejected.err
 }
 
 // LastError is the error that ended the last stream, or nil.
@@ -229,8 +195,16 @@ func (c *Client) notifyLocked() {
 // stream, reconnecting with backoff, until ctx is done. It returns nil
 // then; it returns an error only for a bootstrap the agent refuses.
 func (c *Client) Run(ctx context.Context) error {
-	if err := c.renewUntilDone(ctx, true); err != nil || ctx.Err() != nil {
-		return err
+	c.mu.Lock()
+	haveSVID := c.svid != nil && time.Now().Before(c.svid.Certificates[0].NotAfter)
+	c.mu.Unlock()
+	if !haveSVID {
+		if err := c.renewUntilDone(ctx, true); err != nil || ctx.Err() != nil {
+			return err
+		}
+	}
+	if c.configStore != nil {
+		go c.cacheWriter(ctx)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- c.renewLoop(ctx) }()
@@ -255,6 +229,12 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		backoff = min(2*backoff, c.cfg.ReconnectMax)
 	}
+	c.mu.Lock()
+	if c.rconn != nil {
+		_ = c.rconn.Close()
+		c.rconn = nil
+	}
+	c.mu.Unlock()
 	return <-errc
 }
 
@@ -320,6 +300,21 @@ func (c *Client) tlsConfig() *tls.Config {
 	return cfg
 }
 
+// conn returns the long-lived connection Report uses.
+func (c *Client) conn() (*grpc.ClientConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.rconn != nil {
+		return c.rconn, nil
+	}
+	conn, err := c.dial()
+	if err != nil {
+		return nil, err
+	}
+	c.rconn = conn
+	return conn, nil
+}
+
 func (c *Client) dial() (*grpc.ClientConn, error) {
 	return grpc.NewClient(c.cfg.Agent, grpc.WithTransportCredentials(credentials.NewTLS(c.tlsConfig())),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
@@ -344,14 +339,23 @@ func (c *Client) renew(ctx context.Context) error {
 	req := &gatewayv1.SignSVIDRequest{Csr: csr}
 	c.mu.Lock()
 	if c.svid == nil || time.Now().After(c.svid.Certificates[0].NotAfter) {
-		req.BootstrapToken = c.token
+		if c.cfg.ServiceAccountToken != nil {
+			tok, err := c.cfg.ServiceAccountToken()
+			if err != nil {
+				c.mu.Unlock()
+				return fmt.Errorf("gatewayclient: service account token: %w", err)
+			}
+			req.ServiceAccountToken = tok
+		} else {
+			req.BootstrapToken = c.token
+		}
 	}
 	c.mu.Unlock()
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	resp, err := gatewayv1.NewConfigClient(conn).SignSVID(cctx, req)
 	if err != nil {
-		if req.BootstrapToken != "" && isRefusal(err) {
+		if (req.BootstrapToken != "" || req.ServiceAccountToken != "") && isRefusal(err) {
 			return &refusedError{fmt.Errorf("gatewayclient: the agent refused the bootstrap: %w", err)}
 		}
 		return fmt.Errorf("gatewayclient: SignSVID: %w", err)
@@ -376,10 +380,16 @@ func (c *Client) renew(ctx context.Context) error {
 	if err != nil || id != c.gwID {
 		return fmt.Errorf("gatewayclient: the agent signed an SVID for %v that does not verify as %v: %w", id, c.gwID, err)
 	}
+	svid := &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}
 	c.mu.Lock()
-	c.svid = &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}
+	c.svid = svid
 	c.mu.Unlock()
 	c.log.Info("gateway SVID", "id", id, "expires", certs[0].NotAfter)
+	if c.svidStore != nil {
+		if err := saveSVID(c.svidStore, svid); err != nil {
+			c.log.Error("saving the SVID to the cache", "err", err)
+		}
+	}
 	return nil
 }
 
@@ -394,43 +404,64 @@ func (c *Client) stream(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var cur, pending *State
+	var cur *rawState
+	pending := false
+	first := true
 	for {
 		m, err := st.Recv()
 		if err != nil {
 			return err
 		}
-		if cur == nil && !m.GetSnapshot() {
+		if first && !m.GetSnapshot() {
 			return errors.New("gatewayclient: the stream did not start with a snapshot")
 		}
-		switch {
-		case pending != nil:
-			cur = pending // continue the split change
-		case cur == nil:
-			cur = newState()
-		default:
+		first = false
+		if !pending {
 			c.mu.Lock()
-			cur = c.state.clone()
+			cur = c.raw.clone()
 			c.mu.Unlock()
 		}
 		cur.apply(m)
 		if m.GetMore() {
-			// Part of a split change: publish it only whole. Later parts
-			// build on cur, not on c.state.
-			if pending == nil {
-				pending = cur
-			}
+			// Part of a split change: act on it only whole. Later parts
+			// build on cur, not on c.raw.
+			pending = true
 			continue
 		}
-		pending = nil
-		if err := c.setBundles(cur); err != nil {
-			c.log.Error("federated bundles", "err", err)
-		}
-		c.mu.Lock()
-		c.state, c.synced = cur, true
-		c.notifyLocked()
-		c.mu.Unlock()
+		pending = false
+		c.accept(cur, m.GetRevision(), false)
 	}
+}
+
+// accept makes raw the stream's state and, if it parses, the current
+// State; otherwise the previous State stays and the rejection is kept.
+func (c *Client) accept(raw *rawState, rev uint64, cached bool) {
+	c.mu.Lock()
+	prev := c.state
+	c.mu.Unlock()
+	st, err := parse(raw, prev, rev)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.raw = raw
+	if err != nil {
+		c.rejected = rejection{revision: rev, err: err}
+		c.log.Error("rejected a config revision; keeping the last good one", "revision", rev, "err", err)
+		c.notifyLocked()
+		return
+	}
+	st.Cached = cached
+	c.rejected = rejection{}
+	if err := c.setBundles(st); err != nil {
+		c.log.Error("federated bundles", "err", err)
+	}
+	c.state, c.synced = st, true
+	if !cached {
+		select {
+		case c.cacheKick <- struct{}{}:
+		default:
+		}
+	}
+	c.notifyLocked()
 }
 
 // setBundles makes the bundle set hold exactly the stream's bundles (and
