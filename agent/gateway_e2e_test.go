@@ -19,8 +19,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshfed/meshfed/federation"
-	"github.com/meshfed/meshfed/gateway/gatewayclient"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/gateway/gatewayclient"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
 	"github.com/meshfed/meshfed/testenv"
 	"github.com/meshfed/meshfed/trust"

@@ -12,8 +12,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/meshfed/meshfed/gateway/gatewayclient"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/gateway/gatewayclient"
 	"github.com/meshfed/meshfed/testenv"
 	"github.com/meshfed/meshfed/trust"
 )

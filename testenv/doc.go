@@ -1,8 +1,9 @@
 // Package testenv stands up whole meshfed federations for tests: a real
 // Kubernetes control plane (etcd and kube-apiserver processes on loopback)
 // per cluster, a hub of real `meshfed hub` processes, sample workloads, a
-// traffic driver, and a user-space WAN link simulator with latency, jitter,
-// loss, a bandwidth cap and partitions.
+// traffic driver, and simulated WAN links between the clusters and to the
+// hub ([github.com/meshfed/meshfed/testenv/wan]: latency, jitter, loss, a
+// bandwidth cap and partitions).
 //
 // A test starts a federation with [Start], which stops and removes everything
 // in t.Cleanup, even when the test fails midway:

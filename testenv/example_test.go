@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/testenv"
+	"github.com/meshfed/meshfed/testenv/wan"
 )
 
 // Three clusters, each with its own etcd, kube-apiserver and meshfed agent,
@@ -45,7 +46,7 @@ func Example() {
 	west := fed.Cluster("west")
 	west.Deploy(testenv.EchoHTTP("default/reviews", 2))
 	west.Export("default/reviews")
-	fed.Link("east", "west").Set(testenv.Latency(30*time.Millisecond), testenv.Loss(0.01))
+	fed.Link("east", "west").Set(wan.Latency(30*time.Millisecond), wan.Loss(0.01))
 	for _, name := range []string{"east", "central"} {
 		c := fed.Cluster(name)
 		err := testenv.WaitFor(ctx, 30*time.Second, func(ctx context.Context) error {

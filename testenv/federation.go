@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/testenv/wan"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
@@ -113,9 +114,9 @@ type Federation struct {
 	hub      *Hub
 	clusters []*ClusterEnv
 	byName   map[string]*ClusterEnv
-	links    map[[2]string]*Link // keyed by the pair in Options order
-	hubLinks map[string]*Link    // cluster → hub
-	tb       testing.TB          // from Start: helpers fail the test
+	links    map[[2]string]*wan.Link // keyed by the pair in Options order
+	hubLinks map[string]*wan.Link    // cluster → hub
+	tb       testing.TB              // from Start: helpers fail the test
 
 	closeOnce sync.Once
 	closeErr  error
@@ -169,7 +170,7 @@ func New(ctx context.Context, opts Options) (*Federation, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	f := &Federation{dir: opts.Dir, byName: map[string]*ClusterEnv{}, links: map[[2]string]*Link{}, hubLinks: map[string]*Link{}}
+	f := &Federation{dir: opts.Dir, byName: map[string]*ClusterEnv{}, links: map[[2]string]*wan.Link{}, hubLinks: map[string]*wan.Link{}}
 	if f.dir == "" {
 		d, err := os.MkdirTemp("", "meshfed-testenv-")
 		if err != nil {
@@ -266,13 +267,13 @@ func New(ctx context.Context, opts Options) (*Federation, error) {
 	n := uint64(0)
 	for i, a := range opts.Clusters {
 		for _, b := range opts.Clusters[i+1:] {
-			f.links[[2]string{a.Name, b.Name}] = newLink(opts.Seed, n, a.Name, b.Name)
+			f.links[[2]string{a.Name, b.Name}] = wan.NewLinkStream(opts.Seed, n, a.Name, b.Name)
 			n++
 		}
 	}
 	if f.hub != nil {
 		for _, c := range opts.Clusters {
-			f.hubLinks[c.Name] = newLink(opts.Seed, n, c.Name, "hub")
+			f.hubLinks[c.Name] = wan.NewLinkStream(opts.Seed, n, c.Name, "hub")
 			n++
 		}
 	}
@@ -330,9 +331,9 @@ func (f *Federation) Cluster(name string) *ClusterEnv {
 // a or b is not a member or a == b.
 //
 // Cluster-to-cluster traffic will flow through the links once east-west
-// gateways exist; until then, route traffic through one with [Link.Relay].
+// gateways exist; until then, route traffic through one with [wan.Link.Relay].
 // Agent-to-hub traffic goes through [Federation.HubLink].
-func (f *Federation) Link(a, b string) *Link {
+func (f *Federation) Link(a, b string) *wan.Link {
 	if l, ok := f.links[[2]string{a, b}]; ok {
 		return l
 	}
@@ -346,7 +347,7 @@ func (f *Federation) Link(a, b string) *Link {
 // the cluster: the cluster's agent reaches every hub server through it.
 // Partition it to cut the cluster off the hub. It panics if there is no
 // hub or no such cluster.
-func (f *Federation) HubLink(cluster string) *Link {
+func (f *Federation) HubLink(cluster string) *wan.Link {
 	l, ok := f.hubLinks[cluster]
 	if !ok {
 		panic(fmt.Sprintf("testenv: no hub link for %q (no hub, or no such cluster)", cluster))

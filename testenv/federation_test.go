@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/testenv/wan"
 )
 
 func TestOptionsValidate(t *testing.T) {
@@ -51,20 +52,20 @@ func TestOptionsValidate(t *testing.T) {
 
 // Link(a, b) and Link(b, a) are two views of one link.
 func TestFederationLinkViews(t *testing.T) {
-	f := &Federation{links: map[[2]string]*Link{{"east", "west"}: newLink(1, 0, "east", "west")}}
+	f := &Federation{links: map[[2]string]*wan.Link{{"east", "west"}: wan.NewLinkStream(1, 0, "east", "west")}}
 	defer func() { _ = f.Close() }()
 	ew, we := f.Link("east", "west"), f.Link("west", "east")
 	if ew.String() != "east->west" || we.String() != "west->east" {
 		t.Fatalf("views %s, %s", ew, we)
 	}
-	ew.SetOneWay(Latency(10 * time.Millisecond))
-	we.SetOneWay(Latency(20 * time.Millisecond))
+	ew.SetOneWay(wan.Latency(10 * time.Millisecond))
+	we.SetOneWay(wan.Latency(20 * time.Millisecond))
 	fwd, rev := ew.Shapes()
 	if fwd.Latency != 10*time.Millisecond || rev.Latency != 20*time.Millisecond {
 		t.Fatalf("east->west %v, west->east %v", fwd.Latency, rev.Latency)
 	}
 	we.PartitionOneWay()
-	if !ew.core.dirs[ew.rev].isDown() || ew.core.dirs[ew.fwd].isDown() {
+	if fwd, rev := ew.Partitioned(); fwd || !rev {
 		t.Fatal("west->east one-way partition cut the wrong direction")
 	}
 	for _, pair := range [][2]string{{"east", "east"}, {"east", "north"}} {

@@ -11,8 +11,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"path/filepath"
 	mrand "math/rand/v2"
+	"path/filepath"
 	"sync"
 	"time"
 

@@ -1,4 +1,4 @@
-package testenv
+package wan
 
 import (
 	"context"
@@ -42,7 +42,7 @@ type Option func(*Shape)
 // Latency sets the one-way delay.
 func Latency(d time.Duration) Option {
 	if d < 0 {
-		panic(fmt.Sprintf("testenv.Latency(%v): must be at least 0", d))
+		panic(fmt.Sprintf("wan.Latency(%v): must be at least 0", d))
 	}
 	return func(s *Shape) { s.Latency = d }
 }
@@ -50,7 +50,7 @@ func Latency(d time.Duration) Option {
 // Jitter sets the random variation of the delay, uniform in [-d, +d].
 func Jitter(d time.Duration) Option {
 	if d < 0 {
-		panic(fmt.Sprintf("testenv.Jitter(%v): must be at least 0", d))
+		panic(fmt.Sprintf("wan.Jitter(%v): must be at least 0", d))
 	}
 	return func(s *Shape) { s.Jitter = d }
 }
@@ -59,7 +59,7 @@ func Jitter(d time.Duration) Option {
 // a segment needs a retransmission).
 func Loss(p float64) Option {
 	if !(p >= 0 && p <= 1) {
-		panic(fmt.Sprintf("testenv.Loss(%v): must be in [0, 1]", p))
+		panic(fmt.Sprintf("wan.Loss(%v): must be in [0, 1]", p))
 	}
 	return func(s *Shape) { s.Loss = p }
 }
@@ -67,7 +67,7 @@ func Loss(p float64) Option {
 // Bandwidth caps the direction at bytesPerSec; 0 removes the cap.
 func Bandwidth(bytesPerSec int64) Option {
 	if bytesPerSec < 0 {
-		panic(fmt.Sprintf("testenv.Bandwidth(%d): must be at least 0", bytesPerSec))
+		panic(fmt.Sprintf("wan.Bandwidth(%d): must be at least 0", bytesPerSec))
 	}
 	return func(s *Shape) { s.Bandwidth = bytesPerSec }
 }
@@ -76,7 +76,7 @@ func Bandwidth(bytesPerSec int64) Option {
 // default, 10 ms worth of Bandwidth and at least 1500.
 func Burst(bytes int64) Option {
 	if bytes < 0 {
-		panic(fmt.Sprintf("testenv.Burst(%d): must be at least 0", bytes))
+		panic(fmt.Sprintf("wan.Burst(%d): must be at least 0", bytes))
 	}
 	return func(s *Shape) { s.Burst = bytes }
 }

@@ -1,4 +1,4 @@
-package testenv
+package wan
 
 import (
 	"bytes"
@@ -29,7 +29,7 @@ func newUDPRig(t *testing.T, seed uint64) *udpRig {
 	pn := newPacketNet()
 	front := pn.listen("relay")
 	r := &udpRig{link: NewLink(seed), client: pn.listen("client"), target: pn.listen("target"), relay: "relay"}
-	if err := r.link.core.add(r.link.startUDPRelay(front, memAddr("target"), pn.listener())); err != nil {
+	if err := r.link.ServeUDP(front, memAddr("target"), pn.listener()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = r.link.Close() })
@@ -261,7 +261,7 @@ type tcpRig struct {
 func newTCPRig(t *testing.T, seed uint64) *tcpRig {
 	t.Helper()
 	r := &tcpRig{link: NewLink(seed), front: newMemListener("relay"), target: newMemListener("target")}
-	if err := r.link.core.add(r.link.startTCPRelay(r.front, r.target.dial)); err != nil {
+	if err := r.link.ServeTCP(r.front, r.target.dial); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -493,67 +493,5 @@ func TestShapeOptionsValidate(t *testing.T) {
 	}
 	if _, err := l.Relay("sctp", "127.0.0.1:1"); err == nil {
 		t.Fatal("relay for sctp")
-	}
-}
-
-// The relays on real loopback sockets: TCP and UDP echo through them.
-func TestRelayLoopback(t *testing.T) {
-	echo, err := StartTCPEcho(Instance{Cluster: "west", Zone: "us-west-1a", Name: "tcp-0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = echo.Close() }()
-	l := NewLink(1)
-	defer func() { _ = l.Close() }()
-	l.Set(Latency(time.Millisecond))
-	addr, err := l.Relay("tcp", echo.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := DriveTCP(context.Background(), addr, Requests(20), Concurrency(4))
-	if len(res.Failed()) != 0 || res.ByCluster()["west"] != 20 {
-		t.Fatalf("through the TCP relay: %v; first failure %v", res, res.Failed())
-	}
-
-	upstream, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = upstream.Close() }()
-	go func() { // UDP echo
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := upstream.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = upstream.WriteTo(buf[:n], from)
-		}
-	}()
-	uaddr, err := l.Relay("udp", upstream.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.Dial("udp", uaddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
-	// Loopback UDP with no loss configured does not drop; a deadline
-	// guards against a hang if it ever does.
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	for i := 0; i < 10; i++ {
-		msg := fmt.Sprintf("datagram %d", i)
-		if _, err := c.Write([]byte(msg)); err != nil {
-			t.Fatal(err)
-		}
-		buf := make([]byte, 64)
-		n, err := c.Read(buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(buf[:n]) != msg {
-			t.Fatalf("got %q, want %q", buf[:n], msg)
-		}
 	}
 }

@@ -1,4 +1,4 @@
-package testenv
+package wan
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 )
 
 // ErrLinkClosed is returned by [Link.Relay] after [Link.Close].
-var ErrLinkClosed = errors.New("testenv: link is closed")
+var ErrLinkClosed = errors.New("wan: link is closed")
 
 // Link is a simulated WAN path between two sides, A and B, in user space
 // (kernel netem is not available on every test machine). Traffic flows
@@ -19,9 +19,9 @@ var ErrLinkClosed = errors.New("testenv: link is closed")
 // each direction has its own [Shape] and can be partitioned on its own.
 //
 // A *Link is a view of the path from one side: [Link.Reverse] is the same
-// path seen from B, and [Federation.Link](a, b) and (b, a) are the two views
-// of the link between clusters a and b. All methods are safe for concurrent
-// use and take effect at once, for traffic in flight too.
+// path seen from B (testenv's Federation.Link(a, b) and (b, a) are the two
+// views of the link between clusters a and b). All methods are safe for
+// concurrent use and take effect at once, for traffic in flight too.
 //
 // Randomness (jitter, loss) comes from a PCG source per direction seeded from
 // the link's seed, so a test that sends the same traffic in the same order
@@ -47,15 +47,18 @@ type relay interface {
 	Close() error
 }
 
-// NewLink returns a perfect link (no delay, no loss, no partition) whose
-// random sources are seeded with seed. Close it to stop its relays.
+// NewLink returns a perfect link (no delay, no loss, no partition) between
+// sides "A" and "B" whose random sources are seeded with seed. Close it to
+// stop its relays.
 func NewLink(seed uint64) *Link {
-	return newLink(seed, 0, "A", "B")
+	return NewLinkStream(seed, 0, "A", "B")
 }
 
-// newLink makes a link whose directions draw from PCG streams 2n and 2n+1 of
-// seed.
-func newLink(seed, n uint64, a, b string) *Link {
+// NewLinkStream is [NewLink] for one of many links that share a seed: the
+// link's forward direction draws from PCG stream 2n of seed and its reverse
+// direction from stream 2n+1, so links numbered 0, 1, 2, ... are independent
+// and each is reproducible. a and b name the two sides (see [Link.String]).
+func NewLinkStream(seed, n uint64, a, b string) *Link {
 	ctx, cancel := context.WithCancel(context.Background())
 	core := &linkCore{
 		dirs:   [2]*direction{newDirection(seed, 2*n), newDirection(seed, 2*n+1)},
@@ -75,8 +78,8 @@ func (l *Link) Reverse() *Link {
 
 // Set applies opts to both directions, on top of their current shapes:
 //
-//	link.Set(testenv.Latency(30*time.Millisecond), testenv.Loss(0.01))
-//	link.Set(testenv.Perfect()) // back to no impairment
+//	link.Set(wan.Latency(30*time.Millisecond), wan.Loss(0.01))
+//	link.Set(wan.Perfect()) // back to no impairment
 func (l *Link) Set(opts ...Option) {
 	l.core.dirs[l.fwd].set(opts)
 	l.core.dirs[l.rev].set(opts)
@@ -113,6 +116,11 @@ func (l *Link) PartitionOneWay() {
 	l.core.dirs[l.fwd].partition()
 }
 
+// Partitioned reports whether the forward and reverse directions are cut.
+func (l *Link) Partitioned() (forward, reverse bool) {
+	return l.core.dirs[l.fwd].isDown(), l.core.dirs[l.rev].isDown()
+}
+
 // Heal ends a partition in both directions.
 func (l *Link) Heal() {
 	l.core.dirs[l.fwd].heal()
@@ -122,43 +130,67 @@ func (l *Link) Heal() {
 // Relay starts a relay for network "tcp" or "udp" that listens on a free
 // loopback port on this view's first side and forwards to target on its
 // second side, and returns the address to use instead of target. It lives
-// until the link is closed.
+// until the link is closed; after [Link.Close] it returns [ErrLinkClosed].
 //
-// A UDP relay keeps one upstream socket per client address, so the target
-// sees each client as a distinct peer and its answers go back to the right
-// client (QUIC works through it).
+// A UDP relay keeps one upstream socket per client address (for the relay's
+// lifetime), so the target sees each client as a distinct peer and its
+// answers go back to the right client: QUIC works through it. Datagrams of
+// up to 64 KiB are carried whole, each delayed and dropped on its own.
 func (l *Link) Relay(network, target string) (string, error) {
-	var r relay
-	var err error
 	switch network {
 	case "tcp":
-		ln, lerr := net.Listen("tcp", "127.0.0.1:0")
-		if lerr != nil {
-			return "", fmt.Errorf("testenv: relay: %w", lerr)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", fmt.Errorf("wan: relay: %w", err)
 		}
 		d := net.Dialer{}
-		r = l.startTCPRelay(ln, func(ctx context.Context) (net.Conn, error) {
+		if err := l.ServeTCP(ln, func(ctx context.Context) (net.Conn, error) {
 			return d.DialContext(ctx, "tcp", target)
-		})
+		}); err != nil {
+			return "", err
+		}
+		return ln.Addr().String(), nil
 	case "udp":
-		raddr, rerr := net.ResolveUDPAddr("udp", target)
-		if rerr != nil {
-			return "", fmt.Errorf("testenv: relay target: %w", rerr)
+		raddr, err := net.ResolveUDPAddr("udp", target)
+		if err != nil {
+			return "", fmt.Errorf("wan: relay target: %w", err)
 		}
-		pc, lerr := net.ListenPacket("udp", "127.0.0.1:0")
-		if lerr != nil {
-			return "", fmt.Errorf("testenv: relay: %w", lerr)
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return "", fmt.Errorf("wan: relay: %w", err)
 		}
-		r = l.startUDPRelay(pc, raddr, func() (net.PacketConn, error) {
+		if err := l.ServeUDP(pc, raddr, func() (net.PacketConn, error) {
 			return net.ListenPacket("udp", "127.0.0.1:0")
-		})
+		}); err != nil {
+			return "", err
+		}
+		return pc.LocalAddr().String(), nil
 	default:
-		return "", fmt.Errorf("testenv: relay network %q: must be tcp or udp", network)
+		return "", fmt.Errorf("wan: relay network %q: must be tcp or udp", network)
 	}
-	if err = l.core.add(r); err != nil {
-		return "", err
-	}
-	return r.Addr().String(), nil
+}
+
+// ServeTCP is [Link.Relay] over a listener and dialer of the caller's
+// choosing, such as in-memory ones in a testing/synctest bubble: it accepts
+// connections on ln (this view's first side) and copies each, shaped, to a
+// connection from dial (its second side). The link owns ln from then on and
+// closes it on [Link.Close]; if the link is already closed, ServeTCP closes
+// ln and returns [ErrLinkClosed]. dial's ctx is cancelled when the link
+// closes; if dial fails, the client's connection is closed.
+func (l *Link) ServeTCP(ln net.Listener, dial func(ctx context.Context) (net.Conn, error)) error {
+	return l.core.add(l.startTCPRelay(ln, dial))
+}
+
+// ServeUDP is [Link.Relay] over packet connections of the caller's choosing:
+// it relays datagrams from the clients of pc (this view's first side) to
+// target (its second side), each client through its own upstream socket made
+// by listen on its first datagram, and the target's answers (only datagrams
+// whose source is target) back to that client from pc. The link owns pc and
+// the upstream sockets and closes them on [Link.Close]; if the link is
+// already closed, ServeUDP closes pc and returns [ErrLinkClosed]. A datagram
+// whose upstream socket cannot be made is dropped.
+func (l *Link) ServeUDP(pc net.PacketConn, target net.Addr, listen func() (net.PacketConn, error)) error {
+	return l.core.add(l.startUDPRelay(pc, target, listen))
 }
 
 func (c *linkCore) add(r relay) error {

@@ -1,4 +1,4 @@
-package testenv
+package wan
 
 import (
 	"context"
