@@ -290,7 +290,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.mu.Lock()
 		a.gwAddr = ln.Addr().String()
 		a.mu.Unlock()
-		srv := &gatewayServer{hub: a.gw, ca: ca, root: root, token: token, gwID: trust.GatewayID(td)}
+		gwCA, err := trust.NewCA(root, a.cfg.gatewayCAConfig())
+		if err != nil {
+			return fmt.Errorf("agent: gateway CA: %w", err)
+		}
+		srv := &gatewayServer{hub: a.gw, ca: gwCA, root: root, token: token, gwID: trust.GatewayID(td)}
 		goRun("gateway API", func(ctx context.Context) error {
 			return serveGateways(ctx, ln, gatewayServerTLS(svids, ca, trust.GatewayID(td)), srv)
 		})

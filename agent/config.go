@@ -46,6 +46,9 @@ const (
 	MaxHubStateBytes       = 256 << 20 // the largest persisted hub state read back
 	DefaultJoinTimeout     = 30 * time.Second
 	DefaultGatewayAPIAddr  = "127.0.0.1:7481"
+	// DefaultGatewaySVIDTTL: renewed at 18 h, a gateway outlives an
+	// agent outage of 18 h.
+	DefaultGatewaySVIDTTL = 36 * time.Hour
 )
 
 // Config configures an Agent. Build it with DefaultConfig, set Cluster,
@@ -108,6 +111,11 @@ type Config struct {
 	// SVIDTTL is the lifetime of the SVIDs the cluster CA issues (agent
 	// and gateways); they are renewed at half-life.
 	SVIDTTL time.Duration
+	// GatewaySVIDTTL is the lifetime of the gateways' SVIDs, renewed at
+	// half-life. It is long (DefaultGatewaySVIDTTL) so that a gateway
+	// keeps serving through an agent outage of half of it; the cluster's
+	// root then keeps a retired root that much longer after a rotation.
+	GatewaySVIDTTL time.Duration
 	// BundleRefresh is the refresh hint published in the cluster's bundle;
 	// a CA rotation publishes the new root 3 refresh hints before it signs.
 	BundleRefresh time.Duration
@@ -150,6 +158,7 @@ func DefaultConfig() Config {
 		JoinTimeout:      DefaultJoinTimeout,
 		GatewayAPIAddr:   DefaultGatewayAPIAddr,
 		SVIDTTL:          trust.DefaultSVIDTTL,
+		GatewaySVIDTTL:   DefaultGatewaySVIDTTL,
 		BundleRefresh:    trust.DefaultRefreshHint,
 		ClockSkew:        trust.DefaultClockSkew,
 	}
@@ -221,6 +230,9 @@ func (c *Config) Validate() error {
 			add("gateway_api_addr", c.GatewayAPIAddr, "must be host:port")
 		}
 	}
+	if c.GatewaySVIDTTL < trust.MinSVIDTTL || c.GatewaySVIDTTL > trust.MaxAllowedSVIDTTL {
+		add("gateway_svid_ttl", c.GatewaySVIDTTL.String(), "must be in %v..%v", trust.MinSVIDTTL, trust.MaxAllowedSVIDTTL)
+	}
 	if c.SVIDTTL < trust.MinSVIDTTL || c.SVIDTTL > trust.MaxAllowedSVIDTTL {
 		add("svid_ttl", c.SVIDTTL.String(), "must be in %v..%v", trust.MinSVIDTTL, trust.MaxAllowedSVIDTTL)
 	}
@@ -266,11 +278,19 @@ func (c *Config) Validate() error {
 func (c *Config) rootConfig(td spiffeid.TrustDomain) trust.RootConfig {
 	rc := trust.DefaultRootConfig()
 	rc.TrustDomain = td
-	rc.MaxSVIDTTL = c.SVIDTTL
+	rc.MaxSVIDTTL = max(c.SVIDTTL, c.GatewaySVIDTTL)
 	rc.RefreshHint = c.BundleRefresh
 	rc.PrepareDuration = trust.DefaultPrepareFactor * c.BundleRefresh
 	rc.ClockSkew = c.ClockSkew
 	return rc
+}
+
+// gatewayCAConfig is the configuration of the CA view that signs gateway
+// SVIDs: the same root, a longer lifetime.
+func (c *Config) gatewayCAConfig() trust.CAConfig {
+	cc := c.caConfig()
+	cc.SVIDTTL = c.GatewaySVIDTTL
+	return cc
 }
 
 // caConfig is the cluster CA's configuration.

@@ -31,6 +31,7 @@ func TestRotationUnderLoadAcrossClusters(t *testing.T) {
 	ctx := context.Background()
 	short := func(cfg Config) Config {
 		cfg.SVIDTTL = time.Minute
+		cfg.GatewaySVIDTTL = time.Minute
 		cfg.BundleRefresh = time.Second
 		cfg.ClockSkew = time.Second
 		return cfg

@@ -3,6 +3,7 @@ package trust
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"sync"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -20,20 +21,31 @@ type ConnGuard struct {
 	bundles *BundleSet
 
 	mu     sync.Mutex
-	conns  map[*tls.Conn]spiffeid.TrustDomain
+	conns  map[*guarded]spiffeid.TrustDomain
 	closed uint64
 }
 
+// guarded is one tracked connection: how to close it.
+type guarded struct{ close func() }
+
 // NewConnGuard returns a guard over bundles; run it with Run.
 func NewConnGuard(bundles *BundleSet) *ConnGuard {
-	return &ConnGuard{bundles: bundles, conns: map[*tls.Conn]spiffeid.TrustDomain{}}
+	return &ConnGuard{bundles: bundles, conns: map[*guarded]spiffeid.TrustDomain{}}
 }
 
 // Track guards c, whose handshake must be complete, and returns a function
 // that stops guarding it (call it when the connection is closed). A
 // connection whose peer presented no SPIFFE ID is not tracked.
 func (g *ConnGuard) Track(c *tls.Conn) (untrack func()) {
-	certs := c.ConnectionState().PeerCertificates
+	return g.TrackPeer(c.ConnectionState().PeerCertificates, func() { _ = c.Close() })
+}
+
+// TrackPeer guards any connection, such as a QUIC connection, by its
+// peer's certificate chain as the handshake presented it (leaf first):
+// closeConn is called, once, if the peer's trust domain is withdrawn. It
+// returns a function that stops guarding it. A peer without a SPIFFE ID is
+// not tracked.
+func (g *ConnGuard) TrackPeer(certs []*x509.Certificate, closeConn func()) (untrack func()) {
 	if len(certs) == 0 {
 		return func() {}
 	}
@@ -41,6 +53,7 @@ func (g *ConnGuard) Track(c *tls.Conn) (untrack func()) {
 	if err != nil {
 		return func() {}
 	}
+	c := &guarded{close: closeConn}
 	g.mu.Lock()
 	g.conns[c] = id.TrustDomain()
 	g.mu.Unlock()
@@ -58,7 +71,7 @@ func (g *ConnGuard) Track(c *tls.Conn) (untrack func()) {
 // Check closes every tracked connection whose peer's trust domain is not
 // in the bundle set, and returns how many it closed.
 func (g *ConnGuard) Check() int {
-	var doomed []*tls.Conn
+	var doomed []*guarded
 	g.mu.Lock()
 	for c, td := range g.conns {
 		if !g.bundles.Has(td) {
@@ -69,7 +82,7 @@ func (g *ConnGuard) Check() int {
 	g.closed += uint64(len(doomed))
 	g.mu.Unlock()
 	for _, c := range doomed {
-		_ = c.Close()
+		c.close()
 	}
 	return len(doomed)
 }

@@ -51,6 +51,8 @@ func (f *agentFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.cfg.GatewayAPIAddr, "gateway-api", agent.DefaultGatewayAPIAddr, `host:port of the gateway API (config stream and SVIDs for this cluster's gateways; "" turns it off)`)
 	fl.StringVar(&f.td, "trust-domain", "", "this cluster's SPIFFE trust domain, chosen at join (default <cluster>.meshfed.local)")
 	fl.DurationVar(&f.cfg.SVIDTTL, "svid-ttl", trust.DefaultSVIDTTL, "lifetime of the SVIDs the cluster CA issues (renewed at half-life)")
+	fl.DurationVar(&f.cfg.GatewaySVIDTTL, "gateway-svid-ttl", agent.DefaultGatewaySVIDTTL, "lifetime of the gateways' SVIDs (renewed at half-life: a gateway outlives an agent outage of half of it)")
+	fl.StringVar(&f.cfg.GatewayIngressBind, "gateway-ingress-bind", "", "IP address the gateways bind their QUIC ingress to (default all); the port is the one of the first --gateway")
 	fl.DurationVar(&f.cfg.BundleRefresh, "bundle-refresh", trust.DefaultRefreshHint, "refresh hint of the cluster's trust bundle; a CA rotation publishes the new root 3 hints before it signs")
 	fl.DurationVar(&f.cfg.ClockSkew, "clock-skew", trust.DefaultClockSkew, "clock disagreement the cluster CA tolerates")
 	fl.Var(&f.level, "log-level", "log level: debug, info, warn or error")

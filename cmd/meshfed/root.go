@@ -66,6 +66,7 @@ admin.yaml a hub writes into its data directory at bootstrap.`,
 		newTrustCmd(d),
 		newJoinCmd(),
 		newAgentCmd(),
+		newGatewayCmd(),
 	)
 	return root
 }

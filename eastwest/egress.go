@@ -1,0 +1,474 @@
+package eastwest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/gateway/gatewayclient"
+)
+
+// egressKey is what one egress listener serves.
+type egressKey struct {
+	service federation.ServiceKey
+	port    gatewayclient.ServicePort
+}
+
+// egressListener is one egress port's listener.
+type egressListener struct {
+	key    egressKey
+	ln     net.Listener
+	http   *http.Server // nil for a TCP port
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// egressSet holds the egress listeners, one per egress port.
+type egressSet struct {
+	g  *Gateway
+	mu sync.Mutex
+	ls map[uint16]*egressListener
+	// transports pool HTTP streams per destination and service port.
+	tmu        sync.Mutex
+	transports map[transportKey]*http.Transport
+}
+
+type transportKey struct {
+	t    target
+	svc  federation.ServiceKey
+	port uint16
+	h2   bool
+}
+
+func newEgressSet(g *Gateway) *egressSet {
+	return &egressSet{g: g, ls: map[uint16]*egressListener{}, transports: map[transportKey]*http.Transport{}}
+}
+
+// reconcile makes the listeners match the table's imports. It returns the
+// ports it could not listen on; the others serve.
+func (e *egressSet) reconcile(ctx context.Context, t *table) error {
+	want := map[uint16]egressKey{}
+	for key, im := range t.state.Imports {
+		for _, p := range im.Ports {
+			if p.Egress != 0 && p.Protocol != "UDP" {
+				want[p.Egress] = egressKey{service: key, port: p.ServicePort}
+			}
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for port, l := range e.ls {
+		if k, ok := want[port]; !ok || k != l.key {
+			l.close()
+			delete(e.ls, port)
+		}
+	}
+	var errs []error
+	for port, k := range want {
+		if _, ok := e.ls[port]; ok {
+			continue
+		}
+		l, err := e.listen(ctx, port, k)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("egress port %d for %s port %d: %w", port, k.service, k.port.Port, err))
+			continue
+		}
+		e.ls[port] = l
+	}
+	return errors.Join(errs...)
+}
+
+func (e *egressSet) listen(ctx context.Context, port uint16, k egressKey) (*egressListener, error) {
+	addr := net.JoinHostPort(e.g.cfg.EgressBind.String(), strconv.Itoa(int(port)))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	l := &egressListener{key: k, ln: ln, cancel: cancel, done: make(chan struct{})}
+	if k.port.IsHTTP() {
+		l.http = e.httpServer(lctx, k)
+		go func() {
+			defer close(l.done)
+			_ = l.http.Serve(ln)
+		}()
+	} else {
+		go func() {
+			defer close(l.done)
+			e.serveTCP(lctx, ln, k)
+		}()
+	}
+	return l, nil
+}
+
+func (l *egressListener) close() {
+	l.cancel()
+	if l.http != nil {
+		_ = l.http.Close()
+	}
+	_ = l.ln.Close()
+}
+
+// closeListeners stops accepting (drain); connections in flight go on.
+func (e *egressSet) closeListeners() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, l := range e.ls {
+		if l.http != nil {
+			l.http.SetKeepAlivesEnabled(false)
+			go func() { _ = l.http.Shutdown(context.Background()) }()
+		} else {
+			_ = l.ln.Close()
+		}
+	}
+}
+
+// shutdown closes everything.
+func (e *egressSet) shutdown() {
+	e.mu.Lock()
+	for port, l := range e.ls {
+		l.close()
+		<-l.done
+		delete(e.ls, port)
+	}
+	e.mu.Unlock()
+	e.tmu.Lock()
+	for _, t := range e.transports {
+		t.CloseIdleConnections()
+	}
+	e.tmu.Unlock()
+}
+
+// serveTCP handles each connection of a TCP egress port.
+func (e *egressSet) serveTCP(ctx context.Context, ln net.Listener, k egressKey) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		e.g.inflight.Add(1)
+		go func() {
+			defer e.g.inflight.Done()
+			e.handleTCP(ctx, c, k)
+		}()
+	}
+}
+
+func (e *egressSet) handleTCP(ctx context.Context, c net.Conn, k egressKey) {
+	g := e.g
+	svc := k.service.String()
+	start := time.Now()
+	up, t, err := g.connect(ctx, k)
+	if err != nil {
+		g.m.requests.WithLabelValues(svc, "none", "egress", "unavailable").Inc()
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // a reset: the client sees the failure at once
+		}
+		_ = c.Close()
+		g.log.Debug("egress: no destination", "service", svc, "err", err)
+		return
+	}
+	dst := t.label()
+	g.m.latency.WithLabelValues(svc, dst, "egress").Observe(time.Since(start).Seconds())
+	g.active.Add(1)
+	active := g.m.active.WithLabelValues(svc, dst, "egress")
+	active.Inc()
+	sent, recv := pipe(ctx, tcpDuplex{c}, up, g.cfg.IdleTimeout)
+	active.Dec()
+	g.active.Add(-1)
+	g.m.requests.WithLabelValues(svc, dst, "egress", "ok").Inc()
+	g.m.bytes.WithLabelValues(svc, dst, "egress", "sent").Add(float64(sent))
+	g.m.bytes.WithLabelValues(svc, dst, "egress", "received").Add(float64(recv))
+	if g.cfg.AccessLog != nil {
+		g.cfg.AccessLog.Info("egress", "service", svc, "port", k.port.Port, "client", c.RemoteAddr().String(), "destination", dst,
+			"sent", sent, "received", recv, "duration", time.Since(start))
+	}
+}
+
+func (t target) label() string {
+	if t.local {
+		return "local"
+	}
+	return t.cluster.String()
+}
+
+// connect opens a connection for one egress connection or request: to
+// the best target, failing over to the next while nothing has reached the
+// client. It returns the connection and where it goes.
+func (g *Gateway) connect(ctx context.Context, k egressKey) (duplex, target, error) {
+	t := g.table.Load()
+	r := t.routes[k.service]
+	if r == nil {
+		return nil, target{}, fmt.Errorf("eastwest: %s is not imported", k.service)
+	}
+	var errs []error
+	for _, tg := range r.order(k.port.Name, g, time.Now(), randFloat) {
+		c, err := g.dialTarget(ctx, tg, k)
+		if err == nil {
+			return c, tg, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", tg.label(), err))
+		g.m.failovers.WithLabelValues(k.service.String(), tg.label(), failReason(err)).Inc()
+	}
+	if len(errs) == 0 {
+		return nil, target{}, fmt.Errorf("eastwest: %s has no destination", k.service)
+	}
+	return nil, target{}, errors.Join(errs...)
+}
+
+func failReason(err error) string {
+	var st Status
+	switch {
+	case errors.As(err, &st):
+		return st.Code.String()
+	case errors.Is(err, errNoGateway):
+		return "no_gateway"
+	default:
+		return "connect"
+	}
+}
+
+// dialTarget opens a connection to one target: a local endpoint directly,
+// or a stream through one of the cluster's gateways (trying each gateway
+// that is up). It feeds outlier detection.
+func (g *Gateway) dialTarget(ctx context.Context, tg target, k egressKey) (duplex, error) {
+	if tg.local {
+		t := g.table.Load()
+		c, _, err := g.dialEndpoint(ctx, readyLocal(t.routes[k.service].local, k.port.Name))
+		if err != nil {
+			return nil, err
+		}
+		return tcpDuplex{c}, nil
+	}
+	peers := g.pool.up(tg.cluster)
+	if len(peers) == 0 {
+		return nil, errNoGateway
+	}
+	hdr, err := AppendHeader(nil, &Header{Kind: KindConnect, Service: k.service.String(), Port: k.port.Port,
+		Source: g.table.Load().state.Self.Cluster.String()})
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, p := range peers {
+		s, err := g.openStream(ctx, p, hdr)
+		if err == nil {
+			g.clusterOut.success(tg.cluster)
+			return s, nil
+		}
+		errs = append(errs, err)
+		var st Status
+		if errors.As(err, &st) && st.Code != CodeDraining && st.Code != CodeOverloaded {
+			break // the cluster's answer, not this gateway's state
+		}
+	}
+	err = errors.Join(errs...)
+	g.clusterOut.failure(tg.cluster, time.Now())
+	return nil, err
+}
+
+// openStream opens a stream on a peer's connection, sends the header and
+// waits for an OK status.
+func (g *Gateway) openStream(ctx context.Context, p *peer, hdr []byte) (*streamConn, error) {
+	qc := p.conn()
+	if qc == nil {
+		return nil, errNoGateway
+	}
+	octx, cancel := context.WithTimeout(ctx, g.cfg.ConnectTimeout)
+	defer cancel()
+	s, err := qc.OpenStreamSync(octx)
+	if err != nil {
+		return nil, err
+	}
+	deadline, _ := octx.Deadline()
+	_ = s.SetDeadline(deadline)
+	if _, err := s.Write(hdr); err != nil {
+		s.CancelRead(0)
+		s.CancelWrite(0)
+		return nil, err
+	}
+	st, err := ReadStatus(s)
+	if err != nil {
+		s.CancelRead(0)
+		s.CancelWrite(0)
+		return nil, err
+	}
+	if st.Code != CodeOK {
+		s.CancelRead(0)
+		_ = s.Close()
+		return nil, st
+	}
+	_ = s.SetDeadline(time.Time{})
+	return &streamConn{Stream: s, local: qc.LocalAddr(), remote: qc.RemoteAddr()}, nil
+}
+
+// ---- HTTP ports: per request ----
+
+// httpServer serves an HTTP egress port: HTTP/1.1 and h2c (gRPC).
+func (e *egressSet) httpServer(ctx context.Context, k egressKey) *http.Server {
+	h2 := isH2(k.port)
+	rt := &failoverTransport{e: e, k: k, h2: h2}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = pr.In.Host
+			pr.Out.Host = pr.In.Host
+		},
+		Transport:     rt,
+		FlushInterval: -1,
+		BufferPool:    proxyBuffers{},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			e.g.log.Debug("egress: request failed", "service", k.service, "err", err)
+			http.Error(w, "meshfed gateway: no cluster could serve "+k.service.String(), http.StatusServiceUnavailable)
+		},
+	}
+	srv := &http.Server{Handler: rp, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	srv.Protocols = &p
+	return srv
+}
+
+func isH2(p gatewayclient.ServicePort) bool {
+	switch p.Protocol {
+	case "HTTP2", "GRPC":
+		return true
+	}
+	return p.AppProtocol == "h2c" || p.AppProtocol == "grpc" || p.AppProtocol == "kubernetes.io/h2c"
+}
+
+type proxyBuffers struct{}
+
+func (proxyBuffers) Get() []byte  { return *(bufPool.Get().(*[]byte)) }
+func (proxyBuffers) Put(b []byte) { bufPool.Put(&b) }
+
+// failoverTransport sends each request to the best target, failing over
+// while nothing reached the client.
+type failoverTransport struct {
+	e  *egressSet
+	k  egressKey
+	h2 bool
+}
+
+// connectError marks a failure to reach a target: nothing was sent.
+type connectError struct{ err error }
+
+func (c *connectError) Error() string { return c.err.Error() }
+func (c *connectError) Unwrap() error { return c.err }
+
+func idempotent(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return r.Body == nil || r.Body == http.NoBody || r.GetBody != nil
+	}
+	return false
+}
+
+func (f *failoverTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	g := f.e.g
+	svc := f.k.service.String()
+	t := g.table.Load()
+	r := t.routes[f.k.service]
+	if r == nil {
+		return nil, fmt.Errorf("eastwest: %s is not imported", svc)
+	}
+	start := time.Now()
+	retriable := idempotent(req)
+	retries := 0
+	targets := r.order(f.k.port.Name, g, start, randFloat)
+	var lastErr error
+	for i, tg := range targets {
+		if i > 0 && req.GetBody != nil && req.Body != nil && req.Body != http.NoBody {
+			body, err := req.GetBody()
+			if err != nil {
+				return nil, err
+			}
+			req = req.Clone(req.Context())
+			req.Body = body
+		}
+		resp, err := f.transport(tg).RoundTrip(req)
+		last := i == len(targets)-1
+		if err != nil {
+			lastErr = err
+			var ce *connectError
+			if errors.As(err, &ce) {
+				continue // nothing was sent: always safe
+			}
+			g.clusterOut.failure(tg.cluster, time.Now())
+			g.m.failovers.WithLabelValues(svc, tg.label(), "reset").Inc()
+			if retriable && retries < g.cfg.HTTPRetries && !last {
+				retries++
+				continue
+			}
+			g.m.requests.WithLabelValues(svc, tg.label(), "egress", "reset").Inc()
+			return nil, err
+		}
+		if resp.StatusCode == http.StatusServiceUnavailable && retriable && retries < g.cfg.HTTPRetries && !last {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			_ = resp.Body.Close()
+			g.m.failovers.WithLabelValues(svc, tg.label(), "http_503").Inc()
+			retries++
+			continue
+		}
+		g.m.latency.WithLabelValues(svc, tg.label(), "egress").Observe(time.Since(start).Seconds())
+		g.m.requests.WithLabelValues(svc, tg.label(), "egress", strconv.Itoa(resp.StatusCode)).Inc()
+		return resp, nil
+	}
+	g.m.requests.WithLabelValues(svc, "none", "egress", "unavailable").Inc()
+	if lastErr == nil {
+		lastErr = fmt.Errorf("eastwest: %s has no destination", svc)
+	}
+	return nil, lastErr
+}
+
+// transport returns the pooled HTTP transport to one target.
+func (f *failoverTransport) transport(tg target) *http.Transport {
+	e := f.e
+	key := transportKey{t: tg, svc: f.k.service, port: f.k.port.Port, h2: f.h2}
+	e.tmu.Lock()
+	defer e.tmu.Unlock()
+	if t := e.transports[key]; t != nil {
+		return t
+	}
+	k := f.k
+	t := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			c, err := e.g.dialTarget(ctx, tg, k)
+			if err != nil {
+				e.g.m.failovers.WithLabelValues(k.service.String(), tg.label(), failReason(err)).Inc()
+				return nil, &connectError{err}
+			}
+			switch c := c.(type) {
+			case *streamConn:
+				return c, nil
+			case tcpDuplex:
+				return c.Conn, nil
+			}
+			return nil, &connectError{fmt.Errorf("eastwest: unexpected connection type %T", c)}
+		},
+		MaxIdleConns:        0,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}
+	var p http.Protocols
+	if f.h2 {
+		p.SetUnencryptedHTTP2(true)
+	} else {
+		p.SetHTTP1(true)
+	}
+	t.Protocols = &p
+	e.transports[key] = t
+	return t
+}
+

@@ -1,0 +1,51 @@
+package eastwest
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the gateway's Prometheus series. Labels: service is
+// "namespace/name", cluster the destination (egress) or source (ingress)
+// cluster, "local" for this cluster's own endpoints.
+type metrics struct {
+	requests  *prometheus.CounterVec   // service, cluster, direction, result
+	bytes     *prometheus.CounterVec   // service, cluster, direction, way (sent, received)
+	active    *prometheus.GaugeVec     // service, cluster, direction
+	failovers *prometheus.CounterVec   // service, from cluster, reason
+	ejections *prometheus.CounterVec   // kind (cluster, endpoint), name
+	latency   *prometheus.HistogramVec // service, cluster, direction: connect (TCP) or request (HTTP) latency
+	gateways  *prometheus.GaugeVec     // cluster, address: 1 while the remote gateway answers probes
+	probes    *prometheus.CounterVec   // cluster, result
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshfed_gateway_requests_total",
+			Help: "Connections (TCP ports) or requests (HTTP ports) handled, by service, cluster, direction (egress, ingress) and result."},
+			[]string{"service", "cluster", "direction", "result"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshfed_gateway_bytes_total",
+			Help: "Payload bytes piped, by service, cluster, direction and way (sent to the destination, received from it)."},
+			[]string{"service", "cluster", "direction", "way"}),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meshfed_gateway_active_streams",
+			Help: "Connections or streams in flight, by service, cluster and direction."},
+			[]string{"service", "cluster", "direction"}),
+		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshfed_gateway_failovers_total",
+			Help: "Attempts that moved on to the next candidate, by service, the cluster that failed and why."},
+			[]string{"service", "cluster", "reason"}),
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshfed_gateway_ejections_total",
+			Help: "Outlier ejections, by kind (cluster, endpoint) and name."},
+			[]string{"kind", "name"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "meshfed_gateway_latency_seconds",
+			Help:    "Egress: time to an OK status (TCP) or to the response headers (HTTP), by service and cluster.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}},
+			[]string{"service", "cluster", "direction"}),
+		gateways: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meshfed_gateway_remote_up",
+			Help: "1 while a remote gateway answers probes, by cluster and address."},
+			[]string{"cluster", "address"}),
+		probes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshfed_gateway_probes_total",
+			Help: "Probes of remote gateways, by cluster and result (ok, fail)."},
+			[]string{"cluster", "result"}),
+	}
+	reg.MustRegister(m.requests, m.bytes, m.active, m.failovers, m.ejections, m.latency, m.gateways, m.probes)
+	return m
+}
