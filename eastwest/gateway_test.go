@@ -1,0 +1,203 @@
+package eastwest
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/meshfed/meshfed/gateway/gatewayclient"
+	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
+	"github.com/meshfed/meshfed/trust"
+)
+
+// pair starts east exporting default/echo (TCP) and default/web (HTTP)
+// and west importing both from east.
+type pairEnv struct {
+	east, west       *cluster
+	eastGW, westGW   *gw
+	tcpPort, webPort uint16 // west's egress ports
+}
+
+func startPair(t *testing.T) *pairEnv {
+	t.Helper()
+	east, west := newCluster(t, "east", "us-east", "us-east-1a"), newCluster(t, "west", "us-west", "us-west-1a")
+	tcpEP := tcpEcho(t)
+	webEP, _ := httpEcho(t, "east")
+	tcpSP, webSP := port("tcp", 9090, "TCP"), port("http", 8080, "HTTP")
+	eastGW := startGateway(t, east, newState(east, nil, []*gatewayclient.LocalService{
+		localService("default/echo", tcpSP, tcpEP), localService("default/web", webSP, webEP)}, remote{c: west}), nil, west)
+	p := &pairEnv{east: east, west: west, eastGW: eastGW, tcpPort: freePort(t), webPort: freePort(t)}
+	r := remote{c: east, gws: []string{eastGW.addr}, ready: 1}
+	p.westGW = startGateway(t, west, newState(west, []*gatewayclient.Import{
+		importOf("default/echo", tcpSP, p.tcpPort, r), importOf("default/web", webSP, p.webPort, r)}, nil, r), nil, east)
+	waitFor(t, 5*time.Second, func() error {
+		if _, up := p.westGW.g.pool.counts(); up != 1 {
+			return errors.New("east's gateway not up in west's pool")
+		}
+		return nil
+	})
+	// east must know west as a member to admit it: it does (remote{c: west}).
+	return p
+}
+
+func TestCrossClusterTCPAndHTTPThroughTwoGateways(t *testing.T) {
+	p := startPair(t)
+	// TCP: an echo, both directions, with a half-close.
+	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(int(p.tcpPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := strings.Repeat("meshfed ", 100_000) // 800 kB: more than the windows' first flight
+	go func() {
+		_, _ = io.WriteString(c, msg)
+		_ = c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	_ = c.Close()
+	if err != nil || string(got) != msg {
+		t.Fatalf("TCP echo through two gateways: %d bytes back of %d, err %v", len(got), len(msg), err)
+	}
+	// HTTP: requests over one keep-alive connection.
+	client := &http.Client{Timeout: 5 * time.Second}
+	for i := range 20 {
+		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/r/%d", p.webPort, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if want := fmt.Sprintf("east /r/%d", i); string(b) != want || resp.StatusCode != 200 {
+			t.Fatalf("HTTP through two gateways: %d %q, want 200 %q", resp.StatusCode, b, want)
+		}
+	}
+}
+
+// rawStream opens a stream to a gateway as a member cluster's gateway
+// would, sends hdr and returns the status.
+func rawStream(t *testing.T, from *cluster, to *gw, hdr *Header) Status {
+	t.Helper()
+	svid, err := from.ca.IssueX509SVID(trust.GatewayID(from.td))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs := trust.NewBundleSet()
+	_ = bs.Set(from.bundle)
+	_ = bs.Set(to.c.bundle)
+	tc := trust.ClientTLS(staticSVID{svid}, bs, trust.AuthorizeID(trust.GatewayID(to.c.td)))
+	tc.NextProtos = []string{gatewayv1.ALPN}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	qc, err := quic.DialAddr(ctx, to.addr, tc, &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = qc.CloseWithError(0, "") }()
+	s, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := AppendHeader(nil, hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	st, err := ReadStatus(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestIngressRefusesWhatThisClusterDoesNotExport(t *testing.T) {
+	p := startPair(t)
+	for _, c := range []struct {
+		h    Header
+		want Code
+	}{
+		{Header{Kind: KindConnect, Service: "default/secret", Port: 9090, Source: "west"}, CodeUnknownService},
+		{Header{Kind: KindConnect, Service: "default/echo", Port: 1234, Source: "west"}, CodeUnknownService},
+		{Header{Kind: KindConnect, Service: "default/echo", Port: 9090, Source: "central"}, CodeForbidden},
+		{Header{Kind: KindConnect, Service: "default/echo", Port: 9090, Source: "west"}, CodeOK},
+	} {
+		if st := rawStream(t, p.west, p.eastGW, &c.h); st.Code != c.want {
+			t.Errorf("%s:%d from %s: %v, want %v", c.h.Service, c.h.Port, c.h.Source, st, c.want)
+		}
+	}
+}
+
+func TestIngressRefusesUnfederatedAndExternalTrustDomains(t *testing.T) {
+	p := startPair(t)
+	// An unfederated cluster: east has no bundle for it. The handshake fails.
+	rogue := newCluster(t, "rogue", "us-east", "us-east-1a")
+	if err := dialOnly(t, rogue, p.eastGW, trust.GatewayID(rogue.td)); err == nil {
+		t.Error("a gateway of an unfederated trust domain was admitted")
+	}
+	// An external trust domain (a SPIRE server's, say): east holds its
+	// bundle, so its SVIDs verify, but it is no member cluster's gateway.
+	spire := newCluster(t, "spire", "us-east", "us-east-1a")
+	if err := p.eastGW.g.bundles.Set(spire.bundle); err != nil {
+		t.Fatal(err)
+	}
+	if err := dialOnly(t, spire, p.eastGW, trust.GatewayID(spire.td)); err == nil {
+		t.Error("a peer of an external trust domain was admitted as a gateway")
+	}
+	// A member's non-gateway identity is refused too.
+	if err := dialOnly(t, p.west, p.eastGW, trust.AgentID(p.west.td)); err == nil {
+		t.Error("a member cluster's agent identity was admitted as a gateway")
+	}
+	// The member's gateway itself is admitted.
+	if err := dialOnly(t, p.west, p.eastGW, trust.GatewayID(p.west.td)); err != nil {
+		t.Errorf("west's gateway was refused: %v", err)
+	}
+}
+
+// dialOnly connects to a gateway's ingress as id of c and opens a probe
+// stream; it returns the first error.
+func dialOnly(t *testing.T, c *cluster, to *gw, id interface{ String() string }) error {
+	t.Helper()
+	sid, err := spiffeIDOf(id.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := c.ca.IssueX509SVID(sid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs := trust.NewBundleSet()
+	_ = bs.Set(c.bundle)
+	_ = bs.Set(to.c.bundle)
+	tc := trust.ClientTLS(staticSVID{svid}, bs, trust.AuthorizeID(trust.GatewayID(to.c.td)))
+	tc.NextProtos = []string{gatewayv1.ALPN}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	qc, err := quic.DialAddr(ctx, to.addr, tc, &quic.Config{})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = qc.CloseWithError(0, "") }()
+	s, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		return err
+	}
+	b, _ := AppendHeader(nil, &Header{Kind: KindProbe, Source: c.name.String()})
+	if _, err := s.Write(b); err != nil {
+		return err
+	}
+	_, err = ReadStatus(bufio.NewReader(s))
+	return err
+}
+
+var _ = tls.VersionTLS13
