@@ -140,7 +140,7 @@ func startGateway(t testing.TB, c *cluster, st *gatewayclient.State, mutate func
 	cfg.EgressBind = netip.MustParseAddr("127.0.0.1")
 	cfg.ConnectTimeout = time.Second
 	cfg.ReconnectMax = 200 * time.Millisecond
-	cfg.DrainTimeout = 5 * time.Second
+	cfg.DrainTimeout = 2 * time.Second
 	cfg.Log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("gw", c.name.String())
 	if mutate != nil {
 		mutate(&cfg)
@@ -290,3 +290,14 @@ func waitFor(t testing.TB, timeout time.Duration, cond func() error) {
 }
 
 func spiffeIDOf(s string) (spiffeid.ID, error) { return spiffeid.FromString(s) }
+
+// kill stops the gateway as SIGKILL would: its socket closes at once and
+// nothing is drained or said to peers.
+func (w *gw) kill() {
+	_ = w.g.pconn.Close()
+	w.stop()
+}
+
+func dialTCP(port uint16) (net.Conn, error) {
+	return net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(int(port)))
+}
