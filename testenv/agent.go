@@ -181,6 +181,12 @@ func (f *Federation) startAgent(ctx context.Context, i int, c *ClusterEnv, ready
 	if err != nil {
 		return err
 	}
+	var gw *Gateway
+	if !f.noGateways {
+		if gw, err = f.prepareGateway(c); err != nil {
+			return err
+		}
+	}
 	var lastErr error
 	for attempt := range 3 {
 		ports, err := freePorts(2)
@@ -206,6 +212,9 @@ func (f *Federation) startAgent(ctx context.Context, i int, c *ClusterEnv, ready
 		for _, h := range hubAddrs {
 			common = append(common, "--hub", h)
 		}
+		if gw != nil {
+			common = append(common, "--gateway", gw.advertised, "--gateway-ingress-bind", "127.0.0.1")
+		}
 		a.Process = newProcess(processSpec{
 			name:         c.Name() + "/agent",
 			path:         f.hub.Binary(),
@@ -220,6 +229,9 @@ func (f *Federation) startAgent(ctx context.Context, i int, c *ClusterEnv, ready
 			// token is spent. Every later start is `meshfed agent`.
 			a.setArgs(append([]string{"agent"}, common...))
 			c.agent = a
+			if gw != nil {
+				return f.startGateway(ctx, c, gw, a, readyTimeout)
+			}
 			return nil
 		}
 		_ = a.Kill()

@@ -9,7 +9,8 @@ import (
 	"github.com/meshfed/meshfed/testenv/wan"
 )
 
-// Three clusters, each with its own etcd, kube-apiserver and meshfed agent,
+// Three clusters, each with its own etcd, kube-apiserver, meshfed agent and
+// east-west gateway,
 // and a hub of three `meshfed hub` processes. A workload deployed and
 // exported in west is imported by the other clusters. In a test, use
 // testenv.Start(t, ...), which fails the test on error and tears everything
@@ -46,7 +47,8 @@ func Example() {
 	west := fed.Cluster("west")
 	west.Deploy(testenv.EchoHTTP("default/reviews", 2))
 	west.Export("default/reviews")
-	fed.Link("east", "west").Set(wan.Latency(30*time.Millisecond), wan.Loss(0.01))
+	// Every path into west's gateway: 30 ms each way, 1% of packets lost.
+	fed.GatewayLink("west").Set(wan.Latency(30*time.Millisecond), wan.Loss(0.01))
 	for _, name := range []string{"east", "central"} {
 		c := fed.Cluster(name)
 		err := testenv.WaitFor(ctx, 30*time.Second, func(ctx context.Context) error {
@@ -61,6 +63,9 @@ func Example() {
 	}
 	res := west.Drive("default/reviews", testenv.Requests(100))
 	fmt.Printf("west: %d of %d requests answered, by %d instances\n", res.Succeeded(), len(res.Outcomes), len(res.ByInstance()))
+	// From east, through east's gateway, QUIC across the WAN, west's gateway.
+	res = fed.Cluster("east").Drive("default/reviews", testenv.Requests(100))
+	fmt.Printf("east: %d of %d requests answered by %v\n", res.Succeeded(), len(res.Outcomes), res.ByCluster())
 
 	// Output:
 	// east: kube-apiserver v1.36.3 answers, agent east/agent
@@ -70,4 +75,5 @@ func Example() {
 	// east imports default/reviews
 	// central imports default/reviews
 	// west: 100 of 100 requests answered, by 2 instances
+	// east: 100 of 100 requests answered by map[west:100]
 }

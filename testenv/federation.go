@@ -65,6 +65,9 @@ type Options struct {
 	// own). By default, with a hub, every cluster gets the MCS CRDs and a
 	// joined `meshfed agent` process.
 	NoAgents bool
+	// NoGateways leaves the clusters without east-west gateways. By
+	// default every cluster with an agent gets one `meshfed gateway`.
+	NoGateways bool
 }
 
 // Validate reports every problem with the options at once, each naming its
@@ -116,7 +119,10 @@ type Federation struct {
 	byName   map[string]*ClusterEnv
 	links    map[[2]string]*wan.Link // keyed by the pair in Options order
 	hubLinks map[string]*wan.Link    // cluster → hub
-	tb       testing.TB              // from Start: helpers fail the test
+	// gatewayLinks: everyone → a cluster's gateway ingress
+	gatewayLinks map[string]*wan.Link
+	noGateways   bool
+	tb           testing.TB // from Start: helpers fail the test
 
 	closeOnce sync.Once
 	closeErr  error
@@ -131,8 +137,9 @@ type ClusterEnv struct {
 	clientset  *kubernetes.Clientset
 	kubeconfig string
 	fed        *Federation
-	index      int    // in Options.Clusters
-	agent      *Agent // nil without a hub or with NoAgents
+	index      int      // in Options.Clusters
+	agent      *Agent   // nil without a hub or with NoAgents
+	gateway    *Gateway // nil without an agent or with NoGateways
 	mcs        mcsclient.Interface
 	wmu        sync.Mutex
 	workloads  map[string]*Workload // guarded by wmu
@@ -170,7 +177,8 @@ func New(ctx context.Context, opts Options) (*Federation, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	f := &Federation{dir: opts.Dir, byName: map[string]*ClusterEnv{}, links: map[[2]string]*wan.Link{}, hubLinks: map[string]*wan.Link{}}
+	f := &Federation{dir: opts.Dir, byName: map[string]*ClusterEnv{}, links: map[[2]string]*wan.Link{}, hubLinks: map[string]*wan.Link{},
+		gatewayLinks: map[string]*wan.Link{}, noGateways: opts.NoGateways}
 	if f.dir == "" {
 		d, err := os.MkdirTemp("", "meshfed-testenv-")
 		if err != nil {
@@ -275,6 +283,8 @@ func New(ctx context.Context, opts Options) (*Federation, error) {
 		for _, c := range opts.Clusters {
 			f.hubLinks[c.Name] = wan.NewLinkStream(opts.Seed, n, c.Name, "hub")
 			n++
+			f.gatewayLinks[c.Name] = wan.NewLinkStream(opts.Seed, n, "federation", c.Name+"/gateway")
+			n++
 		}
 	}
 	if f.hub != nil && !opts.NoAgents {
@@ -366,6 +376,9 @@ func (f *Federation) Processes() []*Process {
 		if c != nil && c.agent != nil {
 			ps = append(ps, c.agent.Process)
 		}
+		if c != nil && c.gateway != nil && c.gateway.Process != nil {
+			ps = append(ps, c.gateway.Process)
+		}
 	}
 	if f.hub != nil {
 		ps = append(ps, f.hub.Processes()...)
@@ -393,6 +406,9 @@ func (f *Federation) Close() error {
 			if c == nil {
 				continue
 			}
+			if c.gateway != nil && c.gateway.Process != nil {
+				_ = c.gateway.Kill()
+			}
 			if c.agent != nil {
 				_ = c.agent.Kill()
 			}
@@ -418,6 +434,9 @@ func (f *Federation) Close() error {
 			errs = append(errs, l.Close())
 		}
 		for _, l := range f.hubLinks {
+			errs = append(errs, l.Close())
+		}
+		for _, l := range f.gatewayLinks {
 			errs = append(errs, l.Close())
 		}
 		if f.ownDir {

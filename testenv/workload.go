@@ -331,9 +331,9 @@ func (c *ClusterEnv) Targets(ctx context.Context, service string) ([]string, err
 // HTTP GETs when the service is an HTTP workload deployed with testenv
 // anywhere in the federation, else TCP echo exchanges.
 //
-// Cross-cluster requests go through the cluster's east-west gateway, which
-// meshfed does not have yet: until it does, a Drive that resolves to an
-// import records connection failures.
+// Cross-cluster requests go through the cluster's east-west gateway (an
+// import's endpoints are the gateway's egress port), then over QUIC to a
+// gateway of an exporting cluster.
 func (c *ClusterEnv) Drive(service string, opts ...DriveOption) *Result {
 	ctx := context.Background()
 	targets, err := c.Targets(ctx, service)

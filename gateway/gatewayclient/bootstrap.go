@@ -19,7 +19,7 @@ const MaxBootstrapBytes = 1 << 20
 // time: the cluster's trust domain and bundle (to verify the agent) and
 // the bootstrap token (to get its first SVID). The agent writes it to
 // gateway-bootstrap.json in its data directory, or to the Secret
-// meshfed-gateway-bootstrap (key "bootstrap.json") in-cluster, and
+// meshfed-gateway-bootstrap (key "data") in-cluster, and
 // rewrites it when the cluster's bundle changes.
 type Bootstrap struct {
 	Cluster     string `json:"cluster"`
