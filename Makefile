@@ -27,7 +27,7 @@ TEST_DEPS ?= testenv-bins spire-bin
 
 # BENCH_PKGS: packages whose benchmarks `make bench` runs.
 # Each of these runs its fixed workload once (-benchtime 1x).
-BENCH_PKGS ?= ./hub/... ./agent/... ./testenv/...
+BENCH_PKGS ?= ./hub/... ./agent/... ./testenv/... ./eastwest/...
 # Micro-benchmarks (per-operation costs) that need many iterations.
 BENCH_MICRO_PKGS ?= ./trust/...
 
@@ -118,8 +118,19 @@ proto-check: proto
 	@untracked=$$(git ls-files --others --exclude-standard -- $(GENERATED_DIRS)); \
 	if [ -n "$$untracked" ]; then echo "files under $(GENERATED_DIRS) are not committed:"; echo "$$untracked"; exit 1; fi
 
+# bench-tools installs the load generator and the peer the gateway benchmark
+# compares with (BenchmarkGatewayDataPath): h2load (nghttp2-client) and
+# haproxy, from Debian's packages, unless they are on the PATH.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+.PHONY: bench-tools
+bench-tools:
+	@if ! command -v h2load >/dev/null || ! command -v haproxy >/dev/null; then \
+		echo "installing nghttp2-client and haproxy (apt-get)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nghttp2-client haproxy; \
+	fi
+
 .PHONY: bench
-bench: $(TEST_DEPS)
+bench: $(TEST_DEPS) bench-tools
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m $(BENCH_PKGS)
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 300ms -count 1 -timeout 10m $(BENCH_MICRO_PKGS)
 

@@ -37,8 +37,8 @@ type Config struct {
 	// gateway: a probe stream every interval, answered within the timeout.
 	// ProbeFailures consecutive failures take the gateway out of
 	// selection. The worst-case detection time of a blackholed gateway is
-	// ProbeInterval + ProbeFailures × ProbeTimeout (200ms + 2 × 300ms =
-	// 800ms by default).
+	// ProbeInterval + ProbeFailures × ProbeTimeout (200ms + 2 × 250ms =
+	// 700ms by default).
 	ProbeInterval time.Duration
 	ProbeTimeout  time.Duration
 	ProbeFailures int
@@ -93,7 +93,7 @@ func DefaultConfig() Config {
 		IdleTimeout:          time.Hour,
 		HeaderTimeout:        5 * time.Second,
 		ProbeInterval:        200 * time.Millisecond,
-		ProbeTimeout:         300 * time.Millisecond,
+		ProbeTimeout:         250 * time.Millisecond,
 		ProbeFailures:        2,
 		KeepAlive:            5 * time.Second,
 		MaxIdle:              30 * time.Second,

@@ -27,7 +27,9 @@ type tripleEnv struct {
 	stopEastWeb         func()
 }
 
-func startTriple(t *testing.T, westLocality [2]string) *tripleEnv {
+func startTripleB(b *testing.B) *tripleEnv { return startTriple(b, [2]string{"us-east", "us-east-1b"}) }
+
+func startTriple(t testing.TB, westLocality [2]string) *tripleEnv {
 	t.Helper()
 	e := &tripleEnv{
 		east:    newCluster(t, "east", "us-east", "us-east-1a"),

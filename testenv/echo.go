@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -185,6 +187,11 @@ func (e *Echo) wait(done <-chan struct{}) bool {
 	}
 }
 
+// maxBytesBody bounds /bytes/N.
+const maxBytesBody = 1 << 20
+
+var zeros = make([]byte, maxBytesBody)
+
 func (e *Echo) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if !e.wait(r.Context().Done()) {
 		return
@@ -196,6 +203,20 @@ func (e *Echo) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
+		return
+	}
+	if n, ok := strings.CutPrefix(r.URL.Path, "/bytes/"); ok && !sick {
+		// /bytes/N: N bytes of body (at most 1 MiB), for load tests that
+		// want a fixed response size.
+		size, err := strconv.Atoi(n)
+		if err != nil || size < 0 || size > maxBytesBody {
+			http.Error(w, fmt.Sprintf("/bytes/N: N must be 0 to %d", maxBytesBody), http.StatusBadRequest)
+			return
+		}
+		e.count.Add(1)
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		_, _ = w.Write(zeros[:size])
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")

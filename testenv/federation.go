@@ -68,6 +68,10 @@ type Options struct {
 	// NoGateways leaves the clusters without east-west gateways. By
 	// default every cluster with an agent gets one `meshfed gateway`.
 	NoGateways bool
+	// DirectGateways makes gateways advertise their real ingress instead
+	// of their gateway link's relay: no simulated WAN on the data path
+	// (benchmarks of the gateway itself), and GatewayLink has no effect.
+	DirectGateways bool
 }
 
 // Validate reports every problem with the options at once, each naming its
@@ -122,6 +126,7 @@ type Federation struct {
 	// gatewayLinks: everyone → a cluster's gateway ingress
 	gatewayLinks map[string]*wan.Link
 	noGateways   bool
+	direct       bool // Options.DirectGateways
 	tb           testing.TB // from Start: helpers fail the test
 
 	closeOnce sync.Once
@@ -178,7 +183,7 @@ func New(ctx context.Context, opts Options) (*Federation, error) {
 		return nil, err
 	}
 	f := &Federation{dir: opts.Dir, byName: map[string]*ClusterEnv{}, links: map[[2]string]*wan.Link{}, hubLinks: map[string]*wan.Link{},
-		gatewayLinks: map[string]*wan.Link{}, noGateways: opts.NoGateways}
+		gatewayLinks: map[string]*wan.Link{}, noGateways: opts.NoGateways, direct: opts.DirectGateways}
 	if f.dir == "" {
 		d, err := os.MkdirTemp("", "meshfed-testenv-")
 		if err != nil {

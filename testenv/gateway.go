@@ -69,11 +69,14 @@ func (f *Federation) prepareGateway(c *ClusterEnv) (*Gateway, error) {
 	if err := os.MkdirAll(g.dataDir, 0o700); err != nil {
 		return nil, err
 	}
-	adv, err := f.gatewayLinks[c.Name()].Relay("udp", g.ingress)
-	if err != nil {
-		return nil, err
+	g.advertised = g.ingress
+	if !f.direct {
+		adv, err := f.gatewayLinks[c.Name()].Relay("udp", g.ingress)
+		if err != nil {
+			return nil, err
+		}
+		g.advertised = adv
 	}
-	g.advertised = adv
 	return g, nil
 }
 
@@ -108,6 +111,7 @@ func (f *Federation) startGateway(ctx context.Context, c *ClusterEnv, g *Gateway
 			"--metrics", g.metrics,
 			"--endpoint-map", podNetworkPrefix + "0.0/16=127.0.0.1",
 			"--log-level", "debug",
+			"--pprof",
 		},
 		logPath:      filepath.Join(f.dir, "clusters", c.Name(), "gateway.log"),
 		ready:        gatewayReady(g.metrics),

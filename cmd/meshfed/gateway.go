@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -32,6 +33,7 @@ type gatewayFlags struct {
 	endpointMap []string
 	saToken     string
 	accessLog   bool
+	pprof       bool
 	level       logLevel
 }
 
@@ -62,6 +64,7 @@ down. On SIGTERM it stops accepting, lets in-flight work finish for at most
 	fl.StringVar(&f.metrics, "metrics", "127.0.0.1:7490", `host:port of /metrics, /healthz and /readyz ("" turns it off)`)
 	fl.StringArrayVar(&f.endpointMap, "endpoint-map", nil, "PREFIX=IP: dial local endpoints inside PREFIX at IP, same port (simulated pod networks; repeatable)")
 	fl.StringVar(&f.saToken, "service-account-token", "", "file of a Kubernetes ServiceAccount token to authenticate to the agent with, instead of the bootstrap token")
+	fl.BoolVar(&f.pprof, "pprof", false, "serve net/http/pprof on the --metrics address (off by default)")
 	fl.BoolVar(&f.accessLog, "access-log", false, "log a line per egress connection or request and per ingress stream")
 	fl.DurationVar(&f.cfg.ConnectTimeout, "connect-timeout", f.cfg.ConnectTimeout, "bound of one connection attempt")
 	fl.DurationVar(&f.cfg.IdleTimeout, "idle-timeout", f.cfg.IdleTimeout, "close a piped connection idle this long")
@@ -163,7 +166,17 @@ func (f *gatewayFlags) run(cmd *cobra.Command) error {
 		if err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
-		srv := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		h := gw.Handler()
+		if f.pprof {
+			mux := http.NewServeMux()
+			mux.Handle("/", h)
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+			h = mux
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = srv.Serve(ln) }()
 		defer func() { _ = srv.Close() }()
 	}

@@ -1,0 +1,379 @@
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net/http"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// BenchmarkGatewayDataPath compares, in one run and at the same
+// concurrency, three paths to the same HTTP echo server (1 KiB responses)
+// and the same TCP echo server:
+//
+//  1. direct;
+//  2. east's gateway egress → QUIC → west's gateway ingress (meshfed);
+//  3. two HAProxy processes doing the same job over TCP+TLS (the peer):
+//     a TCP frontend in east, mutual TLS to a frontend in west.
+//
+// It reports req/s (h2load --h1, 16 connections), the latency added over
+// direct at Istio's profile (1000 rps, 1 KiB, 16 connections; p50 and
+// p99 from h2load's per-request log), single-stream bulk Gbit/s (TCP
+// echo, 256 MiB each way), CPU per 1000 requests of the two proxies,
+// and gateway RSS. Ratios are against direct and against HAProxy. The
+// gateways talk directly (Options.DirectGateways): no simulated WAN. The
+// blackhole shift time is eastwest's BenchmarkBlackholeShift.
+//
+// It needs h2load (Debian nghttp2-client) and haproxy: `make bench`
+// installs them.
+func BenchmarkGatewayDataPath(b *testing.B) {
+	requireBinaries(b)
+	h2load, err1 := exec.LookPath("h2load")
+	haproxy, err2 := exec.LookPath("haproxy")
+	if err1 != nil || err2 != nil {
+		b.Fatalf("h2load and haproxy are needed (make bench-tools installs them): %v %v", err1, err2)
+	}
+	fed := Start(b, Options{HubServers: 1, DirectGateways: true, Clusters: []Cluster{
+		{Name: "east", Region: "us-east", Zone: "us-east-1a"},
+		{Name: "west", Region: "us-east", Zone: "us-east-1b"}, // nearer than central
+		{Name: "central", Region: "eu-central", Zone: "eu-central-1a"},
+	}})
+	east, west, central := fed.Cluster("east"), fed.Cluster("west"), fed.Cluster("central")
+	web := west.Deploy(EchoHTTP("default/web", 1))
+	west.Export("default/web")
+	bulk := west.Deploy(EchoTCP("default/bulk", 1))
+	west.Export("default/bulk")
+	central.Deploy(EchoHTTP("default/web", 1))
+	central.Export("default/web")
+	ctx := context.Background()
+	egress := map[string]string{}
+	for _, svc := range []string{"default/web", "default/bulk"} {
+		if err := WaitFor(ctx, 60*time.Second, func(ctx context.Context) error {
+			ts, err := east.Targets(ctx, svc)
+			if err == nil {
+				egress[svc] = east.Loopback(ts[0])
+			}
+			return err
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := WaitFor(ctx, 60*time.Second, func(context.Context) error {
+		if by := east.Drive("default/web", Requests(20)).ByCluster(); by["west"] != 20 {
+			return fmt.Errorf("east's requests answered by %v, want all by west", by)
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+	webDirect := web.Instances()[0].Addr()
+	bulkDirect := bulk.Instances()[0].Addr()
+	haWeb, haBulk, haPids := startHAProxyPair(b, haproxy, webDirect, bulkDirect)
+
+	paths := []struct {
+		name      string
+		web, bulk string
+		pids      []int
+	}{
+		{"direct", webDirect, bulkDirect, nil},
+		{"meshfed", egress["default/web"], egress["default/bulk"], []int{east.Gateway().Pid(), west.Gateway().Pid()}},
+		{"haproxy", haWeb, haBulk, haPids},
+	}
+	const conns = 16
+	type result struct {
+		rps, p50, p99, gbps, cpuPer1k float64
+	}
+	res := map[string]result{}
+	b.ResetTimer()
+	for _, p := range paths {
+		url := "http://" + p.web + "/bytes/1024"
+		// Warm up, then the maximum rate.
+		runH2load(b, h2load, url, conns, 0, 2*time.Second, "")
+		cpu0 := cpuTicks(b, p.pids)
+		profiled := make(chan struct{})
+		if dir := os.Getenv("MESHFED_BENCH_PPROF"); dir != "" && p.name == "meshfed" {
+			// CPU profiles of both gateways during the max-rate run.
+			go func() {
+				defer close(profiled)
+				for _, g := range []*Gateway{east.Gateway(), west.Gateway()} {
+					go func() {
+						out, err := httpGetLong("http://"+g.MetricsAddr()+"/debug/pprof/profile?seconds=4", 10*time.Second)
+						if err == nil {
+							_ = os.WriteFile(filepath.Join(dir, g.cluster+".pprof"), out, 0o644)
+						}
+					}()
+				}
+			}()
+		} else {
+			close(profiled)
+		}
+		rps, n := runH2load(b, h2load, url, conns, 0, 5*time.Second, "")
+		<-profiled
+		cpu := cpuTicks(b, p.pids) - cpu0
+		// Istio's profile: 1000 rps over 16 connections.
+		logFile := filepath.Join(b.TempDir(), p.name+".log")
+		runH2load(b, h2load, url, conns, 1000/conns, 5*time.Second, logFile)
+		p50, p99 := percentiles(b, logFile)
+		r := result{rps: rps, p50: p50, p99: p99, gbps: bulkGbps(b, p.bulk, 256<<20)}
+		if len(p.pids) > 0 && n > 0 {
+			r.cpuPer1k = float64(cpu) / clockTicks * 1000 / float64(n) * 1000 // ms of CPU per 1000 requests
+		}
+		res[p.name] = r
+		b.Logf("%-8s %8.0f req/s  p50 %6.0f µs  p99 %6.0f µs  bulk %5.2f Gbit/s  cpu %5.1f ms/1k req", p.name, r.rps, r.p50, r.p99, r.gbps, r.cpuPer1k)
+	}
+	b.StopTimer()
+
+	d, m, h := res["direct"], res["meshfed"], res["haproxy"]
+	b.ReportMetric(m.rps, "req/s")
+	b.ReportMetric(m.rps/h.rps, "x-haproxy-req/s")
+	b.ReportMetric(m.rps/d.rps, "x-direct-req/s")
+	b.ReportMetric(m.p50-d.p50, "µs-p50-added")
+	b.ReportMetric(m.p99-d.p99, "µs-p99-added")
+	b.ReportMetric(h.p99-d.p99, "µs-p99-added-haproxy")
+	b.ReportMetric(m.gbps, "Gbit/s-bulk")
+	b.ReportMetric(m.gbps/h.gbps, "x-haproxy-bulk")
+	b.ReportMetric(m.cpuPer1k, "ms-cpu/1k-req")
+	b.ReportMetric(h.cpuPer1k, "ms-cpu/1k-req-haproxy")
+	var rss int64
+	for _, g := range []*Gateway{east.Gateway(), west.Gateway()} {
+		n, err := g.RSS()
+		if err != nil {
+			b.Fatal(err)
+		}
+		rss = max(rss, n)
+	}
+	b.ReportMetric(float64(rss)/(1<<20), "MiB-gateway-rss")
+
+}
+
+const clockTicks = 100 // USER_HZ
+
+// cpuTicks sums utime+stime of the processes, in clock ticks.
+func cpuTicks(b *testing.B, pids []int) int64 {
+	var sum int64
+	for _, pid := range pids {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			b.Fatal(err)
+		}
+		// Fields after the command name (which may hold spaces).
+		f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		sum += u + s
+	}
+	return sum
+}
+
+var h2loadFinished = regexp.MustCompile(`finished in [0-9.]+m?s, ([0-9.]+) req/s`)
+var h2loadRequests = regexp.MustCompile(`requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed`)
+
+// runH2load runs h2load over HTTP/1.1 with conns connections for d (rps
+// per connection when > 0), logging each request to logFile when set. It
+// returns the rate and the requests that succeeded.
+func runH2load(b *testing.B, bin, url string, conns, rps int, d time.Duration, logFile string) (float64, int) {
+	b.Helper()
+	args := []string{"--h1", "-c", strconv.Itoa(conns), "-D", strconv.Itoa(int(d.Seconds())), "-t", "1"}
+	if rps > 0 {
+		args = append(args, "--rps", strconv.Itoa(rps))
+	}
+	if logFile != "" {
+		args = append(args, "--log-file", logFile)
+	}
+	out, err := exec.Command(bin, append(args, url)...).CombinedOutput()
+	if err != nil {
+		b.Fatalf("h2load %v: %v\n%s", args, err, out)
+	}
+	m := h2loadFinished.FindSubmatch(out)
+	r := h2loadRequests.FindSubmatch(out)
+	if m == nil || r == nil {
+		b.Fatalf("h2load output not understood:\n%s", out)
+	}
+	if failed, _ := strconv.Atoi(string(r[3])); failed > 0 {
+		b.Errorf("h2load: %s requests failed against %s", r[3], url)
+	}
+	rate, _ := strconv.ParseFloat(string(m[1]), 64)
+	ok, _ := strconv.Atoi(string(r[2]))
+	return rate, ok
+}
+
+// percentiles reads an h2load log (start µs, status, duration µs per line)
+// and returns p50 and p99 of the durations in µs.
+func percentiles(b *testing.B, path string) (float64, float64) {
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = f.Close() }()
+	var ds []float64
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) < 3 {
+			continue
+		}
+		v, err := strconv.ParseFloat(fs[2], 64)
+		if err == nil {
+			ds = append(ds, v)
+		}
+	}
+	if len(ds) < 100 {
+		b.Fatalf("h2load log %s: %d requests", path, len(ds))
+	}
+	slices.Sort(ds)
+	return ds[len(ds)*50/100], ds[len(ds)*99/100]
+}
+
+// bulkGbps sends n bytes through a TCP echo at addr while reading them
+// back, on one connection, and returns Gbit/s one way.
+func bulkGbps(b *testing.B, addr string, n int) float64 {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	br := bufio.NewReaderSize(c, 64<<10)
+	if _, err := br.ReadBytes('\n'); err != nil { // the echo's greeting
+		b.Fatal(err)
+	}
+	start := time.Now()
+	go func() {
+		buf := make([]byte, 64<<10)
+		for left := n; left > 0; left -= len(buf) {
+			if _, err := c.Write(buf[:min(len(buf), left)]); err != nil {
+				return
+			}
+		}
+	}()
+	if _, err := io.CopyN(io.Discard, br, int64(n)); err != nil {
+		b.Fatalf("bulk through %s: %v", addr, err)
+	}
+	return float64(n) * 8 / time.Since(start).Seconds() / 1e9
+}
+
+// startHAProxyPair runs two haproxy processes: A listens (TCP) for the
+// HTTP and the bulk echo and forwards each over mutual TLS to B, which
+// forwards to the echo servers. It returns A's two addresses and the pids.
+func startHAProxyPair(b *testing.B, bin, web, bulk string) (string, string, []int) {
+	dir := b.TempDir()
+	ca, caKey := selfSigned(b, nil, nil, "bench-ca", true)
+	writePEM(b, filepath.Join(dir, "ca.pem"), ca, nil)
+	for _, who := range []string{"a", "b"} {
+		cert, key := selfSigned(b, ca, caKey, "haproxy-"+who, false)
+		writePEM(b, filepath.Join(dir, who+".pem"), cert, key)
+	}
+	ports, err := freePorts(4)
+	if err != nil {
+		b.Fatal(err)
+	}
+	aWeb, aBulk, bWeb, bBulk := loopback(ports[0]), loopback(ports[1]), loopback(ports[2]), loopback(ports[3])
+	common := "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
+	tls := func(addr string) string {
+		return fmt.Sprintf("  server s %s ssl crt %s/a.pem ca-file %s/ca.pem verify required verifyhost haproxy-b sni str(haproxy-b)\n", addr, dir, dir)
+	}
+	cfgA := common + "listen web\n  bind " + aWeb + "\n" + tls(bWeb) + "listen bulk\n  bind " + aBulk + "\n" + tls(bBulk)
+	cfgB := common + fmt.Sprintf("listen web\n  bind %s ssl crt %s/b.pem ca-file %s/ca.pem verify required\n  server s %s\n", bWeb, dir, dir, web) +
+		fmt.Sprintf("listen bulk\n  bind %s ssl crt %s/b.pem ca-file %s/ca.pem verify required\n  server s %s\n", bBulk, dir, dir, bulk)
+	var pids []int
+	for name, cfg := range map[string]string{"a": cfgA, "b": cfgB} {
+		path := filepath.Join(dir, name+".cfg")
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		cmd := exec.Command(bin, "-db", "-f", path)
+		logf, err := os.Create(filepath.Join(dir, name+".log"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		pids = append(pids, cmd.Process.Pid)
+	}
+	for _, a := range []string{aWeb, aBulk, bWeb, bBulk} {
+		if err := WaitFor(context.Background(), 10*time.Second, func(context.Context) error {
+			c, err := net.Dial("tcp", a)
+			if err == nil {
+				_ = c.Close()
+			}
+			return err
+		}); err != nil {
+			la, _ := os.ReadFile(filepath.Join(dir, "a.log"))
+			lb, _ := os.ReadFile(filepath.Join(dir, "b.log"))
+			b.Fatalf("haproxy: %v\na: %s\nb: %s", err, la, lb)
+		}
+	}
+	return aWeb, aBulk, pids
+}
+
+func selfSigned(b *testing.B, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, cn string, isCA bool) (*x509.Certificate, *ecdsa.PrivateKey) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		DNSNames: []string{cn}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true, IsCA: isCA}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return cert, key
+}
+
+func writePEM(b *testing.B, path string, cert *x509.Certificate, key *ecdsa.PrivateKey) {
+	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+	if key != nil {
+		der, err := x509.MarshalECPrivateKey(key)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})...)
+	}
+	if err := os.WriteFile(path, out, 0o600); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func metricsText(b *testing.B, g *Gateway) string {
+	out, err := httpGet(context.Background(), http.DefaultClient, "http://"+g.MetricsAddr()+"/metrics", "")
+	if err != nil {
+		return ""
+	}
+	return string(out)
+}
+
+func httpGetLong(url string, timeout time.Duration) ([]byte, error) {
+	c := &http.Client{Timeout: timeout}
+	resp, err := c.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	return io.ReadAll(resp.Body)
+}
