@@ -471,4 +471,3 @@ func (f *failoverTransport) transport(tg target) *http.Transport {
 	e.transports[key] = t
 	return t
 }
-

@@ -126,7 +126,7 @@ type Federation struct {
 	// gatewayLinks: everyone → a cluster's gateway ingress
 	gatewayLinks map[string]*wan.Link
 	noGateways   bool
-	direct       bool // Options.DirectGateways
+	direct       bool       // Options.DirectGateways
 	tb           testing.TB // from Start: helpers fail the test
 
 	closeOnce sync.Once
