@@ -76,6 +76,19 @@ type AgentState struct {
 			Ready   uint32 `json:"ready"`
 		} `json:"clusters"`
 	} `json:"imports"`
+	// Gateways are the gateway replicas following the agent's config
+	// stream, with what they last reported.
+	Gateways []struct {
+		Instance string `json:"instance"`
+		Revision uint64 `json:"revision"`
+		Applied  uint64 `json:"applied"`
+		Rejected string `json:"rejected"`
+		Health   *struct {
+			Serving          bool   `json:"serving"`
+			RemoteGateways   uint32 `json:"remoteGateways"`
+			RemoteGatewaysUp uint32 `json:"remoteGatewaysUp"`
+		} `json:"health"`
+	} `json:"gateways"`
 }
 
 // State fetches the agent's state.

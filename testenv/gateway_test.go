@@ -68,6 +68,25 @@ func TestGatewaysCarryTrafficAndFailOver(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The gateways report to their agents: the revision they applied and
+	// that they serve, with both other clusters' gateways up.
+	if err := WaitFor(ctx, 30*time.Second, func(ctx context.Context) error {
+		st, err := east.Agent().State(ctx)
+		if err != nil {
+			return err
+		}
+		if len(st.Gateways) != 1 {
+			return fmt.Errorf("%d gateways in east's agent status", len(st.Gateways))
+		}
+		g := st.Gateways[0]
+		if g.Applied != g.Revision || g.Applied == 0 || g.Health == nil || !g.Health.Serving || g.Health.RemoteGatewaysUp != 2 {
+			return fmt.Errorf("east's gateway in the agent's status: %+v health %+v", g, g.Health)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
 	// TCP through two gateways.
 	if res := east.Drive("default/ratings", Requests(50)); res.Succeeded() != 50 || res.ByCluster()["central"] != 50 {
 		t.Fatalf("TCP east → central: %d of 50 answered, by %v; first failure %v", res.Succeeded(), res.ByCluster(), firstFailure(res))

@@ -248,8 +248,30 @@ func agentStateTable(w io.Writer, st *agent.State) {
 		row(w, c.Name, c.Region+"/"+c.Zone, strings.Join(c.GatewayAddresses, ","), c.Status)
 	}
 	fmt.Fprintln(w)
-	row(w, "GATEWAY", "PEER", "CONFIG REVISION", "SINCE")
+	row(w, "GATEWAY", "PEER", "SENT", "APPLIED", "HEALTH", "REMOTE UP", "STREAMS", "SINCE")
 	for _, g := range st.Gateways {
-		row(w, g.Instance, g.Peer, strconv.FormatUint(g.Revision, 10), g.Since.UTC().Format(time.RFC3339))
+		applied, health, remote, streams := "-", "unknown", "-", "-"
+		if !g.Reported.IsZero() {
+			applied = strconv.FormatUint(g.Applied, 10)
+			if g.Rejected != "" {
+				applied += " (rejected later: " + g.Rejected + ")"
+			}
+		}
+		if h := g.Health; h != nil {
+			switch {
+			case h.Draining:
+				health = "draining"
+			case h.Serving:
+				health = "serving"
+			default:
+				health = "not serving"
+			}
+			if h.Cached {
+				health += ", cached config"
+			}
+			remote = fmt.Sprintf("%d/%d", h.RemoteGatewaysUp, h.RemoteGateways)
+			streams = strconv.Itoa(int(h.ActiveStreams))
+		}
+		row(w, g.Instance, g.Peer, strconv.FormatUint(g.Revision, 10), applied, health, remote, streams, g.Since.UTC().Format(time.RFC3339))
 	}
 }
