@@ -26,6 +26,7 @@ import (
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
 	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/wait"
 	"github.com/meshfed/meshfed/trust"
 )
 
@@ -245,6 +246,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		imp, err = newKubeImporter(rcfg, a.cfg, a.egress, a.log)
 		if err != nil {
 			return err
+		}
+		// The egress ports assigned before a restart are known before the
+		// gateways are served.
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = wait.Poll(sctx, wait.Backoff{Min: 100 * time.Millisecond, Max: 2 * time.Second}, "egress ports", imp.seedEgress)
+		cancel()
+		if err != nil {
+			a.log.Error("serving the gateways without the egress ports recorded on ServiceImports", "err", err)
 		}
 	}
 	a.mu.Lock()

@@ -62,7 +62,7 @@ func emptyGatewayConfig() *gatewayConfig {
 // buildGatewayConfig computes the gateway config from the hub view, the
 // local catalog, the egress assignments and this cluster's own bundle
 // (which is fresher than the hub's copy during a rotation). Pure.
-func buildGatewayConfig(me *gatewayv1.Self, v *view, local map[string]*gatewayv1.LocalService, egress map[string]int, own *fedv1.TrustBundle, hub *gatewayv1.HubState) *gatewayConfig {
+func buildGatewayConfig(me *gatewayv1.Self, v *view, local map[string]*gatewayv1.LocalService, egress map[egressKey]int, own *fedv1.TrustBundle, hub *gatewayv1.HubState) *gatewayConfig {
 	self := me.GetCluster()
 	c := emptyGatewayConfig()
 	c.hub, c.self = hub, me
@@ -79,7 +79,7 @@ func buildGatewayConfig(me *gatewayv1.Self, v *view, local map[string]*gatewayv1
 	for key, p := range plans {
 		im := &gatewayv1.Import{Service: key}
 		for _, port := range p.Ports {
-			im.Ports = append(im.Ports, &gatewayv1.ImportPort{Port: port, EgressPort: uint32(egress[key+"/"+port.GetName()])})
+			im.Ports = append(im.Ports, &gatewayv1.ImportPort{Port: port, EgressPort: uint32(egress[egressKey{service: p.service(), port: port.GetName()}])})
 		}
 		for _, ic := range p.Clusters {
 			e := v.exports[exportKey{cluster: ic.Cluster, service: key}]

@@ -90,7 +90,7 @@ func (a *Agent) State() State {
 			p := plans[k]
 			p.Egress = map[string]int{}
 			for _, port := range p.Ports {
-				if e, ok := egress[k+"/"+port.GetName()]; ok {
+				if e, ok := egress[egressKey{service: p.service(), port: port.GetName()}]; ok {
 					p.Egress[port.GetName()] = e
 				}
 			}

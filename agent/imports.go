@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 )
 
@@ -112,4 +113,15 @@ func portsConflict(a, b []*fedv1.ServicePort) string {
 		}
 	}
 	return ""
+}
+
+// service is the plan's typed key. Plans are built from records the hub
+// validated, so a key that does not parse is a bug upstream; it yields the
+// zero ServiceKey, which owns no egress port.
+func (p *importPlan) service() federation.ServiceKey {
+	k, err := federation.NewServiceKey(p.Namespace, p.Name)
+	if err != nil {
+		return federation.ServiceKey{}
+	}
+	return k
 }

@@ -30,6 +30,7 @@ import (
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1alpha1"
 
+	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 )
 
@@ -177,6 +178,41 @@ func parseEgressAnnotation(s string) map[string]int {
 	return out
 }
 
+// egressSeed reads the egress ports recorded on the importer's own
+// ServiceImports (a restart's starting point).
+func egressSeed(sis []*mcsv1a1.ServiceImport) map[egressKey]int {
+	seed := map[egressKey]int{}
+	for _, si := range sis {
+		if !isOwned(si) {
+			continue
+		}
+		svc, err := federation.NewServiceKey(si.Namespace, si.Name)
+		if err != nil {
+			continue
+		}
+		for port, p := range parseEgressAnnotation(si.Annotations[AnnotationEgressPorts]) {
+			seed[egressKey{service: svc, port: port}] = p
+		}
+	}
+	return seed
+}
+
+// seedEgress seeds the egress table from the ServiceImports in the API
+// server, before the gateways are served: a restarted agent never sends a
+// gateway egress_port 0 for an import it had assigned a port to.
+func (im *kubeImporter) seedEgress(ctx context.Context) error {
+	list, err := im.mcs.MulticlusterV1alpha1().ServiceImports("").List(ctx, metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedByValue})
+	if err != nil {
+		return fmt.Errorf("agent: egress ports from ServiceImports: %w", err)
+	}
+	sis := make([]*mcsv1a1.ServiceImport, len(list.Items))
+	for i := range list.Items {
+		sis[i] = &list.Items[i]
+	}
+	im.egress.seed(egressSeed(sis))
+	return nil
+}
+
 func (im *kubeImporter) reconcile(ctx context.Context, l importListers, v *view) error {
 	existing, err := l.imports.List(labelsEverything())
 	if err != nil {
@@ -184,19 +220,12 @@ func (im *kubeImporter) reconcile(ctx context.Context, l importListers, v *view)
 	}
 	if !im.inited {
 		// Keep the egress ports assigned before a restart.
-		seed := map[string]int{}
-		for _, si := range existing {
-			if isOwned(si) {
-				for port, p := range parseEgressAnnotation(si.Annotations[AnnotationEgressPorts]) {
-					seed[si.Namespace+"/"+si.Name+"/"+port] = p
-				}
-			}
-		}
-		im.egress.seed(seed)
+		im.egress.seed(egressSeed(existing))
 		im.inited = true
 	}
 	plans, _ := planImports(im.self, v)
 	want := map[string]bool{}
+	wantSvc := map[federation.ServiceKey]bool{}
 	var errs []error
 	for _, key := range sortedKeys(plans) {
 		p := plans[key]
@@ -204,6 +233,7 @@ func (im *kubeImporter) reconcile(ctx context.Context, l importListers, v *view)
 			continue
 		}
 		want[key] = true
+		wantSvc[p.service()] = true
 		if err := im.ensure(ctx, l, p); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", key, err))
 		}
@@ -232,7 +262,7 @@ func (im *kubeImporter) reconcile(ctx context.Context, l importListers, v *view)
 			errs = append(errs, ignoreNotFound(im.kube.DiscoveryV1().EndpointSlices(s.Namespace).Delete(ctx, s.Name, metav1.DeleteOptions{})))
 		}
 	}
-	im.egress.retain(want)
+	im.egress.retain(wantSvc)
 	return errors.Join(errs...)
 }
 
@@ -271,7 +301,7 @@ func (im *kubeImporter) ensure(ctx context.Context, l importListers, p *importPl
 	dn := derivedName(p.Name)
 	egress := map[string]int{}
 	for _, port := range p.Ports {
-		e, err := im.egress.allocate(p.Key, port.GetName())
+		e, err := im.egress.allocate(p.service(), port.GetName())
 		if err != nil {
 			return err
 		}
