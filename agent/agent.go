@@ -215,6 +215,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	var src catalogSource
 	var imp *kubeImporter
+	var reviewer tokenReviewer // kubernetes source: gateways authenticate by ServiceAccount
 	switch a.cfg.Source {
 	case SourceFile:
 		src = newFileSource(a.cfg.SourcePath, a.cfg.FilePollInterval, a.log)
@@ -228,6 +229,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("agent: kubernetes client: %w", err)
 		}
 		a.cmCache = newConfigMapCache(cs, a.cfg.Namespace, DefaultConfigMapCacheInterval, a.log)
+		reviewer = newKubeTokenReviewer(cs, a.cfg.Namespace, a.cfg.GatewayServiceAccount)
 		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		cmView, err := a.cmCache.load(lctx)
 		cancel()
@@ -303,7 +305,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("agent: gateway CA: %w", err)
 		}
-		srv := &gatewayServer{hub: a.gw, ca: gwCA, root: root, token: token, gwID: trust.GatewayID(td)}
+		srv := &gatewayServer{hub: a.gw, ca: gwCA, root: root, token: token, review: reviewer, gwID: trust.GatewayID(td)}
 		goRun("gateway API", func(ctx context.Context) error {
 			return serveGateways(ctx, ln, gatewayServerTLS(svids, ca, trust.GatewayID(td)), srv)
 		})

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/rest"
 
 	"github.com/meshfed/meshfed/federation"
@@ -95,6 +96,10 @@ type Config struct {
 	// GatewayAddresses are host:port of the cluster's east-west gateways
 	// as remote clusters reach them, sent at join.
 	GatewayAddresses []string
+	// GatewayServiceAccount is the ServiceAccount (in Namespace) whose
+	// tokens authenticate gateways in-cluster (kubernetes source), checked
+	// by a TokenReview; the bootstrap token is refused there.
+	GatewayServiceAccount string
 	// GatewayIngressBind is the IP address the gateways bind their QUIC
 	// ingress to (sent to them in the config stream); empty means all.
 	GatewayIngressBind string
@@ -144,23 +149,24 @@ type Config struct {
 // DefaultConfig returns a Config with every tunable set.
 func DefaultConfig() Config {
 	return Config{
-		Source:           SourceKubernetes,
-		FilePollInterval: DefaultFilePoll,
-		Namespace:        DefaultNamespace,
-		HTTPAddr:         DefaultHTTPAddr,
-		EgressPortMin:    DefaultEgressPortMin,
-		EgressPortMax:    DefaultEgressPortMax,
-		Debounce:         DefaultDebounce,
-		MaxPublishBatch:  DefaultMaxPublishBatch,
-		MaxPublishBytes:  DefaultMaxPublishBytes,
-		ReconnectMin:     DefaultReconnectMin,
-		ReconnectMax:     DefaultReconnectMax,
-		JoinTimeout:      DefaultJoinTimeout,
-		GatewayAPIAddr:   DefaultGatewayAPIAddr,
-		SVIDTTL:          trust.DefaultSVIDTTL,
-		GatewaySVIDTTL:   DefaultGatewaySVIDTTL,
-		BundleRefresh:    trust.DefaultRefreshHint,
-		ClockSkew:        trust.DefaultClockSkew,
+		Source:                SourceKubernetes,
+		FilePollInterval:      DefaultFilePoll,
+		Namespace:             DefaultNamespace,
+		HTTPAddr:              DefaultHTTPAddr,
+		EgressPortMin:         DefaultEgressPortMin,
+		EgressPortMax:         DefaultEgressPortMax,
+		Debounce:              DefaultDebounce,
+		MaxPublishBatch:       DefaultMaxPublishBatch,
+		MaxPublishBytes:       DefaultMaxPublishBytes,
+		ReconnectMin:          DefaultReconnectMin,
+		ReconnectMax:          DefaultReconnectMax,
+		JoinTimeout:           DefaultJoinTimeout,
+		GatewayAPIAddr:        DefaultGatewayAPIAddr,
+		SVIDTTL:               trust.DefaultSVIDTTL,
+		GatewaySVIDTTL:        DefaultGatewaySVIDTTL,
+		GatewayServiceAccount: DefaultGatewayServiceAccount,
+		BundleRefresh:         trust.DefaultRefreshHint,
+		ClockSkew:             trust.DefaultClockSkew,
 	}
 }
 
@@ -229,6 +235,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.GatewayAPIAddr); err != nil {
 			add("gateway_api_addr", c.GatewayAPIAddr, "must be host:port")
 		}
+	}
+	if c.Source == SourceKubernetes && len(validation.IsDNS1123Subdomain(c.GatewayServiceAccount)) > 0 {
+		add("gateway_service_account", c.GatewayServiceAccount, "must be a ServiceAccount name (a DNS subdomain, 1 to 253 characters)")
 	}
 	if c.GatewaySVIDTTL < trust.MinSVIDTTL || c.GatewaySVIDTTL > trust.MaxAllowedSVIDTTL {
 		add("gateway_svid_ttl", c.GatewaySVIDTTL.String(), "must be in %v..%v", trust.MinSVIDTTL, trust.MaxAllowedSVIDTTL)

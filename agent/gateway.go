@@ -348,7 +348,8 @@ type gatewayServer struct {
 	hub     *gatewayHub
 	ca      *trust.CA
 	root    *trust.RootAuthority
-	token   string
+	token   string        // the bootstrap token: the file source only
+	review  tokenReviewer // ServiceAccount tokens: the kubernetes source only
 	gwID    spiffeid.ID
 	onDelta func(*gatewayv1.StreamResponse) // tests and metrics; may be nil
 }
@@ -374,12 +375,27 @@ func (s *gatewayServer) SignSVID(ctx context.Context, req *gatewayv1.SignSVIDReq
 	if n := len(req.GetCsr()); n == 0 || n > maxGatewayCSRBytes {
 		return nil, status.Errorf(codes.InvalidArgument, "csr: %d bytes, want 1 to %d", n, maxGatewayCSRBytes)
 	}
+	if n := len(req.GetServiceAccountToken()); n > maxServiceAccountToken {
+		return nil, status.Errorf(codes.InvalidArgument, "service_account_token: %d bytes, at most %d", n, maxServiceAccountToken)
+	}
 	if err := s.verifiedGateway(ctx); err != nil {
-		if req.GetBootstrapToken() == "" {
+		switch {
+		case req.GetServiceAccountToken() != "":
+			if s.review == nil {
+				return nil, status.Error(codes.FailedPrecondition, "service_account_token: this agent has no Kubernetes API to review it (file source); use the bootstrap token")
+			}
+			if err := s.review.review(ctx, req.GetServiceAccountToken()); err != nil {
+				return nil, status.Errorf(codes.PermissionDenied, "service_account_token: %v", err)
+			}
+		case req.GetBootstrapToken() != "":
+			if s.review != nil {
+				return nil, status.Error(codes.PermissionDenied, "bootstrap_token: refused in-cluster; authenticate with the gateway's ServiceAccount token")
+			}
+			if subtle.ConstantTimeCompare([]byte(req.GetBootstrapToken()), []byte(s.token)) != 1 {
+				return nil, status.Error(codes.PermissionDenied, "bootstrap_token: does not match this cluster's gateway bootstrap token")
+			}
+		default:
 			return nil, err
-		}
-		if subtle.ConstantTimeCompare([]byte(req.GetBootstrapToken()), []byte(s.token)) != 1 {
-			return nil, status.Error(codes.PermissionDenied, "bootstrap_token: does not match this cluster's gateway bootstrap token")
 		}
 	}
 	chain, err := s.ca.SignCSR(req.GetCsr(), s.gwID)

@@ -17,6 +17,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
@@ -53,8 +58,13 @@ func startGateway(t testing.TB, a *Agent, instance string) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := gatewayclient.New(gatewayclient.Config{Agent: a.GatewayAPIAddr(), Bootstrap: boot, Instance: instance,
-		ReconnectMin: 20 * time.Millisecond, ReconnectMax: 300 * time.Millisecond, Log: testLogger(t, instance)})
+	cc := gatewayclient.Config{Agent: a.GatewayAPIAddr(), Bootstrap: boot, Instance: instance,
+		ReconnectMin: 20 * time.Millisecond, ReconnectMax: 300 * time.Millisecond, Log: testLogger(t, instance)}
+	if a.cfg.Source == SourceKubernetes {
+		// In-cluster a gateway authenticates by its ServiceAccount.
+		cc.ServiceAccountToken = serviceAccountToken(t, a, a.cfg.GatewayServiceAccount)
+	}
+	c, err := gatewayclient.New(cc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,4 +425,32 @@ func echoOnce(c *tls.Conn) error {
 		return fmt.Errorf("echo %d, want 7", b[0])
 	}
 	return nil
+}
+
+// serviceAccountToken creates the ServiceAccount sa in the agent's
+// namespace (if missing) and returns a source of its tokens (TokenRequest,
+// as the kubelet mounts them).
+func serviceAccountToken(t testing.TB, a *Agent, sa string) func() (string, error) {
+	t.Helper()
+	rc, err := kubeRESTConfig(a.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	_, err = cs.CoreV1().ServiceAccounts(a.cfg.Namespace).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	return func() (string, error) {
+		exp := int64(3600)
+		tr, err := cs.CoreV1().ServiceAccounts(a.cfg.Namespace).CreateToken(ctx, sa, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+		if err != nil {
+			return "", err
+		}
+		return tr.Status.Token, nil
+	}
 }

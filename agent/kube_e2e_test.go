@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
@@ -23,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/gateway/gatewayclient"
 	"github.com/meshfed/meshfed/testenv"
 )
 
@@ -385,4 +388,70 @@ func TestKubeAgentsExportImportStaticStability(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestKubeGatewayAuthenticatesByServiceAccountOnly: in-cluster a gateway
+// gets its first SVID with a token of the gateways' ServiceAccount,
+// checked by a TokenReview against the real API server; the static
+// bootstrap token and another ServiceAccount's token are refused.
+func TestKubeGatewayAuthenticatesByServiceAccountOnly(t *testing.T) {
+	fed := testenv.Start(t, testenv.Options{HubServers: 1, NoAgents: true,
+		Clusters: []testenv.Cluster{{Name: "east", Region: "us-east", Zone: "us-east-1a"}}})
+	admin := adminClient(t, fed)
+	east := fed.Cluster("east")
+	installCRDs(t, east)
+	cfg := kubeConfig(t, east, t.TempDir())
+	if err := Join(context.Background(), cfg, createToken(t, admin, "east")); err != nil {
+		t.Fatal(err)
+	}
+	ra := startAgent(t, cfg)
+	if err := testenv.WaitFor(context.Background(), 20*time.Second, func(context.Context) error {
+		if ra.a.GatewayAPIAddr() == "" {
+			return errors.New("gateway API not listening")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := openStores(ra.a.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot, err := st.gwBoot.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	try := func(name string, tok func() (string, error)) error {
+		c, err := gatewayclient.New(gatewayclient.Config{Agent: ra.a.GatewayAPIAddr(), Bootstrap: boot, Instance: name, ServiceAccountToken: tok})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		done := make(chan error, 1)
+		go func() { done <- c.Run(ctx) }()
+		for ctx.Err() == nil {
+			if _, err := c.GetX509SVID(); err == nil {
+				cancel()
+				<-done
+				return nil
+			}
+			select {
+			case err := <-done:
+				return err // a refusal ends Run
+			case <-c.Watch():
+			case <-time.After(50 * time.Millisecond): // poll interval of GetX509SVID
+			}
+		}
+		return ctx.Err()
+	}
+	if err := try("bootstrap", nil); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("the bootstrap token in-cluster: %v, want PermissionDenied", err)
+	}
+	if err := try("other-sa", serviceAccountToken(t, ra.a, "default")); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("another ServiceAccount's token: %v, want PermissionDenied", err)
+	}
+	if err := try("gateway", serviceAccountToken(t, ra.a, DefaultGatewayServiceAccount)); err != nil {
+		t.Errorf("the gateway ServiceAccount's token: %v", err)
+	}
 }

@@ -9,6 +9,9 @@ import (
 	"path/filepath"
 	"time"
 
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshfed/meshfed/testenv/wan"
@@ -98,12 +101,19 @@ func (f *Federation) startGateway(ctx context.Context, c *ClusterEnv, g *Gateway
 	}); err != nil {
 		return err
 	}
+	// In-cluster a gateway authenticates to its agent by its
+	// ServiceAccount token (a TokenReview); the kubelet would mount it.
+	saToken := filepath.Join(g.dataDir, "token")
+	if err := writeServiceAccountToken(ctx, c, saToken); err != nil {
+		return err
+	}
 	g.Process = newProcess(processSpec{
 		name: c.Name() + "/gateway",
 		path: f.hub.Binary(),
 		args: []string{"gateway",
 			"--agent", a.gatewayAPI,
 			"--bootstrap", boot,
+			"--service-account-token", saToken,
 			"--data-dir", g.dataDir,
 			"--instance", c.Name() + "-gw-0",
 			"--ingress", g.ingress,
@@ -131,4 +141,20 @@ func gatewayReady(addr string) func(ctx context.Context) error {
 		_, err := httpGet(ctx, http.DefaultClient, "http://"+addr+"/readyz", "")
 		return err
 	}
+}
+
+// writeServiceAccountToken creates the gateways' ServiceAccount
+// (meshfed-system/meshfed-gateway) if missing and writes a token of it.
+func writeServiceAccountToken(ctx context.Context, c *ClusterEnv, path string) error {
+	sas := c.clientset.CoreV1().ServiceAccounts("meshfed-system")
+	_, err := sas.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "meshfed-gateway"}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("testenv: gateway ServiceAccount: %w", err)
+	}
+	exp := int64(24 * 3600)
+	tr, err := sas.CreateToken(ctx, "meshfed-gateway", &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("testenv: gateway ServiceAccount token: %w", err)
+	}
+	return os.WriteFile(path, []byte(tr.Status.Token), 0o600)
 }
