@@ -33,7 +33,8 @@ func egressRequests(t *testing.T, g *Gateway, service, cluster string) int {
 // TestGatewaysCarryTrafficAndFailOver runs real agents and gateways: HTTP
 // and TCP cross clusters through two gateways; with one exporting
 // cluster's gateway SIGKILLed under steady load no request fails; with it
-// blackholed by the WAN simulator traffic shifts to the other.
+// blackholed by the WAN simulator traffic shifts to the other; with its
+// agent down a gateway restarts from its cache and keeps serving.
 func TestGatewaysCarryTrafficAndFailOver(t *testing.T) {
 	fed := Start(t, Options{HubServers: 1, Clusters: []Cluster{
 		{Name: "east", Region: "us-east", Zone: "us-east-1a"},
@@ -144,6 +145,24 @@ func TestGatewaysCarryTrafficAndFailOver(t *testing.T) {
 	}
 	t.Logf("blackhole: traffic off west within %v", shifted)
 	fed.GatewayLink("west").Heal()
+
+	// Static stability: with east's agent down, east's gateway restarts
+	// from its cached SVID and config and carries traffic.
+	if err := east.Agent().Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := east.Gateway().Restart(); err != nil {
+		t.Fatalf("east's gateway did not come back with its agent down: %v", err)
+	}
+	if err := WaitFor(ctx, 30*time.Second, func(context.Context) error {
+		res := east.Drive("default/reviews", Requests(40))
+		if res.Succeeded() != 40 {
+			return fmt.Errorf("%d of 40 answered: %v", res.Succeeded(), firstFailure(res))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func firstFailure(r *Result) error {
