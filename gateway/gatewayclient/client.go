@@ -84,6 +84,9 @@ type Client struct {
 	rejected rejection
 	watch    []chan struct{}
 	rconn    *grpc.ClientConn // for Report; dialled on first use
+
+	// sign is the SignSVID call: signGRPC, or a test's agent.
+	sign func(context.Context, *gatewayv1.SignSVIDRequest) (*gatewayv1.SignSVIDResponse, error)
 }
 
 // rejection is the last revision whose config did not parse.
@@ -120,6 +123,7 @@ func New(cfg Config) (*Client, error) {
 	c := &Client{cfg: cfg, log: log, td: td, agentID: trust.AgentID(td), gwID: trust.GatewayID(td), token: boot.Token,
 		bundles: trust.NewBundleSet(), raw: newRawState(), cacheKick: make(chan struct{}, 1)}
 	c.state, _ = parse(c.raw, nil, 0)
+	c.sign = c.signGRPC
 	if err := c.bundles.Set(bundle); err != nil {
 		return nil, err
 	}
@@ -320,6 +324,16 @@ func (c *Client) dial() (*grpc.ClientConn, error) {
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 }
 
+// signGRPC is the SignSVID call to the agent (Client.sign's default).
+func (c *Client) signGRPC(ctx context.Context, req *gatewayv1.SignSVIDRequest) (*gatewayv1.SignSVIDResponse, error) {
+	conn, err := c.dial()
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = conn.Close() }()
+	return gatewayv1.NewConfigClient(conn).SignSVID(ctx, req)
+}
+
 // renew signs a fresh SVID: with the current one, or with the bootstrap
 // token when there is none or it expired.
 func (c *Client) renew(ctx context.Context) error {
@@ -331,11 +345,6 @@ func (c *Client) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	conn, err := c.dial()
-	if err != nil {
-		return err
-	}
-	defer func() { _ = conn.Close() }()
 	req := &gatewayv1.SignSVIDRequest{Csr: csr}
 	c.mu.Lock()
 	if c.svid == nil || time.Now().After(c.svid.Certificates[0].NotAfter) {
@@ -353,7 +362,7 @@ func (c *Client) renew(ctx context.Context) error {
 	c.mu.Unlock()
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	resp, err := gatewayv1.NewConfigClient(conn).SignSVID(cctx, req)
+	resp, err := c.sign(cctx, req)
 	if err != nil {
 		if (req.BootstrapToken != "" || req.ServiceAccountToken != "") && isRefusal(err) {
 			return &refusedError{fmt.Errorf("gatewayclient: the agent refused the bootstrap: %w", err)}
