@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/rest"
 
@@ -50,6 +51,8 @@ const (
 	// DefaultGatewaySVIDTTL: renewed at 18 h, a gateway outlives an
 	// agent outage of 18 h.
 	DefaultGatewaySVIDTTL = 36 * time.Hour
+	// DefaultGatewaySelector selects the pods of deploy/kustomize/gateway.
+	DefaultGatewaySelector = "app.kubernetes.io/name=meshfed-gateway"
 )
 
 // Config configures an Agent. Build it with DefaultConfig, set Cluster,
@@ -87,8 +90,9 @@ type Config struct {
 	// empty disables the HTTP server.
 	HTTPAddr string
 
-	// GatewayAddress is the local gateway's IP address that derived
-	// EndpointSlices point at. Required for the kubernetes source.
+	// GatewayAddress is the IP address imports' EndpointSlices point at
+	// while no gateway pod (GatewaySelector) is ready: a gateway outside
+	// the cluster's pods, or none yet.
 	GatewayAddress string
 	// EgressPortMin and EgressPortMax bound the egress ports assigned to
 	// imported service ports, one port each.
@@ -96,6 +100,10 @@ type Config struct {
 	// GatewayAddresses are host:port of the cluster's east-west gateways
 	// as remote clusters reach them, sent at join.
 	GatewayAddresses []string
+	// GatewaySelector selects the gateway pods (in Namespace) whose ready
+	// replicas imports point at (kubernetes source); GatewayAddress is
+	// the fallback while none is ready.
+	GatewaySelector string
 	// GatewayServiceAccount is the ServiceAccount (in Namespace) whose
 	// tokens authenticate gateways in-cluster (kubernetes source), checked
 	// by a TokenReview; the bootstrap token is refused there.
@@ -165,6 +173,7 @@ func DefaultConfig() Config {
 		SVIDTTL:               trust.DefaultSVIDTTL,
 		GatewaySVIDTTL:        DefaultGatewaySVIDTTL,
 		GatewayServiceAccount: DefaultGatewayServiceAccount,
+		GatewaySelector:       DefaultGatewaySelector,
 		BundleRefresh:         trust.DefaultRefreshHint,
 		ClockSkew:             trust.DefaultClockSkew,
 	}
@@ -199,8 +208,8 @@ func (c *Config) Validate() error {
 	}
 	switch c.Source {
 	case SourceKubernetes:
-		if c.GatewayAddress == "" {
-			add("gateway_address", "", "required with the kubernetes source")
+		if _, err := labels.Parse(c.GatewaySelector); err != nil || c.GatewaySelector == "" {
+			add("gateway_selector", c.GatewaySelector, "must be a label selector of the gateway pods")
 		}
 	case SourceFile:
 		if c.SourcePath == "" {

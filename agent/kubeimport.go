@@ -10,6 +10,7 @@ import (
 	"maps"
 	"net"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +19,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -43,12 +45,14 @@ const sliceManagedBy = "agent.meshfed.io"
 // objects labelled as its own. One goroutine reconciles everything from
 // the latest view; informer callbacks only signal it.
 type kubeImporter struct {
-	log     *slog.Logger
-	self    string
-	gateway string
-	kube    kubernetes.Interface
-	mcs     mcsclient.Interface
-	kick    chan struct{}
+	log        *slog.Logger
+	self       string
+	gateway    string // Config.GatewayAddress: the fallback
+	namespace  string
+	gatewaySel labels.Selector
+	kube       kubernetes.Interface
+	mcs        mcsclient.Interface
+	kick       chan struct{}
 
 	egress *egressTable
 	inited bool
@@ -63,11 +67,16 @@ func newKubeImporter(rc *rest.Config, cfg Config, egress *egressTable, log *slog
 	if err != nil {
 		return nil, fmt.Errorf("mcs client: %w", err)
 	}
-	return &kubeImporter{log: log, self: cfg.Cluster.String(), gateway: cfg.GatewayAddress,
+	sel, err := labels.Parse(cfg.GatewaySelector)
+	if err != nil {
+		return nil, fmt.Errorf("gateway_selector: %w", err)
+	}
+	return &kubeImporter{log: log, self: cfg.Cluster.String(), gateway: cfg.GatewayAddress, namespace: cfg.Namespace, gatewaySel: sel,
 		kube: kc, mcs: mc, kick: make(chan struct{}, 1), egress: egress}, nil
 }
 
 type importListers struct {
+	gateways   corelisters.PodLister // the gateway pods, in the agent's namespace
 	namespaces corelisters.NamespaceLister
 	imports    mcslisters.ServiceImportLister
 	services   corelisters.ServiceLister
@@ -98,14 +107,22 @@ func (im *kubeImporter) Run(ctx context.Context, views *mailbox[*view]) error {
 			return err
 		}
 	}
-	l := importListers{namespaces: nsInf.Lister(), imports: siInf.Lister(), services: svcInf.Lister(), slices: esInf.Lister()}
+	gf := informers.NewSharedInformerFactoryWithOptions(im.kube, 0, informers.WithNamespace(im.namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = im.gatewaySel.String() }))
+	gwInf := gf.Core().V1().Pods()
+	if _, err := gwInf.Informer().AddEventHandler(h); err != nil {
+		return err
+	}
+	gf.Start(ctx.Done())
+	defer gf.Shutdown()
+	l := importListers{gateways: gwInf.Lister(), namespaces: nsInf.Lister(), imports: siInf.Lister(), services: svcInf.Lister(), slices: esInf.Lister()}
 	kf.Start(ctx.Done())
 	of.Start(ctx.Done())
 	mf.Start(ctx.Done())
 	defer kf.Shutdown()
 	defer of.Shutdown()
 	defer mf.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), nsInf.Informer().HasSynced, siInf.Informer().HasSynced, svcInf.Informer().HasSynced, esInf.Informer().HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), gwInf.Informer().HasSynced, nsInf.Informer().HasSynced, siInf.Informer().HasSynced, svcInf.Informer().HasSynced, esInf.Informer().HasSynced) {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -389,10 +406,41 @@ func (im *kubeImporter) ensure(ctx context.Context, l importListers, p *importPl
 	return nil
 }
 
+// gatewayAddresses are the addresses imports point at: every ready
+// gateway pod (Config.GatewaySelector in the agent's namespace), sorted;
+// without any, Config.GatewayAddress when set.
+func (im *kubeImporter) gatewayAddresses(l importListers) []string {
+	var out []string
+	if pods, err := l.gateways.List(im.gatewaySel); err == nil {
+		for _, p := range pods {
+			if p.DeletionTimestamp == nil && p.Status.PodIP != "" && podReady(p) {
+				out = append(out, p.Status.PodIP)
+			}
+		}
+	}
+	sort.Strings(out)
+	if len(out) == 0 && im.gateway != "" {
+		out = []string{im.gateway}
+	}
+	return out
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
 func (im *kubeImporter) ensureSlice(ctx context.Context, l importListers, p *importPlan, dn string, egress map[string]int) error {
+	gws := im.gatewayAddresses(l)
 	addrType := discoveryv1.AddressTypeIPv4
-	if ip := net.ParseIP(im.gateway); ip != nil && ip.To4() == nil {
-		addrType = discoveryv1.AddressTypeIPv6
+	if len(gws) > 0 {
+		if ip := net.ParseIP(gws[0]); ip != nil && ip.To4() == nil {
+			addrType = discoveryv1.AddressTypeIPv6
+		}
 	}
 	var ports []discoveryv1.EndpointPort
 	for _, port := range p.Ports {
@@ -405,7 +453,14 @@ func (im *kubeImporter) ensureSlice(ctx context.Context, l importListers, p *imp
 			ready = true
 		}
 	}
-	eps := []discoveryv1.Endpoint{{Addresses: []string{im.gateway}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}}
+	// One endpoint per gateway replica of the slice's address family.
+	eps := []discoveryv1.Endpoint{}
+	for _, a := range gws {
+		if ip := net.ParseIP(a); ip == nil || (ip.To4() == nil) != (addrType == discoveryv1.AddressTypeIPv6) {
+			continue
+		}
+		eps = append(eps, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
+	}
 	labels := map[string]string{
 		LabelManagedBy: ManagedByValue, LabelService: p.Name,
 		discoveryv1.LabelServiceName: dn, discoveryv1.LabelManagedBy: sliceManagedBy,
