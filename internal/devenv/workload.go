@@ -66,13 +66,19 @@ func RunWorkload(ctx context.Context, cfg WorkloadConfig) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	log := cfg.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return err
+	}
+	return ServeWorkload(ctx, ln, cfg)
+}
+
+// ServeWorkload serves a sample workload on ln (cfg.Listen is not used)
+// until ctx is done, and closes ln.
+func ServeWorkload(ctx context.Context, ln net.Listener, cfg WorkloadConfig) error {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
 	log.Info("serving", "kind", cfg.Kind, "listen", ln.Addr(), "service", cfg.Service, "cluster", cfg.Cluster, "instance", cfg.Instance)
 	if cfg.Kind == KindHTTP {

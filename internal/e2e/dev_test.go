@@ -298,7 +298,10 @@ func TestDevCarriesTrafficAndSurvivesAKilledGateway(t *testing.T) {
 	}
 	failed := 0
 	var fromCentral []string
-	f = d.waitFile(ctx, "east's gateway restarted, in dev.json", func(f *devenv.File) error {
+	// The restart comes after the 2 s backoff.
+	rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer rcancel()
+	f = d.waitFile(rctx, "east's gateway restarted, in dev.json", func(f *devenv.File) error {
 		for _, addr := range []string{westReviews, centralReviews} {
 			r, err := getReply(ctx, addr)
 			if err != nil {
