@@ -33,11 +33,13 @@ type devProc struct {
 }
 
 // freeBasePort returns a base port whose whole plan (devenv.PortSpan
-// ports, TCP and UDP) is free right now.
+// ports, TCP and UDP) is free right now, below Linux's ephemeral range
+// (32768 and up), where outgoing connections could take a port between
+// this check and the children's binds.
 func freeBasePort(t *testing.T) int {
 	t.Helper()
 	for range 50 {
-		base := 20000 + 10*rand.IntN(3000)
+		base := 20000 + 10*rand.IntN((32768-devenv.PortSpan-20000)/10)
 		if portsFree(base, devenv.PortSpan) {
 			return base
 		}
