@@ -32,6 +32,7 @@ type Env struct {
 	clusters []*clusterRun
 	sup      *supervisor
 
+	key     string // the hub's encrypt key, from the state directory
 	started time.Time
 	ready   atomic.Bool
 	// failStart aborts the start-up with a cause (a child exited).
@@ -106,8 +107,8 @@ func (e *Env) build() {
 			"--gossip-profile", "local"}
 		c := &child{name: name, logPath: e.logPath(name)}
 		c.prepare = func(context.Context) ([]string, error) {
-			// The key is read at Run, before anything starts.
-			c.env = []string{e.cfg.EncryptKeyEnv + "=" + e.encryptKey()}
+			// e.key is set by Run before any child starts.
+			c.env = []string{e.cfg.EncryptKeyEnv + "=" + e.key}
 			return args, nil
 		}
 		e.servers = append(e.servers, c)
@@ -247,12 +248,6 @@ func (e *Env) Run(ctx context.Context) (err error) {
 	return nil
 }
 
-// encryptKey is the hub's key, read from the state directory.
-func (e *Env) encryptKey() string {
-	b, _ := os.ReadFile(e.path("encrypt.key")) // prepareDir created it
-	return strings.TrimSpace(string(b))
-}
-
 // planFile records the base port the state was created with: the hub's
 // Raft configuration and the clusters' gateway addresses hold ports, so
 // the same state cannot come back on other ports.
@@ -265,7 +260,8 @@ type planFile struct {
 var ErrPlanChanged = errors.New("devenv: the state directory was created with another port plan")
 
 // prepareDir creates the state directory (0700, ignored by git), checks
-// its plan, creates the encrypt key once, and removes a stale dev.json.
+// its plan, creates the encrypt key once and reads it, and removes a stale
+// dev.json.
 func (e *Env) prepareDir() error {
 	for _, d := range []string{e.cfg.Dir, e.path("logs"), e.path("agents"), e.path("gateways")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -313,6 +309,13 @@ func (e *Env) prepareDir() error {
 			return err
 		}
 		e.log.Info("generated the hub encrypt key", "path", keyPath)
+	}
+	key, err := os.ReadFile(keyPath)
+	if err != nil {
+		return err
+	}
+	if e.key = strings.TrimSpace(string(key)); e.key == "" {
+		return fmt.Errorf("devenv: %s is empty: remove it (or start over: make clean)", keyPath)
 	}
 	if err := os.Remove(e.path(FileName)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
