@@ -382,3 +382,27 @@ func TestDevOneShotStopsAfterDevJSONAndComesBackWarm(t *testing.T) {
 		}
 	}
 }
+
+// TestDevChildrenDieWithAKilledSupervisor kills `meshfed dev` outright
+// (SIGKILL: no chance to stop anything): its children must not outlive it
+// (Pdeathsig).
+func TestDevChildrenDieWithAKilledSupervisor(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	d := startDev(t, dir, freeBasePort(t))
+	f := d.waitFile(ctx, "dev.json", func(*devenv.File) error { return nil })
+	if err := d.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-d.done
+	all := pids(f)
+	if err := wait.Poll(ctx, wait.Backoff{Min: 10 * time.Millisecond, Max: 100 * time.Millisecond}, "every child gone", func(context.Context) error {
+		if left := leftovers(dir, all); len(left) > 0 {
+			return fmt.Errorf("still running:\n%s", strings.Join(left, "\n"))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
