@@ -9,7 +9,8 @@
 #   make proto       buf lint + buf generate
 #   make proto-check regenerate and fail if the generated code changed
 #   make bench       benchmarks, one iteration each (BENCH_PKGS)
-#   make dev         a local federation as real processes: hub + 2 agents (scripts/dev-hub.sh)
+#   make dev         a local federation that carries traffic: hub, 3 clusters with
+#                    agents, gateways and workloads, supervised (bin/meshfed dev)
 #   make clean       remove bin/ and .dev/ (make clean-tools also removes .bin/)
 
 GO    ?= go
@@ -134,9 +135,12 @@ bench: $(TEST_DEPS) bench-tools
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m $(BENCH_PKGS)
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 300ms -count 1 -timeout 10m $(BENCH_MICRO_PKGS)
 
+# MESHFED_DEV_DIR (default .dev), MESHFED_DEV_PORT (default 7400) and
+# MESHFED_DEV_ONESHOT=1 (stop once ready, a smoke test) are read by
+# meshfed dev itself.
 .PHONY: dev
 dev: build
-	./scripts/dev-hub.sh
+	bin/meshfed dev
 
 .PHONY: clean
 clean:

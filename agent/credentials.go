@@ -52,7 +52,9 @@ const (
 
 // Names of what the agent persists.
 const (
-	credentialsFile = "credentials.yaml"
+	// CredentialsFile (in the data directory, file source) holds the
+	// credentials a join stored; its presence means the cluster joined.
+	CredentialsFile = "credentials.yaml"
 	caFile          = "ca/root.pem"
 	hubStateFile    = "hubstate.pb"
 	egressFileName  = "egress-ports.json"
@@ -131,7 +133,7 @@ type stores struct {
 
 func fileStores(dataDir string) stores {
 	return stores{
-		creds:  trust.NewFileStore(filepath.Join(dataDir, credentialsFile)),
+		creds:  trust.NewFileStore(filepath.Join(dataDir, CredentialsFile)),
 		ca:     trust.NewFileStore(filepath.Join(dataDir, caFile)),
 		gwBoot: trust.NewFileStore(filepath.Join(dataDir, GatewayBootstrapFile)),
 	}

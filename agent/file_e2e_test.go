@@ -35,7 +35,7 @@ func TestFileAgentsJoinExportImport(t *testing.T) {
 	if err := Join(ctx, eastCfg, eastToken); err != nil {
 		t.Fatalf("join east: %v", err)
 	}
-	for _, f := range []string{credentialsFile, caFile} {
+	for _, f := range []string{CredentialsFile, caFile} {
 		fi, err := os.Stat(filepath.Join(eastCfg.DataDir, f))
 		if err != nil {
 			t.Fatal(err)

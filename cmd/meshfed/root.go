@@ -67,6 +67,7 @@ admin.yaml a hub writes into its data directory at bootstrap.`,
 		newJoinCmd(),
 		newAgentCmd(),
 		newGatewayCmd(),
+		newDevCmd(d),
 	)
 	return root
 }

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshfed/meshfed/federation"
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/internal/devenv"
+)
+
+// Environment variables of meshfed dev (make dev); its flags override them.
+const (
+	envDevDir     = "MESHFED_DEV_DIR"
+	envDevPort    = "MESHFED_DEV_PORT"
+	envDevOneShot = "MESHFED_DEV_ONESHOT"
+)
+
+func newDevCmd(d deps) *cobra.Command {
+	cfg := devenv.DefaultConfig()
+	level := logLevel{slog.LevelInfo}
+	var dir, port, oneshot string
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a local federation that carries traffic (make dev)",
+		Long: `Run a local federation as child processes of this binary, on loopback: a
+3-server hub and the clusters east (us-east), west (us-west) and central
+(eu-central), each with an agent on a file catalog, an east-west gateway and
+sample workloads: default/reviews (HTTP, exported by east and west) and
+default/ratings (TCP echo, exported by central).
+
+Once every cluster's gateway answers through its egress ports, it writes
+<dir>/dev.json (pids, addresses, egress ports) and prints how to use it. A
+child that exits is restarted after 2s (doubling up to 30s while it keeps
+dying): kill a gateway to watch failover. SIGINT or SIGTERM stops everything.
+The state directory is kept: running it again brings the same federation
+back; remove it (make clean) to start over.
+
+Environment: $` + envDevDir + ` (--dir), $` + envDevPort + ` (--base-port),
+$` + envDevOneShot + `=1 (--oneshot).`,
+		Args: cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			var errs []error
+			cfg.Dir = dir
+			if cfg.Dir == "" {
+				cfg.Dir = d.getenv(envDevDir)
+			}
+			if cfg.Dir == "" {
+				cfg.Dir = devenv.DefaultConfig().Dir
+			}
+			if port == "" {
+				port = d.getenv(envDevPort)
+			}
+			if port != "" {
+				p, err := strconv.Atoi(port)
+				if err != nil {
+					errs = append(errs, &federation.FieldError{Field: "base-port (" + envDevPort + ")", Value: port, Reason: "must be a port number"})
+				}
+				cfg.BasePort = p
+			}
+			if oneshot == "" {
+				oneshot = d.getenv(envDevOneShot)
+			}
+			cfg.OneShot = oneshot == "1" || oneshot == "true"
+			bin, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			cfg.Binary = bin
+			cfg.EncryptKeyEnv = envEncryptKey
+			cfg.Out = cmd.OutOrStdout()
+			cfg.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level.Level})).With("component", "dev")
+			if err := errors.Join(append(errs, cfg.Validate())...); err != nil {
+				return &codedError{code: exitUsage, err: err, lines: unjoin(err)}
+			}
+			env, err := devenv.New(cfg, devenv.Deps{
+				GenerateKey: d.generateKey,
+				CreateToken: func(ctx context.Context, adminConfig string, cluster federation.ClusterName) (string, error) {
+					c, done, err := d.dialAdmin(ctx, adminConfig)
+					if err != nil {
+						return "", err
+					}
+					defer func() { _ = done() }()
+					resp, err := c.CreateToken(ctx, &fedv1.CreateTokenRequest{Cluster: cluster.String(), TtlSeconds: int64(time.Hour / time.Second)})
+					return resp.GetToken(), err
+				},
+			})
+			if err != nil {
+				return &codedError{code: exitUsage, err: err, lines: unjoin(err)}
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if err := env.Run(ctx); err != nil {
+				if ctx.Err() != nil {
+					return fmt.Errorf("interrupted before the federation was ready: %w", err)
+				}
+				return err
+			}
+			return nil
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "dir", "", "state directory: data, logs, dev.json (default $"+envDevDir+" or .dev)")
+	f.StringVar(&port, "base-port", "", fmt.Sprintf("first port of the plan, which uses %d ports from it (default $%s or %d)", devenv.PortSpan, envDevPort, devenv.DefaultBasePort))
+	f.StringVar(&oneshot, "oneshot", "", "1: stop once dev.json is written and verified, a smoke test (default $"+envDevOneShot+")")
+	f.Lookup("oneshot").NoOptDefVal = "1"
+	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long the start may take")
+	f.Var(&level, "log-level", "log level: debug, info, warn or error")
+	cmd.AddCommand(newDevWorkloadCmd())
+	return cmd
+}
+
+// newDevWorkloadCmd is the sample workload meshfed dev runs (hidden).
+func newDevWorkloadCmd() *cobra.Command {
+	var kind, listen, service, cluster, zone, instance string
+	cmd := &cobra.Command{
+		Use:    "workload --kind http|tcp --listen HOST:PORT --service NS/NAME --cluster NAME --zone Z --instance NAME",
+		Short:  "Serve a sample workload: JSON over HTTP naming itself, or a TCP echo",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			var errs []error
+			k, err := devenv.ParseWorkloadKind(kind)
+			errs = append(errs, err)
+			svc, err := federation.ParseServiceKey(service)
+			errs = append(errs, err)
+			c, err := federation.ParseClusterName(cluster)
+			errs = append(errs, err)
+			wc := devenv.WorkloadConfig{Kind: k, Listen: listen, Service: svc, Cluster: c, Zone: zone, Instance: instance,
+				Log: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))}
+			if err := errors.Join(errs...); err != nil {
+				return &codedError{code: exitUsage, err: err, lines: unjoin(err)}
+			}
+			if err := wc.Validate(); err != nil {
+				return &codedError{code: exitUsage, err: err, lines: unjoin(err)}
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return devenv.RunWorkload(ctx, wc)
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&kind, "kind", "http", "http (JSON naming the instance) or tcp (echo)")
+	f.StringVar(&listen, "listen", "", "host:port to serve on")
+	f.StringVar(&service, "service", "", "the service this instance serves (namespace/name)")
+	f.StringVar(&cluster, "cluster", "", "the cluster it runs in")
+	f.StringVar(&zone, "zone", "", "the zone it runs in")
+	f.StringVar(&instance, "instance", "", "this instance's name")
+	return cmd
+}

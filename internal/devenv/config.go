@@ -1,0 +1,137 @@
+package devenv
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/meshfed/meshfed/federation"
+)
+
+// Config configures an Env.
+type Config struct {
+	// Binary is the meshfed executable every child runs.
+	Binary string
+	// EncryptKeyEnv is the environment variable meshfed hub reads its
+	// encrypt key from when --encrypt-key is empty: the key goes to the
+	// servers there, not on the command line where ps shows it.
+	EncryptKeyEnv string
+	// Dir is the state directory: data directories, logs, dev.json.
+	Dir string
+	// BasePort is the first port of the plan (see Ports); the plan uses
+	// PortSpan ports from it.
+	BasePort int
+	// OneShot stops everything once dev.json is written and verified.
+	OneShot bool
+	// ReadyTimeout bounds the start-up, from Run to dev.json.
+	ReadyTimeout time.Duration
+	// StopTimeout is how long a child has to exit after SIGTERM before it
+	// is killed.
+	StopTimeout time.Duration
+	// Restart is when a child that exited is started again.
+	Restart RestartPolicy
+	// Out receives the human summary.
+	Out io.Writer
+	// Log receives the supervisor's log; nil discards it.
+	Log *slog.Logger
+}
+
+// RestartPolicy is the backoff of a child that exits: it is restarted
+// after Min; each exit within Stable of its start doubles the delay, up to
+// Max; a child that ran for Stable or longer starts over at Min.
+type RestartPolicy struct {
+	Min, Max, Stable time.Duration
+}
+
+// Next returns the delay before the next restart, given the previous delay
+// (0 the first time) and how long the child ran.
+func (p RestartPolicy) Next(prev, ran time.Duration) time.Duration {
+	if prev == 0 || ran >= p.Stable {
+		return p.Min
+	}
+	return min(2*prev, p.Max)
+}
+
+// Defaults.
+const (
+	DefaultBasePort     = 7400
+	DefaultReadyTimeout = 60 * time.Second
+	DefaultStopTimeout  = 10 * time.Second
+)
+
+// DefaultRestart restarts after 2 s, doubling up to 30 s for a child that
+// keeps dying within 10 s.
+var DefaultRestart = RestartPolicy{Min: 2 * time.Second, Max: 30 * time.Second, Stable: 10 * time.Second}
+
+// DefaultConfig returns a Config with every tunable set; Binary and Out are
+// the caller's.
+func DefaultConfig() Config {
+	return Config{
+		Dir:          ".dev",
+		BasePort:     DefaultBasePort,
+		ReadyTimeout: DefaultReadyTimeout,
+		StopTimeout:  DefaultStopTimeout,
+		Restart:      DefaultRestart,
+	}
+}
+
+// Validate reports every invalid field, each a *federation.FieldError.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(field, value, reason string) {
+		errs = append(errs, &federation.FieldError{Field: field, Value: value, Reason: reason})
+	}
+	if c.Binary == "" {
+		add("binary", "", "required: the meshfed executable")
+	}
+	if c.EncryptKeyEnv == "" {
+		add("encrypt_key_env", "", "required: the variable meshfed hub reads its key from")
+	}
+	if c.Dir == "" {
+		add("dir", "", "required")
+	}
+	if c.BasePort < MinBasePort || c.BasePort > MaxBasePort {
+		add("base_port", strconv.Itoa(c.BasePort), "must be in "+strconv.Itoa(MinBasePort)+".."+strconv.Itoa(MaxBasePort)+
+			" (the plan uses "+strconv.Itoa(PortSpan)+" ports from it)")
+	}
+	if c.ReadyTimeout <= 0 {
+		add("ready_timeout", c.ReadyTimeout.String(), "must be positive")
+	}
+	if c.StopTimeout <= 0 {
+		add("stop_timeout", c.StopTimeout.String(), "must be positive")
+	}
+	if c.Restart.Min <= 0 || c.Restart.Max < c.Restart.Min {
+		add("restart", c.Restart.Min.String()+".."+c.Restart.Max.String(), "must have 0 < min <= max")
+	}
+	if c.Restart.Stable <= 0 {
+		add("restart.stable", c.Restart.Stable.String(), "must be positive")
+	}
+	if c.Out == nil {
+		add("out", "", "required")
+	}
+	return errors.Join(errs...)
+}
+
+// abs returns c with Dir made absolute.
+func (c Config) abs() (Config, error) {
+	d, err := filepath.Abs(c.Dir)
+	if err != nil {
+		return c, err
+	}
+	c.Dir = d
+	return c, nil
+}
+
+// Deps are what an Env reaches outside the supervisor for.
+type Deps struct {
+	// GenerateKey returns a new hub encrypt key (created once per state
+	// directory).
+	GenerateKey func() (string, error)
+	// CreateToken creates a one-time join token for cluster through the
+	// hub's Admin API, authenticated by the client config at adminConfig.
+	CreateToken func(ctx context.Context, adminConfig string, cluster federation.ClusterName) (string, error)
+}
