@@ -322,8 +322,10 @@ func (e *egressSet) httpServer(ctx context.Context, k egressKey) *http.Server {
 			pr.Out.URL.Host = pr.In.Host
 			pr.Out.Host = pr.In.Host
 		},
-		Transport:     rt,
-		FlushInterval: -1,
+		Transport: rt,
+		// 0: flushed when the handler ends; streaming responses (unknown
+		// length, gRPC, server-sent events) are flushed at once anyway.
+		FlushInterval: 0,
 		BufferPool:    proxyBuffers{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			e.g.log.Debug("egress: request failed", "service", k.service, "err", err)

@@ -369,7 +369,7 @@ func (g *Gateway) authorizePeer(id spiffeid.ID, _ [][]*x509.Certificate) error {
 }
 
 // Health implementation for route.order.
-func (g *Gateway) clusterUp(c federation.ClusterName) bool { return len(g.pool.up(c)) > 0 }
+func (g *Gateway) clusterUp(c federation.ClusterName) bool { return g.pool.anyUp(c) }
 func (g *Gateway) clusterEjected(c federation.ClusterName, now time.Time) bool {
 	return g.clusterOut.ejected(c, now)
 }

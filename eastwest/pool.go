@@ -241,6 +241,18 @@ func (pl *pool) up(cluster federation.ClusterName) []*peer {
 	return out
 }
 
+// anyUp reports whether a gateway of the cluster answers probes.
+func (pl *pool) anyUp(cluster federation.ClusterName) bool {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	for _, p := range pl.peers[cluster] {
+		if p.up.Load() {
+			return true
+		}
+	}
+	return false
+}
+
 // counts returns how many remote gateways there are and how many are up.
 func (pl *pool) counts() (total, up int) {
 	pl.mu.Lock()
