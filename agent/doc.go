@@ -105,16 +105,21 @@
 // meshfed.gateway.v1.Config service on Config.GatewayAPIAddr, over TLS
 // with its own SVID (spiffe://<td>/meshfed/agent):
 //
-//   - SignSVID signs a gateway's CSR as spiffe://<td>/meshfed/gateway. The
-//     caller authenticates with a gateway SVID of this cluster (renewal) or,
-//     the first time, with the bootstrap token. The agent writes the
-//     gateways' bootstrap document (cluster, trust domain, token, the
-//     cluster's bundle; see gatewayclient.Bootstrap) to
-//     <data-dir>/gateway-bootstrap.json or the Secret
-//     meshfed-gateway-bootstrap, and rewrites it when the bundle changes.
+//   - SignSVID signs a gateway's CSR as spiffe://<td>/meshfed/gateway, for
+//     Config.GatewaySVIDTTL (36 h by default, so a gateway outlives an
+//     agent outage of half of it). The caller authenticates with a gateway
+//     SVID of this cluster (renewal) or, the first time, in-cluster with a
+//     token of Config.GatewayServiceAccount (checked by a TokenReview; the
+//     bootstrap token is refused there) and with the file source with the
+//     bootstrap token. The agent writes the gateways' bootstrap document
+//     (cluster, trust domain, token, the cluster's bundle; see
+//     gatewayclient.Bootstrap) to <data-dir>/gateway-bootstrap.json or the
+//     Secret meshfed-gateway-bootstrap (key "data"), and rewrites it when
+//     the bundle changes.
 //   - Stream needs a gateway SVID of this cluster. It sends a snapshot,
 //     then a delta whenever something changes, each with the stream's next
-//     revision: imports with their egress ports and each exporting
+//     revision: this cluster (Self: name, locality, trust domain, the QUIC
+//     ingress spec), imports with their egress ports and each exporting
 //     cluster's endpoint groups, this cluster's exported services with
 //     every endpoint (address, target ports, zone, labels, ready, serving,
 //     terminating), the remote clusters (trust domain, locality, gateway
@@ -126,8 +131,13 @@
 //     before a hub state exists (synced or cached), so a gateway never
 //     gets an empty config while a cache exists; with the hub gone the
 //     last good config keeps being served, marked disconnected.
+//   - Report records a replica's applied (or rejected) revision and health,
+//     shown in /state and meshfed agent status.
 //
-// Package gatewayclient is the gateway's side.
+// In-cluster, imports' EndpointSlices point at every ready gateway pod
+// (Config.GatewaySelector); Config.GatewayAddress is the fallback. Package
+// gateway/gatewayclient is the gateway's side; package eastwest the
+// gateway.
 //
 // # HTTP
 //
