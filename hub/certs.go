@@ -20,9 +20,8 @@ import (
 )
 
 const (
-	caTTL         = 10 * 365 * 24 * time.Hour
-	serverCertTTL = 30 * 24 * time.Hour
-	adminCertTTL  = 365 * 24 * time.Hour
+	caTTL        = 10 * 365 * 24 * time.Hour
+	adminCertTTL = 365 * 24 * time.Hour
 )
 
 // ensureCA creates the hub CA through Raft if none exists yet. Only the

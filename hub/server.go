@@ -169,7 +169,7 @@ func (s *Server) certIdentity() certIdentity {
 		ips = append(ips, bind)
 	}
 	return certIdentity{
-		trustDomain: s.cfg.TrustDomain, name: s.cfg.Name, ips: ips, ttl: serverCertTTL,
+		trustDomain: s.cfg.TrustDomain, name: s.cfg.Name, ips: ips, ttl: s.cfg.ServerCertTTL,
 		dir: filepath.Join(s.cfg.DataDir, "tls"),
 	}
 }

@@ -69,6 +69,8 @@ type certManager struct {
 	ca    *pki.CA // from the replicated state; nil before
 	pool  *x509.CertPool
 	cert  *tls.Certificate
+	// renewAt is when cert is due for renewal, fixed when it is taken.
+	renewAt time.Time
 	// ready is closed once the hub CA from the replicated state is known.
 	ready chan struct{}
 	// haveCert is closed once there is a server certificate to serve,
@@ -138,6 +140,9 @@ func (m *certManager) load() error {
 	m.mu.Lock()
 	m.pool = pool
 	m.cert = &tls.Certificate{Certificate: [][]byte{leaf.Raw, caCert.Raw}, PrivateKey: key, Leaf: leaf}
+	// Its issue time is not recorded; the middle of its validity is at
+	// most a minute (pki's backdating) earlier than its half-life.
+	m.renewAt = leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
 	m.mu.Unlock()
 	close(m.haveCert)
 	m.log.Info("serving the server certificate of the previous run until the hub CA is applied", "not_after", leaf.NotAfter)
@@ -183,8 +188,21 @@ func writeFileAtomic(path string, b []byte) error {
 	return os.Rename(tmp, path)
 }
 
-// run keeps the certificate in line with the replicated CA until stop.
+// renewRetry is how long a failed renewal waits before the next attempt.
+const renewRetry = 5 * time.Second
+
+// run keeps the certificate in line with the replicated CA until stop. Each
+// certificate gets one renewal timer, set for its renewAt when the
+// manager takes it: wake-ups for other state changes (every write) do not
+// move it.
 func (m *certManager) run(stop <-chan struct{}) {
+	var timer *time.Timer
+	var timerFor *tls.Certificate // the certificate the timer is for
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		caState, changed := m.src.CA()
 		if caState != nil {
@@ -192,9 +210,18 @@ func (m *certManager) run(stop <-chan struct{}) {
 				m.log.Error("server certificate", "err", err)
 			}
 		}
+		m.mu.RLock()
+		cert, renewAt := m.cert, m.renewAt
+		m.mu.RUnlock()
+		if cert != nil && cert != timerFor {
+			if timer != nil {
+				timer.Stop()
+			}
+			timer, timerFor = time.NewTimer(time.Until(renewAt)), cert
+		}
 		var renew <-chan time.Time
-		if _, _, cert := m.current(); cert != nil {
-			renew = time.After(max(time.Until(cert.Leaf.NotAfter)/2, time.Minute))
+		if timer != nil {
+			renew = timer.C
 		}
 		select {
 		case <-stop:
@@ -203,7 +230,8 @@ func (m *certManager) run(stop <-chan struct{}) {
 		case <-renew:
 			// Issue the successor first and swap: handshakes never see a gap.
 			if err := m.renew(); err != nil {
-				m.log.Error("renew server certificate", "err", err)
+				m.log.Error("renew server certificate; retrying", "err", err, "in", renewRetry)
+				timer.Reset(renewRetry)
 			}
 		}
 	}
@@ -230,7 +258,7 @@ func (m *certManager) useCA(caState *hubpb.CAState) error {
 	m.ca, m.caPEM, m.pool = ca, caState.GetCertPem(), pool
 	cert := m.cert
 	m.mu.Unlock()
-	if cert == nil || cert.Leaf.CheckSignatureFrom(ca.Cert) != nil {
+	if cert == nil || cert.Leaf.CheckSignatureFrom(ca.Cert) != nil || !time.Now().Before(m.renewDue()) {
 		if err := m.renew(); err != nil {
 			return err
 		}
@@ -244,6 +272,12 @@ func (m *certManager) useCA(caState *hubpb.CAState) error {
 	return nil
 }
 
+func (m *certManager) renewDue() time.Time {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.renewAt
+}
+
 // renew issues a new server certificate from the replicated CA and swaps it
 // in.
 func (m *certManager) renew() error {
@@ -255,9 +289,12 @@ func (m *certManager) renew() error {
 	if err != nil {
 		return err
 	}
+	now := time.Now()
 	m.mu.Lock()
 	first := m.cert == nil
-	m.cert = cert
+	// Half of its life from now: the certificate is backdated, and its
+	// end may be cut short by the CA's.
+	m.cert, m.renewAt = cert, now.Add(max(cert.Leaf.NotAfter.Sub(now)/2, renewRetry))
 	m.mu.Unlock()
 	if first {
 		close(m.haveCert)
