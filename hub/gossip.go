@@ -2,7 +2,6 @@ package hub
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sort"
@@ -92,18 +91,41 @@ func (t *memberTracker) NotifyLeave(n *memberlist.Node) {
 	}
 }
 
-type metaDelegate struct{ meta []byte }
+// gossipDelegate gives memberlist this server's metadata and hands user
+// messages (the bootstrap queries) to a worker: NotifyMsg must not block.
+type gossipDelegate struct {
+	meta []byte
+	msgs chan []byte
+}
 
-func (d metaDelegate) NodeMeta(limit int) []byte {
+func (d gossipDelegate) NodeMeta(limit int) []byte {
 	if len(d.meta) > limit {
 		return nil
 	}
 	return d.meta
 }
-func (metaDelegate) NotifyMsg([]byte)                {}
-func (metaDelegate) GetBroadcasts(int, int) [][]byte { return nil }
-func (metaDelegate) LocalState(bool) []byte          { return nil }
-func (metaDelegate) MergeRemoteState([]byte, bool)   {}
+
+func (d gossipDelegate) NotifyMsg(b []byte) {
+	select {
+	case d.msgs <- append([]byte(nil), b...): // memberlist reuses b
+	default: // a flood; the asker retries
+	}
+}
+func (gossipDelegate) GetBroadcasts(int, int) [][]byte { return nil }
+func (gossipDelegate) LocalState(bool) []byte          { return nil }
+func (gossipDelegate) MergeRemoteState([]byte, bool)   {}
+
+// gossipMsgLoop serves user messages until the server stops.
+func (s *Server) gossipMsgLoop() {
+	for {
+		select {
+		case <-s.stopCh:
+			return
+		case m := <-s.gossipMsgs:
+			s.handleGossipMsg(m)
+		}
+	}
+}
 
 func (s *Server) setupGossip() error {
 	var mc *memberlist.Config
@@ -128,7 +150,8 @@ func (s *Server) setupGossip() error {
 		return err
 	}
 	s.members = newMemberTracker()
-	mc.Delegate = metaDelegate{meta: meta}
+	s.gossipMsgs = make(chan []byte, 64)
+	mc.Delegate = gossipDelegate{meta: meta, msgs: s.gossipMsgs}
 	mc.Events = s.members
 	ml, err := memberlist.Create(mc)
 	if err != nil {
@@ -180,35 +203,6 @@ func (s *Server) reconcileLoop() {
 		if s.raft.State() == raft.Leader {
 			s.reconcileMembers()
 		}
-	}
-}
-
-func (s *Server) maybeBootstrap() {
-	if s.cfg.BootstrapExpect == 0 || s.raft.LastIndex() > 0 {
-		return
-	}
-	var servers []raft.Server
-	for _, m := range s.members.snapshot() {
-		if m.Health != "alive" {
-			continue
-		}
-		if m.Meta.BootstrapExpect != 0 && m.Meta.BootstrapExpect != s.cfg.BootstrapExpect {
-			s.log.Error("servers disagree on bootstrap_expect; not bootstrapping", "peer", m.Name, "peer_expect", m.Meta.BootstrapExpect, "expect", s.cfg.BootstrapExpect)
-			return
-		}
-		servers = append(servers, raft.Server{ID: raft.ServerID(m.Name), Address: raft.ServerAddress(m.Meta.Raft), Suffrage: raft.Voter})
-	}
-	if len(servers) < s.cfg.BootstrapExpect {
-		return
-	}
-	err := s.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
-	switch {
-	case err == nil:
-		s.log.Info("bootstrapped raft", "servers", len(servers))
-	case errors.Is(err, raft.ErrCantBootstrap):
-		// Another server's leader reached us first.
-	default:
-		s.log.Error("bootstrap", "err", err)
 	}
 }
 

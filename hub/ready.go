@@ -27,7 +27,7 @@ func (s *Server) notReadyReason() string {
 	applied := s.fsm.AppliedIndex()
 	_, leader := s.raft.LeaderWithID()
 	switch {
-	case s.raft.LastIndex() == 0 && s.cfg.BootstrapExpect > 0:
+	case s.raft.LastIndex() == 0 && s.cfg.BootstrapExpect > 0 && !s.boot.isDisabled():
 		return fmt.Sprintf("not bootstrapped: waiting for %d servers (bootstrap_expect)", s.cfg.BootstrapExpect)
 	case s.raft.LastIndex() == 0:
 		return "not a member yet: waiting for the leader to add this server"

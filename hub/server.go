@@ -47,14 +47,16 @@ type Server struct {
 	log  *slog.Logger
 	keys *peerKeys // nil without an encrypt key
 
-	fsm       *fsm.FSM
-	raft      *raft.Raft
-	wal       *wal.WAL
-	walMeta   *metadb.BoltMetaDB
-	stable    *gatedStable
-	transport *raft.NetworkTransport
-	gossip    *memberlist.Memberlist
-	members   *memberTracker
+	fsm        *fsm.FSM
+	raft       *raft.Raft
+	wal        *wal.WAL
+	walMeta    *metadb.BoltMetaDB
+	stable     *gatedStable
+	transport  *raft.NetworkTransport
+	gossip     *memberlist.Memberlist
+	gossipMsgs chan []byte
+	members    *memberTracker
+	boot       *bootstrapper
 
 	bundleLns  []net.Listener
 	bundleSrvs []*http.Server
@@ -88,7 +90,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("server", cfg.Name)
-	s := &Server{cfg: cfg, log: log, stopCh: make(chan struct{}), fsm: fsm.New(log)}
+	s := &Server{cfg: cfg, log: log, stopCh: make(chan struct{}), fsm: fsm.New(log), boot: newBootstrapper()}
 	if cfg.EncryptKey == "" {
 		log.Warn("NO ENCRYPT KEY: Raft and gossip traffic between hub servers is neither encrypted nor authenticated; anyone who reaches these ports can join the hub. Generate one with `meshfed hub keygen` and pass --encrypt-key to every server.")
 	} else {
@@ -302,6 +304,7 @@ func (s *Server) Start() error {
 		}
 	})
 	s.goFunc(s.joinLoop)
+	s.goFunc(s.gossipMsgLoop)
 	s.goFunc(s.leaderLoop)
 	s.goFunc(s.reconcileLoop)
 	s.goFunc(func() { s.certs.run(s.stopCh) })
