@@ -159,7 +159,6 @@ func (h *testHub) newConfig(i, expect int, ports []int) Config {
 	return c
 }
 
-
 func (h *testHub) stopAll() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
