@@ -12,6 +12,10 @@ import (
 	"github.com/hashicorp/raft"
 )
 
+// deadNodeReclaimTime is how long a failed server's gossip name stays
+// bound to its old address.
+const deadNodeReclaimTime = 5 * time.Second
+
 // serverMeta is what each server gossips about itself. It only gains fields.
 type serverMeta struct {
 	Version         int    `json:"v"`
@@ -80,6 +84,21 @@ func (t *memberTracker) get(name string) (member, bool) {
 	return *m, true
 }
 
+// ServerAddr implements raft.ServerAddressProvider: Raft reaches a peer by
+// its server ID at the Raft address that peer gossips (the last one known,
+// if it is down), not at the address in the Raft configuration, which a
+// restart on a new IP (a rescheduled pod) makes stale. With an error Raft
+// falls back to the configured address.
+func (t *memberTracker) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	m, ok := t.get(string(id))
+	if !ok || m.Meta.Raft == "" {
+		return "", fmt.Errorf("hub: server %s not known to gossip", id)
+	}
+	return raft.ServerAddress(m.Meta.Raft), nil
+}
+
+var _ raft.ServerAddressProvider = (*memberTracker)(nil)
+
 // memberlist delegates.
 func (t *memberTracker) NotifyJoin(n *memberlist.Node)   { t.set(n, "alive") }
 func (t *memberTracker) NotifyUpdate(n *memberlist.Node) { t.set(n, "alive") }
@@ -140,6 +159,11 @@ func (s *Server) setupGossip() error {
 	mc.AdvertiseAddr = s.advertiseIP()
 	mc.AdvertisePort = s.cfg.GossipPort
 	mc.LogOutput = logWriter{s.log, "memberlist"}
+	// A server that comes back under its name at a new address (a new pod
+	// IP) takes its name back once its old incarnation has been dead this
+	// long; memberlist's default is never.
+	mc.DeadNodeReclaimTime = deadNodeReclaimTime
+	mc.Conflict = &reclaimer{s: s, pending: map[string]bool{}}
 	if s.keys != nil {
 		mc.SecretKey = s.keys.gossipKey
 		mc.GossipVerifyIncoming = true
@@ -149,7 +173,6 @@ func (s *Server) setupGossip() error {
 	if err != nil {
 		return err
 	}
-	s.members = newMemberTracker()
 	s.gossipMsgs = make(chan []byte, 64)
 	mc.Delegate = gossipDelegate{meta: meta, msgs: s.gossipMsgs}
 	mc.Events = s.members
@@ -160,6 +183,49 @@ func (s *Server) setupGossip() error {
 	s.gossip = ml
 	return nil
 }
+
+// reclaimer pulls a server that came back at a new address into the pool
+// once its old incarnation may be replaced. memberlist refuses the new
+// address until the old one has been dead for deadNodeReclaimTime, and
+// would only hear of it again at the next push/pull (15-30 s); joining the
+// new address then exchanges state at once.
+type reclaimer struct {
+	s       *Server
+	mu      sync.Mutex
+	pending map[string]bool
+}
+
+// NotifyConflict implements memberlist.ConflictDelegate. memberlist calls
+// it holding its node lock: the join runs later, on its own goroutine.
+func (r *reclaimer) NotifyConflict(existing, other *memberlist.Node) {
+	// (memberlist does not keep Node.State up to date; the tracker knows.)
+	if m, _ := r.s.members.get(other.Name); m.Health == "alive" {
+		r.s.log.Error("two servers use one name at different addresses", "name", other.Name, "addr", existing.Address(), "other_addr", other.Address())
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pending[other.Name] {
+		return
+	}
+	r.pending[other.Name] = true
+	addr := other.Address()
+	time.AfterFunc(deadNodeReclaimTime+time.Second, func() {
+		r.mu.Lock()
+		delete(r.pending, other.Name)
+		r.mu.Unlock()
+		select {
+		case <-r.s.stopCh:
+			return
+		default:
+		}
+		if _, err := r.s.gossip.Join([]string{addr}); err != nil {
+			r.s.log.Debug("join a server back at its new address", "peer", other.Name, "addr", addr, "err", err)
+		}
+	})
+}
+
+var _ memberlist.ConflictDelegate = (*reclaimer)(nil)
 
 // joinLoop joins the configured addresses, retrying with backoff and jitter
 // until at least one answers.

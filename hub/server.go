@@ -109,6 +109,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.certs = newCertManager(s.certIdentity(), fsmCA{s.fsm}, log, s.writeAdminConfig)
 	s.peers = newPeerConns(s)
 	s.fetchers = newFetchers(s)
+	s.members = newMemberTracker()
 	ok := false
 	defer func() {
 		if !ok {
@@ -227,6 +228,7 @@ func (s *Server) setupRaft() error {
 	}
 	s.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: layer, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog,
+		ServerAddressProvider: s.members,
 	})
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(s.cfg.Name)

@@ -238,8 +238,8 @@ func (m *certManager) run(stop <-chan struct{}) {
 }
 
 // useCA takes the replicated CA. It issues a certificate if the server has
-// none, or one that does not chain to this CA (a certificate loaded from
-// disk that an earlier hub issued).
+// none, one that does not chain to this CA (loaded from disk, issued by an
+// earlier hub), one for other addresses (the server moved), or one due.
 func (m *certManager) useCA(caState *hubpb.CAState) error {
 	m.mu.RLock()
 	same := bytes.Equal(m.caPEM, caState.GetCertPem())
@@ -258,7 +258,8 @@ func (m *certManager) useCA(caState *hubpb.CAState) error {
 	m.ca, m.caPEM, m.pool = ca, caState.GetCertPem(), pool
 	cert := m.cert
 	m.mu.Unlock()
-	if cert == nil || cert.Leaf.CheckSignatureFrom(ca.Cert) != nil || !time.Now().Before(m.renewDue()) {
+	if cert == nil || cert.Leaf.CheckSignatureFrom(ca.Cert) != nil || !sameIPs(cert.Leaf.IPAddresses, m.id.ips) ||
+		!time.Now().Before(m.renewDue()) {
 		if err := m.renew(); err != nil {
 			return err
 		}
@@ -270,6 +271,18 @@ func (m *certManager) useCA(caState *hubpb.CAState) error {
 		}
 	}
 	return nil
+}
+
+func sameIPs(a, b []net.IP) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !a[i].Equal(b[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 func (m *certManager) renewDue() time.Time {
