@@ -85,6 +85,10 @@ type Config struct {
 	// Off by default: profiles reveal internals and cost CPU.
 	Pprof bool
 
+	// protocol overrides the command protocol this server gossips and
+	// requires (tests of rolling upgrades).
+	protocol protocolOverride
+
 	// walSegmentSize overrides raft-wal's segment size (tests use small
 	// segments so that log compaction really drops entries).
 	walSegmentSize int

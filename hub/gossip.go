@@ -18,6 +18,8 @@ const deadNodeReclaimTime = 5 * time.Second
 
 // serverMeta is what each server gossips about itself. It only gains fields.
 type serverMeta struct {
+	// Version is the command protocol the server applies
+	// (fsm.ProtocolVersion); see checkProtocol.
 	Version         int    `json:"v"`
 	Raft            string `json:"raft"`
 	GRPC            string `json:"grpc"`
@@ -169,7 +171,7 @@ func (s *Server) setupGossip() error {
 		mc.GossipVerifyIncoming = true
 		mc.GossipVerifyOutgoing = true
 	}
-	meta, err := json.Marshal(serverMeta{Version: 1, Raft: string(s.transport.LocalAddr()), GRPC: s.GRPCAddr(), BootstrapExpect: s.cfg.BootstrapExpect})
+	meta, err := json.Marshal(serverMeta{Version: s.protocolVersion(), Raft: string(s.transport.LocalAddr()), GRPC: s.GRPCAddr(), BootstrapExpect: s.cfg.BootstrapExpect})
 	if err != nil {
 		return err
 	}

@@ -54,6 +54,9 @@ func (s *Server) apply(ctx context.Context, t fsm.MessageType, msg proto.Message
 }
 
 func (s *Server) applyLocal(b []byte) (uint64, error) {
+	if err := s.checkProtocol(fsm.MessageType(b[0])); err != nil {
+		return 0, err
+	}
 	start := time.Now()
 	f := s.raft.Apply(b, s.cfg.ApplyTimeout)
 	if err := f.Error(); err != nil {
