@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -444,23 +443,7 @@ func containsAll(s string, subs ...string) bool {
 // Add starts a new server that joins the running ones (bootstrap-expect 0).
 func (h *testHub) Add(name string) int {
 	h.t.Helper()
-	ports := freePorts(h.t, 4)
-	c := h.cfgs[0]
-	c.Name = name
-	c.DataDir = filepath.Join(filepath.Dir(h.cfgs[0].DataDir), name)
-	c.GRPCPort, c.RaftPort, c.GossipPort, c.HTTPPort = ports[0], ports[1], ports[2], ports[3]
-	c.BootstrapExpect = 0
-	c.Join = nil
-	for _, o := range h.cfgs {
-		c.Join = append(c.Join, fmt.Sprintf("127.0.0.1:%d", o.GossipPort))
-	}
-	h.mu.Lock()
-	h.cfgs = append(h.cfgs, c)
-	h.servers = append(h.servers, nil)
-	i := len(h.cfgs) - 1
-	h.mu.Unlock()
-	h.Start(i)
-	return i
+	return h.AddWith(name, func(c *Config) { c.BootstrapExpect = 0 })
 }
 
 func voters(t *testing.T, s *Server) []string {

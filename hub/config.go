@@ -44,6 +44,9 @@ type Config struct {
 	MaxTokenTTL time.Duration
 	// AgentCertTTL is the lifetime of the client certificate issued at join.
 	AgentCertTTL time.Duration
+	// ServerCertTTL is the lifetime of each server's own certificate from
+	// the hub CA; it is renewed at half-life.
+	ServerCertTTL time.Duration
 	// DeadServerGrace is how long a failed server stays in the Raft
 	// configuration before the leader removes it (autopilot).
 	DeadServerGrace time.Duration
@@ -82,6 +85,10 @@ type Config struct {
 	// Off by default: profiles reveal internals and cost CPU.
 	Pprof bool
 
+	// protocol overrides the command protocol this server gossips and
+	// requires (tests of rolling upgrades).
+	protocol protocolOverride
+
 	// walSegmentSize overrides raft-wal's segment size (tests use small
 	// segments so that log compaction really drops entries).
 	walSegmentSize int
@@ -99,6 +106,7 @@ func DefaultConfig() Config {
 		TokenTTL:              15 * time.Minute,
 		MaxTokenTTL:           24 * time.Hour,
 		AgentCertTTL:          30 * 24 * time.Hour,
+		ServerCertTTL:         30 * 24 * time.Hour,
 		DeadServerGrace:       30 * time.Second,
 		ConsistentReadTimeout: 2 * time.Second,
 		ApplyTimeout:          10 * time.Second,
@@ -117,6 +125,10 @@ func DefaultConfig() Config {
 const (
 	MaxServers = 7
 	MaxJoin    = 16
+	// MinCertTTL and MaxCertTTL bound the server and agent certificate
+	// lifetimes.
+	MinCertTTL = 30 * time.Second
+	MaxCertTTL = 365 * 24 * time.Hour
 )
 
 // Validate reports every problem at once, each naming the field and bound.
@@ -199,7 +211,7 @@ func (c *Config) Validate() error {
 		field string
 		v     time.Duration
 	}{
-		{"token_ttl", c.TokenTTL}, {"max_token_ttl", c.MaxTokenTTL}, {"agent_cert_ttl", c.AgentCertTTL},
+		{"token_ttl", c.TokenTTL}, {"max_token_ttl", c.MaxTokenTTL},
 		{"dead_server_grace", c.DeadServerGrace}, {"consistent_read_timeout", c.ConsistentReadTimeout},
 		{"apply_timeout", c.ApplyTimeout}, {"heartbeat_timeout", c.HeartbeatTimeout},
 		{"election_timeout", c.ElectionTimeout}, {"leader_lease_timeout", c.LeaderLeaseTimeout},
@@ -209,6 +221,14 @@ func (c *Config) Validate() error {
 	for _, p := range positive {
 		if p.v <= 0 {
 			bad(p.field, "%v must be positive", p.v)
+		}
+	}
+	for _, p := range []struct {
+		field string
+		v     time.Duration
+	}{{"agent_cert_ttl", c.AgentCertTTL}, {"server_cert_ttl", c.ServerCertTTL}} {
+		if p.v < MinCertTTL || p.v > MaxCertTTL {
+			bad(p.field, "%v must be in %v..%v", p.v, MinCertTTL, MaxCertTTL)
 		}
 	}
 	if c.TokenTTL > c.MaxTokenTTL {

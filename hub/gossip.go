@@ -2,7 +2,6 @@ package hub
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sort"
@@ -13,8 +12,14 @@ import (
 	"github.com/hashicorp/raft"
 )
 
+// deadNodeReclaimTime is how long a failed server's gossip name stays
+// bound to its old address.
+const deadNodeReclaimTime = 5 * time.Second
+
 // serverMeta is what each server gossips about itself. It only gains fields.
 type serverMeta struct {
+	// Version is the command protocol the server applies
+	// (fsm.ProtocolVersion); see checkProtocol.
 	Version         int    `json:"v"`
 	Raft            string `json:"raft"`
 	GRPC            string `json:"grpc"`
@@ -81,6 +86,21 @@ func (t *memberTracker) get(name string) (member, bool) {
 	return *m, true
 }
 
+// ServerAddr implements raft.ServerAddressProvider: Raft reaches a peer by
+// its server ID at the Raft address that peer gossips (the last one known,
+// if it is down), not at the address in the Raft configuration, which a
+// restart on a new IP (a rescheduled pod) makes stale. With an error Raft
+// falls back to the configured address.
+func (t *memberTracker) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	m, ok := t.get(string(id))
+	if !ok || m.Meta.Raft == "" {
+		return "", fmt.Errorf("hub: server %s not known to gossip", id)
+	}
+	return raft.ServerAddress(m.Meta.Raft), nil
+}
+
+var _ raft.ServerAddressProvider = (*memberTracker)(nil)
+
 // memberlist delegates.
 func (t *memberTracker) NotifyJoin(n *memberlist.Node)   { t.set(n, "alive") }
 func (t *memberTracker) NotifyUpdate(n *memberlist.Node) { t.set(n, "alive") }
@@ -92,18 +112,41 @@ func (t *memberTracker) NotifyLeave(n *memberlist.Node) {
 	}
 }
 
-type metaDelegate struct{ meta []byte }
+// gossipDelegate gives memberlist this server's metadata and hands user
+// messages (the bootstrap queries) to a worker: NotifyMsg must not block.
+type gossipDelegate struct {
+	meta []byte
+	msgs chan []byte
+}
 
-func (d metaDelegate) NodeMeta(limit int) []byte {
+func (d gossipDelegate) NodeMeta(limit int) []byte {
 	if len(d.meta) > limit {
 		return nil
 	}
 	return d.meta
 }
-func (metaDelegate) NotifyMsg([]byte)                {}
-func (metaDelegate) GetBroadcasts(int, int) [][]byte { return nil }
-func (metaDelegate) LocalState(bool) []byte          { return nil }
-func (metaDelegate) MergeRemoteState([]byte, bool)   {}
+
+func (d gossipDelegate) NotifyMsg(b []byte) {
+	select {
+	case d.msgs <- append([]byte(nil), b...): // memberlist reuses b
+	default: // a flood; the asker retries
+	}
+}
+func (gossipDelegate) GetBroadcasts(int, int) [][]byte { return nil }
+func (gossipDelegate) LocalState(bool) []byte          { return nil }
+func (gossipDelegate) MergeRemoteState([]byte, bool)   {}
+
+// gossipMsgLoop serves user messages until the server stops.
+func (s *Server) gossipMsgLoop() {
+	for {
+		select {
+		case <-s.stopCh:
+			return
+		case m := <-s.gossipMsgs:
+			s.handleGossipMsg(m)
+		}
+	}
+}
 
 func (s *Server) setupGossip() error {
 	var mc *memberlist.Config
@@ -118,17 +161,22 @@ func (s *Server) setupGossip() error {
 	mc.AdvertiseAddr = s.advertiseIP()
 	mc.AdvertisePort = s.cfg.GossipPort
 	mc.LogOutput = logWriter{s.log, "memberlist"}
+	// A server that comes back under its name at a new address (a new pod
+	// IP) takes its name back once its old incarnation has been dead this
+	// long; memberlist's default is never.
+	mc.DeadNodeReclaimTime = deadNodeReclaimTime
+	mc.Conflict = &reclaimer{s: s, pending: map[string]bool{}}
 	if s.keys != nil {
 		mc.SecretKey = s.keys.gossipKey
 		mc.GossipVerifyIncoming = true
 		mc.GossipVerifyOutgoing = true
 	}
-	meta, err := json.Marshal(serverMeta{Version: 1, Raft: string(s.transport.LocalAddr()), GRPC: s.GRPCAddr(), BootstrapExpect: s.cfg.BootstrapExpect})
+	meta, err := json.Marshal(serverMeta{Version: s.protocolVersion(), Raft: string(s.transport.LocalAddr()), GRPC: s.GRPCAddr(), BootstrapExpect: s.cfg.BootstrapExpect})
 	if err != nil {
 		return err
 	}
-	s.members = newMemberTracker()
-	mc.Delegate = metaDelegate{meta: meta}
+	s.gossipMsgs = make(chan []byte, 64)
+	mc.Delegate = gossipDelegate{meta: meta, msgs: s.gossipMsgs}
 	mc.Events = s.members
 	ml, err := memberlist.Create(mc)
 	if err != nil {
@@ -137,6 +185,49 @@ func (s *Server) setupGossip() error {
 	s.gossip = ml
 	return nil
 }
+
+// reclaimer pulls a server that came back at a new address into the pool
+// once its old incarnation may be replaced. memberlist refuses the new
+// address until the old one has been dead for deadNodeReclaimTime, and
+// would only hear of it again at the next push/pull (15-30 s); joining the
+// new address then exchanges state at once.
+type reclaimer struct {
+	s       *Server
+	mu      sync.Mutex
+	pending map[string]bool
+}
+
+// NotifyConflict implements memberlist.ConflictDelegate. memberlist calls
+// it holding its node lock: the join runs later, on its own goroutine.
+func (r *reclaimer) NotifyConflict(existing, other *memberlist.Node) {
+	// (memberlist does not keep Node.State up to date; the tracker knows.)
+	if m, _ := r.s.members.get(other.Name); m.Health == "alive" {
+		r.s.log.Error("two servers use one name at different addresses", "name", other.Name, "addr", existing.Address(), "other_addr", other.Address())
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pending[other.Name] {
+		return
+	}
+	r.pending[other.Name] = true
+	addr := other.Address()
+	time.AfterFunc(deadNodeReclaimTime+time.Second, func() {
+		r.mu.Lock()
+		delete(r.pending, other.Name)
+		r.mu.Unlock()
+		select {
+		case <-r.s.stopCh:
+			return
+		default:
+		}
+		if _, err := r.s.gossip.Join([]string{addr}); err != nil {
+			r.s.log.Debug("join a server back at its new address", "peer", other.Name, "addr", addr, "err", err)
+		}
+	})
+}
+
+var _ memberlist.ConflictDelegate = (*reclaimer)(nil)
 
 // joinLoop joins the configured addresses, retrying with backoff and jitter
 // until at least one answers.
@@ -180,35 +271,6 @@ func (s *Server) reconcileLoop() {
 		if s.raft.State() == raft.Leader {
 			s.reconcileMembers()
 		}
-	}
-}
-
-func (s *Server) maybeBootstrap() {
-	if s.cfg.BootstrapExpect == 0 || s.raft.LastIndex() > 0 {
-		return
-	}
-	var servers []raft.Server
-	for _, m := range s.members.snapshot() {
-		if m.Health != "alive" {
-			continue
-		}
-		if m.Meta.BootstrapExpect != 0 && m.Meta.BootstrapExpect != s.cfg.BootstrapExpect {
-			s.log.Error("servers disagree on bootstrap_expect; not bootstrapping", "peer", m.Name, "peer_expect", m.Meta.BootstrapExpect, "expect", s.cfg.BootstrapExpect)
-			return
-		}
-		servers = append(servers, raft.Server{ID: raft.ServerID(m.Name), Address: raft.ServerAddress(m.Meta.Raft), Suffrage: raft.Voter})
-	}
-	if len(servers) < s.cfg.BootstrapExpect {
-		return
-	}
-	err := s.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
-	switch {
-	case err == nil:
-		s.log.Info("bootstrapped raft", "servers", len(servers))
-	case errors.Is(err, raft.ErrCantBootstrap):
-		// Another server's leader reached us first.
-	default:
-		s.log.Error("bootstrap", "err", err)
 	}
 }
 

@@ -23,9 +23,50 @@ import (
 type testHub struct {
 	t       testing.TB
 	encrypt string
+	root    string
 	mu      sync.Mutex
 	cfgs    []Config
 	servers []*Server // nil while stopped
+	logs    *logRecorder
+}
+
+// logRecorder remembers which server logged which message.
+type logRecorder struct {
+	mu   sync.Mutex
+	msgs map[string][]string // message -> servers, in order
+}
+
+func (r *logRecorder) add(server, msg string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.msgs[msg] = append(r.msgs[msg], server)
+}
+
+// Logged returns the servers that logged msg, once per time.
+func (h *testHub) Logged(msg string) []string {
+	h.logs.mu.Lock()
+	defer h.logs.mu.Unlock()
+	return append([]string(nil), h.logs.msgs[msg]...)
+}
+
+// recordingHandler passes records on and notes their messages.
+type recordingHandler struct {
+	slog.Handler
+	rec    *logRecorder
+	server string
+}
+
+func (h recordingHandler) Handle(ctx context.Context, r slog.Record) error {
+	h.rec.add(h.server, r.Message)
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h recordingHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return recordingHandler{h.Handler.WithAttrs(as), h.rec, h.server}
+}
+
+func (h recordingHandler) WithGroup(name string) slog.Handler {
+	return recordingHandler{h.Handler.WithGroup(name), h.rec, h.server}
 }
 
 // freePorts reserves n distinct TCP ports that are also free for UDP.
@@ -68,40 +109,54 @@ func testLogger(t testing.TB) *slog.Logger {
 // newTestHub starts n servers with bootstrap-expect n and waits for a leader.
 func newTestHub(t testing.TB, n int, tweak ...func(*Config)) *testHub {
 	t.Helper()
+	h := buildTestHub(t, n, func(_ int, c *Config) {
+		for _, f := range tweak {
+			f(c)
+		}
+	})
+	for i := range h.cfgs {
+		h.Start(i)
+	}
+	h.WaitReady(30 * time.Second)
+	return h
+}
+
+// buildTestHub configures n servers (bootstrap-expect n, each joining s0)
+// without starting them; tweak may change each server's config.
+func buildTestHub(t testing.TB, n int, tweak func(i int, c *Config)) *testHub {
+	t.Helper()
 	key, err := GenerateEncryptKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &testHub{t: t, encrypt: key}
+	h := &testHub{t: t, encrypt: key, root: t.TempDir(), logs: &logRecorder{msgs: map[string][]string{}}}
 	ports := freePorts(t, 4*n)
-	root := t.TempDir()
 	for i := 0; i < n; i++ {
-		c := DefaultConfig()
-		c.Name = fmt.Sprintf("s%d", i)
-		c.DataDir = filepath.Join(root, c.Name)
-		c.GRPCPort, c.RaftPort, c.GossipPort, c.HTTPPort = ports[4*i], ports[4*i+1], ports[4*i+2], ports[4*i+3]
-		c.BootstrapExpect = n
-		c.EncryptKey = key
-		c.GossipProfile = "local"
-		c.HeartbeatTimeout = 300 * time.Millisecond
-		c.ElectionTimeout = 300 * time.Millisecond
-		c.LeaderLeaseTimeout = 150 * time.Millisecond
-		c.DeadServerGrace = time.Hour
+		h.cfgs = append(h.cfgs, h.newConfig(i, n, ports[4*i:4*i+4]))
 		if i > 0 {
-			c.Join = []string{fmt.Sprintf("127.0.0.1:%d", ports[2])}
+			h.cfgs[i].Join = []string{fmt.Sprintf("127.0.0.1:%d", h.cfgs[0].GossipPort)}
 		}
-		for _, f := range tweak {
-			f(&c)
-		}
-		h.cfgs = append(h.cfgs, c)
+		tweak(i, &h.cfgs[i])
 	}
 	h.servers = make([]*Server, n)
-	for i := range h.cfgs {
-		h.Start(i)
-	}
 	t.Cleanup(h.stopAll)
-	h.WaitReady(30 * time.Second)
 	return h
+}
+
+// newConfig is server i's configuration on the given four ports.
+func (h *testHub) newConfig(i, expect int, ports []int) Config {
+	c := DefaultConfig()
+	c.Name = fmt.Sprintf("s%d", i)
+	c.DataDir = filepath.Join(h.root, c.Name)
+	c.GRPCPort, c.RaftPort, c.GossipPort, c.HTTPPort = ports[0], ports[1], ports[2], ports[3]
+	c.BootstrapExpect = expect
+	c.EncryptKey = h.encrypt
+	c.GossipProfile = "local"
+	c.HeartbeatTimeout = 300 * time.Millisecond
+	c.ElectionTimeout = 300 * time.Millisecond
+	c.LeaderLeaseTimeout = 150 * time.Millisecond
+	c.DeadServerGrace = time.Hour
+	return c
 }
 
 func (h *testHub) stopAll() {
@@ -113,6 +168,29 @@ func (h *testHub) stopAll() {
 			h.servers[i] = nil
 		}
 	}
+}
+
+// AddWith starts a new server that joins the running ones, with s0's
+// config on fresh ports changed by tweak.
+func (h *testHub) AddWith(name string, tweak func(*Config)) int {
+	h.t.Helper()
+	ports := freePorts(h.t, 4)
+	c := h.cfgs[0]
+	c.Name = name
+	c.DataDir = filepath.Join(h.root, name)
+	c.GRPCPort, c.RaftPort, c.GossipPort, c.HTTPPort = ports[0], ports[1], ports[2], ports[3]
+	c.Join = nil
+	for _, o := range h.cfgs {
+		c.Join = append(c.Join, fmt.Sprintf("127.0.0.1:%d", o.GossipPort))
+	}
+	tweak(&c)
+	h.mu.Lock()
+	h.cfgs = append(h.cfgs, c)
+	h.servers = append(h.servers, nil)
+	i := len(h.cfgs) - 1
+	h.mu.Unlock()
+	h.Start(i)
+	return i
 }
 
 // Start starts (or restarts) server i with its original config and data dir.
@@ -136,7 +214,9 @@ func (h *testHub) Start(i int) *Server {
 	var err error
 	// A just-killed server's ports can take a moment to be free again.
 	waitFor(h.t, 10*time.Second, "server start", func() error {
-		s, err = New(c, testLogger(h.t))
+		log := testLogger(h.t)
+		log = slog.New(recordingHandler{log.Handler(), h.logs, c.Name})
+		s, err = New(c, log)
 		return err
 	})
 	if err := s.Start(); err != nil {

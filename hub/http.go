@@ -92,10 +92,8 @@ func (s *Server) setupHTTP() error {
 // certificate, there is a leader, and it has applied up to the leader's
 // commit index.
 func (s *Server) Ready(ctx context.Context) error {
-	select {
-	case <-s.certs.ready:
-	default:
-		return fmt.Errorf("no hub CA yet (waiting for bootstrap)")
+	if err := s.notReady(); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()

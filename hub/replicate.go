@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,16 +39,13 @@ func (s *Server) apply(ctx context.Context, t fsm.MessageType, msg proto.Message
 	if s.raft.State() == raft.Leader {
 		return s.applyLocal(b)
 	}
-	conn, err := s.leaderConn(ctx)
+	leader, conn, err := s.leaderConn(ctx)
 	if err != nil {
 		return 0, err
 	}
 	resp, err := hubpb.NewInternalClient(conn).Apply(ctx, &hubpb.ApplyRequest{Command: b})
 	if err != nil {
-		if status.Code(err) == codes.Unknown || status.Code(err) == codes.Canceled {
-			return 0, status.Errorf(codes.Unavailable, "hub: forwarding to leader: %v", err)
-		}
-		return 0, err
+		return 0, forwardedErr(leader, "", err)
 	}
 	if resp.GetErrorCode() != "" {
 		return resp.GetIndex(), status.Error(codeFromName(resp.GetErrorCode()), resp.GetError())
@@ -56,6 +54,9 @@ func (s *Server) apply(ctx context.Context, t fsm.MessageType, msg proto.Message
 }
 
 func (s *Server) applyLocal(b []byte) (uint64, error) {
+	if err := s.checkProtocol(fsm.MessageType(b[0])); err != nil {
+		return 0, err
+	}
 	start := time.Now()
 	f := s.raft.Apply(b, s.cfg.ApplyTimeout)
 	if err := f.Error(); err != nil {
@@ -107,15 +108,28 @@ func (s *Server) readIndex(ctx context.Context) (uint64, error) {
 		}
 		return s.lastCommandAtOrBelow(s.raft.CommitIndex())
 	}
-	conn, err := s.leaderConn(ctx)
+	leader, conn, err := s.leaderConn(ctx)
 	if err != nil {
 		return 0, err
 	}
 	resp, err := hubpb.NewInternalClient(conn).ReadIndex(ctx, &hubpb.ReadIndexRequest{})
 	if err != nil {
-		return 0, status.Errorf(codes.Unavailable, "hub: read index from leader: %v", status.Convert(err).Message())
+		// Whatever went wrong, the read can be retried.
+		return 0, forwardedErr(leader, "read index: ", status.Error(codes.Unavailable, status.Convert(err).Message()))
 	}
 	return resp.GetIndex(), nil
+}
+
+// forwardedErr says that a call failed on its way to, or at, the leader,
+// keeping the code: Unavailable (and Unknown or Canceled, which become it)
+// means retry, and for a write that its outcome is unknown.
+func forwardedErr(leader raft.ServerID, what string, err error) error {
+	st := status.Convert(err)
+	code := st.Code()
+	if code == codes.Unknown || code == codes.Canceled {
+		code = codes.Unavailable
+	}
+	return status.Errorf(code, "hub: forwarded to leader %s: %s%s", leader, what, strings.TrimPrefix(st.Message(), "hub: "))
 }
 
 // lastCommandAtOrBelow scans the leader's log back from idx to the first
@@ -171,20 +185,25 @@ func (s *Server) waitApplied(ctx context.Context, idx uint64) error {
 	}
 }
 
-// leaderConn returns a connection to the current leader's gRPC address.
-func (s *Server) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
+// leaderConn returns the current leader's ID and a connection to its gRPC
+// address.
+func (s *Server) leaderConn(ctx context.Context) (raft.ServerID, *grpc.ClientConn, error) {
 	_, id := s.raft.LeaderWithID()
 	if id == "" {
-		return nil, errNoLeader
+		return "", nil, errNoLeader
 	}
 	if id == raft.ServerID(s.cfg.Name) {
-		return nil, status.Error(codes.Unavailable, "hub: leadership changing; retry")
+		return "", nil, status.Error(codes.Unavailable, "hub: leadership changing; retry")
 	}
 	m, ok := s.members.get(string(id))
 	if !ok || m.Meta.GRPC == "" {
-		return nil, status.Errorf(codes.Unavailable, "hub: leader %s not known to gossip yet; retry", id)
+		return "", nil, status.Errorf(codes.Unavailable, "hub: leader %s not known to gossip yet; retry", id)
 	}
-	return s.peers.get(m.Meta.GRPC)
+	conn, err := s.peers.get(m.Meta.GRPC)
+	if err != nil {
+		return "", nil, forwardedErr(id, "", err)
+	}
+	return id, conn, nil
 }
 
 // hubAddrs lists the gRPC addresses of every live server, this one first.

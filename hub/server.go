@@ -47,14 +47,16 @@ type Server struct {
 	log  *slog.Logger
 	keys *peerKeys // nil without an encrypt key
 
-	fsm       *fsm.FSM
-	raft      *raft.Raft
-	wal       *wal.WAL
-	walMeta   *metadb.BoltMetaDB
-	stable    *gatedStable
-	transport *raft.NetworkTransport
-	gossip    *memberlist.Memberlist
-	members   *memberTracker
+	fsm        *fsm.FSM
+	raft       *raft.Raft
+	wal        *wal.WAL
+	walMeta    *metadb.BoltMetaDB
+	stable     *gatedStable
+	transport  *raft.NetworkTransport
+	gossip     *memberlist.Memberlist
+	gossipMsgs chan []byte
+	members    *memberTracker
+	boot       *bootstrapper
 
 	bundleLns  []net.Listener
 	bundleSrvs []*http.Server
@@ -88,7 +90,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("server", cfg.Name)
-	s := &Server{cfg: cfg, log: log, stopCh: make(chan struct{}), fsm: fsm.New(log)}
+	s := &Server{cfg: cfg, log: log, stopCh: make(chan struct{}), fsm: fsm.New(log), boot: newBootstrapper()}
 	if cfg.EncryptKey == "" {
 		log.Warn("NO ENCRYPT KEY: Raft and gossip traffic between hub servers is neither encrypted nor authenticated; anyone who reaches these ports can join the hub. Generate one with `meshfed hub keygen` and pass --encrypt-key to every server.")
 	} else {
@@ -104,9 +106,10 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.registry = prometheus.NewRegistry()
 	s.metrics = newMetrics(s, s.registry)
-	s.certs = newCertManager(s)
+	s.certs = newCertManager(s.certIdentity(), fsmCA{s.fsm}, log, s.writeAdminConfig)
 	s.peers = newPeerConns(s)
 	s.fetchers = newFetchers(s)
+	s.members = newMemberTracker()
 	ok := false
 	defer func() {
 		if !ok {
@@ -161,6 +164,19 @@ func (s *Server) Name() string { return s.cfg.Name }
 // AdminConfigPath is where the server writes admin.yaml.
 func (s *Server) AdminConfigPath() string { return filepath.Join(s.cfg.DataDir, "admin.yaml") }
 
+// certIdentity is what this server's certificate names: its SPIFFE ID and
+// the addresses it is reached at.
+func (s *Server) certIdentity() certIdentity {
+	ips := []net.IP{net.ParseIP(s.advertiseIP())}
+	if bind := net.ParseIP(s.cfg.BindAddr); !bind.IsUnspecified() && !bind.Equal(ips[0]) {
+		ips = append(ips, bind)
+	}
+	return certIdentity{
+		trustDomain: s.cfg.TrustDomain, name: s.cfg.Name, ips: ips, ttl: s.cfg.ServerCertTTL,
+		dir: filepath.Join(s.cfg.DataDir, "tls"),
+	}
+}
+
 // logWriter adapts library loggers that want an io.Writer to slog.
 type logWriter struct {
 	log *slog.Logger
@@ -212,6 +228,7 @@ func (s *Server) setupRaft() error {
 	}
 	s.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: layer, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog,
+		ServerAddressProvider: s.members,
 	})
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(s.cfg.Name)
@@ -246,8 +263,8 @@ func (s *Server) setupGRPC() error {
 		grpc.MaxConcurrentStreams(4096),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(s.authUnary),
-		grpc.ChainStreamInterceptor(s.authStream),
+		grpc.ChainUnaryInterceptor(s.authUnary, s.readyUnary),
+		grpc.ChainStreamInterceptor(s.authStream, s.readyStream),
 	)
 	fedv1.RegisterJoinServer(s.grpc, &joinService{s: s})
 	fedv1.RegisterSyncServer(s.grpc, &syncService{s: s})
@@ -271,6 +288,14 @@ func (s *Server) Run(ctx context.Context) error {
 // Start begins serving in the background.
 func (s *Server) Start() error {
 	s.goFunc(func() {
+		// Until the server has a certificate, connections wait in the
+		// listen backlog: a TLS handshake would fail without a reason.
+		// A restarted server has the one it had (persisted) at once.
+		select {
+		case <-s.certs.haveCert:
+		case <-s.stopCh:
+			return
+		}
 		if err := s.grpc.Serve(s.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			s.log.Error("grpc serve", "err", err)
 		}
@@ -281,9 +306,10 @@ func (s *Server) Start() error {
 		}
 	})
 	s.goFunc(s.joinLoop)
+	s.goFunc(s.gossipMsgLoop)
 	s.goFunc(s.leaderLoop)
 	s.goFunc(s.reconcileLoop)
-	s.goFunc(s.certs.run)
+	s.goFunc(func() { s.certs.run(s.stopCh) })
 	s.goFunc(s.fetchers.run)
 	for _, ln := range s.bundleLns {
 		srv := &http.Server{Handler: s.bundleHandler(), ReadHeaderTimeout: 5 * time.Second}
@@ -333,8 +359,9 @@ func (s *Server) closeAll() error {
 	var errs []error
 	if s.grpc != nil {
 		s.grpc.Stop()
-	} else if s.grpcLn != nil {
-		_ = s.grpcLn.Close()
+	}
+	if s.grpcLn != nil {
+		_ = s.grpcLn.Close() // not Serve's yet if there was never a certificate
 	}
 	if s.http != nil {
 		_ = s.http.Close()

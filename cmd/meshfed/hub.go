@@ -61,6 +61,8 @@ when the flag is empty).`,
 	f.StringArrayVar(&cfg.Join, "join", cfg.Join, "host:gossip-port of another server to join (repeatable)")
 	f.StringVar(&cfg.EncryptKey, "encrypt-key", cfg.EncryptKey, "base64 key shared by all servers, from 'meshfed hub keygen' (default $"+envEncryptKey+")")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "the hub's SPIFFE trust domain")
+	f.DurationVar(&cfg.ServerCertTTL, "server-cert-ttl", cfg.ServerCertTTL, "lifetime of each server's certificate from the hub CA, renewed at half-life (30s to 8760h)")
+	f.DurationVar(&cfg.AgentCertTTL, "agent-cert-ttl", cfg.AgentCertTTL, "lifetime of the client certificate an agent gets at join (30s to 8760h)")
 	f.DurationVar(&cfg.DeadServerGrace, "dead-server-grace", cfg.DeadServerGrace, "how long a failed server stays a Raft member before it is removed")
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the HTTP port")
 	f.StringVar(&cfg.GossipProfile, "gossip-profile", cfg.GossipProfile, "gossip timing: lan, or local for loopback test setups")

@@ -11,6 +11,7 @@ package fsm
 
 import (
 	"fmt"
+	"math"
 
 	"google.golang.org/protobuf/proto"
 
@@ -40,6 +41,28 @@ const (
 
 // IgnoreUnknownFlag marks a command an older server may skip.
 const IgnoreUnknownFlag MessageType = 128
+
+// ProtocolVersion is the command protocol this build applies: every type
+// whose MinVersion is at most it. Servers gossip it, and a leader proposes
+// a command only when every voter's version reaches the command's
+// MinVersion, so that no server meets a command it cannot apply during a
+// rolling upgrade. A new command type gets the next version: bump this
+// and return it from MinVersion. Version 1 is what every hub server that
+// ever gossiped a version applies (types 0 to 13).
+const ProtocolVersion = 1
+
+// MinVersion is the protocol version that introduced t; for a type this
+// build does not know, a version no server reaches.
+func (t MessageType) MinVersion() int {
+	switch t &^ IgnoreUnknownFlag {
+	case SetCAType, CreateTokenType, RevokeTokenType, JoinType, RemoveClusterType,
+		PublishExportsType, PutBundleType, PutPolicyType, DeletePolicyType,
+		ClusterStatusType, PutFederationType, DeleteFederationType, RotateCAType,
+		PutExternalBundleType:
+		return 1
+	}
+	return math.MaxInt
+}
 
 func (t MessageType) String() string {
 	switch t &^ IgnoreUnknownFlag {

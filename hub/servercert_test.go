@@ -1,0 +1,169 @@
+package hub
+
+import (
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/meshfed/meshfed/hub/internal/hubpb"
+	"github.com/meshfed/meshfed/internal/pki"
+)
+
+// fakeCASource is the replicated state as the certificate manager sees it:
+// a CA, and a change channel that a test closes for every write.
+type fakeCASource struct {
+	mu      sync.Mutex
+	ca      *hubpb.CAState
+	changed chan struct{}
+}
+
+func newFakeCASource(t testing.TB, trustDomain string) *fakeCASource {
+	t.Helper()
+	ca, err := pki.NewCA(trustDomain, caTTL, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := pki.KeyPEM(ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fakeCASource{
+		ca:      &hubpb.CAState{CertPem: pki.CertPEM(ca.Cert), KeyPem: keyPEM, TrustDomain: trustDomain},
+		changed: make(chan struct{}),
+	}
+}
+
+func (f *fakeCASource) CA() (*hubpb.CAState, <-chan struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ca, f.changed
+}
+
+// write is a committed write: the state changed, the CA did not.
+func (f *fakeCASource) write() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+var _ caSource = (*fakeCASource)(nil)
+
+func testCertIdentity(t testing.TB, ttl time.Duration) certIdentity {
+	return certIdentity{trustDomain: "hub.meshfed", name: "s0", ips: []net.IP{net.IPv4(127, 0, 0, 1)}, ttl: ttl, dir: t.TempDir()}
+}
+
+// A hub with a write every few seconds still renews its server
+// certificate at half-life, certificate after certificate. (The renewal
+// timer was rebuilt on every state change, so under steady writes it never
+// fired and every server certificate expired 30 days after bootstrap.)
+func TestServerCertificateRenewsAtHalfLifeUnderSteadyWrites(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ttl = 2 * time.Minute
+		const lifetimes = 12
+		src := newFakeCASource(t, "hub.meshfed")
+		m := newCertManager(testCertIdentity(t, ttl), src, slog.New(slog.DiscardHandler), nil)
+		stop := make(chan struct{})
+		defer close(stop)
+		go m.run(stop)
+		go func() { // a write every ttl/20
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(ttl / 20):
+					src.write()
+				}
+			}
+		}()
+		synctest.Wait()
+		_, _, cert := m.current()
+		if cert == nil {
+			t.Fatal("no certificate once the CA is known")
+		}
+		issued, renewals := time.Now(), 0
+		for end := issued.Add(lifetimes * ttl); time.Now().Before(end); {
+			time.Sleep(time.Second)
+			synctest.Wait()
+			_, _, got := m.current()
+			if !time.Now().Before(got.Leaf.NotAfter) {
+				t.Fatalf("at %v the server certificate (issued %v) has expired: %v; %d renewals so far",
+					time.Since(issued), got.Leaf.NotBefore, got.Leaf.NotAfter, renewals)
+			}
+			if got == cert {
+				continue
+			}
+			// Renewed: at half of the previous certificate's lifetime from its issue.
+			if age := time.Since(issued); age < ttl/2 || age > ttl/2+time.Second {
+				t.Errorf("renewal %d came %v after the previous issue, want %v", renewals+1, age, ttl/2)
+			}
+			if got.Leaf.NotAfter.Sub(time.Now()) != ttl {
+				t.Errorf("renewed certificate lives %v, want %v", got.Leaf.NotAfter.Sub(time.Now()), ttl)
+			}
+			cert, issued = got, time.Now()
+			renewals++
+		}
+		if renewals < 2*lifetimes-1 {
+			t.Fatalf("%d renewals in %d lifetimes, want at least %d", renewals, lifetimes, 2*lifetimes-1)
+		}
+	})
+}
+
+// A restarted server serves the certificate it persisted, and the first
+// renewal after the restart still comes at that certificate's half-life.
+func TestPersistedServerCertificateIsServedAndRenewed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ttl = 10 * time.Minute
+		id := testCertIdentity(t, ttl)
+		src := newFakeCASource(t, "hub.meshfed")
+		m := newCertManager(id, src, slog.New(slog.DiscardHandler), nil)
+		stop := make(chan struct{})
+		go m.run(stop)
+		synctest.Wait()
+		_, _, first := m.current()
+		close(stop)
+		synctest.Wait()
+
+		time.Sleep(ttl / 4) // down for a while
+		m2 := newCertManager(id, src, slog.New(slog.DiscardHandler), nil)
+		_, pool, loaded := m2.current()
+		if loaded == nil || pool == nil || loaded.Leaf.SerialNumber.Cmp(first.Leaf.SerialNumber) != 0 {
+			t.Fatalf("restarted manager holds %v, want the persisted certificate %v", loaded, first.Leaf.SerialNumber)
+		}
+		select {
+		case <-m2.haveCert:
+		default:
+			t.Fatal("a persisted certificate does not count as having one")
+		}
+		stop2 := make(chan struct{})
+		defer close(stop2)
+		go m2.run(stop2)
+		synctest.Wait()
+		if _, _, c := m2.current(); c != loaded {
+			t.Fatal("the CA's arrival replaced a valid certificate it had issued")
+		}
+		renewedAt := waitRenewal(t, m2, loaded, ttl)
+		if want := first.Leaf.NotAfter.Add(-ttl / 2); renewedAt.Before(want.Add(-time.Minute)) || renewedAt.After(want.Add(time.Second)) {
+			t.Errorf("first renewal after the restart at %v, want about %v (half-life of the persisted certificate)", renewedAt, want)
+		}
+	})
+}
+
+// waitRenewal advances time by seconds until the manager holds a
+// certificate other than cert, and returns when.
+func waitRenewal(t *testing.T, m *certManager, cert *tls.Certificate, within time.Duration) time.Time {
+	t.Helper()
+	for end := time.Now().Add(within); time.Now().Before(end); {
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if _, _, c := m.current(); c != cert {
+			return time.Now()
+		}
+	}
+	t.Fatalf("no renewal within %v", within)
+	return time.Time{}
+}
