@@ -26,7 +26,9 @@ type egressKey struct {
 type egressListener struct {
 	key    egressKey
 	ln     net.Listener
-	http   *http.Server // nil for a TCP port
+	http   *http.Server  // HTTP/2 (h2c, gRPC) of an HTTP port; nil for a TCP port
+	h2     *chanListener // what http serves
+	conns  *connSet      // HTTP/1 client connections
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -39,6 +41,8 @@ type egressSet struct {
 	// transports pool HTTP streams per destination and service port.
 	tmu        sync.Mutex
 	transports map[transportKey]*http.Transport
+	// pool keeps the HTTP/1 fast path's upstream connections.
+	pool upPool
 }
 
 type transportKey struct {
@@ -49,7 +53,8 @@ type transportKey struct {
 }
 
 func newEgressSet(g *Gateway) *egressSet {
-	return &egressSet{g: g, ls: map[uint16]*egressListener{}, transports: map[transportKey]*http.Transport{}}
+	return &egressSet{g: g, ls: map[uint16]*egressListener{}, transports: map[transportKey]*http.Transport{},
+		pool: upPool{idle: map[transportKey][]*upConn{}}}
 }
 
 // reconcile makes the listeners match the table's imports. It returns the
@@ -96,9 +101,12 @@ func (e *egressSet) listen(ctx context.Context, port uint16, k egressKey) (*egre
 	l := &egressListener{key: k, ln: ln, cancel: cancel, done: make(chan struct{})}
 	if k.port.IsHTTP() {
 		l.http = e.httpServer(lctx, k)
+		l.h2 = newChanListener(ln.Addr())
+		l.conns = &connSet{idle: map[net.Conn]bool{}}
+		go func() { _ = l.http.Serve(l.h2) }()
 		go func() {
 			defer close(l.done)
-			_ = l.http.Serve(ln)
+			e.serveHTTPPort(lctx, ln, k, l.h2, l.conns)
 		}()
 	} else {
 		go func() {
@@ -111,10 +119,12 @@ func (e *egressSet) listen(ctx context.Context, port uint16, k egressKey) (*egre
 
 func (l *egressListener) close() {
 	l.cancel()
-	if l.http != nil {
-		_ = l.http.Close()
-	}
 	_ = l.ln.Close()
+	if l.http != nil {
+		_ = l.h2.Close()
+		_ = l.http.Close()
+		l.conns.drain()
+	}
 }
 
 // closeListeners stops accepting (drain); connections in flight go on.
@@ -122,11 +132,11 @@ func (e *egressSet) closeListeners() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, l := range e.ls {
+		_ = l.ln.Close()
 		if l.http != nil {
+			l.conns.drain()
 			l.http.SetKeepAlivesEnabled(false)
 			go func() { _ = l.http.Shutdown(context.Background()) }()
-		} else {
-			_ = l.ln.Close()
 		}
 	}
 }
@@ -145,6 +155,7 @@ func (e *egressSet) shutdown() {
 		t.CloseIdleConnections()
 	}
 	e.tmu.Unlock()
+	e.pool.closeAll()
 }
 
 // serveTCP handles each connection of a TCP egress port.
@@ -307,7 +318,7 @@ func (g *Gateway) openStream(ctx context.Context, p *peer, hdr []byte) (*streamC
 		return nil, st
 	}
 	_ = s.SetDeadline(time.Time{})
-	return &streamConn{Stream: s, local: qc.LocalAddr(), remote: qc.RemoteAddr()}, nil
+	return &streamConn{Stream: s, qc: qc, local: qc.LocalAddr(), remote: qc.RemoteAddr()}, nil
 }
 
 // ---- HTTP ports: per request ----

@@ -41,6 +41,7 @@ func (c tcpDuplex) CloseWrite() error {
 // for pipes). Close ends both directions; CloseWrite only ours.
 type streamConn struct {
 	*quic.Stream
+	qc            *quic.Conn // the connection the stream is on
 	local, remote net.Addr
 	onClose       func()
 	closed        atomic.Bool

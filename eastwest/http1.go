@@ -1,0 +1,373 @@
+package eastwest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// The HTTP/1.1 egress fast path. An HTTP port's connection is read request
+// by request; each request goes to the destination route.order picks, on
+// an upstream connection pooled per destination, and its response is
+// copied back. No reverse-proxy machinery (header cloning, a transport's
+// two goroutines per connection): profiles of the gateway put most of the
+// egress CPU there. A connection that starts with the HTTP/2 preface (h2c,
+// gRPC) goes to the full reverse proxy instead (egress.go).
+
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// maxDrainRetryBody bounds how much of a 503's body is read to reuse its
+// upstream before a retry.
+const maxDrainRetryBody = 64 << 10
+
+// upConn is one upstream connection (a QUIC stream to a remote gateway, or
+// TCP to a local endpoint) with its buffers.
+type upConn struct {
+	c      net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	qc     *quic.Conn // nil for a local endpoint
+	reused bool
+}
+
+func (u *upConn) usable() bool { return u.qc == nil || u.qc.Context().Err() == nil }
+
+// upPool keeps idle upstream connections per destination and service port.
+type upPool struct {
+	mu   sync.Mutex
+	idle map[transportKey][]*upConn
+}
+
+const maxIdlePerKey = 256
+
+func (p *upPool) get(k transportKey) *upConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		l := p.idle[k]
+		if len(l) == 0 {
+			return nil
+		}
+		u := l[len(l)-1]
+		p.idle[k] = l[:len(l)-1]
+		if u.usable() {
+			u.reused = true
+			return u
+		}
+		_ = u.c.Close()
+	}
+}
+
+func (p *upPool) put(k transportKey, u *upConn) {
+	p.mu.Lock()
+	if len(p.idle[k]) < maxIdlePerKey && u.usable() {
+		p.idle[k] = append(p.idle[k], u)
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	_ = u.c.Close()
+}
+
+func (p *upPool) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, l := range p.idle {
+		for _, u := range l {
+			_ = u.c.Close()
+		}
+		delete(p.idle, k)
+	}
+}
+
+// chanListener hands connections the fast path does not serve (HTTP/2) to
+// an http.Server.
+type chanListener struct {
+	addr   net.Addr
+	ch     chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, ch: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) push(c net.Conn) {
+	select {
+	case l.ch <- c:
+	case <-l.closed:
+		_ = c.Close()
+	}
+}
+
+func (l *chanListener) Close() error   { l.once.Do(func() { close(l.closed) }); return nil }
+func (l *chanListener) Addr() net.Addr { return l.addr }
+
+// peekedConn is a connection whose first bytes sit in a bufio.Reader.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// serveHTTPPort accepts an HTTP egress port's connections: HTTP/1.x on the
+// fast path, HTTP/2 (prior knowledge) to h2.
+func (e *egressSet) serveHTTPPort(ctx context.Context, ln net.Listener, k egressKey, h2 *chanListener, conns *connSet) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			br := bufio.NewReaderSize(c, 4096)
+			if b, err := br.Peek(len(h2Preface)); err == nil && string(b) == h2Preface {
+				h2.push(&peekedConn{Conn: c, r: br})
+				return
+			}
+			e.serveHTTP1(ctx, c, br, k, conns)
+		}()
+	}
+}
+
+// connSet tracks an HTTP port's client connections so a drain can close
+// the idle ones at once and the busy ones after their response.
+type connSet struct {
+	mu       sync.Mutex
+	idle     map[net.Conn]bool // true while waiting for a request
+	draining bool
+}
+
+func (s *connSet) set(c net.Conn, idle bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.idle[c] = idle
+	return true
+}
+
+func (s *connSet) remove(c net.Conn) {
+	s.mu.Lock()
+	delete(s.idle, c)
+	s.mu.Unlock()
+}
+
+// drain makes idle connections' reads end now; busy ones close after their
+// response (set refuses them).
+func (s *connSet) drain() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.draining = true
+	for c, idle := range s.idle {
+		if idle {
+			_ = c.SetReadDeadline(time.Now())
+		}
+	}
+}
+
+// serveHTTP1 serves one client connection, request by request.
+func (e *egressSet) serveHTTP1(ctx context.Context, c net.Conn, br *bufio.Reader, k egressKey, conns *connSet) {
+	defer func() { _ = c.Close() }()
+	defer conns.remove(c)
+	bw := bufio.NewWriterSize(c, 4096)
+	for {
+		if !conns.set(c, true) {
+			return
+		}
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !isTimeout(err) && !errors.Is(err, net.ErrClosed) {
+				_, _ = io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+			}
+			return
+		}
+		if !conns.set(c, false) {
+			req.Close = true // draining: this one is the last
+		}
+		e.g.inflight.Add(1)
+		keep := e.forward(ctx, req, c, br, bw, k)
+		e.g.inflight.Done()
+		if !keep || req.Close {
+			return
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// upstream returns a pooled or new upstream connection to a target.
+func (e *egressSet) upstream(ctx context.Context, tg target, k egressKey) (*upConn, transportKey, error) {
+	key := transportKey{t: tg, svc: k.service, port: k.port.Port}
+	if u := e.pool.get(key); u != nil {
+		return u, key, nil
+	}
+	d, err := e.g.dialTarget(ctx, tg, k)
+	if err != nil {
+		return nil, key, err
+	}
+	u := &upConn{}
+	switch c := d.(type) {
+	case *streamConn:
+		u.c, u.qc = c, c.qc
+	case tcpDuplex:
+		u.c = c.Conn
+	default:
+		return nil, key, fmt.Errorf("eastwest: unexpected connection type %T", d)
+	}
+	u.br = bufio.NewReaderSize(u.c, 4096)
+	u.bw = bufio.NewWriterSize(u.c, 4096)
+	return u, key, nil
+}
+
+// forward sends one request to the best destination, failing over while
+// nothing reached the client, and writes the response. It reports whether
+// the client connection may carry another request.
+func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.Conn, cbr *bufio.Reader, bw *bufio.Writer, k egressKey) bool {
+	g := e.g
+	svc := k.service.String()
+	start := time.Now()
+	r := g.table.Load().routes[k.service]
+	if r == nil {
+		writeUnavailable(bw, svc+" is not imported")
+		return false
+	}
+	// Nothing of a request without a body can reach the server twice by
+	// mistake: the retry rules below only replay such requests.
+	noBody := req.Body == nil || req.Body == http.NoBody || req.ContentLength == 0 && len(req.TransferEncoding) == 0
+	retriable := noBody && idempotentMethod(req.Method)
+	if _, ok := req.Header["User-Agent"]; !ok {
+		req.Header["User-Agent"] = []string{""} // Request.Write adds Go's otherwise
+	}
+	retries := 0
+	targets := r.order(k.port.Name, g, start, randFloat)
+	for i, tg := range targets {
+		last := i == len(targets)-1
+		u, key, err := e.upstream(ctx, tg, k)
+		if err != nil {
+			g.m.failovers.WithLabelValues(svc, tg.label(), failReason(err)).Inc()
+			continue // nothing was sent
+		}
+		err = req.Write(u.bw)
+		if err == nil {
+			err = u.bw.Flush()
+		}
+		var resp *http.Response
+		if err == nil {
+			resp, err = http.ReadResponse(u.br, req)
+			for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+				// 1xx (100 Continue, 103 Early Hints): to the client, then the real one.
+				if werr := resp.Write(bw); werr != nil {
+					_ = u.c.Close()
+					return false
+				}
+				_ = bw.Flush()
+				resp, err = http.ReadResponse(u.br, req)
+			}
+		}
+		if err != nil {
+			_ = u.c.Close()
+			if !tg.local {
+				g.clusterOut.failure(tg.cluster, time.Now())
+			}
+			g.m.failovers.WithLabelValues(svc, tg.label(), "reset").Inc()
+			// Only an idempotent request without a body goes elsewhere:
+			// anything else may have reached the server already.
+			if retriable && !last && retries <= g.cfg.HTTPRetries {
+				retries++
+				continue
+			}
+			g.m.requests.WithLabelValues(svc, tg.label(), "egress", "reset").Inc()
+			writeUnavailable(bw, "the connection to "+tg.label()+" failed: "+err.Error())
+			return false
+		}
+		if resp.StatusCode == http.StatusServiceUnavailable && retriable && !last && retries < g.cfg.HTTPRetries {
+			n, _ := io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrainRetryBody))
+			if n < maxDrainRetryBody && !resp.Close {
+				_ = resp.Body.Close()
+				e.pool.put(key, u)
+			} else {
+				_ = u.c.Close()
+			}
+			g.m.failovers.WithLabelValues(svc, tg.label(), "http_503").Inc()
+			retries++
+			continue
+		}
+		g.m.latency.WithLabelValues(svc, tg.label(), "egress").Observe(time.Since(start).Seconds())
+		g.m.requests.WithLabelValues(svc, tg.label(), "egress", strconv.Itoa(resp.StatusCode)).Inc()
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			// An upgrade (WebSocket): the head to the client, then raw bytes.
+			if err := resp.Write(bw); err != nil || bw.Flush() != nil {
+				_ = u.c.Close()
+				return false
+			}
+			pipe(ctx, tcpDuplex{&peekedConn{Conn: client, r: cbr}}, upDuplex{u}, g.cfg.IdleTimeout)
+			return false
+		}
+		keepUp := !resp.Close
+		werr := resp.Write(bw)
+		if werr == nil {
+			werr = bw.Flush()
+		}
+		_ = resp.Body.Close()
+		if keepUp && werr == nil {
+			e.pool.put(key, u)
+		} else {
+			_ = u.c.Close()
+		}
+		if g.cfg.AccessLog != nil {
+			g.cfg.AccessLog.Info("egress", "service", svc, "method", req.Method, "path", req.URL.Path, "status", resp.StatusCode,
+				"destination", tg.label(), "duration", time.Since(start))
+		}
+		return werr == nil && !resp.Close
+	}
+	g.m.requests.WithLabelValues(svc, "none", "egress", "unavailable").Inc()
+	writeUnavailable(bw, "no cluster could serve "+svc)
+	return !req.Close && noBody // an unsent body would be read as the next request
+}
+
+func idempotentMethod(m string) bool {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+func writeUnavailable(bw *bufio.Writer, msg string) {
+	body := "meshfed gateway: " + strings.ReplaceAll(msg, "\n", " ") + "\n"
+	fmt.Fprintf(bw, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	_ = bw.Flush()
+}
+
+// upDuplex adapts an upstream connection (its buffered reader first).
+type upDuplex struct{ u *upConn }
+
+func (d upDuplex) Read(p []byte) (int, error)  { return d.u.br.Read(p) }
+func (d upDuplex) Write(p []byte) (int, error) { return d.u.c.Write(p) }
+func (d upDuplex) CloseWrite() error           { return tcpDuplex{d.u.c}.CloseWrite() }
+func (d upDuplex) Close() error                { return d.u.c.Close() }

@@ -1,0 +1,198 @@
+package eastwest
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meshfed/meshfed/gateway/gatewayclient"
+)
+
+// httpUpstream is an HTTP server with a handler of the test's choosing,
+// exported by east; west imports it. It returns west's egress address.
+func httpPair(t *testing.T, h http.Handler) string {
+	t.Helper()
+	east, west := newCluster(t, "east", "us-east", "us-east-1a"), newCluster(t, "west", "us-west", "us-west-1a")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	srv.Protocols = &p
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	ep := netip.MustParseAddrPort(ln.Addr().String())
+	sp := port("http", 8080, "HTTP")
+	eastGW := startGateway(t, east, newState(east, nil, []*gatewayclient.LocalService{localService("default/web", sp, ep)}, remote{c: west}), nil, west)
+	egress := freePort(t)
+	r := remote{c: east, gws: []string{eastGW.addr}, ready: 1}
+	westGW := startGateway(t, west, newState(west, []*gatewayclient.Import{importOf("default/web", sp, egress, r)}, nil, r), nil, east)
+	waitFor(t, 5*time.Second, func() error {
+		if !westGW.g.clusterUp(east.name) {
+			return fmt.Errorf("east not up")
+		}
+		return nil
+	})
+	return fmt.Sprintf("127.0.0.1:%d", egress)
+}
+
+func TestHTTPEgressCarriesBodiesHeadUpgradesAndH2(t *testing.T) {
+	addr := httpPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Header.Get("Upgrade") == "echo":
+			// A protocol switch: after 101, echo raw bytes.
+			w.Header().Set("Connection", "Upgrade")
+			w.Header().Set("Upgrade", "echo")
+			w.WriteHeader(http.StatusSwitchingProtocols)
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer func() { _ = c.Close() }()
+			_, _ = io.Copy(c, brw)
+		case r.Method == http.MethodPost:
+			b, _ := io.ReadAll(r.Body)
+			w.Header().Set("X-Proto", r.Proto)
+			_, _ = fmt.Fprintf(w, "%s got %d bytes", r.Proto, len(b))
+		default:
+			w.Header().Set("X-Proto", r.Proto)
+			w.Header().Set("Content-Length", "5")
+			_, _ = io.WriteString(w, "hello")
+		}
+	}))
+	c := &http.Client{Timeout: 5 * time.Second}
+	// A chunked upload (unknown length), then a HEAD, on one connection.
+	body := strings.Repeat("x", 300_000)
+	resp, err := c.Post("http://"+addr+"/up", "text/plain", io.MultiReader(strings.NewReader(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if string(b) != "HTTP/1.1 got 300000 bytes" {
+		t.Fatalf("chunked POST: %q", b)
+	}
+	resp, err = c.Head("http://" + addr + "/h")
+	if err != nil || resp.StatusCode != 200 || resp.ContentLength != 5 {
+		t.Fatalf("HEAD: %v %v", resp, err)
+	}
+	_ = resp.Body.Close()
+	// Expect: 100-continue goes through.
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/c", bytes.NewReader([]byte("abc")))
+	req.Header.Set("Expect", "100-continue")
+	resp, err = (&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{ExpectContinueTimeout: time.Second}}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if string(b) != "HTTP/1.1 got 3 bytes" {
+		t.Fatalf("100-continue POST: %q", b)
+	}
+	// h2c with prior knowledge (what gRPC clients do) takes the HTTP/2 path;
+	// the port is declared HTTP (HTTP/1.1), so the upstream speaks that (a
+	// port declared HTTP2 or GRPC gets h2 upstream too).
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	h2 := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Protocols: &p}}
+	resp, err = h2.Post("http://"+addr+"/h2", "text/plain", strings.NewReader("abcd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.ProtoMajor != 2 || string(b) != "HTTP/1.1 got 4 bytes" {
+		t.Fatalf("h2c: %s %q", resp.Proto, b)
+	}
+	// An upgrade: 101, then raw bytes both ways.
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	_, _ = io.WriteString(conn, "GET /u HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(conn)
+	up, err := http.ReadResponse(br, nil)
+	if err != nil || up.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", up, err)
+	}
+	_, _ = io.WriteString(conn, "raw bytes")
+	got := make([]byte, 9)
+	if _, err := io.ReadFull(br, got); err != nil || string(got) != "raw bytes" {
+		t.Fatalf("after the upgrade: %q %v", got, err)
+	}
+}
+
+func TestHTTPEgressRetriesIdempotentRequestsOn503Only(t *testing.T) {
+	// east answers 503 to everything; central answers 200. A GET fails over
+	// to central; a POST gets east's 503 (it may have done something).
+	east, central, west := newCluster(t, "east", "us-east", "us-east-1a"), newCluster(t, "central", "eu-central", "eu-central-1a"), newCluster(t, "west", "us-east", "us-east-1b")
+	var eastHits atomic.Int32
+	sick, _ := httpHandlerServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		eastHits.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+		http.Error(w, "east is sick", http.StatusServiceUnavailable)
+	}))
+	ok, _ := httpEcho(t, "central")
+	sp := port("http", 8080, "HTTP")
+	eastGW := startGateway(t, east, newState(east, nil, []*gatewayclient.LocalService{localService("default/web", sp, sick)}, remote{c: west}), nil, west)
+	centralGW := startGateway(t, central, newState(central, nil, []*gatewayclient.LocalService{localService("default/web", sp, ok)}, remote{c: west}), nil, west)
+	egress := freePort(t)
+	re := remote{c: east, gws: []string{eastGW.addr}, ready: 1}
+	rc := remote{c: central, gws: []string{centralGW.addr}, ready: 1}
+	westGW := startGateway(t, west, newState(west, []*gatewayclient.Import{importOf("default/web", sp, egress, re, rc)}, nil, re, rc),
+		func(c *Config) { c.ConsecutiveErrors = 1000 }, east, central)
+	waitFor(t, 5*time.Second, func() error {
+		if !westGW.g.clusterUp(east.name) || !westGW.g.clusterUp(central.name) {
+			return fmt.Errorf("not both up")
+		}
+		return nil
+	})
+	url := fmt.Sprintf("http://127.0.0.1:%d/x", egress)
+	for range 20 {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.HasPrefix(string(b), "central") {
+			t.Fatalf("GET with east (same region) answering 503: %d %q, want central's 200", resp.StatusCode, b)
+		}
+	}
+	if eastHits.Load() == 0 {
+		t.Fatal("east was never tried: the test shows nothing")
+	}
+	resp, err := http.Post(url, "text/plain", strings.NewReader("order"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("POST: %d, want east's 503 passed through (a POST is not retried)", resp.StatusCode)
+	}
+}
+
+func httpHandlerServer(t *testing.T, h http.Handler) (netip.AddrPort, func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go func() { _ = srv.Serve(ln) }()
+	stop := func() { _ = srv.Close() }
+	t.Cleanup(stop)
+	return netip.MustParseAddrPort(ln.Addr().String()), stop
+}
