@@ -41,9 +41,11 @@ func TestFreedEgressPortIsHeldBackBeforeReuse(t *testing.T) {
 
 func TestEgressTableRoundTripsItsOneEncoding(t *testing.T) {
 	tab := newEgressTable(15000, 15010, nil)
-	tab.allocate(federation.MustServiceKey("default/reviews"), "http")
-	tab.allocate(federation.MustServiceKey("default/reviews"), "grpc")
-	tab.allocate(federation.MustServiceKey("shop/cart"), "tcp")
+	for _, k := range []egressKey{{federation.MustServiceKey("default/reviews"), "http"}, {federation.MustServiceKey("default/reviews"), "grpc"}, {federation.MustServiceKey("shop/cart"), "tcp"}} {
+		if _, err := tab.allocate(k.service, k.port); err != nil {
+			t.Fatal(err)
+		}
+	}
 	b, err := encodeEgress(tab.snapshot())
 	if err != nil {
 		t.Fatal(err)

@@ -433,8 +433,7 @@ func TestKubeGatewayAuthenticatesByServiceAccountOnly(t *testing.T) {
 		for ctx.Err() == nil {
 			if _, err := c.GetX509SVID(); err == nil {
 				cancel()
-				<-done
-				return nil
+				return <-done // nil: Run returns nil once ctx is done
 			}
 			select {
 			case err := <-done:

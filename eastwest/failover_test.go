@@ -251,8 +251,8 @@ func TestDrainFinishesInFlightAndRefusesNew(t *testing.T) {
 		t.Fatalf("in-flight connection during the drain: %q, %v", buf, err)
 	}
 	select {
-	case <-done:
-		t.Fatal("Run returned with a connection in flight")
+	case err := <-done:
+		t.Fatalf("Run returned (%v) with a connection in flight", err)
 	default:
 	}
 	_ = c.Close()

@@ -167,8 +167,11 @@ func startGateway(t testing.TB, c *cluster, st *gatewayclient.State, mutate func
 
 func (w *gw) stop() {
 	w.cancel()
-	<-w.done
-	w.done <- nil // idempotent
+	err := <-w.done
+	w.done <- nil // idempotent: a second stop gets nil
+	if err != nil {
+		panic(fmt.Sprintf("gateway %s: Run: %v", w.c.name, err))
+	}
 }
 
 type testWriter struct{ t testing.TB }

@@ -34,7 +34,7 @@ func (c tcpDuplex) CloseWrite() error {
 	if hc, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return hc.CloseWrite()
 	}
-	return c.Conn.Close()
+	return c.Close()
 }
 
 // streamConn is a QUIC stream as a net.Conn (for net/http's transport and
@@ -56,7 +56,7 @@ func (s *streamConn) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	s.Stream.CancelRead(0)
+	s.CancelRead(0)
 	err := s.Stream.Close()
 	if s.onClose != nil {
 		s.onClose()

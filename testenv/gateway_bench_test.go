@@ -360,14 +360,6 @@ func writePEM(b *testing.B, path string, cert *x509.Certificate, key *ecdsa.Priv
 	}
 }
 
-func metricsText(b *testing.B, g *Gateway) string {
-	out, err := httpGet(context.Background(), http.DefaultClient, "http://"+g.MetricsAddr()+"/metrics", "")
-	if err != nil {
-		return ""
-	}
-	return string(out)
-}
-
 func httpGetLong(url string, timeout time.Duration) ([]byte, error) {
 	c := &http.Client{Timeout: timeout}
 	resp, err := c.Get(url)

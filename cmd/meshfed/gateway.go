@@ -186,11 +186,15 @@ func (f *gatewayFlags) run(cmd *cobra.Command) error {
 	case err := <-clientErr:
 		// Only a refused bootstrap ends the client early.
 		stop()
-		<-gwErr
+		if gerr := <-gwErr; gerr != nil {
+			return errors.Join(err, gerr)
+		}
 		return err
 	case err := <-gwErr:
 		cancelClient()
-		<-clientErr
+		if cerr := <-clientErr; cerr != nil {
+			return errors.Join(err, cerr)
+		}
 		return err
 	}
 }

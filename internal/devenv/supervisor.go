@@ -131,11 +131,13 @@ func (s *supervisor) runOnce(ctx context.Context, c *child, args []string) error
 	t := time.NewTimer(s.stopTimeout)
 	defer t.Stop()
 	select {
-	case <-exited:
+	case err := <-exited:
+		s.log.Debug("stopped", "child", c.name, "pid", pid, "exit", err)
 	case <-t.C:
 		s.log.Warn("did not stop after SIGTERM; killing it", "child", c.name, "pid", pid, "after", s.stopTimeout)
 		_ = signalChild(pid, syscall.SIGKILL)
-		<-exited
+		err := <-exited
+		s.log.Debug("killed", "child", c.name, "pid", pid, "exit", err)
 	}
 	return ctx.Err()
 }
