@@ -2,6 +2,8 @@ package eastwest
 
 import (
 	"errors"
+	"io"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
@@ -37,4 +39,40 @@ func BenchmarkBlackholeShift(b *testing.B) {
 	slices.Sort(shifts)
 	b.ReportMetric(float64(shifts[len(shifts)/2].Milliseconds()), "ms-shift-p50")
 	b.ReportMetric(float64(shifts[len(shifts)-1].Milliseconds()), "ms-shift-max")
+}
+
+// BenchmarkHTTPRoundTripAdded measures, in one process, the latency two
+// gateways add to a sequential HTTP/1.1 GET on a keep-alive connection
+// (1 KiB response), against the same GET straight to the server: the
+// gateway's own cost without a load generator competing for the CPU.
+func BenchmarkHTTPRoundTripAdded(b *testing.B) {
+	body := make([]byte, 1024)
+	addr := httpPair(b, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(body) }))
+	direct, _ := httpHandlerServer(b, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(body) }))
+	c := &http.Client{Timeout: 5 * time.Second}
+	get := func(url string) time.Duration {
+		start := time.Now()
+		resp, err := c.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		return time.Since(start)
+	}
+	var d, m []time.Duration
+	for range 200 { // warm up both
+		get("http://" + addr + "/")
+		get("http://" + direct.String() + "/")
+	}
+	for b.Loop() {
+		m = append(m, get("http://"+addr+"/"))
+		d = append(d, get("http://"+direct.String()+"/"))
+	}
+	slices.Sort(d)
+	slices.Sort(m)
+	pct := func(s []time.Duration, p int) float64 { return float64(s[len(s)*p/100].Microseconds()) }
+	b.ReportMetric(pct(m, 50)-pct(d, 50), "µs-p50-added")
+	b.ReportMetric(pct(m, 99)-pct(d, 99), "µs-p99-added")
+	b.ReportMetric(pct(d, 50), "µs-p50-direct")
 }

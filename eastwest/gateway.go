@@ -187,6 +187,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if err := g.listen(st); err != nil {
 		return err
 	}
+	// The table exists before the first handshake can ask who is a member.
+	g.table.Store(compile(st))
 	// Work runs under its own context, cancelled only after the drain.
 	wctx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
@@ -217,6 +219,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 				g.report(wctx)
 			}
 		case <-report.C:
+			if g.lastApplyErr.Load() != nil {
+				// Something failed to apply (an egress port taken by
+				// another process, say): try again.
+				if st, ok := g.src.State(); ok {
+					g.apply(wctx, st)
+				}
+			}
 			g.report(wctx)
 		}
 	}

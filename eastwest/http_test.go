@@ -18,7 +18,7 @@ import (
 
 // httpUpstream is an HTTP server with a handler of the test's choosing,
 // exported by east; west imports it. It returns west's egress address.
-func httpPair(t *testing.T, h http.Handler) string {
+func httpPair(t testing.TB, h http.Handler) string {
 	t.Helper()
 	east, west := newCluster(t, "east", "us-east", "us-east-1a"), newCluster(t, "west", "us-west", "us-west-1a")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -184,7 +184,7 @@ func TestHTTPEgressRetriesIdempotentRequestsOn503Only(t *testing.T) {
 	}
 }
 
-func httpHandlerServer(t *testing.T, h http.Handler) (netip.AddrPort, func()) {
+func httpHandlerServer(t testing.TB, h http.Handler) (netip.AddrPort, func()) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
