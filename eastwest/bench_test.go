@@ -76,3 +76,30 @@ func BenchmarkHTTPRoundTripAdded(b *testing.B) {
 	b.ReportMetric(pct(m, 99)-pct(d, 99), "µs-p99-added")
 	b.ReportMetric(pct(d, 50), "µs-p50-direct")
 }
+
+// BenchmarkBulkTCP measures single-connection throughput through two
+// gateways (TCP echo, 64 MiB each way at once), in one process.
+func BenchmarkBulkTCP(b *testing.B) {
+	p := startPairB(b)
+	const n = 64 << 20
+	for b.Loop() {
+		c, err := dialTCP(p.tcpPort)
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		go func() {
+			buf := make([]byte, 64<<10)
+			for left := n; left > 0; left -= len(buf) {
+				if _, err := c.Write(buf[:min(len(buf), left)]); err != nil {
+					return
+				}
+			}
+		}()
+		if _, err := io.CopyN(io.Discard, c, n); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(n)*8/time.Since(start).Seconds()/1e9, "Gbit/s")
+		_ = c.Close()
+	}
+}

@@ -29,7 +29,9 @@ type pairEnv struct {
 	tcpPort, webPort uint16 // west's egress ports
 }
 
-func startPair(t *testing.T) *pairEnv {
+func startPairB(b *testing.B) *pairEnv { return startPair(b) }
+
+func startPair(t testing.TB) *pairEnv {
 	t.Helper()
 	east, west := newCluster(t, "east", "us-east", "us-east-1a"), newCluster(t, "west", "us-west", "us-west-1a")
 	tcpEP := tcpEcho(t)
