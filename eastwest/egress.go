@@ -252,8 +252,12 @@ func failReason(err error) string {
 // that is up). It feeds outlier detection.
 func (g *Gateway) dialTarget(ctx context.Context, tg target, k egressKey) (duplex, error) {
 	if tg.local {
-		t := g.table.Load()
-		c, _, err := g.dialEndpoint(ctx, readyLocal(t.routes[k.service].local, k.port.Name))
+		// The table may have changed since the target was chosen.
+		r := g.table.Load().routes[k.service]
+		if r == nil || r.local == nil {
+			return nil, fmt.Errorf("eastwest: %s is no longer served here", k.service)
+		}
+		c, _, err := g.dialEndpoint(ctx, readyLocal(r.local, k.port.Name))
 		if err != nil {
 			return nil, err
 		}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -203,3 +204,47 @@ func dialOnly(t *testing.T, c *cluster, to *gw, id interface{ String() string })
 }
 
 var _ = tls.VersionTLS13
+
+// TestResetReachesTheClientAsAReset: an endpoint that sends some bytes and
+// then resets its connection must look like that to the client through two
+// gateways, not like a complete response followed by a clean end.
+func TestResetReachesTheClientAsAReset(t *testing.T) {
+	east, west := newCluster(t, "east", "us-east", "us-east-1a"), newCluster(t, "west", "us-west", "us-west-1a")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, "partial")
+			_ = c.(*net.TCPConn).SetLinger(0)
+			_ = c.Close()
+		}
+	}()
+	sp := port("tcp", 9090, "TCP")
+	eastGW := startGateway(t, east, newState(east, nil, []*gatewayclient.LocalService{localService("default/cut", sp, netip.MustParseAddrPort(ln.Addr().String()))}, remote{c: west}), nil, west)
+	egress := freePort(t)
+	r := remote{c: east, gws: []string{eastGW.addr}, ready: 1}
+	westGW := startGateway(t, west, newState(west, []*gatewayclient.Import{importOf("default/cut", sp, egress, r)}, nil, r), nil, east)
+	waitFor(t, 5*time.Second, func() error {
+		if !westGW.g.clusterUp(east.name) {
+			return errors.New("east not up")
+		}
+		return nil
+	})
+	c, err := dialTCP(egress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	got, err := io.ReadAll(c)
+	if err == nil {
+		t.Fatalf("read %q and a clean end; want the endpoint's reset", got)
+	}
+	t.Logf("read %q, then %v", got, err)
+}

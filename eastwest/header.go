@@ -5,6 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/meshfed/meshfed/federation"
 )
 
 // The east-west stream protocol, version 1. Every QUIC stream a gateway
@@ -132,6 +136,9 @@ func AppendHeader(b []byte, h *Header) ([]byte, error) {
 	case len(h.TraceID) != 0 && len(h.TraceID) != traceIDLength:
 		return b, headerErr("trace_id", "%d bytes, want 0 or %d", len(h.TraceID), traceIDLength)
 	}
+	if err := checkHeader(h); err != nil {
+		return b, err
+	}
 	body := 1 + len(h.Service) + 2 + 1 + len(h.Source) + 2 + len(h.Identity) + 1 + len(h.TraceID)
 	b = append(b, protocolVersion, byte(h.Kind))
 	b = binary.BigEndian.AppendUint16(b, uint16(body))
@@ -251,11 +258,38 @@ func decodeBody(kind Kind, body []byte) (*Header, error) {
 	if r.err != nil {
 		return nil, r.err
 	}
-	if kind == KindConnect && (h.Service == "" || h.Port == 0) {
-		return nil, headerErr("service", "a connect stream names a service and a port")
+	if err := checkHeader(h); err != nil {
+		return nil, err
 	}
-	// Trailing bytes are fields of a later version: skipped.
+	// Trailing bytes are fields appended later within version 1: skipped.
 	return h, nil
+}
+
+// checkHeader is the one rule for a header's values, applied when one is
+// encoded and when one is decoded: a connect names a valid service key and
+// a port; the source, when set, is a valid cluster name; the identity, when
+// set, is a UTF-8 SPIFFE ID. Nothing a peer sends reaches a log or a
+// metric label without passing it.
+func checkHeader(h *Header) error {
+	if h.Kind == KindConnect {
+		if _, err := federation.ParseServiceKey(h.Service); err != nil {
+			return headerErr("service", "%v", err)
+		}
+		if h.Port == 0 {
+			return headerErr("port", "a connect stream names a port from 1 to 65535")
+		}
+	} else if h.Service != "" {
+		return headerErr("service", "a probe names no service")
+	}
+	if h.Source != "" {
+		if _, err := federation.ParseClusterName(h.Source); err != nil {
+			return headerErr("source", "%v", err)
+		}
+	}
+	if h.Identity != "" && (!utf8.ValidString(h.Identity) || !strings.HasPrefix(h.Identity, "spiffe://")) {
+		return headerErr("identity", "must be a UTF-8 SPIFFE ID (spiffe://...)")
+	}
+	return nil
 }
 
 // Status is the receiving gateway's answer.
@@ -272,10 +306,10 @@ func (s Status) Error() string {
 }
 
 // AppendStatus appends a status's encoding to b; a longer message is cut
-// at MaxStatusMessage bytes.
+// at MaxStatusMessage bytes (on a UTF-8 boundary).
 func AppendStatus(b []byte, code Code, msg string) []byte {
 	if len(msg) > MaxStatusMessage {
-		msg = msg[:MaxStatusMessage]
+		msg = strings.ToValidUTF8(msg[:MaxStatusMessage], "")
 	}
 	b = append(b, protocolVersion, byte(code), byte(len(msg)))
 	return append(b, msg...)

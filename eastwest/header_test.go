@@ -81,6 +81,10 @@ func TestHeaderRefusalsNameTheFieldAndBound(t *testing.T) {
 		{Header{Kind: KindConnect, Service: long, Port: 1}, "service: 200 bytes, at most 127"},
 		{Header{Kind: KindConnect, Service: "a/b", Port: 1, TraceID: []byte{1}}, "trace_id: 1 bytes, want 0 or 16"},
 		{Header{Kind: KindConnect, Service: "a/b", Port: 1, Identity: strings.Repeat("i", 3000)}, "identity: 3000 bytes, at most 2048"},
+		{Header{Kind: KindConnect, Service: "\xff/x", Port: 1}, "service"},
+		{Header{Kind: KindConnect, Service: "a/b", Port: 1, Source: "Bad_Name"}, "source"},
+		{Header{Kind: KindConnect, Service: "a/b", Port: 1, Identity: "\xffspiffe://x"}, "identity"},
+		{Header{Kind: KindConnect, Service: "a/b", Port: 0}, "port"},
 	} {
 		_, err := AppendHeader(nil, &c.h)
 		if !errors.Is(err, ErrHeader) || !strings.Contains(err.Error(), c.want) {
@@ -89,11 +93,19 @@ func TestHeaderRefusalsNameTheFieldAndBound(t *testing.T) {
 	}
 	// Decoding: a version from the future, a length over the bound, a
 	// connect without a service, a truncated body.
+	bad := func(svc string) []byte { // a connect header with any service bytes
+		b := []byte{1, 1, 0, 0, byte(len(svc))}
+		b = append(b, svc...)
+		b = append(b, 0, 80, 0, 0, 0, 0)
+		b[3] = byte(len(b) - 4)
+		return b
+	}
 	for name, b := range map[string][]byte{
-		"version":   {2, 1, 0, 0},
-		"length":    {1, 1, 0xff, 0xff},
-		"service":   {1, 1, 0, 7, 0, 0, 0, 0, 0, 0, 0},
-		"truncated": {1, 1, 0, 3, 5, 'a', '/'},
+		"service: federation": bad("\xff/x"),
+		"version":             {2, 1, 0, 0},
+		"length":              {1, 1, 0xff, 0xff},
+		"service":             {1, 1, 0, 7, 0, 0, 0, 0, 0, 0, 0},
+		"truncated":           {1, 1, 0, 3, 5, 'a', '/'},
 	} {
 		if _, err := ReadHeader(bytes.NewReader(b), nil); !errors.Is(err, ErrHeader) || !strings.Contains(err.Error(), name) {
 			t.Errorf("%s: %v, want an ErrHeader naming %s", name, err, name)

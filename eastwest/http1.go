@@ -369,5 +369,13 @@ type upDuplex struct{ u *upConn }
 
 func (d upDuplex) Read(p []byte) (int, error)  { return d.u.br.Read(p) }
 func (d upDuplex) Write(p []byte) (int, error) { return d.u.c.Write(p) }
-func (d upDuplex) CloseWrite() error           { return tcpDuplex{d.u.c}.CloseWrite() }
+func (d upDuplex) CloseWrite() error           { return d.inner().CloseWrite() }
+func (d upDuplex) Abort()                      { d.inner().Abort() }
 func (d upDuplex) Close() error                { return d.u.c.Close() }
+
+func (d upDuplex) inner() duplex {
+	if sc, ok := d.u.c.(*streamConn); ok {
+		return sc
+	}
+	return tcpDuplex{d.u.c}
+}

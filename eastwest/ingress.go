@@ -88,7 +88,8 @@ func (g *Gateway) handleStream(ctx context.Context, qc *quic.Conn, src federatio
 		return
 	}
 	result := "ok"
-	defer func() { g.m.requests.WithLabelValues(h.Service, src.String(), "ingress", result).Inc() }()
+	svcLabel := "unknown" // a metric label only for what this cluster exports
+	defer func() { g.m.requests.WithLabelValues(svcLabel, src.String(), "ingress", result).Inc() }()
 	if g.draining.Load() {
 		result = CodeDraining.String()
 		refuse(s, CodeDraining, "the gateway is draining")
@@ -122,6 +123,7 @@ func (g *Gateway) handleStream(ctx context.Context, qc *quic.Conn, src federatio
 		refuse(s, CodeUnknownService, fmt.Sprintf("%s is not exported by this cluster", h.Service))
 		return
 	}
+	svcLabel = key.String()
 	sp, ok := ls.Port(h.Port)
 	if !ok {
 		result = CodeUnknownService.String()
@@ -143,15 +145,15 @@ func (g *Gateway) handleStream(ctx context.Context, qc *quic.Conn, src federatio
 	}
 	g.inflight.Add(1)
 	g.active.Add(1)
-	active := g.m.active.WithLabelValues(h.Service, src.String(), "ingress")
+	active := g.m.active.WithLabelValues(svcLabel, src.String(), "ingress")
 	active.Inc()
 	sc := &streamConn{Stream: s, local: qc.LocalAddr(), remote: qc.RemoteAddr()}
 	in, out := pipe(ctx, sc, tcpDuplex{conn}, g.cfg.IdleTimeout)
 	active.Dec()
 	g.active.Add(-1)
 	g.inflight.Done()
-	g.m.bytes.WithLabelValues(h.Service, src.String(), "ingress", "sent").Add(float64(in))
-	g.m.bytes.WithLabelValues(h.Service, src.String(), "ingress", "received").Add(float64(out))
+	g.m.bytes.WithLabelValues(svcLabel, src.String(), "ingress", "sent").Add(float64(in))
+	g.m.bytes.WithLabelValues(svcLabel, src.String(), "ingress", "received").Add(float64(out))
 	if g.cfg.AccessLog != nil {
 		g.cfg.AccessLog.Info("ingress", "service", h.Service, "port", h.Port, "source", src, "identity", h.Identity,
 			"trace", fmt.Sprintf("%x", h.TraceID), "endpoint", ep, "sent", in, "received", out)
