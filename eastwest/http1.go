@@ -38,9 +38,17 @@ type upConn struct {
 	bw     *bufio.Writer
 	qc     *quic.Conn // nil for a local endpoint
 	reused bool
+	idle   time.Time // when it went back to the pool
 }
 
-func (u *upConn) usable() bool { return u.qc == nil || u.qc.Context().Err() == nil }
+// upIdleTimeout bounds how long an upstream connection waits in the pool:
+// below the keep-alive timeouts servers commonly use (Node's 5 s), so a
+// pooled connection is rarely one the server is closing.
+const upIdleTimeout = 4 * time.Second
+
+func (u *upConn) usable(now time.Time) bool {
+	return (u.qc == nil || u.qc.Context().Err() == nil) && (u.idle.IsZero() || now.Sub(u.idle) < upIdleTimeout)
+}
 
 // upPool keeps idle upstream connections per destination and service port.
 type upPool struct {
@@ -53,6 +61,7 @@ const maxIdlePerKey = 256
 func (p *upPool) get(k transportKey) *upConn {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	now := time.Now()
 	for {
 		l := p.idle[k]
 		if len(l) == 0 {
@@ -60,7 +69,7 @@ func (p *upPool) get(k transportKey) *upConn {
 		}
 		u := l[len(l)-1]
 		p.idle[k] = l[:len(l)-1]
-		if u.usable() {
+		if u.usable(now) && u.alive() {
 			u.reused = true
 			return u
 		}
@@ -68,9 +77,44 @@ func (p *upPool) get(k transportKey) *upConn {
 	}
 }
 
-func (p *upPool) put(k transportKey, u *upConn) {
+// alive reports whether an idle upstream connection still looks open: no
+// end, reset or stray bytes arrived while it sat in the pool (a server
+// closing an idle keep-alive connection shows up here as EOF).
+func (u *upConn) alive() bool {
+	if u.br.Buffered() > 0 {
+		return false // bytes nobody asked for: not a clean HTTP connection
+	}
+	_ = u.c.SetReadDeadline(time.Now())
+	_, err := u.br.Peek(1)
+	_ = u.c.SetReadDeadline(time.Time{})
+	return isTimeout(err)
+}
+
+// prune closes the idle connections that are no longer usable and returns
+// how many remain.
+func (p *upPool) prune() int {
 	p.mu.Lock()
-	if len(p.idle[k]) < maxIdlePerKey && u.usable() {
+	defer p.mu.Unlock()
+	now, n := time.Now(), 0
+	for k, l := range p.idle {
+		keep := l[:0]
+		for _, u := range l {
+			if u.usable(now) && u.alive() {
+				keep = append(keep, u)
+			} else {
+				_ = u.c.Close()
+			}
+		}
+		p.idle[k] = keep
+		n += len(keep)
+	}
+	return n
+}
+
+func (p *upPool) put(k transportKey, u *upConn) {
+	u.idle = time.Now()
+	p.mu.Lock()
+	if len(p.idle[k]) < maxIdlePerKey && u.usable(u.idle) {
 		p.idle[k] = append(p.idle[k], u)
 		p.mu.Unlock()
 		return
@@ -131,6 +175,10 @@ type peekedConn struct {
 
 func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
+// clientIdleTimeout closes a client's keep-alive connection that sends no
+// new request for this long.
+const clientIdleTimeout = 5 * time.Minute
+
 // serveHTTPPort accepts an HTTP egress port's connections: HTTP/1.x on the
 // fast path, HTTP/2 (prior knowledge) to h2.
 func (e *egressSet) serveHTTPPort(ctx context.Context, ln net.Listener, k egressKey, h2 *chanListener, conns *connSet) {
@@ -139,9 +187,23 @@ func (e *egressSet) serveHTTPPort(ctx context.Context, ln net.Listener, k egress
 		if err != nil {
 			return
 		}
+		if !conns.set(c, true) {
+			_ = c.Close()
+			continue
+		}
 		go func() {
 			br := bufio.NewReaderSize(c, 4096)
-			if b, err := br.Peek(len(h2Preface)); err == nil && string(b) == h2Preface {
+			// "PRI" starts the HTTP/2 preface and no HTTP/1 method; a
+			// client that sends less than that within the header timeout
+			// is dropped.
+			_ = c.SetReadDeadline(time.Now().Add(e.g.cfg.HeaderTimeout))
+			if b, err := br.Peek(3); err != nil {
+				conns.remove(c)
+				_ = c.Close()
+				return
+			} else if string(b) == h2Preface[:3] {
+				conns.remove(c)
+				_ = c.SetReadDeadline(time.Time{})
 				h2.push(&peekedConn{Conn: c, r: br})
 				return
 			}
@@ -192,11 +254,15 @@ func (e *egressSet) serveHTTP1(ctx context.Context, c net.Conn, br *bufio.Reader
 	defer func() { _ = c.Close() }()
 	defer conns.remove(c)
 	bw := bufio.NewWriterSize(c, 4096)
-	for {
+	for n := 0; ; n++ {
 		if !conns.set(c, true) {
 			return
 		}
+		if n > 0 {
+			_ = c.SetReadDeadline(time.Now().Add(clientIdleTimeout))
+		}
 		req, err := http.ReadRequest(br)
+		_ = c.SetReadDeadline(time.Time{})
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !isTimeout(err) && !errors.Is(err, net.ErrClosed) {
 				_, _ = io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
@@ -221,10 +287,12 @@ func isTimeout(err error) bool {
 }
 
 // upstream returns a pooled or new upstream connection to a target.
-func (e *egressSet) upstream(ctx context.Context, tg target, k egressKey) (*upConn, transportKey, error) {
+func (e *egressSet) upstream(ctx context.Context, tg target, k egressKey, fresh bool) (*upConn, transportKey, error) {
 	key := transportKey{t: tg, svc: k.service, port: k.port.Port}
-	if u := e.pool.get(key); u != nil {
-		return u, key, nil
+	if !fresh {
+		if u := e.pool.get(key); u != nil {
+			return u, key, nil
+		}
 	}
 	d, err := e.g.dialTarget(ctx, tg, k)
 	if err != nil {
@@ -263,51 +331,60 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 	if _, ok := req.Header["User-Agent"]; !ok {
 		req.Header["User-Agent"] = []string{""} // Request.Write adds Go's otherwise
 	}
+	if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		// Answer it here, as a server reading the body would: the body
+		// then follows at once and is forwarded with the request.
+		req.Header.Del("Expect")
+		if _, err := io.WriteString(client, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
+			return false
+		}
+	}
 	retries := 0
 	targets := r.order(k.port.Name, g, start, randFloat)
-	for i, tg := range targets {
+	for i := 0; i < len(targets); i++ {
+		tg := targets[i]
 		last := i == len(targets)-1
-		u, key, err := e.upstream(ctx, tg, k)
+		u, key, err := e.upstream(ctx, tg, k, false)
 		if err != nil {
 			g.m.failovers.WithLabelValues(svc, tg.label(), failReason(err)).Inc()
 			continue // nothing was sent
 		}
-		err = req.Write(u.bw)
-		if err == nil {
-			err = u.bw.Flush()
-		}
-		var resp *http.Response
-		if err == nil {
-			resp, err = http.ReadResponse(u.br, req)
-			for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
-				// 1xx (100 Continue, 103 Early Hints): to the client, then the real one.
-				if werr := resp.Write(bw); werr != nil {
-					_ = u.c.Close()
-					return false
-				}
-				_ = bw.Flush()
-				resp, err = http.ReadResponse(u.br, req)
+		resp, err := roundTrip(u, req, bw)
+		if err != nil && u.reused && retriable && ctx.Err() == nil {
+			// A pooled connection the server closed while idle: once
+			// more on a fresh one to the same place, as net/http does. Not
+			// the cluster's fault.
+			_ = u.c.Close()
+			if u, key, err = e.upstream(ctx, tg, k, true); err != nil {
+				g.m.failovers.WithLabelValues(svc, tg.label(), failReason(err)).Inc()
+				continue
 			}
+			resp, err = roundTrip(u, req, bw)
 		}
 		if err != nil {
 			_ = u.c.Close()
-			if !tg.local {
+			if !tg.local && !errors.Is(err, errClientGone) && ctx.Err() == nil {
 				g.clusterOut.failure(tg.cluster, time.Now())
 			}
 			g.m.failovers.WithLabelValues(svc, tg.label(), "reset").Inc()
 			// Only an idempotent request without a body goes elsewhere:
 			// anything else may have reached the server already.
-			if retriable && !last && retries <= g.cfg.HTTPRetries {
+			if retriable && !last && retries < g.cfg.HTTPRetries && !errors.Is(err, errClientGone) {
 				retries++
 				continue
 			}
 			g.m.requests.WithLabelValues(svc, tg.label(), "egress", "reset").Inc()
-			writeUnavailable(bw, "the connection to "+tg.label()+" failed: "+err.Error())
+			if !errors.Is(err, errClientGone) {
+				writeUnavailable(bw, "the connection to "+tg.label()+" failed: "+err.Error())
+			}
 			return false
 		}
+		if !tg.local {
+			g.clusterOut.success(tg.cluster)
+		}
 		if resp.StatusCode == http.StatusServiceUnavailable && retriable && !last && retries < g.cfg.HTTPRetries {
-			n, _ := io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrainRetryBody))
-			if n < maxDrainRetryBody && !resp.Close {
+			n, cerr := io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrainRetryBody))
+			if cerr == nil && n < maxDrainRetryBody && !resp.Close {
 				_ = resp.Body.Close()
 				e.pool.put(key, u)
 			} else {
@@ -378,4 +455,30 @@ func (d upDuplex) inner() duplex {
 		return sc
 	}
 	return tcpDuplex{d.u.c}
+}
+
+// errClientGone: writing an interim response to the client failed.
+var errClientGone = errors.New("eastwest: the client went away")
+
+// roundTrip writes req on u and reads the response, passing 1xx interim
+// responses (other than 101) to the client.
+func roundTrip(u *upConn, req *http.Request, client *bufio.Writer) (*http.Response, error) {
+	if err := req.Write(u.bw); err != nil {
+		return nil, err
+	}
+	if err := u.bw.Flush(); err != nil {
+		return nil, err
+	}
+	resp, err := http.ReadResponse(u.br, req)
+	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+		// 103 Early Hints and the like: to the client, then the real one.
+		if werr := resp.Write(client); werr != nil {
+			return nil, errClientGone
+		}
+		if werr := client.Flush(); werr != nil {
+			return nil, errClientGone
+		}
+		resp, err = http.ReadResponse(u.br, req)
+	}
+	return resp, err
 }

@@ -3,6 +3,7 @@ package eastwest
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,7 +19,18 @@ import (
 
 // httpUpstream is an HTTP server with a handler of the test's choosing,
 // exported by east; west imports it. It returns west's egress address.
-func httpPair(t testing.TB, h http.Handler) string {
+// egressGateways maps an egress address made by httpPair to its gateway.
+var egressGateways = map[string]*Gateway{}
+
+func gatewayOf(t testing.TB, addr string) *Gateway {
+	g := egressGateways[addr]
+	if g == nil {
+		t.Fatalf("no gateway for %s", addr)
+	}
+	return g
+}
+
+func httpPair(t testing.TB, h http.Handler, opts ...func(*http.Server)) string {
 	t.Helper()
 	east, west := newCluster(t, "east", "us-east", "us-east-1a"), newCluster(t, "west", "us-west", "us-west-1a")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -26,6 +38,9 @@ func httpPair(t testing.TB, h http.Handler) string {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: h}
+	for _, o := range opts {
+		o(srv)
+	}
 	var p http.Protocols
 	p.SetHTTP1(true)
 	p.SetUnencryptedHTTP2(true)
@@ -44,7 +59,9 @@ func httpPair(t testing.TB, h http.Handler) string {
 		}
 		return nil
 	})
-	return fmt.Sprintf("127.0.0.1:%d", egress)
+	a := fmt.Sprintf("127.0.0.1:%d", egress)
+	egressGateways[a] = westGW.g
+	return a
 }
 
 func TestHTTPEgressCarriesBodiesHeadUpgradesAndH2(t *testing.T) {
@@ -195,4 +212,63 @@ func httpHandlerServer(t testing.TB, h http.Handler) (netip.AddrPort, func()) {
 	stop := func() { _ = srv.Close() }
 	t.Cleanup(stop)
 	return netip.MustParseAddrPort(ln.Addr().String()), stop
+}
+
+// TestPooledUpstreamClosedByTheServerIsNotUsed: the upstream server closes
+// its idle keep-alive connections between requests; the gateway notices
+// and sends the next request, a POST that must not be replayed, on a
+// fresh connection: it succeeds.
+func TestPooledUpstreamClosedByTheServerIsNotUsed(t *testing.T) {
+	var srv *http.Server
+	closed := make(chan struct{}, 16)
+	addr := httpPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "ok")
+	}), func(s *http.Server) {
+		srv = s
+		s.ConnState = func(_ net.Conn, st http.ConnState) {
+			if st == http.StateClosed {
+				closed <- struct{}{}
+			}
+		}
+	})
+	c := &http.Client{Timeout: 5 * time.Second}
+	for i := range 5 {
+		resp, err := c.Post("http://"+addr+"/order", "text/plain", strings.NewReader("one"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "ok" {
+			t.Fatalf("POST %d after the server closed its idle connections: %d %q", i, resp.StatusCode, b)
+		}
+		// The upstream connection goes back to the gateway's pool; then the
+		// server closes its idle connection (as its keep-alive timeout
+		// would); wait until it did and the gateway's pool saw it.
+		waitFor(t, 5*time.Second, func() error {
+			if n := gatewayOf(t, addr).egress.pool.prune(); n != 1 {
+				return fmt.Errorf("%d idle upstream connections, want the one just used", n)
+			}
+			return nil
+		})
+		waitFor(t, 5*time.Second, func() error {
+			// Closes idle connections; the server may still be marking
+			// this one idle, so again until it is closed.
+			srv.SetKeepAlivesEnabled(false)
+			srv.SetKeepAlivesEnabled(true)
+			select {
+			case <-closed:
+				return nil
+			default:
+				return errors.New("the server has not closed its idle connection")
+			}
+		})
+		waitFor(t, 5*time.Second, func() error {
+			if n := gatewayOf(t, addr).egress.pool.prune(); n != 0 {
+				return fmt.Errorf("%d idle upstream connections still look open", n)
+			}
+			return nil
+		})
+	}
 }
