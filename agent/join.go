@@ -164,8 +164,8 @@ func credentialsFromResponse(cfg Config, td string, key crypto.Signer, jt federa
 	if len(hubs) == 0 {
 		hubs = jt.Addrs
 	}
-	if len(hubs) > 16 {
-		hubs = hubs[:16]
+	if len(hubs) > maxHubAddresses {
+		hubs = hubs[:maxHubAddresses]
 	}
 	return &Credentials{
 		APIVersion: CredentialsAPIVersion, Kind: CredentialsKind,

@@ -42,7 +42,9 @@ type Config struct {
 	// TokenTTL is the default join token lifetime; MaxTokenTTL bounds requests.
 	TokenTTL    time.Duration
 	MaxTokenTTL time.Duration
-	// AgentCertTTL is the lifetime of the client certificate issued at join.
+	// AgentCertTTL is the lifetime of an agent's client certificate, issued
+	// at join and renewed by the agent at half-life (Sync.Renew); at least
+	// MinAgentCertTTL.
 	AgentCertTTL time.Duration
 	// DeadServerGrace is how long a failed server stays in the Raft
 	// configuration before the leader removes it (autopilot).
@@ -210,6 +212,9 @@ func (c *Config) Validate() error {
 		if p.v <= 0 {
 			bad(p.field, "%v must be positive", p.v)
 		}
+	}
+	if c.AgentCertTTL > 0 && c.AgentCertTTL < MinAgentCertTTL {
+		bad("agent_cert_ttl", "%v must be at least %v", c.AgentCertTTL, MinAgentCertTTL)
 	}
 	if c.TokenTTL > c.MaxTokenTTL {
 		bad("token_ttl", "%v exceeds max_token_ttl %v", c.TokenTTL, c.MaxTokenTTL)

@@ -148,6 +148,7 @@ func TestConfigValidateNamesFieldAndBound(t *testing.T) {
 		{"token ttl zero", func(c *Config) { c.TokenTTL = 0 }, "token_ttl", "positive"},
 		{"token ttl above max", func(c *Config) { c.TokenTTL = 2 * c.MaxTokenTTL }, "token_ttl", "max_token_ttl"},
 		{"agent cert ttl", func(c *Config) { c.AgentCertTTL = -time.Second }, "agent_cert_ttl", "positive"},
+		{"agent cert ttl below minimum", func(c *Config) { c.AgentCertTTL = 29 * time.Second }, "agent_cert_ttl", "at least 30s"},
 		{"apply timeout", func(c *Config) { c.ApplyTimeout = 0 }, "apply_timeout", "positive"},
 		{"lease above heartbeat", func(c *Config) { c.LeaderLeaseTimeout = 2 * c.HeartbeatTimeout }, "leader_lease_timeout", "heartbeat_timeout"},
 		{"snapshot threshold", func(c *Config) { c.SnapshotThreshold = 0 }, "snapshot_threshold", "positive"},

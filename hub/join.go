@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
-	"fmt"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -49,8 +48,9 @@ func (j *joinService) Join(ctx context.Context, req *fedv1.JoinRequest) (*fedv1.
 	if err != nil {
 		return nil, err
 	}
-	if len(req.GetCsr()) == 0 || len(req.GetCsr()) > MaxCSRSize {
-		return nil, invalidArg("csr", "%d bytes, want 1 to %d", len(req.GetCsr()), MaxCSRSize)
+	csr, err := parseCSR("csr", req.GetCsr())
+	if err != nil {
+		return nil, err
 	}
 	if err := validateGatewayAddrs("gateway_addresses", req.GetGatewayAddresses()); err != nil {
 		return nil, err
@@ -62,19 +62,14 @@ func (j *joinService) Join(ctx context.Context, req *fedv1.JoinRequest) (*fedv1.
 	if ca == nil {
 		return nil, status.Error(codes.Unavailable, "hub: not ready: no hub CA yet; retry")
 	}
-	// Check the CSR before consuming the token, so a bad request changes nothing.
-	id := fmt.Sprintf("spiffe://%s/%s/%s", s.cfg.TrustDomain, kindCluster, cluster)
 	now := time.Now()
-	if _, err := ca.SignCSR(req.GetCsr(), pki.LeafOptions{SPIFFEID: id, TTL: time.Minute, Now: now, Client: true}); err != nil {
-		return nil, invalidArg("csr", "%v", err)
-	}
 	hash := sha256.Sum256(tok.Secret)
 	if err := s.precheckToken(ctx, tok.ID, hash[:], now); err != nil {
 		return nil, err
 	}
-	serial, err := pki.NewSerial()
+	issue, err := s.newAgentCert(csr, now)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "serial: %v", err)
+		return nil, err
 	}
 	_, err = s.apply(ctx, fsm.JoinType, &hubpb.CmdJoin{
 		TokenId: tok.ID, SecretHash: hash[:], NowMs: now.UnixMilli(),
@@ -82,7 +77,8 @@ func (j *joinService) Join(ctx context.Context, req *fedv1.JoinRequest) (*fedv1.
 			Name: cluster.String(), TrustDomain: td.String(),
 			Locality:         &fedv1.Locality{Region: loc.Region(), Zone: loc.Zone(), Subzone: loc.Subzone()},
 			GatewayAddresses: req.GetGatewayAddresses(), Capabilities: req.GetCapabilities(),
-			AgentCertSerial: serial.Text(16),
+			AgentCertSerial: issue.serial, AgentCertPublicKeySha256: issue.keyHash,
+			AgentCertNotBeforeMs: issue.notBeforeMs(), AgentCertNotAfterMs: issue.notAfterMs(),
 		},
 		Bundle: req.GetTrustBundle(),
 	})
@@ -90,9 +86,9 @@ func (j *joinService) Join(ctx context.Context, req *fedv1.JoinRequest) (*fedv1.
 		s.log.Info("join refused", "cluster", cluster, "token", tok.ID, "err", err)
 		return nil, err
 	}
-	cert, err := ca.SignCSR(req.GetCsr(), pki.LeafOptions{SPIFFEID: id, TTL: s.cfg.AgentCertTTL, Now: now, Client: true, Serial: serial})
+	cert, err := s.signAgentCert(ca, csr, cluster.String(), issue)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "sign agent certificate: %v", err)
+		return nil, err
 	}
 	s.log.Info("cluster joined", "cluster", cluster, "trust_domain", td, "locality", loc)
 	return &fedv1.JoinResponse{

@@ -132,14 +132,15 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 }
 
 // checkMember refuses a stream whose cluster was removed, or whose
-// certificate is not the one issued at the cluster's latest join.
+// certificate is no longer the cluster's current one (a later join or
+// renewal replaced it).
 func checkMember(view *state.ReadTxn, id identity) error {
 	c := view.Cluster(id.name)
 	if c == nil {
 		return status.Errorf(codes.PermissionDenied, "cluster %q is not a member of the federation (removed?)", id.name)
 	}
 	if c.GetAgentCertSerial() != id.serial {
-		return status.Errorf(codes.PermissionDenied, "cluster %q: this certificate was superseded by a later join", id.name)
+		return errSuperseded(id)
 	}
 	return nil
 }

@@ -36,6 +36,7 @@ const (
 	DeleteFederationType  MessageType = 11
 	RotateCAType          MessageType = 12
 	PutExternalBundleType MessageType = 13
+	RenewAgentCertType    MessageType = 14
 )
 
 // IgnoreUnknownFlag marks a command an older server may skip.
@@ -71,6 +72,8 @@ func (t MessageType) String() string {
 		return "RotateCA"
 	case PutExternalBundleType:
 		return "PutExternalBundle"
+	case RenewAgentCertType:
+		return "RenewAgentCert"
 	}
 	return fmt.Sprintf("MessageType(%d)", uint8(t))
 }
@@ -115,6 +118,8 @@ func payloadFor(t MessageType) proto.Message {
 		return &hubpb.CmdRotateCA{}
 	case PutExternalBundleType:
 		return &hubpb.CmdPutExternalBundle{}
+	case RenewAgentCertType:
+		return &hubpb.CmdRenewAgentCert{}
 	}
 	return nil
 }

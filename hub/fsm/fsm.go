@@ -235,6 +235,8 @@ func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
 		}
 		w.PutBundle(&hubpb.BundleRecord{Bundle: b})
 		return nil
+	case RenewAgentCertType:
+		return applyRenewAgentCert(w, msg.(*hubpb.CmdRenewAgentCert))
 	}
 	panic(fmt.Sprintf("fsm: no apply for %s", t))
 }
@@ -305,6 +307,28 @@ func applyJoin(w *state.WriteTxn, c *hubpb.CmdJoin) *Error {
 	if c.GetBundle() != nil {
 		w.PutBundle(&hubpb.BundleRecord{Cluster: name, Bundle: c.GetBundle()})
 	}
+	return nil
+}
+
+// certSuperseded is the message of a refusal because the presented agent
+// certificate is no longer the cluster's current one.
+const certSuperseded = "certificate superseded by a later join or renewal"
+
+func applyRenewAgentCert(w *state.WriteTxn, c *hubpb.CmdRenewAgentCert) *Error {
+	cl := w.Cluster(c.GetCluster())
+	if cl == nil {
+		return refuse(codes.PermissionDenied, "cluster %q: not a member", c.GetCluster())
+	}
+	if cl.GetAgentCertSerial() != c.GetPresentedSerial() {
+		return refuse(codes.FailedPrecondition, "cluster %q: %s (serial %s, current %s)", cl.GetName(), certSuperseded, c.GetPresentedSerial(), cl.GetAgentCertSerial())
+	}
+	cl = proto.Clone(cl).(*fedv1.ClusterRecord)
+	cl.PreviousAgentCertSerial = cl.GetAgentCertSerial()
+	cl.AgentCertSerial = c.GetSerial()
+	cl.AgentCertPublicKeySha256 = c.GetPublicKeySha256()
+	cl.AgentCertNotBeforeMs = c.GetNotBeforeMs()
+	cl.AgentCertNotAfterMs = c.GetNotAfterMs()
+	w.PutCluster(cl)
 	return nil
 }
 

@@ -574,7 +574,9 @@ func TestUnknownCommand(t *testing.T) {
 		t.Error("known command with the ignore flag was not applied")
 	}
 
-	for _, typ := range []byte{42, 127, byte(fsm.PutExternalBundleType) + 1} {
+	golden := goldenCommands()
+	next := byte(golden[len(golden)-1].typ) + 1 // the first number not yet used
+	for _, typ := range []byte{42, 127, next} {
 		func() {
 			defer func() {
 				if recover() == nil {
@@ -682,6 +684,10 @@ func goldenCommands() []namedCommand {
 		{"PutExternalBundle", fsm.PutExternalBundleType, &hubpb.CmdPutExternalBundle{Bundle: &fedv1.TrustBundle{
 			TrustDomain: "spire.example", X509Authorities: [][]byte{[]byte("DER")}, RefreshHintSeconds: 300, SequenceNumber: 7,
 		}}},
+		{"RenewAgentCert", fsm.RenewAgentCertType, &hubpb.CmdRenewAgentCert{
+			Cluster: "east", PresentedSerial: "1a2b", Serial: "3c4d", PublicKeySha256: hash("key"),
+			NotBeforeMs: 1700000000000, NotAfterMs: 1702592000000,
+		}},
 	}
 }
 
@@ -1022,5 +1028,38 @@ func TestPersistCancelsOnWriteError(t *testing.T) {
 	}
 	if !sink.canceled || sink.closed {
 		t.Errorf("failing sink: canceled=%v closed=%v, want canceled only", sink.canceled, sink.closed)
+	}
+}
+
+func TestRenewAgentCertIsCompareAndSet(t *testing.T) {
+	h := newTestFSM(t)
+	h.joined("east")
+	h.mustApply(fsm.CreateTokenType, token("tok-east2", "east", 0, 1000))
+	join := joinCmd("tok-east2", "secret-tok-east2", "east", 100)
+	join.Cluster.AgentCertSerial = "a1"
+	h.mustApply(fsm.JoinType, join)
+	renew := func(presented, serial string) *fsm.Error {
+		return h.apply(fsm.RenewAgentCertType, &hubpb.CmdRenewAgentCert{
+			Cluster: "east", PresentedSerial: presented, Serial: serial, PublicKeySha256: hash(serial), NotBeforeMs: 10, NotAfterMs: 20,
+		})
+	}
+	if err := renew("a2", "b1"); err == nil || err.Code != codes.FailedPrecondition {
+		t.Fatalf("renewal presenting a serial that is not current: %v, want FailedPrecondition", err)
+	}
+	if err := renew("a1", "b1"); err != nil {
+		t.Fatal(err)
+	}
+	c := h.read().Cluster("east")
+	if c.GetAgentCertSerial() != "b1" || c.GetPreviousAgentCertSerial() != "a1" || !bytes.Equal(c.GetAgentCertPublicKeySha256(), hash("b1")) ||
+		c.GetAgentCertNotBeforeMs() != 10 || c.GetAgentCertNotAfterMs() != 20 {
+		t.Fatalf("after renewal: %v", c)
+	}
+	wantCode(t, "second renewal presenting the replaced serial", renew("a1", "b2"), codes.FailedPrecondition)
+	wantCode(t, "renewal of a cluster that is not a member", h.apply(fsm.RenewAgentCertType, &hubpb.CmdRenewAgentCert{Cluster: "west", PresentedSerial: "x", Serial: "y"}), codes.PermissionDenied)
+	// A join starts over: no previous serial.
+	h.mustApply(fsm.CreateTokenType, token("tok-east3", "east", 0, 1000))
+	h.mustApply(fsm.JoinType, joinCmd("tok-east3", "secret-tok-east3", "east", 100))
+	if p := h.read().Cluster("east").GetPreviousAgentCertSerial(); p != "" {
+		t.Fatalf("previous serial after a join: %q, want none", p)
 	}
 }
