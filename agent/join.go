@@ -22,7 +22,8 @@ import (
 // Errors of Join. Each leaves nothing behind locally.
 var (
 	// ErrJoinRefused: the hub refused the token (unknown, used, expired,
-	// revoked or bound to another cluster). Permanent: get a new token.
+	// revoked, bound to another cluster or to another trust domain).
+	// Permanent: get a new token, or join with the token's trust domain.
 	ErrJoinRefused = errors.New("agent: join refused by the hub")
 	// ErrWrongCluster: the token is bound to another cluster than --cluster.
 	ErrWrongCluster = errors.New("agent: join token is for another cluster")
@@ -114,7 +115,7 @@ func Join(ctx context.Context, cfg Config, token string) error {
 	})
 	if err != nil {
 		if s, ok := status.FromError(err); ok && s.Code() == codes.PermissionDenied {
-			return fmt.Errorf("%w: %s (the token may be used, expired, revoked or for another cluster; create a new one with meshfed token create --cluster %s)", ErrJoinRefused, s.Message(), cfg.Cluster)
+			return fmt.Errorf("%w: %s (the token may be used, expired, revoked, for another cluster or bound to another trust domain than --trust-domain; create a new one with meshfed token create --cluster %s)", ErrJoinRefused, s.Message(), cfg.Cluster)
 		}
 		return fmt.Errorf("agent: join: %w", err)
 	}

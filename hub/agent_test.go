@@ -87,8 +87,14 @@ func joinTLS(fp string, trustDomain string) *tls.Config {
 	}
 }
 
-// join redeems token for cluster; it returns the gRPC error unchanged.
+// join redeems token for cluster with its default trust domain; it returns
+// the gRPC error unchanged.
 func join(ctx context.Context, token, cluster string) (*testAgent, *fedv1.JoinResponse, error) {
+	return joinTD(ctx, token, cluster, cluster+".meshfed.local")
+}
+
+// joinTD is join with the trust domain td.
+func joinTD(ctx context.Context, token, cluster, td string) (*testAgent, *fedv1.JoinResponse, error) {
 	jt, err := federation.ParseJoinToken(token)
 	if err != nil {
 		return nil, nil, err
@@ -106,7 +112,6 @@ func join(ctx context.Context, token, cluster string) (*testAgent, *fedv1.JoinRe
 	if err != nil {
 		return nil, nil, err
 	}
-	td := cluster + ".meshfed.local"
 	resp, err := fedv1.NewJoinClient(conn).Join(ctx, &fedv1.JoinRequest{
 		Token: token, Cluster: cluster,
 		Locality:     &fedv1.Locality{Region: "r-" + cluster, Zone: "z-" + cluster},

@@ -48,6 +48,9 @@ func (j *joinService) Join(ctx context.Context, req *fedv1.JoinRequest) (*fedv1.
 	if err != nil {
 		return nil, err
 	}
+	if err := s.checkNotHubTrustDomain("trust_bundle.trust_domain", td); err != nil {
+		return nil, err
+	}
 	csr, err := parseCSR("csr", req.GetCsr())
 	if err != nil {
 		return nil, err
@@ -64,8 +67,12 @@ func (j *joinService) Join(ctx context.Context, req *fedv1.JoinRequest) (*fedv1.
 	}
 	now := time.Now()
 	hash := sha256.Sum256(tok.Secret)
-	if err := s.precheckToken(ctx, tok.ID, hash[:], now); err != nil {
+	stored, err := s.precheckToken(ctx, tok.ID, hash[:], now)
+	if err != nil {
 		return nil, err
+	}
+	if bound := stored.GetTrustDomain(); bound != "" && bound != td.String() {
+		return nil, status.Errorf(codes.PermissionDenied, "trust_bundle.trust_domain: %q, but token %s is bound to trust domain %q (join with --trust-domain %s)", td, tok.ID, bound, bound)
 	}
 	issue, err := s.newAgentCert(csr, now)
 	if err != nil {
@@ -103,23 +110,34 @@ func (j *joinService) Join(ctx context.Context, req *fedv1.JoinRequest) (*fedv1.
 // precheckToken refuses, without a Raft write, a token that is certainly
 // unusable, so that unauthenticated Join calls cannot load the log. The FSM
 // checks again, authoritatively, when the join is applied.
-func (s *Server) precheckToken(ctx context.Context, id string, hash []byte, now time.Time) error {
+func (s *Server) precheckToken(ctx context.Context, id string, hash []byte, now time.Time) (*hubpb.Token, error) {
 	tok := s.fsm.Store().Read().Token(id)
 	if tok == nil {
 		// Maybe just created and not yet applied here: ask consistently.
 		r, err := s.consistentRead(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		tok = r.Token(id)
 	}
 	if tok == nil || subtle.ConstantTimeCompare(tok.GetSecretHash(), hash) != 1 {
-		return status.Error(codes.PermissionDenied, "token refused: unknown token")
+		return nil, status.Error(codes.PermissionDenied, "token refused: unknown token")
 	}
 	if tok.GetUsed() || tok.GetRevoked() || now.UnixMilli() >= tok.GetExpiresAtMs() {
 		// Used, revoked and expired are final states: a stale view can only
 		// lag behind them, never show them wrongly.
-		return status.Errorf(codes.PermissionDenied, "token refused: token %s is used, revoked or expired", id)
+		return nil, status.Errorf(codes.PermissionDenied, "token refused: token %s is used, revoked or expired", id)
+	}
+	return tok, nil
+}
+
+// checkNotHubTrustDomain refuses the hub's own trust domain for a member
+// cluster: its identities would be hub identities. (Externally federated
+// trust domains and those of other clusters are refused by the FSM, which
+// sees them consistently.)
+func (s *Server) checkNotHubTrustDomain(field string, td federation.TrustDomain) error {
+	if td.String() == s.cfg.TrustDomain {
+		return invalidArg(field, "%q is the hub's own trust domain, reserved", td)
 	}
 	return nil
 }

@@ -2089,13 +2089,15 @@ func (x *RenewResponse) GetHubAddresses() []string {
 }
 
 type TokenInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Cluster       string                 `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	CreatedAtMs   int64                  `protobuf:"varint,3,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
-	ExpiresAtMs   int64                  `protobuf:"varint,4,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
-	Used          bool                   `protobuf:"varint,5,opt,name=used,proto3" json:"used,omitempty"`
-	Revoked       bool                   `protobuf:"varint,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Cluster     string                 `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	CreatedAtMs int64                  `protobuf:"varint,3,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
+	ExpiresAtMs int64                  `protobuf:"varint,4,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
+	Used        bool                   `protobuf:"varint,5,opt,name=used,proto3" json:"used,omitempty"`
+	Revoked     bool                   `protobuf:"varint,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// The trust domain the cluster must join with.
+	TrustDomain   string `protobuf:"bytes,7,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2172,10 +2174,21 @@ func (x *TokenInfo) GetRevoked() bool {
 	return false
 }
 
+func (x *TokenInfo) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
 type CreateTokenRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	TtlSeconds    int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Cluster    string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	TtlSeconds int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// The trust domain the cluster must join with; empty means
+	// <cluster>.meshfed.local. The hub's own trust domain, externally
+	// federated ones and those of other member clusters are refused.
+	TrustDomain   string `protobuf:"bytes,3,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2222,6 +2235,13 @@ func (x *CreateTokenRequest) GetTtlSeconds() int64 {
 		return x.TtlSeconds
 	}
 	return 0
+}
+
+func (x *CreateTokenRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
 }
 
 type CreateTokenResponse struct {
@@ -4164,18 +4184,20 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\rRenewResponse\x12-\n" +
 	"\x12client_certificate\x18\x01 \x01(\fR\x11clientCertificate\x12\x15\n" +
 	"\x06hub_ca\x18\x02 \x01(\fR\x05hubCa\x12#\n" +
-	"\rhub_addresses\x18\x03 \x03(\tR\fhubAddresses\"\xab\x01\n" +
+	"\rhub_addresses\x18\x03 \x03(\tR\fhubAddresses\"\xce\x01\n" +
 	"\tTokenInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\"\n" +
 	"\rcreated_at_ms\x18\x03 \x01(\x03R\vcreatedAtMs\x12\"\n" +
 	"\rexpires_at_ms\x18\x04 \x01(\x03R\vexpiresAtMs\x12\x12\n" +
 	"\x04used\x18\x05 \x01(\bR\x04used\x12\x18\n" +
-	"\arevoked\x18\x06 \x01(\bR\arevoked\"O\n" +
+	"\arevoked\x18\x06 \x01(\bR\arevoked\x12!\n" +
+	"\ftrust_domain\x18\a \x01(\tR\vtrustDomain\"r\n" +
 	"\x12CreateTokenRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
-	"ttlSeconds\"a\n" +
+	"ttlSeconds\x12!\n" +
+	"\ftrust_domain\x18\x03 \x01(\tR\vtrustDomain\"a\n" +
 	"\x13CreateTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x124\n" +
 	"\x04info\x18\x02 \x01(\v2 .meshfed.federation.v1.TokenInfoR\x04info\"\x13\n" +

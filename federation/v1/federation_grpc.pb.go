@@ -33,9 +33,12 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type JoinClient interface {
 	// Join consumes a one-time token and returns the agent's credentials.
-	// Errors: PermissionDenied (token unknown, used, expired, revoked or for
-	// another cluster), InvalidArgument (field path in the message),
-	// Unavailable (no leader; retry).
+	// Errors: PermissionDenied (token unknown, used, expired, revoked, for
+	// another cluster, or bound to another trust domain than
+	// trust_bundle.trust_domain), InvalidArgument (field path in the
+	// message; the hub's own trust domain), FailedPrecondition (a trust
+	// domain federated externally or used by another cluster), Unavailable
+	// (no leader; retry).
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 }
 
@@ -62,9 +65,12 @@ func (c *joinClient) Join(ctx context.Context, in *JoinRequest, opts ...grpc.Cal
 // for forward compatibility.
 type JoinServer interface {
 	// Join consumes a one-time token and returns the agent's credentials.
-	// Errors: PermissionDenied (token unknown, used, expired, revoked or for
-	// another cluster), InvalidArgument (field path in the message),
-	// Unavailable (no leader; retry).
+	// Errors: PermissionDenied (token unknown, used, expired, revoked, for
+	// another cluster, or bound to another trust domain than
+	// trust_bundle.trust_domain), InvalidArgument (field path in the
+	// message; the hub's own trust domain), FailedPrecondition (a trust
+	// domain federated externally or used by another cluster), Unavailable
+	// (no leader; retry).
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	mustEmbedUnimplementedJoinServer()
 }

@@ -197,6 +197,9 @@ func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
 	case PutFederationType:
 		f := msg.(*hubpb.CmdPutFederation).GetFederation()
 		td := f.GetTrustDomain()
+		if td == w.CA().GetTrustDomain() {
+			return refuse(codes.FailedPrecondition, "federation.trust_domain: %q is the hub's own trust domain", td)
+		}
 		if b := w.Bundle(td); b != nil && b.GetCluster() != "" {
 			return refuse(codes.FailedPrecondition, "federation.trust_domain: %q belongs to member cluster %q", td, b.GetCluster())
 		}
@@ -246,6 +249,11 @@ func applyCreateToken(w *state.WriteTxn, c *hubpb.CmdCreateToken) *Error {
 	if w.Token(tok.GetId()) != nil {
 		return refuse(codes.AlreadyExists, "token %q: already exists", tok.GetId())
 	}
+	if td := tok.GetTrustDomain(); td != "" {
+		if err := checkMemberTrustDomain(w, "trust_domain", tok.GetCluster(), td); err != nil {
+			return err
+		}
+	}
 	// Prune tokens that can no longer be used, then bound the rest.
 	now := tok.GetCreatedAtMs()
 	live := 0
@@ -261,6 +269,21 @@ func applyCreateToken(w *state.WriteTxn, c *hubpb.CmdCreateToken) *Error {
 		return refuse(codes.ResourceExhausted, "tokens: at most %d kept (used, revoked and expired tokens count for 24h after they expire)", MaxTokens)
 	}
 	w.PutToken(tok)
+	return nil
+}
+
+// checkMemberTrustDomain refuses td for cluster if it is reserved: the
+// hub's own, an externally federated one, or another member's.
+func checkMemberTrustDomain(w *state.WriteTxn, field, cluster, td string) *Error {
+	if td == w.CA().GetTrustDomain() {
+		return refuse(codes.InvalidArgument, "%s: %q is the hub's own trust domain, reserved", field, td)
+	}
+	if w.Federation(td) != nil {
+		return refuse(codes.FailedPrecondition, "%s: %q is a federated external trust domain, reserved", field, td)
+	}
+	if b := w.Bundle(td); b != nil && b.GetCluster() != cluster {
+		return refuse(codes.FailedPrecondition, "%s: %q is already used by cluster %q", field, td, b.GetCluster())
+	}
 	return nil
 }
 
@@ -288,14 +311,21 @@ func applyJoin(w *state.WriteTxn, c *hubpb.CmdJoin) *Error {
 	if b := c.GetBundle(); b != nil && b.GetTrustDomain() != td {
 		return refuse(codes.InvalidArgument, "trust_bundle.trust_domain: %q is not the cluster's trust domain %q", b.GetTrustDomain(), td)
 	}
-	if b := w.Bundle(td); b != nil && b.GetCluster() != name {
-		return refuse(codes.FailedPrecondition, "trust_bundle.trust_domain: %q is already used by cluster %q", td, b.GetCluster())
+	if bound := tok.GetTrustDomain(); bound != "" && bound != td {
+		return refuse(codes.PermissionDenied, "%v: trust_bundle.trust_domain: %q, but token %s is bound to trust domain %q", errTokenRefused, td, tok.GetId(), bound)
 	}
-	if w.Federation(td) != nil {
-		return refuse(codes.FailedPrecondition, "trust_bundle.trust_domain: %q is a federated external trust domain", td)
+	if err := checkMemberTrustDomain(w, "trust_bundle.trust_domain", name, td); err != nil {
+		return err
 	}
-	if w.Cluster(name) == nil && len(w.Clusters()) >= MaxClusters {
+	old := w.Cluster(name)
+	if old == nil && len(w.Clusters()) >= MaxClusters {
 		return refuse(codes.ResourceExhausted, "clusters: at most %d members", MaxClusters)
+	}
+	if old != nil && old.GetTrustDomain() != td {
+		// Rejoined under a new trust domain: the old one's bundle goes.
+		if b := w.Bundle(old.GetTrustDomain()); b != nil && b.GetCluster() == name {
+			w.DeleteBundle(old.GetTrustDomain())
+		}
 	}
 	tok = proto.Clone(tok).(*hubpb.Token)
 	tok.Used = true

@@ -1063,3 +1063,25 @@ func TestRenewAgentCertIsCompareAndSet(t *testing.T) {
 		t.Fatalf("previous serial after a join: %q, want none", p)
 	}
 }
+
+func TestJoinHoldsToTheTokensTrustDomainAndReservations(t *testing.T) {
+	h := newTestFSM(t)
+	h.mustApply(fsm.SetCAType, &hubpb.CmdSetCA{Ca: &hubpb.CAState{TrustDomain: "hub.meshfed"}})
+	tok := token("t1", "east", 0, 1000)
+	tok.Token.TrustDomain = "corp.example"
+	h.mustApply(fsm.CreateTokenType, tok)
+	wantCode(t, "join with another trust domain than the token's", h.apply(fsm.JoinType, joinCmd("t1", "secret-t1", "east", 100)), codes.PermissionDenied)
+
+	hubTok := token("t2", "east", 0, 1000)
+	hubTok.Token.TrustDomain = "hub.meshfed"
+	wantCode(t, "token for the hub's trust domain", h.apply(fsm.CreateTokenType, hubTok), codes.InvalidArgument)
+	// A token from before trust domains were bound takes any but the reserved ones.
+	h.mustApply(fsm.CreateTokenType, token("t3", "east", 0, 1000))
+	j := joinCmd("t3", "secret-t3", "east", 100)
+	j.Cluster.TrustDomain, j.Bundle.TrustDomain = "hub.meshfed", "hub.meshfed"
+	wantCode(t, "join with the hub's trust domain", h.apply(fsm.JoinType, j), codes.InvalidArgument)
+	h.mustApply(fsm.JoinType, joinCmd("t3", "secret-t3", "east", 100))
+	if h.read().Bundle(td("east")) == nil {
+		t.Fatal("no bundle after the join")
+	}
+}

@@ -94,11 +94,14 @@ type Token struct {
 	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Cluster string                 `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	// SHA-256 of the secret.
-	SecretHash    []byte `protobuf:"bytes,3,opt,name=secret_hash,json=secretHash,proto3" json:"secret_hash,omitempty"`
-	CreatedAtMs   int64  `protobuf:"varint,4,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
-	ExpiresAtMs   int64  `protobuf:"varint,5,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
-	Used          bool   `protobuf:"varint,6,opt,name=used,proto3" json:"used,omitempty"`
-	Revoked       bool   `protobuf:"varint,7,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	SecretHash  []byte `protobuf:"bytes,3,opt,name=secret_hash,json=secretHash,proto3" json:"secret_hash,omitempty"`
+	CreatedAtMs int64  `protobuf:"varint,4,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
+	ExpiresAtMs int64  `protobuf:"varint,5,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
+	Used        bool   `protobuf:"varint,6,opt,name=used,proto3" json:"used,omitempty"`
+	Revoked     bool   `protobuf:"varint,7,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// The trust domain the cluster must join with (empty in tokens created
+	// before trust domains were bound: any is accepted).
+	TrustDomain   string `protobuf:"bytes,8,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -180,6 +183,13 @@ func (x *Token) GetRevoked() bool {
 		return x.Revoked
 	}
 	return false
+}
+
+func (x *Token) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
 }
 
 type CmdSetCA struct {
@@ -1559,7 +1569,7 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\aCAState\x12\x19\n" +
 	"\bcert_pem\x18\x01 \x01(\fR\acertPem\x12\x17\n" +
 	"\akey_pem\x18\x02 \x01(\fR\x06keyPem\x12!\n" +
-	"\ftrust_domain\x18\x03 \x01(\tR\vtrustDomain\"\xc8\x01\n" +
+	"\ftrust_domain\x18\x03 \x01(\tR\vtrustDomain\"\xeb\x01\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x1f\n" +
@@ -1568,7 +1578,8 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\rcreated_at_ms\x18\x04 \x01(\x03R\vcreatedAtMs\x12\"\n" +
 	"\rexpires_at_ms\x18\x05 \x01(\x03R\vexpiresAtMs\x12\x12\n" +
 	"\x04used\x18\x06 \x01(\bR\x04used\x12\x18\n" +
-	"\arevoked\x18\a \x01(\bR\arevoked\"3\n" +
+	"\arevoked\x18\a \x01(\bR\arevoked\x12!\n" +
+	"\ftrust_domain\x18\b \x01(\tR\vtrustDomain\"3\n" +
 	"\bCmdSetCA\x12'\n" +
 	"\x02ca\x18\x01 \x01(\v2\x17.meshfed.hub.v1.CAStateR\x02ca\"=\n" +
 	"\x0eCmdCreateToken\x12+\n" +
