@@ -13,7 +13,10 @@
 // files in the data directory (credentials.yaml, ca/root.pem, 0600); with
 // the kubernetes source they are the Secrets meshfed-agent-credentials and
 // meshfed-cluster-ca in namespace meshfed-system. Nothing is stored unless
-// the hub accepted the join, so a refused token changes nothing. The trust
+// the hub accepted the join, so a refused token changes nothing. Transient
+// refusals (Unavailable, ResourceExhausted, a timed-out attempt) are retried
+// with the same CSR within JoinTimeout: the hub answers a retry of a join
+// that went through with the same certificate. The trust
 // domain can be chosen at join (Config.TrustDomain); Config.HubAddresses
 // replaces the hub addresses of the token and credentials (a hub behind a
 // proxy or load balancer), the CA pin still applies.

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -100,9 +101,7 @@ func Join(ctx context.Context, cfg Config, token string) error {
 		return fmt.Errorf("agent: join: dial hub: %w", err)
 	}
 	defer func() { _ = conn.Close() }()
-	cctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
-	defer cancel()
-	resp, err := fedv1.NewJoinClient(conn).Join(cctx, &fedv1.JoinRequest{
+	req := &fedv1.JoinRequest{
 		Token:   jt.Encode(),
 		Cluster: cfg.Cluster.String(),
 		Locality: &fedv1.Locality{
@@ -112,7 +111,8 @@ func Join(ctx context.Context, cfg Config, token string) error {
 		Csr:              csr,
 		Capabilities:     localCapabilities(),
 		GatewayAddresses: cfg.GatewayAddresses,
-	})
+	}
+	resp, err := joinWithRetries(ctx, cfg, fedv1.NewJoinClient(conn), req)
 	if err != nil {
 		if s, ok := status.FromError(err); ok && s.Code() == codes.PermissionDenied {
 			return fmt.Errorf("%w: %s (the token may be used, expired, revoked, for another cluster or bound to another trust domain than --trust-domain; create a new one with meshfed token create --cluster %s)", ErrJoinRefused, s.Message(), cfg.Cluster)
@@ -140,6 +140,43 @@ func Join(ctx context.Context, cfg Config, token string) error {
 		return fmt.Errorf("agent: join: saving credentials: %w", err)
 	}
 	return nil
+}
+
+// joinAttemptTimeout bounds one Join call; cfg.JoinTimeout bounds them all.
+const joinAttemptTimeout = 10 * time.Second
+
+// joinWithRetries calls Join until it succeeds, fails for good, or
+// cfg.JoinTimeout passes. The hub answers a retry with the same token and
+// CSR (one key for every attempt) with the certificate of the first call
+// that got through, so a lost response does not burn the token. Unavailable,
+// ResourceExhausted (the per-address limit), DeadlineExceeded of one attempt
+// and Aborted are retried with jittered exponential backoff.
+func joinWithRetries(ctx context.Context, cfg Config, c fedv1.JoinClient, req *fedv1.JoinRequest) (*fedv1.JoinResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
+	defer cancel()
+	backoff := cfg.ReconnectMin
+	for {
+		actx, acancel := context.WithTimeout(ctx, joinAttemptTimeout)
+		resp, err := c.Join(actx, req)
+		acancel()
+		if err == nil {
+			return resp, nil
+		}
+		switch status.Code(err) {
+		case codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded, codes.Aborted:
+		default:
+			return nil, err
+		}
+		d := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (last: %w)", ctx.Err(), err)
+		case <-t.C:
+		}
+		backoff = min(2*backoff, cfg.ReconnectMax)
+	}
 }
 
 func credentialsFromResponse(cfg Config, td string, key crypto.Signer, jt federation.JoinToken, resp *fedv1.JoinResponse) (*Credentials, error) {

@@ -95,6 +95,12 @@ func join(ctx context.Context, token, cluster string) (*testAgent, *fedv1.JoinRe
 
 // joinTD is join with the trust domain td.
 func joinTD(ctx context.Context, token, cluster, td string) (*testAgent, *fedv1.JoinResponse, error) {
+	return joinKey(ctx, token, cluster, td, nil)
+}
+
+// joinKey is join with the trust domain td and a CSR for key (a fresh key
+// when nil).
+func joinKey(ctx context.Context, token, cluster, td string, key crypto.Signer) (*testAgent, *fedv1.JoinResponse, error) {
 	jt, err := federation.ParseJoinToken(token)
 	if err != nil {
 		return nil, nil, err
@@ -104,9 +110,10 @@ func joinTD(ctx context.Context, token, cluster, td string) (*testAgent, *fedv1.
 		return nil, nil, err
 	}
 	defer func() { _ = conn.Close() }()
-	key, err := pki.NewKey()
-	if err != nil {
-		return nil, nil, err
+	if key == nil {
+		if key, err = pki.NewKey(); err != nil {
+			return nil, nil, err
+		}
 	}
 	csr, err := pki.NewCSR(key)
 	if err != nil {

@@ -329,6 +329,7 @@ func applyJoin(w *state.WriteTxn, c *hubpb.CmdJoin) *Error {
 	}
 	tok = proto.Clone(tok).(*hubpb.Token)
 	tok.Used = true
+	tok.UsedPublicKeySha256 = c.GetCluster().GetAgentCertPublicKeySha256()
 	w.PutToken(tok)
 	cl := proto.Clone(c.GetCluster()).(*fedv1.ClusterRecord)
 	cl.JoinedAtMs = c.GetNowMs()

@@ -101,9 +101,13 @@ type Token struct {
 	Revoked     bool   `protobuf:"varint,7,opt,name=revoked,proto3" json:"revoked,omitempty"`
 	// The trust domain the cluster must join with (empty in tokens created
 	// before trust domains were bound: any is accepted).
-	TrustDomain   string `protobuf:"bytes,8,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TrustDomain string `protobuf:"bytes,8,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// SHA-256 of the public key of the CSR the token was used with: a retry
+	// of that join (same token, same key, before the token expires) gets the
+	// same certificate again.
+	UsedPublicKeySha256 []byte `protobuf:"bytes,9,opt,name=used_public_key_sha256,json=usedPublicKeySha256,proto3" json:"used_public_key_sha256,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Token) Reset() {
@@ -190,6 +194,13 @@ func (x *Token) GetTrustDomain() string {
 		return x.TrustDomain
 	}
 	return ""
+}
+
+func (x *Token) GetUsedPublicKeySha256() []byte {
+	if x != nil {
+		return x.UsedPublicKeySha256
+	}
+	return nil
 }
 
 type CmdSetCA struct {
@@ -1569,7 +1580,7 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\aCAState\x12\x19\n" +
 	"\bcert_pem\x18\x01 \x01(\fR\acertPem\x12\x17\n" +
 	"\akey_pem\x18\x02 \x01(\fR\x06keyPem\x12!\n" +
-	"\ftrust_domain\x18\x03 \x01(\tR\vtrustDomain\"\xeb\x01\n" +
+	"\ftrust_domain\x18\x03 \x01(\tR\vtrustDomain\"\xa0\x02\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x1f\n" +
@@ -1579,7 +1590,8 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\rexpires_at_ms\x18\x05 \x01(\x03R\vexpiresAtMs\x12\x12\n" +
 	"\x04used\x18\x06 \x01(\bR\x04used\x12\x18\n" +
 	"\arevoked\x18\a \x01(\bR\arevoked\x12!\n" +
-	"\ftrust_domain\x18\b \x01(\tR\vtrustDomain\"3\n" +
+	"\ftrust_domain\x18\b \x01(\tR\vtrustDomain\x123\n" +
+	"\x16used_public_key_sha256\x18\t \x01(\fR\x13usedPublicKeySha256\"3\n" +
 	"\bCmdSetCA\x12'\n" +
 	"\x02ca\x18\x01 \x01(\v2\x17.meshfed.hub.v1.CAStateR\x02ca\"=\n" +
 	"\x0eCmdCreateToken\x12+\n" +
