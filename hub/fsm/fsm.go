@@ -28,6 +28,12 @@ const (
 	MaxPolicies          = 4096
 	MaxTokens            = 10000
 	MaxFederations       = 256
+	// MaxExportBytesPerCluster bounds the encoded size of one cluster's
+	// exported services together (state.ReadTxn.ExportBytes).
+	MaxExportBytesPerCluster = 8 << 20
+	// MaxCommandBytes bounds a command as the FSM accepts it; the hub
+	// proposes nothing larger (hub.MaxCommandSize is smaller still).
+	MaxCommandBytes = 4 << 20
 	// Used or expired tokens are pruned this long after they stop being usable.
 	tokenRetentionMs = 24 * 3600 * 1000
 )
@@ -91,6 +97,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return &Result{}
 	}
 	defer f.applied.Store(l.Index)
+	if len(l.Data) > MaxCommandBytes {
+		return &Result{Err: refuse(codes.InvalidArgument, "command: %d bytes, at most %d", len(l.Data), MaxCommandBytes)}
+	}
 	t, msg, known, err := Decode(l.Data)
 	if err != nil {
 		// A known command that does not decode was proposed by a buggy server:
@@ -368,6 +377,7 @@ func applyPublish(w *state.WriteTxn, c *hubpb.CmdPublishExports) *Error {
 	if w.Cluster(name) == nil {
 		return refuse(codes.PermissionDenied, "cluster %q: not a member", name)
 	}
+	before := w.ExportBytes(name)
 	for _, key := range c.GetDeletes() {
 		w.DeleteExport(name, key)
 	}
@@ -380,6 +390,10 @@ func applyPublish(w *state.WriteTxn, c *hubpb.CmdPublishExports) *Error {
 	}
 	if n := len(w.ExportsOf(name)); n > MaxExportsPerCluster {
 		return refuse(codes.ResourceExhausted, "exports: cluster %q would have %d, at most %d", name, n, MaxExportsPerCluster)
+	}
+	// A cluster above the quota (it was lowered) may still shrink.
+	if after := w.ExportBytes(name); after > MaxExportBytesPerCluster && after > before {
+		return refuse(codes.ResourceExhausted, "exports: cluster %q would hold %d bytes of exported services, at most %d", name, after, MaxExportBytesPerCluster)
 	}
 	return nil
 }

@@ -1085,3 +1085,57 @@ func TestJoinHoldsToTheTokensTrustDomainAndReservations(t *testing.T) {
 		t.Fatal("no bundle after the join")
 	}
 }
+
+// blob is an export of about n bytes (one label value of n bytes; the FSM
+// does not validate, the handler does).
+func blob(name string, n int) *fedv1.ExportedService {
+	s := svc("big", name, 1)
+	s.Endpoints[0].Labels = map[string]string{"pad": strings.Repeat("x", n)}
+	return s
+}
+
+func TestExportByteQuotaIsEnforcedAndRecountedAfterRestore(t *testing.T) {
+	h := newTestFSM(t)
+	h.joined("big")
+	const part = 1 << 20
+	n := fsm.MaxExportBytesPerCluster / (part + 100)
+	for i := range n {
+		h.mustApply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "big", Upserts: []*fedv1.ExportedService{blob(fmt.Sprint(i), part)}})
+	}
+	before := h.read().ExportBytes("big")
+	if before < uint64(n*part) || before > fsm.MaxExportBytesPerCluster {
+		t.Fatalf("ExportBytes %d after %d exports of %d bytes", before, n, part)
+	}
+	wantCode(t, "publish past the byte quota", h.apply(fsm.PublishExportsType, &hubpb.CmdPublishExports{
+		Cluster: "big", Upserts: []*fedv1.ExportedService{blob("over", part)},
+	}), codes.ResourceExhausted)
+	if got := h.read().ExportBytes("big"); got != before {
+		t.Fatalf("a refused publish changed ExportBytes: %d, want %d", got, before)
+	}
+	// Replacing an export with a smaller one and deleting one count down.
+	h.mustApply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "big", Upserts: []*fedv1.ExportedService{blob("0", 10)}, Deletes: []string{"big/1"}})
+	shrunk := h.read().ExportBytes("big")
+	if shrunk >= before-2*part+1000 {
+		t.Fatalf("ExportBytes %d after shrinking from %d", shrunk, before)
+	}
+	f := restored(t, persist(t, h.FSM))
+	if got := f.Store().Read().ExportBytes("big"); got != shrunk {
+		t.Fatalf("ExportBytes after restore %d, want %d", got, shrunk)
+	}
+	h.mustApply(fsm.RemoveClusterType, &hubpb.CmdRemoveCluster{Name: "big"})
+	if got := h.read().ExportBytes("big"); got != 0 {
+		t.Fatalf("ExportBytes of a removed cluster: %d", got)
+	}
+}
+
+func TestOversizedCommandIsRefusedDeterministically(t *testing.T) {
+	h := newTestFSM(t)
+	h.joined("big")
+	cmd := encode(t, fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "big", Upserts: []*fedv1.ExportedService{blob("huge", fsm.MaxCommandBytes)}})
+	if res := h.applyRaw(cmd); res.Err == nil || res.Err.Code != codes.InvalidArgument {
+		t.Fatalf("command of %d bytes: %v, want InvalidArgument", len(cmd), res.Err)
+	}
+	if len(h.read().ExportsOf("big")) != 0 {
+		t.Fatal("an oversized command took effect")
+	}
+}
