@@ -93,7 +93,7 @@ func (j *joinService) Join(ctx context.Context, req *fedv1.JoinRequest) (*fedv1.
 	}
 	now := time.Now()
 	if stored.GetUsed() {
-		return s.rejoin(ctx, ca, tok.ID, cluster, td, csr, now)
+		return s.rejoin(ctx, ca, tok.ID, cluster, td, csr, now, nil)
 	}
 	if stored.GetRevoked() || now.UnixMilli() >= stored.GetExpiresAtMs() {
 		// Revoked and expired are final states: a stale view can only lag
@@ -117,7 +117,7 @@ func (j *joinService) Join(ctx context.Context, req *fedv1.JoinRequest) (*fedv1.
 	})
 	if status.Code(err) == codes.PermissionDenied {
 		// Maybe a concurrent call with this token (a client's retry) won.
-		return s.rejoin(ctx, ca, tok.ID, cluster, td, csr, now)
+		return s.rejoin(ctx, ca, tok.ID, cluster, td, csr, now, err)
 	}
 	if err != nil {
 		s.log.Info("join refused", "cluster", cluster, "token", tok.ID, "err", err)
@@ -145,8 +145,10 @@ func (s *Server) joinResponse(ca *pki.CA, cert *x509.Certificate) *fedv1.JoinRes
 // used for this CSR's key, has not expired, and the cluster still holds the
 // certificate issued then, that certificate again (same serial, same
 // validity); otherwise PermissionDenied. The caller has proved the token's
-// secret, so a consistent read is spent.
-func (s *Server) rejoin(ctx context.Context, ca *pki.CA, tokenID string, cluster federation.ClusterName, td federation.TrustDomain, csr *x509.CertificateRequest, now time.Time) (*fedv1.JoinResponse, error) {
+// secret, so a consistent read is spent. refusal is the FSM's answer to
+// this call's own Join command, if it made one: it stands unless the token
+// was used for this key.
+func (s *Server) rejoin(ctx context.Context, ca *pki.CA, tokenID string, cluster federation.ClusterName, td federation.TrustDomain, csr *x509.CertificateRequest, now time.Time, refusal error) (*fedv1.JoinResponse, error) {
 	view, err := s.consistentRead(ctx)
 	if err != nil {
 		return nil, err
@@ -154,6 +156,8 @@ func (s *Server) rejoin(ctx context.Context, ca *pki.CA, tokenID string, cluster
 	tok := view.Token(tokenID)
 	key := publicKeyHash(csr)
 	switch {
+	case (tok == nil || !tok.GetUsed()) && refusal != nil:
+		return nil, refusal // revoked, expired, ... in the FSM's view
 	case tok == nil || !tok.GetUsed():
 		return nil, status.Errorf(codes.Unavailable, "hub: token %s changed during the join; retry", tokenID)
 	case tok.GetRevoked() || now.UnixMilli() >= tok.GetExpiresAtMs():
