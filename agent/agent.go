@@ -274,7 +274,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
+	errc := make(chan error, 16) // more than goRun is called: a failing goroutine never blocks
 	goRun := func(name string, fn func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -330,7 +330,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		})
 	}
-	goRun("hub", func(ctx context.Context) error { return a.runHub(ctx, creds, root, v, vf, egressF) })
+	keeper := newCredentialKeeper(st.creds, creds, hubRenewer{addrs: a.cfg.HubAddresses, timeout: renewTimeout}, a.log, a.cfg.ReconnectMin, a.cfg.ReconnectMax)
+	goRun("hub credentials", keeper.run)
+	goRun("hub", func(ctx context.Context) error { return a.runHub(ctx, keeper, root, v, vf, egressF) })
 
 	var runErr error
 	select {
@@ -343,11 +345,37 @@ func (a *Agent) Run(ctx context.Context) error {
 	return runErr
 }
 
-// runHub keeps one Sync stream open to some hub server.
-func (a *Agent) runHub(ctx context.Context, creds *Credentials, root *trust.RootAuthority, v *view, vf viewFile, egressF *egressFile) error {
+// runHub keeps one Sync stream open to some hub server, with the
+// credentials the keeper holds: when a renewal replaces them, the stream and
+// its connection (authenticated by the old certificate) are closed and the
+// agent reconnects with the new one.
+func (a *Agent) runHub(ctx context.Context, keeper *credentialKeeper, root *trust.RootAuthority, v *view, vf viewFile, egressF *egressFile) error {
+	s := &syncSession{a: a, root: root, view: v, file: vf, egressF: egressF, pub: newPublisher(a.cfg.MaxPublishBatch, a.cfg.MaxPublishBytes)}
+	backoff := a.cfg.ReconnectMin
+	for {
+		creds, changed := keeper.current()
+		a.mu.Lock()
+		a.creds = creds
+		a.mu.Unlock()
+		conn, err := a.dialHub(creds)
+		if err != nil {
+			return err
+		}
+		s.conn = conn
+		backoff = a.runSessions(ctx, s, changed, backoff)
+		_ = conn.Close()
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.log.Info("agent certificate renewed; reconnecting to the hub with it")
+	}
+}
+
+// dialHub returns a connection to the hub authenticated by creds.
+func (a *Agent) dialHub(creds *Credentials) (*grpc.ClientConn, error) {
 	tlsCfg, err := creds.hubTLS()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	addrs := creds.HubAddresses
 	if len(a.cfg.HubAddresses) > 0 {
@@ -359,17 +387,34 @@ func (a *Agent) runHub(ctx context.Context, creds *Credentials, root *trust.Root
 	conn, err := clientconfig.Dial(addrs, tlsCfg, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: hubKeepalive, Timeout: hubKeepaliveTimeout, PermitWithoutStream: true}))
 	if err != nil {
-		return fmt.Errorf("dial hub: %w", err)
+		return nil, fmt.Errorf("dial hub: %w", err)
 	}
-	defer func() { _ = conn.Close() }()
-	s := &syncSession{a: a, conn: conn, root: root, view: v, file: vf, egressF: egressF, pub: newPublisher(a.cfg.MaxPublishBatch, a.cfg.MaxPublishBytes)}
-	backoff := a.cfg.ReconnectMin
+	return conn, nil
+}
+
+// runSessions runs Sync streams on s.conn one after another, with backoff
+// between them, until ctx is done or changed is closed. It returns the
+// backoff to continue with.
+func (a *Agent) runSessions(ctx context.Context, s *syncSession, changed <-chan struct{}, backoff time.Duration) time.Duration {
 	for {
+		sctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-changed:
+				cancel()
+			case <-sctx.Done():
+			}
+		}()
 		start := time.Now()
-		err := s.run(ctx)
+		err := s.run(sctx)
+		cancel()
 		a.setConnected(false, "")
-		if ctx.Err() != nil {
-			return nil
+		select {
+		case <-ctx.Done():
+			return backoff
+		case <-changed:
+			return a.cfg.ReconnectMin
+		default:
 		}
 		a.setErr(err)
 		a.mReconnects.Inc()
@@ -378,10 +423,15 @@ func (a *Agent) runHub(ctx context.Context, creds *Credentials, root *trust.Root
 		}
 		wait := time.Duration(rand.Int64N(int64(backoff)) + 1) // full jitter
 		a.log.Warn("hub stream ended; reconnecting", "err", err, "in", wait)
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
+			t.Stop()
+			return backoff
+		case <-changed:
+			t.Stop()
+			return a.cfg.ReconnectMin
+		case <-t.C:
 		}
 		backoff = min(2*backoff, a.cfg.ReconnectMax)
 	}
@@ -467,6 +517,9 @@ const (
 	hubKeepalive        = 10 * time.Second
 	hubKeepaliveTimeout = 5 * time.Second
 )
+
+// renewTimeout bounds one Sync.Renew call.
+const renewTimeout = 30 * time.Second
 
 // bundleNonceBase separates bundle nonces from export nonces.
 const bundleNonceBase = 1 << 62

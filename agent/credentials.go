@@ -41,6 +41,10 @@ type Credentials struct {
 	Key   string `json:"key"`
 	// JoinedAt is when the join succeeded (RFC 3339).
 	JoinedAt string `json:"joinedAt"`
+	// RenewalKey (PEM) is the key of a renewal of Cert in progress: chosen
+	// and stored before the first Renew call, so that retries, even after
+	// a restart, ask for the same key. Empty otherwise.
+	RenewalKey string `json:"renewalKey,omitempty"`
 }
 
 // Credentials file format.
@@ -48,6 +52,7 @@ const (
 	CredentialsAPIVersion = "meshfed.io/v1"
 	CredentialsKind       = "AgentCredentials"
 	maxCredentialsSize    = 1 << 20
+	maxHubAddresses       = 16
 )
 
 // Names of what the agent persists.
@@ -76,8 +81,8 @@ func (c *Credentials) validate() error {
 	if c.APIVersion != CredentialsAPIVersion || c.Kind != CredentialsKind {
 		errs = append(errs, fmt.Errorf("apiVersion/kind: %q/%q, want %q/%q", c.APIVersion, c.Kind, CredentialsAPIVersion, CredentialsKind))
 	}
-	if len(c.HubAddresses) == 0 || len(c.HubAddresses) > 16 {
-		errs = append(errs, fmt.Errorf("hubAddresses: %d, want 1 to 16", len(c.HubAddresses)))
+	if len(c.HubAddresses) == 0 || len(c.HubAddresses) > maxHubAddresses {
+		errs = append(errs, fmt.Errorf("hubAddresses: %d, want 1 to %d", len(c.HubAddresses), maxHubAddresses))
 	}
 	if _, err := pki.ParseCertsPEM([]byte(c.HubCA)); err != nil {
 		errs = append(errs, fmt.Errorf("hubCA: %w", err))
@@ -88,7 +93,21 @@ func (c *Credentials) validate() error {
 	if c.HubTrustDomain == "" {
 		errs = append(errs, errors.New("hubTrustDomain: required"))
 	}
+	if c.RenewalKey != "" {
+		if _, err := pki.ParseKeyPEM([]byte(c.RenewalKey)); err != nil {
+			errs = append(errs, fmt.Errorf("renewalKey: %w", err))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// leaf returns the parsed client certificate.
+func (c *Credentials) leaf() (*x509.Certificate, error) {
+	certs, err := pki.ParseCertsPEM([]byte(c.Cert))
+	if err != nil {
+		return nil, fmt.Errorf("agent: credentials cert: %w", err)
+	}
+	return certs[0], nil
 }
 
 // hubTLS is the TLS config of the agent's Sync connection.

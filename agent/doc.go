@@ -13,10 +13,30 @@
 // files in the data directory (credentials.yaml, ca/root.pem, 0600); with
 // the kubernetes source they are the Secrets meshfed-agent-credentials and
 // meshfed-cluster-ca in namespace meshfed-system. Nothing is stored unless
-// the hub accepted the join, so a refused token changes nothing. The trust
+// the hub accepted the join, so a refused token changes nothing. Transient
+// refusals (Unavailable, ResourceExhausted, a timed-out attempt) are retried
+// with the same CSR within JoinTimeout: the hub answers a retry of a join
+// that went through with the same certificate. The trust
 // domain can be chosen at join (Config.TrustDomain); Config.HubAddresses
 // replaces the hub addresses of the token and credentials (a hub behind a
 // proxy or load balancer), the CA pin still applies.
+//
+// # Hub credentials
+//
+// The client certificate lives as long as the hub says (AgentCertTTL, 30
+// days by default) and is renewed at half-life, NotBefore plus half the
+// validity of the certificate held, with Sync.Renew over a connection
+// authenticated by that certificate. The renewal's new key is stored with
+// the credentials (renewalKey) before the first call, so every retry, even
+// after a restart, asks for the same key, and the hub answers a retry whose
+// response was lost with the certificate it already issued. Failures are
+// retried with jittered exponential backoff (ReconnectMin up to
+// ReconnectMax, at most an eighth of the lifetime). The renewed credentials
+// replace the stored ones atomically (a temporary file renamed over
+// credentials.yaml, or one Secret update); then the Sync stream and its
+// connection are closed and reopened with the new certificate, which the
+// hub now requires. A certificate that expired before it could be renewed
+// is refused by the hub: the cluster must be removed and join again.
 //
 // # Sync
 //

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -22,7 +23,8 @@ import (
 // Errors of Join. Each leaves nothing behind locally.
 var (
 	// ErrJoinRefused: the hub refused the token (unknown, used, expired,
-	// revoked or bound to another cluster). Permanent: get a new token.
+	// revoked, bound to another cluster or to another trust domain).
+	// Permanent: get a new token, or join with the token's trust domain.
 	ErrJoinRefused = errors.New("agent: join refused by the hub")
 	// ErrWrongCluster: the token is bound to another cluster than --cluster.
 	ErrWrongCluster = errors.New("agent: join token is for another cluster")
@@ -99,9 +101,7 @@ func Join(ctx context.Context, cfg Config, token string) error {
 		return fmt.Errorf("agent: join: dial hub: %w", err)
 	}
 	defer func() { _ = conn.Close() }()
-	cctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
-	defer cancel()
-	resp, err := fedv1.NewJoinClient(conn).Join(cctx, &fedv1.JoinRequest{
+	req := &fedv1.JoinRequest{
 		Token:   jt.Encode(),
 		Cluster: cfg.Cluster.String(),
 		Locality: &fedv1.Locality{
@@ -111,10 +111,11 @@ func Join(ctx context.Context, cfg Config, token string) error {
 		Csr:              csr,
 		Capabilities:     localCapabilities(),
 		GatewayAddresses: cfg.GatewayAddresses,
-	})
+	}
+	resp, err := joinWithRetries(ctx, cfg, fedv1.NewJoinClient(conn), req)
 	if err != nil {
 		if s, ok := status.FromError(err); ok && s.Code() == codes.PermissionDenied {
-			return fmt.Errorf("%w: %s (the token may be used, expired, revoked or for another cluster; create a new one with meshfed token create --cluster %s)", ErrJoinRefused, s.Message(), cfg.Cluster)
+			return fmt.Errorf("%w: %s (the token may be used, expired, revoked, for another cluster or bound to another trust domain than --trust-domain; create a new one with meshfed token create --cluster %s)", ErrJoinRefused, s.Message(), cfg.Cluster)
 		}
 		return fmt.Errorf("agent: join: %w", err)
 	}
@@ -141,6 +142,43 @@ func Join(ctx context.Context, cfg Config, token string) error {
 	return nil
 }
 
+// joinAttemptTimeout bounds one Join call; cfg.JoinTimeout bounds them all.
+const joinAttemptTimeout = 10 * time.Second
+
+// joinWithRetries calls Join until it succeeds, fails for good, or
+// cfg.JoinTimeout passes. The hub answers a retry with the same token and
+// CSR (one key for every attempt) with the certificate of the first call
+// that got through, so a lost response does not burn the token. Unavailable,
+// ResourceExhausted (the per-address limit), DeadlineExceeded of one attempt
+// and Aborted are retried with jittered exponential backoff.
+func joinWithRetries(ctx context.Context, cfg Config, c fedv1.JoinClient, req *fedv1.JoinRequest) (*fedv1.JoinResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
+	defer cancel()
+	backoff := cfg.ReconnectMin
+	for {
+		actx, acancel := context.WithTimeout(ctx, joinAttemptTimeout)
+		resp, err := c.Join(actx, req)
+		acancel()
+		if err == nil {
+			return resp, nil
+		}
+		switch status.Code(err) {
+		case codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded, codes.Aborted:
+		default:
+			return nil, err
+		}
+		d := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (last: %w)", ctx.Err(), err)
+		case <-t.C:
+		}
+		backoff = min(2*backoff, cfg.ReconnectMax)
+	}
+}
+
 func credentialsFromResponse(cfg Config, td string, key crypto.Signer, jt federation.JoinToken, resp *fedv1.JoinResponse) (*Credentials, error) {
 	certs, err := pki.ParseCertsPEM(resp.GetClientCertificate())
 	if err != nil {
@@ -164,8 +202,8 @@ func credentialsFromResponse(cfg Config, td string, key crypto.Signer, jt federa
 	if len(hubs) == 0 {
 		hubs = jt.Addrs
 	}
-	if len(hubs) > 16 {
-		hubs = hubs[:16]
+	if len(hubs) > maxHubAddresses {
+		hubs = hubs[:maxHubAddresses]
 	}
 	return &Credentials{
 		APIVersion: CredentialsAPIVersion, Kind: CredentialsKind,

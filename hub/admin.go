@@ -27,7 +27,7 @@ type adminService struct {
 func tokenInfo(t *hubpb.Token) *fedv1.TokenInfo {
 	return &fedv1.TokenInfo{
 		Id: t.GetId(), Cluster: t.GetCluster(), CreatedAtMs: t.GetCreatedAtMs(),
-		ExpiresAtMs: t.GetExpiresAtMs(), Used: t.GetUsed(), Revoked: t.GetRevoked(),
+		ExpiresAtMs: t.GetExpiresAtMs(), Used: t.GetUsed(), Revoked: t.GetRevoked(), TrustDomain: t.GetTrustDomain(),
 	}
 }
 
@@ -43,6 +43,15 @@ func (a *adminService) CreateToken(ctx context.Context, req *fedv1.CreateTokenRe
 	}
 	if ttl <= 0 || ttl > s.cfg.MaxTokenTTL {
 		return nil, invalidArg("ttl_seconds", "%d must be in 1..%d", req.GetTtlSeconds(), int64(s.cfg.MaxTokenTTL/time.Second))
+	}
+	td := federation.TrustDomainFromCluster(cluster)
+	if req.GetTrustDomain() != "" {
+		if td, err = federation.ParseTrustDomain(req.GetTrustDomain()); err != nil {
+			return nil, fieldErr("", err)
+		}
+	}
+	if err := s.checkNotHubTrustDomain("trust_domain", td); err != nil {
+		return nil, err
 	}
 	ca, _, _ := s.certs.current()
 	if ca == nil {
@@ -60,7 +69,7 @@ func (a *adminService) CreateToken(ctx context.Context, req *fedv1.CreateTokenRe
 	hash := sha256.Sum256(secret)
 	tok := &hubpb.Token{
 		Id: hex.EncodeToString(idb), Cluster: cluster.String(), SecretHash: hash[:],
-		CreatedAtMs: now.UnixMilli(), ExpiresAtMs: now.Add(ttl).UnixMilli(),
+		CreatedAtMs: now.UnixMilli(), ExpiresAtMs: now.Add(ttl).UnixMilli(), TrustDomain: td.String(),
 	}
 	if _, err := s.apply(ctx, fsm.CreateTokenType, &hubpb.CmdCreateToken{Token: tok}); err != nil {
 		return nil, err

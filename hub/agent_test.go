@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -22,6 +23,49 @@ type testAgent struct {
 	t       testing.TB
 	cluster string
 	conn    *grpc.ClientConn
+	// What it joined with, to renew and to dial other servers.
+	key   crypto.Signer
+	cert  *x509.Certificate
+	pool  *x509.CertPool
+	hubTD string
+	addrs []string
+}
+
+// dial connects as a with its certificate to the given hub servers.
+func (a *testAgent) dial(addrs ...string) (*grpc.ClientConn, error) {
+	tlsCfg := clientconfig.ClientTLS(a.pool, &tls.Certificate{Certificate: [][]byte{a.cert.Raw}, PrivateKey: a.key, Leaf: a.cert}, a.hubTD)
+	return clientconfig.Dial(addrs, tlsCfg)
+}
+
+// renew asks for a new certificate for key (a fresh one when nil) and
+// returns an agent holding it, connected to the same servers.
+func (a *testAgent) renew(ctx context.Context, key crypto.Signer) (*testAgent, error) {
+	if key == nil {
+		var err error
+		if key, err = pki.NewKey(); err != nil {
+			return nil, err
+		}
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := fedv1.NewSyncClient(a.conn).Renew(ctx, &fedv1.RenewRequest{Csr: csr})
+	if err != nil {
+		return nil, err
+	}
+	certs, err := pki.ParseCertsPEM(resp.GetClientCertificate())
+	if err != nil {
+		return nil, err
+	}
+	n := &testAgent{t: a.t, cluster: a.cluster, key: key, cert: certs[0], pool: a.pool, hubTD: a.hubTD, addrs: a.addrs}
+	if n.conn, err = n.dial(a.addrs...); err != nil {
+		return nil, err
+	}
+	if a.t != nil {
+		a.t.Cleanup(func() { _ = n.conn.Close() })
+	}
+	return n, nil
 }
 
 // joinTLS verifies the hub by the CA fingerprint in the token, as the agent does.
@@ -43,8 +87,20 @@ func joinTLS(fp string, trustDomain string) *tls.Config {
 	}
 }
 
-// join redeems token for cluster; it returns the gRPC error unchanged.
+// join redeems token for cluster with its default trust domain; it returns
+// the gRPC error unchanged.
 func join(ctx context.Context, token, cluster string) (*testAgent, *fedv1.JoinResponse, error) {
+	return joinTD(ctx, token, cluster, cluster+".meshfed.local")
+}
+
+// joinTD is join with the trust domain td.
+func joinTD(ctx context.Context, token, cluster, td string) (*testAgent, *fedv1.JoinResponse, error) {
+	return joinKey(ctx, token, cluster, td, nil)
+}
+
+// joinKey is join with the trust domain td and a CSR for key (a fresh key
+// when nil).
+func joinKey(ctx context.Context, token, cluster, td string, key crypto.Signer) (*testAgent, *fedv1.JoinResponse, error) {
 	jt, err := federation.ParseJoinToken(token)
 	if err != nil {
 		return nil, nil, err
@@ -54,15 +110,15 @@ func join(ctx context.Context, token, cluster string) (*testAgent, *fedv1.JoinRe
 		return nil, nil, err
 	}
 	defer func() { _ = conn.Close() }()
-	key, err := pki.NewKey()
-	if err != nil {
-		return nil, nil, err
+	if key == nil {
+		if key, err = pki.NewKey(); err != nil {
+			return nil, nil, err
+		}
 	}
 	csr, err := pki.NewCSR(key)
 	if err != nil {
 		return nil, nil, err
 	}
-	td := cluster + ".meshfed.local"
 	resp, err := fedv1.NewJoinClient(conn).Join(ctx, &fedv1.JoinRequest{
 		Token: token, Cluster: cluster,
 		Locality:     &fedv1.Locality{Region: "r-" + cluster, Zone: "z-" + cluster},
@@ -79,12 +135,14 @@ func join(ctx context.Context, token, cluster string) (*testAgent, *fedv1.JoinRe
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(resp.GetHubCa())
-	tlsCfg := clientconfig.ClientTLS(pool, &tls.Certificate{Certificate: [][]byte{certs[0].Raw}, PrivateKey: key, Leaf: certs[0]}, resp.GetSettings().GetHubTrustDomain())
+	a := &testAgent{cluster: cluster, key: key, cert: certs[0], pool: pool, hubTD: resp.GetSettings().GetHubTrustDomain(), addrs: jt.Addrs[:1]}
+	tlsCfg := clientconfig.ClientTLS(pool, &tls.Certificate{Certificate: [][]byte{certs[0].Raw}, PrivateKey: key, Leaf: certs[0]}, a.hubTD)
 	aconn, err := grpc.NewClient("passthrough:///"+jt.Addrs[0], grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	if err != nil {
 		return nil, nil, err
 	}
-	return &testAgent{cluster: cluster, conn: aconn}, resp, nil
+	a.conn = aconn
+	return a, resp, nil
 }
 
 func mustBundle(td string) *fedv1.TrustBundle {

@@ -145,6 +145,9 @@ func (s *Server) authorize(ctx context.Context, method string) (context.Context,
 	}
 	for _, k := range kinds {
 		if id.kind == k {
+			if err := s.checkAgentCert(ctx, method, id); err != nil {
+				return nil, err
+			}
 			return context.WithValue(ctx, identityKey{}, id), nil
 		}
 	}

@@ -42,7 +42,9 @@ type Config struct {
 	// TokenTTL is the default join token lifetime; MaxTokenTTL bounds requests.
 	TokenTTL    time.Duration
 	MaxTokenTTL time.Duration
-	// AgentCertTTL is the lifetime of the client certificate issued at join.
+	// AgentCertTTL is the lifetime of an agent's client certificate, issued
+	// at join and renewed by the agent at half-life (Sync.Renew); at least
+	// MinAgentCertTTL.
 	AgentCertTTL time.Duration
 	// ServerCertTTL is the lifetime of each server's own certificate from
 	// the hub CA; it is renewed at half-life.
@@ -92,6 +94,12 @@ type Config struct {
 	// walSegmentSize overrides raft-wal's segment size (tests use small
 	// segments so that log compaction really drops entries).
 	walSegmentSize int
+
+	// JoinRate and JoinBurst are the token bucket per peer IP for Join
+	// calls (unauthenticated): JoinRate calls a second, JoinBurst at once.
+	// More are answered ResourceExhausted.
+	JoinRate  float64
+	JoinBurst int
 }
 
 // DefaultConfig returns a configuration with every tunable set.
@@ -118,6 +126,8 @@ func DefaultConfig() Config {
 		SnapshotThreshold:     8192,
 		TrailingLogs:          10240,
 		GossipProfile:         "lan",
+		JoinRate:              10,
+		JoinBurst:             32,
 	}
 }
 
@@ -253,6 +263,12 @@ func (c *Config) Validate() error {
 	}
 	if c.SnapshotThreshold == 0 {
 		bad("snapshot_threshold", "must be positive")
+	}
+	if c.JoinRate <= 0 || c.JoinRate > 1e6 {
+		bad("join_rate", "%g must be in (0, 1e6] calls a second", c.JoinRate)
+	}
+	if c.JoinBurst < 1 || c.JoinBurst > 1e6 {
+		bad("join_burst", "%d must be in 1..1000000", c.JoinBurst)
 	}
 	if c.GossipProfile != "lan" && c.GossipProfile != "local" {
 		bad("gossip_profile", "%q must be lan or local", c.GossipProfile)

@@ -155,6 +155,8 @@ func TestConfigValidateNamesFieldAndBound(t *testing.T) {
 		{"lease above heartbeat", func(c *Config) { c.LeaderLeaseTimeout = 2 * c.HeartbeatTimeout }, "leader_lease_timeout", "heartbeat_timeout"},
 		{"snapshot threshold", func(c *Config) { c.SnapshotThreshold = 0 }, "snapshot_threshold", "positive"},
 		{"gossip profile", func(c *Config) { c.GossipProfile = "wan" }, "gossip_profile", "lan or local"},
+		{"join rate", func(c *Config) { c.JoinRate = 0 }, "join_rate", "(0, 1e6]"},
+		{"join burst", func(c *Config) { c.JoinBurst = 0 }, "join_burst", "1..1000000"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -33,8 +33,8 @@ func (s *Server) apply(ctx context.Context, t fsm.MessageType, msg proto.Message
 	if err != nil {
 		return 0, status.Error(codes.Internal, err.Error())
 	}
-	if len(b) > MaxMessageSize {
-		return 0, status.Errorf(codes.InvalidArgument, "command is %d bytes, at most %d", len(b), MaxMessageSize)
+	if len(b) > MaxCommandSize {
+		return 0, status.Errorf(codes.InvalidArgument, "command: %d bytes, at most %d (MaxCommandSize)", len(b), MaxCommandSize)
 	}
 	if s.raft.State() == raft.Leader {
 		return s.applyLocal(b)

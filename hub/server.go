@@ -75,6 +75,7 @@ type Server struct {
 	// applied everything from earlier terms (a barrier succeeded in it).
 	readyTerm atomic.Uint64
 	streams   atomic.Int64
+	readyz    readyCache
 
 	stopOnce sync.Once
 	stopCh   chan struct{}
@@ -266,7 +267,7 @@ func (s *Server) setupGRPC() error {
 		grpc.ChainUnaryInterceptor(s.authUnary, s.readyUnary),
 		grpc.ChainStreamInterceptor(s.authStream, s.readyStream),
 	)
-	fedv1.RegisterJoinServer(s.grpc, &joinService{s: s})
+	fedv1.RegisterJoinServer(s.grpc, &joinService{s: s, limit: newIPLimiter(s.cfg.JoinRate, s.cfg.JoinBurst)})
 	fedv1.RegisterSyncServer(s.grpc, &syncService{s: s})
 	fedv1.RegisterAdminServer(s.grpc, &adminService{s: s})
 	hubpb.RegisterInternalServer(s.grpc, &internalService{s: s})

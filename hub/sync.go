@@ -7,6 +7,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
@@ -15,9 +17,20 @@ import (
 	"github.com/meshfed/meshfed/hub/state"
 )
 
-// MaxDeltaRecords bounds the records in one SyncDelta message; a larger change
-// set is split over several messages, the last of which carries the revision.
-const MaxDeltaRecords = 512
+// Limits of the Sync stream's messages. A change set larger than either is
+// split over several SyncDelta messages, the last of which carries the
+// revision.
+const (
+	// MaxDeltaRecords bounds the records in one SyncDelta message.
+	MaxDeltaRecords = 512
+	// MaxDeltaBytes bounds the encoded size of one SyncDelta message: the
+	// gRPC default receive limit, so any client takes it. One record is at
+	// most MaxMessageSize (the request that carried it), so it always fits.
+	MaxDeltaBytes = 4 << 20
+	// MaxCommandSize bounds a Raft command: a message's worth, less room
+	// for the envelope that forwards it to the leader.
+	MaxCommandSize = MaxMessageSize - 16<<10
+)
 
 type syncService struct {
 	fedv1.UnimplementedSyncServer
@@ -132,14 +145,15 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 }
 
 // checkMember refuses a stream whose cluster was removed, or whose
-// certificate is not the one issued at the cluster's latest join.
+// certificate is no longer the cluster's current one (a later join or
+// renewal replaced it).
 func checkMember(view *state.ReadTxn, id identity) error {
 	c := view.Cluster(id.name)
 	if c == nil {
 		return status.Errorf(codes.PermissionDenied, "cluster %q is not a member of the federation (removed?)", id.name)
 	}
 	if c.GetAgentCertSerial() != id.serial {
-		return status.Errorf(codes.PermissionDenied, "cluster %q: this certificate was superseded by a later join", id.name)
+		return errSuperseded(id)
 	}
 	return nil
 }
@@ -210,9 +224,37 @@ func (y *syncService) publish(ctx context.Context, cluster string, p *fedv1.Publ
 			return 0, fieldErr(fmt.Sprintf("publish.deletes[%d]", i), err)
 		}
 	}
+	if err := checkExportQuota(y.s.fsm.Store().Read(), cluster, p); err != nil {
+		return 0, err
+	}
 	return y.s.apply(ctx, fsm.PublishExportsType, &hubpb.CmdPublishExports{
 		Cluster: cluster, Upserts: p.GetUpserts(), Deletes: p.GetDeletes(),
 	})
+}
+
+// checkExportQuota refuses, without a Raft write, a publish that would take
+// the cluster's exports above fsm.MaxExportBytesPerCluster in this server's
+// view (the FSM checks again, authoritatively). A cluster above the quota
+// may still shrink.
+func checkExportQuota(view *state.ReadTxn, cluster string, p *fedv1.PublishExports) error {
+	before := int64(view.ExportBytes(cluster))
+	after := before
+	sizeOf := func(key string) int64 {
+		if old := view.Export(cluster, key); old != nil {
+			return int64(proto.Size(old.GetService()))
+		}
+		return 0
+	}
+	for _, key := range p.GetDeletes() {
+		after -= sizeOf(key)
+	}
+	for _, svc := range p.GetUpserts() {
+		after += int64(proto.Size(svc)) - sizeOf(svc.GetNamespace()+"/"+svc.GetName())
+	}
+	if after > fsm.MaxExportBytesPerCluster && after > before {
+		return status.Errorf(codes.ResourceExhausted, "publish: cluster %q would hold %d bytes of exported services, at most %d (MaxExportBytesPerCluster)", cluster, after, fsm.MaxExportBytesPerCluster)
+	}
+	return nil
 }
 
 func (y *syncService) publishBundle(ctx context.Context, cluster string, b *fedv1.TrustBundle) (uint64, error) {
@@ -239,53 +281,62 @@ func (y *syncService) sendDelta(stream fedv1.Sync_SyncServer, d *state.Delta) er
 	return nil
 }
 
+// splitDelta splits d into messages of at most MaxDeltaRecords records and
+// MaxDeltaBytes encoded bytes.
 func splitDelta(d *state.Delta) []*fedv1.SyncDelta {
 	var out []*fedv1.SyncDelta
 	cur := &fedv1.SyncDelta{Reset_: d.Reset}
-	n := 0
+	// Room for the revision and reset fields the message carries too.
+	const budget = MaxDeltaBytes - 32
+	n, size := 0, 0
 	flush := func() {
 		out = append(out, cur)
 		cur = &fedv1.SyncDelta{}
-		n = 0
+		n, size = 0, 0
 	}
-	add := func() {
-		n++
-		if n >= MaxDeltaRecords {
+	// add makes room for one record of the given encoded size (field tag
+	// and length prefix included) before it is appended.
+	add := func(recordSize int) {
+		sz := 1 + protowire.SizeBytes(recordSize)
+		if n > 0 && (n >= MaxDeltaRecords || size+sz > budget) {
 			flush()
 		}
+		n++
+		size += sz
 	}
 	for _, c := range d.Clusters {
+		add(proto.Size(c))
 		cur.Clusters = append(cur.Clusters, c)
-		add()
 	}
 	for _, e := range d.Exports {
+		add(proto.Size(e))
 		cur.Exports = append(cur.Exports, e)
-		add()
 	}
 	for _, b := range d.Bundles {
+		add(proto.Size(b.GetBundle()))
 		cur.Bundles = append(cur.Bundles, b.GetBundle())
-		add()
 	}
 	for _, p := range d.Policies {
+		add(proto.Size(p))
 		cur.Policies = append(cur.Policies, p)
-		add()
 	}
 	for _, k := range d.Removed[state.TableClusters] {
+		add(len(k))
 		cur.RemovedClusters = append(cur.RemovedClusters, k)
-		add()
 	}
 	for _, k := range d.Removed[state.TableExports] {
 		cluster, svc, _ := cutExportKey(k)
-		cur.RemovedExports = append(cur.RemovedExports, &fedv1.ExportRef{Cluster: cluster, Service: svc})
-		add()
+		ref := &fedv1.ExportRef{Cluster: cluster, Service: svc}
+		add(proto.Size(ref))
+		cur.RemovedExports = append(cur.RemovedExports, ref)
 	}
 	for _, k := range d.Removed[state.TableBundles] {
+		add(len(k))
 		cur.RemovedBundles = append(cur.RemovedBundles, k)
-		add()
 	}
 	for _, k := range d.Removed[state.TablePolicies] {
+		add(len(k))
 		cur.RemovedPolicies = append(cur.RemovedPolicies, k)
-		add()
 	}
 	if n > 0 || len(out) == 0 {
 		flush()

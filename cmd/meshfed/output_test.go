@@ -73,9 +73,9 @@ var (
 	}
 	tokensFixture = &fedv1.ListTokensResponse{
 		Tokens: []*fedv1.TokenInfo{
-			{Id: "tok1", Cluster: "east", CreatedAtMs: t0 - 60_000, ExpiresAtMs: t0 + 60_000},
+			{Id: "tok1", Cluster: "east", CreatedAtMs: t0 - 60_000, ExpiresAtMs: t0 + 60_000, TrustDomain: "east.meshfed.local"},
 			{Id: "tok2", Cluster: "east", CreatedAtMs: t0 - 60_000, ExpiresAtMs: t0, Used: true},
-			{Id: "tok3", Cluster: "west", CreatedAtMs: t0 - 60_000, ExpiresAtMs: t0 + 60_000, Revoked: true},
+			{Id: "tok3", Cluster: "west", CreatedAtMs: t0 - 60_000, ExpiresAtMs: t0 + 60_000, Revoked: true, TrustDomain: "corp.example"},
 			{Id: "tok4", Cluster: "west", CreatedAtMs: t0 - 120_000, ExpiresAtMs: t0},
 		},
 	}

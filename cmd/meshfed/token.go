@@ -27,12 +27,18 @@ func newTokenCreateCmd(d deps) *cobra.Command {
 		cf      clientFlags
 		out     outputFormat
 		cluster string
+		td      string
 		ttl     time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "create --cluster NAME",
+		Use:   "create --cluster NAME [--trust-domain TD]",
 		Short: "Create a one-time token for a cluster to join with",
 		Long: `Create a one-time token for a cluster to join with ("meshfed join TOKEN").
+
+The token is bound to the cluster and to the trust domain the cluster must
+join with (--trust-domain, default <cluster>.meshfed.local; pass the same to
+"meshfed join --trust-domain"). The hub's own trust domain, externally
+federated ones and other clusters' are refused.
 
 The token is a secret and is shown only once; "meshfed token list" shows its
 id, cluster and state but never the token itself.`,
@@ -45,14 +51,20 @@ id, cluster and state but never the token itself.`,
 			if ttl < time.Second {
 				return usageErrorf("--ttl: %v must be at least 1s", ttl)
 			}
+			if td != "" {
+				if _, err := federation.ParseTrustDomain(td); err != nil {
+					return usageErrorf("--trust-domain: %w", err)
+				}
+			}
 			c, err := cf.dial(cmd, d)
 			if err != nil {
 				return err
 			}
 			defer c.done()
 			resp, err := c.client.CreateToken(c.ctx, &fedv1.CreateTokenRequest{
-				Cluster:    name.String(),
-				TtlSeconds: int64(ttl / time.Second),
+				Cluster:     name.String(),
+				TtlSeconds:  int64(ttl / time.Second),
+				TrustDomain: td,
 			})
 			if err != nil {
 				return err
@@ -62,6 +74,7 @@ id, cluster and state but never the token itself.`,
 	}
 	cmd.Flags().StringVar(&cluster, "cluster", "", "name of the cluster that will join with the token (required)")
 	cmd.Flags().DurationVar(&ttl, "ttl", hub.DefaultConfig().TokenTTL, "how long the token is valid; the hub bounds it")
+	cmd.Flags().StringVar(&td, "trust-domain", "", "the trust domain the cluster must join with (default <cluster>.meshfed.local)")
 	_ = cmd.MarkFlagRequired("cluster") // the flag is defined just above
 	cf.add(cmd)
 	addOutputFlag(cmd, &out)
@@ -75,6 +88,7 @@ func createdTokenTable(w io.Writer, r *fedv1.CreateTokenResponse) {
 	info := r.GetInfo()
 	fmt.Fprintf(w, "id:\t%s\n", info.GetId())
 	fmt.Fprintf(w, "cluster:\t%s\n", info.GetCluster())
+	fmt.Fprintf(w, "trust domain:\t%s\n", info.GetTrustDomain())
 	fmt.Fprintf(w, "expires:\t%s\n", fmtTime(info.GetExpiresAtMs()))
 }
 
@@ -86,9 +100,9 @@ func newTokenListCmd(d deps) *cobra.Command {
 }
 
 func tokensTable(w io.Writer, r *fedv1.ListTokensResponse, now time.Time) {
-	row(w, "ID", "CLUSTER", "CREATED", "EXPIRES", "STATE")
+	row(w, "ID", "CLUSTER", "TRUST DOMAIN", "CREATED", "EXPIRES", "STATE")
 	for _, t := range r.GetTokens() {
-		row(w, t.GetId(), t.GetCluster(), fmtTime(t.GetCreatedAtMs()), fmtTime(t.GetExpiresAtMs()), tokenState(t, now))
+		row(w, t.GetId(), t.GetCluster(), t.GetTrustDomain(), fmtTime(t.GetCreatedAtMs()), fmtTime(t.GetExpiresAtMs()), tokenState(t, now))
 	}
 }
 

@@ -744,9 +744,20 @@ type ClusterRecord struct {
 	AgentCertSerial string `protobuf:"bytes,11,opt,name=agent_cert_serial,json=agentCertSerial,proto3" json:"agent_cert_serial,omitempty"`
 	// Bumped by `meshfed trust rotate`; the cluster's agent rotates its CA
 	// when it sees a value above the last one it handled.
-	CaRotation    uint64 `protobuf:"varint,12,opt,name=ca_rotation,json=caRotation,proto3" json:"ca_rotation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CaRotation uint64 `protobuf:"varint,12,opt,name=ca_rotation,json=caRotation,proto3" json:"ca_rotation,omitempty"`
+	// Validity of the current agent certificate (agent_cert_serial), Unix
+	// milliseconds. The agent renews it at half-life with Sync.Renew.
+	AgentCertNotBeforeMs int64 `protobuf:"varint,13,opt,name=agent_cert_not_before_ms,json=agentCertNotBeforeMs,proto3" json:"agent_cert_not_before_ms,omitempty"`
+	AgentCertNotAfterMs  int64 `protobuf:"varint,14,opt,name=agent_cert_not_after_ms,json=agentCertNotAfterMs,proto3" json:"agent_cert_not_after_ms,omitempty"`
+	// SHA-256 of the current agent certificate's SubjectPublicKeyInfo.
+	AgentCertPublicKeySha256 []byte `protobuf:"bytes,15,opt,name=agent_cert_public_key_sha256,json=agentCertPublicKeySha256,proto3" json:"agent_cert_public_key_sha256,omitempty"`
+	// The serial that the current certificate replaced by renewal. It is
+	// accepted by Sync.Renew only, and only to fetch the current certificate
+	// again for the same key (a renewal whose response was lost); empty
+	// after a join.
+	PreviousAgentCertSerial string `protobuf:"bytes,16,opt,name=previous_agent_cert_serial,json=previousAgentCertSerial,proto3" json:"previous_agent_cert_serial,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *ClusterRecord) Reset() {
@@ -861,6 +872,34 @@ func (x *ClusterRecord) GetCaRotation() uint64 {
 		return x.CaRotation
 	}
 	return 0
+}
+
+func (x *ClusterRecord) GetAgentCertNotBeforeMs() int64 {
+	if x != nil {
+		return x.AgentCertNotBeforeMs
+	}
+	return 0
+}
+
+func (x *ClusterRecord) GetAgentCertNotAfterMs() int64 {
+	if x != nil {
+		return x.AgentCertNotAfterMs
+	}
+	return 0
+}
+
+func (x *ClusterRecord) GetAgentCertPublicKeySha256() []byte {
+	if x != nil {
+		return x.AgentCertPublicKeySha256
+	}
+	return nil
+}
+
+func (x *ClusterRecord) GetPreviousAgentCertSerial() string {
+	if x != nil {
+		return x.PreviousAgentCertSerial
+	}
+	return ""
 }
 
 // A global traffic policy for one service (namespace/name).
@@ -1939,21 +1978,133 @@ func (*SyncResponse_PublishResult) isSyncResponse_Msg() {}
 
 func (*SyncResponse_Hello) isSyncResponse_Msg() {}
 
+// A new agent certificate for the caller's cluster.
+type RenewRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// DER-encoded PKCS#10 certificate request for the new key.
+	Csr           []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewRequest) Reset() {
+	*x = RenewRequest{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewRequest) ProtoMessage() {}
+
+func (x *RenewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
+func (*RenewRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RenewRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type RenewResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PEM: the new client certificate, signed by the hub CA. Its serial
+	// replaces the caller's: the old certificate is refused from now on.
+	ClientCertificate []byte `protobuf:"bytes,1,opt,name=client_certificate,json=clientCertificate,proto3" json:"client_certificate,omitempty"`
+	// PEM: the hub CA certificate(s).
+	HubCa []byte `protobuf:"bytes,2,opt,name=hub_ca,json=hubCa,proto3" json:"hub_ca,omitempty"`
+	// gRPC addresses of the hub servers now.
+	HubAddresses  []string `protobuf:"bytes,3,rep,name=hub_addresses,json=hubAddresses,proto3" json:"hub_addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewResponse) Reset() {
+	*x = RenewResponse{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewResponse) ProtoMessage() {}
+
+func (x *RenewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
+func (*RenewResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RenewResponse) GetClientCertificate() []byte {
+	if x != nil {
+		return x.ClientCertificate
+	}
+	return nil
+}
+
+func (x *RenewResponse) GetHubCa() []byte {
+	if x != nil {
+		return x.HubCa
+	}
+	return nil
+}
+
+func (x *RenewResponse) GetHubAddresses() []string {
+	if x != nil {
+		return x.HubAddresses
+	}
+	return nil
+}
+
 type TokenInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Cluster       string                 `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	CreatedAtMs   int64                  `protobuf:"varint,3,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
-	ExpiresAtMs   int64                  `protobuf:"varint,4,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
-	Used          bool                   `protobuf:"varint,5,opt,name=used,proto3" json:"used,omitempty"`
-	Revoked       bool                   `protobuf:"varint,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Cluster     string                 `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	CreatedAtMs int64                  `protobuf:"varint,3,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
+	ExpiresAtMs int64                  `protobuf:"varint,4,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
+	Used        bool                   `protobuf:"varint,5,opt,name=used,proto3" json:"used,omitempty"`
+	Revoked     bool                   `protobuf:"varint,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// The trust domain the cluster must join with.
+	TrustDomain   string `protobuf:"bytes,7,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1965,7 +2116,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1978,7 +2129,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -2023,17 +2174,28 @@ func (x *TokenInfo) GetRevoked() bool {
 	return false
 }
 
+func (x *TokenInfo) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
 type CreateTokenRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	TtlSeconds    int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Cluster    string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	TtlSeconds int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// The trust domain the cluster must join with; empty means
+	// <cluster>.meshfed.local. The hub's own trust domain, externally
+	// federated ones and those of other member clusters are refused.
+	TrustDomain   string `protobuf:"bytes,3,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2045,7 +2207,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2058,7 +2220,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CreateTokenRequest) GetCluster() string {
@@ -2075,6 +2237,13 @@ func (x *CreateTokenRequest) GetTtlSeconds() int64 {
 	return 0
 }
 
+func (x *CreateTokenRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
 type CreateTokenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The secret token; shown once and never again.
@@ -2086,7 +2255,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2098,7 +2267,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2111,7 +2280,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -2136,7 +2305,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2148,7 +2317,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2161,7 +2330,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{31}
 }
 
 type ListTokensResponse struct {
@@ -2173,7 +2342,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2185,7 +2354,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2198,7 +2367,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{30}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -2217,7 +2386,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2229,7 +2398,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2242,7 +2411,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{31}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -2260,7 +2429,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2272,7 +2441,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2285,7 +2454,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{32}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{34}
 }
 
 type ListClustersRequest struct {
@@ -2296,7 +2465,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2308,7 +2477,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2321,7 +2490,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{33}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{35}
 }
 
 type ListClustersResponse struct {
@@ -2334,7 +2503,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2346,7 +2515,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2359,7 +2528,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{34}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListClustersResponse) GetClusters() []*ClusterRecord {
@@ -2385,7 +2554,7 @@ type DescribeClusterRequest struct {
 
 func (x *DescribeClusterRequest) Reset() {
 	*x = DescribeClusterRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2397,7 +2566,7 @@ func (x *DescribeClusterRequest) String() string {
 func (*DescribeClusterRequest) ProtoMessage() {}
 
 func (x *DescribeClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2410,7 +2579,7 @@ func (x *DescribeClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeClusterRequest.ProtoReflect.Descriptor instead.
 func (*DescribeClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{35}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DescribeClusterRequest) GetName() string {
@@ -2431,7 +2600,7 @@ type DescribeClusterResponse struct {
 
 func (x *DescribeClusterResponse) Reset() {
 	*x = DescribeClusterResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2443,7 +2612,7 @@ func (x *DescribeClusterResponse) String() string {
 func (*DescribeClusterResponse) ProtoMessage() {}
 
 func (x *DescribeClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2456,7 +2625,7 @@ func (x *DescribeClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeClusterResponse.ProtoReflect.Descriptor instead.
 func (*DescribeClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{36}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DescribeClusterResponse) GetCluster() *ClusterRecord {
@@ -2489,7 +2658,7 @@ type RemoveClusterRequest struct {
 
 func (x *RemoveClusterRequest) Reset() {
 	*x = RemoveClusterRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2501,7 +2670,7 @@ func (x *RemoveClusterRequest) String() string {
 func (*RemoveClusterRequest) ProtoMessage() {}
 
 func (x *RemoveClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2514,7 +2683,7 @@ func (x *RemoveClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveClusterRequest.ProtoReflect.Descriptor instead.
 func (*RemoveClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{37}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RemoveClusterRequest) GetName() string {
@@ -2533,7 +2702,7 @@ type RemoveClusterResponse struct {
 
 func (x *RemoveClusterResponse) Reset() {
 	*x = RemoveClusterResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2545,7 +2714,7 @@ func (x *RemoveClusterResponse) String() string {
 func (*RemoveClusterResponse) ProtoMessage() {}
 
 func (x *RemoveClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2558,7 +2727,7 @@ func (x *RemoveClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveClusterResponse.ProtoReflect.Descriptor instead.
 func (*RemoveClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{38}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RemoveClusterResponse) GetRevision() uint64 {
@@ -2579,7 +2748,7 @@ type GlobalService struct {
 
 func (x *GlobalService) Reset() {
 	*x = GlobalService{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2591,7 +2760,7 @@ func (x *GlobalService) String() string {
 func (*GlobalService) ProtoMessage() {}
 
 func (x *GlobalService) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2604,7 +2773,7 @@ func (x *GlobalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalService.ProtoReflect.Descriptor instead.
 func (*GlobalService) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{39}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GlobalService) GetKey() string {
@@ -2629,7 +2798,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2641,7 +2810,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2654,7 +2823,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{40}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{42}
 }
 
 type ListServicesResponse struct {
@@ -2667,7 +2836,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2679,7 +2848,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2692,7 +2861,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{41}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListServicesResponse) GetServices() []*GlobalService {
@@ -2718,7 +2887,7 @@ type PutPolicyRequest struct {
 
 func (x *PutPolicyRequest) Reset() {
 	*x = PutPolicyRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2730,7 +2899,7 @@ func (x *PutPolicyRequest) String() string {
 func (*PutPolicyRequest) ProtoMessage() {}
 
 func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2743,7 +2912,7 @@ func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyRequest.ProtoReflect.Descriptor instead.
 func (*PutPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{42}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PutPolicyRequest) GetPolicy() *TrafficPolicy {
@@ -2762,7 +2931,7 @@ type PutPolicyResponse struct {
 
 func (x *PutPolicyResponse) Reset() {
 	*x = PutPolicyResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2774,7 +2943,7 @@ func (x *PutPolicyResponse) String() string {
 func (*PutPolicyResponse) ProtoMessage() {}
 
 func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2787,7 +2956,7 @@ func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyResponse.ProtoReflect.Descriptor instead.
 func (*PutPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{43}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PutPolicyResponse) GetRevision() uint64 {
@@ -2806,7 +2975,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2818,7 +2987,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2831,7 +3000,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{44}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DeletePolicyRequest) GetName() string {
@@ -2850,7 +3019,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2862,7 +3031,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2875,7 +3044,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{45}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DeletePolicyResponse) GetRevision() uint64 {
@@ -2893,7 +3062,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2905,7 +3074,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2918,7 +3087,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{46}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
 }
 
 type ListPoliciesResponse struct {
@@ -2931,7 +3100,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2943,7 +3112,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2956,7 +3125,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{47}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*TrafficPolicy {
@@ -2998,7 +3167,7 @@ type FederationRelationship struct {
 
 func (x *FederationRelationship) Reset() {
 	*x = FederationRelationship{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3010,7 +3179,7 @@ func (x *FederationRelationship) String() string {
 func (*FederationRelationship) ProtoMessage() {}
 
 func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3023,7 +3192,7 @@ func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
 func (*FederationRelationship) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *FederationRelationship) GetTrustDomain() string {
@@ -3084,7 +3253,7 @@ type PutFederationRequest struct {
 
 func (x *PutFederationRequest) Reset() {
 	*x = PutFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3096,7 +3265,7 @@ func (x *PutFederationRequest) String() string {
 func (*PutFederationRequest) ProtoMessage() {}
 
 func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3109,7 +3278,7 @@ func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationRequest.ProtoReflect.Descriptor instead.
 func (*PutFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *PutFederationRequest) GetFederation() *FederationRelationship {
@@ -3128,7 +3297,7 @@ type PutFederationResponse struct {
 
 func (x *PutFederationResponse) Reset() {
 	*x = PutFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3140,7 +3309,7 @@ func (x *PutFederationResponse) String() string {
 func (*PutFederationResponse) ProtoMessage() {}
 
 func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3153,7 +3322,7 @@ func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationResponse.ProtoReflect.Descriptor instead.
 func (*PutFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *PutFederationResponse) GetRevision() uint64 {
@@ -3172,7 +3341,7 @@ type DeleteFederationRequest struct {
 
 func (x *DeleteFederationRequest) Reset() {
 	*x = DeleteFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3184,7 +3353,7 @@ func (x *DeleteFederationRequest) String() string {
 func (*DeleteFederationRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3197,7 +3366,7 @@ func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *DeleteFederationRequest) GetTrustDomain() string {
@@ -3216,7 +3385,7 @@ type DeleteFederationResponse struct {
 
 func (x *DeleteFederationResponse) Reset() {
 	*x = DeleteFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3228,7 +3397,7 @@ func (x *DeleteFederationResponse) String() string {
 func (*DeleteFederationResponse) ProtoMessage() {}
 
 func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3241,7 +3410,7 @@ func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *DeleteFederationResponse) GetRevision() uint64 {
@@ -3259,7 +3428,7 @@ type ListFederationsRequest struct {
 
 func (x *ListFederationsRequest) Reset() {
 	*x = ListFederationsRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3271,7 +3440,7 @@ func (x *ListFederationsRequest) String() string {
 func (*ListFederationsRequest) ProtoMessage() {}
 
 func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3284,7 +3453,7 @@ func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
 }
 
 type FederationStatus struct {
@@ -3300,7 +3469,7 @@ type FederationStatus struct {
 
 func (x *FederationStatus) Reset() {
 	*x = FederationStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3312,7 +3481,7 @@ func (x *FederationStatus) String() string {
 func (*FederationStatus) ProtoMessage() {}
 
 func (x *FederationStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3325,7 +3494,7 @@ func (x *FederationStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationStatus.ProtoReflect.Descriptor instead.
 func (*FederationStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *FederationStatus) GetFederation() *FederationRelationship {
@@ -3359,7 +3528,7 @@ type ListFederationsResponse struct {
 
 func (x *ListFederationsResponse) Reset() {
 	*x = ListFederationsResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3371,7 +3540,7 @@ func (x *ListFederationsResponse) String() string {
 func (*ListFederationsResponse) ProtoMessage() {}
 
 func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3384,7 +3553,7 @@ func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListFederationsResponse) GetFederations() []*FederationStatus {
@@ -3414,7 +3583,7 @@ type BundleInfo struct {
 
 func (x *BundleInfo) Reset() {
 	*x = BundleInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3426,7 +3595,7 @@ func (x *BundleInfo) String() string {
 func (*BundleInfo) ProtoMessage() {}
 
 func (x *BundleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3439,7 +3608,7 @@ func (x *BundleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleInfo.ProtoReflect.Descriptor instead.
 func (*BundleInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *BundleInfo) GetBundle() *TrustBundle {
@@ -3471,7 +3640,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3483,7 +3652,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3496,7 +3665,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
 }
 
 type ListBundlesResponse struct {
@@ -3509,7 +3678,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3521,7 +3690,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3534,7 +3703,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*BundleInfo {
@@ -3560,7 +3729,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3572,7 +3741,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3585,7 +3754,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *RotateCARequest) GetCluster() string {
@@ -3605,7 +3774,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3617,7 +3786,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3630,7 +3799,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *RotateCAResponse) GetCaRotation() uint64 {
@@ -3665,7 +3834,7 @@ type ServerStatus struct {
 
 func (x *ServerStatus) Reset() {
 	*x = ServerStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3677,7 +3846,7 @@ func (x *ServerStatus) String() string {
 func (*ServerStatus) ProtoMessage() {}
 
 func (x *ServerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3690,7 +3859,7 @@ func (x *ServerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStatus.ProtoReflect.Descriptor instead.
 func (*ServerStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ServerStatus) GetName() string {
@@ -3750,7 +3919,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3762,7 +3931,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3775,7 +3944,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
 }
 
 type StatusResponse struct {
@@ -3791,7 +3960,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3803,7 +3972,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3816,7 +3985,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *StatusResponse) GetServers() []*ServerStatus {
@@ -3911,7 +4080,7 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12@\n" +
 	"\aservice\x18\x02 \x01(\v2&.meshfed.federation.v1.ExportedServiceR\aservice\x12'\n" +
 	"\x0fcreate_revision\x18\x03 \x01(\x04R\x0ecreateRevision\x12'\n" +
-	"\x0fmodify_revision\x18\x04 \x01(\x04R\x0emodifyRevision\"\xf4\x03\n" +
+	"\x0fmodify_revision\x18\x04 \x01(\x04R\x0emodifyRevision\"\xdf\x05\n" +
 	"\rClusterRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12;\n" +
@@ -3928,7 +4097,11 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	" \x01(\x04R\x0emodifyRevision\x12*\n" +
 	"\x11agent_cert_serial\x18\v \x01(\tR\x0fagentCertSerial\x12\x1f\n" +
 	"\vca_rotation\x18\f \x01(\x04R\n" +
-	"caRotation\"\x8f\x03\n" +
+	"caRotation\x126\n" +
+	"\x18agent_cert_not_before_ms\x18\r \x01(\x03R\x14agentCertNotBeforeMs\x124\n" +
+	"\x17agent_cert_not_after_ms\x18\x0e \x01(\x03R\x13agentCertNotAfterMs\x12>\n" +
+	"\x1cagent_cert_public_key_sha256\x18\x0f \x01(\fR\x18agentCertPublicKeySha256\x12;\n" +
+	"\x1aprevious_agent_cert_serial\x18\x10 \x01(\tR\x17previousAgentCertSerial\"\x8f\x03\n" +
 	"\rTrafficPolicy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12?\n" +
@@ -4005,18 +4178,26 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x05delta\x18\x01 \x01(\v2 .meshfed.federation.v1.SyncDeltaH\x00R\x05delta\x12M\n" +
 	"\x0epublish_result\x18\x02 \x01(\v2$.meshfed.federation.v1.PublishResultH\x00R\rpublishResult\x12@\n" +
 	"\x05hello\x18\x03 \x01(\v2(.meshfed.federation.v1.SyncHelloResponseH\x00R\x05helloB\x05\n" +
-	"\x03msg\"\xab\x01\n" +
+	"\x03msg\" \n" +
+	"\fRenewRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\"z\n" +
+	"\rRenewResponse\x12-\n" +
+	"\x12client_certificate\x18\x01 \x01(\fR\x11clientCertificate\x12\x15\n" +
+	"\x06hub_ca\x18\x02 \x01(\fR\x05hubCa\x12#\n" +
+	"\rhub_addresses\x18\x03 \x03(\tR\fhubAddresses\"\xce\x01\n" +
 	"\tTokenInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\"\n" +
 	"\rcreated_at_ms\x18\x03 \x01(\x03R\vcreatedAtMs\x12\"\n" +
 	"\rexpires_at_ms\x18\x04 \x01(\x03R\vexpiresAtMs\x12\x12\n" +
 	"\x04used\x18\x05 \x01(\bR\x04used\x12\x18\n" +
-	"\arevoked\x18\x06 \x01(\bR\arevoked\"O\n" +
+	"\arevoked\x18\x06 \x01(\bR\arevoked\x12!\n" +
+	"\ftrust_domain\x18\a \x01(\tR\vtrustDomain\"r\n" +
 	"\x12CreateTokenRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
-	"ttlSeconds\"a\n" +
+	"ttlSeconds\x12!\n" +
+	"\ftrust_domain\x18\x03 \x01(\tR\vtrustDomain\"a\n" +
 	"\x13CreateTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x124\n" +
 	"\x04info\x18\x02 \x01(\v2 .meshfed.federation.v1.TokenInfoR\x04info\"\x13\n" +
@@ -4120,9 +4301,10 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\vanswered_by\x18\x05 \x01(\tR\n" +
 	"answeredBy2W\n" +
 	"\x04Join\x12O\n" +
-	"\x04Join\x12\".meshfed.federation.v1.JoinRequest\x1a#.meshfed.federation.v1.JoinResponse2[\n" +
+	"\x04Join\x12\".meshfed.federation.v1.JoinRequest\x1a#.meshfed.federation.v1.JoinResponse2\xaf\x01\n" +
 	"\x04Sync\x12S\n" +
-	"\x04Sync\x12\".meshfed.federation.v1.SyncRequest\x1a#.meshfed.federation.v1.SyncResponse(\x010\x012\x85\r\n" +
+	"\x04Sync\x12\".meshfed.federation.v1.SyncRequest\x1a#.meshfed.federation.v1.SyncResponse(\x010\x01\x12R\n" +
+	"\x05Renew\x12#.meshfed.federation.v1.RenewRequest\x1a$.meshfed.federation.v1.RenewResponse2\x85\r\n" +
 	"\x05Admin\x12d\n" +
 	"\vCreateToken\x12).meshfed.federation.v1.CreateTokenRequest\x1a*.meshfed.federation.v1.CreateTokenResponse\x12a\n" +
 	"\n" +
@@ -4154,7 +4336,7 @@ func file_meshfed_federation_v1_federation_proto_rawDescGZIP() []byte {
 	return file_meshfed_federation_v1_federation_proto_rawDescData
 }
 
-var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
+var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
 var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*Capabilities)(nil),             // 0: meshfed.federation.v1.Capabilities
 	(*Locality)(nil),                 // 1: meshfed.federation.v1.Locality
@@ -4182,46 +4364,48 @@ var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*PublishResult)(nil),            // 23: meshfed.federation.v1.PublishResult
 	(*SyncHelloResponse)(nil),        // 24: meshfed.federation.v1.SyncHelloResponse
 	(*SyncResponse)(nil),             // 25: meshfed.federation.v1.SyncResponse
-	(*TokenInfo)(nil),                // 26: meshfed.federation.v1.TokenInfo
-	(*CreateTokenRequest)(nil),       // 27: meshfed.federation.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),      // 28: meshfed.federation.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),        // 29: meshfed.federation.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),       // 30: meshfed.federation.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),       // 31: meshfed.federation.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),      // 32: meshfed.federation.v1.RevokeTokenResponse
-	(*ListClustersRequest)(nil),      // 33: meshfed.federation.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),     // 34: meshfed.federation.v1.ListClustersResponse
-	(*DescribeClusterRequest)(nil),   // 35: meshfed.federation.v1.DescribeClusterRequest
-	(*DescribeClusterResponse)(nil),  // 36: meshfed.federation.v1.DescribeClusterResponse
-	(*RemoveClusterRequest)(nil),     // 37: meshfed.federation.v1.RemoveClusterRequest
-	(*RemoveClusterResponse)(nil),    // 38: meshfed.federation.v1.RemoveClusterResponse
-	(*GlobalService)(nil),            // 39: meshfed.federation.v1.GlobalService
-	(*ListServicesRequest)(nil),      // 40: meshfed.federation.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),     // 41: meshfed.federation.v1.ListServicesResponse
-	(*PutPolicyRequest)(nil),         // 42: meshfed.federation.v1.PutPolicyRequest
-	(*PutPolicyResponse)(nil),        // 43: meshfed.federation.v1.PutPolicyResponse
-	(*DeletePolicyRequest)(nil),      // 44: meshfed.federation.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),     // 45: meshfed.federation.v1.DeletePolicyResponse
-	(*ListPoliciesRequest)(nil),      // 46: meshfed.federation.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 47: meshfed.federation.v1.ListPoliciesResponse
-	(*FederationRelationship)(nil),   // 48: meshfed.federation.v1.FederationRelationship
-	(*PutFederationRequest)(nil),     // 49: meshfed.federation.v1.PutFederationRequest
-	(*PutFederationResponse)(nil),    // 50: meshfed.federation.v1.PutFederationResponse
-	(*DeleteFederationRequest)(nil),  // 51: meshfed.federation.v1.DeleteFederationRequest
-	(*DeleteFederationResponse)(nil), // 52: meshfed.federation.v1.DeleteFederationResponse
-	(*ListFederationsRequest)(nil),   // 53: meshfed.federation.v1.ListFederationsRequest
-	(*FederationStatus)(nil),         // 54: meshfed.federation.v1.FederationStatus
-	(*ListFederationsResponse)(nil),  // 55: meshfed.federation.v1.ListFederationsResponse
-	(*BundleInfo)(nil),               // 56: meshfed.federation.v1.BundleInfo
-	(*ListBundlesRequest)(nil),       // 57: meshfed.federation.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),      // 58: meshfed.federation.v1.ListBundlesResponse
-	(*RotateCARequest)(nil),          // 59: meshfed.federation.v1.RotateCARequest
-	(*RotateCAResponse)(nil),         // 60: meshfed.federation.v1.RotateCAResponse
-	(*ServerStatus)(nil),             // 61: meshfed.federation.v1.ServerStatus
-	(*StatusRequest)(nil),            // 62: meshfed.federation.v1.StatusRequest
-	(*StatusResponse)(nil),           // 63: meshfed.federation.v1.StatusResponse
-	nil,                              // 64: meshfed.federation.v1.EndpointGroup.LabelsEntry
-	nil,                              // 65: meshfed.federation.v1.WeightedSubset.LabelsEntry
+	(*RenewRequest)(nil),             // 26: meshfed.federation.v1.RenewRequest
+	(*RenewResponse)(nil),            // 27: meshfed.federation.v1.RenewResponse
+	(*TokenInfo)(nil),                // 28: meshfed.federation.v1.TokenInfo
+	(*CreateTokenRequest)(nil),       // 29: meshfed.federation.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),      // 30: meshfed.federation.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),        // 31: meshfed.federation.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),       // 32: meshfed.federation.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),       // 33: meshfed.federation.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),      // 34: meshfed.federation.v1.RevokeTokenResponse
+	(*ListClustersRequest)(nil),      // 35: meshfed.federation.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),     // 36: meshfed.federation.v1.ListClustersResponse
+	(*DescribeClusterRequest)(nil),   // 37: meshfed.federation.v1.DescribeClusterRequest
+	(*DescribeClusterResponse)(nil),  // 38: meshfed.federation.v1.DescribeClusterResponse
+	(*RemoveClusterRequest)(nil),     // 39: meshfed.federation.v1.RemoveClusterRequest
+	(*RemoveClusterResponse)(nil),    // 40: meshfed.federation.v1.RemoveClusterResponse
+	(*GlobalService)(nil),            // 41: meshfed.federation.v1.GlobalService
+	(*ListServicesRequest)(nil),      // 42: meshfed.federation.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),     // 43: meshfed.federation.v1.ListServicesResponse
+	(*PutPolicyRequest)(nil),         // 44: meshfed.federation.v1.PutPolicyRequest
+	(*PutPolicyResponse)(nil),        // 45: meshfed.federation.v1.PutPolicyResponse
+	(*DeletePolicyRequest)(nil),      // 46: meshfed.federation.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),     // 47: meshfed.federation.v1.DeletePolicyResponse
+	(*ListPoliciesRequest)(nil),      // 48: meshfed.federation.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 49: meshfed.federation.v1.ListPoliciesResponse
+	(*FederationRelationship)(nil),   // 50: meshfed.federation.v1.FederationRelationship
+	(*PutFederationRequest)(nil),     // 51: meshfed.federation.v1.PutFederationRequest
+	(*PutFederationResponse)(nil),    // 52: meshfed.federation.v1.PutFederationResponse
+	(*DeleteFederationRequest)(nil),  // 53: meshfed.federation.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil), // 54: meshfed.federation.v1.DeleteFederationResponse
+	(*ListFederationsRequest)(nil),   // 55: meshfed.federation.v1.ListFederationsRequest
+	(*FederationStatus)(nil),         // 56: meshfed.federation.v1.FederationStatus
+	(*ListFederationsResponse)(nil),  // 57: meshfed.federation.v1.ListFederationsResponse
+	(*BundleInfo)(nil),               // 58: meshfed.federation.v1.BundleInfo
+	(*ListBundlesRequest)(nil),       // 59: meshfed.federation.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),      // 60: meshfed.federation.v1.ListBundlesResponse
+	(*RotateCARequest)(nil),          // 61: meshfed.federation.v1.RotateCARequest
+	(*RotateCAResponse)(nil),         // 62: meshfed.federation.v1.RotateCAResponse
+	(*ServerStatus)(nil),             // 63: meshfed.federation.v1.ServerStatus
+	(*StatusRequest)(nil),            // 64: meshfed.federation.v1.StatusRequest
+	(*StatusResponse)(nil),           // 65: meshfed.federation.v1.StatusResponse
+	nil,                              // 66: meshfed.federation.v1.EndpointGroup.LabelsEntry
+	nil,                              // 67: meshfed.federation.v1.WeightedSubset.LabelsEntry
 }
 var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	1,  // 0: meshfed.federation.v1.JoinRequest.locality:type_name -> meshfed.federation.v1.Locality
@@ -4229,7 +4413,7 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	0,  // 2: meshfed.federation.v1.JoinRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
 	4,  // 3: meshfed.federation.v1.JoinResponse.settings:type_name -> meshfed.federation.v1.FederationSettings
 	0,  // 4: meshfed.federation.v1.JoinResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	64, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
+	66, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
 	6,  // 6: meshfed.federation.v1.ExportedService.ports:type_name -> meshfed.federation.v1.ServicePort
 	7,  // 7: meshfed.federation.v1.ExportedService.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
 	8,  // 8: meshfed.federation.v1.ExportRecord.service:type_name -> meshfed.federation.v1.ExportedService
@@ -4238,7 +4422,7 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	12, // 11: meshfed.federation.v1.TrafficPolicy.subsets:type_name -> meshfed.federation.v1.WeightedSubset
 	13, // 12: meshfed.federation.v1.TrafficPolicy.outlier_detection:type_name -> meshfed.federation.v1.OutlierDetection
 	14, // 13: meshfed.federation.v1.TrafficPolicy.retries:type_name -> meshfed.federation.v1.RetryPolicy
-	65, // 14: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
+	67, // 14: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
 	0,  // 15: meshfed.federation.v1.SyncHello.capabilities:type_name -> meshfed.federation.v1.Capabilities
 	8,  // 16: meshfed.federation.v1.PublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
 	2,  // 17: meshfed.federation.v1.PublishBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
@@ -4256,60 +4440,62 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	22, // 29: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
 	23, // 30: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
 	24, // 31: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
-	26, // 32: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
-	26, // 33: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
+	28, // 32: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
+	28, // 33: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
 	10, // 34: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
 	10, // 35: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
 	9,  // 36: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
 	2,  // 37: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
 	9,  // 38: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
-	39, // 39: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
+	41, // 39: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
 	11, // 40: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
 	11, // 41: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	48, // 42: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	48, // 43: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	54, // 44: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
+	50, // 42: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	50, // 43: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	56, // 44: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
 	2,  // 45: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	56, // 46: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
-	61, // 47: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
+	58, // 46: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
+	63, // 47: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
 	3,  // 48: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
 	20, // 49: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
-	27, // 50: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
-	29, // 51: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
-	31, // 52: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
-	33, // 53: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
-	35, // 54: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
-	37, // 55: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
-	40, // 56: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
-	42, // 57: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
-	44, // 58: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
-	46, // 59: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
-	62, // 60: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
-	49, // 61: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
-	51, // 62: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
-	53, // 63: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
-	57, // 64: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
-	59, // 65: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
-	5,  // 66: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
-	25, // 67: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
-	28, // 68: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
-	30, // 69: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
-	32, // 70: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
-	34, // 71: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
-	36, // 72: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
-	38, // 73: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
-	41, // 74: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
-	43, // 75: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
-	45, // 76: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
-	47, // 77: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
-	63, // 78: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
-	50, // 79: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
-	52, // 80: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
-	55, // 81: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
-	58, // 82: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
-	60, // 83: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
-	66, // [66:84] is the sub-list for method output_type
-	48, // [48:66] is the sub-list for method input_type
+	26, // 50: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
+	29, // 51: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
+	31, // 52: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
+	33, // 53: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
+	35, // 54: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
+	37, // 55: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
+	39, // 56: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
+	42, // 57: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
+	44, // 58: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
+	46, // 59: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
+	48, // 60: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
+	64, // 61: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
+	51, // 62: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
+	53, // 63: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
+	55, // 64: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
+	59, // 65: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
+	61, // 66: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
+	5,  // 67: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
+	25, // 68: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
+	27, // 69: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
+	30, // 70: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
+	32, // 71: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
+	34, // 72: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
+	36, // 73: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
+	38, // 74: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
+	40, // 75: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
+	43, // 76: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
+	45, // 77: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
+	47, // 78: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
+	49, // 79: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
+	65, // 80: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
+	52, // 81: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
+	54, // 82: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
+	57, // 83: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
+	60, // 84: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
+	62, // 85: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
+	67, // [67:86] is the sub-list for method output_type
+	48, // [48:67] is the sub-list for method input_type
 	48, // [48:48] is the sub-list for extension type_name
 	48, // [48:48] is the sub-list for extension extendee
 	0,  // [0:48] is the sub-list for field type_name
@@ -4338,7 +4524,7 @@ func file_meshfed_federation_v1_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_federation_v1_federation_proto_rawDesc), len(file_meshfed_federation_v1_federation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   66,
+			NumMessages:   68,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -33,9 +33,12 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type JoinClient interface {
 	// Join consumes a one-time token and returns the agent's credentials.
-	// Errors: PermissionDenied (token unknown, used, expired, revoked or for
-	// another cluster), InvalidArgument (field path in the message),
-	// Unavailable (no leader; retry).
+	// Errors: PermissionDenied (token unknown, used, expired, revoked, for
+	// another cluster, or bound to another trust domain than
+	// trust_bundle.trust_domain), InvalidArgument (field path in the
+	// message; the hub's own trust domain), FailedPrecondition (a trust
+	// domain federated externally or used by another cluster), Unavailable
+	// (no leader; retry).
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 }
 
@@ -62,9 +65,12 @@ func (c *joinClient) Join(ctx context.Context, in *JoinRequest, opts ...grpc.Cal
 // for forward compatibility.
 type JoinServer interface {
 	// Join consumes a one-time token and returns the agent's credentials.
-	// Errors: PermissionDenied (token unknown, used, expired, revoked or for
-	// another cluster), InvalidArgument (field path in the message),
-	// Unavailable (no leader; retry).
+	// Errors: PermissionDenied (token unknown, used, expired, revoked, for
+	// another cluster, or bound to another trust domain than
+	// trust_bundle.trust_domain), InvalidArgument (field path in the
+	// message; the hub's own trust domain), FailedPrecondition (a trust
+	// domain federated externally or used by another cluster), Unavailable
+	// (no leader; retry).
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	mustEmbedUnimplementedJoinServer()
 }
@@ -135,17 +141,28 @@ var Join_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Sync_Sync_FullMethodName = "/meshfed.federation.v1.Sync/Sync"
+	Sync_Sync_FullMethodName  = "/meshfed.federation.v1.Sync/Sync"
+	Sync_Renew_FullMethodName = "/meshfed.federation.v1.Sync/Renew"
 )
 
 // SyncClient is the client API for Sync service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Sync is the agent's authenticated API: every call needs the cluster's
+// current agent certificate (spiffe://<hub-td>/cluster/<name>).
 type SyncClient interface {
 	// Sync is one bidirectional stream per agent. The first message must be a
 	// SyncHello; the hub answers with SyncHelloResponse and then a SyncDelta
 	// (reset=true unless it can resume from resume_revision).
 	Sync(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SyncRequest, SyncResponse], error)
+	// Renew issues the caller's cluster a new agent certificate with a new
+	// serial, recorded through Raft; the calling certificate is refused by
+	// every server afterwards. A retry with the replaced certificate and the
+	// same CSR key returns the same certificate again (a lost response).
+	// Errors: PermissionDenied (not a member, or a certificate superseded by
+	// a later join or renewal), InvalidArgument (csr), Unavailable (retry).
+	Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*RenewResponse, error)
 }
 
 type syncClient struct {
@@ -169,14 +186,34 @@ func (c *syncClient) Sync(ctx context.Context, opts ...grpc.CallOption) (grpc.Bi
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Sync_SyncClient = grpc.BidiStreamingClient[SyncRequest, SyncResponse]
 
+func (c *syncClient) Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*RenewResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewResponse)
+	err := c.cc.Invoke(ctx, Sync_Renew_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SyncServer is the server API for Sync service.
 // All implementations must embed UnimplementedSyncServer
 // for forward compatibility.
+//
+// Sync is the agent's authenticated API: every call needs the cluster's
+// current agent certificate (spiffe://<hub-td>/cluster/<name>).
 type SyncServer interface {
 	// Sync is one bidirectional stream per agent. The first message must be a
 	// SyncHello; the hub answers with SyncHelloResponse and then a SyncDelta
 	// (reset=true unless it can resume from resume_revision).
 	Sync(grpc.BidiStreamingServer[SyncRequest, SyncResponse]) error
+	// Renew issues the caller's cluster a new agent certificate with a new
+	// serial, recorded through Raft; the calling certificate is refused by
+	// every server afterwards. A retry with the replaced certificate and the
+	// same CSR key returns the same certificate again (a lost response).
+	// Errors: PermissionDenied (not a member, or a certificate superseded by
+	// a later join or renewal), InvalidArgument (csr), Unavailable (retry).
+	Renew(context.Context, *RenewRequest) (*RenewResponse, error)
 	mustEmbedUnimplementedSyncServer()
 }
 
@@ -189,6 +226,9 @@ type UnimplementedSyncServer struct{}
 
 func (UnimplementedSyncServer) Sync(grpc.BidiStreamingServer[SyncRequest, SyncResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method Sync not implemented")
+}
+func (UnimplementedSyncServer) Renew(context.Context, *RenewRequest) (*RenewResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Renew not implemented")
 }
 func (UnimplementedSyncServer) mustEmbedUnimplementedSyncServer() {}
 func (UnimplementedSyncServer) testEmbeddedByValue()              {}
@@ -218,13 +258,36 @@ func _Sync_Sync_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Sync_SyncServer = grpc.BidiStreamingServer[SyncRequest, SyncResponse]
 
+func _Sync_Renew_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SyncServer).Renew(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Sync_Renew_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SyncServer).Renew(ctx, req.(*RenewRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Sync_ServiceDesc is the grpc.ServiceDesc for Sync service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var Sync_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "meshfed.federation.v1.Sync",
 	HandlerType: (*SyncServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Renew",
+			Handler:    _Sync_Renew_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Sync",

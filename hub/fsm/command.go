@@ -37,6 +37,7 @@ const (
 	DeleteFederationType  MessageType = 11
 	RotateCAType          MessageType = 12
 	PutExternalBundleType MessageType = 13
+	RenewAgentCertType    MessageType = 14
 )
 
 // IgnoreUnknownFlag marks a command an older server may skip.
@@ -48,8 +49,9 @@ const IgnoreUnknownFlag MessageType = 128
 // MinVersion, so that no server meets a command it cannot apply during a
 // rolling upgrade. A new command type gets the next version: bump this
 // and return it from MinVersion. Version 1 is what every hub server that
-// ever gossiped a version applies (types 0 to 13).
-const ProtocolVersion = 1
+// ever gossiped a version applies (types 0 to 13); version 2 adds
+// RenewAgentCert (14).
+const ProtocolVersion = 2
 
 // MinVersion is the protocol version that introduced t; for a type this
 // build does not know, a version no server reaches.
@@ -60,6 +62,8 @@ func (t MessageType) MinVersion() int {
 		ClusterStatusType, PutFederationType, DeleteFederationType, RotateCAType,
 		PutExternalBundleType:
 		return 1
+	case RenewAgentCertType:
+		return 2
 	}
 	return math.MaxInt
 }
@@ -94,6 +98,8 @@ func (t MessageType) String() string {
 		return "RotateCA"
 	case PutExternalBundleType:
 		return "PutExternalBundle"
+	case RenewAgentCertType:
+		return "RenewAgentCert"
 	}
 	return fmt.Sprintf("MessageType(%d)", uint8(t))
 }
@@ -138,6 +144,8 @@ func payloadFor(t MessageType) proto.Message {
 		return &hubpb.CmdRotateCA{}
 	case PutExternalBundleType:
 		return &hubpb.CmdPutExternalBundle{}
+	case RenewAgentCertType:
+		return &hubpb.CmdRenewAgentCert{}
 	}
 	return nil
 }

@@ -28,6 +28,12 @@ const (
 	MaxPolicies          = 4096
 	MaxTokens            = 10000
 	MaxFederations       = 256
+	// MaxExportBytesPerCluster bounds the encoded size of one cluster's
+	// exported services together (state.ReadTxn.ExportBytes).
+	MaxExportBytesPerCluster = 8 << 20
+	// MaxCommandBytes bounds a command as the FSM accepts it; the hub
+	// proposes nothing larger (hub.MaxCommandSize is smaller still).
+	MaxCommandBytes = 4 << 20
 	// Used or expired tokens are pruned this long after they stop being usable.
 	tokenRetentionMs = 24 * 3600 * 1000
 )
@@ -91,6 +97,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return &Result{}
 	}
 	defer f.applied.Store(l.Index)
+	if len(l.Data) > MaxCommandBytes {
+		return &Result{Err: refuse(codes.InvalidArgument, "command: %d bytes, at most %d", len(l.Data), MaxCommandBytes)}
+	}
 	t, msg, known, err := Decode(l.Data)
 	if err != nil {
 		// A known command that does not decode was proposed by a buggy server:
@@ -197,6 +206,9 @@ func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
 	case PutFederationType:
 		f := msg.(*hubpb.CmdPutFederation).GetFederation()
 		td := f.GetTrustDomain()
+		if td == w.CA().GetTrustDomain() {
+			return refuse(codes.FailedPrecondition, "federation.trust_domain: %q is the hub's own trust domain", td)
+		}
 		if b := w.Bundle(td); b != nil && b.GetCluster() != "" {
 			return refuse(codes.FailedPrecondition, "federation.trust_domain: %q belongs to member cluster %q", td, b.GetCluster())
 		}
@@ -235,6 +247,8 @@ func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
 		}
 		w.PutBundle(&hubpb.BundleRecord{Bundle: b})
 		return nil
+	case RenewAgentCertType:
+		return applyRenewAgentCert(w, msg.(*hubpb.CmdRenewAgentCert))
 	}
 	panic(fmt.Sprintf("fsm: no apply for %s", t))
 }
@@ -243,6 +257,11 @@ func applyCreateToken(w *state.WriteTxn, c *hubpb.CmdCreateToken) *Error {
 	tok := c.GetToken()
 	if w.Token(tok.GetId()) != nil {
 		return refuse(codes.AlreadyExists, "token %q: already exists", tok.GetId())
+	}
+	if td := tok.GetTrustDomain(); td != "" {
+		if err := checkMemberTrustDomain(w, "trust_domain", tok.GetCluster(), td); err != nil {
+			return err
+		}
 	}
 	// Prune tokens that can no longer be used, then bound the rest.
 	now := tok.GetCreatedAtMs()
@@ -259,6 +278,21 @@ func applyCreateToken(w *state.WriteTxn, c *hubpb.CmdCreateToken) *Error {
 		return refuse(codes.ResourceExhausted, "tokens: at most %d kept (used, revoked and expired tokens count for 24h after they expire)", MaxTokens)
 	}
 	w.PutToken(tok)
+	return nil
+}
+
+// checkMemberTrustDomain refuses td for cluster if it is reserved: the
+// hub's own, an externally federated one, or another member's.
+func checkMemberTrustDomain(w *state.WriteTxn, field, cluster, td string) *Error {
+	if td == w.CA().GetTrustDomain() {
+		return refuse(codes.InvalidArgument, "%s: %q is the hub's own trust domain, reserved", field, td)
+	}
+	if w.Federation(td) != nil {
+		return refuse(codes.FailedPrecondition, "%s: %q is a federated external trust domain, reserved", field, td)
+	}
+	if b := w.Bundle(td); b != nil && b.GetCluster() != cluster {
+		return refuse(codes.FailedPrecondition, "%s: %q is already used by cluster %q", field, td, b.GetCluster())
+	}
 	return nil
 }
 
@@ -286,17 +320,25 @@ func applyJoin(w *state.WriteTxn, c *hubpb.CmdJoin) *Error {
 	if b := c.GetBundle(); b != nil && b.GetTrustDomain() != td {
 		return refuse(codes.InvalidArgument, "trust_bundle.trust_domain: %q is not the cluster's trust domain %q", b.GetTrustDomain(), td)
 	}
-	if b := w.Bundle(td); b != nil && b.GetCluster() != name {
-		return refuse(codes.FailedPrecondition, "trust_bundle.trust_domain: %q is already used by cluster %q", td, b.GetCluster())
+	if bound := tok.GetTrustDomain(); bound != "" && bound != td {
+		return refuse(codes.PermissionDenied, "%v: trust_bundle.trust_domain: %q, but token %s is bound to trust domain %q", errTokenRefused, td, tok.GetId(), bound)
 	}
-	if w.Federation(td) != nil {
-		return refuse(codes.FailedPrecondition, "trust_bundle.trust_domain: %q is a federated external trust domain", td)
+	if err := checkMemberTrustDomain(w, "trust_bundle.trust_domain", name, td); err != nil {
+		return err
 	}
-	if w.Cluster(name) == nil && len(w.Clusters()) >= MaxClusters {
+	old := w.Cluster(name)
+	if old == nil && len(w.Clusters()) >= MaxClusters {
 		return refuse(codes.ResourceExhausted, "clusters: at most %d members", MaxClusters)
+	}
+	if old != nil && old.GetTrustDomain() != td {
+		// Rejoined under a new trust domain: the old one's bundle goes.
+		if b := w.Bundle(old.GetTrustDomain()); b != nil && b.GetCluster() == name {
+			w.DeleteBundle(old.GetTrustDomain())
+		}
 	}
 	tok = proto.Clone(tok).(*hubpb.Token)
 	tok.Used = true
+	tok.UsedPublicKeySha256 = c.GetCluster().GetAgentCertPublicKeySha256()
 	w.PutToken(tok)
 	cl := proto.Clone(c.GetCluster()).(*fedv1.ClusterRecord)
 	cl.JoinedAtMs = c.GetNowMs()
@@ -308,11 +350,34 @@ func applyJoin(w *state.WriteTxn, c *hubpb.CmdJoin) *Error {
 	return nil
 }
 
+// certSuperseded is the message of a refusal because the presented agent
+// certificate is no longer the cluster's current one.
+const certSuperseded = "certificate superseded by a later join or renewal"
+
+func applyRenewAgentCert(w *state.WriteTxn, c *hubpb.CmdRenewAgentCert) *Error {
+	cl := w.Cluster(c.GetCluster())
+	if cl == nil {
+		return refuse(codes.PermissionDenied, "cluster %q: not a member", c.GetCluster())
+	}
+	if cl.GetAgentCertSerial() != c.GetPresentedSerial() {
+		return refuse(codes.FailedPrecondition, "cluster %q: %s (serial %s, current %s)", cl.GetName(), certSuperseded, c.GetPresentedSerial(), cl.GetAgentCertSerial())
+	}
+	cl = proto.Clone(cl).(*fedv1.ClusterRecord)
+	cl.PreviousAgentCertSerial = cl.GetAgentCertSerial()
+	cl.AgentCertSerial = c.GetSerial()
+	cl.AgentCertPublicKeySha256 = c.GetPublicKeySha256()
+	cl.AgentCertNotBeforeMs = c.GetNotBeforeMs()
+	cl.AgentCertNotAfterMs = c.GetNotAfterMs()
+	w.PutCluster(cl)
+	return nil
+}
+
 func applyPublish(w *state.WriteTxn, c *hubpb.CmdPublishExports) *Error {
 	name := c.GetCluster()
 	if w.Cluster(name) == nil {
 		return refuse(codes.PermissionDenied, "cluster %q: not a member", name)
 	}
+	before := w.ExportBytes(name)
 	for _, key := range c.GetDeletes() {
 		w.DeleteExport(name, key)
 	}
@@ -325,6 +390,10 @@ func applyPublish(w *state.WriteTxn, c *hubpb.CmdPublishExports) *Error {
 	}
 	if n := len(w.ExportsOf(name)); n > MaxExportsPerCluster {
 		return refuse(codes.ResourceExhausted, "exports: cluster %q would have %d, at most %d", name, n, MaxExportsPerCluster)
+	}
+	// A cluster above the quota (it was lowered) may still shrink.
+	if after := w.ExportBytes(name); after > MaxExportBytesPerCluster && after > before {
+		return refuse(codes.ResourceExhausted, "exports: cluster %q would hold %d bytes of exported services, at most %d", name, after, MaxExportBytesPerCluster)
 	}
 	return nil
 }

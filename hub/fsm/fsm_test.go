@@ -574,7 +574,9 @@ func TestUnknownCommand(t *testing.T) {
 		t.Error("known command with the ignore flag was not applied")
 	}
 
-	for _, typ := range []byte{42, 127, byte(fsm.PutExternalBundleType) + 1} {
+	golden := goldenCommands()
+	next := byte(golden[len(golden)-1].typ) + 1 // the first number not yet used
+	for _, typ := range []byte{42, 127, next} {
 		func() {
 			defer func() {
 				if recover() == nil {
@@ -682,6 +684,10 @@ func goldenCommands() []namedCommand {
 		{"PutExternalBundle", fsm.PutExternalBundleType, &hubpb.CmdPutExternalBundle{Bundle: &fedv1.TrustBundle{
 			TrustDomain: "spire.example", X509Authorities: [][]byte{[]byte("DER")}, RefreshHintSeconds: 300, SequenceNumber: 7,
 		}}},
+		{"RenewAgentCert", fsm.RenewAgentCertType, &hubpb.CmdRenewAgentCert{
+			Cluster: "east", PresentedSerial: "1a2b", Serial: "3c4d", PublicKeySha256: hash("key"),
+			NotBeforeMs: 1700000000000, NotAfterMs: 1702592000000,
+		}},
 	}
 }
 
@@ -1022,5 +1028,114 @@ func TestPersistCancelsOnWriteError(t *testing.T) {
 	}
 	if !sink.canceled || sink.closed {
 		t.Errorf("failing sink: canceled=%v closed=%v, want canceled only", sink.canceled, sink.closed)
+	}
+}
+
+func TestRenewAgentCertIsCompareAndSet(t *testing.T) {
+	h := newTestFSM(t)
+	h.joined("east")
+	h.mustApply(fsm.CreateTokenType, token("tok-east2", "east", 0, 1000))
+	join := joinCmd("tok-east2", "secret-tok-east2", "east", 100)
+	join.Cluster.AgentCertSerial = "a1"
+	h.mustApply(fsm.JoinType, join)
+	renew := func(presented, serial string) *fsm.Error {
+		return h.apply(fsm.RenewAgentCertType, &hubpb.CmdRenewAgentCert{
+			Cluster: "east", PresentedSerial: presented, Serial: serial, PublicKeySha256: hash(serial), NotBeforeMs: 10, NotAfterMs: 20,
+		})
+	}
+	if err := renew("a2", "b1"); err == nil || err.Code != codes.FailedPrecondition {
+		t.Fatalf("renewal presenting a serial that is not current: %v, want FailedPrecondition", err)
+	}
+	if err := renew("a1", "b1"); err != nil {
+		t.Fatal(err)
+	}
+	c := h.read().Cluster("east")
+	if c.GetAgentCertSerial() != "b1" || c.GetPreviousAgentCertSerial() != "a1" || !bytes.Equal(c.GetAgentCertPublicKeySha256(), hash("b1")) ||
+		c.GetAgentCertNotBeforeMs() != 10 || c.GetAgentCertNotAfterMs() != 20 {
+		t.Fatalf("after renewal: %v", c)
+	}
+	wantCode(t, "second renewal presenting the replaced serial", renew("a1", "b2"), codes.FailedPrecondition)
+	wantCode(t, "renewal of a cluster that is not a member", h.apply(fsm.RenewAgentCertType, &hubpb.CmdRenewAgentCert{Cluster: "west", PresentedSerial: "x", Serial: "y"}), codes.PermissionDenied)
+	// A join starts over: no previous serial.
+	h.mustApply(fsm.CreateTokenType, token("tok-east3", "east", 0, 1000))
+	h.mustApply(fsm.JoinType, joinCmd("tok-east3", "secret-tok-east3", "east", 100))
+	if p := h.read().Cluster("east").GetPreviousAgentCertSerial(); p != "" {
+		t.Fatalf("previous serial after a join: %q, want none", p)
+	}
+}
+
+func TestJoinHoldsToTheTokensTrustDomainAndReservations(t *testing.T) {
+	h := newTestFSM(t)
+	h.mustApply(fsm.SetCAType, &hubpb.CmdSetCA{Ca: &hubpb.CAState{TrustDomain: "hub.meshfed"}})
+	tok := token("t1", "east", 0, 1000)
+	tok.Token.TrustDomain = "corp.example"
+	h.mustApply(fsm.CreateTokenType, tok)
+	wantCode(t, "join with another trust domain than the token's", h.apply(fsm.JoinType, joinCmd("t1", "secret-t1", "east", 100)), codes.PermissionDenied)
+
+	hubTok := token("t2", "east", 0, 1000)
+	hubTok.Token.TrustDomain = "hub.meshfed"
+	wantCode(t, "token for the hub's trust domain", h.apply(fsm.CreateTokenType, hubTok), codes.InvalidArgument)
+	// A token from before trust domains were bound takes any but the reserved ones.
+	h.mustApply(fsm.CreateTokenType, token("t3", "east", 0, 1000))
+	j := joinCmd("t3", "secret-t3", "east", 100)
+	j.Cluster.TrustDomain, j.Bundle.TrustDomain = "hub.meshfed", "hub.meshfed"
+	wantCode(t, "join with the hub's trust domain", h.apply(fsm.JoinType, j), codes.InvalidArgument)
+	h.mustApply(fsm.JoinType, joinCmd("t3", "secret-t3", "east", 100))
+	if h.read().Bundle(td("east")) == nil {
+		t.Fatal("no bundle after the join")
+	}
+}
+
+// blob is an export of about n bytes (one label value of n bytes; the FSM
+// does not validate, the handler does).
+func blob(name string, n int) *fedv1.ExportedService {
+	s := svc("big", name, 1)
+	s.Endpoints[0].Labels = map[string]string{"pad": strings.Repeat("x", n)}
+	return s
+}
+
+func TestExportByteQuotaIsEnforcedAndRecountedAfterRestore(t *testing.T) {
+	h := newTestFSM(t)
+	h.joined("big")
+	const part = 1 << 20
+	n := fsm.MaxExportBytesPerCluster / (part + 100)
+	for i := range n {
+		h.mustApply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "big", Upserts: []*fedv1.ExportedService{blob(fmt.Sprint(i), part)}})
+	}
+	before := h.read().ExportBytes("big")
+	if before < uint64(n*part) || before > fsm.MaxExportBytesPerCluster {
+		t.Fatalf("ExportBytes %d after %d exports of %d bytes", before, n, part)
+	}
+	wantCode(t, "publish past the byte quota", h.apply(fsm.PublishExportsType, &hubpb.CmdPublishExports{
+		Cluster: "big", Upserts: []*fedv1.ExportedService{blob("over", part)},
+	}), codes.ResourceExhausted)
+	if got := h.read().ExportBytes("big"); got != before {
+		t.Fatalf("a refused publish changed ExportBytes: %d, want %d", got, before)
+	}
+	// Replacing an export with a smaller one and deleting one count down.
+	h.mustApply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "big", Upserts: []*fedv1.ExportedService{blob("0", 10)}, Deletes: []string{"big/1"}})
+	shrunk := h.read().ExportBytes("big")
+	if shrunk >= before-2*part+1000 {
+		t.Fatalf("ExportBytes %d after shrinking from %d", shrunk, before)
+	}
+	f := restored(t, persist(t, h.FSM))
+	if got := f.Store().Read().ExportBytes("big"); got != shrunk {
+		t.Fatalf("ExportBytes after restore %d, want %d", got, shrunk)
+	}
+	h.mustApply(fsm.RemoveClusterType, &hubpb.CmdRemoveCluster{Name: "big"})
+	if got := h.read().ExportBytes("big"); got != 0 {
+		t.Fatalf("ExportBytes of a removed cluster: %d", got)
+	}
+}
+
+func TestOversizedCommandIsRefusedDeterministically(t *testing.T) {
+	h := newTestFSM(t)
+	h.joined("big")
+	cmd := encode(t, fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "big", Upserts: []*fedv1.ExportedService{blob("huge", fsm.MaxCommandBytes)}})
+	if res := h.applyRaw(cmd); res.Err == nil || res.Err.Code != codes.InvalidArgument {
+		t.Fatalf("command of %d bytes: %v, want InvalidArgument", len(cmd), res.Err)
+	}
+	if len(h.read().ExportsOf("big")) != 0 {
+		t.Fatal("an oversized command took effect")
 	}
 }

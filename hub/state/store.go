@@ -21,6 +21,10 @@ const (
 	metaFloor    = "tombstone_floor"
 	metaCA       = "ca"
 	metaTombs    = "tombstone_count"
+	// metaExportBytes + cluster: the cluster's exported services' encoded
+	// size together. Derived from the exports, so not in snapshots: a
+	// restore recounts it.
+	metaExportBytes = "export_bytes/"
 )
 
 // Store is the state store. It is safe for concurrent use: one writer (the
@@ -170,6 +174,12 @@ func (r *ReadTxn) Exports() []*fedv1.ExportRecord {
 // ExportsOf returns a cluster's exports.
 func (r *ReadTxn) ExportsOf(cluster string) []*fedv1.ExportRecord {
 	return values[*fedv1.ExportRecord](r.all(TableExports, "cluster", cluster))
+}
+
+// ExportBytes is the encoded size (proto.Size) of cluster's exported
+// services together.
+func (r *ReadTxn) ExportBytes(cluster string) uint64 {
+	return r.metaUint(metaExportBytes + cluster)
 }
 
 // ExportsFor returns every cluster's export of one service.
@@ -370,15 +380,33 @@ func (w *WriteTxn) DeleteCluster(name string) bool { return w.delete(TableCluste
 func (w *WriteTxn) PutExport(cluster string, svc *fedv1.ExportedService) {
 	key := svc.GetNamespace() + "/" + svc.GetName()
 	rec := &fedv1.ExportRecord{Cluster: cluster, Service: proto.Clone(svc).(*fedv1.ExportedService), CreateRevision: w.rev, ModifyRevision: w.rev}
+	size := proto.Size(svc)
 	if old := w.Export(cluster, key); old != nil {
 		rec.CreateRevision = old.GetCreateRevision()
+		size -= proto.Size(old.GetService())
 	}
 	w.upsert(TableExports, &row{Key: ExportKey(cluster, key), Cluster: cluster, Service: key, Value: rec})
+	w.addExportBytes(cluster, size)
 }
 
 // DeleteExport removes one cluster's export of a service.
 func (w *WriteTxn) DeleteExport(cluster, service string) bool {
-	return w.delete(TableExports, ExportKey(cluster, service))
+	old := w.Export(cluster, service)
+	if old == nil || !w.delete(TableExports, ExportKey(cluster, service)) {
+		return false
+	}
+	w.addExportBytes(cluster, -proto.Size(old.GetService()))
+	return true
+}
+
+func (w *WriteTxn) addExportBytes(cluster string, d int) {
+	key := metaExportBytes + cluster
+	switch n := int(w.metaUint(key)) + d; {
+	case n > 0:
+		w.insert(TableMeta, &row{Key: key, Value: uint64(n)})
+	case w.get(TableMeta, key) != nil:
+		w.remove(TableMeta, key)
+	}
 }
 
 // PutBundle stores a trust domain's bundle.
@@ -464,15 +492,16 @@ func (w *WriteTxn) pruneTombstones() {
 
 // Restorer loads records into a fresh store.
 type Restorer struct {
-	store *Store
-	txn   *memdb.Txn
-	tombs uint64
+	store       *Store
+	txn         *memdb.Txn
+	tombs       uint64
+	exportBytes map[string]uint64
 }
 
 // NewRestorer starts loading a fresh store.
 func NewRestorer() *Restorer {
 	s := New()
-	return &Restorer{store: s, txn: s.db.Txn(true)}
+	return &Restorer{store: s, txn: s.db.Txn(true), exportBytes: map[string]uint64{}}
 }
 
 func (r *Restorer) insert(table string, rw *row) {
@@ -502,6 +531,7 @@ func (r *Restorer) Cluster(c *fedv1.ClusterRecord) {
 func (r *Restorer) Export(e *fedv1.ExportRecord) {
 	svc := e.GetService().GetNamespace() + "/" + e.GetService().GetName()
 	r.insert(TableExports, &row{Key: ExportKey(e.GetCluster(), svc), Rev: e.GetModifyRevision(), Cluster: e.GetCluster(), Service: svc, Value: e})
+	r.exportBytes[e.GetCluster()] += uint64(proto.Size(e.GetService()))
 }
 
 // Bundle restores a trust bundle.
@@ -528,6 +558,9 @@ func (r *Restorer) Tombstone(t *hubpb.Tombstone) {
 // Done commits and returns the restored store.
 func (r *Restorer) Done() *Store {
 	r.insert(TableMeta, &row{Key: metaTombs, Value: r.tombs})
+	for cluster, n := range r.exportBytes {
+		r.insert(TableMeta, &row{Key: metaExportBytes + cluster, Value: n})
+	}
 	r.txn.Commit()
 	return r.store
 }

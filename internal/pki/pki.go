@@ -75,6 +75,10 @@ type LeafOptions struct {
 	// Serial, if set, is the certificate's serial number; otherwise a random
 	// one is chosen.
 	Serial *big.Int
+	// NotBefore and NotAfter, when NotAfter is set, are the validity
+	// exactly, and TTL and Now are not used: issuing a certificate again
+	// with the same serial gives the same validity.
+	NotBefore, NotAfter time.Time
 }
 
 // Sign issues a leaf certificate for pub.
@@ -83,7 +87,13 @@ func (ca *CA) Sign(pub crypto.PublicKey, opts LeafOptions) (*x509.Certificate, e
 	if err != nil || id.Scheme != "spiffe" || id.Host == "" {
 		return nil, fmt.Errorf("pki: invalid SPIFFE ID %q", opts.SPIFFEID)
 	}
-	if opts.TTL <= 0 {
+	notBefore, notAfter := opts.Now.Add(-time.Minute), opts.Now.Add(opts.TTL)
+	if !opts.NotAfter.IsZero() {
+		notBefore, notAfter = opts.NotBefore, opts.NotAfter
+		if !notAfter.After(notBefore) {
+			return nil, errors.New("pki: NotAfter must be after NotBefore")
+		}
+	} else if opts.TTL <= 0 {
 		return nil, errors.New("pki: TTL must be positive")
 	}
 	serial := opts.Serial
@@ -93,14 +103,13 @@ func (ca *CA) Sign(pub crypto.PublicKey, opts LeafOptions) (*x509.Certificate, e
 			return nil, err
 		}
 	}
-	notAfter := opts.Now.Add(opts.TTL)
 	if notAfter.After(ca.Cert.NotAfter) {
 		notAfter = ca.Cert.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{Organization: []string{"meshfed"}},
-		NotBefore:             opts.Now.Add(-time.Minute),
+		NotBefore:             notBefore,
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
 		BasicConstraintsValid: true,
