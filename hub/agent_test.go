@@ -22,6 +22,8 @@ type testAgent struct {
 	t       testing.TB
 	cluster string
 	conn    *grpc.ClientConn
+	// tls is the agent's client TLS configuration, to dial other servers.
+	tls *tls.Config
 }
 
 // joinTLS verifies the hub by the CA fingerprint in the token, as the agent does.
@@ -84,7 +86,7 @@ func join(ctx context.Context, token, cluster string) (*testAgent, *fedv1.JoinRe
 	if err != nil {
 		return nil, nil, err
 	}
-	return &testAgent{cluster: cluster, conn: aconn}, resp, nil
+	return &testAgent{cluster: cluster, conn: aconn, tls: tlsCfg}, resp, nil
 }
 
 func mustBundle(td string) *fedv1.TrustBundle {
