@@ -396,7 +396,7 @@ func (j *jepsen) pauseLeader() string {
 	<-until
 	// Reads through the old leader: some already sent (they wait in its
 	// socket buffers), some sent the moment it runs again.
-	const staleClient = 1000
+	staleClient := j.cfg.clients // porcupine client IDs after the workload's
 	var wg sync.WaitGroup
 	var answered, refused atomic.Int64
 	var errMu sync.Mutex
@@ -413,7 +413,8 @@ func (j *jepsen) pauseLeader() string {
 		codesSeen[status.Code(err)]++
 		errMu.Unlock()
 	}
-	for k := range 3 {
+	const early, late = 8, 4
+	for k := range early {
 		wg.Add(1)
 		go readOld(k)
 	}
@@ -421,7 +422,7 @@ func (j *jepsen) pauseLeader() string {
 		j.t.Fatal(err)
 	}
 	resumedAt := j.now()
-	for k := 3; k < 6; k++ {
+	for k := early; k < early+late; k++ {
 		wg.Add(1)
 		go readOld(k)
 	}
