@@ -131,7 +131,7 @@ type jepsenStats struct {
 	puts, indeterminate, reads, readsFailed int
 	staleLeaderReads, staleLeaderRefused    int
 	syncStreams, syncDeltas                 int
-	syncMaxRevision                         uint64
+	syncMaxRevision, syncPublished          uint64
 }
 
 func newJepsen(t *testing.T, h *procHub, pn *peerNet, cfg jepsenConfig) *jepsen {
@@ -301,7 +301,7 @@ func (j *jepsen) run() {
 	j.waitHealthy(60 * time.Second)
 	stopClients()
 	j.mu.Lock()
-	j.stat.syncStreams, j.stat.syncDeltas, j.stat.syncMaxRevision = sc.streams, sc.deltas, sc.maxSeen
+	j.stat.syncStreams, j.stat.syncDeltas, j.stat.syncMaxRevision, j.stat.syncPublished = sc.streams, sc.deltas, sc.maxSeen, sc.published
 	j.mu.Unlock()
 	j.check()
 }
@@ -504,10 +504,10 @@ func (j *jepsen) check() {
 		t.Logf("  %s", f)
 	}
 	t.Logf("jepsen: %d operations: %d puts acknowledged, %d indeterminate; %d reads (%d gets), %d reads failed; "+
-		"through a resumed leader: %d reads answered, %d refused; sync: %d streams, %d deltas, revisions up to %d; "+
+		"through a resumed leader: %d reads answered, %d refused; sync: %d streams, %d deltas, revisions up to %d, %d publishes acknowledged; "+
 		"%d relay connections/datagrams from outside the hub",
 		len(ops), st.puts, st.indeterminate, st.reads, len(ops)-st.puts-st.indeterminate, st.readsFailed,
-		st.staleLeaderReads, st.staleLeaderRefused, st.syncStreams, st.syncDeltas, st.syncMaxRevision, j.pn.unknown.Load())
+		st.staleLeaderReads, st.staleLeaderRefused, st.syncStreams, st.syncDeltas, st.syncMaxRevision, st.syncPublished, j.pn.unknown.Load())
 	if st.puts < 50 || st.reads < 50 {
 		t.Fatalf("history too short to mean anything: %d puts, %d reads", st.puts, st.reads)
 	}
@@ -533,8 +533,16 @@ func (j *jepsen) check() {
 				path = f.Name()
 			}
 		}
-		for _, a := range staleReads(ops) {
-			t.Log(a)
+		// Name the anomalies of the keys that fail on their own (staleReads
+		// is quadratic: never over the whole history).
+		for _, keyOps := range kvModel.Partition(ops) {
+			if porcupine.CheckOperationsTimeout(kvModel, keyOps, 10*time.Second) != porcupine.Illegal {
+				continue
+			}
+			t.Logf("key %s is not linearizable:", keyOps[0].Input.(kvInput).key)
+			for _, a := range staleReads(keyOps) {
+				t.Log("  " + a)
+			}
 		}
 		t.Fatalf("history is not linearizable (seed %d; visualization: %s)", j.cfg.seed, path)
 	case porcupine.Unknown:
@@ -602,10 +610,10 @@ type syncClient struct {
 	conns []fedv1.SyncClient
 	rng   *rand.Rand
 
-	maxSeen            uint64
-	streams, deltas    int
-	published, nonce   uint64
-	lastServerByStream string
+	maxSeen          uint64
+	maxFrom          string // the server that sent maxSeen
+	streams, deltas  int
+	published, nonce uint64
 }
 
 func (j *jepsen) newSyncClient() *syncClient {
@@ -690,11 +698,11 @@ func (sc *syncClient) stream(ctx context.Context, i int) {
 		}
 		if rev < sc.maxSeen {
 			sc.j.t.Errorf("sync: %s sent revision %d (reset %v) after the client had applied %d from %s",
-				name, rev, d.GetReset_(), sc.maxSeen, sc.lastServerByStream)
+				name, rev, d.GetReset_(), sc.maxSeen, sc.maxFrom)
 		}
 		if rev >= sc.maxSeen {
 			sc.maxSeen = rev
-			sc.lastServerByStream = name
+			sc.maxFrom = name
 		}
 	}
 }
