@@ -4,7 +4,7 @@
 #
 #   make build       bin/meshfed
 #   make test        go vet + every test (no -race: too slow on 2 cores)
-#   make test-long   the long linearizability check of the hub
+#   make test-long   the long linearizability and Jepsen checks of the hub
 #   make lint        gofmt, go vet, golangci-lint (config: .golangci.yml)
 #   make proto       buf lint + buf generate
 #   make proto-check regenerate and fail if the generated code changed
@@ -71,6 +71,9 @@ test: $(TEST_DEPS)
 .PHONY: test-long
 test-long: $(TEST_DEPS)
 	MESHFED_LINEARIZABILITY=long $(GO) test -count=1 -timeout 30m -run TestLinearizability ./hub/
+	# 10 minutes of leader kills, pauses and partitions against real
+	# processes; MESHFED_JEPSEN_SEED=<seed from the log> replays a schedule.
+	MESHFED_JEPSEN=long $(GO) test -count=1 -timeout 30m -v -run TestJepsen ./hub/
 
 # testenv-bins builds kube-apiserver and etcd from source (tools/testenv) into
 # a versioned cache folder, once; see scripts/testenv-bins.sh and

@@ -29,6 +29,8 @@ type testAgent struct {
 	pool  *x509.CertPool
 	hubTD string
 	addrs []string
+	// tls is the agent's client TLS configuration, to dial other servers.
+	tls *tls.Config
 }
 
 // dial connects as a with its certificate to the given hub servers.
@@ -141,7 +143,7 @@ func joinKey(ctx context.Context, token, cluster, td string, key crypto.Signer) 
 	if err != nil {
 		return nil, nil, err
 	}
-	a.conn = aconn
+	a.conn, a.tls = aconn, tlsCfg
 	return a, resp, nil
 }
 

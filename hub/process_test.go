@@ -98,9 +98,14 @@ type procServer struct {
 	dataDir  string
 	logPath  string
 	bindAddr string
-	grpcPort int
-	httpPort int
-	args     []string
+	// advertiseIP is what the server tells its peers (--advertise); its
+	// bind address unless set.
+	advertiseIP string
+	grpcPort    int
+	raftPort    int
+	gossipPort  int
+	httpPort    int
+	args        []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -204,6 +209,33 @@ func httpReady(addr string) error {
 // kill sends SIGKILL, as a crash would, and waits for the exit.
 func (p *procServer) kill() { p.signal(syscall.SIGKILL, 0) }
 
+// pid is the process ID of the running process, 0 if there is none.
+func (p *procServer) pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+// pause stops the process (SIGSTOP): it keeps its sockets but runs no
+// code, as a process descheduled for a long time or a VM migration would.
+// resume (SIGCONT) lets it go on where it was.
+func (p *procServer) pause() error  { return p.sendSignal(syscall.SIGSTOP) }
+func (p *procServer) resume() error { return p.sendSignal(syscall.SIGCONT) }
+
+func (p *procServer) sendSignal(sig syscall.Signal) error {
+	pid := p.pid()
+	if pid == 0 {
+		return fmt.Errorf("%s: no process to signal", p.name)
+	}
+	if err := syscall.Kill(-pid, sig); err != nil {
+		return fmt.Errorf("%s: %v: %w", p.name, sig, err)
+	}
+	return nil
+}
+
 // stop sends SIGTERM and waits up to grace for a graceful exit (then kills).
 func (p *procServer) stop(grace time.Duration) error {
 	if !p.signal(syscall.SIGTERM, grace) {
@@ -277,6 +309,24 @@ type procHub struct {
 // the others, and waits until every one is ready.
 func startProcHub(t *testing.T, n int) *procHub {
 	t.Helper()
+	return startProcHubWith(t, n, procHubOptions{})
+}
+
+// procHubOptions changes how startProcHubWith lays out the servers.
+type procHubOptions struct {
+	// advertise, if set, gives server i's --advertise IP; every server
+	// binds 127.0.0.1 and joins the others at their advertised addresses.
+	advertise func(i int) string
+	// beforeStart runs once every server's ports and arguments are set,
+	// before any server starts.
+	beforeStart func(h *procHub)
+	// extraArgs are appended to every server's arguments.
+	extraArgs []string
+}
+
+// startProcHubWith is startProcHub with options.
+func startProcHubWith(t *testing.T, n int, opts procHubOptions) *procHub {
+	t.Helper()
 	key, err := GenerateEncryptKey()
 	if err != nil {
 		t.Fatal(err)
@@ -285,19 +335,29 @@ func startProcHub(t *testing.T, n int) *procHub {
 	ports := freePorts(t, 4*n)
 	root := t.TempDir()
 	for i := range n {
-		p := &procServer{t: t, name: fmt.Sprintf("s%d", i), bindAddr: "127.0.0.1", grpcPort: ports[4*i], httpPort: ports[4*i+3]}
+		p := &procServer{t: t, name: fmt.Sprintf("s%d", i), bindAddr: "127.0.0.1", advertiseIP: "127.0.0.1",
+			grpcPort: ports[4*i], raftPort: ports[4*i+1], gossipPort: ports[4*i+2], httpPort: ports[4*i+3]}
+		if opts.advertise != nil {
+			p.advertiseIP = opts.advertise(i)
+		}
 		p.dataDir = filepath.Join(root, p.name)
 		p.logPath = filepath.Join(root, p.name+".log")
+		h.servers = append(h.servers, p)
+	}
+	for i, p := range h.servers {
 		p.args = []string{"hub", "--name", p.name, "--data-dir", p.dataDir, "--bind", p.bindAddr,
-			"--grpc-port", strconv.Itoa(ports[4*i]), "--raft-port", strconv.Itoa(ports[4*i+1]),
-			"--gossip-port", strconv.Itoa(ports[4*i+2]), "--http-port", strconv.Itoa(ports[4*i+3]),
+			"--grpc-port", strconv.Itoa(p.grpcPort), "--raft-port", strconv.Itoa(p.raftPort),
+			"--gossip-port", strconv.Itoa(p.gossipPort), "--http-port", strconv.Itoa(p.httpPort),
 			"--bootstrap-expect", strconv.Itoa(n), "--gossip-profile", "local", "--encrypt-key", key}
-		for j := range n {
+		if opts.advertise != nil {
+			p.args = append(p.args, "--advertise", p.advertiseIP)
+		}
+		for j, o := range h.servers {
 			if j != i {
-				p.args = append(p.args, "--join", hostPort("127.0.0.1", ports[4*j+2]))
+				p.args = append(p.args, "--join", hostPort(o.advertiseIP, o.gossipPort))
 			}
 		}
-		h.servers = append(h.servers, p)
+		p.args = append(p.args, opts.extraArgs...)
 	}
 	t.Cleanup(func() {
 		for _, p := range h.servers {
@@ -309,6 +369,9 @@ func startProcHub(t *testing.T, n int) *procHub {
 			}
 		}
 	})
+	if opts.beforeStart != nil {
+		opts.beforeStart(h)
+	}
 	for _, p := range h.servers {
 		if err := p.launch(); err != nil {
 			t.Fatal(err)
