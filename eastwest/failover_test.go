@@ -267,3 +267,54 @@ func TestDrainFinishesInFlightAndRefusesNew(t *testing.T) {
 }
 
 var _ = context.Background
+
+// TestDrainingRemoteKeepsItsConnectionsAndGetsNothingNew: east drains;
+// west's probes see it, west sends east no new connection, and the one in
+// flight through east keeps working until it ends.
+func TestDrainingRemoteKeepsItsConnectionsAndGetsNothingNew(t *testing.T) {
+	p := startPair(t)
+	c, err := dialTCP(p.tcpPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	echo := func(s string) error {
+		if _, err := io.WriteString(c, s); err != nil {
+			return err
+		}
+		b := make([]byte, len(s))
+		if _, err := io.ReadFull(c, b); err != nil {
+			return err
+		}
+		if string(b) != s {
+			return fmt.Errorf("echoed %q, want %q", b, s)
+		}
+		return nil
+	}
+	if err := echo("before"); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { p.eastGW.cancel(); done <- <-p.eastGW.done; p.eastGW.done <- nil }()
+	waitFor(t, 5*time.Second, func() error {
+		if p.westGW.g.clusterUp(p.east.name) {
+			return errors.New("west still selects draining east")
+		}
+		return nil
+	})
+	if err := echo("during the drain"); err != nil {
+		t.Fatalf("the connection in flight through draining east: %v", err)
+	}
+	if _, up := p.westGW.g.pool.counts(); up != 1 {
+		t.Fatalf("west's connection to draining east was closed (%d up)", up)
+	}
+	_ = c.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("east did not finish draining after its last stream ended")
+	}
+}

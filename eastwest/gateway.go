@@ -77,7 +77,6 @@ type Gateway struct {
 	pool        *pool
 	clusterOut  *outliers[federation.ClusterName]
 	endpointOut *outliers[netip.AddrPort]
-	probeHeader []byte
 	draining    atomic.Bool
 	inflight    sync.WaitGroup
 	active      atomic.Int64
@@ -167,6 +166,7 @@ func (g *Gateway) quicConfig() *quic.Config {
 		MaxStreamReceiveWindow:         16 << 20,
 		InitialConnectionReceiveWindow: 1 << 20,
 		MaxConnectionReceiveWindow:     64 << 20,
+		EnableDatagrams:                true, // probes
 	}
 }
 
@@ -198,8 +198,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return fmt.Errorf("eastwest: ingress: %w", err)
 	}
 	g.ingressAddr.Store(g.pconn.LocalAddr().(*net.UDPAddr))
-	probe, _ := AppendHeader(nil, &Header{Kind: KindProbe, Source: st.Self.Cluster.String()})
-	g.probeHeader = probe
 	go func() { _ = g.guard.Run(wctx) }()
 	acceptDone := make(chan struct{})
 	go func() { defer close(acceptDone); g.serveIngress(wctx, ln) }()

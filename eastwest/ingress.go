@@ -52,6 +52,7 @@ func (g *Gateway) handleConn(ctx context.Context, qc *quic.Conn) {
 	}()
 	untrack := g.guard.TrackPeer(certs, func() { _ = qc.CloseWithError(closeWithdrawn, "trust domain withdrawn") })
 	defer untrack()
+	go g.answerProbes(ctx, qc)
 	for {
 		s, err := qc.AcceptStream(ctx)
 		if err != nil {

@@ -1,7 +1,9 @@
 package eastwest
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -41,11 +43,16 @@ type peer struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 
-	up   atomic.Bool
-	mu   sync.Mutex
-	qc   *quic.Conn
-	last error
+	up       atomic.Bool
+	draining atomic.Bool // it answers probes as draining: keep its connection, send it nothing new
+	nonce    atomic.Uint64
+	mu       sync.Mutex
+	qc       *quic.Conn
+	last     error
 }
+
+// selectable: it answers probes and is not draining.
+func (p *peer) selectable() bool { return p.up.Load() && !p.draining.Load() }
 
 func (p *peer) conn() *quic.Conn {
 	p.mu.Lock()
@@ -129,9 +136,12 @@ func (p *peer) probeLoop(ctx context.Context, qc *quic.Conn) error {
 			return fmt.Errorf("connection closed: %w", context.Cause(qc.Context()))
 		case <-t.C:
 		}
-		err := p.probe(ctx, qc)
+		draining, err := p.probe(ctx, qc)
 		if err == nil {
 			fails = 0
+			if was := p.draining.Swap(draining); was != draining {
+				p.g.log.Info("remote gateway draining", "cluster", p.cluster, "address", p.addr, "draining", draining)
+			}
 			p.g.m.probes.WithLabelValues(p.cluster.String(), "ok").Inc()
 			continue
 		}
@@ -142,29 +152,71 @@ func (p *peer) probeLoop(ctx context.Context, qc *quic.Conn) error {
 	}
 }
 
-// probe opens a probe stream and waits for its status.
-func (p *peer) probe(ctx context.Context, qc *quic.Conn) error {
+// Probes are QUIC datagrams, not streams: they need no stream credit (a
+// connection whose streams are all in use is busy, not dead) and leave no
+// state behind. A probe is [probeRequest][8-byte nonce]; the answer echoes
+// the nonce after probeServing or probeDraining. Each probe is sent twice,
+// so one lost datagram does not fail it.
+const (
+	probeRequest  byte = 1
+	probeServing  byte = 2
+	probeDraining byte = 3
+	probeLen           = 9
+)
+
+// errProbeTimeout: no answer within ProbeTimeout.
+var errProbeTimeout = errors.New("eastwest: probe unanswered")
+
+// probe sends a probe datagram and waits for its answer. It reports
+// whether the peer is draining.
+func (p *peer) probe(ctx context.Context, qc *quic.Conn) (draining bool, err error) {
 	pctx, cancel := context.WithTimeout(ctx, p.g.cfg.ProbeTimeout)
 	defer cancel()
-	s, err := qc.OpenStreamSync(pctx)
-	if err != nil {
-		return err
+	var msg [probeLen]byte
+	msg[0] = probeRequest
+	binary.BigEndian.PutUint64(msg[1:], p.nonce.Add(1))
+	for range 2 {
+		if err := qc.SendDatagram(msg[:]); err != nil {
+			return false, err
+		}
 	}
-	defer s.CancelRead(0)
-	deadline, _ := pctx.Deadline()
-	_ = s.SetDeadline(deadline)
-	if _, err := s.Write(p.g.probeHeader); err != nil {
-		return err
+	for {
+		d, err := qc.ReceiveDatagram(pctx)
+		if err != nil {
+			if pctx.Err() != nil && ctx.Err() == nil {
+				return false, errProbeTimeout
+			}
+			return false, err
+		}
+		if len(d) != probeLen || !bytes.Equal(d[1:], msg[1:]) {
+			continue // an answer to an older probe, or its duplicate
+		}
+		switch d[0] {
+		case probeServing:
+			return false, nil
+		case probeDraining:
+			return true, nil
+		}
 	}
-	_ = s.Close()
-	st, err := ReadStatus(s)
-	if err != nil {
-		return err
+}
+
+// answerProbes answers the probe datagrams of a remote gateway's
+// connection until it closes.
+func (g *Gateway) answerProbes(ctx context.Context, qc *quic.Conn) {
+	for {
+		d, err := qc.ReceiveDatagram(ctx)
+		if err != nil {
+			return
+		}
+		if len(d) != probeLen || d[0] != probeRequest {
+			continue
+		}
+		d[0] = probeServing
+		if g.draining.Load() {
+			d[0] = probeDraining
+		}
+		_ = qc.SendDatagram(d)
 	}
-	if st.Code != CodeOK {
-		return st
-	}
-	return nil
 }
 
 // pool holds the peers of every remote cluster.
@@ -229,7 +281,7 @@ func (pl *pool) up(cluster federation.ClusterName) []*peer {
 	ps := pl.peers[cluster]
 	out := make([]*peer, 0, len(ps))
 	for _, p := range ps {
-		if p.up.Load() {
+		if p.selectable() {
 			out = append(out, p)
 		}
 	}
@@ -246,7 +298,7 @@ func (pl *pool) anyUp(cluster federation.ClusterName) bool {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	for _, p := range pl.peers[cluster] {
-		if p.up.Load() {
+		if p.selectable() {
 			return true
 		}
 	}
