@@ -101,7 +101,7 @@ func DefaultConfig() Config {
 		ReconnectMax:         5 * time.Second,
 		MaxStreamsPerConn:    10000,
 		MaxStreamsPerCluster: 20000,
-		MaxConnsPerCluster:   256,
+		MaxConnsPerCluster:   16,
 		ConsecutiveErrors:    5,
 		BaseEjection:         10 * time.Second,
 		MaxEjection:          5 * time.Minute,

@@ -10,6 +10,7 @@ import (
 	"net/http/httputil"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshfed/meshfed/federation"
@@ -235,6 +236,19 @@ func (g *Gateway) connect(ctx context.Context, k egressKey) (duplex, target, err
 	return nil, target{}, errors.Join(errs...)
 }
 
+// clusterFault reports whether a failed attempt counts against the
+// cluster's gateways in outlier detection: transport failures and an
+// overloaded or draining gateway do; answers about one service (unknown
+// here, no healthy endpoint, forbidden) do not, since the cluster is
+// healthy for its other services.
+func clusterFault(err error) bool {
+	var st Status
+	if errors.As(err, &st) {
+		return st.Code == CodeOverloaded || st.Code == CodeBadRequest
+	}
+	return !errors.Is(err, context.Canceled)
+}
+
 func failReason(err error) string {
 	var st Status
 	switch {
@@ -286,7 +300,9 @@ func (g *Gateway) dialTarget(ctx context.Context, tg target, k egressKey) (duple
 		}
 	}
 	err = errors.Join(errs...)
-	g.clusterOut.failure(tg.cluster, time.Now())
+	if clusterFault(err) && ctx.Err() == nil {
+		g.clusterOut.failure(tg.cluster, time.Now())
+	}
 	return nil, err
 }
 
@@ -347,7 +363,13 @@ func (e *egressSet) httpServer(ctx context.Context, k egressKey) *http.Server {
 			http.Error(w, "meshfed gateway: no cluster could serve "+k.service.String(), http.StatusServiceUnavailable)
 		},
 	}
-	srv := &http.Server{Handler: rp, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute,
+	// Requests in flight count for the drain, like the fast path's.
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.g.inflight.Add(1)
+		defer e.g.inflight.Done()
+		rp.ServeHTTP(w, r)
+	})
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute,
 		BaseContext: func(net.Listener) context.Context { return ctx }}
 	var p http.Protocols
 	p.SetHTTP1(true)
@@ -377,6 +399,25 @@ type failoverTransport struct {
 	h2 bool
 }
 
+// keepBody is a request body that a transport may close before reading
+// (a failed dial) without ending it for the next attempt.
+type keepBody struct {
+	io.ReadCloser
+	read atomic.Bool
+}
+
+func (b *keepBody) Read(p []byte) (int, error) {
+	b.read.Store(true)
+	return b.ReadCloser.Read(p)
+}
+
+func (b *keepBody) Close() error {
+	if !b.read.Load() {
+		return nil
+	}
+	return b.ReadCloser.Close()
+}
+
 // connectError marks a failure to reach a target: nothing was sent.
 type connectError struct{ err error }
 
@@ -404,12 +445,25 @@ func (f *failoverTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	retries := 0
 	targets := r.order(f.k.port.Name, g, start, randFloat)
 	var lastErr error
+	// The transport closes a request's body when its dial fails; nothing
+	// was read then, and the next target needs the body whole.
+	var body *keepBody
+	if req.Body != nil && req.Body != http.NoBody {
+		body = &keepBody{ReadCloser: req.Body}
+		req = req.Clone(req.Context())
+		req.Body = body
+		defer func() { _ = body.ReadCloser.Close() }()
+	}
 	for i, tg := range targets {
-		if i > 0 && req.GetBody != nil && req.Body != nil && req.Body != http.NoBody {
-			body, err := req.GetBody()
+		if i > 0 && body != nil && body.read.Load() {
+			if req.GetBody == nil || !retriable {
+				break // part of the body went: not to be sent again
+			}
+			b, err := req.GetBody()
 			if err != nil {
 				return nil, err
 			}
+			body = &keepBody{ReadCloser: b}
 			req = req.Clone(req.Context())
 			req.Body = body
 		}
@@ -421,7 +475,9 @@ func (f *failoverTransport) RoundTrip(req *http.Request) (*http.Response, error)
 			if errors.As(err, &ce) {
 				continue // nothing was sent: always safe
 			}
-			g.clusterOut.failure(tg.cluster, time.Now())
+			if !tg.local && req.Context().Err() == nil {
+				g.clusterOut.failure(tg.cluster, time.Now())
+			}
 			g.m.failovers.WithLabelValues(svc, tg.label(), "reset").Inc()
 			if retriable && retries < g.cfg.HTTPRetries && !last {
 				retries++
@@ -436,6 +492,9 @@ func (f *failoverTransport) RoundTrip(req *http.Request) (*http.Response, error)
 			g.m.failovers.WithLabelValues(svc, tg.label(), "http_503").Inc()
 			retries++
 			continue
+		}
+		if !tg.local {
+			g.clusterOut.success(tg.cluster)
 		}
 		g.m.latency.WithLabelValues(svc, tg.label(), "egress").Observe(time.Since(start).Seconds())
 		g.m.requests.WithLabelValues(svc, tg.label(), "egress", strconv.Itoa(resp.StatusCode)).Inc()

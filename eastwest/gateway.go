@@ -78,7 +78,7 @@ type Gateway struct {
 	clusterOut  *outliers[federation.ClusterName]
 	endpointOut *outliers[netip.AddrPort]
 	draining    atomic.Bool
-	inflight    sync.WaitGroup
+	inflight    inflight
 	active      atomic.Int64
 
 	ingressMu    sync.Mutex
@@ -163,12 +163,18 @@ func (g *Gateway) quicConfig() *quic.Config {
 		MaxIncomingStreams:             int64(g.cfg.MaxStreamsPerConn),
 		MaxIncomingUniStreams:          -1,
 		InitialStreamReceiveWindow:     512 << 10,
-		MaxStreamReceiveWindow:         16 << 20,
+		MaxStreamReceiveWindow:         8 << 20,
 		InitialConnectionReceiveWindow: 1 << 20,
-		MaxConnectionReceiveWindow:     64 << 20,
+		MaxConnectionReceiveWindow:     maxConnWindow,
 		EnableDatagrams:                true, // probes
 	}
 }
+
+// maxConnWindow bounds what one remote connection may have in flight to
+// this gateway: with MaxConnsPerCluster it bounds a source cluster's
+// receive buffers (16 × 16 MiB = 256 MiB by default, only while the
+// gateway's endpoints read slower than the peer sends).
+const maxConnWindow = 16 << 20
 
 // Run serves until ctx ends, then drains: it stops accepting, lets
 // in-flight work finish for at most DrainTimeout, and returns.
@@ -236,10 +242,8 @@ func (g *Gateway) drain(ctx context.Context, cancelWork context.CancelFunc, ln *
 	g.log.Info("draining", "in_flight", g.active.Load(), "timeout", g.cfg.DrainTimeout)
 	g.report(ctx)
 	g.egress.closeListeners()
-	done := make(chan struct{})
-	go func() { g.inflight.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-g.inflight.idle():
 		g.log.Info("drained")
 	case <-time.After(g.cfg.DrainTimeout):
 		g.log.Warn("drain timeout; closing what is left", "in_flight", g.active.Load())
@@ -394,4 +398,40 @@ func (g *Gateway) mapEndpoint(ap netip.AddrPort) netip.AddrPort {
 		}
 	}
 	return ap
+}
+
+// inflight counts work in progress for the drain. Unlike a WaitGroup it
+// may be added to while someone waits (a keep-alive connection's next
+// request arriving during the drain).
+type inflight struct {
+	mu     sync.Mutex
+	n      int
+	waiter chan struct{}
+}
+
+func (f *inflight) Add(d int) {
+	f.mu.Lock()
+	f.n += d
+	if f.n == 0 && f.waiter != nil {
+		close(f.waiter)
+		f.waiter = nil
+	}
+	f.mu.Unlock()
+}
+
+func (f *inflight) Done() { f.Add(-1) }
+
+// idle returns a channel closed once nothing is in flight.
+func (f *inflight) idle() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch := make(chan struct{})
+	if f.n == 0 {
+		close(ch)
+		return ch
+	}
+	if f.waiter == nil {
+		f.waiter = make(chan struct{})
+	}
+	return f.waiter
 }

@@ -272,3 +272,44 @@ func TestPooledUpstreamClosedByTheServerIsNotUsed(t *testing.T) {
 		})
 	}
 }
+
+// TestH2CRequestWithABodyFailsOverWhole: over h2c (the reverse-proxy
+// path), a POST whose first choice cannot connect (east's only endpoint is
+// dead) goes to central with its body whole.
+func TestH2CRequestWithABodyFailsOverWhole(t *testing.T) {
+	east, central, west := newCluster(t, "east", "us-east", "us-east-1a"), newCluster(t, "central", "eu-central", "eu-central-1a"), newCluster(t, "west", "us-east", "us-east-1b")
+	dead, stopDead := httpHandlerServer(t, http.NotFoundHandler())
+	stopDead()
+	ok, _ := httpHandlerServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		_, _ = fmt.Fprintf(w, "central got %d bytes", len(b))
+	}))
+	sp := port("http", 8080, "HTTP")
+	eastGW := startGateway(t, east, newState(east, nil, []*gatewayclient.LocalService{localService("default/web", sp, dead)}, remote{c: west}), nil, west)
+	centralGW := startGateway(t, central, newState(central, nil, []*gatewayclient.LocalService{localService("default/web", sp, ok)}, remote{c: west}), nil, west)
+	egress := freePort(t)
+	re := remote{c: east, gws: []string{eastGW.addr}, ready: 1}
+	rc := remote{c: central, gws: []string{centralGW.addr}, ready: 1}
+	westGW := startGateway(t, west, newState(west, []*gatewayclient.Import{importOf("default/web", sp, egress, re, rc)}, nil, re, rc), nil, east, central)
+	waitFor(t, 5*time.Second, func() error {
+		if !westGW.g.clusterUp(east.name) || !westGW.g.clusterUp(central.name) {
+			return errors.New("not both up")
+		}
+		return nil
+	})
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	h2 := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Protocols: &p}}
+	body := strings.Repeat("b", 100_000)
+	for i := range 5 {
+		resp, err := h2.Post(fmt.Sprintf("http://127.0.0.1:%d/x", egress), "text/plain", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if want := "central got 100000 bytes"; string(b) != want {
+			t.Fatalf("POST %d over h2c with east's endpoint dead: %d %q, want %q", i, resp.StatusCode, b, want)
+		}
+	}
+}

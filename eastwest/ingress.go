@@ -58,7 +58,27 @@ func (g *Gateway) handleConn(ctx context.Context, qc *quic.Conn) {
 		if err != nil {
 			return
 		}
-		go g.handleStream(ctx, qc, src, s)
+		// Counted from acceptance, before its header arrives, so a peer
+		// cannot hold more than its share with streams that never speak.
+		g.ingressMu.Lock()
+		over := g.streamsByCl[src] >= g.cfg.MaxStreamsPerCluster
+		if !over {
+			g.streamsByCl[src]++
+		}
+		g.ingressMu.Unlock()
+		if over {
+			g.m.requests.WithLabelValues("unknown", src.String(), "ingress", CodeOverloaded.String()).Inc()
+			refuse(s, CodeOverloaded, fmt.Sprintf("at most %d streams per source cluster", g.cfg.MaxStreamsPerCluster))
+			continue
+		}
+		go func() {
+			defer func() {
+				g.ingressMu.Lock()
+				g.streamsByCl[src]--
+				g.ingressMu.Unlock()
+			}()
+			g.handleStream(ctx, qc, src, s)
+		}()
 	}
 }
 
@@ -101,21 +121,6 @@ func (g *Gateway) handleStream(ctx context.Context, qc *quic.Conn, src federatio
 		refuse(s, CodeForbidden, fmt.Sprintf("source %q is not the peer's cluster %q", h.Source, src))
 		return
 	}
-	g.ingressMu.Lock()
-	if g.streamsByCl[src] >= g.cfg.MaxStreamsPerCluster {
-		g.ingressMu.Unlock()
-		result = CodeOverloaded.String()
-		refuse(s, CodeOverloaded, fmt.Sprintf("at most %d streams per source cluster", g.cfg.MaxStreamsPerCluster))
-		return
-	}
-	g.streamsByCl[src]++
-	g.ingressMu.Unlock()
-	defer func() {
-		g.ingressMu.Lock()
-		g.streamsByCl[src]--
-		g.ingressMu.Unlock()
-	}()
-
 	key, err := federation.ParseServiceKey(h.Service)
 	t := g.table.Load()
 	ls := t.state.Local[key]
