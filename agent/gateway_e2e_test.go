@@ -431,6 +431,11 @@ func echoOnce(c *tls.Conn) error {
 // namespace (if missing) and returns a source of its tokens (TokenRequest,
 // as the kubelet mounts them).
 func serviceAccountToken(t testing.TB, a *Agent, sa string) func() (string, error) {
+	return serviceAccountTokenFor(t, a, sa, GatewayTokenAudience)
+}
+
+// serviceAccountTokenFor is serviceAccountToken for any audience.
+func serviceAccountTokenFor(t testing.TB, a *Agent, sa, audience string) func() (string, error) {
 	t.Helper()
 	rc, err := kubeRESTConfig(a.cfg)
 	if err != nil {
@@ -447,7 +452,8 @@ func serviceAccountToken(t testing.TB, a *Agent, sa string) func() (string, erro
 	}
 	return func() (string, error) {
 		exp := int64(3600)
-		tr, err := cs.CoreV1().ServiceAccounts(a.cfg.Namespace).CreateToken(ctx, sa, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+		tr, err := cs.CoreV1().ServiceAccounts(a.cfg.Namespace).CreateToken(ctx, sa, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+			ExpirationSeconds: &exp, Audiences: []string{audience}}}, metav1.CreateOptions{})
 		if err != nil {
 			return "", err
 		}

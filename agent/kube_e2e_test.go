@@ -450,6 +450,9 @@ func TestKubeGatewayAuthenticatesByServiceAccountOnly(t *testing.T) {
 	if err := try("other-sa", serviceAccountToken(t, ra.a, "default")); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("another ServiceAccount's token: %v, want PermissionDenied", err)
 	}
+	if err := try("api-audience", serviceAccountTokenFor(t, ra.a, DefaultGatewayServiceAccount, "https://kubernetes.default.svc")); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("the gateway ServiceAccount's token for the API server's audience: %v, want PermissionDenied", err)
+	}
 	if err := try("gateway", serviceAccountToken(t, ra.a, DefaultGatewayServiceAccount)); err != nil {
 		t.Errorf("the gateway ServiceAccount's token: %v", err)
 	}

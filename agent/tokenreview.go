@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -12,6 +13,11 @@ import (
 // DefaultGatewayServiceAccount is the ServiceAccount (in the agent's
 // namespace) whose tokens authenticate gateways in-cluster.
 const DefaultGatewayServiceAccount = "meshfed-gateway"
+
+// GatewayTokenAudience is the audience of the ServiceAccount tokens that
+// gateways present (a projected token for this audience, not the API
+// server's): a token handed to the agent is no API credential.
+const GatewayTokenAudience = "meshfed-agent"
 
 // maxServiceAccountToken bounds a token in SignSVID.
 const maxServiceAccountToken = 16 << 10
@@ -39,7 +45,8 @@ func newKubeTokenReviewer(cs kubernetes.Interface, namespace, serviceAccount str
 }
 
 func (r *kubeTokenReviewer) review(ctx context.Context, token string) error {
-	tr, err := r.cs.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token}}, metav1.CreateOptions{})
+	tr, err := r.cs.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{
+		Token: token, Audiences: []string{GatewayTokenAudience}}}, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("token review: %w", err)
 	}
@@ -48,6 +55,9 @@ func (r *kubeTokenReviewer) review(ctx context.Context, token string) error {
 			return fmt.Errorf("not authenticated: %s", tr.Status.Error)
 		}
 		return fmt.Errorf("not authenticated")
+	}
+	if !slices.Contains(tr.Status.Audiences, GatewayTokenAudience) {
+		return fmt.Errorf("the token is not for audience %q", GatewayTokenAudience)
 	}
 	if tr.Status.User.Username != r.username {
 		return fmt.Errorf("the token is %s's, not %s's", tr.Status.User.Username, r.username)

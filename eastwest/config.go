@@ -70,8 +70,13 @@ type Config struct {
 	// may be retried on after a 503 or a reset.
 	HTTPRetries int
 
+	// DrainDelay is how long, after its context ends, the gateway keeps
+	// serving as before while /readyz already answers 503, so that
+	// EndpointSlices drop it before it stops accepting (Kubernetes takes a
+	// few seconds to propagate a pod's readiness).
+	DrainDelay time.Duration
 	// DrainTimeout bounds how long Run waits for in-flight work after its
-	// context ends.
+	// context ends (and DrainDelay).
 	DrainTimeout time.Duration
 	// ReportInterval is how often the gateway reports its health to the
 	// agent besides after each change.
@@ -140,6 +145,7 @@ func (c *Config) Validate() error {
 	dur("reconnect_max", c.ReconnectMax, c.ReconnectMin, time.Hour)
 	dur("base_ejection", c.BaseEjection, 10*time.Millisecond, time.Hour)
 	dur("max_ejection", c.MaxEjection, c.BaseEjection, 24*time.Hour)
+	dur("drain_delay", c.DrainDelay, 0, 5*time.Minute)
 	dur("drain_timeout", c.DrainTimeout, 0, time.Hour)
 	dur("report_interval", c.ReportInterval, 100*time.Millisecond, time.Hour)
 	if c.KeepAlive >= c.MaxIdle {

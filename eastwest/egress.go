@@ -128,6 +128,29 @@ func (l *egressListener) close() {
 	}
 }
 
+// forget drops the pooled upstreams and HTTP/2 transports whose key keep
+// refuses.
+func (e *egressSet) forget(keep func(transportKey) bool) {
+	e.tmu.Lock()
+	for k, t := range e.transports {
+		if !keep(k) {
+			t.CloseIdleConnections()
+			delete(e.transports, k)
+		}
+	}
+	e.tmu.Unlock()
+	e.pool.mu.Lock()
+	for k, l := range e.pool.idle {
+		if !keep(k) {
+			for _, u := range l {
+				_ = u.c.Close()
+			}
+			delete(e.pool.idle, k)
+		}
+	}
+	e.pool.mu.Unlock()
+}
+
 // closeListeners stops accepting (drain); connections in flight go on.
 func (e *egressSet) closeListeners() {
 	e.mu.Lock()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -316,5 +317,49 @@ func TestDrainingRemoteKeepsItsConnectionsAndGetsNothingNew(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("east did not finish draining after its last stream ended")
+	}
+}
+
+// TestDrainDelayKeepsServingWhileNotReady: after SIGTERM, for DrainDelay
+// the gateway answers /readyz 503 but still accepts connections; then it
+// drains.
+func TestDrainDelayKeepsServingWhileNotReady(t *testing.T) {
+	east, west := newCluster(t, "east", "us-east", "us-east-1a"), newCluster(t, "west", "us-west", "us-west-1a")
+	ep := tcpEcho(t)
+	sp := port("tcp", 9090, "TCP")
+	eastGW := startGateway(t, east, newState(east, nil, []*gatewayclient.LocalService{localService("default/echo", sp, ep)}, remote{c: west}), nil, west)
+	egress := freePort(t)
+	r := remote{c: east, gws: []string{eastGW.addr}, ready: 1}
+	westGW := startGateway(t, west, newState(west, []*gatewayclient.Import{importOf("default/echo", sp, egress, r)}, nil, r),
+		func(c *Config) { c.DrainDelay = 3 * time.Second }, east) // the checks below take milliseconds
+	ready := func() int {
+		rec := httptest.NewRecorder()
+		westGW.g.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+		return rec.Code
+	}
+	if code := ready(); code != 200 {
+		t.Fatalf("/readyz %d before SIGTERM", code)
+	}
+	westGW.cancel()
+	waitFor(t, 5*time.Second, func() error {
+		if code := ready(); code != http.StatusServiceUnavailable {
+			return fmt.Errorf("/readyz %d after SIGTERM", code)
+		}
+		return nil
+	})
+	c, err := dialTCP(egress)
+	if err != nil {
+		t.Fatalf("a connection during the drain delay was refused: %v", err)
+	}
+	defer func() { _ = c.Close() }()
+	if _, err := io.WriteString(c, "x"); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(c, b); err != nil || b[0] != 'x' {
+		t.Fatalf("echo during the drain delay: %q %v", b, err)
+	}
+	if westGW.g.draining.Load() {
+		t.Fatal("draining before the delay ended")
 	}
 }

@@ -71,6 +71,7 @@ type Gateway struct {
 	m        *metrics
 	guard    *trust.ConnGuard
 	pconn    net.PacketConn
+	ownConn  bool // pconn was opened by Run (not Deps), so Run closes it
 
 	transport   *quic.Transport
 	table       atomic.Pointer[table]
@@ -78,6 +79,7 @@ type Gateway struct {
 	clusterOut  *outliers[federation.ClusterName]
 	endpointOut *outliers[netip.AddrPort]
 	draining    atomic.Bool
+	leaving     atomic.Bool // DrainDelay: not ready, still serving
 	inflight    inflight
 	active      atomic.Int64
 
@@ -146,7 +148,7 @@ func (g *Gateway) Handler() http.Handler {
 			http.Error(w, "not ready: waiting for a config", http.StatusServiceUnavailable)
 			return
 		}
-		if g.draining.Load() {
+		if g.draining.Load() || g.leaving.Load() {
 			http.Error(w, "draining", http.StatusServiceUnavailable)
 			return
 		}
@@ -201,6 +203,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.transport = &quic.Transport{Conn: g.pconn}
 	ln, err := g.transport.Listen(g.serverTLS(), g.quicConfig())
 	if err != nil {
+		if g.ownConn {
+			_ = g.pconn.Close()
+		}
 		return fmt.Errorf("eastwest: ingress: %w", err)
 	}
 	g.ingressAddr.Store(g.pconn.LocalAddr().(*net.UDPAddr))
@@ -233,6 +238,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 			g.report(wctx)
 		}
 	}
+	if g.cfg.DrainDelay > 0 {
+		g.leaving.Store(true)
+		g.log.Info("leaving: not ready, still serving", "for", g.cfg.DrainDelay)
+		<-time.After(g.cfg.DrainDelay)
+	}
 	return g.drain(wctx, cancelWork, ln, acceptDone)
 }
 
@@ -253,7 +263,12 @@ func (g *Gateway) drain(ctx context.Context, cancelWork context.CancelFunc, ln *
 	<-acceptDone
 	g.egress.shutdown()
 	g.pool.stop()
-	return g.transport.Close()
+	err := g.transport.Close()
+	if g.ownConn {
+		// quic-go closes only the sockets it made itself.
+		_ = g.pconn.Close()
+	}
+	return err
 }
 
 // listen opens the ingress socket unless Deps gave one.
@@ -277,7 +292,7 @@ func (g *Gateway) listen(st *gatewayclient.State) error {
 	if err != nil {
 		return fmt.Errorf("eastwest: ingress: %w", err)
 	}
-	g.pconn = pc
+	g.pconn, g.ownConn = pc, true
 	return nil
 }
 
@@ -295,6 +310,22 @@ func (g *Gateway) apply(ctx context.Context, st *gatewayclient.State) {
 		tds[name] = c.TrustDomain
 	}
 	g.pool.reconcile(ctx, clusters, tds)
+	// Forget what left the config: outlier state, pooled upstreams.
+	endpoints := map[netip.AddrPort]bool{}
+	for _, ls := range st.Local {
+		for _, e := range ls.Endpoints {
+			for _, p := range e.Ports {
+				endpoints[netip.AddrPortFrom(e.Addr, p)] = true
+			}
+		}
+	}
+	g.endpointOut.retain(func(e netip.AddrPort) bool { return endpoints[e] })
+	g.clusterOut.retain(func(c federation.ClusterName) bool { _, ok := clusters[c]; return ok })
+	g.egress.forget(func(k transportKey) bool {
+		_, imported := st.Imports[k.svc]
+		_, member := clusters[k.t.cluster]
+		return imported && (k.t.local || member)
+	})
 	err := g.egress.reconcile(ctx, t)
 	if err != nil {
 		g.log.Error("config applied in part", "revision", st.Revision, "err", err)

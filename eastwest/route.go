@@ -71,10 +71,20 @@ func tierOf(self, other federation.Locality) int {
 func compile(st *gatewayclient.State) *table {
 	t := &table{state: st, routes: make(map[federation.ServiceKey]*route, len(st.Imports)),
 		clusterByTD: make(map[spiffeid.TrustDomain]federation.ClusterName, len(st.Clusters))}
+	// A trust domain names one member. Two clusters claiming the same one
+	// (which the hub refuses) are both left out: neither may be taken for
+	// the other.
+	dup := map[spiffeid.TrustDomain]bool{}
 	for name, c := range st.Clusters {
-		if !c.TrustDomain.IsZero() {
-			t.clusterByTD[c.TrustDomain] = name
+		if c.TrustDomain.IsZero() || dup[c.TrustDomain] {
+			continue
 		}
+		if _, ok := t.clusterByTD[c.TrustDomain]; ok {
+			delete(t.clusterByTD, c.TrustDomain)
+			dup[c.TrustDomain] = true
+			continue
+		}
+		t.clusterByTD[c.TrustDomain] = name
 	}
 	for key, im := range st.Imports {
 		r := &route{service: key, local: st.Local[key]}
@@ -297,6 +307,18 @@ func (o *outliers[K]) failure(k K, now time.Time) bool {
 		o.onEject(k)
 	}
 	return eject
+}
+
+// retain forgets the keys keep refuses (endpoints and clusters that left
+// the config), so the map does not grow with churn.
+func (o *outliers[K]) retain(keep func(K) bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for k := range o.state {
+		if !keep(k) {
+			delete(o.state, k)
+		}
+	}
 }
 
 // ejected reports whether k is ejected at now.

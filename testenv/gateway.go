@@ -152,7 +152,8 @@ func writeServiceAccountToken(ctx context.Context, c *ClusterEnv, path string) e
 		return fmt.Errorf("testenv: gateway ServiceAccount: %w", err)
 	}
 	exp := int64(24 * 3600)
-	tr, err := sas.CreateToken(ctx, "meshfed-gateway", &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	tr, err := sas.CreateToken(ctx, "meshfed-gateway", &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+		ExpirationSeconds: &exp, Audiences: []string{"meshfed-agent"}}}, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("testenv: gateway ServiceAccount token: %w", err)
 	}

@@ -73,6 +73,7 @@ down. On SIGTERM it stops accepting, lets in-flight work finish for at most
 	fl.IntVar(&f.cfg.ProbeFailures, "probe-failures", f.cfg.ProbeFailures, "failed probes in a row that take a remote gateway out of selection")
 	fl.IntVar(&f.cfg.MaxStreamsPerConn, "max-streams-per-conn", f.cfg.MaxStreamsPerConn, "concurrent streams a remote gateway may open per connection")
 	fl.IntVar(&f.cfg.MaxStreamsPerCluster, "max-streams-per-cluster", f.cfg.MaxStreamsPerCluster, "concurrent streams from one source cluster")
+	fl.DurationVar(&f.cfg.DrainDelay, "drain-delay", f.cfg.DrainDelay, "after SIGTERM, keep serving this long while /readyz says not ready (so endpoints drop the gateway first)")
 	fl.DurationVar(&f.cfg.DrainTimeout, "drain-timeout", f.cfg.DrainTimeout, "how long SIGTERM waits for in-flight work")
 	fl.Var(&f.level, "log-level", "log level: debug, info, warn or error")
 	return cmd

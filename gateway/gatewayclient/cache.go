@@ -5,6 +5,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -129,7 +130,7 @@ func (c *Client) Report(ctx context.Context, revision uint64, applyErr error, he
 	if applyErr != nil {
 		msg := applyErr.Error()
 		if len(msg) > MaxReportError {
-			msg = msg[:MaxReportError]
+			msg = strings.ToValidUTF8(msg[:MaxReportError], "") // never a split character
 		}
 		req.Error = msg
 	}
