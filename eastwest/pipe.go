@@ -48,7 +48,7 @@ func (c tcpDuplex) Abort() {
 	if tc, ok := c.Conn.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0) // close sends RST
 	}
-	_ = c.Conn.Close()
+	_ = c.Close()
 }
 
 // streamConn is a QUIC stream as a net.Conn (for net/http's transport and
