@@ -536,9 +536,15 @@ func (s *syncSession) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := stream.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Hello{Hello: &fedv1.SyncHello{
-		Cluster: a.cfg.Cluster.String(), ResumeRevision: s.view.revision, Capabilities: localCapabilities(),
-	}}}); err != nil {
+	// Every session states where this cluster's gateways are and its
+	// locality, so a change of --gateway, --region or --zone after join
+	// reaches the hub and the other clusters.
+	hi := &fedv1.SyncHello{Cluster: a.cfg.Cluster.String(), ResumeRevision: s.view.revision, Capabilities: localCapabilities(),
+		GatewayAddresses: a.cfg.GatewayAddresses}
+	if !a.cfg.Locality.IsZero() {
+		hi.Locality = &fedv1.Locality{Region: a.cfg.Locality.Region(), Zone: a.cfg.Locality.Zone(), Subzone: a.cfg.Locality.Subzone()}
+	}
+	if err := stream.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Hello{Hello: hi}}); err != nil {
 		return err
 	}
 	first, err := stream.Recv()

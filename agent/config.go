@@ -44,7 +44,7 @@ const (
 	DefaultMaxPublishBytes = 1 << 20   // well under the hub's 4 MiB message limit
 	MaxPublishBytes        = 3 << 20   // leaves room for framing under the hub's 4 MiB
 	MaxExports             = 4096      // the hub's limit of exports per cluster
-	MaxGatewayAddresses    = 16        // the hub's limit
+	MaxHubAddresses        = 16        // --hub addresses
 	MaxHubStateBytes       = 256 << 20 // the largest persisted hub state read back
 	DefaultJoinTimeout     = 30 * time.Second
 	DefaultGatewayAPIAddr  = "127.0.0.1:7481"
@@ -232,8 +232,8 @@ func (c *Config) Validate() error {
 			add("http_addr", c.HTTPAddr, "must be host:port")
 		}
 	}
-	if len(c.HubAddresses) > MaxGatewayAddresses {
-		add("hub_addresses", fmt.Sprint(len(c.HubAddresses)), "at most %d", MaxGatewayAddresses)
+	if len(c.HubAddresses) > MaxHubAddresses {
+		add("hub_addresses", fmt.Sprint(len(c.HubAddresses)), "at most %d", MaxHubAddresses)
 	}
 	for i, a := range c.HubAddresses {
 		if _, _, err := net.SplitHostPort(a); err != nil {
@@ -263,13 +263,8 @@ func (c *Config) Validate() error {
 	if c.EgressPortMin < 1 || c.EgressPortMax > 65535 || c.EgressPortMin > c.EgressPortMax {
 		add("egress_ports", fmt.Sprintf("%d-%d", c.EgressPortMin, c.EgressPortMax), "must be a range within 1..65535")
 	}
-	if len(c.GatewayAddresses) > MaxGatewayAddresses {
-		add("gateway_addresses", fmt.Sprint(len(c.GatewayAddresses)), "at most %d", MaxGatewayAddresses)
-	}
-	for i, a := range c.GatewayAddresses {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			add(fmt.Sprintf("gateway_addresses[%d]", i), a, "must be host:port")
-		}
+	if err := federation.CheckGatewayAddresses(c.GatewayAddresses); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Debounce < 0 || c.Debounce > 10*time.Second {
 		add("debounce", c.Debounce.String(), "must be in 0s..10s")

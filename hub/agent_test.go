@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
@@ -185,6 +186,13 @@ type syncStream struct {
 }
 
 func (a *testAgent) sync(resume uint64, helloCluster string) (*syncStream, error) {
+	return a.syncHello(resume, &fedv1.SyncHello{Cluster: helloCluster})
+}
+
+// syncHello opens a Sync stream with the given hello (Cluster defaults to
+// the agent's, Capabilities to ours).
+func (a *testAgent) syncHello(resume uint64, hello *fedv1.SyncHello) (*syncStream, error) {
+	helloCluster := hello.GetCluster()
 	ctx, cancel := context.WithCancel(context.Background())
 	st, err := fedv1.NewSyncClient(a.conn).Sync(ctx)
 	if err != nil {
@@ -194,9 +202,12 @@ func (a *testAgent) sync(resume uint64, helloCluster string) (*syncStream, error
 	if helloCluster == "" {
 		helloCluster = a.cluster
 	}
-	if err := st.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Hello{Hello: &fedv1.SyncHello{
-		Cluster: helloCluster, ResumeRevision: resume, Capabilities: &fedv1.Capabilities{Version: federation.CapabilityVersion},
-	}}}); err != nil {
+	hello = proto.Clone(hello).(*fedv1.SyncHello)
+	hello.Cluster, hello.ResumeRevision = helloCluster, resume
+	if hello.Capabilities == nil {
+		hello.Capabilities = &fedv1.Capabilities{Version: federation.CapabilityVersion}
+	}
+	if err := st.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Hello{Hello: hello}}); err != nil {
 		cancel()
 		return nil, err
 	}

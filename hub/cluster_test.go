@@ -519,3 +519,51 @@ func TestRemovedClusterCredentialsStopWorking(t *testing.T) {
 		t.Fatalf("new credentials: %v", err)
 	}
 }
+
+// TestGatewayAddressesAndLocalityFollowTheAgent: an agent states its
+// gateway addresses and locality at every Sync session; when they changed
+// since join, the hub records them and the other clusters see the change.
+// Invalid ones refuse the session, naming the field.
+func TestGatewayAddressesAndLocalityFollowTheAgent(t *testing.T) {
+	h := newTestHub(t, 3)
+	admin := h.Admin()
+	east := joinCluster(t, admin, "east")
+	west := joinCluster(t, admin, "west")
+	ws, err := west.sync(0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := &fedv1.SyncHello{Locality: &fedv1.Locality{Region: "r-east", Zone: "z-east-b"}, GatewayAddresses: []string{"10.9.0.1:15443", "10.9.0.2:15443"}}
+	if _, err := east.syncHello(0, moved); err != nil {
+		t.Fatal(err)
+	}
+	stop := time.AfterFunc(20*time.Second, ws.cancel) // a bound on the wait
+	defer stop.Stop()
+	if _, err := ws.next(func(*fedv1.SyncResponse) bool {
+		c := ws.clusters["east"]
+		return c.GetLocality().GetZone() == "z-east-b" && len(c.GetGatewayAddresses()) == 2 && c.GetGatewayAddresses()[1] == "10.9.0.2:15443"
+	}); err != nil {
+		t.Fatalf("west never saw east's new gateways and zone: %v (last %v)", err, ws.clusters["east"])
+	}
+	// The same again changes nothing: no new revision reaches west.
+	rev := ws.revision
+	if _, err := east.syncHello(0, moved); err != nil {
+		t.Fatal(err)
+	}
+	desc, err := admin.DescribeCluster(ctxT(t, 5*time.Second), &fedv1.DescribeClusterRequest{Name: "east"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := desc.GetCluster().GetModifyRevision(); got > rev {
+		t.Errorf("an unchanged hello rewrote east's record (modify revision %d > %d)", got, rev)
+	}
+	for field, bad := range map[string]*fedv1.SyncHello{
+		"hello.gateway_addresses[0]": {GatewayAddresses: []string{"no-port"}},
+		"hello.locality.zone":        {Locality: &fedv1.Locality{Region: "r", Zone: "Not A Zone"}},
+	} {
+		_, err := east.syncHello(0, bad)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), field) {
+			t.Errorf("hello with a bad %s: %v, want InvalidArgument naming it", field, err)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -62,6 +63,9 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 		return err
 	}
 	if err := checkMember(view, id); err != nil {
+		return err
+	}
+	if err := s.updateClusterEndpoint(view.Cluster(id.name), hello); err != nil {
 		return err
 	}
 	if err := stream.Send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_Hello{Hello: &fedv1.SyncHelloResponse{
@@ -155,6 +159,44 @@ func checkMember(view *state.ReadTxn, id identity) error {
 	if c.GetAgentCertSerial() != id.serial {
 		return errSuperseded(id)
 	}
+	return nil
+}
+
+// updateClusterEndpoint records the gateway addresses and locality an
+// agent states in its hello when they differ from its record (a gateway
+// moved, a cluster relabelled its zone), so every other cluster's gateways
+// follow. Invalid values refuse the stream (the agent says which field);
+// an older agent that sends neither changes nothing. The write is
+// asynchronous, like the status: the stream does not wait for it.
+func (s *Server) updateClusterEndpoint(cur *fedv1.ClusterRecord, hello *fedv1.SyncHello) error {
+	loc, addrs := hello.GetLocality(), hello.GetGatewayAddresses()
+	if loc == nil && len(addrs) == 0 {
+		return nil
+	}
+	if err := validateGatewayAddrs("hello.gateway_addresses", addrs); err != nil {
+		return err
+	}
+	if loc == nil {
+		loc = cur.GetLocality()
+	} else if _, err := validateLocality("hello.locality", loc); err != nil {
+		return err
+	}
+	if len(addrs) == 0 {
+		addrs = cur.GetGatewayAddresses() // none stated: unchanged
+	}
+	if proto.Equal(loc, cur.GetLocality()) && slices.Equal(addrs, cur.GetGatewayAddresses()) {
+		return nil
+	}
+	cmd := &hubpb.CmdUpdateClusterEndpoint{Cluster: cur.GetName(), Locality: loc, GatewayAddresses: addrs}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
+		defer cancel()
+		if _, err := s.apply(ctx, fsm.UpdateClusterEndpointType, cmd); err != nil {
+			s.log.Warn("cluster endpoint not updated", "cluster", cmd.GetCluster(), "gateway_addresses", addrs, "err", err)
+			return
+		}
+		s.log.Info("cluster endpoint updated", "cluster", cmd.GetCluster(), "locality", loc, "gateway_addresses", addrs)
+	}()
 	return nil
 }
 

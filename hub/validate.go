@@ -4,7 +4,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -24,7 +23,6 @@ const (
 	MaxLabelValueLength   = 253
 	MaxExportsPerPublish  = 1024
 	MaxBundleAuthorities  = 16
-	MaxGatewayAddresses   = 16
 	MaxCSRSize            = 8 << 10
 	MaxPolicySubsets      = 16
 	MaxFailoverRegions    = 16
@@ -143,13 +141,8 @@ func validateBundle(field string, b *fedv1.TrustBundle) (federation.TrustDomain,
 }
 
 func validateGatewayAddrs(field string, addrs []string) error {
-	if len(addrs) > MaxGatewayAddresses {
-		return invalidArg(field, "%d addresses, at most %d", len(addrs), MaxGatewayAddresses)
-	}
-	for i, a := range addrs {
-		if _, _, err := net.SplitHostPort(a); err != nil || len(a) > 255 {
-			return invalidArg(fmt.Sprintf("%s[%d]", field, i), "%q must be host:port", a)
-		}
+	if err := federation.CheckGatewayAddresses(addrs); err != nil {
+		return fieldErr(strings.TrimSuffix(field, ".gateway_addresses"), err)
 	}
 	return nil
 }

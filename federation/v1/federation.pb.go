@@ -1191,8 +1191,14 @@ type SyncHello struct {
 	// The last revision the agent applied; 0 asks for a full snapshot.
 	ResumeRevision uint64        `protobuf:"varint,2,opt,name=resume_revision,json=resumeRevision,proto3" json:"resume_revision,omitempty"`
 	Capabilities   *Capabilities `protobuf:"bytes,3,opt,name=capabilities,proto3" json:"capabilities,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Where this cluster's gateways are now, as remote clusters reach them
+	// (host:port, at most 16), and its locality: sent on every session, so a
+	// change after join reaches the hub and every other cluster. Empty
+	// fields (an older agent) change nothing.
+	Locality         *Locality `protobuf:"bytes,4,opt,name=locality,proto3" json:"locality,omitempty"`
+	GatewayAddresses []string  `protobuf:"bytes,5,rep,name=gateway_addresses,json=gatewayAddresses,proto3" json:"gateway_addresses,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *SyncHello) Reset() {
@@ -1242,6 +1248,20 @@ func (x *SyncHello) GetResumeRevision() uint64 {
 func (x *SyncHello) GetCapabilities() *Capabilities {
 	if x != nil {
 		return x.Capabilities
+	}
+	return nil
+}
+
+func (x *SyncHello) GetLocality() *Locality {
+	if x != nil {
+		return x.Locality
+	}
+	return nil
+}
+
+func (x *SyncHello) GetGatewayAddresses() []string {
+	if x != nil {
+		return x.GatewayAddresses
 	}
 	return nil
 }
@@ -4126,11 +4146,13 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x14max_ejection_percent\x18\x04 \x01(\rR\x12maxEjectionPercent\"V\n" +
 	"\vRetryPolicy\x12\x1a\n" +
 	"\battempts\x18\x01 \x01(\rR\battempts\x12+\n" +
-	"\x12per_try_timeout_ms\x18\x02 \x01(\x03R\x0fperTryTimeoutMs\"\x97\x01\n" +
+	"\x12per_try_timeout_ms\x18\x02 \x01(\x03R\x0fperTryTimeoutMs\"\x81\x02\n" +
 	"\tSyncHello\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12'\n" +
 	"\x0fresume_revision\x18\x02 \x01(\x04R\x0eresumeRevision\x12G\n" +
-	"\fcapabilities\x18\x03 \x01(\v2#.meshfed.federation.v1.CapabilitiesR\fcapabilities\"\x82\x01\n" +
+	"\fcapabilities\x18\x03 \x01(\v2#.meshfed.federation.v1.CapabilitiesR\fcapabilities\x12;\n" +
+	"\blocality\x18\x04 \x01(\v2\x1f.meshfed.federation.v1.LocalityR\blocality\x12+\n" +
+	"\x11gateway_addresses\x18\x05 \x03(\tR\x10gatewayAddresses\"\x82\x01\n" +
 	"\x0ePublishExports\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\x12@\n" +
 	"\aupserts\x18\x02 \x03(\v2&.meshfed.federation.v1.ExportedServiceR\aupserts\x12\x18\n" +
@@ -4424,81 +4446,82 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	14, // 13: meshfed.federation.v1.TrafficPolicy.retries:type_name -> meshfed.federation.v1.RetryPolicy
 	67, // 14: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
 	0,  // 15: meshfed.federation.v1.SyncHello.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	8,  // 16: meshfed.federation.v1.PublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
-	2,  // 17: meshfed.federation.v1.PublishBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	15, // 18: meshfed.federation.v1.SyncRequest.hello:type_name -> meshfed.federation.v1.SyncHello
-	16, // 19: meshfed.federation.v1.SyncRequest.publish:type_name -> meshfed.federation.v1.PublishExports
-	18, // 20: meshfed.federation.v1.SyncRequest.ack:type_name -> meshfed.federation.v1.Ack
-	19, // 21: meshfed.federation.v1.SyncRequest.nack:type_name -> meshfed.federation.v1.Nack
-	17, // 22: meshfed.federation.v1.SyncRequest.publish_bundle:type_name -> meshfed.federation.v1.PublishBundle
-	10, // 23: meshfed.federation.v1.SyncDelta.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	9,  // 24: meshfed.federation.v1.SyncDelta.exports:type_name -> meshfed.federation.v1.ExportRecord
-	21, // 25: meshfed.federation.v1.SyncDelta.removed_exports:type_name -> meshfed.federation.v1.ExportRef
-	2,  // 26: meshfed.federation.v1.SyncDelta.bundles:type_name -> meshfed.federation.v1.TrustBundle
-	11, // 27: meshfed.federation.v1.SyncDelta.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	0,  // 28: meshfed.federation.v1.SyncHelloResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	22, // 29: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
-	23, // 30: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
-	24, // 31: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
-	28, // 32: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
-	28, // 33: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
-	10, // 34: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	10, // 35: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	9,  // 36: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
-	2,  // 37: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	9,  // 38: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
-	41, // 39: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
-	11, // 40: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	11, // 41: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	50, // 42: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	50, // 43: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	56, // 44: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
-	2,  // 45: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	58, // 46: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
-	63, // 47: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
-	3,  // 48: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
-	20, // 49: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
-	26, // 50: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
-	29, // 51: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
-	31, // 52: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
-	33, // 53: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
-	35, // 54: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
-	37, // 55: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
-	39, // 56: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
-	42, // 57: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
-	44, // 58: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
-	46, // 59: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
-	48, // 60: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
-	64, // 61: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
-	51, // 62: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
-	53, // 63: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
-	55, // 64: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
-	59, // 65: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
-	61, // 66: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
-	5,  // 67: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
-	25, // 68: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
-	27, // 69: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
-	30, // 70: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
-	32, // 71: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
-	34, // 72: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
-	36, // 73: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
-	38, // 74: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
-	40, // 75: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
-	43, // 76: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
-	45, // 77: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
-	47, // 78: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
-	49, // 79: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
-	65, // 80: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
-	52, // 81: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
-	54, // 82: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
-	57, // 83: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
-	60, // 84: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
-	62, // 85: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
-	67, // [67:86] is the sub-list for method output_type
-	48, // [48:67] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	1,  // 16: meshfed.federation.v1.SyncHello.locality:type_name -> meshfed.federation.v1.Locality
+	8,  // 17: meshfed.federation.v1.PublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
+	2,  // 18: meshfed.federation.v1.PublishBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	15, // 19: meshfed.federation.v1.SyncRequest.hello:type_name -> meshfed.federation.v1.SyncHello
+	16, // 20: meshfed.federation.v1.SyncRequest.publish:type_name -> meshfed.federation.v1.PublishExports
+	18, // 21: meshfed.federation.v1.SyncRequest.ack:type_name -> meshfed.federation.v1.Ack
+	19, // 22: meshfed.federation.v1.SyncRequest.nack:type_name -> meshfed.federation.v1.Nack
+	17, // 23: meshfed.federation.v1.SyncRequest.publish_bundle:type_name -> meshfed.federation.v1.PublishBundle
+	10, // 24: meshfed.federation.v1.SyncDelta.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	9,  // 25: meshfed.federation.v1.SyncDelta.exports:type_name -> meshfed.federation.v1.ExportRecord
+	21, // 26: meshfed.federation.v1.SyncDelta.removed_exports:type_name -> meshfed.federation.v1.ExportRef
+	2,  // 27: meshfed.federation.v1.SyncDelta.bundles:type_name -> meshfed.federation.v1.TrustBundle
+	11, // 28: meshfed.federation.v1.SyncDelta.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	0,  // 29: meshfed.federation.v1.SyncHelloResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	22, // 30: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
+	23, // 31: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
+	24, // 32: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
+	28, // 33: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
+	28, // 34: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
+	10, // 35: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	10, // 36: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	9,  // 37: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
+	2,  // 38: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	9,  // 39: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
+	41, // 40: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
+	11, // 41: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	11, // 42: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	50, // 43: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	50, // 44: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	56, // 45: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
+	2,  // 46: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	58, // 47: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
+	63, // 48: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
+	3,  // 49: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
+	20, // 50: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
+	26, // 51: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
+	29, // 52: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
+	31, // 53: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
+	33, // 54: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
+	35, // 55: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
+	37, // 56: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
+	39, // 57: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
+	42, // 58: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
+	44, // 59: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
+	46, // 60: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
+	48, // 61: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
+	64, // 62: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
+	51, // 63: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
+	53, // 64: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
+	55, // 65: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
+	59, // 66: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
+	61, // 67: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
+	5,  // 68: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
+	25, // 69: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
+	27, // 70: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
+	30, // 71: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
+	32, // 72: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
+	34, // 73: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
+	36, // 74: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
+	38, // 75: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
+	40, // 76: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
+	43, // 77: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
+	45, // 78: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
+	47, // 79: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
+	49, // 80: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
+	65, // 81: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
+	52, // 82: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
+	54, // 83: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
+	57, // 84: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
+	60, // 85: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
+	62, // 86: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
+	68, // [68:87] is the sub-list for method output_type
+	49, // [49:68] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_federation_v1_federation_proto_init() }

@@ -38,6 +38,9 @@ const (
 	RotateCAType          MessageType = 12
 	PutExternalBundleType MessageType = 13
 	RenewAgentCertType    MessageType = 14
+	// UpdateClusterEndpointType: a member's gateway addresses and locality
+	// as its agent states them at the start of a Sync session.
+	UpdateClusterEndpointType MessageType = 15
 )
 
 // IgnoreUnknownFlag marks a command an older server may skip.
@@ -50,8 +53,8 @@ const IgnoreUnknownFlag MessageType = 128
 // rolling upgrade. A new command type gets the next version: bump this
 // and return it from MinVersion. Version 1 is what every hub server that
 // ever gossiped a version applies (types 0 to 13); version 2 adds
-// RenewAgentCert (14).
-const ProtocolVersion = 2
+// RenewAgentCert (14), version 3 UpdateClusterEndpoint (15).
+const ProtocolVersion = 3
 
 // MinVersion is the protocol version that introduced t; for a type this
 // build does not know, a version no server reaches.
@@ -64,6 +67,8 @@ func (t MessageType) MinVersion() int {
 		return 1
 	case RenewAgentCertType:
 		return 2
+	case UpdateClusterEndpointType:
+		return 3
 	}
 	return math.MaxInt
 }
@@ -100,6 +105,8 @@ func (t MessageType) String() string {
 		return "PutExternalBundle"
 	case RenewAgentCertType:
 		return "RenewAgentCert"
+	case UpdateClusterEndpointType:
+		return "UpdateClusterEndpoint"
 	}
 	return fmt.Sprintf("MessageType(%d)", uint8(t))
 }
@@ -146,6 +153,8 @@ func payloadFor(t MessageType) proto.Message {
 		return &hubpb.CmdPutExternalBundle{}
 	case RenewAgentCertType:
 		return &hubpb.CmdRenewAgentCert{}
+	case UpdateClusterEndpointType:
+		return &hubpb.CmdUpdateClusterEndpoint{}
 	}
 	return nil
 }

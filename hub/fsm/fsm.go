@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"slices"
 	"io"
 	"log/slog"
 	"sync"
@@ -183,6 +184,20 @@ func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
 		if !w.DeletePolicy(name) {
 			return refuse(codes.NotFound, "policy %q: not found", name)
 		}
+		return nil
+	case UpdateClusterEndpointType:
+		c := msg.(*hubpb.CmdUpdateClusterEndpoint)
+		cl := w.Cluster(c.GetCluster())
+		if cl == nil {
+			return refuse(codes.NotFound, "cluster %q: not a member", c.GetCluster())
+		}
+		if proto.Equal(cl.GetLocality(), c.GetLocality()) && slices.Equal(cl.GetGatewayAddresses(), c.GetGatewayAddresses()) {
+			return nil // unchanged: no revision, no fan-out
+		}
+		cl = proto.Clone(cl).(*fedv1.ClusterRecord)
+		cl.Locality = proto.Clone(c.GetLocality()).(*fedv1.Locality)
+		cl.GatewayAddresses = slices.Clone(c.GetGatewayAddresses())
+		w.PutCluster(cl)
 		return nil
 	case ClusterStatusType:
 		c := msg.(*hubpb.CmdClusterStatus)

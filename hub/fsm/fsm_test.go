@@ -688,6 +688,9 @@ func goldenCommands() []namedCommand {
 			Cluster: "east", PresentedSerial: "1a2b", Serial: "3c4d", PublicKeySha256: hash("key"),
 			NotBeforeMs: 1700000000000, NotAfterMs: 1702592000000,
 		}},
+		{"UpdateClusterEndpoint", fsm.UpdateClusterEndpointType, &hubpb.CmdUpdateClusterEndpoint{
+			Cluster: "east", Locality: &fedv1.Locality{Region: "us-east", Zone: "us-east-1b"}, GatewayAddresses: []string{"10.0.0.9:15443"},
+		}},
 	}
 }
 
@@ -1138,4 +1141,26 @@ func TestOversizedCommandIsRefusedDeterministically(t *testing.T) {
 	if len(h.read().ExportsOf("big")) != 0 {
 		t.Fatal("an oversized command took effect")
 	}
+}
+
+func TestUpdateClusterEndpointChangesOnlyWhatDiffers(t *testing.T) {
+	h := newTestFSM(t)
+	h.joined("east")
+	cmd := &hubpb.CmdUpdateClusterEndpoint{Cluster: "east", Locality: &fedv1.Locality{Region: "us-east", Zone: "us-east-1b"},
+		GatewayAddresses: []string{"10.0.0.9:15443", "10.0.0.10:15443"}}
+	before := h.read().Revision()
+	h.mustApply(fsm.UpdateClusterEndpointType, cmd)
+	r := h.read()
+	cl := r.Cluster("east")
+	if r.Revision() == before || cl.GetLocality().GetZone() != "us-east-1b" || len(cl.GetGatewayAddresses()) != 2 || cl.GetModifyRevision() != r.Revision() {
+		t.Fatalf("after the update: revision %d→%d, record %v", before, r.Revision(), cl)
+	}
+	// The same again (every reconnect sends it): nothing changes, nothing
+	// fans out.
+	again := r.Revision()
+	h.mustApply(fsm.UpdateClusterEndpointType, cmd)
+	if h.read().Revision() != again {
+		t.Fatal("an unchanged endpoint moved the revision")
+	}
+	wantCode(t, "update of a cluster that is not a member", h.apply(fsm.UpdateClusterEndpointType, &hubpb.CmdUpdateClusterEndpoint{Cluster: "west"}), codes.NotFound)
 }

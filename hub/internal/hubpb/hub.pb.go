@@ -655,6 +655,68 @@ func (x *CmdDeletePolicy) GetName() string {
 	return ""
 }
 
+// A member's agent states, at the start of each Sync session, where its
+// gateways are and its locality; the record changes only if they differ.
+type CmdUpdateClusterEndpoint struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Cluster          string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Locality         *v1.Locality           `protobuf:"bytes,2,opt,name=locality,proto3" json:"locality,omitempty"`
+	GatewayAddresses []string               `protobuf:"bytes,3,rep,name=gateway_addresses,json=gatewayAddresses,proto3" json:"gateway_addresses,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *CmdUpdateClusterEndpoint) Reset() {
+	*x = CmdUpdateClusterEndpoint{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdUpdateClusterEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdUpdateClusterEndpoint) ProtoMessage() {}
+
+func (x *CmdUpdateClusterEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdUpdateClusterEndpoint.ProtoReflect.Descriptor instead.
+func (*CmdUpdateClusterEndpoint) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CmdUpdateClusterEndpoint) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *CmdUpdateClusterEndpoint) GetLocality() *v1.Locality {
+	if x != nil {
+		return x.Locality
+	}
+	return nil
+}
+
+func (x *CmdUpdateClusterEndpoint) GetGatewayAddresses() []string {
+	if x != nil {
+		return x.GatewayAddresses
+	}
+	return nil
+}
+
 type CmdClusterStatus struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
@@ -670,7 +732,7 @@ type CmdClusterStatus struct {
 
 func (x *CmdClusterStatus) Reset() {
 	*x = CmdClusterStatus{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[11]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -682,7 +744,7 @@ func (x *CmdClusterStatus) String() string {
 func (*CmdClusterStatus) ProtoMessage() {}
 
 func (x *CmdClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[11]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -695,7 +757,7 @@ func (x *CmdClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdClusterStatus.ProtoReflect.Descriptor instead.
 func (*CmdClusterStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{11}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CmdClusterStatus) GetCluster() string {
@@ -735,7 +797,7 @@ type CmdPutFederation struct {
 
 func (x *CmdPutFederation) Reset() {
 	*x = CmdPutFederation{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[12]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -747,7 +809,7 @@ func (x *CmdPutFederation) String() string {
 func (*CmdPutFederation) ProtoMessage() {}
 
 func (x *CmdPutFederation) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[12]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -760,7 +822,7 @@ func (x *CmdPutFederation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdPutFederation.ProtoReflect.Descriptor instead.
 func (*CmdPutFederation) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{12}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CmdPutFederation) GetFederation() *v1.FederationRelationship {
@@ -779,7 +841,7 @@ type CmdDeleteFederation struct {
 
 func (x *CmdDeleteFederation) Reset() {
 	*x = CmdDeleteFederation{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +853,7 @@ func (x *CmdDeleteFederation) String() string {
 func (*CmdDeleteFederation) ProtoMessage() {}
 
 func (x *CmdDeleteFederation) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +866,7 @@ func (x *CmdDeleteFederation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdDeleteFederation.ProtoReflect.Descriptor instead.
 func (*CmdDeleteFederation) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{13}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CmdDeleteFederation) GetTrustDomain() string {
@@ -823,7 +885,7 @@ type CmdRotateCA struct {
 
 func (x *CmdRotateCA) Reset() {
 	*x = CmdRotateCA{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +897,7 @@ func (x *CmdRotateCA) String() string {
 func (*CmdRotateCA) ProtoMessage() {}
 
 func (x *CmdRotateCA) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +910,7 @@ func (x *CmdRotateCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdRotateCA.ProtoReflect.Descriptor instead.
 func (*CmdRotateCA) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{14}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CmdRotateCA) GetCluster() string {
@@ -868,7 +930,7 @@ type CmdPutExternalBundle struct {
 
 func (x *CmdPutExternalBundle) Reset() {
 	*x = CmdPutExternalBundle{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +942,7 @@ func (x *CmdPutExternalBundle) String() string {
 func (*CmdPutExternalBundle) ProtoMessage() {}
 
 func (x *CmdPutExternalBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +955,7 @@ func (x *CmdPutExternalBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdPutExternalBundle.ProtoReflect.Descriptor instead.
 func (*CmdPutExternalBundle) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{15}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CmdPutExternalBundle) GetBundle() *v1.TrustBundle {
@@ -920,7 +982,7 @@ type CmdRenewAgentCert struct {
 
 func (x *CmdRenewAgentCert) Reset() {
 	*x = CmdRenewAgentCert{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +994,7 @@ func (x *CmdRenewAgentCert) String() string {
 func (*CmdRenewAgentCert) ProtoMessage() {}
 
 func (x *CmdRenewAgentCert) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +1007,7 @@ func (x *CmdRenewAgentCert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdRenewAgentCert.ProtoReflect.Descriptor instead.
 func (*CmdRenewAgentCert) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{16}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CmdRenewAgentCert) GetCluster() string {
@@ -1004,7 +1066,7 @@ type Tombstone struct {
 
 func (x *Tombstone) Reset() {
 	*x = Tombstone{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1078,7 @@ func (x *Tombstone) String() string {
 func (*Tombstone) ProtoMessage() {}
 
 func (x *Tombstone) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1091,7 @@ func (x *Tombstone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tombstone.ProtoReflect.Descriptor instead.
 func (*Tombstone) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{17}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Tombstone) GetTable() string {
@@ -1074,7 +1136,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1148,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1161,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{18}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SnapshotRecord) GetRec() isSnapshotRecord_Rec {
@@ -1261,7 +1323,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1273,7 +1335,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1286,7 +1348,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{19}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1330,7 +1392,7 @@ type BundleRecord struct {
 
 func (x *BundleRecord) Reset() {
 	*x = BundleRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1404,7 @@ func (x *BundleRecord) String() string {
 func (*BundleRecord) ProtoMessage() {}
 
 func (x *BundleRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1417,7 @@ func (x *BundleRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleRecord.ProtoReflect.Descriptor instead.
 func (*BundleRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{20}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BundleRecord) GetCluster() string {
@@ -1396,7 +1458,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1470,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1483,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{21}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -1443,7 +1505,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1455,7 +1517,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1468,7 +1530,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -1500,7 +1562,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1512,7 +1574,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1525,7 +1587,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
 }
 
 type ReadIndexResponse struct {
@@ -1537,7 +1599,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1549,7 +1611,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1562,7 +1624,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -1617,7 +1679,11 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\fCmdPutPolicy\x12<\n" +
 	"\x06policy\x18\x01 \x01(\v2$.meshfed.federation.v1.TrafficPolicyR\x06policy\"%\n" +
 	"\x0fCmdDeletePolicy\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x83\x01\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x9e\x01\n" +
+	"\x18CmdUpdateClusterEndpoint\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12;\n" +
+	"\blocality\x18\x02 \x01(\v2\x1f.meshfed.federation.v1.LocalityR\blocality\x12+\n" +
+	"\x11gateway_addresses\x18\x03 \x03(\tR\x10gatewayAddresses\"\x83\x01\n" +
 	"\x10CmdClusterStatus\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x15\n" +
@@ -1694,7 +1760,7 @@ func file_meshfed_hub_v1_hub_proto_rawDescGZIP() []byte {
 	return file_meshfed_hub_v1_hub_proto_rawDescData
 }
 
-var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CAState)(nil),                   // 0: meshfed.hub.v1.CAState
 	(*Token)(nil),                     // 1: meshfed.hub.v1.Token
@@ -1707,56 +1773,59 @@ var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CmdPutBundle)(nil),              // 8: meshfed.hub.v1.CmdPutBundle
 	(*CmdPutPolicy)(nil),              // 9: meshfed.hub.v1.CmdPutPolicy
 	(*CmdDeletePolicy)(nil),           // 10: meshfed.hub.v1.CmdDeletePolicy
-	(*CmdClusterStatus)(nil),          // 11: meshfed.hub.v1.CmdClusterStatus
-	(*CmdPutFederation)(nil),          // 12: meshfed.hub.v1.CmdPutFederation
-	(*CmdDeleteFederation)(nil),       // 13: meshfed.hub.v1.CmdDeleteFederation
-	(*CmdRotateCA)(nil),               // 14: meshfed.hub.v1.CmdRotateCA
-	(*CmdPutExternalBundle)(nil),      // 15: meshfed.hub.v1.CmdPutExternalBundle
-	(*CmdRenewAgentCert)(nil),         // 16: meshfed.hub.v1.CmdRenewAgentCert
-	(*Tombstone)(nil),                 // 17: meshfed.hub.v1.Tombstone
-	(*SnapshotRecord)(nil),            // 18: meshfed.hub.v1.SnapshotRecord
-	(*SnapshotHeader)(nil),            // 19: meshfed.hub.v1.SnapshotHeader
-	(*BundleRecord)(nil),              // 20: meshfed.hub.v1.BundleRecord
-	(*ApplyRequest)(nil),              // 21: meshfed.hub.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 22: meshfed.hub.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),          // 23: meshfed.hub.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),         // 24: meshfed.hub.v1.ReadIndexResponse
-	(*v1.ClusterRecord)(nil),          // 25: meshfed.federation.v1.ClusterRecord
-	(*v1.TrustBundle)(nil),            // 26: meshfed.federation.v1.TrustBundle
-	(*v1.ExportedService)(nil),        // 27: meshfed.federation.v1.ExportedService
-	(*v1.TrafficPolicy)(nil),          // 28: meshfed.federation.v1.TrafficPolicy
-	(*v1.FederationRelationship)(nil), // 29: meshfed.federation.v1.FederationRelationship
-	(*v1.ExportRecord)(nil),           // 30: meshfed.federation.v1.ExportRecord
+	(*CmdUpdateClusterEndpoint)(nil),  // 11: meshfed.hub.v1.CmdUpdateClusterEndpoint
+	(*CmdClusterStatus)(nil),          // 12: meshfed.hub.v1.CmdClusterStatus
+	(*CmdPutFederation)(nil),          // 13: meshfed.hub.v1.CmdPutFederation
+	(*CmdDeleteFederation)(nil),       // 14: meshfed.hub.v1.CmdDeleteFederation
+	(*CmdRotateCA)(nil),               // 15: meshfed.hub.v1.CmdRotateCA
+	(*CmdPutExternalBundle)(nil),      // 16: meshfed.hub.v1.CmdPutExternalBundle
+	(*CmdRenewAgentCert)(nil),         // 17: meshfed.hub.v1.CmdRenewAgentCert
+	(*Tombstone)(nil),                 // 18: meshfed.hub.v1.Tombstone
+	(*SnapshotRecord)(nil),            // 19: meshfed.hub.v1.SnapshotRecord
+	(*SnapshotHeader)(nil),            // 20: meshfed.hub.v1.SnapshotHeader
+	(*BundleRecord)(nil),              // 21: meshfed.hub.v1.BundleRecord
+	(*ApplyRequest)(nil),              // 22: meshfed.hub.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 23: meshfed.hub.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),          // 24: meshfed.hub.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),         // 25: meshfed.hub.v1.ReadIndexResponse
+	(*v1.ClusterRecord)(nil),          // 26: meshfed.federation.v1.ClusterRecord
+	(*v1.TrustBundle)(nil),            // 27: meshfed.federation.v1.TrustBundle
+	(*v1.ExportedService)(nil),        // 28: meshfed.federation.v1.ExportedService
+	(*v1.TrafficPolicy)(nil),          // 29: meshfed.federation.v1.TrafficPolicy
+	(*v1.Locality)(nil),               // 30: meshfed.federation.v1.Locality
+	(*v1.FederationRelationship)(nil), // 31: meshfed.federation.v1.FederationRelationship
+	(*v1.ExportRecord)(nil),           // 32: meshfed.federation.v1.ExportRecord
 }
 var file_meshfed_hub_v1_hub_proto_depIdxs = []int32{
 	0,  // 0: meshfed.hub.v1.CmdSetCA.ca:type_name -> meshfed.hub.v1.CAState
 	1,  // 1: meshfed.hub.v1.CmdCreateToken.token:type_name -> meshfed.hub.v1.Token
-	25, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	26, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	27, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
-	26, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	28, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	29, // 7: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	26, // 8: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	19, // 9: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
-	0,  // 10: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
-	1,  // 11: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
-	25, // 12: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	30, // 13: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
-	20, // 14: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
-	28, // 15: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	17, // 16: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
-	29, // 17: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	26, // 18: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	21, // 19: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
-	23, // 20: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
-	22, // 21: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
-	24, // 22: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
-	21, // [21:23] is the sub-list for method output_type
-	19, // [19:21] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	26, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	27, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	28, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
+	27, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	29, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	30, // 7: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
+	31, // 8: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	27, // 9: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	20, // 10: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
+	0,  // 11: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
+	1,  // 12: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
+	26, // 13: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	32, // 14: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
+	21, // 15: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
+	29, // 16: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	18, // 17: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
+	31, // 18: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	27, // 19: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	22, // 20: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
+	24, // 21: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
+	23, // 22: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
+	25, // 23: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
+	22, // [22:24] is the sub-list for method output_type
+	20, // [20:22] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_hub_v1_hub_proto_init() }
@@ -1764,7 +1833,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 	if File_meshfed_hub_v1_hub_proto != nil {
 		return
 	}
-	file_meshfed_hub_v1_hub_proto_msgTypes[18].OneofWrappers = []any{
+	file_meshfed_hub_v1_hub_proto_msgTypes[19].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Ca)(nil),
 		(*SnapshotRecord_Token)(nil),
@@ -1781,7 +1850,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_hub_v1_hub_proto_rawDesc), len(file_meshfed_hub_v1_hub_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
