@@ -5,9 +5,9 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"slices"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 
