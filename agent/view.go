@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
+	"github.com/meshfed/meshfed/gateway/delta"
 )
 
 // exportKey names one cluster's export of one service.
@@ -50,30 +51,15 @@ func (v *view) apply(d *fedv1.SyncDelta) {
 	if d.GetReset_() {
 		*v = *newView()
 	}
-	for _, c := range d.GetClusters() {
-		v.clusters[c.GetName()] = c
-	}
-	for _, n := range d.GetRemovedClusters() {
-		delete(v.clusters, n)
-	}
-	for _, e := range d.GetExports() {
-		v.exports[exportKeyOf(e)] = e
-	}
+	// The keyed-delta rule, shared with the gateways' state (gateway/delta).
+	delta.Apply(v.clusters, d.GetClusters(), (*fedv1.ClusterRecord).GetName, d.GetRemovedClusters())
+	removed := make([]exportKey, 0, len(d.GetRemovedExports()))
 	for _, r := range d.GetRemovedExports() {
-		delete(v.exports, exportKey{cluster: r.GetCluster(), service: r.GetService()})
+		removed = append(removed, exportKey{cluster: r.GetCluster(), service: r.GetService()})
 	}
-	for _, b := range d.GetBundles() {
-		v.bundles[b.GetTrustDomain()] = b
-	}
-	for _, td := range d.GetRemovedBundles() {
-		delete(v.bundles, td)
-	}
-	for _, p := range d.GetPolicies() {
-		v.policies[p.GetName()] = p
-	}
-	for _, n := range d.GetRemovedPolicies() {
-		delete(v.policies, n)
-	}
+	delta.Apply(v.exports, d.GetExports(), exportKeyOf, removed)
+	delta.Apply(v.bundles, d.GetBundles(), (*fedv1.TrustBundle).GetTrustDomain, d.GetRemovedBundles())
+	delta.Apply(v.policies, d.GetPolicies(), (*fedv1.TrafficPolicy).GetName, d.GetRemovedPolicies())
 	if d.GetRevision() != 0 {
 		v.revision = d.GetRevision()
 	}
