@@ -100,7 +100,20 @@ func (s *Server) readIndex(ctx context.Context) (uint64, error) {
 		if s.readyTerm.Load() != term {
 			return 0, status.Error(codes.Unavailable, "hub: new leader still applying earlier entries; retry")
 		}
-		if err := s.raft.VerifyLeader().Error(); err != nil {
+		// Leadership is confirmed by committing a barrier entry appended
+		// after this read arrived, not by VerifyLeader: hashicorp/raft
+		// counts any AppendEntries success processed after the call as a
+		// vote, including responses to requests sent before it, so a
+		// leader paused past an election (SIGSTOP, a long GC) and resumed
+		// could confirm itself with its followers' old answers and serve
+		// its stale state (TestJepsen found it, once in ~45 pauses). Only
+		// a quorum that acks an entry of this term sent after the read
+		// can commit the barrier; followers that moved on refuse it.
+		timeout := s.cfg.ApplyTimeout
+		if dl, ok := ctx.Deadline(); ok {
+			timeout = min(timeout, time.Until(dl))
+		}
+		if err := s.raft.Barrier(timeout).Error(); err != nil {
 			return 0, status.Errorf(codes.Unavailable, "hub: leadership not confirmed: %v; retry", err)
 		}
 		if s.raft.CurrentTerm() != term {
