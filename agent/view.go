@@ -103,9 +103,7 @@ func (v *view) own(cluster string) map[string]*fedv1.ExportedService {
 // asDelta is the whole view as one reset delta, sorted for determinism.
 func (v *view) asDelta() *fedv1.SyncDelta {
 	d := &fedv1.SyncDelta{Revision: v.revision, Reset_: true}
-	for _, k := range sortedKeys(v.clusters) {
-		d.Clusters = append(d.Clusters, v.clusters[k])
-	}
+	d.Clusters = delta.Values(v.clusters)
 	eks := make([]exportKey, 0, len(v.exports))
 	for k := range v.exports {
 		eks = append(eks, k)
@@ -119,12 +117,8 @@ func (v *view) asDelta() *fedv1.SyncDelta {
 	for _, k := range eks {
 		d.Exports = append(d.Exports, v.exports[k])
 	}
-	for _, k := range sortedKeys(v.bundles) {
-		d.Bundles = append(d.Bundles, v.bundles[k])
-	}
-	for _, k := range sortedKeys(v.policies) {
-		d.Policies = append(d.Policies, v.policies[k])
-	}
+	d.Bundles = delta.Values(v.bundles)
+	d.Policies = delta.Values(v.policies)
 	return d
 }
 

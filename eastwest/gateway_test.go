@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshfed/meshfed/gateway/gatewayclient"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
@@ -87,22 +88,29 @@ func TestCrossClusterTCPAndHTTPThroughTwoGateways(t *testing.T) {
 	}
 }
 
-// rawStream opens a stream to a gateway as a member cluster's gateway
-// would, sends hdr and returns the status.
-func rawStream(t *testing.T, from *cluster, to *gw, hdr *Header) Status {
+// dialAs connects to a gateway's ingress as the SPIFFE ID id of cluster c
+// (its SVID signed by c's CA, trusting c's and the gateway's bundles).
+func dialAs(t *testing.T, ctx context.Context, c *cluster, id spiffeid.ID, to *gw) (*quic.Conn, error) {
 	t.Helper()
-	svid, err := from.ca.IssueX509SVID(trust.GatewayID(from.td))
+	svid, err := c.ca.IssueX509SVID(id)
 	if err != nil {
 		t.Fatal(err)
 	}
 	bs := trust.NewBundleSet()
-	_ = bs.Set(from.bundle)
+	_ = bs.Set(c.bundle)
 	_ = bs.Set(to.c.bundle)
 	tc := trust.ClientTLS(staticSVID{svid}, bs, trust.AuthorizeID(trust.GatewayID(to.c.td)))
 	tc.NextProtos = []string{gatewayv1.ALPN}
+	return quic.DialAddr(ctx, to.addr, tc, &quic.Config{EnableDatagrams: true})
+}
+
+// rawStream opens a stream to a gateway as a member cluster's gateway
+// would, sends hdr and returns the status.
+func rawStream(t *testing.T, from *cluster, to *gw, hdr *Header) Status {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	qc, err := quic.DialAddr(ctx, to.addr, tc, &quic.Config{})
+	qc, err := dialAs(t, ctx, from, trust.GatewayID(from.td), to)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,24 +178,11 @@ func TestIngressRefusesUnfederatedAndExternalTrustDomains(t *testing.T) {
 
 // dialOnly connects to a gateway's ingress as id of c and opens a probe
 // stream; it returns the first error.
-func dialOnly(t *testing.T, c *cluster, to *gw, id interface{ String() string }) error {
+func dialOnly(t *testing.T, c *cluster, to *gw, id spiffeid.ID) error {
 	t.Helper()
-	sid, err := spiffeIDOf(id.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	svid, err := c.ca.IssueX509SVID(sid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bs := trust.NewBundleSet()
-	_ = bs.Set(c.bundle)
-	_ = bs.Set(to.c.bundle)
-	tc := trust.ClientTLS(staticSVID{svid}, bs, trust.AuthorizeID(trust.GatewayID(to.c.td)))
-	tc.NextProtos = []string{gatewayv1.ALPN}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	qc, err := quic.DialAddr(ctx, to.addr, tc, &quic.Config{})
+	qc, err := dialAs(t, ctx, c, id, to)
 	if err != nil {
 		return err
 	}

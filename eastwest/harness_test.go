@@ -292,8 +292,6 @@ func waitFor(t testing.TB, timeout time.Duration, cond func() error) {
 	}
 }
 
-func spiffeIDOf(s string) (spiffeid.ID, error) { return spiffeid.FromString(s) }
-
 // kill stops the gateway as SIGKILL would: its socket closes at once and
 // nothing is drained or said to peers.
 func (w *gw) kill() {

@@ -5,6 +5,11 @@
 // delete by key; a removal of a key that is absent is not an error.
 package delta
 
+import (
+	"cmp"
+	"slices"
+)
+
 // Apply upserts every value of ups into m under key(v), then deletes the
 // keys in removed. It keeps the values themselves (no copies): callers
 // share immutable records.
@@ -24,4 +29,19 @@ func Clone[K comparable, V any](m map[K]V) map[K]V {
 		c[k] = v
 	}
 	return c
+}
+
+// Values returns m's values ordered by key: the deterministic order in
+// which a whole state is written out (a snapshot, a cache).
+func Values[K cmp.Ordered, V any](m map[K]V) []V {
+	keys := make([]K, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	out := make([]V, len(keys))
+	for i, k := range keys {
+		out[i] = m[k]
+	}
+	return out
 }

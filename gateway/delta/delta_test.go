@@ -37,3 +37,13 @@ func TestCloneIsShallowAndIndependent(t *testing.T) {
 		t.Fatal("Clone(nil) is nil")
 	}
 }
+
+func TestValuesAreInKeyOrder(t *testing.T) {
+	got := Values(map[string]int{"b": 2, "c": 3, "a": 1})
+	if len(got) != 3 || got[0] != 1 || got[1] != 2 || got[2] != 3 {
+		t.Fatalf("%v, want [1 2 3]", got)
+	}
+	if n := len(Values[string, int](nil)); n != 0 {
+		t.Fatalf("%d values of nil", n)
+	}
+}

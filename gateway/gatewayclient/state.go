@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -214,32 +213,9 @@ func (s *rawState) apply(m *gatewayv1.StreamResponse) {
 // snapshot is the whole raw state as one snapshot message (the disk
 // cache's format).
 func (s *rawState) snapshot(rev uint64) *gatewayv1.StreamResponse {
-	m := &gatewayv1.StreamResponse{Revision: rev, Snapshot: true, Hub: s.hub, Self: s.self}
-	for _, k := range sortedKeys(s.imports) {
-		m.Imports = append(m.Imports, s.imports[k])
-	}
-	for _, k := range sortedKeys(s.local) {
-		m.LocalServices = append(m.LocalServices, s.local[k])
-	}
-	for _, k := range sortedKeys(s.clusters) {
-		m.Clusters = append(m.Clusters, s.clusters[k])
-	}
-	for _, k := range sortedKeys(s.policies) {
-		m.Policies = append(m.Policies, s.policies[k])
-	}
-	for _, k := range sortedKeys(s.bundles) {
-		m.Bundles = append(m.Bundles, s.bundles[k])
-	}
-	return m
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	slices.Sort(ks)
-	return ks
+	return &gatewayv1.StreamResponse{Revision: rev, Snapshot: true, Hub: s.hub, Self: s.self,
+		Imports: delta.Values(s.imports), LocalServices: delta.Values(s.local), Clusters: delta.Values(s.clusters),
+		Policies: delta.Values(s.policies), Bundles: delta.Values(s.bundles)}
 }
 
 // parse builds the typed state from raw. Entries whose raw message is the
