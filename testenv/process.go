@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/meshfed/meshfed/internal/wait"
 )
 
 // ErrNotRunning is returned by the [Process] methods that need a running
@@ -135,8 +137,42 @@ func (p *Process) Stop(grace time.Duration) error {
 
 // Pause stops the process group with SIGSTOP: the process keeps its sockets
 // but answers nothing, like a machine that hangs.
+// It returns once every thread of the process is stopped (SIGSTOP is
+// asynchronous: a thread running on another CPU stops a moment later), so
+// nothing it does after Pause returns is answered.
 func (p *Process) Pause() error {
-	return p.signal(syscall.SIGSTOP, true)
+	if err := p.signal(syscall.SIGSTOP, true); err != nil {
+		return err
+	}
+	pid := p.Pid()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return wait.Poll(ctx, wait.Backoff{Min: time.Millisecond, Max: 20 * time.Millisecond}, "pause "+p.name, func(context.Context) error {
+		return allThreadsStopped(pid)
+	})
+}
+
+// allThreadsStopped reports (nil) whether every thread of pid is in state
+// T (stopped) per /proc/<pid>/task/*/stat (Linux only).
+func allThreadsStopped(pid int) error {
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil {
+		return wait.Permanent(err)
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + t.Name() + "/stat")
+		if err != nil {
+			continue // the thread exited
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) {
+			continue
+		}
+		if st := b[i+2]; st != 'T' && st != 't' {
+			return fmt.Errorf("thread %s is in state %c", t.Name(), st)
+		}
+	}
+	return nil
 }
 
 // Resume continues a paused process group with SIGCONT.

@@ -205,7 +205,7 @@ func TestNoOrphansAfterFailure(t *testing.T) {
 		t.Fatalf("no report: %v\n%s", err, out)
 	}
 	lines := strings.Fields(string(b))
-	if len(lines) != 5 { // dir, etcd, apiserver, agent, hub server
+	if len(lines) != 6 { // dir, etcd, apiserver, agent, gateway, hub server
 		t.Fatalf("report %q", b)
 	}
 	if _, err := os.Stat(lines[0]); !errors.Is(err, os.ErrNotExist) {
