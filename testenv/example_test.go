@@ -63,8 +63,19 @@ func Example() {
 	}
 	res := west.Drive("default/reviews", testenv.Requests(100))
 	fmt.Printf("west: %d of %d requests answered, by %d instances\n", res.Succeeded(), len(res.Outcomes), len(res.ByInstance()))
-	// From east, through east's gateway, QUIC across the WAN, west's gateway.
-	res = fed.Cluster("east").Drive("default/reviews", testenv.Requests(100))
+	// From east, through east's gateway, QUIC across the WAN, west's gateway,
+	// once east's gateway has the import and west's gateway is reachable.
+	east := fed.Cluster("east")
+	if err := testenv.WaitFor(ctx, 30*time.Second, func(context.Context) error {
+		if r := east.Drive("default/reviews", testenv.Requests(1)); r.Succeeded() != 1 {
+			return fmt.Errorf("not yet: %v", r.Failed()[0].Err)
+		}
+		return nil
+	}); err != nil {
+		fmt.Println(err)
+		return
+	}
+	res = east.Drive("default/reviews", testenv.Requests(100))
 	fmt.Printf("east: %d of %d requests answered by %v\n", res.Succeeded(), len(res.Outcomes), res.ByCluster())
 
 	// Output:
