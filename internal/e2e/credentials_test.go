@@ -261,9 +261,6 @@ func syncWith(t *testing.T, c *agent.Credentials, addr string) error {
 // data directory after a renewal, and every replaced certificate is
 // refused by every server.
 func TestAgentsKeepSyncingThroughTenCertificateLifetimes(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs ten 30 s certificate lifetimes")
-	}
 	const ttl = hubsrv.MinAgentCertTTL
 	servers := startHubServers(t, 3, func(c *hubsrv.Config) { c.AgentCertTTL = ttl })
 	var addrs []string

@@ -257,7 +257,7 @@ func TestRelayUDPLoopbackTwoClientsAndBlackhole(t *testing.T) {
 func TestDependsOnStandardLibraryOnly(t *testing.T) {
 	gobin, err := exec.LookPath("go")
 	if err != nil {
-		t.Skip("no go command on PATH")
+		t.Fatalf("no go command on PATH: %v", err)
 	}
 	out, err := exec.Command(gobin, "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", ".").Output()
 	if err != nil {
