@@ -278,8 +278,7 @@ func freePort(t testing.TB) uint16 {
 		t.Fatal(err)
 	}
 	defer func() { _ = ln.Close() }()
-	p, _ := strconv.Atoi(ln.Addr().(*net.TCPAddr).AddrPort().String()[len("127.0.0.1:"):])
-	return uint16(p)
+	return ln.Addr().(*net.TCPAddr).AddrPort().Port()
 }
 
 // waitFor polls cond until it returns nil or the timeout passes.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -235,7 +236,7 @@ func (pl *pool) reconcile(ctx context.Context, clusters map[federation.ClusterNa
 	for name, ps := range pl.peers {
 		want := clusters[name]
 		for addr, p := range ps {
-			if !contains(want, addr) || tds[name] != p.td {
+			if !slices.Contains(want, addr) || tds[name] != p.td {
 				p.cancel()
 				if qc := p.conn(); qc != nil {
 					_ = qc.CloseWithError(closeRemoved, "gateway no longer in the config")
@@ -263,15 +264,6 @@ func (pl *pool) reconcile(ctx context.Context, clusters map[federation.ClusterNa
 			go p.run(pctx)
 		}
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // up returns the cluster's gateways that answer probes, rotated so that

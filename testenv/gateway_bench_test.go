@@ -3,15 +3,8 @@ package testenv
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -23,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshfed/meshfed/internal/pki"
 )
 
 // BenchmarkGatewayDataPath compares, in one run and at the same
@@ -274,11 +269,32 @@ func bulkGbps(b *testing.B, addr string, n int) float64 {
 // forwards to the echo servers. It returns A's two addresses and the pids.
 func startHAProxyPair(b *testing.B, bin, web, bulk string) (string, string, []int) {
 	dir := b.TempDir()
-	ca, caKey := selfSigned(b, nil, nil, "bench-ca", true)
-	writePEM(b, filepath.Join(dir, "ca.pem"), ca, nil)
+	// The same CA and leaf helpers as the hub's (internal/pki); HAProxy
+	// checks the DNS name, not the SPIFFE ID.
+	ca, err := pki.NewCA("bench.meshfed", 24*time.Hour, time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), pki.CertPEM(ca.Cert), 0o600); err != nil {
+		b.Fatal(err)
+	}
 	for _, who := range []string{"a", "b"} {
-		cert, key := selfSigned(b, ca, caKey, "haproxy-"+who, false)
-		writePEM(b, filepath.Join(dir, who+".pem"), cert, key)
+		key, err := pki.NewKey()
+		if err != nil {
+			b.Fatal(err)
+		}
+		cert, err := ca.Sign(&key.PublicKey, pki.LeafOptions{SPIFFEID: "spiffe://bench.meshfed/haproxy-" + who,
+			DNSNames: []string{"haproxy-" + who}, TTL: 24 * time.Hour, Now: time.Now(), Server: true, Client: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		kp, err := pki.KeyPEM(key)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, who+".pem"), append(pki.CertPEM(cert), kp...), 0o600); err != nil {
+			b.Fatal(err)
+		}
 	}
 	ports, err := freePorts(4)
 	if err != nil {
@@ -324,40 +340,6 @@ func startHAProxyPair(b *testing.B, bin, web, bulk string) (string, string, []in
 		}
 	}
 	return aWeb, aBulk, pids
-}
-
-func selfSigned(b *testing.B, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, cn string, isCA bool) (*x509.Certificate, *ecdsa.PrivateKey) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		b.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		DNSNames: []string{cn}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true, IsCA: isCA}
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return cert, key
-}
-
-func writePEM(b *testing.B, path string, cert *x509.Certificate, key *ecdsa.PrivateKey) {
-	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
-	if key != nil {
-		der, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			b.Fatal(err)
-		}
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})...)
-	}
-	if err := os.WriteFile(path, out, 0o600); err != nil {
-		b.Fatal(err)
-	}
 }
 
 func httpGetLong(url string, timeout time.Duration) ([]byte, error) {
