@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,10 +19,14 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshfed/meshfed/gateway/gatewayclient"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
+	"github.com/meshfed/meshfed/internal/spiretest"
 	"github.com/meshfed/meshfed/trust"
 )
 
@@ -246,4 +252,76 @@ func TestResetReachesTheClientAsAReset(t *testing.T) {
 		t.Fatalf("read %q, then %v; want the endpoint's reset", got, err)
 	}
 	t.Logf("read %q, then %v", got, err)
+}
+
+// TestSPIREIdentityIsNoGateway: a real SPIRE server mints an X509-SVID
+// whose path even says meshfed/gateway; east federates with SPIRE's trust
+// domain (its bundle is in east's set, so the SVID verifies), and still
+// refuses it as a peer: SPIRE's trust domain is no member cluster's.
+func TestSPIREIdentityIsNoGateway(t *testing.T) {
+	p := startPair(t)
+	spire := spiretest.Start(t, "spire.example", "")
+	out, err := spire.Run("bundle", "show", "-format", "pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := spiffeid.RequireTrustDomainFromString("spire.example")
+	roots, err := x509bundle.Parse(td, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.eastGW.g.bundles.Set(spiffebundle.FromX509Authorities(td, roots.X509Authorities())); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(spire.Dir(), "svid")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := spire.Run("x509", "mint", "-spiffeID", "spiffe://spire.example/meshfed/gateway", "-write", dir); err != nil {
+		t.Fatal(err)
+	}
+	certPEM, err := os.ReadFile(filepath.Join(dir, "svid.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, "key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := x509svid.Parse(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The SVID is SPIRE's own and verifies against the bundle east holds.
+	if _, _, err := x509svid.Verify(svid.Certificates, p.eastGW.g.bundles); err != nil {
+		t.Fatalf("the SPIRE SVID does not verify against east's bundles, so the test would show nothing: %v", err)
+	}
+	bs := trust.NewBundleSet()
+	_ = bs.Set(p.east.bundle)
+	tc := trust.ClientTLS(staticSVID{svid}, bs, trust.AuthorizeID(trust.GatewayID(p.east.td)))
+	tc.NextProtos = []string{gatewayv1.ALPN}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	qc, err := quic.DialAddr(ctx, p.eastGW.addr, tc, &quic.Config{EnableDatagrams: true})
+	if err == nil {
+		defer func() { _ = qc.CloseWithError(0, "") }()
+		if st := probeStatus(ctx, qc, "west"); st == nil {
+			t.Fatal("east's gateway admitted and answered a SPIRE identity as a peer gateway")
+		}
+	}
+}
+
+// probeStatus opens a stream and sends a probe header; it returns the
+// error that ended it, nil if it was answered.
+func probeStatus(ctx context.Context, qc *quic.Conn, source string) error {
+	s, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		return err
+	}
+	b, _ := AppendHeader(nil, &Header{Kind: KindProbe, Source: source})
+	if _, err := s.Write(b); err != nil {
+		return err
+	}
+	_, err = ReadStatus(s)
+	return err
 }
