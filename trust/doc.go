@@ -57,6 +57,14 @@
 // and (3). A rotation also starts by itself when the active root has a
 // quarter of its life left.
 //
+// The switch (2) may be gated: with MaxPrepareDuration above
+// PrepareDuration, phase 1 lasts until the caller, having checked that
+// every relying party holds the new root, calls Switch (refused with
+// ErrSwitchTooEarly before PrepareDuration), and at most
+// MaxPrepareDuration, when issuance switches anyway and Status reports
+// SwitchedAtDeadline. The package does no I/O for the gate: the agent asks
+// the hub which member clusters have applied the new bundle.
+//
 // # Federation
 //
 // A BundleSet holds one bundle per federated trust domain, never merged;

@@ -50,6 +50,15 @@ var (
 	// earlier rotation has not finished (its old root is still published).
 	ErrRotationInProgress = errors.New("trust: CA rotation already in progress")
 
+	// ErrNoRotation is returned by RootAuthority.Switch when no rotation
+	// is in progress.
+	ErrNoRotation = errors.New("trust: no CA rotation in progress")
+
+	// ErrSwitchTooEarly is returned by RootAuthority.Switch before the
+	// rotation's new root has been published for PrepareDuration. It is
+	// temporary: the same call succeeds later.
+	ErrSwitchTooEarly = errors.New("trust: too early to switch to the new root")
+
 	// ErrCannotSign is returned by authorities that do not hold a signing
 	// key (WorkloadAPIAuthority): they can hand out the SVIDs they were given
 	// but cannot sign new ones, for example for a CSR.

@@ -37,6 +37,13 @@ type RootConfig struct {
 	// several refresh intervals so every relying party has the new root
 	// before it sees a certificate signed by it.
 	PrepareDuration time.Duration
+	// MaxPrepareDuration is the upper bound of phase 1. Between
+	// PrepareDuration and MaxPrepareDuration issuance switches only when
+	// the caller says every relying party holds the new root (Switch); at
+	// MaxPrepareDuration it switches anyway, and Status reports
+	// SwitchedAtDeadline. Equal to PrepareDuration (the default) there is
+	// no gate: issuance switches after PrepareDuration.
+	MaxPrepareDuration time.Duration
 	// ClockSkew is the clock disagreement tolerated between this cluster
 	// and relying parties: roots are backdated by it, and an old root stays
 	// published MaxSVIDTTL + ClockSkew after the switch.
@@ -69,16 +76,18 @@ const (
 
 // DefaultRootConfig returns a RootConfig with every tunable set: roots live
 // a year, SVIDs at most an hour, bundles refresh every 5 minutes, a new root
-// is published 15 minutes (3 refresh intervals) before it signs, and 5
-// minutes of clock skew are tolerated.
+// is published 15 minutes (3 refresh intervals) before it signs (no gate:
+// MaxPrepareDuration equals PrepareDuration), and 5 minutes of clock skew
+// are tolerated.
 func DefaultRootConfig() RootConfig {
 	return RootConfig{
-		RootTTL:         DefaultRootTTL,
-		MaxSVIDTTL:      DefaultSVIDTTL,
-		RefreshHint:     DefaultRefreshHint,
-		PrepareDuration: DefaultPrepareFactor * DefaultRefreshHint,
-		ClockSkew:       DefaultClockSkew,
-		Clock:           time.Now,
+		RootTTL:            DefaultRootTTL,
+		MaxSVIDTTL:         DefaultSVIDTTL,
+		RefreshHint:        DefaultRefreshHint,
+		PrepareDuration:    DefaultPrepareFactor * DefaultRefreshHint,
+		MaxPrepareDuration: DefaultPrepareFactor * DefaultRefreshHint,
+		ClockSkew:          DefaultClockSkew,
+		Clock:              time.Now,
 	}
 }
 
@@ -98,13 +107,17 @@ func (c *RootConfig) Validate() error {
 	if c.PrepareDuration < MinPrepareFactor*c.RefreshHint {
 		errs.add("prepare_duration", "%v must be at least %d × refresh_hint (%v)", c.PrepareDuration, MinPrepareFactor, MinPrepareFactor*c.RefreshHint)
 	}
+	if c.MaxPrepareDuration < c.PrepareDuration {
+		errs.add("max_prepare_duration", "%v must be at least prepare_duration (%v)", c.MaxPrepareDuration, c.PrepareDuration)
+	}
 	if c.ClockSkew < 0 || c.ClockSkew > MaxClockSkew {
 		errs.add("clock_skew", "%v must be in 0s..%v", c.ClockSkew, MaxClockSkew)
 	}
-	// A rotation (prepare, then the longest SVID, then the skew) must fit
-	// in the last quarter of a root's life, when it starts by itself.
-	if minTTL := 4 * (c.PrepareDuration + c.MaxSVIDTTL + c.ClockSkew); c.RootTTL < minTTL || c.RootTTL > MaxRootTTL {
-		errs.add("root_ttl", "%v must be in 4 × (prepare_duration + max_svid_ttl + clock_skew) (%v)..%v", c.RootTTL, minTTL, MaxRootTTL)
+	// A rotation (the longest prepare, then the longest SVID, then the
+	// skew) must fit in the last quarter of a root's life, when it starts
+	// by itself.
+	if minTTL := 4 * (max(c.PrepareDuration, c.MaxPrepareDuration) + c.MaxSVIDTTL + c.ClockSkew); c.RootTTL < minTTL || c.RootTTL > MaxRootTTL {
+		errs.add("root_ttl", "%v must be in 4 × (max_prepare_duration + max_svid_ttl + clock_skew) (%v)..%v", c.RootTTL, minTTL, MaxRootTTL)
 	}
 	if c.Clock == nil {
 		errs.add("clock", "required")
@@ -154,8 +167,19 @@ type RootStatus struct {
 	// Published lists the roots in the bundle, oldest first.
 	Published []*x509.Certificate
 	// SwitchAt is when issuance switches to the new root and RetireAt when
-	// the old root leaves the bundle; both are zero in PhaseStable.
+	// the old root leaves the bundle; both are zero in PhaseStable. In
+	// PhasePrepare of a gated rotation SwitchAt is the deadline, unless
+	// Switch brought it forward.
 	SwitchAt, RetireAt time.Time
+	// SwitchNotBefore and SwitchDeadline bound a gated switch (see
+	// RootConfig.MaxPrepareDuration): Switch is refused before
+	// SwitchNotBefore, and issuance switches by itself at SwitchDeadline.
+	// Without a gate both equal SwitchAt. Zero in PhaseStable.
+	SwitchNotBefore, SwitchDeadline time.Time
+	// SwitchedAtDeadline is true in PhaseSwitched of a gated rotation
+	// that switched at its deadline because nobody called Switch: some
+	// relying party may not have held the new root.
+	SwitchedAtDeadline bool
 	// LastSaveError is the last error saving state that the authority
 	// could work around (compacting a finished rotation or starting an
 	// automatic one; both are retried), or nil.
@@ -164,8 +188,9 @@ type RootStatus struct {
 
 // RootAuthority is an Authority over a self-generated root CA persisted
 // through a Store. It rotates with overlap (see Rotate): a new root is
-// published PrepareDuration before it signs, and the old root leaves the
-// bundle MaxSVIDTTL + ClockSkew after the switch. The rotation schedule is
+// published at least PrepareDuration before it signs (at most
+// MaxPrepareDuration, when a caller gates the switch with Switch), and the
+// old root leaves the bundle MaxSVIDTTL + ClockSkew after the switch. The rotation schedule is
 // persisted, so an authority restarted mid-rotation resumes it; phases
 // advance lazily on every call, from the clock, and a timer notifies
 // watchers when the bundle changes by itself.
@@ -191,13 +216,20 @@ type rootKey struct {
 // stable. Otherwise the bundle holds both roots, active issues before
 // switchAt and next after it, and from retireAt the bundle holds only next
 // with sequence seq+1 (compacting the state makes that explicit).
+// switchAt starts at deadline; Switch may move it back to any instant from
+// notBefore on. Without a gate notBefore == switchAt == deadline.
 type rootState struct {
-	seq      uint64
-	active   rootKey
-	next     *rootKey
-	switchAt time.Time
-	retireAt time.Time
+	seq       uint64
+	active    rootKey
+	next      *rootKey
+	switchAt  time.Time
+	retireAt  time.Time
+	notBefore time.Time
+	deadline  time.Time
 }
+
+// gated reports whether the rotation's switch waits for Switch.
+func (s *rootState) gated() bool { return s.next != nil && s.deadline.After(s.notBefore) }
 
 // rootView is the authority as of one instant, derived from a rootState.
 type rootView struct {
@@ -297,7 +329,9 @@ func (a *RootAuthority) Watch() (<-chan struct{}, func()) { return a.n.watch() }
 //  1. now: a new root is generated, saved, and published in the bundle
 //     next to the old one (the sequence number increases); the old root
 //     still issues;
-//  2. after PrepareDuration: issuance switches to the new root;
+//  2. after PrepareDuration: issuance switches to the new root; in a gated
+//     rotation (MaxPrepareDuration > PrepareDuration) only when Switch is
+//     called, and at the latest after MaxPrepareDuration;
 //  3. MaxSVIDTTL + ClockSkew after the switch, when every SVID the old root
 //     signed has expired: the old root leaves the bundle (the sequence
 //     number increases again).
@@ -312,10 +346,41 @@ func (a *RootAuthority) Rotate() (RootStatus, error) {
 	if v := a.advanceLocked(now); v.phase != PhaseStable {
 		return a.statusLocked(now), fmt.Errorf("%w: phase %s, old root retires at %s", ErrRotationInProgress, v.phase, a.st.retireAt.UTC().Format(time.RFC3339))
 	}
-	if err := a.startRotationLocked(now, now.Add(a.cfg.PrepareDuration)); err != nil {
+	if err := a.startRotationLocked(now, now.Add(a.cfg.PrepareDuration), now.Add(a.cfg.MaxPrepareDuration)); err != nil {
 		return a.statusLocked(now), err
 	}
 	a.n.notify()
+	return a.statusLocked(now), nil
+}
+
+// Switch switches issuance to the new root now, ahead of the deadline of a
+// gated rotation (RootConfig.MaxPrepareDuration): the caller has checked
+// that every relying party holds the new root. The switch is saved before
+// it takes effect, so an authority restarted afterwards issues from the new
+// root too. It returns ErrNoRotation in PhaseStable, ErrSwitchTooEarly
+// before SwitchNotBefore (PrepareDuration after the rotation started), and
+// the Store's error if the switch cannot be saved (then nothing changed).
+// In PhaseSwitched it does nothing and returns no error.
+func (a *RootAuthority) Switch() (RootStatus, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.cfg.Clock()
+	switch v := a.advanceLocked(now); {
+	case v.phase == PhaseStable:
+		return a.statusLocked(now), ErrNoRotation
+	case v.phase == PhaseSwitched:
+		return a.statusLocked(now), nil
+	case now.Before(a.st.notBefore):
+		return a.statusLocked(now), fmt.Errorf("%w: not before %s (%v from now)", ErrSwitchTooEarly, a.st.notBefore.UTC().Format(time.RFC3339), a.st.notBefore.Sub(now))
+	}
+	st := a.st
+	st.switchAt = now
+	st.retireAt = now.Add(a.cfg.MaxSVIDTTL + a.cfg.ClockSkew)
+	if err := a.save(st); err != nil {
+		return a.statusLocked(now), err
+	}
+	a.st = st
+	a.armLocked(now)
 	return a.statusLocked(now), nil
 }
 
@@ -352,23 +417,28 @@ func (a *RootAuthority) statusLocked(now time.Time) RootStatus {
 	}
 	if v.phase != PhaseStable {
 		s.SwitchAt, s.RetireAt = a.st.switchAt, a.st.retireAt
+		s.SwitchNotBefore, s.SwitchDeadline = a.st.notBefore, a.st.deadline
+		s.SwitchedAtDeadline = v.phase == PhaseSwitched && a.st.gated() && a.st.switchAt.Equal(a.st.deadline)
 	}
 	return s
 }
 
-// startRotationLocked generates the next root, switching at switchAt, and
+// startRotationLocked generates the next root, to switch at the earliest
+// at notBefore (when Switch says so) and at the latest at deadline, and
 // saves the new state before adopting it.
-func (a *RootAuthority) startRotationLocked(now, switchAt time.Time) error {
+func (a *RootAuthority) startRotationLocked(now, notBefore, deadline time.Time) error {
 	cert, key, err := newRoot(a.cfg.TrustDomain, a.cfg.RootTTL, a.cfg.ClockSkew, now)
 	if err != nil {
 		return err
 	}
 	st := rootState{
-		seq:      a.st.seq + 1,
-		active:   a.st.active,
-		next:     &rootKey{cert: cert, key: key},
-		switchAt: switchAt,
-		retireAt: switchAt.Add(a.cfg.MaxSVIDTTL + a.cfg.ClockSkew),
+		seq:       a.st.seq + 1,
+		active:    a.st.active,
+		next:      &rootKey{cert: cert, key: key},
+		switchAt:  deadline,
+		retireAt:  deadline.Add(a.cfg.MaxSVIDTTL + a.cfg.ClockSkew),
+		notBefore: notBefore,
+		deadline:  deadline,
 	}
 	if err := a.save(st); err != nil {
 		return err
@@ -395,13 +465,13 @@ func (a *RootAuthority) advanceLocked(now time.Time) rootView {
 		changed = true
 	}
 	if a.st.next == nil && !now.Before(a.autoRotateAt()) {
-		switchAt := now.Add(a.cfg.PrepareDuration)
+		notBefore, deadline := now.Add(a.cfg.PrepareDuration), now.Add(a.cfg.MaxPrepareDuration)
 		if !now.Before(a.st.active.cert.NotAfter) {
 			// The active root has already expired: nothing it signs is
 			// valid, so there is no overlap to protect. Switch now.
-			switchAt = now
+			notBefore, deadline = now, now
 		}
-		if err := a.startRotationLocked(now, switchAt); err != nil {
+		if err := a.startRotationLocked(now, notBefore, deadline); err != nil {
 			a.saveErr = err
 		} else {
 			changed = true
@@ -464,7 +534,9 @@ func (a *RootAuthority) save(st rootState) error {
 // The persisted format: a header block, then the active root's certificate
 // and key, then (during a rotation) the next root's. Every block carries a
 // Role header; the header block carries the format version, trust domain,
-// sequence number and schedule.
+// sequence number and schedule. A gated rotation adds Switch-Not-Before and
+// Switch-Deadline; without a gate both equal Switch-At and are left out,
+// so the state stays readable by a build that knows no gate.
 //
 //	-----BEGIN MESHFED ROOT STATE-----
 //	Format: 1
@@ -472,6 +544,8 @@ func (a *RootAuthority) save(st rootState) error {
 //	Sequence: 2
 //	Switch-At: 2026-01-02T03:04:05.000000006Z
 //	Retire-At: 2026-01-02T04:09:05.000000006Z
+//	Switch-Not-Before: 2026-01-02T02:59:05.000000006Z
+//	Switch-Deadline: 2026-01-02T03:54:05.000000006Z
 //
 //	-----END MESHFED ROOT STATE-----
 //	-----BEGIN CERTIFICATE-----
@@ -485,6 +559,8 @@ const (
 	hdrSequence       = "Sequence"
 	hdrSwitchAt       = "Switch-At"
 	hdrRetireAt       = "Retire-At"
+	hdrNotBefore      = "Switch-Not-Before"
+	hdrDeadline       = "Switch-Deadline"
 	hdrRole           = "Role"
 	roleActive        = "active"
 	roleNext          = "next"
@@ -501,6 +577,10 @@ func encodeRootState(td spiffeid.TrustDomain, st rootState) ([]byte, error) {
 	if st.next != nil {
 		hdr[hdrSwitchAt] = st.switchAt.UTC().Format(time.RFC3339Nano)
 		hdr[hdrRetireAt] = st.retireAt.UTC().Format(time.RFC3339Nano)
+		if st.gated() {
+			hdr[hdrNotBefore] = st.notBefore.UTC().Format(time.RFC3339Nano)
+			hdr[hdrDeadline] = st.deadline.UTC().Format(time.RFC3339Nano)
+		}
 	}
 	if err := pem.Encode(&buf, &pem.Block{Type: pemRootState, Headers: hdr}); err != nil {
 		return nil, fmt.Errorf("trust: encode root state: %w", err)
@@ -552,7 +632,7 @@ func decodeRootState(td spiffeid.TrustDomain, data []byte) (rootState, error) {
 	}
 	for name := range hdr.Headers {
 		switch name {
-		case hdrFormat, hdrTrustDomain, hdrSequence, hdrSwitchAt, hdrRetireAt:
+		case hdrFormat, hdrTrustDomain, hdrSequence, hdrSwitchAt, hdrRetireAt, hdrNotBefore, hdrDeadline:
 		default:
 			return bad("unknown header %q", name)
 		}
@@ -631,9 +711,11 @@ func decodeRootState(td spiffeid.TrustDomain, data []byte) (rootState, error) {
 	}
 	switchAt, hasSwitch := hdr.Headers[hdrSwitchAt]
 	retireAt, hasRetire := hdr.Headers[hdrRetireAt]
+	notBefore, hasNotBefore := hdr.Headers[hdrNotBefore]
+	deadline, hasDeadline := hdr.Headers[hdrDeadline]
 	if st.next == nil {
-		if hasSwitch || hasRetire {
-			return bad("%s or %s set without a next root", hdrSwitchAt, hdrRetireAt)
+		if hasSwitch || hasRetire || hasNotBefore || hasDeadline {
+			return bad("%s, %s, %s or %s set without a next root", hdrSwitchAt, hdrRetireAt, hdrNotBefore, hdrDeadline)
 		}
 		return st, nil
 	}
@@ -645,6 +727,21 @@ func decodeRootState(td spiffeid.TrustDomain, data []byte) (rootState, error) {
 	}
 	if st.retireAt.Before(st.switchAt) {
 		return bad("%s is before %s", hdrRetireAt, hdrSwitchAt)
+	}
+	st.notBefore, st.deadline = st.switchAt, st.switchAt
+	if hasNotBefore != hasDeadline {
+		return bad("%s and %s go together", hdrNotBefore, hdrDeadline)
+	}
+	if hasNotBefore {
+		if st.notBefore, err = time.Parse(time.RFC3339Nano, notBefore); err != nil {
+			return bad("%s: %v", hdrNotBefore, err)
+		}
+		if st.deadline, err = time.Parse(time.RFC3339Nano, deadline); err != nil {
+			return bad("%s: %v", hdrDeadline, err)
+		}
+		if st.switchAt.Before(st.notBefore) || st.deadline.Before(st.switchAt) {
+			return bad("%s must be in %s..%s", hdrSwitchAt, hdrNotBefore, hdrDeadline)
+		}
 	}
 	return st, nil
 }
