@@ -1382,9 +1382,16 @@ func (x *PublishBundle) GetBundle() *TrustBundle {
 	return nil
 }
 
+// Sent by an agent after it applied a delta (the last message of one).
 type Ack struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Revision      uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Revision uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The bundles the agent holds now, one per trust domain: those that
+	// changed in the delta, or all of them after a reset and in the first
+	// Ack of a stream. The hub records, per member, the newest sequence of
+	// each member cluster's bundle; a CA rotation waits for them (see
+	// Sync.RotationStatus).
+	Bundles       []*BundleSequence `protobuf:"bytes,2,rep,name=bundles,proto3" json:"bundles,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1426,6 +1433,66 @@ func (x *Ack) GetRevision() uint64 {
 	return 0
 }
 
+func (x *Ack) GetBundles() []*BundleSequence {
+	if x != nil {
+		return x.Bundles
+	}
+	return nil
+}
+
+// A trust domain's bundle as one member holds it.
+type BundleSequence struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain    string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	SequenceNumber uint64                 `protobuf:"varint,2,opt,name=sequence_number,json=sequenceNumber,proto3" json:"sequence_number,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *BundleSequence) Reset() {
+	*x = BundleSequence{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleSequence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleSequence) ProtoMessage() {}
+
+func (x *BundleSequence) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleSequence.ProtoReflect.Descriptor instead.
+func (*BundleSequence) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *BundleSequence) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *BundleSequence) GetSequenceNumber() uint64 {
+	if x != nil {
+		return x.SequenceNumber
+	}
+	return 0
+}
+
 type Nack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Revision      uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
@@ -1436,7 +1503,7 @@ type Nack struct {
 
 func (x *Nack) Reset() {
 	*x = Nack{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[19]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1515,7 @@ func (x *Nack) String() string {
 func (*Nack) ProtoMessage() {}
 
 func (x *Nack) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[19]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1528,7 @@ func (x *Nack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Nack.ProtoReflect.Descriptor instead.
 func (*Nack) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{19}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Nack) GetRevision() uint64 {
@@ -1494,7 +1561,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1506,7 +1573,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1519,7 +1586,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{20}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SyncRequest) GetMsg() isSyncRequest_Msg {
@@ -1619,7 +1686,7 @@ type ExportRef struct {
 
 func (x *ExportRef) Reset() {
 	*x = ExportRef{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1698,7 @@ func (x *ExportRef) String() string {
 func (*ExportRef) ProtoMessage() {}
 
 func (x *ExportRef) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1711,7 @@ func (x *ExportRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportRef.ProtoReflect.Descriptor instead.
 func (*ExportRef) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{21}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ExportRef) GetCluster() string {
@@ -1681,7 +1748,7 @@ type SyncDelta struct {
 
 func (x *SyncDelta) Reset() {
 	*x = SyncDelta{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +1760,7 @@ func (x *SyncDelta) String() string {
 func (*SyncDelta) ProtoMessage() {}
 
 func (x *SyncDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +1773,7 @@ func (x *SyncDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDelta.ProtoReflect.Descriptor instead.
 func (*SyncDelta) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SyncDelta) GetRevision() uint64 {
@@ -1792,7 +1859,7 @@ type PublishResult struct {
 
 func (x *PublishResult) Reset() {
 	*x = PublishResult{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1804,7 +1871,7 @@ func (x *PublishResult) String() string {
 func (*PublishResult) ProtoMessage() {}
 
 func (x *PublishResult) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1817,7 +1884,7 @@ func (x *PublishResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishResult.ProtoReflect.Descriptor instead.
 func (*PublishResult) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PublishResult) GetNonce() uint64 {
@@ -1858,7 +1925,7 @@ type SyncHelloResponse struct {
 
 func (x *SyncHelloResponse) Reset() {
 	*x = SyncHelloResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1870,7 +1937,7 @@ func (x *SyncHelloResponse) String() string {
 func (*SyncHelloResponse) ProtoMessage() {}
 
 func (x *SyncHelloResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1883,7 +1950,7 @@ func (x *SyncHelloResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncHelloResponse.ProtoReflect.Descriptor instead.
 func (*SyncHelloResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SyncHelloResponse) GetCapabilities() *Capabilities {
@@ -1914,7 +1981,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1926,7 +1993,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1939,7 +2006,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SyncResponse) GetMsg() isSyncResponse_Msg {
@@ -2009,7 +2076,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2088,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2101,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RenewRequest) GetCsr() []byte {
@@ -2042,6 +2109,223 @@ func (x *RenewRequest) GetCsr() []byte {
 		return x.Csr
 	}
 	return nil
+}
+
+// Asks whether the federation holds the caller's bundle of a sequence.
+type RotationStatusRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sequence of the caller's bundle that every member must hold (the
+	// one that added the new root). 0 means the bundle the hub holds now.
+	SequenceNumber uint64 `protobuf:"varint,1,opt,name=sequence_number,json=sequenceNumber,proto3" json:"sequence_number,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RotationStatusRequest) Reset() {
+	*x = RotationStatusRequest{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationStatusRequest) ProtoMessage() {}
+
+func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationStatusRequest.ProtoReflect.Descriptor instead.
+func (*RotationStatusRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RotationStatusRequest) GetSequenceNumber() uint64 {
+	if x != nil {
+		return x.SequenceNumber
+	}
+	return 0
+}
+
+// One member's copy of some cluster's bundle, as the hub knows it.
+type MemberBundleStatus struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// The newest sequence of the bundle the member acknowledged; 0 if none.
+	AppliedSequence uint64 `protobuf:"varint,2,opt,name=applied_sequence,json=appliedSequence,proto3" json:"applied_sequence,omitempty"`
+	// Whether the member counts for a rotation: connected, or seen within
+	// the hub's window (see docs/architecture.md, "Rotation"). A member
+	// that does not count never holds a rotation up.
+	Counted bool `protobuf:"varint,3,opt,name=counted,proto3" json:"counted,omitempty"`
+	// Whether applied_sequence reaches the sequence asked about.
+	Holds bool `protobuf:"varint,4,opt,name=holds,proto3" json:"holds,omitempty"`
+	// The member's connection status and when the hub last saw it (Unix ms).
+	Status        string `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
+	LastSeenMs    int64  `protobuf:"varint,6,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberBundleStatus) Reset() {
+	*x = MemberBundleStatus{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberBundleStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberBundleStatus) ProtoMessage() {}
+
+func (x *MemberBundleStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberBundleStatus.ProtoReflect.Descriptor instead.
+func (*MemberBundleStatus) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *MemberBundleStatus) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *MemberBundleStatus) GetAppliedSequence() uint64 {
+	if x != nil {
+		return x.AppliedSequence
+	}
+	return 0
+}
+
+func (x *MemberBundleStatus) GetCounted() bool {
+	if x != nil {
+		return x.Counted
+	}
+	return false
+}
+
+func (x *MemberBundleStatus) GetHolds() bool {
+	if x != nil {
+		return x.Holds
+	}
+	return false
+}
+
+func (x *MemberBundleStatus) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *MemberBundleStatus) GetLastSeenMs() int64 {
+	if x != nil {
+		return x.LastSeenMs
+	}
+	return 0
+}
+
+type RotationStatusResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// The sequence asked about, and the one the hub holds for the caller.
+	SequenceNumber    uint64 `protobuf:"varint,2,opt,name=sequence_number,json=sequenceNumber,proto3" json:"sequence_number,omitempty"`
+	PublishedSequence uint64 `protobuf:"varint,3,opt,name=published_sequence,json=publishedSequence,proto3" json:"published_sequence,omitempty"`
+	// Every other member cluster, sorted by name.
+	Members []*MemberBundleStatus `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
+	// True when the hub holds the sequence and every counted member holds it.
+	Ready         bool `protobuf:"varint,5,opt,name=ready,proto3" json:"ready,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotationStatusResponse) Reset() {
+	*x = RotationStatusResponse{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationStatusResponse) ProtoMessage() {}
+
+func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationStatusResponse.ProtoReflect.Descriptor instead.
+func (*RotationStatusResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RotationStatusResponse) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *RotationStatusResponse) GetSequenceNumber() uint64 {
+	if x != nil {
+		return x.SequenceNumber
+	}
+	return 0
+}
+
+func (x *RotationStatusResponse) GetPublishedSequence() uint64 {
+	if x != nil {
+		return x.PublishedSequence
+	}
+	return 0
+}
+
+func (x *RotationStatusResponse) GetMembers() []*MemberBundleStatus {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
 }
 
 type RenewResponse struct {
@@ -2059,7 +2343,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2071,7 +2355,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2084,7 +2368,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RenewResponse) GetClientCertificate() []byte {
@@ -2124,7 +2408,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2136,7 +2420,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2149,7 +2433,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -2215,7 +2499,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2227,7 +2511,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2240,7 +2524,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreateTokenRequest) GetCluster() string {
@@ -2275,7 +2559,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2287,7 +2571,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2300,7 +2584,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{30}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -2325,7 +2609,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2337,7 +2621,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2350,7 +2634,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{31}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{35}
 }
 
 type ListTokensResponse struct {
@@ -2362,7 +2646,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2374,7 +2658,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2387,7 +2671,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{32}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -2406,7 +2690,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2418,7 +2702,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2431,7 +2715,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{33}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -2449,7 +2733,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2461,7 +2745,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2474,7 +2758,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{34}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{38}
 }
 
 type ListClustersRequest struct {
@@ -2485,7 +2769,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2497,7 +2781,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2510,7 +2794,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{35}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{39}
 }
 
 type ListClustersResponse struct {
@@ -2523,7 +2807,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2535,7 +2819,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2548,7 +2832,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{36}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListClustersResponse) GetClusters() []*ClusterRecord {
@@ -2574,7 +2858,7 @@ type DescribeClusterRequest struct {
 
 func (x *DescribeClusterRequest) Reset() {
 	*x = DescribeClusterRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2586,7 +2870,7 @@ func (x *DescribeClusterRequest) String() string {
 func (*DescribeClusterRequest) ProtoMessage() {}
 
 func (x *DescribeClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2599,7 +2883,7 @@ func (x *DescribeClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeClusterRequest.ProtoReflect.Descriptor instead.
 func (*DescribeClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{37}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DescribeClusterRequest) GetName() string {
@@ -2620,7 +2904,7 @@ type DescribeClusterResponse struct {
 
 func (x *DescribeClusterResponse) Reset() {
 	*x = DescribeClusterResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2632,7 +2916,7 @@ func (x *DescribeClusterResponse) String() string {
 func (*DescribeClusterResponse) ProtoMessage() {}
 
 func (x *DescribeClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2645,7 +2929,7 @@ func (x *DescribeClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeClusterResponse.ProtoReflect.Descriptor instead.
 func (*DescribeClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{38}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DescribeClusterResponse) GetCluster() *ClusterRecord {
@@ -2678,7 +2962,7 @@ type RemoveClusterRequest struct {
 
 func (x *RemoveClusterRequest) Reset() {
 	*x = RemoveClusterRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2690,7 +2974,7 @@ func (x *RemoveClusterRequest) String() string {
 func (*RemoveClusterRequest) ProtoMessage() {}
 
 func (x *RemoveClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2703,7 +2987,7 @@ func (x *RemoveClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveClusterRequest.ProtoReflect.Descriptor instead.
 func (*RemoveClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{39}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RemoveClusterRequest) GetName() string {
@@ -2722,7 +3006,7 @@ type RemoveClusterResponse struct {
 
 func (x *RemoveClusterResponse) Reset() {
 	*x = RemoveClusterResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2734,7 +3018,7 @@ func (x *RemoveClusterResponse) String() string {
 func (*RemoveClusterResponse) ProtoMessage() {}
 
 func (x *RemoveClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2747,7 +3031,7 @@ func (x *RemoveClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveClusterResponse.ProtoReflect.Descriptor instead.
 func (*RemoveClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{40}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RemoveClusterResponse) GetRevision() uint64 {
@@ -2768,7 +3052,7 @@ type GlobalService struct {
 
 func (x *GlobalService) Reset() {
 	*x = GlobalService{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2780,7 +3064,7 @@ func (x *GlobalService) String() string {
 func (*GlobalService) ProtoMessage() {}
 
 func (x *GlobalService) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2793,7 +3077,7 @@ func (x *GlobalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalService.ProtoReflect.Descriptor instead.
 func (*GlobalService) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{41}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GlobalService) GetKey() string {
@@ -2818,7 +3102,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2830,7 +3114,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2843,7 +3127,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{42}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{46}
 }
 
 type ListServicesResponse struct {
@@ -2856,7 +3140,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2868,7 +3152,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2881,7 +3165,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{43}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListServicesResponse) GetServices() []*GlobalService {
@@ -2907,7 +3191,7 @@ type PutPolicyRequest struct {
 
 func (x *PutPolicyRequest) Reset() {
 	*x = PutPolicyRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2919,7 +3203,7 @@ func (x *PutPolicyRequest) String() string {
 func (*PutPolicyRequest) ProtoMessage() {}
 
 func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2932,7 +3216,7 @@ func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyRequest.ProtoReflect.Descriptor instead.
 func (*PutPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{44}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *PutPolicyRequest) GetPolicy() *TrafficPolicy {
@@ -2951,7 +3235,7 @@ type PutPolicyResponse struct {
 
 func (x *PutPolicyResponse) Reset() {
 	*x = PutPolicyResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2963,7 +3247,7 @@ func (x *PutPolicyResponse) String() string {
 func (*PutPolicyResponse) ProtoMessage() {}
 
 func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2976,7 +3260,7 @@ func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyResponse.ProtoReflect.Descriptor instead.
 func (*PutPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{45}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PutPolicyResponse) GetRevision() uint64 {
@@ -2995,7 +3279,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3007,7 +3291,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3020,7 +3304,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{46}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *DeletePolicyRequest) GetName() string {
@@ -3039,7 +3323,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3051,7 +3335,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3064,7 +3348,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{47}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *DeletePolicyResponse) GetRevision() uint64 {
@@ -3082,7 +3366,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3094,7 +3378,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3107,7 +3391,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
 }
 
 type ListPoliciesResponse struct {
@@ -3120,7 +3404,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3132,7 +3416,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3145,7 +3429,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*TrafficPolicy {
@@ -3187,7 +3471,7 @@ type FederationRelationship struct {
 
 func (x *FederationRelationship) Reset() {
 	*x = FederationRelationship{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3199,7 +3483,7 @@ func (x *FederationRelationship) String() string {
 func (*FederationRelationship) ProtoMessage() {}
 
 func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3212,7 +3496,7 @@ func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
 func (*FederationRelationship) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *FederationRelationship) GetTrustDomain() string {
@@ -3273,7 +3557,7 @@ type PutFederationRequest struct {
 
 func (x *PutFederationRequest) Reset() {
 	*x = PutFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3285,7 +3569,7 @@ func (x *PutFederationRequest) String() string {
 func (*PutFederationRequest) ProtoMessage() {}
 
 func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3298,7 +3582,7 @@ func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationRequest.ProtoReflect.Descriptor instead.
 func (*PutFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *PutFederationRequest) GetFederation() *FederationRelationship {
@@ -3317,7 +3601,7 @@ type PutFederationResponse struct {
 
 func (x *PutFederationResponse) Reset() {
 	*x = PutFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3329,7 +3613,7 @@ func (x *PutFederationResponse) String() string {
 func (*PutFederationResponse) ProtoMessage() {}
 
 func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3342,7 +3626,7 @@ func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationResponse.ProtoReflect.Descriptor instead.
 func (*PutFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *PutFederationResponse) GetRevision() uint64 {
@@ -3361,7 +3645,7 @@ type DeleteFederationRequest struct {
 
 func (x *DeleteFederationRequest) Reset() {
 	*x = DeleteFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3373,7 +3657,7 @@ func (x *DeleteFederationRequest) String() string {
 func (*DeleteFederationRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3386,7 +3670,7 @@ func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *DeleteFederationRequest) GetTrustDomain() string {
@@ -3405,7 +3689,7 @@ type DeleteFederationResponse struct {
 
 func (x *DeleteFederationResponse) Reset() {
 	*x = DeleteFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3417,7 +3701,7 @@ func (x *DeleteFederationResponse) String() string {
 func (*DeleteFederationResponse) ProtoMessage() {}
 
 func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3430,7 +3714,7 @@ func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *DeleteFederationResponse) GetRevision() uint64 {
@@ -3448,7 +3732,7 @@ type ListFederationsRequest struct {
 
 func (x *ListFederationsRequest) Reset() {
 	*x = ListFederationsRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3460,7 +3744,7 @@ func (x *ListFederationsRequest) String() string {
 func (*ListFederationsRequest) ProtoMessage() {}
 
 func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3473,7 +3757,7 @@ func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
 }
 
 type FederationStatus struct {
@@ -3489,7 +3773,7 @@ type FederationStatus struct {
 
 func (x *FederationStatus) Reset() {
 	*x = FederationStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3501,7 +3785,7 @@ func (x *FederationStatus) String() string {
 func (*FederationStatus) ProtoMessage() {}
 
 func (x *FederationStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3514,7 +3798,7 @@ func (x *FederationStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationStatus.ProtoReflect.Descriptor instead.
 func (*FederationStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *FederationStatus) GetFederation() *FederationRelationship {
@@ -3548,7 +3832,7 @@ type ListFederationsResponse struct {
 
 func (x *ListFederationsResponse) Reset() {
 	*x = ListFederationsResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3560,7 +3844,7 @@ func (x *ListFederationsResponse) String() string {
 func (*ListFederationsResponse) ProtoMessage() {}
 
 func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3573,7 +3857,7 @@ func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ListFederationsResponse) GetFederations() []*FederationStatus {
@@ -3603,7 +3887,7 @@ type BundleInfo struct {
 
 func (x *BundleInfo) Reset() {
 	*x = BundleInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3615,7 +3899,7 @@ func (x *BundleInfo) String() string {
 func (*BundleInfo) ProtoMessage() {}
 
 func (x *BundleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3628,7 +3912,7 @@ func (x *BundleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleInfo.ProtoReflect.Descriptor instead.
 func (*BundleInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *BundleInfo) GetBundle() *TrustBundle {
@@ -3660,7 +3944,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3672,7 +3956,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3685,7 +3969,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
 }
 
 type ListBundlesResponse struct {
@@ -3698,7 +3982,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3710,7 +3994,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3723,7 +4007,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*BundleInfo {
@@ -3749,7 +4033,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3761,7 +4045,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3774,7 +4058,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *RotateCARequest) GetCluster() string {
@@ -3794,7 +4078,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3806,7 +4090,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3819,7 +4103,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *RotateCAResponse) GetCaRotation() uint64 {
@@ -3830,6 +4114,184 @@ func (x *RotateCAResponse) GetCaRotation() uint64 {
 }
 
 func (x *RotateCAResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type TrustStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrustStatusRequest) Reset() {
+	*x = TrustStatusRequest{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrustStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrustStatusRequest) ProtoMessage() {}
+
+func (x *TrustStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrustStatusRequest.ProtoReflect.Descriptor instead.
+func (*TrustStatusRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{67}
+}
+
+// One member cluster's trust bundle and who holds it.
+type ClusterTrustStatus struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Cluster     string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	TrustDomain string                 `protobuf:"bytes,2,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// Bumped by `meshfed trust rotate`.
+	CaRotation uint64 `protobuf:"varint,3,opt,name=ca_rotation,json=caRotation,proto3" json:"ca_rotation,omitempty"`
+	// The bundle the hub holds for the cluster: its sequence and number of
+	// roots (2 while a rotation is under way). 0 and 0 when it has none.
+	SequenceNumber uint64 `protobuf:"varint,4,opt,name=sequence_number,json=sequenceNumber,proto3" json:"sequence_number,omitempty"`
+	Roots          uint32 `protobuf:"varint,5,opt,name=roots,proto3" json:"roots,omitempty"`
+	// Every other member, with the sequence of this bundle it applied; holds
+	// means it applied sequence_number.
+	Members       []*MemberBundleStatus `protobuf:"bytes,6,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterTrustStatus) Reset() {
+	*x = ClusterTrustStatus{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterTrustStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterTrustStatus) ProtoMessage() {}
+
+func (x *ClusterTrustStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterTrustStatus.ProtoReflect.Descriptor instead.
+func (*ClusterTrustStatus) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *ClusterTrustStatus) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *ClusterTrustStatus) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *ClusterTrustStatus) GetCaRotation() uint64 {
+	if x != nil {
+		return x.CaRotation
+	}
+	return 0
+}
+
+func (x *ClusterTrustStatus) GetSequenceNumber() uint64 {
+	if x != nil {
+		return x.SequenceNumber
+	}
+	return 0
+}
+
+func (x *ClusterTrustStatus) GetRoots() uint32 {
+	if x != nil {
+		return x.Roots
+	}
+	return 0
+}
+
+func (x *ClusterTrustStatus) GetMembers() []*MemberBundleStatus {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+type TrustStatusResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Clusters      []*ClusterTrustStatus  `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrustStatusResponse) Reset() {
+	*x = TrustStatusResponse{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrustStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrustStatusResponse) ProtoMessage() {}
+
+func (x *TrustStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrustStatusResponse.ProtoReflect.Descriptor instead.
+func (*TrustStatusResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *TrustStatusResponse) GetClusters() []*ClusterTrustStatus {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
+func (x *TrustStatusResponse) GetRevision() uint64 {
 	if x != nil {
 		return x.Revision
 	}
@@ -3854,7 +4316,7 @@ type ServerStatus struct {
 
 func (x *ServerStatus) Reset() {
 	*x = ServerStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3866,7 +4328,7 @@ func (x *ServerStatus) String() string {
 func (*ServerStatus) ProtoMessage() {}
 
 func (x *ServerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3879,7 +4341,7 @@ func (x *ServerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStatus.ProtoReflect.Descriptor instead.
 func (*ServerStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ServerStatus) GetName() string {
@@ -3939,7 +4401,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3951,7 +4413,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3964,7 +4426,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{71}
 }
 
 type StatusResponse struct {
@@ -3980,7 +4442,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3992,7 +4454,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4005,7 +4467,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *StatusResponse) GetServers() []*ServerStatus {
@@ -4159,9 +4621,13 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\adeletes\x18\x03 \x03(\tR\adeletes\"a\n" +
 	"\rPublishBundle\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\x12:\n" +
-	"\x06bundle\x18\x02 \x01(\v2\".meshfed.federation.v1.TrustBundleR\x06bundle\"!\n" +
+	"\x06bundle\x18\x02 \x01(\v2\".meshfed.federation.v1.TrustBundleR\x06bundle\"b\n" +
 	"\x03Ack\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"8\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x12?\n" +
+	"\abundles\x18\x02 \x03(\v2%.meshfed.federation.v1.BundleSequenceR\abundles\"\\\n" +
+	"\x0eBundleSequence\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12'\n" +
+	"\x0fsequence_number\x18\x02 \x01(\x04R\x0esequenceNumber\"8\n" +
 	"\x04Nack\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\"\xc3\x02\n" +
@@ -4202,7 +4668,23 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x05hello\x18\x03 \x01(\v2(.meshfed.federation.v1.SyncHelloResponseH\x00R\x05helloB\x05\n" +
 	"\x03msg\" \n" +
 	"\fRenewRequest\x12\x10\n" +
-	"\x03csr\x18\x01 \x01(\fR\x03csr\"z\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\"@\n" +
+	"\x15RotationStatusRequest\x12'\n" +
+	"\x0fsequence_number\x18\x01 \x01(\x04R\x0esequenceNumber\"\xc3\x01\n" +
+	"\x12MemberBundleStatus\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12)\n" +
+	"\x10applied_sequence\x18\x02 \x01(\x04R\x0fappliedSequence\x12\x18\n" +
+	"\acounted\x18\x03 \x01(\bR\acounted\x12\x14\n" +
+	"\x05holds\x18\x04 \x01(\bR\x05holds\x12\x16\n" +
+	"\x06status\x18\x05 \x01(\tR\x06status\x12 \n" +
+	"\flast_seen_ms\x18\x06 \x01(\x03R\n" +
+	"lastSeenMs\"\xee\x01\n" +
+	"\x16RotationStatusResponse\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12'\n" +
+	"\x0fsequence_number\x18\x02 \x01(\x04R\x0esequenceNumber\x12-\n" +
+	"\x12published_sequence\x18\x03 \x01(\x04R\x11publishedSequence\x12C\n" +
+	"\amembers\x18\x04 \x03(\v2).meshfed.federation.v1.MemberBundleStatusR\amembers\x12\x14\n" +
+	"\x05ready\x18\x05 \x01(\bR\x05ready\"z\n" +
 	"\rRenewResponse\x12-\n" +
 	"\x12client_certificate\x18\x01 \x01(\fR\x11clientCertificate\x12\x15\n" +
 	"\x06hub_ca\x18\x02 \x01(\fR\x05hubCa\x12#\n" +
@@ -4305,6 +4787,18 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x10RotateCAResponse\x12\x1f\n" +
 	"\vca_rotation\x18\x01 \x01(\x04R\n" +
 	"caRotation\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\x14\n" +
+	"\x12TrustStatusRequest\"\xf6\x01\n" +
+	"\x12ClusterTrustStatus\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12!\n" +
+	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x1f\n" +
+	"\vca_rotation\x18\x03 \x01(\x04R\n" +
+	"caRotation\x12'\n" +
+	"\x0fsequence_number\x18\x04 \x01(\x04R\x0esequenceNumber\x12\x14\n" +
+	"\x05roots\x18\x05 \x01(\rR\x05roots\x12C\n" +
+	"\amembers\x18\x06 \x03(\v2).meshfed.federation.v1.MemberBundleStatusR\amembers\"x\n" +
+	"\x13TrustStatusResponse\x12E\n" +
+	"\bclusters\x18\x01 \x03(\v2).meshfed.federation.v1.ClusterTrustStatusR\bclusters\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\"\xd7\x01\n" +
 	"\fServerStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
@@ -4323,10 +4817,11 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\vanswered_by\x18\x05 \x01(\tR\n" +
 	"answeredBy2W\n" +
 	"\x04Join\x12O\n" +
-	"\x04Join\x12\".meshfed.federation.v1.JoinRequest\x1a#.meshfed.federation.v1.JoinResponse2\xaf\x01\n" +
+	"\x04Join\x12\".meshfed.federation.v1.JoinRequest\x1a#.meshfed.federation.v1.JoinResponse2\x9e\x02\n" +
 	"\x04Sync\x12S\n" +
 	"\x04Sync\x12\".meshfed.federation.v1.SyncRequest\x1a#.meshfed.federation.v1.SyncResponse(\x010\x01\x12R\n" +
-	"\x05Renew\x12#.meshfed.federation.v1.RenewRequest\x1a$.meshfed.federation.v1.RenewResponse2\x85\r\n" +
+	"\x05Renew\x12#.meshfed.federation.v1.RenewRequest\x1a$.meshfed.federation.v1.RenewResponse\x12m\n" +
+	"\x0eRotationStatus\x12,.meshfed.federation.v1.RotationStatusRequest\x1a-.meshfed.federation.v1.RotationStatusResponse2\xeb\r\n" +
 	"\x05Admin\x12d\n" +
 	"\vCreateToken\x12).meshfed.federation.v1.CreateTokenRequest\x1a*.meshfed.federation.v1.CreateTokenResponse\x12a\n" +
 	"\n" +
@@ -4344,7 +4839,8 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x10DeleteFederation\x12..meshfed.federation.v1.DeleteFederationRequest\x1a/.meshfed.federation.v1.DeleteFederationResponse\x12p\n" +
 	"\x0fListFederations\x12-.meshfed.federation.v1.ListFederationsRequest\x1a..meshfed.federation.v1.ListFederationsResponse\x12d\n" +
 	"\vListBundles\x12).meshfed.federation.v1.ListBundlesRequest\x1a*.meshfed.federation.v1.ListBundlesResponse\x12[\n" +
-	"\bRotateCA\x12&.meshfed.federation.v1.RotateCARequest\x1a'.meshfed.federation.v1.RotateCAResponseB7Z5github.com/meshfed/meshfed/federation/v1;federationv1b\x06proto3"
+	"\bRotateCA\x12&.meshfed.federation.v1.RotateCARequest\x1a'.meshfed.federation.v1.RotateCAResponse\x12d\n" +
+	"\vTrustStatus\x12).meshfed.federation.v1.TrustStatusRequest\x1a*.meshfed.federation.v1.TrustStatusResponseB7Z5github.com/meshfed/meshfed/federation/v1;federationv1b\x06proto3"
 
 var (
 	file_meshfed_federation_v1_federation_proto_rawDescOnce sync.Once
@@ -4358,7 +4854,7 @@ func file_meshfed_federation_v1_federation_proto_rawDescGZIP() []byte {
 	return file_meshfed_federation_v1_federation_proto_rawDescData
 }
 
-var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
+var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 75)
 var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*Capabilities)(nil),             // 0: meshfed.federation.v1.Capabilities
 	(*Locality)(nil),                 // 1: meshfed.federation.v1.Locality
@@ -4379,55 +4875,62 @@ var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*PublishExports)(nil),           // 16: meshfed.federation.v1.PublishExports
 	(*PublishBundle)(nil),            // 17: meshfed.federation.v1.PublishBundle
 	(*Ack)(nil),                      // 18: meshfed.federation.v1.Ack
-	(*Nack)(nil),                     // 19: meshfed.federation.v1.Nack
-	(*SyncRequest)(nil),              // 20: meshfed.federation.v1.SyncRequest
-	(*ExportRef)(nil),                // 21: meshfed.federation.v1.ExportRef
-	(*SyncDelta)(nil),                // 22: meshfed.federation.v1.SyncDelta
-	(*PublishResult)(nil),            // 23: meshfed.federation.v1.PublishResult
-	(*SyncHelloResponse)(nil),        // 24: meshfed.federation.v1.SyncHelloResponse
-	(*SyncResponse)(nil),             // 25: meshfed.federation.v1.SyncResponse
-	(*RenewRequest)(nil),             // 26: meshfed.federation.v1.RenewRequest
-	(*RenewResponse)(nil),            // 27: meshfed.federation.v1.RenewResponse
-	(*TokenInfo)(nil),                // 28: meshfed.federation.v1.TokenInfo
-	(*CreateTokenRequest)(nil),       // 29: meshfed.federation.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),      // 30: meshfed.federation.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),        // 31: meshfed.federation.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),       // 32: meshfed.federation.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),       // 33: meshfed.federation.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),      // 34: meshfed.federation.v1.RevokeTokenResponse
-	(*ListClustersRequest)(nil),      // 35: meshfed.federation.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),     // 36: meshfed.federation.v1.ListClustersResponse
-	(*DescribeClusterRequest)(nil),   // 37: meshfed.federation.v1.DescribeClusterRequest
-	(*DescribeClusterResponse)(nil),  // 38: meshfed.federation.v1.DescribeClusterResponse
-	(*RemoveClusterRequest)(nil),     // 39: meshfed.federation.v1.RemoveClusterRequest
-	(*RemoveClusterResponse)(nil),    // 40: meshfed.federation.v1.RemoveClusterResponse
-	(*GlobalService)(nil),            // 41: meshfed.federation.v1.GlobalService
-	(*ListServicesRequest)(nil),      // 42: meshfed.federation.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),     // 43: meshfed.federation.v1.ListServicesResponse
-	(*PutPolicyRequest)(nil),         // 44: meshfed.federation.v1.PutPolicyRequest
-	(*PutPolicyResponse)(nil),        // 45: meshfed.federation.v1.PutPolicyResponse
-	(*DeletePolicyRequest)(nil),      // 46: meshfed.federation.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),     // 47: meshfed.federation.v1.DeletePolicyResponse
-	(*ListPoliciesRequest)(nil),      // 48: meshfed.federation.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 49: meshfed.federation.v1.ListPoliciesResponse
-	(*FederationRelationship)(nil),   // 50: meshfed.federation.v1.FederationRelationship
-	(*PutFederationRequest)(nil),     // 51: meshfed.federation.v1.PutFederationRequest
-	(*PutFederationResponse)(nil),    // 52: meshfed.federation.v1.PutFederationResponse
-	(*DeleteFederationRequest)(nil),  // 53: meshfed.federation.v1.DeleteFederationRequest
-	(*DeleteFederationResponse)(nil), // 54: meshfed.federation.v1.DeleteFederationResponse
-	(*ListFederationsRequest)(nil),   // 55: meshfed.federation.v1.ListFederationsRequest
-	(*FederationStatus)(nil),         // 56: meshfed.federation.v1.FederationStatus
-	(*ListFederationsResponse)(nil),  // 57: meshfed.federation.v1.ListFederationsResponse
-	(*BundleInfo)(nil),               // 58: meshfed.federation.v1.BundleInfo
-	(*ListBundlesRequest)(nil),       // 59: meshfed.federation.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),      // 60: meshfed.federation.v1.ListBundlesResponse
-	(*RotateCARequest)(nil),          // 61: meshfed.federation.v1.RotateCARequest
-	(*RotateCAResponse)(nil),         // 62: meshfed.federation.v1.RotateCAResponse
-	(*ServerStatus)(nil),             // 63: meshfed.federation.v1.ServerStatus
-	(*StatusRequest)(nil),            // 64: meshfed.federation.v1.StatusRequest
-	(*StatusResponse)(nil),           // 65: meshfed.federation.v1.StatusResponse
-	nil,                              // 66: meshfed.federation.v1.EndpointGroup.LabelsEntry
-	nil,                              // 67: meshfed.federation.v1.WeightedSubset.LabelsEntry
+	(*BundleSequence)(nil),           // 19: meshfed.federation.v1.BundleSequence
+	(*Nack)(nil),                     // 20: meshfed.federation.v1.Nack
+	(*SyncRequest)(nil),              // 21: meshfed.federation.v1.SyncRequest
+	(*ExportRef)(nil),                // 22: meshfed.federation.v1.ExportRef
+	(*SyncDelta)(nil),                // 23: meshfed.federation.v1.SyncDelta
+	(*PublishResult)(nil),            // 24: meshfed.federation.v1.PublishResult
+	(*SyncHelloResponse)(nil),        // 25: meshfed.federation.v1.SyncHelloResponse
+	(*SyncResponse)(nil),             // 26: meshfed.federation.v1.SyncResponse
+	(*RenewRequest)(nil),             // 27: meshfed.federation.v1.RenewRequest
+	(*RotationStatusRequest)(nil),    // 28: meshfed.federation.v1.RotationStatusRequest
+	(*MemberBundleStatus)(nil),       // 29: meshfed.federation.v1.MemberBundleStatus
+	(*RotationStatusResponse)(nil),   // 30: meshfed.federation.v1.RotationStatusResponse
+	(*RenewResponse)(nil),            // 31: meshfed.federation.v1.RenewResponse
+	(*TokenInfo)(nil),                // 32: meshfed.federation.v1.TokenInfo
+	(*CreateTokenRequest)(nil),       // 33: meshfed.federation.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),      // 34: meshfed.federation.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),        // 35: meshfed.federation.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),       // 36: meshfed.federation.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),       // 37: meshfed.federation.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),      // 38: meshfed.federation.v1.RevokeTokenResponse
+	(*ListClustersRequest)(nil),      // 39: meshfed.federation.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),     // 40: meshfed.federation.v1.ListClustersResponse
+	(*DescribeClusterRequest)(nil),   // 41: meshfed.federation.v1.DescribeClusterRequest
+	(*DescribeClusterResponse)(nil),  // 42: meshfed.federation.v1.DescribeClusterResponse
+	(*RemoveClusterRequest)(nil),     // 43: meshfed.federation.v1.RemoveClusterRequest
+	(*RemoveClusterResponse)(nil),    // 44: meshfed.federation.v1.RemoveClusterResponse
+	(*GlobalService)(nil),            // 45: meshfed.federation.v1.GlobalService
+	(*ListServicesRequest)(nil),      // 46: meshfed.federation.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),     // 47: meshfed.federation.v1.ListServicesResponse
+	(*PutPolicyRequest)(nil),         // 48: meshfed.federation.v1.PutPolicyRequest
+	(*PutPolicyResponse)(nil),        // 49: meshfed.federation.v1.PutPolicyResponse
+	(*DeletePolicyRequest)(nil),      // 50: meshfed.federation.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),     // 51: meshfed.federation.v1.DeletePolicyResponse
+	(*ListPoliciesRequest)(nil),      // 52: meshfed.federation.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 53: meshfed.federation.v1.ListPoliciesResponse
+	(*FederationRelationship)(nil),   // 54: meshfed.federation.v1.FederationRelationship
+	(*PutFederationRequest)(nil),     // 55: meshfed.federation.v1.PutFederationRequest
+	(*PutFederationResponse)(nil),    // 56: meshfed.federation.v1.PutFederationResponse
+	(*DeleteFederationRequest)(nil),  // 57: meshfed.federation.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil), // 58: meshfed.federation.v1.DeleteFederationResponse
+	(*ListFederationsRequest)(nil),   // 59: meshfed.federation.v1.ListFederationsRequest
+	(*FederationStatus)(nil),         // 60: meshfed.federation.v1.FederationStatus
+	(*ListFederationsResponse)(nil),  // 61: meshfed.federation.v1.ListFederationsResponse
+	(*BundleInfo)(nil),               // 62: meshfed.federation.v1.BundleInfo
+	(*ListBundlesRequest)(nil),       // 63: meshfed.federation.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),      // 64: meshfed.federation.v1.ListBundlesResponse
+	(*RotateCARequest)(nil),          // 65: meshfed.federation.v1.RotateCARequest
+	(*RotateCAResponse)(nil),         // 66: meshfed.federation.v1.RotateCAResponse
+	(*TrustStatusRequest)(nil),       // 67: meshfed.federation.v1.TrustStatusRequest
+	(*ClusterTrustStatus)(nil),       // 68: meshfed.federation.v1.ClusterTrustStatus
+	(*TrustStatusResponse)(nil),      // 69: meshfed.federation.v1.TrustStatusResponse
+	(*ServerStatus)(nil),             // 70: meshfed.federation.v1.ServerStatus
+	(*StatusRequest)(nil),            // 71: meshfed.federation.v1.StatusRequest
+	(*StatusResponse)(nil),           // 72: meshfed.federation.v1.StatusResponse
+	nil,                              // 73: meshfed.federation.v1.EndpointGroup.LabelsEntry
+	nil,                              // 74: meshfed.federation.v1.WeightedSubset.LabelsEntry
 }
 var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	1,  // 0: meshfed.federation.v1.JoinRequest.locality:type_name -> meshfed.federation.v1.Locality
@@ -4435,7 +4938,7 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	0,  // 2: meshfed.federation.v1.JoinRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
 	4,  // 3: meshfed.federation.v1.JoinResponse.settings:type_name -> meshfed.federation.v1.FederationSettings
 	0,  // 4: meshfed.federation.v1.JoinResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	66, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
+	73, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
 	6,  // 6: meshfed.federation.v1.ExportedService.ports:type_name -> meshfed.federation.v1.ServicePort
 	7,  // 7: meshfed.federation.v1.ExportedService.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
 	8,  // 8: meshfed.federation.v1.ExportRecord.service:type_name -> meshfed.federation.v1.ExportedService
@@ -4444,84 +4947,92 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	12, // 11: meshfed.federation.v1.TrafficPolicy.subsets:type_name -> meshfed.federation.v1.WeightedSubset
 	13, // 12: meshfed.federation.v1.TrafficPolicy.outlier_detection:type_name -> meshfed.federation.v1.OutlierDetection
 	14, // 13: meshfed.federation.v1.TrafficPolicy.retries:type_name -> meshfed.federation.v1.RetryPolicy
-	67, // 14: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
+	74, // 14: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
 	0,  // 15: meshfed.federation.v1.SyncHello.capabilities:type_name -> meshfed.federation.v1.Capabilities
 	1,  // 16: meshfed.federation.v1.SyncHello.locality:type_name -> meshfed.federation.v1.Locality
 	8,  // 17: meshfed.federation.v1.PublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
 	2,  // 18: meshfed.federation.v1.PublishBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	15, // 19: meshfed.federation.v1.SyncRequest.hello:type_name -> meshfed.federation.v1.SyncHello
-	16, // 20: meshfed.federation.v1.SyncRequest.publish:type_name -> meshfed.federation.v1.PublishExports
-	18, // 21: meshfed.federation.v1.SyncRequest.ack:type_name -> meshfed.federation.v1.Ack
-	19, // 22: meshfed.federation.v1.SyncRequest.nack:type_name -> meshfed.federation.v1.Nack
-	17, // 23: meshfed.federation.v1.SyncRequest.publish_bundle:type_name -> meshfed.federation.v1.PublishBundle
-	10, // 24: meshfed.federation.v1.SyncDelta.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	9,  // 25: meshfed.federation.v1.SyncDelta.exports:type_name -> meshfed.federation.v1.ExportRecord
-	21, // 26: meshfed.federation.v1.SyncDelta.removed_exports:type_name -> meshfed.federation.v1.ExportRef
-	2,  // 27: meshfed.federation.v1.SyncDelta.bundles:type_name -> meshfed.federation.v1.TrustBundle
-	11, // 28: meshfed.federation.v1.SyncDelta.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	0,  // 29: meshfed.federation.v1.SyncHelloResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	22, // 30: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
-	23, // 31: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
-	24, // 32: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
-	28, // 33: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
-	28, // 34: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
-	10, // 35: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	10, // 36: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	9,  // 37: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
-	2,  // 38: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	9,  // 39: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
-	41, // 40: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
-	11, // 41: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	11, // 42: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	50, // 43: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	50, // 44: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	56, // 45: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
-	2,  // 46: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	58, // 47: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
-	63, // 48: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
-	3,  // 49: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
-	20, // 50: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
-	26, // 51: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
-	29, // 52: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
-	31, // 53: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
-	33, // 54: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
-	35, // 55: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
-	37, // 56: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
-	39, // 57: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
-	42, // 58: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
-	44, // 59: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
-	46, // 60: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
-	48, // 61: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
-	64, // 62: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
-	51, // 63: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
-	53, // 64: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
-	55, // 65: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
-	59, // 66: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
-	61, // 67: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
-	5,  // 68: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
-	25, // 69: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
-	27, // 70: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
-	30, // 71: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
-	32, // 72: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
-	34, // 73: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
-	36, // 74: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
-	38, // 75: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
-	40, // 76: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
-	43, // 77: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
-	45, // 78: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
-	47, // 79: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
-	49, // 80: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
-	65, // 81: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
-	52, // 82: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
-	54, // 83: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
-	57, // 84: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
-	60, // 85: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
-	62, // 86: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
-	68, // [68:87] is the sub-list for method output_type
-	49, // [49:68] is the sub-list for method input_type
-	49, // [49:49] is the sub-list for extension type_name
-	49, // [49:49] is the sub-list for extension extendee
-	0,  // [0:49] is the sub-list for field type_name
+	19, // 19: meshfed.federation.v1.Ack.bundles:type_name -> meshfed.federation.v1.BundleSequence
+	15, // 20: meshfed.federation.v1.SyncRequest.hello:type_name -> meshfed.federation.v1.SyncHello
+	16, // 21: meshfed.federation.v1.SyncRequest.publish:type_name -> meshfed.federation.v1.PublishExports
+	18, // 22: meshfed.federation.v1.SyncRequest.ack:type_name -> meshfed.federation.v1.Ack
+	20, // 23: meshfed.federation.v1.SyncRequest.nack:type_name -> meshfed.federation.v1.Nack
+	17, // 24: meshfed.federation.v1.SyncRequest.publish_bundle:type_name -> meshfed.federation.v1.PublishBundle
+	10, // 25: meshfed.federation.v1.SyncDelta.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	9,  // 26: meshfed.federation.v1.SyncDelta.exports:type_name -> meshfed.federation.v1.ExportRecord
+	22, // 27: meshfed.federation.v1.SyncDelta.removed_exports:type_name -> meshfed.federation.v1.ExportRef
+	2,  // 28: meshfed.federation.v1.SyncDelta.bundles:type_name -> meshfed.federation.v1.TrustBundle
+	11, // 29: meshfed.federation.v1.SyncDelta.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	0,  // 30: meshfed.federation.v1.SyncHelloResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	23, // 31: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
+	24, // 32: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
+	25, // 33: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
+	29, // 34: meshfed.federation.v1.RotationStatusResponse.members:type_name -> meshfed.federation.v1.MemberBundleStatus
+	32, // 35: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
+	32, // 36: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
+	10, // 37: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	10, // 38: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	9,  // 39: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
+	2,  // 40: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	9,  // 41: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
+	45, // 42: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
+	11, // 43: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	11, // 44: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	54, // 45: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	54, // 46: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	60, // 47: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
+	2,  // 48: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	62, // 49: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
+	29, // 50: meshfed.federation.v1.ClusterTrustStatus.members:type_name -> meshfed.federation.v1.MemberBundleStatus
+	68, // 51: meshfed.federation.v1.TrustStatusResponse.clusters:type_name -> meshfed.federation.v1.ClusterTrustStatus
+	70, // 52: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
+	3,  // 53: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
+	21, // 54: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
+	27, // 55: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
+	28, // 56: meshfed.federation.v1.Sync.RotationStatus:input_type -> meshfed.federation.v1.RotationStatusRequest
+	33, // 57: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
+	35, // 58: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
+	37, // 59: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
+	39, // 60: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
+	41, // 61: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
+	43, // 62: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
+	46, // 63: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
+	48, // 64: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
+	50, // 65: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
+	52, // 66: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
+	71, // 67: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
+	55, // 68: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
+	57, // 69: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
+	59, // 70: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
+	63, // 71: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
+	65, // 72: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
+	67, // 73: meshfed.federation.v1.Admin.TrustStatus:input_type -> meshfed.federation.v1.TrustStatusRequest
+	5,  // 74: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
+	26, // 75: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
+	31, // 76: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
+	30, // 77: meshfed.federation.v1.Sync.RotationStatus:output_type -> meshfed.federation.v1.RotationStatusResponse
+	34, // 78: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
+	36, // 79: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
+	38, // 80: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
+	40, // 81: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
+	42, // 82: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
+	44, // 83: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
+	47, // 84: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
+	49, // 85: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
+	51, // 86: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
+	53, // 87: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
+	72, // 88: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
+	56, // 89: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
+	58, // 90: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
+	61, // 91: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
+	64, // 92: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
+	66, // 93: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
+	69, // 94: meshfed.federation.v1.Admin.TrustStatus:output_type -> meshfed.federation.v1.TrustStatusResponse
+	74, // [74:95] is the sub-list for method output_type
+	53, // [53:74] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_federation_v1_federation_proto_init() }
@@ -4529,14 +5040,14 @@ func file_meshfed_federation_v1_federation_proto_init() {
 	if File_meshfed_federation_v1_federation_proto != nil {
 		return
 	}
-	file_meshfed_federation_v1_federation_proto_msgTypes[20].OneofWrappers = []any{
+	file_meshfed_federation_v1_federation_proto_msgTypes[21].OneofWrappers = []any{
 		(*SyncRequest_Hello)(nil),
 		(*SyncRequest_Publish)(nil),
 		(*SyncRequest_Ack)(nil),
 		(*SyncRequest_Nack)(nil),
 		(*SyncRequest_PublishBundle)(nil),
 	}
-	file_meshfed_federation_v1_federation_proto_msgTypes[25].OneofWrappers = []any{
+	file_meshfed_federation_v1_federation_proto_msgTypes[26].OneofWrappers = []any{
 		(*SyncResponse_Delta)(nil),
 		(*SyncResponse_PublishResult)(nil),
 		(*SyncResponse_Hello)(nil),
@@ -4547,7 +5058,7 @@ func file_meshfed_federation_v1_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_federation_v1_federation_proto_rawDesc), len(file_meshfed_federation_v1_federation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   68,
+			NumMessages:   75,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

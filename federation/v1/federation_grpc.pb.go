@@ -141,8 +141,9 @@ var Join_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Sync_Sync_FullMethodName  = "/meshfed.federation.v1.Sync/Sync"
-	Sync_Renew_FullMethodName = "/meshfed.federation.v1.Sync/Renew"
+	Sync_Sync_FullMethodName           = "/meshfed.federation.v1.Sync/Sync"
+	Sync_Renew_FullMethodName          = "/meshfed.federation.v1.Sync/Renew"
+	Sync_RotationStatus_FullMethodName = "/meshfed.federation.v1.Sync/RotationStatus"
 )
 
 // SyncClient is the client API for Sync service.
@@ -163,6 +164,13 @@ type SyncClient interface {
 	// Errors: PermissionDenied (not a member, or a certificate superseded by
 	// a later join or renewal), InvalidArgument (csr), Unavailable (retry).
 	Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*RenewResponse, error)
+	// RotationStatus tells the caller's agent, during a CA rotation, which
+	// members hold its bundle of a sequence (from their Acks), and whether
+	// every member that counts does: then it may switch to the new root.
+	// Errors: PermissionDenied (not a member, superseded certificate),
+	// FailedPrecondition (the hub holds no bundle for the caller),
+	// Unavailable (retry).
+	RotationStatus(ctx context.Context, in *RotationStatusRequest, opts ...grpc.CallOption) (*RotationStatusResponse, error)
 }
 
 type syncClient struct {
@@ -196,6 +204,16 @@ func (c *syncClient) Renew(ctx context.Context, in *RenewRequest, opts ...grpc.C
 	return out, nil
 }
 
+func (c *syncClient) RotationStatus(ctx context.Context, in *RotationStatusRequest, opts ...grpc.CallOption) (*RotationStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotationStatusResponse)
+	err := c.cc.Invoke(ctx, Sync_RotationStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SyncServer is the server API for Sync service.
 // All implementations must embed UnimplementedSyncServer
 // for forward compatibility.
@@ -214,6 +232,13 @@ type SyncServer interface {
 	// Errors: PermissionDenied (not a member, or a certificate superseded by
 	// a later join or renewal), InvalidArgument (csr), Unavailable (retry).
 	Renew(context.Context, *RenewRequest) (*RenewResponse, error)
+	// RotationStatus tells the caller's agent, during a CA rotation, which
+	// members hold its bundle of a sequence (from their Acks), and whether
+	// every member that counts does: then it may switch to the new root.
+	// Errors: PermissionDenied (not a member, superseded certificate),
+	// FailedPrecondition (the hub holds no bundle for the caller),
+	// Unavailable (retry).
+	RotationStatus(context.Context, *RotationStatusRequest) (*RotationStatusResponse, error)
 	mustEmbedUnimplementedSyncServer()
 }
 
@@ -229,6 +254,9 @@ func (UnimplementedSyncServer) Sync(grpc.BidiStreamingServer[SyncRequest, SyncRe
 }
 func (UnimplementedSyncServer) Renew(context.Context, *RenewRequest) (*RenewResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Renew not implemented")
+}
+func (UnimplementedSyncServer) RotationStatus(context.Context, *RotationStatusRequest) (*RotationStatusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RotationStatus not implemented")
 }
 func (UnimplementedSyncServer) mustEmbedUnimplementedSyncServer() {}
 func (UnimplementedSyncServer) testEmbeddedByValue()              {}
@@ -276,6 +304,24 @@ func _Sync_Renew_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Sync_RotationStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotationStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SyncServer).RotationStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Sync_RotationStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SyncServer).RotationStatus(ctx, req.(*RotationStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Sync_ServiceDesc is the grpc.ServiceDesc for Sync service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -286,6 +332,10 @@ var Sync_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Renew",
 			Handler:    _Sync_Renew_Handler,
+		},
+		{
+			MethodName: "RotationStatus",
+			Handler:    _Sync_RotationStatus_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
@@ -316,6 +366,7 @@ const (
 	Admin_ListFederations_FullMethodName  = "/meshfed.federation.v1.Admin/ListFederations"
 	Admin_ListBundles_FullMethodName      = "/meshfed.federation.v1.Admin/ListBundles"
 	Admin_RotateCA_FullMethodName         = "/meshfed.federation.v1.Admin/RotateCA"
+	Admin_TrustStatus_FullMethodName      = "/meshfed.federation.v1.Admin/TrustStatus"
 )
 
 // AdminClient is the client API for Admin service.
@@ -338,6 +389,9 @@ type AdminClient interface {
 	ListFederations(ctx context.Context, in *ListFederationsRequest, opts ...grpc.CallOption) (*ListFederationsResponse, error)
 	ListBundles(ctx context.Context, in *ListBundlesRequest, opts ...grpc.CallOption) (*ListBundlesResponse, error)
 	RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*RotateCAResponse, error)
+	// TrustStatus lists, per member cluster, its bundle and which members
+	// applied it (from their Acks).
+	TrustStatus(ctx context.Context, in *TrustStatusRequest, opts ...grpc.CallOption) (*TrustStatusResponse, error)
 }
 
 type adminClient struct {
@@ -508,6 +562,16 @@ func (c *adminClient) RotateCA(ctx context.Context, in *RotateCARequest, opts ..
 	return out, nil
 }
 
+func (c *adminClient) TrustStatus(ctx context.Context, in *TrustStatusRequest, opts ...grpc.CallOption) (*TrustStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TrustStatusResponse)
+	err := c.cc.Invoke(ctx, Admin_TrustStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -528,6 +592,9 @@ type AdminServer interface {
 	ListFederations(context.Context, *ListFederationsRequest) (*ListFederationsResponse, error)
 	ListBundles(context.Context, *ListBundlesRequest) (*ListBundlesResponse, error)
 	RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error)
+	// TrustStatus lists, per member cluster, its bundle and which members
+	// applied it (from their Acks).
+	TrustStatus(context.Context, *TrustStatusRequest) (*TrustStatusResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -585,6 +652,9 @@ func (UnimplementedAdminServer) ListBundles(context.Context, *ListBundlesRequest
 }
 func (UnimplementedAdminServer) RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RotateCA not implemented")
+}
+func (UnimplementedAdminServer) TrustStatus(context.Context, *TrustStatusRequest) (*TrustStatusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method TrustStatus not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -895,6 +965,24 @@ func _Admin_RotateCA_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_TrustStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TrustStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).TrustStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_TrustStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).TrustStatus(ctx, req.(*TrustStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -965,6 +1053,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RotateCA",
 			Handler:    _Admin_RotateCA_Handler,
+		},
+		{
+			MethodName: "TrustStatus",
+			Handler:    _Admin_TrustStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -41,6 +41,9 @@ const (
 	// UpdateClusterEndpointType: a member's gateway addresses and locality
 	// as its agent states them at the start of a Sync session.
 	UpdateClusterEndpointType MessageType = 15
+	// AckBundlesType: bundle sequences a member's agent acknowledged
+	// (recorded when they increase; not streamed).
+	AckBundlesType MessageType = 18
 )
 
 // IgnoreUnknownFlag marks a command an older server may skip.
@@ -53,8 +56,9 @@ const IgnoreUnknownFlag MessageType = 128
 // rolling upgrade. A new command type gets the next version: bump this
 // and return it from MinVersion. Version 1 is what every hub server that
 // ever gossiped a version applies (types 0 to 13); version 2 adds
-// RenewAgentCert (14), version 3 UpdateClusterEndpoint (15).
-const ProtocolVersion = 3
+// RenewAgentCert (14), version 3 UpdateClusterEndpoint (15), version 4
+// AckBundles (18).
+const ProtocolVersion = 4
 
 // MinVersion is the protocol version that introduced t; for a type this
 // build does not know, a version no server reaches.
@@ -69,6 +73,8 @@ func (t MessageType) MinVersion() int {
 		return 2
 	case UpdateClusterEndpointType:
 		return 3
+	case AckBundlesType:
+		return 4
 	}
 	return math.MaxInt
 }
@@ -107,6 +113,8 @@ func (t MessageType) String() string {
 		return "RenewAgentCert"
 	case UpdateClusterEndpointType:
 		return "UpdateClusterEndpoint"
+	case AckBundlesType:
+		return "AckBundles"
 	}
 	return fmt.Sprintf("MessageType(%d)", uint8(t))
 }
@@ -155,6 +163,8 @@ func payloadFor(t MessageType) proto.Message {
 		return &hubpb.CmdRenewAgentCert{}
 	case UpdateClusterEndpointType:
 		return &hubpb.CmdUpdateClusterEndpoint{}
+	case AckBundlesType:
+		return &hubpb.CmdAckBundles{}
 	}
 	return nil
 }

@@ -264,6 +264,8 @@ func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
 		return nil
 	case RenewAgentCertType:
 		return applyRenewAgentCert(w, msg.(*hubpb.CmdRenewAgentCert))
+	case AckBundlesType:
+		return applyAckBundles(w, msg.(*hubpb.CmdAckBundles))
 	}
 	panic(fmt.Sprintf("fsm: no apply for %s", t))
 }
@@ -360,6 +362,9 @@ func applyJoin(w *state.WriteTxn, c *hubpb.CmdJoin) *Error {
 	cl.Status = "disconnected"
 	w.PutCluster(cl)
 	if c.GetBundle() != nil {
+		// A join brings a new CA whose sequence numbers start again:
+		// acks of the old one say nothing about it.
+		w.ResetBundleAcks(td)
 		w.PutBundle(&hubpb.BundleRecord{Cluster: name, Bundle: c.GetBundle()})
 	}
 	return nil
@@ -384,6 +389,29 @@ func applyRenewAgentCert(w *state.WriteTxn, c *hubpb.CmdRenewAgentCert) *Error {
 	cl.AgentCertNotBeforeMs = c.GetNotBeforeMs()
 	cl.AgentCertNotAfterMs = c.GetNotAfterMs()
 	w.PutCluster(cl)
+	return nil
+}
+
+// applyAckBundles records the bundle sequences a member acknowledged: only
+// member clusters' bundles other than its own, at most the sequence the
+// hub holds (an agent cannot have applied more), and only increases.
+func applyAckBundles(w *state.WriteTxn, c *hubpb.CmdAckBundles) *Error {
+	name := c.GetCluster()
+	if w.Cluster(name) == nil {
+		return refuse(codes.NotFound, "cluster %q: not a member", name)
+	}
+	for _, b := range c.GetBundles() {
+		td := b.GetTrustDomain()
+		rec := w.Bundle(td)
+		if rec == nil || rec.GetCluster() == "" || rec.GetCluster() == name {
+			continue
+		}
+		seq := min(b.GetSequenceNumber(), rec.GetBundle().GetSequenceNumber())
+		if old := w.BundleAck(name, td); seq == 0 || (old != nil && old.GetSequenceNumber() >= seq) {
+			continue
+		}
+		w.PutBundleAck(&hubpb.BundleAck{Cluster: name, TrustDomain: td, SequenceNumber: seq, AtMs: c.GetNowMs()})
+	}
 	return nil
 }
 
@@ -490,6 +518,11 @@ func (s *snapshot) write(w io.Writer) error {
 			return err
 		}
 	}
+	for _, a := range v.BundleAcks() {
+		if err := put(&hubpb.SnapshotRecord{Rec: &hubpb.SnapshotRecord_BundleAck{BundleAck: a}}); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -542,6 +575,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			r.Tombstone(x.Tombstone)
 		case *hubpb.SnapshotRecord_Federation:
 			r.Federation(x.Federation)
+		case *hubpb.SnapshotRecord_BundleAck:
+			r.BundleAck(x.BundleAck)
 		default:
 			return fmt.Errorf("fsm: restore: unknown snapshot record %T", x)
 		}

@@ -224,6 +224,7 @@ func sameState(t testing.TB, a, b *state.ReadTxn) {
 	equalSlices(t, "bundles", a.Bundles(), b.Bundles())
 	equalSlices(t, "policies", a.Policies(), b.Policies())
 	equalSlices(t, "tombstones", a.Tombstones(), b.Tombstones())
+	equalSlices(t, "bundle acks", a.BundleAcks(), b.BundleAcks())
 }
 
 func closed(ch <-chan struct{}) bool {
@@ -691,6 +692,9 @@ func goldenCommands() []namedCommand {
 		{"UpdateClusterEndpoint", fsm.UpdateClusterEndpointType, &hubpb.CmdUpdateClusterEndpoint{
 			Cluster: "east", Locality: &fedv1.Locality{Region: "us-east", Zone: "us-east-1b"}, GatewayAddresses: []string{"10.0.0.9:15443"},
 		}},
+		{"AckBundles", fsm.AckBundlesType, &hubpb.CmdAckBundles{
+			Cluster: "east", Bundles: []*fedv1.BundleSequence{{TrustDomain: "west.meshfed.local", SequenceNumber: 2}}, NowMs: 1700000000000,
+		}},
 	}
 }
 
@@ -862,6 +866,8 @@ func populated(t testing.TB) *testFSM {
 	h.mustApply(fsm.PutPolicyType, &hubpb.CmdPutPolicy{Policy: &fedv1.TrafficPolicy{Name: "p1", Service: "shop/cart", FailoverRegions: []string{"r1"}}})
 	h.mustApply(fsm.PutPolicyType, &hubpb.CmdPutPolicy{Policy: &fedv1.TrafficPolicy{Name: "p2", Service: "shop/pay"}})
 	h.mustApply(fsm.DeletePolicyType, &hubpb.CmdDeletePolicy{Name: "p2"})
+	h.mustApply(fsm.PutBundleType, &hubpb.CmdPutBundle{Cluster: "west", Bundle: &fedv1.TrustBundle{TrustDomain: td("west"), X509Authorities: [][]byte{[]byte("ca-west")}, SequenceNumber: 2}})
+	h.mustApply(fsm.AckBundlesType, &hubpb.CmdAckBundles{Cluster: "east", Bundles: []*fedv1.BundleSequence{{TrustDomain: td("west"), SequenceNumber: 2}}, NowMs: 800})
 	h.mustApply(fsm.ClusterStatusType, status("east", "connected", 700, 700))
 	// Refused commands still advance the applied index past the revision.
 	wantCode(t, "refused", h.apply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "north"}), codes.PermissionDenied)
@@ -872,7 +878,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	h := populated(t)
 	r := h.read()
 	if r.CA() == nil || len(r.Tokens()) != 3 || len(r.Clusters()) != 2 || len(r.Exports()) != 2 ||
-		len(r.Bundles()) != 2 || len(r.Policies()) != 1 || len(r.Tombstones()) != 2 {
+		len(r.Bundles()) != 2 || len(r.Policies()) != 1 || len(r.Tombstones()) != 2 || len(r.BundleAcks()) != 1 {
 		t.Fatalf("populated state is missing records: %d tokens %d clusters %d exports %d bundles %d policies %d tombstones",
 			len(r.Tokens()), len(r.Clusters()), len(r.Exports()), len(r.Bundles()), len(r.Policies()), len(r.Tombstones()))
 	}
@@ -1163,4 +1169,68 @@ func TestUpdateClusterEndpointChangesOnlyWhatDiffers(t *testing.T) {
 		t.Fatal("an unchanged endpoint moved the revision")
 	}
 	wantCode(t, "update of a cluster that is not a member", h.apply(fsm.UpdateClusterEndpointType, &hubpb.CmdUpdateClusterEndpoint{Cluster: "west"}), codes.NotFound)
+}
+
+// Bundle acks are recorded per member only when they increase, capped at
+// the sequence the hub holds, only for other members' bundles; they are
+// not streamed (no delta carries them), and they go with the member, with
+// the bundle, and when a join brings the trust domain a new CA.
+func TestAckBundlesRecordsIncreasesOnlyAndIsNotStreamed(t *testing.T) {
+	h := newTestFSM(t)
+	h.joined("east")
+	h.joined("west")
+	h.joined("north")
+	h.mustApply(fsm.PutBundleType, &hubpb.CmdPutBundle{Cluster: "west", Bundle: &fedv1.TrustBundle{TrustDomain: td("west"), X509Authorities: [][]byte{[]byte("a"), []byte("b")}, SequenceNumber: 5}})
+	ack := func(member string, now int64, seqs map[string]uint64) {
+		t.Helper()
+		c := &hubpb.CmdAckBundles{Cluster: member, NowMs: now}
+		for d, s := range seqs {
+			c.Bundles = append(c.Bundles, &fedv1.BundleSequence{TrustDomain: d, SequenceNumber: s})
+		}
+		h.mustApply(fsm.AckBundlesType, c)
+	}
+	seqOf := func(member, d string) uint64 { return h.read().BundleAck(member, d).GetSequenceNumber() }
+	rev := h.read().Revision()
+
+	ack("east", 10, map[string]uint64{td("west"): 4, td("east"): 9, "unknown.example": 3})
+	if got := seqOf("east", td("west")); got != 4 {
+		t.Fatalf("east's ack of west = %d, want 4", got)
+	}
+	if h.read().BundleAck("east", td("east")) != nil || h.read().BundleAck("east", "unknown.example") != nil {
+		t.Error("recorded an ack of the member's own bundle or of an unknown trust domain")
+	}
+	if d := h.read().Changes(rev); !d.Empty() {
+		t.Errorf("an ack is streamed: %+v", d)
+	}
+	rev = h.read().Revision()
+	ack("east", 20, map[string]uint64{td("west"): 3})
+	if got, at := seqOf("east", td("west")), h.read().BundleAck("east", td("west")).GetAtMs(); got != 4 || at != 10 {
+		t.Errorf("an older ack replaced a newer one: seq %d at %d", got, at)
+	}
+	if h.read().Revision() != rev {
+		t.Error("an ack that changed nothing moved the revision")
+	}
+	ack("east", 30, map[string]uint64{td("west"): 99})
+	if got := seqOf("east", td("west")); got != 5 {
+		t.Errorf("ack above the hub's sequence recorded as %d, want the hub's 5", got)
+	}
+	ack("north", 40, map[string]uint64{td("west"): 5, td("east"): 1})
+	wantCode(t, "ack of a non-member", h.apply(fsm.AckBundlesType, &hubpb.CmdAckBundles{Cluster: "south"}), codes.NotFound)
+
+	// Snapshots carry them.
+	sameFSM(t, h.FSM, restored(t, persist(t, h.FSM)))
+
+	h.mustApply(fsm.RemoveClusterType, &hubpb.CmdRemoveCluster{Name: "east"})
+	if h.read().BundleAck("east", td("west")) != nil || h.read().BundleAck("north", td("east")) != nil {
+		t.Error("acks by or of a removed cluster were kept")
+	}
+	if seqOf("north", td("west")) != 5 {
+		t.Error("removing east dropped north's ack of west")
+	}
+	// west joins again: a new CA, whose sequences start over.
+	h.mustApply(fsm.CreateTokenType, token("tok-west2", "west", 0, 1000))
+	h.mustApply(fsm.JoinType, joinCmd("tok-west2", "secret-tok-west2", "west", 200))
+	if len(h.read().BundleAcksFor(td("west"))) != 0 {
+		t.Error("acks of west's old CA survived its re-join")
+	}
 }

@@ -28,6 +28,11 @@ const (
 	// is not streamed to agents: they get the bundles, not how they were
 	// fetched.
 	TableFederations = "federations"
+	// TableBundleAcks holds, per member and member trust domain, the
+	// newest bundle sequence the member's agent acknowledged. It is not
+	// streamed to agents (an ack must not fan out to every agent); the
+	// agent of a rotating cluster asks for it (Sync.RotationStatus).
+	TableBundleAcks = "bundle_acks"
 )
 
 func schema() *memdb.DBSchema {
@@ -57,6 +62,11 @@ func schema() *memdb.DBSchema {
 			"id": id("Key"), "revision": rev,
 		}},
 		TableFederations: {Name: TableFederations, Indexes: map[string]*memdb.IndexSchema{"id": id("Key")}},
+		TableBundleAcks: {Name: TableBundleAcks, Indexes: map[string]*memdb.IndexSchema{
+			"id":           id("Key"),
+			"cluster":      {Name: "cluster", Indexer: &memdb.StringFieldIndex{Field: "Cluster"}},
+			"trust_domain": {Name: "trust_domain", Indexer: &memdb.StringFieldIndex{Field: "TrustDomain"}},
+		}},
 	}}
 }
 
@@ -65,14 +75,20 @@ func schema() *memdb.DBSchema {
 type row struct {
 	Key string
 	Rev uint64
-	// Cluster and Service are set for exports only (secondary indexes).
-	Cluster string
-	Service string
-	Value   any
+	// Cluster and Service are set for exports (secondary indexes);
+	// Cluster and TrustDomain for bundle acks.
+	Cluster     string
+	Service     string
+	TrustDomain string
+	Value       any
 }
 
 // ExportKey is the primary key of an export: cluster + "/" + namespace/name.
 func ExportKey(cluster, service string) string { return cluster + "/" + service }
+
+// bundleAckKey is the primary key of a bundle ack: the member that
+// acknowledged, then the trust domain, split by a byte neither may hold.
+func bundleAckKey(member, td string) string { return member + "\x00" + td }
 
 func tombKey(table, key string) string { return table + ":" + key }
 

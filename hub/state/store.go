@@ -217,6 +217,26 @@ func (r *ReadTxn) Federations() []*fedv1.FederationRelationship {
 	return values[*fedv1.FederationRelationship](r.all(TableFederations, "id"))
 }
 
+// BundleAck returns the newest sequence of trust domain td's bundle that
+// member acknowledged, or nil.
+func (r *ReadTxn) BundleAck(member, td string) *hubpb.BundleAck {
+	return value[*hubpb.BundleAck](r.get(TableBundleAcks, bundleAckKey(member, td)))
+}
+
+// BundleAcks returns every bundle ack, sorted by member then trust domain.
+func (r *ReadTxn) BundleAcks() []*hubpb.BundleAck {
+	return values[*hubpb.BundleAck](r.all(TableBundleAcks, "id"))
+}
+
+// BundleAcksFor returns the acks of trust domain td's bundle, by member.
+func (r *ReadTxn) BundleAcksFor(td string) map[string]*hubpb.BundleAck {
+	out := map[string]*hubpb.BundleAck{}
+	for _, a := range values[*hubpb.BundleAck](r.all(TableBundleAcks, "trust_domain", td)) {
+		out[a.GetCluster()] = a
+	}
+	return out
+}
+
 // Tombstones returns every tombstone, sorted by key.
 func (r *ReadTxn) Tombstones() []*hubpb.Tombstone {
 	return values[*hubpb.Tombstone](r.all(TableTombstones, "id"))
@@ -372,8 +392,15 @@ func (w *WriteTxn) PutCluster(c *fedv1.ClusterRecord) {
 	w.upsert(TableClusters, &row{Key: c.GetName(), Value: c})
 }
 
-// DeleteCluster removes a cluster and leaves a tombstone.
-func (w *WriteTxn) DeleteCluster(name string) bool { return w.delete(TableClusters, name) }
+// DeleteCluster removes a cluster and leaves a tombstone. The cluster's
+// acks of other clusters' bundles go with it.
+func (w *WriteTxn) DeleteCluster(name string) bool {
+	if !w.delete(TableClusters, name) {
+		return false
+	}
+	w.deleteBundleAcks("cluster", name)
+	return true
+}
 
 // PutExport stores one cluster's export of a service. Its create revision is
 // kept across updates (MCS conflict resolution: the oldest export wins).
@@ -422,8 +449,33 @@ func (w *WriteTxn) PutBundle(b *hubpb.BundleRecord) {
 	w.upsert(TableBundles, &row{Key: td, Value: b})
 }
 
-// DeleteBundle removes a trust domain's bundle.
-func (w *WriteTxn) DeleteBundle(td string) bool { return w.delete(TableBundles, td) }
+// DeleteBundle removes a trust domain's bundle, and every member's ack of
+// it.
+func (w *WriteTxn) DeleteBundle(td string) bool {
+	w.ResetBundleAcks(td)
+	return w.delete(TableBundles, td)
+}
+
+// PutBundleAck records a member's ack of a bundle sequence. Not streamed:
+// no tombstone, no fan-out (the revision still moves).
+func (w *WriteTxn) PutBundleAck(a *hubpb.BundleAck) {
+	a = proto.Clone(a).(*hubpb.BundleAck)
+	w.insert(TableBundleAcks, &row{Key: bundleAckKey(a.GetCluster(), a.GetTrustDomain()), Rev: w.rev,
+		Cluster: a.GetCluster(), TrustDomain: a.GetTrustDomain(), Value: a})
+}
+
+// ResetBundleAcks forgets every member's ack of trust domain td's bundle:
+// its sequence numbers start again (a new CA at a join).
+func (w *WriteTxn) ResetBundleAcks(td string) { w.deleteBundleAcks("trust_domain", td) }
+
+func (w *WriteTxn) deleteBundleAcks(index, arg string) {
+	for _, rw := range w.all(TableBundleAcks, index, arg) {
+		if err := w.txn.Delete(TableBundleAcks, rw); err != nil {
+			panic(err)
+		}
+		w.dirty = true
+	}
+}
 
 // PutPolicy stores a traffic policy.
 func (w *WriteTxn) PutPolicy(p *fedv1.TrafficPolicy) {
@@ -547,6 +599,12 @@ func (r *Restorer) Policy(p *fedv1.TrafficPolicy) {
 // Federation restores a relationship with an external trust domain.
 func (r *Restorer) Federation(f *fedv1.FederationRelationship) {
 	r.insert(TableFederations, &row{Key: f.GetTrustDomain(), Rev: f.GetModifyRevision(), Value: f})
+}
+
+// BundleAck restores a member's ack of a bundle sequence.
+func (r *Restorer) BundleAck(a *hubpb.BundleAck) {
+	r.insert(TableBundleAcks, &row{Key: bundleAckKey(a.GetCluster(), a.GetTrustDomain()),
+		Cluster: a.GetCluster(), TrustDomain: a.GetTrustDomain(), Value: a})
 }
 
 // Tombstone restores a tombstone.

@@ -1052,6 +1052,139 @@ func (x *CmdRenewAgentCert) GetNotAfterMs() int64 {
 	return 0
 }
 
+// Bundle sequences a member's agent acknowledged (type 18). Only
+// increases are recorded; see BundleAck.
+type CmdAckBundles struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Bundles       []*v1.BundleSequence   `protobuf:"bytes,2,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	NowMs         int64                  `protobuf:"varint,3,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdAckBundles) Reset() {
+	*x = CmdAckBundles{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdAckBundles) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdAckBundles) ProtoMessage() {}
+
+func (x *CmdAckBundles) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdAckBundles.ProtoReflect.Descriptor instead.
+func (*CmdAckBundles) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CmdAckBundles) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *CmdAckBundles) GetBundles() []*v1.BundleSequence {
+	if x != nil {
+		return x.Bundles
+	}
+	return nil
+}
+
+func (x *CmdAckBundles) GetNowMs() int64 {
+	if x != nil {
+		return x.NowMs
+	}
+	return 0
+}
+
+// The newest sequence of a member cluster's bundle (trust_domain) that
+// another member (cluster) has applied. Not streamed to agents.
+type BundleAck struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Cluster        string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	TrustDomain    string                 `protobuf:"bytes,2,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	SequenceNumber uint64                 `protobuf:"varint,3,opt,name=sequence_number,json=sequenceNumber,proto3" json:"sequence_number,omitempty"`
+	// When the sequence was recorded (Unix ms, the leader's clock).
+	AtMs          int64 `protobuf:"varint,4,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleAck) Reset() {
+	*x = BundleAck{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleAck) ProtoMessage() {}
+
+func (x *BundleAck) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleAck.ProtoReflect.Descriptor instead.
+func (*BundleAck) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *BundleAck) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *BundleAck) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *BundleAck) GetSequenceNumber() uint64 {
+	if x != nil {
+		return x.SequenceNumber
+	}
+	return 0
+}
+
+func (x *BundleAck) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
 // Tombstone of a deleted record, kept so that resumed Sync streams learn of deletions.
 type Tombstone struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1066,7 +1199,7 @@ type Tombstone struct {
 
 func (x *Tombstone) Reset() {
 	*x = Tombstone{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1211,7 @@ func (x *Tombstone) String() string {
 func (*Tombstone) ProtoMessage() {}
 
 func (x *Tombstone) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1224,7 @@ func (x *Tombstone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tombstone.ProtoReflect.Descriptor instead.
 func (*Tombstone) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{18}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Tombstone) GetTable() string {
@@ -1129,6 +1262,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Policy
 	//	*SnapshotRecord_Tombstone
 	//	*SnapshotRecord_Federation
+	//	*SnapshotRecord_BundleAck
 	Rec           isSnapshotRecord_Rec `protobuf_oneof:"rec"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1136,7 +1270,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1282,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1295,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{19}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SnapshotRecord) GetRec() isSnapshotRecord_Rec {
@@ -1252,6 +1386,15 @@ func (x *SnapshotRecord) GetFederation() *v1.FederationRelationship {
 	return nil
 }
 
+func (x *SnapshotRecord) GetBundleAck() *BundleAck {
+	if x != nil {
+		if x, ok := x.Rec.(*SnapshotRecord_BundleAck); ok {
+			return x.BundleAck
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Rec interface {
 	isSnapshotRecord_Rec()
 }
@@ -1292,6 +1435,10 @@ type SnapshotRecord_Federation struct {
 	Federation *v1.FederationRelationship `protobuf:"bytes,9,opt,name=federation,proto3,oneof"`
 }
 
+type SnapshotRecord_BundleAck struct {
+	BundleAck *BundleAck `protobuf:"bytes,10,opt,name=bundle_ack,json=bundleAck,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Header) isSnapshotRecord_Rec() {}
 
 func (*SnapshotRecord_Ca) isSnapshotRecord_Rec() {}
@@ -1310,6 +1457,8 @@ func (*SnapshotRecord_Tombstone) isSnapshotRecord_Rec() {}
 
 func (*SnapshotRecord_Federation) isSnapshotRecord_Rec() {}
 
+func (*SnapshotRecord_BundleAck) isSnapshotRecord_Rec() {}
+
 type SnapshotHeader struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Format         uint32                 `protobuf:"varint,1,opt,name=format,proto3" json:"format,omitempty"`
@@ -1323,7 +1472,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1335,7 +1484,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1348,7 +1497,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{20}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1392,7 +1541,7 @@ type BundleRecord struct {
 
 func (x *BundleRecord) Reset() {
 	*x = BundleRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1553,7 @@ func (x *BundleRecord) String() string {
 func (*BundleRecord) ProtoMessage() {}
 
 func (x *BundleRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1566,7 @@ func (x *BundleRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleRecord.ProtoReflect.Descriptor instead.
 func (*BundleRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{21}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BundleRecord) GetCluster() string {
@@ -1458,7 +1607,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1619,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1632,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -1505,7 +1654,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1666,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1679,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -1562,7 +1711,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1723,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1736,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{26}
 }
 
 type ReadIndexResponse struct {
@@ -1599,7 +1748,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1760,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1773,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -1706,11 +1855,20 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\x11public_key_sha256\x18\x04 \x01(\fR\x0fpublicKeySha256\x12\"\n" +
 	"\rnot_before_ms\x18\x05 \x01(\x03R\vnotBeforeMs\x12 \n" +
 	"\fnot_after_ms\x18\x06 \x01(\x03R\n" +
-	"notAfterMs\"O\n" +
+	"notAfterMs\"\x81\x01\n" +
+	"\rCmdAckBundles\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12?\n" +
+	"\abundles\x18\x02 \x03(\v2%.meshfed.federation.v1.BundleSequenceR\abundles\x12\x15\n" +
+	"\x06now_ms\x18\x03 \x01(\x03R\x05nowMs\"\x86\x01\n" +
+	"\tBundleAck\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12!\n" +
+	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12'\n" +
+	"\x0fsequence_number\x18\x03 \x01(\x04R\x0esequenceNumber\x12\x13\n" +
+	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\"O\n" +
 	"\tTombstone\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"\xb0\x04\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xec\x04\n" +
 	"\x0eSnapshotRecord\x128\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.meshfed.hub.v1.SnapshotHeaderH\x00R\x06header\x12)\n" +
 	"\x02ca\x18\x02 \x01(\v2\x17.meshfed.hub.v1.CAStateH\x00R\x02ca\x12-\n" +
@@ -1722,7 +1880,10 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\ttombstone\x18\b \x01(\v2\x19.meshfed.hub.v1.TombstoneH\x00R\ttombstone\x12O\n" +
 	"\n" +
 	"federation\x18\t \x01(\v2-.meshfed.federation.v1.FederationRelationshipH\x00R\n" +
-	"federationB\x05\n" +
+	"federation\x12:\n" +
+	"\n" +
+	"bundle_ack\x18\n" +
+	" \x01(\v2\x19.meshfed.hub.v1.BundleAckH\x00R\tbundleAckB\x05\n" +
 	"\x03rec\"\x92\x01\n" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x1a\n" +
@@ -1760,7 +1921,7 @@ func file_meshfed_hub_v1_hub_proto_rawDescGZIP() []byte {
 	return file_meshfed_hub_v1_hub_proto_rawDescData
 }
 
-var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CAState)(nil),                   // 0: meshfed.hub.v1.CAState
 	(*Token)(nil),                     // 1: meshfed.hub.v1.Token
@@ -1780,52 +1941,57 @@ var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CmdRotateCA)(nil),               // 15: meshfed.hub.v1.CmdRotateCA
 	(*CmdPutExternalBundle)(nil),      // 16: meshfed.hub.v1.CmdPutExternalBundle
 	(*CmdRenewAgentCert)(nil),         // 17: meshfed.hub.v1.CmdRenewAgentCert
-	(*Tombstone)(nil),                 // 18: meshfed.hub.v1.Tombstone
-	(*SnapshotRecord)(nil),            // 19: meshfed.hub.v1.SnapshotRecord
-	(*SnapshotHeader)(nil),            // 20: meshfed.hub.v1.SnapshotHeader
-	(*BundleRecord)(nil),              // 21: meshfed.hub.v1.BundleRecord
-	(*ApplyRequest)(nil),              // 22: meshfed.hub.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 23: meshfed.hub.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),          // 24: meshfed.hub.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),         // 25: meshfed.hub.v1.ReadIndexResponse
-	(*v1.ClusterRecord)(nil),          // 26: meshfed.federation.v1.ClusterRecord
-	(*v1.TrustBundle)(nil),            // 27: meshfed.federation.v1.TrustBundle
-	(*v1.ExportedService)(nil),        // 28: meshfed.federation.v1.ExportedService
-	(*v1.TrafficPolicy)(nil),          // 29: meshfed.federation.v1.TrafficPolicy
-	(*v1.Locality)(nil),               // 30: meshfed.federation.v1.Locality
-	(*v1.FederationRelationship)(nil), // 31: meshfed.federation.v1.FederationRelationship
-	(*v1.ExportRecord)(nil),           // 32: meshfed.federation.v1.ExportRecord
+	(*CmdAckBundles)(nil),             // 18: meshfed.hub.v1.CmdAckBundles
+	(*BundleAck)(nil),                 // 19: meshfed.hub.v1.BundleAck
+	(*Tombstone)(nil),                 // 20: meshfed.hub.v1.Tombstone
+	(*SnapshotRecord)(nil),            // 21: meshfed.hub.v1.SnapshotRecord
+	(*SnapshotHeader)(nil),            // 22: meshfed.hub.v1.SnapshotHeader
+	(*BundleRecord)(nil),              // 23: meshfed.hub.v1.BundleRecord
+	(*ApplyRequest)(nil),              // 24: meshfed.hub.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 25: meshfed.hub.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),          // 26: meshfed.hub.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),         // 27: meshfed.hub.v1.ReadIndexResponse
+	(*v1.ClusterRecord)(nil),          // 28: meshfed.federation.v1.ClusterRecord
+	(*v1.TrustBundle)(nil),            // 29: meshfed.federation.v1.TrustBundle
+	(*v1.ExportedService)(nil),        // 30: meshfed.federation.v1.ExportedService
+	(*v1.TrafficPolicy)(nil),          // 31: meshfed.federation.v1.TrafficPolicy
+	(*v1.Locality)(nil),               // 32: meshfed.federation.v1.Locality
+	(*v1.FederationRelationship)(nil), // 33: meshfed.federation.v1.FederationRelationship
+	(*v1.BundleSequence)(nil),         // 34: meshfed.federation.v1.BundleSequence
+	(*v1.ExportRecord)(nil),           // 35: meshfed.federation.v1.ExportRecord
 }
 var file_meshfed_hub_v1_hub_proto_depIdxs = []int32{
 	0,  // 0: meshfed.hub.v1.CmdSetCA.ca:type_name -> meshfed.hub.v1.CAState
 	1,  // 1: meshfed.hub.v1.CmdCreateToken.token:type_name -> meshfed.hub.v1.Token
-	26, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	27, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	28, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
-	27, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	29, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	30, // 7: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
-	31, // 8: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	27, // 9: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	20, // 10: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
-	0,  // 11: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
-	1,  // 12: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
-	26, // 13: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	32, // 14: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
-	21, // 15: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
-	29, // 16: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	18, // 17: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
-	31, // 18: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	27, // 19: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	22, // 20: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
-	24, // 21: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
-	23, // 22: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
-	25, // 23: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
-	22, // [22:24] is the sub-list for method output_type
-	20, // [20:22] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	28, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	29, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	30, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
+	29, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	31, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	32, // 7: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
+	33, // 8: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	29, // 9: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	34, // 10: meshfed.hub.v1.CmdAckBundles.bundles:type_name -> meshfed.federation.v1.BundleSequence
+	22, // 11: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
+	0,  // 12: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
+	1,  // 13: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
+	28, // 14: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	35, // 15: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
+	23, // 16: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
+	31, // 17: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	20, // 18: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
+	33, // 19: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	19, // 20: meshfed.hub.v1.SnapshotRecord.bundle_ack:type_name -> meshfed.hub.v1.BundleAck
+	29, // 21: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	24, // 22: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
+	26, // 23: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
+	25, // 24: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
+	27, // 25: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
+	24, // [24:26] is the sub-list for method output_type
+	22, // [22:24] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_hub_v1_hub_proto_init() }
@@ -1833,7 +1999,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 	if File_meshfed_hub_v1_hub_proto != nil {
 		return
 	}
-	file_meshfed_hub_v1_hub_proto_msgTypes[19].OneofWrappers = []any{
+	file_meshfed_hub_v1_hub_proto_msgTypes[21].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Ca)(nil),
 		(*SnapshotRecord_Token)(nil),
@@ -1843,6 +2009,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 		(*SnapshotRecord_Policy)(nil),
 		(*SnapshotRecord_Tombstone)(nil),
 		(*SnapshotRecord_Federation)(nil),
+		(*SnapshotRecord_BundleAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1850,7 +2017,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_hub_v1_hub_proto_rawDesc), len(file_meshfed_hub_v1_hub_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
