@@ -80,6 +80,9 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 	s.setClusterStatus(id.name, "connected", connectedAt)
 	defer s.setClusterStatus(id.name, "disconnected", connectedAt)
 
+	acks := newAckRecorder(s, id.name)
+	go acks.run(ctx)
+
 	recv := make(chan *fedv1.SyncRequest)
 	recvErr := make(chan error, 1)
 	go func() {
@@ -110,7 +113,7 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 		// publish must not wait until the stream has caught up with them.
 		select {
 		case m := <-recv:
-			if err := y.handle(ctx, stream, id.name, m); err != nil {
+			if err := y.handle(ctx, stream, id.name, acks, m); err != nil {
 				return err
 			}
 		default:
@@ -141,7 +144,7 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 			return err
 		case <-watch:
 		case m := <-recv:
-			if err := y.handle(ctx, stream, id.name, m); err != nil {
+			if err := y.handle(ctx, stream, id.name, acks, m); err != nil {
 				return err
 			}
 		}
@@ -215,7 +218,7 @@ func (s *Server) setClusterStatus(cluster, st string, connectedAt int64) {
 	}()
 }
 
-func (y *syncService) handle(ctx context.Context, stream fedv1.Sync_SyncServer, cluster string, m *fedv1.SyncRequest) error {
+func (y *syncService) handle(ctx context.Context, stream fedv1.Sync_SyncServer, cluster string, acks *ackRecorder, m *fedv1.SyncRequest) error {
 	s := y.s
 	switch msg := m.GetMsg().(type) {
 	case *fedv1.SyncRequest_Publish:
@@ -242,6 +245,10 @@ func (y *syncService) handle(ctx context.Context, stream fedv1.Sync_SyncServer, 
 		}
 		return stream.Send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_PublishResult{PublishResult: res}})
 	case *fedv1.SyncRequest_Ack:
+		if err := validateAck(msg.Ack); err != nil {
+			return err
+		}
+		acks.add(msg.Ack.GetBundles())
 		return nil
 	case *fedv1.SyncRequest_Nack:
 		s.log.Warn("agent rejected a delta", "cluster", cluster, "revision", msg.Nack.GetRevision(), "error", msg.Nack.GetError())
