@@ -60,6 +60,7 @@ type Agent struct {
 	source    catalogSource
 	importer  *kubeImporter
 	httpAddr  string
+	rotation  CARotationState
 
 	reg          *prometheus.Registry
 	mConnected   prometheus.Gauge
@@ -68,6 +69,9 @@ type Agent struct {
 	mImports     prometheus.Gauge
 	mReconnects  prometheus.Counter
 	mPublishErrs prometheus.Counter
+
+	mSwitchDeadline prometheus.Counter
+	mWaitingMembers prometheus.Gauge
 }
 
 // New validates cfg and returns an Agent.
@@ -332,6 +336,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	keeper := newCredentialKeeper(st.creds, creds, hubRenewer{addrs: a.cfg.HubAddresses, timeout: renewTimeout}, a.log, a.cfg.ReconnectMin, a.cfg.ReconnectMax)
 	goRun("hub credentials", keeper.run)
+	gate := &rotationGate{a: a, root: root, hub: hubRotationAsker{a: a, keeper: keeper}, poll: a.cfg.rotationPoll()}
+	goRun("CA rotation gate", gate.run)
 	goRun("hub", func(ctx context.Context) error { return a.runHub(ctx, keeper, root, v, vf, egressF) })
 
 	var runErr error
@@ -580,7 +586,7 @@ func (s *syncSession) run(ctx context.Context) error {
 	defer stopWatch()
 
 	var asm deltaAssembler
-	synced := false
+	synced, acked := false, false
 	var debounce, retry <-chan time.Time
 	flush := func() error {
 		for m := s.pub.next(); m != nil; m = s.pub.next() {
@@ -629,6 +635,12 @@ func (s *syncSession) run(ctx context.Context) error {
 				if a.cmCache != nil {
 					a.cmCache.put(snap)
 				}
+				// The gateways have the bundles now: tell the hub, so that
+				// a cluster rotating its CA knows this one holds its new root.
+				if err := stream.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Ack{Ack: s.ack(full, !acked)}}); err != nil {
+					return err
+				}
+				acked = true
 				if !synced {
 					synced = true
 					a.setConnected(true, server)
@@ -692,6 +704,26 @@ func (s *syncSession) run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// ack is the Ack of delta d, applied to the view: the sequences of the
+// bundles d carried, or of every bundle the view holds after a reset and
+// when all is set (the first Ack of a stream, so a lost one is made up).
+func (s *syncSession) ack(d *fedv1.SyncDelta, all bool) *fedv1.Ack {
+	ack := &fedv1.Ack{Revision: d.GetRevision()}
+	tds := sortedKeys(s.view.bundles)
+	if !all && !d.GetReset_() {
+		tds = nil
+		for _, b := range d.GetBundles() {
+			tds = append(tds, b.GetTrustDomain())
+		}
+	}
+	for _, td := range tds {
+		if b := s.view.bundles[td]; b != nil {
+			ack.Bundles = append(ack.Bundles, &fedv1.BundleSequence{TrustDomain: td, SequenceNumber: b.GetSequenceNumber()})
+		}
+	}
+	return ack
 }
 
 func (s *syncSession) noteFailures() {

@@ -130,7 +130,9 @@ type Config struct {
 	// root then keeps a retired root that much longer after a rotation.
 	GatewaySVIDTTL time.Duration
 	// BundleRefresh is the refresh hint published in the cluster's bundle;
-	// a CA rotation publishes the new root 3 refresh hints before it signs.
+	// a CA rotation publishes the new root at least 3 refresh hints before
+	// it signs, until every member holds it, and at most MaxPrepareFactor
+	// (12) refresh hints.
 	BundleRefresh time.Duration
 	// ClockSkew is the clock disagreement the cluster CA tolerates: roots
 	// are backdated by it and an old root stays SVIDTTL + ClockSkew after
@@ -294,6 +296,7 @@ func (c *Config) rootConfig(td spiffeid.TrustDomain) trust.RootConfig {
 	rc.MaxSVIDTTL = max(c.SVIDTTL, c.GatewaySVIDTTL)
 	rc.RefreshHint = c.BundleRefresh
 	rc.PrepareDuration = trust.DefaultPrepareFactor * c.BundleRefresh
+	rc.MaxPrepareDuration = MaxPrepareFactor * c.BundleRefresh
 	rc.ClockSkew = c.ClockSkew
 	return rc
 }

@@ -22,6 +22,7 @@ func (a *Agent) initMetrics() {
 	a.mPublishErrs = prometheus.NewCounter(prometheus.CounterOpts{Name: "meshfed_agent_publish_errors_total", Help: "Publishes the hub refused."})
 	a.reg.MustRegister(a.mConnected, a.mRevision, a.mExports, a.mImports, a.mReconnects, a.mPublishErrs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.initRotationMetrics()
 }
 
 // State is the agent's state as /state serves it and
@@ -36,6 +37,9 @@ type State struct {
 	Source      *sourceState   `json:"source,omitempty"`
 	// Gateways are the gateway replicas following the config stream.
 	Gateways []GatewayState `json:"gateways"`
+	// CARotation is the cluster CA's rotation; empty before Run has
+	// looked at it.
+	CARotation CARotationState `json:"caRotation"`
 }
 
 // GatewayState is one gateway replica connected to the gateway API.
@@ -81,6 +85,8 @@ func (a *Agent) State() State {
 		st.Hub.Addresses = slices.Clone(a.creds.HubAddresses)
 	}
 	st.Hub.Connected, st.Hub.Server, st.Hub.LastError, st.Hub.FromCache = a.connected, a.server, a.lastErr, a.cached
+	st.CARotation = a.rotation
+	st.CARotation.WaitingFor, st.CARotation.NotHolding = slices.Clone(a.rotation.WaitingFor), slices.Clone(a.rotation.NotHolding)
 	var own map[string]*fedv1.ExportedService
 	if a.snap != nil {
 		st.Hub.Revision = a.snap.revision
