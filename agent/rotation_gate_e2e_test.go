@@ -103,4 +103,3 @@ func (a *Agent) snapshotBundles() []string {
 	}
 	return sortedKeys(a.snap.bundles)
 }
-
