@@ -121,7 +121,16 @@
 // # Gateway API
 //
 // The agent runs the cluster's CA (trust.CA over the root, SVIDs of
-// Config.SVIDTTL, renewed at half-life) and serves its gateways the
+// Config.SVIDTTL, renewed at half-life). A CA rotation (meshfed trust
+// rotate) publishes the new root and switches to it only once every
+// member cluster that counts has acknowledged the bundle holding it: the
+// agent acknowledges the bundles it applies (Ack on the Sync stream), and
+// during the prepare phase the rotating agent asks the hub
+// (Sync.RotationStatus) every refresh hint and calls
+// trust.RootAuthority.Switch. The root switches by itself after
+// MaxPrepareFactor refresh hints; the agent then warns, naming the members
+// that lacked the root (log, meshfed_agent_ca_switches_at_deadline_total,
+// /state caRotation). It serves its gateways the
 // meshfed.gateway.v1.Config service on Config.GatewayAPIAddr, over TLS
 // with its own SVID (spiffe://<td>/meshfed/agent):
 //

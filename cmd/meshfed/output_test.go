@@ -105,6 +105,7 @@ func TestTables(t *testing.T) {
 		{"services", func(w io.Writer) { servicesTable(w, servicesFixture) }},
 		{"tokens", func(w io.Writer) { tokensTable(w, tokensFixture, now) }},
 		{"policies", func(w io.Writer) { policiesTable(w, policiesFixture.Policies) }},
+		{"trust_status", func(w io.Writer) { trustStatusTable(w, trustStatusFixture) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var buf bytes.Buffer
@@ -115,6 +116,20 @@ func TestTables(t *testing.T) {
 		})
 	}
 }
+
+// trustStatusFixture: west rotates (sequence 2, two roots); east holds
+// the new bundle, north (connected) does not yet, south is not counted.
+var trustStatusFixture = &fedv1.TrustStatusResponse{Revision: 40, Clusters: []*fedv1.ClusterTrustStatus{
+	{Cluster: "east", TrustDomain: "east.meshfed.local", SequenceNumber: 1, Roots: 1, Members: []*fedv1.MemberBundleStatus{
+		{Cluster: "west", AppliedSequence: 1, Holds: true, Counted: true, Status: "connected"},
+	}},
+	{Cluster: "west", TrustDomain: "west.meshfed.local", CaRotation: 1, SequenceNumber: 2, Roots: 2, Members: []*fedv1.MemberBundleStatus{
+		{Cluster: "east", AppliedSequence: 2, Holds: true, Counted: true, Status: "connected"},
+		{Cluster: "north", AppliedSequence: 1, Counted: true, Status: "connected"},
+		{Cluster: "south", Status: "disconnected"},
+	}},
+	{Cluster: "solo", TrustDomain: "solo.meshfed.local"},
+}}
 
 func TestStructuredOutput(t *testing.T) {
 	for _, f := range []outputFormat{formatJSON, formatYAML} {

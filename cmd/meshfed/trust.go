@@ -20,7 +20,7 @@ func newTrustCmd(d deps) *cobra.Command {
 		Use:   "trust",
 		Short: "Trust bundles, CA rotation and federation with external trust domains",
 	}
-	cmd.AddCommand(newTrustBundlesCmd(d), newTrustRotateCmd(d), newTrustFederateCmd(d),
+	cmd.AddCommand(newTrustBundlesCmd(d), newTrustRotateCmd(d), newTrustStatusCmd(d), newTrustFederateCmd(d),
 		newTrustFederationsCmd(d), newTrustRemoveFederationCmd(d))
 	return cmd
 }
@@ -44,6 +44,38 @@ func bundlesTable(w io.Writer, resp *fedv1.ListBundlesResponse) {
 			strconv.FormatInt(b.GetBundle().GetRefreshHintSeconds(), 10)+"s",
 			strconv.FormatUint(b.GetModifyRevision(), 10))
 	}
+}
+
+func newTrustStatusCmd(d deps) *cobra.Command {
+	return newReadCmd(d, "status", "Show each cluster's trust bundle and which member clusters have applied it (a CA rotation waits for them)",
+		func(ctx context.Context, c fedv1.AdminClient) (*fedv1.TrustStatusResponse, error) {
+			return c.TrustStatus(ctx, &fedv1.TrustStatusRequest{})
+		}, trustStatusTable)
+}
+
+// trustStatusTable prints one row per cluster and member: the member's
+// applied sequence of the cluster's bundle, and whether it holds the
+// latest. A member that does not count (not connected, not seen recently)
+// never holds a rotation up.
+func trustStatusTable(w io.Writer, resp *fedv1.TrustStatusResponse) {
+	row(w, "CLUSTER", "TRUST DOMAIN", "ROTATION", "SEQUENCE", "ROOTS", "MEMBER", "APPLIED", "HOLDS LATEST", "COUNTS")
+	for _, c := range resp.GetClusters() {
+		lead := []string{c.GetCluster(), c.GetTrustDomain(), strconv.FormatUint(c.GetCaRotation(), 10),
+			strconv.FormatUint(c.GetSequenceNumber(), 10), strconv.FormatUint(uint64(c.GetRoots()), 10)}
+		if len(c.GetMembers()) == 0 {
+			row(w, append(lead, "-", "-", "-", "-")...)
+		}
+		for _, m := range c.GetMembers() {
+			row(w, append(lead, m.GetCluster(), strconv.FormatUint(m.GetAppliedSequence(), 10), yesNo(m.GetHolds()), yesNo(m.GetCounted()))...)
+		}
+	}
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
 
 func newTrustRotateCmd(d deps) *cobra.Command {
