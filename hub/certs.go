@@ -54,7 +54,7 @@ func (s *Server) writeAdminConfig(ca *pki.CA) error {
 	if _, err := os.Stat(path); err == nil {
 		return nil
 	}
-	cert, err := s.certs.issue(ca, kindAdmin, s.cfg.Name, adminCertTTL, false)
+	cert, err := s.certs.issue(ca, kindAdmin, s.cfg.Name, adminCertTTL)
 	if err != nil {
 		return err
 	}

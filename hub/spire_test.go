@@ -5,9 +5,12 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,14 +28,86 @@ func pemCerts(t *testing.T, certs ...*x509.Certificate) []byte {
 	return b.Bytes()
 }
 
+// tcpBalancer is a layer-4 load balancer in front of the hub's bundle
+// endpoints: it passes TLS through to the backend chosen by use, and
+// counts the connections each backend took.
+type tcpBalancer struct {
+	ln       net.Listener
+	backends []string
+	mu       sync.Mutex
+	target   int
+	conns    []net.Conn // open client and backend connections
+	served   []int      // connections per backend
+}
+
+func newTCPBalancer(t *testing.T, backends ...string) *tcpBalancer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &tcpBalancer{ln: ln, backends: backends, served: make([]int, len(backends))}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		_ = ln.Close()
+		b.use(0)
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			i := b.target
+			b.mu.Unlock()
+			up, err := net.Dial("tcp", backends[i])
+			if err != nil {
+				t.Logf("balancer: dial %s: %v", backends[i], err)
+				_ = c.Close()
+				continue
+			}
+			b.mu.Lock()
+			b.conns = append(b.conns, c, up)
+			b.served[i]++
+			b.mu.Unlock()
+			wg.Go(func() { _, _ = io.Copy(up, c); _ = up.Close() })
+			wg.Go(func() { _, _ = io.Copy(c, up); _ = c.Close() })
+		}
+	})
+	return b
+}
+
+// use sends new connections to backend i and closes the open ones, as a
+// balancer draining the others does.
+func (b *tcpBalancer) use(i int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.target = i
+	for _, c := range b.conns {
+		_ = c.Close()
+	}
+	b.conns = nil
+}
+
+func (b *tcpBalancer) servedBy(i int) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.served[i]
+}
+
 // TestSPIREInterop federates meshfed with a real SPIRE server in both
 // directions: the hub consumes SPIRE's bundle from its bundle endpoint, and
-// SPIRE consumes a member cluster's bundle from the hub's.
+// SPIRE consumes a member cluster's bundle from the hub's, through a load
+// balancer in front of two hub servers, pinning the hub's one bundle
+// endpoint ID.
 func TestSPIREInterop(t *testing.T) {
-	var bundlePort int
-	h := newTestHub(t, 1, func(c *Config) {
-		bundlePort = freePorts(t, 1)[0]
-		c.BundlePort = bundlePort
+	bundlePorts := freePorts(t, 2)
+	var next int
+	h := newTestHub(t, 2, func(c *Config) {
+		c.BundlePort = bundlePorts[next]
+		next++
 	})
 	admin := h.Admin()
 	joinCluster(t, admin, "east")
@@ -76,7 +151,7 @@ func TestSPIREInterop(t *testing.T) {
 		}
 	})
 
-	t.Run("SPIRE consumes a cluster's bundle from the hub", func(t *testing.T) {
+	t.Run("SPIRE consumes a cluster's bundle through any hub server", func(t *testing.T) {
 		// SPIRE authenticates the hub's endpoint by its SPIFFE ID, so it
 		// needs the hub's trust domain bundle first.
 		hubPEM := filepath.Join(spire.Dir(), "hub.pem")
@@ -86,24 +161,34 @@ func TestSPIREInterop(t *testing.T) {
 		if _, err := spire.Run("bundle", "set", "-format", "pem", "-id", "spiffe://hub.meshfed", "-path", hubPEM); err != nil {
 			t.Fatal(err)
 		}
+		lb := newTCPBalancer(t, fmt.Sprintf("127.0.0.1:%d", bundlePorts[0]), fmt.Sprintf("127.0.0.1:%d", bundlePorts[1]))
 		if _, err := spire.Run("federation", "create", "-trustDomain", "east.meshfed.local",
-			"-bundleEndpointURL", fmt.Sprintf("https://127.0.0.1:%d/east.meshfed.local", bundlePort),
-			"-bundleEndpointProfile", "https_spiffe", "-endpointSpiffeID", "spiffe://hub.meshfed/server/s0"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := spire.Run("federation", "refresh", "-id", "east.meshfed.local"); err != nil {
+			"-bundleEndpointURL", fmt.Sprintf("https://%s/east.meshfed.local", lb.ln.Addr()),
+			"-bundleEndpointProfile", "https_spiffe", "-endpointSpiffeID", BundleEndpointSPIFFEID("hub.meshfed")); err != nil {
 			t.Fatal(err)
 		}
 		want := pemCerts(t, mustCert(t, east.GetBundle().GetX509Authorities()[0]))
-		waitFor(t, 60*time.Second, "east's bundle in SPIRE", func() error {
-			out, err := spire.Run("bundle", "list", "-format", "pem", "-id", "spiffe://east.meshfed.local")
-			if err != nil {
-				return err
+		for i := range 2 {
+			// A refresh fetches at once and fails if the fetch does
+			// (including the endpoint presenting another SPIFFE ID).
+			lb.use(i)
+			before := lb.servedBy(i)
+			if _, err := spire.Run("federation", "refresh", "-id", "east.meshfed.local"); err != nil {
+				t.Fatalf("refresh through server s%d: %v", i, err)
 			}
-			if !bytes.Contains(out, bytes.TrimSpace(want)) {
-				return fmt.Errorf("SPIRE has %q", strings.TrimSpace(string(out)))
+			if lb.servedBy(i) == before {
+				t.Fatalf("the refresh did not reach server s%d", i)
 			}
-			return nil
-		})
+			waitFor(t, 60*time.Second, "east's bundle in SPIRE", func() error {
+				out, err := spire.Run("bundle", "list", "-format", "pem", "-id", "spiffe://east.meshfed.local")
+				if err != nil {
+					return err
+				}
+				if !bytes.Contains(out, bytes.TrimSpace(want)) {
+					return fmt.Errorf("SPIRE has %q", strings.TrimSpace(string(out)))
+				}
+				return nil
+			})
+		}
 	})
 }
