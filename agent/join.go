@@ -18,6 +18,7 @@ import (
 	"github.com/meshfed/meshfed/internal/clientconfig"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/trust"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // Errors of Join. Each leaves nothing behind locally.
@@ -180,7 +181,7 @@ func joinWithRetries(ctx context.Context, cfg Config, c fedv1.JoinClient, req *f
 }
 
 func credentialsFromResponse(cfg Config, td string, key crypto.Signer, jt federation.JoinToken, resp *fedv1.JoinResponse) (*Credentials, error) {
-	certs, err := pki.ParseCertsPEM(resp.GetClientCertificate())
+	certs, err := x509pem.DecodeCerts(resp.GetClientCertificate())
 	if err != nil {
 		return nil, fmt.Errorf("agent: join: client_certificate: %w", err)
 	}
@@ -191,11 +192,11 @@ func credentialsFromResponse(cfg Config, td string, key crypto.Signer, jt federa
 	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return nil, fmt.Errorf("agent: join: client_certificate does not chain to hub_ca: %w", err)
 	}
-	keyPEM, err := pki.KeyPEM(key)
+	keyPEM, err := x509pem.EncodeKey(key)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := tls.X509KeyPair(pki.CertPEM(certs[0]), keyPEM); err != nil {
+	if _, err := tls.X509KeyPair(x509pem.EncodeCerts(certs[0]), keyPEM); err != nil {
 		return nil, fmt.Errorf("agent: join: client_certificate does not match the key: %w", err)
 	}
 	hubs := resp.GetHubAddresses()
@@ -212,7 +213,7 @@ func credentialsFromResponse(cfg Config, td string, key crypto.Signer, jt federa
 		HubTrustDomain: resp.GetSettings().GetHubTrustDomain(),
 		HubAddresses:   hubs,
 		HubCA:          string(resp.GetHubCa()),
-		Cert:           string(pki.CertPEM(certs[0])),
+		Cert:           string(x509pem.EncodeCerts(certs[0])),
 		Key:            string(keyPEM),
 		JoinedAt:       time.Now().UTC().Format(time.RFC3339),
 	}, nil

@@ -17,6 +17,7 @@ import (
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/internal/clientconfig"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // testAgent is the hub side of an agent, enough to join and sync.
@@ -57,7 +58,7 @@ func (a *testAgent) renew(ctx context.Context, key crypto.Signer) (*testAgent, e
 	if err != nil {
 		return nil, err
 	}
-	certs, err := pki.ParseCertsPEM(resp.GetClientCertificate())
+	certs, err := x509pem.DecodeCerts(resp.GetClientCertificate())
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +133,7 @@ func joinKey(ctx context.Context, token, cluster, td string, key crypto.Signer) 
 	if err != nil {
 		return nil, nil, err
 	}
-	certs, err := pki.ParseCertsPEM(resp.GetClientCertificate())
+	certs, err := x509pem.DecodeCerts(resp.GetClientCertificate())
 	if err != nil {
 		return nil, nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
 	"github.com/meshfed/meshfed/internal/clientconfig"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // caSource is where the certificate manager learns the hub CA: the
@@ -181,14 +182,14 @@ func (m *certManager) load(c *ownCert) error {
 	if err != nil {
 		return err
 	}
-	chain, err := pki.ParseCertsPEM(certPEM)
+	chain, err := x509pem.DecodeCerts(certPEM)
 	if err != nil {
 		return err
 	}
 	if len(chain) != 2 {
 		return fmt.Errorf("%s: %d certificates, want the leaf and the hub CA", c.certFile, len(chain))
 	}
-	key, err := pki.ParseKeyPEM(keyPEM)
+	key, err := x509pem.DecodeKey(keyPEM)
 	if err != nil {
 		return err
 	}
@@ -227,7 +228,7 @@ func (m *certManager) save(c *ownCert, cert *tls.Certificate) error {
 	if !ok {
 		return fmt.Errorf("%s key is a %T", c.what, cert.PrivateKey)
 	}
-	keyPEM, err := pki.KeyPEM(key)
+	keyPEM, err := x509pem.EncodeKey(key)
 	if err != nil {
 		return err
 	}
@@ -237,7 +238,7 @@ func (m *certManager) save(c *ownCert, cert *tls.Certificate) error {
 		if err != nil {
 			return err
 		}
-		chain.Write(pki.CertPEM(c))
+		chain.Write(x509pem.EncodeCerts(c))
 	}
 	// Key first: a certificate on disk always has its key.
 	if err := writeFileAtomic(filepath.Join(m.id.dir, c.keyFile), keyPEM); err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // fakeCASource is the replicated state as the certificate manager sees it:
@@ -30,12 +31,12 @@ func newFakeCASource(t testing.TB, trustDomain string) *fakeCASource {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyPEM, err := pki.KeyPEM(ca.Key)
+	keyPEM, err := x509pem.EncodeKey(ca.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &fakeCASource{
-		ca:      &hubpb.CAState{CertPem: pki.CertPEM(ca.Cert), KeyPem: keyPEM, TrustDomain: trustDomain},
+		ca:      &hubpb.CAState{CertPem: x509pem.EncodeCerts(ca.Cert), KeyPem: keyPEM, TrustDomain: trustDomain},
 		changed: make(chan struct{}),
 	}
 }

@@ -2,8 +2,6 @@ package hub
 
 import (
 	"bytes"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -15,18 +13,9 @@ import (
 	"time"
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
-	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/spiretest"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
-
-func pemCerts(t *testing.T, certs ...*x509.Certificate) []byte {
-	t.Helper()
-	var b bytes.Buffer
-	for _, c := range certs {
-		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
-	return b.Bytes()
-}
 
 // tcpBalancer is a layer-4 load balancer in front of the hub's bundle
 // endpoints: it passes TLS through to the backend chosen by use, and
@@ -124,7 +113,7 @@ func TestSPIREInterop(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		roots, err := pki.ParseCertsPEM(out)
+		roots, err := x509pem.DecodeCerts(out)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -155,7 +144,7 @@ func TestSPIREInterop(t *testing.T) {
 		// SPIRE authenticates the hub's endpoint by its SPIFFE ID, so it
 		// needs the hub's trust domain bundle first.
 		hubPEM := filepath.Join(spire.Dir(), "hub.pem")
-		if err := os.WriteFile(hubPEM, pemCerts(t, hubCA.Cert), 0o600); err != nil {
+		if err := os.WriteFile(hubPEM, x509pem.EncodeCerts(hubCA.Cert), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := spire.Run("bundle", "set", "-format", "pem", "-id", "spiffe://hub.meshfed", "-path", hubPEM); err != nil {
@@ -167,7 +156,7 @@ func TestSPIREInterop(t *testing.T) {
 			"-bundleEndpointProfile", "https_spiffe", "-endpointSpiffeID", BundleEndpointSPIFFEID("hub.meshfed")); err != nil {
 			t.Fatal(err)
 		}
-		want := pemCerts(t, mustCert(t, east.GetBundle().GetX509Authorities()[0]))
+		want := x509pem.EncodeCerts(mustCert(t, east.GetBundle().GetX509Authorities()[0]))
 		for i := range 2 {
 			// A refresh fetches at once and fails if the fetch does
 			// (including the endpoint presenting another SPIFFE ID).
