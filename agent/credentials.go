@@ -16,7 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
 
-	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubtls"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/x509pem"
 )
@@ -120,7 +120,7 @@ func (c *Credentials) hubTLS() (*tls.Config, error) {
 	if !pool.AppendCertsFromPEM([]byte(c.HubCA)) {
 		return nil, errors.New("agent: credentials hubCA: no certificate")
 	}
-	return clientconfig.ClientTLS(pool, &pair, c.HubTrustDomain), nil
+	return hubtls.ClientConfig(pool, &pair, c.HubTrustDomain), nil
 }
 
 func encodeCredentials(c *Credentials) ([]byte, error) {

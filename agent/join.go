@@ -15,7 +15,8 @@ import (
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
-	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubdial"
+	"github.com/meshfed/meshfed/internal/hubtls"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/x509pem"
@@ -97,7 +98,7 @@ func Join(ctx context.Context, cfg Config, token string) error {
 	if len(cfg.HubAddresses) > 0 {
 		addrs = cfg.HubAddresses
 	}
-	conn, err := clientconfig.Dial(addrs, pinnedTLS(jt.CAFingerprint))
+	conn, err := hubdial.Dial(addrs, hubtls.PinnedConfig(jt.CAFingerprint))
 	if err != nil {
 		return fmt.Errorf("agent: join: dial hub: %w", err)
 	}
@@ -217,32 +218,6 @@ func credentialsFromResponse(cfg Config, td string, key crypto.Signer, jt federa
 		Key:            string(keyPEM),
 		JoinedAt:       time.Now().UTC().Format(time.RFC3339),
 	}, nil
-}
-
-// pinnedTLS verifies a hub server by the CA fingerprint from a join token:
-// the presented chain must contain that CA, the leaf must chain to it and
-// carry spiffe://<the CA's trust domain>/server/<name>.
-func pinnedTLS(fp string) *tls.Config {
-	return &tls.Config{
-		MinVersion:         tls.VersionTLS13,
-		InsecureSkipVerify: true, // verified below by pinning the CA fingerprint
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			for _, r := range raw[1:] {
-				c, err := x509.ParseCertificate(r)
-				if err != nil || pki.Fingerprint(c) != fp {
-					continue
-				}
-				id, err := pki.SPIFFEID(c)
-				if err != nil {
-					return fmt.Errorf("agent: pinned hub CA: %w", err)
-				}
-				pool := x509.NewCertPool()
-				pool.AddCert(c)
-				return clientconfig.VerifyHubServer(raw, pool, id.Host)
-			}
-			return fmt.Errorf("agent: the hub does not present the pinned CA %s…", fp[:min(12, len(fp))])
-		},
-	}
 }
 
 func localCapabilities() *fedv1.Capabilities {

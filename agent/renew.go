@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
-	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubdial"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/x509pem"
@@ -58,7 +58,7 @@ func (r hubRenewer) renew(ctx context.Context, creds *Credentials, csr []byte) (
 	if len(r.addrs) > 0 {
 		addrs = r.addrs
 	}
-	conn, err := clientconfig.Dial(addrs, tlsCfg)
+	conn, err := hubdial.Dial(addrs, tlsCfg)
 	if err != nil {
 		return nil, err
 	}

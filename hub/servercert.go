@@ -16,7 +16,7 @@ import (
 
 	"github.com/meshfed/meshfed/hub/fsm"
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
-	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubtls"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/trust/x509pem"
 )
@@ -450,5 +450,5 @@ func (m *certManager) peerTLS() (*tls.Config, error) {
 	if cert == nil {
 		return nil, errors.New("hub: no server certificate yet")
 	}
-	return clientconfig.ClientTLS(pool, cert, m.id.trustDomain), nil
+	return hubtls.ClientConfig(pool, cert, m.id.trustDomain), nil
 }
