@@ -25,7 +25,7 @@ import (
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
-	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubdial"
 	"github.com/meshfed/meshfed/internal/wait"
 	"github.com/meshfed/meshfed/trust"
 )
@@ -390,7 +390,7 @@ func (a *Agent) dialHub(creds *Credentials) (*grpc.ClientConn, error) {
 	// Keepalive finds a hub that went silent (a partition leaves the TCP
 	// connection open) within hubKeepalive + hubKeepaliveTimeout; the hub
 	// permits pings every 10 s.
-	conn, err := clientconfig.Dial(addrs, tlsCfg, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
+	conn, err := hubdial.Dial(addrs, tlsCfg, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: hubKeepalive, Timeout: hubKeepaliveTimeout, PermitWithoutStream: true}))
 	if err != nil {
 		return nil, fmt.Errorf("dial hub: %w", err)

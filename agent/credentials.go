@@ -16,9 +16,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
 
-	"github.com/meshfed/meshfed/internal/clientconfig"
-	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/hubtls"
 	"github.com/meshfed/meshfed/trust"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // Credentials are what a successful join leaves behind: the agent's hub
@@ -84,7 +84,7 @@ func (c *Credentials) validate() error {
 	if len(c.HubAddresses) == 0 || len(c.HubAddresses) > maxHubAddresses {
 		errs = append(errs, fmt.Errorf("hubAddresses: %d, want 1 to %d", len(c.HubAddresses), maxHubAddresses))
 	}
-	if _, err := pki.ParseCertsPEM([]byte(c.HubCA)); err != nil {
+	if _, err := x509pem.DecodeCerts([]byte(c.HubCA)); err != nil {
 		errs = append(errs, fmt.Errorf("hubCA: %w", err))
 	}
 	if _, err := tls.X509KeyPair([]byte(c.Cert), []byte(c.Key)); err != nil {
@@ -94,7 +94,7 @@ func (c *Credentials) validate() error {
 		errs = append(errs, errors.New("hubTrustDomain: required"))
 	}
 	if c.RenewalKey != "" {
-		if _, err := pki.ParseKeyPEM([]byte(c.RenewalKey)); err != nil {
+		if _, err := x509pem.DecodeKey([]byte(c.RenewalKey)); err != nil {
 			errs = append(errs, fmt.Errorf("renewalKey: %w", err))
 		}
 	}
@@ -103,7 +103,7 @@ func (c *Credentials) validate() error {
 
 // leaf returns the parsed client certificate.
 func (c *Credentials) leaf() (*x509.Certificate, error) {
-	certs, err := pki.ParseCertsPEM([]byte(c.Cert))
+	certs, err := x509pem.DecodeCerts([]byte(c.Cert))
 	if err != nil {
 		return nil, fmt.Errorf("agent: credentials cert: %w", err)
 	}
@@ -120,7 +120,7 @@ func (c *Credentials) hubTLS() (*tls.Config, error) {
 	if !pool.AppendCertsFromPEM([]byte(c.HubCA)) {
 		return nil, errors.New("agent: credentials hubCA: no certificate")
 	}
-	return clientconfig.ClientTLS(pool, &pair, c.HubTrustDomain), nil
+	return hubtls.ClientConfig(pool, &pair, c.HubTrustDomain), nil
 }
 
 func encodeCredentials(c *Credentials) ([]byte, error) {

@@ -15,6 +15,7 @@ import (
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubdial"
 	"github.com/meshfed/meshfed/testenv"
 )
 
@@ -45,7 +46,11 @@ func adminClient(t testing.TB, fed *testenv.Federation) fedv1.AdminClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := cfg.Dial(context.Background())
+	tlsCfg, err := cfg.TLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := hubdial.Dial(cfg.Hubs, tlsCfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,9 +15,11 @@ import (
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
-	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubdial"
+	"github.com/meshfed/meshfed/internal/hubtls"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/trust"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // Errors of Join. Each leaves nothing behind locally.
@@ -96,7 +98,7 @@ func Join(ctx context.Context, cfg Config, token string) error {
 	if len(cfg.HubAddresses) > 0 {
 		addrs = cfg.HubAddresses
 	}
-	conn, err := clientconfig.Dial(addrs, pinnedTLS(jt.CAFingerprint))
+	conn, err := hubdial.Dial(addrs, hubtls.PinnedConfig(jt.CAFingerprint))
 	if err != nil {
 		return fmt.Errorf("agent: join: dial hub: %w", err)
 	}
@@ -180,7 +182,7 @@ func joinWithRetries(ctx context.Context, cfg Config, c fedv1.JoinClient, req *f
 }
 
 func credentialsFromResponse(cfg Config, td string, key crypto.Signer, jt federation.JoinToken, resp *fedv1.JoinResponse) (*Credentials, error) {
-	certs, err := pki.ParseCertsPEM(resp.GetClientCertificate())
+	certs, err := x509pem.DecodeCerts(resp.GetClientCertificate())
 	if err != nil {
 		return nil, fmt.Errorf("agent: join: client_certificate: %w", err)
 	}
@@ -191,11 +193,11 @@ func credentialsFromResponse(cfg Config, td string, key crypto.Signer, jt federa
 	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return nil, fmt.Errorf("agent: join: client_certificate does not chain to hub_ca: %w", err)
 	}
-	keyPEM, err := pki.KeyPEM(key)
+	keyPEM, err := x509pem.EncodeKey(key)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := tls.X509KeyPair(pki.CertPEM(certs[0]), keyPEM); err != nil {
+	if _, err := tls.X509KeyPair(x509pem.EncodeCerts(certs[0]), keyPEM); err != nil {
 		return nil, fmt.Errorf("agent: join: client_certificate does not match the key: %w", err)
 	}
 	hubs := resp.GetHubAddresses()
@@ -212,36 +214,10 @@ func credentialsFromResponse(cfg Config, td string, key crypto.Signer, jt federa
 		HubTrustDomain: resp.GetSettings().GetHubTrustDomain(),
 		HubAddresses:   hubs,
 		HubCA:          string(resp.GetHubCa()),
-		Cert:           string(pki.CertPEM(certs[0])),
+		Cert:           string(x509pem.EncodeCerts(certs[0])),
 		Key:            string(keyPEM),
 		JoinedAt:       time.Now().UTC().Format(time.RFC3339),
 	}, nil
-}
-
-// pinnedTLS verifies a hub server by the CA fingerprint from a join token:
-// the presented chain must contain that CA, the leaf must chain to it and
-// carry spiffe://<the CA's trust domain>/server/<name>.
-func pinnedTLS(fp string) *tls.Config {
-	return &tls.Config{
-		MinVersion:         tls.VersionTLS13,
-		InsecureSkipVerify: true, // verified below by pinning the CA fingerprint
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			for _, r := range raw[1:] {
-				c, err := x509.ParseCertificate(r)
-				if err != nil || pki.Fingerprint(c) != fp {
-					continue
-				}
-				id, err := pki.SPIFFEID(c)
-				if err != nil {
-					return fmt.Errorf("agent: pinned hub CA: %w", err)
-				}
-				pool := x509.NewCertPool()
-				pool.AddCert(c)
-				return clientconfig.VerifyHubServer(raw, pool, id.Host)
-			}
-			return fmt.Errorf("agent: the hub does not present the pinned CA %s…", fp[:min(12, len(fp))])
-		},
-	}
 }
 
 func localCapabilities() *fedv1.Capabilities {

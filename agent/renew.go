@@ -16,9 +16,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
-	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubdial"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/trust"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // The agent's hub certificate lives AgentCertTTL (30 days by default) and is
@@ -57,7 +58,7 @@ func (r hubRenewer) renew(ctx context.Context, creds *Credentials, csr []byte) (
 	if len(r.addrs) > 0 {
 		addrs = r.addrs
 	}
-	conn, err := clientconfig.Dial(addrs, tlsCfg)
+	conn, err := hubdial.Dial(addrs, tlsCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -198,14 +199,14 @@ func (k *credentialKeeper) renew(ctx context.Context, creds *Credentials, leaf *
 // already, or a new one, stored first.
 func (k *credentialKeeper) renewalKey(creds *Credentials) (*Credentials, crypto.Signer, error) {
 	if creds.RenewalKey != "" {
-		key, err := pki.ParseKeyPEM([]byte(creds.RenewalKey))
+		key, err := x509pem.DecodeKey([]byte(creds.RenewalKey))
 		return creds, key, err
 	}
 	key, err := pki.NewKey()
 	if err != nil {
 		return creds, nil, err
 	}
-	keyPEM, err := pki.KeyPEM(key)
+	keyPEM, err := x509pem.EncodeKey(key)
 	if err != nil {
 		return creds, nil, err
 	}
@@ -232,7 +233,7 @@ func (k *credentialKeeper) save(c *Credentials) error {
 // CA, is for key, and names the same identity as old) and returns creds
 // with it.
 func renewedCredentials(creds *Credentials, old *x509.Certificate, key crypto.Signer, resp *fedv1.RenewResponse) (*Credentials, error) {
-	certs, err := pki.ParseCertsPEM(resp.GetClientCertificate())
+	certs, err := x509pem.DecodeCerts(resp.GetClientCertificate())
 	if err != nil {
 		return nil, fmt.Errorf("agent: renew: client_certificate: %w", err)
 	}
@@ -250,15 +251,15 @@ func renewedCredentials(creds *Credentials, old *x509.Certificate, key crypto.Si
 	if len(certs[0].URIs) != 1 || len(old.URIs) != 1 || certs[0].URIs[0].String() != old.URIs[0].String() {
 		return nil, fmt.Errorf("agent: renew: client_certificate names %v, want %v", certs[0].URIs, old.URIs)
 	}
-	keyPEM, err := pki.KeyPEM(key)
+	keyPEM, err := x509pem.EncodeKey(key)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := tls.X509KeyPair(pki.CertPEM(certs[0]), keyPEM); err != nil {
+	if _, err := tls.X509KeyPair(x509pem.EncodeCerts(certs[0]), keyPEM); err != nil {
 		return nil, fmt.Errorf("agent: renew: client_certificate does not match the key: %w", err)
 	}
 	next := *creds
-	next.Cert, next.Key, next.RenewalKey, next.HubCA = string(pki.CertPEM(certs[0])), string(keyPEM), "", hubCA
+	next.Cert, next.Key, next.RenewalKey, next.HubCA = string(x509pem.EncodeCerts(certs[0])), string(keyPEM), "", hubCA
 	if hubs := resp.GetHubAddresses(); len(hubs) > 0 {
 		next.HubAddresses = append([]string(nil), hubs[:min(len(hubs), maxHubAddresses)]...)
 	}

@@ -18,6 +18,7 @@ import (
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // fakeHub is the hub's side of Sync.Renew, with the hub's rules (one
@@ -80,7 +81,7 @@ func (h *fakeHub) join() *Credentials {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	keyPEM, err := pki.KeyPEM(key)
+	keyPEM, err := x509pem.EncodeKey(key)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -90,7 +91,7 @@ func (h *fakeHub) join() *Credentials {
 	return &Credentials{
 		APIVersion: CredentialsAPIVersion, Kind: CredentialsKind, Cluster: "east",
 		TrustDomain: "east.meshfed.local", HubTrustDomain: "hub.meshfed", HubAddresses: []string{"127.0.0.1:1"},
-		HubCA: string(pki.CertPEM(h.ca.Cert)), Cert: string(pki.CertPEM(h.current)), Key: string(keyPEM),
+		HubCA: string(x509pem.EncodeCerts(h.ca.Cert)), Cert: string(x509pem.EncodeCerts(h.current)), Key: string(keyPEM),
 	}
 }
 
@@ -114,7 +115,7 @@ func (h *fakeHub) renew(_ context.Context, creds *Credentials, csrDER []byte) (*
 		if code != codes.OK {
 			return nil, status.Error(code, "fake hub refused")
 		}
-		return &fedv1.RenewResponse{ClientCertificate: pki.CertPEM(cert), HubCa: pki.CertPEM(h.ca.Cert)}, nil
+		return &fedv1.RenewResponse{ClientCertificate: x509pem.EncodeCerts(cert), HubCa: x509pem.EncodeCerts(h.ca.Cert)}, nil
 	}
 	switch {
 	case time.Now().Before(h.downUntil):

@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc"
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
-	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubdial"
 	"github.com/meshfed/meshfed/testenv"
 )
 
@@ -488,7 +488,7 @@ func dialScaleAgent(s *scaleRun, i int, dataDir string) (*scaleAgent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s.names[i], err)
 	}
-	conn, err := clientconfig.Dial(creds.HubAddresses, tlsCfg, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	conn, err := hubdial.Dial(creds.HubAddresses, tlsCfg, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {
 		return nil, fmt.Errorf("%s: dial hub: %w", s.names[i], err)
 	}

@@ -15,8 +15,10 @@ import (
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
-	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubdial"
+	"github.com/meshfed/meshfed/internal/hubtls"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // testAgent is the hub side of an agent, enough to join and sync.
@@ -36,8 +38,8 @@ type testAgent struct {
 
 // dial connects as a with its certificate to the given hub servers.
 func (a *testAgent) dial(addrs ...string) (*grpc.ClientConn, error) {
-	tlsCfg := clientconfig.ClientTLS(a.pool, &tls.Certificate{Certificate: [][]byte{a.cert.Raw}, PrivateKey: a.key, Leaf: a.cert}, a.hubTD)
-	return clientconfig.Dial(addrs, tlsCfg)
+	tlsCfg := hubtls.ClientConfig(a.pool, &tls.Certificate{Certificate: [][]byte{a.cert.Raw}, PrivateKey: a.key, Leaf: a.cert}, a.hubTD)
+	return hubdial.Dial(addrs, tlsCfg)
 }
 
 // renew asks for a new certificate for key (a fresh one when nil) and
@@ -57,7 +59,7 @@ func (a *testAgent) renew(ctx context.Context, key crypto.Signer) (*testAgent, e
 	if err != nil {
 		return nil, err
 	}
-	certs, err := pki.ParseCertsPEM(resp.GetClientCertificate())
+	certs, err := x509pem.DecodeCerts(resp.GetClientCertificate())
 	if err != nil {
 		return nil, err
 	}
@@ -69,25 +71,6 @@ func (a *testAgent) renew(ctx context.Context, key crypto.Signer) (*testAgent, e
 		a.t.Cleanup(func() { _ = n.conn.Close() })
 	}
 	return n, nil
-}
-
-// joinTLS verifies the hub by the CA fingerprint in the token, as the agent does.
-func joinTLS(fp string, trustDomain string) *tls.Config {
-	return &tls.Config{
-		MinVersion:         tls.VersionTLS13,
-		InsecureSkipVerify: true, // verified below by pinning the CA fingerprint
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			for _, r := range raw[1:] {
-				c, err := x509.ParseCertificate(r)
-				if err == nil && pki.Fingerprint(c) == fp {
-					pool := x509.NewCertPool()
-					pool.AddCert(c)
-					return clientconfig.VerifyHubServer(raw, pool, trustDomain)
-				}
-			}
-			return fmt.Errorf("hub does not present the pinned CA %s", fp)
-		},
-	}
 }
 
 // join redeems token for cluster with its default trust domain; it returns
@@ -108,7 +91,7 @@ func joinKey(ctx context.Context, token, cluster, td string, key crypto.Signer) 
 	if err != nil {
 		return nil, nil, err
 	}
-	conn, err := clientconfig.Dial(jt.Addrs, joinTLS(jt.CAFingerprint, "hub.meshfed"))
+	conn, err := hubdial.Dial(jt.Addrs, hubtls.PinnedConfig(jt.CAFingerprint)) // as the agent does
 	if err != nil {
 		return nil, nil, err
 	}
@@ -132,14 +115,14 @@ func joinKey(ctx context.Context, token, cluster, td string, key crypto.Signer) 
 	if err != nil {
 		return nil, nil, err
 	}
-	certs, err := pki.ParseCertsPEM(resp.GetClientCertificate())
+	certs, err := x509pem.DecodeCerts(resp.GetClientCertificate())
 	if err != nil {
 		return nil, nil, err
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(resp.GetHubCa())
 	a := &testAgent{cluster: cluster, key: key, cert: certs[0], pool: pool, hubTD: resp.GetSettings().GetHubTrustDomain(), addrs: jt.Addrs[:1]}
-	tlsCfg := clientconfig.ClientTLS(pool, &tls.Certificate{Certificate: [][]byte{certs[0].Raw}, PrivateKey: key, Leaf: certs[0]}, a.hubTD)
+	tlsCfg := hubtls.ClientConfig(pool, &tls.Certificate{Certificate: [][]byte{certs[0].Raw}, PrivateKey: key, Leaf: certs[0]}, a.hubTD)
 	aconn, err := grpc.NewClient("passthrough:///"+jt.Addrs[0], grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	if err != nil {
 		return nil, nil, err

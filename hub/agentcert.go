@@ -16,6 +16,7 @@ import (
 	"github.com/meshfed/meshfed/hub/fsm"
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // Agent certificates. A member cluster's agent holds one client certificate,
@@ -205,6 +206,6 @@ func (y *syncService) Renew(ctx context.Context, req *fedv1.RenewRequest) (*fedv
 		if err != nil {
 			return nil, err
 		}
-		return &fedv1.RenewResponse{ClientCertificate: pki.CertPEM(cert), HubCa: pki.CertPEM(ca.Cert), HubAddresses: s.hubAddrs()}, nil
+		return &fedv1.RenewResponse{ClientCertificate: x509pem.EncodeCerts(cert), HubCa: x509pem.EncodeCerts(ca.Cert), HubAddresses: s.hubAddrs()}, nil
 	}
 }

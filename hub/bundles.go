@@ -25,9 +25,10 @@ import (
 // The hub's SPIFFE bundle endpoints serve every trust domain it holds (the
 // member clusters', federated external ones, and its own) at
 // /<trust-domain>, in the SPIFFE Trust Bundle format, under two profiles:
-// https_spiffe (authenticated with the server's own SVID,
-// spiffe://<hub-td>/server/<name>) and https_web (an operator-provided
-// WebPKI certificate).
+// https_spiffe (authenticated with an SVID every server issues itself for
+// the one ID BundleEndpointSPIFFEID, spiffe://<hub-td>/bundle-endpoint, so
+// that a consumer can pin it whichever server answers) and https_web (an
+// operator-provided WebPKI certificate).
 
 // Limits for bundle fetching.
 const (
@@ -80,11 +81,12 @@ func (s *Server) setupBundleEndpoints() error {
 		if err != nil {
 			return fmt.Errorf("hub: bundle endpoint listen: %w", err)
 		}
-		// https_spiffe: the server's own SVID, no client authentication.
+		// https_spiffe: the hub's bundle endpoint SVID, the same ID on every
+		// server; no client authentication.
 		cfg := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			_, _, cert := s.certs.current()
+			cert := s.certs.bundleEndpointCert()
 			if cert == nil {
-				return nil, errors.New("hub: no server certificate yet")
+				return nil, errors.New("hub: no bundle endpoint certificate yet")
 			}
 			return cert, nil
 		}}

@@ -121,14 +121,15 @@ func TestHubServesBundleEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A SPIFFE federation client (here go-spiffe's, as SPIRE uses) fetches
-	// it under https_spiffe, authenticating the hub by its SPIFFE ID.
+	// it under https_spiffe, authenticating the hub by its bundle
+	// endpoint SPIFFE ID.
 	cfg := h.Server(0).certs
 	ca, _, _ := cfg.current()
 	hubTD := spiffeid.RequireTrustDomainFromString("hub.meshfed")
 	roots := x509bundle.FromX509Authorities(hubTD, []*x509.Certificate{ca.Cert})
 	got, err := spiffefed.FetchBundle(ctxT(t, 10*time.Second), spiffeid.RequireTrustDomainFromString("east.meshfed.local"),
 		fmt.Sprintf("https://127.0.0.1:%d/east.meshfed.local", bundlePort),
-		spiffefed.WithSPIFFEAuth(roots, spiffeid.RequireFromString("spiffe://hub.meshfed/server/s0")))
+		spiffefed.WithSPIFFEAuth(roots, spiffeid.RequireFromString(BundleEndpointSPIFFEID("hub.meshfed"))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +139,7 @@ func TestHubServesBundleEndpoint(t *testing.T) {
 	// Unknown trust domains are 404, not someone else's bundle.
 	_, err = spiffefed.FetchBundle(ctxT(t, 10*time.Second), spiffeid.RequireTrustDomainFromString("nosuch.example"),
 		fmt.Sprintf("https://127.0.0.1:%d/nosuch.example", bundlePort),
-		spiffefed.WithSPIFFEAuth(roots, spiffeid.RequireFromString("spiffe://hub.meshfed/server/s0")))
+		spiffefed.WithSPIFFEAuth(roots, spiffeid.RequireFromString(BundleEndpointSPIFFEID("hub.meshfed"))))
 	if err == nil {
 		t.Fatal("fetched a bundle for an unknown trust domain")
 	}

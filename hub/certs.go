@@ -17,6 +17,7 @@ import (
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
 	"github.com/meshfed/meshfed/internal/clientconfig"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 const (
@@ -34,12 +35,12 @@ func (s *Server) ensureCA() error {
 	if err != nil {
 		return err
 	}
-	keyPEM, err := pki.KeyPEM(ca.Key)
+	keyPEM, err := x509pem.EncodeKey(ca.Key)
 	if err != nil {
 		return err
 	}
 	_, err = s.apply(context.Background(), fsm.SetCAType, &hubpb.CmdSetCA{Ca: &hubpb.CAState{
-		CertPem: pki.CertPEM(ca.Cert), KeyPem: keyPEM, TrustDomain: s.cfg.TrustDomain,
+		CertPem: x509pem.EncodeCerts(ca.Cert), KeyPem: keyPEM, TrustDomain: s.cfg.TrustDomain,
 	}})
 	if err == nil {
 		s.log.Info("created hub CA", "trust_domain", s.cfg.TrustDomain)
@@ -54,18 +55,18 @@ func (s *Server) writeAdminConfig(ca *pki.CA) error {
 	if _, err := os.Stat(path); err == nil {
 		return nil
 	}
-	cert, err := s.certs.issue(ca, kindAdmin, s.cfg.Name, adminCertTTL, false)
+	cert, err := s.certs.issue(ca, kindAdmin, s.cfg.Name, adminCertTTL)
 	if err != nil {
 		return err
 	}
-	keyPEM, err := pki.KeyPEM(cert.PrivateKey.(crypto.Signer))
+	keyPEM, err := x509pem.EncodeKey(cert.PrivateKey.(crypto.Signer))
 	if err != nil {
 		return err
 	}
 	cfg := &clientconfig.Config{
 		APIVersion: clientconfig.APIVersion, Kind: clientconfig.Kind,
 		Hubs: s.hubAddrs(), TrustDomain: s.cfg.TrustDomain,
-		CA: string(pki.CertPEM(ca.Cert)), Cert: string(pki.CertPEM(cert.Leaf)), Key: string(keyPEM),
+		CA: string(x509pem.EncodeCerts(ca.Cert)), Cert: string(x509pem.EncodeCerts(cert.Leaf)), Key: string(keyPEM),
 	}
 	if err := cfg.Save(path); err != nil {
 		return err

@@ -16,6 +16,7 @@ import (
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubdial"
 )
 
 // testHub is a multi-server hub on loopback with real Raft on disk and real
@@ -299,7 +300,11 @@ func (h *testHub) AdminConn(only ...int) *grpc.ClientConn {
 		}
 	}
 	cfg.Hubs = addrs
-	conn, err := cfg.Dial(context.Background())
+	tlsCfg, err := cfg.TLS()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	conn, err := hubdial.Dial(cfg.Hubs, tlsCfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/meshfed/meshfed/hub/fsm"
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 type joinService struct {
@@ -133,8 +134,8 @@ func (j *joinService) Join(ctx context.Context, req *fedv1.JoinRequest) (*fedv1.
 
 func (s *Server) joinResponse(ca *pki.CA, cert *x509.Certificate) *fedv1.JoinResponse {
 	return &fedv1.JoinResponse{
-		ClientCertificate: pki.CertPEM(cert),
-		HubCa:             pki.CertPEM(ca.Cert),
+		ClientCertificate: x509pem.EncodeCerts(cert),
+		HubCa:             x509pem.EncodeCerts(ca.Cert),
 		Settings:          &fedv1.FederationSettings{HubTrustDomain: s.cfg.TrustDomain, HeartbeatSeconds: 30},
 		Capabilities:      localCapabilities(),
 		HubAddresses:      s.hubAddrs(),

@@ -22,6 +22,7 @@ import (
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubdial"
 )
 
 // This file runs hubs of real `meshfed hub` processes, for the tests that a
@@ -398,7 +399,11 @@ func (h *procHub) admin(i int) fedv1.AdminClient {
 		h.t.Fatal(err)
 	}
 	cfg.Hubs = []string{h.servers[i].grpcAddr()}
-	c, err := cfg.Dial(context.Background())
+	tlsCfg, err := cfg.TLS()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	c, err := hubdial.Dial(cfg.Hubs, tlsCfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}

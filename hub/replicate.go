@@ -17,7 +17,7 @@ import (
 	"github.com/meshfed/meshfed/hub/fsm"
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
 	"github.com/meshfed/meshfed/hub/state"
-	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubdial"
 )
 
 // errNoLeader is returned (as Unavailable) while there is no leader to serve a
@@ -252,7 +252,7 @@ func (p *peerConns) get(addr string) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "%v", err)
 	}
-	c, err := clientconfig.Dial([]string{addr}, tlsCfg, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize)))
+	c, err := hubdial.Dial([]string{addr}, tlsCfg, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize)))
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "hub: dial %s: %v", addr, err)
 	}

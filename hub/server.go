@@ -165,8 +165,8 @@ func (s *Server) Name() string { return s.cfg.Name }
 // AdminConfigPath is where the server writes admin.yaml.
 func (s *Server) AdminConfigPath() string { return filepath.Join(s.cfg.DataDir, "admin.yaml") }
 
-// certIdentity is what this server's certificate names: its SPIFFE ID and
-// the addresses it is reached at.
+// certIdentity is what this server's certificates name: its SPIFFE ID and
+// the addresses it is reached at, and whether it serves a bundle endpoint.
 func (s *Server) certIdentity() certIdentity {
 	ips := []net.IP{net.ParseIP(s.advertiseIP())}
 	if bind := net.ParseIP(s.cfg.BindAddr); !bind.IsUnspecified() && !bind.Equal(ips[0]) {
@@ -174,7 +174,7 @@ func (s *Server) certIdentity() certIdentity {
 	}
 	return certIdentity{
 		trustDomain: s.cfg.TrustDomain, name: s.cfg.Name, ips: ips, ttl: s.cfg.ServerCertTTL,
-		dir: filepath.Join(s.cfg.DataDir, "tls"),
+		bundleEndpoint: s.cfg.BundlePort != 0, dir: filepath.Join(s.cfg.DataDir, "tls"),
 	}
 }
 

@@ -1,9 +1,12 @@
 package hub
 
 import (
+	"crypto/ecdsa"
 	"crypto/tls"
+	"crypto/x509"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -11,6 +14,7 @@ import (
 
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // fakeCASource is the replicated state as the certificate manager sees it:
@@ -27,12 +31,12 @@ func newFakeCASource(t testing.TB, trustDomain string) *fakeCASource {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyPEM, err := pki.KeyPEM(ca.Key)
+	keyPEM, err := x509pem.EncodeKey(ca.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &fakeCASource{
-		ca:      &hubpb.CAState{CertPem: pki.CertPEM(ca.Cert), KeyPem: keyPEM, TrustDomain: trustDomain},
+		ca:      &hubpb.CAState{CertPem: x509pem.EncodeCerts(ca.Cert), KeyPem: keyPEM, TrustDomain: trustDomain},
 		changed: make(chan struct{}),
 	}
 }
@@ -54,13 +58,24 @@ func (f *fakeCASource) write() {
 var _ caSource = (*fakeCASource)(nil)
 
 func testCertIdentity(t testing.TB, ttl time.Duration) certIdentity {
-	return certIdentity{trustDomain: "hub.meshfed", name: "s0", ips: []net.IP{net.IPv4(127, 0, 0, 1)}, ttl: ttl, dir: t.TempDir()}
+	return certIdentity{
+		trustDomain: "hub.meshfed", name: "s0", ips: []net.IP{net.IPv4(127, 0, 0, 1)}, ttl: ttl,
+		bundleEndpoint: true, dir: t.TempDir(),
+	}
+}
+
+// held is the certificate the manager holds for c.
+func held(m *certManager, c *ownCert) *tls.Certificate {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return c.cert
 }
 
 // A hub with a write every few seconds still renews its server
-// certificate at half-life, certificate after certificate. (The renewal
-// timer was rebuilt on every state change, so under steady writes it never
-// fired and every server certificate expired 30 days after bootstrap.)
+// certificate and its bundle endpoint certificate at half-life, each on its
+// own timer, certificate after certificate. (The renewal timer was rebuilt
+// on every state change, so under steady writes it never fired and every
+// server certificate expired 30 days after bootstrap.)
 func TestServerCertificateRenewsAtHalfLifeUnderSteadyWrites(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const ttl = 2 * time.Minute
@@ -81,36 +96,93 @@ func TestServerCertificateRenewsAtHalfLifeUnderSteadyWrites(t *testing.T) {
 			}
 		}()
 		synctest.Wait()
-		_, _, cert := m.current()
-		if cert == nil {
-			t.Fatal("no certificate once the CA is known")
+		type track struct {
+			c        *ownCert
+			cert     *tls.Certificate
+			issued   time.Time
+			renewals int
 		}
-		issued, renewals := time.Now(), 0
-		for end := issued.Add(lifetimes * ttl); time.Now().Before(end); {
+		var tracks []*track
+		for _, c := range []*ownCert{m.server, m.bundle} {
+			cert := held(m, c)
+			if cert == nil {
+				t.Fatalf("no %s once the CA is known", c.what)
+			}
+			tracks = append(tracks, &track{c: c, cert: cert, issued: time.Now()})
+		}
+		// The bundle endpoint certificate starts half a lifetime later: the
+		// two timers are independent.
+		time.Sleep(ttl / 4)
+		synctest.Wait()
+		if err := m.renew(m.bundle); err != nil {
+			t.Fatal(err)
+		}
+		tracks[1].cert, tracks[1].issued = held(m, m.bundle), time.Now()
+		for end := time.Now().Add(lifetimes * ttl); time.Now().Before(end); {
 			time.Sleep(time.Second)
 			synctest.Wait()
-			_, _, got := m.current()
-			if !time.Now().Before(got.Leaf.NotAfter) {
-				t.Fatalf("at %v the server certificate (issued %v) has expired: %v; %d renewals so far",
-					time.Since(issued), got.Leaf.NotBefore, got.Leaf.NotAfter, renewals)
+			for _, tr := range tracks {
+				got := held(m, tr.c)
+				if !time.Now().Before(got.Leaf.NotAfter) {
+					t.Fatalf("at %v the %s (issued %v) has expired: %v; %d renewals so far",
+						time.Since(tr.issued), tr.c.what, got.Leaf.NotBefore, got.Leaf.NotAfter, tr.renewals)
+				}
+				if got == tr.cert {
+					continue
+				}
+				// Renewed: at half of the previous certificate's lifetime from its issue.
+				if age := time.Since(tr.issued); age < ttl/2 || age > ttl/2+time.Second {
+					t.Errorf("%s renewal %d came %v after the previous issue, want %v", tr.c.what, tr.renewals+1, age, ttl/2)
+				}
+				if time.Until(got.Leaf.NotAfter) != ttl {
+					t.Errorf("renewed %s lives %v, want %v", tr.c.what, time.Until(got.Leaf.NotAfter), ttl)
+				}
+				if id, _ := pki.SPIFFEID(got.Leaf); id == nil || id.String() != tr.c.spiffeID {
+					t.Errorf("renewed %s names %v, want %s", tr.c.what, id, tr.c.spiffeID)
+				}
+				tr.cert, tr.issued = got, time.Now()
+				tr.renewals++
 			}
-			if got == cert {
-				continue
-			}
-			// Renewed: at half of the previous certificate's lifetime from its issue.
-			if age := time.Since(issued); age < ttl/2 || age > ttl/2+time.Second {
-				t.Errorf("renewal %d came %v after the previous issue, want %v", renewals+1, age, ttl/2)
-			}
-			if time.Until(got.Leaf.NotAfter) != ttl {
-				t.Errorf("renewed certificate lives %v, want %v", time.Until(got.Leaf.NotAfter), ttl)
-			}
-			cert, issued = got, time.Now()
-			renewals++
 		}
-		if renewals < 2*lifetimes-1 {
-			t.Fatalf("%d renewals in %d lifetimes, want at least %d", renewals, lifetimes, 2*lifetimes-1)
+		for _, tr := range tracks {
+			if tr.renewals < 2*lifetimes-1 {
+				t.Errorf("%s: %d renewals in %d lifetimes, want at least %d", tr.c.what, tr.renewals, lifetimes, 2*lifetimes-1)
+			}
 		}
 	})
+}
+
+// The bundle endpoint certificate names the hub's one bundle endpoint ID,
+// the same on every server, is for serving only, and authorizes no hub
+// role; each server has its own key for it.
+func TestBundleEndpointCertificateIsOneIDForEveryServer(t *testing.T) {
+	src := newFakeCASource(t, "hub.meshfed")
+	var certs []*tls.Certificate
+	for _, name := range []string{"s0", "s1"} {
+		id := testCertIdentity(t, time.Hour)
+		id.name = name
+		m := newCertManager(id, src, slog.New(slog.DiscardHandler), nil)
+		ca, _ := src.CA()
+		if err := m.useCA(ca); err != nil {
+			t.Fatal(err)
+		}
+		certs = append(certs, m.bundleEndpointCert())
+	}
+	want := "spiffe://hub.meshfed/bundle-endpoint"
+	for i, c := range certs {
+		if c == nil {
+			t.Fatalf("server %d has no bundle endpoint certificate", i)
+		}
+		if id, _ := pki.SPIFFEID(c.Leaf); id == nil || id.String() != want {
+			t.Errorf("server %d's bundle endpoint certificate names %v, want %s", i, id, want)
+		}
+		if !slices.Equal(c.Leaf.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}) {
+			t.Errorf("server %d's bundle endpoint certificate has key usages %v, want server auth only", i, c.Leaf.ExtKeyUsage)
+		}
+	}
+	if certs[0].Leaf.PublicKey.(*ecdsa.PublicKey).Equal(certs[1].Leaf.PublicKey) {
+		t.Error("two servers share a bundle endpoint key")
+	}
 }
 
 // A restarted server serves the certificate it persisted, and the first

@@ -22,6 +22,7 @@ import (
 	"github.com/meshfed/meshfed/deploy/crds"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubdial"
 )
 
 // Agent is one cluster's meshfed agent: a real `meshfed` process that
@@ -159,7 +160,11 @@ func createToken(ctx context.Context, h *Hub, cluster string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	conn, err := cfg.Dial(ctx)
+	tlsCfg, err := cfg.TLS()
+	if err != nil {
+		return "", err
+	}
+	conn, err := hubdial.Dial(cfg.Hubs, tlsCfg)
 	if err != nil {
 		return "", err
 	}

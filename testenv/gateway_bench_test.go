@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // BenchmarkGatewayDataPath compares, in one run and at the same
@@ -275,7 +276,7 @@ func startHAProxyPair(b *testing.B, bin, web, bulk string) (string, string, []in
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), pki.CertPEM(ca.Cert), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), x509pem.EncodeCerts(ca.Cert), 0o600); err != nil {
 		b.Fatal(err)
 	}
 	for _, who := range []string{"a", "b"} {
@@ -288,11 +289,11 @@ func startHAProxyPair(b *testing.B, bin, web, bulk string) (string, string, []in
 		if err != nil {
 			b.Fatal(err)
 		}
-		kp, err := pki.KeyPEM(key)
+		kp, err := x509pem.EncodeKey(key)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, who+".pem"), append(pki.CertPEM(cert), kp...), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, who+".pem"), append(x509pem.EncodeCerts(cert), kp...), 0o600); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -2,10 +2,6 @@ package trust
 
 import (
 	"bytes"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"encoding/pem"
 	"testing"
 	"time"
 
@@ -77,37 +73,6 @@ func FuzzParseProfile(f *testing.F) {
 		p, err := ParseProfile(s)
 		if err == nil && p.String() != s {
 			t.Fatalf("ParseProfile(%q).String() = %q", s, p.String())
-		}
-	})
-}
-
-func FuzzParseKeyPEM(f *testing.F) {
-	ec := newKey(f)
-	ecDER, err := x509.MarshalECPrivateKey(ec)
-	if err != nil {
-		f.Fatal(err)
-	}
-	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(keyPEMOf(f, ec))
-	f.Add(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: ecDER}))
-	f.Add(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey)}))
-	f.Add(append(pem.EncodeToMemory(&pem.Block{Type: "EC PARAMETERS", Bytes: []byte{6, 8, 42, 134, 72, 206, 61, 3, 1, 7}}), keyPEMOf(f, ec)...))
-	f.Add(pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED PRIVATE KEY", Bytes: []byte{1, 2}}))
-	f.Add([]byte("-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n"))
-	f.Add([]byte("not pem"))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		k, err := parseKeyPEM(data)
-		if err != nil {
-			if !isErr(err, ErrInvalidAuthority) {
-				t.Fatalf("error %v does not match ErrInvalidAuthority", err)
-			}
-			return
-		}
-		if k == nil || k.Public() == nil {
-			t.Fatal("nil key without an error")
 		}
 	})
 }

@@ -20,6 +20,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // fakeClock is a settable clock for the lazily evaluated state machines.
@@ -210,7 +212,7 @@ func svidOf(t testing.TB, leaf *testCert, chain ...*testCert) *x509svid.SVID {
 }
 
 func pemOf(certs ...*x509.Certificate) []byte {
-	return certsPEM(certs)
+	return x509pem.EncodeCerts(certs...)
 }
 
 func keyPEMOf(t testing.TB, k crypto.Signer) []byte {

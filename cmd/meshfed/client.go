@@ -14,6 +14,7 @@ import (
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubdial"
 )
 
 // Environment variables read by the client commands and the hub command.
@@ -91,7 +92,11 @@ func dialAdmin(ctx context.Context, path string) (fedv1.AdminClient, func() erro
 	if err != nil {
 		return nil, nil, err
 	}
-	conn, err := cfg.Dial(ctx)
+	tlsCfg, err := cfg.TLS()
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := hubdial.Dial(cfg.Hubs, tlsCfg)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -48,7 +48,7 @@ when the flag is empty).`,
 	f.StringVar(&cfg.Name, "name", cfg.Name, "this server's unique name (a DNS label): its Raft ID and gossip node name")
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the Raft log, snapshots and admin.yaml")
 	f.StringVar(&cfg.BindAddr, "bind", cfg.BindAddr, "IP address every port binds to")
-	f.IntVar(&cfg.BundlePort, "bundle-port", 0, "port of the SPIFFE bundle endpoint, https_spiffe profile (0 disables)")
+	f.IntVar(&cfg.BundlePort, "bundle-port", 0, "port of the SPIFFE bundle endpoint, https_spiffe profile with ID spiffe://<trust-domain>/bundle-endpoint on every server (0 disables)")
 	f.IntVar(&cfg.BundleWebPort, "bundle-web-port", 0, "port of the SPIFFE bundle endpoint, https_web profile (0 disables)")
 	f.StringVar(&cfg.BundleWebCertFile, "bundle-web-cert", "", "PEM certificate for the https_web bundle endpoint")
 	f.StringVar(&cfg.BundleWebKeyFile, "bundle-web-key", "", "PEM key for the https_web bundle endpoint")

@@ -12,7 +12,7 @@ import (
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
-	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 func newTrustCmd(d deps) *cobra.Command {
@@ -133,7 +133,7 @@ bootstrap trust in the endpoint's trust domain, e.g. from
 				if err != nil {
 					return usageError(fmt.Errorf("--endpoint-bundle: %w", err))
 				}
-				certs, err := pki.ParseCertsPEM(pem)
+				certs, err := x509pem.DecodeCerts(pem)
 				if err != nil {
 					return usageError(fmt.Errorf("--endpoint-bundle: %w", err))
 				}

@@ -1,10 +1,11 @@
-// Package clientconfig reads and writes meshfed client config files, such as
+// Package clientconfig is the meshfed client config file format, such as
 // the admin.yaml a hub writes at bootstrap (in the spirit of kubeadm's
-// admin.conf), and dials the hub with them.
+// admin.conf): strict load, validation naming the field, atomic save, and
+// the file's credentials as a TLS config. Verifying a hub server is
+// internal/hubtls's job and dialing the hub internal/hubdial's.
 package clientconfig
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -12,15 +13,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/resolver"
-	"google.golang.org/grpc/resolver/manual"
 	"sigs.k8s.io/yaml"
 
-	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/hubtls"
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // APIVersion and Kind identify the file format.
@@ -63,7 +60,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("hubs[%d]: %q must be host:port", i, h))
 		}
 	}
-	if _, err := pki.ParseCertsPEM([]byte(c.CA)); err != nil {
+	if _, err := x509pem.DecodeCerts([]byte(c.CA)); err != nil {
 		errs = append(errs, fmt.Errorf("ca: %w", err))
 	}
 	if _, err := tls.X509KeyPair([]byte(c.Cert), []byte(c.Key)); err != nil {
@@ -110,9 +107,10 @@ func (c *Config) Save(path string) error {
 	return os.Rename(tmp, path)
 }
 
-// TLS returns the client TLS config: the hub CA as roots and the client
-// certificate. The hub server certificate's SPIFFE ID must be in the hub's
-// trust domain.
+// TLS returns the client TLS config of the file's credentials: the hub CA
+// as roots and the client certificate; the server must be a hub server of
+// the file's trust domain (hubtls.ClientConfig). Dial the file's Hubs with
+// it through hubdial.Dial.
 func (c *Config) TLS() (*tls.Config, error) {
 	pair, err := tls.X509KeyPair([]byte(c.Cert), []byte(c.Key))
 	if err != nil {
@@ -122,100 +120,5 @@ func (c *Config) TLS() (*tls.Config, error) {
 	if !pool.AppendCertsFromPEM([]byte(c.CA)) {
 		return nil, errors.New("clientconfig: ca: no certificate")
 	}
-	return ClientTLS(pool, &pair, c.TrustDomain), nil
-}
-
-// ClientTLS builds a TLS config that verifies a hub server: a chain to roots
-// and a SPIFFE ID spiffe://<trustDomain>/server/<name>. Host names are not
-// checked; the SPIFFE ID is the identity.
-func ClientTLS(roots *x509.CertPool, cert *tls.Certificate, trustDomain string) *tls.Config {
-	cfg := &tls.Config{
-		MinVersion:         tls.VersionTLS13,
-		InsecureSkipVerify: true, // verified below against roots and the SPIFFE ID
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return VerifyHubServer(raw, roots, trustDomain)
-		},
-	}
-	if cert != nil {
-		cfg.Certificates = []tls.Certificate{*cert}
-	}
-	return cfg
-}
-
-// VerifyHubServer checks a presented chain against roots and requires the
-// leaf's SPIFFE ID to be a hub server of trustDomain.
-func VerifyHubServer(raw [][]byte, roots *x509.CertPool, trustDomain string) error {
-	if len(raw) == 0 {
-		return errors.New("clientconfig: hub presented no certificate")
-	}
-	leaf, err := x509.ParseCertificate(raw[0])
-	if err != nil {
-		return fmt.Errorf("clientconfig: hub certificate: %w", err)
-	}
-	inter := x509.NewCertPool()
-	for _, r := range raw[1:] {
-		if c, err := x509.ParseCertificate(r); err == nil {
-			inter.AddCert(c)
-		}
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
-		return fmt.Errorf("clientconfig: hub certificate does not chain to the hub CA: %w", err)
-	}
-	id, err := pki.SPIFFEID(leaf)
-	if err != nil {
-		return err
-	}
-	if id.Host != trustDomain || !strings.HasPrefix(id.Path, "/server/") {
-		return fmt.Errorf("clientconfig: hub certificate identity %q is not a server of %q", id, trustDomain)
-	}
-	return nil
-}
-
-// readRetryPolicy retries reads on Unavailable, which lets round_robin move
-// on to another hub server (e.g. one that is still catching up).
-const serviceConfig = `{
-  "loadBalancingConfig": [{"round_robin": {}}],
-  "methodConfig": [{
-    "name": [
-      {"service": "meshfed.federation.v1.Admin", "method": "ListTokens"},
-      {"service": "meshfed.federation.v1.Admin", "method": "ListClusters"},
-      {"service": "meshfed.federation.v1.Admin", "method": "DescribeCluster"},
-      {"service": "meshfed.federation.v1.Admin", "method": "ListServices"},
-      {"service": "meshfed.federation.v1.Admin", "method": "ListPolicies"},
-      {"service": "meshfed.federation.v1.Admin", "method": "Status"}
-    ],
-    "retryPolicy": {
-      "maxAttempts": 5,
-      "initialBackoff": "0.1s",
-      "maxBackoff": "1s",
-      "backoffMultiplier": 2,
-      "retryableStatusCodes": ["UNAVAILABLE"]
-    }
-  }]
-}`
-
-// Dial connects to the hub servers listed in addrs with tlsCfg, balancing
-// calls across them and retrying reads on Unavailable.
-func Dial(addrs []string, tlsCfg *tls.Config, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
-	r := manual.NewBuilderWithScheme("meshfed")
-	var rs []resolver.Address
-	for _, a := range addrs {
-		rs = append(rs, resolver.Address{Addr: a})
-	}
-	r.InitialState(resolver.State{Addresses: rs})
-	opts = append([]grpc.DialOption{
-		grpc.WithResolvers(r),
-		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
-		grpc.WithDefaultServiceConfig(serviceConfig),
-	}, opts...)
-	return grpc.NewClient(r.Scheme()+":///hub", opts...)
-}
-
-// DialConfig dials the hubs of a loaded config.
-func (c *Config) Dial(_ context.Context, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
-	tlsCfg, err := c.TLS()
-	if err != nil {
-		return nil, err
-	}
-	return Dial(c.Hubs, tlsCfg, opts...)
+	return hubtls.ClientConfig(pool, &pair, c.TrustDomain), nil
 }

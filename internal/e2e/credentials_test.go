@@ -23,6 +23,8 @@ import (
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	hubsrv "github.com/meshfed/meshfed/hub"
 	"github.com/meshfed/meshfed/internal/clientconfig"
+	"github.com/meshfed/meshfed/internal/hubdial"
+	"github.com/meshfed/meshfed/internal/hubtls"
 )
 
 // These tests run the hub servers and the agents in this process, with
@@ -99,7 +101,11 @@ func adminOf(t *testing.T, s *hubsrv.Server) fedv1.AdminClient {
 		cfg, err = clientconfig.Load(s.AdminConfigPath())
 		return err
 	})
-	conn, err := cfg.Dial(context.Background())
+	tlsCfg, err := cfg.TLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := hubdial.Dial(cfg.Hubs, tlsCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +239,7 @@ func syncWith(t *testing.T, c *agent.Credentials, addr string) error {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM([]byte(c.HubCA))
-	conn, err := clientconfig.Dial([]string{addr}, clientconfig.ClientTLS(pool, &pair, c.HubTrustDomain))
+	conn, err := hubdial.Dial([]string{addr}, hubtls.ClientConfig(pool, &pair, c.HubTrustDomain))
 	if err != nil {
 		t.Fatal(err)
 	}

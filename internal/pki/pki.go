@@ -1,7 +1,13 @@
-// Package pki holds the small amount of X.509 machinery meshfed's control plane
-// needs: creating a CA, signing certificate requests with a SPIFFE URI SAN, and
-// PEM encoding. Policy (who gets which identity, for how long) stays with the
-// callers in hub and trust.
+// Package pki is the hub's certificate authority machinery: creating the
+// hub CA, signing keys and certificate requests into leaves with a SPIFFE
+// URI SAN, serials, fingerprints, and reading a leaf's SPIFFE ID. The hub
+// issues its server, admin and agent identities with it, and the agent and
+// the CLI make keys and requests with it. Policy (who gets which identity,
+// for how long) stays with the callers.
+//
+// PEM encoding is not here: it is package trust/x509pem's, which trust
+// uses too (trust is imported by the gateway, whose dependencies exclude
+// internal/; the per-cluster SPIFFE CAs with rotation are trust's own).
 package pki
 
 import (
@@ -13,13 +19,14 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
 	"net"
 	"net/url"
 	"time"
+
+	"github.com/meshfed/meshfed/trust/x509pem"
 )
 
 // CA is a certificate authority: a self-signed certificate and its key.
@@ -159,70 +166,15 @@ func Fingerprint(cert *x509.Certificate) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// CertPEM encodes a certificate as PEM.
-func CertPEM(cert *x509.Certificate) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
-}
-
-// KeyPEM encodes a private key as PKCS#8 PEM.
-func KeyPEM(key crypto.Signer) ([]byte, error) {
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("pki: marshal key: %w", err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
-}
-
-// ParseCertsPEM decodes every CERTIFICATE block in data; it fails if there is none.
-func ParseCertsPEM(data []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("pki: parse certificate: %w", err)
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("pki: no CERTIFICATE block")
-	}
-	return certs, nil
-}
-
-// ParseKeyPEM decodes a PKCS#8 private key.
-func ParseKeyPEM(data []byte) (crypto.Signer, error) {
-	block, _ := pem.Decode(data)
-	if block == nil {
-		return nil, errors.New("pki: no PEM block in key")
-	}
-	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("pki: parse key: %w", err)
-	}
-	s, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, errors.New("pki: key is not a signer")
-	}
-	return s, nil
-}
-
 // ParseCA decodes a CA from PEM.
 func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
-	certs, err := ParseCertsPEM(certPEM)
+	certs, err := x509pem.DecodeCerts(certPEM)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("pki: CA certificate: %w", err)
 	}
-	key, err := ParseKeyPEM(keyPEM)
+	key, err := x509pem.DecodeKey(keyPEM)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("pki: CA key: %w", err)
 	}
 	return &CA{Cert: certs[0], Key: key}, nil
 }
