@@ -247,6 +247,6 @@ func pinnedTLS(fp string) *tls.Config {
 func localCapabilities() *fedv1.Capabilities {
 	return &fedv1.Capabilities{
 		Version:  federation.CapabilityVersion,
-		Features: []string{federation.FeatureSyncResume},
+		Features: []string{federation.FeatureSyncResume, federation.FeatureSyncHeartbeat},
 	}
 }

@@ -733,8 +733,15 @@ type ClusterRecord struct {
 	Capabilities     *Capabilities          `protobuf:"bytes,5,opt,name=capabilities,proto3" json:"capabilities,omitempty"`
 	// Unix milliseconds.
 	JoinedAtMs int64 `protobuf:"varint,6,opt,name=joined_at_ms,json=joinedAtMs,proto3" json:"joined_at_ms,omitempty"`
+	// Admin only (ListClusters, DescribeCluster): when a hub server last
+	// renewed the cluster's connection lease, Unix milliseconds. Never set in
+	// Sync deltas. Older hubs kept it in the replicated record.
 	LastSeenMs int64 `protobuf:"varint,7,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"`
-	// "connected" while an agent stream is open on some hub server, else "disconnected".
+	// Admin only: "connected" while some hub server holds an unexpired
+	// connection lease for one of the cluster's Sync streams, else
+	// "disconnected". Never set in Sync deltas: a connect or disconnect is
+	// not a change every agent receives. Older hubs kept it in the
+	// replicated record.
 	Status         string `protobuf:"bytes,8,opt,name=status,proto3" json:"status,omitempty"`
 	CreateRevision uint64 `protobuf:"varint,9,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
 	ModifyRevision uint64 `protobuf:"varint,10,opt,name=modify_revision,json=modifyRevision,proto3" json:"modify_revision,omitempty"`
@@ -1849,11 +1856,17 @@ func (x *PublishResult) GetError() string {
 }
 
 type SyncHelloResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Capabilities  *Capabilities          `protobuf:"bytes,1,opt,name=capabilities,proto3" json:"capabilities,omitempty"`
-	Server        string                 `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Capabilities *Capabilities          `protobuf:"bytes,1,opt,name=capabilities,proto3" json:"capabilities,omitempty"`
+	Server       string                 `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
+	// With feature "sync.heartbeat" negotiated: the server sends a
+	// SyncHeartbeat at this interval while it is healthy (a ready leader, or
+	// a follower in recent contact with the leader). The agent counts itself
+	// connected only while it has heard from the server within
+	// federation.HeartbeatMisses intervals.
+	HeartbeatIntervalMs int64 `protobuf:"varint,3,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *SyncHelloResponse) Reset() {
@@ -1900,6 +1913,13 @@ func (x *SyncHelloResponse) GetServer() string {
 	return ""
 }
 
+func (x *SyncHelloResponse) GetHeartbeatIntervalMs() int64 {
+	if x != nil {
+		return x.HeartbeatIntervalMs
+	}
+	return 0
+}
+
 type SyncResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
@@ -1907,6 +1927,7 @@ type SyncResponse struct {
 	//	*SyncResponse_Delta
 	//	*SyncResponse_PublishResult
 	//	*SyncResponse_Hello
+	//	*SyncResponse_Heartbeat
 	Msg           isSyncResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1976,6 +1997,15 @@ func (x *SyncResponse) GetHello() *SyncHelloResponse {
 	return nil
 }
 
+func (x *SyncResponse) GetHeartbeat() *SyncHeartbeat {
+	if x != nil {
+		if x, ok := x.Msg.(*SyncResponse_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
 type isSyncResponse_Msg interface {
 	isSyncResponse_Msg()
 }
@@ -1992,11 +2022,74 @@ type SyncResponse_Hello struct {
 	Hello *SyncHelloResponse `protobuf:"bytes,3,opt,name=hello,proto3,oneof"`
 }
 
+type SyncResponse_Heartbeat struct {
+	Heartbeat *SyncHeartbeat `protobuf:"bytes,4,opt,name=heartbeat,proto3,oneof"`
+}
+
 func (*SyncResponse_Delta) isSyncResponse_Msg() {}
 
 func (*SyncResponse_PublishResult) isSyncResponse_Msg() {}
 
 func (*SyncResponse_Hello) isSyncResponse_Msg() {}
+
+func (*SyncResponse_Heartbeat) isSyncResponse_Msg() {}
+
+// The serving hub server is healthy and the stream is live. Sent only to
+// agents that declared feature "sync.heartbeat".
+type SyncHeartbeat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision this stream has delivered (the last delta's).
+	Revision uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// How long ago the server last heard from the Raft leader, in
+	// milliseconds; 0 on the leader itself.
+	LeaderContactAgeMs int64 `protobuf:"varint,2,opt,name=leader_contact_age_ms,json=leaderContactAgeMs,proto3" json:"leader_contact_age_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *SyncHeartbeat) Reset() {
+	*x = SyncHeartbeat{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncHeartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncHeartbeat) ProtoMessage() {}
+
+func (x *SyncHeartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncHeartbeat.ProtoReflect.Descriptor instead.
+func (*SyncHeartbeat) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SyncHeartbeat) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *SyncHeartbeat) GetLeaderContactAgeMs() int64 {
+	if x != nil {
+		return x.LeaderContactAgeMs
+	}
+	return 0
+}
 
 // A new agent certificate for the caller's cluster.
 type RenewRequest struct {
@@ -2009,7 +2102,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2114,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2127,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RenewRequest) GetCsr() []byte {
@@ -2059,7 +2152,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2071,7 +2164,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2084,7 +2177,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RenewResponse) GetClientCertificate() []byte {
@@ -2124,7 +2217,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2136,7 +2229,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2149,7 +2242,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -2215,7 +2308,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2227,7 +2320,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2240,7 +2333,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CreateTokenRequest) GetCluster() string {
@@ -2275,7 +2368,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2287,7 +2380,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2300,7 +2393,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{30}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -2325,7 +2418,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2337,7 +2430,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2350,7 +2443,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{31}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{32}
 }
 
 type ListTokensResponse struct {
@@ -2362,7 +2455,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2374,7 +2467,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2387,7 +2480,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{32}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -2406,7 +2499,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2418,7 +2511,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2431,7 +2524,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{33}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -2449,7 +2542,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2461,7 +2554,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2474,7 +2567,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{34}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{35}
 }
 
 type ListClustersRequest struct {
@@ -2485,7 +2578,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2497,7 +2590,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2510,7 +2603,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{35}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{36}
 }
 
 type ListClustersResponse struct {
@@ -2523,7 +2616,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2535,7 +2628,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2548,7 +2641,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{36}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListClustersResponse) GetClusters() []*ClusterRecord {
@@ -2574,7 +2667,7 @@ type DescribeClusterRequest struct {
 
 func (x *DescribeClusterRequest) Reset() {
 	*x = DescribeClusterRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2586,7 +2679,7 @@ func (x *DescribeClusterRequest) String() string {
 func (*DescribeClusterRequest) ProtoMessage() {}
 
 func (x *DescribeClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2599,7 +2692,7 @@ func (x *DescribeClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeClusterRequest.ProtoReflect.Descriptor instead.
 func (*DescribeClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{37}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DescribeClusterRequest) GetName() string {
@@ -2620,7 +2713,7 @@ type DescribeClusterResponse struct {
 
 func (x *DescribeClusterResponse) Reset() {
 	*x = DescribeClusterResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2632,7 +2725,7 @@ func (x *DescribeClusterResponse) String() string {
 func (*DescribeClusterResponse) ProtoMessage() {}
 
 func (x *DescribeClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2645,7 +2738,7 @@ func (x *DescribeClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeClusterResponse.ProtoReflect.Descriptor instead.
 func (*DescribeClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{38}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DescribeClusterResponse) GetCluster() *ClusterRecord {
@@ -2678,7 +2771,7 @@ type RemoveClusterRequest struct {
 
 func (x *RemoveClusterRequest) Reset() {
 	*x = RemoveClusterRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2690,7 +2783,7 @@ func (x *RemoveClusterRequest) String() string {
 func (*RemoveClusterRequest) ProtoMessage() {}
 
 func (x *RemoveClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2703,7 +2796,7 @@ func (x *RemoveClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveClusterRequest.ProtoReflect.Descriptor instead.
 func (*RemoveClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{39}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RemoveClusterRequest) GetName() string {
@@ -2722,7 +2815,7 @@ type RemoveClusterResponse struct {
 
 func (x *RemoveClusterResponse) Reset() {
 	*x = RemoveClusterResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2734,7 +2827,7 @@ func (x *RemoveClusterResponse) String() string {
 func (*RemoveClusterResponse) ProtoMessage() {}
 
 func (x *RemoveClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2747,7 +2840,7 @@ func (x *RemoveClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveClusterResponse.ProtoReflect.Descriptor instead.
 func (*RemoveClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{40}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RemoveClusterResponse) GetRevision() uint64 {
@@ -2768,7 +2861,7 @@ type GlobalService struct {
 
 func (x *GlobalService) Reset() {
 	*x = GlobalService{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2780,7 +2873,7 @@ func (x *GlobalService) String() string {
 func (*GlobalService) ProtoMessage() {}
 
 func (x *GlobalService) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2793,7 +2886,7 @@ func (x *GlobalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalService.ProtoReflect.Descriptor instead.
 func (*GlobalService) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{41}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GlobalService) GetKey() string {
@@ -2818,7 +2911,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2830,7 +2923,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2843,7 +2936,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{42}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{43}
 }
 
 type ListServicesResponse struct {
@@ -2856,7 +2949,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2868,7 +2961,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2881,7 +2974,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{43}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListServicesResponse) GetServices() []*GlobalService {
@@ -2907,7 +3000,7 @@ type PutPolicyRequest struct {
 
 func (x *PutPolicyRequest) Reset() {
 	*x = PutPolicyRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2919,7 +3012,7 @@ func (x *PutPolicyRequest) String() string {
 func (*PutPolicyRequest) ProtoMessage() {}
 
 func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2932,7 +3025,7 @@ func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyRequest.ProtoReflect.Descriptor instead.
 func (*PutPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{44}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PutPolicyRequest) GetPolicy() *TrafficPolicy {
@@ -2951,7 +3044,7 @@ type PutPolicyResponse struct {
 
 func (x *PutPolicyResponse) Reset() {
 	*x = PutPolicyResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2963,7 +3056,7 @@ func (x *PutPolicyResponse) String() string {
 func (*PutPolicyResponse) ProtoMessage() {}
 
 func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2976,7 +3069,7 @@ func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyResponse.ProtoReflect.Descriptor instead.
 func (*PutPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{45}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *PutPolicyResponse) GetRevision() uint64 {
@@ -2995,7 +3088,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3007,7 +3100,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3020,7 +3113,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{46}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DeletePolicyRequest) GetName() string {
@@ -3039,7 +3132,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3051,7 +3144,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3064,7 +3157,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{47}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *DeletePolicyResponse) GetRevision() uint64 {
@@ -3082,7 +3175,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3094,7 +3187,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3107,7 +3200,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
 }
 
 type ListPoliciesResponse struct {
@@ -3120,7 +3213,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3132,7 +3225,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3145,7 +3238,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*TrafficPolicy {
@@ -3187,7 +3280,7 @@ type FederationRelationship struct {
 
 func (x *FederationRelationship) Reset() {
 	*x = FederationRelationship{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3199,7 +3292,7 @@ func (x *FederationRelationship) String() string {
 func (*FederationRelationship) ProtoMessage() {}
 
 func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3212,7 +3305,7 @@ func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
 func (*FederationRelationship) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *FederationRelationship) GetTrustDomain() string {
@@ -3273,7 +3366,7 @@ type PutFederationRequest struct {
 
 func (x *PutFederationRequest) Reset() {
 	*x = PutFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3285,7 +3378,7 @@ func (x *PutFederationRequest) String() string {
 func (*PutFederationRequest) ProtoMessage() {}
 
 func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3298,7 +3391,7 @@ func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationRequest.ProtoReflect.Descriptor instead.
 func (*PutFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *PutFederationRequest) GetFederation() *FederationRelationship {
@@ -3317,7 +3410,7 @@ type PutFederationResponse struct {
 
 func (x *PutFederationResponse) Reset() {
 	*x = PutFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3329,7 +3422,7 @@ func (x *PutFederationResponse) String() string {
 func (*PutFederationResponse) ProtoMessage() {}
 
 func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3342,7 +3435,7 @@ func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationResponse.ProtoReflect.Descriptor instead.
 func (*PutFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *PutFederationResponse) GetRevision() uint64 {
@@ -3361,7 +3454,7 @@ type DeleteFederationRequest struct {
 
 func (x *DeleteFederationRequest) Reset() {
 	*x = DeleteFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3373,7 +3466,7 @@ func (x *DeleteFederationRequest) String() string {
 func (*DeleteFederationRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3386,7 +3479,7 @@ func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *DeleteFederationRequest) GetTrustDomain() string {
@@ -3405,7 +3498,7 @@ type DeleteFederationResponse struct {
 
 func (x *DeleteFederationResponse) Reset() {
 	*x = DeleteFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3417,7 +3510,7 @@ func (x *DeleteFederationResponse) String() string {
 func (*DeleteFederationResponse) ProtoMessage() {}
 
 func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3430,7 +3523,7 @@ func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *DeleteFederationResponse) GetRevision() uint64 {
@@ -3448,7 +3541,7 @@ type ListFederationsRequest struct {
 
 func (x *ListFederationsRequest) Reset() {
 	*x = ListFederationsRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3460,7 +3553,7 @@ func (x *ListFederationsRequest) String() string {
 func (*ListFederationsRequest) ProtoMessage() {}
 
 func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3473,7 +3566,7 @@ func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
 }
 
 type FederationStatus struct {
@@ -3489,7 +3582,7 @@ type FederationStatus struct {
 
 func (x *FederationStatus) Reset() {
 	*x = FederationStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3501,7 +3594,7 @@ func (x *FederationStatus) String() string {
 func (*FederationStatus) ProtoMessage() {}
 
 func (x *FederationStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3514,7 +3607,7 @@ func (x *FederationStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationStatus.ProtoReflect.Descriptor instead.
 func (*FederationStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *FederationStatus) GetFederation() *FederationRelationship {
@@ -3548,7 +3641,7 @@ type ListFederationsResponse struct {
 
 func (x *ListFederationsResponse) Reset() {
 	*x = ListFederationsResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3560,7 +3653,7 @@ func (x *ListFederationsResponse) String() string {
 func (*ListFederationsResponse) ProtoMessage() {}
 
 func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3573,7 +3666,7 @@ func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ListFederationsResponse) GetFederations() []*FederationStatus {
@@ -3603,7 +3696,7 @@ type BundleInfo struct {
 
 func (x *BundleInfo) Reset() {
 	*x = BundleInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3615,7 +3708,7 @@ func (x *BundleInfo) String() string {
 func (*BundleInfo) ProtoMessage() {}
 
 func (x *BundleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3628,7 +3721,7 @@ func (x *BundleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleInfo.ProtoReflect.Descriptor instead.
 func (*BundleInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *BundleInfo) GetBundle() *TrustBundle {
@@ -3660,7 +3753,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3672,7 +3765,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3685,7 +3778,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
 }
 
 type ListBundlesResponse struct {
@@ -3698,7 +3791,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3710,7 +3803,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3723,7 +3816,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*BundleInfo {
@@ -3749,7 +3842,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3761,7 +3854,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3774,7 +3867,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *RotateCARequest) GetCluster() string {
@@ -3794,7 +3887,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3806,7 +3899,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3819,7 +3912,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *RotateCAResponse) GetCaRotation() uint64 {
@@ -3854,7 +3947,7 @@ type ServerStatus struct {
 
 func (x *ServerStatus) Reset() {
 	*x = ServerStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3866,7 +3959,7 @@ func (x *ServerStatus) String() string {
 func (*ServerStatus) ProtoMessage() {}
 
 func (x *ServerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3879,7 +3972,7 @@ func (x *ServerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStatus.ProtoReflect.Descriptor instead.
 func (*ServerStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ServerStatus) GetName() string {
@@ -3939,7 +4032,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3951,7 +4044,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3964,7 +4057,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
 }
 
 type StatusResponse struct {
@@ -3980,7 +4073,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3992,7 +4085,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4005,7 +4098,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *StatusResponse) GetServers() []*ServerStatus {
@@ -4192,15 +4285,20 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x03 \x01(\tR\terrorCode\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"t\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\xa8\x01\n" +
 	"\x11SyncHelloResponse\x12G\n" +
 	"\fcapabilities\x18\x01 \x01(\v2#.meshfed.federation.v1.CapabilitiesR\fcapabilities\x12\x16\n" +
-	"\x06server\x18\x02 \x01(\tR\x06server\"\xe0\x01\n" +
+	"\x06server\x18\x02 \x01(\tR\x06server\x122\n" +
+	"\x15heartbeat_interval_ms\x18\x03 \x01(\x03R\x13heartbeatIntervalMs\"\xa6\x02\n" +
 	"\fSyncResponse\x128\n" +
 	"\x05delta\x18\x01 \x01(\v2 .meshfed.federation.v1.SyncDeltaH\x00R\x05delta\x12M\n" +
 	"\x0epublish_result\x18\x02 \x01(\v2$.meshfed.federation.v1.PublishResultH\x00R\rpublishResult\x12@\n" +
-	"\x05hello\x18\x03 \x01(\v2(.meshfed.federation.v1.SyncHelloResponseH\x00R\x05helloB\x05\n" +
-	"\x03msg\" \n" +
+	"\x05hello\x18\x03 \x01(\v2(.meshfed.federation.v1.SyncHelloResponseH\x00R\x05hello\x12D\n" +
+	"\theartbeat\x18\x04 \x01(\v2$.meshfed.federation.v1.SyncHeartbeatH\x00R\theartbeatB\x05\n" +
+	"\x03msg\"^\n" +
+	"\rSyncHeartbeat\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x121\n" +
+	"\x15leader_contact_age_ms\x18\x02 \x01(\x03R\x12leaderContactAgeMs\" \n" +
 	"\fRenewRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"z\n" +
 	"\rRenewResponse\x12-\n" +
@@ -4358,7 +4456,7 @@ func file_meshfed_federation_v1_federation_proto_rawDescGZIP() []byte {
 	return file_meshfed_federation_v1_federation_proto_rawDescData
 }
 
-var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
+var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
 var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*Capabilities)(nil),             // 0: meshfed.federation.v1.Capabilities
 	(*Locality)(nil),                 // 1: meshfed.federation.v1.Locality
@@ -4386,48 +4484,49 @@ var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*PublishResult)(nil),            // 23: meshfed.federation.v1.PublishResult
 	(*SyncHelloResponse)(nil),        // 24: meshfed.federation.v1.SyncHelloResponse
 	(*SyncResponse)(nil),             // 25: meshfed.federation.v1.SyncResponse
-	(*RenewRequest)(nil),             // 26: meshfed.federation.v1.RenewRequest
-	(*RenewResponse)(nil),            // 27: meshfed.federation.v1.RenewResponse
-	(*TokenInfo)(nil),                // 28: meshfed.federation.v1.TokenInfo
-	(*CreateTokenRequest)(nil),       // 29: meshfed.federation.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),      // 30: meshfed.federation.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),        // 31: meshfed.federation.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),       // 32: meshfed.federation.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),       // 33: meshfed.federation.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),      // 34: meshfed.federation.v1.RevokeTokenResponse
-	(*ListClustersRequest)(nil),      // 35: meshfed.federation.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),     // 36: meshfed.federation.v1.ListClustersResponse
-	(*DescribeClusterRequest)(nil),   // 37: meshfed.federation.v1.DescribeClusterRequest
-	(*DescribeClusterResponse)(nil),  // 38: meshfed.federation.v1.DescribeClusterResponse
-	(*RemoveClusterRequest)(nil),     // 39: meshfed.federation.v1.RemoveClusterRequest
-	(*RemoveClusterResponse)(nil),    // 40: meshfed.federation.v1.RemoveClusterResponse
-	(*GlobalService)(nil),            // 41: meshfed.federation.v1.GlobalService
-	(*ListServicesRequest)(nil),      // 42: meshfed.federation.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),     // 43: meshfed.federation.v1.ListServicesResponse
-	(*PutPolicyRequest)(nil),         // 44: meshfed.federation.v1.PutPolicyRequest
-	(*PutPolicyResponse)(nil),        // 45: meshfed.federation.v1.PutPolicyResponse
-	(*DeletePolicyRequest)(nil),      // 46: meshfed.federation.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),     // 47: meshfed.federation.v1.DeletePolicyResponse
-	(*ListPoliciesRequest)(nil),      // 48: meshfed.federation.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 49: meshfed.federation.v1.ListPoliciesResponse
-	(*FederationRelationship)(nil),   // 50: meshfed.federation.v1.FederationRelationship
-	(*PutFederationRequest)(nil),     // 51: meshfed.federation.v1.PutFederationRequest
-	(*PutFederationResponse)(nil),    // 52: meshfed.federation.v1.PutFederationResponse
-	(*DeleteFederationRequest)(nil),  // 53: meshfed.federation.v1.DeleteFederationRequest
-	(*DeleteFederationResponse)(nil), // 54: meshfed.federation.v1.DeleteFederationResponse
-	(*ListFederationsRequest)(nil),   // 55: meshfed.federation.v1.ListFederationsRequest
-	(*FederationStatus)(nil),         // 56: meshfed.federation.v1.FederationStatus
-	(*ListFederationsResponse)(nil),  // 57: meshfed.federation.v1.ListFederationsResponse
-	(*BundleInfo)(nil),               // 58: meshfed.federation.v1.BundleInfo
-	(*ListBundlesRequest)(nil),       // 59: meshfed.federation.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),      // 60: meshfed.federation.v1.ListBundlesResponse
-	(*RotateCARequest)(nil),          // 61: meshfed.federation.v1.RotateCARequest
-	(*RotateCAResponse)(nil),         // 62: meshfed.federation.v1.RotateCAResponse
-	(*ServerStatus)(nil),             // 63: meshfed.federation.v1.ServerStatus
-	(*StatusRequest)(nil),            // 64: meshfed.federation.v1.StatusRequest
-	(*StatusResponse)(nil),           // 65: meshfed.federation.v1.StatusResponse
-	nil,                              // 66: meshfed.federation.v1.EndpointGroup.LabelsEntry
-	nil,                              // 67: meshfed.federation.v1.WeightedSubset.LabelsEntry
+	(*SyncHeartbeat)(nil),            // 26: meshfed.federation.v1.SyncHeartbeat
+	(*RenewRequest)(nil),             // 27: meshfed.federation.v1.RenewRequest
+	(*RenewResponse)(nil),            // 28: meshfed.federation.v1.RenewResponse
+	(*TokenInfo)(nil),                // 29: meshfed.federation.v1.TokenInfo
+	(*CreateTokenRequest)(nil),       // 30: meshfed.federation.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),      // 31: meshfed.federation.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),        // 32: meshfed.federation.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),       // 33: meshfed.federation.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),       // 34: meshfed.federation.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),      // 35: meshfed.federation.v1.RevokeTokenResponse
+	(*ListClustersRequest)(nil),      // 36: meshfed.federation.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),     // 37: meshfed.federation.v1.ListClustersResponse
+	(*DescribeClusterRequest)(nil),   // 38: meshfed.federation.v1.DescribeClusterRequest
+	(*DescribeClusterResponse)(nil),  // 39: meshfed.federation.v1.DescribeClusterResponse
+	(*RemoveClusterRequest)(nil),     // 40: meshfed.federation.v1.RemoveClusterRequest
+	(*RemoveClusterResponse)(nil),    // 41: meshfed.federation.v1.RemoveClusterResponse
+	(*GlobalService)(nil),            // 42: meshfed.federation.v1.GlobalService
+	(*ListServicesRequest)(nil),      // 43: meshfed.federation.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),     // 44: meshfed.federation.v1.ListServicesResponse
+	(*PutPolicyRequest)(nil),         // 45: meshfed.federation.v1.PutPolicyRequest
+	(*PutPolicyResponse)(nil),        // 46: meshfed.federation.v1.PutPolicyResponse
+	(*DeletePolicyRequest)(nil),      // 47: meshfed.federation.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),     // 48: meshfed.federation.v1.DeletePolicyResponse
+	(*ListPoliciesRequest)(nil),      // 49: meshfed.federation.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 50: meshfed.federation.v1.ListPoliciesResponse
+	(*FederationRelationship)(nil),   // 51: meshfed.federation.v1.FederationRelationship
+	(*PutFederationRequest)(nil),     // 52: meshfed.federation.v1.PutFederationRequest
+	(*PutFederationResponse)(nil),    // 53: meshfed.federation.v1.PutFederationResponse
+	(*DeleteFederationRequest)(nil),  // 54: meshfed.federation.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil), // 55: meshfed.federation.v1.DeleteFederationResponse
+	(*ListFederationsRequest)(nil),   // 56: meshfed.federation.v1.ListFederationsRequest
+	(*FederationStatus)(nil),         // 57: meshfed.federation.v1.FederationStatus
+	(*ListFederationsResponse)(nil),  // 58: meshfed.federation.v1.ListFederationsResponse
+	(*BundleInfo)(nil),               // 59: meshfed.federation.v1.BundleInfo
+	(*ListBundlesRequest)(nil),       // 60: meshfed.federation.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),      // 61: meshfed.federation.v1.ListBundlesResponse
+	(*RotateCARequest)(nil),          // 62: meshfed.federation.v1.RotateCARequest
+	(*RotateCAResponse)(nil),         // 63: meshfed.federation.v1.RotateCAResponse
+	(*ServerStatus)(nil),             // 64: meshfed.federation.v1.ServerStatus
+	(*StatusRequest)(nil),            // 65: meshfed.federation.v1.StatusRequest
+	(*StatusResponse)(nil),           // 66: meshfed.federation.v1.StatusResponse
+	nil,                              // 67: meshfed.federation.v1.EndpointGroup.LabelsEntry
+	nil,                              // 68: meshfed.federation.v1.WeightedSubset.LabelsEntry
 }
 var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	1,  // 0: meshfed.federation.v1.JoinRequest.locality:type_name -> meshfed.federation.v1.Locality
@@ -4435,7 +4534,7 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	0,  // 2: meshfed.federation.v1.JoinRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
 	4,  // 3: meshfed.federation.v1.JoinResponse.settings:type_name -> meshfed.federation.v1.FederationSettings
 	0,  // 4: meshfed.federation.v1.JoinResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	66, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
+	67, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
 	6,  // 6: meshfed.federation.v1.ExportedService.ports:type_name -> meshfed.federation.v1.ServicePort
 	7,  // 7: meshfed.federation.v1.ExportedService.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
 	8,  // 8: meshfed.federation.v1.ExportRecord.service:type_name -> meshfed.federation.v1.ExportedService
@@ -4444,7 +4543,7 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	12, // 11: meshfed.federation.v1.TrafficPolicy.subsets:type_name -> meshfed.federation.v1.WeightedSubset
 	13, // 12: meshfed.federation.v1.TrafficPolicy.outlier_detection:type_name -> meshfed.federation.v1.OutlierDetection
 	14, // 13: meshfed.federation.v1.TrafficPolicy.retries:type_name -> meshfed.federation.v1.RetryPolicy
-	67, // 14: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
+	68, // 14: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
 	0,  // 15: meshfed.federation.v1.SyncHello.capabilities:type_name -> meshfed.federation.v1.Capabilities
 	1,  // 16: meshfed.federation.v1.SyncHello.locality:type_name -> meshfed.federation.v1.Locality
 	8,  // 17: meshfed.federation.v1.PublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
@@ -4463,65 +4562,66 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	22, // 30: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
 	23, // 31: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
 	24, // 32: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
-	28, // 33: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
-	28, // 34: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
-	10, // 35: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	10, // 36: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	9,  // 37: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
-	2,  // 38: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	9,  // 39: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
-	41, // 40: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
-	11, // 41: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	11, // 42: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	50, // 43: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	50, // 44: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	56, // 45: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
-	2,  // 46: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	58, // 47: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
-	63, // 48: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
-	3,  // 49: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
-	20, // 50: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
-	26, // 51: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
-	29, // 52: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
-	31, // 53: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
-	33, // 54: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
-	35, // 55: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
-	37, // 56: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
-	39, // 57: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
-	42, // 58: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
-	44, // 59: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
-	46, // 60: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
-	48, // 61: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
-	64, // 62: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
-	51, // 63: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
-	53, // 64: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
-	55, // 65: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
-	59, // 66: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
-	61, // 67: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
-	5,  // 68: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
-	25, // 69: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
-	27, // 70: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
-	30, // 71: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
-	32, // 72: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
-	34, // 73: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
-	36, // 74: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
-	38, // 75: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
-	40, // 76: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
-	43, // 77: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
-	45, // 78: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
-	47, // 79: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
-	49, // 80: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
-	65, // 81: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
-	52, // 82: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
-	54, // 83: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
-	57, // 84: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
-	60, // 85: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
-	62, // 86: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
-	68, // [68:87] is the sub-list for method output_type
-	49, // [49:68] is the sub-list for method input_type
-	49, // [49:49] is the sub-list for extension type_name
-	49, // [49:49] is the sub-list for extension extendee
-	0,  // [0:49] is the sub-list for field type_name
+	26, // 33: meshfed.federation.v1.SyncResponse.heartbeat:type_name -> meshfed.federation.v1.SyncHeartbeat
+	29, // 34: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
+	29, // 35: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
+	10, // 36: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	10, // 37: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	9,  // 38: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
+	2,  // 39: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	9,  // 40: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
+	42, // 41: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
+	11, // 42: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	11, // 43: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	51, // 44: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	51, // 45: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	57, // 46: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
+	2,  // 47: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	59, // 48: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
+	64, // 49: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
+	3,  // 50: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
+	20, // 51: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
+	27, // 52: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
+	30, // 53: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
+	32, // 54: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
+	34, // 55: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
+	36, // 56: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
+	38, // 57: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
+	40, // 58: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
+	43, // 59: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
+	45, // 60: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
+	47, // 61: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
+	49, // 62: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
+	65, // 63: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
+	52, // 64: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
+	54, // 65: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
+	56, // 66: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
+	60, // 67: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
+	62, // 68: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
+	5,  // 69: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
+	25, // 70: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
+	28, // 71: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
+	31, // 72: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
+	33, // 73: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
+	35, // 74: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
+	37, // 75: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
+	39, // 76: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
+	41, // 77: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
+	44, // 78: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
+	46, // 79: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
+	48, // 80: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
+	50, // 81: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
+	66, // 82: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
+	53, // 83: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
+	55, // 84: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
+	58, // 85: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
+	61, // 86: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
+	63, // 87: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
+	69, // [69:88] is the sub-list for method output_type
+	50, // [50:69] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_federation_v1_federation_proto_init() }
@@ -4540,6 +4640,7 @@ func file_meshfed_federation_v1_federation_proto_init() {
 		(*SyncResponse_Delta)(nil),
 		(*SyncResponse_PublishResult)(nil),
 		(*SyncResponse_Hello)(nil),
+		(*SyncResponse_Heartbeat)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4547,7 +4648,7 @@ func file_meshfed_federation_v1_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_federation_v1_federation_proto_rawDesc), len(file_meshfed_federation_v1_federation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   68,
+			NumMessages:   69,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

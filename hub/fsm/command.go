@@ -41,6 +41,10 @@ const (
 	// UpdateClusterEndpointType: a member's gateway addresses and locality
 	// as its agent states them at the start of a Sync session.
 	UpdateClusterEndpointType MessageType = 15
+	// RenewConnectionsType: one hub server's leases on the Sync streams it
+	// holds, renewed together; replaces ClusterStatus (9), which new
+	// servers no longer propose.
+	RenewConnectionsType MessageType = 17
 )
 
 // IgnoreUnknownFlag marks a command an older server may skip.
@@ -53,8 +57,9 @@ const IgnoreUnknownFlag MessageType = 128
 // rolling upgrade. A new command type gets the next version: bump this
 // and return it from MinVersion. Version 1 is what every hub server that
 // ever gossiped a version applies (types 0 to 13); version 2 adds
-// RenewAgentCert (14), version 3 UpdateClusterEndpoint (15).
-const ProtocolVersion = 3
+// RenewAgentCert (14), version 3 UpdateClusterEndpoint (15), version 4
+// RenewConnections (17).
+const ProtocolVersion = 4
 
 // MinVersion is the protocol version that introduced t; for a type this
 // build does not know, a version no server reaches.
@@ -69,6 +74,8 @@ func (t MessageType) MinVersion() int {
 		return 2
 	case UpdateClusterEndpointType:
 		return 3
+	case RenewConnectionsType:
+		return 4
 	}
 	return math.MaxInt
 }
@@ -107,6 +114,8 @@ func (t MessageType) String() string {
 		return "RenewAgentCert"
 	case UpdateClusterEndpointType:
 		return "UpdateClusterEndpoint"
+	case RenewConnectionsType:
+		return "RenewConnections"
 	}
 	return fmt.Sprintf("MessageType(%d)", uint8(t))
 }
@@ -155,6 +164,8 @@ func payloadFor(t MessageType) proto.Message {
 		return &hubpb.CmdRenewAgentCert{}
 	case UpdateClusterEndpointType:
 		return &hubpb.CmdUpdateClusterEndpoint{}
+	case RenewConnectionsType:
+		return &hubpb.CmdRenewConnections{}
 	}
 	return nil
 }

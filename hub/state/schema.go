@@ -28,6 +28,11 @@ const (
 	// is not streamed to agents: they get the bundles, not how they were
 	// fetched.
 	TableFederations = "federations"
+	// TableConnections holds the hub servers' leases on member clusters'
+	// Sync streams (hubpb.ClusterConnection), one row per cluster and
+	// server. It is not streamed: a connect or disconnect is not a change
+	// that agents receive.
+	TableConnections = "connections"
 )
 
 func schema() *memdb.DBSchema {
@@ -57,6 +62,11 @@ func schema() *memdb.DBSchema {
 			"id": id("Key"), "revision": rev,
 		}},
 		TableFederations: {Name: TableFederations, Indexes: map[string]*memdb.IndexSchema{"id": id("Key")}},
+		TableConnections: {Name: TableConnections, Indexes: map[string]*memdb.IndexSchema{
+			"id":      id("Key"),
+			"cluster": {Name: "cluster", Indexer: &memdb.StringFieldIndex{Field: "Cluster"}},
+			"server":  {Name: "server", Indexer: &memdb.StringFieldIndex{Field: "Server"}},
+		}},
 	}}
 }
 
@@ -65,9 +75,11 @@ func schema() *memdb.DBSchema {
 type row struct {
 	Key string
 	Rev uint64
-	// Cluster and Service are set for exports only (secondary indexes).
+	// Cluster and Service are set for exports only (secondary indexes);
+	// Cluster and Server for connections.
 	Cluster string
 	Service string
+	Server  string
 	Value   any
 }
 
@@ -75,6 +87,10 @@ type row struct {
 func ExportKey(cluster, service string) string { return cluster + "/" + service }
 
 func tombKey(table, key string) string { return table + ":" + key }
+
+// connKey is the primary key of a connection lease. It is never parsed:
+// readers use the row's Cluster and Server.
+func connKey(cluster, server string) string { return cluster + "\x00" + server }
 
 func mustDB() *memdb.MemDB {
 	db, err := memdb.NewMemDB(schema())

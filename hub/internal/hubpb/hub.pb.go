@@ -788,6 +788,158 @@ func (x *CmdClusterStatus) GetConnectedAtMs() int64 {
 	return 0
 }
 
+// CmdRenewConnections states every cluster that one hub server holds a
+// Sync stream for, as of now_ms on that server's clock: each gets a lease
+// until now_ms + lease_ms, and the server's leases for clusters not listed
+// are released. One command per server renews all of its streams.
+type CmdRenewConnections struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Server        string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	NowMs         int64                  `protobuf:"varint,2,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
+	LeaseMs       int64                  `protobuf:"varint,3,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
+	Clusters      []string               `protobuf:"bytes,4,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdRenewConnections) Reset() {
+	*x = CmdRenewConnections{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdRenewConnections) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdRenewConnections) ProtoMessage() {}
+
+func (x *CmdRenewConnections) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdRenewConnections.ProtoReflect.Descriptor instead.
+func (*CmdRenewConnections) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CmdRenewConnections) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *CmdRenewConnections) GetNowMs() int64 {
+	if x != nil {
+		return x.NowMs
+	}
+	return 0
+}
+
+func (x *CmdRenewConnections) GetLeaseMs() int64 {
+	if x != nil {
+		return x.LeaseMs
+	}
+	return 0
+}
+
+func (x *CmdRenewConnections) GetClusters() []string {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
+// ClusterConnection is one hub server's lease on a cluster's connection
+// (state table "connections"; not streamed to agents).
+type ClusterConnection struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Server  string                 `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
+	// When the server first listed the cluster in this lease's lifetime, and
+	// when it last renewed it, on the server's clock (Unix milliseconds).
+	SinceMs       int64 `protobuf:"varint,3,opt,name=since_ms,json=sinceMs,proto3" json:"since_ms,omitempty"`
+	RenewedMs     int64 `protobuf:"varint,4,opt,name=renewed_ms,json=renewedMs,proto3" json:"renewed_ms,omitempty"`
+	ExpiresMs     int64 `protobuf:"varint,5,opt,name=expires_ms,json=expiresMs,proto3" json:"expires_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterConnection) Reset() {
+	*x = ClusterConnection{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterConnection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterConnection) ProtoMessage() {}
+
+func (x *ClusterConnection) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterConnection.ProtoReflect.Descriptor instead.
+func (*ClusterConnection) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ClusterConnection) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *ClusterConnection) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *ClusterConnection) GetSinceMs() int64 {
+	if x != nil {
+		return x.SinceMs
+	}
+	return 0
+}
+
+func (x *ClusterConnection) GetRenewedMs() int64 {
+	if x != nil {
+		return x.RenewedMs
+	}
+	return 0
+}
+
+func (x *ClusterConnection) GetExpiresMs() int64 {
+	if x != nil {
+		return x.ExpiresMs
+	}
+	return 0
+}
+
 type CmdPutFederation struct {
 	state         protoimpl.MessageState     `protogen:"open.v1"`
 	Federation    *v1.FederationRelationship `protobuf:"bytes,1,opt,name=federation,proto3" json:"federation,omitempty"`
@@ -797,7 +949,7 @@ type CmdPutFederation struct {
 
 func (x *CmdPutFederation) Reset() {
 	*x = CmdPutFederation{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +961,7 @@ func (x *CmdPutFederation) String() string {
 func (*CmdPutFederation) ProtoMessage() {}
 
 func (x *CmdPutFederation) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +974,7 @@ func (x *CmdPutFederation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdPutFederation.ProtoReflect.Descriptor instead.
 func (*CmdPutFederation) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{13}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CmdPutFederation) GetFederation() *v1.FederationRelationship {
@@ -841,7 +993,7 @@ type CmdDeleteFederation struct {
 
 func (x *CmdDeleteFederation) Reset() {
 	*x = CmdDeleteFederation{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -853,7 +1005,7 @@ func (x *CmdDeleteFederation) String() string {
 func (*CmdDeleteFederation) ProtoMessage() {}
 
 func (x *CmdDeleteFederation) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -866,7 +1018,7 @@ func (x *CmdDeleteFederation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdDeleteFederation.ProtoReflect.Descriptor instead.
 func (*CmdDeleteFederation) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{14}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CmdDeleteFederation) GetTrustDomain() string {
@@ -885,7 +1037,7 @@ type CmdRotateCA struct {
 
 func (x *CmdRotateCA) Reset() {
 	*x = CmdRotateCA{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -897,7 +1049,7 @@ func (x *CmdRotateCA) String() string {
 func (*CmdRotateCA) ProtoMessage() {}
 
 func (x *CmdRotateCA) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -910,7 +1062,7 @@ func (x *CmdRotateCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdRotateCA.ProtoReflect.Descriptor instead.
 func (*CmdRotateCA) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{15}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CmdRotateCA) GetCluster() string {
@@ -930,7 +1082,7 @@ type CmdPutExternalBundle struct {
 
 func (x *CmdPutExternalBundle) Reset() {
 	*x = CmdPutExternalBundle{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -942,7 +1094,7 @@ func (x *CmdPutExternalBundle) String() string {
 func (*CmdPutExternalBundle) ProtoMessage() {}
 
 func (x *CmdPutExternalBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -955,7 +1107,7 @@ func (x *CmdPutExternalBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdPutExternalBundle.ProtoReflect.Descriptor instead.
 func (*CmdPutExternalBundle) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{16}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CmdPutExternalBundle) GetBundle() *v1.TrustBundle {
@@ -982,7 +1134,7 @@ type CmdRenewAgentCert struct {
 
 func (x *CmdRenewAgentCert) Reset() {
 	*x = CmdRenewAgentCert{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1146,7 @@ func (x *CmdRenewAgentCert) String() string {
 func (*CmdRenewAgentCert) ProtoMessage() {}
 
 func (x *CmdRenewAgentCert) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1159,7 @@ func (x *CmdRenewAgentCert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdRenewAgentCert.ProtoReflect.Descriptor instead.
 func (*CmdRenewAgentCert) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{17}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CmdRenewAgentCert) GetCluster() string {
@@ -1066,7 +1218,7 @@ type Tombstone struct {
 
 func (x *Tombstone) Reset() {
 	*x = Tombstone{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1230,7 @@ func (x *Tombstone) String() string {
 func (*Tombstone) ProtoMessage() {}
 
 func (x *Tombstone) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1243,7 @@ func (x *Tombstone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tombstone.ProtoReflect.Descriptor instead.
 func (*Tombstone) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{18}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Tombstone) GetTable() string {
@@ -1129,6 +1281,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Policy
 	//	*SnapshotRecord_Tombstone
 	//	*SnapshotRecord_Federation
+	//	*SnapshotRecord_Connection
 	Rec           isSnapshotRecord_Rec `protobuf_oneof:"rec"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1136,7 +1289,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1301,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1314,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{19}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SnapshotRecord) GetRec() isSnapshotRecord_Rec {
@@ -1252,6 +1405,15 @@ func (x *SnapshotRecord) GetFederation() *v1.FederationRelationship {
 	return nil
 }
 
+func (x *SnapshotRecord) GetConnection() *ClusterConnection {
+	if x != nil {
+		if x, ok := x.Rec.(*SnapshotRecord_Connection); ok {
+			return x.Connection
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Rec interface {
 	isSnapshotRecord_Rec()
 }
@@ -1292,6 +1454,10 @@ type SnapshotRecord_Federation struct {
 	Federation *v1.FederationRelationship `protobuf:"bytes,9,opt,name=federation,proto3,oneof"`
 }
 
+type SnapshotRecord_Connection struct {
+	Connection *ClusterConnection `protobuf:"bytes,10,opt,name=connection,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Header) isSnapshotRecord_Rec() {}
 
 func (*SnapshotRecord_Ca) isSnapshotRecord_Rec() {}
@@ -1310,6 +1476,8 @@ func (*SnapshotRecord_Tombstone) isSnapshotRecord_Rec() {}
 
 func (*SnapshotRecord_Federation) isSnapshotRecord_Rec() {}
 
+func (*SnapshotRecord_Connection) isSnapshotRecord_Rec() {}
+
 type SnapshotHeader struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Format         uint32                 `protobuf:"varint,1,opt,name=format,proto3" json:"format,omitempty"`
@@ -1323,7 +1491,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1335,7 +1503,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1348,7 +1516,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{20}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1392,7 +1560,7 @@ type BundleRecord struct {
 
 func (x *BundleRecord) Reset() {
 	*x = BundleRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1572,7 @@ func (x *BundleRecord) String() string {
 func (*BundleRecord) ProtoMessage() {}
 
 func (x *BundleRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1585,7 @@ func (x *BundleRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleRecord.ProtoReflect.Descriptor instead.
 func (*BundleRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{21}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BundleRecord) GetCluster() string {
@@ -1458,7 +1626,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1638,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1651,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -1505,7 +1673,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1685,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1698,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -1562,7 +1730,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1742,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1755,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{26}
 }
 
 type ReadIndexResponse struct {
@@ -1599,7 +1767,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1779,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1792,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -1688,7 +1856,20 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x15\n" +
 	"\x06now_ms\x18\x03 \x01(\x03R\x05nowMs\x12&\n" +
-	"\x0fconnected_at_ms\x18\x04 \x01(\x03R\rconnectedAtMs\"a\n" +
+	"\x0fconnected_at_ms\x18\x04 \x01(\x03R\rconnectedAtMs\"{\n" +
+	"\x13CmdRenewConnections\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x15\n" +
+	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x12\x19\n" +
+	"\blease_ms\x18\x03 \x01(\x03R\aleaseMs\x12\x1a\n" +
+	"\bclusters\x18\x04 \x03(\tR\bclusters\"\x9e\x01\n" +
+	"\x11ClusterConnection\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
+	"\x06server\x18\x02 \x01(\tR\x06server\x12\x19\n" +
+	"\bsince_ms\x18\x03 \x01(\x03R\asinceMs\x12\x1d\n" +
+	"\n" +
+	"renewed_ms\x18\x04 \x01(\x03R\trenewedMs\x12\x1d\n" +
+	"\n" +
+	"expires_ms\x18\x05 \x01(\x03R\texpiresMs\"a\n" +
 	"\x10CmdPutFederation\x12M\n" +
 	"\n" +
 	"federation\x18\x01 \x01(\v2-.meshfed.federation.v1.FederationRelationshipR\n" +
@@ -1710,7 +1891,7 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\tTombstone\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"\xb0\x04\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xf5\x04\n" +
 	"\x0eSnapshotRecord\x128\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.meshfed.hub.v1.SnapshotHeaderH\x00R\x06header\x12)\n" +
 	"\x02ca\x18\x02 \x01(\v2\x17.meshfed.hub.v1.CAStateH\x00R\x02ca\x12-\n" +
@@ -1722,7 +1903,11 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\ttombstone\x18\b \x01(\v2\x19.meshfed.hub.v1.TombstoneH\x00R\ttombstone\x12O\n" +
 	"\n" +
 	"federation\x18\t \x01(\v2-.meshfed.federation.v1.FederationRelationshipH\x00R\n" +
-	"federationB\x05\n" +
+	"federation\x12C\n" +
+	"\n" +
+	"connection\x18\n" +
+	" \x01(\v2!.meshfed.hub.v1.ClusterConnectionH\x00R\n" +
+	"connectionB\x05\n" +
 	"\x03rec\"\x92\x01\n" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x1a\n" +
@@ -1760,7 +1945,7 @@ func file_meshfed_hub_v1_hub_proto_rawDescGZIP() []byte {
 	return file_meshfed_hub_v1_hub_proto_rawDescData
 }
 
-var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CAState)(nil),                   // 0: meshfed.hub.v1.CAState
 	(*Token)(nil),                     // 1: meshfed.hub.v1.Token
@@ -1775,57 +1960,60 @@ var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CmdDeletePolicy)(nil),           // 10: meshfed.hub.v1.CmdDeletePolicy
 	(*CmdUpdateClusterEndpoint)(nil),  // 11: meshfed.hub.v1.CmdUpdateClusterEndpoint
 	(*CmdClusterStatus)(nil),          // 12: meshfed.hub.v1.CmdClusterStatus
-	(*CmdPutFederation)(nil),          // 13: meshfed.hub.v1.CmdPutFederation
-	(*CmdDeleteFederation)(nil),       // 14: meshfed.hub.v1.CmdDeleteFederation
-	(*CmdRotateCA)(nil),               // 15: meshfed.hub.v1.CmdRotateCA
-	(*CmdPutExternalBundle)(nil),      // 16: meshfed.hub.v1.CmdPutExternalBundle
-	(*CmdRenewAgentCert)(nil),         // 17: meshfed.hub.v1.CmdRenewAgentCert
-	(*Tombstone)(nil),                 // 18: meshfed.hub.v1.Tombstone
-	(*SnapshotRecord)(nil),            // 19: meshfed.hub.v1.SnapshotRecord
-	(*SnapshotHeader)(nil),            // 20: meshfed.hub.v1.SnapshotHeader
-	(*BundleRecord)(nil),              // 21: meshfed.hub.v1.BundleRecord
-	(*ApplyRequest)(nil),              // 22: meshfed.hub.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 23: meshfed.hub.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),          // 24: meshfed.hub.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),         // 25: meshfed.hub.v1.ReadIndexResponse
-	(*v1.ClusterRecord)(nil),          // 26: meshfed.federation.v1.ClusterRecord
-	(*v1.TrustBundle)(nil),            // 27: meshfed.federation.v1.TrustBundle
-	(*v1.ExportedService)(nil),        // 28: meshfed.federation.v1.ExportedService
-	(*v1.TrafficPolicy)(nil),          // 29: meshfed.federation.v1.TrafficPolicy
-	(*v1.Locality)(nil),               // 30: meshfed.federation.v1.Locality
-	(*v1.FederationRelationship)(nil), // 31: meshfed.federation.v1.FederationRelationship
-	(*v1.ExportRecord)(nil),           // 32: meshfed.federation.v1.ExportRecord
+	(*CmdRenewConnections)(nil),       // 13: meshfed.hub.v1.CmdRenewConnections
+	(*ClusterConnection)(nil),         // 14: meshfed.hub.v1.ClusterConnection
+	(*CmdPutFederation)(nil),          // 15: meshfed.hub.v1.CmdPutFederation
+	(*CmdDeleteFederation)(nil),       // 16: meshfed.hub.v1.CmdDeleteFederation
+	(*CmdRotateCA)(nil),               // 17: meshfed.hub.v1.CmdRotateCA
+	(*CmdPutExternalBundle)(nil),      // 18: meshfed.hub.v1.CmdPutExternalBundle
+	(*CmdRenewAgentCert)(nil),         // 19: meshfed.hub.v1.CmdRenewAgentCert
+	(*Tombstone)(nil),                 // 20: meshfed.hub.v1.Tombstone
+	(*SnapshotRecord)(nil),            // 21: meshfed.hub.v1.SnapshotRecord
+	(*SnapshotHeader)(nil),            // 22: meshfed.hub.v1.SnapshotHeader
+	(*BundleRecord)(nil),              // 23: meshfed.hub.v1.BundleRecord
+	(*ApplyRequest)(nil),              // 24: meshfed.hub.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 25: meshfed.hub.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),          // 26: meshfed.hub.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),         // 27: meshfed.hub.v1.ReadIndexResponse
+	(*v1.ClusterRecord)(nil),          // 28: meshfed.federation.v1.ClusterRecord
+	(*v1.TrustBundle)(nil),            // 29: meshfed.federation.v1.TrustBundle
+	(*v1.ExportedService)(nil),        // 30: meshfed.federation.v1.ExportedService
+	(*v1.TrafficPolicy)(nil),          // 31: meshfed.federation.v1.TrafficPolicy
+	(*v1.Locality)(nil),               // 32: meshfed.federation.v1.Locality
+	(*v1.FederationRelationship)(nil), // 33: meshfed.federation.v1.FederationRelationship
+	(*v1.ExportRecord)(nil),           // 34: meshfed.federation.v1.ExportRecord
 }
 var file_meshfed_hub_v1_hub_proto_depIdxs = []int32{
 	0,  // 0: meshfed.hub.v1.CmdSetCA.ca:type_name -> meshfed.hub.v1.CAState
 	1,  // 1: meshfed.hub.v1.CmdCreateToken.token:type_name -> meshfed.hub.v1.Token
-	26, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	27, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	28, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
-	27, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	29, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	30, // 7: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
-	31, // 8: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	27, // 9: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	20, // 10: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
+	28, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	29, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	30, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
+	29, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	31, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	32, // 7: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
+	33, // 8: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	29, // 9: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	22, // 10: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
 	0,  // 11: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
 	1,  // 12: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
-	26, // 13: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	32, // 14: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
-	21, // 15: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
-	29, // 16: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	18, // 17: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
-	31, // 18: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	27, // 19: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	22, // 20: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
-	24, // 21: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
-	23, // 22: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
-	25, // 23: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
-	22, // [22:24] is the sub-list for method output_type
-	20, // [20:22] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	28, // 13: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	34, // 14: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
+	23, // 15: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
+	31, // 16: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	20, // 17: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
+	33, // 18: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	14, // 19: meshfed.hub.v1.SnapshotRecord.connection:type_name -> meshfed.hub.v1.ClusterConnection
+	29, // 20: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	24, // 21: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
+	26, // 22: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
+	25, // 23: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
+	27, // 24: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
+	23, // [23:25] is the sub-list for method output_type
+	21, // [21:23] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_hub_v1_hub_proto_init() }
@@ -1833,7 +2021,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 	if File_meshfed_hub_v1_hub_proto != nil {
 		return
 	}
-	file_meshfed_hub_v1_hub_proto_msgTypes[19].OneofWrappers = []any{
+	file_meshfed_hub_v1_hub_proto_msgTypes[21].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Ca)(nil),
 		(*SnapshotRecord_Token)(nil),
@@ -1843,6 +2031,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 		(*SnapshotRecord_Policy)(nil),
 		(*SnapshotRecord_Tombstone)(nil),
 		(*SnapshotRecord_Federation)(nil),
+		(*SnapshotRecord_Connection)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1850,7 +2039,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_hub_v1_hub_proto_rawDesc), len(file_meshfed_hub_v1_hub_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
