@@ -53,6 +53,10 @@ const (
 	// federation (an operator removed it, or it never joined). Its agent
 	// stops and removes what it imported.
 	ReasonClusterRemoved = "CLUSTER_REMOVED"
+	// ReasonSlowConsumer: the hub ended a Sync stream whose agent did not
+	// read a message within the hub's send timeout. The agent reconnects
+	// and resumes from its revision.
+	ReasonSlowConsumer = "SLOW_CONSUMER"
 )
 
 // Features is an immutable set of feature names, typically the result of
