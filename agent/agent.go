@@ -70,7 +70,10 @@ type Agent struct {
 	conflicts map[string]string
 	source    catalogSource
 	importer  *kubeImporter
-	httpAddr  string
+	// stopImporter stops the importer and waits for it (nil without one).
+	// Set before the hub goroutine starts, which alone calls it.
+	stopImporter func()
+	httpAddr     string
 
 	reg          *prometheus.Registry
 	mRevision    prometheus.Gauge
@@ -322,7 +325,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	if imp != nil {
-		goRun("importer", func(ctx context.Context) error { return imp.Run(ctx, &a.viewBox) })
+		// The importer has a stop of its own: after a removal it must have
+		// stopped writing before its objects are deleted.
+		impCtx, stopImp := context.WithCancel(ctx)
+		impDone := make(chan struct{})
+		a.stopImporter = func() { stopImp(); <-impDone }
+		goRun("importer", func(context.Context) error { defer close(impDone); return imp.Run(impCtx, &a.viewBox) })
 	}
 	if a.cfg.HTTPAddr != "" {
 		ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
@@ -353,6 +361,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	cancel()
 	wg.Wait()
+	if errors.Is(runErr, ErrClusterRemoved) {
+		return a.clearRemovedCache(runErr)
+	}
 	return runErr
 }
 

@@ -78,7 +78,7 @@
 // matched on the reason, never the message), the agent stops syncing,
 // empties its view (the gateways import nothing), removes every
 // ServiceImport, Service and EndpointSlice it created (until a listing
-// finds none left), empties its cached hub state (file and ConfigMaps) so
+// finds none left), deletes its cached hub state (file and ConfigMaps) so
 // that a restart serves no stale imports, sets every ServiceExport's
 // Synced condition to False with reason ClusterRemoved, logs it once, shows
 // it in /state (hub.removed), and Run returns an error wrapping

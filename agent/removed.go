@@ -17,7 +17,7 @@ import (
 // when the hub refuses this cluster because it is no longer a member of
 // the federation: an operator removed it. Before returning, the agent has
 // stopped syncing, removed every ServiceImport, Service and EndpointSlice
-// it created, emptied its cached hub state, and set the ServiceExports'
+// it created, deleted its cached hub state, and set the ServiceExports'
 // Synced condition to False with reason ClusterRemoved. Rejoining takes a
 // new token (meshfed join).
 var ErrClusterRemoved = errors.New("agent: this cluster was removed from the federation")
@@ -62,7 +62,7 @@ const removeTimeout = time.Minute
 
 // leaveFederation is the agent's last act once the hub has refused the
 // cluster as removed: it empties the view (so the gateways and the
-// importer import nothing), removes what the importer created, empties
+// importer import nothing), removes what the importer created, deletes
 // the caches a restart would serve from, reports the removal on the
 // source's objects, logs it once and returns removed for Run to return.
 func (a *Agent) leaveFederation(ctx context.Context, s *syncSession, removed error) error {
@@ -80,17 +80,15 @@ func (a *Agent) leaveFederation(ctx context.Context, s *syncSession, removed err
 	s.view = empty
 	a.publishView(empty, s.egressF)
 	var errs []error
-	if err := s.file.save(empty); err != nil {
-		errs = append(errs, fmt.Errorf("emptying the cached hub state: %w", err))
+	if err := s.file.remove(); err != nil {
+		errs = append(errs, fmt.Errorf("removing the cached hub state: %w", err))
 	}
-	if a.cmCache != nil {
-		if err := a.cmCache.save(ctx, empty); err != nil {
-			errs = append(errs, fmt.Errorf("emptying the hub state cached in ConfigMaps: %w", err))
-		}
-	}
+	// The ConfigMap cache is deleted by Run once its writer has stopped
+	// (clearRemovedCache).
 	if imp != nil {
-		// The importer reconciles the empty view too; removing until none
-		// is left also covers an object it was writing from the old one.
+		// Stopped first, so that nothing it was writing from the old view
+		// lands after the deletes.
+		a.stopImporter()
 		err := wait.Poll(ctx, wait.Backoff{Min: 100 * time.Millisecond, Max: 2 * time.Second}, "removing imports", imp.removeAll)
 		if err != nil {
 			errs = append(errs, err)
@@ -106,5 +104,21 @@ func (a *Agent) leaveFederation(ctx context.Context, s *syncSession, removed err
 		return fmt.Errorf("%w (clean-up incomplete: %v)", removed, err)
 	}
 	a.log.Info("imports removed; the agent stops")
+	return removed
+}
+
+// clearRemovedCache deletes the hub state cached in ConfigMaps after a
+// removal. Run calls it once every goroutine, the cache's writer among
+// them, has returned, so no pending write can bring it back.
+func (a *Agent) clearRemovedCache(removed error) error {
+	if a.cmCache == nil {
+		return removed
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), removeTimeout)
+	defer cancel()
+	if err := a.cmCache.clear(ctx); err != nil {
+		a.log.Error("removing the hub state cached in ConfigMaps", "err", err)
+		return fmt.Errorf("%w (clean-up incomplete: removing the hub state cached in ConfigMaps: %v)", removed, err)
+	}
 	return removed
 }
