@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
 	"github.com/meshfed/meshfed/internal/hubdial"
@@ -49,6 +51,15 @@ type Agent struct {
 	creds     *Credentials
 	connected bool
 	server    string
+	// lastHeard is when the hub server last sent anything on the stream,
+	// and heardBound how long that keeps the agent connected
+	// (federation.HeartbeatMisses heartbeat intervals; 0: the hub sends
+	// no heartbeats, connected while the stream is open).
+	lastHeard  time.Time
+	heardBound time.Duration
+	// removed is why the hub refused this cluster as a non-member, once it
+	// has ("" until then).
+	removed   string
 	lastErr   string
 	snap      *view
 	cached    bool // snap came from the on-disk cache, not this run's hub
@@ -59,11 +70,13 @@ type Agent struct {
 	conflicts map[string]string
 	source    catalogSource
 	importer  *kubeImporter
-	httpAddr  string
-	rotation  CARotationState
+	// stopImporter stops the importer and waits for it (nil without one).
+	// Set before the hub goroutine starts, which alone calls it.
+	stopImporter func()
+	httpAddr     string
+	rotation     CARotationState
 
 	reg          *prometheus.Registry
-	mConnected   prometheus.Gauge
 	mRevision    prometheus.Gauge
 	mExports     prometheus.Gauge
 	mImports     prometheus.Gauge
@@ -144,8 +157,9 @@ func openStores(cfg Config) (stores, error) {
 
 // Run runs the agent until ctx is done: the catalog source, the importer,
 // the HTTP server and the Sync stream to the hub, reconnecting with backoff.
-// It returns ErrNotJoined without stored credentials, and nil when ctx is
-// cancelled.
+// It returns ErrNotJoined without stored credentials, an error wrapping
+// ErrClusterRemoved once the hub has refused the cluster as removed (after
+// removing its imports), and nil when ctx is cancelled.
 func (a *Agent) Run(ctx context.Context) error {
 	st, err := openStores(a.cfg)
 	if err != nil {
@@ -315,7 +329,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	if imp != nil {
-		goRun("importer", func(ctx context.Context) error { return imp.Run(ctx, &a.viewBox) })
+		// The importer has a stop of its own: after a removal it must have
+		// stopped writing before its objects are deleted.
+		impCtx, stopImp := context.WithCancel(ctx)
+		impDone := make(chan struct{})
+		a.stopImporter = func() { stopImp(); <-impDone }
+		goRun("importer", func(context.Context) error { defer close(impDone); return imp.Run(impCtx, &a.viewBox) })
 	}
 	if a.cfg.HTTPAddr != "" {
 		ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
@@ -348,6 +367,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	cancel()
 	wg.Wait()
+	if errors.Is(runErr, ErrClusterRemoved) {
+		return a.clearRemovedCache(runErr)
+	}
 	return runErr
 }
 
@@ -368,8 +390,12 @@ func (a *Agent) runHub(ctx context.Context, keeper *credentialKeeper, root *trus
 			return err
 		}
 		s.conn = conn
-		backoff = a.runSessions(ctx, s, changed, backoff)
+		var removed error
+		backoff, removed = a.runSessions(ctx, s, changed, backoff)
 		_ = conn.Close()
+		if removed != nil {
+			return a.leaveFederation(ctx, s, removed)
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -400,8 +426,9 @@ func (a *Agent) dialHub(creds *Credentials) (*grpc.ClientConn, error) {
 
 // runSessions runs Sync streams on s.conn one after another, with backoff
 // between them, until ctx is done or changed is closed. It returns the
-// backoff to continue with.
-func (a *Agent) runSessions(ctx context.Context, s *syncSession, changed <-chan struct{}, backoff time.Duration) time.Duration {
+// backoff to continue with, and an ErrClusterRemoved when the hub refused
+// the cluster as not a member (then it returns at once).
+func (a *Agent) runSessions(ctx context.Context, s *syncSession, changed <-chan struct{}, backoff time.Duration) (time.Duration, error) {
 	for {
 		sctx, cancel := context.WithCancel(ctx)
 		go func() {
@@ -415,11 +442,14 @@ func (a *Agent) runSessions(ctx context.Context, s *syncSession, changed <-chan 
 		err := s.run(sctx)
 		cancel()
 		a.setConnected(false, "")
+		if removedErr := clusterRemoved(err); removedErr != nil {
+			return backoff, removedErr
+		}
 		select {
 		case <-ctx.Done():
-			return backoff
+			return backoff, nil
 		case <-changed:
-			return a.cfg.ReconnectMin
+			return a.cfg.ReconnectMin, nil
 		default:
 		}
 		a.setErr(err)
@@ -433,10 +463,10 @@ func (a *Agent) runSessions(ctx context.Context, s *syncSession, changed <-chan 
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return backoff
+			return backoff, nil
 		case <-changed:
 			t.Stop()
-			return a.cfg.ReconnectMin
+			return a.cfg.ReconnectMin, nil
 		case <-t.C:
 		}
 		backoff = min(2*backoff, a.cfg.ReconnectMax)
@@ -451,10 +481,21 @@ func (a *Agent) setConnected(ok bool, server string) {
 	a.connected, a.server = ok, server
 	if ok {
 		a.lastErr = ""
-		a.mConnected.Set(1)
-	} else {
-		a.mConnected.Set(0)
 	}
+}
+
+// heard records that the hub server spoke at now; bound is how long that
+// keeps the agent connected (0: for as long as the stream is open).
+func (a *Agent) heard(now time.Time, bound time.Duration) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.lastHeard, a.heardBound = now, bound
+}
+
+// connectedLocked reports whether the agent is connected at now: a stream
+// is open and synced, and the server spoke within the bound. a.mu is held.
+func (a *Agent) connectedLocked(now time.Time) bool {
+	return a.connected && (a.heardBound == 0 || now.Sub(a.lastHeard) <= a.heardBound)
 }
 
 func (a *Agent) setErr(err error) {
@@ -562,7 +603,22 @@ func (s *syncSession) run(ctx context.Context) error {
 		return fmt.Errorf("sync: first message is %T, want hello", first.GetMsg())
 	}
 	server := hello.GetServer()
-	a.log.Info("hub stream open", "server", server, "resume", s.view.revision)
+	// With heartbeats, the agent is connected only while the server spoke
+	// within HeartbeatMisses intervals; past that the stream ends and the
+	// agent reconnects, to another server if this one went silent.
+	var bound time.Duration
+	if slices.Contains(hello.GetCapabilities().GetFeatures(), federation.FeatureSyncHeartbeat) && hello.GetHeartbeatIntervalMs() > 0 {
+		bound = federation.HeartbeatMisses * time.Duration(hello.GetHeartbeatIntervalMs()) * time.Millisecond
+	}
+	a.heard(time.Now(), bound)
+	var silent <-chan time.Time
+	var silentT *time.Timer
+	if bound > 0 {
+		silentT = time.NewTimer(bound)
+		defer silentT.Stop()
+		silent = silentT.C
+	}
+	a.log.Info("hub stream open", "server", server, "resume", s.view.revision, "heartbeat_bound", bound)
 
 	type recvd struct {
 		m   *fedv1.SyncResponse
@@ -602,11 +658,19 @@ func (s *syncSession) run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-silent:
+			return fmt.Errorf("%w: nothing from hub server %s for %v", errHubSilent, server, bound)
 		case r := <-rc:
 			if r.err != nil {
 				return r.err
 			}
+			a.heard(time.Now(), bound)
+			if silentT != nil {
+				silentT.Reset(bound)
+			}
 			switch {
+			case r.m.GetHeartbeat() != nil:
+				a.log.Debug("hub heartbeat", "revision", r.m.GetHeartbeat().GetRevision(), "leader_contact_age_ms", r.m.GetHeartbeat().GetLeaderContactAgeMs())
 			case r.m.GetDelta() != nil:
 				full, err := asm.add(r.m.GetDelta())
 				if err != nil {
@@ -852,7 +916,7 @@ func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority,
 		}
 		a.mu.Lock()
 		snap, local := a.snap, a.local
-		hub := &gatewayv1.HubState{Connected: a.connected, Cached: a.cached}
+		hub := &gatewayv1.HubState{Connected: a.connectedLocked(time.Now()), Cached: a.cached}
 		a.mu.Unlock()
 		if snap == nil {
 			// No hub state yet (never synced, no cache): gateways wait
@@ -888,7 +952,7 @@ func (a *Agent) gatewaySelf() *gatewayv1.Self {
 // as desired, and whether the agent is connected.
 func (a *Agent) reportSynced() {
 	a.mu.Lock()
-	src, connected, snap, desired := a.source, a.connected, a.snap, a.desired
+	src, connected, snap, desired := a.source, a.connectedLocked(time.Now()), a.snap, a.desired
 	a.mu.Unlock()
 	sr, ok := src.(syncReporter)
 	if !ok {

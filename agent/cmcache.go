@@ -203,3 +203,25 @@ func (c *configMapCache) load(ctx context.Context) (*view, error) {
 	}
 	return decodeView(raw)
 }
+
+// clear deletes the cached hub state: the index first, so that a load
+// finds no cache even if deleting a chunk fails, then every chunk of both
+// slots.
+func (c *configMapCache) clear(ctx context.Context) error {
+	cms := c.client.CoreV1().ConfigMaps(c.namespace)
+	if err := cms.Delete(ctx, HubStateConfigMap, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	for _, slot := range []string{"a", "b"} {
+		for i := range MaxHubStateChunks {
+			err := cms.Delete(ctx, chunkName(slot, i), metav1.DeleteOptions{})
+			if apierrors.IsNotFound(err) {
+				break
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

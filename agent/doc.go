@@ -57,6 +57,35 @@
 // not sent again. The cluster's trust bundle is published with
 // PublishBundle whenever it differs from the hub's copy.
 //
+// Connected means heard from recently. A hub that negotiates
+// sync.heartbeat states its heartbeat interval in the hello and sends
+// heartbeats while the serving server is healthy (a ready leader, or a
+// follower in contact with the leader). The agent counts itself connected
+// only while the stream is synced and the server sent something within
+// federation.HeartbeatMisses (3) intervals (6 s with the hub's default
+// 2 s); past that it ends the stream and reconnects, to another server if
+// this one is frozen, partitioned or cut off from the leader. Status,
+// /state (hub.connected, hub.lastHeardAgoMs, hub.heartbeatBoundMs), the
+// metrics meshfed_agent_hub_connected and
+// meshfed_agent_hub_last_heard_seconds, the gateways' hub state and the
+// ServiceExports' Synced condition all read that one rule. Against an older
+// hub (no heartbeats) connected means a synced stream is open.
+//
+// # Removal
+//
+// When the hub refuses the cluster as no longer a member (gRPC
+// PermissionDenied with google.rpc.ErrorInfo reason CLUSTER_REMOVED,
+// matched on the reason, never the message), the agent stops syncing,
+// empties its view (the gateways import nothing), removes every
+// ServiceImport, Service and EndpointSlice it created (until a listing
+// finds none left), deletes its cached hub state (file and ConfigMaps) so
+// that a restart serves no stale imports, sets every ServiceExport's
+// Synced condition to False with reason ClusterRemoved, logs it once, shows
+// it in /state (hub.removed), and Run returns an error wrapping
+// ErrClusterRemoved. `meshfed agent` then exits with status 1 and says how
+// to rejoin (a new token and meshfed join); restarted, it meets the same
+// refusal and exits again.
+//
 // # Static stability
 //
 // On start the cached view is loaded and imports are served from it before

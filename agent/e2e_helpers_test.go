@@ -91,6 +91,26 @@ func (r *runningAgent) stop(t testing.TB) {
 	}
 }
 
+// waitRemoved waits until Run returns because the agent's cluster was
+// removed from the federation, and fails the test if it returns otherwise
+// or not within timeout.
+func (r *runningAgent) waitRemoved(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	var err error
+	r.once.Do(func() {
+		select {
+		case err = <-r.done:
+		case <-time.After(timeout):
+			r.cancel()
+			err = fmt.Errorf("still running %v after its cluster was removed (then %v)", timeout, <-r.done)
+		}
+		r.cancel()
+	})
+	if !errors.Is(err, ErrClusterRemoved) {
+		t.Errorf("agent Run: %v, want ErrClusterRemoved", err)
+	}
+}
+
 func startAgent(t testing.TB, cfg Config) *runningAgent {
 	t.Helper()
 	a, err := New(cfg)

@@ -350,6 +350,8 @@ func TestGatewayConfigStream(t *testing.T) {
 			t.Errorf("refused after %v, more than one refresh interval (%v)", refusedAfter, westCfg.BundleRefresh)
 		}
 		t.Logf("removed cluster refused after %v; established connections cut: %d", refusedAfter, srv.guard.Closed())
+		// And east's agent learns it was removed: it stops.
+		east.waitRemoved(t, time.Minute)
 	})
 }
 

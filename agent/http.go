@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -14,13 +15,30 @@ import (
 
 func (a *Agent) initMetrics() {
 	a.reg = prometheus.NewRegistry()
-	a.mConnected = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshfed_agent_hub_connected", Help: "1 while a Sync stream to a hub server is open and synced."})
+	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshfed_agent_hub_connected",
+		Help: "1 while a Sync stream to a hub server is open and synced and the server spoke within the heartbeat bound."}, func() float64 {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.connectedLocked(time.Now()) {
+			return 1
+		}
+		return 0
+	})
+	heardAge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshfed_agent_hub_last_heard_seconds",
+		Help: "Seconds since the hub server last sent anything (a delta, a result, a heartbeat); -1 before the first stream."}, func() float64 {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.lastHeard.IsZero() {
+			return -1
+		}
+		return time.Since(a.lastHeard).Seconds()
+	})
 	a.mRevision = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshfed_agent_revision", Help: "Hub revision of the agent's view."})
 	a.mExports = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshfed_agent_exports", Help: "Services this cluster exports."})
 	a.mImports = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshfed_agent_imports", Help: "Global services this cluster imports."})
 	a.mReconnects = prometheus.NewCounter(prometheus.CounterOpts{Name: "meshfed_agent_hub_reconnects_total", Help: "Sync streams that ended and were retried."})
 	a.mPublishErrs = prometheus.NewCounter(prometheus.CounterOpts{Name: "meshfed_agent_publish_errors_total", Help: "Publishes the hub refused."})
-	a.reg.MustRegister(a.mConnected, a.mRevision, a.mExports, a.mImports, a.mReconnects, a.mPublishErrs,
+	a.reg.MustRegister(connected, heardAge, a.mRevision, a.mExports, a.mImports, a.mReconnects, a.mPublishErrs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.initRotationMetrics()
 }
@@ -47,8 +65,18 @@ type GatewayState = gatewayStreamState
 
 // HubState is the agent's connection to the hub.
 type HubState struct {
-	Connected bool     `json:"connected"`
-	Server    string   `json:"server,omitempty"`
+	// Connected: a Sync stream is open and synced, and (with a hub that
+	// sends heartbeats) the server spoke within HeartbeatBoundMs.
+	Connected bool   `json:"connected"`
+	Server    string `json:"server,omitempty"`
+	// LastHeardAgoMs is how long ago the server last sent anything (-1
+	// before the first stream); HeartbeatBoundMs how long that keeps the
+	// agent connected (0: the hub sends no heartbeats).
+	LastHeardAgoMs   int64 `json:"lastHeardAgoMs"`
+	HeartbeatBoundMs int64 `json:"heartbeatBoundMs,omitempty"`
+	// Removed is why the hub refused this cluster as no longer a member;
+	// the agent has stopped and removed its imports.
+	Removed   string   `json:"removed,omitempty"`
 	Revision  uint64   `json:"revision"`
 	FromCache bool     `json:"fromCache"`
 	LastError string   `json:"lastError,omitempty"`
@@ -84,7 +112,12 @@ func (a *Agent) State() State {
 		st.TrustDomain = a.creds.TrustDomain
 		st.Hub.Addresses = slices.Clone(a.creds.HubAddresses)
 	}
-	st.Hub.Connected, st.Hub.Server, st.Hub.LastError, st.Hub.FromCache = a.connected, a.server, a.lastErr, a.cached
+	now := time.Now()
+	st.Hub.Connected, st.Hub.Server, st.Hub.LastError, st.Hub.FromCache = a.connectedLocked(now), a.server, a.lastErr, a.cached
+	st.Hub.LastHeardAgoMs, st.Hub.HeartbeatBoundMs, st.Hub.Removed = -1, a.heardBound.Milliseconds(), a.removed
+	if !a.lastHeard.IsZero() {
+		st.Hub.LastHeardAgoMs = now.Sub(a.lastHeard).Milliseconds()
+	}
 	st.CARotation = a.rotation
 	st.CARotation.WaitingFor, st.CARotation.NotHolding = slices.Clone(a.rotation.WaitingFor), slices.Clone(a.rotation.NotHolding)
 	var own map[string]*fedv1.ExportedService

@@ -223,6 +223,6 @@ func credentialsFromResponse(cfg Config, td string, key crypto.Signer, jt federa
 func localCapabilities() *fedv1.Capabilities {
 	return &fedv1.Capabilities{
 		Version:  federation.CapabilityVersion,
-		Features: []string{federation.FeatureSyncResume},
+		Features: []string{federation.FeatureSyncResume, federation.FeatureSyncHeartbeat},
 	}
 }

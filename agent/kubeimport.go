@@ -536,3 +536,44 @@ func serviceImportSpecEqual(a, b mcsv1a1.ServiceImportSpec) bool {
 		return x.Name == y.Name && x.Protocol == y.Protocol && ptrEq(x.AppProtocol, y.AppProtocol) && x.Port == y.Port
 	})
 }
+
+// removeAll deletes every ServiceImport, Service and EndpointSlice the
+// importer created (labelled as its own), in every namespace. It returns
+// nil only when a listing found none left, so that polling it outlasts a
+// reconcile that was writing when it started.
+func (im *kubeImporter) removeAll(ctx context.Context) error {
+	owned := metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedByValue}
+	left := 0
+	var errs []error
+	sis, err := im.mcs.MulticlusterV1alpha1().ServiceImports("").List(ctx, owned)
+	if err != nil {
+		return err
+	}
+	for _, si := range sis.Items {
+		left++
+		errs = append(errs, im.deleteImport(ctx, si.Namespace, si.Name))
+	}
+	svcs, err := im.kube.CoreV1().Services("").List(ctx, owned)
+	if err != nil {
+		return err
+	}
+	for _, s := range svcs.Items {
+		left++
+		errs = append(errs, ignoreNotFound(im.kube.CoreV1().Services(s.Namespace).Delete(ctx, s.Name, metav1.DeleteOptions{})))
+	}
+	sls, err := im.kube.DiscoveryV1().EndpointSlices("").List(ctx, owned)
+	if err != nil {
+		return err
+	}
+	for _, s := range sls.Items {
+		left++
+		errs = append(errs, ignoreNotFound(im.kube.DiscoveryV1().EndpointSlices(s.Namespace).Delete(ctx, s.Name, metav1.DeleteOptions{})))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if left > 0 {
+		return fmt.Errorf("removed %d imported objects; checking that none is left", left)
+	}
+	return nil
+}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -33,6 +34,7 @@ import (
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
+	"github.com/meshfed/meshfed/internal/wait"
 )
 
 // Condition reasons the kubernetes source sets on ServiceExports, beyond
@@ -48,7 +50,8 @@ const (
 	// the agent is not connected to the hub (reason HubUnreachable; the
 	// hub keeps serving the last published state) or the hub has not
 	// acknowledged the current state yet (Pending), or the export is
-	// invalid (Invalid).
+	// invalid (Invalid), or the hub refused the cluster as removed
+	// (ReasonClusterRemoved).
 	ConditionSynced      = "meshfed.io/Synced"
 	ReasonPublished      = "Published"
 	ReasonPending        = "Pending"
@@ -72,6 +75,7 @@ type kubeSource struct {
 	invalid   map[string]string
 	connected bool
 	published map[string]bool
+	removed   string // why the hub refused the cluster, once it has
 }
 
 var (
@@ -79,6 +83,7 @@ var (
 	_ conflictReporter = (*kubeSource)(nil)
 	_ syncReporter     = (*kubeSource)(nil)
 	_ sourceStatus     = (*kubeSource)(nil)
+	_ removalReporter  = (*kubeSource)(nil)
 )
 
 func newKubeSource(rc *rest.Config, log *slog.Logger) (*kubeSource, error) {
@@ -305,7 +310,7 @@ func (s *kubeSource) process(ctx context.Context, l kubeListers, key types.Names
 	svc, local, reason, msg := s.build(l, se)
 	s.mu.Lock()
 	conflict := s.conflicts[k]
-	sync := syncState{connected: s.connected, published: s.published[k]}
+	sync := syncState{connected: s.connected, published: s.published[k], removed: s.removed}
 	s.mu.Unlock()
 	s.setInvalid(k, msg)
 	changed := false
@@ -486,7 +491,10 @@ func exportProtocol(p corev1.ServicePort) (string, error) {
 // setConditions writes the Valid and Conflict conditions on the
 // ServiceExport when they changed.
 // syncState is what the Synced condition shows.
-type syncState struct{ connected, published bool }
+type syncState struct {
+	connected, published bool
+	removed              string
+}
 
 func (s *kubeSource) setConditions(ctx context.Context, se *mcsv1a1.ServiceExport, reason, msg, conflict string, sync syncState) error {
 	next := se.DeepCopy()
@@ -507,6 +515,8 @@ func (s *kubeSource) setConditions(ctx context.Context, se *mcsv1a1.ServiceExpor
 	switch {
 	case reason != "":
 		sc.Status, sc.Reason, sc.Message = metav1.ConditionFalse, ReasonInvalid, "not published: see the Valid condition"
+	case sync.removed != "":
+		sc.Status, sc.Reason, sc.Message = metav1.ConditionFalse, ReasonClusterRemoved, truncateMsg(sync.removed)
 	case !sync.connected:
 		sc.Status, sc.Reason, sc.Message = metav1.ConditionFalse, ReasonHubUnreachable,
 			"the agent is not connected to the hub; the hub keeps the last state published"
@@ -524,6 +534,36 @@ func (s *kubeSource) setConditions(ctx context.Context, se *mcsv1a1.ServiceExpor
 		return nil
 	}
 	return err
+}
+
+// markRemoved sets the Synced condition of every ServiceExport to False,
+// reason ClusterRemoved, with msg, and keeps it so for any the worker
+// processes later. It returns once every ServiceExport listed says so.
+func (s *kubeSource) markRemoved(ctx context.Context, msg string) error {
+	s.mu.Lock()
+	s.removed = msg
+	s.mu.Unlock()
+	return wait.Poll(ctx, wait.Backoff{Min: 100 * time.Millisecond, Max: 2 * time.Second}, "ServiceExport conditions", func(ctx context.Context) error {
+		list, err := s.mcs.MulticlusterV1alpha1().ServiceExports("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		var errs []error
+		for i := range list.Items {
+			se := &list.Items[i]
+			next := se.DeepCopy()
+			apimeta.SetStatusCondition(&next.Status.Conditions, metav1.Condition{Type: ConditionSynced, Status: metav1.ConditionFalse,
+				Reason: ReasonClusterRemoved, Message: truncateMsg(msg), ObservedGeneration: se.Generation})
+			if conditionsEqual(se.Status.Conditions, next.Status.Conditions) {
+				continue
+			}
+			_, err := s.mcs.MulticlusterV1alpha1().ServiceExports(se.Namespace).UpdateStatus(ctx, next, metav1.UpdateOptions{})
+			if err != nil && !apierrors.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("%s/%s: %w", se.Namespace, se.Name, err))
+			}
+		}
+		return errors.Join(errs...)
+	})
 }
 
 func truncateMsg(s string) string {

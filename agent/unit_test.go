@@ -3,8 +3,11 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
@@ -186,4 +189,64 @@ func TestConfigValidateNamesFields(t *testing.T) {
 	if _, _, err := ParseSource("file:"); err == nil {
 		t.Error("empty file path accepted")
 	}
+}
+
+// Connected holds only while the hub server spoke within the bound: every
+// message renews it, silence past the bound ends it, in /state and the
+// metric alike. Driven through many bounds on the fake clock.
+func TestConnectedOnlyWithinTheHeartbeatBound(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := DefaultConfig()
+		cfg.Cluster = federation.MustClusterName("east")
+		cfg.DataDir = t.TempDir()
+		cfg.Source = SourceFile
+		cfg.SourcePath = filepath.Join(cfg.DataDir, "catalog.yaml")
+		var err error
+		if cfg.Locality, err = federation.NewLocality("r1", "z1", ""); err != nil {
+			t.Fatal(err)
+		}
+		a, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const bound = 6 * time.Second
+		a.setConnected(true, "s0")
+		for i := range 50 {
+			a.heard(time.Now(), bound)
+			time.Sleep(bound)
+			if st := a.State().Hub; !st.Connected || st.LastHeardAgoMs != bound.Milliseconds() {
+				t.Fatalf("period %d: at the bound: connected %v, heard %d ms ago; want connected", i, st.Connected, st.LastHeardAgoMs)
+			}
+			if !a.connectedMetric() {
+				t.Fatalf("period %d: meshfed_agent_hub_connected is 0 at the bound", i)
+			}
+		}
+		time.Sleep(time.Millisecond)
+		if st := a.State().Hub; st.Connected || st.HeartbeatBoundMs != bound.Milliseconds() {
+			t.Fatalf("past the bound: connected %v (bound %d ms); want disconnected", st.Connected, st.HeartbeatBoundMs)
+		}
+		if a.connectedMetric() {
+			t.Fatal("meshfed_agent_hub_connected is 1 past the bound")
+		}
+		// An older hub sends no heartbeats: connected while the stream is.
+		a.heard(time.Now(), 0)
+		time.Sleep(time.Hour)
+		if !a.State().Hub.Connected {
+			t.Fatal("without heartbeats, a synced stream an hour old is not connected")
+		}
+	})
+}
+
+// connectedMetric reads meshfed_agent_hub_connected.
+func (a *Agent) connectedMetric() bool {
+	mfs, err := a.reg.Gather()
+	if err != nil {
+		panic(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "meshfed_agent_hub_connected" {
+			return mf.GetMetric()[0].GetGauge().GetValue() == 1
+		}
+	}
+	panic("no meshfed_agent_hub_connected")
 }

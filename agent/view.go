@@ -285,3 +285,11 @@ func writeFileAtomic(path string, data []byte) error {
 	}
 	return nil
 }
+
+// remove deletes the cache; there being none is not an error.
+func (f viewFile) remove() error {
+	if err := os.Remove(f.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("agent: hub state: %w", err)
+	}
+	return nil
+}

@@ -30,6 +30,33 @@ const (
 	// FeatureSyncAck: the peer acknowledges each sync update it has
 	// applied.
 	FeatureSyncAck = "sync.ack"
+	// FeatureSyncHeartbeat: the hub sends SyncHeartbeat messages on the
+	// Sync stream while the serving server is healthy, every
+	// SyncHelloResponse.heartbeat_interval_ms; the agent counts itself
+	// connected only while it has heard from the hub within HeartbeatMisses
+	// intervals.
+	FeatureSyncHeartbeat = "sync.heartbeat"
+)
+
+// HeartbeatMisses is how many heartbeat intervals an agent waits without
+// hearing from its hub server before it counts itself disconnected and
+// reconnects (to another server, where one is healthy).
+const HeartbeatMisses = 3
+
+// Machine-readable refusals. The hub attaches a
+// google.rpc.ErrorInfo{Domain: ErrorDomain, Reason: ...} to the gRPC
+// status; peers branch on the reason, never on the message.
+const (
+	// ErrorDomain is the ErrorInfo domain of meshfed's reasons.
+	ErrorDomain = "meshfed.io"
+	// ReasonClusterRemoved: the calling cluster is not a member of the
+	// federation (an operator removed it, or it never joined). Its agent
+	// stops and removes what it imported.
+	ReasonClusterRemoved = "CLUSTER_REMOVED"
+	// ReasonSlowConsumer: the hub ended a Sync stream whose agent did not
+	// read a message within the hub's send timeout. The agent reconnects
+	// and resumes from its revision.
+	ReasonSlowConsumer = "SLOW_CONSUMER"
 )
 
 // Features is an immutable set of feature names, typically the result of

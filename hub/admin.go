@@ -105,7 +105,12 @@ func (a *adminService) ListClusters(ctx context.Context, _ *fedv1.ListClustersRe
 	if err != nil {
 		return nil, err
 	}
-	return &fedv1.ListClustersResponse{Clusters: r.Clusters(), Revision: r.Revision()}, nil
+	now := time.Now()
+	resp := &fedv1.ListClustersResponse{Revision: r.Revision()}
+	for _, c := range r.Clusters() {
+		resp.Clusters = append(resp.Clusters, withConnection(r, c, now))
+	}
+	return resp, nil
 }
 
 func (a *adminService) DescribeCluster(ctx context.Context, req *fedv1.DescribeClusterRequest) (*fedv1.DescribeClusterResponse, error) {
@@ -120,7 +125,7 @@ func (a *adminService) DescribeCluster(ctx context.Context, req *fedv1.DescribeC
 	if c == nil {
 		return nil, status.Errorf(codes.NotFound, "cluster %q: not a member", req.GetName())
 	}
-	resp := &fedv1.DescribeClusterResponse{Cluster: c, Exports: r.ExportsOf(c.GetName())}
+	resp := &fedv1.DescribeClusterResponse{Cluster: withConnection(r, c, time.Now()), Exports: r.ExportsOf(c.GetName())}
 	if b := r.Bundle(c.GetTrustDomain()); b != nil {
 		resp.Bundle = b.GetBundle()
 	}

@@ -139,7 +139,7 @@ func (s *Server) checkAgentCert(ctx context.Context, method string, id identity)
 	}
 	c := view.Cluster(id.name)
 	if c == nil {
-		return status.Errorf(codes.PermissionDenied, "cluster %q is not a member of the federation (removed?)", id.name)
+		return errNotMember(id.name)
 	}
 	if !admits(c) {
 		return errSuperseded(id)
@@ -174,7 +174,7 @@ func (y *syncService) Renew(ctx context.Context, req *fedv1.RenewRequest) (*fedv
 		}
 		cl := view.Cluster(id.name)
 		if cl == nil {
-			return nil, status.Errorf(codes.PermissionDenied, "cluster %q is not a member of the federation (removed?)", id.name)
+			return nil, errNotMember(id.name)
 		}
 		var issue agentCert
 		switch id.serial {

@@ -95,6 +95,26 @@ type Config struct {
 	// segments so that log compaction really drops entries).
 	walSegmentSize int
 
+	// SyncSendTimeout bounds one message sent on a Sync stream. An agent
+	// that stops reading fills its flow-control window and blocks the send;
+	// after this long its stream is ended (Unavailable, reason
+	// SLOW_CONSUMER) and it resumes from its revision when it reconnects.
+	// Other streams are never held up by it.
+	SyncSendTimeout time.Duration
+	// SyncHeartbeatInterval is how often a Sync stream carries a heartbeat
+	// while this server is healthy (a ready leader, or a follower that heard
+	// from the leader within HeartbeatTimeout). Agents count themselves
+	// connected for federation.HeartbeatMisses intervals after they last
+	// heard from the server.
+	SyncHeartbeatInterval time.Duration
+	// ConnectionLease is how long a cluster counts as connected (Admin
+	// ListClusters, DescribeCluster) after the server holding its Sync
+	// stream last renewed the lease. Each server renews the leases of all
+	// its streams in one Raft write every ConnectionLease/3, and releases a
+	// lease at once when its stream ends; a crashed server's leases lapse
+	// within ConnectionLease.
+	ConnectionLease time.Duration
+
 	// JoinRate and JoinBurst are the token bucket per peer IP for Join
 	// calls (unauthenticated): JoinRate calls a second, JoinBurst at once.
 	// More are answered ResourceExhausted.
@@ -128,6 +148,9 @@ func DefaultConfig() Config {
 		GossipProfile:         "lan",
 		JoinRate:              10,
 		JoinBurst:             32,
+		SyncSendTimeout:       10 * time.Second,
+		SyncHeartbeatInterval: 2 * time.Second,
+		ConnectionLease:       15 * time.Second,
 	}
 }
 
@@ -139,6 +162,10 @@ const (
 	// lifetimes.
 	MinCertTTL = 30 * time.Second
 	MaxCertTTL = 365 * 24 * time.Hour
+	// Bounds of the Sync stream's timing (SyncSendTimeout,
+	// SyncHeartbeatInterval, ConnectionLease).
+	minSyncTiming = 10 * time.Millisecond
+	maxSyncTiming = 10 * time.Minute
 )
 
 // Validate reports every problem at once, each naming the field and bound.
@@ -239,6 +266,14 @@ func (c *Config) Validate() error {
 	}{{"agent_cert_ttl", c.AgentCertTTL}, {"server_cert_ttl", c.ServerCertTTL}} {
 		if p.v < MinCertTTL || p.v > MaxCertTTL {
 			bad(p.field, "%v must be in %v..%v", p.v, MinCertTTL, MaxCertTTL)
+		}
+	}
+	for _, p := range []struct {
+		field string
+		v     time.Duration
+	}{{"sync_send_timeout", c.SyncSendTimeout}, {"sync_heartbeat_interval", c.SyncHeartbeatInterval}, {"connection_lease", c.ConnectionLease}} {
+		if p.v < minSyncTiming || p.v > maxSyncTiming {
+			bad(p.field, "%v must be in %v..%v", p.v, minSyncTiming, maxSyncTiming)
 		}
 	}
 	if c.TokenTTL > c.MaxTokenTTL {

@@ -96,15 +96,32 @@ func freePorts(t testing.TB, n int) []int {
 	return ports
 }
 
-type slogWriter struct{ t testing.TB }
+// slogWriter logs through t until the test's cleanups are done: library
+// goroutines (memberlist's probes) may log after a server's Shutdown
+// returns, and t.Log after the test completed panics.
+type slogWriter struct {
+	t    testing.TB
+	mu   *sync.RWMutex
+	done *bool
+}
 
 func (w slogWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if !*w.done {
+		w.t.Log(strings.TrimSpace(string(p)))
+	}
 	return len(p), nil
 }
 
 func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(slogWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	w := slogWriter{t: t, mu: &sync.RWMutex{}, done: new(bool)}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		*w.done = true
+		w.mu.Unlock()
+	})
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 // newTestHub starts n servers with bootstrap-expect n and waits for a leader.

@@ -15,8 +15,9 @@ import (
 )
 
 type metrics struct {
-	commit prometheus.Histogram
-	sends  prometheus.Counter
+	commit        prometheus.Histogram
+	sends         prometheus.Counter
+	slowConsumers prometheus.Counter
 }
 
 func newMetrics(s *Server, reg *prometheus.Registry) *metrics {
@@ -28,8 +29,11 @@ func newMetrics(s *Server, reg *prometheus.Registry) *metrics {
 		sends: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshfed_hub_sync_deltas_sent_total", Help: "Deltas sent on Sync streams.",
 		}),
+		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshfed_hub_sync_slow_consumers_total", Help: "Sync streams ended because a send waited SyncSendTimeout for the agent to read.",
+		}),
 	}
-	reg.MustRegister(m.commit, m.sends,
+	reg.MustRegister(m.commit, m.sends, m.slowConsumers,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshfed_hub_raft_leader", Help: "1 if this server is the Raft leader."}, func() float64 {
 			if s.raft != nil && s.raft.State() == raft.Leader {

@@ -46,10 +46,10 @@ type presence struct {
 }
 
 // memberPresence is the one place a CA rotation reads connection status:
-// a member counts if its agent is connected, or was seen within
-// RotationSeenWindow of now. (last_seen_ms is the start of the member's
-// latest stream.)
-func memberPresence(c *fedv1.ClusterRecord, now time.Time) presence {
+// a member counts if some hub server holds an unexpired lease on its Sync
+// stream, or its last lease renewal was within RotationSeenWindow of now.
+func memberPresence(view *state.ReadTxn, c *fedv1.ClusterRecord, now time.Time) presence {
+	c = withConnection(view, c, now)
 	p := presence{status: c.GetStatus(), lastSeenMs: c.GetLastSeenMs()}
 	p.counts = p.status == "connected" ||
 		(p.lastSeenMs > 0 && now.Sub(time.UnixMilli(p.lastSeenMs)) <= RotationSeenWindow)
@@ -66,7 +66,7 @@ func bundleHolders(view *state.ReadTxn, owner *fedv1.ClusterRecord, seq uint64, 
 		if c.GetName() == owner.GetName() {
 			continue
 		}
-		p := memberPresence(c, now)
+		p := memberPresence(view, c, now)
 		applied := acks[c.GetName()].GetSequenceNumber()
 		m := &fedv1.MemberBundleStatus{
 			Cluster: c.GetName(), AppliedSequence: applied, Counted: p.counts,

@@ -75,6 +75,7 @@ type Server struct {
 	// applied everything from earlier terms (a barrier succeeded in it).
 	readyTerm atomic.Uint64
 	streams   atomic.Int64
+	conns     *connTracker
 	readyz    readyCache
 
 	stopOnce sync.Once
@@ -91,7 +92,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("server", cfg.Name)
-	s := &Server{cfg: cfg, log: log, stopCh: make(chan struct{}), fsm: fsm.New(log), boot: newBootstrapper()}
+	s := &Server{cfg: cfg, log: log, stopCh: make(chan struct{}), fsm: fsm.New(log), boot: newBootstrapper(), conns: newConnTracker()}
 	if cfg.EncryptKey == "" {
 		log.Warn("NO ENCRYPT KEY: Raft and gossip traffic between hub servers is neither encrypted nor authenticated; anyone who reaches these ports can join the hub. Generate one with `meshfed hub keygen` and pass --encrypt-key to every server.")
 	} else {
@@ -310,6 +311,7 @@ func (s *Server) Start() error {
 	s.goFunc(s.gossipMsgLoop)
 	s.goFunc(s.leaderLoop)
 	s.goFunc(s.reconcileLoop)
+	s.goFunc(s.leaseLoop)
 	s.goFunc(func() { s.certs.run(s.stopCh) })
 	s.goFunc(s.fetchers.run)
 	for _, ln := range s.bundleLns {

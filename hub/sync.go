@@ -2,10 +2,13 @@ package hub
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
 
+	"github.com/hashicorp/raft"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -40,6 +43,12 @@ type syncService struct {
 
 // Sync serves one agent. The stream's identity (from its client certificate)
 // is the only cluster it may publish for.
+//
+// Every message goes out through a syncSender, so a send that the agent's
+// flow control blocks for SyncSendTimeout ends this stream (the agent
+// resumes from its revision when it reconnects) and never holds up others.
+// With feature sync.heartbeat, a heartbeat goes out every
+// SyncHeartbeatInterval while this server is healthy (syncHealthy).
 func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 	s := y.s
 	ctx := stream.Context()
@@ -68,17 +77,19 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 	if err := s.updateClusterEndpoint(view.Cluster(id.name), hello); err != nil {
 		return err
 	}
-	if err := stream.Send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_Hello{Hello: &fedv1.SyncHelloResponse{
-		Capabilities: localCapabilities(), Server: s.cfg.Name,
-	}}}); err != nil {
-		return err
+	out := newSyncSender(stream, s.cfg.SyncSendTimeout)
+	defer out.close()
+	heartbeats := slices.Contains(federation.Negotiate(localCapabilities().GetFeatures(), hello.GetCapabilities().GetFeatures()), federation.FeatureSyncHeartbeat)
+	helloResp := &fedv1.SyncHelloResponse{Capabilities: localCapabilities(), Server: s.cfg.Name}
+	if heartbeats {
+		helloResp.HeartbeatIntervalMs = s.cfg.SyncHeartbeatInterval.Milliseconds()
+	}
+	if err := out.send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_Hello{Hello: helloResp}}); err != nil {
+		return y.sendFailed(id.name, err)
 	}
 	s.streams.Add(1)
 	defer s.streams.Add(-1)
-
-	connectedAt := time.Now().UnixMilli()
-	s.setClusterStatus(id.name, "connected", connectedAt)
-	defer s.setClusterStatus(id.name, "disconnected", connectedAt)
+	defer s.conns.hold(id.name)()
 
 	acks := newAckRecorder(s, id.name)
 	go acks.run(ctx)
@@ -100,11 +111,21 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 		}
 	}()
 
+	// The heartbeat ticker runs only when negotiated; a nil channel never
+	// fires.
+	var beat <-chan time.Time
+	if heartbeats {
+		t := time.NewTicker(s.cfg.SyncHeartbeatInterval)
+		defer t.Stop()
+		beat = t.C
+	}
+	lastBeat := time.Now()
+
 	sent := hello.GetResumeRevision()
 	store := s.fsm.Store()
 	d := view.Changes(sent)
-	if err := y.sendDelta(stream, d); err != nil {
-		return err
+	if err := y.sendDelta(out, d); err != nil {
+		return y.sendFailed(id.name, err)
 	}
 	sent = d.Revision
 	for {
@@ -113,8 +134,8 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 		// publish must not wait until the stream has caught up with them.
 		select {
 		case m := <-recv:
-			if err := y.handle(ctx, stream, id.name, acks, m); err != nil {
-				return err
+			if err := y.handle(ctx, out, id.name, acks, m); err != nil {
+				return y.sendFailed(id.name, err)
 			}
 		default:
 		}
@@ -129,8 +150,8 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 			return err
 		}
 		if d := view.Changes(sent); !d.Empty() {
-			if err := y.sendDelta(stream, d); err != nil {
-				return err
+			if err := y.sendDelta(out, d); err != nil {
+				return y.sendFailed(id.name, err)
 			}
 			sent = d.Revision
 			continue
@@ -143,26 +164,131 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 		case err := <-recvErr:
 			return err
 		case <-watch:
+		case now := <-beat:
+			// A tick long overdue means this process was paused (SIGSTOP, a
+			// long GC): what it believed about its leadership may be stale,
+			// so it skips a beat and lets Raft catch up first.
+			paused := now.Sub(lastBeat) > 2*s.cfg.SyncHeartbeatInterval
+			lastBeat = now
+			age, healthy := s.syncHealthy()
+			if paused || !healthy {
+				continue
+			}
+			hb := &fedv1.SyncHeartbeat{Revision: sent, LeaderContactAgeMs: age.Milliseconds()}
+			if err := out.send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_Heartbeat{Heartbeat: hb}}); err != nil {
+				return y.sendFailed(id.name, err)
+			}
 		case m := <-recv:
-			if err := y.handle(ctx, stream, id.name, acks, m); err != nil {
-				return err
+			if err := y.handle(ctx, out, id.name, acks, m); err != nil {
+				return y.sendFailed(id.name, err)
 			}
 		}
 	}
 }
 
+// sendFailed logs a stream dropped because the agent stopped reading and
+// returns err.
+func (y *syncService) sendFailed(cluster string, err error) error {
+	if errors.Is(err, errSlowConsumer) {
+		y.s.metrics.slowConsumers.Inc()
+		y.s.log.Warn("sync stream dropped: the agent is not reading", "cluster", cluster, "send_timeout", y.s.cfg.SyncSendTimeout)
+		return withReason(codes.Unavailable, federation.ReasonSlowConsumer,
+			"hub: a Sync message waited more than %v (SyncSendTimeout) for the agent to read; reconnect and resume", y.s.cfg.SyncSendTimeout)
+	}
+	return err
+}
+
+// syncHealthy reports whether this server may tell its agents they are
+// connected: it is the leader and has applied everything from earlier
+// terms, or it is a follower that heard from the leader within
+// HeartbeatTimeout (after which it would call an election). age is how long
+// ago it heard from the leader (0 on the leader).
+func (s *Server) syncHealthy() (age time.Duration, ok bool) {
+	if s.leaderReady() {
+		return 0, true
+	}
+	if s.raft.State() != raft.Follower {
+		return 0, false
+	}
+	last := s.raft.LastContact()
+	if last.IsZero() {
+		return 0, false
+	}
+	age = time.Since(last)
+	return age, age <= s.cfg.HeartbeatTimeout
+}
+
+// errSlowConsumer: a send waited SyncSendTimeout.
+var errSlowConsumer = errors.New("hub: sync send timed out")
+
+// syncSender sends a stream's messages from a goroutine of its own, so that
+// a send blocked by the agent's flow control (it stopped reading) can be
+// given up after a deadline: the handler then returns, which ends the
+// stream and with it the blocked send. Only the handler's goroutine calls
+// send.
+type syncSender struct {
+	stream  fedv1.Sync_SyncServer
+	timeout time.Duration
+	msgs    chan *fedv1.SyncResponse
+	errs    chan error
+}
+
+func newSyncSender(stream fedv1.Sync_SyncServer, timeout time.Duration) *syncSender {
+	o := &syncSender{stream: stream, timeout: timeout, msgs: make(chan *fedv1.SyncResponse), errs: make(chan error, 1)}
+	go func() {
+		for m := range o.msgs {
+			o.errs <- stream.Send(m)
+		}
+	}()
+	return o
+}
+
+// send sends m, or returns errSlowConsumer once it has waited the timeout.
+// After an error the stream is done: the caller returns.
+func (o *syncSender) send(m *fedv1.SyncResponse) error {
+	o.msgs <- m // the goroutine waits for it: the previous send returned
+	t := time.NewTimer(o.timeout)
+	defer t.Stop()
+	select {
+	case err := <-o.errs:
+		return err
+	case <-t.C:
+		return errSlowConsumer
+	}
+}
+
+// close ends the sending goroutine once its current send returns.
+func (o *syncSender) close() { close(o.msgs) }
+
 // checkMember refuses a stream whose cluster was removed, or whose
 // certificate is no longer the cluster's current one (a later join or
-// renewal replaced it).
+// renewal replaced it). A removed cluster's refusal carries reason
+// CLUSTER_REMOVED, on which its agent stops.
 func checkMember(view *state.ReadTxn, id identity) error {
 	c := view.Cluster(id.name)
 	if c == nil {
-		return status.Errorf(codes.PermissionDenied, "cluster %q is not a member of the federation (removed?)", id.name)
+		return errNotMember(id.name)
 	}
 	if c.GetAgentCertSerial() != id.serial {
 		return errSuperseded(id)
 	}
 	return nil
+}
+
+// errNotMember refuses a cluster certificate whose cluster is not a member
+// (it was removed), with reason CLUSTER_REMOVED.
+func errNotMember(cluster string) error {
+	return withReason(codes.PermissionDenied, federation.ReasonClusterRemoved, "cluster %q is not a member of the federation: it was removed", cluster)
+}
+
+// withReason is a gRPC status error with a google.rpc.ErrorInfo naming
+// reason in federation.ErrorDomain.
+func withReason(code codes.Code, reason, format string, args ...any) error {
+	st := status.Newf(code, format, args...)
+	if d, err := st.WithDetails(&errdetails.ErrorInfo{Domain: federation.ErrorDomain, Reason: reason}); err == nil {
+		st = d
+	}
+	return st.Err()
 }
 
 // updateClusterEndpoint records the gateway addresses and locality an
@@ -203,22 +329,7 @@ func (s *Server) updateClusterEndpoint(cur *fedv1.ClusterRecord, hello *fedv1.Sy
 	return nil
 }
 
-func (s *Server) setClusterStatus(cluster, st string, connectedAt int64) {
-	// Status is advisory: it must not hold up the stream, and a failure (no
-	// leader) only leaves a stale status.
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
-		defer cancel()
-		_, err := s.apply(ctx, fsm.ClusterStatusType, &hubpb.CmdClusterStatus{
-			Cluster: cluster, Status: st, NowMs: connectedAt, ConnectedAtMs: connectedAt,
-		})
-		if err != nil && status.Code(err) != codes.NotFound {
-			s.log.Debug("cluster status", "cluster", cluster, "status", st, "err", err)
-		}
-	}()
-}
-
-func (y *syncService) handle(ctx context.Context, stream fedv1.Sync_SyncServer, cluster string, acks *ackRecorder, m *fedv1.SyncRequest) error {
+func (y *syncService) handle(ctx context.Context, stream *syncSender, cluster string, acks *ackRecorder, m *fedv1.SyncRequest) error {
 	s := y.s
 	switch msg := m.GetMsg().(type) {
 	case *fedv1.SyncRequest_Publish:
@@ -230,11 +341,13 @@ func (y *syncService) handle(ctx context.Context, stream fedv1.Sync_SyncServer, 
 			st := status.Convert(err)
 			res.ErrorCode, res.Error = st.Code().String(), st.Message()
 			if st.Code() == codes.PermissionDenied {
-				_ = stream.Send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_PublishResult{PublishResult: res}})
+				if serr := stream.send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_PublishResult{PublishResult: res}}); errors.Is(serr, errSlowConsumer) {
+					return serr
+				}
 				return err
 			}
 		}
-		return stream.Send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_PublishResult{PublishResult: res}})
+		return stream.send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_PublishResult{PublishResult: res}})
 	case *fedv1.SyncRequest_PublishBundle:
 		res := &fedv1.PublishResult{Nonce: msg.PublishBundle.GetNonce()}
 		idx, err := y.publishBundle(ctx, cluster, msg.PublishBundle.GetBundle())
@@ -243,7 +356,7 @@ func (y *syncService) handle(ctx context.Context, stream fedv1.Sync_SyncServer, 
 			st := status.Convert(err)
 			res.ErrorCode, res.Error = st.Code().String(), st.Message()
 		}
-		return stream.Send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_PublishResult{PublishResult: res}})
+		return stream.send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_PublishResult{PublishResult: res}})
 	case *fedv1.SyncRequest_Ack:
 		if err := validateAck(msg.Ack); err != nil {
 			return err
@@ -319,10 +432,10 @@ func (y *syncService) publishBundle(ctx context.Context, cluster string, b *fedv
 // sendDelta sends d, split into messages of at most MaxDeltaRecords records.
 // Only the last message carries the revision, so a receiver that applies
 // messages in order never records a revision it has not fully received.
-func (y *syncService) sendDelta(stream fedv1.Sync_SyncServer, d *state.Delta) error {
+func (y *syncService) sendDelta(stream *syncSender, d *state.Delta) error {
 	msgs := splitDelta(d)
 	for _, m := range msgs {
-		if err := stream.Send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_Delta{Delta: m}}); err != nil {
+		if err := stream.send(&fedv1.SyncResponse{Msg: &fedv1.SyncResponse_Delta{Delta: m}}); err != nil {
 			return err
 		}
 		y.s.metrics.sends.Inc()
@@ -354,6 +467,7 @@ func splitDelta(d *state.Delta) []*fedv1.SyncDelta {
 		size += sz
 	}
 	for _, c := range d.Clusters {
+		c = streamedCluster(c)
 		add(proto.Size(c))
 		cur.Clusters = append(cur.Clusters, c)
 	}

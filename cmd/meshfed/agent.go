@@ -115,7 +115,14 @@ func runAgent(cmd *cobra.Command, cfg agent.Config) error {
 	if err != nil {
 		return err
 	}
-	return a.Run(ctx)
+	err = a.Run(ctx)
+	if errors.Is(err, agent.ErrClusterRemoved) {
+		// Exit non-zero: a removed cluster's agent has nothing left to do,
+		// and a supervisor should show it rather than restart it quietly
+		// (a restart meets the same refusal and exits again).
+		return fmt.Errorf("%w\nits imports were removed and the agent stopped; to rejoin, create a token (meshfed token create --cluster %s) and run meshfed join with it", err, cfg.Cluster)
+	}
+	return err
 }
 
 func newJoinCmd() *cobra.Command {

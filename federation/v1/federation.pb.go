@@ -733,8 +733,15 @@ type ClusterRecord struct {
 	Capabilities     *Capabilities          `protobuf:"bytes,5,opt,name=capabilities,proto3" json:"capabilities,omitempty"`
 	// Unix milliseconds.
 	JoinedAtMs int64 `protobuf:"varint,6,opt,name=joined_at_ms,json=joinedAtMs,proto3" json:"joined_at_ms,omitempty"`
+	// Admin only (ListClusters, DescribeCluster): when a hub server last
+	// renewed the cluster's connection lease, Unix milliseconds. Never set in
+	// Sync deltas. Older hubs kept it in the replicated record.
 	LastSeenMs int64 `protobuf:"varint,7,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"`
-	// "connected" while an agent stream is open on some hub server, else "disconnected".
+	// Admin only: "connected" while some hub server holds an unexpired
+	// connection lease for one of the cluster's Sync streams, else
+	// "disconnected". Never set in Sync deltas: a connect or disconnect is
+	// not a change every agent receives. Older hubs kept it in the
+	// replicated record.
 	Status         string `protobuf:"bytes,8,opt,name=status,proto3" json:"status,omitempty"`
 	CreateRevision uint64 `protobuf:"varint,9,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
 	ModifyRevision uint64 `protobuf:"varint,10,opt,name=modify_revision,json=modifyRevision,proto3" json:"modify_revision,omitempty"`
@@ -1916,11 +1923,17 @@ func (x *PublishResult) GetError() string {
 }
 
 type SyncHelloResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Capabilities  *Capabilities          `protobuf:"bytes,1,opt,name=capabilities,proto3" json:"capabilities,omitempty"`
-	Server        string                 `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Capabilities *Capabilities          `protobuf:"bytes,1,opt,name=capabilities,proto3" json:"capabilities,omitempty"`
+	Server       string                 `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
+	// With feature "sync.heartbeat" negotiated: the server sends a
+	// SyncHeartbeat at this interval while it is healthy (a ready leader, or
+	// a follower in recent contact with the leader). The agent counts itself
+	// connected only while it has heard from the server within
+	// federation.HeartbeatMisses intervals.
+	HeartbeatIntervalMs int64 `protobuf:"varint,3,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *SyncHelloResponse) Reset() {
@@ -1967,6 +1980,13 @@ func (x *SyncHelloResponse) GetServer() string {
 	return ""
 }
 
+func (x *SyncHelloResponse) GetHeartbeatIntervalMs() int64 {
+	if x != nil {
+		return x.HeartbeatIntervalMs
+	}
+	return 0
+}
+
 type SyncResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
@@ -1974,6 +1994,7 @@ type SyncResponse struct {
 	//	*SyncResponse_Delta
 	//	*SyncResponse_PublishResult
 	//	*SyncResponse_Hello
+	//	*SyncResponse_Heartbeat
 	Msg           isSyncResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2043,6 +2064,15 @@ func (x *SyncResponse) GetHello() *SyncHelloResponse {
 	return nil
 }
 
+func (x *SyncResponse) GetHeartbeat() *SyncHeartbeat {
+	if x != nil {
+		if x, ok := x.Msg.(*SyncResponse_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
 type isSyncResponse_Msg interface {
 	isSyncResponse_Msg()
 }
@@ -2059,11 +2089,74 @@ type SyncResponse_Hello struct {
 	Hello *SyncHelloResponse `protobuf:"bytes,3,opt,name=hello,proto3,oneof"`
 }
 
+type SyncResponse_Heartbeat struct {
+	Heartbeat *SyncHeartbeat `protobuf:"bytes,4,opt,name=heartbeat,proto3,oneof"`
+}
+
 func (*SyncResponse_Delta) isSyncResponse_Msg() {}
 
 func (*SyncResponse_PublishResult) isSyncResponse_Msg() {}
 
 func (*SyncResponse_Hello) isSyncResponse_Msg() {}
+
+func (*SyncResponse_Heartbeat) isSyncResponse_Msg() {}
+
+// The serving hub server is healthy and the stream is live. Sent only to
+// agents that declared feature "sync.heartbeat".
+type SyncHeartbeat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision this stream has delivered (the last delta's).
+	Revision uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// How long ago the server last heard from the Raft leader, in
+	// milliseconds; 0 on the leader itself.
+	LeaderContactAgeMs int64 `protobuf:"varint,2,opt,name=leader_contact_age_ms,json=leaderContactAgeMs,proto3" json:"leader_contact_age_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *SyncHeartbeat) Reset() {
+	*x = SyncHeartbeat{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncHeartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncHeartbeat) ProtoMessage() {}
+
+func (x *SyncHeartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncHeartbeat.ProtoReflect.Descriptor instead.
+func (*SyncHeartbeat) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SyncHeartbeat) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *SyncHeartbeat) GetLeaderContactAgeMs() int64 {
+	if x != nil {
+		return x.LeaderContactAgeMs
+	}
+	return 0
+}
 
 // A new agent certificate for the caller's cluster.
 type RenewRequest struct {
@@ -2076,7 +2169,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2181,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2194,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RenewRequest) GetCsr() []byte {
@@ -2123,7 +2216,7 @@ type RotationStatusRequest struct {
 
 func (x *RotationStatusRequest) Reset() {
 	*x = RotationStatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2135,7 +2228,7 @@ func (x *RotationStatusRequest) String() string {
 func (*RotationStatusRequest) ProtoMessage() {}
 
 func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2148,7 +2241,7 @@ func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationStatusRequest.ProtoReflect.Descriptor instead.
 func (*RotationStatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RotationStatusRequest) GetSequenceNumber() uint64 {
@@ -2179,7 +2272,7 @@ type MemberBundleStatus struct {
 
 func (x *MemberBundleStatus) Reset() {
 	*x = MemberBundleStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2191,7 +2284,7 @@ func (x *MemberBundleStatus) String() string {
 func (*MemberBundleStatus) ProtoMessage() {}
 
 func (x *MemberBundleStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2204,7 +2297,7 @@ func (x *MemberBundleStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberBundleStatus.ProtoReflect.Descriptor instead.
 func (*MemberBundleStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MemberBundleStatus) GetCluster() string {
@@ -2265,7 +2358,7 @@ type RotationStatusResponse struct {
 
 func (x *RotationStatusResponse) Reset() {
 	*x = RotationStatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2277,7 +2370,7 @@ func (x *RotationStatusResponse) String() string {
 func (*RotationStatusResponse) ProtoMessage() {}
 
 func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2290,7 +2383,7 @@ func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationStatusResponse.ProtoReflect.Descriptor instead.
 func (*RotationStatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{30}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RotationStatusResponse) GetTrustDomain() string {
@@ -2343,7 +2436,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2355,7 +2448,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2368,7 +2461,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{31}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RenewResponse) GetClientCertificate() []byte {
@@ -2408,7 +2501,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2420,7 +2513,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2433,7 +2526,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{32}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -2499,7 +2592,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2511,7 +2604,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2524,7 +2617,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{33}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CreateTokenRequest) GetCluster() string {
@@ -2559,7 +2652,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2571,7 +2664,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2584,7 +2677,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{34}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -2609,7 +2702,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2621,7 +2714,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2634,7 +2727,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{35}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{36}
 }
 
 type ListTokensResponse struct {
@@ -2646,7 +2739,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2658,7 +2751,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2671,7 +2764,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{36}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -2690,7 +2783,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2702,7 +2795,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2715,7 +2808,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{37}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -2733,7 +2826,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2745,7 +2838,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2758,7 +2851,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{38}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{39}
 }
 
 type ListClustersRequest struct {
@@ -2769,7 +2862,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2781,7 +2874,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2794,7 +2887,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{39}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{40}
 }
 
 type ListClustersResponse struct {
@@ -2807,7 +2900,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2819,7 +2912,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2832,7 +2925,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{40}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListClustersResponse) GetClusters() []*ClusterRecord {
@@ -2858,7 +2951,7 @@ type DescribeClusterRequest struct {
 
 func (x *DescribeClusterRequest) Reset() {
 	*x = DescribeClusterRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2870,7 +2963,7 @@ func (x *DescribeClusterRequest) String() string {
 func (*DescribeClusterRequest) ProtoMessage() {}
 
 func (x *DescribeClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2883,7 +2976,7 @@ func (x *DescribeClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeClusterRequest.ProtoReflect.Descriptor instead.
 func (*DescribeClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{41}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DescribeClusterRequest) GetName() string {
@@ -2904,7 +2997,7 @@ type DescribeClusterResponse struct {
 
 func (x *DescribeClusterResponse) Reset() {
 	*x = DescribeClusterResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2916,7 +3009,7 @@ func (x *DescribeClusterResponse) String() string {
 func (*DescribeClusterResponse) ProtoMessage() {}
 
 func (x *DescribeClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2929,7 +3022,7 @@ func (x *DescribeClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeClusterResponse.ProtoReflect.Descriptor instead.
 func (*DescribeClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{42}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DescribeClusterResponse) GetCluster() *ClusterRecord {
@@ -2962,7 +3055,7 @@ type RemoveClusterRequest struct {
 
 func (x *RemoveClusterRequest) Reset() {
 	*x = RemoveClusterRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2974,7 +3067,7 @@ func (x *RemoveClusterRequest) String() string {
 func (*RemoveClusterRequest) ProtoMessage() {}
 
 func (x *RemoveClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2987,7 +3080,7 @@ func (x *RemoveClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveClusterRequest.ProtoReflect.Descriptor instead.
 func (*RemoveClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{43}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RemoveClusterRequest) GetName() string {
@@ -3006,7 +3099,7 @@ type RemoveClusterResponse struct {
 
 func (x *RemoveClusterResponse) Reset() {
 	*x = RemoveClusterResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3018,7 +3111,7 @@ func (x *RemoveClusterResponse) String() string {
 func (*RemoveClusterResponse) ProtoMessage() {}
 
 func (x *RemoveClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3031,7 +3124,7 @@ func (x *RemoveClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveClusterResponse.ProtoReflect.Descriptor instead.
 func (*RemoveClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{44}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RemoveClusterResponse) GetRevision() uint64 {
@@ -3052,7 +3145,7 @@ type GlobalService struct {
 
 func (x *GlobalService) Reset() {
 	*x = GlobalService{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3064,7 +3157,7 @@ func (x *GlobalService) String() string {
 func (*GlobalService) ProtoMessage() {}
 
 func (x *GlobalService) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3077,7 +3170,7 @@ func (x *GlobalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalService.ProtoReflect.Descriptor instead.
 func (*GlobalService) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{45}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GlobalService) GetKey() string {
@@ -3102,7 +3195,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3114,7 +3207,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3127,7 +3220,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{46}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{47}
 }
 
 type ListServicesResponse struct {
@@ -3140,7 +3233,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3152,7 +3245,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3165,7 +3258,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{47}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListServicesResponse) GetServices() []*GlobalService {
@@ -3191,7 +3284,7 @@ type PutPolicyRequest struct {
 
 func (x *PutPolicyRequest) Reset() {
 	*x = PutPolicyRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3203,7 +3296,7 @@ func (x *PutPolicyRequest) String() string {
 func (*PutPolicyRequest) ProtoMessage() {}
 
 func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3216,7 +3309,7 @@ func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyRequest.ProtoReflect.Descriptor instead.
 func (*PutPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PutPolicyRequest) GetPolicy() *TrafficPolicy {
@@ -3235,7 +3328,7 @@ type PutPolicyResponse struct {
 
 func (x *PutPolicyResponse) Reset() {
 	*x = PutPolicyResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3247,7 +3340,7 @@ func (x *PutPolicyResponse) String() string {
 func (*PutPolicyResponse) ProtoMessage() {}
 
 func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3260,7 +3353,7 @@ func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyResponse.ProtoReflect.Descriptor instead.
 func (*PutPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PutPolicyResponse) GetRevision() uint64 {
@@ -3279,7 +3372,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3291,7 +3384,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3304,7 +3397,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *DeletePolicyRequest) GetName() string {
@@ -3323,7 +3416,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3335,7 +3428,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3348,7 +3441,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *DeletePolicyResponse) GetRevision() uint64 {
@@ -3366,7 +3459,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3378,7 +3471,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3391,7 +3484,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
 }
 
 type ListPoliciesResponse struct {
@@ -3404,7 +3497,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3416,7 +3509,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3429,7 +3522,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*TrafficPolicy {
@@ -3471,7 +3564,7 @@ type FederationRelationship struct {
 
 func (x *FederationRelationship) Reset() {
 	*x = FederationRelationship{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3483,7 +3576,7 @@ func (x *FederationRelationship) String() string {
 func (*FederationRelationship) ProtoMessage() {}
 
 func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3496,7 +3589,7 @@ func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
 func (*FederationRelationship) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *FederationRelationship) GetTrustDomain() string {
@@ -3557,7 +3650,7 @@ type PutFederationRequest struct {
 
 func (x *PutFederationRequest) Reset() {
 	*x = PutFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3569,7 +3662,7 @@ func (x *PutFederationRequest) String() string {
 func (*PutFederationRequest) ProtoMessage() {}
 
 func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3582,7 +3675,7 @@ func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationRequest.ProtoReflect.Descriptor instead.
 func (*PutFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *PutFederationRequest) GetFederation() *FederationRelationship {
@@ -3601,7 +3694,7 @@ type PutFederationResponse struct {
 
 func (x *PutFederationResponse) Reset() {
 	*x = PutFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3613,7 +3706,7 @@ func (x *PutFederationResponse) String() string {
 func (*PutFederationResponse) ProtoMessage() {}
 
 func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3626,7 +3719,7 @@ func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationResponse.ProtoReflect.Descriptor instead.
 func (*PutFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *PutFederationResponse) GetRevision() uint64 {
@@ -3645,7 +3738,7 @@ type DeleteFederationRequest struct {
 
 func (x *DeleteFederationRequest) Reset() {
 	*x = DeleteFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3657,7 +3750,7 @@ func (x *DeleteFederationRequest) String() string {
 func (*DeleteFederationRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3670,7 +3763,7 @@ func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *DeleteFederationRequest) GetTrustDomain() string {
@@ -3689,7 +3782,7 @@ type DeleteFederationResponse struct {
 
 func (x *DeleteFederationResponse) Reset() {
 	*x = DeleteFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3701,7 +3794,7 @@ func (x *DeleteFederationResponse) String() string {
 func (*DeleteFederationResponse) ProtoMessage() {}
 
 func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3714,7 +3807,7 @@ func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *DeleteFederationResponse) GetRevision() uint64 {
@@ -3732,7 +3825,7 @@ type ListFederationsRequest struct {
 
 func (x *ListFederationsRequest) Reset() {
 	*x = ListFederationsRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3744,7 +3837,7 @@ func (x *ListFederationsRequest) String() string {
 func (*ListFederationsRequest) ProtoMessage() {}
 
 func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3757,7 +3850,7 @@ func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
 }
 
 type FederationStatus struct {
@@ -3773,7 +3866,7 @@ type FederationStatus struct {
 
 func (x *FederationStatus) Reset() {
 	*x = FederationStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3785,7 +3878,7 @@ func (x *FederationStatus) String() string {
 func (*FederationStatus) ProtoMessage() {}
 
 func (x *FederationStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3798,7 +3891,7 @@ func (x *FederationStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationStatus.ProtoReflect.Descriptor instead.
 func (*FederationStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *FederationStatus) GetFederation() *FederationRelationship {
@@ -3832,7 +3925,7 @@ type ListFederationsResponse struct {
 
 func (x *ListFederationsResponse) Reset() {
 	*x = ListFederationsResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3844,7 +3937,7 @@ func (x *ListFederationsResponse) String() string {
 func (*ListFederationsResponse) ProtoMessage() {}
 
 func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3857,7 +3950,7 @@ func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ListFederationsResponse) GetFederations() []*FederationStatus {
@@ -3887,7 +3980,7 @@ type BundleInfo struct {
 
 func (x *BundleInfo) Reset() {
 	*x = BundleInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3899,7 +3992,7 @@ func (x *BundleInfo) String() string {
 func (*BundleInfo) ProtoMessage() {}
 
 func (x *BundleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3912,7 +4005,7 @@ func (x *BundleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleInfo.ProtoReflect.Descriptor instead.
 func (*BundleInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *BundleInfo) GetBundle() *TrustBundle {
@@ -3944,7 +4037,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3956,7 +4049,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3969,7 +4062,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
 }
 
 type ListBundlesResponse struct {
@@ -3982,7 +4075,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3994,7 +4087,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4007,7 +4100,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*BundleInfo {
@@ -4033,7 +4126,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4045,7 +4138,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4058,7 +4151,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *RotateCARequest) GetCluster() string {
@@ -4078,7 +4171,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4090,7 +4183,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4103,7 +4196,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{66}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *RotateCAResponse) GetCaRotation() uint64 {
@@ -4128,7 +4221,7 @@ type TrustStatusRequest struct {
 
 func (x *TrustStatusRequest) Reset() {
 	*x = TrustStatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4140,7 +4233,7 @@ func (x *TrustStatusRequest) String() string {
 func (*TrustStatusRequest) ProtoMessage() {}
 
 func (x *TrustStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4153,7 +4246,7 @@ func (x *TrustStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustStatusRequest.ProtoReflect.Descriptor instead.
 func (*TrustStatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{67}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{68}
 }
 
 // One member cluster's trust bundle and who holds it.
@@ -4176,7 +4269,7 @@ type ClusterTrustStatus struct {
 
 func (x *ClusterTrustStatus) Reset() {
 	*x = ClusterTrustStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4188,7 +4281,7 @@ func (x *ClusterTrustStatus) String() string {
 func (*ClusterTrustStatus) ProtoMessage() {}
 
 func (x *ClusterTrustStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4201,7 +4294,7 @@ func (x *ClusterTrustStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterTrustStatus.ProtoReflect.Descriptor instead.
 func (*ClusterTrustStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{68}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ClusterTrustStatus) GetCluster() string {
@@ -4256,7 +4349,7 @@ type TrustStatusResponse struct {
 
 func (x *TrustStatusResponse) Reset() {
 	*x = TrustStatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4268,7 +4361,7 @@ func (x *TrustStatusResponse) String() string {
 func (*TrustStatusResponse) ProtoMessage() {}
 
 func (x *TrustStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4281,7 +4374,7 @@ func (x *TrustStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustStatusResponse.ProtoReflect.Descriptor instead.
 func (*TrustStatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{69}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *TrustStatusResponse) GetClusters() []*ClusterTrustStatus {
@@ -4316,7 +4409,7 @@ type ServerStatus struct {
 
 func (x *ServerStatus) Reset() {
 	*x = ServerStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4328,7 +4421,7 @@ func (x *ServerStatus) String() string {
 func (*ServerStatus) ProtoMessage() {}
 
 func (x *ServerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4341,7 +4434,7 @@ func (x *ServerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStatus.ProtoReflect.Descriptor instead.
 func (*ServerStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{70}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ServerStatus) GetName() string {
@@ -4401,7 +4494,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4413,7 +4506,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4426,7 +4519,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{71}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{72}
 }
 
 type StatusResponse struct {
@@ -4442,7 +4535,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4454,7 +4547,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4467,7 +4560,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{72}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *StatusResponse) GetServers() []*ServerStatus {
@@ -4658,15 +4751,20 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x03 \x01(\tR\terrorCode\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"t\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\xa8\x01\n" +
 	"\x11SyncHelloResponse\x12G\n" +
 	"\fcapabilities\x18\x01 \x01(\v2#.meshfed.federation.v1.CapabilitiesR\fcapabilities\x12\x16\n" +
-	"\x06server\x18\x02 \x01(\tR\x06server\"\xe0\x01\n" +
+	"\x06server\x18\x02 \x01(\tR\x06server\x122\n" +
+	"\x15heartbeat_interval_ms\x18\x03 \x01(\x03R\x13heartbeatIntervalMs\"\xa6\x02\n" +
 	"\fSyncResponse\x128\n" +
 	"\x05delta\x18\x01 \x01(\v2 .meshfed.federation.v1.SyncDeltaH\x00R\x05delta\x12M\n" +
 	"\x0epublish_result\x18\x02 \x01(\v2$.meshfed.federation.v1.PublishResultH\x00R\rpublishResult\x12@\n" +
-	"\x05hello\x18\x03 \x01(\v2(.meshfed.federation.v1.SyncHelloResponseH\x00R\x05helloB\x05\n" +
-	"\x03msg\" \n" +
+	"\x05hello\x18\x03 \x01(\v2(.meshfed.federation.v1.SyncHelloResponseH\x00R\x05hello\x12D\n" +
+	"\theartbeat\x18\x04 \x01(\v2$.meshfed.federation.v1.SyncHeartbeatH\x00R\theartbeatB\x05\n" +
+	"\x03msg\"^\n" +
+	"\rSyncHeartbeat\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x121\n" +
+	"\x15leader_contact_age_ms\x18\x02 \x01(\x03R\x12leaderContactAgeMs\" \n" +
 	"\fRenewRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"@\n" +
 	"\x15RotationStatusRequest\x12'\n" +
@@ -4854,7 +4952,7 @@ func file_meshfed_federation_v1_federation_proto_rawDescGZIP() []byte {
 	return file_meshfed_federation_v1_federation_proto_rawDescData
 }
 
-var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 75)
+var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
 var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*Capabilities)(nil),             // 0: meshfed.federation.v1.Capabilities
 	(*Locality)(nil),                 // 1: meshfed.federation.v1.Locality
@@ -4883,54 +4981,55 @@ var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*PublishResult)(nil),            // 24: meshfed.federation.v1.PublishResult
 	(*SyncHelloResponse)(nil),        // 25: meshfed.federation.v1.SyncHelloResponse
 	(*SyncResponse)(nil),             // 26: meshfed.federation.v1.SyncResponse
-	(*RenewRequest)(nil),             // 27: meshfed.federation.v1.RenewRequest
-	(*RotationStatusRequest)(nil),    // 28: meshfed.federation.v1.RotationStatusRequest
-	(*MemberBundleStatus)(nil),       // 29: meshfed.federation.v1.MemberBundleStatus
-	(*RotationStatusResponse)(nil),   // 30: meshfed.federation.v1.RotationStatusResponse
-	(*RenewResponse)(nil),            // 31: meshfed.federation.v1.RenewResponse
-	(*TokenInfo)(nil),                // 32: meshfed.federation.v1.TokenInfo
-	(*CreateTokenRequest)(nil),       // 33: meshfed.federation.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),      // 34: meshfed.federation.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),        // 35: meshfed.federation.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),       // 36: meshfed.federation.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),       // 37: meshfed.federation.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),      // 38: meshfed.federation.v1.RevokeTokenResponse
-	(*ListClustersRequest)(nil),      // 39: meshfed.federation.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),     // 40: meshfed.federation.v1.ListClustersResponse
-	(*DescribeClusterRequest)(nil),   // 41: meshfed.federation.v1.DescribeClusterRequest
-	(*DescribeClusterResponse)(nil),  // 42: meshfed.federation.v1.DescribeClusterResponse
-	(*RemoveClusterRequest)(nil),     // 43: meshfed.federation.v1.RemoveClusterRequest
-	(*RemoveClusterResponse)(nil),    // 44: meshfed.federation.v1.RemoveClusterResponse
-	(*GlobalService)(nil),            // 45: meshfed.federation.v1.GlobalService
-	(*ListServicesRequest)(nil),      // 46: meshfed.federation.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),     // 47: meshfed.federation.v1.ListServicesResponse
-	(*PutPolicyRequest)(nil),         // 48: meshfed.federation.v1.PutPolicyRequest
-	(*PutPolicyResponse)(nil),        // 49: meshfed.federation.v1.PutPolicyResponse
-	(*DeletePolicyRequest)(nil),      // 50: meshfed.federation.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),     // 51: meshfed.federation.v1.DeletePolicyResponse
-	(*ListPoliciesRequest)(nil),      // 52: meshfed.federation.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 53: meshfed.federation.v1.ListPoliciesResponse
-	(*FederationRelationship)(nil),   // 54: meshfed.federation.v1.FederationRelationship
-	(*PutFederationRequest)(nil),     // 55: meshfed.federation.v1.PutFederationRequest
-	(*PutFederationResponse)(nil),    // 56: meshfed.federation.v1.PutFederationResponse
-	(*DeleteFederationRequest)(nil),  // 57: meshfed.federation.v1.DeleteFederationRequest
-	(*DeleteFederationResponse)(nil), // 58: meshfed.federation.v1.DeleteFederationResponse
-	(*ListFederationsRequest)(nil),   // 59: meshfed.federation.v1.ListFederationsRequest
-	(*FederationStatus)(nil),         // 60: meshfed.federation.v1.FederationStatus
-	(*ListFederationsResponse)(nil),  // 61: meshfed.federation.v1.ListFederationsResponse
-	(*BundleInfo)(nil),               // 62: meshfed.federation.v1.BundleInfo
-	(*ListBundlesRequest)(nil),       // 63: meshfed.federation.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),      // 64: meshfed.federation.v1.ListBundlesResponse
-	(*RotateCARequest)(nil),          // 65: meshfed.federation.v1.RotateCARequest
-	(*RotateCAResponse)(nil),         // 66: meshfed.federation.v1.RotateCAResponse
-	(*TrustStatusRequest)(nil),       // 67: meshfed.federation.v1.TrustStatusRequest
-	(*ClusterTrustStatus)(nil),       // 68: meshfed.federation.v1.ClusterTrustStatus
-	(*TrustStatusResponse)(nil),      // 69: meshfed.federation.v1.TrustStatusResponse
-	(*ServerStatus)(nil),             // 70: meshfed.federation.v1.ServerStatus
-	(*StatusRequest)(nil),            // 71: meshfed.federation.v1.StatusRequest
-	(*StatusResponse)(nil),           // 72: meshfed.federation.v1.StatusResponse
-	nil,                              // 73: meshfed.federation.v1.EndpointGroup.LabelsEntry
-	nil,                              // 74: meshfed.federation.v1.WeightedSubset.LabelsEntry
+	(*SyncHeartbeat)(nil),            // 27: meshfed.federation.v1.SyncHeartbeat
+	(*RenewRequest)(nil),             // 28: meshfed.federation.v1.RenewRequest
+	(*RotationStatusRequest)(nil),    // 29: meshfed.federation.v1.RotationStatusRequest
+	(*MemberBundleStatus)(nil),       // 30: meshfed.federation.v1.MemberBundleStatus
+	(*RotationStatusResponse)(nil),   // 31: meshfed.federation.v1.RotationStatusResponse
+	(*RenewResponse)(nil),            // 32: meshfed.federation.v1.RenewResponse
+	(*TokenInfo)(nil),                // 33: meshfed.federation.v1.TokenInfo
+	(*CreateTokenRequest)(nil),       // 34: meshfed.federation.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),      // 35: meshfed.federation.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),        // 36: meshfed.federation.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),       // 37: meshfed.federation.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),       // 38: meshfed.federation.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),      // 39: meshfed.federation.v1.RevokeTokenResponse
+	(*ListClustersRequest)(nil),      // 40: meshfed.federation.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),     // 41: meshfed.federation.v1.ListClustersResponse
+	(*DescribeClusterRequest)(nil),   // 42: meshfed.federation.v1.DescribeClusterRequest
+	(*DescribeClusterResponse)(nil),  // 43: meshfed.federation.v1.DescribeClusterResponse
+	(*RemoveClusterRequest)(nil),     // 44: meshfed.federation.v1.RemoveClusterRequest
+	(*RemoveClusterResponse)(nil),    // 45: meshfed.federation.v1.RemoveClusterResponse
+	(*GlobalService)(nil),            // 46: meshfed.federation.v1.GlobalService
+	(*ListServicesRequest)(nil),      // 47: meshfed.federation.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),     // 48: meshfed.federation.v1.ListServicesResponse
+	(*PutPolicyRequest)(nil),         // 49: meshfed.federation.v1.PutPolicyRequest
+	(*PutPolicyResponse)(nil),        // 50: meshfed.federation.v1.PutPolicyResponse
+	(*DeletePolicyRequest)(nil),      // 51: meshfed.federation.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),     // 52: meshfed.federation.v1.DeletePolicyResponse
+	(*ListPoliciesRequest)(nil),      // 53: meshfed.federation.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 54: meshfed.federation.v1.ListPoliciesResponse
+	(*FederationRelationship)(nil),   // 55: meshfed.federation.v1.FederationRelationship
+	(*PutFederationRequest)(nil),     // 56: meshfed.federation.v1.PutFederationRequest
+	(*PutFederationResponse)(nil),    // 57: meshfed.federation.v1.PutFederationResponse
+	(*DeleteFederationRequest)(nil),  // 58: meshfed.federation.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil), // 59: meshfed.federation.v1.DeleteFederationResponse
+	(*ListFederationsRequest)(nil),   // 60: meshfed.federation.v1.ListFederationsRequest
+	(*FederationStatus)(nil),         // 61: meshfed.federation.v1.FederationStatus
+	(*ListFederationsResponse)(nil),  // 62: meshfed.federation.v1.ListFederationsResponse
+	(*BundleInfo)(nil),               // 63: meshfed.federation.v1.BundleInfo
+	(*ListBundlesRequest)(nil),       // 64: meshfed.federation.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),      // 65: meshfed.federation.v1.ListBundlesResponse
+	(*RotateCARequest)(nil),          // 66: meshfed.federation.v1.RotateCARequest
+	(*RotateCAResponse)(nil),         // 67: meshfed.federation.v1.RotateCAResponse
+	(*TrustStatusRequest)(nil),       // 68: meshfed.federation.v1.TrustStatusRequest
+	(*ClusterTrustStatus)(nil),       // 69: meshfed.federation.v1.ClusterTrustStatus
+	(*TrustStatusResponse)(nil),      // 70: meshfed.federation.v1.TrustStatusResponse
+	(*ServerStatus)(nil),             // 71: meshfed.federation.v1.ServerStatus
+	(*StatusRequest)(nil),            // 72: meshfed.federation.v1.StatusRequest
+	(*StatusResponse)(nil),           // 73: meshfed.federation.v1.StatusResponse
+	nil,                              // 74: meshfed.federation.v1.EndpointGroup.LabelsEntry
+	nil,                              // 75: meshfed.federation.v1.WeightedSubset.LabelsEntry
 }
 var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	1,  // 0: meshfed.federation.v1.JoinRequest.locality:type_name -> meshfed.federation.v1.Locality
@@ -4938,7 +5037,7 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	0,  // 2: meshfed.federation.v1.JoinRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
 	4,  // 3: meshfed.federation.v1.JoinResponse.settings:type_name -> meshfed.federation.v1.FederationSettings
 	0,  // 4: meshfed.federation.v1.JoinResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	73, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
+	74, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
 	6,  // 6: meshfed.federation.v1.ExportedService.ports:type_name -> meshfed.federation.v1.ServicePort
 	7,  // 7: meshfed.federation.v1.ExportedService.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
 	8,  // 8: meshfed.federation.v1.ExportRecord.service:type_name -> meshfed.federation.v1.ExportedService
@@ -4947,7 +5046,7 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	12, // 11: meshfed.federation.v1.TrafficPolicy.subsets:type_name -> meshfed.federation.v1.WeightedSubset
 	13, // 12: meshfed.federation.v1.TrafficPolicy.outlier_detection:type_name -> meshfed.federation.v1.OutlierDetection
 	14, // 13: meshfed.federation.v1.TrafficPolicy.retries:type_name -> meshfed.federation.v1.RetryPolicy
-	74, // 14: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
+	75, // 14: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
 	0,  // 15: meshfed.federation.v1.SyncHello.capabilities:type_name -> meshfed.federation.v1.Capabilities
 	1,  // 16: meshfed.federation.v1.SyncHello.locality:type_name -> meshfed.federation.v1.Locality
 	8,  // 17: meshfed.federation.v1.PublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
@@ -4967,72 +5066,73 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	23, // 31: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
 	24, // 32: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
 	25, // 33: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
-	29, // 34: meshfed.federation.v1.RotationStatusResponse.members:type_name -> meshfed.federation.v1.MemberBundleStatus
-	32, // 35: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
-	32, // 36: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
-	10, // 37: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	10, // 38: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	9,  // 39: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
-	2,  // 40: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	9,  // 41: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
-	45, // 42: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
-	11, // 43: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	11, // 44: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	54, // 45: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	54, // 46: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	60, // 47: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
-	2,  // 48: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	62, // 49: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
-	29, // 50: meshfed.federation.v1.ClusterTrustStatus.members:type_name -> meshfed.federation.v1.MemberBundleStatus
-	68, // 51: meshfed.federation.v1.TrustStatusResponse.clusters:type_name -> meshfed.federation.v1.ClusterTrustStatus
-	70, // 52: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
-	3,  // 53: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
-	21, // 54: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
-	27, // 55: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
-	28, // 56: meshfed.federation.v1.Sync.RotationStatus:input_type -> meshfed.federation.v1.RotationStatusRequest
-	33, // 57: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
-	35, // 58: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
-	37, // 59: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
-	39, // 60: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
-	41, // 61: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
-	43, // 62: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
-	46, // 63: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
-	48, // 64: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
-	50, // 65: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
-	52, // 66: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
-	71, // 67: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
-	55, // 68: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
-	57, // 69: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
-	59, // 70: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
-	63, // 71: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
-	65, // 72: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
-	67, // 73: meshfed.federation.v1.Admin.TrustStatus:input_type -> meshfed.federation.v1.TrustStatusRequest
-	5,  // 74: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
-	26, // 75: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
-	31, // 76: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
-	30, // 77: meshfed.federation.v1.Sync.RotationStatus:output_type -> meshfed.federation.v1.RotationStatusResponse
-	34, // 78: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
-	36, // 79: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
-	38, // 80: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
-	40, // 81: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
-	42, // 82: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
-	44, // 83: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
-	47, // 84: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
-	49, // 85: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
-	51, // 86: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
-	53, // 87: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
-	72, // 88: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
-	56, // 89: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
-	58, // 90: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
-	61, // 91: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
-	64, // 92: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
-	66, // 93: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
-	69, // 94: meshfed.federation.v1.Admin.TrustStatus:output_type -> meshfed.federation.v1.TrustStatusResponse
-	74, // [74:95] is the sub-list for method output_type
-	53, // [53:74] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	27, // 34: meshfed.federation.v1.SyncResponse.heartbeat:type_name -> meshfed.federation.v1.SyncHeartbeat
+	30, // 35: meshfed.federation.v1.RotationStatusResponse.members:type_name -> meshfed.federation.v1.MemberBundleStatus
+	33, // 36: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
+	33, // 37: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
+	10, // 38: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	10, // 39: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	9,  // 40: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
+	2,  // 41: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	9,  // 42: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
+	46, // 43: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
+	11, // 44: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	11, // 45: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	55, // 46: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	55, // 47: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	61, // 48: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
+	2,  // 49: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	63, // 50: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
+	30, // 51: meshfed.federation.v1.ClusterTrustStatus.members:type_name -> meshfed.federation.v1.MemberBundleStatus
+	69, // 52: meshfed.federation.v1.TrustStatusResponse.clusters:type_name -> meshfed.federation.v1.ClusterTrustStatus
+	71, // 53: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
+	3,  // 54: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
+	21, // 55: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
+	28, // 56: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
+	29, // 57: meshfed.federation.v1.Sync.RotationStatus:input_type -> meshfed.federation.v1.RotationStatusRequest
+	34, // 58: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
+	36, // 59: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
+	38, // 60: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
+	40, // 61: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
+	42, // 62: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
+	44, // 63: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
+	47, // 64: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
+	49, // 65: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
+	51, // 66: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
+	53, // 67: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
+	72, // 68: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
+	56, // 69: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
+	58, // 70: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
+	60, // 71: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
+	64, // 72: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
+	66, // 73: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
+	68, // 74: meshfed.federation.v1.Admin.TrustStatus:input_type -> meshfed.federation.v1.TrustStatusRequest
+	5,  // 75: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
+	26, // 76: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
+	32, // 77: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
+	31, // 78: meshfed.federation.v1.Sync.RotationStatus:output_type -> meshfed.federation.v1.RotationStatusResponse
+	35, // 79: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
+	37, // 80: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
+	39, // 81: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
+	41, // 82: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
+	43, // 83: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
+	45, // 84: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
+	48, // 85: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
+	50, // 86: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
+	52, // 87: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
+	54, // 88: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
+	73, // 89: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
+	57, // 90: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
+	59, // 91: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
+	62, // 92: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
+	65, // 93: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
+	67, // 94: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
+	70, // 95: meshfed.federation.v1.Admin.TrustStatus:output_type -> meshfed.federation.v1.TrustStatusResponse
+	75, // [75:96] is the sub-list for method output_type
+	54, // [54:75] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_federation_v1_federation_proto_init() }
@@ -5051,6 +5151,7 @@ func file_meshfed_federation_v1_federation_proto_init() {
 		(*SyncResponse_Delta)(nil),
 		(*SyncResponse_PublishResult)(nil),
 		(*SyncResponse_Hello)(nil),
+		(*SyncResponse_Heartbeat)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5058,7 +5159,7 @@ func file_meshfed_federation_v1_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_federation_v1_federation_proto_rawDesc), len(file_meshfed_federation_v1_federation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   75,
+			NumMessages:   76,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

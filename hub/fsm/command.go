@@ -44,6 +44,10 @@ const (
 	// AckBundlesType: bundle sequences a member's agent acknowledged
 	// (recorded when they increase; not streamed).
 	AckBundlesType MessageType = 18
+	// RenewConnectionsType: one hub server's leases on the Sync streams it
+	// holds, renewed together; replaces ClusterStatus (9), which new
+	// servers no longer propose.
+	RenewConnectionsType MessageType = 17
 )
 
 // IgnoreUnknownFlag marks a command an older server may skip.
@@ -57,7 +61,7 @@ const IgnoreUnknownFlag MessageType = 128
 // and return it from MinVersion. Version 1 is what every hub server that
 // ever gossiped a version applies (types 0 to 13); version 2 adds
 // RenewAgentCert (14), version 3 UpdateClusterEndpoint (15), version 4
-// AckBundles (18).
+// RenewConnections (17) and AckBundles (18).
 const ProtocolVersion = 4
 
 // MinVersion is the protocol version that introduced t; for a type this
@@ -73,7 +77,7 @@ func (t MessageType) MinVersion() int {
 		return 2
 	case UpdateClusterEndpointType:
 		return 3
-	case AckBundlesType:
+	case RenewConnectionsType, AckBundlesType:
 		return 4
 	}
 	return math.MaxInt
@@ -115,6 +119,8 @@ func (t MessageType) String() string {
 		return "UpdateClusterEndpoint"
 	case AckBundlesType:
 		return "AckBundles"
+	case RenewConnectionsType:
+		return "RenewConnections"
 	}
 	return fmt.Sprintf("MessageType(%d)", uint8(t))
 }
@@ -165,6 +171,8 @@ func payloadFor(t MessageType) proto.Message {
 		return &hubpb.CmdUpdateClusterEndpoint{}
 	case AckBundlesType:
 		return &hubpb.CmdAckBundles{}
+	case RenewConnectionsType:
+		return &hubpb.CmdRenewConnections{}
 	}
 	return nil
 }

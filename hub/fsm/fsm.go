@@ -37,6 +37,12 @@ const (
 	MaxCommandBytes = 4 << 20
 	// Used or expired tokens are pruned this long after they stop being usable.
 	tokenRetentionMs = 24 * 3600 * 1000
+	// MaxConnectionLeaseMs bounds a connection lease (CmdRenewConnections).
+	MaxConnectionLeaseMs = 10 * 60 * 1000
+	// Leases of a server that stopped renewing (it crashed, or was removed
+	// for good) are pruned this long after they expired, by any server's
+	// renewal.
+	connectionRetentionMs = 24 * 3600 * 1000
 )
 
 // Error is a command's deterministic refusal. It travels between servers as
@@ -266,6 +272,8 @@ func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
 		return applyRenewAgentCert(w, msg.(*hubpb.CmdRenewAgentCert))
 	case AckBundlesType:
 		return applyAckBundles(w, msg.(*hubpb.CmdAckBundles))
+	case RenewConnectionsType:
+		return applyRenewConnections(w, msg.(*hubpb.CmdRenewConnections))
 	}
 	panic(fmt.Sprintf("fsm: no apply for %s", t))
 }
@@ -415,6 +423,50 @@ func applyAckBundles(w *state.WriteTxn, c *hubpb.CmdAckBundles) *Error {
 	return nil
 }
 
+// applyRenewConnections makes the server's leases exactly the listed
+// clusters': each member listed gets a lease until now_ms + lease_ms, and
+// the server's leases on clusters not listed are released. Clusters that are
+// not members (removed while their stream closed) are skipped.
+func applyRenewConnections(w *state.WriteTxn, c *hubpb.CmdRenewConnections) *Error {
+	server, now, lease := c.GetServer(), c.GetNowMs(), c.GetLeaseMs()
+	switch {
+	case server == "":
+		return refuse(codes.InvalidArgument, "server: required")
+	case lease <= 0 || lease > MaxConnectionLeaseMs:
+		return refuse(codes.InvalidArgument, "lease_ms: %d must be in 1..%d", lease, MaxConnectionLeaseMs)
+	case len(c.GetClusters()) > MaxClusters:
+		return refuse(codes.InvalidArgument, "clusters: %d, at most %d", len(c.GetClusters()), MaxClusters)
+	}
+	listed := make(map[string]bool, len(c.GetClusters()))
+	for _, name := range c.GetClusters() {
+		listed[name] = true
+	}
+	held := map[string]*hubpb.ClusterConnection{}
+	for _, cc := range w.ConnectionsBy(server) {
+		if !listed[cc.GetCluster()] {
+			w.DeleteConnection(cc.GetCluster(), server)
+			continue
+		}
+		held[cc.GetCluster()] = cc
+	}
+	for name := range listed {
+		if w.Cluster(name) == nil {
+			continue
+		}
+		since := now
+		if old := held[name]; old != nil && old.GetExpiresMs() >= now {
+			since = old.GetSinceMs()
+		}
+		w.PutConnection(&hubpb.ClusterConnection{Cluster: name, Server: server, SinceMs: since, RenewedMs: now, ExpiresMs: now + lease})
+	}
+	for _, cc := range w.Connections() {
+		if cc.GetServer() != server && now-cc.GetExpiresMs() > connectionRetentionMs {
+			w.DeleteConnection(cc.GetCluster(), cc.GetServer())
+		}
+	}
+	return nil
+}
+
 func applyPublish(w *state.WriteTxn, c *hubpb.CmdPublishExports) *Error {
 	name := c.GetCluster()
 	if w.Cluster(name) == nil {
@@ -523,6 +575,11 @@ func (s *snapshot) write(w io.Writer) error {
 			return err
 		}
 	}
+	for _, c := range v.Connections() {
+		if err := put(&hubpb.SnapshotRecord{Rec: &hubpb.SnapshotRecord_Connection{Connection: c}}); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -577,6 +634,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			r.Federation(x.Federation)
 		case *hubpb.SnapshotRecord_BundleAck:
 			r.BundleAck(x.BundleAck)
+		case *hubpb.SnapshotRecord_Connection:
+			r.Connection(x.Connection)
 		default:
 			return fmt.Errorf("fsm: restore: unknown snapshot record %T", x)
 		}

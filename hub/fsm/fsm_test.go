@@ -692,6 +692,9 @@ func goldenCommands() []namedCommand {
 		{"UpdateClusterEndpoint", fsm.UpdateClusterEndpointType, &hubpb.CmdUpdateClusterEndpoint{
 			Cluster: "east", Locality: &fedv1.Locality{Region: "us-east", Zone: "us-east-1b"}, GatewayAddresses: []string{"10.0.0.9:15443"},
 		}},
+		{"RenewConnections", fsm.RenewConnectionsType, &hubpb.CmdRenewConnections{
+			Server: "hub-1", NowMs: 1700000002000, LeaseMs: 15000, Clusters: []string{"east", "west"},
+		}},
 		{"AckBundles", fsm.AckBundlesType, &hubpb.CmdAckBundles{
 			Cluster: "east", Bundles: []*fedv1.BundleSequence{{TrustDomain: "west.meshfed.local", SequenceNumber: 2}}, NowMs: 1700000000000,
 		}},
@@ -1232,5 +1235,70 @@ func TestAckBundlesRecordsIncreasesOnlyAndIsNotStreamed(t *testing.T) {
 	h.mustApply(fsm.JoinType, joinCmd("tok-west2", "secret-tok-west2", "west", 200))
 	if len(h.read().BundleAcksFor(td("west"))) != 0 {
 		t.Error("acks of west's old CA survived its re-join")
+	}
+}
+
+func renew(server string, now, lease int64, clusters ...string) *hubpb.CmdRenewConnections {
+	return &hubpb.CmdRenewConnections{Server: server, NowMs: now, LeaseMs: lease, Clusters: clusters}
+}
+
+// A server's renewal makes its leases exactly the clusters it lists, keeps
+// other servers' leases, and changes nothing that is streamed to agents.
+func TestRenewConnectionsReplacesOneServersLeasesWithoutAStreamedChange(t *testing.T) {
+	h := newTestFSM(t)
+	h.joined("east")
+	h.joined("west")
+	rev := h.read().Revision()
+
+	h.mustApply(fsm.RenewConnectionsType, renew("s1", 1000, 500, "east", "west", "gone"))
+	h.mustApply(fsm.RenewConnectionsType, renew("s2", 1100, 500, "east"))
+	h.mustApply(fsm.RenewConnectionsType, renew("s1", 1200, 500, "west"))
+
+	if d := h.read().Changes(rev); !d.Empty() {
+		t.Errorf("renewals changed streamed state: %+v", d)
+	}
+	got := map[string]*hubpb.ClusterConnection{}
+	for _, c := range h.read().Connections() {
+		got[c.GetCluster()+"@"+c.GetServer()] = c
+	}
+	want := map[string][3]int64{ // since, renewed, expires
+		"west@s1": {1000, 1200, 1700},
+		"east@s2": {1100, 1100, 1600},
+	}
+	if len(got) != len(want) {
+		t.Errorf("leases %v, want %v (east@s1 released, gone skipped)", got, want)
+	}
+	for k, w := range want {
+		c := got[k]
+		if c == nil || c.GetSinceMs() != w[0] || c.GetRenewedMs() != w[1] || c.GetExpiresMs() != w[2] {
+			t.Errorf("%s: %v, want since/renewed/expires %v", k, c, w)
+		}
+	}
+
+	// A lease renewed after it expired starts a new connection period.
+	h.mustApply(fsm.RenewConnectionsType, renew("s1", 5000, 500, "west"))
+	if c := h.read().ConnectionsOf("west")[0]; c.GetSinceMs() != 5000 {
+		t.Errorf("since %d after an expired lease was renewed, want 5000", c.GetSinceMs())
+	}
+
+	// Leases a crashed server never released are pruned a day after expiry.
+	h.mustApply(fsm.RenewConnectionsType, renew("s1", 1600+24*3600*1000+1, 500))
+	if n := len(h.read().ConnectionsBy("s2")); n != 0 {
+		t.Errorf("s2 still holds %d leases a day after they expired", n)
+	}
+
+	wantCode(t, "no server", h.apply(fsm.RenewConnectionsType, renew("", 1, 500)), codes.InvalidArgument)
+	wantCode(t, "zero lease", h.apply(fsm.RenewConnectionsType, renew("s1", 1, 0)), codes.InvalidArgument)
+	wantCode(t, "lease too long", h.apply(fsm.RenewConnectionsType, renew("s1", 1, fsm.MaxConnectionLeaseMs+1)), codes.InvalidArgument)
+}
+
+func TestConnectionLeasesSurviveASnapshot(t *testing.T) {
+	h := newTestFSM(t)
+	h.joined("east")
+	h.mustApply(fsm.RenewConnectionsType, renew("s1", 1000, 500, "east"))
+	f := restored(t, persist(t, h.FSM))
+	equalSlices(t, "connections", h.read().Connections(), f.Store().Read().Connections())
+	if len(f.Store().Read().Connections()) != 1 {
+		t.Error("the lease was not in the snapshot")
 	}
 }

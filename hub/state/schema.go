@@ -33,6 +33,11 @@ const (
 	// streamed to agents (an ack must not fan out to every agent); the
 	// agent of a rotating cluster asks for it (Sync.RotationStatus).
 	TableBundleAcks = "bundle_acks"
+	// TableConnections holds the hub servers' leases on member clusters'
+	// Sync streams (hubpb.ClusterConnection), one row per cluster and
+	// server. It is not streamed: a connect or disconnect is not a change
+	// that agents receive.
+	TableConnections = "connections"
 )
 
 func schema() *memdb.DBSchema {
@@ -67,6 +72,11 @@ func schema() *memdb.DBSchema {
 			"cluster":      {Name: "cluster", Indexer: &memdb.StringFieldIndex{Field: "Cluster"}},
 			"trust_domain": {Name: "trust_domain", Indexer: &memdb.StringFieldIndex{Field: "TrustDomain"}},
 		}},
+		TableConnections: {Name: TableConnections, Indexes: map[string]*memdb.IndexSchema{
+			"id":      id("Key"),
+			"cluster": {Name: "cluster", Indexer: &memdb.StringFieldIndex{Field: "Cluster"}},
+			"server":  {Name: "server", Indexer: &memdb.StringFieldIndex{Field: "Server"}},
+		}},
 	}}
 }
 
@@ -76,10 +86,12 @@ type row struct {
 	Key string
 	Rev uint64
 	// Cluster and Service are set for exports (secondary indexes);
-	// Cluster and TrustDomain for bundle acks.
+	// Cluster and TrustDomain for bundle acks; Cluster and Server for
+	// connections.
 	Cluster     string
 	Service     string
 	TrustDomain string
+	Server      string
 	Value       any
 }
 
@@ -91,6 +103,10 @@ func ExportKey(cluster, service string) string { return cluster + "/" + service 
 func bundleAckKey(member, td string) string { return member + "\x00" + td }
 
 func tombKey(table, key string) string { return table + ":" + key }
+
+// connKey is the primary key of a connection lease. It is never parsed:
+// readers use the row's Cluster and Server.
+func connKey(cluster, server string) string { return cluster + "\x00" + server }
 
 func mustDB() *memdb.MemDB {
 	db, err := memdb.NewMemDB(schema())

@@ -237,6 +237,22 @@ func (r *ReadTxn) BundleAcksFor(td string) map[string]*hubpb.BundleAck {
 	return out
 }
 
+// ConnectionsOf returns the connection leases of a cluster, one per hub
+// server that renewed one, expired or not.
+func (r *ReadTxn) ConnectionsOf(cluster string) []*hubpb.ClusterConnection {
+	return values[*hubpb.ClusterConnection](r.all(TableConnections, "cluster", cluster))
+}
+
+// ConnectionsBy returns the connection leases one hub server holds.
+func (r *ReadTxn) ConnectionsBy(server string) []*hubpb.ClusterConnection {
+	return values[*hubpb.ClusterConnection](r.all(TableConnections, "server", server))
+}
+
+// Connections returns every connection lease, sorted by cluster then server.
+func (r *ReadTxn) Connections() []*hubpb.ClusterConnection {
+	return values[*hubpb.ClusterConnection](r.all(TableConnections, "id"))
+}
+
 // Tombstones returns every tombstone, sorted by key.
 func (r *ReadTxn) Tombstones() []*hubpb.Tombstone {
 	return values[*hubpb.Tombstone](r.all(TableTombstones, "id"))
@@ -504,6 +520,17 @@ func (w *WriteTxn) PutFederation(f *fedv1.FederationRelationship) {
 // DeleteFederation removes a relationship.
 func (w *WriteTxn) DeleteFederation(td string) bool { return w.remove(TableFederations, td) }
 
+// PutConnection stores a hub server's lease on a cluster's connection.
+func (w *WriteTxn) PutConnection(c *hubpb.ClusterConnection) {
+	c = proto.Clone(c).(*hubpb.ClusterConnection)
+	w.insert(TableConnections, &row{Key: connKey(c.GetCluster(), c.GetServer()), Rev: w.rev, Cluster: c.GetCluster(), Server: c.GetServer(), Value: c})
+}
+
+// DeleteConnection removes a hub server's lease on a cluster's connection.
+func (w *WriteTxn) DeleteConnection(cluster, server string) bool {
+	return w.remove(TableConnections, connKey(cluster, server))
+}
+
 // DeletePolicy removes a traffic policy.
 func (w *WriteTxn) DeletePolicy(name string) bool { return w.delete(TablePolicies, name) }
 
@@ -605,6 +632,11 @@ func (r *Restorer) Federation(f *fedv1.FederationRelationship) {
 func (r *Restorer) BundleAck(a *hubpb.BundleAck) {
 	r.insert(TableBundleAcks, &row{Key: bundleAckKey(a.GetCluster(), a.GetTrustDomain()),
 		Cluster: a.GetCluster(), TrustDomain: a.GetTrustDomain(), Value: a})
+}
+
+// Connection restores a connection lease.
+func (r *Restorer) Connection(c *hubpb.ClusterConnection) {
+	r.insert(TableConnections, &row{Key: connKey(c.GetCluster(), c.GetServer()), Cluster: c.GetCluster(), Server: c.GetServer(), Value: c})
 }
 
 // Tombstone restores a tombstone.

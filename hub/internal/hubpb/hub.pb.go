@@ -788,6 +788,158 @@ func (x *CmdClusterStatus) GetConnectedAtMs() int64 {
 	return 0
 }
 
+// CmdRenewConnections states every cluster that one hub server holds a
+// Sync stream for, as of now_ms on that server's clock: each gets a lease
+// until now_ms + lease_ms, and the server's leases for clusters not listed
+// are released. One command per server renews all of its streams.
+type CmdRenewConnections struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Server        string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	NowMs         int64                  `protobuf:"varint,2,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
+	LeaseMs       int64                  `protobuf:"varint,3,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
+	Clusters      []string               `protobuf:"bytes,4,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdRenewConnections) Reset() {
+	*x = CmdRenewConnections{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdRenewConnections) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdRenewConnections) ProtoMessage() {}
+
+func (x *CmdRenewConnections) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdRenewConnections.ProtoReflect.Descriptor instead.
+func (*CmdRenewConnections) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CmdRenewConnections) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *CmdRenewConnections) GetNowMs() int64 {
+	if x != nil {
+		return x.NowMs
+	}
+	return 0
+}
+
+func (x *CmdRenewConnections) GetLeaseMs() int64 {
+	if x != nil {
+		return x.LeaseMs
+	}
+	return 0
+}
+
+func (x *CmdRenewConnections) GetClusters() []string {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
+// ClusterConnection is one hub server's lease on a cluster's connection
+// (state table "connections"; not streamed to agents).
+type ClusterConnection struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Server  string                 `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
+	// When the server first listed the cluster in this lease's lifetime, and
+	// when it last renewed it, on the server's clock (Unix milliseconds).
+	SinceMs       int64 `protobuf:"varint,3,opt,name=since_ms,json=sinceMs,proto3" json:"since_ms,omitempty"`
+	RenewedMs     int64 `protobuf:"varint,4,opt,name=renewed_ms,json=renewedMs,proto3" json:"renewed_ms,omitempty"`
+	ExpiresMs     int64 `protobuf:"varint,5,opt,name=expires_ms,json=expiresMs,proto3" json:"expires_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterConnection) Reset() {
+	*x = ClusterConnection{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterConnection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterConnection) ProtoMessage() {}
+
+func (x *ClusterConnection) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterConnection.ProtoReflect.Descriptor instead.
+func (*ClusterConnection) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ClusterConnection) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *ClusterConnection) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *ClusterConnection) GetSinceMs() int64 {
+	if x != nil {
+		return x.SinceMs
+	}
+	return 0
+}
+
+func (x *ClusterConnection) GetRenewedMs() int64 {
+	if x != nil {
+		return x.RenewedMs
+	}
+	return 0
+}
+
+func (x *ClusterConnection) GetExpiresMs() int64 {
+	if x != nil {
+		return x.ExpiresMs
+	}
+	return 0
+}
+
 type CmdPutFederation struct {
 	state         protoimpl.MessageState     `protogen:"open.v1"`
 	Federation    *v1.FederationRelationship `protobuf:"bytes,1,opt,name=federation,proto3" json:"federation,omitempty"`
@@ -797,7 +949,7 @@ type CmdPutFederation struct {
 
 func (x *CmdPutFederation) Reset() {
 	*x = CmdPutFederation{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +961,7 @@ func (x *CmdPutFederation) String() string {
 func (*CmdPutFederation) ProtoMessage() {}
 
 func (x *CmdPutFederation) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +974,7 @@ func (x *CmdPutFederation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdPutFederation.ProtoReflect.Descriptor instead.
 func (*CmdPutFederation) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{13}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CmdPutFederation) GetFederation() *v1.FederationRelationship {
@@ -841,7 +993,7 @@ type CmdDeleteFederation struct {
 
 func (x *CmdDeleteFederation) Reset() {
 	*x = CmdDeleteFederation{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -853,7 +1005,7 @@ func (x *CmdDeleteFederation) String() string {
 func (*CmdDeleteFederation) ProtoMessage() {}
 
 func (x *CmdDeleteFederation) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -866,7 +1018,7 @@ func (x *CmdDeleteFederation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdDeleteFederation.ProtoReflect.Descriptor instead.
 func (*CmdDeleteFederation) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{14}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CmdDeleteFederation) GetTrustDomain() string {
@@ -885,7 +1037,7 @@ type CmdRotateCA struct {
 
 func (x *CmdRotateCA) Reset() {
 	*x = CmdRotateCA{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -897,7 +1049,7 @@ func (x *CmdRotateCA) String() string {
 func (*CmdRotateCA) ProtoMessage() {}
 
 func (x *CmdRotateCA) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -910,7 +1062,7 @@ func (x *CmdRotateCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdRotateCA.ProtoReflect.Descriptor instead.
 func (*CmdRotateCA) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{15}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CmdRotateCA) GetCluster() string {
@@ -930,7 +1082,7 @@ type CmdPutExternalBundle struct {
 
 func (x *CmdPutExternalBundle) Reset() {
 	*x = CmdPutExternalBundle{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -942,7 +1094,7 @@ func (x *CmdPutExternalBundle) String() string {
 func (*CmdPutExternalBundle) ProtoMessage() {}
 
 func (x *CmdPutExternalBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -955,7 +1107,7 @@ func (x *CmdPutExternalBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdPutExternalBundle.ProtoReflect.Descriptor instead.
 func (*CmdPutExternalBundle) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{16}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CmdPutExternalBundle) GetBundle() *v1.TrustBundle {
@@ -982,7 +1134,7 @@ type CmdRenewAgentCert struct {
 
 func (x *CmdRenewAgentCert) Reset() {
 	*x = CmdRenewAgentCert{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1146,7 @@ func (x *CmdRenewAgentCert) String() string {
 func (*CmdRenewAgentCert) ProtoMessage() {}
 
 func (x *CmdRenewAgentCert) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1159,7 @@ func (x *CmdRenewAgentCert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdRenewAgentCert.ProtoReflect.Descriptor instead.
 func (*CmdRenewAgentCert) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{17}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CmdRenewAgentCert) GetCluster() string {
@@ -1065,7 +1217,7 @@ type CmdAckBundles struct {
 
 func (x *CmdAckBundles) Reset() {
 	*x = CmdAckBundles{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1229,7 @@ func (x *CmdAckBundles) String() string {
 func (*CmdAckBundles) ProtoMessage() {}
 
 func (x *CmdAckBundles) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1242,7 @@ func (x *CmdAckBundles) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdAckBundles.ProtoReflect.Descriptor instead.
 func (*CmdAckBundles) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{18}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CmdAckBundles) GetCluster() string {
@@ -1129,7 +1281,7 @@ type BundleAck struct {
 
 func (x *BundleAck) Reset() {
 	*x = BundleAck{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1141,7 +1293,7 @@ func (x *BundleAck) String() string {
 func (*BundleAck) ProtoMessage() {}
 
 func (x *BundleAck) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1154,7 +1306,7 @@ func (x *BundleAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleAck.ProtoReflect.Descriptor instead.
 func (*BundleAck) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{19}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BundleAck) GetCluster() string {
@@ -1199,7 +1351,7 @@ type Tombstone struct {
 
 func (x *Tombstone) Reset() {
 	*x = Tombstone{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1363,7 @@ func (x *Tombstone) String() string {
 func (*Tombstone) ProtoMessage() {}
 
 func (x *Tombstone) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1376,7 @@ func (x *Tombstone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tombstone.ProtoReflect.Descriptor instead.
 func (*Tombstone) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{20}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Tombstone) GetTable() string {
@@ -1263,6 +1415,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Tombstone
 	//	*SnapshotRecord_Federation
 	//	*SnapshotRecord_BundleAck
+	//	*SnapshotRecord_Connection
 	Rec           isSnapshotRecord_Rec `protobuf_oneof:"rec"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1270,7 +1423,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1282,7 +1435,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1295,7 +1448,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{21}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SnapshotRecord) GetRec() isSnapshotRecord_Rec {
@@ -1395,6 +1548,15 @@ func (x *SnapshotRecord) GetBundleAck() *BundleAck {
 	return nil
 }
 
+func (x *SnapshotRecord) GetConnection() *ClusterConnection {
+	if x != nil {
+		if x, ok := x.Rec.(*SnapshotRecord_Connection); ok {
+			return x.Connection
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Rec interface {
 	isSnapshotRecord_Rec()
 }
@@ -1439,6 +1601,10 @@ type SnapshotRecord_BundleAck struct {
 	BundleAck *BundleAck `protobuf:"bytes,10,opt,name=bundle_ack,json=bundleAck,proto3,oneof"`
 }
 
+type SnapshotRecord_Connection struct {
+	Connection *ClusterConnection `protobuf:"bytes,11,opt,name=connection,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Header) isSnapshotRecord_Rec() {}
 
 func (*SnapshotRecord_Ca) isSnapshotRecord_Rec() {}
@@ -1459,6 +1625,8 @@ func (*SnapshotRecord_Federation) isSnapshotRecord_Rec() {}
 
 func (*SnapshotRecord_BundleAck) isSnapshotRecord_Rec() {}
 
+func (*SnapshotRecord_Connection) isSnapshotRecord_Rec() {}
+
 type SnapshotHeader struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Format         uint32                 `protobuf:"varint,1,opt,name=format,proto3" json:"format,omitempty"`
@@ -1472,7 +1640,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1484,7 +1652,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1497,7 +1665,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1541,7 +1709,7 @@ type BundleRecord struct {
 
 func (x *BundleRecord) Reset() {
 	*x = BundleRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1721,7 @@ func (x *BundleRecord) String() string {
 func (*BundleRecord) ProtoMessage() {}
 
 func (x *BundleRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1734,7 @@ func (x *BundleRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleRecord.ProtoReflect.Descriptor instead.
 func (*BundleRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *BundleRecord) GetCluster() string {
@@ -1607,7 +1775,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1619,7 +1787,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1632,7 +1800,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -1654,7 +1822,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +1834,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +1847,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -1711,7 +1879,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +1891,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +1904,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{28}
 }
 
 type ReadIndexResponse struct {
@@ -1748,7 +1916,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1760,7 +1928,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1773,7 +1941,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -1837,7 +2005,20 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x15\n" +
 	"\x06now_ms\x18\x03 \x01(\x03R\x05nowMs\x12&\n" +
-	"\x0fconnected_at_ms\x18\x04 \x01(\x03R\rconnectedAtMs\"a\n" +
+	"\x0fconnected_at_ms\x18\x04 \x01(\x03R\rconnectedAtMs\"{\n" +
+	"\x13CmdRenewConnections\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x15\n" +
+	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x12\x19\n" +
+	"\blease_ms\x18\x03 \x01(\x03R\aleaseMs\x12\x1a\n" +
+	"\bclusters\x18\x04 \x03(\tR\bclusters\"\x9e\x01\n" +
+	"\x11ClusterConnection\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
+	"\x06server\x18\x02 \x01(\tR\x06server\x12\x19\n" +
+	"\bsince_ms\x18\x03 \x01(\x03R\asinceMs\x12\x1d\n" +
+	"\n" +
+	"renewed_ms\x18\x04 \x01(\x03R\trenewedMs\x12\x1d\n" +
+	"\n" +
+	"expires_ms\x18\x05 \x01(\x03R\texpiresMs\"a\n" +
 	"\x10CmdPutFederation\x12M\n" +
 	"\n" +
 	"federation\x18\x01 \x01(\v2-.meshfed.federation.v1.FederationRelationshipR\n" +
@@ -1868,7 +2049,7 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\tTombstone\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"\xec\x04\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xb1\x05\n" +
 	"\x0eSnapshotRecord\x128\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.meshfed.hub.v1.SnapshotHeaderH\x00R\x06header\x12)\n" +
 	"\x02ca\x18\x02 \x01(\v2\x17.meshfed.hub.v1.CAStateH\x00R\x02ca\x12-\n" +
@@ -1883,7 +2064,10 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"federation\x12:\n" +
 	"\n" +
 	"bundle_ack\x18\n" +
-	" \x01(\v2\x19.meshfed.hub.v1.BundleAckH\x00R\tbundleAckB\x05\n" +
+	" \x01(\v2\x19.meshfed.hub.v1.BundleAckH\x00R\tbundleAck\x12C\n" +
+	"\n" +
+	"connection\x18\v \x01(\v2!.meshfed.hub.v1.ClusterConnectionH\x00R\n" +
+	"connectionB\x05\n" +
 	"\x03rec\"\x92\x01\n" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x1a\n" +
@@ -1921,7 +2105,7 @@ func file_meshfed_hub_v1_hub_proto_rawDescGZIP() []byte {
 	return file_meshfed_hub_v1_hub_proto_rawDescData
 }
 
-var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CAState)(nil),                   // 0: meshfed.hub.v1.CAState
 	(*Token)(nil),                     // 1: meshfed.hub.v1.Token
@@ -1936,62 +2120,65 @@ var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CmdDeletePolicy)(nil),           // 10: meshfed.hub.v1.CmdDeletePolicy
 	(*CmdUpdateClusterEndpoint)(nil),  // 11: meshfed.hub.v1.CmdUpdateClusterEndpoint
 	(*CmdClusterStatus)(nil),          // 12: meshfed.hub.v1.CmdClusterStatus
-	(*CmdPutFederation)(nil),          // 13: meshfed.hub.v1.CmdPutFederation
-	(*CmdDeleteFederation)(nil),       // 14: meshfed.hub.v1.CmdDeleteFederation
-	(*CmdRotateCA)(nil),               // 15: meshfed.hub.v1.CmdRotateCA
-	(*CmdPutExternalBundle)(nil),      // 16: meshfed.hub.v1.CmdPutExternalBundle
-	(*CmdRenewAgentCert)(nil),         // 17: meshfed.hub.v1.CmdRenewAgentCert
-	(*CmdAckBundles)(nil),             // 18: meshfed.hub.v1.CmdAckBundles
-	(*BundleAck)(nil),                 // 19: meshfed.hub.v1.BundleAck
-	(*Tombstone)(nil),                 // 20: meshfed.hub.v1.Tombstone
-	(*SnapshotRecord)(nil),            // 21: meshfed.hub.v1.SnapshotRecord
-	(*SnapshotHeader)(nil),            // 22: meshfed.hub.v1.SnapshotHeader
-	(*BundleRecord)(nil),              // 23: meshfed.hub.v1.BundleRecord
-	(*ApplyRequest)(nil),              // 24: meshfed.hub.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 25: meshfed.hub.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),          // 26: meshfed.hub.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),         // 27: meshfed.hub.v1.ReadIndexResponse
-	(*v1.ClusterRecord)(nil),          // 28: meshfed.federation.v1.ClusterRecord
-	(*v1.TrustBundle)(nil),            // 29: meshfed.federation.v1.TrustBundle
-	(*v1.ExportedService)(nil),        // 30: meshfed.federation.v1.ExportedService
-	(*v1.TrafficPolicy)(nil),          // 31: meshfed.federation.v1.TrafficPolicy
-	(*v1.Locality)(nil),               // 32: meshfed.federation.v1.Locality
-	(*v1.FederationRelationship)(nil), // 33: meshfed.federation.v1.FederationRelationship
-	(*v1.BundleSequence)(nil),         // 34: meshfed.federation.v1.BundleSequence
-	(*v1.ExportRecord)(nil),           // 35: meshfed.federation.v1.ExportRecord
+	(*CmdRenewConnections)(nil),       // 13: meshfed.hub.v1.CmdRenewConnections
+	(*ClusterConnection)(nil),         // 14: meshfed.hub.v1.ClusterConnection
+	(*CmdPutFederation)(nil),          // 15: meshfed.hub.v1.CmdPutFederation
+	(*CmdDeleteFederation)(nil),       // 16: meshfed.hub.v1.CmdDeleteFederation
+	(*CmdRotateCA)(nil),               // 17: meshfed.hub.v1.CmdRotateCA
+	(*CmdPutExternalBundle)(nil),      // 18: meshfed.hub.v1.CmdPutExternalBundle
+	(*CmdRenewAgentCert)(nil),         // 19: meshfed.hub.v1.CmdRenewAgentCert
+	(*CmdAckBundles)(nil),             // 20: meshfed.hub.v1.CmdAckBundles
+	(*BundleAck)(nil),                 // 21: meshfed.hub.v1.BundleAck
+	(*Tombstone)(nil),                 // 22: meshfed.hub.v1.Tombstone
+	(*SnapshotRecord)(nil),            // 23: meshfed.hub.v1.SnapshotRecord
+	(*SnapshotHeader)(nil),            // 24: meshfed.hub.v1.SnapshotHeader
+	(*BundleRecord)(nil),              // 25: meshfed.hub.v1.BundleRecord
+	(*ApplyRequest)(nil),              // 26: meshfed.hub.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 27: meshfed.hub.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),          // 28: meshfed.hub.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),         // 29: meshfed.hub.v1.ReadIndexResponse
+	(*v1.ClusterRecord)(nil),          // 30: meshfed.federation.v1.ClusterRecord
+	(*v1.TrustBundle)(nil),            // 31: meshfed.federation.v1.TrustBundle
+	(*v1.ExportedService)(nil),        // 32: meshfed.federation.v1.ExportedService
+	(*v1.TrafficPolicy)(nil),          // 33: meshfed.federation.v1.TrafficPolicy
+	(*v1.Locality)(nil),               // 34: meshfed.federation.v1.Locality
+	(*v1.FederationRelationship)(nil), // 35: meshfed.federation.v1.FederationRelationship
+	(*v1.BundleSequence)(nil),         // 36: meshfed.federation.v1.BundleSequence
+	(*v1.ExportRecord)(nil),           // 37: meshfed.federation.v1.ExportRecord
 }
 var file_meshfed_hub_v1_hub_proto_depIdxs = []int32{
 	0,  // 0: meshfed.hub.v1.CmdSetCA.ca:type_name -> meshfed.hub.v1.CAState
 	1,  // 1: meshfed.hub.v1.CmdCreateToken.token:type_name -> meshfed.hub.v1.Token
-	28, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	29, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	30, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
-	29, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	31, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	32, // 7: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
-	33, // 8: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	29, // 9: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	34, // 10: meshfed.hub.v1.CmdAckBundles.bundles:type_name -> meshfed.federation.v1.BundleSequence
-	22, // 11: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
+	30, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	31, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	32, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
+	31, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	33, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	34, // 7: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
+	35, // 8: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	31, // 9: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	36, // 10: meshfed.hub.v1.CmdAckBundles.bundles:type_name -> meshfed.federation.v1.BundleSequence
+	24, // 11: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
 	0,  // 12: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
 	1,  // 13: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
-	28, // 14: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	35, // 15: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
-	23, // 16: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
-	31, // 17: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	20, // 18: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
-	33, // 19: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	19, // 20: meshfed.hub.v1.SnapshotRecord.bundle_ack:type_name -> meshfed.hub.v1.BundleAck
-	29, // 21: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	24, // 22: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
-	26, // 23: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
-	25, // 24: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
-	27, // 25: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
-	24, // [24:26] is the sub-list for method output_type
-	22, // [22:24] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	30, // 14: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	37, // 15: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
+	25, // 16: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
+	33, // 17: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	22, // 18: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
+	35, // 19: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	21, // 20: meshfed.hub.v1.SnapshotRecord.bundle_ack:type_name -> meshfed.hub.v1.BundleAck
+	14, // 21: meshfed.hub.v1.SnapshotRecord.connection:type_name -> meshfed.hub.v1.ClusterConnection
+	31, // 22: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	26, // 23: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
+	28, // 24: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
+	27, // 25: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
+	29, // 26: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
+	25, // [25:27] is the sub-list for method output_type
+	23, // [23:25] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_hub_v1_hub_proto_init() }
@@ -1999,7 +2186,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 	if File_meshfed_hub_v1_hub_proto != nil {
 		return
 	}
-	file_meshfed_hub_v1_hub_proto_msgTypes[21].OneofWrappers = []any{
+	file_meshfed_hub_v1_hub_proto_msgTypes[23].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Ca)(nil),
 		(*SnapshotRecord_Token)(nil),
@@ -2010,6 +2197,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 		(*SnapshotRecord_Tombstone)(nil),
 		(*SnapshotRecord_Federation)(nil),
 		(*SnapshotRecord_BundleAck)(nil),
+		(*SnapshotRecord_Connection)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2017,7 +2205,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_hub_v1_hub_proto_rawDesc), len(file_meshfed_hub_v1_hub_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
