@@ -146,7 +146,9 @@ func (s *Server) leaseLoop() {
 		stored: func() []string {
 			var out []string
 			for _, c := range s.fsm.Store().Read().ConnectionsBy(s.cfg.Name) {
-				out = append(out, c.GetCluster())
+				if fsm.ConnectionHeld(c) {
+					out = append(out, c.GetCluster())
+				}
 			}
 			slices.Sort(out)
 			return out

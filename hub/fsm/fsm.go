@@ -423,10 +423,20 @@ func applyAckBundles(w *state.WriteTxn, c *hubpb.CmdAckBundles) *Error {
 	return nil
 }
 
+// ConnectionHeld reports whether a lease row stands for a stream its server
+// held when it last wrote (renewed, possibly expired since), rather than
+// one it released: a released lease is kept, expiring at its release, to
+// say when the cluster was last seen.
+func ConnectionHeld(cc *hubpb.ClusterConnection) bool {
+	return cc.GetExpiresMs() > cc.GetRenewedMs()
+}
+
 // applyRenewConnections makes the server's leases exactly the listed
 // clusters': each member listed gets a lease until now_ms + lease_ms, and
-// the server's leases on clusters not listed are released. Clusters that are
-// not members (removed while their stream closed) are skipped.
+// the server's leases on clusters not listed are released: kept, expiring
+// at now_ms, as the record of when the cluster was last seen, until any
+// lease is pruned a day after it expired. Clusters that are not members
+// (removed while their stream closed) are skipped.
 func applyRenewConnections(w *state.WriteTxn, c *hubpb.CmdRenewConnections) *Error {
 	server, now, lease := c.GetServer(), c.GetNowMs(), c.GetLeaseMs()
 	switch {
@@ -444,7 +454,11 @@ func applyRenewConnections(w *state.WriteTxn, c *hubpb.CmdRenewConnections) *Err
 	held := map[string]*hubpb.ClusterConnection{}
 	for _, cc := range w.ConnectionsBy(server) {
 		if !listed[cc.GetCluster()] {
-			w.DeleteConnection(cc.GetCluster(), server)
+			if ConnectionHeld(cc) {
+				// Released: kept, expired as of now, so that when the
+				// cluster was last seen outlives its stream.
+				w.PutConnection(&hubpb.ClusterConnection{Cluster: cc.GetCluster(), Server: server, SinceMs: cc.GetSinceMs(), RenewedMs: now, ExpiresMs: now})
+			}
 			continue
 		}
 		held[cc.GetCluster()] = cc
@@ -460,7 +474,7 @@ func applyRenewConnections(w *state.WriteTxn, c *hubpb.CmdRenewConnections) *Err
 		w.PutConnection(&hubpb.ClusterConnection{Cluster: name, Server: server, SinceMs: since, RenewedMs: now, ExpiresMs: now + lease})
 	}
 	for _, cc := range w.Connections() {
-		if cc.GetServer() != server && now-cc.GetExpiresMs() > connectionRetentionMs {
+		if now-cc.GetExpiresMs() > connectionRetentionMs {
 			w.DeleteConnection(cc.GetCluster(), cc.GetServer())
 		}
 	}

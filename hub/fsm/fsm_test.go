@@ -1263,10 +1263,14 @@ func TestRenewConnectionsReplacesOneServersLeasesWithoutAStreamedChange(t *testi
 	}
 	want := map[string][3]int64{ // since, renewed, expires
 		"west@s1": {1000, 1200, 1700},
+		"east@s1": {1000, 1200, 1200}, // released at 1200: last seen then
 		"east@s2": {1100, 1100, 1600},
 	}
 	if len(got) != len(want) {
-		t.Errorf("leases %v, want %v (east@s1 released, gone skipped)", got, want)
+		t.Errorf("leases %v, want %v (gone skipped)", got, want)
+	}
+	if fsm.ConnectionHeld(got["east@s1"]) || !fsm.ConnectionHeld(got["west@s1"]) {
+		t.Errorf("held: east@s1 %v (released), west@s1 %v", fsm.ConnectionHeld(got["east@s1"]), fsm.ConnectionHeld(got["west@s1"]))
 	}
 	for k, w := range want {
 		c := got[k]
