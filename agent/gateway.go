@@ -92,7 +92,7 @@ func buildGatewayConfig(me *gatewayv1.Self, v *view, local map[string]*gatewayv1
 			continue
 		}
 		c.clusters[name] = &gatewayv1.RemoteCluster{Name: name, TrustDomain: cr.GetTrustDomain(), Locality: cr.GetLocality(),
-			GatewayAddresses: cr.GetGatewayAddresses(), Status: cr.GetStatus()}
+			GatewayAddresses: cr.GetGatewayAddresses()}
 	}
 	for name, p := range v.policies {
 		c.policies[name] = p

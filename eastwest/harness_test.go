@@ -265,7 +265,7 @@ func newState(self *cluster, imports []*gatewayclient.Import, local []*gatewaycl
 		st.Local[ls.Service] = ls
 	}
 	for _, r := range remotes {
-		st.Clusters[r.c.name] = &gatewayclient.RemoteCluster{Name: r.c.name, TrustDomain: r.c.td, Locality: r.c.locality, Gateways: r.gws, Connected: true}
+		st.Clusters[r.c.name] = &gatewayclient.RemoteCluster{Name: r.c.name, TrustDomain: r.c.td, Locality: r.c.locality, Gateways: r.gws}
 	}
 	return st
 }

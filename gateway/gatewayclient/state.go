@@ -167,8 +167,6 @@ type RemoteCluster struct {
 	Locality    federation.Locality
 	// Gateways are host:port of its gateways' QUIC ingress.
 	Gateways []string
-	// Connected is whether its agent is connected to the hub.
-	Connected bool
 }
 
 // rawState holds the messages of the stream by their wire keys.
@@ -393,7 +391,7 @@ func parseCluster(m *gatewayv1.RemoteCluster) (*RemoteCluster, error) {
 	if err != nil {
 		return nil, fieldErr("clusters", err)
 	}
-	rc := &RemoteCluster{Name: name, Gateways: append([]string(nil), m.GetGatewayAddresses()...), Connected: m.GetStatus() == "connected"}
+	rc := &RemoteCluster{Name: name, Gateways: append([]string(nil), m.GetGatewayAddresses()...)}
 	if rc.TrustDomain, err = spiffeid.TrustDomainFromString(m.GetTrustDomain()); err != nil {
 		return nil, fieldErr(fmt.Sprintf("clusters[%s].trust_domain", name), err)
 	}

@@ -836,7 +836,10 @@ type RemoteCluster struct {
 	TrustDomain      string                 `protobuf:"bytes,2,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	Locality         *v1.Locality           `protobuf:"bytes,3,opt,name=locality,proto3" json:"locality,omitempty"`
 	GatewayAddresses []string               `protobuf:"bytes,4,rep,name=gateway_addresses,json=gatewayAddresses,proto3" json:"gateway_addresses,omitempty"`
-	// "connected" or "disconnected": whether its agent is connected to the hub.
+	// Never set since the hub stopped streaming connection status (it is an
+	// operator's view, Admin only); gateways choose by their own probes.
+	//
+	// Deprecated: Marked as deprecated in meshfed/gateway/v1/gateway.proto.
 	Status        string `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -900,6 +903,7 @@ func (x *RemoteCluster) GetGatewayAddresses() []string {
 	return nil
 }
 
+// Deprecated: Marked as deprecated in meshfed/gateway/v1/gateway.proto.
 func (x *RemoteCluster) GetStatus() string {
 	if x != nil {
 		return x.Status
@@ -1301,13 +1305,13 @@ const file_meshfed_gateway_v1_gateway_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"6\n" +
 	"\fEndpointPort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04port\x18\x02 \x01(\rR\x04port\"\xc8\x01\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\"\xcc\x01\n" +
 	"\rRemoteCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12;\n" +
 	"\blocality\x18\x03 \x01(\v2\x1f.meshfed.federation.v1.LocalityR\blocality\x12+\n" +
-	"\x11gateway_addresses\x18\x04 \x03(\tR\x10gatewayAddresses\x12\x16\n" +
-	"\x06status\x18\x05 \x01(\tR\x06status\"\x80\x01\n" +
+	"\x11gateway_addresses\x18\x04 \x03(\tR\x10gatewayAddresses\x12\x1a\n" +
+	"\x06status\x18\x05 \x01(\tB\x02\x18\x01R\x06status\"\x80\x01\n" +
 	"\x0fSignSVIDRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12'\n" +
 	"\x0fbootstrap_token\x18\x02 \x01(\tR\x0ebootstrapToken\x122\n" +
