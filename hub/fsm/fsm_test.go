@@ -224,6 +224,10 @@ func sameState(t testing.TB, a, b *state.ReadTxn) {
 	equalSlices(t, "bundles", a.Bundles(), b.Bundles())
 	equalSlices(t, "policies", a.Policies(), b.Policies())
 	equalSlices(t, "tombstones", a.Tombstones(), b.Tombstones())
+	equalSlices(t, "requests", a.Requests(), b.Requests())
+	if a.RequestCount() != b.RequestCount() {
+		t.Errorf("request count %d vs %d", a.RequestCount(), b.RequestCount())
+	}
 }
 
 func closed(ch <-chan struct{}) bool {
@@ -691,6 +695,10 @@ func goldenCommands() []namedCommand {
 		{"UpdateClusterEndpoint", fsm.UpdateClusterEndpointType, &hubpb.CmdUpdateClusterEndpoint{
 			Cluster: "east", Locality: &fedv1.Locality{Region: "us-east", Zone: "us-east-1b"}, GatewayAddresses: []string{"10.0.0.9:15443"},
 		}},
+		{"Request", fsm.RequestType, &hubpb.CmdRequest{
+			RequestId: "0123456789abcdef0123456789abcdef", Fingerprint: hash("fingerprint"), NowMs: 1700000000000,
+			Type: uint32(fsm.RotateCAType), Payload: []byte{0x0a, 0x04, 'e', 'a', 's', 't'},
+		}},
 	}
 }
 
@@ -799,10 +807,11 @@ func sameFSM(t testing.TB, a, b *fsm.FSM) {
 }
 
 func resultKey(r *fsm.Result) string {
-	if r.Err == nil {
-		return "OK"
+	key := "OK"
+	if r.Err != nil {
+		key = r.Err.Code.String() + ": " + r.Err.Msg
 	}
-	return r.Err.Code.String() + ": " + r.Err.Msg
+	return fmt.Sprintf("%s (index %d, duplicate %v, rotation %d, token %v)", key, r.Index, r.Duplicate, r.CARotation, r.Token.GetId())
 }
 
 // TestDeterminism applies the same random command log to two FSMs, and to a
@@ -816,6 +825,19 @@ func TestDeterminism(t *testing.T) {
 		for i := range logs {
 			typ, msg := randomCommand(rng)
 			logs[i] = encode(t, typ, msg)
+			switch {
+			case i > 0 && rng.IntN(8) == 0:
+				logs[i] = logs[rng.IntN(i)] // a retry, or a repeated bare command
+			case rng.IntN(3) == 0:
+				// Some IDs are reused for other commands.
+				id := fmt.Sprintf("request-%012d", rng.IntN(40))
+				fp := sha256.Sum256(logs[i])
+				wrapped, err := fsm.EncodeRequest(id, fp[:], int64(i), logs[i])
+				if err != nil {
+					t.Fatal(err)
+				}
+				logs[i] = wrapped
+			}
 		}
 		a, b := newFSM(t), newFSM(t)
 		cut := 1 + rng.IntN(n-1)
@@ -835,7 +857,14 @@ func TestDeterminism(t *testing.T) {
 			if i+1 == cut {
 				c = restored(t, persist(t, a))
 			}
-			outcomes[strings.SplitN(resultKey(ra), ":", 2)[0]]++
+			outcome := "OK"
+			if ra.Err != nil {
+				outcome = ra.Err.Code.String()
+			}
+			if ra.Duplicate {
+				outcome += " (duplicate)"
+			}
+			outcomes[outcome]++
 		}
 		// Compare the decoded snapshots; byte equality is TestSnapshotBytesDeterministic.
 		sa, sb, sc := restored(t, persist(t, a)), restored(t, persist(t, b)), restored(t, persist(t, c))
@@ -863,6 +892,8 @@ func populated(t testing.TB) *testFSM {
 	h.mustApply(fsm.PutPolicyType, &hubpb.CmdPutPolicy{Policy: &fedv1.TrafficPolicy{Name: "p2", Service: "shop/pay"}})
 	h.mustApply(fsm.DeletePolicyType, &hubpb.CmdDeletePolicy{Name: "p2"})
 	h.mustApply(fsm.ClusterStatusType, status("east", "connected", 700, 700))
+	h.mustApply(fsm.RequestType, request(t, "req-populated-0001", 800, fsm.RotateCAType, &hubpb.CmdRotateCA{Cluster: "east"}))
+	wantCode(t, "refused request", h.apply(fsm.RequestType, request(t, "req-populated-0002", 800, fsm.RotateCAType, &hubpb.CmdRotateCA{Cluster: "north"})), codes.NotFound)
 	// Refused commands still advance the applied index past the revision.
 	wantCode(t, "refused", h.apply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "north"}), codes.PermissionDenied)
 	return h
@@ -872,9 +903,9 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	h := populated(t)
 	r := h.read()
 	if r.CA() == nil || len(r.Tokens()) != 3 || len(r.Clusters()) != 2 || len(r.Exports()) != 2 ||
-		len(r.Bundles()) != 2 || len(r.Policies()) != 1 || len(r.Tombstones()) != 2 {
-		t.Fatalf("populated state is missing records: %d tokens %d clusters %d exports %d bundles %d policies %d tombstones",
-			len(r.Tokens()), len(r.Clusters()), len(r.Exports()), len(r.Bundles()), len(r.Policies()), len(r.Tombstones()))
+		len(r.Bundles()) != 2 || len(r.Policies()) != 1 || len(r.Tombstones()) != 2 || len(r.Requests()) != 2 {
+		t.Fatalf("populated state is missing records: %d tokens %d clusters %d exports %d bundles %d policies %d tombstones %d requests",
+			len(r.Tokens()), len(r.Clusters()), len(r.Exports()), len(r.Bundles()), len(r.Policies()), len(r.Tombstones()), len(r.Requests()))
 	}
 	if h.AppliedIndex() == r.Revision() {
 		t.Fatal("test setup: want AppliedIndex ahead of Revision")

@@ -28,6 +28,11 @@ const (
 	// is not streamed to agents: they get the bundles, not how they were
 	// fetched.
 	TableFederations = "federations"
+	// TableRequests holds the outcome of each recent request the FSM
+	// applied (hubpb.RequestRecord), keyed by request ID, indexed by the
+	// Raft index that applied it. It is bookkeeping, not federation state:
+	// writing it does not move the store revision nor wake watchers.
+	TableRequests = "requests"
 )
 
 func schema() *memdb.DBSchema {
@@ -57,6 +62,9 @@ func schema() *memdb.DBSchema {
 			"id": id("Key"), "revision": rev,
 		}},
 		TableFederations: {Name: TableFederations, Indexes: map[string]*memdb.IndexSchema{"id": id("Key")}},
+		TableRequests: {Name: TableRequests, Indexes: map[string]*memdb.IndexSchema{
+			"id": id("Key"), "revision": rev,
+		}},
 	}}
 }
 

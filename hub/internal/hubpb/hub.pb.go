@@ -1052,6 +1052,211 @@ func (x *CmdRenewAgentCert) GetNotAfterMs() int64 {
 	return 0
 }
 
+// A command proposed for a request (fsm.RequestType, 16): the request's ID
+// and the wrapped command. The FSM applies the command once per request ID
+// (within fsm.RequestTTL, for the last fsm.MaxRequests requests) and
+// answers a repeat with the result it recorded.
+type CmdRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's request ID (gRPC metadata meshfed-request-id) or one the
+	// proposing server generated for its own write.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// SHA-256 of what defines the request: the Admin method and request
+	// message, or the wrapped command for a server's own write. A request ID
+	// arriving again with another fingerprint is refused.
+	Fingerprint []byte `protobuf:"bytes,2,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	// When the proposing server took the request (Unix ms); drives expiry.
+	NowMs int64 `protobuf:"varint,3,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
+	// The wrapped command: its type byte (never RequestType) and payload.
+	Type          uint32 `protobuf:"varint,4,opt,name=type,proto3" json:"type,omitempty"`
+	Payload       []byte `protobuf:"bytes,5,opt,name=payload,proto3" json:"payload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdRequest) Reset() {
+	*x = CmdRequest{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdRequest) ProtoMessage() {}
+
+func (x *CmdRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdRequest.ProtoReflect.Descriptor instead.
+func (*CmdRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CmdRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CmdRequest) GetFingerprint() []byte {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return nil
+}
+
+func (x *CmdRequest) GetNowMs() int64 {
+	if x != nil {
+		return x.NowMs
+	}
+	return 0
+}
+
+func (x *CmdRequest) GetType() uint32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *CmdRequest) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+// What the FSM recorded for an applied request, kept so that a repeat of
+// the request gets the same answer without being applied again.
+type RequestRecord struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	RequestId   string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Fingerprint []byte                 `protobuf:"bytes,2,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	// The wrapped command's type byte.
+	Type uint32 `protobuf:"varint,3,opt,name=type,proto3" json:"type,omitempty"`
+	// Raft index of the entry that applied the request.
+	Index uint64 `protobuf:"varint,4,opt,name=index,proto3" json:"index,omitempty"`
+	// The applying command's now_ms.
+	AppliedAtMs int64 `protobuf:"varint,5,opt,name=applied_at_ms,json=appliedAtMs,proto3" json:"applied_at_ms,omitempty"`
+	// The FSM's refusal, if any: a gRPC code (0 when the command took
+	// effect) and message.
+	ErrorCode uint32 `protobuf:"varint,6,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	Error     string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// What the handler needs to rebuild its reply. CreateToken: the token
+	// as stored (its ID and times; the secret is derived again from the
+	// request ID). RotateCA: the cluster's ca_rotation after it.
+	Token         *Token `protobuf:"bytes,8,opt,name=token,proto3" json:"token,omitempty"`
+	CaRotation    uint64 `protobuf:"varint,9,opt,name=ca_rotation,json=caRotation,proto3" json:"ca_rotation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestRecord) Reset() {
+	*x = RequestRecord{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestRecord) ProtoMessage() {}
+
+func (x *RequestRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
+func (*RequestRecord) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RequestRecord) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetFingerprint() []byte {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetType() uint32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetAppliedAtMs() int64 {
+	if x != nil {
+		return x.AppliedAtMs
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetErrorCode() uint32 {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetCaRotation() uint64 {
+	if x != nil {
+		return x.CaRotation
+	}
+	return 0
+}
+
 // Tombstone of a deleted record, kept so that resumed Sync streams learn of deletions.
 type Tombstone struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1066,7 +1271,7 @@ type Tombstone struct {
 
 func (x *Tombstone) Reset() {
 	*x = Tombstone{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1283,7 @@ func (x *Tombstone) String() string {
 func (*Tombstone) ProtoMessage() {}
 
 func (x *Tombstone) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1296,7 @@ func (x *Tombstone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tombstone.ProtoReflect.Descriptor instead.
 func (*Tombstone) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{18}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Tombstone) GetTable() string {
@@ -1129,6 +1334,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Policy
 	//	*SnapshotRecord_Tombstone
 	//	*SnapshotRecord_Federation
+	//	*SnapshotRecord_Request
 	Rec           isSnapshotRecord_Rec `protobuf_oneof:"rec"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1136,7 +1342,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1354,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1367,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{19}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SnapshotRecord) GetRec() isSnapshotRecord_Rec {
@@ -1252,6 +1458,15 @@ func (x *SnapshotRecord) GetFederation() *v1.FederationRelationship {
 	return nil
 }
 
+func (x *SnapshotRecord) GetRequest() *RequestRecord {
+	if x != nil {
+		if x, ok := x.Rec.(*SnapshotRecord_Request); ok {
+			return x.Request
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Rec interface {
 	isSnapshotRecord_Rec()
 }
@@ -1292,6 +1507,10 @@ type SnapshotRecord_Federation struct {
 	Federation *v1.FederationRelationship `protobuf:"bytes,9,opt,name=federation,proto3,oneof"`
 }
 
+type SnapshotRecord_Request struct {
+	Request *RequestRecord `protobuf:"bytes,10,opt,name=request,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Header) isSnapshotRecord_Rec() {}
 
 func (*SnapshotRecord_Ca) isSnapshotRecord_Rec() {}
@@ -1310,6 +1529,8 @@ func (*SnapshotRecord_Tombstone) isSnapshotRecord_Rec() {}
 
 func (*SnapshotRecord_Federation) isSnapshotRecord_Rec() {}
 
+func (*SnapshotRecord_Request) isSnapshotRecord_Rec() {}
+
 type SnapshotHeader struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Format         uint32                 `protobuf:"varint,1,opt,name=format,proto3" json:"format,omitempty"`
@@ -1323,7 +1544,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1335,7 +1556,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1348,7 +1569,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{20}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1392,7 +1613,7 @@ type BundleRecord struct {
 
 func (x *BundleRecord) Reset() {
 	*x = BundleRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1625,7 @@ func (x *BundleRecord) String() string {
 func (*BundleRecord) ProtoMessage() {}
 
 func (x *BundleRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1638,7 @@ func (x *BundleRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleRecord.ProtoReflect.Descriptor instead.
 func (*BundleRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{21}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BundleRecord) GetCluster() string {
@@ -1458,7 +1679,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1691,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1704,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -1497,15 +1718,19 @@ type ApplyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Index uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	// Empty on success; a gRPC code name otherwise.
-	ErrorCode     string `protobuf:"bytes,2,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
-	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	ErrorCode string `protobuf:"bytes,2,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	Error     string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// For a command wrapped in a request (CmdRequest): the FSM's record of
+	// it, the same for a repeat, which took no effect. index is then the
+	// index that applied the request first.
+	Request       *RequestRecord `protobuf:"bytes,4,opt,name=request,proto3" json:"request,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1742,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1755,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -1554,6 +1779,13 @@ func (x *ApplyResponse) GetError() string {
 	return ""
 }
 
+func (x *ApplyResponse) GetRequest() *RequestRecord {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1562,7 +1794,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1806,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1819,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{26}
 }
 
 type ReadIndexResponse struct {
@@ -1599,7 +1831,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1843,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1856,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -1706,11 +1938,32 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\x11public_key_sha256\x18\x04 \x01(\fR\x0fpublicKeySha256\x12\"\n" +
 	"\rnot_before_ms\x18\x05 \x01(\x03R\vnotBeforeMs\x12 \n" +
 	"\fnot_after_ms\x18\x06 \x01(\x03R\n" +
-	"notAfterMs\"O\n" +
+	"notAfterMs\"\x92\x01\n" +
+	"\n" +
+	"CmdRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12 \n" +
+	"\vfingerprint\x18\x02 \x01(\fR\vfingerprint\x12\x15\n" +
+	"\x06now_ms\x18\x03 \x01(\x03R\x05nowMs\x12\x12\n" +
+	"\x04type\x18\x04 \x01(\rR\x04type\x12\x18\n" +
+	"\apayload\x18\x05 \x01(\fR\apayload\"\xa1\x02\n" +
+	"\rRequestRecord\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12 \n" +
+	"\vfingerprint\x18\x02 \x01(\fR\vfingerprint\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\rR\x04type\x12\x14\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\x12\"\n" +
+	"\rapplied_at_ms\x18\x05 \x01(\x03R\vappliedAtMs\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\x06 \x01(\rR\terrorCode\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12+\n" +
+	"\x05token\x18\b \x01(\v2\x15.meshfed.hub.v1.TokenR\x05token\x12\x1f\n" +
+	"\vca_rotation\x18\t \x01(\x04R\n" +
+	"caRotation\"O\n" +
 	"\tTombstone\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"\xb0\x04\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xeb\x04\n" +
 	"\x0eSnapshotRecord\x128\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.meshfed.hub.v1.SnapshotHeaderH\x00R\x06header\x12)\n" +
 	"\x02ca\x18\x02 \x01(\v2\x17.meshfed.hub.v1.CAStateH\x00R\x02ca\x12-\n" +
@@ -1722,7 +1975,9 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\ttombstone\x18\b \x01(\v2\x19.meshfed.hub.v1.TombstoneH\x00R\ttombstone\x12O\n" +
 	"\n" +
 	"federation\x18\t \x01(\v2-.meshfed.federation.v1.FederationRelationshipH\x00R\n" +
-	"federationB\x05\n" +
+	"federation\x129\n" +
+	"\arequest\x18\n" +
+	" \x01(\v2\x1d.meshfed.hub.v1.RequestRecordH\x00R\arequestB\x05\n" +
 	"\x03rec\"\x92\x01\n" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x1a\n" +
@@ -1735,12 +1990,13 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\x0fcreate_revision\x18\x03 \x01(\x04R\x0ecreateRevision\x12'\n" +
 	"\x0fmodify_revision\x18\x04 \x01(\x04R\x0emodifyRevision\"(\n" +
 	"\fApplyRequest\x12\x18\n" +
-	"\acommand\x18\x01 \x01(\fR\acommand\"Z\n" +
+	"\acommand\x18\x01 \x01(\fR\acommand\"\x93\x01\n" +
 	"\rApplyResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x02 \x01(\tR\terrorCode\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"\x12\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x127\n" +
+	"\arequest\x18\x04 \x01(\v2\x1d.meshfed.hub.v1.RequestRecordR\arequest\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index2\xa2\x01\n" +
@@ -1760,7 +2016,7 @@ func file_meshfed_hub_v1_hub_proto_rawDescGZIP() []byte {
 	return file_meshfed_hub_v1_hub_proto_rawDescData
 }
 
-var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CAState)(nil),                   // 0: meshfed.hub.v1.CAState
 	(*Token)(nil),                     // 1: meshfed.hub.v1.Token
@@ -1780,52 +2036,57 @@ var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CmdRotateCA)(nil),               // 15: meshfed.hub.v1.CmdRotateCA
 	(*CmdPutExternalBundle)(nil),      // 16: meshfed.hub.v1.CmdPutExternalBundle
 	(*CmdRenewAgentCert)(nil),         // 17: meshfed.hub.v1.CmdRenewAgentCert
-	(*Tombstone)(nil),                 // 18: meshfed.hub.v1.Tombstone
-	(*SnapshotRecord)(nil),            // 19: meshfed.hub.v1.SnapshotRecord
-	(*SnapshotHeader)(nil),            // 20: meshfed.hub.v1.SnapshotHeader
-	(*BundleRecord)(nil),              // 21: meshfed.hub.v1.BundleRecord
-	(*ApplyRequest)(nil),              // 22: meshfed.hub.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 23: meshfed.hub.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),          // 24: meshfed.hub.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),         // 25: meshfed.hub.v1.ReadIndexResponse
-	(*v1.ClusterRecord)(nil),          // 26: meshfed.federation.v1.ClusterRecord
-	(*v1.TrustBundle)(nil),            // 27: meshfed.federation.v1.TrustBundle
-	(*v1.ExportedService)(nil),        // 28: meshfed.federation.v1.ExportedService
-	(*v1.TrafficPolicy)(nil),          // 29: meshfed.federation.v1.TrafficPolicy
-	(*v1.Locality)(nil),               // 30: meshfed.federation.v1.Locality
-	(*v1.FederationRelationship)(nil), // 31: meshfed.federation.v1.FederationRelationship
-	(*v1.ExportRecord)(nil),           // 32: meshfed.federation.v1.ExportRecord
+	(*CmdRequest)(nil),                // 18: meshfed.hub.v1.CmdRequest
+	(*RequestRecord)(nil),             // 19: meshfed.hub.v1.RequestRecord
+	(*Tombstone)(nil),                 // 20: meshfed.hub.v1.Tombstone
+	(*SnapshotRecord)(nil),            // 21: meshfed.hub.v1.SnapshotRecord
+	(*SnapshotHeader)(nil),            // 22: meshfed.hub.v1.SnapshotHeader
+	(*BundleRecord)(nil),              // 23: meshfed.hub.v1.BundleRecord
+	(*ApplyRequest)(nil),              // 24: meshfed.hub.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 25: meshfed.hub.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),          // 26: meshfed.hub.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),         // 27: meshfed.hub.v1.ReadIndexResponse
+	(*v1.ClusterRecord)(nil),          // 28: meshfed.federation.v1.ClusterRecord
+	(*v1.TrustBundle)(nil),            // 29: meshfed.federation.v1.TrustBundle
+	(*v1.ExportedService)(nil),        // 30: meshfed.federation.v1.ExportedService
+	(*v1.TrafficPolicy)(nil),          // 31: meshfed.federation.v1.TrafficPolicy
+	(*v1.Locality)(nil),               // 32: meshfed.federation.v1.Locality
+	(*v1.FederationRelationship)(nil), // 33: meshfed.federation.v1.FederationRelationship
+	(*v1.ExportRecord)(nil),           // 34: meshfed.federation.v1.ExportRecord
 }
 var file_meshfed_hub_v1_hub_proto_depIdxs = []int32{
 	0,  // 0: meshfed.hub.v1.CmdSetCA.ca:type_name -> meshfed.hub.v1.CAState
 	1,  // 1: meshfed.hub.v1.CmdCreateToken.token:type_name -> meshfed.hub.v1.Token
-	26, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	27, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	28, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
-	27, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	29, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	30, // 7: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
-	31, // 8: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	27, // 9: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	20, // 10: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
-	0,  // 11: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
-	1,  // 12: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
-	26, // 13: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	32, // 14: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
-	21, // 15: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
-	29, // 16: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	18, // 17: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
-	31, // 18: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	27, // 19: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	22, // 20: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
-	24, // 21: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
-	23, // 22: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
-	25, // 23: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
-	22, // [22:24] is the sub-list for method output_type
-	20, // [20:22] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	28, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	29, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	30, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
+	29, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	31, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	32, // 7: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
+	33, // 8: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	29, // 9: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	1,  // 10: meshfed.hub.v1.RequestRecord.token:type_name -> meshfed.hub.v1.Token
+	22, // 11: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
+	0,  // 12: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
+	1,  // 13: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
+	28, // 14: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	34, // 15: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
+	23, // 16: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
+	31, // 17: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	20, // 18: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
+	33, // 19: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	19, // 20: meshfed.hub.v1.SnapshotRecord.request:type_name -> meshfed.hub.v1.RequestRecord
+	29, // 21: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	19, // 22: meshfed.hub.v1.ApplyResponse.request:type_name -> meshfed.hub.v1.RequestRecord
+	24, // 23: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
+	26, // 24: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
+	25, // 25: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
+	27, // 26: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
+	25, // [25:27] is the sub-list for method output_type
+	23, // [23:25] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_hub_v1_hub_proto_init() }
@@ -1833,7 +2094,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 	if File_meshfed_hub_v1_hub_proto != nil {
 		return
 	}
-	file_meshfed_hub_v1_hub_proto_msgTypes[19].OneofWrappers = []any{
+	file_meshfed_hub_v1_hub_proto_msgTypes[21].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Ca)(nil),
 		(*SnapshotRecord_Token)(nil),
@@ -1843,6 +2104,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 		(*SnapshotRecord_Policy)(nil),
 		(*SnapshotRecord_Tombstone)(nil),
 		(*SnapshotRecord_Federation)(nil),
+		(*SnapshotRecord_Request)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1850,7 +2112,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_hub_v1_hub_proto_rawDesc), len(file_meshfed_hub_v1_hub_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
