@@ -95,6 +95,9 @@ type Config struct {
 	// segments so that log compaction really drops entries).
 	walSegmentSize int
 
+	// hooks let tests reach into the write path.
+	hooks testHooks
+
 	// JoinRate and JoinBurst are the token bucket per peer IP for Join
 	// calls (unauthenticated): JoinRate calls a second, JoinBurst at once.
 	// More are answered ResourceExhausted.

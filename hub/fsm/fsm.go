@@ -84,12 +84,16 @@ type Result struct {
 	// effect. CreateToken: the token as stored. RotateCA: the cluster's
 	// ca_rotation after it.
 	Token      *hubpb.Token
+	TokenAddrs []string
 	CARotation uint64
 }
 
 // ResultFromRecord is the result a repeat of the recorded request gets.
 func ResultFromRecord(rec *hubpb.RequestRecord, duplicate bool) *Result {
-	res := &Result{Index: rec.GetIndex(), Request: rec, Duplicate: duplicate, Token: rec.GetToken(), CARotation: rec.GetCaRotation()}
+	res := &Result{
+		Index: rec.GetIndex(), Request: rec, Duplicate: duplicate,
+		Token: rec.GetToken(), TokenAddrs: rec.GetTokenAddrs(), CARotation: rec.GetCaRotation(),
+	}
 	if rec.GetErrorCode() != uint32(codes.OK) {
 		res.Err = &Error{Code: codes.Code(rec.GetErrorCode()), Msg: rec.GetError()}
 	}
@@ -216,7 +220,7 @@ func (f *FSM) applyRequest(index uint64, c *hubpb.CmdRequest) *Result {
 	}
 	rec := &hubpb.RequestRecord{
 		RequestId: id, Fingerprint: c.GetFingerprint(), Type: c.GetType(), Index: index, AppliedAtMs: now,
-		Token: res.Token, CaRotation: res.CARotation,
+		Token: res.Token, TokenAddrs: res.TokenAddrs, CaRotation: res.CARotation,
 	}
 	if res.Err != nil {
 		rec.ErrorCode, rec.Error = uint32(res.Err.Code), res.Err.Msg
@@ -233,7 +237,9 @@ func (f *FSM) applyRequest(index uint64, c *hubpb.CmdRequest) *Result {
 func reply(w *state.WriteTxn, t MessageType, msg proto.Message, res *Result) {
 	switch t {
 	case CreateTokenType:
-		res.Token = w.Token(msg.(*hubpb.CmdCreateToken).GetToken().GetId())
+		c := msg.(*hubpb.CmdCreateToken)
+		res.Token = w.Token(c.GetToken().GetId())
+		res.TokenAddrs = c.GetHubAddrs()
 	case RotateCAType:
 		res.CARotation = w.Cluster(msg.(*hubpb.CmdRotateCA).GetCluster()).GetCaRotation()
 	}

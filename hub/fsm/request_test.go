@@ -64,12 +64,14 @@ func TestRepeatedRequestTakesEffectOnceAndGetsTheSameResult(t *testing.T) {
 
 	// CreateToken: the repeat answers with the token as first stored.
 	tok := token("0123456789abcdef", "west", 3000, 9000)
+	tok.HubAddrs = []string{"10.0.0.1:7400", "10.0.0.2:7400"}
 	created := h.applyRequest("create-west-00001", 3000, fsm.CreateTokenType, tok)
 	if created.Err != nil || !proto.Equal(created.Token, tok.GetToken()) {
 		t.Fatalf("CreateToken: %s, token %v", resultKey(created), created.Token)
 	}
 	again := h.applyRequest("create-west-00001", 3500, fsm.CreateTokenType, tok)
-	if !again.Duplicate || again.Err != nil || !proto.Equal(again.Token, tok.GetToken()) || again.Index != created.Index {
+	if !again.Duplicate || again.Err != nil || !proto.Equal(again.Token, tok.GetToken()) || again.Index != created.Index ||
+		fmt.Sprint(again.TokenAddrs) != fmt.Sprint(tok.HubAddrs) {
 		t.Fatalf("repeated CreateToken: %s, want the first token as a duplicate", resultKey(again))
 	}
 	if n := len(h.read().Tokens()); n != 2 {

@@ -248,8 +248,12 @@ func (x *CmdSetCA) GetCa() *CAState {
 }
 
 type CmdCreateToken struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         *Token                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token *Token                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// The hub addresses the token string names. Not state: recorded with
+	// the request (RequestRecord.token_addrs) so that a repeat, answered by
+	// any server, rebuilds the same string.
+	HubAddrs      []string `protobuf:"bytes,2,rep,name=hub_addrs,json=hubAddrs,proto3" json:"hub_addrs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -287,6 +291,13 @@ func (*CmdCreateToken) Descriptor() ([]byte, []int) {
 func (x *CmdCreateToken) GetToken() *Token {
 	if x != nil {
 		return x.Token
+	}
+	return nil
+}
+
+func (x *CmdCreateToken) GetHubAddrs() []string {
+	if x != nil {
+		return x.HubAddrs
 	}
 	return nil
 }
@@ -1158,8 +1169,10 @@ type RequestRecord struct {
 	// What the handler needs to rebuild its reply. CreateToken: the token
 	// as stored (its ID and times; the secret is derived again from the
 	// request ID). RotateCA: the cluster's ca_rotation after it.
-	Token         *Token `protobuf:"bytes,8,opt,name=token,proto3" json:"token,omitempty"`
-	CaRotation    uint64 `protobuf:"varint,9,opt,name=ca_rotation,json=caRotation,proto3" json:"ca_rotation,omitempty"`
+	Token      *Token `protobuf:"bytes,8,opt,name=token,proto3" json:"token,omitempty"`
+	CaRotation uint64 `protobuf:"varint,9,opt,name=ca_rotation,json=caRotation,proto3" json:"ca_rotation,omitempty"`
+	// CreateToken: the hub addresses its token string names.
+	TokenAddrs    []string `protobuf:"bytes,10,rep,name=token_addrs,json=tokenAddrs,proto3" json:"token_addrs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1255,6 +1268,13 @@ func (x *RequestRecord) GetCaRotation() uint64 {
 		return x.CaRotation
 	}
 	return 0
+}
+
+func (x *RequestRecord) GetTokenAddrs() []string {
+	if x != nil {
+		return x.TokenAddrs
+	}
+	return nil
 }
 
 // Tombstone of a deleted record, kept so that resumed Sync streams learn of deletions.
@@ -1723,7 +1743,9 @@ type ApplyResponse struct {
 	// For a command wrapped in a request (CmdRequest): the FSM's record of
 	// it, the same for a repeat, which took no effect. index is then the
 	// index that applied the request first.
-	Request       *RequestRecord `protobuf:"bytes,4,opt,name=request,proto3" json:"request,omitempty"`
+	Request *RequestRecord `protobuf:"bytes,4,opt,name=request,proto3" json:"request,omitempty"`
+	// The command repeated a request already applied, and took no effect.
+	Duplicate     bool `protobuf:"varint,5,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1784,6 +1806,13 @@ func (x *ApplyResponse) GetRequest() *RequestRecord {
 		return x.Request
 	}
 	return nil
+}
+
+func (x *ApplyResponse) GetDuplicate() bool {
+	if x != nil {
+		return x.Duplicate
+	}
+	return false
 }
 
 type ReadIndexRequest struct {
@@ -1887,9 +1916,10 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\ftrust_domain\x18\b \x01(\tR\vtrustDomain\x123\n" +
 	"\x16used_public_key_sha256\x18\t \x01(\fR\x13usedPublicKeySha256\"3\n" +
 	"\bCmdSetCA\x12'\n" +
-	"\x02ca\x18\x01 \x01(\v2\x17.meshfed.hub.v1.CAStateR\x02ca\"=\n" +
+	"\x02ca\x18\x01 \x01(\v2\x17.meshfed.hub.v1.CAStateR\x02ca\"Z\n" +
 	"\x0eCmdCreateToken\x12+\n" +
-	"\x05token\x18\x01 \x01(\v2\x15.meshfed.hub.v1.TokenR\x05token\" \n" +
+	"\x05token\x18\x01 \x01(\v2\x15.meshfed.hub.v1.TokenR\x05token\x12\x1b\n" +
+	"\thub_addrs\x18\x02 \x03(\tR\bhubAddrs\" \n" +
 	"\x0eCmdRevokeToken\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\xd8\x01\n" +
 	"\aCmdJoin\x12\x19\n" +
@@ -1946,7 +1976,7 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\vfingerprint\x18\x02 \x01(\fR\vfingerprint\x12\x15\n" +
 	"\x06now_ms\x18\x03 \x01(\x03R\x05nowMs\x12\x12\n" +
 	"\x04type\x18\x04 \x01(\rR\x04type\x12\x18\n" +
-	"\apayload\x18\x05 \x01(\fR\apayload\"\xa1\x02\n" +
+	"\apayload\x18\x05 \x01(\fR\apayload\"\xc2\x02\n" +
 	"\rRequestRecord\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12 \n" +
@@ -1959,7 +1989,10 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\x05error\x18\a \x01(\tR\x05error\x12+\n" +
 	"\x05token\x18\b \x01(\v2\x15.meshfed.hub.v1.TokenR\x05token\x12\x1f\n" +
 	"\vca_rotation\x18\t \x01(\x04R\n" +
-	"caRotation\"O\n" +
+	"caRotation\x12\x1f\n" +
+	"\vtoken_addrs\x18\n" +
+	" \x03(\tR\n" +
+	"tokenAddrs\"O\n" +
 	"\tTombstone\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1a\n" +
@@ -1990,13 +2023,14 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\x0fcreate_revision\x18\x03 \x01(\x04R\x0ecreateRevision\x12'\n" +
 	"\x0fmodify_revision\x18\x04 \x01(\x04R\x0emodifyRevision\"(\n" +
 	"\fApplyRequest\x12\x18\n" +
-	"\acommand\x18\x01 \x01(\fR\acommand\"\x93\x01\n" +
+	"\acommand\x18\x01 \x01(\fR\acommand\"\xb1\x01\n" +
 	"\rApplyResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x02 \x01(\tR\terrorCode\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x127\n" +
-	"\arequest\x18\x04 \x01(\v2\x1d.meshfed.hub.v1.RequestRecordR\arequest\"\x12\n" +
+	"\arequest\x18\x04 \x01(\v2\x1d.meshfed.hub.v1.RequestRecordR\arequest\x12\x1c\n" +
+	"\tduplicate\x18\x05 \x01(\bR\tduplicate\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index2\xa2\x01\n" +
