@@ -76,6 +76,9 @@ type Server struct {
 	readyTerm atomic.Uint64
 	streams   atomic.Int64
 	readyz    readyCache
+	// protoFloor caches the lowest protocol version among the servers
+	// (checkProtocol).
+	protoFloor protocolFloor
 
 	stopOnce sync.Once
 	stopCh   chan struct{}
