@@ -194,7 +194,9 @@ func (f *FSM) applyRequest(index uint64, c *hubpb.CmdRequest) *Result {
 		return &Result{Index: index, Err: refuse(codes.InvalidArgument, "request %q: type %d cannot be wrapped in a request", id, c.GetType())}
 	}
 	store := f.Store()
-	if rec := store.Read().Request(id); rec != nil && now-rec.GetAppliedAtMs() < RequestTTL.Milliseconds() {
+	w := store.Write(index)
+	if rec := w.Request(id); rec != nil && now-rec.GetAppliedAtMs() < RequestTTL.Milliseconds() {
+		w.Abort()
 		if rec.GetType() != c.GetType() || !bytes.Equal(rec.GetFingerprint(), c.GetFingerprint()) {
 			return &Result{Index: index, Err: refuse(codes.InvalidArgument,
 				"request_id: %q was used for another request (%s at index %d); give each request its own ID", id, MessageType(rec.GetType()), rec.GetIndex())}
@@ -203,12 +205,12 @@ func (f *FSM) applyRequest(index uint64, c *hubpb.CmdRequest) *Result {
 	}
 	msg := payloadFor(t)
 	if msg == nil {
+		w.Abort()
 		f.unknown(t, index)
 		return &Result{Index: index}
 	}
 	t &^= IgnoreUnknownFlag
 	res := &Result{Index: index}
-	w := store.Write(index)
 	if err := proto.Unmarshal(c.GetPayload(), msg); err != nil {
 		f.log.Error("undecodable command in a request", "index", index, "type", t, "err", err)
 		res.Err = refuse(codes.InvalidArgument, "fsm: decode %s: %v", t, err)
@@ -225,8 +227,7 @@ func (f *FSM) applyRequest(index uint64, c *hubpb.CmdRequest) *Result {
 	if res.Err != nil {
 		rec.ErrorCode, rec.Error = uint32(res.Err.Code), res.Err.Msg
 	}
-	w.PutRequest(rec)
-	w.PruneRequests(now-RequestTTL.Milliseconds(), MaxRequests)
+	w.RecordRequest(rec, now-RequestTTL.Milliseconds(), MaxRequests)
 	w.Commit()
 	res.Request = rec
 	return res

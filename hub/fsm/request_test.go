@@ -175,7 +175,7 @@ func TestRequestRecordsExpireByCommandTime(t *testing.T) {
 	t0 := 1000 + ttl
 	h.applyRequest("other-request-0001", t0+1000, fsm.RotateCAType, rotate)
 	h.applyRequest("other-request-0002", t0+2000, fsm.RotateCAType, rotate)
-	if n := h.read().RequestCount(); n != 3 {
+	if n := h.Store().RequestCount(); n != 3 {
 		t.Fatalf("%d records, want 3", n)
 	}
 	h.applyRequest("late-request-0001", t0+2000+ttl, fsm.RotateCAType, rotate)
@@ -183,8 +183,8 @@ func TestRequestRecordsExpireByCommandTime(t *testing.T) {
 	for _, rec := range h.read().Requests() {
 		ids = append(ids, rec.GetRequestId())
 	}
-	if fmt.Sprint(ids) != "[late-request-0001 other-request-0002]" || h.read().RequestCount() != 2 {
-		t.Errorf("records after expiry %v (count %d), want [late-request-0001 other-request-0002]", ids, h.read().RequestCount())
+	if fmt.Sprint(ids) != "[late-request-0001 other-request-0002]" || h.Store().RequestCount() != 2 {
+		t.Errorf("records after expiry %v (count %d), want [late-request-0001 other-request-0002]", ids, h.Store().RequestCount())
 	}
 }
 
@@ -196,7 +196,7 @@ func TestRequestRecordsAreBounded(t *testing.T) {
 		h.applyRequest(fmt.Sprintf("bounded-%09d", i), 1000, fsm.DeletePolicyType, &hubpb.CmdDeletePolicy{Name: "p"})
 	}
 	r := h.read()
-	if n := r.RequestCount(); n != fsm.MaxRequests || len(r.Requests()) != fsm.MaxRequests {
+	if n := h.Store().RequestCount(); n != fsm.MaxRequests || len(r.Requests()) != fsm.MaxRequests {
 		t.Fatalf("%d records (counted %d), want %d", len(r.Requests()), n, fsm.MaxRequests)
 	}
 	if r.Request(fmt.Sprintf("bounded-%09d", extra-1)) != nil || r.Request(fmt.Sprintf("bounded-%09d", extra)) == nil {
@@ -217,8 +217,8 @@ func TestRequestRecordsSurviveSnapshotAndRestore(t *testing.T) {
 
 	f := restored(t, persist(t, h.FSM))
 	sameFSM(t, h.FSM, f)
-	if f.Store().Read().RequestCount() != 2 {
-		t.Fatalf("restored %d records, want 2", f.Store().Read().RequestCount())
+	if f.Store().RequestCount() != 2 {
+		t.Fatalf("restored %d records, want 2", f.Store().RequestCount())
 	}
 	// The repeat reaches a server restored from the snapshot.
 	data := encode(t, fsm.RequestType, request(t, "rotate-east-00001", 1200, fsm.RotateCAType, rotate))
@@ -247,7 +247,7 @@ func TestSnapshotWithoutRequestRecordsIsRead(t *testing.T) {
 	if err := f.Restore(io.NopCloser(&buf)); err != nil {
 		t.Fatal(err)
 	}
-	if n := f.Store().Read().RequestCount(); n != 0 {
+	if n := f.Store().RequestCount(); n != 0 {
 		t.Fatalf("%d records, want 0", n)
 	}
 	data := encode(t, fsm.RequestType, request(t, "after-restore-001", 1, fsm.RevokeTokenType, &hubpb.CmdRevokeToken{Id: "t1"}))

@@ -29,9 +29,10 @@ const (
 	// fetched.
 	TableFederations = "federations"
 	// TableRequests holds the outcome of each recent request the FSM
-	// applied (hubpb.RequestRecord), keyed by request ID, indexed by the
-	// Raft index that applied it. It is bookkeeping, not federation state:
-	// writing it does not move the store revision nor wake watchers.
+	// applied (hubpb.RequestRecord), keyed by request ID. It is
+	// bookkeeping, not federation state: writing it does not move the
+	// store revision nor wake watchers. The order in which its rows are
+	// dropped is kept beside it in memory (requestLog), not indexed.
 	TableRequests = "requests"
 )
 
@@ -62,9 +63,7 @@ func schema() *memdb.DBSchema {
 			"id": id("Key"), "revision": rev,
 		}},
 		TableFederations: {Name: TableFederations, Indexes: map[string]*memdb.IndexSchema{"id": id("Key")}},
-		TableRequests: {Name: TableRequests, Indexes: map[string]*memdb.IndexSchema{
-			"id": id("Key"), "revision": rev,
-		}},
+		TableRequests:    {Name: TableRequests, Indexes: map[string]*memdb.IndexSchema{"id": id("Key")}},
 	}}
 }
 

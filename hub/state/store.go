@@ -21,8 +21,6 @@ const (
 	metaFloor    = "tombstone_floor"
 	metaCA       = "ca"
 	metaTombs    = "tombstone_count"
-	// metaRequests: the rows of TableRequests (recounted at restore).
-	metaRequests = "request_count"
 	// metaExportBytes + cluster: the cluster's exported services' encoded
 	// size together. Derived from the exports, so not in snapshots: a
 	// restore recounts it.
@@ -37,6 +35,9 @@ type Store struct {
 	mu        sync.Mutex
 	watch     chan struct{}
 	abandoned chan struct{}
+
+	// requests orders TableRequests oldest first (requests.go).
+	requests requestLog
 }
 
 // New returns an empty store.
@@ -229,9 +230,6 @@ func (r *ReadTxn) Requests() []*hubpb.RequestRecord {
 	return values[*hubpb.RequestRecord](r.all(TableRequests, "id"))
 }
 
-// RequestCount is the number of recorded requests.
-func (r *ReadTxn) RequestCount() int { return int(r.metaUint(metaRequests)) }
-
 // Tombstones returns every tombstone, sorted by key.
 func (r *ReadTxn) Tombstones() []*hubpb.Tombstone {
 	return values[*hubpb.Tombstone](r.all(TableTombstones, "id"))
@@ -316,6 +314,9 @@ type WriteTxn struct {
 	dirty bool
 	// booked: only bookkeeping (TableRequests) changed.
 	booked bool
+	// request: the change RecordRequest made to the store's requestLog,
+	// applied at Commit.
+	request *requestChange
 }
 
 // Rev is the revision this transaction writes at.
@@ -473,61 +474,13 @@ func (w *WriteTxn) DeleteFederation(td string) bool { return w.remove(TableFeder
 // DeletePolicy removes a traffic policy.
 func (w *WriteTxn) DeletePolicy(name string) bool { return w.delete(TablePolicies, name) }
 
-// PutRequest records a request's outcome under its ID, replacing an older
-// record with that ID. The row's revision is rec.Index, the order in which
-// PruneRequests drops records.
-func (w *WriteTxn) PutRequest(rec *hubpb.RequestRecord) {
-	if w.get(TableRequests, rec.GetRequestId()) == nil {
-		w.setRequestCount(w.RequestCount() + 1)
-	}
-	if err := w.txn.Insert(TableRequests, &row{Key: rec.GetRequestId(), Rev: rec.GetIndex(), Value: rec}); err != nil {
-		panic(err)
-	}
-	w.booked = true
-}
-
-// PruneRequests drops recorded requests, oldest (lowest index) first:
-// every one applied before expireBeforeMs, stopping at the first that is
-// not, and then as many more as it takes to keep at most keep. It returns
-// how many it dropped.
-func (w *WriteTxn) PruneRequests(expireBeforeMs int64, keep int) int {
-	n := w.RequestCount()
-	it, err := w.txn.LowerBound(TableRequests, "revision", uint64(0))
-	if err != nil {
-		panic(err)
-	}
-	var drop []*row
-	for raw := it.Next(); raw != nil && n-len(drop) > 0; raw = it.Next() {
-		rw := raw.(*row)
-		if n-len(drop) <= keep && rw.Value.(*hubpb.RequestRecord).GetAppliedAtMs() >= expireBeforeMs {
-			break
-		}
-		drop = append(drop, rw)
-	}
-	for _, rw := range drop {
-		if err := w.txn.Delete(TableRequests, rw); err != nil {
-			panic(err)
-		}
-	}
-	if len(drop) > 0 {
-		w.setRequestCount(n - len(drop))
-		w.booked = true
-	}
-	return len(drop)
-}
-
-func (w *WriteTxn) setRequestCount(n int) {
-	if err := w.txn.Insert(TableMeta, &row{Key: metaRequests, Value: uint64(n)}); err != nil {
-		panic(err)
-	}
-}
-
 // Commit records the revision if anything changed, prunes tombstones and wakes
 // watchers.
 func (w *WriteTxn) Commit() {
 	if !w.dirty {
 		if w.booked {
 			w.txn.Commit() // bookkeeping only: no revision, nobody to wake
+			w.store.requests.apply(w.request)
 		} else {
 			w.txn.Abort()
 		}
@@ -536,6 +489,7 @@ func (w *WriteTxn) Commit() {
 	w.insert(TableMeta, &row{Key: metaRevision, Value: w.rev})
 	w.pruneTombstones()
 	w.txn.Commit()
+	w.store.requests.apply(w.request)
 	w.store.notify()
 }
 
@@ -566,7 +520,6 @@ type Restorer struct {
 	store       *Store
 	txn         *memdb.Txn
 	tombs       uint64
-	requests    uint64
 	exportBytes map[string]uint64
 }
 
@@ -629,21 +582,16 @@ func (r *Restorer) Tombstone(t *hubpb.Tombstone) {
 
 // Request restores a recorded request.
 func (r *Restorer) Request(rec *hubpb.RequestRecord) {
-	if old, err := r.txn.First(TableRequests, "id", rec.GetRequestId()); err != nil {
-		panic(err)
-	} else if old == nil {
-		r.requests++
-	}
 	r.insert(TableRequests, &row{Key: rec.GetRequestId(), Rev: rec.GetIndex(), Value: rec})
 }
 
 // Done commits and returns the restored store.
 func (r *Restorer) Done() *Store {
 	r.insert(TableMeta, &row{Key: metaTombs, Value: r.tombs})
-	r.insert(TableMeta, &row{Key: metaRequests, Value: r.requests})
 	for cluster, n := range r.exportBytes {
 		r.insert(TableMeta, &row{Key: metaExportBytes + cluster, Value: n})
 	}
+	r.store.requests.rebuild((&ReadTxn{txn: r.txn}).all(TableRequests, "id"))
 	r.txn.Commit()
 	return r.store
 }
