@@ -60,11 +60,18 @@ func (s *Server) apply(ctx context.Context, t fsm.MessageType, msg proto.Message
 	return a.index, err
 }
 
-// propose is apply with everything the FSM answered. The command goes out
-// wrapped in a Request (fsm.RequestType) with the client's request ID from
-// ctx, or one made here, once every server applies protocol version 4;
-// until then bare, without deduplication. A forward that fails with
-// Unavailable is sent once more: the request ID makes that safe.
+// propose is apply with everything the FSM answered.
+//
+// One rule decides whether the command is wrapped in a Request
+// (fsm.RequestType), which the FSM applies once per request ID and
+// records: it is wrapped when it may be sent twice under one ID. That is
+// when the client named it (its request ID is in ctx), or when this server
+// is not the leader and forwards it (with an ID made here), because a
+// forward that fails with Unavailable is sent once more. The leader's own
+// write without a client ID goes bare: nobody else holds an ID for it, so
+// nothing could repeat it, and a record would only cost every server a
+// table write. Until every server applies protocol version 4 every write
+// goes bare, without deduplication.
 func (s *Server) propose(ctx context.Context, t fsm.MessageType, msg proto.Message) (applied, error) {
 	b, err := fsm.Encode(t, msg)
 	if err != nil {
@@ -76,10 +83,11 @@ func (s *Server) propose(ctx context.Context, t fsm.MessageType, msg proto.Messa
 	if err := deadlinePassed(ctx, "before the write was proposed"); err != nil {
 		return applied{}, err
 	}
+	req, named := writeRequestFrom(ctx)
+	leader := s.raft.State() == raft.Leader
 	wrapped := false
-	if s.checkProtocol(fsm.RequestType) == nil {
-		req, ok := writeRequestFrom(ctx)
-		if !ok {
+	if (named || !leader) && s.checkProtocol(fsm.RequestType) == nil {
+		if !named {
 			fp := sha256.Sum256(b)
 			req = writeRequest{id: requestid.New(), fingerprint: fp[:]}
 		}
@@ -88,7 +96,7 @@ func (s *Server) propose(ctx context.Context, t fsm.MessageType, msg proto.Messa
 		}
 		wrapped = true
 	}
-	if s.raft.State() == raft.Leader {
+	if leader {
 		return s.applyLocal(ctx, b)
 	}
 	a, err := s.forward(ctx, b)
