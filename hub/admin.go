@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -57,24 +58,49 @@ func (a *adminService) CreateToken(ctx context.Context, req *fedv1.CreateTokenRe
 	if ca == nil {
 		return nil, status.Error(codes.Unavailable, "hub: not ready: no hub CA yet; retry")
 	}
-	idb := make([]byte, federation.JoinTokenIDLength/2)
-	secret := make([]byte, federation.JoinTokenSecretSize)
-	if _, err := rand.Read(idb); err != nil {
-		return nil, status.Errorf(codes.Internal, "token: %v", err)
-	}
-	if _, err := rand.Read(secret); err != nil {
-		return nil, status.Errorf(codes.Internal, "token: %v", err)
+	// A named request derives its token, so that a retry of it, on any
+	// server, answers with the same token string; without a name it is
+	// random.
+	var id string
+	var secret []byte
+	if req, named := writeRequestFrom(ctx); named {
+		if id, secret, err = deriveToken(s.fsm.Store().Read().CA().GetKeyPem(), req); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "hub: not ready: %v; retry", err)
+		}
+	} else {
+		idb := make([]byte, federation.JoinTokenIDLength/2)
+		secret = make([]byte, federation.JoinTokenSecretSize)
+		if _, err := rand.Read(idb); err != nil {
+			return nil, status.Errorf(codes.Internal, "token: %v", err)
+		}
+		if _, err := rand.Read(secret); err != nil {
+			return nil, status.Errorf(codes.Internal, "token: %v", err)
+		}
+		id = hex.EncodeToString(idb)
 	}
 	now := time.Now()
 	hash := sha256.Sum256(secret)
 	tok := &hubpb.Token{
-		Id: hex.EncodeToString(idb), Cluster: cluster.String(), SecretHash: hash[:],
+		Id: id, Cluster: cluster.String(), SecretHash: hash[:],
 		CreatedAtMs: now.UnixMilli(), ExpiresAtMs: now.Add(ttl).UnixMilli(), TrustDomain: td.String(),
 	}
-	if _, err := s.apply(ctx, fsm.CreateTokenType, &hubpb.CmdCreateToken{Token: tok}); err != nil {
+	addrs := s.hubAddrs()
+	res, err := s.propose(ctx, fsm.CreateTokenType, &hubpb.CmdCreateToken{Token: tok, HubAddrs: addrs})
+	if err != nil {
 		return nil, err
 	}
-	jt := federation.JoinToken{ID: tok.GetId(), Secret: secret, Cluster: cluster, CAFingerprint: pki.Fingerprint(ca.Cert), Addrs: s.hubAddrs()}
+	if res.token != nil {
+		// As the FSM recorded it: for a repeated request, the token and
+		// addresses of the first attempt, whichever server made it.
+		if !bytes.Equal(res.token.GetSecretHash(), hash[:]) {
+			return nil, status.Errorf(codes.Internal, "hub: token %s as recorded does not match the one derived for this request", res.token.GetId())
+		}
+		tok = res.token
+		if len(res.tokenAddrs) > 0 {
+			addrs = res.tokenAddrs
+		}
+	}
+	jt := federation.JoinToken{ID: tok.GetId(), Secret: secret, Cluster: cluster, CAFingerprint: pki.Fingerprint(ca.Cert), Addrs: addrs}
 	return &fedv1.CreateTokenResponse{Token: jt.Encode(), Info: tokenInfo(tok)}, nil
 }
 

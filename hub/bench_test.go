@@ -2,6 +2,8 @@ package hub
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"math"
 	"os"
@@ -11,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/metadata"
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 )
@@ -57,9 +61,29 @@ func productionTimings(c *Config) {
 }
 
 func BenchmarkCommittedWrites(b *testing.B) {
+	committedWrites(b, false, false)
+}
+
+// BenchmarkCommittedWritesRecorded is BenchmarkCommittedWrites on the paths
+// whose writes the FSM records as requests (hub/request.go): named by the
+// client (metadata meshfed-request-id, a fresh ID per write) and sent to
+// the leader, or unnamed and sent to a follower, which forwards them.
+func BenchmarkCommittedWritesRecorded(b *testing.B) {
+	b.Run("named", func(b *testing.B) { committedWrites(b, true, false) })
+	b.Run("forwarded", func(b *testing.B) { committedWrites(b, false, true) })
+}
+
+// committedWrites measures PutPolicy calls by 1, 16 and 256 writers against
+// a three-server hub: on the leader, or on a follower (forwarded), with a
+// client request ID per call or none (named).
+func committedWrites(b *testing.B, named, forwarded bool) {
 	h := newTestHub(b, 3, productionTimings)
 	leader := h.Leader(10 * time.Second)
-	admin := h.Admin(leader)
+	target := leader
+	if forwarded {
+		target = (leader + 1) % 3
+	}
+	admin := h.Admin(target)
 	p50, p99 := fsyncLatency(b, b.TempDir(), 200)
 	fmt.Printf("\nfsync (4 KiB write + fsync, same disk): p50 %v  p99 %v\n", p50, p99)
 	fmt.Printf("%-8s %12s %12s %12s %14s\n", "writers", "writes/s", "p50", "p99", "p50/fsync-p50")
@@ -78,6 +102,14 @@ func BenchmarkCommittedWrites(b *testing.B) {
 					mine := make([]time.Duration, 0, perWriter)
 					for i := 0; i < perWriter; i++ {
 						ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+						if named {
+							// The literal key and a local ID, so that this file
+							// also builds on a tree without internal/requestid,
+							// for A/B runs against it.
+							var id [16]byte
+							_, _ = rand.Read(id[:])
+							ctx = metadata.AppendToOutgoingContext(ctx, "meshfed-request-id", hex.EncodeToString(id[:]))
+						}
 						t0 := time.Now()
 						_, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{
 							Name: fmt.Sprintf("p%d", w), Service: "default/reviews", FailoverRegions: []string{fmt.Sprintf("r%d", i)},

@@ -115,6 +115,9 @@ type Config struct {
 	// within ConnectionLease.
 	ConnectionLease time.Duration
 
+	// hooks let tests reach into the write path.
+	hooks testHooks
+
 	// JoinRate and JoinBurst are the token bucket per peer IP for Join
 	// calls (unauthenticated): JoinRate calls a second, JoinBurst at once.
 	// More are answered ResourceExhausted.

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"sort"
 	"strings"
@@ -18,60 +19,222 @@ import (
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
 	"github.com/meshfed/meshfed/hub/state"
 	"github.com/meshfed/meshfed/internal/hubdial"
+	"github.com/meshfed/meshfed/internal/requestid"
 )
 
 // errNoLeader is returned (as Unavailable) while there is no leader to serve a
 // write or confirm a read.
 var errNoLeader = status.Error(codes.Unavailable, "hub: no leader; retry")
 
+// applied is what a handler learns of its write.
+type applied struct {
+	// index is the Raft index of the entry that applied the write: for a
+	// repeated request, the first one's.
+	index uint64
+	// duplicate: the write repeated a request already applied, and took
+	// no effect now.
+	duplicate bool
+	// Set when the FSM recorded the write as a request (every server
+	// applies protocol 4): CreateToken's token as stored and the hub
+	// addresses its string names, RotateCA's resulting ca_rotation.
+	token      *hubpb.Token
+	tokenAddrs []string
+	caRotation uint64
+	// record is the FSM's record of the request (nil for a bare command).
+	record *hubpb.RequestRecord
+}
+
+func appliedFrom(res *fsm.Result) applied {
+	return applied{
+		index: res.Index, duplicate: res.Duplicate, record: res.Request,
+		token: res.Token, tokenAddrs: res.TokenAddrs, caRotation: res.CARotation,
+	}
+}
+
 // apply proposes a command and waits until it is committed and applied,
 // forwarding it to the leader when this server is not. The returned index is
 // the command's Raft index. An Unavailable error from a forwarded write means
 // the outcome is unknown.
 func (s *Server) apply(ctx context.Context, t fsm.MessageType, msg proto.Message) (uint64, error) {
-	b, err := fsm.Encode(t, msg)
-	if err != nil {
-		return 0, status.Error(codes.Internal, err.Error())
-	}
-	if len(b) > MaxCommandSize {
-		return 0, status.Errorf(codes.InvalidArgument, "command: %d bytes, at most %d (MaxCommandSize)", len(b), MaxCommandSize)
-	}
-	if s.raft.State() == raft.Leader {
-		return s.applyLocal(b)
-	}
-	leader, conn, err := s.leaderConn(ctx)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := hubpb.NewInternalClient(conn).Apply(ctx, &hubpb.ApplyRequest{Command: b})
-	if err != nil {
-		return 0, forwardedErr(leader, "", err)
-	}
-	if resp.GetErrorCode() != "" {
-		return resp.GetIndex(), status.Error(codeFromName(resp.GetErrorCode()), resp.GetError())
-	}
-	return resp.GetIndex(), nil
+	a, err := s.propose(ctx, t, msg)
+	return a.index, err
 }
 
-func (s *Server) applyLocal(b []byte) (uint64, error) {
-	if err := s.checkProtocol(fsm.MessageType(b[0])); err != nil {
-		return 0, err
+// propose is apply with everything the FSM answered.
+//
+// One rule decides whether the command is wrapped in a Request
+// (fsm.RequestType), which the FSM applies once per request ID and
+// records: it is wrapped when it may be sent twice under one ID. That is
+// when the client named it (its request ID is in ctx), or when this server
+// is not the leader and forwards it (with an ID made here), because a
+// forward that fails with Unavailable is sent once more. The leader's own
+// write without a client ID goes bare: nobody else holds an ID for it, so
+// nothing could repeat it, and a record would only cost every server a
+// table write. Until every server applies protocol version 4 every write
+// goes bare, without deduplication.
+func (s *Server) propose(ctx context.Context, t fsm.MessageType, msg proto.Message) (applied, error) {
+	b, err := fsm.Encode(t, msg)
+	if err != nil {
+		return applied{}, status.Error(codes.Internal, err.Error())
+	}
+	if len(b) > MaxCommandSize {
+		return applied{}, status.Errorf(codes.InvalidArgument, "command: %d bytes, at most %d (MaxCommandSize)", len(b), MaxCommandSize)
+	}
+	if err := deadlinePassed(ctx, "before the write was proposed"); err != nil {
+		return applied{}, err
+	}
+	req, named := writeRequestFrom(ctx)
+	leader := s.raft.State() == raft.Leader
+	wrapped := false
+	if (named || !leader) && s.checkProtocol(fsm.RequestType) == nil {
+		if !named {
+			fp := sha256.Sum256(b)
+			req = writeRequest{id: requestid.New(), fingerprint: fp[:]}
+		}
+		if b, err = fsm.EncodeRequest(req.id, req.fingerprint, time.Now().UnixMilli(), b); err != nil {
+			return applied{}, status.Error(codes.Internal, err.Error())
+		}
+		wrapped = true
+	}
+	if leader {
+		return s.applyLocal(ctx, b)
+	}
+	a, err := s.forward(ctx, b)
+	if wrapped && status.Code(err) == codes.Unavailable {
+		s.log.Debug("forwarded write failed; sending it once more with its request ID", "type", t, "err", err)
+		if !s.pause(ctx, forwardRetryDelay) {
+			return a, err
+		}
+		if s.raft.State() == raft.Leader {
+			return s.applyLocal(ctx, b)
+		}
+		a, err = s.forward(ctx, b)
+	}
+	return a, err
+}
+
+// forwardRetryDelay is how long a follower waits before it sends a failed
+// forward once more: about an election, for the leadership to settle.
+const forwardRetryDelay = 300 * time.Millisecond
+
+// pause waits d, less if ctx would end first, and reports whether ctx
+// still has time and the server is running.
+func (s *Server) pause(ctx context.Context, d time.Duration) bool {
+	if dl, ok := ctx.Deadline(); ok {
+		d = min(d, time.Until(dl)/2)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return ctx.Err() == nil
+	case <-ctx.Done():
+	case <-s.stopCh:
+	}
+	return false
+}
+
+// forward sends an encoded command to the leader's Internal.Apply.
+func (s *Server) forward(ctx context.Context, b []byte) (applied, error) {
+	leader, conn, err := s.leaderConn(ctx)
+	if err != nil {
+		return applied{}, err
+	}
+	resp, err := hubpb.NewInternalClient(conn).Apply(ctx, &hubpb.ApplyRequest{Command: b})
+	if hook := s.cfg.hooks.afterForward; hook != nil {
+		resp, err = hook(resp, err)
+	}
+	if err != nil {
+		return applied{}, forwardedErr(leader, "", err)
+	}
+	a := applied{index: resp.GetIndex()}
+	if rec := resp.GetRequest(); rec != nil {
+		a = appliedFrom(fsm.ResultFromRecord(rec, resp.GetDuplicate()))
+	}
+	if resp.GetErrorCode() != "" {
+		return a, status.Error(codeFromName(resp.GetErrorCode()), resp.GetError())
+	}
+	return a, nil
+}
+
+// deadlinePassed is DeadlineExceeded (or Canceled) if ctx is done: the
+// write was not proposed, so it did not happen.
+func deadlinePassed(ctx context.Context, when string) error {
+	switch ctx.Err() {
+	case nil:
+		return nil
+	case context.DeadlineExceeded:
+		return status.Errorf(codes.DeadlineExceeded, "hub: the caller's deadline passed %s; it was not applied", when)
+	default:
+		return status.Errorf(codes.Canceled, "hub: the caller canceled %s; it was not applied", when)
+	}
+}
+
+// applyLocal proposes an encoded command on the leader. It proposes only
+// within the caller's deadline (ctx), for at most ApplyTimeout, and
+// waits for the outcome no longer than ctx lasts.
+func (s *Server) applyLocal(ctx context.Context, b []byte) (applied, error) {
+	if fsm.MessageType(b[0])&^fsm.IgnoreUnknownFlag == fsm.RequestType && s.checkProtocol(fsm.RequestType) != nil {
+		// A server that does not apply requests yet (it joined since the
+		// follower wrapped this): the bare command, without deduplication.
+		var err error
+		if b, err = fsm.Unwrap(b); err != nil {
+			return applied{}, status.Errorf(codes.InvalidArgument, "command: %v", err)
+		}
+	}
+	inner, err := fsm.Unwrap(b)
+	if err != nil {
+		return applied{}, status.Errorf(codes.InvalidArgument, "command: %v", err)
+	}
+	if err := s.checkProtocol(fsm.MessageType(inner[0])); err != nil {
+		return applied{}, err
+	}
+	if hook := s.cfg.hooks.beforePropose; hook != nil {
+		hook(ctx)
+	}
+	timeout := s.cfg.ApplyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(dl))
+	}
+	if err := deadlinePassed(ctx, "before the leader proposed the write"); err != nil {
+		return applied{}, err
+	}
+	if timeout <= 0 {
+		return applied{}, status.Error(codes.DeadlineExceeded, "hub: the caller's deadline passed before the leader proposed the write; it was not applied")
 	}
 	start := time.Now()
-	f := s.raft.Apply(b, s.cfg.ApplyTimeout)
-	if err := f.Error(); err != nil {
+	f := s.raft.Apply(b, timeout)
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		code := codes.DeadlineExceeded
+		if ctx.Err() == context.Canceled {
+			code = codes.Canceled
+		}
+		return applied{}, status.Errorf(code, "hub: %v while the leader was committing the write; its outcome is unknown (a retry with the same %s is applied at most once)", ctx.Err(), requestid.MetadataKey)
+	}
+	if err != nil {
+		if errors.Is(err, raft.ErrEnqueueTimeout) && timeout < s.cfg.ApplyTimeout {
+			return applied{}, status.Errorf(codes.DeadlineExceeded, "hub: the caller's deadline passed before the leader could propose the write (it waited %v); it was not applied", timeout.Round(time.Millisecond))
+		}
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
 			errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrRaftShutdown) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
-			return 0, status.Errorf(codes.Unavailable, "hub: %v; retry", err)
+			return applied{}, status.Errorf(codes.Unavailable, "hub: %v; retry", err)
 		}
-		return 0, status.Errorf(codes.Internal, "hub: apply: %v", err)
+		return applied{}, status.Errorf(codes.Internal, "hub: apply: %v", err)
 	}
 	s.metrics.commit.Observe(time.Since(start).Seconds())
 	res, _ := f.Response().(*fsm.Result)
-	if res != nil && res.Err != nil {
-		return f.Index(), status.Error(res.Err.Code, res.Err.Msg)
+	if res == nil {
+		return applied{index: f.Index()}, nil
 	}
-	return f.Index(), nil
+	a := appliedFrom(res)
+	if res.Err != nil {
+		return a, status.Error(res.Err.Code, res.Err.Msg)
+	}
+	return a, nil
 }
 
 func codeFromName(name string) codes.Code {
@@ -279,19 +442,26 @@ func (i *internalService) Apply(ctx context.Context, req *hubpb.ApplyRequest) (*
 	if i.s.raft.State() != raft.Leader {
 		return nil, status.Error(codes.Unavailable, "hub: not the leader; retry")
 	}
-	t, _, known, err := fsm.Decode(req.GetCommand())
+	inner, err := fsm.Unwrap(req.GetCommand())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "command: %v", err)
+	}
+	t, _, known, err := fsm.Decode(inner) // what a Request wraps must be known too
 	if err != nil || !known {
 		return nil, status.Errorf(codes.InvalidArgument, "command: %v (type %d)", err, t)
 	}
-	idx, err := i.s.applyLocal(req.GetCommand())
+	a, err := i.s.applyLocal(ctx, req.GetCommand())
+	resp := &hubpb.ApplyResponse{Index: a.index}
 	if err != nil {
 		st := status.Convert(err)
-		if st.Code() == codes.Unavailable || st.Code() == codes.Internal {
-			return nil, err
+		switch st.Code() {
+		case codes.Unavailable, codes.Internal, codes.DeadlineExceeded, codes.Canceled:
+			return nil, err // not the FSM's answer
 		}
-		return &hubpb.ApplyResponse{Index: idx, ErrorCode: st.Code().String(), Error: st.Message()}, nil
+		resp.ErrorCode, resp.Error = st.Code().String(), st.Message()
 	}
-	return &hubpb.ApplyResponse{Index: idx}, nil
+	resp.Request, resp.Duplicate = a.record, a.duplicate
+	return resp, nil
 }
 
 func (i *internalService) ReadIndex(ctx context.Context, _ *hubpb.ReadIndexRequest) (*hubpb.ReadIndexResponse, error) {

@@ -77,6 +77,9 @@ type Server struct {
 	streams   atomic.Int64
 	conns     *connTracker
 	readyz    readyCache
+	// protoFloor caches the lowest protocol version among the servers
+	// (checkProtocol).
+	protoFloor protocolFloor
 
 	stopOnce sync.Once
 	stopCh   chan struct{}
@@ -265,7 +268,7 @@ func (s *Server) setupGRPC() error {
 		grpc.MaxConcurrentStreams(4096),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(s.authUnary, s.readyUnary),
+		grpc.ChainUnaryInterceptor(s.authUnary, s.readyUnary, s.requestUnary),
 		grpc.ChainStreamInterceptor(s.authStream, s.readyStream),
 	)
 	fedv1.RegisterJoinServer(s.grpc, &joinService{s: s, limit: newIPLimiter(s.cfg.JoinRate, s.cfg.JoinBurst)})

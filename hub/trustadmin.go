@@ -120,10 +120,16 @@ func (a *adminService) RotateCA(ctx context.Context, req *fedv1.RotateCARequest)
 	if _, err := federation.ParseClusterName(req.GetCluster()); err != nil {
 		return nil, fieldErr("", err)
 	}
-	idx, err := a.s.apply(ctx, fsm.RotateCAType, &hubpb.CmdRotateCA{Cluster: req.GetCluster()})
+	res, err := a.s.propose(ctx, fsm.RotateCAType, &hubpb.CmdRotateCA{Cluster: req.GetCluster()})
 	if err != nil {
 		return nil, err
 	}
+	idx := res.index
+	if res.caRotation != 0 {
+		// As the FSM recorded it, the same for a repeated request.
+		return &fedv1.RotateCAResponse{CaRotation: res.caRotation, Revision: idx}, nil
+	}
+	// A bare command (some server does not apply requests yet): read it back.
 	r, err := a.s.consistentRead(ctx)
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "rotation requested at revision %d; reading it back: %v", idx, err)

@@ -11,10 +11,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/internal/clientconfig"
 	"github.com/meshfed/meshfed/internal/hubdial"
+	"github.com/meshfed/meshfed/internal/requestid"
 )
 
 // Environment variables read by the client commands and the hub command.
@@ -87,6 +89,9 @@ func configPath(flag string, getenv func(string) string) (string, error) {
 }
 
 // dialAdmin loads the client config at path and dials the hubs it names.
+// Reads are retried on Unavailable by the connection's service config;
+// writes by requestid.RetryWrites, each call under one request ID, so
+// that the hub applies a retried write once.
 func dialAdmin(ctx context.Context, path string) (fedv1.AdminClient, func() error, error) {
 	cfg, err := clientconfig.Load(path)
 	if err != nil {
@@ -96,7 +101,7 @@ func dialAdmin(ctx context.Context, path string) (fedv1.AdminClient, func() erro
 	if err != nil {
 		return nil, nil, err
 	}
-	conn, err := hubdial.Dial(cfg.Hubs, tlsCfg)
+	conn, err := hubdial.Dial(cfg.Hubs, tlsCfg, grpc.WithChainUnaryInterceptor(requestid.RetryWrites(requestid.AdminWrites, requestid.DefaultRetryPolicy())))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -41,13 +41,17 @@ const (
 	// UpdateClusterEndpointType: a member's gateway addresses and locality
 	// as its agent states them at the start of a Sync session.
 	UpdateClusterEndpointType MessageType = 15
-	// AckBundlesType: bundle sequences a member's agent acknowledged
-	// (recorded when they increase; not streamed).
-	AckBundlesType MessageType = 18
+	// RequestType wraps another command with the ID of the request it
+	// answers (hubpb.CmdRequest): the FSM applies it once per request ID
+	// and answers a repeat with the recorded result.
+	RequestType MessageType = 16
 	// RenewConnectionsType: one hub server's leases on the Sync streams it
 	// holds, renewed together; replaces ClusterStatus (9), which new
 	// servers no longer propose.
 	RenewConnectionsType MessageType = 17
+	// AckBundlesType: bundle sequences a member's agent acknowledged
+	// (recorded when they increase; not streamed).
+	AckBundlesType MessageType = 18
 )
 
 // IgnoreUnknownFlag marks a command an older server may skip.
@@ -61,7 +65,7 @@ const IgnoreUnknownFlag MessageType = 128
 // and return it from MinVersion. Version 1 is what every hub server that
 // ever gossiped a version applies (types 0 to 13); version 2 adds
 // RenewAgentCert (14), version 3 UpdateClusterEndpoint (15), version 4
-// RenewConnections (17) and AckBundles (18).
+// Request (16), RenewConnections (17) and AckBundles (18).
 const ProtocolVersion = 4
 
 // MinVersion is the protocol version that introduced t; for a type this
@@ -77,7 +81,7 @@ func (t MessageType) MinVersion() int {
 		return 2
 	case UpdateClusterEndpointType:
 		return 3
-	case RenewConnectionsType, AckBundlesType:
+	case RequestType, RenewConnectionsType, AckBundlesType:
 		return 4
 	}
 	return math.MaxInt
@@ -121,6 +125,8 @@ func (t MessageType) String() string {
 		return "AckBundles"
 	case RenewConnectionsType:
 		return "RenewConnections"
+	case RequestType:
+		return "Request"
 	}
 	return fmt.Sprintf("MessageType(%d)", uint8(t))
 }
@@ -132,6 +138,34 @@ func Encode(t MessageType, msg proto.Message) ([]byte, error) {
 		return nil, fmt.Errorf("fsm: encode %s: %w", t, err)
 	}
 	return append([]byte{byte(t)}, b...), nil
+}
+
+// EncodeRequest wraps an encoded command (type byte and payload, as Encode
+// returns it) in a Request command carrying the request's ID, fingerprint
+// and time.
+func EncodeRequest(id string, fingerprint []byte, nowMs int64, cmd []byte) ([]byte, error) {
+	if len(cmd) == 0 {
+		return nil, fmt.Errorf("fsm: encode %s: empty command", RequestType)
+	}
+	return Encode(RequestType, &hubpb.CmdRequest{
+		RequestId: id, Fingerprint: fingerprint, NowMs: nowMs, Type: uint32(cmd[0]), Payload: cmd[1:],
+	})
+}
+
+// Unwrap returns the command a Request command wraps, encoded as Encode
+// would, or cmd itself when it is not a Request.
+func Unwrap(cmd []byte) ([]byte, error) {
+	if len(cmd) == 0 || MessageType(cmd[0])&^IgnoreUnknownFlag != RequestType {
+		return cmd, nil
+	}
+	var r hubpb.CmdRequest
+	if err := proto.Unmarshal(cmd[1:], &r); err != nil {
+		return nil, fmt.Errorf("fsm: decode %s: %w", RequestType, err)
+	}
+	if r.GetType() > math.MaxUint8 {
+		return nil, fmt.Errorf("fsm: decode %s: type %d is not a command type", RequestType, r.GetType())
+	}
+	return append([]byte{byte(r.GetType())}, r.GetPayload()...), nil
 }
 
 // payloadFor returns an empty payload message for a known command type.
@@ -173,6 +207,8 @@ func payloadFor(t MessageType) proto.Message {
 		return &hubpb.CmdAckBundles{}
 	case RenewConnectionsType:
 		return &hubpb.CmdRenewConnections{}
+	case RequestType:
+		return &hubpb.CmdRequest{}
 	}
 	return nil
 }

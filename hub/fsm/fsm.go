@@ -2,14 +2,17 @@ package fsm
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
@@ -43,6 +46,18 @@ const (
 	// for good) are pruned this long after they expired, by any server's
 	// renewal.
 	connectionRetentionMs = 24 * 3600 * 1000
+	// RequestTTL is how long the outcome of a request (a Request command)
+	// is kept: a repeat of its ID within it gets the recorded result, a
+	// repeat after it is applied as new. It is measured with the commands'
+	// now_ms, so it is the same on every server.
+	RequestTTL = time.Hour
+	// MaxRequests bounds the recorded requests; beyond it the oldest go
+	// first, whatever their age. At 100 writes a second a record still
+	// lives 100 s, far longer than any client retries.
+	MaxRequests = 10000
+	// MaxRequestIDBytes bounds a request ID as the FSM accepts it (the hub
+	// checks the ID earlier, with the same bound: requestid.MaxLength).
+	MaxRequestIDBytes = 128
 )
 
 // Error is a command's deterministic refusal. It travels between servers as
@@ -62,6 +77,33 @@ func refuse(code codes.Code, format string, args ...any) *Error {
 type Result struct {
 	// Err is nil when the command took effect.
 	Err *Error
+	// Index is the Raft index of the entry that applied the command: the
+	// entry's own, or, for a repeated request, the first one's.
+	Index uint64
+	// Request is the FSM's record of a Request command (nil for a bare
+	// command): the same record for the first application and for every
+	// repeat.
+	Request *hubpb.RequestRecord
+	// Duplicate is true for a repeated request, which took no effect.
+	Duplicate bool
+	// What handlers need for their reply, set when the command took
+	// effect. CreateToken: the token as stored. RotateCA: the cluster's
+	// ca_rotation after it.
+	Token      *hubpb.Token
+	TokenAddrs []string
+	CARotation uint64
+}
+
+// ResultFromRecord is the result a repeat of the recorded request gets.
+func ResultFromRecord(rec *hubpb.RequestRecord, duplicate bool) *Result {
+	res := &Result{
+		Index: rec.GetIndex(), Request: rec, Duplicate: duplicate,
+		Token: rec.GetToken(), TokenAddrs: rec.GetTokenAddrs(), CARotation: rec.GetCaRotation(),
+	}
+	if rec.GetErrorCode() != uint32(codes.OK) {
+		res.Err = &Error{Code: codes.Code(rec.GetErrorCode()), Msg: rec.GetError()}
+	}
+	return res
 }
 
 // FSM implements raft.FSM over a state.Store.
@@ -115,19 +157,99 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return &Result{Err: refuse(codes.InvalidArgument, "%v", err)}
 	}
 	if !known {
-		if t&IgnoreUnknownFlag != 0 {
-			f.log.Warn("ignoring unknown command", "type", uint8(t), "index", l.Index)
-			return &Result{}
-		}
-		panic(fmt.Sprintf("fsm: unknown command type %d at index %d: upgrade this server", uint8(t), l.Index))
+		f.unknown(t, l.Index)
+		return &Result{Index: l.Index}
+	}
+	t &^= IgnoreUnknownFlag
+	if t == RequestType {
+		return f.applyRequest(l.Index, msg.(*hubpb.CmdRequest))
 	}
 	w := f.Store().Write(l.Index)
-	if rerr := apply(w, t&^IgnoreUnknownFlag, msg); rerr != nil {
+	res := &Result{Index: l.Index}
+	if res.Err = apply(w, t, msg); res.Err != nil {
 		w.Abort()
-		return &Result{Err: rerr}
+		return res
 	}
+	reply(w, t, msg, res)
 	w.Commit()
-	return &Result{}
+	return res
+}
+
+// unknown ignores a command of a type this build does not know if its type
+// has the IgnoreUnknownFlag, and panics otherwise.
+func (f *FSM) unknown(t MessageType, index uint64) {
+	if t&IgnoreUnknownFlag != 0 {
+		f.log.Warn("ignoring unknown command", "type", uint8(t), "index", index)
+		return
+	}
+	panic(fmt.Sprintf("fsm: unknown command type %d at index %d: upgrade this server", uint8(t), index))
+}
+
+// applyRequest applies the command a Request wraps unless its request ID
+// was applied within RequestTTL, and records the outcome (refusals
+// included) under the ID. A repeat gets the recorded result and changes
+// nothing; the same ID with another fingerprint or command type is
+// refused, and nothing is recorded for it.
+func (f *FSM) applyRequest(index uint64, c *hubpb.CmdRequest) *Result {
+	id, now := c.GetRequestId(), c.GetNowMs()
+	if id == "" || len(id) > MaxRequestIDBytes {
+		return &Result{Index: index, Err: refuse(codes.InvalidArgument, "request_id: %d bytes, want 1 to %d", len(id), MaxRequestIDBytes)}
+	}
+	t := MessageType(c.GetType())
+	if c.GetType() > math.MaxUint8 || t&^IgnoreUnknownFlag == RequestType {
+		return &Result{Index: index, Err: refuse(codes.InvalidArgument, "request %q: type %d cannot be wrapped in a request", id, c.GetType())}
+	}
+	store := f.Store()
+	w := store.Write(index)
+	if rec := w.Request(id); rec != nil && now-rec.GetAppliedAtMs() < RequestTTL.Milliseconds() {
+		w.Abort()
+		if rec.GetType() != c.GetType() || !bytes.Equal(rec.GetFingerprint(), c.GetFingerprint()) {
+			return &Result{Index: index, Err: refuse(codes.InvalidArgument,
+				"request_id: %q was used for another request (%s at index %d); give each request its own ID", id, MessageType(rec.GetType()), rec.GetIndex())}
+		}
+		return ResultFromRecord(rec, true)
+	}
+	msg := payloadFor(t)
+	if msg == nil {
+		w.Abort()
+		f.unknown(t, index)
+		return &Result{Index: index}
+	}
+	t &^= IgnoreUnknownFlag
+	res := &Result{Index: index}
+	if err := proto.Unmarshal(c.GetPayload(), msg); err != nil {
+		f.log.Error("undecodable command in a request", "index", index, "type", t, "err", err)
+		res.Err = refuse(codes.InvalidArgument, "fsm: decode %s: %v", t, err)
+	} else if res.Err = apply(w, t, msg); res.Err != nil {
+		w.Abort()
+		w = store.Write(index) // the refusal is recorded, without the command's partial effects
+	} else {
+		reply(w, t, msg, res)
+	}
+	rec := &hubpb.RequestRecord{
+		RequestId: id, Fingerprint: c.GetFingerprint(), Type: c.GetType(), Index: index, AppliedAtMs: now,
+		Token: res.Token, TokenAddrs: res.TokenAddrs, CaRotation: res.CARotation,
+	}
+	if res.Err != nil {
+		rec.ErrorCode, rec.Error = uint32(res.Err.Code), res.Err.Msg
+	}
+	w.RecordRequest(rec, now-RequestTTL.Milliseconds(), MaxRequests)
+	w.Commit()
+	res.Request = rec
+	return res
+}
+
+// reply fills in what a handler needs for its reply to a command that took
+// effect.
+func reply(w *state.WriteTxn, t MessageType, msg proto.Message, res *Result) {
+	switch t {
+	case CreateTokenType:
+		c := msg.(*hubpb.CmdCreateToken)
+		res.Token = w.Token(c.GetToken().GetId())
+		res.TokenAddrs = c.GetHubAddrs()
+	case RotateCAType:
+		res.CARotation = w.Cluster(msg.(*hubpb.CmdRotateCA).GetCluster()).GetCaRotation()
+	}
 }
 
 func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
@@ -594,6 +716,11 @@ func (s *snapshot) write(w io.Writer) error {
 			return err
 		}
 	}
+	for _, r := range v.Requests() {
+		if err := put(&hubpb.SnapshotRecord{Rec: &hubpb.SnapshotRecord_Request{Request: r}}); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -650,6 +777,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			r.BundleAck(x.BundleAck)
 		case *hubpb.SnapshotRecord_Connection:
 			r.Connection(x.Connection)
+		case *hubpb.SnapshotRecord_Request:
+			r.Request(x.Request)
 		default:
 			return fmt.Errorf("fsm: restore: unknown snapshot record %T", x)
 		}

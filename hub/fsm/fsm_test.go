@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -225,6 +226,7 @@ func sameState(t testing.TB, a, b *state.ReadTxn) {
 	equalSlices(t, "policies", a.Policies(), b.Policies())
 	equalSlices(t, "tombstones", a.Tombstones(), b.Tombstones())
 	equalSlices(t, "bundle acks", a.BundleAcks(), b.BundleAcks())
+	equalSlices(t, "requests", a.Requests(), b.Requests())
 }
 
 func closed(ch <-chan struct{}) bool {
@@ -692,6 +694,10 @@ func goldenCommands() []namedCommand {
 		{"UpdateClusterEndpoint", fsm.UpdateClusterEndpointType, &hubpb.CmdUpdateClusterEndpoint{
 			Cluster: "east", Locality: &fedv1.Locality{Region: "us-east", Zone: "us-east-1b"}, GatewayAddresses: []string{"10.0.0.9:15443"},
 		}},
+		{"Request", fsm.RequestType, &hubpb.CmdRequest{
+			RequestId: "0123456789abcdef0123456789abcdef", Fingerprint: hash("fingerprint"), NowMs: 1700000000000,
+			Type: uint32(fsm.RotateCAType), Payload: []byte{0x0a, 0x04, 'e', 'a', 's', 't'},
+		}},
 		{"RenewConnections", fsm.RenewConnectionsType, &hubpb.CmdRenewConnections{
 			Server: "hub-1", NowMs: 1700000002000, LeaseMs: 15000, Clusters: []string{"east", "west"},
 		}},
@@ -800,16 +806,25 @@ func randomCommand(rng *rand.Rand) (fsm.MessageType, proto.Message) {
 func sameFSM(t testing.TB, a, b *fsm.FSM) {
 	t.Helper()
 	sameState(t, a.Store().Read(), b.Store().Read())
+	// The order in which request records are dropped is kept in memory,
+	// beside the table: every server must hold the same.
+	if oa, ob := a.Store().RequestOrder(), b.Store().RequestOrder(); !slices.Equal(oa, ob) {
+		t.Errorf("request order differs:\n%v\n%v", oa, ob)
+	}
+	if na, nb := a.Store().RequestCount(), b.Store().RequestCount(); na != nb || na != len(a.Store().Read().Requests()) {
+		t.Errorf("request count %d vs %d (%d records)", na, nb, len(a.Store().Read().Requests()))
+	}
 	if a.AppliedIndex() != b.AppliedIndex() {
 		t.Errorf("AppliedIndex %d vs %d", a.AppliedIndex(), b.AppliedIndex())
 	}
 }
 
 func resultKey(r *fsm.Result) string {
-	if r.Err == nil {
-		return "OK"
+	key := "OK"
+	if r.Err != nil {
+		key = r.Err.Code.String() + ": " + r.Err.Msg
 	}
-	return r.Err.Code.String() + ": " + r.Err.Msg
+	return fmt.Sprintf("%s (index %d, duplicate %v, rotation %d, token %v)", key, r.Index, r.Duplicate, r.CARotation, r.Token.GetId())
 }
 
 // TestDeterminism applies the same random command log to two FSMs, and to a
@@ -823,6 +838,24 @@ func TestDeterminism(t *testing.T) {
 		for i := range logs {
 			typ, msg := randomCommand(rng)
 			logs[i] = encode(t, typ, msg)
+			switch {
+			case i > 0 && rng.IntN(8) == 0:
+				logs[i] = logs[rng.IntN(i)] // a retry, or a repeated bare command
+			case rng.IntN(3) == 0:
+				// Some IDs are reused for other commands. The proposers'
+				// clocks run over several RequestTTLs and disagree by up
+				// to a quarter of one, so records expire out of index
+				// order and IDs are recorded again after they expire.
+				id := fmt.Sprintf("request-%012d", rng.IntN(40))
+				fp := sha256.Sum256(logs[i])
+				ttl := fsm.RequestTTL.Milliseconds()
+				now := int64(i)*ttl/60 + rng.Int64N(ttl/4)
+				wrapped, err := fsm.EncodeRequest(id, fp[:], now, logs[i])
+				if err != nil {
+					t.Fatal(err)
+				}
+				logs[i] = wrapped
+			}
 		}
 		a, b := newFSM(t), newFSM(t)
 		cut := 1 + rng.IntN(n-1)
@@ -842,9 +875,18 @@ func TestDeterminism(t *testing.T) {
 			if i+1 == cut {
 				c = restored(t, persist(t, a))
 			}
-			outcomes[strings.SplitN(resultKey(ra), ":", 2)[0]]++
+			outcome := "OK"
+			if ra.Err != nil {
+				outcome = ra.Err.Code.String()
+			}
+			if ra.Duplicate {
+				outcome += " (duplicate)"
+			}
+			outcomes[outcome]++
 		}
-		// Compare the decoded snapshots; byte equality is TestSnapshotBytesDeterministic.
+		// The servers themselves, the restored one included, and then the
+		// decoded snapshots; byte equality is TestSnapshotBytesDeterministic.
+		t.Run(fmt.Sprintf("seed%d/live", seed), func(t *testing.T) { sameFSM(t, a, b); sameFSM(t, a, c) })
 		sa, sb, sc := restored(t, persist(t, a)), restored(t, persist(t, b)), restored(t, persist(t, c))
 		t.Run(fmt.Sprintf("seed%d/same log", seed), func(t *testing.T) { sameFSM(t, sa, sb) })
 		t.Run(fmt.Sprintf("seed%d/restore at %d and replay", seed, cut), func(t *testing.T) { sameFSM(t, sa, sc) })
@@ -872,6 +914,8 @@ func populated(t testing.TB) *testFSM {
 	h.mustApply(fsm.PutBundleType, &hubpb.CmdPutBundle{Cluster: "west", Bundle: &fedv1.TrustBundle{TrustDomain: td("west"), X509Authorities: [][]byte{[]byte("ca-west")}, SequenceNumber: 2}})
 	h.mustApply(fsm.AckBundlesType, &hubpb.CmdAckBundles{Cluster: "east", Bundles: []*fedv1.BundleSequence{{TrustDomain: td("west"), SequenceNumber: 2}}, NowMs: 800})
 	h.mustApply(fsm.ClusterStatusType, status("east", "connected", 700, 700))
+	h.mustApply(fsm.RequestType, request(t, "req-populated-0001", 800, fsm.RotateCAType, &hubpb.CmdRotateCA{Cluster: "east"}))
+	wantCode(t, "refused request", h.apply(fsm.RequestType, request(t, "req-populated-0002", 800, fsm.RotateCAType, &hubpb.CmdRotateCA{Cluster: "north"})), codes.NotFound)
 	// Refused commands still advance the applied index past the revision.
 	wantCode(t, "refused", h.apply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "north"}), codes.PermissionDenied)
 	return h
@@ -881,9 +925,9 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	h := populated(t)
 	r := h.read()
 	if r.CA() == nil || len(r.Tokens()) != 3 || len(r.Clusters()) != 2 || len(r.Exports()) != 2 ||
-		len(r.Bundles()) != 2 || len(r.Policies()) != 1 || len(r.Tombstones()) != 2 || len(r.BundleAcks()) != 1 {
-		t.Fatalf("populated state is missing records: %d tokens %d clusters %d exports %d bundles %d policies %d tombstones",
-			len(r.Tokens()), len(r.Clusters()), len(r.Exports()), len(r.Bundles()), len(r.Policies()), len(r.Tombstones()))
+		len(r.Bundles()) != 2 || len(r.Policies()) != 1 || len(r.Tombstones()) != 2 || len(r.BundleAcks()) != 1 || len(r.Requests()) != 2 {
+		t.Fatalf("populated state is missing records: %d tokens %d clusters %d exports %d bundles %d policies %d tombstones %d bundle acks %d requests",
+			len(r.Tokens()), len(r.Clusters()), len(r.Exports()), len(r.Bundles()), len(r.Policies()), len(r.Tombstones()), len(r.BundleAcks()), len(r.Requests()))
 	}
 	if h.AppliedIndex() == r.Revision() {
 		t.Fatal("test setup: want AppliedIndex ahead of Revision")

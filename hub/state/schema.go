@@ -38,6 +38,12 @@ const (
 	// server. It is not streamed: a connect or disconnect is not a change
 	// that agents receive.
 	TableConnections = "connections"
+	// TableRequests holds the outcome of each recent request the FSM
+	// applied (hubpb.RequestRecord), keyed by request ID. It is
+	// bookkeeping, not federation state: writing it does not move the
+	// store revision nor wake watchers. The order in which its rows are
+	// dropped is kept beside it in memory (requestLog), not indexed.
+	TableRequests = "requests"
 )
 
 func schema() *memdb.DBSchema {
@@ -77,6 +83,7 @@ func schema() *memdb.DBSchema {
 			"cluster": {Name: "cluster", Indexer: &memdb.StringFieldIndex{Field: "Cluster"}},
 			"server":  {Name: "server", Indexer: &memdb.StringFieldIndex{Field: "Server"}},
 		}},
+		TableRequests: {Name: TableRequests, Indexes: map[string]*memdb.IndexSchema{"id": id("Key")}},
 	}}
 }
 

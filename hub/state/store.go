@@ -35,6 +35,9 @@ type Store struct {
 	mu        sync.Mutex
 	watch     chan struct{}
 	abandoned chan struct{}
+
+	// requests orders TableRequests oldest first (requests.go).
+	requests requestLog
 }
 
 // New returns an empty store.
@@ -253,6 +256,16 @@ func (r *ReadTxn) Connections() []*hubpb.ClusterConnection {
 	return values[*hubpb.ClusterConnection](r.all(TableConnections, "id"))
 }
 
+// Request returns the recorded outcome of a request by ID, or nil.
+func (r *ReadTxn) Request(id string) *hubpb.RequestRecord {
+	return value[*hubpb.RequestRecord](r.get(TableRequests, id))
+}
+
+// Requests returns every recorded request, sorted by ID.
+func (r *ReadTxn) Requests() []*hubpb.RequestRecord {
+	return values[*hubpb.RequestRecord](r.all(TableRequests, "id"))
+}
+
 // Tombstones returns every tombstone, sorted by key.
 func (r *ReadTxn) Tombstones() []*hubpb.Tombstone {
 	return values[*hubpb.Tombstone](r.all(TableTombstones, "id"))
@@ -333,7 +346,13 @@ type WriteTxn struct {
 	ReadTxn
 	store *Store
 	rev   uint64
+	// dirty: federation state changed (revision moves, watchers wake).
 	dirty bool
+	// booked: only bookkeeping (TableRequests) changed.
+	booked bool
+	// request: the change RecordRequest made to the store's requestLog,
+	// applied at Commit.
+	request *requestChange
 }
 
 // Rev is the revision this transaction writes at.
@@ -538,12 +557,18 @@ func (w *WriteTxn) DeletePolicy(name string) bool { return w.delete(TablePolicie
 // watchers.
 func (w *WriteTxn) Commit() {
 	if !w.dirty {
-		w.txn.Abort()
+		if w.booked {
+			w.txn.Commit() // bookkeeping only: no revision, nobody to wake
+			w.store.requests.apply(w.request)
+		} else {
+			w.txn.Abort()
+		}
 		return
 	}
 	w.insert(TableMeta, &row{Key: metaRevision, Value: w.rev})
 	w.pruneTombstones()
 	w.txn.Commit()
+	w.store.requests.apply(w.request)
 	w.store.notify()
 }
 
@@ -645,12 +670,18 @@ func (r *Restorer) Tombstone(t *hubpb.Tombstone) {
 	r.tombs++
 }
 
+// Request restores a recorded request.
+func (r *Restorer) Request(rec *hubpb.RequestRecord) {
+	r.insert(TableRequests, &row{Key: rec.GetRequestId(), Rev: rec.GetIndex(), Value: rec})
+}
+
 // Done commits and returns the restored store.
 func (r *Restorer) Done() *Store {
 	r.insert(TableMeta, &row{Key: metaTombs, Value: r.tombs})
 	for cluster, n := range r.exportBytes {
 		r.insert(TableMeta, &row{Key: metaExportBytes + cluster, Value: n})
 	}
+	r.store.requests.rebuild((&ReadTxn{txn: r.txn}).all(TableRequests, "id"))
 	r.txn.Commit()
 	return r.store
 }

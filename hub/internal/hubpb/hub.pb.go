@@ -248,8 +248,12 @@ func (x *CmdSetCA) GetCa() *CAState {
 }
 
 type CmdCreateToken struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         *Token                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token *Token                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// The hub addresses the token string names. Not state: recorded with
+	// the request (RequestRecord.token_addrs) so that a repeat, answered by
+	// any server, rebuilds the same string.
+	HubAddrs      []string `protobuf:"bytes,2,rep,name=hub_addrs,json=hubAddrs,proto3" json:"hub_addrs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -287,6 +291,13 @@ func (*CmdCreateToken) Descriptor() ([]byte, []int) {
 func (x *CmdCreateToken) GetToken() *Token {
 	if x != nil {
 		return x.Token
+	}
+	return nil
+}
+
+func (x *CmdCreateToken) GetHubAddrs() []string {
+	if x != nil {
+		return x.HubAddrs
 	}
 	return nil
 }
@@ -1337,6 +1348,220 @@ func (x *BundleAck) GetAtMs() int64 {
 	return 0
 }
 
+// A command proposed for a request (fsm.RequestType, 16): the request's ID
+// and the wrapped command. The FSM applies the command once per request ID
+// (within fsm.RequestTTL, for the last fsm.MaxRequests requests) and
+// answers a repeat with the result it recorded.
+type CmdRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's request ID (gRPC metadata meshfed-request-id) or one the
+	// proposing server generated for its own write.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// SHA-256 of what defines the request: the Admin method and request
+	// message, or the wrapped command for a server's own write. A request ID
+	// arriving again with another fingerprint is refused.
+	Fingerprint []byte `protobuf:"bytes,2,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	// When the proposing server took the request (Unix ms); drives expiry.
+	NowMs int64 `protobuf:"varint,3,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
+	// The wrapped command: its type byte (never RequestType) and payload.
+	Type          uint32 `protobuf:"varint,4,opt,name=type,proto3" json:"type,omitempty"`
+	Payload       []byte `protobuf:"bytes,5,opt,name=payload,proto3" json:"payload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdRequest) Reset() {
+	*x = CmdRequest{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdRequest) ProtoMessage() {}
+
+func (x *CmdRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdRequest.ProtoReflect.Descriptor instead.
+func (*CmdRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CmdRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CmdRequest) GetFingerprint() []byte {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return nil
+}
+
+func (x *CmdRequest) GetNowMs() int64 {
+	if x != nil {
+		return x.NowMs
+	}
+	return 0
+}
+
+func (x *CmdRequest) GetType() uint32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *CmdRequest) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+// What the FSM recorded for an applied request, kept so that a repeat of
+// the request gets the same answer without being applied again.
+type RequestRecord struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	RequestId   string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Fingerprint []byte                 `protobuf:"bytes,2,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	// The wrapped command's type byte.
+	Type uint32 `protobuf:"varint,3,opt,name=type,proto3" json:"type,omitempty"`
+	// Raft index of the entry that applied the request.
+	Index uint64 `protobuf:"varint,4,opt,name=index,proto3" json:"index,omitempty"`
+	// The applying command's now_ms.
+	AppliedAtMs int64 `protobuf:"varint,5,opt,name=applied_at_ms,json=appliedAtMs,proto3" json:"applied_at_ms,omitempty"`
+	// The FSM's refusal, if any: a gRPC code (0 when the command took
+	// effect) and message.
+	ErrorCode uint32 `protobuf:"varint,6,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	Error     string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// What the handler needs to rebuild its reply. CreateToken: the token
+	// as stored (its ID and times; the secret is derived again from the
+	// request ID). RotateCA: the cluster's ca_rotation after it.
+	Token      *Token `protobuf:"bytes,8,opt,name=token,proto3" json:"token,omitempty"`
+	CaRotation uint64 `protobuf:"varint,9,opt,name=ca_rotation,json=caRotation,proto3" json:"ca_rotation,omitempty"`
+	// CreateToken: the hub addresses its token string names.
+	TokenAddrs    []string `protobuf:"bytes,10,rep,name=token_addrs,json=tokenAddrs,proto3" json:"token_addrs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestRecord) Reset() {
+	*x = RequestRecord{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestRecord) ProtoMessage() {}
+
+func (x *RequestRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
+func (*RequestRecord) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RequestRecord) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetFingerprint() []byte {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetType() uint32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetAppliedAtMs() int64 {
+	if x != nil {
+		return x.AppliedAtMs
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetErrorCode() uint32 {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetCaRotation() uint64 {
+	if x != nil {
+		return x.CaRotation
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetTokenAddrs() []string {
+	if x != nil {
+		return x.TokenAddrs
+	}
+	return nil
+}
+
 // Tombstone of a deleted record, kept so that resumed Sync streams learn of deletions.
 type Tombstone struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1351,7 +1576,7 @@ type Tombstone struct {
 
 func (x *Tombstone) Reset() {
 	*x = Tombstone{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1588,7 @@ func (x *Tombstone) String() string {
 func (*Tombstone) ProtoMessage() {}
 
 func (x *Tombstone) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1601,7 @@ func (x *Tombstone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tombstone.ProtoReflect.Descriptor instead.
 func (*Tombstone) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Tombstone) GetTable() string {
@@ -1416,6 +1641,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Federation
 	//	*SnapshotRecord_BundleAck
 	//	*SnapshotRecord_Connection
+	//	*SnapshotRecord_Request
 	Rec           isSnapshotRecord_Rec `protobuf_oneof:"rec"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1423,7 +1649,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1435,7 +1661,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1448,7 +1674,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SnapshotRecord) GetRec() isSnapshotRecord_Rec {
@@ -1557,6 +1783,15 @@ func (x *SnapshotRecord) GetConnection() *ClusterConnection {
 	return nil
 }
 
+func (x *SnapshotRecord) GetRequest() *RequestRecord {
+	if x != nil {
+		if x, ok := x.Rec.(*SnapshotRecord_Request); ok {
+			return x.Request
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Rec interface {
 	isSnapshotRecord_Rec()
 }
@@ -1605,6 +1840,10 @@ type SnapshotRecord_Connection struct {
 	Connection *ClusterConnection `protobuf:"bytes,11,opt,name=connection,proto3,oneof"`
 }
 
+type SnapshotRecord_Request struct {
+	Request *RequestRecord `protobuf:"bytes,12,opt,name=request,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Header) isSnapshotRecord_Rec() {}
 
 func (*SnapshotRecord_Ca) isSnapshotRecord_Rec() {}
@@ -1627,6 +1866,8 @@ func (*SnapshotRecord_BundleAck) isSnapshotRecord_Rec() {}
 
 func (*SnapshotRecord_Connection) isSnapshotRecord_Rec() {}
 
+func (*SnapshotRecord_Request) isSnapshotRecord_Rec() {}
+
 type SnapshotHeader struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Format         uint32                 `protobuf:"varint,1,opt,name=format,proto3" json:"format,omitempty"`
@@ -1640,7 +1881,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1893,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1906,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1709,7 +1950,7 @@ type BundleRecord struct {
 
 func (x *BundleRecord) Reset() {
 	*x = BundleRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1721,7 +1962,7 @@ func (x *BundleRecord) String() string {
 func (*BundleRecord) ProtoMessage() {}
 
 func (x *BundleRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1734,7 +1975,7 @@ func (x *BundleRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleRecord.ProtoReflect.Descriptor instead.
 func (*BundleRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *BundleRecord) GetCluster() string {
@@ -1775,7 +2016,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1787,7 +2028,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1800,7 +2041,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -1814,15 +2055,21 @@ type ApplyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Index uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	// Empty on success; a gRPC code name otherwise.
-	ErrorCode     string `protobuf:"bytes,2,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
-	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	ErrorCode string `protobuf:"bytes,2,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	Error     string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// For a command wrapped in a request (CmdRequest): the FSM's record of
+	// it, the same for a repeat, which took no effect. index is then the
+	// index that applied the request first.
+	Request *RequestRecord `protobuf:"bytes,4,opt,name=request,proto3" json:"request,omitempty"`
+	// The command repeated a request already applied, and took no effect.
+	Duplicate     bool `protobuf:"varint,5,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1834,7 +2081,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1847,7 +2094,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -1871,6 +2118,20 @@ func (x *ApplyResponse) GetError() string {
 	return ""
 }
 
+func (x *ApplyResponse) GetRequest() *RequestRecord {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *ApplyResponse) GetDuplicate() bool {
+	if x != nil {
+		return x.Duplicate
+	}
+	return false
+}
+
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1879,7 +2140,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[28]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1891,7 +2152,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[28]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1904,7 +2165,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{30}
 }
 
 type ReadIndexResponse struct {
@@ -1916,7 +2177,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[29]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +2189,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[29]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2202,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -1972,9 +2233,10 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\ftrust_domain\x18\b \x01(\tR\vtrustDomain\x123\n" +
 	"\x16used_public_key_sha256\x18\t \x01(\fR\x13usedPublicKeySha256\"3\n" +
 	"\bCmdSetCA\x12'\n" +
-	"\x02ca\x18\x01 \x01(\v2\x17.meshfed.hub.v1.CAStateR\x02ca\"=\n" +
+	"\x02ca\x18\x01 \x01(\v2\x17.meshfed.hub.v1.CAStateR\x02ca\"Z\n" +
 	"\x0eCmdCreateToken\x12+\n" +
-	"\x05token\x18\x01 \x01(\v2\x15.meshfed.hub.v1.TokenR\x05token\" \n" +
+	"\x05token\x18\x01 \x01(\v2\x15.meshfed.hub.v1.TokenR\x05token\x12\x1b\n" +
+	"\thub_addrs\x18\x02 \x03(\tR\bhubAddrs\" \n" +
 	"\x0eCmdRevokeToken\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\xd8\x01\n" +
 	"\aCmdJoin\x12\x19\n" +
@@ -2045,11 +2307,35 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12'\n" +
 	"\x0fsequence_number\x18\x03 \x01(\x04R\x0esequenceNumber\x12\x13\n" +
-	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\"O\n" +
+	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\"\x92\x01\n" +
+	"\n" +
+	"CmdRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12 \n" +
+	"\vfingerprint\x18\x02 \x01(\fR\vfingerprint\x12\x15\n" +
+	"\x06now_ms\x18\x03 \x01(\x03R\x05nowMs\x12\x12\n" +
+	"\x04type\x18\x04 \x01(\rR\x04type\x12\x18\n" +
+	"\apayload\x18\x05 \x01(\fR\apayload\"\xc2\x02\n" +
+	"\rRequestRecord\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12 \n" +
+	"\vfingerprint\x18\x02 \x01(\fR\vfingerprint\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\rR\x04type\x12\x14\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\x12\"\n" +
+	"\rapplied_at_ms\x18\x05 \x01(\x03R\vappliedAtMs\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\x06 \x01(\rR\terrorCode\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12+\n" +
+	"\x05token\x18\b \x01(\v2\x15.meshfed.hub.v1.TokenR\x05token\x12\x1f\n" +
+	"\vca_rotation\x18\t \x01(\x04R\n" +
+	"caRotation\x12\x1f\n" +
+	"\vtoken_addrs\x18\n" +
+	" \x03(\tR\n" +
+	"tokenAddrs\"O\n" +
 	"\tTombstone\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"\xb1\x05\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xec\x05\n" +
 	"\x0eSnapshotRecord\x128\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.meshfed.hub.v1.SnapshotHeaderH\x00R\x06header\x12)\n" +
 	"\x02ca\x18\x02 \x01(\v2\x17.meshfed.hub.v1.CAStateH\x00R\x02ca\x12-\n" +
@@ -2067,7 +2353,8 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	" \x01(\v2\x19.meshfed.hub.v1.BundleAckH\x00R\tbundleAck\x12C\n" +
 	"\n" +
 	"connection\x18\v \x01(\v2!.meshfed.hub.v1.ClusterConnectionH\x00R\n" +
-	"connectionB\x05\n" +
+	"connection\x129\n" +
+	"\arequest\x18\f \x01(\v2\x1d.meshfed.hub.v1.RequestRecordH\x00R\arequestB\x05\n" +
 	"\x03rec\"\x92\x01\n" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x1a\n" +
@@ -2080,12 +2367,14 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\x0fcreate_revision\x18\x03 \x01(\x04R\x0ecreateRevision\x12'\n" +
 	"\x0fmodify_revision\x18\x04 \x01(\x04R\x0emodifyRevision\"(\n" +
 	"\fApplyRequest\x12\x18\n" +
-	"\acommand\x18\x01 \x01(\fR\acommand\"Z\n" +
+	"\acommand\x18\x01 \x01(\fR\acommand\"\xb1\x01\n" +
 	"\rApplyResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x02 \x01(\tR\terrorCode\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"\x12\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x127\n" +
+	"\arequest\x18\x04 \x01(\v2\x1d.meshfed.hub.v1.RequestRecordR\arequest\x12\x1c\n" +
+	"\tduplicate\x18\x05 \x01(\bR\tduplicate\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index2\xa2\x01\n" +
@@ -2105,7 +2394,7 @@ func file_meshfed_hub_v1_hub_proto_rawDescGZIP() []byte {
 	return file_meshfed_hub_v1_hub_proto_rawDescData
 }
 
-var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CAState)(nil),                   // 0: meshfed.hub.v1.CAState
 	(*Token)(nil),                     // 1: meshfed.hub.v1.Token
@@ -2129,56 +2418,61 @@ var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CmdRenewAgentCert)(nil),         // 19: meshfed.hub.v1.CmdRenewAgentCert
 	(*CmdAckBundles)(nil),             // 20: meshfed.hub.v1.CmdAckBundles
 	(*BundleAck)(nil),                 // 21: meshfed.hub.v1.BundleAck
-	(*Tombstone)(nil),                 // 22: meshfed.hub.v1.Tombstone
-	(*SnapshotRecord)(nil),            // 23: meshfed.hub.v1.SnapshotRecord
-	(*SnapshotHeader)(nil),            // 24: meshfed.hub.v1.SnapshotHeader
-	(*BundleRecord)(nil),              // 25: meshfed.hub.v1.BundleRecord
-	(*ApplyRequest)(nil),              // 26: meshfed.hub.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 27: meshfed.hub.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),          // 28: meshfed.hub.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),         // 29: meshfed.hub.v1.ReadIndexResponse
-	(*v1.ClusterRecord)(nil),          // 30: meshfed.federation.v1.ClusterRecord
-	(*v1.TrustBundle)(nil),            // 31: meshfed.federation.v1.TrustBundle
-	(*v1.ExportedService)(nil),        // 32: meshfed.federation.v1.ExportedService
-	(*v1.TrafficPolicy)(nil),          // 33: meshfed.federation.v1.TrafficPolicy
-	(*v1.Locality)(nil),               // 34: meshfed.federation.v1.Locality
-	(*v1.FederationRelationship)(nil), // 35: meshfed.federation.v1.FederationRelationship
-	(*v1.BundleSequence)(nil),         // 36: meshfed.federation.v1.BundleSequence
-	(*v1.ExportRecord)(nil),           // 37: meshfed.federation.v1.ExportRecord
+	(*CmdRequest)(nil),                // 22: meshfed.hub.v1.CmdRequest
+	(*RequestRecord)(nil),             // 23: meshfed.hub.v1.RequestRecord
+	(*Tombstone)(nil),                 // 24: meshfed.hub.v1.Tombstone
+	(*SnapshotRecord)(nil),            // 25: meshfed.hub.v1.SnapshotRecord
+	(*SnapshotHeader)(nil),            // 26: meshfed.hub.v1.SnapshotHeader
+	(*BundleRecord)(nil),              // 27: meshfed.hub.v1.BundleRecord
+	(*ApplyRequest)(nil),              // 28: meshfed.hub.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 29: meshfed.hub.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),          // 30: meshfed.hub.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),         // 31: meshfed.hub.v1.ReadIndexResponse
+	(*v1.ClusterRecord)(nil),          // 32: meshfed.federation.v1.ClusterRecord
+	(*v1.TrustBundle)(nil),            // 33: meshfed.federation.v1.TrustBundle
+	(*v1.ExportedService)(nil),        // 34: meshfed.federation.v1.ExportedService
+	(*v1.TrafficPolicy)(nil),          // 35: meshfed.federation.v1.TrafficPolicy
+	(*v1.Locality)(nil),               // 36: meshfed.federation.v1.Locality
+	(*v1.FederationRelationship)(nil), // 37: meshfed.federation.v1.FederationRelationship
+	(*v1.BundleSequence)(nil),         // 38: meshfed.federation.v1.BundleSequence
+	(*v1.ExportRecord)(nil),           // 39: meshfed.federation.v1.ExportRecord
 }
 var file_meshfed_hub_v1_hub_proto_depIdxs = []int32{
 	0,  // 0: meshfed.hub.v1.CmdSetCA.ca:type_name -> meshfed.hub.v1.CAState
 	1,  // 1: meshfed.hub.v1.CmdCreateToken.token:type_name -> meshfed.hub.v1.Token
-	30, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	31, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	32, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
-	31, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	33, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	34, // 7: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
-	35, // 8: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	31, // 9: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	36, // 10: meshfed.hub.v1.CmdAckBundles.bundles:type_name -> meshfed.federation.v1.BundleSequence
-	24, // 11: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
-	0,  // 12: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
-	1,  // 13: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
-	30, // 14: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	37, // 15: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
-	25, // 16: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
-	33, // 17: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	22, // 18: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
-	35, // 19: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	21, // 20: meshfed.hub.v1.SnapshotRecord.bundle_ack:type_name -> meshfed.hub.v1.BundleAck
-	14, // 21: meshfed.hub.v1.SnapshotRecord.connection:type_name -> meshfed.hub.v1.ClusterConnection
-	31, // 22: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	26, // 23: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
-	28, // 24: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
-	27, // 25: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
-	29, // 26: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
-	25, // [25:27] is the sub-list for method output_type
-	23, // [23:25] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	32, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	33, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	34, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
+	33, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	35, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	36, // 7: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
+	37, // 8: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	33, // 9: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	38, // 10: meshfed.hub.v1.CmdAckBundles.bundles:type_name -> meshfed.federation.v1.BundleSequence
+	1,  // 11: meshfed.hub.v1.RequestRecord.token:type_name -> meshfed.hub.v1.Token
+	26, // 12: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
+	0,  // 13: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
+	1,  // 14: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
+	32, // 15: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	39, // 16: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
+	27, // 17: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
+	35, // 18: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	24, // 19: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
+	37, // 20: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	21, // 21: meshfed.hub.v1.SnapshotRecord.bundle_ack:type_name -> meshfed.hub.v1.BundleAck
+	14, // 22: meshfed.hub.v1.SnapshotRecord.connection:type_name -> meshfed.hub.v1.ClusterConnection
+	23, // 23: meshfed.hub.v1.SnapshotRecord.request:type_name -> meshfed.hub.v1.RequestRecord
+	33, // 24: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	23, // 25: meshfed.hub.v1.ApplyResponse.request:type_name -> meshfed.hub.v1.RequestRecord
+	28, // 26: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
+	30, // 27: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
+	29, // 28: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
+	31, // 29: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
+	28, // [28:30] is the sub-list for method output_type
+	26, // [26:28] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_hub_v1_hub_proto_init() }
@@ -2186,7 +2480,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 	if File_meshfed_hub_v1_hub_proto != nil {
 		return
 	}
-	file_meshfed_hub_v1_hub_proto_msgTypes[23].OneofWrappers = []any{
+	file_meshfed_hub_v1_hub_proto_msgTypes[25].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Ca)(nil),
 		(*SnapshotRecord_Token)(nil),
@@ -2198,6 +2492,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 		(*SnapshotRecord_Federation)(nil),
 		(*SnapshotRecord_BundleAck)(nil),
 		(*SnapshotRecord_Connection)(nil),
+		(*SnapshotRecord_Request)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2205,7 +2500,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_hub_v1_hub_proto_rawDesc), len(file_meshfed_hub_v1_hub_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
