@@ -51,7 +51,7 @@ func TestValidate(t *testing.T) {
 func TestEveryAdminMethodIsAWriteOrARead(t *testing.T) {
 	for _, m := range fedv1.Admin_ServiceDesc.Methods {
 		full := "/" + fedv1.Admin_ServiceDesc.ServiceName + "/" + m.MethodName
-		read := strings.HasPrefix(m.MethodName, "List") || strings.HasPrefix(m.MethodName, "Describe") || m.MethodName == "Status"
+		read := strings.HasPrefix(m.MethodName, "List") || strings.HasPrefix(m.MethodName, "Describe") || strings.HasSuffix(m.MethodName, "Status")
 		write := false
 		for _, w := range AdminWrites {
 			write = write || w == full
