@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 
@@ -268,6 +269,19 @@ func (s *syncStream) publish(nonce uint64, upserts []*fedv1.ExportedService, del
 		return nil, err
 	}
 	return m.GetPublishResult(), nil
+}
+
+// publishRetrying publishes as an agent does: a result of Unavailable (a
+// leader change under way: the outcome is unknown, and publishing the same
+// exports again is safe) is retried with a new nonce, for up to 10 s.
+func (s *syncStream) publishRetrying(nonce uint64, upserts []*fedv1.ExportedService, deletes ...string) (*fedv1.PublishResult, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for attempt := uint64(0); ; attempt++ {
+		res, err := s.publish(nonce<<16|attempt, upserts, deletes...)
+		if err != nil || res.GetErrorCode() != codes.Unavailable.String() || time.Now().After(deadline) {
+			return res, err
+		}
+	}
 }
 
 func svc(ns, name string, ready uint32) *fedv1.ExportedService {

@@ -88,7 +88,7 @@ func TestClusterAtItsExportQuotaLeavesEveryOtherAgentSyncing(t *testing.T) {
 	per := proto.Size(maximalExport(t, "x"))
 	fits := fsm.MaxExportBytesPerCluster / per
 	for i := range fits {
-		res, err := bs.publish(uint64(i+1), []*fedv1.ExportedService{maximalExport(t, fmt.Sprintf("s%d", i))})
+		res, err := bs.publishRetrying(uint64(i+1), []*fedv1.ExportedService{maximalExport(t, fmt.Sprintf("s%d", i))})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,7 +96,7 @@ func TestClusterAtItsExportQuotaLeavesEveryOtherAgentSyncing(t *testing.T) {
 			t.Fatalf("export %d of %d within the quota: %s %s", i, fits, res.GetErrorCode(), res.GetError())
 		}
 	}
-	res, err := bs.publish(100, []*fedv1.ExportedService{maximalExport(t, "over")})
+	res, err := bs.publishRetrying(100, []*fedv1.ExportedService{maximalExport(t, "over")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestClusterAtItsExportQuotaLeavesEveryOtherAgentSyncing(t *testing.T) {
 		t.Fatalf("export past the quota: %s %q, want ResourceExhausted naming %d", res.GetErrorCode(), res.GetError(), fsm.MaxExportBytesPerCluster)
 	}
 	// Shrinking is allowed at the quota.
-	if res, err := bs.publish(101, nil, "big/s0"); err != nil || res.GetErrorCode() != "" {
+	if res, err := bs.publishRetrying(101, nil, "big/s0"); err != nil || res.GetErrorCode() != "" {
 		t.Fatalf("delete at the quota: %v %s %s", err, res.GetErrorCode(), res.GetError())
 	}
 
