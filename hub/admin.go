@@ -6,7 +6,9 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -17,6 +19,7 @@ import (
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/hub/fsm"
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
+	"github.com/meshfed/meshfed/hub/state"
 	"github.com/meshfed/meshfed/internal/pki"
 )
 
@@ -140,18 +143,19 @@ func (a *adminService) ListClusters(ctx context.Context, _ *fedv1.ListClustersRe
 }
 
 func (a *adminService) DescribeCluster(ctx context.Context, req *fedv1.DescribeClusterRequest) (*fedv1.DescribeClusterResponse, error) {
-	if _, err := federation.ParseClusterName(req.GetName()); err != nil {
+	name, err := federation.ParseClusterName(req.GetName())
+	if err != nil {
 		return nil, fieldErr("", err)
 	}
 	r, err := a.s.consistentRead(ctx)
 	if err != nil {
 		return nil, err
 	}
-	c := r.Cluster(req.GetName())
+	c := r.Cluster(name.String())
 	if c == nil {
-		return nil, status.Errorf(codes.NotFound, "cluster %q: not a member", req.GetName())
+		return nil, status.Errorf(codes.NotFound, "cluster %q: not a member", name)
 	}
-	resp := &fedv1.DescribeClusterResponse{Cluster: withConnection(r, c, time.Now()), Exports: r.ExportsOf(c.GetName())}
+	resp := &fedv1.DescribeClusterResponse{Cluster: withConnection(r, c, time.Now()), Exports: r.ExportsOf(name)}
 	if b := r.Bundle(c.GetTrustDomain()); b != nil {
 		resp.Bundle = b.GetBundle()
 	}
@@ -174,19 +178,19 @@ func (a *adminService) ListServices(ctx context.Context, _ *fedv1.ListServicesRe
 	if err != nil {
 		return nil, err
 	}
-	by := map[string]*fedv1.GlobalService{}
-	var keys []string
+	by := map[federation.ServiceKey]*fedv1.GlobalService{}
+	var keys []federation.ServiceKey
 	for _, e := range r.Exports() {
-		k := e.GetService().GetNamespace() + "/" + e.GetService().GetName()
-		g, ok := by[k]
+		id, _ := state.ExportIDOf(e) // the store holds only exports whose IDs parse
+		g, ok := by[id.Service]
 		if !ok {
-			g = &fedv1.GlobalService{Key: k}
-			by[k] = g
-			keys = append(keys, k)
+			g = &fedv1.GlobalService{Key: id.Service.String()}
+			by[id.Service] = g
+			keys = append(keys, id.Service)
 		}
 		g.Exports = append(g.Exports, e)
 	}
-	sort.Strings(keys)
+	slices.SortFunc(keys, func(a, b federation.ServiceKey) int { return strings.Compare(a.String(), b.String()) })
 	resp := &fedv1.ListServicesResponse{Revision: r.Revision()}
 	for _, k := range keys {
 		resp.Services = append(resp.Services, by[k])

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/hub/fsm"
 	"github.com/meshfed/meshfed/hub/state"
@@ -49,7 +50,7 @@ func TestSplitDeltaKeepsEveryMessageUnderTheByteLimit(t *testing.T) {
 	for i := range 2000 {
 		d.Clusters = append(d.Clusters, &fedv1.ClusterRecord{Name: fmt.Sprintf("c%d", i)})
 	}
-	d.Removed[state.TableExports] = []string{"gone/ns/a"}
+	d.RemovedExports = []state.ExportID{{Cluster: federation.MustClusterName("gone"), Service: federation.MustServiceKey("ns/a")}}
 	msgs := splitDelta(d)
 	var exports, clusters, removed int
 	for i, m := range msgs {

@@ -376,17 +376,24 @@ func (y *syncService) publish(ctx context.Context, cluster string, p *fedv1.Publ
 	if n := len(p.GetUpserts()) + len(p.GetDeletes()); n > MaxExportsPerPublish {
 		return 0, invalidArg("publish", "%d changes, at most %d per message", n, MaxExportsPerPublish)
 	}
+	name, err := federation.ParseClusterName(cluster) // from the stream's certificate
+	if err != nil {
+		return 0, status.Errorf(codes.PermissionDenied, "cluster %q: %v", cluster, err)
+	}
+	upserts := make([]federation.ServiceKey, len(p.GetUpserts()))
 	for i, svc := range p.GetUpserts() {
 		if err := validateExport(fmt.Sprintf("publish.upserts[%d]", i), svc); err != nil {
 			return 0, err
 		}
+		upserts[i], _ = state.ServiceKeyOf(svc) // validateExport checked it
 	}
+	deletes := make([]federation.ServiceKey, len(p.GetDeletes()))
 	for i, key := range p.GetDeletes() {
-		if _, err := federation.ParseServiceKey(key); err != nil {
+		if deletes[i], err = federation.ParseServiceKey(key); err != nil {
 			return 0, fieldErr(fmt.Sprintf("publish.deletes[%d]", i), err)
 		}
 	}
-	if err := checkExportQuota(y.s.fsm.Store().Read(), cluster, p); err != nil {
+	if err := checkExportQuota(y.s.fsm.Store().Read(), name, p.GetUpserts(), upserts, deletes); err != nil {
 		return 0, err
 	}
 	return y.s.apply(ctx, fsm.PublishExportsType, &hubpb.CmdPublishExports{
@@ -397,21 +404,21 @@ func (y *syncService) publish(ctx context.Context, cluster string, p *fedv1.Publ
 // checkExportQuota refuses, without a Raft write, a publish that would take
 // the cluster's exports above fsm.MaxExportBytesPerCluster in this server's
 // view (the FSM checks again, authoritatively). A cluster above the quota
-// may still shrink.
-func checkExportQuota(view *state.ReadTxn, cluster string, p *fedv1.PublishExports) error {
+// may still shrink. upsertKeys[i] is the key of upserts[i].
+func checkExportQuota(view *state.ReadTxn, cluster federation.ClusterName, upserts []*fedv1.ExportedService, upsertKeys, deletes []federation.ServiceKey) error {
 	before := int64(view.ExportBytes(cluster))
 	after := before
-	sizeOf := func(key string) int64 {
-		if old := view.Export(cluster, key); old != nil {
+	sizeOf := func(key federation.ServiceKey) int64 {
+		if old := view.Export(state.ExportID{Cluster: cluster, Service: key}); old != nil {
 			return int64(proto.Size(old.GetService()))
 		}
 		return 0
 	}
-	for _, key := range p.GetDeletes() {
+	for _, key := range deletes {
 		after -= sizeOf(key)
 	}
-	for _, svc := range p.GetUpserts() {
-		after += int64(proto.Size(svc)) - sizeOf(svc.GetNamespace()+"/"+svc.GetName())
+	for i, svc := range upserts {
+		after += int64(proto.Size(svc)) - sizeOf(upsertKeys[i])
 	}
 	if after > fsm.MaxExportBytesPerCluster && after > before {
 		return status.Errorf(codes.ResourceExhausted, "publish: cluster %q would hold %d bytes of exported services, at most %d (MaxExportBytesPerCluster)", cluster, after, fsm.MaxExportBytesPerCluster)
@@ -487,9 +494,8 @@ func splitDelta(d *state.Delta) []*fedv1.SyncDelta {
 		add(len(k))
 		cur.RemovedClusters = append(cur.RemovedClusters, k)
 	}
-	for _, k := range d.Removed[state.TableExports] {
-		cluster, svc, _ := cutExportKey(k)
-		ref := &fedv1.ExportRef{Cluster: cluster, Service: svc}
+	for _, id := range d.RemovedExports {
+		ref := &fedv1.ExportRef{Cluster: id.Cluster.String(), Service: id.Service.String()}
 		add(proto.Size(ref))
 		cur.RemovedExports = append(cur.RemovedExports, ref)
 	}
@@ -506,13 +512,4 @@ func splitDelta(d *state.Delta) []*fedv1.SyncDelta {
 	}
 	out[len(out)-1].Revision = d.Revision
 	return out
-}
-
-func cutExportKey(k string) (cluster, service string, ok bool) {
-	for i := 0; i < len(k); i++ {
-		if k[i] == '/' {
-			return k[:i], k[i+1:], true
-		}
-	}
-	return "", k, false
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
 	"github.com/meshfed/meshfed/hub/state"
@@ -275,11 +276,18 @@ func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
 		return applyJoin(w, msg.(*hubpb.CmdJoin))
 	case RemoveClusterType:
 		name := msg.(*hubpb.CmdRemoveCluster).GetName()
+		cluster, err := federation.ParseClusterName(name)
+		if err != nil {
+			return refuse(codes.NotFound, "cluster %q: not a member", name)
+		}
 		if !w.DeleteCluster(name) {
 			return refuse(codes.NotFound, "cluster %q: not a member", name)
 		}
-		for _, e := range w.ExportsOf(name) {
-			w.DeleteExport(name, e.GetService().GetNamespace()+"/"+e.GetService().GetName())
+		for _, e := range w.ExportsOf(cluster) {
+			// The store holds only exports whose IDs parse (PutExport,
+			// Restorer.Export).
+			id, _ := state.ExportIDOf(e)
+			w.DeleteExport(id)
 		}
 		for _, b := range w.Bundles() {
 			if b.GetCluster() == name {
@@ -608,22 +616,45 @@ func applyPublish(w *state.WriteTxn, c *hubpb.CmdPublishExports) *Error {
 	if w.Cluster(name) == nil {
 		return refuse(codes.PermissionDenied, "cluster %q: not a member", name)
 	}
-	before := w.ExportBytes(name)
-	for _, key := range c.GetDeletes() {
-		w.DeleteExport(name, key)
+	// The keys are checked before anything is written (the handler
+	// checked them too).
+	cluster, err := federation.ParseClusterName(name)
+	if err != nil {
+		return refuse(codes.PermissionDenied, "cluster %q: not a member", name)
 	}
-	for _, svc := range c.GetUpserts() {
-		key := svc.GetNamespace() + "/" + svc.GetName()
-		if old := w.Export(name, key); old != nil && proto.Equal(old.GetService(), svc) {
+	deletes := make([]state.ExportID, 0, len(c.GetDeletes()))
+	for i, k := range c.GetDeletes() {
+		key, err := federation.ParseServiceKey(k)
+		if err != nil {
+			return refuse(codes.InvalidArgument, "deletes[%d]: %v", i, err)
+		}
+		deletes = append(deletes, state.ExportID{Cluster: cluster, Service: key})
+	}
+	upserts := make([]state.ExportID, 0, len(c.GetUpserts()))
+	for i, svc := range c.GetUpserts() {
+		key, err := state.ServiceKeyOf(svc)
+		if err != nil {
+			return refuse(codes.InvalidArgument, "upserts[%d]: %v", i, err)
+		}
+		upserts = append(upserts, state.ExportID{Cluster: cluster, Service: key})
+	}
+	before := w.ExportBytes(cluster)
+	for _, id := range deletes {
+		w.DeleteExport(id)
+	}
+	for i, svc := range c.GetUpserts() {
+		if old := w.Export(upserts[i]); old != nil && proto.Equal(old.GetService(), svc) {
 			continue // unchanged: no new revision, no fan-out
 		}
-		w.PutExport(name, svc)
+		if err := w.PutExport(cluster, svc); err != nil {
+			return refuse(codes.InvalidArgument, "upserts[%d]: %v", i, err)
+		}
 	}
-	if n := len(w.ExportsOf(name)); n > MaxExportsPerCluster {
+	if n := len(w.ExportsOf(cluster)); n > MaxExportsPerCluster {
 		return refuse(codes.ResourceExhausted, "exports: cluster %q would have %d, at most %d", name, n, MaxExportsPerCluster)
 	}
 	// A cluster above the quota (it was lowered) may still shrink.
-	if after := w.ExportBytes(name); after > MaxExportBytesPerCluster && after > before {
+	if after := w.ExportBytes(cluster); after > MaxExportBytesPerCluster && after > before {
 		return refuse(codes.ResourceExhausted, "exports: cluster %q would hold %d bytes of exported services, at most %d", name, after, MaxExportBytesPerCluster)
 	}
 	return nil
@@ -764,13 +795,17 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		case *hubpb.SnapshotRecord_Cluster:
 			r.Cluster(x.Cluster)
 		case *hubpb.SnapshotRecord_Export:
-			r.Export(x.Export)
+			if err := r.Export(x.Export); err != nil {
+				return err
+			}
 		case *hubpb.SnapshotRecord_Bundle:
 			r.Bundle(x.Bundle)
 		case *hubpb.SnapshotRecord_Policy:
 			r.Policy(x.Policy)
 		case *hubpb.SnapshotRecord_Tombstone:
-			r.Tombstone(x.Tombstone)
+			if err := r.Tombstone(x.Tombstone); err != nil {
+				return err
+			}
 		case *hubpb.SnapshotRecord_Federation:
 			r.Federation(x.Federation)
 		case *hubpb.SnapshotRecord_BundleAck:

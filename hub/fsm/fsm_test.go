@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/hub/fsm"
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
@@ -375,22 +376,24 @@ func TestRemoveClusterDeletesItsRecords(t *testing.T) {
 
 	h.mustApply(fsm.RemoveClusterType, &hubpb.CmdRemoveCluster{Name: "east"})
 	r := h.read()
-	if r.Cluster("east") != nil || len(r.ExportsOf("east")) != 0 || r.Bundle(td("east")) != nil {
-		t.Errorf("east left records: cluster %v exports %v bundle %v", r.Cluster("east"), r.ExportsOf("east"), r.Bundle(td("east")))
+	if r.Cluster("east") != nil || len(r.ExportsOf(federation.MustClusterName("east"))) != 0 || r.Bundle(td("east")) != nil {
+		t.Errorf("east left records: cluster %v exports %v bundle %v", r.Cluster("east"), r.ExportsOf(federation.MustClusterName("east")), r.Bundle(td("east")))
 	}
-	if r.Cluster("west") == nil || len(r.ExportsOf("west")) != 1 || r.Bundle(td("west")) == nil {
+	if r.Cluster("west") == nil || len(r.ExportsOf(federation.MustClusterName("west"))) != 1 || r.Bundle(td("west")) == nil {
 		t.Error("removing east touched west")
 	}
 	d := r.Changes(rev)
 	want := map[string][]string{
 		state.TableClusters: {"east"},
-		state.TableExports:  {state.ExportKey("east", "shop/cart"), state.ExportKey("east", "shop/pay")},
 		state.TableBundles:  {td("east")},
 	}
 	for table, keys := range want {
 		if got := d.Removed[table]; strings.Join(got, ",") != strings.Join(keys, ",") {
 			t.Errorf("Changes(%d).Removed[%s] = %v, want %v", rev, table, got, keys)
 		}
+	}
+	if want := []state.ExportID{xid("east", "shop/cart"), xid("east", "shop/pay")}; !slices.Equal(d.RemovedExports, want) {
+		t.Errorf("Changes(%d).RemovedExports = %v, want %v", rev, d.RemovedExports, want)
 	}
 	wantCode(t, "remove again", h.apply(fsm.RemoveClusterType, &hubpb.CmdRemoveCluster{Name: "east"}), codes.NotFound)
 	wantCode(t, "publish after removal", h.apply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "east", Upserts: []*fedv1.ExportedService{svc("shop", "cart", 1)}}), codes.PermissionDenied)
@@ -413,7 +416,7 @@ func TestPublishExports(t *testing.T) {
 	if r.Revision() != first {
 		t.Errorf("unchanged upsert moved the revision %d -> %d", first, r.Revision())
 	}
-	if e := r.Export("east", "shop/cart"); e.GetModifyRevision() != first {
+	if e := r.Export(xid("east", "shop/cart")); e.GetModifyRevision() != first {
 		t.Errorf("unchanged upsert modify_revision = %d, want %d", e.GetModifyRevision(), first)
 	}
 	if closed(watch) {
@@ -424,7 +427,7 @@ func TestPublishExports(t *testing.T) {
 	}
 
 	h.mustApply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "east", Upserts: []*fedv1.ExportedService{svc("shop", "cart", 2)}})
-	e := h.read().Export("east", "shop/cart")
+	e := h.read().Export(xid("east", "shop/cart"))
 	if e.GetCreateRevision() != first || e.GetModifyRevision() != h.idx {
 		t.Errorf("changed export revisions %d/%d, want %d/%d", e.GetCreateRevision(), e.GetModifyRevision(), first, h.idx)
 	}
@@ -433,7 +436,7 @@ func TestPublishExports(t *testing.T) {
 	}
 
 	h.mustApply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "east", Deletes: []string{"shop/cart", "shop/never"}})
-	if h.read().Export("east", "shop/cart") != nil {
+	if h.read().Export(xid("east", "shop/cart")) != nil {
 		t.Error("delete did not take effect")
 	}
 }
@@ -456,8 +459,8 @@ func TestExportLimit(t *testing.T) {
 	err := h.apply(fsm.PublishExportsType, over)
 	wantCode(t, "export over the limit", err, codes.ResourceExhausted)
 	r := h.read()
-	if r.Revision() != rev || r.Export("east", "ns/extra") != nil || len(r.ExportsOf("east")) != fsm.MaxExportsPerCluster {
-		t.Errorf("refused publish changed the store: revision %d->%d, %d exports", rev, r.Revision(), len(r.ExportsOf("east")))
+	if r.Revision() != rev || r.Export(xid("east", "ns/extra")) != nil || len(r.ExportsOf(federation.MustClusterName("east"))) != fsm.MaxExportsPerCluster {
+		t.Errorf("refused publish changed the store: revision %d->%d, %d exports", rev, r.Revision(), len(r.ExportsOf(federation.MustClusterName("east"))))
 	}
 
 	// The same commands refuse the same way on another server.
@@ -470,7 +473,7 @@ func TestExportLimit(t *testing.T) {
 
 	// A command that deletes before it adds stays within the limit.
 	h.mustApply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "east", Deletes: []string{"ns/s0000"}, Upserts: over.Upserts})
-	if h.read().Export("east", "ns/extra") == nil {
+	if h.read().Export(xid("east", "ns/extra")) == nil {
 		t.Error("swap at the limit did not take effect")
 	}
 	// One command over the limit on its own is refused as a whole.
@@ -479,7 +482,7 @@ func TestExportLimit(t *testing.T) {
 		ups[i] = svc("ns", fmt.Sprintf("w%04d", i), 1)
 	}
 	wantCode(t, "one oversized publish", h.apply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "west", Upserts: ups}), codes.ResourceExhausted)
-	if n := len(h.read().ExportsOf("west")); n != 0 {
+	if n := len(h.read().ExportsOf(federation.MustClusterName("west"))); n != 0 {
 		t.Errorf("oversized publish left %d exports", n)
 	}
 }
@@ -1158,28 +1161,28 @@ func TestExportByteQuotaIsEnforcedAndRecountedAfterRestore(t *testing.T) {
 	for i := range n {
 		h.mustApply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "big", Upserts: []*fedv1.ExportedService{blob(fmt.Sprint(i), part)}})
 	}
-	before := h.read().ExportBytes("big")
+	before := h.read().ExportBytes(federation.MustClusterName("big"))
 	if before < uint64(n*part) || before > fsm.MaxExportBytesPerCluster {
 		t.Fatalf("ExportBytes %d after %d exports of %d bytes", before, n, part)
 	}
 	wantCode(t, "publish past the byte quota", h.apply(fsm.PublishExportsType, &hubpb.CmdPublishExports{
 		Cluster: "big", Upserts: []*fedv1.ExportedService{blob("over", part)},
 	}), codes.ResourceExhausted)
-	if got := h.read().ExportBytes("big"); got != before {
+	if got := h.read().ExportBytes(federation.MustClusterName("big")); got != before {
 		t.Fatalf("a refused publish changed ExportBytes: %d, want %d", got, before)
 	}
 	// Replacing an export with a smaller one and deleting one count down.
 	h.mustApply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "big", Upserts: []*fedv1.ExportedService{blob("0", 10)}, Deletes: []string{"big/1"}})
-	shrunk := h.read().ExportBytes("big")
+	shrunk := h.read().ExportBytes(federation.MustClusterName("big"))
 	if shrunk >= before-2*part+1000 {
 		t.Fatalf("ExportBytes %d after shrinking from %d", shrunk, before)
 	}
 	f := restored(t, persist(t, h.FSM))
-	if got := f.Store().Read().ExportBytes("big"); got != shrunk {
+	if got := f.Store().Read().ExportBytes(federation.MustClusterName("big")); got != shrunk {
 		t.Fatalf("ExportBytes after restore %d, want %d", got, shrunk)
 	}
 	h.mustApply(fsm.RemoveClusterType, &hubpb.CmdRemoveCluster{Name: "big"})
-	if got := h.read().ExportBytes("big"); got != 0 {
+	if got := h.read().ExportBytes(federation.MustClusterName("big")); got != 0 {
 		t.Fatalf("ExportBytes of a removed cluster: %d", got)
 	}
 }
@@ -1191,7 +1194,7 @@ func TestOversizedCommandIsRefusedDeterministically(t *testing.T) {
 	if res := h.applyRaw(cmd); res.Err == nil || res.Err.Code != codes.InvalidArgument {
 		t.Fatalf("command of %d bytes: %v, want InvalidArgument", len(cmd), res.Err)
 	}
-	if len(h.read().ExportsOf("big")) != 0 {
+	if len(h.read().ExportsOf(federation.MustClusterName("big"))) != 0 {
 		t.Fatal("an oversized command took effect")
 	}
 }
@@ -1349,4 +1352,9 @@ func TestConnectionLeasesSurviveASnapshot(t *testing.T) {
 	if len(f.Store().Read().Connections()) != 1 {
 		t.Error("the lease was not in the snapshot")
 	}
+}
+
+// xid is the ID of cluster's export of service (namespace/name).
+func xid(cluster, service string) state.ExportID {
+	return state.ExportID{Cluster: federation.MustClusterName(cluster), Service: federation.MustServiceKey(service)}
 }

@@ -10,8 +10,12 @@ package state
 
 import (
 	"fmt"
+	"strings"
 
 	memdb "github.com/hashicorp/go-memdb"
+
+	"github.com/meshfed/meshfed/federation"
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
 )
 
 // Table names. They also appear in tombstones, which are persisted in
@@ -102,8 +106,52 @@ type row struct {
 	Value       any
 }
 
-// ExportKey is the primary key of an export: cluster + "/" + namespace/name.
-func ExportKey(cluster, service string) string { return cluster + "/" + service }
+// ExportID names one cluster's export of one service: the primary key of
+// the exports table, and how a removed export is reported (Delta). Its
+// encoding, cluster + "/" + namespace + "/" + name, lives here alone.
+type ExportID struct {
+	Cluster federation.ClusterName
+	Service federation.ServiceKey
+}
+
+// String returns the encoded key.
+func (id ExportID) String() string { return id.Cluster.String() + "/" + id.Service.String() }
+
+// ParseExportID decodes a key String produced.
+func ParseExportID(k string) (ExportID, error) {
+	cluster, svc, ok := strings.Cut(k, "/")
+	if !ok {
+		return ExportID{}, fmt.Errorf("state: export key %q: want cluster/namespace/name", k)
+	}
+	c, err := federation.ParseClusterName(cluster)
+	if err != nil {
+		return ExportID{}, fmt.Errorf("state: export key %q: %w", k, err)
+	}
+	key, err := federation.ParseServiceKey(svc)
+	if err != nil {
+		return ExportID{}, fmt.Errorf("state: export key %q: %w", k, err)
+	}
+	return ExportID{Cluster: c, Service: key}, nil
+}
+
+// ServiceKeyOf returns the key of an exported service, or an error naming
+// what is invalid.
+func ServiceKeyOf(svc *fedv1.ExportedService) (federation.ServiceKey, error) {
+	return federation.NewServiceKey(svc.GetNamespace(), svc.GetName())
+}
+
+// ExportIDOf returns the ID of an export record.
+func ExportIDOf(e *fedv1.ExportRecord) (ExportID, error) {
+	c, err := federation.ParseClusterName(e.GetCluster())
+	if err != nil {
+		return ExportID{}, err
+	}
+	k, err := ServiceKeyOf(e.GetService())
+	if err != nil {
+		return ExportID{}, err
+	}
+	return ExportID{Cluster: c, Service: k}, nil
+}
 
 // bundleAckKey is the primary key of a bundle ack: the member that
 // acknowledged, then the trust domain, split by a byte neither may hold.

@@ -1,12 +1,16 @@
 package state
 
 import (
+	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 
 	memdb "github.com/hashicorp/go-memdb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
 )
@@ -164,9 +168,9 @@ func (r *ReadTxn) Clusters() []*fedv1.ClusterRecord {
 	return values[*fedv1.ClusterRecord](r.all(TableClusters, "id"))
 }
 
-// Export returns one cluster's export of a service (namespace/name), or nil.
-func (r *ReadTxn) Export(cluster, service string) *fedv1.ExportRecord {
-	return value[*fedv1.ExportRecord](r.get(TableExports, ExportKey(cluster, service)))
+// Export returns one cluster's export of a service, or nil.
+func (r *ReadTxn) Export(id ExportID) *fedv1.ExportRecord {
+	return value[*fedv1.ExportRecord](r.get(TableExports, id.String()))
 }
 
 // Exports returns every export, sorted by cluster then service.
@@ -175,19 +179,19 @@ func (r *ReadTxn) Exports() []*fedv1.ExportRecord {
 }
 
 // ExportsOf returns a cluster's exports.
-func (r *ReadTxn) ExportsOf(cluster string) []*fedv1.ExportRecord {
-	return values[*fedv1.ExportRecord](r.all(TableExports, "cluster", cluster))
+func (r *ReadTxn) ExportsOf(cluster federation.ClusterName) []*fedv1.ExportRecord {
+	return values[*fedv1.ExportRecord](r.all(TableExports, "cluster", cluster.String()))
 }
 
 // ExportBytes is the encoded size (proto.Size) of cluster's exported
 // services together.
-func (r *ReadTxn) ExportBytes(cluster string) uint64 {
-	return r.metaUint(metaExportBytes + cluster)
+func (r *ReadTxn) ExportBytes(cluster federation.ClusterName) uint64 {
+	return r.metaUint(metaExportBytes + cluster.String())
 }
 
 // ExportsFor returns every cluster's export of one service.
-func (r *ReadTxn) ExportsFor(service string) []*fedv1.ExportRecord {
-	return values[*fedv1.ExportRecord](r.all(TableExports, "service", service))
+func (r *ReadTxn) ExportsFor(service federation.ServiceKey) []*fedv1.ExportRecord {
+	return values[*fedv1.ExportRecord](r.all(TableExports, "service", service.String()))
 }
 
 // Bundle returns the bundle of a trust domain, or nil.
@@ -282,8 +286,12 @@ type Delta struct {
 	Exports  []*fedv1.ExportRecord
 	Bundles  []*hubpb.BundleRecord
 	Policies []*fedv1.TrafficPolicy
-	// Removed maps a table name to the keys deleted since the revision.
+	// Removed maps a table name to the keys deleted since the revision
+	// (cluster names, trust domains, policy names); exports are in
+	// RemovedExports.
 	Removed map[string][]string
+	// RemovedExports are the exports deleted since the revision.
+	RemovedExports []ExportID
 }
 
 // Empty reports whether the delta carries no change.
@@ -295,7 +303,7 @@ func (d *Delta) Empty() bool {
 	for _, keys := range d.Removed {
 		n += len(keys)
 	}
-	return n == 0
+	return n+len(d.RemovedExports) == 0
 }
 
 // Changes returns the delta after revision since. since == 0, since below the
@@ -316,11 +324,22 @@ func (r *ReadTxn) Changes(since uint64) *Delta {
 	d.Bundles = values[*hubpb.BundleRecord](r.since(TableBundles, since))
 	d.Policies = values[*fedv1.TrafficPolicy](r.since(TablePolicies, since))
 	for _, t := range values[*hubpb.Tombstone](r.since(TableTombstones, since)) {
+		if t.GetTable() == TableExports {
+			id, err := ParseExportID(t.GetKey())
+			if err != nil {
+				// DeleteExport and Restorer.Tombstone admit only keys
+				// that parse, so this is a store that lies.
+				panic(fmt.Sprintf("state: export tombstone: %v", err))
+			}
+			d.RemovedExports = append(d.RemovedExports, id)
+			continue
+		}
 		d.Removed[t.GetTable()] = append(d.Removed[t.GetTable()], t.GetKey())
 	}
 	for _, keys := range d.Removed {
 		sort.Strings(keys)
 	}
+	slices.SortFunc(d.RemovedExports, func(a, b ExportID) int { return strings.Compare(a.String(), b.String()) })
 	return d
 }
 
@@ -439,30 +458,36 @@ func (w *WriteTxn) DeleteCluster(name string) bool {
 
 // PutExport stores one cluster's export of a service. Its create revision is
 // kept across updates (MCS conflict resolution: the oldest export wins).
-func (w *WriteTxn) PutExport(cluster string, svc *fedv1.ExportedService) {
-	key := svc.GetNamespace() + "/" + svc.GetName()
-	rec := &fedv1.ExportRecord{Cluster: cluster, Service: proto.Clone(svc).(*fedv1.ExportedService), CreateRevision: w.rev, ModifyRevision: w.rev}
+// A service whose namespace or name is invalid is refused with the error.
+func (w *WriteTxn) PutExport(cluster federation.ClusterName, svc *fedv1.ExportedService) error {
+	key, err := ServiceKeyOf(svc)
+	if err != nil {
+		return err
+	}
+	id := ExportID{Cluster: cluster, Service: key}
+	rec := &fedv1.ExportRecord{Cluster: cluster.String(), Service: proto.Clone(svc).(*fedv1.ExportedService), CreateRevision: w.rev, ModifyRevision: w.rev}
 	size := proto.Size(svc)
-	if old := w.Export(cluster, key); old != nil {
+	if old := w.Export(id); old != nil {
 		rec.CreateRevision = old.GetCreateRevision()
 		size -= proto.Size(old.GetService())
 	}
-	w.upsert(TableExports, &row{Key: ExportKey(cluster, key), Cluster: cluster, Service: key, Value: rec})
+	w.upsert(TableExports, &row{Key: id.String(), Cluster: cluster.String(), Service: key.String(), Value: rec})
 	w.addExportBytes(cluster, size)
+	return nil
 }
 
 // DeleteExport removes one cluster's export of a service.
-func (w *WriteTxn) DeleteExport(cluster, service string) bool {
-	old := w.Export(cluster, service)
-	if old == nil || !w.delete(TableExports, ExportKey(cluster, service)) {
+func (w *WriteTxn) DeleteExport(id ExportID) bool {
+	old := w.Export(id)
+	if old == nil || !w.delete(TableExports, id.String()) {
 		return false
 	}
-	w.addExportBytes(cluster, -proto.Size(old.GetService()))
+	w.addExportBytes(id.Cluster, -proto.Size(old.GetService()))
 	return true
 }
 
-func (w *WriteTxn) addExportBytes(cluster string, d int) {
-	key := metaExportBytes + cluster
+func (w *WriteTxn) addExportBytes(cluster federation.ClusterName, d int) {
+	key := metaExportBytes + cluster.String()
 	switch n := int(w.metaUint(key)) + d; {
 	case n > 0:
 		w.insert(TableMeta, &row{Key: key, Value: uint64(n)})
@@ -632,10 +657,14 @@ func (r *Restorer) Cluster(c *fedv1.ClusterRecord) {
 }
 
 // Export restores an export.
-func (r *Restorer) Export(e *fedv1.ExportRecord) {
-	svc := e.GetService().GetNamespace() + "/" + e.GetService().GetName()
-	r.insert(TableExports, &row{Key: ExportKey(e.GetCluster(), svc), Rev: e.GetModifyRevision(), Cluster: e.GetCluster(), Service: svc, Value: e})
+func (r *Restorer) Export(e *fedv1.ExportRecord) error {
+	id, err := ExportIDOf(e)
+	if err != nil {
+		return fmt.Errorf("state: restore export: %w", err)
+	}
+	r.insert(TableExports, &row{Key: id.String(), Rev: e.GetModifyRevision(), Cluster: id.Cluster.String(), Service: id.Service.String(), Value: e})
 	r.exportBytes[e.GetCluster()] += uint64(proto.Size(e.GetService()))
+	return nil
 }
 
 // Bundle restores a trust bundle.
@@ -665,9 +694,15 @@ func (r *Restorer) Connection(c *hubpb.ClusterConnection) {
 }
 
 // Tombstone restores a tombstone.
-func (r *Restorer) Tombstone(t *hubpb.Tombstone) {
+func (r *Restorer) Tombstone(t *hubpb.Tombstone) error {
+	if t.GetTable() == TableExports {
+		if _, err := ParseExportID(t.GetKey()); err != nil {
+			return fmt.Errorf("state: restore tombstone: %w", err)
+		}
+	}
 	r.insert(TableTombstones, &row{Key: tombKey(t.GetTable(), t.GetKey()), Rev: t.GetRevision(), Value: t})
 	r.tombs++
+	return nil
 }
 
 // Request restores a recorded request.

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
 	"github.com/meshfed/meshfed/hub/state"
@@ -49,7 +50,7 @@ func TestPutStampsRevisions(t *testing.T) {
 	in := cluster("east", "us-east1")
 	write(t, s, 5, func(w *state.WriteTxn) {
 		w.PutCluster(in)
-		w.PutExport("east", svc("shop", "cart", 1))
+		mustPutExport(t, w, "east", svc("shop", "cart", 1))
 		w.PutBundle(&hubpb.BundleRecord{Cluster: "east", Bundle: &fedv1.TrustBundle{TrustDomain: "east.meshfed.local", SequenceNumber: 1}})
 		w.PutPolicy(&fedv1.TrafficPolicy{Name: "p", Service: "shop/cart"})
 	})
@@ -58,7 +59,7 @@ func TestPutStampsRevisions(t *testing.T) {
 	}
 	write(t, s, 9, func(w *state.WriteTxn) {
 		w.PutCluster(cluster("east", "us-west1"))
-		w.PutExport("east", svc("shop", "cart", 2))
+		mustPutExport(t, w, "east", svc("shop", "cart", 2))
 		w.PutBundle(&hubpb.BundleRecord{Cluster: "east", Bundle: &fedv1.TrustBundle{TrustDomain: "east.meshfed.local", SequenceNumber: 2}})
 		w.PutPolicy(&fedv1.TrafficPolicy{Name: "p", Service: "shop/cart", FailoverRegions: []string{"eu"}})
 	})
@@ -77,7 +78,7 @@ func TestPutStampsRevisions(t *testing.T) {
 	if c.GetLocality().GetRegion() != "us-west1" {
 		t.Errorf("cluster not updated: %v", c)
 	}
-	e := r.Export("east", "shop/cart")
+	e := r.Export(xid("east", "shop/cart"))
 	check("export", e.GetCreateRevision(), e.GetModifyRevision())
 	if e.GetService().GetEndpoints()[0].GetReady() != 2 {
 		t.Errorf("export not updated: %v", e)
@@ -93,18 +94,18 @@ func TestChangesReturnsOnlyLaterChanges(t *testing.T) {
 	write(t, s, 1, func(w *state.WriteTxn) {
 		w.PutCluster(cluster("east", "r1"))
 		w.PutCluster(cluster("west", "r2"))
-		w.PutExport("east", svc("shop", "cart", 1))
-		w.PutExport("east", svc("shop", "pay", 1))
+		mustPutExport(t, w, "east", svc("shop", "cart", 1))
+		mustPutExport(t, w, "east", svc("shop", "pay", 1))
 		w.PutPolicy(&fedv1.TrafficPolicy{Name: "old", Service: "shop/cart"})
 	})
 	write(t, s, 2, func(w *state.WriteTxn) {
-		w.PutExport("east", svc("shop", "cart", 3))
+		mustPutExport(t, w, "east", svc("shop", "cart", 3))
 	})
 	write(t, s, 4, func(w *state.WriteTxn) {
-		if !w.DeleteExport("east", "shop/pay") {
+		if !w.DeleteExport(xid("east", "shop/pay")) {
 			t.Error("DeleteExport(existing) = false")
 		}
-		if w.DeleteExport("east", "shop/nope") {
+		if w.DeleteExport(xid("east", "shop/nope")) {
 			t.Error("DeleteExport(missing) = true")
 		}
 		w.DeletePolicy("old")
@@ -126,15 +127,17 @@ func TestChangesReturnsOnlyLaterChanges(t *testing.T) {
 		t.Errorf("Changes(1).Policies = %v, want only new", d.Policies)
 	}
 	wantRemoved := map[string][]string{
-		state.TableExports:  {state.ExportKey("east", "shop/pay")},
 		state.TablePolicies: {"old"},
 	}
 	if !mapsEqual(d.Removed, wantRemoved) {
 		t.Errorf("Changes(1).Removed = %v, want %v", d.Removed, wantRemoved)
 	}
+	if want := []state.ExportID{xid("east", "shop/pay")}; !slices.Equal(d.RemovedExports, want) {
+		t.Errorf("Changes(1).RemovedExports = %v, want %v", d.RemovedExports, want)
+	}
 
 	d = r.Changes(2)
-	if len(d.Exports) != 0 || len(d.Policies) != 1 || len(d.Removed[state.TableExports]) != 1 {
+	if len(d.Exports) != 0 || len(d.Policies) != 1 || len(d.RemovedExports) != 1 {
 		t.Errorf("Changes(2) = %+v, want only the revision-4 changes", d)
 	}
 	// A revision between two commits sees the later one.
@@ -150,12 +153,12 @@ func TestChangesReset(t *testing.T) {
 	s := state.New()
 	write(t, s, 3, func(w *state.WriteTxn) {
 		w.PutCluster(cluster("east", "r1"))
-		w.PutExport("east", svc("shop", "cart", 1))
-		w.PutExport("east", svc("shop", "pay", 1))
+		mustPutExport(t, w, "east", svc("shop", "cart", 1))
+		mustPutExport(t, w, "east", svc("shop", "pay", 1))
 		w.PutBundle(&hubpb.BundleRecord{Cluster: "east", Bundle: &fedv1.TrustBundle{TrustDomain: "east.meshfed.local"}})
 		w.PutPolicy(&fedv1.TrafficPolicy{Name: "p"})
 	})
-	write(t, s, 7, func(w *state.WriteTxn) { w.DeleteExport("east", "shop/pay") })
+	write(t, s, 7, func(w *state.WriteTxn) { w.DeleteExport(xid("east", "shop/pay")) })
 	r := s.Read()
 	for _, since := range []uint64{0, 8, 1 << 40} {
 		d := r.Changes(since)
@@ -186,14 +189,14 @@ func TestChangesResetBelowTombstoneFloor(t *testing.T) {
 		w.PutCluster(cluster("east", "r1"))
 		for i := range keys {
 			keys[i] = fmt.Sprintf("ns/s%05d", i)
-			w.PutExport("east", svc("ns", fmt.Sprintf("s%05d", i), 1))
+			mustPutExport(t, w, "east", svc("ns", fmt.Sprintf("s%05d", i), 1))
 		}
 	})
 	// The first deletes are the oldest tombstones; they get pruned when the
 	// second batch pushes the count over MaxTombstones.
 	write(t, s, 2, func(w *state.WriteTxn) {
 		for _, k := range keys[:extra] {
-			w.DeleteExport("east", k)
+			w.DeleteExport(xid("east", k))
 		}
 	})
 	if got := s.Read().TombstoneFloor(); got != 0 {
@@ -201,7 +204,7 @@ func TestChangesResetBelowTombstoneFloor(t *testing.T) {
 	}
 	write(t, s, 3, func(w *state.WriteTxn) {
 		for _, k := range keys[extra:] {
-			w.DeleteExport("east", k)
+			w.DeleteExport(xid("east", k))
 		}
 	})
 	r := s.Read()
@@ -224,7 +227,7 @@ func TestChangesResetBelowTombstoneFloor(t *testing.T) {
 	if d.Reset {
 		t.Fatalf("Changes(2) at the floor: Reset=true, want a delta")
 	}
-	if got := len(d.Removed[state.TableExports]); got != state.MaxTombstones {
+	if got := len(d.RemovedExports); got != state.MaxTombstones {
 		t.Errorf("Changes(2) removed %d exports, want %d", got, state.MaxTombstones)
 	}
 
@@ -246,23 +249,23 @@ func TestRecreateClearsTombstone(t *testing.T) {
 	s := state.New()
 	write(t, s, 1, func(w *state.WriteTxn) {
 		w.PutCluster(cluster("east", "r1"))
-		w.PutExport("east", svc("shop", "cart", 1))
+		mustPutExport(t, w, "east", svc("shop", "cart", 1))
 	})
-	write(t, s, 2, func(w *state.WriteTxn) { w.DeleteExport("east", "shop/cart") })
+	write(t, s, 2, func(w *state.WriteTxn) { w.DeleteExport(xid("east", "shop/cart")) })
 	r := s.Read()
 	if got := r.Tombstones(); len(got) != 1 || got[0].GetTable() != state.TableExports ||
-		got[0].GetKey() != state.ExportKey("east", "shop/cart") || got[0].GetRevision() != 2 {
+		got[0].GetKey() != xid("east", "shop/cart").String() || got[0].GetRevision() != 2 {
 		t.Fatalf("Tombstones() = %v, want one for exports east/shop/cart at 2", got)
 	}
-	if r.Export("east", "shop/cart") != nil {
+	if r.Export(xid("east", "shop/cart")) != nil {
 		t.Fatal("deleted export still readable")
 	}
-	write(t, s, 3, func(w *state.WriteTxn) { w.PutExport("east", svc("shop", "cart", 2)) })
+	write(t, s, 3, func(w *state.WriteTxn) { mustPutExport(t, w, "east", svc("shop", "cart", 2)) })
 	r = s.Read()
 	if got := r.Tombstones(); len(got) != 0 {
 		t.Errorf("Tombstones() = %v after re-creating, want none", got)
 	}
-	e := r.Export("east", "shop/cart")
+	e := r.Export(xid("east", "shop/cart"))
 	if e.GetCreateRevision() != 3 || e.GetModifyRevision() != 3 {
 		t.Errorf("re-created export revisions = %d/%d, want 3/3 (a new export)", e.GetCreateRevision(), e.GetModifyRevision())
 	}
@@ -282,7 +285,7 @@ func TestWatchClosesOnlyOnChange(t *testing.T) {
 		t.Fatal("Watch closed by an empty commit")
 	}
 	write(t, s, 2, func(w *state.WriteTxn) {
-		if w.DeleteExport("east", "shop/cart") {
+		if w.DeleteExport(xid("east", "shop/cart")) {
 			t.Error("DeleteExport of a missing key reported true")
 		}
 	})
@@ -347,12 +350,12 @@ func TestReadViewIsImmutable(t *testing.T) {
 	s := state.New()
 	write(t, s, 1, func(w *state.WriteTxn) {
 		w.PutCluster(cluster("east", "r1"))
-		w.PutExport("east", svc("shop", "cart", 1))
+		mustPutExport(t, w, "east", svc("shop", "cart", 1))
 	})
 	before := s.Read()
 	write(t, s, 2, func(w *state.WriteTxn) {
 		w.PutCluster(cluster("west", "r2"))
-		w.PutExport("east", svc("shop", "cart", 7))
+		mustPutExport(t, w, "east", svc("shop", "cart", 7))
 		w.DeleteCluster("east")
 	})
 	if got := before.Revision(); got != 1 {
@@ -364,7 +367,7 @@ func TestReadViewIsImmutable(t *testing.T) {
 	if before.Cluster("east") == nil {
 		t.Error("old view lost a cluster deleted later")
 	}
-	if got := before.Export("east", "shop/cart").GetService().GetEndpoints()[0].GetReady(); got != 1 {
+	if got := before.Export(xid("east", "shop/cart")).GetService().GetEndpoints()[0].GetReady(); got != 1 {
 		t.Errorf("old view export ready = %d, want 1", got)
 	}
 	if d := before.Changes(1); !d.Empty() {
@@ -382,7 +385,7 @@ type refExport struct {
 	create, modify uint64
 }
 
-type refState map[string]refExport
+type refState map[state.ExportID]refExport
 
 func (m refState) clone() refState {
 	c := make(refState, len(m))
@@ -412,9 +415,9 @@ func TestChangesProperty(t *testing.T) {
 			for range 1 + rng.IntN(4) {
 				c := clusters[rng.IntN(len(clusters))]
 				name := services[rng.IntN(len(services))]
-				key := state.ExportKey(c, name)
+				key := xid(c, name)
 				if rng.IntN(3) == 0 {
-					deleted := w.DeleteExport(c, name)
+					deleted := w.DeleteExport(key)
 					if _, ok := ref[key]; ok != deleted {
 						t.Fatalf("seq %d rev %d: DeleteExport(%s) = %v, reference has it: %v", seq, rev, key, deleted, ok)
 					}
@@ -426,7 +429,7 @@ func TestChangesProperty(t *testing.T) {
 				}
 				ns, n, _ := strings.Cut(name, "/")
 				x := svc(ns, n, uint32(rng.IntN(5)))
-				w.PutExport(c, x)
+				mustPutExport(t, w, c, x)
 				old, ok := ref[key]
 				create := rev
 				if ok {
@@ -467,10 +470,13 @@ func TestChangesProperty(t *testing.T) {
 				if !d.Reset && e.GetModifyRevision() <= r {
 					t.Errorf("seq %d: Changes(%d) carries %v, unchanged since %d", seq, r, e, e.GetModifyRevision())
 				}
-				key := state.ExportKey(e.GetCluster(), e.GetService().GetNamespace()+"/"+e.GetService().GetName())
+				key, err := state.ExportIDOf(e)
+				if err != nil {
+					t.Fatal(err)
+				}
 				client[key] = refExport{svc: e.GetService(), create: e.GetCreateRevision(), modify: e.GetModifyRevision()}
 			}
-			for _, key := range d.Removed[state.TableExports] {
+			for _, key := range d.RemovedExports {
 				if _, ok := ref[key]; ok {
 					t.Errorf("seq %d: Changes(%d) removes %s, which exists", seq, r, key)
 				}
@@ -488,7 +494,10 @@ func sameAsRef(got []*fedv1.ExportRecord, ref refState) error {
 		return fmt.Errorf("%d exports, reference has %d", len(got), len(ref))
 	}
 	for _, e := range got {
-		key := state.ExportKey(e.GetCluster(), e.GetService().GetNamespace()+"/"+e.GetService().GetName())
+		key, err := state.ExportIDOf(e)
+		if err != nil {
+			return err
+		}
 		want, ok := ref[key]
 		if !ok {
 			return fmt.Errorf("export %s not in reference", key)
@@ -521,4 +530,16 @@ func deltaEqual(a, b *state.Delta) bool {
 		slices.EqualFunc(a.Exports, b.Exports, func(x, y *fedv1.ExportRecord) bool { return proto.Equal(x, y) }) &&
 		slices.EqualFunc(a.Bundles, b.Bundles, func(x, y *hubpb.BundleRecord) bool { return proto.Equal(x, y) }) &&
 		slices.EqualFunc(a.Policies, b.Policies, func(x, y *fedv1.TrafficPolicy) bool { return proto.Equal(x, y) })
+}
+
+// xid is the ID of cluster's export of service (namespace/name).
+func xid(cluster, service string) state.ExportID {
+	return state.ExportID{Cluster: federation.MustClusterName(cluster), Service: federation.MustServiceKey(service)}
+}
+
+func mustPutExport(t testing.TB, w *state.WriteTxn, cluster string, svc *fedv1.ExportedService) {
+	t.Helper()
+	if err := w.PutExport(federation.MustClusterName(cluster), svc); err != nil {
+		t.Fatal(err)
+	}
 }
