@@ -963,6 +963,9 @@ func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority,
 		}
 		hub.Revision = snap.revision
 		cfg := buildGatewayConfig(a.gatewaySelf(), snap, local, a.egress.snapshot(), own, hub)
+		if a.csIPs != nil {
+			cfg.setClusterSetIPs(a.csIPs.clusterSetIPs())
+		}
 		cfg.reuse(prev)
 		prev = cfg
 		a.gw.set(cfg)

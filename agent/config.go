@@ -126,7 +126,8 @@ type Config struct {
 	DNSAddr string
 	DNS     mcsdns.Config
 	// ClusterSetIPs is the prefix each import of the file source is given
-	// a ClusterSetIP from (its DNS name resolves to it). Not with the
+	// a ClusterSetIP from (its DNS name resolves to it, and the gateways
+	// listen on it at the service's own ports). Not with the
 	// kubernetes source,
 	// where the ClusterSetIP is the derived Service's ClusterIP. Zero: the
 	// file source's imports have no ClusterSetIP.

@@ -215,3 +215,18 @@ func (t *clusterSetIPTable) clusterSetIPs() map[federation.ServiceKey][]netip.Ad
 	}
 	return out
 }
+
+// setClusterSetIPs tells the gateways to listen on each import's
+// ClusterSetIP (the file source's, which nothing else serves). c is being
+// built: its imports are not shared yet.
+func (c *gatewayConfig) setClusterSetIPs(ips map[federation.ServiceKey][]netip.Addr) {
+	for key, im := range c.imports {
+		svc, err := federation.ParseServiceKey(key)
+		if err != nil {
+			continue
+		}
+		if a := ips[svc]; len(a) > 0 {
+			im.ClusterSetIp = a[0].String()
+		}
+	}
+}

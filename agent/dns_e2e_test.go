@@ -75,6 +75,16 @@ func TestDNSAnswersImportsAndKeepsAnsweringFromTheCacheWithTheHubDown(t *testing
 	const name = "reviews.default.svc.clusterset.local."
 	ip := netip.MustParseAddr("127.77.0.1") // the first address of the prefix
 	waitA(t, dnsAddr, name, ip, 10*time.Second)
+	// The gateways are told to listen there.
+	if err := testenv.WaitFor(ctx, 10*time.Second, func(context.Context) error {
+		c, _ := west.a.gw.current()
+		if im := c.imports["default/reviews"]; im.GetClusterSetIp() != ip.String() {
+			return fmt.Errorf("gateway import %v, want cluster_set_ip %v", im, ip)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 
 	check := func(when string) {
 		t.Helper()

@@ -160,7 +160,8 @@
 // (kubernetes source), or, with the file source, an address from
 // Config.ClusterSetIPs (--clusterset-ips) assigned like an egress port
 // (lowest free, kept in <data-dir>/clusterset-ips.json, held back 5 minutes
-// after its import went). Missing names are NXDOMAIN, missing types NODATA,
+// after its import went), on which the gateways also listen at the
+// service's own ports (gatewayv1.Import.cluster_set_ip). Missing names are NXDOMAIN, missing types NODATA,
 // both with the SOA (serial: the view's revision); other zones are
 // REFUSED; before any view exists the server answers SERVFAIL. Records and
 // negative answers live mcsdns.DefaultTTL (5 s), so a change is seen

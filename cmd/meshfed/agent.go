@@ -51,7 +51,7 @@ func (f *agentFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.cfg.GatewayServiceAccount, "gateway-service-account", agent.DefaultGatewayServiceAccount, "ServiceAccount whose tokens authenticate gateways (TokenReview; kubernetes source)")
 	fl.StringVar(&f.egress, "egress-ports", fmt.Sprintf("%d-%d", agent.DefaultEgressPortMin, agent.DefaultEgressPortMax), "range of egress ports assigned to imported service ports")
 	fl.StringVar(&f.cfg.DNSAddr, "dns-bind", "", `host:port (UDP and TCP) of the clusterset.local DNS server ("" turns it off)`)
-	fl.StringVar(&f.csIPs, "clusterset-ips", "", "prefix the file source's imports get their ClusterSetIPs from (e.g. 127.1.0.0/24)")
+	fl.StringVar(&f.csIPs, "clusterset-ips", "", "prefix the file source's imports get their ClusterSetIPs from; the gateways listen on them (e.g. 127.1.0.0/24)")
 	fl.StringArrayVar(&f.cfg.GatewayAddresses, "gateway", nil, "host:port of an east-west gateway as remote clusters reach it (repeatable; sent at join)")
 	fl.StringArrayVar(&f.cfg.HubAddresses, "hub", nil, "host:port of a hub server to dial instead of the addresses in the token and credentials (repeatable)")
 	fl.StringVar(&f.cfg.GatewayAPIAddr, "gateway-api", agent.DefaultGatewayAPIAddr, `host:port of the gateway API (config stream and SVIDs for this cluster's gateways; "" turns it off)`)
