@@ -28,6 +28,7 @@ import (
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
 	"github.com/meshfed/meshfed/internal/hubdial"
+	"github.com/meshfed/meshfed/internal/mcsdns"
 	"github.com/meshfed/meshfed/internal/wait"
 	"github.com/meshfed/meshfed/trust"
 )
@@ -45,6 +46,9 @@ type Agent struct {
 	gw        *gatewayHub
 	egress    *egressTable
 	cmCache   *configMapCache // kubernetes source
+	dns       *mcsdns.Server  // nil without Config.DNSAddr
+	dnsKick   chan struct{}
+	csIPs     *clusterSetIPTable // file source with Config.ClusterSetIPs
 	td        spiffeid.TrustDomain
 
 	mu        sync.Mutex // guards the fields below, read by HTTP
@@ -74,6 +78,7 @@ type Agent struct {
 	// Set before the hub goroutine starts, which alone calls it.
 	stopImporter func()
 	httpAddr     string
+	dnsAddr      string
 	rotation     CARotationState
 
 	reg          *prometheus.Registry
@@ -100,6 +105,17 @@ func New(cfg Config) (*Agent, error) {
 		pubBox: newMailbox[map[string]*fedv1.ExportedService](), viewBox: newMailbox[*view](), gwKick: make(chan struct{}, 1), gw: newGatewayHub()}
 	a.egress = newEgressTable(cfg.EgressPortMin, cfg.EgressPortMax, a.kickGateways)
 	a.initMetrics()
+	a.dnsKick = make(chan struct{}, 1)
+	if cfg.DNSAddr != "" {
+		s, err := mcsdns.NewServer(cfg.DNS, a.reg)
+		if err != nil {
+			return nil, err
+		}
+		a.dns = s
+	}
+	if cfg.Source == SourceFile && cfg.ClusterSetIPs.IsValid() {
+		a.csIPs = newClusterSetIPTable(cfg.ClusterSetIPs, func() { a.kickGateways(); a.kickDNS() })
+	}
 	return a, nil
 }
 
@@ -217,6 +233,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.egress.seed(m)
 	}
+	if a.csIPs != nil {
+		if err := a.csIPs.load(filepath.Join(a.cfg.DataDir, clusterSetIPsFileName)); err != nil {
+			a.log.Error("ignoring the ClusterSetIPs file", "err", err)
+		}
+	}
 
 	vf := viewFile{path: filepath.Join(a.cfg.DataDir, hubStateFile)}
 	cached, err := vf.load()
@@ -267,6 +288,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		imp.onIPs = a.kickDNS
 		// The egress ports assigned before a restart are known before the
 		// gateways are served.
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -327,6 +349,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		goRun("gateway API", func(ctx context.Context) error {
 			return serveGateways(ctx, ln, gatewayServerTLS(svids, ca, trust.GatewayID(td)), srv)
 		})
+	}
+	if a.dns != nil {
+		pc, ln, err := listenDNS(a.cfg.DNSAddr)
+		if err != nil {
+			return err
+		}
+		a.mu.Lock()
+		a.dnsAddr = pc.LocalAddr().String()
+		a.mu.Unlock()
+		goRun("dns", func(ctx context.Context) error { return a.runDNS(ctx, pc, ln) })
 	}
 	if imp != nil {
 		// The importer has a stop of its own: after a removal it must have
@@ -524,6 +556,11 @@ func (a *Agent) publishView(v *view, egressF *egressFile) *view {
 			}
 		}
 	}
+	if a.csIPs != nil {
+		if err := a.csIPs.update(plans); err != nil {
+			a.log.Error("ClusterSetIPs", "err", err)
+		}
+	}
 	a.mu.Lock()
 	a.snap = snap
 	a.conflicts = conflicts
@@ -533,6 +570,7 @@ func (a *Agent) publishView(v *view, egressF *egressFile) *view {
 	a.mImports.Set(float64(len(plans)))
 	a.viewBox.put(snap)
 	a.kickGateways()
+	a.kickDNS()
 	a.reportSynced()
 	if cr, ok := src.(conflictReporter); ok {
 		c := make(map[string]string, len(conflicts))
@@ -925,6 +963,9 @@ func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority,
 		}
 		hub.Revision = snap.revision
 		cfg := buildGatewayConfig(a.gatewaySelf(), snap, local, a.egress.snapshot(), own, hub)
+		if a.csIPs != nil {
+			cfg.setClusterSetIPs(a.csIPs.clusterSetIPs())
+		}
 		cfg.reuse(prev)
 		prev = cfg
 		a.gw.set(cfg)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/internal/mcsdns"
 	"github.com/meshfed/meshfed/trust"
 )
 
@@ -118,6 +120,19 @@ type Config struct {
 	// its CA.
 	HubAddresses []string
 
+	// DNSAddr is host:port of the clusterset.local DNS server, UDP and TCP
+	// on the same port; empty disables it. DNS tunes it (TTL, sizes,
+	// limits; see mcsdns.Config).
+	DNSAddr string
+	DNS     mcsdns.Config
+	// ClusterSetIPs is the prefix each import of the file source is given
+	// a ClusterSetIP from (its DNS name resolves to it, and the gateways
+	// listen on it at the service's own ports). Not with the
+	// kubernetes source,
+	// where the ClusterSetIP is the derived Service's ClusterIP. Zero: the
+	// file source's imports have no ClusterSetIP.
+	ClusterSetIPs netip.Prefix
+
 	// GatewayAPIAddr is host:port of the gateway API (config stream and
 	// SVIDs, mTLS with the cluster's SVIDs); empty disables it.
 	GatewayAPIAddr string
@@ -172,6 +187,7 @@ func DefaultConfig() Config {
 		ReconnectMax:          DefaultReconnectMax,
 		JoinTimeout:           DefaultJoinTimeout,
 		GatewayAPIAddr:        DefaultGatewayAPIAddr,
+		DNS:                   mcsdns.DefaultConfig(),
 		SVIDTTL:               trust.DefaultSVIDTTL,
 		GatewaySVIDTTL:        DefaultGatewaySVIDTTL,
 		GatewayServiceAccount: DefaultGatewayServiceAccount,
@@ -232,6 +248,22 @@ func (c *Config) Validate() error {
 	if c.HTTPAddr != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			add("http_addr", c.HTTPAddr, "must be host:port")
+		}
+	}
+	if c.DNSAddr != "" {
+		if _, _, err := net.SplitHostPort(c.DNSAddr); err != nil {
+			add("dns_addr", c.DNSAddr, "must be host:port")
+		}
+		if err := c.DNS.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.ClusterSetIPs.IsValid() {
+		switch host := c.ClusterSetIPs.Addr().BitLen() - c.ClusterSetIPs.Bits(); {
+		case c.Source != SourceFile:
+			add("clusterset_ips", c.ClusterSetIPs.String(), "only with the file source (in Kubernetes the derived Service's ClusterIP is the ClusterSetIP)")
+		case host < 2:
+			add("clusterset_ips", c.ClusterSetIPs.String(), "must hold at least 2 addresses besides its first and last (a prefix of at most /30, /126)")
 		}
 	}
 	if len(c.HubAddresses) > MaxHubAddresses {

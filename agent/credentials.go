@@ -63,6 +63,9 @@ const (
 	caFile          = "ca/root.pem"
 	hubStateFile    = "hubstate.pb"
 	egressFileName  = "egress-ports.json"
+	// clusterSetIPsFileName holds the file source's ClusterSetIPs, as
+	// slots of Config.ClusterSetIPs.
+	clusterSetIPsFileName = "clusterset-ips.json"
 	// GatewayBootstrapFile (in the data directory) and
 	// GatewayBootstrapSecret (key "data", in the agent's namespace) hold
 	// the gateways' bootstrap document (see gatewayclient.Bootstrap).

@@ -147,6 +147,29 @@
 // and the gateway config; their egress ports are kept in
 // <data-dir>/egress-ports.json.
 //
+// # DNS
+//
+// With Config.DNSAddr (--dns-bind) the agent serves the MCS zone
+// clusterset.local over UDP and TCP on one port (internal/mcsdns), rebuilt
+// from every view it publishes, the cached one included, so it keeps
+// answering with the hub down: <svc>.<ns>.svc.clusterset.local is A/AAAA
+// for the import's ClusterSetIP, _<port>._<proto>.<svc>.<ns>.svc... is SRV
+// for each named port, and a headless import's endpoints are
+// <hostname>.<cluster>.<svc>.<ns>.svc... (dnsServices is where they join
+// the zone). The ClusterSetIP is the derived Service's ClusterIP
+// (kubernetes source), or, with the file source, an address from
+// Config.ClusterSetIPs (--clusterset-ips) assigned like an egress port
+// (lowest free, kept in <data-dir>/clusterset-ips.json, held back 5 minutes
+// after its import went), on which the gateways also listen at the
+// service's own ports (gatewayv1.Import.cluster_set_ip). Missing names are NXDOMAIN, missing types NODATA,
+// both with the SOA (serial: the view's revision); other zones are
+// REFUSED; before any view exists the server answers SERVFAIL. Records and
+// negative answers live mcsdns.DefaultTTL (5 s), so a change is seen
+// within seconds. UDP answers honour the client's EDNS0 buffer up to 1232
+// bytes and are truncated (TC) beyond it, TCP carries the whole answer;
+// TCP connections (256), their idle time and the query rate (50000/s,
+// REFUSED beyond) are bounded. Metrics: meshfed_agent_dns_*.
+//
 // # Gateway API
 //
 // The agent runs the cluster's CA (trust.CA over the root, SVIDs of

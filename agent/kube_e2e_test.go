@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -181,6 +182,7 @@ func TestKubeAgentsExportImportStaticStability(t *testing.T) {
 	ekc, wkc := east.Clientset(), west.Clientset()
 
 	ecfg, wcfg := kubeConfig(t, east, t.TempDir()), kubeConfig(t, west, t.TempDir())
+	wcfg.DNSAddr = "127.0.0.1:0"
 	if err := Join(ctx, ecfg, createToken(t, admin, "east")); err != nil {
 		t.Fatal(err)
 	}
@@ -243,6 +245,10 @@ func TestKubeAgentsExportImportStaticStability(t *testing.T) {
 		t.Fatalf("foreign ServiceImport: %v", err)
 	}
 	waitCondition(t, emc, "default", "reviews", ConditionSynced, metav1.ConditionTrue, ReasonPublished)
+
+	t.Run("DNSAnswersTheDerivedServicesClusterIP", func(t *testing.T) {
+		waitA(t, wa.a.DNSAddr(), "reviews.default.svc.clusterset.local.", netip.MustParseAddr(si0.Spec.IPs[0]), 20*time.Second)
+	})
 
 	t.Run("EndpointLabelsFromPods", func(t *testing.T) {
 		// Local endpoints (for the gateways) carry their pod's labels,

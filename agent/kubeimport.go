@@ -9,10 +9,12 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -56,6 +58,13 @@ type kubeImporter struct {
 
 	egress *egressTable
 	inited bool
+
+	// ips are the derived Services' ClusterIPs by import, as of the last
+	// reconcile: the imports' ClusterSetIPs, served by the DNS server.
+	// onIPs is called when they change (set before Run).
+	ipMu  sync.Mutex
+	ips   map[federation.ServiceKey][]netip.Addr
+	onIPs func()
 }
 
 func newKubeImporter(rc *rest.Config, cfg Config, egress *egressTable, log *slog.Logger) (*kubeImporter, error) {
@@ -270,6 +279,7 @@ func (im *kubeImporter) reconcile(ctx context.Context, l importListers, v *view)
 			errs = append(errs, ignoreNotFound(im.kube.CoreV1().Services(s.Namespace).Delete(ctx, s.Name, metav1.DeleteOptions{})))
 		}
 	}
+	im.setIPs(derivedClusterIPs(svcs, wantSvc))
 	sls, err := l.slices.List(labelsEverything())
 	if err != nil {
 		return err
@@ -281,6 +291,54 @@ func (im *kubeImporter) reconcile(ctx context.Context, l importListers, v *view)
 	}
 	im.egress.retain(wantSvc)
 	return errors.Join(errs...)
+}
+
+// derivedClusterIPs are the ClusterIPs of the derived Services of the
+// imports in want, by import.
+func derivedClusterIPs(svcs []*corev1.Service, want map[federation.ServiceKey]bool) map[federation.ServiceKey][]netip.Addr {
+	out := map[federation.ServiceKey][]netip.Addr{}
+	for _, s := range svcs {
+		if !isOwned(s) || s.Name != derivedName(s.Labels[LabelService]) {
+			continue
+		}
+		key, err := federation.NewServiceKey(s.Namespace, s.Labels[LabelService])
+		if err != nil || !want[key] {
+			continue
+		}
+		ips := s.Spec.ClusterIPs
+		if len(ips) == 0 && s.Spec.ClusterIP != "" {
+			ips = []string{s.Spec.ClusterIP}
+		}
+		for _, ip := range ips {
+			if a, err := netip.ParseAddr(ip); err == nil {
+				out[key] = append(out[key], a)
+			}
+		}
+	}
+	return out
+}
+
+func (im *kubeImporter) setIPs(ips map[federation.ServiceKey][]netip.Addr) {
+	im.ipMu.Lock()
+	changed := !maps.EqualFunc(im.ips, ips, slices.Equal)
+	im.ips = ips
+	on := im.onIPs
+	im.ipMu.Unlock()
+	if changed && on != nil {
+		on()
+	}
+}
+
+// clusterSetIPs returns the imports' ClusterSetIPs as of the last
+// reconcile.
+func (im *kubeImporter) clusterSetIPs() map[federation.ServiceKey][]netip.Addr {
+	im.ipMu.Lock()
+	defer im.ipMu.Unlock()
+	out := make(map[federation.ServiceKey][]netip.Addr, len(im.ips))
+	for k, v := range im.ips {
+		out[k] = slices.Clone(v)
+	}
+	return out
 }
 
 func ignoreNotFound(err error) error {

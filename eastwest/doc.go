@@ -4,7 +4,9 @@
 // A Gateway serves two sides from one QUIC transport (one UDP socket):
 //
 //   - Egress: a TCP listener per imported service port (the egress ports
-//     the agent assigns). A TCP port is handled per connection; an HTTP/1.1,
+//     the agent assigns, on Config.EgressBind), and one at the import's
+//     ClusterSetIP on the service's own port when the agent sends one (the
+//     file source with --clusterset-ips, as in meshfed dev). A TCP port is handled per connection; an HTTP/1.1,
 //     h2c or gRPC port per request. Each connection or request goes to the
 //     best cluster by locality priority (local endpoints, then the same
 //     zone, the same region, the rest; weighted by ready endpoints within a

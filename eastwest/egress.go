@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -38,7 +39,9 @@ type egressListener struct {
 type egressSet struct {
 	g  *Gateway
 	mu sync.Mutex
-	ls map[uint16]*egressListener
+	// ls are keyed by the address they listen on: the egress port on
+	// Config.EgressBind, and an import's ClusterSetIP at the service port.
+	ls map[netip.AddrPort]*egressListener
 	// transports pool HTTP streams per destination and service port.
 	tmu        sync.Mutex
 	transports map[transportKey]*http.Transport
@@ -54,18 +57,25 @@ type transportKey struct {
 }
 
 func newEgressSet(g *Gateway) *egressSet {
-	return &egressSet{g: g, ls: map[uint16]*egressListener{}, transports: map[transportKey]*http.Transport{},
+	return &egressSet{g: g, ls: map[netip.AddrPort]*egressListener{}, transports: map[transportKey]*http.Transport{},
 		pool: upPool{idle: map[transportKey][]*upConn{}}}
 }
 
 // reconcile makes the listeners match the table's imports. It returns the
 // ports it could not listen on; the others serve.
 func (e *egressSet) reconcile(ctx context.Context, t *table) error {
-	want := map[uint16]egressKey{}
+	want := map[netip.AddrPort]egressKey{}
 	for key, im := range t.state.Imports {
 		for _, p := range im.Ports {
-			if p.Egress != 0 && p.Protocol != "UDP" {
-				want[p.Egress] = egressKey{service: key, port: p.ServicePort}
+			if p.Protocol == "UDP" {
+				continue
+			}
+			k := egressKey{service: key, port: p.ServicePort}
+			if p.Egress != 0 {
+				want[netip.AddrPortFrom(e.g.cfg.EgressBind, p.Egress)] = k
+			}
+			if im.ClusterSetIP.IsValid() {
+				want[netip.AddrPortFrom(im.ClusterSetIP, p.Port)] = k
 			}
 		}
 	}
@@ -84,7 +94,7 @@ func (e *egressSet) reconcile(ctx context.Context, t *table) error {
 		}
 		l, err := e.listen(ctx, port, k)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("egress port %d for %s port %d: %w", port, k.service, k.port.Port, err))
+			errs = append(errs, fmt.Errorf("egress %s for %s port %d: %w", port, k.service, k.port.Port, err))
 			continue
 		}
 		e.ls[port] = l
@@ -92,9 +102,8 @@ func (e *egressSet) reconcile(ctx context.Context, t *table) error {
 	return errors.Join(errs...)
 }
 
-func (e *egressSet) listen(ctx context.Context, port uint16, k egressKey) (*egressListener, error) {
-	addr := net.JoinHostPort(e.g.cfg.EgressBind.String(), strconv.Itoa(int(port)))
-	ln, err := net.Listen("tcp", addr)
+func (e *egressSet) listen(ctx context.Context, addr netip.AddrPort, k egressKey) (*egressListener, error) {
+	ln, err := net.Listen("tcp", addr.String())
 	if err != nil {
 		return nil, err
 	}

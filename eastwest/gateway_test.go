@@ -325,3 +325,42 @@ func probeStatus(ctx context.Context, qc *quic.Conn, source string) error {
 	_, err = ReadStatus(s)
 	return err
 }
+
+// TestImportWithAClusterSetIPIsServedThereOnTheServicesOwnPort: an import
+// that carries a ClusterSetIP (the file source with --clusterset-ips, as in
+// meshfed dev) is served at ClusterSetIP:service port, besides its egress
+// port, and the listener goes with the import.
+func TestImportWithAClusterSetIPIsServedThereOnTheServicesOwnPort(t *testing.T) {
+	east, west := newCluster(t, "east", "us-east", "us-east-1a"), newCluster(t, "west", "us-west", "us-west-1a")
+	webEP, _ := httpEcho(t, "east")
+	webSP := port("http", freePort(t), "HTTP") // the service's own port, free on the ClusterSetIP too
+	eastGW := startGateway(t, east, newState(east, nil, []*gatewayclient.LocalService{localService("default/web", webSP, webEP)}, remote{c: west}), nil, west)
+	r := remote{c: east, gws: []string{eastGW.addr}, ready: 1}
+	im := importOf("default/web", webSP, freePort(t), r)
+	im.ClusterSetIP = netip.MustParseAddr("127.0.77.1")
+	westGW := startGateway(t, west, newState(west, []*gatewayclient.Import{im}, nil, r), nil, east)
+	url := fmt.Sprintf("http://127.0.77.1:%d/x", webSP.Port)
+	client := &http.Client{Timeout: 5 * time.Second}
+	waitFor(t, 10*time.Second, func() error {
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if string(b) != "east /x" {
+			return fmt.Errorf("%s answered %d %q", url, resp.StatusCode, b)
+		}
+		return nil
+	})
+	// The import goes: so does its ClusterSetIP listener.
+	westGW.src.set(newState(west, nil, nil, r))
+	waitFor(t, 10*time.Second, func() error {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.77.1:%d", webSP.Port))
+		if err == nil {
+			_ = c.Close()
+			return errors.New("still listening")
+		}
+		return nil
+	})
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -31,6 +32,7 @@ type agentFlags struct {
 	source   string
 	httpPort int
 	egress   string
+	csIPs    string
 	td       string
 	level    logLevel
 }
@@ -48,6 +50,8 @@ func (f *agentFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.cfg.GatewaySelector, "gateway-selector", agent.DefaultGatewaySelector, "label selector of the gateway pods in the agent's namespace; imports point at every ready one (kubernetes source)")
 	fl.StringVar(&f.cfg.GatewayServiceAccount, "gateway-service-account", agent.DefaultGatewayServiceAccount, "ServiceAccount whose tokens authenticate gateways (TokenReview; kubernetes source)")
 	fl.StringVar(&f.egress, "egress-ports", fmt.Sprintf("%d-%d", agent.DefaultEgressPortMin, agent.DefaultEgressPortMax), "range of egress ports assigned to imported service ports")
+	fl.StringVar(&f.cfg.DNSAddr, "dns-bind", "", `host:port (UDP and TCP) of the clusterset.local DNS server ("" turns it off)`)
+	fl.StringVar(&f.csIPs, "clusterset-ips", "", "prefix the file source's imports get their ClusterSetIPs from; the gateways listen on them (e.g. 127.1.0.0/24)")
 	fl.StringArrayVar(&f.cfg.GatewayAddresses, "gateway", nil, "host:port of an east-west gateway as remote clusters reach it (repeatable; sent at join)")
 	fl.StringArrayVar(&f.cfg.HubAddresses, "hub", nil, "host:port of a hub server to dial instead of the addresses in the token and credentials (repeatable)")
 	fl.StringVar(&f.cfg.GatewayAPIAddr, "gateway-api", agent.DefaultGatewayAPIAddr, `host:port of the gateway API (config stream and SVIDs for this cluster's gateways; "" turns it off)`)
@@ -97,6 +101,13 @@ func (f *agentFlags) build(cmd *cobra.Command) (agent.Config, error) {
 		errs = append(errs, &federation.FieldError{Field: "egress-ports", Value: f.egress, Reason: "must be MIN-MAX"})
 	}
 	cfg.EgressPortMin, cfg.EgressPortMax = a, b
+	if f.csIPs != "" {
+		p, err := netip.ParsePrefix(f.csIPs)
+		if err != nil {
+			errs = append(errs, &federation.FieldError{Field: "clusterset-ips", Value: f.csIPs, Reason: "must be an IP prefix (address/bits)"})
+		}
+		cfg.ClusterSetIPs = p
+	}
 	cfg.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: f.level.Level}))
 	if err := errors.Join(errs...); err != nil {
 		return cfg, &codedError{code: exitUsage, err: err, lines: unjoin(err)}

@@ -93,3 +93,38 @@ func TestGatewayKustomizationRunsAValidGateway(t *testing.T) {
 		t.Error("the agent's ClusterRole cannot create TokenReviews; in-cluster gateways could not authenticate")
 	}
 }
+
+// TestAgentKustomizationServesClustersetDNSBehindAService: the agent binds
+// its DNS server and the Service CoreDNS forwards to reaches it on 53, UDP
+// and TCP.
+func TestAgentKustomizationServesClustersetDNSBehindAService(t *testing.T) {
+	objs, err := kind.Render(context.Background(), filepath.Join("..", "..", "deploy", "kustomize", "agent"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bind bool
+	var protos []string
+	for _, o := range objs {
+		switch {
+		case o.GetKind() == "Deployment":
+			cs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+			args, _, _ := unstructured.NestedStringSlice(cs[0].(map[string]any), "args")
+			bind = slices.Contains(args, "--dns-bind=0.0.0.0:5353")
+		case o.GetKind() == "Service" && o.GetName() == "meshfed-agent-dns":
+			ports, _, _ := unstructured.NestedSlice(o.Object, "spec", "ports")
+			for _, p := range ports {
+				m := p.(map[string]any)
+				if m["port"] == int64(53) {
+					protos = append(protos, m["protocol"].(string))
+				}
+			}
+		}
+	}
+	if !bind {
+		t.Error("the agent's Deployment does not pass --dns-bind=0.0.0.0:5353")
+	}
+	slices.Sort(protos)
+	if !slices.Equal(protos, []string{"TCP", "UDP"}) {
+		t.Errorf("Service meshfed-agent-dns port 53 protocols %v, want TCP and UDP", protos)
+	}
+}

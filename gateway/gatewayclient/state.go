@@ -92,6 +92,9 @@ type Import struct {
 	Ports   []ImportPort
 	// Clusters export it, oldest export first.
 	Clusters []ImportCluster
+	// ClusterSetIP, when valid, is an address the gateways also listen on
+	// for this import, at each TCP service port (the service's own port).
+	ClusterSetIP netip.Addr
 }
 
 // ImportPort is an imported port and the local egress port the gateways
@@ -331,6 +334,13 @@ func parseImport(m *gatewayv1.Import) (*Import, error) {
 		return nil, fieldErr("imports", err)
 	}
 	im := &Import{Service: key}
+	if ip := m.GetClusterSetIp(); ip != "" {
+		a, err := netip.ParseAddr(ip)
+		if err != nil || a.Zone() != "" {
+			return nil, &federation.FieldError{Field: fmt.Sprintf("imports[%s].cluster_set_ip", key), Value: ip, Reason: "must be an IP address"}
+		}
+		im.ClusterSetIP = a.Unmap()
+	}
 	for i, p := range m.GetPorts() {
 		sp, err := parsePort(fmt.Sprintf("imports[%s].ports[%d]", key, i), p.GetPort())
 		if err != nil {

@@ -450,7 +450,13 @@ type Import struct {
 	Service string        `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
 	Ports   []*ImportPort `protobuf:"bytes,2,rep,name=ports,proto3" json:"ports,omitempty"`
 	// The exporting clusters, oldest export first.
-	Clusters      []*ImportCluster `protobuf:"bytes,3,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	Clusters []*ImportCluster `protobuf:"bytes,3,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	// An IP address the gateways also listen on, at each TCP service port
+	// (the service's own port), for this import: its ClusterSetIP when the
+	// gateway itself serves it (the file source with --clusterset-ips, as in
+	// meshfed dev). Empty in Kubernetes, where the ClusterSetIP is the derived
+	// Service's virtual ClusterIP and traffic reaches the egress port.
+	ClusterSetIp  string `protobuf:"bytes,4,opt,name=cluster_set_ip,json=clusterSetIp,proto3" json:"cluster_set_ip,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -504,6 +510,13 @@ func (x *Import) GetClusters() []*ImportCluster {
 		return x.Clusters
 	}
 	return nil
+}
+
+func (x *Import) GetClusterSetIp() string {
+	if x != nil {
+		return x.ClusterSetIp
+	}
+	return ""
 }
 
 type ImportPort struct {
@@ -1274,11 +1287,12 @@ const file_meshfed_gateway_v1_gateway_proto_rawDesc = "" +
 	"\bHubState\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x1c\n" +
 	"\tconnected\x18\x02 \x01(\bR\tconnected\x12\x16\n" +
-	"\x06cached\x18\x03 \x01(\bR\x06cached\"\x97\x01\n" +
+	"\x06cached\x18\x03 \x01(\bR\x06cached\"\xbd\x01\n" +
 	"\x06Import\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x124\n" +
 	"\x05ports\x18\x02 \x03(\v2\x1e.meshfed.gateway.v1.ImportPortR\x05ports\x12=\n" +
-	"\bclusters\x18\x03 \x03(\v2!.meshfed.gateway.v1.ImportClusterR\bclusters\"e\n" +
+	"\bclusters\x18\x03 \x03(\v2!.meshfed.gateway.v1.ImportClusterR\bclusters\x12$\n" +
+	"\x0ecluster_set_ip\x18\x04 \x01(\tR\fclusterSetIp\"e\n" +
 	"\n" +
 	"ImportPort\x126\n" +
 	"\x04port\x18\x01 \x01(\v2\".meshfed.federation.v1.ServicePortR\x04port\x12\x1f\n" +

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -69,6 +71,7 @@ func TestPortPlanHasNoOverlapAndFitsItsSpan(t *testing.T) {
 		add(cp.GatewayAPI, n+" gateway api")
 		add(cp.Ingress, n+" ingress")
 		add(cp.Metrics, n+" metrics")
+		add(cp.DNS, n+" dns")
 		for k, w := range cp.Workloads {
 			add(w, n+" workload "+strconv.Itoa(k))
 		}
@@ -255,6 +258,25 @@ func TestWorkloadConfigValidateNamesEachBadField(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("no error on %s: %v", f, err)
+		}
+	}
+}
+
+func TestClusterSetIPPrefixesAreDistinctPerClusterAndBasePortAndAvoid127001(t *testing.T) {
+	seen := map[netip.Prefix]string{}
+	for _, base := range []int{MinBasePort, 7400, 7401, MaxBasePort} {
+		p := Ports{Base: base}
+		for j := range topology {
+			pre := p.ClusterSetIPs(j)
+			if !pre.Addr().Is4() || pre.Addr().As4()[0] != 127 || pre.Overlaps(netip.MustParsePrefix("127.0.0.0/24")) {
+				t.Errorf("base %d cluster %d: %v, want inside 127.0.0.0/8 and off 127.0.0.0/24", base, j, pre)
+			}
+			for q, who := range seen {
+				if q.Overlaps(pre) {
+					t.Errorf("base %d cluster %d: %v overlaps %v (%s)", base, j, pre, q, who)
+				}
+			}
+			seen[pre] = fmt.Sprintf("base %d cluster %d", base, j)
 		}
 	}
 }

@@ -55,8 +55,15 @@ type Cluster struct {
 	// Egress maps "namespace/name:port" (EgressKey) to the host:port where
 	// this cluster's workloads reach that global service: its gateway's
 	// egress listener.
-	Egress    map[string]string `json:"egress"`
-	Workloads []Workload        `json:"workloads"`
+	Egress map[string]string `json:"egress"`
+	// DNS is host:port (UDP and TCP) of the agent's clusterset.local
+	// server: <svc>.<ns>.svc.clusterset.local resolves to the service's
+	// ClusterSetIP, where the gateway listens on the service's own port,
+	// as in a cluster.
+	DNS string `json:"dns"`
+	// ClusterSetIPs maps "namespace/name" to that address.
+	ClusterSetIPs map[string]string `json:"clusterSetIPs"`
+	Workloads     []Workload        `json:"workloads"`
 }
 
 // Agent is a cluster's agent.

@@ -4,7 +4,10 @@
 // gateway and sample workloads, all as real child processes of the meshfed
 // binary on loopback. Traffic flows: default/reviews (HTTP, exported by
 // east and west) and default/ratings (TCP echo, exported by central) are
-// reachable from every cluster through its gateway's egress ports.
+// reachable from every cluster through its gateway's egress ports, and as
+// in a cluster: each agent serves clusterset.local (Cluster.DNS), whose
+// names resolve to per-import loopback addresses (Ports.ClusterSetIPs)
+// where the cluster's gateway listens on the service's own port.
 //
 // Env (New, Run) prepares the state directory, starts every child in
 // parallel, waits until the federation carries traffic, writes dev.json

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -53,6 +54,10 @@ type clusterRun struct {
 	gateway    *child
 	workloads  []*workloadRun
 	egress     map[string]string // EgressKey -> host:port, once ready
+	// clusterSetIPs is the prefix its imports' ClusterSetIPs come from;
+	// csIPs the address of each sample service, once ready.
+	clusterSetIPs netip.Prefix
+	csIPs         map[string]string
 }
 
 type workloadRun struct {
@@ -115,7 +120,7 @@ func (e *Env) build() {
 	}
 	for j, spec := range topology {
 		ws := spec.workloads()
-		cr := &clusterRun{spec: spec, ports: e.ports.Cluster(j, len(ws)),
+		cr := &clusterRun{spec: spec, ports: e.ports.Cluster(j, len(ws)), clusterSetIPs: e.ports.ClusterSetIPs(j),
 			agentDir: e.path("agents", spec.name.String()), gatewayDir: e.path("gateways", spec.name.String())}
 		cr.agent = &child{name: spec.name.String() + "-agent", logPath: e.logPath(spec.name.String() + "-agent"),
 			prepare: func(ctx context.Context) ([]string, error) { return e.agentArgs(ctx, cr) }}
@@ -169,7 +174,8 @@ func (e *Env) agentArgs(ctx context.Context, cr *clusterRun) ([]string, error) {
 		"--source", "file:" + filepath.Join(cr.agentDir, "catalog.yaml"), "--data-dir", cr.agentDir,
 		"--http-port", strconv.Itoa(cr.ports.AgentHTTP), "--gateway-api", loopback(cr.ports.GatewayAPI),
 		"--egress-ports", fmt.Sprintf("%d-%d", cr.ports.EgressMin, cr.ports.EgressMax),
-		"--gateway", loopback(cr.ports.Ingress), "--gateway-ingress-bind", "127.0.0.1"}
+		"--gateway", loopback(cr.ports.Ingress), "--gateway-ingress-bind", "127.0.0.1",
+		"--dns-bind", loopback(cr.ports.DNS), "--clusterset-ips", cr.clusterSetIPs.String()}
 	// At start-up an agent waits for the hub: one started earlier fails to
 	// connect and backs off (up to seconds). A restarted one does not wait:
 	// it serves its cached view whatever the hub's state.
@@ -341,6 +347,7 @@ func (e *Env) checkPorts() error {
 	for _, cr := range e.clusters {
 		n := cr.spec.name.String()
 		p := cr.ports
+		uses = append(uses, use{p.DNS, n + " agent DNS", false}, use{p.DNS, n + " agent DNS", true})
 		uses = append(uses, use{p.AgentHTTP, n + " agent HTTP", false}, use{p.GatewayAPI, n + " gateway API", false},
 			use{p.Ingress, n + " gateway ingress", true}, use{p.Metrics, n + " gateway metrics", false})
 		for k, w := range p.Workloads {
@@ -444,6 +451,7 @@ func (e *Env) snapshot(took time.Duration) *File {
 	}
 	for _, cr := range e.clusters {
 		c := Cluster{Name: cr.spec.name.String(), Region: cr.spec.locality.Region(), Zone: cr.spec.locality.Zone(),
+			DNS: loopback(cr.ports.DNS), ClusterSetIPs: map[string]string{},
 			Agent: Agent{PID: cr.agent.PID(), HTTP: loopback(cr.ports.AgentHTTP), GatewayAPI: loopback(cr.ports.GatewayAPI),
 				DataDir: cr.agentDir, Catalog: filepath.Join(cr.agentDir, "catalog.yaml"), Log: cr.agent.logPath},
 			Gateways: []Gateway{{Instance: cr.spec.name.String() + "-gw-0", PID: cr.gateway.PID(), Ingress: loopback(cr.ports.Ingress),
@@ -451,6 +459,9 @@ func (e *Env) snapshot(took time.Duration) *File {
 			Egress: map[string]string{}}
 		for k, v := range cr.egress {
 			c.Egress[k] = v
+		}
+		for k, v := range cr.csIPs {
+			c.ClusterSetIPs[k] = v
 		}
 		for _, w := range cr.workloads {
 			c.Workloads = append(c.Workloads, Workload{Service: w.spec.svc.key.String(), Instance: w.spec.instance,
@@ -495,6 +506,9 @@ func (e *Env) verifyFile() error {
 	for i, c := range got.Clusters {
 		if len(c.Egress) != len(services) {
 			errs = append(errs, fmt.Errorf("clusters[%d].egress: %d entries, want %d", i, len(c.Egress), len(services)))
+		}
+		if len(c.ClusterSetIPs) != len(services) || c.DNS == "" {
+			errs = append(errs, fmt.Errorf("clusters[%d]: dns %q, clusterSetIPs %v, want an address and one IP per service", i, c.DNS, c.ClusterSetIPs))
 		}
 		if c.Agent.PID == 0 || len(c.Gateways) == 0 || c.Gateways[0].PID == 0 {
 			errs = append(errs, fmt.Errorf("clusters[%d]: a process without a pid", i))

@@ -9,10 +9,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/meshfed/meshfed/agent"
 	"github.com/meshfed/meshfed/internal/wait"
@@ -103,7 +106,49 @@ func (e *Env) clusterReady(ctx context.Context, cr *clusterRun) error {
 		}
 		e.log.Info("answered through the egress", "cluster", name, "service", s.key, "egress", addr, "after", e.since())
 	}
+	// As in a cluster: the name resolves (the agent's DNS) to the
+	// ClusterSetIP, where the gateway answers on the service's own port.
+	csIPs := map[string]string{}
+	for _, s := range services {
+		var ip netip.Addr
+		fqdn := s.key.Name() + "." + s.key.Namespace() + ".svc.clusterset.local."
+		if err := wait.Poll(ctx, pollBackoff, fmt.Sprintf("%s through %s's DNS and ClusterSetIP", fqdn, name), func(ctx context.Context) error {
+			var err error
+			if ip, err = ResolveA(ctx, loopback(cr.ports.DNS), fqdn); err != nil {
+				return err
+			}
+			return probe(ctx, s, net.JoinHostPort(ip.String(), strconv.Itoa(int(s.port))))
+		}); err != nil {
+			return err
+		}
+		csIPs[s.key.String()] = ip.String()
+		e.log.Info("answered at the ClusterSetIP", "cluster", name, "service", s.key, "ip", ip, "after", e.since())
+	}
+	e.mu.Lock()
+	cr.csIPs = csIPs
+	e.mu.Unlock()
 	return nil
+}
+
+// ResolveA asks the DNS server at addr (UDP) for name's A record and
+// returns its one address.
+func ResolveA(ctx context.Context, addr, name string) (netip.Addr, error) {
+	c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	r, _, err := c.ExchangeContext(ctx, m, addr)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+		return netip.Addr{}, fmt.Errorf("%s A: %s with %d answers, want one address", name, dns.RcodeToString[r.Rcode], len(r.Answer))
+	}
+	a, ok := r.Answer[0].(*dns.A)
+	if !ok {
+		return netip.Addr{}, fmt.Errorf("%s A: answered %v", name, r.Answer[0])
+	}
+	ip, _ := netip.AddrFromSlice(a.A)
+	return ip.Unmap(), nil
 }
 
 // agentImports reads the agent's /state and returns its egress addresses

@@ -3,6 +3,7 @@ package devenv
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 
 	"github.com/meshfed/meshfed/federation"
@@ -110,14 +111,15 @@ const Servers = 3
 //	B+50+10*j+1        cluster j's agent: gateway API
 //	B+50+10*j+2        cluster j's gateway: QUIC ingress (UDP)
 //	B+50+10*j+3        cluster j's gateway: /metrics, /readyz
-//	B+50+10*j+4+k      cluster j's workload k
+//	B+50+10*j+4        cluster j's agent: clusterset.local DNS (UDP and TCP)
+//	B+50+10*j+5+k      cluster j's workload k
 //	B+100+20*j+0..19   cluster j's egress port range
 //
 // Clusters are numbered as in the topology: east 0, west 1, central 2.
 const (
 	clusterPortBase   = 50
 	clusterPortStride = 10
-	maxWorkloads      = clusterPortStride - 4
+	maxWorkloads      = clusterPortStride - 5
 	egressPortBase    = 100
 	egressRangeSize   = 20
 	// PortSpan is how many consecutive ports from the base port the plan
@@ -134,6 +136,8 @@ type ServerPorts struct{ GRPC, Raft, Gossip, HTTP int }
 // ClusterPorts are cluster j's ports.
 type ClusterPorts struct {
 	AgentHTTP, GatewayAPI, Ingress, Metrics int
+	// DNS is the agent's clusterset.local server, UDP and TCP.
+	DNS int
 	// Workloads[k] is workload k's listen port.
 	Workloads []int
 	// EgressMin..EgressMax is the egress range the agent assigns from.
@@ -152,14 +156,25 @@ func (p Ports) Server(i int) ServerPorts {
 // Cluster returns cluster j's ports, with n workload ports.
 func (p Ports) Cluster(j, n int) ClusterPorts {
 	b := p.Base + clusterPortBase + clusterPortStride*j
-	c := ClusterPorts{AgentHTTP: b, GatewayAPI: b + 1, Ingress: b + 2, Metrics: b + 3,
+	c := ClusterPorts{AgentHTTP: b, GatewayAPI: b + 1, Ingress: b + 2, Metrics: b + 3, DNS: b + 4,
 		EgressMin: p.Base + egressPortBase + egressRangeSize*j}
 	c.EgressMax = c.EgressMin + egressRangeSize - 1
 	for k := range n {
-		c.Workloads = append(c.Workloads, b+4+k)
+		c.Workloads = append(c.Workloads, b+5+k)
 	}
 	return c
 }
 
 // loopback is host:port on 127.0.0.1.
 func loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// ClusterSetIPs is the prefix cluster j's imports get their ClusterSetIPs
+// from: 127.H.L.16j/28, where H.L is the base port's two bytes, so that
+// two dev federations (on different base ports) and the clusters of one
+// never share an address, and none is 127.0.0.x (the base port is at least
+// 1024). The gateway of cluster j listens on these addresses at each
+// imported service's own port.
+func (p Ports) ClusterSetIPs(j int) netip.Prefix {
+	a := netip.AddrFrom4([4]byte{127, byte(p.Base >> 8), byte(p.Base), byte(16 * j)})
+	return netip.PrefixFrom(a, 28)
+}

@@ -269,6 +269,27 @@ func TestDevCarriesTrafficAndSurvivesAKilledGateway(t *testing.T) {
 			}
 		}
 	}
+	// As in a cluster: each agent's DNS resolves the names to the
+	// ClusterSetIPs, where the gateway answers on the service's port.
+	for _, c := range f.Clusters {
+		ip, err := devenv.ResolveA(ctx, c.DNS, "reviews.default.svc.clusterset.local")
+		if err != nil {
+			t.Fatalf("cluster %s: DNS at %q: %v", c.Name, c.DNS, err)
+		}
+		if ip.String() != c.ClusterSetIPs["default/reviews"] {
+			t.Errorf("cluster %s: reviews resolves to %v, dev.json says %q", c.Name, ip, c.ClusterSetIPs["default/reviews"])
+		}
+		if r, err := getReply(ctx, net.JoinHostPort(ip.String(), "8080")); err != nil || r.Service != "default/reviews" {
+			t.Errorf("cluster %s: GET %s:8080: %+v, %v", c.Name, ip, r, err)
+		}
+		ip, err = devenv.ResolveA(ctx, c.DNS, "ratings.default.svc.clusterset.local")
+		if err != nil {
+			t.Fatalf("cluster %s: DNS: %v", c.Name, err)
+		}
+		if err := devenv.Echo(ctx, net.JoinHostPort(ip.String(), "9090"), []byte("via the ClusterSetIP\n")); err != nil {
+			t.Errorf("cluster %s: echo at %s:9090: %v", c.Name, ip, err)
+		}
+	}
 	east, west, central := cluster(t, f, "east"), cluster(t, f, "west"), cluster(t, f, "central")
 	if len(east.Workloads) != 2 || len(west.Workloads) != 2 || east.Workloads[0].Service != "default/reviews" || central.Workloads[0].Service != "default/ratings" {
 		t.Errorf("workloads: east %+v, west %+v, central %+v", east.Workloads, west.Workloads, central.Workloads)
