@@ -103,7 +103,7 @@
 // # Catalog sources
 //
 // The kubernetes source watches MCS ServiceExports
-// (multicluster.x-k8s.io/v1alpha1), the Services they name and those
+// (multicluster.x-k8s.io/v1beta1), the Services they name and those
 // Services' EndpointSlices (ports by name, zone from the endpoint or its
 // node, labels from the endpoint's pod without per-pod ones such as
 // pod-template-hash), and sets three conditions on each ServiceExport:

@@ -27,10 +27,10 @@ import (
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
-	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
+	mcsv1b1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
-	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1alpha1"
+	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
@@ -99,7 +99,7 @@ func (im *kubeImporter) Run(ctx context.Context, views *mailbox[*view]) error {
 	mf := mcsinformers.NewSharedInformerFactoryWithOptions(im.mcs, 0, mcsinformers.WithTweakListOptions(owned))
 	h := handlers(im.signal, im.signal)
 	nsInf := kf.Core().V1().Namespaces()
-	siInf := mf.Multicluster().V1alpha1().ServiceImports()
+	siInf := mf.Multicluster().V1beta1().ServiceImports()
 	svcInf := of.Core().V1().Services()
 	esInf := of.Discovery().V1().EndpointSlices()
 	for _, inf := range []cache.SharedIndexInformer{nsInf.Informer(), siInf.Informer(), svcInf.Informer(), esInf.Informer()} {
@@ -197,7 +197,7 @@ func parseEgressAnnotation(s string) map[string]int {
 
 // egressSeed reads the egress ports recorded on the importer's own
 // ServiceImports (a restart's starting point).
-func egressSeed(sis []*mcsv1a1.ServiceImport) map[egressKey]int {
+func egressSeed(sis []*mcsv1b1.ServiceImport) map[egressKey]int {
 	seed := map[egressKey]int{}
 	for _, si := range sis {
 		if !isOwned(si) {
@@ -218,11 +218,11 @@ func egressSeed(sis []*mcsv1a1.ServiceImport) map[egressKey]int {
 // server, before the gateways are served: a restarted agent never sends a
 // gateway egress_port 0 for an import it had assigned a port to.
 func (im *kubeImporter) seedEgress(ctx context.Context) error {
-	list, err := im.mcs.MulticlusterV1alpha1().ServiceImports("").List(ctx, metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedByValue})
+	list, err := im.mcs.MulticlusterV1beta1().ServiceImports("").List(ctx, metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedByValue})
 	if err != nil {
 		return fmt.Errorf("agent: egress ports from ServiceImports: %w", err)
 	}
-	sis := make([]*mcsv1a1.ServiceImport, len(list.Items))
+	sis := make([]*mcsv1b1.ServiceImport, len(list.Items))
 	for i := range list.Items {
 		sis[i] = &list.Items[i]
 	}
@@ -292,7 +292,7 @@ func ignoreNotFound(err error) error {
 
 func (im *kubeImporter) deleteImport(ctx context.Context, ns, name string) error {
 	im.log.Info("removing import", "service", ns+"/"+name)
-	return ignoreNotFound(im.mcs.MulticlusterV1alpha1().ServiceImports(ns).Delete(ctx, name, metav1.DeleteOptions{}))
+	return ignoreNotFound(im.mcs.MulticlusterV1beta1().ServiceImports(ns).Delete(ctx, name, metav1.DeleteOptions{}))
 }
 
 func ownedMeta(ns, name, service string) metav1.ObjectMeta {
@@ -355,23 +355,23 @@ func (im *kubeImporter) ensure(ctx context.Context, l importListers, p *importPl
 		return err
 	}
 	// 3. The ServiceImport.
-	spec := mcsv1a1.ServiceImportSpec{Type: mcsv1a1.ClusterSetIP}
+	spec := mcsv1b1.ServiceImportSpec{Type: mcsv1b1.ClusterSetIP}
 	for _, port := range p.Ports {
-		spec.Ports = append(spec.Ports, mcsv1a1.ServicePort{Name: port.GetName(), Protocol: k8sProtocol(port.GetProtocol()), AppProtocol: appProtocol(port), Port: int32(port.GetPort())})
+		spec.Ports = append(spec.Ports, mcsv1b1.ServicePort{Name: port.GetName(), Protocol: k8sProtocol(port.GetProtocol()), AppProtocol: appProtocol(port), Port: int32(port.GetPort())})
 	}
 	if svc != nil && svc.Spec.ClusterIP != "" && svc.Spec.ClusterIP != corev1.ClusterIPNone {
 		spec.IPs = []string{svc.Spec.ClusterIP}
 	}
-	var clusters []mcsv1a1.ClusterStatus
+	var clusters []mcsv1b1.ClusterStatus
 	for _, c := range p.Clusters {
-		clusters = append(clusters, mcsv1a1.ClusterStatus{Cluster: c.Cluster})
+		clusters = append(clusters, mcsv1b1.ClusterStatus{Cluster: c.Cluster})
 	}
 	ann := egressAnnotation(egress)
-	sis := im.mcs.MulticlusterV1alpha1().ServiceImports(p.Namespace)
+	sis := im.mcs.MulticlusterV1beta1().ServiceImports(p.Namespace)
 	si, err := l.imports.ServiceImports(p.Namespace).Get(p.Name)
 	switch {
 	case apierrors.IsNotFound(err):
-		n := &mcsv1a1.ServiceImport{ObjectMeta: ownedMeta(p.Namespace, p.Name, p.Name), Spec: spec}
+		n := &mcsv1b1.ServiceImport{ObjectMeta: ownedMeta(p.Namespace, p.Name, p.Name), Spec: spec}
 		n.Annotations = map[string]string{AnnotationEgressPorts: ann}
 		si, err = sis.Create(ctx, n, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
@@ -464,7 +464,7 @@ func (im *kubeImporter) ensureSlice(ctx context.Context, l importListers, p *imp
 	labels := map[string]string{
 		LabelManagedBy: ManagedByValue, LabelService: p.Name,
 		discoveryv1.LabelServiceName: dn, discoveryv1.LabelManagedBy: sliceManagedBy,
-		mcsv1a1.LabelServiceName: p.Name,
+		mcsv1b1.LabelServiceName: p.Name,
 	}
 	cur, err := l.slices.EndpointSlices(p.Namespace).Get(dn)
 	switch {
@@ -531,8 +531,8 @@ func sliceEndpointsEqual(a, b []discoveryv1.Endpoint) bool {
 	})
 }
 
-func serviceImportSpecEqual(a, b mcsv1a1.ServiceImportSpec) bool {
-	return a.Type == b.Type && slices.Equal(a.IPs, b.IPs) && slices.EqualFunc(a.Ports, b.Ports, func(x, y mcsv1a1.ServicePort) bool {
+func serviceImportSpecEqual(a, b mcsv1b1.ServiceImportSpec) bool {
+	return a.Type == b.Type && slices.Equal(a.IPs, b.IPs) && slices.EqualFunc(a.Ports, b.Ports, func(x, y mcsv1b1.ServicePort) bool {
 		return x.Name == y.Name && x.Protocol == y.Protocol && ptrEq(x.AppProtocol, y.AppProtocol) && x.Port == y.Port
 	})
 }
@@ -545,7 +545,7 @@ func (im *kubeImporter) removeAll(ctx context.Context) error {
 	owned := metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedByValue}
 	left := 0
 	var errs []error
-	sis, err := im.mcs.MulticlusterV1alpha1().ServiceImports("").List(ctx, owned)
+	sis, err := im.mcs.MulticlusterV1beta1().ServiceImports("").List(ctx, owned)
 	if err != nil {
 		return err
 	}

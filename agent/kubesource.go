@@ -26,10 +26,10 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
-	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
+	mcsv1b1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
-	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1alpha1"
+	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
@@ -217,7 +217,7 @@ func (s *kubeSource) Run(ctx context.Context, update func(catalog)) error {
 	defer s.queue.ShutDown()
 	kf := informers.NewSharedInformerFactory(s.kube, 0)
 	mf := mcsinformers.NewSharedInformerFactory(s.mcs, 0)
-	seInf := mf.Multicluster().V1alpha1().ServiceExports()
+	seInf := mf.Multicluster().V1beta1().ServiceExports()
 	svcInf := kf.Core().V1().Services()
 	esInf := kf.Discovery().V1().EndpointSlices()
 	nodeInf := kf.Core().V1().Nodes()
@@ -340,16 +340,16 @@ func (s *kubeSource) setInvalid(k, msg string) {
 // build converts a ServiceExport's Service and EndpointSlices into an
 // export and its local endpoints, or returns the reason and message of why
 // it is invalid.
-func (s *kubeSource) build(l kubeListers, se *mcsv1a1.ServiceExport) (*fedv1.ExportedService, *gatewayv1.LocalService, string, string) {
+func (s *kubeSource) build(l kubeListers, se *mcsv1b1.ServiceExport) (*fedv1.ExportedService, *gatewayv1.LocalService, string, string) {
 	if _, err := federation.NewServiceKey(se.Namespace, se.Name); err != nil {
 		return nil, nil, ReasonInvalidName, err.Error()
 	}
 	svc, err := l.services.Services(se.Namespace).Get(se.Name)
 	if err != nil {
-		return nil, nil, string(mcsv1a1.ServiceExportReasonNoService), fmt.Sprintf("service %s/%s not found", se.Namespace, se.Name)
+		return nil, nil, string(mcsv1b1.ServiceExportReasonNoService), fmt.Sprintf("service %s/%s not found", se.Namespace, se.Name)
 	}
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
-		return nil, nil, string(mcsv1a1.ServiceExportReasonInvalidServiceType), "ExternalName services cannot be exported"
+		return nil, nil, string(mcsv1b1.ServiceExportReasonInvalidServiceType), "ExternalName services cannot be exported"
 	}
 	if n := len(svc.Spec.Ports); n > maxPortsPerService {
 		return nil, nil, ReasonTooManyPorts, fmt.Sprintf("spec.ports: %d ports, at most %d", n, maxPortsPerService)
@@ -496,18 +496,18 @@ type syncState struct {
 	removed              string
 }
 
-func (s *kubeSource) setConditions(ctx context.Context, se *mcsv1a1.ServiceExport, reason, msg, conflict string, sync syncState) error {
+func (s *kubeSource) setConditions(ctx context.Context, se *mcsv1b1.ServiceExport, reason, msg, conflict string, sync syncState) error {
 	next := se.DeepCopy()
-	valid := metav1.Condition{Type: string(mcsv1a1.ServiceExportConditionValid), Status: metav1.ConditionTrue,
-		Reason: string(mcsv1a1.ServiceExportReasonValid), Message: "exported by meshfed", ObservedGeneration: se.Generation}
+	valid := metav1.Condition{Type: string(mcsv1b1.ServiceExportConditionValid), Status: metav1.ConditionTrue,
+		Reason: string(mcsv1b1.ServiceExportReasonValid), Message: "exported by meshfed", ObservedGeneration: se.Generation}
 	if reason != "" {
 		valid.Status, valid.Reason, valid.Message = metav1.ConditionFalse, reason, truncateMsg(msg)
 	}
 	apimeta.SetStatusCondition(&next.Status.Conditions, valid)
-	c := metav1.Condition{Type: string(mcsv1a1.ServiceExportConditionConflict), Status: metav1.ConditionFalse,
-		Reason: string(mcsv1a1.ServiceExportReasonNoConflicts), Message: "no conflicts", ObservedGeneration: se.Generation}
+	c := metav1.Condition{Type: string(mcsv1b1.ServiceExportConditionConflict), Status: metav1.ConditionFalse,
+		Reason: string(mcsv1b1.ServiceExportReasonNoConflicts), Message: "no conflicts", ObservedGeneration: se.Generation}
 	if conflict != "" {
-		c.Status, c.Reason, c.Message = metav1.ConditionTrue, string(mcsv1a1.ServiceExportReasonPortConflict), truncateMsg(conflict)
+		c.Status, c.Reason, c.Message = metav1.ConditionTrue, string(mcsv1b1.ServiceExportReasonPortConflict), truncateMsg(conflict)
 	}
 	apimeta.SetStatusCondition(&next.Status.Conditions, c)
 	sc := metav1.Condition{Type: ConditionSynced, Status: metav1.ConditionTrue, Reason: ReasonPublished,
@@ -529,7 +529,7 @@ func (s *kubeSource) setConditions(ctx context.Context, se *mcsv1a1.ServiceExpor
 	}
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	_, err := s.mcs.MulticlusterV1alpha1().ServiceExports(se.Namespace).UpdateStatus(cctx, next, metav1.UpdateOptions{})
+	_, err := s.mcs.MulticlusterV1beta1().ServiceExports(se.Namespace).UpdateStatus(cctx, next, metav1.UpdateOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
@@ -544,7 +544,7 @@ func (s *kubeSource) markRemoved(ctx context.Context, msg string) error {
 	s.removed = msg
 	s.mu.Unlock()
 	return wait.Poll(ctx, wait.Backoff{Min: 100 * time.Millisecond, Max: 2 * time.Second}, "ServiceExport conditions", func(ctx context.Context) error {
-		list, err := s.mcs.MulticlusterV1alpha1().ServiceExports("").List(ctx, metav1.ListOptions{})
+		list, err := s.mcs.MulticlusterV1beta1().ServiceExports("").List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return err
 		}
@@ -557,7 +557,7 @@ func (s *kubeSource) markRemoved(ctx context.Context, msg string) error {
 			if conditionsEqual(se.Status.Conditions, next.Status.Conditions) {
 				continue
 			}
-			_, err := s.mcs.MulticlusterV1alpha1().ServiceExports(se.Namespace).UpdateStatus(ctx, next, metav1.UpdateOptions{})
+			_, err := s.mcs.MulticlusterV1beta1().ServiceExports(se.Namespace).UpdateStatus(ctx, next, metav1.UpdateOptions{})
 			if err != nil && !apierrors.IsNotFound(err) {
 				errs = append(errs, fmt.Errorf("%s/%s: %w", se.Namespace, se.Name, err))
 			}

@@ -142,10 +142,10 @@ func installCRDs(ctx context.Context, c *ClusterEnv) error {
 	}
 	mc := c.mcs
 	return WaitFor(ctx, time.Minute, func(ctx context.Context) error {
-		if _, err := mc.MulticlusterV1alpha1().ServiceExports("default").List(ctx, metav1.ListOptions{}); err != nil {
+		if _, err := mc.MulticlusterV1beta1().ServiceExports("default").List(ctx, metav1.ListOptions{}); err != nil {
 			return err
 		}
-		_, err := mc.MulticlusterV1alpha1().ServiceImports("default").List(ctx, metav1.ListOptions{})
+		_, err := mc.MulticlusterV1beta1().ServiceImports("default").List(ctx, metav1.ListOptions{})
 		return err
 	})
 }
