@@ -60,10 +60,10 @@ type catalogSource interface {
 
 // conflictReporter is implemented by sources that can show MCS conflicts
 // on their export objects. The agent calls it from its sync goroutine with
-// the complete set of this cluster's losing exports (key → message); the
-// map is handed over.
+// the complete set of this cluster's losing exports (key → MCS reasons and
+// message); the map is handed over.
 type conflictReporter interface {
-	setConflicts(map[string]string)
+	setConflicts(map[string]importConflict)
 }
 
 // syncReporter is implemented by sources that show whether each export

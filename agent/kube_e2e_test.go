@@ -62,7 +62,10 @@ func installCRDs(t testing.TB, c *testenv.ClusterEnv) mcsclient.Interface {
 		if _, err := mc.MulticlusterV1beta1().ServiceExports("default").List(ctx, metav1.ListOptions{}); err != nil {
 			return err
 		}
-		_, err := mc.MulticlusterV1beta1().ServiceImports("default").List(ctx, metav1.ListOptions{})
+		if _, err := mc.MulticlusterV1beta1().ServiceImports("default").List(ctx, metav1.ListOptions{}); err != nil {
+			return err
+		}
+		_, err := dyn.Resource(clusterPropertyGVR).List(ctx, metav1.ListOptions{})
 		return err
 	}); err != nil {
 		t.Fatal(err)
