@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/meshfed/meshfed/federation"
 )
 
@@ -22,6 +24,11 @@ const (
 	MaxHeadlessEndpoints  = 1000 // one EndpointSlice's worth
 	MaxEndpointAddresses  = 2    // one per IP family
 	MaxSessionAffinitySec = 86400
+	// MaxExportedServiceBytes bounds one export encoded, so that any
+	// valid export fits one Sync message and one Raft command (4 MiB)
+	// with room to spare. The largest export within the other limits
+	// without headless endpoints is about 2.6 MiB.
+	MaxExportedServiceBytes = 3 << 20
 )
 
 // Protocols are the values of ServicePort.protocol. UDP is carried over
@@ -57,7 +64,8 @@ func Transport(protocol string) string {
 // endpoints only when headless, at most MaxHeadlessEndpoints, each with 1
 // to MaxEndpointAddresses IP addresses of distinct families, an empty or
 // RFC 1123 label hostname, a zone as above and target ports (1..65535)
-// named after the service's ports.
+// named after the service's ports; and at most MaxExportedServiceBytes
+// encoded in all.
 func ValidateExportedService(field string, svc *ExportedService) error {
 	if _, err := federation.NewServiceKey(svc.GetNamespace(), svc.GetName()); err != nil {
 		if fe, ok := err.(*federation.FieldError); ok {
@@ -182,6 +190,13 @@ func ValidateExportedService(field string, svc *ExportedService) error {
 				return inv(ef+".target_ports["+name+"]", fmt.Sprint(tp), "must be in 1..65535")
 			}
 		}
+	}
+	if n := proto.Size(svc); n > MaxExportedServiceBytes {
+		f := field
+		if f == "" {
+			f = "service"
+		}
+		return &federation.FieldError{Field: f, Value: fmt.Sprint(n), Reason: fmt.Sprintf("bytes encoded: at most %d", MaxExportedServiceBytes)}
 	}
 	return nil
 }

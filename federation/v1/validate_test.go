@@ -89,6 +89,20 @@ func TestValidateExportedServiceNamesFieldAndBound(t *testing.T) {
 			s.Headless = true
 			s.HeadlessEndpoints = []*fedv1.HeadlessEndpoint{{Addresses: []string{"10.0.0.1"}, TargetPorts: map[string]uint32{"http": 80}}}
 		}, "svc.headless_endpoints[0].target_ports", "names no port"},
+		{"too large encoded", func(s *fedv1.ExportedService) {
+			// Every limit but the size at its bound: 1000 pods, each with
+			// a target port for 64 long port names.
+			s.Headless = true
+			tp := map[string]uint32{"dns": 53, "dns-tcp": 53}
+			for j := range fedv1.MaxPortsPerService - 2 {
+				p := port(fmt.Sprintf("%02d-%s", j, strings.Repeat("p", 60)), uint32(1000+j), "TCP")
+				s.Ports = append(s.Ports, p)
+				tp[p.GetName()] = 1
+			}
+			for i := range fedv1.MaxHeadlessEndpoints {
+				s.HeadlessEndpoints = append(s.HeadlessEndpoints, &fedv1.HeadlessEndpoint{Addresses: []string{fmt.Sprintf("10.0.%d.%d", i/256, i%256)}, TargetPorts: tp})
+			}
+		}, "svc", "3145728"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			svc := validSvc()
