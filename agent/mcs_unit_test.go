@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -12,8 +13,11 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
@@ -23,6 +27,7 @@ import (
 	mcsfake "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned/fake"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
+	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 )
 
@@ -516,6 +521,51 @@ func TestServiceExportConditionsUseTheKEPTypesAndReasons(t *testing.T) {
 				if c == nil || string(c.Status)+"/"+c.Reason != want {
 					t.Errorf("condition %s = %+v, want %s", typ, c, want)
 				}
+			}
+		})
+	}
+}
+
+func TestCheckClusterIDAgreesWritesOrRefuses(t *testing.T) {
+	prop := func(v string) *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "about.k8s.io/v1alpha1", "kind": "ClusterProperty",
+			"metadata": map[string]any{"name": ClusterIDProperty}, "spec": map[string]any{"value": v}}}
+	}
+	for _, tc := range []struct {
+		name     string
+		existing string // "" = absent
+		write    bool
+		want     string // the property afterwards, "" = absent
+		mismatch bool
+	}{
+		{"absent, join only reads", "", false, "", false},
+		{"absent, the agent writes it", "", true, "west", false},
+		{"present and equal", "west", true, "west", false},
+		{"present and different", "east", true, "east", true},
+		{"present and different at join", "east", false, "east", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var objs []runtime.Object
+			if tc.existing != "" {
+				objs = append(objs, prop(tc.existing))
+			}
+			dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+				map[schema.GroupVersionResource]string{clusterPropertyGVR: "ClusterPropertyList"}, objs...)
+			err := checkClusterID(context.Background(), dyn, federation.MustClusterName("west"), tc.write, testLogger(t, "west"))
+			var me *ClusterIDMismatchError
+			if tc.mismatch != errors.Is(err, ErrClusterIDMismatch) || (tc.mismatch && (!errors.As(err, &me) || me.Property != tc.existing || me.Cluster != "west")) {
+				t.Fatalf("err %v, want mismatch=%v naming %q and west", err, tc.mismatch, tc.existing)
+			}
+			if !tc.mismatch && err != nil {
+				t.Fatal(err)
+			}
+			got, err := dyn.Resource(clusterPropertyGVR).Get(context.Background(), ClusterIDProperty, metav1.GetOptions{})
+			v := ""
+			if err == nil {
+				v, _, _ = unstructured.NestedString(got.Object, "spec", "value")
+			}
+			if tc.want == "" && err == nil || tc.want != "" && v != tc.want {
+				t.Fatalf("property %q (%v), want %q", v, err, tc.want)
 			}
 		})
 	}
