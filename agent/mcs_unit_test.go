@@ -227,11 +227,7 @@ type fakeImporter struct {
 
 func newFakeImporter(t testing.TB, self string, objs ...runtime.Object) *fakeImporter {
 	t.Helper()
-	var kobjs []runtime.Object
-	for _, o := range objs {
-		kobjs = append(kobjs, o)
-	}
-	kc := kubefake.NewClientset(kobjs...)
+	kc := kubefake.NewClientset(objs...)
 	mc := mcsfake.NewSimpleClientset()
 	return &fakeImporter{kc: kc, mc: mc, im: &kubeImporter{log: testLogger(t, self), self: self, gateway: "10.99.0.1", namespace: DefaultNamespace,
 		gatewaySel: labels.Everything(), kube: kc, mcs: mc, kick: make(chan struct{}, 1), egress: newEgressTable(15000, 15100, nil)}}
