@@ -71,7 +71,7 @@ type Agent struct {
 	local     map[string]*gatewayv1.LocalService
 	gwAddr    string
 	failures  map[string]string
-	conflicts map[string]string
+	conflicts map[string]importConflict
 	source    catalogSource
 	importer  *kubeImporter
 	// stopImporter stops the importer and waits for it (nil without one).
@@ -194,6 +194,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if creds.Cluster != a.cfg.Cluster.String() {
 		return fmt.Errorf("agent: stored credentials are for cluster %q, not %q", creds.Cluster, a.cfg.Cluster)
+	}
+	// The cluster's ID (KEP-2149): checked, and written when absent.
+	if err := checkKubeClusterID(ctx, a.cfg, true, a.log); err != nil {
+		return err
 	}
 	td, err := spiffeid.TrustDomainFromString(creds.TrustDomain)
 	if err != nil {
@@ -573,7 +577,7 @@ func (a *Agent) publishView(v *view, egressF *egressFile) *view {
 	a.kickDNS()
 	a.reportSynced()
 	if cr, ok := src.(conflictReporter); ok {
-		c := make(map[string]string, len(conflicts))
+		c := make(map[string]importConflict, len(conflicts))
 		for k, m := range conflicts {
 			c[k] = m
 		}

@@ -29,7 +29,7 @@ func BenchmarkPropagation(b *testing.B) {
 	// Arrival times in west, from watches (no polling error).
 	var mu sync.Mutex
 	importAt, sliceAt := map[string]time.Time{}, map[string]time.Time{}
-	siw, err := wmc.MulticlusterV1alpha1().ServiceImports("default").Watch(ctx, metav1.ListOptions{})
+	siw, err := wmc.MulticlusterV1beta1().ServiceImports("default").Watch(ctx, metav1.ListOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}

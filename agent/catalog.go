@@ -2,11 +2,9 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"strings"
 
-	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
 )
@@ -62,10 +60,10 @@ type catalogSource interface {
 
 // conflictReporter is implemented by sources that can show MCS conflicts
 // on their export objects. The agent calls it from its sync goroutine with
-// the complete set of this cluster's losing exports (key → message); the
-// map is handed over.
+// the complete set of this cluster's losing exports (key → MCS reasons and
+// message); the map is handed over.
 type conflictReporter interface {
-	setConflicts(map[string]string)
+	setConflicts(map[string]importConflict)
 }
 
 // syncReporter is implemented by sources that show whether each export
@@ -89,87 +87,19 @@ type sourceState struct {
 	Invalid   map[string]string `json:"invalid,omitempty"` // key → reason
 }
 
-// Limits on exports, the same as the hub's.
+// Limits on exports: the contract's (fedv1.ValidateExportedService).
 const (
-	maxPortsPerService = 64
-	maxEndpointGroups  = 256
-	maxLabels          = 32
-	maxLabelKey        = 63
-	maxLabelValue      = 253
-	maxCount           = 1 << 20
+	maxPortsPerService = fedv1.MaxPortsPerService
+	maxEndpointGroups  = fedv1.MaxEndpointGroups
+	maxLabels          = fedv1.MaxLabels
+	maxLabelKey        = fedv1.MaxLabelKeyLength
+	maxLabelValue      = fedv1.MaxLabelValueLength
 )
 
-var supportedProtocols = []string{"TCP", "UDP", "HTTP", "HTTP2", "GRPC", "TLS"}
-
-// validateExport checks svc as the hub will, so that an invalid export is
-// reported locally with its field path instead of failing a publish.
+// validateExport checks svc with the contract's one export validation,
+// the hub's too, so that an export shown Valid is one the hub accepts.
 func validateExport(field string, svc *fedv1.ExportedService) error {
-	if _, err := federation.NewServiceKey(svc.GetNamespace(), svc.GetName()); err != nil {
-		if fe, ok := err.(*federation.FieldError); ok {
-			return fe.WithPrefix(field)
-		}
-		return err
-	}
-	inv := func(f, v, reason string, args ...any) error {
-		return &federation.FieldError{Field: field + f, Value: v, Reason: fmt.Sprintf(reason, args...)}
-	}
-	if n := len(svc.GetPorts()); n == 0 || n > maxPortsPerService {
-		return inv(".ports", fmt.Sprint(n), "ports: want 1 to %d", maxPortsPerService)
-	}
-	names := map[string]bool{}
-	for i, p := range svc.GetPorts() {
-		pf := fmt.Sprintf(".ports[%d]", i)
-		if p.GetPort() < 1 || p.GetPort() > 65535 {
-			return inv(pf+".port", fmt.Sprint(p.GetPort()), "must be in 1..65535")
-		}
-		if !slices.Contains(supportedProtocols, p.GetProtocol()) {
-			return inv(pf+".protocol", p.GetProtocol(), "must be one of %s", strings.Join(supportedProtocols, ", "))
-		}
-		if len(p.GetName()) > federation.MaxNameLength {
-			return inv(pf+".name", p.GetName(), "at most %d characters", federation.MaxNameLength)
-		}
-		if len(svc.GetPorts()) > 1 && p.GetName() == "" {
-			return inv(pf+".name", "", "required when a service has several ports")
-		}
-		if names[p.GetName()] {
-			return inv(pf+".name", p.GetName(), "duplicate port name")
-		}
-		names[p.GetName()] = true
-		if len(p.GetAppProtocol()) > 253 {
-			return inv(pf+".app_protocol", p.GetAppProtocol(), "at most 253 characters")
-		}
-	}
-	if n := len(svc.GetEndpoints()); n > maxEndpointGroups {
-		return inv(".endpoints", fmt.Sprint(n), "endpoint groups, at most %d", maxEndpointGroups)
-	}
-	for i, g := range svc.GetEndpoints() {
-		gf := fmt.Sprintf(".endpoints[%d]", i)
-		if len(g.GetZone()) > federation.MaxLocalityPartLength {
-			return inv(gf+".zone", g.GetZone(), "at most %d characters", federation.MaxLocalityPartLength)
-		}
-		if err := validateLabels(field+gf+".labels", g.GetLabels()); err != nil {
-			return err
-		}
-		if g.GetReady() > maxCount || g.GetServing() > maxCount || g.GetTerminating() > maxCount {
-			return inv(gf, "", "counts must be at most %d", maxCount)
-		}
-	}
-	return nil
-}
-
-func validateLabels(field string, labels map[string]string) error {
-	if len(labels) > maxLabels {
-		return &federation.FieldError{Field: field, Value: fmt.Sprint(len(labels)), Reason: fmt.Sprintf("labels, at most %d", maxLabels)}
-	}
-	for k, v := range labels {
-		if k == "" || len(k) > maxLabelKey {
-			return &federation.FieldError{Field: field, Value: k, Reason: fmt.Sprintf("key must be 1 to %d characters", maxLabelKey)}
-		}
-		if len(v) > maxLabelValue {
-			return &federation.FieldError{Field: field + "[" + k + "]", Value: v, Reason: fmt.Sprintf("at most %d characters", maxLabelValue)}
-		}
-	}
-	return nil
+	return fedv1.ValidateExportedService(field, svc)
 }
 
 // endpointHealth is one endpoint's zone, labels and conditions, the input

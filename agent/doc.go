@@ -103,15 +103,32 @@
 // # Catalog sources
 //
 // The kubernetes source watches MCS ServiceExports
-// (multicluster.x-k8s.io/v1alpha1), the Services they name and those
-// Services' EndpointSlices (ports by name, zone from the endpoint or its
-// node, labels from the endpoint's pod without per-pod ones such as
-// pod-template-hash), and sets three conditions on each ServiceExport:
-// Valid and Conflict (MCS), and meshfed.io/Synced: True (Published) once
-// the hub holds the export as the cluster has it, False with
-// HubUnreachable while the agent is not connected (the hub keeps the last
-// published state), Pending until the hub acknowledged a change, Invalid
-// when Valid is False. The file source polls a YAML file:
+// (multicluster.x-k8s.io/v1beta1, the version the CRDs store), the
+// Services they name and those Services' EndpointSlices (ports by name,
+// zone from the endpoint or its node, labels from the endpoint's pod
+// without per-pod ones such as pod-template-hash). Endpoints are merged
+// per pod (its targetRef), so a dual-stack pod listed in an IPv4 and an
+// IPv6 slice counts once and keeps both addresses. A headless Service
+// (clusterIP None) is exported as headless, with every pod's hostname,
+// addresses and target ports; the session affinity and its timeout are
+// exported too. Exports are checked with
+// federationv1.ValidateExportedService, the hub's check. Each
+// ServiceExport gets the MCS conditions Valid, Conflict (reasons
+// PortConflict, TypeConflict, SessionAffinityConflict,
+// SessionAffinityConfigConflict, comma-separated) and Ready (Exported,
+// Pending, Failed), and meshfed.io/Synced: True (Published) once the hub
+// holds the export as the cluster has it, False with HubUnreachable while
+// the agent is not connected (the hub keeps the last published state),
+// Pending until the hub acknowledged a change, Invalid when Valid is
+// False.
+//
+// The cluster's ID (KEP-2149) is the ClusterProperty
+// cluster.clusterset.k8s.io (about.k8s.io/v1alpha1): Join refuses when it
+// exists with another value than Config.Cluster (*ClusterIDMismatchError,
+// ErrClusterIDMismatch), and Run checks it likewise and writes it when
+// absent. Without the CRD it is skipped with a warning.
+//
+// The file source polls a YAML file:
 //
 //	services:
 //	- namespace: default          # RFC 1123 label
@@ -135,14 +152,25 @@
 //
 // MCS namespace sameness: namespace/name exported by any cluster is one
 // global service. For each one whose namespace exists locally the
-// kubernetes importer writes a ServiceImport, a derived Service
-// (meshfed-<name>) and an EndpointSlice pointing at Config.GatewayAddress
-// with one egress port per service port, assigned from
-// EgressPortMin..EgressPortMax and recorded in an annotation. Everything
-// it writes carries app.kubernetes.io/managed-by=meshfed-agent; nothing
-// else is touched. Orphans are deleted at start. Conflicts follow MCS: the
-// oldest export (lowest create_revision) wins; a cluster whose export
-// conflicts with it sets a Conflict condition on its own ServiceExport.
+// kubernetes importer writes a ServiceImport (v1beta1; type, ports and
+// session affinity of the oldest export; status.clusters lists every
+// exporting cluster), a derived Service (meshfed-<name>) and
+// EndpointSlices. A ClusterSetIP import has one slice pointing at the
+// gateways (Config.GatewayAddress as the fallback) with one egress port
+// per service port, assigned from EgressPortMin..EgressPortMax and
+// recorded in an annotation. A Headless import has a headless derived
+// Service and one slice per exporting cluster and IP family, listing its
+// pods' addresses and hostnames. Every slice carries
+// multicluster.kubernetes.io/service-name,
+// multicluster.kubernetes.io/source-cluster (the exporting cluster; this
+// cluster for the gateway slice) and endpointslice.kubernetes.io/managed-by
+// agent.meshfed.io. Everything it writes carries
+// app.kubernetes.io/managed-by=meshfed-agent; nothing else is touched.
+// Orphans are deleted at start. Conflicts follow KEP-1645: ports (name,
+// protocol, port), type and session affinity; the oldest export (lowest
+// create_revision) wins; a cluster whose export conflicts with it sets a
+// Conflict condition on its own ServiceExport, and only a port conflict
+// keeps its endpoints out of the routes.
 // With the file source imports exist only in the agent's state (/state)
 // and the gateway config; their egress ports are kept in
 // <data-dir>/egress-ports.json.

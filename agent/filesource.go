@@ -110,7 +110,7 @@ func (c *FileCatalog) validate() error {
 			if len(e.Zone) > federation.MaxLocalityPartLength {
 				return &federation.FieldError{Field: ef + ".zone", Value: e.Zone, Reason: fmt.Sprintf("at most %d characters", federation.MaxLocalityPartLength)}
 			}
-			if err := validateLabels(ef+".labels", e.Labels); err != nil {
+			if err := fedv1.ValidateLabels(ef+".labels", e.Labels); err != nil {
 				return err
 			}
 			for name, p := range e.Ports {

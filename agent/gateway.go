@@ -83,7 +83,13 @@ func buildGatewayConfig(me *gatewayv1.Self, v *view, local map[string]*gatewayv1
 		}
 		for _, ic := range p.Clusters {
 			e := v.exports[exportKey{cluster: ic.Cluster, service: key}]
-			im.Clusters = append(im.Clusters, &gatewayv1.ImportCluster{Cluster: ic.Cluster, Endpoints: e.GetService().GetEndpoints(), Conflict: ic.Conflict})
+			// Only a port conflict keeps a cluster out of the routes:
+			// with the others the oldest export's setting applies.
+			conflict := ""
+			if ic.portConflict() {
+				conflict = ic.Conflict
+			}
+			im.Clusters = append(im.Clusters, &gatewayv1.ImportCluster{Cluster: ic.Cluster, Endpoints: e.GetService().GetEndpoints(), Conflict: conflict})
 		}
 		c.imports[key] = im
 	}

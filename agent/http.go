@@ -143,7 +143,7 @@ func (a *Agent) State() State {
 	}
 	for _, k := range sortedKeys(a.desired) {
 		s := a.desired[k]
-		e := ExportState{Key: k, Ports: s.GetPorts(), Error: a.failures[k], Conflict: a.conflicts[k]}
+		e := ExportState{Key: k, Ports: s.GetPorts(), Error: a.failures[k], Conflict: a.conflicts[k].Message}
 		for _, g := range s.GetEndpoints() {
 			e.Ready += g.GetReady()
 		}

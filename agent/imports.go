@@ -3,6 +3,10 @@ package agent
 import (
 	"fmt"
 	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	mcsv1b1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
@@ -14,6 +18,13 @@ type importPlan struct {
 	Key       string `json:"key"`
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`
+	// Headless is the oldest export's type: the import is Headless, else
+	// ClusterSetIP.
+	Headless bool `json:"headless,omitempty"`
+	// SessionAffinity ("" or "ClientIP") and its timeout are the oldest
+	// export's.
+	SessionAffinity               string `json:"sessionAffinity,omitempty"`
+	SessionAffinityTimeoutSeconds int32  `json:"sessionAffinityTimeoutSeconds,omitempty"`
 	// Ports are the oldest export's ports, plus the ports of younger
 	// exports that do not conflict with them, in create order.
 	Ports    []*fedv1.ServicePort `json:"ports"`
@@ -33,19 +44,41 @@ type importCluster struct {
 	Terminating    uint32 `json:"terminating"`
 	CreateRevision uint64 `json:"createRevision"`
 	// Conflict is set when this cluster's export conflicts with the
-	// oldest one, which wins.
-	Conflict string `json:"conflict,omitempty"`
+	// oldest one, which wins; ConflictReason holds the MCS reasons,
+	// comma-separated (PortConflict, TypeConflict, SessionAffinityConflict,
+	// SessionAffinityConfigConflict).
+	Conflict       string `json:"conflict,omitempty"`
+	ConflictReason string `json:"conflictReason,omitempty"`
+	// Endpoints are the cluster's backend pods of a headless import (its
+	// export's headless endpoints when it is headless too).
+	Endpoints []*fedv1.HeadlessEndpoint `json:"endpoints,omitempty"`
 }
 
-// planImports computes every import from a view, and the conflict message
-// of each of self's exports that loses to an older one. Pure.
-func planImports(self string, v *view) (map[string]*importPlan, map[string]string) {
+// portConflict reports whether the cluster's ports conflict with the
+// oldest export's: its endpoints may not serve the import's ports, so it
+// takes no traffic. Other conflicts only mean the oldest export's setting
+// applies to everyone.
+func (c importCluster) portConflict() bool {
+	return slices.Contains(strings.Split(c.ConflictReason, ","), string(mcsv1b1.ServiceExportReasonPortConflict))
+}
+
+// importConflict is why one of this cluster's exports conflicts with an
+// older export of the same service: the MCS reasons, comma-separated, and
+// a message naming the winner.
+type importConflict struct {
+	Reason  string
+	Message string
+}
+
+// planImports computes every import from a view, and the conflicts of each
+// of self's exports that loses to an older one. Pure.
+func planImports(self string, v *view) (map[string]*importPlan, map[string]importConflict) {
 	byService := map[string][]*fedv1.ExportRecord{}
 	for k, e := range v.exports {
 		byService[k.service] = append(byService[k.service], e)
 	}
 	plans := make(map[string]*importPlan, len(byService))
-	conflicts := map[string]string{}
+	conflicts := map[string]importConflict{}
 	for key, recs := range byService {
 		slices.SortFunc(recs, func(a, b *fedv1.ExportRecord) int {
 			if a.GetCreateRevision() != b.GetCreateRevision() {
@@ -57,8 +90,10 @@ func planImports(self string, v *view) (map[string]*importPlan, map[string]strin
 			return cmpString(a.GetCluster(), b.GetCluster())
 		})
 		oldest := recs[0]
-		p := &importPlan{Key: key, Namespace: oldest.GetService().GetNamespace(), Name: oldest.GetService().GetName()}
-		p.Ports = append(p.Ports, oldest.GetService().GetPorts()...)
+		os := oldest.GetService()
+		p := &importPlan{Key: key, Namespace: os.GetNamespace(), Name: os.GetName(), Headless: os.GetHeadless(),
+			SessionAffinity: sessionAffinity(os), SessionAffinityTimeoutSeconds: os.GetSessionAffinityTimeoutSeconds()}
+		p.Ports = append(p.Ports, os.GetPorts()...)
 		for _, r := range recs {
 			c := importCluster{Cluster: r.GetCluster(), CreateRevision: r.GetCreateRevision()}
 			if cr := v.clusters[r.GetCluster()]; cr != nil {
@@ -69,11 +104,16 @@ func planImports(self string, v *view) (map[string]*importPlan, map[string]strin
 				c.Serving += g.GetServing()
 				c.Terminating += g.GetTerminating()
 			}
+			if p.Headless && r.GetService().GetHeadless() {
+				c.Endpoints = r.GetService().GetHeadlessEndpoints()
+			}
 			if r != oldest {
-				if why := portsConflict(oldest.GetService().GetPorts(), r.GetService().GetPorts()); why != "" {
-					c.Conflict = fmt.Sprintf("%s; the oldest export, from cluster %s, wins", why, oldest.GetCluster())
+				reasons, msgs := exportConflicts(os, r.GetService())
+				if len(reasons) > 0 {
+					c.ConflictReason = strings.Join(reasons, ",")
+					c.Conflict = fmt.Sprintf("%s; the oldest export, from cluster %s, wins", strings.Join(msgs, "; "), oldest.GetCluster())
 					if r.GetCluster() == self {
-						conflicts[key] = c.Conflict
+						conflicts[key] = importConflict{Reason: c.ConflictReason, Message: c.Conflict}
 					}
 				}
 				for _, port := range r.GetService().GetPorts() {
@@ -89,6 +129,44 @@ func planImports(self string, v *view) (map[string]*importPlan, map[string]strin
 	return plans, conflicts
 }
 
+// sessionAffinity is an export's session affinity, "" for None.
+func sessionAffinity(s *fedv1.ExportedService) string {
+	if s.GetSessionAffinity() == string(corev1.ServiceAffinityNone) {
+		return ""
+	}
+	return s.GetSessionAffinity()
+}
+
+// exportConflicts lists how younger conflicts with oldest, as KEP-1645
+// lists conflicts: ports (name, protocol, port), type (headless against
+// ClusterSetIP), session affinity and its config. It returns the MCS
+// reasons and a message for each.
+func exportConflicts(oldest, younger *fedv1.ExportedService) (reasons, msgs []string) {
+	if why := portsConflict(oldest.GetPorts(), younger.GetPorts()); why != "" {
+		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonPortConflict))
+		msgs = append(msgs, why)
+	}
+	if oldest.GetHeadless() != younger.GetHeadless() {
+		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonTypeConflict))
+		msgs = append(msgs, fmt.Sprintf("type is %s here and %s in the oldest export", mcsType(younger), mcsType(oldest)))
+	}
+	if a, b := sessionAffinity(oldest), sessionAffinity(younger); a != b {
+		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonSessionAffinityConflict))
+		msgs = append(msgs, fmt.Sprintf("session affinity is %q here and %q in the oldest export", b, a))
+	} else if x, y := oldest.GetSessionAffinityTimeoutSeconds(), younger.GetSessionAffinityTimeoutSeconds(); x != y {
+		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonSessionAffinityConfigConflict))
+		msgs = append(msgs, fmt.Sprintf("session affinity timeout is %ds here and %ds in the oldest export", y, x))
+	}
+	return reasons, msgs
+}
+
+func mcsType(s *fedv1.ExportedService) mcsv1b1.ServiceImportType {
+	if s.GetHeadless() {
+		return mcsv1b1.Headless
+	}
+	return mcsv1b1.ClusterSetIP
+}
+
 func hasPort(ps []*fedv1.ServicePort, q *fedv1.ServicePort) bool {
 	for _, p := range ps {
 		if p.GetName() == q.GetName() && p.GetPort() == q.GetPort() && p.GetProtocol() == q.GetProtocol() {
@@ -100,15 +178,18 @@ func hasPort(ps []*fedv1.ServicePort, q *fedv1.ServicePort) bool {
 
 // portsConflict describes the first conflict between two port lists: the
 // same name with another port number or protocol, or the same port number
-// with another name or protocol. "" when they agree.
+// and transport (a port is keyed by both, as in Kubernetes: 53/TCP and
+// 53/UDP are two ports) with another name or protocol. "" when they agree.
 func portsConflict(a, b []*fedv1.ServicePort) string {
 	for _, p := range a {
 		for _, q := range b {
 			switch {
 			case p.GetName() == q.GetName() && (p.GetPort() != q.GetPort() || p.GetProtocol() != q.GetProtocol()):
 				return fmt.Sprintf("port %q is %d/%s here and %d/%s in the oldest export", p.GetName(), q.GetPort(), q.GetProtocol(), p.GetPort(), p.GetProtocol())
-			case p.GetPort() == q.GetPort() && (p.GetName() != q.GetName() || p.GetProtocol() != q.GetProtocol()):
-				return fmt.Sprintf("port %d is %q/%s here and %q/%s in the oldest export", p.GetPort(), q.GetName(), q.GetProtocol(), p.GetName(), p.GetProtocol())
+			case p.GetPort() == q.GetPort() && fedv1.Transport(p.GetProtocol()) == fedv1.Transport(q.GetProtocol()) &&
+				(p.GetName() != q.GetName() || p.GetProtocol() != q.GetProtocol()):
+				return fmt.Sprintf("port %d/%s is %q/%s here and %q/%s in the oldest export", p.GetPort(), fedv1.Transport(p.GetProtocol()),
+					q.GetName(), q.GetProtocol(), p.GetName(), p.GetProtocol())
 			}
 		}
 	}

@@ -50,6 +50,10 @@ func Join(ctx context.Context, cfg Config, token string) error {
 	if jt.Cluster != cfg.Cluster {
 		return fmt.Errorf("%w: the token is for cluster %q, not %q", ErrWrongCluster, jt.Cluster, cfg.Cluster)
 	}
+	// A cluster that already has an ID (KEP-2149) joins only under it.
+	if err := checkKubeClusterID(ctx, cfg, false, discardIfNil(cfg.Log)); err != nil {
+		return err
+	}
 	st, err := openStores(cfg)
 	if err != nil {
 		return err

@@ -21,7 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
+	mcsv1b1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	"sigs.k8s.io/yaml"
 
@@ -60,10 +60,13 @@ func installCRDs(t testing.TB, c *testenv.ClusterEnv) mcsclient.Interface {
 		t.Fatal(err)
 	}
 	if err := testenv.WaitFor(context.Background(), 30*time.Second, func(ctx context.Context) error {
-		if _, err := mc.MulticlusterV1alpha1().ServiceExports("default").List(ctx, metav1.ListOptions{}); err != nil {
+		if _, err := mc.MulticlusterV1beta1().ServiceExports("default").List(ctx, metav1.ListOptions{}); err != nil {
 			return err
 		}
-		_, err := mc.MulticlusterV1alpha1().ServiceImports("default").List(ctx, metav1.ListOptions{})
+		if _, err := mc.MulticlusterV1beta1().ServiceImports("default").List(ctx, metav1.ListOptions{}); err != nil {
+			return err
+		}
+		_, err := dyn.Resource(clusterPropertyGVR).List(ctx, metav1.ListOptions{})
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -128,16 +131,16 @@ func createExport(t testing.TB, kc kubernetes.Interface, mc mcsclient.Interface,
 			t.Fatal(err)
 		}
 	}
-	se := &mcsv1a1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	if _, err := mc.MulticlusterV1alpha1().ServiceExports(ns).Create(ctx, se, metav1.CreateOptions{}); err != nil {
+	se := &mcsv1b1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	if _, err := mc.MulticlusterV1beta1().ServiceExports(ns).Create(ctx, se, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
 
 // importObjects returns the ServiceImport and derived EndpointSlice of
 // ns/name, failing the poll until both exist.
-func importObjects(ctx context.Context, kc kubernetes.Interface, mc mcsclient.Interface, ns, name string) (*mcsv1a1.ServiceImport, *discoveryv1.EndpointSlice, error) {
-	si, err := mc.MulticlusterV1alpha1().ServiceImports(ns).Get(ctx, name, metav1.GetOptions{})
+func importObjects(ctx context.Context, kc kubernetes.Interface, mc mcsclient.Interface, ns, name string) (*mcsv1b1.ServiceImport, *discoveryv1.EndpointSlice, error) {
+	si, err := mc.MulticlusterV1beta1().ServiceImports(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -151,7 +154,7 @@ func importObjects(ctx context.Context, kc kubernetes.Interface, mc mcsclient.In
 func waitCondition(t testing.TB, mc mcsclient.Interface, ns, name, typ string, status metav1.ConditionStatus, reason string) {
 	t.Helper()
 	err := testenv.WaitFor(context.Background(), 30*time.Second, func(ctx context.Context) error {
-		se, err := mc.MulticlusterV1alpha1().ServiceExports(ns).Get(ctx, name, metav1.GetOptions{})
+		se, err := mc.MulticlusterV1beta1().ServiceExports(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -197,19 +200,19 @@ func TestKubeAgentsExportImportStaticStability(t *testing.T) {
 
 	// An orphan from an earlier life is collected at start; a foreign
 	// ServiceImport is never touched.
-	orphan := &mcsv1a1.ServiceImport{ObjectMeta: ownedMeta("default", "ghost", "ghost"), Spec: mcsv1a1.ServiceImportSpec{Type: mcsv1a1.ClusterSetIP, Ports: []mcsv1a1.ServicePort{{Port: 1}}}}
-	if _, err := wmc.MulticlusterV1alpha1().ServiceImports("default").Create(ctx, orphan, metav1.CreateOptions{}); err != nil {
+	orphan := &mcsv1b1.ServiceImport{ObjectMeta: ownedMeta("default", "ghost", "ghost"), Spec: mcsv1b1.ServiceImportSpec{Type: mcsv1b1.ClusterSetIP, Ports: []mcsv1b1.ServicePort{{Port: 1}}}}
+	if _, err := wmc.MulticlusterV1beta1().ServiceImports("default").Create(ctx, orphan, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	foreign := &mcsv1a1.ServiceImport{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "theirs"}, Spec: mcsv1a1.ServiceImportSpec{Type: mcsv1a1.ClusterSetIP, Ports: []mcsv1a1.ServicePort{{Port: 1}}}}
-	if _, err := wmc.MulticlusterV1alpha1().ServiceImports("default").Create(ctx, foreign, metav1.CreateOptions{}); err != nil {
+	foreign := &mcsv1b1.ServiceImport{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "theirs"}, Spec: mcsv1b1.ServiceImportSpec{Type: mcsv1b1.ClusterSetIP, Ports: []mcsv1b1.ServicePort{{Port: 1}}}}
+	if _, err := wmc.MulticlusterV1beta1().ServiceImports("default").Create(ctx, foreign, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 
 	createExport(t, ekc, emc, "default", "reviews", 8080, corev1.ServiceTypeClusterIP, "us-east-1a")
 	waitCondition(t, emc, "default", "reviews", "Valid", metav1.ConditionTrue, "Valid")
 
-	var si0 *mcsv1a1.ServiceImport
+	var si0 *mcsv1b1.ServiceImport
 	var es0 *discoveryv1.EndpointSlice
 	if err := testenv.WaitFor(ctx, 30*time.Second, func(ctx context.Context) error {
 		si, es, err := importObjects(ctx, wkc, wmc, "default", "reviews")
@@ -234,14 +237,14 @@ func TestKubeAgentsExportImportStaticStability(t *testing.T) {
 		t.Errorf("egress port %d outside %d-%d", p, wcfg.EgressPortMin, wcfg.EgressPortMax)
 	}
 	if err := testenv.WaitFor(ctx, 20*time.Second, func(ctx context.Context) error {
-		if _, err := wmc.MulticlusterV1alpha1().ServiceImports("default").Get(ctx, "ghost", metav1.GetOptions{}); err == nil {
+		if _, err := wmc.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "ghost", metav1.GetOptions{}); err == nil {
 			return errors.New("orphan still there")
 		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := wmc.MulticlusterV1alpha1().ServiceImports("default").Get(ctx, "theirs", metav1.GetOptions{}); err != nil {
+	if _, err := wmc.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "theirs", metav1.GetOptions{}); err != nil {
 		t.Fatalf("foreign ServiceImport: %v", err)
 	}
 	waitCondition(t, emc, "default", "reviews", ConditionSynced, metav1.ConditionTrue, ReasonPublished)
@@ -275,20 +278,20 @@ func TestKubeAgentsExportImportStaticStability(t *testing.T) {
 
 	t.Run("InvalidExportCondition", func(t *testing.T) {
 		createExport(t, ekc, emc, "default", "external", 0, corev1.ServiceTypeExternalName, "")
-		waitCondition(t, emc, "default", "external", "Valid", metav1.ConditionFalse, string(mcsv1a1.ServiceExportReasonInvalidServiceType))
-		se := &mcsv1a1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "missing"}}
-		if _, err := emc.MulticlusterV1alpha1().ServiceExports("default").Create(ctx, se, metav1.CreateOptions{}); err != nil {
+		waitCondition(t, emc, "default", "external", "Valid", metav1.ConditionFalse, string(mcsv1b1.ServiceExportReasonInvalidServiceType))
+		se := &mcsv1b1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "missing"}}
+		if _, err := emc.MulticlusterV1beta1().ServiceExports("default").Create(ctx, se, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitCondition(t, emc, "default", "missing", "Valid", metav1.ConditionFalse, string(mcsv1a1.ServiceExportReasonNoService))
+		waitCondition(t, emc, "default", "missing", "Valid", metav1.ConditionFalse, string(mcsv1b1.ServiceExportReasonNoService))
 	})
 
 	t.Run("ConflictCondition", func(t *testing.T) {
 		// west exports reviews later, on another port: east's is older and wins.
 		createExport(t, wkc, wmc, "default", "reviews", 9090, corev1.ServiceTypeClusterIP, "us-west-1a")
-		waitCondition(t, wmc, "default", "reviews", "Conflict", metav1.ConditionTrue, string(mcsv1a1.ServiceExportReasonPortConflict))
-		waitCondition(t, emc, "default", "reviews", "Conflict", metav1.ConditionFalse, string(mcsv1a1.ServiceExportReasonNoConflicts))
-		if err := wmc.MulticlusterV1alpha1().ServiceExports("default").Delete(ctx, "reviews", metav1.DeleteOptions{}); err != nil {
+		waitCondition(t, wmc, "default", "reviews", "Conflict", metav1.ConditionTrue, string(mcsv1b1.ServiceExportReasonPortConflict))
+		waitCondition(t, emc, "default", "reviews", "Conflict", metav1.ConditionFalse, string(mcsv1b1.ServiceExportReasonNoConflicts))
+		if err := wmc.MulticlusterV1beta1().ServiceExports("default").Delete(ctx, "reviews", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		waitState(t, wa.a, 20*time.Second, func(st State) error {
@@ -379,7 +382,7 @@ func TestKubeAgentsExportImportStaticStability(t *testing.T) {
 	})
 
 	t.Run("DeletionPropagates", func(t *testing.T) {
-		if err := emc.MulticlusterV1alpha1().ServiceExports("default").Delete(ctx, "reviews", metav1.DeleteOptions{}); err != nil {
+		if err := emc.MulticlusterV1beta1().ServiceExports("default").Delete(ctx, "reviews", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if err := testenv.WaitFor(ctx, 30*time.Second, func(ctx context.Context) error {

@@ -19,6 +19,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -29,10 +30,10 @@ import (
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
-	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
+	mcsv1b1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
-	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1alpha1"
+	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
@@ -108,7 +109,7 @@ func (im *kubeImporter) Run(ctx context.Context, views *mailbox[*view]) error {
 	mf := mcsinformers.NewSharedInformerFactoryWithOptions(im.mcs, 0, mcsinformers.WithTweakListOptions(owned))
 	h := handlers(im.signal, im.signal)
 	nsInf := kf.Core().V1().Namespaces()
-	siInf := mf.Multicluster().V1alpha1().ServiceImports()
+	siInf := mf.Multicluster().V1beta1().ServiceImports()
 	svcInf := of.Core().V1().Services()
 	esInf := of.Discovery().V1().EndpointSlices()
 	for _, inf := range []cache.SharedIndexInformer{nsInf.Informer(), siInf.Informer(), svcInf.Informer(), esInf.Informer()} {
@@ -206,7 +207,7 @@ func parseEgressAnnotation(s string) map[string]int {
 
 // egressSeed reads the egress ports recorded on the importer's own
 // ServiceImports (a restart's starting point).
-func egressSeed(sis []*mcsv1a1.ServiceImport) map[egressKey]int {
+func egressSeed(sis []*mcsv1b1.ServiceImport) map[egressKey]int {
 	seed := map[egressKey]int{}
 	for _, si := range sis {
 		if !isOwned(si) {
@@ -227,11 +228,11 @@ func egressSeed(sis []*mcsv1a1.ServiceImport) map[egressKey]int {
 // server, before the gateways are served: a restarted agent never sends a
 // gateway egress_port 0 for an import it had assigned a port to.
 func (im *kubeImporter) seedEgress(ctx context.Context) error {
-	list, err := im.mcs.MulticlusterV1alpha1().ServiceImports("").List(ctx, metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedByValue})
+	list, err := im.mcs.MulticlusterV1beta1().ServiceImports("").List(ctx, metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedByValue})
 	if err != nil {
 		return fmt.Errorf("agent: egress ports from ServiceImports: %w", err)
 	}
-	sis := make([]*mcsv1a1.ServiceImport, len(list.Items))
+	sis := make([]*mcsv1b1.ServiceImport, len(list.Items))
 	for i := range list.Items {
 		sis[i] = &list.Items[i]
 	}
@@ -350,7 +351,7 @@ func ignoreNotFound(err error) error {
 
 func (im *kubeImporter) deleteImport(ctx context.Context, ns, name string) error {
 	im.log.Info("removing import", "service", ns+"/"+name)
-	return ignoreNotFound(im.mcs.MulticlusterV1alpha1().ServiceImports(ns).Delete(ctx, name, metav1.DeleteOptions{}))
+	return ignoreNotFound(im.mcs.MulticlusterV1beta1().ServiceImports(ns).Delete(ctx, name, metav1.DeleteOptions{}))
 }
 
 func ownedMeta(ns, name, service string) metav1.ObjectMeta {
@@ -372,6 +373,189 @@ func appProtocol(p *fedv1.ServicePort) *string {
 	return &s
 }
 
+// desiredService is the derived Service of an import: headless
+// (clusterIP None, its EndpointSlices list the exporting clusters' pods)
+// for a Headless import, else a ClusterIP Service whose ports target the
+// egress ports of the gateways.
+func desiredService(p *importPlan, dn string, egress map[string]int) *corev1.Service {
+	s := &corev1.Service{ObjectMeta: ownedMeta(p.Namespace, dn, p.Name), Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP}}
+	if p.Headless {
+		s.Spec.ClusterIP = corev1.ClusterIPNone
+	}
+	for _, port := range p.Ports {
+		target := intstr.FromInt32(int32(egress[port.GetName()]))
+		if p.Headless {
+			target = intstr.FromInt32(int32(port.GetPort()))
+		}
+		s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: port.GetName(), Protocol: k8sProtocol(port.GetProtocol()), AppProtocol: appProtocol(port),
+			Port: int32(port.GetPort()), TargetPort: target})
+	}
+	return s
+}
+
+// sliceName is the name of one of an import's EndpointSlices: the derived
+// Service's name, or it with a suffix, shortened with a hash past 63
+// characters.
+func sliceName(dn string, suffix ...string) string {
+	if len(suffix) == 0 {
+		return dn
+	}
+	n := dn + "-" + strings.Join(suffix, "-")
+	if len(n) <= 63 {
+		return n
+	}
+	sum := sha256.Sum256([]byte(n))
+	return n[:54] + "-" + hex.EncodeToString(sum[:4])
+}
+
+// sliceLabels are the labels of an import's EndpointSlices (KEP-1645):
+// the MCS service name and source cluster, the managed-by of the
+// EndpointSlice API (not the Kubernetes controller's), the derived
+// Service's name (so cluster DNS and kube-proxy use them), and the
+// agent's ownership labels.
+func sliceLabels(p *importPlan, dn, source string) map[string]string {
+	return map[string]string{
+		LabelManagedBy: ManagedByValue, LabelService: p.Name,
+		discoveryv1.LabelServiceName: dn, discoveryv1.LabelManagedBy: sliceManagedBy,
+		mcsv1b1.LabelServiceName: p.Name, mcsv1b1.LabelSourceCluster: source,
+	}
+}
+
+// desiredSlices are an import's EndpointSlices, sorted by name. A
+// ClusterSetIP import has one, named like the derived Service, with an
+// endpoint per gateway address (of the first address's family), ready
+// when some exporting cluster without a port conflict has a ready
+// endpoint; its source cluster is self, where the gateways are. A Headless
+// import has one per exporting cluster (without a port conflict), IP
+// family and set of target ports, listing that cluster's pods with their
+// hostnames; a dual-stack pod is in the IPv4 and the IPv6 slice, as
+// Kubernetes lists it.
+func desiredSlices(self string, p *importPlan, dn string, gws []string, egress map[string]int) []*discoveryv1.EndpointSlice {
+	if !p.Headless {
+		addrType := discoveryv1.AddressTypeIPv4
+		if len(gws) > 0 {
+			if ip := net.ParseIP(gws[0]); ip != nil && ip.To4() == nil {
+				addrType = discoveryv1.AddressTypeIPv6
+			}
+		}
+		var ports []discoveryv1.EndpointPort
+		for _, port := range p.Ports {
+			name, proto, num := port.GetName(), k8sProtocol(port.GetProtocol()), int32(egress[port.GetName()])
+			ports = append(ports, discoveryv1.EndpointPort{Name: &name, Protocol: &proto, Port: &num, AppProtocol: appProtocol(port)})
+		}
+		ready := false
+		for _, c := range p.Clusters {
+			if c.Ready > 0 && !c.portConflict() {
+				ready = true
+			}
+		}
+		// One endpoint per gateway replica of the slice's address family.
+		eps := []discoveryv1.Endpoint{}
+		for _, a := range gws {
+			if ip := net.ParseIP(a); ip == nil || (ip.To4() == nil) != (addrType == discoveryv1.AddressTypeIPv6) {
+				continue
+			}
+			eps = append(eps, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
+		}
+		return []*discoveryv1.EndpointSlice{{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: dn, Labels: sliceLabels(p, dn, self)},
+			AddressType: addrType, Endpoints: eps, Ports: ports}}
+	}
+	var out []*discoveryv1.EndpointSlice
+	for _, c := range p.Clusters {
+		if c.portConflict() {
+			continue
+		}
+		type group struct {
+			sig   string
+			ports map[string]uint32
+			eps   map[discoveryv1.AddressType][]discoveryv1.Endpoint
+		}
+		var groups []*group
+		for _, e := range c.Endpoints {
+			sig := egressAnnotation(targetPortsInt(e.GetTargetPorts()))
+			i := slices.IndexFunc(groups, func(g *group) bool { return g.sig == sig })
+			if i < 0 {
+				groups = append(groups, &group{sig: sig, ports: e.GetTargetPorts(), eps: map[discoveryv1.AddressType][]discoveryv1.Endpoint{}})
+				i = len(groups) - 1
+			}
+			g := groups[i]
+			for _, a := range e.GetAddresses() {
+				fam := discoveryv1.AddressTypeIPv4
+				if ip := net.ParseIP(a); ip != nil && ip.To4() == nil {
+					fam = discoveryv1.AddressTypeIPv6
+				}
+				ep := discoveryv1.Endpoint{Addresses: []string{a},
+					Conditions: discoveryv1.EndpointConditions{Ready: ptrTo(e.GetReady()), Serving: ptrTo(e.GetServing()), Terminating: ptrTo(e.GetTerminating())}}
+				if e.GetHostname() != "" {
+					ep.Hostname = ptrTo(e.GetHostname())
+				}
+				if e.GetZone() != "" {
+					ep.Zone = ptrTo(e.GetZone())
+				}
+				g.eps[fam] = append(g.eps[fam], ep)
+			}
+		}
+		for i, g := range groups {
+			var ports []discoveryv1.EndpointPort
+			for _, port := range p.Ports {
+				if tp, ok := g.ports[port.GetName()]; ok {
+					ports = append(ports, discoveryv1.EndpointPort{Name: ptrTo(port.GetName()), Protocol: ptrTo(k8sProtocol(port.GetProtocol())),
+						Port: ptrTo(int32(tp)), AppProtocol: appProtocol(port)})
+				}
+			}
+			for _, fam := range []discoveryv1.AddressType{discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6} {
+				eps := g.eps[fam]
+				if len(eps) == 0 {
+					continue
+				}
+				suffix := []string{c.Cluster, map[discoveryv1.AddressType]string{discoveryv1.AddressTypeIPv4: "v4", discoveryv1.AddressTypeIPv6: "v6"}[fam]}
+				if i > 0 {
+					suffix = append(suffix, strconv.Itoa(i))
+				}
+				out = append(out, &discoveryv1.EndpointSlice{
+					ObjectMeta:  metav1.ObjectMeta{Namespace: p.Namespace, Name: sliceName(dn, suffix...), Labels: sliceLabels(p, dn, c.Cluster)},
+					AddressType: fam, Endpoints: eps, Ports: ports})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+func targetPortsInt(m map[string]uint32) map[string]int {
+	out := make(map[string]int, len(m))
+	for k, v := range m {
+		out[k] = int(v)
+	}
+	return out
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
+// desiredImportSpec is the ServiceImport's spec: the oldest export's type,
+// ports and session affinity; the derived Service's cluster IP as the
+// ClusterSetIP.
+func desiredImportSpec(p *importPlan, svc *corev1.Service) mcsv1b1.ServiceImportSpec {
+	spec := mcsv1b1.ServiceImportSpec{Type: mcsv1b1.ClusterSetIP}
+	if p.Headless {
+		spec.Type = mcsv1b1.Headless
+	}
+	for _, port := range p.Ports {
+		spec.Ports = append(spec.Ports, mcsv1b1.ServicePort{Name: port.GetName(), Protocol: k8sProtocol(port.GetProtocol()), AppProtocol: appProtocol(port), Port: int32(port.GetPort())})
+	}
+	if !p.Headless && svc != nil && svc.Spec.ClusterIP != "" && svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		spec.IPs = []string{svc.Spec.ClusterIP}
+	}
+	spec.SessionAffinity = corev1.ServiceAffinityNone
+	if p.SessionAffinity == string(corev1.ServiceAffinityClientIP) {
+		spec.SessionAffinity = corev1.ServiceAffinityClientIP
+		if p.SessionAffinityTimeoutSeconds != 0 {
+			spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: ptrTo(p.SessionAffinityTimeoutSeconds)}}
+		}
+	}
+	return spec
+}
+
 func (im *kubeImporter) ensure(ctx context.Context, l importListers, p *importPlan) error {
 	dn := derivedName(p.Name)
 	egress := map[string]int{}
@@ -383,53 +567,47 @@ func (im *kubeImporter) ensure(ctx context.Context, l importListers, p *importPl
 		egress[port.GetName()] = e
 	}
 	// 1. The derived Service.
-	var svcPorts []corev1.ServicePort
-	for _, port := range p.Ports {
-		svcPorts = append(svcPorts, corev1.ServicePort{Name: port.GetName(), Protocol: k8sProtocol(port.GetProtocol()), AppProtocol: appProtocol(port),
-			Port: int32(port.GetPort()), TargetPort: intstr.FromInt32(int32(egress[port.GetName()]))})
-	}
+	want := desiredService(p, dn, egress)
 	svc, err := l.services.Services(p.Namespace).Get(dn)
 	switch {
 	case apierrors.IsNotFound(err):
 		if cur, gerr := im.kube.CoreV1().Services(p.Namespace).Get(ctx, dn, metav1.GetOptions{}); gerr == nil && !isOwned(cur) {
 			return fmt.Errorf("service %s/%s exists and is not meshfed's; not touching it", p.Namespace, dn)
 		}
-		s := &corev1.Service{ObjectMeta: ownedMeta(p.Namespace, dn, p.Name), Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, Ports: svcPorts}}
-		svc, err = im.kube.CoreV1().Services(p.Namespace).Create(ctx, s, metav1.CreateOptions{})
+		svc, err = im.kube.CoreV1().Services(p.Namespace).Create(ctx, want, metav1.CreateOptions{})
 		if err != nil && !apierrors.IsAlreadyExists(err) {
 			return err
 		}
 	case err != nil:
 		return err
-	case !servicePortsEqual(svc.Spec.Ports, svcPorts):
+	case (svc.Spec.ClusterIP == corev1.ClusterIPNone) != p.Headless:
+		// The cluster IP is immutable: a type change replaces the
+		// Service; the informer's delete brings the next pass.
+		im.log.Info("replacing the derived service: import type changed", "service", p.Key, "headless", p.Headless)
+		return ignoreNotFound(im.kube.CoreV1().Services(p.Namespace).Delete(ctx, dn, metav1.DeleteOptions{}))
+	case !servicePortsEqual(svc.Spec.Ports, want.Spec.Ports):
 		n := svc.DeepCopy()
-		n.Spec.Ports = svcPorts
+		n.Spec.Ports = want.Spec.Ports
 		if svc, err = im.kube.CoreV1().Services(p.Namespace).Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 			return cacheBehind(err)
 		}
 	}
-	// 2. The EndpointSlice at the gateway.
-	if err := im.ensureSlice(ctx, l, p, dn, egress); err != nil {
+	// 2. The EndpointSlices.
+	if err := im.ensureSlices(ctx, l, p, desiredSlices(im.self, p, dn, im.gatewayAddresses(l), egress)); err != nil {
 		return err
 	}
 	// 3. The ServiceImport.
-	spec := mcsv1a1.ServiceImportSpec{Type: mcsv1a1.ClusterSetIP}
-	for _, port := range p.Ports {
-		spec.Ports = append(spec.Ports, mcsv1a1.ServicePort{Name: port.GetName(), Protocol: k8sProtocol(port.GetProtocol()), AppProtocol: appProtocol(port), Port: int32(port.GetPort())})
-	}
-	if svc != nil && svc.Spec.ClusterIP != "" && svc.Spec.ClusterIP != corev1.ClusterIPNone {
-		spec.IPs = []string{svc.Spec.ClusterIP}
-	}
-	var clusters []mcsv1a1.ClusterStatus
+	spec := desiredImportSpec(p, svc)
+	var clusters []mcsv1b1.ClusterStatus
 	for _, c := range p.Clusters {
-		clusters = append(clusters, mcsv1a1.ClusterStatus{Cluster: c.Cluster})
+		clusters = append(clusters, mcsv1b1.ClusterStatus{Cluster: c.Cluster})
 	}
 	ann := egressAnnotation(egress)
-	sis := im.mcs.MulticlusterV1alpha1().ServiceImports(p.Namespace)
+	sis := im.mcs.MulticlusterV1beta1().ServiceImports(p.Namespace)
 	si, err := l.imports.ServiceImports(p.Namespace).Get(p.Name)
 	switch {
 	case apierrors.IsNotFound(err):
-		n := &mcsv1a1.ServiceImport{ObjectMeta: ownedMeta(p.Namespace, p.Name, p.Name), Spec: spec}
+		n := &mcsv1b1.ServiceImport{ObjectMeta: ownedMeta(p.Namespace, p.Name, p.Name), Spec: spec}
 		n.Annotations = map[string]string{AnnotationEgressPorts: ann}
 		si, err = sis.Create(ctx, n, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
@@ -492,65 +670,49 @@ func podReady(p *corev1.Pod) bool {
 	return false
 }
 
-func (im *kubeImporter) ensureSlice(ctx context.Context, l importListers, p *importPlan, dn string, egress map[string]int) error {
-	gws := im.gatewayAddresses(l)
-	addrType := discoveryv1.AddressTypeIPv4
-	if len(gws) > 0 {
-		if ip := net.ParseIP(gws[0]); ip != nil && ip.To4() == nil {
-			addrType = discoveryv1.AddressTypeIPv6
-		}
-	}
-	var ports []discoveryv1.EndpointPort
-	for _, port := range p.Ports {
-		name, proto, num := port.GetName(), k8sProtocol(port.GetProtocol()), int32(egress[port.GetName()])
-		ports = append(ports, discoveryv1.EndpointPort{Name: &name, Protocol: &proto, Port: &num, AppProtocol: appProtocol(port)})
-	}
-	ready := false
-	for _, c := range p.Clusters {
-		if c.Ready > 0 && c.Conflict == "" {
-			ready = true
-		}
-	}
-	// One endpoint per gateway replica of the slice's address family.
-	eps := []discoveryv1.Endpoint{}
-	for _, a := range gws {
-		if ip := net.ParseIP(a); ip == nil || (ip.To4() == nil) != (addrType == discoveryv1.AddressTypeIPv6) {
+// ensureSlices makes an import's owned EndpointSlices the wanted ones:
+// created, updated in place when they differ, replaced when the address
+// type changed (it is immutable), and deleted when no longer wanted.
+func (im *kubeImporter) ensureSlices(ctx context.Context, l importListers, p *importPlan, want []*discoveryv1.EndpointSlice) error {
+	api := im.kube.DiscoveryV1().EndpointSlices(p.Namespace)
+	names := map[string]bool{}
+	var errs []error
+	for _, es := range want {
+		names[es.Name] = true
+		cur, err := l.slices.EndpointSlices(p.Namespace).Get(es.Name)
+		switch {
+		case apierrors.IsNotFound(err):
+			if _, err := api.Create(ctx, es, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+				errs = append(errs, err)
+			}
+			continue
+		case err != nil:
+			errs = append(errs, err)
 			continue
 		}
-		eps = append(eps, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
-	}
-	labels := map[string]string{
-		LabelManagedBy: ManagedByValue, LabelService: p.Name,
-		discoveryv1.LabelServiceName: dn, discoveryv1.LabelManagedBy: sliceManagedBy,
-		mcsv1a1.LabelServiceName: p.Name,
-	}
-	cur, err := l.slices.EndpointSlices(p.Namespace).Get(dn)
-	switch {
-	case apierrors.IsNotFound(err):
-		es := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: dn, Labels: labels},
-			AddressType: addrType, Endpoints: eps, Ports: ports}
-		_, err := im.kube.DiscoveryV1().EndpointSlices(p.Namespace).Create(ctx, es, metav1.CreateOptions{})
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			return err
+		if maps.Equal(cur.Labels, es.Labels) && cur.AddressType == es.AddressType && slicePortsEqual(cur.Ports, es.Ports) && sliceEndpointsEqual(cur.Endpoints, es.Endpoints) {
+			continue
 		}
-		return nil
-	case err != nil:
+		if cur.AddressType != es.AddressType {
+			// AddressType is immutable: replace the slice.
+			errs = append(errs, ignoreNotFound(api.Delete(ctx, es.Name, metav1.DeleteOptions{})))
+			continue
+		}
+		n := cur.DeepCopy()
+		n.Labels, n.Endpoints, n.Ports = es.Labels, es.Endpoints, es.Ports
+		_, err = api.Update(ctx, n, metav1.UpdateOptions{})
+		errs = append(errs, cacheBehind(err))
+	}
+	owned, err := l.slices.EndpointSlices(p.Namespace).List(labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedByValue, LabelService: p.Name}))
+	if err != nil {
 		return err
 	}
-	if maps.Equal(cur.Labels, labels) && cur.AddressType == addrType && slicePortsEqual(cur.Ports, ports) && sliceEndpointsEqual(cur.Endpoints, eps) {
-		return nil
-	}
-	n := cur.DeepCopy()
-	n.Labels, n.Endpoints, n.Ports = labels, eps, ports
-	if n.AddressType != addrType {
-		// AddressType is immutable: replace the slice.
-		if err := im.kube.DiscoveryV1().EndpointSlices(p.Namespace).Delete(ctx, dn, metav1.DeleteOptions{}); err != nil {
-			return ignoreNotFound(err)
+	for _, es := range owned {
+		if !names[es.Name] {
+			errs = append(errs, ignoreNotFound(api.Delete(ctx, es.Name, metav1.DeleteOptions{})))
 		}
-		return nil
 	}
-	_, err = im.kube.DiscoveryV1().EndpointSlices(p.Namespace).Update(ctx, n, metav1.UpdateOptions{})
-	return cacheBehind(err)
+	return errors.Join(errs...)
 }
 
 // cacheBehind turns a write conflict into success: the lister was behind
@@ -585,14 +747,18 @@ func slicePortsEqual(a, b []discoveryv1.EndpointPort) bool {
 
 func sliceEndpointsEqual(a, b []discoveryv1.Endpoint) bool {
 	return slices.EqualFunc(a, b, func(x, y discoveryv1.Endpoint) bool {
-		return slices.Equal(x.Addresses, y.Addresses) && ptrEq(x.Conditions.Ready, y.Conditions.Ready)
+		return slices.Equal(x.Addresses, y.Addresses) && ptrEq(x.Conditions.Ready, y.Conditions.Ready) &&
+			ptrEq(x.Conditions.Serving, y.Conditions.Serving) && ptrEq(x.Conditions.Terminating, y.Conditions.Terminating) &&
+			ptrEq(x.Hostname, y.Hostname) && ptrEq(x.Zone, y.Zone)
 	})
 }
 
-func serviceImportSpecEqual(a, b mcsv1a1.ServiceImportSpec) bool {
-	return a.Type == b.Type && slices.Equal(a.IPs, b.IPs) && slices.EqualFunc(a.Ports, b.Ports, func(x, y mcsv1a1.ServicePort) bool {
-		return x.Name == y.Name && x.Protocol == y.Protocol && ptrEq(x.AppProtocol, y.AppProtocol) && x.Port == y.Port
-	})
+func serviceImportSpecEqual(a, b mcsv1b1.ServiceImportSpec) bool {
+	return a.Type == b.Type && slices.Equal(a.IPs, b.IPs) && a.SessionAffinity == b.SessionAffinity &&
+		equality.Semantic.DeepEqual(a.SessionAffinityConfig, b.SessionAffinityConfig) &&
+		slices.EqualFunc(a.Ports, b.Ports, func(x, y mcsv1b1.ServicePort) bool {
+			return x.Name == y.Name && x.Protocol == y.Protocol && ptrEq(x.AppProtocol, y.AppProtocol) && x.Port == y.Port
+		})
 }
 
 // removeAll deletes every ServiceImport, Service and EndpointSlice the
@@ -603,7 +769,7 @@ func (im *kubeImporter) removeAll(ctx context.Context) error {
 	owned := metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedByValue}
 	left := 0
 	var errs []error
-	sis, err := im.mcs.MulticlusterV1alpha1().ServiceImports("").List(ctx, owned)
+	sis, err := im.mcs.MulticlusterV1beta1().ServiceImports("").List(ctx, owned)
 	if err != nil {
 		return err
 	}

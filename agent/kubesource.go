@@ -26,10 +26,10 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
-	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
+	mcsv1b1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
-	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1alpha1"
+	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
@@ -71,7 +71,7 @@ type kubeSource struct {
 	queue workqueue.TypedRateLimitingInterface[types.NamespacedName]
 
 	mu        sync.Mutex
-	conflicts map[string]string
+	conflicts map[string]importConflict
 	invalid   map[string]string
 	connected bool
 	published map[string]bool
@@ -99,7 +99,7 @@ func newKubeSource(rc *rest.Config, log *slog.Logger) (*kubeSource, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metadata client: %w", err)
 	}
-	return &kubeSource{log: log, kube: kc, meta: md, mcs: mc, conflicts: map[string]string{}, invalid: map[string]string{},
+	return &kubeSource{log: log, kube: kc, meta: md, mcs: mc, conflicts: map[string]importConflict{}, invalid: map[string]string{},
 		queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]())}, nil
 }
 
@@ -113,7 +113,7 @@ func (s *kubeSource) status() sourceState {
 	return sourceState{Kind: "kubernetes", Invalid: inv}
 }
 
-func (s *kubeSource) setConflicts(c map[string]string) {
+func (s *kubeSource) setConflicts(c map[string]importConflict) {
 	s.mu.Lock()
 	old := s.conflicts
 	s.conflicts = c
@@ -217,7 +217,7 @@ func (s *kubeSource) Run(ctx context.Context, update func(catalog)) error {
 	defer s.queue.ShutDown()
 	kf := informers.NewSharedInformerFactory(s.kube, 0)
 	mf := mcsinformers.NewSharedInformerFactory(s.mcs, 0)
-	seInf := mf.Multicluster().V1alpha1().ServiceExports()
+	seInf := mf.Multicluster().V1beta1().ServiceExports()
 	svcInf := kf.Core().V1().Services()
 	esInf := kf.Discovery().V1().EndpointSlices()
 	nodeInf := kf.Core().V1().Nodes()
@@ -307,7 +307,7 @@ func (s *kubeSource) process(ctx context.Context, l kubeListers, key types.Names
 	if err != nil {
 		return false, err
 	}
-	svc, local, reason, msg := s.build(l, se)
+	svc, local, reason, msg := buildExport(l, se)
 	s.mu.Lock()
 	conflict := s.conflicts[k]
 	sync := syncState{connected: s.connected, published: s.published[k], removed: s.removed}
@@ -337,19 +337,20 @@ func (s *kubeSource) setInvalid(k, msg string) {
 	}
 }
 
-// build converts a ServiceExport's Service and EndpointSlices into an
-// export and its local endpoints, or returns the reason and message of why
-// it is invalid.
-func (s *kubeSource) build(l kubeListers, se *mcsv1a1.ServiceExport) (*fedv1.ExportedService, *gatewayv1.LocalService, string, string) {
+// buildExport converts a ServiceExport's Service and EndpointSlices into
+// an export and its local endpoints, or returns the reason and message of
+// why it is invalid. Endpoints are counted per pod: the IPv4 and the IPv6
+// slice of a dual-stack Service list each pod twice, and it counts once.
+func buildExport(l kubeListers, se *mcsv1b1.ServiceExport) (*fedv1.ExportedService, *gatewayv1.LocalService, string, string) {
 	if _, err := federation.NewServiceKey(se.Namespace, se.Name); err != nil {
 		return nil, nil, ReasonInvalidName, err.Error()
 	}
 	svc, err := l.services.Services(se.Namespace).Get(se.Name)
 	if err != nil {
-		return nil, nil, string(mcsv1a1.ServiceExportReasonNoService), fmt.Sprintf("service %s/%s not found", se.Namespace, se.Name)
+		return nil, nil, string(mcsv1b1.ServiceExportReasonNoService), fmt.Sprintf("service %s/%s not found", se.Namespace, se.Name)
 	}
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
-		return nil, nil, string(mcsv1a1.ServiceExportReasonInvalidServiceType), "ExternalName services cannot be exported"
+		return nil, nil, string(mcsv1b1.ServiceExportReasonInvalidServiceType), "ExternalName services cannot be exported"
 	}
 	if n := len(svc.Spec.Ports); n > maxPortsPerService {
 		return nil, nil, ReasonTooManyPorts, fmt.Sprintf("spec.ports: %d ports, at most %d", n, maxPortsPerService)
@@ -370,10 +371,78 @@ func (s *kubeSource) build(l kubeListers, se *mcsv1a1.ServiceExport) (*fedv1.Exp
 	if err != nil {
 		return nil, nil, ReasonInvalidExport, err.Error()
 	}
+	if svc.Spec.ClusterIP == corev1.ClusterIPNone {
+		out.Headless = true
+	}
+	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+		out.SessionAffinity = string(corev1.ServiceAffinityClientIP)
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			out.SessionAffinityTimeoutSeconds = *c.ClientIP.TimeoutSeconds
+		}
+	}
+	pods := mergePods(l, sl)
 	local := &gatewayv1.LocalService{Service: se.Namespace + "/" + se.Name, Ports: out.Ports}
-	var eps []endpointHealth
+	eps := make([]endpointHealth, 0, len(pods))
+	primaryV6 := len(svc.Spec.IPFamilies) > 0 && svc.Spec.IPFamilies[0] == corev1.IPv6Protocol
+	for _, p := range pods {
+		eps = append(eps, p.endpointHealth)
+		// The gateways get each pod once, at its address of the
+		// Service's primary family (the other when it has only that).
+		addr := p.v4
+		if addr == "" || (primaryV6 && p.v6 != "") {
+			addr = p.v6
+		}
+		local.Endpoints = append(local.Endpoints, &gatewayv1.Endpoint{Address: addr, Ports: p.ports, Zone: p.zone, Labels: p.labels,
+			Ready: p.ready, Serving: p.serving, Terminating: p.terminate})
+		if out.Headless {
+			he := &fedv1.HeadlessEndpoint{Hostname: p.hostname, Ready: p.ready, Serving: p.serving, Terminating: p.terminate, Zone: p.zone}
+			for _, a := range []string{p.v4, p.v6} {
+				if a != "" {
+					he.Addresses = append(he.Addresses, a)
+				}
+			}
+			if len(p.ports) > 0 {
+				he.TargetPorts = make(map[string]uint32, len(p.ports))
+				for _, tp := range p.ports {
+					if slices.ContainsFunc(out.Ports, func(sp *fedv1.ServicePort) bool { return sp.GetName() == tp.GetName() }) {
+						he.TargetPorts[tp.GetName()] = tp.GetPort()
+					}
+				}
+			}
+			out.HeadlessEndpoints = append(out.HeadlessEndpoints, he)
+		}
+	}
+	slices.SortFunc(out.HeadlessEndpoints, func(a, b *fedv1.HeadlessEndpoint) int {
+		return strings.Compare(a.GetAddresses()[0], b.GetAddresses()[0])
+	})
+	out.Endpoints = groupEndpoints(eps)
+	if err := validateExport("spec", out); err != nil {
+		return nil, nil, ReasonInvalidExport, err.Error()
+	}
+	local.Endpoints, _ = sortEndpoints(local.Endpoints)
+	return out, local, "", ""
+}
+
+// kubePod is one backend of a Service, merged over its EndpointSlices.
+type kubePod struct {
+	endpointHealth
+	v4, v6   string // its address of each family
+	hostname string
+	ports    []*gatewayv1.EndpointPort
+}
+
+// mergePods merges the endpoints of a Service's EndpointSlices by pod
+// (the endpoint's targetRef; an endpoint without one is its own pod, by
+// address). A pod is ready, serving or terminating only when every slice
+// listing it says so. Slices are read sorted by name; FQDN slices are
+// skipped. The result is in first-seen order.
+func mergePods(l kubeListers, sl []*discoveryv1.EndpointSlice) []*kubePod {
+	sl = slices.Clone(sl)
+	slices.SortFunc(sl, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
+	byKey := map[string]*kubePod{}
+	var out []*kubePod
 	for _, es := range sl {
-		if es.AddressType == discoveryv1.AddressTypeFQDN {
+		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
 			continue
 		}
 		var ports []*gatewayv1.EndpointPort
@@ -383,34 +452,52 @@ func (s *kubeSource) build(l kubeListers, se *mcsv1a1.ServiceExport) (*fedv1.Exp
 			}
 		}
 		for _, e := range es.Endpoints {
-			h := endpointHealth{ready: e.Conditions.Ready == nil || *e.Conditions.Ready}
-			h.serving = h.ready
+			if len(e.Addresses) == 0 {
+				continue
+			}
+			ready := e.Conditions.Ready == nil || *e.Conditions.Ready
+			serving := ready
 			if e.Conditions.Serving != nil {
-				h.serving = *e.Conditions.Serving
+				serving = *e.Conditions.Serving
 			}
-			h.terminate = e.Conditions.Terminating != nil && *e.Conditions.Terminating
-			switch {
-			case e.Zone != nil:
-				h.zone = *e.Zone
-			case e.NodeName != nil:
-				if n, err := l.nodes.Get(*e.NodeName); err == nil {
-					h.zone = n.Labels[corev1.LabelTopologyZone]
+			terminating := e.Conditions.Terminating != nil && *e.Conditions.Terminating
+			key := string(es.AddressType) + "/" + e.Addresses[0]
+			if r := e.TargetRef; r != nil && r.Name != "" {
+				key = r.Kind + "/" + r.Namespace + "/" + r.Name
+			}
+			p, seen := byKey[key]
+			if !seen {
+				p = &kubePod{endpointHealth: endpointHealth{ready: ready, serving: serving, terminate: terminating}, ports: ports}
+				switch {
+				case e.Zone != nil:
+					p.zone = *e.Zone
+				case e.NodeName != nil && l.nodes != nil:
+					if n, err := l.nodes.Get(*e.NodeName); err == nil {
+						p.zone = n.Labels[corev1.LabelTopologyZone]
+					}
 				}
+				p.labels = podLabels(l, e.TargetRef)
+				byKey[key] = p
+				out = append(out, p)
+			} else {
+				p.ready = p.ready && ready
+				p.serving = p.serving && serving
+				p.terminate = p.terminate && terminating
 			}
-			h.labels = podLabels(l, e.TargetRef)
-			eps = append(eps, h)
-			for _, addr := range e.Addresses {
-				local.Endpoints = append(local.Endpoints, &gatewayv1.Endpoint{Address: addr, Ports: ports, Zone: h.zone, Labels: h.labels,
-					Ready: h.ready, Serving: h.serving, Terminating: h.terminate})
+			if e.Hostname != nil && p.hostname == "" {
+				p.hostname = *e.Hostname
+			}
+			addr := e.Addresses[0]
+			if es.AddressType == discoveryv1.AddressTypeIPv6 {
+				if p.v6 == "" {
+					p.v6 = addr
+				}
+			} else if p.v4 == "" {
+				p.v4 = addr
 			}
 		}
 	}
-	out.Endpoints = groupEndpoints(eps)
-	if err := validateExport("spec", out); err != nil {
-		return nil, nil, ReasonInvalidExport, err.Error()
-	}
-	local.Endpoints, _ = sortEndpoints(local.Endpoints)
-	return out, local, "", ""
+	return out
 }
 
 // perInstanceLabels are set by controllers on every pod, with values that
@@ -488,26 +575,28 @@ func exportProtocol(p corev1.ServicePort) (string, error) {
 	return "TCP", nil
 }
 
-// setConditions writes the Valid and Conflict conditions on the
-// ServiceExport when they changed.
-// syncState is what the Synced condition shows.
+// syncState is what the Synced and Ready conditions show.
 type syncState struct {
 	connected, published bool
 	removed              string
 }
 
-func (s *kubeSource) setConditions(ctx context.Context, se *mcsv1a1.ServiceExport, reason, msg, conflict string, sync syncState) error {
+// setConditions writes the MCS conditions (Valid, Conflict with the
+// KEP's reasons, Ready) and meshfed.io/Synced on the ServiceExport when
+// they changed.
+
+func (s *kubeSource) setConditions(ctx context.Context, se *mcsv1b1.ServiceExport, reason, msg string, conflict importConflict, sync syncState) error {
 	next := se.DeepCopy()
-	valid := metav1.Condition{Type: string(mcsv1a1.ServiceExportConditionValid), Status: metav1.ConditionTrue,
-		Reason: string(mcsv1a1.ServiceExportReasonValid), Message: "exported by meshfed", ObservedGeneration: se.Generation}
+	valid := metav1.Condition{Type: string(mcsv1b1.ServiceExportConditionValid), Status: metav1.ConditionTrue,
+		Reason: string(mcsv1b1.ServiceExportReasonValid), Message: "exported by meshfed", ObservedGeneration: se.Generation}
 	if reason != "" {
 		valid.Status, valid.Reason, valid.Message = metav1.ConditionFalse, reason, truncateMsg(msg)
 	}
 	apimeta.SetStatusCondition(&next.Status.Conditions, valid)
-	c := metav1.Condition{Type: string(mcsv1a1.ServiceExportConditionConflict), Status: metav1.ConditionFalse,
-		Reason: string(mcsv1a1.ServiceExportReasonNoConflicts), Message: "no conflicts", ObservedGeneration: se.Generation}
-	if conflict != "" {
-		c.Status, c.Reason, c.Message = metav1.ConditionTrue, string(mcsv1a1.ServiceExportReasonPortConflict), truncateMsg(conflict)
+	c := metav1.Condition{Type: string(mcsv1b1.ServiceExportConditionConflict), Status: metav1.ConditionFalse,
+		Reason: string(mcsv1b1.ServiceExportReasonNoConflicts), Message: "no conflicts", ObservedGeneration: se.Generation}
+	if conflict.Reason != "" {
+		c.Status, c.Reason, c.Message = metav1.ConditionTrue, conflict.Reason, truncateMsg(conflict.Message)
 	}
 	apimeta.SetStatusCondition(&next.Status.Conditions, c)
 	sc := metav1.Condition{Type: ConditionSynced, Status: metav1.ConditionTrue, Reason: ReasonPublished,
@@ -524,12 +613,24 @@ func (s *kubeSource) setConditions(ctx context.Context, se *mcsv1a1.ServiceExpor
 		sc.Status, sc.Reason, sc.Message = metav1.ConditionFalse, ReasonPending, "waiting for the hub to acknowledge the current state"
 	}
 	apimeta.SetStatusCondition(&next.Status.Conditions, sc)
+	// MCS Ready: True (Exported) once the hub holds the export as the
+	// cluster has it; False, Failed when it is invalid or the cluster was
+	// removed, else Pending.
+	rc := metav1.Condition{Type: string(mcsv1b1.ServiceExportConditionReady), Status: metav1.ConditionTrue,
+		Reason: string(mcsv1b1.ServiceExportReasonExported), Message: "the hub has this export", ObservedGeneration: se.Generation}
+	switch {
+	case reason != "" || sync.removed != "":
+		rc.Status, rc.Reason, rc.Message = metav1.ConditionFalse, string(mcsv1b1.ServiceExportReasonFailed), sc.Message
+	case !sync.published:
+		rc.Status, rc.Reason, rc.Message = metav1.ConditionFalse, string(mcsv1b1.ServiceExportReasonPending), sc.Message
+	}
+	apimeta.SetStatusCondition(&next.Status.Conditions, rc)
 	if conditionsEqual(se.Status.Conditions, next.Status.Conditions) {
 		return nil
 	}
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	_, err := s.mcs.MulticlusterV1alpha1().ServiceExports(se.Namespace).UpdateStatus(cctx, next, metav1.UpdateOptions{})
+	_, err := s.mcs.MulticlusterV1beta1().ServiceExports(se.Namespace).UpdateStatus(cctx, next, metav1.UpdateOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
@@ -544,7 +645,7 @@ func (s *kubeSource) markRemoved(ctx context.Context, msg string) error {
 	s.removed = msg
 	s.mu.Unlock()
 	return wait.Poll(ctx, wait.Backoff{Min: 100 * time.Millisecond, Max: 2 * time.Second}, "ServiceExport conditions", func(ctx context.Context) error {
-		list, err := s.mcs.MulticlusterV1alpha1().ServiceExports("").List(ctx, metav1.ListOptions{})
+		list, err := s.mcs.MulticlusterV1beta1().ServiceExports("").List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return err
 		}
@@ -554,10 +655,12 @@ func (s *kubeSource) markRemoved(ctx context.Context, msg string) error {
 			next := se.DeepCopy()
 			apimeta.SetStatusCondition(&next.Status.Conditions, metav1.Condition{Type: ConditionSynced, Status: metav1.ConditionFalse,
 				Reason: ReasonClusterRemoved, Message: truncateMsg(msg), ObservedGeneration: se.Generation})
+			apimeta.SetStatusCondition(&next.Status.Conditions, metav1.Condition{Type: string(mcsv1b1.ServiceExportConditionReady), Status: metav1.ConditionFalse,
+				Reason: string(mcsv1b1.ServiceExportReasonFailed), Message: truncateMsg(msg), ObservedGeneration: se.Generation})
 			if conditionsEqual(se.Status.Conditions, next.Status.Conditions) {
 				continue
 			}
-			_, err := s.mcs.MulticlusterV1alpha1().ServiceExports(se.Namespace).UpdateStatus(ctx, next, metav1.UpdateOptions{})
+			_, err := s.mcs.MulticlusterV1beta1().ServiceExports(se.Namespace).UpdateStatus(ctx, next, metav1.UpdateOptions{})
 			if err != nil && !apierrors.IsNotFound(err) {
 				errs = append(errs, fmt.Errorf("%s/%s: %w", se.Namespace, se.Name, err))
 			}

@@ -75,7 +75,7 @@ func TestRemovedClusterAgentRemovesItsImportsAndSaysWhy(t *testing.T) {
 
 	// Nothing the importer made is left.
 	owned := metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedByValue}
-	sis, err := wmc.MulticlusterV1alpha1().ServiceImports("").List(ctx, owned)
+	sis, err := wmc.MulticlusterV1beta1().ServiceImports("").List(ctx, owned)
 	if err != nil {
 		t.Fatal(err)
 	}

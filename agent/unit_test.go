@@ -140,7 +140,7 @@ func TestPlanImportsOldestWins(t *testing.T) {
 	if p == nil || p.Clusters[0].Cluster != "east" || p.Ports[0].GetPort() != 8080 || len(p.Ports) != 1 {
 		t.Fatalf("plan %+v", p)
 	}
-	if !strings.Contains(conflicts["default/r"], "east") {
+	if c := conflicts["default/r"]; !strings.Contains(c.Message, "east") || c.Reason != "PortConflict" {
 		t.Fatalf("conflicts %v, want west's export to lose to east", conflicts)
 	}
 	if _, c := planImports("east", v); len(c) != 0 {

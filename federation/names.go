@@ -89,6 +89,10 @@ func invalid(field, value, reason string) *FieldError {
 // labelReason is the rule for every RFC 1123 label in this package.
 var labelReason = fmt.Sprintf("must be a lowercase RFC 1123 label (a-z, 0-9, '-'; starting and ending with a letter or digit), at most %d characters", MaxNameLength)
 
+// IsDNSLabel reports whether s is a lowercase RFC 1123 DNS label of at
+// most MaxNameLength characters: the rule of every name in this package.
+func IsDNSLabel(s string) bool { return isLabel(s) }
+
 // isLabel reports whether s is an RFC 1123 DNS label of at most
 // MaxNameLength characters.
 func isLabel(s string) bool {

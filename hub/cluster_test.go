@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 )
@@ -555,5 +556,38 @@ func TestGatewayAddressesAndLocalityFollowTheAgent(t *testing.T) {
 		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), field) {
 			t.Errorf("hello with a bad %s: %v, want InvalidArgument naming it", field, err)
 		}
+	}
+}
+
+// A Service with 53/TCP and 53/UDP is valid in Kubernetes and for the agent
+// (the contract's one validation); the hub accepts it too, and refuses the
+// same port twice over one transport.
+func TestHubAcceptsOnePortNumberOverTCPAndUDP(t *testing.T) {
+	h := newTestHub(t, 1)
+	a := joinCluster(t, h.Admin(), "east")
+	st, err := a.sync(0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dns := &fedv1.ExportedService{Namespace: "kube-system", Name: "dns", Ports: []*fedv1.ServicePort{
+		{Name: "dns-tcp", Port: 53, Protocol: "TCP"}, {Name: "dns", Port: 53, Protocol: "UDP"}}}
+	if err := fedv1.ValidateExportedService("spec", dns); err != nil {
+		t.Fatalf("the agent's side refuses it: %v", err)
+	}
+	res, err := st.publish(1, []*fedv1.ExportedService{dns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetErrorCode() != "" {
+		t.Fatalf("53/TCP + 53/UDP refused: %s %s", res.GetErrorCode(), res.GetError())
+	}
+	twice := proto.Clone(dns).(*fedv1.ExportedService)
+	twice.Ports[1].Protocol = "GRPC" // TCP again
+	res, err = st.publish(2, []*fedv1.ExportedService{twice})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetErrorCode() != codes.InvalidArgument.String() || !containsAll(res.GetError(), "publish.upserts[0].ports[1].port", "twice") {
+		t.Fatalf("53 twice over TCP: %v", res)
 	}
 }

@@ -16,11 +16,11 @@ import (
 // Limits on every input the hub accepts. Errors name the field path and bound.
 const (
 	MaxMessageSize        = 4 << 20
-	MaxPortsPerService    = 64
-	MaxEndpointGroups     = 256
-	MaxLabels             = 32
-	MaxLabelKeyLength     = 63
-	MaxLabelValueLength   = 253
+	MaxPortsPerService    = fedv1.MaxPortsPerService
+	MaxEndpointGroups     = fedv1.MaxEndpointGroups
+	MaxLabels             = fedv1.MaxLabels
+	MaxLabelKeyLength     = fedv1.MaxLabelKeyLength
+	MaxLabelValueLength   = fedv1.MaxLabelValueLength
 	MaxExportsPerPublish  = 1024
 	MaxBundleAuthorities  = 16
 	MaxCSRSize            = 8 << 10
@@ -29,10 +29,8 @@ const (
 	MaxRetryAttempts      = 10
 	MaxCapabilityFeatures = 64
 	MaxFeatureNameLength  = 64
-	MaxCount              = 1 << 20
+	MaxCount              = fedv1.MaxCount
 )
-
-var protocols = map[string]bool{"TCP": true, "UDP": true, "HTTP": true, "HTTP2": true, "GRPC": true, "TLS": true}
 
 func invalidArg(field, format string, args ...any) error {
 	return status.Errorf(codes.InvalidArgument, "%s: %s", field, fmt.Sprintf(format, args...))
@@ -73,44 +71,12 @@ func validateLabels(field string, labels map[string]string) error {
 	return nil
 }
 
+// validateExport is the contract's one export validation
+// (fedv1.ValidateExportedService, which the agent runs too), as gRPC
+// InvalidArgument with the field path.
 func validateExport(field string, svc *fedv1.ExportedService) error {
-	if _, err := federation.NewServiceKey(svc.GetNamespace(), svc.GetName()); err != nil {
-		return fieldErr(field, err)
-	}
-	if n := len(svc.GetPorts()); n == 0 || n > MaxPortsPerService {
-		return invalidArg(field+".ports", "%d ports, want 1 to %d", n, MaxPortsPerService)
-	}
-	seen := map[uint32]bool{}
-	for i, p := range svc.GetPorts() {
-		pf := fmt.Sprintf("%s.ports[%d]", field, i)
-		if p.GetPort() < 1 || p.GetPort() > 65535 {
-			return invalidArg(pf+".port", "%d must be in 1..65535", p.GetPort())
-		}
-		if seen[p.GetPort()] {
-			return invalidArg(pf+".port", "%d is listed twice", p.GetPort())
-		}
-		seen[p.GetPort()] = true
-		if !protocols[p.GetProtocol()] {
-			return invalidArg(pf+".protocol", "%q must be one of TCP, UDP, HTTP, HTTP2, GRPC, TLS", p.GetProtocol())
-		}
-		if len(p.GetName()) > federation.MaxNameLength || len(p.GetAppProtocol()) > 253 {
-			return invalidArg(pf, "name at most %d and app_protocol at most 253 characters", federation.MaxNameLength)
-		}
-	}
-	if n := len(svc.GetEndpoints()); n > MaxEndpointGroups {
-		return invalidArg(field+".endpoints", "%d groups, at most %d", n, MaxEndpointGroups)
-	}
-	for i, g := range svc.GetEndpoints() {
-		gf := fmt.Sprintf("%s.endpoints[%d]", field, i)
-		if len(g.GetZone()) > federation.MaxLocalityPartLength {
-			return invalidArg(gf+".zone", "at most %d characters", federation.MaxLocalityPartLength)
-		}
-		if err := validateLabels(gf+".labels", g.GetLabels()); err != nil {
-			return err
-		}
-		if g.GetReady() > MaxCount || g.GetServing() > MaxCount || g.GetTerminating() > MaxCount {
-			return invalidArg(gf, "counts must be at most %d", MaxCount)
-		}
+	if err := fedv1.ValidateExportedService(field, svc); err != nil {
+		return fieldErr("", err)
 	}
 	return nil
 }

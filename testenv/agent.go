@@ -115,7 +115,7 @@ func (a *Agent) GatewayBootstrap() ([]byte, error) {
 // share loopback, so their gateways' ranges must not overlap.
 const egressSpan = 200
 
-// installCRDs creates the MCS CRDs in a cluster and waits until they
+// installCRDs creates the MCS and ClusterProperty CRDs in a cluster and waits until they
 // serve. Existing ones are left alone.
 func installCRDs(ctx context.Context, c *ClusterEnv) error {
 	dyn, err := dynamic.NewForConfig(c.RESTConfig())
@@ -142,10 +142,13 @@ func installCRDs(ctx context.Context, c *ClusterEnv) error {
 	}
 	mc := c.mcs
 	return WaitFor(ctx, time.Minute, func(ctx context.Context) error {
-		if _, err := mc.MulticlusterV1alpha1().ServiceExports("default").List(ctx, metav1.ListOptions{}); err != nil {
+		if _, err := mc.MulticlusterV1beta1().ServiceExports("default").List(ctx, metav1.ListOptions{}); err != nil {
 			return err
 		}
-		_, err := mc.MulticlusterV1alpha1().ServiceImports("default").List(ctx, metav1.ListOptions{})
+		if _, err := mc.MulticlusterV1beta1().ServiceImports("default").List(ctx, metav1.ListOptions{}); err != nil {
+			return err
+		}
+		_, err := dyn.Resource(schema.GroupVersionResource{Group: "about.k8s.io", Version: "v1alpha1", Resource: "clusterproperties"}).List(ctx, metav1.ListOptions{})
 		return err
 	})
 }

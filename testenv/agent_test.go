@@ -33,7 +33,7 @@ func TestAgentsDeployExportDrive(t *testing.T) {
 	// gateway address, on an egress port from east's range.
 	var targets []string
 	if err := WaitFor(ctx, 30*time.Second, func(ctx context.Context) error {
-		if _, err := east.mcs.MulticlusterV1alpha1().ServiceImports("default").Get(ctx, "reviews", metav1.GetOptions{}); err != nil {
+		if _, err := east.mcs.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "reviews", metav1.GetOptions{}); err != nil {
 			return err
 		}
 		var err error

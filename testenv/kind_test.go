@@ -95,7 +95,7 @@ func TestKindManifestsApply(t *testing.T) {
 	}
 	// A kind the API server has only now: the mapper learned it.
 	export := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
+		"apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceExport",
 		"metadata": map[string]any{"name": "reviews", "namespace": "default"},
 	}}
 	if err := a.Apply(ctx, export); err != nil {

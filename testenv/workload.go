@@ -14,7 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
+	mcsv1b1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/meshfed/meshfed/federation"
 )
@@ -276,8 +276,8 @@ func (c *ClusterEnv) Export(service string) {
 
 func (c *ClusterEnv) export(ctx context.Context, service string) error {
 	ns, name, _ := strings.Cut(service, "/")
-	se := &mcsv1a1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	_, err := c.mcs.MulticlusterV1alpha1().ServiceExports(ns).Create(ctx, se, metav1.CreateOptions{})
+	se := &mcsv1b1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	_, err := c.mcs.MulticlusterV1beta1().ServiceExports(ns).Create(ctx, se, metav1.CreateOptions{})
 	return err
 }
 
@@ -285,7 +285,7 @@ func (c *ClusterEnv) export(ctx context.Context, service string) error {
 // test on error.
 func (c *ClusterEnv) Unexport(service string) {
 	ns, name, _ := strings.Cut(service, "/")
-	if err := c.mcs.MulticlusterV1alpha1().ServiceExports(ns).Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
+	if err := c.mcs.MulticlusterV1beta1().ServiceExports(ns).Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
 		c.fatal(fmt.Errorf("testenv: cluster %s: unexport %s: %w", c.Name(), service, err))
 	}
 }

@@ -584,15 +584,27 @@ func (x *EndpointGroup) GetTerminating() uint32 {
 	return 0
 }
 
-// What one cluster publishes about one exported service.
+// What one cluster publishes about one exported service. Validated by
+// federationv1.ValidateExportedService, on the agent and on the hub alike.
 type ExportedService struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Ports         []*ServicePort         `protobuf:"bytes,3,rep,name=ports,proto3" json:"ports,omitempty"`
-	Endpoints     []*EndpointGroup       `protobuf:"bytes,4,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Ports     []*ServicePort         `protobuf:"bytes,3,rep,name=ports,proto3" json:"ports,omitempty"`
+	Endpoints []*EndpointGroup       `protobuf:"bytes,4,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// The MCS type: true for a headless Service (clusterIP None), imported
+	// as Headless; false for ClusterSetIP. Older agents leave it false.
+	Headless bool `protobuf:"varint,5,opt,name=headless,proto3" json:"headless,omitempty"`
+	// The Service's session affinity: "" (None, the default), "None" or
+	// "ClientIP". Exports that disagree conflict (MCS), the oldest wins.
+	SessionAffinity string `protobuf:"bytes,6,opt,name=session_affinity,json=sessionAffinity,proto3" json:"session_affinity,omitempty"`
+	// With ClientIP: the affinity timeout in seconds, 0 when unset.
+	SessionAffinityTimeoutSeconds int32 `protobuf:"varint,7,opt,name=session_affinity_timeout_seconds,json=sessionAffinityTimeoutSeconds,proto3" json:"session_affinity_timeout_seconds,omitempty"`
+	// Headless only: every backend pod, once (a dual-stack pod is one entry
+	// with both addresses), with its hostname, sorted by first address.
+	HeadlessEndpoints []*HeadlessEndpoint `protobuf:"bytes,8,rep,name=headless_endpoints,json=headlessEndpoints,proto3" json:"headless_endpoints,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ExportedService) Reset() {
@@ -653,6 +665,133 @@ func (x *ExportedService) GetEndpoints() []*EndpointGroup {
 	return nil
 }
 
+func (x *ExportedService) GetHeadless() bool {
+	if x != nil {
+		return x.Headless
+	}
+	return false
+}
+
+func (x *ExportedService) GetSessionAffinity() string {
+	if x != nil {
+		return x.SessionAffinity
+	}
+	return ""
+}
+
+func (x *ExportedService) GetSessionAffinityTimeoutSeconds() int32 {
+	if x != nil {
+		return x.SessionAffinityTimeoutSeconds
+	}
+	return 0
+}
+
+func (x *ExportedService) GetHeadlessEndpoints() []*HeadlessEndpoint {
+	if x != nil {
+		return x.HeadlessEndpoints
+	}
+	return nil
+}
+
+// One backend pod of a headless export, as importing clusters write it
+// into their EndpointSlices and serve it in DNS.
+type HeadlessEndpoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The pod's hostname (spec.hostname, or a StatefulSet pod's name); may
+	// be empty.
+	Hostname string `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// The pod's addresses, at most one per IP family (IPv4 first).
+	Addresses   []string `protobuf:"bytes,2,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Ready       bool     `protobuf:"varint,3,opt,name=ready,proto3" json:"ready,omitempty"`
+	Serving     bool     `protobuf:"varint,4,opt,name=serving,proto3" json:"serving,omitempty"`
+	Terminating bool     `protobuf:"varint,5,opt,name=terminating,proto3" json:"terminating,omitempty"`
+	Zone        string   `protobuf:"bytes,6,opt,name=zone,proto3" json:"zone,omitempty"`
+	// The pod's port of each service port, by service port name (the
+	// EndpointSlice's ports).
+	TargetPorts   map[string]uint32 `protobuf:"bytes,7,rep,name=target_ports,json=targetPorts,proto3" json:"target_ports,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeadlessEndpoint) Reset() {
+	*x = HeadlessEndpoint{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeadlessEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeadlessEndpoint) ProtoMessage() {}
+
+func (x *HeadlessEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeadlessEndpoint.ProtoReflect.Descriptor instead.
+func (*HeadlessEndpoint) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *HeadlessEndpoint) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *HeadlessEndpoint) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *HeadlessEndpoint) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
+func (x *HeadlessEndpoint) GetServing() bool {
+	if x != nil {
+		return x.Serving
+	}
+	return false
+}
+
+func (x *HeadlessEndpoint) GetTerminating() bool {
+	if x != nil {
+		return x.Terminating
+	}
+	return false
+}
+
+func (x *HeadlessEndpoint) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
+}
+
+func (x *HeadlessEndpoint) GetTargetPorts() map[string]uint32 {
+	if x != nil {
+		return x.TargetPorts
+	}
+	return nil
+}
+
 // An export as the hub stores it.
 type ExportRecord struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -668,7 +807,7 @@ type ExportRecord struct {
 
 func (x *ExportRecord) Reset() {
 	*x = ExportRecord{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[9]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +819,7 @@ func (x *ExportRecord) String() string {
 func (*ExportRecord) ProtoMessage() {}
 
 func (x *ExportRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[9]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +832,7 @@ func (x *ExportRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportRecord.ProtoReflect.Descriptor instead.
 func (*ExportRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{9}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ExportRecord) GetCluster() string {
@@ -769,7 +908,7 @@ type ClusterRecord struct {
 
 func (x *ClusterRecord) Reset() {
 	*x = ClusterRecord{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[10]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +920,7 @@ func (x *ClusterRecord) String() string {
 func (*ClusterRecord) ProtoMessage() {}
 
 func (x *ClusterRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[10]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +933,7 @@ func (x *ClusterRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterRecord.ProtoReflect.Descriptor instead.
 func (*ClusterRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{10}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ClusterRecord) GetName() string {
@@ -928,7 +1067,7 @@ type TrafficPolicy struct {
 
 func (x *TrafficPolicy) Reset() {
 	*x = TrafficPolicy{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[11]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -940,7 +1079,7 @@ func (x *TrafficPolicy) String() string {
 func (*TrafficPolicy) ProtoMessage() {}
 
 func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[11]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -953,7 +1092,7 @@ func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{11}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TrafficPolicy) GetName() string {
@@ -1023,7 +1162,7 @@ type WeightedSubset struct {
 
 func (x *WeightedSubset) Reset() {
 	*x = WeightedSubset{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[12]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1174,7 @@ func (x *WeightedSubset) String() string {
 func (*WeightedSubset) ProtoMessage() {}
 
 func (x *WeightedSubset) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[12]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1187,7 @@ func (x *WeightedSubset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightedSubset.ProtoReflect.Descriptor instead.
 func (*WeightedSubset) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{12}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WeightedSubset) GetName() string {
@@ -1084,7 +1223,7 @@ type OutlierDetection struct {
 
 func (x *OutlierDetection) Reset() {
 	*x = OutlierDetection{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[13]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1235,7 @@ func (x *OutlierDetection) String() string {
 func (*OutlierDetection) ProtoMessage() {}
 
 func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[13]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1248,7 @@ func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
 func (*OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{13}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *OutlierDetection) GetConsecutiveErrors() uint32 {
@@ -1150,7 +1289,7 @@ type RetryPolicy struct {
 
 func (x *RetryPolicy) Reset() {
 	*x = RetryPolicy{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[14]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1301,7 @@ func (x *RetryPolicy) String() string {
 func (*RetryPolicy) ProtoMessage() {}
 
 func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[14]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1314,7 @@ func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
 func (*RetryPolicy) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{14}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RetryPolicy) GetAttempts() uint32 {
@@ -1210,7 +1349,7 @@ type SyncHello struct {
 
 func (x *SyncHello) Reset() {
 	*x = SyncHello{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[15]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1222,7 +1361,7 @@ func (x *SyncHello) String() string {
 func (*SyncHello) ProtoMessage() {}
 
 func (x *SyncHello) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[15]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1235,7 +1374,7 @@ func (x *SyncHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncHello.ProtoReflect.Descriptor instead.
 func (*SyncHello) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{15}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SyncHello) GetCluster() string {
@@ -1287,7 +1426,7 @@ type PublishExports struct {
 
 func (x *PublishExports) Reset() {
 	*x = PublishExports{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[16]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1299,7 +1438,7 @@ func (x *PublishExports) String() string {
 func (*PublishExports) ProtoMessage() {}
 
 func (x *PublishExports) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[16]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1312,7 +1451,7 @@ func (x *PublishExports) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishExports.ProtoReflect.Descriptor instead.
 func (*PublishExports) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{16}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PublishExports) GetNonce() uint64 {
@@ -1347,7 +1486,7 @@ type PublishBundle struct {
 
 func (x *PublishBundle) Reset() {
 	*x = PublishBundle{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[17]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1359,7 +1498,7 @@ func (x *PublishBundle) String() string {
 func (*PublishBundle) ProtoMessage() {}
 
 func (x *PublishBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[17]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1372,7 +1511,7 @@ func (x *PublishBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishBundle.ProtoReflect.Descriptor instead.
 func (*PublishBundle) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{17}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PublishBundle) GetNonce() uint64 {
@@ -1405,7 +1544,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[18]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1417,7 +1556,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[18]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1430,7 +1569,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{18}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Ack) GetRevision() uint64 {
@@ -1458,7 +1597,7 @@ type BundleSequence struct {
 
 func (x *BundleSequence) Reset() {
 	*x = BundleSequence{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[19]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1609,7 @@ func (x *BundleSequence) String() string {
 func (*BundleSequence) ProtoMessage() {}
 
 func (x *BundleSequence) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[19]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1622,7 @@ func (x *BundleSequence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleSequence.ProtoReflect.Descriptor instead.
 func (*BundleSequence) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{19}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BundleSequence) GetTrustDomain() string {
@@ -1510,7 +1649,7 @@ type Nack struct {
 
 func (x *Nack) Reset() {
 	*x = Nack{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1522,7 +1661,7 @@ func (x *Nack) String() string {
 func (*Nack) ProtoMessage() {}
 
 func (x *Nack) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1535,7 +1674,7 @@ func (x *Nack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Nack.ProtoReflect.Descriptor instead.
 func (*Nack) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{20}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Nack) GetRevision() uint64 {
@@ -1568,7 +1707,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1719,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1732,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{21}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SyncRequest) GetMsg() isSyncRequest_Msg {
@@ -1693,7 +1832,7 @@ type ExportRef struct {
 
 func (x *ExportRef) Reset() {
 	*x = ExportRef{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1844,7 @@ func (x *ExportRef) String() string {
 func (*ExportRef) ProtoMessage() {}
 
 func (x *ExportRef) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +1857,7 @@ func (x *ExportRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportRef.ProtoReflect.Descriptor instead.
 func (*ExportRef) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ExportRef) GetCluster() string {
@@ -1755,7 +1894,7 @@ type SyncDelta struct {
 
 func (x *SyncDelta) Reset() {
 	*x = SyncDelta{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1767,7 +1906,7 @@ func (x *SyncDelta) String() string {
 func (*SyncDelta) ProtoMessage() {}
 
 func (x *SyncDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1780,7 +1919,7 @@ func (x *SyncDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDelta.ProtoReflect.Descriptor instead.
 func (*SyncDelta) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SyncDelta) GetRevision() uint64 {
@@ -1866,7 +2005,7 @@ type PublishResult struct {
 
 func (x *PublishResult) Reset() {
 	*x = PublishResult{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1878,7 +2017,7 @@ func (x *PublishResult) String() string {
 func (*PublishResult) ProtoMessage() {}
 
 func (x *PublishResult) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1891,7 +2030,7 @@ func (x *PublishResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishResult.ProtoReflect.Descriptor instead.
 func (*PublishResult) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PublishResult) GetNonce() uint64 {
@@ -1938,7 +2077,7 @@ type SyncHelloResponse struct {
 
 func (x *SyncHelloResponse) Reset() {
 	*x = SyncHelloResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1950,7 +2089,7 @@ func (x *SyncHelloResponse) String() string {
 func (*SyncHelloResponse) ProtoMessage() {}
 
 func (x *SyncHelloResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1963,7 +2102,7 @@ func (x *SyncHelloResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncHelloResponse.ProtoReflect.Descriptor instead.
 func (*SyncHelloResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SyncHelloResponse) GetCapabilities() *Capabilities {
@@ -2002,7 +2141,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2014,7 +2153,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2027,7 +2166,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SyncResponse) GetMsg() isSyncResponse_Msg {
@@ -2116,7 +2255,7 @@ type SyncHeartbeat struct {
 
 func (x *SyncHeartbeat) Reset() {
 	*x = SyncHeartbeat{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2128,7 +2267,7 @@ func (x *SyncHeartbeat) String() string {
 func (*SyncHeartbeat) ProtoMessage() {}
 
 func (x *SyncHeartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2141,7 +2280,7 @@ func (x *SyncHeartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncHeartbeat.ProtoReflect.Descriptor instead.
 func (*SyncHeartbeat) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SyncHeartbeat) GetRevision() uint64 {
@@ -2169,7 +2308,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2181,7 +2320,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2194,7 +2333,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RenewRequest) GetCsr() []byte {
@@ -2216,7 +2355,7 @@ type RotationStatusRequest struct {
 
 func (x *RotationStatusRequest) Reset() {
 	*x = RotationStatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2228,7 +2367,7 @@ func (x *RotationStatusRequest) String() string {
 func (*RotationStatusRequest) ProtoMessage() {}
 
 func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2241,7 +2380,7 @@ func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationStatusRequest.ProtoReflect.Descriptor instead.
 func (*RotationStatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RotationStatusRequest) GetSequenceNumber() uint64 {
@@ -2272,7 +2411,7 @@ type MemberBundleStatus struct {
 
 func (x *MemberBundleStatus) Reset() {
 	*x = MemberBundleStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2284,7 +2423,7 @@ func (x *MemberBundleStatus) String() string {
 func (*MemberBundleStatus) ProtoMessage() {}
 
 func (x *MemberBundleStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2297,7 +2436,7 @@ func (x *MemberBundleStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberBundleStatus.ProtoReflect.Descriptor instead.
 func (*MemberBundleStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{30}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MemberBundleStatus) GetCluster() string {
@@ -2358,7 +2497,7 @@ type RotationStatusResponse struct {
 
 func (x *RotationStatusResponse) Reset() {
 	*x = RotationStatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2370,7 +2509,7 @@ func (x *RotationStatusResponse) String() string {
 func (*RotationStatusResponse) ProtoMessage() {}
 
 func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2383,7 +2522,7 @@ func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationStatusResponse.ProtoReflect.Descriptor instead.
 func (*RotationStatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{31}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RotationStatusResponse) GetTrustDomain() string {
@@ -2436,7 +2575,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2587,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +2600,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{32}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RenewResponse) GetClientCertificate() []byte {
@@ -2501,7 +2640,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2513,7 +2652,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2526,7 +2665,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{33}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -2592,7 +2731,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2604,7 +2743,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2617,7 +2756,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{34}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateTokenRequest) GetCluster() string {
@@ -2652,7 +2791,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2664,7 +2803,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2677,7 +2816,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{35}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -2702,7 +2841,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2714,7 +2853,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2727,7 +2866,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{36}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{37}
 }
 
 type ListTokensResponse struct {
@@ -2739,7 +2878,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2751,7 +2890,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2764,7 +2903,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{37}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -2783,7 +2922,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2795,7 +2934,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2808,7 +2947,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{38}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -2826,7 +2965,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2838,7 +2977,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2851,7 +2990,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{39}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{40}
 }
 
 type ListClustersRequest struct {
@@ -2862,7 +3001,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2874,7 +3013,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2887,7 +3026,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{40}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{41}
 }
 
 type ListClustersResponse struct {
@@ -2900,7 +3039,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2912,7 +3051,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2925,7 +3064,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{41}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListClustersResponse) GetClusters() []*ClusterRecord {
@@ -2951,7 +3090,7 @@ type DescribeClusterRequest struct {
 
 func (x *DescribeClusterRequest) Reset() {
 	*x = DescribeClusterRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2963,7 +3102,7 @@ func (x *DescribeClusterRequest) String() string {
 func (*DescribeClusterRequest) ProtoMessage() {}
 
 func (x *DescribeClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2976,7 +3115,7 @@ func (x *DescribeClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeClusterRequest.ProtoReflect.Descriptor instead.
 func (*DescribeClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{42}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DescribeClusterRequest) GetName() string {
@@ -2997,7 +3136,7 @@ type DescribeClusterResponse struct {
 
 func (x *DescribeClusterResponse) Reset() {
 	*x = DescribeClusterResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3009,7 +3148,7 @@ func (x *DescribeClusterResponse) String() string {
 func (*DescribeClusterResponse) ProtoMessage() {}
 
 func (x *DescribeClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3022,7 +3161,7 @@ func (x *DescribeClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeClusterResponse.ProtoReflect.Descriptor instead.
 func (*DescribeClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{43}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DescribeClusterResponse) GetCluster() *ClusterRecord {
@@ -3055,7 +3194,7 @@ type RemoveClusterRequest struct {
 
 func (x *RemoveClusterRequest) Reset() {
 	*x = RemoveClusterRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3067,7 +3206,7 @@ func (x *RemoveClusterRequest) String() string {
 func (*RemoveClusterRequest) ProtoMessage() {}
 
 func (x *RemoveClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3080,7 +3219,7 @@ func (x *RemoveClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveClusterRequest.ProtoReflect.Descriptor instead.
 func (*RemoveClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{44}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RemoveClusterRequest) GetName() string {
@@ -3099,7 +3238,7 @@ type RemoveClusterResponse struct {
 
 func (x *RemoveClusterResponse) Reset() {
 	*x = RemoveClusterResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3111,7 +3250,7 @@ func (x *RemoveClusterResponse) String() string {
 func (*RemoveClusterResponse) ProtoMessage() {}
 
 func (x *RemoveClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3124,7 +3263,7 @@ func (x *RemoveClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveClusterResponse.ProtoReflect.Descriptor instead.
 func (*RemoveClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{45}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RemoveClusterResponse) GetRevision() uint64 {
@@ -3145,7 +3284,7 @@ type GlobalService struct {
 
 func (x *GlobalService) Reset() {
 	*x = GlobalService{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3157,7 +3296,7 @@ func (x *GlobalService) String() string {
 func (*GlobalService) ProtoMessage() {}
 
 func (x *GlobalService) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3170,7 +3309,7 @@ func (x *GlobalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalService.ProtoReflect.Descriptor instead.
 func (*GlobalService) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{46}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GlobalService) GetKey() string {
@@ -3195,7 +3334,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3207,7 +3346,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3220,7 +3359,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{47}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
 }
 
 type ListServicesResponse struct {
@@ -3233,7 +3372,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3245,7 +3384,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3258,7 +3397,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListServicesResponse) GetServices() []*GlobalService {
@@ -3284,7 +3423,7 @@ type PutPolicyRequest struct {
 
 func (x *PutPolicyRequest) Reset() {
 	*x = PutPolicyRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3296,7 +3435,7 @@ func (x *PutPolicyRequest) String() string {
 func (*PutPolicyRequest) ProtoMessage() {}
 
 func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3309,7 +3448,7 @@ func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyRequest.ProtoReflect.Descriptor instead.
 func (*PutPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PutPolicyRequest) GetPolicy() *TrafficPolicy {
@@ -3328,7 +3467,7 @@ type PutPolicyResponse struct {
 
 func (x *PutPolicyResponse) Reset() {
 	*x = PutPolicyResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3340,7 +3479,7 @@ func (x *PutPolicyResponse) String() string {
 func (*PutPolicyResponse) ProtoMessage() {}
 
 func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3353,7 +3492,7 @@ func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyResponse.ProtoReflect.Descriptor instead.
 func (*PutPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *PutPolicyResponse) GetRevision() uint64 {
@@ -3372,7 +3511,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3384,7 +3523,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3397,7 +3536,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *DeletePolicyRequest) GetName() string {
@@ -3416,7 +3555,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3428,7 +3567,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3441,7 +3580,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *DeletePolicyResponse) GetRevision() uint64 {
@@ -3459,7 +3598,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3471,7 +3610,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3484,7 +3623,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
 }
 
 type ListPoliciesResponse struct {
@@ -3497,7 +3636,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3509,7 +3648,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3522,7 +3661,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*TrafficPolicy {
@@ -3564,7 +3703,7 @@ type FederationRelationship struct {
 
 func (x *FederationRelationship) Reset() {
 	*x = FederationRelationship{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3576,7 +3715,7 @@ func (x *FederationRelationship) String() string {
 func (*FederationRelationship) ProtoMessage() {}
 
 func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3589,7 +3728,7 @@ func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
 func (*FederationRelationship) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *FederationRelationship) GetTrustDomain() string {
@@ -3650,7 +3789,7 @@ type PutFederationRequest struct {
 
 func (x *PutFederationRequest) Reset() {
 	*x = PutFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3662,7 +3801,7 @@ func (x *PutFederationRequest) String() string {
 func (*PutFederationRequest) ProtoMessage() {}
 
 func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3675,7 +3814,7 @@ func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationRequest.ProtoReflect.Descriptor instead.
 func (*PutFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *PutFederationRequest) GetFederation() *FederationRelationship {
@@ -3694,7 +3833,7 @@ type PutFederationResponse struct {
 
 func (x *PutFederationResponse) Reset() {
 	*x = PutFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3706,7 +3845,7 @@ func (x *PutFederationResponse) String() string {
 func (*PutFederationResponse) ProtoMessage() {}
 
 func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3719,7 +3858,7 @@ func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationResponse.ProtoReflect.Descriptor instead.
 func (*PutFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *PutFederationResponse) GetRevision() uint64 {
@@ -3738,7 +3877,7 @@ type DeleteFederationRequest struct {
 
 func (x *DeleteFederationRequest) Reset() {
 	*x = DeleteFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3750,7 +3889,7 @@ func (x *DeleteFederationRequest) String() string {
 func (*DeleteFederationRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3763,7 +3902,7 @@ func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *DeleteFederationRequest) GetTrustDomain() string {
@@ -3782,7 +3921,7 @@ type DeleteFederationResponse struct {
 
 func (x *DeleteFederationResponse) Reset() {
 	*x = DeleteFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3794,7 +3933,7 @@ func (x *DeleteFederationResponse) String() string {
 func (*DeleteFederationResponse) ProtoMessage() {}
 
 func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3807,7 +3946,7 @@ func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *DeleteFederationResponse) GetRevision() uint64 {
@@ -3825,7 +3964,7 @@ type ListFederationsRequest struct {
 
 func (x *ListFederationsRequest) Reset() {
 	*x = ListFederationsRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3837,7 +3976,7 @@ func (x *ListFederationsRequest) String() string {
 func (*ListFederationsRequest) ProtoMessage() {}
 
 func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3850,7 +3989,7 @@ func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
 }
 
 type FederationStatus struct {
@@ -3866,7 +4005,7 @@ type FederationStatus struct {
 
 func (x *FederationStatus) Reset() {
 	*x = FederationStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3878,7 +4017,7 @@ func (x *FederationStatus) String() string {
 func (*FederationStatus) ProtoMessage() {}
 
 func (x *FederationStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3891,7 +4030,7 @@ func (x *FederationStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationStatus.ProtoReflect.Descriptor instead.
 func (*FederationStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *FederationStatus) GetFederation() *FederationRelationship {
@@ -3925,7 +4064,7 @@ type ListFederationsResponse struct {
 
 func (x *ListFederationsResponse) Reset() {
 	*x = ListFederationsResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3937,7 +4076,7 @@ func (x *ListFederationsResponse) String() string {
 func (*ListFederationsResponse) ProtoMessage() {}
 
 func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3950,7 +4089,7 @@ func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ListFederationsResponse) GetFederations() []*FederationStatus {
@@ -3980,7 +4119,7 @@ type BundleInfo struct {
 
 func (x *BundleInfo) Reset() {
 	*x = BundleInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3992,7 +4131,7 @@ func (x *BundleInfo) String() string {
 func (*BundleInfo) ProtoMessage() {}
 
 func (x *BundleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4005,7 +4144,7 @@ func (x *BundleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleInfo.ProtoReflect.Descriptor instead.
 func (*BundleInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *BundleInfo) GetBundle() *TrustBundle {
@@ -4037,7 +4176,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4049,7 +4188,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4062,7 +4201,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
 }
 
 type ListBundlesResponse struct {
@@ -4075,7 +4214,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4087,7 +4226,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4100,7 +4239,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*BundleInfo {
@@ -4126,7 +4265,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4138,7 +4277,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4151,7 +4290,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{66}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *RotateCARequest) GetCluster() string {
@@ -4171,7 +4310,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4183,7 +4322,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4196,7 +4335,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{67}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *RotateCAResponse) GetCaRotation() uint64 {
@@ -4221,7 +4360,7 @@ type TrustStatusRequest struct {
 
 func (x *TrustStatusRequest) Reset() {
 	*x = TrustStatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4233,7 +4372,7 @@ func (x *TrustStatusRequest) String() string {
 func (*TrustStatusRequest) ProtoMessage() {}
 
 func (x *TrustStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4246,7 +4385,7 @@ func (x *TrustStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustStatusRequest.ProtoReflect.Descriptor instead.
 func (*TrustStatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{68}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{69}
 }
 
 // One member cluster's trust bundle and who holds it.
@@ -4269,7 +4408,7 @@ type ClusterTrustStatus struct {
 
 func (x *ClusterTrustStatus) Reset() {
 	*x = ClusterTrustStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4281,7 +4420,7 @@ func (x *ClusterTrustStatus) String() string {
 func (*ClusterTrustStatus) ProtoMessage() {}
 
 func (x *ClusterTrustStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4294,7 +4433,7 @@ func (x *ClusterTrustStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterTrustStatus.ProtoReflect.Descriptor instead.
 func (*ClusterTrustStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{69}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ClusterTrustStatus) GetCluster() string {
@@ -4349,7 +4488,7 @@ type TrustStatusResponse struct {
 
 func (x *TrustStatusResponse) Reset() {
 	*x = TrustStatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4361,7 +4500,7 @@ func (x *TrustStatusResponse) String() string {
 func (*TrustStatusResponse) ProtoMessage() {}
 
 func (x *TrustStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4374,7 +4513,7 @@ func (x *TrustStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustStatusResponse.ProtoReflect.Descriptor instead.
 func (*TrustStatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{70}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *TrustStatusResponse) GetClusters() []*ClusterTrustStatus {
@@ -4409,7 +4548,7 @@ type ServerStatus struct {
 
 func (x *ServerStatus) Reset() {
 	*x = ServerStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4421,7 +4560,7 @@ func (x *ServerStatus) String() string {
 func (*ServerStatus) ProtoMessage() {}
 
 func (x *ServerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4434,7 +4573,7 @@ func (x *ServerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStatus.ProtoReflect.Descriptor instead.
 func (*ServerStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{71}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ServerStatus) GetName() string {
@@ -4494,7 +4633,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4506,7 +4645,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4519,7 +4658,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{72}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{73}
 }
 
 type StatusResponse struct {
@@ -4535,7 +4674,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4547,7 +4686,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4560,7 +4699,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{73}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *StatusResponse) GetServers() []*ServerStatus {
@@ -4645,12 +4784,27 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\vterminating\x18\x05 \x01(\rR\vterminating\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc1\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x03\n" +
 	"\x0fExportedService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x128\n" +
 	"\x05ports\x18\x03 \x03(\v2\".meshfed.federation.v1.ServicePortR\x05ports\x12B\n" +
-	"\tendpoints\x18\x04 \x03(\v2$.meshfed.federation.v1.EndpointGroupR\tendpoints\"\xbc\x01\n" +
+	"\tendpoints\x18\x04 \x03(\v2$.meshfed.federation.v1.EndpointGroupR\tendpoints\x12\x1a\n" +
+	"\bheadless\x18\x05 \x01(\bR\bheadless\x12)\n" +
+	"\x10session_affinity\x18\x06 \x01(\tR\x0fsessionAffinity\x12G\n" +
+	" session_affinity_timeout_seconds\x18\a \x01(\x05R\x1dsessionAffinityTimeoutSeconds\x12V\n" +
+	"\x12headless_endpoints\x18\b \x03(\v2'.meshfed.federation.v1.HeadlessEndpointR\x11headlessEndpoints\"\xcf\x02\n" +
+	"\x10HeadlessEndpoint\x12\x1a\n" +
+	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1c\n" +
+	"\taddresses\x18\x02 \x03(\tR\taddresses\x12\x14\n" +
+	"\x05ready\x18\x03 \x01(\bR\x05ready\x12\x18\n" +
+	"\aserving\x18\x04 \x01(\bR\aserving\x12 \n" +
+	"\vterminating\x18\x05 \x01(\bR\vterminating\x12\x12\n" +
+	"\x04zone\x18\x06 \x01(\tR\x04zone\x12[\n" +
+	"\ftarget_ports\x18\a \x03(\v28.meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntryR\vtargetPorts\x1a>\n" +
+	"\x10TargetPortsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xbc\x01\n" +
 	"\fExportRecord\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12@\n" +
 	"\aservice\x18\x02 \x01(\v2&.meshfed.federation.v1.ExportedServiceR\aservice\x12'\n" +
@@ -4952,7 +5106,7 @@ func file_meshfed_federation_v1_federation_proto_rawDescGZIP() []byte {
 	return file_meshfed_federation_v1_federation_proto_rawDescData
 }
 
-var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
+var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 78)
 var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*Capabilities)(nil),             // 0: meshfed.federation.v1.Capabilities
 	(*Locality)(nil),                 // 1: meshfed.federation.v1.Locality
@@ -4963,73 +5117,75 @@ var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*ServicePort)(nil),              // 6: meshfed.federation.v1.ServicePort
 	(*EndpointGroup)(nil),            // 7: meshfed.federation.v1.EndpointGroup
 	(*ExportedService)(nil),          // 8: meshfed.federation.v1.ExportedService
-	(*ExportRecord)(nil),             // 9: meshfed.federation.v1.ExportRecord
-	(*ClusterRecord)(nil),            // 10: meshfed.federation.v1.ClusterRecord
-	(*TrafficPolicy)(nil),            // 11: meshfed.federation.v1.TrafficPolicy
-	(*WeightedSubset)(nil),           // 12: meshfed.federation.v1.WeightedSubset
-	(*OutlierDetection)(nil),         // 13: meshfed.federation.v1.OutlierDetection
-	(*RetryPolicy)(nil),              // 14: meshfed.federation.v1.RetryPolicy
-	(*SyncHello)(nil),                // 15: meshfed.federation.v1.SyncHello
-	(*PublishExports)(nil),           // 16: meshfed.federation.v1.PublishExports
-	(*PublishBundle)(nil),            // 17: meshfed.federation.v1.PublishBundle
-	(*Ack)(nil),                      // 18: meshfed.federation.v1.Ack
-	(*BundleSequence)(nil),           // 19: meshfed.federation.v1.BundleSequence
-	(*Nack)(nil),                     // 20: meshfed.federation.v1.Nack
-	(*SyncRequest)(nil),              // 21: meshfed.federation.v1.SyncRequest
-	(*ExportRef)(nil),                // 22: meshfed.federation.v1.ExportRef
-	(*SyncDelta)(nil),                // 23: meshfed.federation.v1.SyncDelta
-	(*PublishResult)(nil),            // 24: meshfed.federation.v1.PublishResult
-	(*SyncHelloResponse)(nil),        // 25: meshfed.federation.v1.SyncHelloResponse
-	(*SyncResponse)(nil),             // 26: meshfed.federation.v1.SyncResponse
-	(*SyncHeartbeat)(nil),            // 27: meshfed.federation.v1.SyncHeartbeat
-	(*RenewRequest)(nil),             // 28: meshfed.federation.v1.RenewRequest
-	(*RotationStatusRequest)(nil),    // 29: meshfed.federation.v1.RotationStatusRequest
-	(*MemberBundleStatus)(nil),       // 30: meshfed.federation.v1.MemberBundleStatus
-	(*RotationStatusResponse)(nil),   // 31: meshfed.federation.v1.RotationStatusResponse
-	(*RenewResponse)(nil),            // 32: meshfed.federation.v1.RenewResponse
-	(*TokenInfo)(nil),                // 33: meshfed.federation.v1.TokenInfo
-	(*CreateTokenRequest)(nil),       // 34: meshfed.federation.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),      // 35: meshfed.federation.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),        // 36: meshfed.federation.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),       // 37: meshfed.federation.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),       // 38: meshfed.federation.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),      // 39: meshfed.federation.v1.RevokeTokenResponse
-	(*ListClustersRequest)(nil),      // 40: meshfed.federation.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),     // 41: meshfed.federation.v1.ListClustersResponse
-	(*DescribeClusterRequest)(nil),   // 42: meshfed.federation.v1.DescribeClusterRequest
-	(*DescribeClusterResponse)(nil),  // 43: meshfed.federation.v1.DescribeClusterResponse
-	(*RemoveClusterRequest)(nil),     // 44: meshfed.federation.v1.RemoveClusterRequest
-	(*RemoveClusterResponse)(nil),    // 45: meshfed.federation.v1.RemoveClusterResponse
-	(*GlobalService)(nil),            // 46: meshfed.federation.v1.GlobalService
-	(*ListServicesRequest)(nil),      // 47: meshfed.federation.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),     // 48: meshfed.federation.v1.ListServicesResponse
-	(*PutPolicyRequest)(nil),         // 49: meshfed.federation.v1.PutPolicyRequest
-	(*PutPolicyResponse)(nil),        // 50: meshfed.federation.v1.PutPolicyResponse
-	(*DeletePolicyRequest)(nil),      // 51: meshfed.federation.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),     // 52: meshfed.federation.v1.DeletePolicyResponse
-	(*ListPoliciesRequest)(nil),      // 53: meshfed.federation.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 54: meshfed.federation.v1.ListPoliciesResponse
-	(*FederationRelationship)(nil),   // 55: meshfed.federation.v1.FederationRelationship
-	(*PutFederationRequest)(nil),     // 56: meshfed.federation.v1.PutFederationRequest
-	(*PutFederationResponse)(nil),    // 57: meshfed.federation.v1.PutFederationResponse
-	(*DeleteFederationRequest)(nil),  // 58: meshfed.federation.v1.DeleteFederationRequest
-	(*DeleteFederationResponse)(nil), // 59: meshfed.federation.v1.DeleteFederationResponse
-	(*ListFederationsRequest)(nil),   // 60: meshfed.federation.v1.ListFederationsRequest
-	(*FederationStatus)(nil),         // 61: meshfed.federation.v1.FederationStatus
-	(*ListFederationsResponse)(nil),  // 62: meshfed.federation.v1.ListFederationsResponse
-	(*BundleInfo)(nil),               // 63: meshfed.federation.v1.BundleInfo
-	(*ListBundlesRequest)(nil),       // 64: meshfed.federation.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),      // 65: meshfed.federation.v1.ListBundlesResponse
-	(*RotateCARequest)(nil),          // 66: meshfed.federation.v1.RotateCARequest
-	(*RotateCAResponse)(nil),         // 67: meshfed.federation.v1.RotateCAResponse
-	(*TrustStatusRequest)(nil),       // 68: meshfed.federation.v1.TrustStatusRequest
-	(*ClusterTrustStatus)(nil),       // 69: meshfed.federation.v1.ClusterTrustStatus
-	(*TrustStatusResponse)(nil),      // 70: meshfed.federation.v1.TrustStatusResponse
-	(*ServerStatus)(nil),             // 71: meshfed.federation.v1.ServerStatus
-	(*StatusRequest)(nil),            // 72: meshfed.federation.v1.StatusRequest
-	(*StatusResponse)(nil),           // 73: meshfed.federation.v1.StatusResponse
-	nil,                              // 74: meshfed.federation.v1.EndpointGroup.LabelsEntry
-	nil,                              // 75: meshfed.federation.v1.WeightedSubset.LabelsEntry
+	(*HeadlessEndpoint)(nil),         // 9: meshfed.federation.v1.HeadlessEndpoint
+	(*ExportRecord)(nil),             // 10: meshfed.federation.v1.ExportRecord
+	(*ClusterRecord)(nil),            // 11: meshfed.federation.v1.ClusterRecord
+	(*TrafficPolicy)(nil),            // 12: meshfed.federation.v1.TrafficPolicy
+	(*WeightedSubset)(nil),           // 13: meshfed.federation.v1.WeightedSubset
+	(*OutlierDetection)(nil),         // 14: meshfed.federation.v1.OutlierDetection
+	(*RetryPolicy)(nil),              // 15: meshfed.federation.v1.RetryPolicy
+	(*SyncHello)(nil),                // 16: meshfed.federation.v1.SyncHello
+	(*PublishExports)(nil),           // 17: meshfed.federation.v1.PublishExports
+	(*PublishBundle)(nil),            // 18: meshfed.federation.v1.PublishBundle
+	(*Ack)(nil),                      // 19: meshfed.federation.v1.Ack
+	(*BundleSequence)(nil),           // 20: meshfed.federation.v1.BundleSequence
+	(*Nack)(nil),                     // 21: meshfed.federation.v1.Nack
+	(*SyncRequest)(nil),              // 22: meshfed.federation.v1.SyncRequest
+	(*ExportRef)(nil),                // 23: meshfed.federation.v1.ExportRef
+	(*SyncDelta)(nil),                // 24: meshfed.federation.v1.SyncDelta
+	(*PublishResult)(nil),            // 25: meshfed.federation.v1.PublishResult
+	(*SyncHelloResponse)(nil),        // 26: meshfed.federation.v1.SyncHelloResponse
+	(*SyncResponse)(nil),             // 27: meshfed.federation.v1.SyncResponse
+	(*SyncHeartbeat)(nil),            // 28: meshfed.federation.v1.SyncHeartbeat
+	(*RenewRequest)(nil),             // 29: meshfed.federation.v1.RenewRequest
+	(*RotationStatusRequest)(nil),    // 30: meshfed.federation.v1.RotationStatusRequest
+	(*MemberBundleStatus)(nil),       // 31: meshfed.federation.v1.MemberBundleStatus
+	(*RotationStatusResponse)(nil),   // 32: meshfed.federation.v1.RotationStatusResponse
+	(*RenewResponse)(nil),            // 33: meshfed.federation.v1.RenewResponse
+	(*TokenInfo)(nil),                // 34: meshfed.federation.v1.TokenInfo
+	(*CreateTokenRequest)(nil),       // 35: meshfed.federation.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),      // 36: meshfed.federation.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),        // 37: meshfed.federation.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),       // 38: meshfed.federation.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),       // 39: meshfed.federation.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),      // 40: meshfed.federation.v1.RevokeTokenResponse
+	(*ListClustersRequest)(nil),      // 41: meshfed.federation.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),     // 42: meshfed.federation.v1.ListClustersResponse
+	(*DescribeClusterRequest)(nil),   // 43: meshfed.federation.v1.DescribeClusterRequest
+	(*DescribeClusterResponse)(nil),  // 44: meshfed.federation.v1.DescribeClusterResponse
+	(*RemoveClusterRequest)(nil),     // 45: meshfed.federation.v1.RemoveClusterRequest
+	(*RemoveClusterResponse)(nil),    // 46: meshfed.federation.v1.RemoveClusterResponse
+	(*GlobalService)(nil),            // 47: meshfed.federation.v1.GlobalService
+	(*ListServicesRequest)(nil),      // 48: meshfed.federation.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),     // 49: meshfed.federation.v1.ListServicesResponse
+	(*PutPolicyRequest)(nil),         // 50: meshfed.federation.v1.PutPolicyRequest
+	(*PutPolicyResponse)(nil),        // 51: meshfed.federation.v1.PutPolicyResponse
+	(*DeletePolicyRequest)(nil),      // 52: meshfed.federation.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),     // 53: meshfed.federation.v1.DeletePolicyResponse
+	(*ListPoliciesRequest)(nil),      // 54: meshfed.federation.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 55: meshfed.federation.v1.ListPoliciesResponse
+	(*FederationRelationship)(nil),   // 56: meshfed.federation.v1.FederationRelationship
+	(*PutFederationRequest)(nil),     // 57: meshfed.federation.v1.PutFederationRequest
+	(*PutFederationResponse)(nil),    // 58: meshfed.federation.v1.PutFederationResponse
+	(*DeleteFederationRequest)(nil),  // 59: meshfed.federation.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil), // 60: meshfed.federation.v1.DeleteFederationResponse
+	(*ListFederationsRequest)(nil),   // 61: meshfed.federation.v1.ListFederationsRequest
+	(*FederationStatus)(nil),         // 62: meshfed.federation.v1.FederationStatus
+	(*ListFederationsResponse)(nil),  // 63: meshfed.federation.v1.ListFederationsResponse
+	(*BundleInfo)(nil),               // 64: meshfed.federation.v1.BundleInfo
+	(*ListBundlesRequest)(nil),       // 65: meshfed.federation.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),      // 66: meshfed.federation.v1.ListBundlesResponse
+	(*RotateCARequest)(nil),          // 67: meshfed.federation.v1.RotateCARequest
+	(*RotateCAResponse)(nil),         // 68: meshfed.federation.v1.RotateCAResponse
+	(*TrustStatusRequest)(nil),       // 69: meshfed.federation.v1.TrustStatusRequest
+	(*ClusterTrustStatus)(nil),       // 70: meshfed.federation.v1.ClusterTrustStatus
+	(*TrustStatusResponse)(nil),      // 71: meshfed.federation.v1.TrustStatusResponse
+	(*ServerStatus)(nil),             // 72: meshfed.federation.v1.ServerStatus
+	(*StatusRequest)(nil),            // 73: meshfed.federation.v1.StatusRequest
+	(*StatusResponse)(nil),           // 74: meshfed.federation.v1.StatusResponse
+	nil,                              // 75: meshfed.federation.v1.EndpointGroup.LabelsEntry
+	nil,                              // 76: meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
+	nil,                              // 77: meshfed.federation.v1.WeightedSubset.LabelsEntry
 }
 var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	1,  // 0: meshfed.federation.v1.JoinRequest.locality:type_name -> meshfed.federation.v1.Locality
@@ -5037,102 +5193,104 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	0,  // 2: meshfed.federation.v1.JoinRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
 	4,  // 3: meshfed.federation.v1.JoinResponse.settings:type_name -> meshfed.federation.v1.FederationSettings
 	0,  // 4: meshfed.federation.v1.JoinResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	74, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
+	75, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
 	6,  // 6: meshfed.federation.v1.ExportedService.ports:type_name -> meshfed.federation.v1.ServicePort
 	7,  // 7: meshfed.federation.v1.ExportedService.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
-	8,  // 8: meshfed.federation.v1.ExportRecord.service:type_name -> meshfed.federation.v1.ExportedService
-	1,  // 9: meshfed.federation.v1.ClusterRecord.locality:type_name -> meshfed.federation.v1.Locality
-	0,  // 10: meshfed.federation.v1.ClusterRecord.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	12, // 11: meshfed.federation.v1.TrafficPolicy.subsets:type_name -> meshfed.federation.v1.WeightedSubset
-	13, // 12: meshfed.federation.v1.TrafficPolicy.outlier_detection:type_name -> meshfed.federation.v1.OutlierDetection
-	14, // 13: meshfed.federation.v1.TrafficPolicy.retries:type_name -> meshfed.federation.v1.RetryPolicy
-	75, // 14: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
-	0,  // 15: meshfed.federation.v1.SyncHello.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	1,  // 16: meshfed.federation.v1.SyncHello.locality:type_name -> meshfed.federation.v1.Locality
-	8,  // 17: meshfed.federation.v1.PublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
-	2,  // 18: meshfed.federation.v1.PublishBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	19, // 19: meshfed.federation.v1.Ack.bundles:type_name -> meshfed.federation.v1.BundleSequence
-	15, // 20: meshfed.federation.v1.SyncRequest.hello:type_name -> meshfed.federation.v1.SyncHello
-	16, // 21: meshfed.federation.v1.SyncRequest.publish:type_name -> meshfed.federation.v1.PublishExports
-	18, // 22: meshfed.federation.v1.SyncRequest.ack:type_name -> meshfed.federation.v1.Ack
-	20, // 23: meshfed.federation.v1.SyncRequest.nack:type_name -> meshfed.federation.v1.Nack
-	17, // 24: meshfed.federation.v1.SyncRequest.publish_bundle:type_name -> meshfed.federation.v1.PublishBundle
-	10, // 25: meshfed.federation.v1.SyncDelta.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	9,  // 26: meshfed.federation.v1.SyncDelta.exports:type_name -> meshfed.federation.v1.ExportRecord
-	22, // 27: meshfed.federation.v1.SyncDelta.removed_exports:type_name -> meshfed.federation.v1.ExportRef
-	2,  // 28: meshfed.federation.v1.SyncDelta.bundles:type_name -> meshfed.federation.v1.TrustBundle
-	11, // 29: meshfed.federation.v1.SyncDelta.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	0,  // 30: meshfed.federation.v1.SyncHelloResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	23, // 31: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
-	24, // 32: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
-	25, // 33: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
-	27, // 34: meshfed.federation.v1.SyncResponse.heartbeat:type_name -> meshfed.federation.v1.SyncHeartbeat
-	30, // 35: meshfed.federation.v1.RotationStatusResponse.members:type_name -> meshfed.federation.v1.MemberBundleStatus
-	33, // 36: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
-	33, // 37: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
-	10, // 38: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	10, // 39: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	9,  // 40: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
-	2,  // 41: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	9,  // 42: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
-	46, // 43: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
-	11, // 44: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	11, // 45: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	55, // 46: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	55, // 47: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	61, // 48: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
-	2,  // 49: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	63, // 50: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
-	30, // 51: meshfed.federation.v1.ClusterTrustStatus.members:type_name -> meshfed.federation.v1.MemberBundleStatus
-	69, // 52: meshfed.federation.v1.TrustStatusResponse.clusters:type_name -> meshfed.federation.v1.ClusterTrustStatus
-	71, // 53: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
-	3,  // 54: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
-	21, // 55: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
-	28, // 56: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
-	29, // 57: meshfed.federation.v1.Sync.RotationStatus:input_type -> meshfed.federation.v1.RotationStatusRequest
-	34, // 58: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
-	36, // 59: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
-	38, // 60: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
-	40, // 61: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
-	42, // 62: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
-	44, // 63: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
-	47, // 64: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
-	49, // 65: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
-	51, // 66: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
-	53, // 67: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
-	72, // 68: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
-	56, // 69: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
-	58, // 70: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
-	60, // 71: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
-	64, // 72: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
-	66, // 73: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
-	68, // 74: meshfed.federation.v1.Admin.TrustStatus:input_type -> meshfed.federation.v1.TrustStatusRequest
-	5,  // 75: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
-	26, // 76: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
-	32, // 77: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
-	31, // 78: meshfed.federation.v1.Sync.RotationStatus:output_type -> meshfed.federation.v1.RotationStatusResponse
-	35, // 79: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
-	37, // 80: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
-	39, // 81: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
-	41, // 82: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
-	43, // 83: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
-	45, // 84: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
-	48, // 85: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
-	50, // 86: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
-	52, // 87: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
-	54, // 88: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
-	73, // 89: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
-	57, // 90: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
-	59, // 91: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
-	62, // 92: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
-	65, // 93: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
-	67, // 94: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
-	70, // 95: meshfed.federation.v1.Admin.TrustStatus:output_type -> meshfed.federation.v1.TrustStatusResponse
-	75, // [75:96] is the sub-list for method output_type
-	54, // [54:75] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	9,  // 8: meshfed.federation.v1.ExportedService.headless_endpoints:type_name -> meshfed.federation.v1.HeadlessEndpoint
+	76, // 9: meshfed.federation.v1.HeadlessEndpoint.target_ports:type_name -> meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
+	8,  // 10: meshfed.federation.v1.ExportRecord.service:type_name -> meshfed.federation.v1.ExportedService
+	1,  // 11: meshfed.federation.v1.ClusterRecord.locality:type_name -> meshfed.federation.v1.Locality
+	0,  // 12: meshfed.federation.v1.ClusterRecord.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	13, // 13: meshfed.federation.v1.TrafficPolicy.subsets:type_name -> meshfed.federation.v1.WeightedSubset
+	14, // 14: meshfed.federation.v1.TrafficPolicy.outlier_detection:type_name -> meshfed.federation.v1.OutlierDetection
+	15, // 15: meshfed.federation.v1.TrafficPolicy.retries:type_name -> meshfed.federation.v1.RetryPolicy
+	77, // 16: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
+	0,  // 17: meshfed.federation.v1.SyncHello.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	1,  // 18: meshfed.federation.v1.SyncHello.locality:type_name -> meshfed.federation.v1.Locality
+	8,  // 19: meshfed.federation.v1.PublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
+	2,  // 20: meshfed.federation.v1.PublishBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	20, // 21: meshfed.federation.v1.Ack.bundles:type_name -> meshfed.federation.v1.BundleSequence
+	16, // 22: meshfed.federation.v1.SyncRequest.hello:type_name -> meshfed.federation.v1.SyncHello
+	17, // 23: meshfed.federation.v1.SyncRequest.publish:type_name -> meshfed.federation.v1.PublishExports
+	19, // 24: meshfed.federation.v1.SyncRequest.ack:type_name -> meshfed.federation.v1.Ack
+	21, // 25: meshfed.federation.v1.SyncRequest.nack:type_name -> meshfed.federation.v1.Nack
+	18, // 26: meshfed.federation.v1.SyncRequest.publish_bundle:type_name -> meshfed.federation.v1.PublishBundle
+	11, // 27: meshfed.federation.v1.SyncDelta.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	10, // 28: meshfed.federation.v1.SyncDelta.exports:type_name -> meshfed.federation.v1.ExportRecord
+	23, // 29: meshfed.federation.v1.SyncDelta.removed_exports:type_name -> meshfed.federation.v1.ExportRef
+	2,  // 30: meshfed.federation.v1.SyncDelta.bundles:type_name -> meshfed.federation.v1.TrustBundle
+	12, // 31: meshfed.federation.v1.SyncDelta.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	0,  // 32: meshfed.federation.v1.SyncHelloResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	24, // 33: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
+	25, // 34: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
+	26, // 35: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
+	28, // 36: meshfed.federation.v1.SyncResponse.heartbeat:type_name -> meshfed.federation.v1.SyncHeartbeat
+	31, // 37: meshfed.federation.v1.RotationStatusResponse.members:type_name -> meshfed.federation.v1.MemberBundleStatus
+	34, // 38: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
+	34, // 39: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
+	11, // 40: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	11, // 41: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	10, // 42: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
+	2,  // 43: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	10, // 44: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
+	47, // 45: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
+	12, // 46: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	12, // 47: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	56, // 48: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	56, // 49: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	62, // 50: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
+	2,  // 51: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	64, // 52: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
+	31, // 53: meshfed.federation.v1.ClusterTrustStatus.members:type_name -> meshfed.federation.v1.MemberBundleStatus
+	70, // 54: meshfed.federation.v1.TrustStatusResponse.clusters:type_name -> meshfed.federation.v1.ClusterTrustStatus
+	72, // 55: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
+	3,  // 56: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
+	22, // 57: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
+	29, // 58: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
+	30, // 59: meshfed.federation.v1.Sync.RotationStatus:input_type -> meshfed.federation.v1.RotationStatusRequest
+	35, // 60: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
+	37, // 61: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
+	39, // 62: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
+	41, // 63: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
+	43, // 64: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
+	45, // 65: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
+	48, // 66: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
+	50, // 67: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
+	52, // 68: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
+	54, // 69: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
+	73, // 70: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
+	57, // 71: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
+	59, // 72: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
+	61, // 73: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
+	65, // 74: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
+	67, // 75: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
+	69, // 76: meshfed.federation.v1.Admin.TrustStatus:input_type -> meshfed.federation.v1.TrustStatusRequest
+	5,  // 77: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
+	27, // 78: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
+	33, // 79: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
+	32, // 80: meshfed.federation.v1.Sync.RotationStatus:output_type -> meshfed.federation.v1.RotationStatusResponse
+	36, // 81: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
+	38, // 82: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
+	40, // 83: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
+	42, // 84: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
+	44, // 85: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
+	46, // 86: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
+	49, // 87: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
+	51, // 88: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
+	53, // 89: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
+	55, // 90: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
+	74, // 91: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
+	58, // 92: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
+	60, // 93: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
+	63, // 94: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
+	66, // 95: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
+	68, // 96: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
+	71, // 97: meshfed.federation.v1.Admin.TrustStatus:output_type -> meshfed.federation.v1.TrustStatusResponse
+	77, // [77:98] is the sub-list for method output_type
+	56, // [56:77] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_federation_v1_federation_proto_init() }
@@ -5140,14 +5298,14 @@ func file_meshfed_federation_v1_federation_proto_init() {
 	if File_meshfed_federation_v1_federation_proto != nil {
 		return
 	}
-	file_meshfed_federation_v1_federation_proto_msgTypes[21].OneofWrappers = []any{
+	file_meshfed_federation_v1_federation_proto_msgTypes[22].OneofWrappers = []any{
 		(*SyncRequest_Hello)(nil),
 		(*SyncRequest_Publish)(nil),
 		(*SyncRequest_Ack)(nil),
 		(*SyncRequest_Nack)(nil),
 		(*SyncRequest_PublishBundle)(nil),
 	}
-	file_meshfed_federation_v1_federation_proto_msgTypes[26].OneofWrappers = []any{
+	file_meshfed_federation_v1_federation_proto_msgTypes[27].OneofWrappers = []any{
 		(*SyncResponse_Delta)(nil),
 		(*SyncResponse_PublishResult)(nil),
 		(*SyncResponse_Hello)(nil),
@@ -5159,7 +5317,7 @@ func file_meshfed_federation_v1_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_federation_v1_federation_proto_rawDesc), len(file_meshfed_federation_v1_federation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   76,
+			NumMessages:   78,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

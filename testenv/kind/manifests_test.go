@@ -226,6 +226,7 @@ func TestAgentKustomization(t *testing.T) {
 	cluster = append(cluster, read("", "pods")...)
 	cluster = append(cluster, read("", "namespaces")...)
 	cluster = append(cluster, need{"", "namespaces", "create"})
+	cluster = append(cluster, need{"about.k8s.io", "clusterproperties", "get"}, need{"about.k8s.io", "clusterproperties", "create"})
 	for _, n := range cluster {
 		if !allows(cr.Rules, n.group, n.resource, n.verb) {
 			t.Errorf("ClusterRole: %s %s.%s not allowed", n.verb, n.resource, n.group)
@@ -413,7 +414,8 @@ func TestDecode(t *testing.T) {
 	}
 }
 
-// TestCRDManifests: deploy/crds holds the two MCS CRDs the agent watches.
+// TestCRDManifests: deploy/crds holds the two MCS CRDs the agent watches
+// and the ClusterProperty CRD that holds the cluster's ID.
 func TestCRDManifests(t *testing.T) {
 	objs, err := ReadManifests(filepath.Join(repoRoot, CRDDir))
 	if err != nil {
@@ -426,7 +428,7 @@ func TestCRDManifests(t *testing.T) {
 		}
 		names = append(names, o.GetName())
 	}
-	if want := []string{"serviceexports.multicluster.x-k8s.io", "serviceimports.multicluster.x-k8s.io"}; !reflect.DeepEqual(names, want) {
+	if want := []string{"clusterproperties.about.k8s.io", "serviceexports.multicluster.x-k8s.io", "serviceimports.multicluster.x-k8s.io"}; !reflect.DeepEqual(names, want) {
 		t.Errorf("CRDs %v, want %v", names, want)
 	}
 	if _, err := ReadManifests(t.TempDir()); err == nil {
