@@ -38,9 +38,15 @@ func dnsServices(plans map[string]*importPlan, ips map[federation.ServiceKey][]n
 		if svc.IsZero() {
 			continue
 		}
-		s := mcsdns.Service{Key: svc, IPs: ips[svc]}
+		s := mcsdns.Service{Key: svc, Headless: p.Headless}
+		if !p.Headless {
+			s.IPs = ips[svc]
+		}
 		for _, port := range p.Ports {
 			s.Ports = append(s.Ports, mcsdns.Port{Name: port.GetName(), Protocol: string(k8sProtocol(port.GetProtocol())), Port: uint16(port.GetPort())})
+		}
+		if p.Headless {
+			s.Endpoints = headlessDNSEndpoints(p)
 		}
 		out = append(out, s)
 	}
@@ -229,4 +235,38 @@ func (c *gatewayConfig) setClusterSetIPs(ips map[federation.ServiceKey][]netip.A
 			im.ClusterSetIp = a[0].String()
 		}
 	}
+}
+
+// headlessDNSEndpoints lists a headless import's ready endpoints, from every
+// exporting cluster the importer writes EndpointSlices for (all but those
+// whose ports conflict with the oldest export's), as the zone names them
+// (<hostname>.<cluster>.<svc>.<ns>.svc.clusterset.local). Addresses that do
+// not parse, and clusters whose names do not, are left out: the hub
+// checked both, so neither happens short of a bug.
+func headlessDNSEndpoints(p *importPlan) []mcsdns.Endpoint {
+	var out []mcsdns.Endpoint
+	for _, c := range p.Clusters {
+		if c.portConflict() {
+			continue
+		}
+		cluster, err := federation.ParseClusterName(c.Cluster)
+		if err != nil {
+			continue
+		}
+		for _, ep := range c.Endpoints {
+			if !ep.GetReady() {
+				continue
+			}
+			e := mcsdns.Endpoint{Cluster: cluster, Hostname: ep.GetHostname()}
+			for _, a := range ep.GetAddresses() {
+				if addr, err := netip.ParseAddr(a); err == nil {
+					e.Addrs = append(e.Addrs, addr)
+				}
+			}
+			if len(e.Addrs) > 0 {
+				out = append(out, e)
+			}
+		}
+	}
+	return out
 }

@@ -110,3 +110,33 @@ func TestDNSServicesCarryPortsWithTheirKubernetesProtocolAndTheIPs(t *testing.T)
 		t.Errorf("ports %+v, want http 8080/TCP (HTTP is TCP) and dns 53/UDP", p)
 	}
 }
+
+// A headless import's names are its ready endpoints' addresses, from every
+// exporting cluster but one whose ports conflict; it has no ClusterSetIP
+// even if one is known for its key.
+func TestDNSServicesOfAHeadlessImportAreItsReadyEndpoints(t *testing.T) {
+	plans := plansOf("db/pg")
+	p := plans["db/pg"]
+	p.Headless = true
+	p.Clusters = []importCluster{
+		{Cluster: "east", Endpoints: []*fedv1.HeadlessEndpoint{
+			{Hostname: "pg-0", Addresses: []string{"10.1.0.5", "fd00::5"}, Ready: true},
+			{Hostname: "pg-1", Addresses: []string{"10.1.0.6"}, Ready: false},
+		}},
+		{Cluster: "west", Endpoints: []*fedv1.HeadlessEndpoint{{Hostname: "pg-0", Addresses: []string{"10.2.0.7"}, Ready: true}}},
+		{Cluster: "north", Conflict: "ports", ConflictReason: "PortConflict",
+			Endpoints: []*fedv1.HeadlessEndpoint{{Hostname: "pg-0", Addresses: []string{"10.3.0.8"}, Ready: true}}},
+	}
+	ips := map[federation.ServiceKey][]netip.Addr{federation.MustServiceKey("db/pg"): {netip.MustParseAddr("10.0.0.1")}}
+	got := dnsServices(plans, ips)
+	if len(got) != 1 || !got[0].Headless || len(got[0].IPs) != 0 {
+		t.Fatalf("services %+v, want one headless without IPs", got)
+	}
+	eps := got[0].Endpoints
+	if len(eps) != 2 {
+		t.Fatalf("endpoints %+v, want east's pg-0 and west's pg-0 (not the unready pg-1, not north's with a port conflict)", eps)
+	}
+	if eps[0].Cluster.String() != "east" || eps[0].Hostname != "pg-0" || len(eps[0].Addrs) != 2 || eps[1].Cluster.String() != "west" {
+		t.Errorf("endpoints %+v", eps)
+	}
+}
