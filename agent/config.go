@@ -239,6 +239,9 @@ func (c *Config) Validate() error {
 	if c.GatewayAddress != "" && net.ParseIP(c.GatewayAddress) == nil {
 		add("gateway_address", c.GatewayAddress, "must be an IP address")
 	}
+	if c.GatewayIngressBind != "" && net.ParseIP(c.GatewayIngressBind) == nil {
+		add("gateway_ingress_bind", c.GatewayIngressBind, "must be an IP address")
+	}
 	if c.FilePollInterval < 10*time.Millisecond || c.FilePollInterval > time.Hour {
 		add("file_poll_interval", c.FilePollInterval.String(), "must be in 10ms..1h")
 	}
