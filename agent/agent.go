@@ -50,6 +50,7 @@ type Agent struct {
 	dnsKick   chan struct{}
 	csIPs     *clusterSetIPTable // file source with Config.ClusterSetIPs
 	td        spiffeid.TrustDomain
+	storedLoc federation.Locality // the locality stored at join; set by Run before any goroutine
 
 	mu        sync.Mutex // guards the fields below, read by HTTP
 	creds     *Credentials
@@ -192,14 +193,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if creds.Cluster != a.cfg.Cluster.String() {
-		return fmt.Errorf("agent: stored credentials are for cluster %q, not %q", creds.Cluster, a.cfg.Cluster)
+	if err := creds.checkIdentity(&a.cfg); err != nil {
+		return err
 	}
 	td, err := spiffeid.TrustDomainFromString(creds.TrustDomain)
 	if err != nil {
 		return fmt.Errorf("agent: stored credentials: trustDomain: %w", err)
 	}
 	a.td = td // set before any goroutine starts
+	a.storedLoc = creds.storedLocality()
 	if _, err := st.ca.Load(); err != nil {
 		return fmt.Errorf("agent: the cluster CA root is missing (it is stored at join): %w", err)
 	}
@@ -962,7 +964,7 @@ func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority,
 			continue
 		}
 		hub.Revision = snap.revision
-		cfg := buildGatewayConfig(a.gatewaySelf(), snap, local, a.egress.snapshot(), own, hub)
+		cfg := buildGatewayConfig(a.gatewaySelf(snap), snap, local, a.egress.snapshot(), own, hub)
 		if a.csIPs != nil {
 			cfg.setClusterSetIPs(a.csIPs.clusterSetIPs())
 		}
@@ -974,10 +976,20 @@ func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority,
 
 // gatewaySelf is this cluster as its gateways serve it: name, locality,
 // trust domain, and the QUIC ingress (the port of the first advertised
-// gateway address).
-func (a *Agent) gatewaySelf() *gatewayv1.Self {
+// gateway address). The locality is Config.Locality, or without one the
+// hub's record of this cluster in snap (the stored one before that).
+func (a *Agent) gatewaySelf(snap *view) *gatewayv1.Self {
+	loc := &fedv1.Locality{Region: a.cfg.Locality.Region(), Zone: a.cfg.Locality.Zone(), Subzone: a.cfg.Locality.Subzone()}
+	if a.cfg.Locality.IsZero() {
+		if rec := snap.clusters[a.cfg.Cluster.String()].GetLocality(); rec != nil {
+			loc = rec
+		} else {
+			l := a.storedLoc
+			loc = &fedv1.Locality{Region: l.Region(), Zone: l.Zone(), Subzone: l.Subzone()}
+		}
+	}
 	me := &gatewayv1.Self{Cluster: a.cfg.Cluster.String(), TrustDomain: a.td.Name(),
-		Locality: &fedv1.Locality{Region: a.cfg.Locality.Region(), Zone: a.cfg.Locality.Zone(), Subzone: a.cfg.Locality.Subzone()},
+		Locality: loc,
 		Ingress:  &gatewayv1.Ingress{BindAddress: a.cfg.GatewayIngressBind, Alpn: gatewayv1.ALPN}}
 	if len(a.cfg.GatewayAddresses) > 0 {
 		if _, port, err := net.SplitHostPort(a.cfg.GatewayAddresses[0]); err == nil {

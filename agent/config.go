@@ -63,7 +63,9 @@ type Config struct {
 	// Cluster is this cluster's name; it must match the join token and the
 	// stored credentials.
 	Cluster federation.ClusterName
-	// Locality is sent at join.
+	// Locality is sent at join (required there) and stated in every Sync
+	// hello, so a change reaches the hub. Zero after join: the hello
+	// states none and the hub keeps its record.
 	Locality federation.Locality
 	// TrustDomain is the cluster's SPIFFE trust domain, chosen at join;
 	// zero means <cluster>.meshfed.local. After join the stored
@@ -217,9 +219,6 @@ func (c *Config) Validate() error {
 	}
 	if c.Cluster.IsZero() {
 		add("cluster", "", "required")
-	}
-	if c.Locality.IsZero() {
-		add("locality", "", "required (region and zone)")
 	}
 	if c.DataDir == "" {
 		add("data_dir", "", "required")

@@ -21,6 +21,13 @@
 // replaces the hub addresses of the token and credentials (a hub behind a
 // proxy or load balancer), the CA pin still applies.
 //
+// A restart needs only the stored credentials: WithStoredIdentity takes the
+// cluster name from them, and refuses a Config whose Cluster or TrustDomain
+// names another (ErrIdentityMismatch, an *IdentityMismatchError naming both
+// values). Config.Locality is optional after join: when set it is stated in
+// every Sync hello and the hub records a change; when zero the hello states
+// none and the hub keeps its record, which the gateways are then told.
+//
 // # Hub credentials
 //
 // The client certificate lives as long as the hub says (AgentCertTTL, 30

@@ -112,10 +112,28 @@ func (f *agentFlags) build(cmd *cobra.Command) (agent.Config, error) {
 	if err := errors.Join(errs...); err != nil {
 		return cfg, &codedError{code: exitUsage, err: err, lines: unjoin(err)}
 	}
-	if err := cfg.Validate(); err != nil {
-		return cfg, &codedError{code: exitUsage, err: err, lines: unjoin(err)}
-	}
 	return cfg, nil
+}
+
+// validate checks cfg, as a usage error naming every invalid field.
+func validate(cfg agent.Config) error {
+	if err := cfg.Validate(); err != nil {
+		return &codedError{code: exitUsage, err: err, lines: unjoin(err)}
+	}
+	return nil
+}
+
+// withStoredIdentity completes cfg from the stored credentials (the
+// cluster name), refusing flags that contradict them, and validates it.
+func withStoredIdentity(cfg agent.Config) (agent.Config, error) {
+	cfg, err := agent.WithStoredIdentity(cfg)
+	if errors.Is(err, agent.ErrIdentityMismatch) {
+		return cfg, usageError(err)
+	}
+	if err != nil {
+		return cfg, err
+	}
+	return cfg, validate(cfg)
 }
 
 // runAgent runs the agent until SIGINT or SIGTERM.
@@ -153,10 +171,23 @@ meshfed-system (kubernetes source). A refused token changes nothing.`,
 			if err != nil {
 				return err
 			}
-			if err := agent.Join(cmd.Context(), cfg, args[0]); err != nil {
+			if err := validate(cfg); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "joined the federation as cluster %s\n", cfg.Cluster)
+			// A pod restarted after its join (or a replica that lost the
+			// race to join) starts from the stored credentials, as
+			// `meshfed agent` does, instead of exiting and crash-looping.
+			switch err := agent.Join(cmd.Context(), cfg, args[0]); {
+			case errors.Is(err, agent.ErrAlreadyJoined):
+				if cfg, err = withStoredIdentity(cfg); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "already joined as cluster %s: starting from the stored credentials (the token is not used)\n", cfg.Cluster)
+			case err != nil:
+				return err
+			default:
+				fmt.Fprintf(cmd.OutOrStdout(), "joined the federation as cluster %s\n", cfg.Cluster)
+			}
 			return runAgent(cmd, cfg)
 		}),
 	}
@@ -167,12 +198,22 @@ meshfed-system (kubernetes source). A refused token changes nothing.`,
 func newAgentCmd() *cobra.Command {
 	f := &agentFlags{cfg: agent.DefaultConfig(), level: logLevel{slog.LevelInfo}}
 	cmd := &cobra.Command{
-		Use:   "agent --cluster NAME --region R --zone Z --data-dir D --source kubernetes|file:PATH",
+		Use:   "agent --data-dir D --source kubernetes|file:PATH [--cluster NAME] [--region R --zone Z]",
 		Short: "Run the agent of a joined cluster from its stored credentials",
-		Args:  cobra.NoArgs,
+		Long: `Run the agent of a joined cluster from its stored credentials (in --data-dir
+with the file source, in Secrets in meshfed-system with the kubernetes source).
+
+The cluster's name and trust domain are the stored ones: --cluster and
+--trust-domain may be left out, and are an error when they name others.
+--region and --zone, when given, are stated to the hub on every connection,
+which records a change; without them the hub keeps its record.`,
+		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
 			cfg, err := f.build(cmd)
 			if err != nil {
+				return err
+			}
+			if cfg, err = withStoredIdentity(cfg); err != nil {
 				return err
 			}
 			return runAgent(cmd, cfg)
