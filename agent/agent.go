@@ -79,6 +79,7 @@ type Agent struct {
 	// Set before the hub goroutine starts, which alone calls it.
 	stopImporter func()
 	httpAddr     string
+	metricsAddr  string
 	dnsAddr      string
 	rotation     CARotationState
 
@@ -118,6 +119,14 @@ func New(cfg Config) (*Agent, error) {
 		a.csIPs = newClusterSetIPTable(cfg.ClusterSetIPs, func() { a.kickGateways(); a.kickDNS() })
 	}
 	return a, nil
+}
+
+// MetricsAddr returns the address the metrics server listens on, once Run
+// has started it ("" before, and without Config.MetricsAddr).
+func (a *Agent) MetricsAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.metricsAddr
 }
 
 // HTTPAddr returns the address the HTTP server listens on, once Run has
@@ -386,6 +395,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			return nil
 		})
+	}
+	if a.cfg.MetricsAddr != "" {
+		if err := a.serveMetrics(goRun); err != nil {
+			return err
+		}
 	}
 	keeper := newCredentialKeeper(st.creds, creds, hubRenewer{addrs: a.cfg.HubAddresses, timeout: renewTimeout}, a.log, a.cfg.ReconnectMin, a.cfg.ReconnectMax)
 	goRun("hub credentials", keeper.run)

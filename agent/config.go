@@ -93,6 +93,10 @@ type Config struct {
 	// HTTPAddr is host:port of /healthz, /readyz, /metrics and /state;
 	// empty disables the HTTP server.
 	HTTPAddr string
+	// MetricsAddr is host:port of a second HTTP server that serves only
+	// /metrics, where Prometheus can scrape it (the pod IP); /state stays
+	// on HTTPAddr. Empty disables it.
+	MetricsAddr string
 
 	// GatewayAddress is the IP address imports' EndpointSlices point at
 	// while no gateway pod (GatewaySelector) is ready: a gateway outside
@@ -247,6 +251,11 @@ func (c *Config) Validate() error {
 	if c.HTTPAddr != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			add("http_addr", c.HTTPAddr, "must be host:port")
+		}
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			add("metrics_addr", c.MetricsAddr, "must be host:port")
 		}
 	}
 	if c.DNSAddr != "" {

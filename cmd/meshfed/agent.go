@@ -46,6 +46,7 @@ func (f *agentFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.cfg.Kubeconfig, "kubeconfig", "", "kubeconfig of the kubernetes source (default: in-cluster)")
 	fl.StringVar(&f.cfg.DataDir, "data-dir", "", "directory for credentials (file source), the CA root and the cached hub state")
 	fl.IntVar(&f.httpPort, "http-port", 7480, "port of /healthz, /readyz, /metrics and /state on 127.0.0.1 (0: any free port, -1: off)")
+	fl.StringVar(&f.cfg.MetricsAddr, "metrics-bind", "", `host:port where /metrics alone is served for Prometheus, e.g. the pod IP ("" turns it off; /state stays on --http-port)`)
 	fl.StringVar(&f.cfg.GatewayAddress, "gateway-address", "", "IP address imports point at while no gateway pod (--gateway-selector) is ready (kubernetes source)")
 	fl.StringVar(&f.cfg.GatewaySelector, "gateway-selector", agent.DefaultGatewaySelector, "label selector of the gateway pods in the agent's namespace; imports point at every ready one (kubernetes source)")
 	fl.StringVar(&f.cfg.GatewayServiceAccount, "gateway-service-account", agent.DefaultGatewayServiceAccount, "ServiceAccount whose tokens authenticate gateways (TokenReview; kubernetes source)")
