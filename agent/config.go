@@ -173,6 +173,11 @@ type Config struct {
 	// JoinTimeout bounds the Join call.
 	JoinTimeout time.Duration
 
+	// LeaderElection, with a LeaseName (kubernetes source), runs this
+	// agent as one of several replicas of which the Lease holder alone
+	// writes (see leader.go); zero: a single replica.
+	LeaderElection LeaderElectionConfig
+
 	// Log receives the agent's logs; nil discards them.
 	Log *slog.Logger
 }
@@ -200,6 +205,8 @@ func DefaultConfig() Config {
 		GatewaySelector:       DefaultGatewaySelector,
 		BundleRefresh:         trust.DefaultRefreshHint,
 		ClockSkew:             trust.DefaultClockSkew,
+		LeaderElection: LeaderElectionConfig{LeaseDuration: DefaultLeaseDuration, RenewDeadline: DefaultRenewDeadline,
+			RetryPeriod: DefaultRetryPeriod},
 	}
 }
 
@@ -323,6 +330,7 @@ func (c *Config) Validate() error {
 	if c.JoinTimeout < time.Second || c.JoinTimeout > 10*time.Minute {
 		add("join_timeout", c.JoinTimeout.String(), "must be in 1s..10m")
 	}
+	c.LeaderElection.validate(add, c.Source)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("agent: invalid config: %w", err)
 	}

@@ -227,9 +227,24 @@
 // gateway/gatewayclient is the gateway's side; package eastwest the
 // gateway.
 //
+// # Leader election
+//
+// With Config.LeaderElection (kubernetes source) several replicas run; the
+// holder of a coordination.k8s.io Lease alone writes to the cluster and
+// publishes to the hub, renews the agent certificate and rotates the CA.
+// Standbys share the stored credentials and CA root read-only (re-read
+// every 10 s), hold a read-only Sync stream, mirror the leader's egress
+// ports and ClusterSetIPs, and serve the gateway API and DNS. A standby
+// takes over within LeaseDuration + 2.4 × RetryPeriod of the leader's last
+// renewal (12.4 s with the defaults) and finds everything already written.
+// Run returns ErrLeadershipLost when a leader fails to renew the Lease.
+// See leader.go.
+//
 // # HTTP
 //
 // /healthz, /readyz (a view exists: synced, or cached), /metrics
 // (meshfed_agent_hub_connected, meshfed_agent_revision, ...) and /state
-// (State as JSON, including the connected gateway replicas).
+// (State as JSON, including the connected gateway replicas), on
+// Config.HTTPAddr (loopback); Config.MetricsAddr serves /metrics alone
+// where Prometheus scrapes it.
 package agent

@@ -35,6 +35,7 @@ type agentFlags struct {
 	csIPs    string
 	td       string
 	level    logLevel
+	elect    bool
 }
 
 func (f *agentFlags) add(cmd *cobra.Command) {
@@ -62,6 +63,9 @@ func (f *agentFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.cfg.GatewayIngressBind, "gateway-ingress-bind", "", "IP address the gateways bind their QUIC ingress to (default all); the port is the one of the first --gateway")
 	fl.DurationVar(&f.cfg.BundleRefresh, "bundle-refresh", trust.DefaultRefreshHint, "refresh hint of the cluster's trust bundle; a CA rotation publishes the new root 3 hints before it signs")
 	fl.DurationVar(&f.cfg.ClockSkew, "clock-skew", trust.DefaultClockSkew, "clock disagreement the cluster CA tolerates")
+	fl.BoolVar(&f.elect, "leader-elect", false, "run as one of several replicas: the holder of the Lease --leader-election-lease writes, the others serve read-only (kubernetes source)")
+	fl.StringVar(&f.cfg.LeaderElection.LeaseName, "leader-election-lease", agent.DefaultLeaseName, "name of the Lease (in meshfed-system) the replicas elect a leader with")
+	fl.StringVar(&f.cfg.LeaderElection.Identity, "leader-election-id", "", "this replica's identity in the Lease (default: the host name, i.e. the pod name)")
 	fl.Var(&f.level, "log-level", "log level: debug, info, warn or error")
 }
 
@@ -108,6 +112,13 @@ func (f *agentFlags) build(cmd *cobra.Command) (agent.Config, error) {
 			errs = append(errs, &federation.FieldError{Field: "clusterset-ips", Value: f.csIPs, Reason: "must be an IP prefix (address/bits)"})
 		}
 		cfg.ClusterSetIPs = p
+	}
+	if !f.elect {
+		cfg.LeaderElection.LeaseName = ""
+	} else if cfg.LeaderElection.Identity == "" {
+		host, err := os.Hostname()
+		errs = append(errs, err)
+		cfg.LeaderElection.Identity = host
 	}
 	cfg.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: f.level.Level}))
 	if err := errors.Join(errs...); err != nil {
