@@ -50,6 +50,8 @@ type Agent struct {
 	dnsKick   chan struct{}
 	csIPs     *clusterSetIPTable // file source with Config.ClusterSetIPs
 	td        spiffeid.TrustDomain
+	storedLoc federation.Locality // the locality stored at join; set by Run before any goroutine
+	role      *role               // whether this replica writes (leader.go)
 
 	mu        sync.Mutex // guards the fields below, read by HTTP
 	creds     *Credentials
@@ -78,6 +80,7 @@ type Agent struct {
 	// Set before the hub goroutine starts, which alone calls it.
 	stopImporter func()
 	httpAddr     string
+	metricsAddr  string
 	dnsAddr      string
 	rotation     CARotationState
 
@@ -104,6 +107,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: log.With("cluster", cfg.Cluster.String()), sourceBox: newMailbox[catalog](),
 		pubBox: newMailbox[map[string]*fedv1.ExportedService](), viewBox: newMailbox[*view](), gwKick: make(chan struct{}, 1), gw: newGatewayHub()}
 	a.egress = newEgressTable(cfg.EgressPortMin, cfg.EgressPortMax, a.kickGateways)
+	a.role = newRole(cfg.LeaderElection.enabled())
 	a.initMetrics()
 	a.dnsKick = make(chan struct{}, 1)
 	if cfg.DNSAddr != "" {
@@ -117,6 +121,14 @@ func New(cfg Config) (*Agent, error) {
 		a.csIPs = newClusterSetIPTable(cfg.ClusterSetIPs, func() { a.kickGateways(); a.kickDNS() })
 	}
 	return a, nil
+}
+
+// MetricsAddr returns the address the metrics server listens on, once Run
+// has started it ("" before, and without Config.MetricsAddr).
+func (a *Agent) MetricsAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.metricsAddr
 }
 
 // HTTPAddr returns the address the HTTP server listens on, once Run has
@@ -181,6 +193,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if a.role.elected {
+		// A standby reads what the leader stores and saves nothing.
+		st.creds, st.ca, st.gwBoot = leaderStore{st.creds, a.role}, leaderStore{st.ca, a.role}, leaderStore{st.gwBoot, a.role}
+	}
 	b, err := st.creds.Load()
 	if errors.Is(err, trust.ErrNotFound) {
 		return ErrNotJoined
@@ -192,11 +208,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if creds.Cluster != a.cfg.Cluster.String() {
-		return fmt.Errorf("agent: stored credentials are for cluster %q, not %q", creds.Cluster, a.cfg.Cluster)
+	if err := creds.checkIdentity(&a.cfg); err != nil {
+		return err
 	}
-	// The cluster's ID (KEP-2149): checked, and written when absent.
-	if err := checkKubeClusterID(ctx, a.cfg, true, a.log); err != nil {
+	// The cluster's ID (KEP-2149): checked, and written when absent by the
+	// leader (an elected replica writes it once promoted, below).
+	if err := checkKubeClusterID(ctx, a.cfg, a.role.isLeader(), a.log); err != nil {
 		return err
 	}
 	td, err := spiffeid.TrustDomainFromString(creds.TrustDomain)
@@ -204,6 +221,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: stored credentials: trustDomain: %w", err)
 	}
 	a.td = td // set before any goroutine starts
+	a.storedLoc = creds.storedLocality()
 	if _, err := st.ca.Load(); err != nil {
 		return fmt.Errorf("agent: the cluster CA root is missing (it is stored at join): %w", err)
 	}
@@ -224,8 +242,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := writeGatewayBootstrap(st.gwBoot, a.cfg.Cluster.String(), token, root); err != nil {
-		return err
+	if a.role.isLeader() {
+		if err := writeGatewayBootstrap(st.gwBoot, a.cfg.Cluster.String(), token, root); err != nil {
+			return err
+		}
 	}
 	var egressF *egressFile
 	if a.cfg.Source == SourceFile {
@@ -259,6 +279,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	var src catalogSource
 	var imp *kubeImporter
 	var reviewer tokenReviewer // kubernetes source: gateways authenticate by ServiceAccount
+	var kubeCS kubernetes.Interface
 	switch a.cfg.Source {
 	case SourceFile:
 		src = newFileSource(a.cfg.SourcePath, a.cfg.FilePollInterval, a.log)
@@ -271,6 +292,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("agent: kubernetes client: %w", err)
 		}
+		kubeCS = cs
 		a.cmCache = newConfigMapCache(cs, a.cfg.Namespace, DefaultConfigMapCacheInterval, a.log)
 		reviewer = newKubeTokenReviewer(cs, a.cfg.Namespace, a.cfg.GatewayServiceAccount)
 		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -287,12 +309,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		ks.standby = a.role.standbySkips
 		src = ks
 		imp, err = newKubeImporter(rcfg, a.cfg, a.egress, a.log)
 		if err != nil {
 			return err
 		}
 		imp.onIPs = a.kickDNS
+		imp.observeOnly = func() bool { return !a.role.isLeader() }
 		// The egress ports assigned before a restart are known before the
 		// gateways are served.
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -332,8 +356,25 @@ func (a *Agent) Run(ctx context.Context) error {
 		return src.Run(ctx, func(c catalog) { a.sourceBox.put(c) })
 	})
 	goRun("catalog", a.runCatalog)
+	// leaderOnly runs fn once this replica leads (at once without
+	// election).
+	leaderOnly := func(name string, fn func(context.Context) error) {
+		goRun(name, func(ctx context.Context) error {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-a.role.promoted:
+			}
+			return fn(ctx)
+		})
+	}
 	if a.cmCache != nil {
-		goRun("hub state ConfigMaps", a.cmCache.run)
+		leaderOnly("hub state ConfigMaps", a.cmCache.run)
+	}
+	if a.role.elected {
+		leaderOnly("cluster ID", func(ctx context.Context) error {
+			return checkKubeClusterID(ctx, a.cfg, true, a.log)
+		})
 	}
 	goRun("agent SVID", svids.Run)
 	goRun("gateway config", func(ctx context.Context) error { return a.runGatewayConfig(ctx, root, st.gwBoot, token) })
@@ -389,11 +430,35 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		})
 	}
+	if a.cfg.MetricsAddr != "" {
+		if err := a.serveMetrics(goRun); err != nil {
+			return err
+		}
+	}
 	keeper := newCredentialKeeper(st.creds, creds, hubRenewer{addrs: a.cfg.HubAddresses, timeout: renewTimeout}, a.log, a.cfg.ReconnectMin, a.cfg.ReconnectMax)
-	goRun("hub credentials", keeper.run)
+	leaderOnly("hub credentials", keeper.run)
 	gate := &rotationGate{a: a, root: root, hub: hubRotationAsker{a: a, keeper: keeper}, poll: a.cfg.rotationPoll()}
-	goRun("CA rotation gate", gate.run)
+	leaderOnly("CA rotation gate", gate.run)
 	goRun("hub", func(ctx context.Context) error { return a.runHub(ctx, keeper, root, v, vf, egressF) })
+	var elDone chan struct{}
+	elCtx, elCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer elCancel()
+	if a.role.elected {
+		goRun("standby", func(ctx context.Context) error { return a.followLeader(ctx, keeper, root) })
+		el, err := newElector(kubeCS, a.cfg.Namespace, a.cfg.LeaderElection, func(lctx context.Context) {
+			a.promote(lctx, keeper, root, imp, st.gwBoot, token)
+		})
+		if err != nil {
+			return err
+		}
+		elDone = make(chan struct{})
+		go func() {
+			defer close(elDone)
+			if err := el.run(elCtx, a.role); err != nil {
+				errc <- err
+			}
+		}()
+	}
 
 	var runErr error
 	select {
@@ -403,7 +468,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	cancel()
 	wg.Wait()
-	if errors.Is(runErr, ErrClusterRemoved) {
+	// Every writer has stopped: the Lease may go to a standby now.
+	elCancel()
+	if elDone != nil {
+		<-elDone
+	}
+	if errors.Is(runErr, ErrClusterRemoved) && a.role.isLeader() {
 		return a.clearRemovedCache(runErr)
 	}
 	return runErr
@@ -430,6 +500,10 @@ func (a *Agent) runHub(ctx context.Context, keeper *credentialKeeper, root *trus
 		backoff, removed = a.runSessions(ctx, s, changed, backoff)
 		_ = conn.Close()
 		if removed != nil {
+			if !a.role.isLeader() {
+				a.log.Error("this cluster was removed from the federation: stopping; the leader removes the imports", "err", removed)
+				return removed
+			}
 			return a.leaveFederation(ctx, s, removed)
 		}
 		if ctx.Err() != nil {
@@ -628,9 +702,15 @@ func (s *syncSession) run(ctx context.Context) error {
 	// Every session states where this cluster's gateways are and its
 	// locality, so a change of --gateway, --region or --zone after join
 	// reaches the hub and the other clusters.
-	hi := &fedv1.SyncHello{Cluster: a.cfg.Cluster.String(), ResumeRevision: s.view.revision, Capabilities: localCapabilities(),
-		GatewayAddresses: a.cfg.GatewayAddresses}
-	if !a.cfg.Locality.IsZero() {
+	// A standby's stream is read-only: it publishes nothing, acks nothing
+	// and states no locality or gateways (leader.go). A promotion closes
+	// the stream; the next one publishes.
+	publishing := a.role.isLeader()
+	hi := &fedv1.SyncHello{Cluster: a.cfg.Cluster.String(), ResumeRevision: s.view.revision, Capabilities: localCapabilities()}
+	if publishing {
+		hi.GatewayAddresses = a.cfg.GatewayAddresses
+	}
+	if publishing && !a.cfg.Locality.IsZero() {
 		hi.Locality = &fedv1.Locality{Region: a.cfg.Locality.Region(), Zone: a.cfg.Locality.Zone(), Subzone: a.cfg.Locality.Subzone()}
 	}
 	if err := stream.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Hello{Hello: hi}}); err != nil {
@@ -687,6 +767,9 @@ func (s *syncSession) run(ctx context.Context) error {
 	synced, acked := false, false
 	var debounce, retry <-chan time.Time
 	flush := func() error {
+		if !publishing {
+			return nil
+		}
 		for m := s.pub.next(); m != nil; m = s.pub.next() {
 			a.log.Debug("publishing", "nonce", m.GetNonce(), "upserts", len(m.GetUpserts()), "deletes", len(m.GetDeletes()))
 			if err := stream.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Publish{Publish: m}}); err != nil {
@@ -728,7 +811,7 @@ func (s *syncSession) run(ctx context.Context) error {
 				// Act on `meshfed trust rotate` before the view is saved, so a
 				// crash in between rotates again (which Rotate refuses while a
 				// rotation runs) rather than never.
-				if after := s.view.clusters[a.cfg.Cluster.String()].GetCaRotation(); known && after > before {
+				if after := s.view.clusters[a.cfg.Cluster.String()].GetCaRotation(); publishing && known && after > before {
 					a.rotateCA(s.root, after)
 				}
 				if err := s.file.save(s.view); err != nil {
@@ -743,10 +826,12 @@ func (s *syncSession) run(ctx context.Context) error {
 				}
 				// The gateways have the bundles now: tell the hub, so that
 				// a cluster rotating its CA knows this one holds its new root.
-				if err := stream.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Ack{Ack: s.ack(full, !acked)}}); err != nil {
-					return err
+				if publishing {
+					if err := stream.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Ack{Ack: s.ack(full, !acked)}}); err != nil {
+						return err
+					}
+					acked = true
 				}
-				acked = true
 				if !synced {
 					synced = true
 					a.setConnected(true, server)
@@ -856,7 +941,7 @@ func (a *Agent) rotateCA(root *trust.RootAuthority, n uint64) {
 // maybePublishBundle publishes the cluster's trust bundle when the hub's
 // copy differs.
 func (s *syncSession) maybePublishBundle(stream fedv1.Sync_SyncClient) error {
-	if s.bundleInflight {
+	if s.bundleInflight || !s.a.role.isLeader() {
 		return nil
 	}
 	b, err := s.root.Bundle()
@@ -947,6 +1032,9 @@ func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority,
 		case <-ctx.Done():
 			return nil
 		case <-bundleCh:
+			if !a.role.isLeader() {
+				break
+			}
 			if err := writeGatewayBootstrap(boot, a.cfg.Cluster.String(), token, root); err != nil {
 				a.log.Error("gateway bootstrap", "err", err)
 			}
@@ -966,7 +1054,7 @@ func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority,
 			continue
 		}
 		hub.Revision = snap.revision
-		cfg := buildGatewayConfig(a.gatewaySelf(), snap, local, a.egress.snapshot(), own, hub)
+		cfg := buildGatewayConfig(a.gatewaySelf(snap), snap, local, a.egress.snapshot(), own, hub)
 		if a.csIPs != nil {
 			cfg.setClusterSetIPs(a.csIPs.clusterSetIPs())
 		}
@@ -978,10 +1066,20 @@ func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority,
 
 // gatewaySelf is this cluster as its gateways serve it: name, locality,
 // trust domain, and the QUIC ingress (the port of the first advertised
-// gateway address).
-func (a *Agent) gatewaySelf() *gatewayv1.Self {
+// gateway address). The locality is Config.Locality, or without one the
+// hub's record of this cluster in snap (the stored one before that).
+func (a *Agent) gatewaySelf(snap *view) *gatewayv1.Self {
+	loc := &fedv1.Locality{Region: a.cfg.Locality.Region(), Zone: a.cfg.Locality.Zone(), Subzone: a.cfg.Locality.Subzone()}
+	if a.cfg.Locality.IsZero() {
+		if rec := snap.clusters[a.cfg.Cluster.String()].GetLocality(); rec != nil {
+			loc = rec
+		} else {
+			l := a.storedLoc
+			loc = &fedv1.Locality{Region: l.Region(), Zone: l.Zone(), Subzone: l.Subzone()}
+		}
+	}
 	me := &gatewayv1.Self{Cluster: a.cfg.Cluster.String(), TrustDomain: a.td.Name(),
-		Locality: &fedv1.Locality{Region: a.cfg.Locality.Region(), Zone: a.cfg.Locality.Zone(), Subzone: a.cfg.Locality.Subzone()},
+		Locality: loc,
 		Ingress:  &gatewayv1.Ingress{BindAddress: a.cfg.GatewayIngressBind, Alpn: gatewayv1.ALPN}}
 	if len(a.cfg.GatewayAddresses) > 0 {
 		if _, port, err := net.SplitHostPort(a.cfg.GatewayAddresses[0]); err == nil {

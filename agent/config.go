@@ -63,7 +63,9 @@ type Config struct {
 	// Cluster is this cluster's name; it must match the join token and the
 	// stored credentials.
 	Cluster federation.ClusterName
-	// Locality is sent at join.
+	// Locality is sent at join (required there) and stated in every Sync
+	// hello, so a change reaches the hub. Zero after join: the hello
+	// states none and the hub keeps its record.
 	Locality federation.Locality
 	// TrustDomain is the cluster's SPIFFE trust domain, chosen at join;
 	// zero means <cluster>.meshfed.local. After join the stored
@@ -91,6 +93,10 @@ type Config struct {
 	// HTTPAddr is host:port of /healthz, /readyz, /metrics and /state;
 	// empty disables the HTTP server.
 	HTTPAddr string
+	// MetricsAddr is host:port of a second HTTP server that serves only
+	// /metrics, where Prometheus can scrape it (the pod IP); /state stays
+	// on HTTPAddr. Empty disables it.
+	MetricsAddr string
 
 	// GatewayAddress is the IP address imports' EndpointSlices point at
 	// while no gateway pod (GatewaySelector) is ready: a gateway outside
@@ -167,6 +173,11 @@ type Config struct {
 	// JoinTimeout bounds the Join call.
 	JoinTimeout time.Duration
 
+	// LeaderElection, with a LeaseName (kubernetes source), runs this
+	// agent as one of several replicas of which the Lease holder alone
+	// writes (see leader.go); zero: a single replica.
+	LeaderElection LeaderElectionConfig
+
 	// Log receives the agent's logs; nil discards them.
 	Log *slog.Logger
 }
@@ -194,6 +205,8 @@ func DefaultConfig() Config {
 		GatewaySelector:       DefaultGatewaySelector,
 		BundleRefresh:         trust.DefaultRefreshHint,
 		ClockSkew:             trust.DefaultClockSkew,
+		LeaderElection: LeaderElectionConfig{LeaseDuration: DefaultLeaseDuration, RenewDeadline: DefaultRenewDeadline,
+			RetryPeriod: DefaultRetryPeriod},
 	}
 }
 
@@ -217,9 +230,6 @@ func (c *Config) Validate() error {
 	}
 	if c.Cluster.IsZero() {
 		add("cluster", "", "required")
-	}
-	if c.Locality.IsZero() {
-		add("locality", "", "required (region and zone)")
 	}
 	if c.DataDir == "" {
 		add("data_dir", "", "required")
@@ -251,6 +261,11 @@ func (c *Config) Validate() error {
 	if c.HTTPAddr != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			add("http_addr", c.HTTPAddr, "must be host:port")
+		}
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			add("metrics_addr", c.MetricsAddr, "must be host:port")
 		}
 	}
 	if c.DNSAddr != "" {
@@ -318,6 +333,7 @@ func (c *Config) Validate() error {
 	if c.JoinTimeout < time.Second || c.JoinTimeout > 10*time.Minute {
 		add("join_timeout", c.JoinTimeout.String(), "must be in 1s..10m")
 	}
+	c.LeaderElection.validate(add, c.Source)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("agent: invalid config: %w", err)
 	}

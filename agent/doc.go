@@ -21,6 +21,13 @@
 // replaces the hub addresses of the token and credentials (a hub behind a
 // proxy or load balancer), the CA pin still applies.
 //
+// A restart needs only the stored credentials: WithStoredIdentity takes the
+// cluster name from them, and refuses a Config whose Cluster or TrustDomain
+// names another (ErrIdentityMismatch, an *IdentityMismatchError naming both
+// values). Config.Locality is optional after join: when set it is stated in
+// every Sync hello and the hub records a change; when zero the hello states
+// none and the hub keeps its record, which the gateways are then told.
+//
 // # Hub credentials
 //
 // The client certificate lives as long as the hub says (AgentCertTTL, 30
@@ -126,7 +133,8 @@
 // cluster.clusterset.k8s.io (about.k8s.io/v1alpha1): Join refuses when it
 // exists with another value than Config.Cluster (*ClusterIDMismatchError,
 // ErrClusterIDMismatch), and Run checks it likewise and writes it when
-// absent. Without the CRD it is skipped with a warning.
+// absent (with leader election, the leader writes it, once promoted).
+// Without the CRD it is skipped with a warning.
 //
 // The file source polls a YAML file:
 //
@@ -248,9 +256,24 @@
 // gateway/gatewayclient is the gateway's side; package eastwest the
 // gateway.
 //
+// # Leader election
+//
+// With Config.LeaderElection (kubernetes source) several replicas run; the
+// holder of a coordination.k8s.io Lease alone writes to the cluster and
+// publishes to the hub, renews the agent certificate and rotates the CA.
+// Standbys share the stored credentials and CA root read-only (re-read
+// every 10 s), hold a read-only Sync stream, mirror the leader's egress
+// ports and ClusterSetIPs, and serve the gateway API and DNS. A standby
+// takes over within LeaseDuration + 2.4 × RetryPeriod of the leader's last
+// renewal (12.4 s with the defaults) and finds everything already written.
+// Run returns ErrLeadershipLost when a leader fails to renew the Lease.
+// See leader.go.
+//
 // # HTTP
 //
 // /healthz, /readyz (a view exists: synced, or cached), /metrics
 // (meshfed_agent_hub_connected, meshfed_agent_revision, ...) and /state
-// (State as JSON, including the connected gateway replicas).
+// (State as JSON, including the connected gateway replicas), on
+// Config.HTTPAddr (loopback); Config.MetricsAddr serves /metrics alone
+// where Prometheus scrapes it.
 package agent

@@ -86,6 +86,24 @@ func (t *egressTable) seed(m map[egressKey]int) {
 	t.onChange()
 }
 
+// mirror makes the table hold exactly m (within the range): a standby
+// follows the ports the leader recorded.
+func (t *egressTable) mirror(m map[egressKey]int) {
+	t.mu.Lock()
+	next := make(map[egressKey]int, len(m))
+	for k, p := range m {
+		if p >= t.min && p <= t.max {
+			next[k] = p
+		}
+	}
+	changed := !maps.Equal(next, t.ports)
+	t.ports = next
+	t.mu.Unlock()
+	if changed {
+		t.onChange()
+	}
+}
+
 func (t *egressTable) usedLocked() map[int]bool {
 	used := make(map[int]bool, len(t.ports))
 	for _, p := range t.ports {

@@ -1,7 +1,11 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"slices"
 	"time"
@@ -157,6 +161,13 @@ func (a *Agent) State() State {
 	return st
 }
 
+// MetricsHandler serves /metrics alone (Config.MetricsAddr).
+func (a *Agent) MetricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
 // Handler serves /healthz, /readyz, /metrics and /state.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -181,4 +192,25 @@ func (a *Agent) Handler() http.Handler {
 		_ = enc.Encode(a.State())
 	})
 	return mux
+}
+
+// serveMetrics listens on Config.MetricsAddr and serves MetricsHandler
+// there in a goroutine started by goRun.
+func (a *Agent) serveMetrics(goRun func(string, func(context.Context) error)) error {
+	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("agent: metrics: %w", err)
+	}
+	a.mu.Lock()
+	a.metricsAddr = ln.Addr().String()
+	a.mu.Unlock()
+	srv := &http.Server{Handler: a.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
+	goRun("metrics", func(ctx context.Context) error {
+		go func() { <-ctx.Done(); _ = srv.Close() }()
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/meshfed/meshfed/internal/hubdial"
 	"github.com/meshfed/meshfed/internal/hubtls"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/wait"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/x509pem"
 )
@@ -42,6 +43,9 @@ var (
 func Join(ctx context.Context, cfg Config, token string) error {
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	if cfg.Locality.IsZero() {
+		return fmt.Errorf("agent: invalid config: %w", &federation.FieldError{Field: "locality", Value: "", Reason: "required at join (region and zone)"})
 	}
 	jt, err := federation.ParseJoinToken(token)
 	if err != nil {
@@ -121,6 +125,10 @@ func Join(ctx context.Context, cfg Config, token string) error {
 	resp, err := joinWithRetries(ctx, cfg, fedv1.NewJoinClient(conn), req)
 	if err != nil {
 		if s, ok := status.FromError(err); ok && s.Code() == codes.PermissionDenied {
+			if cfg.Source == SourceKubernetes && joinedMeanwhile(ctx, st.creds) {
+				// Another replica of the agent redeemed the token first.
+				return ErrAlreadyJoined
+			}
 			return fmt.Errorf("%w: %s (the token may be used, expired, revoked, for another cluster or bound to another trust domain than --trust-domain; create a new one with meshfed token create --cluster %s)", ErrJoinRefused, s.Message(), cfg.Cluster)
 		}
 		return fmt.Errorf("agent: join: %w", err)
@@ -146,6 +154,22 @@ func Join(ctx context.Context, cfg Config, token string) error {
 		return fmt.Errorf("agent: join: saving credentials: %w", err)
 	}
 	return nil
+}
+
+// joinRaceWait is how long a refused join (kubernetes source) waits for
+// credentials stored by another replica that redeemed the same token: it
+// stores them right after the hub answered it.
+const joinRaceWait = 10 * time.Second
+
+// joinedMeanwhile reports whether credentials appear in store within
+// joinRaceWait.
+func joinedMeanwhile(ctx context.Context, store trust.Store) bool {
+	ctx, cancel := context.WithTimeout(ctx, joinRaceWait)
+	defer cancel()
+	return wait.Poll(ctx, wait.Backoff{Min: 200 * time.Millisecond, Max: time.Second}, "stored credentials", func(context.Context) error {
+		_, err := store.Load()
+		return err
+	}) == nil
 }
 
 // joinAttemptTimeout bounds one Join call; cfg.JoinTimeout bounds them all.

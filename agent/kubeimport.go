@@ -66,6 +66,10 @@ type kubeImporter struct {
 	ipMu  sync.Mutex
 	ips   map[federation.ServiceKey][]netip.Addr
 	onIPs func()
+
+	// observeOnly, when set and true, makes reconcile read what the
+	// leader wrote instead of writing (a standby; leader.go).
+	observeOnly func() bool
 }
 
 func newKubeImporter(rc *rest.Config, cfg Config, egress *egressTable, log *slog.Logger) (*kubeImporter, error) {
@@ -241,6 +245,9 @@ func (im *kubeImporter) seedEgress(ctx context.Context) error {
 }
 
 func (im *kubeImporter) reconcile(ctx context.Context, l importListers, v *view) error {
+	if im.observeOnly != nil && im.observeOnly() {
+		return im.observe(l, v)
+	}
 	existing, err := l.imports.List(labelsEverything())
 	if err != nil {
 		return err

@@ -76,6 +76,10 @@ type kubeSource struct {
 	connected bool
 	published map[string]bool
 	removed   string // why the hub refused the cluster, once it has
+
+	// standby, when set, reports whether a conditions write must be
+	// skipped because this replica does not lead (it remembers the key).
+	standby func(key string) bool
 }
 
 var (
@@ -626,6 +630,9 @@ func (s *kubeSource) setConditions(ctx context.Context, se *mcsv1b1.ServiceExpor
 	}
 	apimeta.SetStatusCondition(&next.Status.Conditions, rc)
 	if conditionsEqual(se.Status.Conditions, next.Status.Conditions) {
+		return nil
+	}
+	if s.standby != nil && s.standby(se.Namespace+"/"+se.Name) {
 		return nil
 	}
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)

@@ -181,7 +181,7 @@ func TestConfigValidateNamesFields(t *testing.T) {
 	cfg.GatewaySelector = "a in (b"
 	cfg.GatewayServiceAccount = "Not_A_Name"
 	err := cfg.Validate()
-	for _, f := range []string{"cluster", "locality", "data_dir", "gateway_selector", "gateway_service_account", "egress_ports"} {
+	for _, f := range []string{"cluster", "data_dir", "gateway_selector", "gateway_service_account", "egress_ports"} {
 		if err == nil || !strings.Contains(err.Error(), f) {
 			t.Errorf("error %v does not name %s", err, f)
 		}

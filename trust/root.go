@@ -384,6 +384,42 @@ func (a *RootAuthority) Switch() (RootStatus, error) {
 	return a.statusLocked(now), nil
 }
 
+// Reload reads the state from the store again and adopts it when it
+// differs from the one held: for a replica that shares the store with the
+// one replica that writes it (an agent standby, whose store refuses saves,
+// follows the leader's rotations this way). Watchers are notified when the
+// state changed. It reports whether it did; on an error nothing changed.
+func (a *RootAuthority) Reload() (bool, error) {
+	data, err := a.store.Load()
+	if err != nil {
+		return false, fmt.Errorf("trust: root authority: reload: %w", err)
+	}
+	st, err := decodeRootState(a.cfg.TrustDomain, data)
+	if err != nil {
+		return false, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if sameRootState(a.st, st) {
+		return false, nil
+	}
+	a.st, a.saveErr = st, nil
+	a.advanceLocked(a.cfg.Clock())
+	a.n.notify()
+	return true, nil
+}
+
+// sameRootState reports whether a and b are the same state.
+func sameRootState(a, b rootState) bool {
+	if a.seq != b.seq || !a.active.cert.Equal(b.active.cert) || (a.next == nil) != (b.next == nil) {
+		return false
+	}
+	if a.next != nil && !a.next.cert.Equal(b.next.cert) {
+		return false
+	}
+	return a.switchAt.Equal(b.switchAt) && a.retireAt.Equal(b.retireAt) && a.notBefore.Equal(b.notBefore) && a.deadline.Equal(b.deadline)
+}
+
 // Status returns the authority's phase, roots and schedule now.
 func (a *RootAuthority) Status() RootStatus {
 	a.mu.Lock()

@@ -426,3 +426,46 @@ func TestRootConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// readOnlyStore reads another store and refuses every save.
+type readOnlyStore struct{ Store }
+
+func (readOnlyStore) Save([]byte) error { return errors.New("read-only") }
+
+// A replica that only reads the store follows the writer's rotation by
+// Reload: it publishes the new root, is notified, and switches when the
+// writer switched; a reload of the same state changes nothing.
+func TestRootAuthorityReloadFollowsTheWriter(t *testing.T) {
+	store := newMemStore(t)
+	cfg := testRootConfig(t, "west.test", nil)
+	writer := newRootAuthority(t, cfg, store)
+	reader := newRootAuthority(t, cfg, readOnlyStore{store})
+	changed, stop := reader.Watch()
+	defer stop()
+
+	if ok, err := reader.Reload(); ok || err != nil {
+		t.Fatalf("reload of the same state: %v, %v; want no change", ok, err)
+	}
+	if _, err := writer.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	if roots, _ := mustBundleRoots(t, reader); len(roots) != 1 {
+		t.Fatalf("reader publishes %d roots before reloading, want 1", len(roots))
+	}
+	if ok, err := reader.Reload(); !ok || err != nil {
+		t.Fatalf("reload after the writer rotated: %v, %v; want a change", ok, err)
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("reader's watchers not notified of the reloaded state")
+	}
+	wr, wseq := mustBundleRoots(t, writer)
+	rr, rseq := mustBundleRoots(t, reader)
+	if len(rr) != 2 || rseq != wseq || !rr[1].Equal(wr[1]) {
+		t.Fatalf("reader bundle %d roots seq %d, writer %d roots seq %d: want the same", len(rr), rseq, len(wr), wseq)
+	}
+	if ok, _ := reader.Reload(); ok {
+		t.Fatal("a second reload of the same state reported a change")
+	}
+}

@@ -35,6 +35,7 @@ type agentFlags struct {
 	csIPs    string
 	td       string
 	level    logLevel
+	elect    bool
 }
 
 func (f *agentFlags) add(cmd *cobra.Command) {
@@ -46,6 +47,7 @@ func (f *agentFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.cfg.Kubeconfig, "kubeconfig", "", "kubeconfig of the kubernetes source (default: in-cluster)")
 	fl.StringVar(&f.cfg.DataDir, "data-dir", "", "directory for credentials (file source), the CA root and the cached hub state")
 	fl.IntVar(&f.httpPort, "http-port", 7480, "port of /healthz, /readyz, /metrics and /state on 127.0.0.1 (0: any free port, -1: off)")
+	fl.StringVar(&f.cfg.MetricsAddr, "metrics-bind", "", `host:port where /metrics alone is served for Prometheus, e.g. the pod IP ("" turns it off; /state stays on --http-port)`)
 	fl.StringVar(&f.cfg.GatewayAddress, "gateway-address", "", "IP address imports point at while no gateway pod (--gateway-selector) is ready (kubernetes source)")
 	fl.StringVar(&f.cfg.GatewaySelector, "gateway-selector", agent.DefaultGatewaySelector, "label selector of the gateway pods in the agent's namespace; imports point at every ready one (kubernetes source)")
 	fl.StringVar(&f.cfg.GatewayServiceAccount, "gateway-service-account", agent.DefaultGatewayServiceAccount, "ServiceAccount whose tokens authenticate gateways (TokenReview; kubernetes source)")
@@ -61,6 +63,9 @@ func (f *agentFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.cfg.GatewayIngressBind, "gateway-ingress-bind", "", "IP address the gateways bind their QUIC ingress to (default all); the port is the one of the first --gateway")
 	fl.DurationVar(&f.cfg.BundleRefresh, "bundle-refresh", trust.DefaultRefreshHint, "refresh hint of the cluster's trust bundle; a CA rotation publishes the new root 3 hints before it signs")
 	fl.DurationVar(&f.cfg.ClockSkew, "clock-skew", trust.DefaultClockSkew, "clock disagreement the cluster CA tolerates")
+	fl.BoolVar(&f.elect, "leader-elect", false, "run as one of several replicas: the holder of the Lease --leader-election-lease writes, the others serve read-only (kubernetes source)")
+	fl.StringVar(&f.cfg.LeaderElection.LeaseName, "leader-election-lease", agent.DefaultLeaseName, "name of the Lease (in meshfed-system) the replicas elect a leader with")
+	fl.StringVar(&f.cfg.LeaderElection.Identity, "leader-election-id", "", "this replica's identity in the Lease (default: the host name, i.e. the pod name)")
 	fl.Var(&f.level, "log-level", "log level: debug, info, warn or error")
 }
 
@@ -108,14 +113,39 @@ func (f *agentFlags) build(cmd *cobra.Command) (agent.Config, error) {
 		}
 		cfg.ClusterSetIPs = p
 	}
+	if !f.elect {
+		cfg.LeaderElection.LeaseName = ""
+	} else if cfg.LeaderElection.Identity == "" {
+		host, err := os.Hostname()
+		errs = append(errs, err)
+		cfg.LeaderElection.Identity = host
+	}
 	cfg.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: f.level.Level}))
 	if err := errors.Join(errs...); err != nil {
 		return cfg, &codedError{code: exitUsage, err: err, lines: unjoin(err)}
 	}
-	if err := cfg.Validate(); err != nil {
-		return cfg, &codedError{code: exitUsage, err: err, lines: unjoin(err)}
-	}
 	return cfg, nil
+}
+
+// validate checks cfg, as a usage error naming every invalid field.
+func validate(cfg agent.Config) error {
+	if err := cfg.Validate(); err != nil {
+		return &codedError{code: exitUsage, err: err, lines: unjoin(err)}
+	}
+	return nil
+}
+
+// withStoredIdentity completes cfg from the stored credentials (the
+// cluster name), refusing flags that contradict them, and validates it.
+func withStoredIdentity(cfg agent.Config) (agent.Config, error) {
+	cfg, err := agent.WithStoredIdentity(cfg)
+	if errors.Is(err, agent.ErrIdentityMismatch) {
+		return cfg, usageError(err)
+	}
+	if err != nil {
+		return cfg, err
+	}
+	return cfg, validate(cfg)
 }
 
 // runAgent runs the agent until SIGINT or SIGTERM.
@@ -153,10 +183,23 @@ meshfed-system (kubernetes source). A refused token changes nothing.`,
 			if err != nil {
 				return err
 			}
-			if err := agent.Join(cmd.Context(), cfg, args[0]); err != nil {
+			if err := validate(cfg); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "joined the federation as cluster %s\n", cfg.Cluster)
+			// A pod restarted after its join (or a replica that lost the
+			// race to join) starts from the stored credentials, as
+			// `meshfed agent` does, instead of exiting and crash-looping.
+			switch err := agent.Join(cmd.Context(), cfg, args[0]); {
+			case errors.Is(err, agent.ErrAlreadyJoined):
+				if cfg, err = withStoredIdentity(cfg); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "already joined as cluster %s: starting from the stored credentials (the token is not used)\n", cfg.Cluster)
+			case err != nil:
+				return err
+			default:
+				fmt.Fprintf(cmd.OutOrStdout(), "joined the federation as cluster %s\n", cfg.Cluster)
+			}
 			return runAgent(cmd, cfg)
 		}),
 	}
@@ -167,12 +210,22 @@ meshfed-system (kubernetes source). A refused token changes nothing.`,
 func newAgentCmd() *cobra.Command {
 	f := &agentFlags{cfg: agent.DefaultConfig(), level: logLevel{slog.LevelInfo}}
 	cmd := &cobra.Command{
-		Use:   "agent --cluster NAME --region R --zone Z --data-dir D --source kubernetes|file:PATH",
+		Use:   "agent --data-dir D --source kubernetes|file:PATH [--cluster NAME] [--region R --zone Z]",
 		Short: "Run the agent of a joined cluster from its stored credentials",
-		Args:  cobra.NoArgs,
+		Long: `Run the agent of a joined cluster from its stored credentials (in --data-dir
+with the file source, in Secrets in meshfed-system with the kubernetes source).
+
+The cluster's name and trust domain are the stored ones: --cluster and
+--trust-domain may be left out, and are an error when they name others.
+--region and --zone, when given, are stated to the hub on every connection,
+which records a change; without them the hub keeps its record.`,
+		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
 			cfg, err := f.build(cmd)
 			if err != nil {
+				return err
+			}
+			if cfg, err = withStoredIdentity(cfg); err != nil {
 				return err
 			}
 			return runAgent(cmd, cfg)

@@ -128,3 +128,43 @@ func TestAgentKustomizationServesClustersetDNSBehindAService(t *testing.T) {
 		t.Errorf("Service meshfed-agent-dns port 53 protocols %v, want TCP and UDP", protos)
 	}
 }
+
+// The agent runs as two replicas electing a leader, updated without a gap,
+// with the Lease allowed by RBAC and /metrics on the pod IP.
+func TestAgentKustomizationRunsReplicasWithLeaderElection(t *testing.T) {
+	objs, err := kind.Render(context.Background(), filepath.Join("..", "..", "deploy", "kustomize", "agent"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deployment, leases bool
+	for _, o := range objs {
+		switch {
+		case o.GetKind() == "Deployment":
+			deployment = true
+			replicas, _, _ := unstructured.NestedInt64(o.Object, "spec", "replicas")
+			strategy, _, _ := unstructured.NestedString(o.Object, "spec", "strategy", "type")
+			if replicas < 2 || strategy != "RollingUpdate" {
+				t.Errorf("agent Deployment: %d replicas, strategy %q; want 2 and RollingUpdate", replicas, strategy)
+			}
+			cs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+			args, _, _ := unstructured.NestedStringSlice(cs[0].(map[string]any), "args")
+			for _, want := range []string{"--leader-elect", "--leader-election-id=$(POD_NAME)", "--metrics-bind=$(POD_IP):9480"} {
+				if !slices.Contains(args, want) {
+					t.Errorf("agent args %v lack %s", args, want)
+				}
+			}
+		case o.GetKind() == "Role" && o.GetName() == "meshfed-agent":
+			rules, _, _ := unstructured.NestedSlice(o.Object, "rules")
+			for _, r := range rules {
+				res, _, _ := unstructured.NestedStringSlice(r.(map[string]any), "resources")
+				verbs, _, _ := unstructured.NestedStringSlice(r.(map[string]any), "verbs")
+				if slices.Contains(res, "leases") && slices.Contains(verbs, "update") && slices.Contains(verbs, "create") {
+					leases = true
+				}
+			}
+		}
+	}
+	if !deployment || !leases {
+		t.Errorf("deployment rendered %v, Role allows leases %v", deployment, leases)
+	}
+}
