@@ -15,7 +15,7 @@ import (
 // why zero is right for them.
 var configNoDefault = map[string]string{
 	"Cluster":            "required: the operator names the cluster",
-	"Locality":           "required: the operator states region and zone",
+	"Locality":           "stated at join; afterwards zero means the stored one",
 	"TrustDomain":        "zero means <cluster>.meshfed.local",
 	"DataDir":            "required: where the agent keeps its state",
 	"SourcePath":         "the file source's file, required with it",
@@ -26,6 +26,7 @@ var configNoDefault = map[string]string{
 	"GatewayIngressBind": "empty means all addresses",
 	"HubAddresses":       "optional: the token's and credentials' addresses are used",
 	"DNSAddr":            "empty disables the DNS server",
+	"MetricsAddr":        "empty: /metrics only on HTTPAddr",
 	"ClusterSetIPs":      "zero: the file source's imports get no ClusterSetIP",
 	"Log":                "nil discards logs",
 }
@@ -69,6 +70,7 @@ func validConfig(t *testing.T) Config {
 // Every field is checked by Validate (an invalid value is refused with an
 // error that names it), or listed here with the reason it needs no check.
 var configUnchecked = map[string]string{
+	"Locality":    "a federation.Locality, valid by construction; Join requires one (TestJoinRequiresALocality)",
 	"TrustDomain": "a federation.TrustDomain, valid by construction",
 	"Kubeconfig":  "a path; client-go reports what is wrong with the file",
 	"KubeConfig":  "a REST config, for tests",
@@ -84,8 +86,7 @@ func TestValidateChecksEveryFieldNamingIt(t *testing.T) {
 		set   func(*Config)
 	}{
 		"Cluster":               {"cluster", func(c *Config) { c.Cluster = federation.ClusterName{} }},
-		"Locality":              {"locality", func(c *Config) { c.Locality = federation.Locality{} }},
-		"DataDir":               {"data_dir", func(c *Config) { c.DataDir = "" }},
+			"DataDir":               {"data_dir", func(c *Config) { c.DataDir = "" }},
 		"Source":                {"source", func(c *Config) { c.Source = "ftp" }},
 		"SourcePath":            {"source_path", func(c *Config) { c.Source, c.SourcePath = SourceFile, "" }},
 		"FilePollInterval":      {"file_poll_interval", func(c *Config) { c.FilePollInterval = time.Nanosecond }},
@@ -100,6 +101,11 @@ func TestValidateChecksEveryFieldNamingIt(t *testing.T) {
 		"GatewayIngressBind":    {"gateway_ingress_bind", func(c *Config) { c.GatewayIngressBind = "all" }},
 		"HubAddresses":          {"hub_addresses[0]", func(c *Config) { c.HubAddresses = []string{"no-port"} }},
 		"DNSAddr":               {"dns_addr", func(c *Config) { c.DNSAddr = "no-port" }},
+		"MetricsAddr":           {"metrics_addr", func(c *Config) { c.MetricsAddr = "no-port" }},
+		"LeaderElection": {"leader_election.identity", func(c *Config) {
+			c.LeaderElection.LeaseName = "meshfed-agent"
+			c.LeaderElection.Identity = ""
+		}},
 		"DNS":                   {"ttl", func(c *Config) { c.DNSAddr = "127.0.0.1:5353"; c.DNS.TTL = 0 }},
 		"ClusterSetIPs":         {"clusterset_ips", func(c *Config) { c.ClusterSetIPs = netip.MustParsePrefix("127.1.0.0/24") }},
 		"GatewayAPIAddr":        {"gateway_api_addr", func(c *Config) { c.GatewayAPIAddr = "no-port" }},
@@ -136,5 +142,20 @@ func TestValidateChecksEveryFieldNamingIt(t *testing.T) {
 				t.Errorf("Validate() = %v, want it to name %s", err, tc.field)
 			}
 		})
+	}
+}
+
+// A locality is optional for a restart (the stored one is used) but
+// required at join, named as the field.
+func TestJoinRequiresALocality(t *testing.T) {
+	c := validConfig(t)
+	c.Locality = federation.Locality{}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("a config without a locality (a restart) is refused: %v", err)
+	}
+	err := Join(t.Context(), c, "mfjoin1.unused")
+	var fe *federation.FieldError
+	if !errors.As(err, &fe) || fe.Field != "locality" {
+		t.Fatalf("Join without a locality = %v, want a FieldError naming locality", err)
 	}
 }
