@@ -86,7 +86,7 @@ func TestValidateChecksEveryFieldNamingIt(t *testing.T) {
 		set   func(*Config)
 	}{
 		"Cluster":               {"cluster", func(c *Config) { c.Cluster = federation.ClusterName{} }},
-			"DataDir":               {"data_dir", func(c *Config) { c.DataDir = "" }},
+		"DataDir":               {"data_dir", func(c *Config) { c.DataDir = "" }},
 		"Source":                {"source", func(c *Config) { c.Source = "ftp" }},
 		"SourcePath":            {"source_path", func(c *Config) { c.Source, c.SourcePath = SourceFile, "" }},
 		"FilePollInterval":      {"file_poll_interval", func(c *Config) { c.FilePollInterval = time.Nanosecond }},
@@ -106,19 +106,19 @@ func TestValidateChecksEveryFieldNamingIt(t *testing.T) {
 			c.LeaderElection.LeaseName = "meshfed-agent"
 			c.LeaderElection.Identity = ""
 		}},
-		"DNS":                   {"ttl", func(c *Config) { c.DNSAddr = "127.0.0.1:5353"; c.DNS.TTL = 0 }},
-		"ClusterSetIPs":         {"clusterset_ips", func(c *Config) { c.ClusterSetIPs = netip.MustParsePrefix("127.1.0.0/24") }},
-		"GatewayAPIAddr":        {"gateway_api_addr", func(c *Config) { c.GatewayAPIAddr = "no-port" }},
-		"SVIDTTL":               {"svid_ttl", func(c *Config) { c.SVIDTTL = time.Second }},
-		"GatewaySVIDTTL":        {"gateway_svid_ttl", func(c *Config) { c.GatewaySVIDTTL = time.Second }},
-		"BundleRefresh":         {"bundle_refresh", func(c *Config) { c.BundleRefresh = time.Millisecond }},
-		"ClockSkew":             {"clock_skew", func(c *Config) { c.ClockSkew = -time.Second }},
-		"Debounce":              {"debounce", func(c *Config) { c.Debounce = time.Hour }},
-		"MaxPublishBatch":       {"max_publish_batch", func(c *Config) { c.MaxPublishBatch = 0 }},
-		"MaxPublishBytes":       {"max_publish_bytes", func(c *Config) { c.MaxPublishBytes = 1 }},
-		"ReconnectMin":          {"reconnect", func(c *Config) { c.ReconnectMin = 0 }},
-		"ReconnectMax":          {"reconnect", func(c *Config) { c.ReconnectMax = time.Hour }},
-		"JoinTimeout":           {"join_timeout", func(c *Config) { c.JoinTimeout = 0 }},
+		"DNS":             {"ttl", func(c *Config) { c.DNSAddr = "127.0.0.1:5353"; c.DNS.TTL = 0 }},
+		"ClusterSetIPs":   {"clusterset_ips", func(c *Config) { c.ClusterSetIPs = netip.MustParsePrefix("127.1.0.0/24") }},
+		"GatewayAPIAddr":  {"gateway_api_addr", func(c *Config) { c.GatewayAPIAddr = "no-port" }},
+		"SVIDTTL":         {"svid_ttl", func(c *Config) { c.SVIDTTL = time.Second }},
+		"GatewaySVIDTTL":  {"gateway_svid_ttl", func(c *Config) { c.GatewaySVIDTTL = time.Second }},
+		"BundleRefresh":   {"bundle_refresh", func(c *Config) { c.BundleRefresh = time.Millisecond }},
+		"ClockSkew":       {"clock_skew", func(c *Config) { c.ClockSkew = -time.Second }},
+		"Debounce":        {"debounce", func(c *Config) { c.Debounce = time.Hour }},
+		"MaxPublishBatch": {"max_publish_batch", func(c *Config) { c.MaxPublishBatch = 0 }},
+		"MaxPublishBytes": {"max_publish_bytes", func(c *Config) { c.MaxPublishBytes = 1 }},
+		"ReconnectMin":    {"reconnect", func(c *Config) { c.ReconnectMin = 0 }},
+		"ReconnectMax":    {"reconnect", func(c *Config) { c.ReconnectMax = time.Hour }},
+		"JoinTimeout":     {"join_timeout", func(c *Config) { c.JoinTimeout = 0 }},
 	}
 	typ := reflect.TypeOf(Config{})
 	for i := range typ.NumField() {
