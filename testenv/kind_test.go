@@ -207,6 +207,22 @@ func TestKindAgentArgsParse(t *testing.T) {
 				cs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
 				c, _ := cs[0].(map[string]any)
 				args, _, _ = unstructured.NestedStringSlice(c, "args")
+				// Variables the kubelet fills from the pod (the downward
+				// API) get a value of their kind.
+				env, _, _ := unstructured.NestedSlice(c, "env")
+				for _, e := range env {
+					e, _ := e.(map[string]any)
+					name, _, _ := unstructured.NestedString(e, "name")
+					switch path, _, _ := unstructured.NestedString(e, "valueFrom", "fieldRef", "fieldPath"); path {
+					case "metadata.name":
+						values[name] = "meshfed-agent-7d9f-x2" // a pod name
+					case "status.podIP":
+						values[name] = "10.244.0.5"
+					case "":
+					default:
+						values[name] = "x"
+					}
+				}
 				probe, _, _ := unstructured.NestedStringSlice(c, "readinessProbe", "exec", "command")
 				if len(probe) < 2 || probe[0] != "/meshfed" {
 					t.Fatalf("readiness probe %q: want /meshfed ...", probe)

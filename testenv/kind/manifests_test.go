@@ -67,7 +67,10 @@ var (
 		"data-dir": true, "http-port": true, "gateway-address": true, "egress-ports": true,
 		"gateway": true, "log-level": true, "gateway-api": true, "hub": true, "trust-domain": true,
 		"svid-ttl": true, "bundle-refresh": true, "clock-skew": true,
+		"dns-bind": true, "leader-election-id": true, "metrics-bind": true,
 	}
+	// agentBoolFlags are the flags of meshfed agent that take no value.
+	agentBoolFlags = map[string]bool{"leader-elect": true}
 	agentRequired = []string{"cluster", "region", "zone", "source", "gateway-address", "data-dir", "http-port"}
 )
 
@@ -92,7 +95,8 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured) agentParts {
 	}
 	// kustomize orders namespaces and RBAC before the workloads that
 	// need them, and the backend applies in that order.
-	want := []string{"Namespace", "ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "ConfigMap", "Service", "Deployment"}
+	// Two Services: the gateway API's and clusterset.local DNS's.
+	want := []string{"Namespace", "ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "ConfigMap", "Service", "Service", "Deployment"}
 	if !reflect.DeepEqual(kinds, want) {
 		t.Fatalf("kinds %v, want %v", kinds, want)
 	}
@@ -108,8 +112,10 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured) agentParts {
 	}
 	p.deploy = convert[appsv1.Deployment](t, m["Deployment "+AgentDeployment])
 	spec := p.deploy.Spec.Template.Spec
-	if p.deploy.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType || *p.deploy.Spec.Replicas != 1 {
-		t.Errorf("Deployment: strategy %q, replicas %d; want Recreate and 1 (never two agents)", p.deploy.Spec.Strategy.Type, *p.deploy.Spec.Replicas)
+	// Two replicas rolled one at a time; leader election (checked with
+	// the flags below) keeps them from writing together.
+	if p.deploy.Spec.Strategy.Type != appsv1.RollingUpdateDeploymentStrategyType || *p.deploy.Spec.Replicas < 2 {
+		t.Errorf("Deployment: strategy %q, replicas %d; want RollingUpdate and at least 2 (a standby)", p.deploy.Spec.Strategy.Type, *p.deploy.Spec.Replicas)
 	}
 	if m["ServiceAccount "+spec.ServiceAccountName] == nil {
 		t.Errorf("Deployment: serviceAccountName %q is not in the manifests", spec.ServiceAccountName)
@@ -159,10 +165,16 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured) agentParts {
 			continue
 		}
 		name, value, ok := strings.Cut(strings.TrimPrefix(a, "--"), "=")
-		if !ok || !agentFlags[name] {
+		if agentBoolFlags[name] && !ok {
+			value, ok = "true", true
+		}
+		if !ok || !(agentFlags[name] || agentBoolFlags[name]) {
 			t.Errorf("argument %q: want --flag=value with a flag of meshfed agent", a)
 		}
 		p.flags[name] = value
+	}
+	if p.flags["leader-elect"] != "true" || p.flags["leader-election-id"] == "" {
+		t.Errorf("--leader-elect %q, --leader-election-id %q: replicas need leader election, each with its own identity", p.flags["leader-elect"], p.flags["leader-election-id"])
 	}
 	for _, f := range agentRequired {
 		if p.flags[f] == "" {
