@@ -122,6 +122,7 @@ func TestBuildExportFromKubernetesObjects(t *testing.T) {
 		want       *fedv1.ExportedService
 		wantLocal  []string // local endpoint addresses, sorted
 		wantReason string
+		export     func(*mcsv1b1.ServiceExport)
 	}{
 		{
 			name: "53/TCP and 53/UDP is valid",
@@ -138,7 +139,7 @@ func TestBuildExportFromKubernetesObjects(t *testing.T) {
 					endpointSpec{addr: "10.1.0.1", pod: "p1", ready: true}, endpointSpec{addr: "10.1.0.2", pod: "p2", ready: true}),
 				slice("web-v6", "web", discoveryv1.AddressTypeIPv6, map[string]int32{"http": 8080},
 					endpointSpec{addr: "fd00::1", pod: "p1", ready: true}, endpointSpec{addr: "fd00::2", pod: "p2", ready: false})},
-			want: &fedv1.ExportedService{Namespace: "default", Name: "web", Ports: webPorts,
+			want: &fedv1.ExportedService{Namespace: "default", Name: "web", Ports: webPorts, IpFamilies: []string{"IPv4", "IPv6"},
 				// p2 is not ready in its IPv6 slice: not ready.
 				Endpoints: []*fedv1.EndpointGroup{{Zone: "z1", Ready: 1, Serving: 1}}},
 			wantLocal: []string{"10.1.0.1", "10.1.0.2"},
@@ -151,7 +152,7 @@ func TestBuildExportFromKubernetesObjects(t *testing.T) {
 				slice("db-v4", "db", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 5432},
 					endpointSpec{addr: "10.1.0.9", pod: "db-1", hostname: "db-1", ready: true},
 					endpointSpec{addr: "10.1.0.1", pod: "db-0", hostname: "db-0", ready: true})},
-			want: &fedv1.ExportedService{Namespace: "default", Name: "db", Ports: webPorts, Headless: true,
+			want: &fedv1.ExportedService{Namespace: "default", Name: "db", Ports: webPorts, Headless: true, IpFamilies: []string{"IPv4", "IPv6"},
 				Endpoints: []*fedv1.EndpointGroup{{Zone: "z1", Ready: 2, Serving: 2}},
 				HeadlessEndpoints: []*fedv1.HeadlessEndpoint{
 					{Hostname: "db-0", Addresses: []string{"10.1.0.1", "fd00::1"}, Ready: true, Serving: true, Zone: "z1", TargetPorts: map[string]uint32{"http": 5432}},
@@ -167,6 +168,28 @@ func TestBuildExportFromKubernetesObjects(t *testing.T) {
 			}, web...)},
 			want: &fedv1.ExportedService{Namespace: "default", Name: "web", Ports: webPorts, SessionAffinity: "ClientIP", SessionAffinityTimeoutSeconds: 600,
 				Endpoints: []*fedv1.EndpointGroup{}},
+		},
+		{
+			name: "IP families, traffic policies and the exported labels and annotations are carried",
+			objs: []runtime.Object{service("web", func(s *corev1.ServiceSpec) {
+				s.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol}
+				s.InternalTrafficPolicy = ptr(corev1.ServiceInternalTrafficPolicyLocal)
+				s.TrafficDistribution = ptr(corev1.ServiceTrafficDistributionPreferClose)
+			}, web...)},
+			export: func(se *mcsv1b1.ServiceExport) {
+				se.Labels, se.Annotations = map[string]string{"own": "x"}, map[string]string{"own": "x"}
+				se.Spec.ExportedLabels = map[string]string{"tier": "front"}
+				se.Spec.ExportedAnnotations = map[string]string{"example.com/owner": "team a"}
+			},
+			want: &fedv1.ExportedService{Namespace: "default", Name: "web", Ports: webPorts, Endpoints: []*fedv1.EndpointGroup{},
+				IpFamilies: []string{"IPv6", "IPv4"}, InternalTrafficPolicy: "Local", TrafficDistribution: "PreferClose",
+				ExportedLabels: map[string]string{"tier": "front"}, ExportedAnnotations: map[string]string{"example.com/owner": "team a"}},
+		},
+		{
+			name:       "an exported label Kubernetes would refuse makes the export invalid",
+			objs:       []runtime.Object{service("web", nil, web...)},
+			export:     func(se *mcsv1b1.ServiceExport) { se.Spec.ExportedLabels = map[string]string{"tier": "front end"} },
+			wantReason: ReasonInvalidExport,
 		},
 		{
 			name:       "ExternalName is refused",
@@ -195,6 +218,9 @@ func TestBuildExportFromKubernetesObjects(t *testing.T) {
 				}
 			}
 			se := export(name)
+			if tc.export != nil {
+				tc.export(se)
+			}
 			got, local, reason, msg := buildExport(fakeListers(t, append(tc.objs, se)...), se)
 			if reason != tc.wantReason {
 				t.Fatalf("reason %q (%s), want %q", reason, msg, tc.wantReason)
