@@ -122,7 +122,9 @@
 // federationv1.ValidateExportedService, the hub's check. Each
 // ServiceExport gets the MCS conditions Valid, Conflict (reasons
 // PortConflict, TypeConflict, SessionAffinityConflict,
-// SessionAffinityConfigConflict, comma-separated) and Ready (Exported,
+// SessionAffinityConfigConflict, InternalTrafficPolicyConflict,
+// TrafficDistributionConflict, IPFamilyConflict, LabelsConflict,
+// AnnotationsConflict, comma-separated) and Ready (Exported,
 // Pending, Failed), and meshfed.io/Synced: True (Published) once the hub
 // holds the export as the cluster has it, False with HubUnreachable while
 // the agent is not connected (the hub keeps the last published state),
@@ -174,11 +176,16 @@
 // cluster for the gateway slice) and endpointslice.kubernetes.io/managed-by
 // agent.meshfed.io. Everything it writes carries
 // app.kubernetes.io/managed-by=meshfed-agent; nothing else is touched.
-// Orphans are deleted at start. Conflicts follow KEP-1645: ports (name,
-// protocol, port), type and session affinity; the oldest export (lowest
-// create_revision) wins; a cluster whose export conflicts with it sets a
-// Conflict condition on its own ServiceExport, and only a port conflict
-// keeps its endpoints out of the routes.
+// Orphans are deleted at start. Conflicts follow KEP-1645 and v1beta1's
+// reasons: ports (name, protocol, port), type, session affinity and its
+// timeout, internal traffic policy (unset is Cluster), traffic
+// distribution, the set of IP families (unknown from older agents:
+// no conflict), exported labels and exported annotations; the oldest
+// export (lowest create_revision) wins. Every constituent export shows
+// it: a cluster whose export conflicts with the oldest sets Conflict on
+// its own ServiceExport, and the oldest's cluster sets it too, with the
+// reasons of every younger export that conflicts. Only a port conflict
+// keeps a younger export's endpoints out of the routes.
 // With the file source imports exist only in the agent's state (/state)
 // and the gateway config; their egress ports are kept in
 // <data-dir>/egress-ports.json.

@@ -196,7 +196,7 @@ func TestKubeMCSSemantics(t *testing.T) {
 		// west exports db later, as a ClusterSetIP service with the same port.
 		createExport(t, wkc, wmc, "default", "db", 5432, corev1.ServiceTypeClusterIP, "us-west-1a")
 		waitCondition(t, wmc, "default", "db", "Conflict", metav1.ConditionTrue, string(mcsv1b1.ServiceExportReasonTypeConflict))
-		waitCondition(t, emc, "default", "db", "Conflict", metav1.ConditionFalse, string(mcsv1b1.ServiceExportReasonNoConflicts))
+		waitCondition(t, emc, "default", "db", "Conflict", metav1.ConditionTrue, string(mcsv1b1.ServiceExportReasonTypeConflict))
 		if err := testenv.WaitFor(ctx, 30*time.Second, func(ctx context.Context) error {
 			si, err := emc.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "db", metav1.GetOptions{})
 			if err != nil {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -476,7 +477,8 @@ func TestImporterFollowsATypeChange(t *testing.T) {
 
 func TestPlanImportsConflictsAsTheKEPListsThem(t *testing.T) {
 	base := func() *fedv1.ExportedService {
-		return &fedv1.ExportedService{Namespace: "default", Name: "dns", Ports: []*fedv1.ServicePort{{Name: "dns-tcp", Port: 53, Protocol: "TCP"}, {Name: "dns", Port: 53, Protocol: "UDP"}}}
+		return &fedv1.ExportedService{Namespace: "default", Name: "dns", Ports: []*fedv1.ServicePort{{Name: "dns-tcp", Port: 53, Protocol: "TCP"}, {Name: "dns", Port: 53, Protocol: "UDP"}},
+			IpFamilies: []string{"IPv4", "IPv6"}, ExportedLabels: map[string]string{"app": "dns"}, ExportedAnnotations: map[string]string{"a": "1"}}
 	}
 	for _, tc := range []struct {
 		name   string
@@ -490,6 +492,17 @@ func TestPlanImportsConflictsAsTheKEPListsThem(t *testing.T) {
 		{"session affinity", func(s *fedv1.ExportedService) { s.SessionAffinity = "ClientIP" }, "SessionAffinityConflict"},
 		{"None is the default affinity", func(s *fedv1.ExportedService) { s.SessionAffinity = "None" }, ""},
 		{"several at once", func(s *fedv1.ExportedService) { s.Headless = true; s.Ports[0].Name = "x" }, "PortConflict,TypeConflict"},
+		{"internal traffic policy", func(s *fedv1.ExportedService) { s.InternalTrafficPolicy = "Local" }, "InternalTrafficPolicyConflict"},
+		{"unset internal traffic policy is Cluster", func(s *fedv1.ExportedService) { s.InternalTrafficPolicy = "Cluster" }, ""},
+		{"traffic distribution", func(s *fedv1.ExportedService) { s.TrafficDistribution = "PreferClose" }, "TrafficDistributionConflict"},
+		{"single-stack against dual-stack", func(s *fedv1.ExportedService) { s.IpFamilies = []string{"IPv6"} }, "IPFamilyConflict"},
+		{"the same IP families, another primary", func(s *fedv1.ExportedService) { s.IpFamilies = []string{"IPv6", "IPv4"} }, ""},
+		{"IP families unknown (an older agent)", func(s *fedv1.ExportedService) { s.IpFamilies = nil }, ""},
+		{"exported labels", func(s *fedv1.ExportedService) { s.ExportedLabels = map[string]string{"tier": "front"} }, "LabelsConflict"},
+		{"exported annotations", func(s *fedv1.ExportedService) { s.ExportedAnnotations = map[string]string{"a": "2"} }, "AnnotationsConflict"},
+		{"labels, annotations and traffic", func(s *fedv1.ExportedService) {
+			s.ExportedAnnotations, s.ExportedLabels, s.TrafficDistribution = nil, nil, "PreferClose"
+		}, "TrafficDistributionConflict,LabelsConflict,AnnotationsConflict"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			young := base()
@@ -500,11 +513,20 @@ func TestPlanImportsConflictsAsTheKEPListsThem(t *testing.T) {
 			if got := conflicts["default/dns"].Reason; got != tc.reason {
 				t.Fatalf("west's conflict %q (%s), want %q", got, conflicts["default/dns"].Message, tc.reason)
 			}
-			if p := plans["default/dns"]; p.Headless || len(p.Ports) < 2 {
-				t.Fatalf("plan %+v: the oldest export (east, ClusterSetIP, both ports) must win", p)
+			p := plans["default/dns"]
+			if p.Headless || len(p.Ports) < 2 || p.TrafficDistribution != "" || p.InternalTrafficPolicy != "" ||
+				!slices.Equal(p.IPFamilies, []string{"IPv4", "IPv6"}) || !maps.Equal(p.Labels, base().ExportedLabels) || !maps.Equal(p.Annotations, base().ExportedAnnotations) {
+				t.Fatalf("plan %+v: the oldest export (east, ClusterSetIP, both ports, dual-stack, its labels and annotations) must win", p)
 			}
-			if _, c := planImports("east", v); len(c) != 0 {
-				t.Fatalf("the oldest export conflicts: %v", c)
+			// The oldest export shows the same reasons (the conformance
+			// suite wants Conflict on every constituent export), and
+			// still serves.
+			_, c := planImports("east", v)
+			if got := c["default/dns"]; got.Reason != tc.reason || tc.reason != "" && !strings.Contains(got.Message, "west") {
+				t.Fatalf("the oldest export's conflict %+v, want %q naming west", got, tc.reason)
+			}
+			if p.Clusters[0].Cluster != "east" || p.Clusters[0].portConflict() {
+				t.Fatalf("clusters %+v: east, the oldest, must serve", p.Clusters)
 			}
 		})
 	}
