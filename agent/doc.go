@@ -117,8 +117,10 @@
 // per pod (its targetRef), so a dual-stack pod listed in an IPv4 and an
 // IPv6 slice counts once and keeps both addresses. A headless Service
 // (clusterIP None) is exported as headless, with every pod's hostname,
-// addresses and target ports; the session affinity and its timeout are
-// exported too. Exports are checked with
+// addresses and target ports; the session affinity and its timeout, the
+// IP families, internalTrafficPolicy and trafficDistribution, and the
+// ServiceExport's exportedLabels and exportedAnnotations are exported
+// too. Exports are checked with
 // federationv1.ValidateExportedService, the hub's check. Each
 // ServiceExport gets the MCS conditions Valid, Conflict (reasons
 // PortConflict, TypeConflict, SessionAffinityConflict,
@@ -161,10 +163,16 @@
 // # Imports
 //
 // MCS namespace sameness: namespace/name exported by any cluster is one
-// global service. For each one whose namespace exists locally the
-// kubernetes importer writes a ServiceImport (v1beta1; type, ports and
-// session affinity of the oldest export; status.clusters lists every
-// exporting cluster), a derived Service (meshfed-<name>) and
+// global service. For each one whose namespace exists locally, in every
+// cluster (the exporting ones too), the kubernetes importer writes a
+// ServiceImport (v1beta1; the oldest export's type, ports, session
+// affinity, internalTrafficPolicy and trafficDistribution; ips the
+// derived Service's cluster IPs, ipFamilies theirs, none for Headless,
+// whose ipFamilies are the oldest export's; labels and annotations the
+// oldest ServiceExport's exportedLabels and exportedAnnotations, plus the
+// agent's own, which win a clash; status.clusters lists every exporting
+// cluster), a derived Service (meshfed-<name>, PreferDualStack when the
+// oldest export is dual-stack) and
 // EndpointSlices. A ClusterSetIP import has one slice pointing at the
 // gateways (Config.GatewayAddress as the fallback) with one egress port
 // per service port, assigned from EgressPortMin..EgressPortMax and

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -612,5 +613,181 @@ func TestCheckClusterIDAgreesWritesOrRefuses(t *testing.T) {
 				t.Fatalf("property %q (%v), want %q", v, err, tc.want)
 			}
 		})
+	}
+}
+
+// allocateClusterIPs makes the fake clientset allocate cluster IPs as a
+// dual-stack API server would: one per family the Service's policy asks
+// for, IPv4 first.
+func allocateClusterIPs(kc *kubefake.Clientset) {
+	kc.PrependReactor("create", "services", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		s := a.(k8stesting.CreateAction).GetObject().(*corev1.Service)
+		if s.Spec.ClusterIP == corev1.ClusterIPNone {
+			return false, nil, nil
+		}
+		s.Spec.ClusterIP, s.Spec.ClusterIPs, s.Spec.IPFamilies = "10.96.0.7", []string{"10.96.0.7"}, []corev1.IPFamily{corev1.IPv4Protocol}
+		if ipFamilyPolicy(s) != corev1.IPFamilyPolicySingleStack {
+			s.Spec.ClusterIPs = append(s.Spec.ClusterIPs, "fd00:96::7")
+			s.Spec.IPFamilies = append(s.Spec.IPFamilies, corev1.IPv6Protocol)
+		}
+		return false, nil, nil
+	})
+}
+
+func TestImporterCopiesTheServiceSpecAndExportedMetadata(t *testing.T) {
+	web := []*fedv1.ServicePort{{Name: "http", Port: 80, Protocol: "HTTP"}}
+	full := func(mutate func(*fedv1.ExportedService)) *fedv1.ExportedService {
+		s := &fedv1.ExportedService{Namespace: "default", Name: "web", Ports: web, IpFamilies: []string{"IPv4", "IPv6"},
+			InternalTrafficPolicy: "Local", TrafficDistribution: "PreferClose",
+			ExportedLabels:      map[string]string{"tier": "front", LabelManagedBy: "someone-else"},
+			ExportedAnnotations: map[string]string{"example.com/owner": "team a", AnnotationEgressPorts: "http=1"},
+			Endpoints:           []*fedv1.EndpointGroup{{Ready: 1}}}
+		if mutate != nil {
+			mutate(s)
+		}
+		return s
+	}
+	for _, tc := range []struct {
+		name     string
+		svc      *fedv1.ExportedService
+		younger  *fedv1.ExportedService // from a second cluster, later
+		wantSpec mcsv1b1.ServiceImportSpec
+		wantPol  corev1.IPFamilyPolicy // the derived Service's
+		labels   map[string]string     // exported labels and annotations wanted
+		anns     map[string]string
+	}{
+		{
+			name: "dual-stack ClusterSetIP: an IP of each family, the policies, the exported metadata",
+			svc:  full(nil),
+			wantSpec: mcsv1b1.ServiceImportSpec{Type: mcsv1b1.ClusterSetIP, IPs: []string{"10.96.0.7", "fd00:96::7"},
+				IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}, SessionAffinity: corev1.ServiceAffinityNone,
+				InternalTrafficPolicy: ptr(corev1.ServiceInternalTrafficPolicyLocal), TrafficDistribution: ptr(corev1.ServiceTrafficDistributionPreferClose)},
+			wantPol: corev1.IPFamilyPolicyPreferDualStack,
+			labels:  map[string]string{"tier": "front"}, anns: map[string]string{"example.com/owner": "team a"},
+		},
+		{
+			name: "single-stack, nothing set: one IP, no policies, no metadata",
+			svc: full(func(s *fedv1.ExportedService) {
+				s.IpFamilies, s.InternalTrafficPolicy, s.TrafficDistribution, s.ExportedLabels, s.ExportedAnnotations = []string{"IPv6"}, "", "", nil, nil
+			}),
+			wantSpec: mcsv1b1.ServiceImportSpec{Type: mcsv1b1.ClusterSetIP, IPs: []string{"10.96.0.7"}, IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol},
+				SessionAffinity: corev1.ServiceAffinityNone},
+			wantPol: corev1.IPFamilyPolicySingleStack,
+		},
+		{
+			name: "headless: no IPs, the export's families",
+			svc: full(func(s *fedv1.ExportedService) {
+				s.Headless, s.IpFamilies = true, []string{"IPv6", "IPv4"}
+				s.HeadlessEndpoints = []*fedv1.HeadlessEndpoint{{Hostname: "web-0", Addresses: []string{"10.1.0.1", "fd00::1"}, Ready: true}}
+			}),
+			wantSpec: mcsv1b1.ServiceImportSpec{Type: mcsv1b1.Headless, IPFamilies: []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol},
+				SessionAffinity: corev1.ServiceAffinityNone, InternalTrafficPolicy: ptr(corev1.ServiceInternalTrafficPolicyLocal),
+				TrafficDistribution: ptr(corev1.ServiceTrafficDistributionPreferClose)},
+			wantPol: corev1.IPFamilyPolicyPreferDualStack,
+			labels:  map[string]string{"tier": "front"}, anns: map[string]string{"example.com/owner": "team a"},
+		},
+		{
+			name: "a younger export conflicting on everything changes nothing",
+			svc:  full(nil),
+			younger: full(func(s *fedv1.ExportedService) {
+				s.IpFamilies, s.InternalTrafficPolicy, s.TrafficDistribution = []string{"IPv6"}, "Cluster", ""
+				s.ExportedLabels, s.ExportedAnnotations = map[string]string{"tier2": "x"}, map[string]string{"b": "2"}
+			}),
+			wantSpec: mcsv1b1.ServiceImportSpec{Type: mcsv1b1.ClusterSetIP, IPs: []string{"10.96.0.7", "fd00:96::7"},
+				IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}, SessionAffinity: corev1.ServiceAffinityNone,
+				InternalTrafficPolicy: ptr(corev1.ServiceInternalTrafficPolicyLocal), TrafficDistribution: ptr(corev1.ServiceTrafficDistributionPreferClose)},
+			wantPol: corev1.IPFamilyPolicyPreferDualStack,
+			labels:  map[string]string{"tier": "front"}, anns: map[string]string{"example.com/owner": "team a"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeImporter(t, "west", &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
+			allocateClusterIPs(f.kc)
+			recs := []*fedv1.ExportRecord{{Cluster: "east", CreateRevision: 1, Service: tc.svc}}
+			if tc.younger != nil {
+				recs = append(recs, &fedv1.ExportRecord{Cluster: "south", CreateRevision: 2, Service: tc.younger})
+			}
+			f.reconcile(t, viewOf(recs...))
+			ctx := context.Background()
+			si, err := f.mc.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "web", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := si.Spec
+			got.Ports = nil
+			if !equality.Semantic.DeepEqual(got, tc.wantSpec) {
+				t.Errorf("ServiceImport spec\n%+v\nwant\n%+v", got, tc.wantSpec)
+			}
+			svc, err := f.kc.CoreV1().Services("default").Get(ctx, derivedName("web"), metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ipFamilyPolicy(svc) != tc.wantPol {
+				t.Errorf("derived Service ipFamilyPolicy %s, want %s", ipFamilyPolicy(svc), tc.wantPol)
+			}
+			// The exported metadata, and the agent's own, which wins a clash.
+			wantLabels := maps.Clone(tc.labels)
+			if wantLabels == nil {
+				wantLabels = map[string]string{}
+			}
+			wantLabels[LabelManagedBy], wantLabels[LabelService] = ManagedByValue, "web"
+			if !maps.Equal(si.Labels, wantLabels) {
+				t.Errorf("ServiceImport labels %v, want %v", si.Labels, wantLabels)
+			}
+			wantAnns := maps.Clone(tc.anns)
+			if wantAnns == nil {
+				wantAnns = map[string]string{}
+			}
+			wantAnns[AnnotationEgressPorts] = "http=15000"
+			if !maps.Equal(si.Annotations, wantAnns) {
+				t.Errorf("ServiceImport annotations %v, want %v", si.Annotations, wantAnns)
+			}
+		})
+	}
+}
+
+// When the oldest export changes what it exports, the ServiceImport
+// follows: labels no longer exported are removed, and the derived Service
+// goes from dual-stack to single-stack.
+func TestImporterFollowsTheOldestExportsChanges(t *testing.T) {
+	f := newFakeImporter(t, "west", &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
+	allocateClusterIPs(f.kc)
+	web := []*fedv1.ServicePort{{Name: "http", Port: 80, Protocol: "TCP"}}
+	f.reconcile(t, viewOf(&fedv1.ExportRecord{Cluster: "east", CreateRevision: 1, Service: &fedv1.ExportedService{Namespace: "default", Name: "web",
+		Ports: web, IpFamilies: []string{"IPv4", "IPv6"}, ExportedLabels: map[string]string{"a": "1"}, ExportedAnnotations: map[string]string{"x": "1"}}}))
+	f.reconcile(t, viewOf(&fedv1.ExportRecord{Cluster: "east", CreateRevision: 1, Service: &fedv1.ExportedService{Namespace: "default", Name: "web",
+		Ports: web, IpFamilies: []string{"IPv4"}, InternalTrafficPolicy: "Local", ExportedLabels: map[string]string{"b": "2"}}}))
+	ctx := context.Background()
+	si, err := f.mc.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if si.Labels["a"] != "" || si.Labels["b"] != "2" || si.Annotations["x"] != "" || !isOwned(si) || si.Annotations[AnnotationEgressPorts] == "" {
+		t.Errorf("ServiceImport labels %v annotations %v, want b only besides the agent's own", si.Labels, si.Annotations)
+	}
+	if !ptrEq(si.Spec.InternalTrafficPolicy, ptr(corev1.ServiceInternalTrafficPolicyLocal)) {
+		t.Errorf("internalTrafficPolicy %v, want Local", si.Spec.InternalTrafficPolicy)
+	}
+	svc, err := f.kc.CoreV1().Services("default").Get(ctx, derivedName("web"), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ipFamilyPolicy(svc) != corev1.IPFamilyPolicySingleStack {
+		t.Errorf("derived Service ipFamilyPolicy %s, want SingleStack", ipFamilyPolicy(svc))
+	}
+}
+
+// Every cluster of the clusterset gets the ServiceImport (KEP-1645), the
+// one exporting it alone included.
+func TestImporterImportsInTheExportingClusterToo(t *testing.T) {
+	f := newFakeImporter(t, "east", &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
+	f.reconcile(t, viewOf(&fedv1.ExportRecord{Cluster: "east", CreateRevision: 1, Service: &fedv1.ExportedService{Namespace: "default", Name: "web",
+		Ports: []*fedv1.ServicePort{{Name: "http", Port: 80, Protocol: "TCP"}}}}))
+	si, err := f.mc.MulticlusterV1beta1().ServiceImports("default").Get(context.Background(), "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("no ServiceImport in the only exporting cluster: %v", err)
+	}
+	if len(si.Status.Clusters) != 1 || si.Status.Clusters[0].Cluster != "east" {
+		t.Fatalf("status.clusters %v, want east", si.Status.Clusters)
 	}
 }
