@@ -171,8 +171,8 @@
 // whose ipFamilies are the oldest export's; labels and annotations the
 // oldest ServiceExport's exportedLabels and exportedAnnotations, plus the
 // agent's own, which win a clash; status.clusters lists every exporting
-// cluster), a derived Service (meshfed-<name>, PreferDualStack when the
-// oldest export is dual-stack) and
+// cluster), a derived Service (meshfed-<name>; a ClusterIP one is
+// PreferDualStack when the oldest export is dual-stack) and
 // EndpointSlices. A ClusterSetIP import has one slice pointing at the
 // gateways (Config.GatewayAddress as the fallback) with one egress port
 // per service port, assigned from EgressPortMin..EgressPortMax and
@@ -187,8 +187,9 @@
 // Orphans are deleted at start. Conflicts follow KEP-1645 and v1beta1's
 // reasons: ports (name, protocol, port), type, session affinity and its
 // timeout, internal traffic policy (unset is Cluster), traffic
-// distribution, the set of IP families (unknown from older agents:
-// no conflict), exported labels and exported annotations; the oldest
+// distribution, the set of IP families of two headless exports (whose
+// clients reach pods directly; unknown from older agents: no conflict),
+// exported labels and exported annotations; the oldest
 // export (lowest create_revision) wins. Every constituent export shows
 // it: a cluster whose export conflicts with the oldest sets Conflict on
 // its own ServiceExport, and the oldest's cluster sets it too, with the

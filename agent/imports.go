@@ -192,8 +192,9 @@ func sessionAffinity(s *fedv1.ExportedService) string {
 // and v1beta1 list conflicts: ports (name, protocol, port), type
 // (headless against ClusterSetIP), session affinity and its config,
 // internal traffic policy (unset is Cluster), traffic distribution, the
-// set of IP families (unknown, from an older agent, conflicts with
-// nothing), exported labels and exported annotations. It returns the MCS
+// set of IP families of two headless exports (unknown, from an older
+// agent, conflicts with nothing), exported labels and exported
+// annotations. It returns the MCS
 // reasons, in conflictReasons order, and a message for each.
 func exportConflicts(oldest, younger *fedv1.ExportedService) (reasons, msgs []string) {
 	if why := portsConflict(oldest.GetPorts(), younger.GetPorts()); why != "" {
@@ -219,7 +220,10 @@ func exportConflicts(oldest, younger *fedv1.ExportedService) (reasons, msgs []st
 		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonTrafficDistributionConflict))
 		msgs = append(msgs, fmt.Sprintf("traffic distribution is %q here and %q in the oldest export", b, a))
 	}
-	if a, b := oldest.GetIpFamilies(), younger.GetIpFamilies(); len(a) > 0 && len(b) > 0 && !sameSet(a, b) {
+	// Only headless imports reach pods at their own addresses, where a
+	// client of one family would miss the other's pods; ClusterSetIP
+	// traffic goes through the gateways, which reach every pod.
+	if a, b := oldest.GetIpFamilies(), younger.GetIpFamilies(); oldest.GetHeadless() && younger.GetHeadless() && len(a) > 0 && len(b) > 0 && !sameSet(a, b) {
 		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonIPFamilyConflict))
 		msgs = append(msgs, fmt.Sprintf("IP families are %v here and %v in the oldest export", b, a))
 	}

@@ -383,15 +383,16 @@ func appProtocol(p *fedv1.ServicePort) *string {
 // desiredService is the derived Service of an import: headless
 // (clusterIP None, its EndpointSlices list the exporting clusters' pods)
 // for a Headless import, else a ClusterIP Service whose ports target the
-// egress ports of the gateways. It is PreferDualStack when the oldest
-// export is dual-stack, so that the import gets a ClusterSetIP of each
-// family this cluster has; else the cluster's default (SingleStack).
+// egress ports of the gateways. The ClusterIP Service is PreferDualStack
+// when the oldest export is dual-stack, so that the import gets a
+// ClusterSetIP of each family this cluster has; else the cluster's
+// default (SingleStack). A headless one has no cluster IP and keeps the
+// API server's default policy: its slices are written here.
 func desiredService(p *importPlan, dn string, egress map[string]int) *corev1.Service {
 	s := &corev1.Service{ObjectMeta: ownedMeta(p.Namespace, dn, p.Name), Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP}}
 	if p.Headless {
 		s.Spec.ClusterIP = corev1.ClusterIPNone
-	}
-	if len(p.IPFamilies) > 1 {
+	} else if len(p.IPFamilies) > 1 {
 		s.Spec.IPFamilyPolicy = ptrTo(corev1.IPFamilyPolicyPreferDualStack)
 	}
 	for _, port := range p.Ports {
@@ -635,12 +636,14 @@ func (im *kubeImporter) ensure(ctx context.Context, l importListers, p *importPl
 		// Service; the informer's delete brings the next pass.
 		im.log.Info("replacing the derived service: import type changed", "service", p.Key, "headless", p.Headless)
 		return ignoreNotFound(im.kube.CoreV1().Services(p.Namespace).Delete(ctx, dn, metav1.DeleteOptions{}))
-	case !servicePortsEqual(svc.Spec.Ports, want.Spec.Ports) || ipFamilyPolicy(svc) != ipFamilyPolicy(want):
+	case !servicePortsEqual(svc.Spec.Ports, want.Spec.Ports) || !p.Headless && ipFamilyPolicy(svc) != ipFamilyPolicy(want):
 		// A policy change adds the second family's cluster IP, or
 		// drops it (the API server trims it on the way to SingleStack).
 		n := svc.DeepCopy()
 		n.Spec.Ports = want.Spec.Ports
-		n.Spec.IPFamilyPolicy = ptrTo(ipFamilyPolicy(want))
+		if !p.Headless {
+			n.Spec.IPFamilyPolicy = ptrTo(ipFamilyPolicy(want))
+		}
 		if svc, err = im.kube.CoreV1().Services(p.Namespace).Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 			return cacheBehind(err)
 		}

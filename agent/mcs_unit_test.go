@@ -496,9 +496,7 @@ func TestPlanImportsConflictsAsTheKEPListsThem(t *testing.T) {
 		{"internal traffic policy", func(s *fedv1.ExportedService) { s.InternalTrafficPolicy = "Local" }, "InternalTrafficPolicyConflict"},
 		{"unset internal traffic policy is Cluster", func(s *fedv1.ExportedService) { s.InternalTrafficPolicy = "Cluster" }, ""},
 		{"traffic distribution", func(s *fedv1.ExportedService) { s.TrafficDistribution = "PreferClose" }, "TrafficDistributionConflict"},
-		{"single-stack against dual-stack", func(s *fedv1.ExportedService) { s.IpFamilies = []string{"IPv6"} }, "IPFamilyConflict"},
-		{"the same IP families, another primary", func(s *fedv1.ExportedService) { s.IpFamilies = []string{"IPv6", "IPv4"} }, ""},
-		{"IP families unknown (an older agent)", func(s *fedv1.ExportedService) { s.IpFamilies = nil }, ""},
+		{"IP families of ClusterSetIP exports (the gateways reach every pod)", func(s *fedv1.ExportedService) { s.IpFamilies = []string{"IPv6"} }, ""},
 		{"exported labels", func(s *fedv1.ExportedService) { s.ExportedLabels = map[string]string{"tier": "front"} }, "LabelsConflict"},
 		{"exported annotations", func(s *fedv1.ExportedService) { s.ExportedAnnotations = map[string]string{"a": "2"} }, "AnnotationsConflict"},
 		{"labels, annotations and traffic", func(s *fedv1.ExportedService) {
@@ -528,6 +526,38 @@ func TestPlanImportsConflictsAsTheKEPListsThem(t *testing.T) {
 			}
 			if p.Clusters[0].Cluster != "east" || p.Clusters[0].portConflict() {
 				t.Fatalf("clusters %+v: east, the oldest, must serve", p.Clusters)
+			}
+		})
+	}
+}
+
+// IP families conflict only between headless exports, whose clients
+// reach the pods' own addresses.
+func TestPlanImportsIPFamilyConflictBetweenHeadlessExports(t *testing.T) {
+	svc := func(headless bool, fams ...string) *fedv1.ExportedService {
+		return &fedv1.ExportedService{Namespace: "default", Name: "db", Ports: []*fedv1.ServicePort{{Name: "pg", Port: 5432, Protocol: "TCP"}},
+			Headless: headless, IpFamilies: fams}
+	}
+	for _, tc := range []struct {
+		name          string
+		oldest, young *fedv1.ExportedService
+		reason        string
+	}{
+		{"single-stack against dual-stack", svc(true, "IPv4", "IPv6"), svc(true, "IPv6"), "IPFamilyConflict"},
+		{"the same families, another primary", svc(true, "IPv4", "IPv6"), svc(true, "IPv6", "IPv4"), ""},
+		{"unknown (an older agent)", svc(true, "IPv4"), svc(true), ""},
+		{"ClusterSetIP exports", svc(false, "IPv4"), svc(false, "IPv6"), ""},
+		{"headless against ClusterSetIP: the type only", svc(true, "IPv4", "IPv6"), svc(false, "IPv4"), "TypeConflict"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := viewOf(&fedv1.ExportRecord{Cluster: "east", CreateRevision: 1, Service: tc.oldest},
+				&fedv1.ExportRecord{Cluster: "west", CreateRevision: 2, Service: tc.young})
+			plans, c := planImports("west", v)
+			if got := c["default/db"].Reason; got != tc.reason {
+				t.Fatalf("conflict %q, want %q", got, tc.reason)
+			}
+			if p := plans["default/db"]; !slices.Equal(p.IPFamilies, tc.oldest.GetIpFamilies()) {
+				t.Fatalf("plan families %v, want the oldest's %v", p.IPFamilies, tc.oldest.GetIpFamilies())
 			}
 		})
 	}
@@ -683,7 +713,7 @@ func TestImporterCopiesTheServiceSpecAndExportedMetadata(t *testing.T) {
 			wantSpec: mcsv1b1.ServiceImportSpec{Type: mcsv1b1.Headless, IPFamilies: []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol},
 				SessionAffinity: corev1.ServiceAffinityNone, InternalTrafficPolicy: ptr(corev1.ServiceInternalTrafficPolicyLocal),
 				TrafficDistribution: ptr(corev1.ServiceTrafficDistributionPreferClose)},
-			wantPol: corev1.IPFamilyPolicyPreferDualStack,
+			wantPol: corev1.IPFamilyPolicySingleStack, // unset: the API server's default for a headless Service
 			labels:  map[string]string{"tier": "front"}, anns: map[string]string{"example.com/owner": "team a"},
 		},
 		{
