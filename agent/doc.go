@@ -117,12 +117,16 @@
 // per pod (its targetRef), so a dual-stack pod listed in an IPv4 and an
 // IPv6 slice counts once and keeps both addresses. A headless Service
 // (clusterIP None) is exported as headless, with every pod's hostname,
-// addresses and target ports; the session affinity and its timeout are
-// exported too. Exports are checked with
+// addresses and target ports; the session affinity and its timeout, the
+// IP families, internalTrafficPolicy and trafficDistribution, and the
+// ServiceExport's exportedLabels and exportedAnnotations are exported
+// too. Exports are checked with
 // federationv1.ValidateExportedService, the hub's check. Each
 // ServiceExport gets the MCS conditions Valid, Conflict (reasons
 // PortConflict, TypeConflict, SessionAffinityConflict,
-// SessionAffinityConfigConflict, comma-separated) and Ready (Exported,
+// SessionAffinityConfigConflict, InternalTrafficPolicyConflict,
+// TrafficDistributionConflict, IPFamilyConflict, LabelsConflict,
+// AnnotationsConflict, comma-separated) and Ready (Exported,
 // Pending, Failed), and meshfed.io/Synced: True (Published) once the hub
 // holds the export as the cluster has it, False with HubUnreachable while
 // the agent is not connected (the hub keeps the last published state),
@@ -159,10 +163,16 @@
 // # Imports
 //
 // MCS namespace sameness: namespace/name exported by any cluster is one
-// global service. For each one whose namespace exists locally the
-// kubernetes importer writes a ServiceImport (v1beta1; type, ports and
-// session affinity of the oldest export; status.clusters lists every
-// exporting cluster), a derived Service (meshfed-<name>) and
+// global service. For each one whose namespace exists locally, in every
+// cluster (the exporting ones too), the kubernetes importer writes a
+// ServiceImport (v1beta1; the oldest export's type, ports, session
+// affinity, internalTrafficPolicy and trafficDistribution; ips the
+// derived Service's cluster IPs, ipFamilies theirs, none for Headless,
+// whose ipFamilies are the oldest export's; labels and annotations the
+// oldest ServiceExport's exportedLabels and exportedAnnotations, plus the
+// agent's own, which win a clash; status.clusters lists every exporting
+// cluster), a derived Service (meshfed-<name>; a ClusterIP one is
+// PreferDualStack when the oldest export is dual-stack) and
 // EndpointSlices. A ClusterSetIP import has one slice pointing at the
 // gateways (Config.GatewayAddress as the fallback) with one egress port
 // per service port, assigned from EgressPortMin..EgressPortMax and
@@ -174,11 +184,17 @@
 // cluster for the gateway slice) and endpointslice.kubernetes.io/managed-by
 // agent.meshfed.io. Everything it writes carries
 // app.kubernetes.io/managed-by=meshfed-agent; nothing else is touched.
-// Orphans are deleted at start. Conflicts follow KEP-1645: ports (name,
-// protocol, port), type and session affinity; the oldest export (lowest
-// create_revision) wins; a cluster whose export conflicts with it sets a
-// Conflict condition on its own ServiceExport, and only a port conflict
-// keeps its endpoints out of the routes.
+// Orphans are deleted at start. Conflicts follow KEP-1645 and v1beta1's
+// reasons: ports (name, protocol, port), type, session affinity and its
+// timeout, internal traffic policy (unset is Cluster), traffic
+// distribution, the set of IP families of two headless exports (whose
+// clients reach pods directly; unknown from older agents: no conflict),
+// exported labels and exported annotations; the oldest
+// export (lowest create_revision) wins. Every constituent export shows
+// it: a cluster whose export conflicts with the oldest sets Conflict on
+// its own ServiceExport, and the oldest's cluster sets it too, with the
+// reasons of every younger export that conflicts. Only a port conflict
+// keeps a younger export's endpoints out of the routes.
 // With the file source imports exist only in the agent's state (/state)
 // and the gateway config; their egress ports are kept in
 // <data-dir>/egress-ports.json.

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -25,6 +26,16 @@ type importPlan struct {
 	// export's.
 	SessionAffinity               string `json:"sessionAffinity,omitempty"`
 	SessionAffinityTimeoutSeconds int32  `json:"sessionAffinityTimeoutSeconds,omitempty"`
+	// IPFamilies ("IPv4", "IPv6", primary first; empty when unknown),
+	// InternalTrafficPolicy and TrafficDistribution ("" when unset) are
+	// the oldest export's Service's.
+	IPFamilies            []string `json:"ipFamilies,omitempty"`
+	InternalTrafficPolicy string   `json:"internalTrafficPolicy,omitempty"`
+	TrafficDistribution   string   `json:"trafficDistribution,omitempty"`
+	// Labels and Annotations are the oldest ServiceExport's
+	// exportedLabels and exportedAnnotations, set on the ServiceImport.
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
 	// Ports are the oldest export's ports, plus the ports of younger
 	// exports that do not conflict with them, in create order.
 	Ports    []*fedv1.ServicePort `json:"ports"`
@@ -44,22 +55,39 @@ type importCluster struct {
 	Terminating    uint32 `json:"terminating"`
 	CreateRevision uint64 `json:"createRevision"`
 	// Conflict is set when this cluster's export conflicts with the
-	// oldest one, which wins; ConflictReason holds the MCS reasons,
-	// comma-separated (PortConflict, TypeConflict, SessionAffinityConflict,
-	// SessionAffinityConfigConflict).
+	// oldest one, which wins, and on the oldest when any younger export
+	// conflicts with it (the KEP raises the condition on every
+	// constituent export); ConflictReason holds the MCS reasons,
+	// comma-separated, in conflictReasons order.
 	Conflict       string `json:"conflict,omitempty"`
 	ConflictReason string `json:"conflictReason,omitempty"`
 	// Endpoints are the cluster's backend pods of a headless import (its
 	// export's headless endpoints when it is headless too).
 	Endpoints []*fedv1.HeadlessEndpoint `json:"endpoints,omitempty"`
+
+	oldest bool // the winning export
 }
 
 // portConflict reports whether the cluster's ports conflict with the
 // oldest export's: its endpoints may not serve the import's ports, so it
 // takes no traffic. Other conflicts only mean the oldest export's setting
-// applies to everyone.
+// applies to everyone. The oldest export itself always serves.
 func (c importCluster) portConflict() bool {
-	return slices.Contains(strings.Split(c.ConflictReason, ","), string(mcsv1b1.ServiceExportReasonPortConflict))
+	return !c.oldest && slices.Contains(strings.Split(c.ConflictReason, ","), string(mcsv1b1.ServiceExportReasonPortConflict))
+}
+
+// conflictReasons are the MCS Conflict reasons the agent raises, in the
+// order they are listed in a condition's reason.
+var conflictReasons = []mcsv1b1.ServiceExportConditionReason{
+	mcsv1b1.ServiceExportReasonPortConflict,
+	mcsv1b1.ServiceExportReasonTypeConflict,
+	mcsv1b1.ServiceExportReasonSessionAffinityConflict,
+	mcsv1b1.ServiceExportReasonSessionAffinityConfigConflict,
+	mcsv1b1.ServiceExportReasonInternalTrafficPolicyConflict,
+	mcsv1b1.ServiceExportReasonTrafficDistributionConflict,
+	mcsv1b1.ServiceExportReasonIPFamilyConflict,
+	mcsv1b1.ServiceExportReasonLabelsConflict,
+	mcsv1b1.ServiceExportReasonAnnotationsConflict,
 }
 
 // importConflict is why one of this cluster's exports conflicts with an
@@ -92,10 +120,15 @@ func planImports(self string, v *view) (map[string]*importPlan, map[string]impor
 		oldest := recs[0]
 		os := oldest.GetService()
 		p := &importPlan{Key: key, Namespace: os.GetNamespace(), Name: os.GetName(), Headless: os.GetHeadless(),
-			SessionAffinity: sessionAffinity(os), SessionAffinityTimeoutSeconds: os.GetSessionAffinityTimeoutSeconds()}
+			SessionAffinity: sessionAffinity(os), SessionAffinityTimeoutSeconds: os.GetSessionAffinityTimeoutSeconds(),
+			IPFamilies: os.GetIpFamilies(), InternalTrafficPolicy: os.GetInternalTrafficPolicy(), TrafficDistribution: os.GetTrafficDistribution(),
+			Labels: os.GetExportedLabels(), Annotations: os.GetExportedAnnotations()}
 		p.Ports = append(p.Ports, os.GetPorts()...)
+		// What the younger exports conflict with the oldest on, and who.
+		lost := map[string]bool{}
+		var losers []string
 		for _, r := range recs {
-			c := importCluster{Cluster: r.GetCluster(), CreateRevision: r.GetCreateRevision()}
+			c := importCluster{Cluster: r.GetCluster(), CreateRevision: r.GetCreateRevision(), oldest: r == oldest}
 			if cr := v.clusters[r.GetCluster()]; cr != nil {
 				c.Region, c.Zone = cr.GetLocality().GetRegion(), cr.GetLocality().GetZone()
 			}
@@ -115,6 +148,10 @@ func planImports(self string, v *view) (map[string]*importPlan, map[string]impor
 					if r.GetCluster() == self {
 						conflicts[key] = importConflict{Reason: c.ConflictReason, Message: c.Conflict}
 					}
+					for _, why := range reasons {
+						lost[why] = true
+					}
+					losers = append(losers, r.GetCluster())
 				}
 				for _, port := range r.GetService().GetPorts() {
 					if len(p.Ports) < maxPortsPerService && portsConflict(p.Ports, []*fedv1.ServicePort{port}) == "" && !hasPort(p.Ports, port) {
@@ -123,6 +160,20 @@ func planImports(self string, v *view) (map[string]*importPlan, map[string]impor
 				}
 			}
 			p.Clusters = append(p.Clusters, c)
+		}
+		if len(losers) > 0 {
+			var reasons []string
+			for _, why := range conflictReasons {
+				if lost[string(why)] {
+					reasons = append(reasons, string(why))
+				}
+			}
+			c := &p.Clusters[0]
+			c.ConflictReason = strings.Join(reasons, ",")
+			c.Conflict = fmt.Sprintf("the exports of cluster %s conflict with this one; this export, the oldest, wins", strings.Join(losers, ", "))
+			if c.Cluster == self {
+				conflicts[key] = importConflict{Reason: c.ConflictReason, Message: c.Conflict}
+			}
 		}
 		plans[key] = p
 	}
@@ -138,9 +189,13 @@ func sessionAffinity(s *fedv1.ExportedService) string {
 }
 
 // exportConflicts lists how younger conflicts with oldest, as KEP-1645
-// lists conflicts: ports (name, protocol, port), type (headless against
-// ClusterSetIP), session affinity and its config. It returns the MCS
-// reasons and a message for each.
+// and v1beta1 list conflicts: ports (name, protocol, port), type
+// (headless against ClusterSetIP), session affinity and its config,
+// internal traffic policy (unset is Cluster), traffic distribution, the
+// set of IP families of two headless exports (unknown, from an older
+// agent, conflicts with nothing), exported labels and exported
+// annotations. It returns the MCS
+// reasons, in conflictReasons order, and a message for each.
 func exportConflicts(oldest, younger *fedv1.ExportedService) (reasons, msgs []string) {
 	if why := portsConflict(oldest.GetPorts(), younger.GetPorts()); why != "" {
 		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonPortConflict))
@@ -157,7 +212,55 @@ func exportConflicts(oldest, younger *fedv1.ExportedService) (reasons, msgs []st
 		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonSessionAffinityConfigConflict))
 		msgs = append(msgs, fmt.Sprintf("session affinity timeout is %ds here and %ds in the oldest export", y, x))
 	}
+	if a, b := internalTrafficPolicy(oldest), internalTrafficPolicy(younger); a != b {
+		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonInternalTrafficPolicyConflict))
+		msgs = append(msgs, fmt.Sprintf("internal traffic policy is %s here and %s in the oldest export", b, a))
+	}
+	if a, b := oldest.GetTrafficDistribution(), younger.GetTrafficDistribution(); a != b {
+		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonTrafficDistributionConflict))
+		msgs = append(msgs, fmt.Sprintf("traffic distribution is %q here and %q in the oldest export", b, a))
+	}
+	// Only headless imports reach pods at their own addresses, where a
+	// client of one family would miss the other's pods; ClusterSetIP
+	// traffic goes through the gateways, which reach every pod.
+	if a, b := oldest.GetIpFamilies(), younger.GetIpFamilies(); oldest.GetHeadless() && younger.GetHeadless() && len(a) > 0 && len(b) > 0 && !sameSet(a, b) {
+		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonIPFamilyConflict))
+		msgs = append(msgs, fmt.Sprintf("IP families are %v here and %v in the oldest export", b, a))
+	}
+	if !maps.Equal(oldest.GetExportedLabels(), younger.GetExportedLabels()) {
+		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonLabelsConflict))
+		msgs = append(msgs, "exported labels differ from the oldest export's")
+	}
+	if !maps.Equal(oldest.GetExportedAnnotations(), younger.GetExportedAnnotations()) {
+		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonAnnotationsConflict))
+		msgs = append(msgs, "exported annotations differ from the oldest export's")
+	}
 	return reasons, msgs
+}
+
+// internalTrafficPolicy is an export's internal traffic policy, unset
+// read as Kubernetes' default, Cluster.
+func internalTrafficPolicy(s *fedv1.ExportedService) string {
+	if p := s.GetInternalTrafficPolicy(); p != "" {
+		return p
+	}
+	return string(corev1.ServiceInternalTrafficPolicyCluster)
+}
+
+// sameSet reports whether a and b hold the same strings (IP families:
+// at most two, so quadratic is fine).
+func sameSet(a, b []string) bool {
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	for _, x := range b {
+		if !slices.Contains(a, x) {
+			return false
+		}
+	}
+	return true
 }
 
 func mcsType(s *fedv1.ExportedService) mcsv1b1.ServiceImportType {

@@ -287,13 +287,16 @@ func TestKubeAgentsExportImportStaticStability(t *testing.T) {
 	})
 
 	t.Run("ConflictCondition", func(t *testing.T) {
-		// west exports reviews later, on another port: east's is older and wins.
+		// west exports reviews later, on another port: east's is older and
+		// wins; both show the conflict (the KEP raises it on every
+		// constituent export), and east's clears once west's is gone.
 		createExport(t, wkc, wmc, "default", "reviews", 9090, corev1.ServiceTypeClusterIP, "us-west-1a")
 		waitCondition(t, wmc, "default", "reviews", "Conflict", metav1.ConditionTrue, string(mcsv1b1.ServiceExportReasonPortConflict))
-		waitCondition(t, emc, "default", "reviews", "Conflict", metav1.ConditionFalse, string(mcsv1b1.ServiceExportReasonNoConflicts))
+		waitCondition(t, emc, "default", "reviews", "Conflict", metav1.ConditionTrue, string(mcsv1b1.ServiceExportReasonPortConflict))
 		if err := wmc.MulticlusterV1beta1().ServiceExports("default").Delete(ctx, "reviews", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		waitCondition(t, emc, "default", "reviews", "Conflict", metav1.ConditionFalse, string(mcsv1b1.ServiceExportReasonNoConflicts))
 		waitState(t, wa.a, 20*time.Second, func(st State) error {
 			p := findImport(st, "default/reviews")
 			if p == nil || len(p.Clusters) != 1 {

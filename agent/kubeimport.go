@@ -383,11 +383,17 @@ func appProtocol(p *fedv1.ServicePort) *string {
 // desiredService is the derived Service of an import: headless
 // (clusterIP None, its EndpointSlices list the exporting clusters' pods)
 // for a Headless import, else a ClusterIP Service whose ports target the
-// egress ports of the gateways.
+// egress ports of the gateways. The ClusterIP Service is PreferDualStack
+// when the oldest export is dual-stack, so that the import gets a
+// ClusterSetIP of each family this cluster has; else the cluster's
+// default (SingleStack). A headless one has no cluster IP and keeps the
+// API server's default policy: its slices are written here.
 func desiredService(p *importPlan, dn string, egress map[string]int) *corev1.Service {
 	s := &corev1.Service{ObjectMeta: ownedMeta(p.Namespace, dn, p.Name), Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP}}
 	if p.Headless {
 		s.Spec.ClusterIP = corev1.ClusterIPNone
+	} else if len(p.IPFamilies) > 1 {
+		s.Spec.IPFamilyPolicy = ptrTo(corev1.IPFamilyPolicyPreferDualStack)
 	}
 	for _, port := range p.Ports {
 		target := intstr.FromInt32(int32(egress[port.GetName()]))
@@ -539,9 +545,21 @@ func targetPortsInt(m map[string]uint32) map[string]int {
 
 func ptrTo[T any](v T) *T { return &v }
 
+// ipFamilyPolicy is a Service's IP family policy, unset read as the
+// API server's default, SingleStack.
+func ipFamilyPolicy(s *corev1.Service) corev1.IPFamilyPolicy {
+	if s.Spec.IPFamilyPolicy == nil {
+		return corev1.IPFamilyPolicySingleStack
+	}
+	return *s.Spec.IPFamilyPolicy
+}
+
 // desiredImportSpec is the ServiceImport's spec: the oldest export's type,
-// ports and session affinity; the derived Service's cluster IP as the
-// ClusterSetIP.
+// ports (with the younger exports' that do not conflict), session
+// affinity, internal traffic policy and traffic distribution. A
+// ClusterSetIP import's ips are the derived Service's cluster IPs, one per
+// family, and its ipFamilies theirs, in the same order; a Headless import
+// has no ips, and the oldest export's families (its endpoints').
 func desiredImportSpec(p *importPlan, svc *corev1.Service) mcsv1b1.ServiceImportSpec {
 	spec := mcsv1b1.ServiceImportSpec{Type: mcsv1b1.ClusterSetIP}
 	if p.Headless {
@@ -550,8 +568,34 @@ func desiredImportSpec(p *importPlan, svc *corev1.Service) mcsv1b1.ServiceImport
 	for _, port := range p.Ports {
 		spec.Ports = append(spec.Ports, mcsv1b1.ServicePort{Name: port.GetName(), Protocol: k8sProtocol(port.GetProtocol()), AppProtocol: appProtocol(port), Port: int32(port.GetPort())})
 	}
-	if !p.Headless && svc != nil && svc.Spec.ClusterIP != "" && svc.Spec.ClusterIP != corev1.ClusterIPNone {
-		spec.IPs = []string{svc.Spec.ClusterIP}
+	switch {
+	case p.Headless:
+		for _, f := range p.IPFamilies {
+			spec.IPFamilies = append(spec.IPFamilies, corev1.IPFamily(f))
+		}
+	case svc != nil && svc.Spec.ClusterIP != "" && svc.Spec.ClusterIP != corev1.ClusterIPNone:
+		ips := svc.Spec.ClusterIPs
+		if len(ips) == 0 {
+			ips = []string{svc.Spec.ClusterIP}
+		}
+		for _, ip := range ips {
+			a, err := netip.ParseAddr(ip)
+			if err != nil {
+				continue
+			}
+			spec.IPs = append(spec.IPs, ip)
+			if a.Is4() {
+				spec.IPFamilies = append(spec.IPFamilies, corev1.IPv4Protocol)
+			} else {
+				spec.IPFamilies = append(spec.IPFamilies, corev1.IPv6Protocol)
+			}
+		}
+	}
+	if p.InternalTrafficPolicy != "" {
+		spec.InternalTrafficPolicy = ptrTo(corev1.ServiceInternalTrafficPolicy(p.InternalTrafficPolicy))
+	}
+	if p.TrafficDistribution != "" {
+		spec.TrafficDistribution = ptrTo(p.TrafficDistribution)
 	}
 	spec.SessionAffinity = corev1.ServiceAffinityNone
 	if p.SessionAffinity == string(corev1.ServiceAffinityClientIP) {
@@ -592,9 +636,14 @@ func (im *kubeImporter) ensure(ctx context.Context, l importListers, p *importPl
 		// Service; the informer's delete brings the next pass.
 		im.log.Info("replacing the derived service: import type changed", "service", p.Key, "headless", p.Headless)
 		return ignoreNotFound(im.kube.CoreV1().Services(p.Namespace).Delete(ctx, dn, metav1.DeleteOptions{}))
-	case !servicePortsEqual(svc.Spec.Ports, want.Spec.Ports):
+	case !servicePortsEqual(svc.Spec.Ports, want.Spec.Ports) || !p.Headless && ipFamilyPolicy(svc) != ipFamilyPolicy(want):
+		// A policy change adds the second family's cluster IP, or
+		// drops it (the API server trims it on the way to SingleStack).
 		n := svc.DeepCopy()
 		n.Spec.Ports = want.Spec.Ports
+		if !p.Headless {
+			n.Spec.IPFamilyPolicy = ptrTo(ipFamilyPolicy(want))
+		}
 		if svc, err = im.kube.CoreV1().Services(p.Namespace).Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 			return cacheBehind(err)
 		}
@@ -609,13 +658,12 @@ func (im *kubeImporter) ensure(ctx context.Context, l importListers, p *importPl
 	for _, c := range p.Clusters {
 		clusters = append(clusters, mcsv1b1.ClusterStatus{Cluster: c.Cluster})
 	}
-	ann := egressAnnotation(egress)
+	lbls, anns := importMeta(p, egressAnnotation(egress))
 	sis := im.mcs.MulticlusterV1beta1().ServiceImports(p.Namespace)
 	si, err := l.imports.ServiceImports(p.Namespace).Get(p.Name)
 	switch {
 	case apierrors.IsNotFound(err):
-		n := &mcsv1b1.ServiceImport{ObjectMeta: ownedMeta(p.Namespace, p.Name, p.Name), Spec: spec}
-		n.Annotations = map[string]string{AnnotationEgressPorts: ann}
+		n := &mcsv1b1.ServiceImport{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, Labels: lbls, Annotations: anns}, Spec: spec}
 		si, err = sis.Create(ctx, n, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
 			return nil // the cache is behind; the next pass compares
@@ -628,13 +676,9 @@ func (im *kubeImporter) ensure(ctx context.Context, l importListers, p *importPl
 		return err
 	case !isOwned(si):
 		return fmt.Errorf("ServiceImport %s exists and is not meshfed's; not touching it", p.Key)
-	case !serviceImportSpecEqual(si.Spec, spec) || si.Annotations[AnnotationEgressPorts] != ann:
+	case !serviceImportSpecEqual(si.Spec, spec) || !maps.Equal(si.Labels, lbls) || !maps.Equal(si.Annotations, anns):
 		n := si.DeepCopy()
-		n.Spec = spec
-		if n.Annotations == nil {
-			n.Annotations = map[string]string{}
-		}
-		n.Annotations[AnnotationEgressPorts] = ann
+		n.Spec, n.Labels, n.Annotations = spec, lbls, anns
 		if si, err = sis.Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 			return cacheBehind(err)
 		}
@@ -647,6 +691,25 @@ func (im *kubeImporter) ensure(ctx context.Context, l importListers, p *importPl
 		}
 	}
 	return nil
+}
+
+// importMeta is a ServiceImport's labels and annotations: the oldest
+// export's exportedLabels and exportedAnnotations, then the agent's own
+// (ownership labels, the egress ports annotation), which win a clash. The
+// agent owns the object, so these are all it has: a label or annotation
+// no longer exported is removed.
+func importMeta(p *importPlan, egress string) (map[string]string, map[string]string) {
+	lbls := maps.Clone(p.Labels)
+	if lbls == nil {
+		lbls = map[string]string{}
+	}
+	maps.Copy(lbls, ownedMeta(p.Namespace, p.Name, p.Name).Labels)
+	anns := maps.Clone(p.Annotations)
+	if anns == nil {
+		anns = map[string]string{}
+	}
+	anns[AnnotationEgressPorts] = egress
+	return lbls, anns
 }
 
 // gatewayAddresses are the addresses imports point at: every ready
@@ -761,7 +824,8 @@ func sliceEndpointsEqual(a, b []discoveryv1.Endpoint) bool {
 }
 
 func serviceImportSpecEqual(a, b mcsv1b1.ServiceImportSpec) bool {
-	return a.Type == b.Type && slices.Equal(a.IPs, b.IPs) && a.SessionAffinity == b.SessionAffinity &&
+	return a.Type == b.Type && slices.Equal(a.IPs, b.IPs) && slices.Equal(a.IPFamilies, b.IPFamilies) && a.SessionAffinity == b.SessionAffinity &&
+		ptrEq(a.InternalTrafficPolicy, b.InternalTrafficPolicy) && ptrEq(a.TrafficDistribution, b.TrafficDistribution) &&
 		equality.Semantic.DeepEqual(a.SessionAffinityConfig, b.SessionAffinityConfig) &&
 		slices.EqualFunc(a.Ports, b.Ports, func(x, y mcsv1b1.ServicePort) bool {
 			return x.Name == y.Name && x.Protocol == y.Protocol && ptrEq(x.AppProtocol, y.AppProtocol) && x.Port == y.Port

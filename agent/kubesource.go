@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -343,7 +344,10 @@ func (s *kubeSource) setInvalid(k, msg string) {
 
 // buildExport converts a ServiceExport's Service and EndpointSlices into
 // an export and its local endpoints, or returns the reason and message of
-// why it is invalid. Endpoints are counted per pod: the IPv4 and the IPv6
+// why it is invalid. The export carries what the ServiceImport copies from
+// the Service (ports, type, session affinity, IP families, internal
+// traffic policy, traffic distribution) and the ServiceExport's
+// exportedLabels and exportedAnnotations. Endpoints are counted per pod: the IPv4 and the IPv6
 // slice of a dual-stack Service list each pod twice, and it counts once.
 func buildExport(l kubeListers, se *mcsv1b1.ServiceExport) (*fedv1.ExportedService, *gatewayv1.LocalService, string, string) {
 	if _, err := federation.NewServiceKey(se.Namespace, se.Name); err != nil {
@@ -384,6 +388,19 @@ func buildExport(l kubeListers, se *mcsv1b1.ServiceExport) (*fedv1.ExportedServi
 			out.SessionAffinityTimeoutSeconds = *c.ClientIP.TimeoutSeconds
 		}
 	}
+	for _, f := range svc.Spec.IPFamilies {
+		out.IpFamilies = append(out.IpFamilies, string(f))
+	}
+	if p := svc.Spec.InternalTrafficPolicy; p != nil {
+		out.InternalTrafficPolicy = string(*p)
+	}
+	if d := svc.Spec.TrafficDistribution; d != nil {
+		out.TrafficDistribution = *d
+	}
+	// The ServiceExport's own labels and annotations stay here; only what
+	// it names for export goes to the ServiceImports.
+	out.ExportedLabels = maps.Clone(se.Spec.ExportedLabels)
+	out.ExportedAnnotations = maps.Clone(se.Spec.ExportedAnnotations)
 	pods := mergePods(l, sl)
 	local := &gatewayv1.LocalService{Service: se.Namespace + "/" + se.Name, Ports: out.Ports}
 	eps := make([]endpointHealth, 0, len(pods))

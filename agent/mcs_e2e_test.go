@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -70,7 +72,10 @@ func clusterProperty(ctx context.Context, dyn dynamic.Interface) (string, error)
 // hub: the cluster ID check (KEP-2149), a headless dual-stack export
 // imported as Headless with hostnames and one count per pod, the KEP's
 // EndpointSlice labels, ServiceExport conditions, a type conflict lost by
-// the younger export, and 53/TCP + 53/UDP accepted end to end.
+// the younger export, 53/TCP + 53/UDP accepted end to end, the
+// ServiceImport's spec and exported metadata in both clusters (the
+// exporting one too) as the upstream conformance suite checks them, with
+// a labels conflict, and ExternalName refused.
 func TestKubeMCSSemantics(t *testing.T) {
 	fed := testenv.Start(t, testenv.Options{
 		HubServers: 1,
@@ -196,7 +201,7 @@ func TestKubeMCSSemantics(t *testing.T) {
 		// west exports db later, as a ClusterSetIP service with the same port.
 		createExport(t, wkc, wmc, "default", "db", 5432, corev1.ServiceTypeClusterIP, "us-west-1a")
 		waitCondition(t, wmc, "default", "db", "Conflict", metav1.ConditionTrue, string(mcsv1b1.ServiceExportReasonTypeConflict))
-		waitCondition(t, emc, "default", "db", "Conflict", metav1.ConditionFalse, string(mcsv1b1.ServiceExportReasonNoConflicts))
+		waitCondition(t, emc, "default", "db", "Conflict", metav1.ConditionTrue, string(mcsv1b1.ServiceExportReasonTypeConflict))
 		if err := testenv.WaitFor(ctx, 30*time.Second, func(ctx context.Context) error {
 			si, err := emc.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "db", metav1.GetOptions{})
 			if err != nil {
@@ -250,6 +255,133 @@ func TestKubeMCSSemantics(t *testing.T) {
 			return nil
 		}); err != nil {
 			t.Fatal(err)
+		}
+	})
+
+	t.Run("ServiceImportSpecAndExportedMetadata", func(t *testing.T) {
+		// As the upstream conformance suite's hello Service: 42/TCP and
+		// 42/UDP, ClientIP affinity, PreferDualStack; plus the traffic
+		// fields, and labels and annotations of its own (not exported).
+		hello := func(kc kubernetes.Interface) *corev1.Service {
+			svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "hello", Labels: map[string]string{"dummy-svc": "dummy"},
+				Annotations: map[string]string{"dummy-svc": "dummy"}}, Spec: corev1.ServiceSpec{
+				Ports:                 []corev1.ServicePort{{Name: "tcp", Port: 42, Protocol: corev1.ProtocolTCP}, {Name: "udp", Port: 42, Protocol: corev1.ProtocolUDP}},
+				SessionAffinity:       corev1.ServiceAffinityClientIP,
+				SessionAffinityConfig: &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: ptr(int32(10))}},
+				IPFamilyPolicy:        ptr(corev1.IPFamilyPolicyPreferDualStack),
+				InternalTrafficPolicy: ptr(corev1.ServiceInternalTrafficPolicyCluster),
+				TrafficDistribution:   ptr(corev1.ServiceTrafficDistributionPreferClose)}}
+			out, err := kc.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return out
+		}
+		exportHello := func(mc mcsclient.Interface, suffix string) {
+			se := &mcsv1b1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "hello",
+				Labels: map[string]string{"dummy-svcexport": "dummy"}, Annotations: map[string]string{"dummy-svcexport": "dummy"}},
+				Spec: mcsv1b1.ServiceExportSpec{ExportedLabels: map[string]string{"dummy-label" + suffix: "true"},
+					ExportedAnnotations: map[string]string{"dummy-annotation" + suffix: "true"}}}
+			if _, err := mc.MulticlusterV1beta1().ServiceExports("default").Create(ctx, se, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		svc := hello(ekc)
+		exportHello(emc, "")
+		waitCondition(t, emc, "default", "hello", "Valid", metav1.ConditionTrue, "Valid")
+		// checkImport checks the ServiceImport as the conformance suite
+		// does, plus that only the first export's metadata is on it.
+		checkImport := func(ctx context.Context, mc mcsclient.Interface) error {
+			si, err := mc.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "hello", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			sp := si.Spec
+			if sp.Type != mcsv1b1.ClusterSetIP || len(sp.Ports) != 2 || sp.SessionAffinity != corev1.ServiceAffinityClientIP ||
+				sp.SessionAffinityConfig == nil || *sp.SessionAffinityConfig.ClientIP.TimeoutSeconds != 10 {
+				return fmt.Errorf("ServiceImport spec %+v, want ClusterSetIP, 2 ports, ClientIP for 10 s", sp)
+			}
+			if !ptrEq(sp.InternalTrafficPolicy, svc.Spec.InternalTrafficPolicy) || !ptrEq(sp.TrafficDistribution, svc.Spec.TrafficDistribution) {
+				return fmt.Errorf("internalTrafficPolicy %v trafficDistribution %v, want the Service's", sp.InternalTrafficPolicy, sp.TrafficDistribution)
+			}
+			if len(sp.IPs) == 0 || len(sp.IPs) != len(sp.IPFamilies) {
+				return fmt.Errorf("ips %v ipFamilies %v, want one IP per family", sp.IPs, sp.IPFamilies)
+			}
+			for i, ip := range sp.IPs {
+				a, err := netip.ParseAddr(ip)
+				if err != nil || a.Is4() != (sp.IPFamilies[i] == corev1.IPv4Protocol) {
+					return fmt.Errorf("ips[%d] %q is not of family %s", i, ip, sp.IPFamilies[i])
+				}
+			}
+			if si.Labels["dummy-label"] != "true" || si.Annotations["dummy-annotation"] != "true" {
+				return fmt.Errorf("labels %v annotations %v, want the exported ones", si.Labels, si.Annotations)
+			}
+			for _, m := range []map[string]string{si.Labels, si.Annotations} {
+				for _, k := range []string{"dummy-svc", "dummy-svcexport", "dummy-label2", "dummy-annotation2"} {
+					if _, ok := m[k]; ok {
+						return fmt.Errorf("labels %v annotations %v: %s was not exported by the oldest export", si.Labels, si.Annotations, k)
+					}
+				}
+			}
+			return nil
+		}
+		// In both clusters, the one exporting it included.
+		for _, mc := range []mcsclient.Interface{emc, wmc} {
+			if err := testenv.WaitFor(ctx, 30*time.Second, func(ctx context.Context) error { return checkImport(ctx, mc) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// west exports hello later with other labels and annotations: both
+		// exports show the conflict, east's metadata stays.
+		hello(wkc)
+		exportHello(wmc, "2")
+		want := string(mcsv1b1.ServiceExportReasonLabelsConflict) + "," + string(mcsv1b1.ServiceExportReasonAnnotationsConflict)
+		waitCondition(t, wmc, "default", "hello", "Conflict", metav1.ConditionTrue, want)
+		waitCondition(t, emc, "default", "hello", "Conflict", metav1.ConditionTrue, want)
+		for _, mc := range []mcsclient.Interface{emc, wmc} {
+			if err := testenv.WaitFor(ctx, 30*time.Second, func(ctx context.Context) error { return checkImport(ctx, mc) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Unexported everywhere: the ServiceImport goes from both.
+		for _, mc := range []mcsclient.Interface{emc, wmc} {
+			if err := mc.MulticlusterV1beta1().ServiceExports("default").Delete(ctx, "hello", metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, mc := range []mcsclient.Interface{emc, wmc} {
+			if err := testenv.WaitFor(ctx, 30*time.Second, func(ctx context.Context) error {
+				_, err := mc.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "hello", metav1.GetOptions{})
+				if apierrors.IsNotFound(err) {
+					return nil
+				}
+				return fmt.Errorf("ServiceImport still there (%v)", err)
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
+	t.Run("ExternalNameIsNotValid", func(t *testing.T) {
+		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "ext"},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.com",
+				Ports: []corev1.ServicePort{{Name: "tcp", Port: 42, Protocol: corev1.ProtocolTCP}}}}
+		if _, err := ekc.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		se := &mcsv1b1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "ext"}}
+		if _, err := emc.MulticlusterV1beta1().ServiceExports("default").Create(ctx, se, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitCondition(t, emc, "default", "ext", "Valid", metav1.ConditionFalse, string(mcsv1b1.ServiceExportReasonInvalidServiceType))
+		// Refused before publishing: the hub never has it, so no agent
+		// imports it.
+		waitCondition(t, emc, "default", "ext", ConditionSynced, metav1.ConditionFalse, ReasonInvalid)
+		if p := findImport(ea.a.State(), "default/ext"); p != nil {
+			t.Fatalf("import %+v of an ExternalName service", p)
+		}
+		if _, err := emc.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "ext", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Fatalf("ServiceImport of an ExternalName service: %v", err)
 		}
 	})
 

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -122,6 +124,7 @@ func TestBuildExportFromKubernetesObjects(t *testing.T) {
 		want       *fedv1.ExportedService
 		wantLocal  []string // local endpoint addresses, sorted
 		wantReason string
+		export     func(*mcsv1b1.ServiceExport)
 	}{
 		{
 			name: "53/TCP and 53/UDP is valid",
@@ -138,7 +141,7 @@ func TestBuildExportFromKubernetesObjects(t *testing.T) {
 					endpointSpec{addr: "10.1.0.1", pod: "p1", ready: true}, endpointSpec{addr: "10.1.0.2", pod: "p2", ready: true}),
 				slice("web-v6", "web", discoveryv1.AddressTypeIPv6, map[string]int32{"http": 8080},
 					endpointSpec{addr: "fd00::1", pod: "p1", ready: true}, endpointSpec{addr: "fd00::2", pod: "p2", ready: false})},
-			want: &fedv1.ExportedService{Namespace: "default", Name: "web", Ports: webPorts,
+			want: &fedv1.ExportedService{Namespace: "default", Name: "web", Ports: webPorts, IpFamilies: []string{"IPv4", "IPv6"},
 				// p2 is not ready in its IPv6 slice: not ready.
 				Endpoints: []*fedv1.EndpointGroup{{Zone: "z1", Ready: 1, Serving: 1}}},
 			wantLocal: []string{"10.1.0.1", "10.1.0.2"},
@@ -151,7 +154,7 @@ func TestBuildExportFromKubernetesObjects(t *testing.T) {
 				slice("db-v4", "db", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 5432},
 					endpointSpec{addr: "10.1.0.9", pod: "db-1", hostname: "db-1", ready: true},
 					endpointSpec{addr: "10.1.0.1", pod: "db-0", hostname: "db-0", ready: true})},
-			want: &fedv1.ExportedService{Namespace: "default", Name: "db", Ports: webPorts, Headless: true,
+			want: &fedv1.ExportedService{Namespace: "default", Name: "db", Ports: webPorts, Headless: true, IpFamilies: []string{"IPv4", "IPv6"},
 				Endpoints: []*fedv1.EndpointGroup{{Zone: "z1", Ready: 2, Serving: 2}},
 				HeadlessEndpoints: []*fedv1.HeadlessEndpoint{
 					{Hostname: "db-0", Addresses: []string{"10.1.0.1", "fd00::1"}, Ready: true, Serving: true, Zone: "z1", TargetPorts: map[string]uint32{"http": 5432}},
@@ -167,6 +170,28 @@ func TestBuildExportFromKubernetesObjects(t *testing.T) {
 			}, web...)},
 			want: &fedv1.ExportedService{Namespace: "default", Name: "web", Ports: webPorts, SessionAffinity: "ClientIP", SessionAffinityTimeoutSeconds: 600,
 				Endpoints: []*fedv1.EndpointGroup{}},
+		},
+		{
+			name: "IP families, traffic policies and the exported labels and annotations are carried",
+			objs: []runtime.Object{service("web", func(s *corev1.ServiceSpec) {
+				s.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol}
+				s.InternalTrafficPolicy = ptr(corev1.ServiceInternalTrafficPolicyLocal)
+				s.TrafficDistribution = ptr(corev1.ServiceTrafficDistributionPreferClose)
+			}, web...)},
+			export: func(se *mcsv1b1.ServiceExport) {
+				se.Labels, se.Annotations = map[string]string{"own": "x"}, map[string]string{"own": "x"}
+				se.Spec.ExportedLabels = map[string]string{"tier": "front"}
+				se.Spec.ExportedAnnotations = map[string]string{"example.com/owner": "team a"}
+			},
+			want: &fedv1.ExportedService{Namespace: "default", Name: "web", Ports: webPorts, Endpoints: []*fedv1.EndpointGroup{},
+				IpFamilies: []string{"IPv6", "IPv4"}, InternalTrafficPolicy: "Local", TrafficDistribution: "PreferClose",
+				ExportedLabels: map[string]string{"tier": "front"}, ExportedAnnotations: map[string]string{"example.com/owner": "team a"}},
+		},
+		{
+			name:       "an exported label Kubernetes would refuse makes the export invalid",
+			objs:       []runtime.Object{service("web", nil, web...)},
+			export:     func(se *mcsv1b1.ServiceExport) { se.Spec.ExportedLabels = map[string]string{"tier": "front end"} },
+			wantReason: ReasonInvalidExport,
 		},
 		{
 			name:       "ExternalName is refused",
@@ -195,6 +220,9 @@ func TestBuildExportFromKubernetesObjects(t *testing.T) {
 				}
 			}
 			se := export(name)
+			if tc.export != nil {
+				tc.export(se)
+			}
 			got, local, reason, msg := buildExport(fakeListers(t, append(tc.objs, se)...), se)
 			if reason != tc.wantReason {
 				t.Fatalf("reason %q (%s), want %q", reason, msg, tc.wantReason)
@@ -450,7 +478,8 @@ func TestImporterFollowsATypeChange(t *testing.T) {
 
 func TestPlanImportsConflictsAsTheKEPListsThem(t *testing.T) {
 	base := func() *fedv1.ExportedService {
-		return &fedv1.ExportedService{Namespace: "default", Name: "dns", Ports: []*fedv1.ServicePort{{Name: "dns-tcp", Port: 53, Protocol: "TCP"}, {Name: "dns", Port: 53, Protocol: "UDP"}}}
+		return &fedv1.ExportedService{Namespace: "default", Name: "dns", Ports: []*fedv1.ServicePort{{Name: "dns-tcp", Port: 53, Protocol: "TCP"}, {Name: "dns", Port: 53, Protocol: "UDP"}},
+			IpFamilies: []string{"IPv4", "IPv6"}, ExportedLabels: map[string]string{"app": "dns"}, ExportedAnnotations: map[string]string{"a": "1"}}
 	}
 	for _, tc := range []struct {
 		name   string
@@ -464,6 +493,15 @@ func TestPlanImportsConflictsAsTheKEPListsThem(t *testing.T) {
 		{"session affinity", func(s *fedv1.ExportedService) { s.SessionAffinity = "ClientIP" }, "SessionAffinityConflict"},
 		{"None is the default affinity", func(s *fedv1.ExportedService) { s.SessionAffinity = "None" }, ""},
 		{"several at once", func(s *fedv1.ExportedService) { s.Headless = true; s.Ports[0].Name = "x" }, "PortConflict,TypeConflict"},
+		{"internal traffic policy", func(s *fedv1.ExportedService) { s.InternalTrafficPolicy = "Local" }, "InternalTrafficPolicyConflict"},
+		{"unset internal traffic policy is Cluster", func(s *fedv1.ExportedService) { s.InternalTrafficPolicy = "Cluster" }, ""},
+		{"traffic distribution", func(s *fedv1.ExportedService) { s.TrafficDistribution = "PreferClose" }, "TrafficDistributionConflict"},
+		{"IP families of ClusterSetIP exports (the gateways reach every pod)", func(s *fedv1.ExportedService) { s.IpFamilies = []string{"IPv6"} }, ""},
+		{"exported labels", func(s *fedv1.ExportedService) { s.ExportedLabels = map[string]string{"tier": "front"} }, "LabelsConflict"},
+		{"exported annotations", func(s *fedv1.ExportedService) { s.ExportedAnnotations = map[string]string{"a": "2"} }, "AnnotationsConflict"},
+		{"labels, annotations and traffic", func(s *fedv1.ExportedService) {
+			s.ExportedAnnotations, s.ExportedLabels, s.TrafficDistribution = nil, nil, "PreferClose"
+		}, "TrafficDistributionConflict,LabelsConflict,AnnotationsConflict"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			young := base()
@@ -474,11 +512,52 @@ func TestPlanImportsConflictsAsTheKEPListsThem(t *testing.T) {
 			if got := conflicts["default/dns"].Reason; got != tc.reason {
 				t.Fatalf("west's conflict %q (%s), want %q", got, conflicts["default/dns"].Message, tc.reason)
 			}
-			if p := plans["default/dns"]; p.Headless || len(p.Ports) < 2 {
-				t.Fatalf("plan %+v: the oldest export (east, ClusterSetIP, both ports) must win", p)
+			p := plans["default/dns"]
+			if p.Headless || len(p.Ports) < 2 || p.TrafficDistribution != "" || p.InternalTrafficPolicy != "" ||
+				!slices.Equal(p.IPFamilies, []string{"IPv4", "IPv6"}) || !maps.Equal(p.Labels, base().ExportedLabels) || !maps.Equal(p.Annotations, base().ExportedAnnotations) {
+				t.Fatalf("plan %+v: the oldest export (east, ClusterSetIP, both ports, dual-stack, its labels and annotations) must win", p)
 			}
-			if _, c := planImports("east", v); len(c) != 0 {
-				t.Fatalf("the oldest export conflicts: %v", c)
+			// The oldest export shows the same reasons (the conformance
+			// suite wants Conflict on every constituent export), and
+			// still serves.
+			_, c := planImports("east", v)
+			if got := c["default/dns"]; got.Reason != tc.reason || tc.reason != "" && !strings.Contains(got.Message, "west") {
+				t.Fatalf("the oldest export's conflict %+v, want %q naming west", got, tc.reason)
+			}
+			if p.Clusters[0].Cluster != "east" || p.Clusters[0].portConflict() {
+				t.Fatalf("clusters %+v: east, the oldest, must serve", p.Clusters)
+			}
+		})
+	}
+}
+
+// IP families conflict only between headless exports, whose clients
+// reach the pods' own addresses.
+func TestPlanImportsIPFamilyConflictBetweenHeadlessExports(t *testing.T) {
+	svc := func(headless bool, fams ...string) *fedv1.ExportedService {
+		return &fedv1.ExportedService{Namespace: "default", Name: "db", Ports: []*fedv1.ServicePort{{Name: "pg", Port: 5432, Protocol: "TCP"}},
+			Headless: headless, IpFamilies: fams}
+	}
+	for _, tc := range []struct {
+		name          string
+		oldest, young *fedv1.ExportedService
+		reason        string
+	}{
+		{"single-stack against dual-stack", svc(true, "IPv4", "IPv6"), svc(true, "IPv6"), "IPFamilyConflict"},
+		{"the same families, another primary", svc(true, "IPv4", "IPv6"), svc(true, "IPv6", "IPv4"), ""},
+		{"unknown (an older agent)", svc(true, "IPv4"), svc(true), ""},
+		{"ClusterSetIP exports", svc(false, "IPv4"), svc(false, "IPv6"), ""},
+		{"headless against ClusterSetIP: the type only", svc(true, "IPv4", "IPv6"), svc(false, "IPv4"), "TypeConflict"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := viewOf(&fedv1.ExportRecord{Cluster: "east", CreateRevision: 1, Service: tc.oldest},
+				&fedv1.ExportRecord{Cluster: "west", CreateRevision: 2, Service: tc.young})
+			plans, c := planImports("west", v)
+			if got := c["default/db"].Reason; got != tc.reason {
+				t.Fatalf("conflict %q, want %q", got, tc.reason)
+			}
+			if p := plans["default/db"]; !slices.Equal(p.IPFamilies, tc.oldest.GetIpFamilies()) {
+				t.Fatalf("plan families %v, want the oldest's %v", p.IPFamilies, tc.oldest.GetIpFamilies())
 			}
 		})
 	}
@@ -564,5 +643,181 @@ func TestCheckClusterIDAgreesWritesOrRefuses(t *testing.T) {
 				t.Fatalf("property %q (%v), want %q", v, err, tc.want)
 			}
 		})
+	}
+}
+
+// allocateClusterIPs makes the fake clientset allocate cluster IPs as a
+// dual-stack API server would: one per family the Service's policy asks
+// for, IPv4 first.
+func allocateClusterIPs(kc *kubefake.Clientset) {
+	kc.PrependReactor("create", "services", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		s := a.(k8stesting.CreateAction).GetObject().(*corev1.Service)
+		if s.Spec.ClusterIP == corev1.ClusterIPNone {
+			return false, nil, nil
+		}
+		s.Spec.ClusterIP, s.Spec.ClusterIPs, s.Spec.IPFamilies = "10.96.0.7", []string{"10.96.0.7"}, []corev1.IPFamily{corev1.IPv4Protocol}
+		if ipFamilyPolicy(s) != corev1.IPFamilyPolicySingleStack {
+			s.Spec.ClusterIPs = append(s.Spec.ClusterIPs, "fd00:96::7")
+			s.Spec.IPFamilies = append(s.Spec.IPFamilies, corev1.IPv6Protocol)
+		}
+		return false, nil, nil
+	})
+}
+
+func TestImporterCopiesTheServiceSpecAndExportedMetadata(t *testing.T) {
+	web := []*fedv1.ServicePort{{Name: "http", Port: 80, Protocol: "HTTP"}}
+	full := func(mutate func(*fedv1.ExportedService)) *fedv1.ExportedService {
+		s := &fedv1.ExportedService{Namespace: "default", Name: "web", Ports: web, IpFamilies: []string{"IPv4", "IPv6"},
+			InternalTrafficPolicy: "Local", TrafficDistribution: "PreferClose",
+			ExportedLabels:      map[string]string{"tier": "front", LabelManagedBy: "someone-else"},
+			ExportedAnnotations: map[string]string{"example.com/owner": "team a", AnnotationEgressPorts: "http=1"},
+			Endpoints:           []*fedv1.EndpointGroup{{Ready: 1}}}
+		if mutate != nil {
+			mutate(s)
+		}
+		return s
+	}
+	for _, tc := range []struct {
+		name     string
+		svc      *fedv1.ExportedService
+		younger  *fedv1.ExportedService // from a second cluster, later
+		wantSpec mcsv1b1.ServiceImportSpec
+		wantPol  corev1.IPFamilyPolicy // the derived Service's
+		labels   map[string]string     // exported labels and annotations wanted
+		anns     map[string]string
+	}{
+		{
+			name: "dual-stack ClusterSetIP: an IP of each family, the policies, the exported metadata",
+			svc:  full(nil),
+			wantSpec: mcsv1b1.ServiceImportSpec{Type: mcsv1b1.ClusterSetIP, IPs: []string{"10.96.0.7", "fd00:96::7"},
+				IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}, SessionAffinity: corev1.ServiceAffinityNone,
+				InternalTrafficPolicy: ptr(corev1.ServiceInternalTrafficPolicyLocal), TrafficDistribution: ptr(corev1.ServiceTrafficDistributionPreferClose)},
+			wantPol: corev1.IPFamilyPolicyPreferDualStack,
+			labels:  map[string]string{"tier": "front"}, anns: map[string]string{"example.com/owner": "team a"},
+		},
+		{
+			name: "single-stack, nothing set: one IP, no policies, no metadata",
+			svc: full(func(s *fedv1.ExportedService) {
+				s.IpFamilies, s.InternalTrafficPolicy, s.TrafficDistribution, s.ExportedLabels, s.ExportedAnnotations = []string{"IPv6"}, "", "", nil, nil
+			}),
+			wantSpec: mcsv1b1.ServiceImportSpec{Type: mcsv1b1.ClusterSetIP, IPs: []string{"10.96.0.7"}, IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol},
+				SessionAffinity: corev1.ServiceAffinityNone},
+			wantPol: corev1.IPFamilyPolicySingleStack,
+		},
+		{
+			name: "headless: no IPs, the export's families",
+			svc: full(func(s *fedv1.ExportedService) {
+				s.Headless, s.IpFamilies = true, []string{"IPv6", "IPv4"}
+				s.HeadlessEndpoints = []*fedv1.HeadlessEndpoint{{Hostname: "web-0", Addresses: []string{"10.1.0.1", "fd00::1"}, Ready: true}}
+			}),
+			wantSpec: mcsv1b1.ServiceImportSpec{Type: mcsv1b1.Headless, IPFamilies: []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol},
+				SessionAffinity: corev1.ServiceAffinityNone, InternalTrafficPolicy: ptr(corev1.ServiceInternalTrafficPolicyLocal),
+				TrafficDistribution: ptr(corev1.ServiceTrafficDistributionPreferClose)},
+			wantPol: corev1.IPFamilyPolicySingleStack, // unset: the API server's default for a headless Service
+			labels:  map[string]string{"tier": "front"}, anns: map[string]string{"example.com/owner": "team a"},
+		},
+		{
+			name: "a younger export conflicting on everything changes nothing",
+			svc:  full(nil),
+			younger: full(func(s *fedv1.ExportedService) {
+				s.IpFamilies, s.InternalTrafficPolicy, s.TrafficDistribution = []string{"IPv6"}, "Cluster", ""
+				s.ExportedLabels, s.ExportedAnnotations = map[string]string{"tier2": "x"}, map[string]string{"b": "2"}
+			}),
+			wantSpec: mcsv1b1.ServiceImportSpec{Type: mcsv1b1.ClusterSetIP, IPs: []string{"10.96.0.7", "fd00:96::7"},
+				IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}, SessionAffinity: corev1.ServiceAffinityNone,
+				InternalTrafficPolicy: ptr(corev1.ServiceInternalTrafficPolicyLocal), TrafficDistribution: ptr(corev1.ServiceTrafficDistributionPreferClose)},
+			wantPol: corev1.IPFamilyPolicyPreferDualStack,
+			labels:  map[string]string{"tier": "front"}, anns: map[string]string{"example.com/owner": "team a"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeImporter(t, "west", &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
+			allocateClusterIPs(f.kc)
+			recs := []*fedv1.ExportRecord{{Cluster: "east", CreateRevision: 1, Service: tc.svc}}
+			if tc.younger != nil {
+				recs = append(recs, &fedv1.ExportRecord{Cluster: "south", CreateRevision: 2, Service: tc.younger})
+			}
+			f.reconcile(t, viewOf(recs...))
+			ctx := context.Background()
+			si, err := f.mc.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "web", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := si.Spec
+			got.Ports = nil
+			if !equality.Semantic.DeepEqual(got, tc.wantSpec) {
+				t.Errorf("ServiceImport spec\n%+v\nwant\n%+v", got, tc.wantSpec)
+			}
+			svc, err := f.kc.CoreV1().Services("default").Get(ctx, derivedName("web"), metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ipFamilyPolicy(svc) != tc.wantPol {
+				t.Errorf("derived Service ipFamilyPolicy %s, want %s", ipFamilyPolicy(svc), tc.wantPol)
+			}
+			// The exported metadata, and the agent's own, which wins a clash.
+			wantLabels := maps.Clone(tc.labels)
+			if wantLabels == nil {
+				wantLabels = map[string]string{}
+			}
+			wantLabels[LabelManagedBy], wantLabels[LabelService] = ManagedByValue, "web"
+			if !maps.Equal(si.Labels, wantLabels) {
+				t.Errorf("ServiceImport labels %v, want %v", si.Labels, wantLabels)
+			}
+			wantAnns := maps.Clone(tc.anns)
+			if wantAnns == nil {
+				wantAnns = map[string]string{}
+			}
+			wantAnns[AnnotationEgressPorts] = "http=15000"
+			if !maps.Equal(si.Annotations, wantAnns) {
+				t.Errorf("ServiceImport annotations %v, want %v", si.Annotations, wantAnns)
+			}
+		})
+	}
+}
+
+// When the oldest export changes what it exports, the ServiceImport
+// follows: labels no longer exported are removed, and the derived Service
+// goes from dual-stack to single-stack.
+func TestImporterFollowsTheOldestExportsChanges(t *testing.T) {
+	f := newFakeImporter(t, "west", &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
+	allocateClusterIPs(f.kc)
+	web := []*fedv1.ServicePort{{Name: "http", Port: 80, Protocol: "TCP"}}
+	f.reconcile(t, viewOf(&fedv1.ExportRecord{Cluster: "east", CreateRevision: 1, Service: &fedv1.ExportedService{Namespace: "default", Name: "web",
+		Ports: web, IpFamilies: []string{"IPv4", "IPv6"}, ExportedLabels: map[string]string{"a": "1"}, ExportedAnnotations: map[string]string{"x": "1"}}}))
+	f.reconcile(t, viewOf(&fedv1.ExportRecord{Cluster: "east", CreateRevision: 1, Service: &fedv1.ExportedService{Namespace: "default", Name: "web",
+		Ports: web, IpFamilies: []string{"IPv4"}, InternalTrafficPolicy: "Local", ExportedLabels: map[string]string{"b": "2"}}}))
+	ctx := context.Background()
+	si, err := f.mc.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if si.Labels["a"] != "" || si.Labels["b"] != "2" || si.Annotations["x"] != "" || !isOwned(si) || si.Annotations[AnnotationEgressPorts] == "" {
+		t.Errorf("ServiceImport labels %v annotations %v, want b only besides the agent's own", si.Labels, si.Annotations)
+	}
+	if !ptrEq(si.Spec.InternalTrafficPolicy, ptr(corev1.ServiceInternalTrafficPolicyLocal)) {
+		t.Errorf("internalTrafficPolicy %v, want Local", si.Spec.InternalTrafficPolicy)
+	}
+	svc, err := f.kc.CoreV1().Services("default").Get(ctx, derivedName("web"), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ipFamilyPolicy(svc) != corev1.IPFamilyPolicySingleStack {
+		t.Errorf("derived Service ipFamilyPolicy %s, want SingleStack", ipFamilyPolicy(svc))
+	}
+}
+
+// Every cluster of the clusterset gets the ServiceImport (KEP-1645), the
+// one exporting it alone included.
+func TestImporterImportsInTheExportingClusterToo(t *testing.T) {
+	f := newFakeImporter(t, "east", &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
+	f.reconcile(t, viewOf(&fedv1.ExportRecord{Cluster: "east", CreateRevision: 1, Service: &fedv1.ExportedService{Namespace: "default", Name: "web",
+		Ports: []*fedv1.ServicePort{{Name: "http", Port: 80, Protocol: "TCP"}}}}))
+	si, err := f.mc.MulticlusterV1beta1().ServiceImports("default").Get(context.Background(), "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("no ServiceImport in the only exporting cluster: %v", err)
+	}
+	if len(si.Status.Clusters) != 1 || si.Status.Clusters[0].Cluster != "east" {
+		t.Fatalf("status.clusters %v, want east", si.Status.Clusters)
 	}
 }

@@ -143,8 +143,9 @@ func TestPlanImportsOldestWins(t *testing.T) {
 	if c := conflicts["default/r"]; !strings.Contains(c.Message, "east") || c.Reason != "PortConflict" {
 		t.Fatalf("conflicts %v, want west's export to lose to east", conflicts)
 	}
-	if _, c := planImports("east", v); len(c) != 0 {
-		t.Fatalf("east conflicts %v, want none", c)
+	// east, the oldest, shows the conflict too, and wins.
+	if _, c := planImports("east", v); c["default/r"].Reason != "PortConflict" || !strings.Contains(c["default/r"].Message, "west") {
+		t.Fatalf("east conflicts %v, want PortConflict naming west", c)
 	}
 }
 

@@ -430,6 +430,16 @@ func TestInvalidInputNamesFieldAndBound(t *testing.T) {
 	if res.GetErrorCode() != codes.InvalidArgument.String() || !containsAll(res.GetError(), "publish.upserts[0].ports", "64") {
 		t.Fatalf("too many ports: %v", res)
 	}
+	// An exported label the ServiceImports could not carry.
+	bad = svc("default", "reviews", 1)
+	bad.ExportedLabels = map[string]string{"tier": strings.Repeat("v", 64)}
+	res, err = st.publish(2, []*fedv1.ExportedService{bad})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetErrorCode() != codes.InvalidArgument.String() || !containsAll(res.GetError(), "publish.upserts[0].exported_labels[tier]", "63") {
+		t.Fatalf("exported label value too long: %v", res)
+	}
 }
 
 func containsAll(s string, subs ...string) bool {

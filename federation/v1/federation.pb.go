@@ -603,8 +603,22 @@ type ExportedService struct {
 	// Headless only: every backend pod, once (a dual-stack pod is one entry
 	// with both addresses), with its hostname, sorted by first address.
 	HeadlessEndpoints []*HeadlessEndpoint `protobuf:"bytes,8,rep,name=headless_endpoints,json=headlessEndpoints,proto3" json:"headless_endpoints,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The Service's spec.ipFamilies in order ("IPv4", "IPv6"): one or two,
+	// the first being its primary family. Empty from older agents (unknown).
+	// Exports whose sets differ conflict (MCS IPFamilyConflict).
+	IpFamilies []string `protobuf:"bytes,9,rep,name=ip_families,json=ipFamilies,proto3" json:"ip_families,omitempty"`
+	// The Service's spec.internalTrafficPolicy: "", "Cluster" or "Local"
+	// ("" is unset, Kubernetes' default Cluster).
+	InternalTrafficPolicy string `protobuf:"bytes,10,opt,name=internal_traffic_policy,json=internalTrafficPolicy,proto3" json:"internal_traffic_policy,omitempty"`
+	// The Service's spec.trafficDistribution, "" when unset (e.g.
+	// "PreferClose").
+	TrafficDistribution string `protobuf:"bytes,11,opt,name=traffic_distribution,json=trafficDistribution,proto3" json:"traffic_distribution,omitempty"`
+	// The ServiceExport's spec.exportedLabels and spec.exportedAnnotations:
+	// set on the ServiceImport in every cluster, from the oldest export.
+	ExportedLabels      map[string]string `protobuf:"bytes,12,rep,name=exported_labels,json=exportedLabels,proto3" json:"exported_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	ExportedAnnotations map[string]string `protobuf:"bytes,13,rep,name=exported_annotations,json=exportedAnnotations,proto3" json:"exported_annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *ExportedService) Reset() {
@@ -689,6 +703,41 @@ func (x *ExportedService) GetSessionAffinityTimeoutSeconds() int32 {
 func (x *ExportedService) GetHeadlessEndpoints() []*HeadlessEndpoint {
 	if x != nil {
 		return x.HeadlessEndpoints
+	}
+	return nil
+}
+
+func (x *ExportedService) GetIpFamilies() []string {
+	if x != nil {
+		return x.IpFamilies
+	}
+	return nil
+}
+
+func (x *ExportedService) GetInternalTrafficPolicy() string {
+	if x != nil {
+		return x.InternalTrafficPolicy
+	}
+	return ""
+}
+
+func (x *ExportedService) GetTrafficDistribution() string {
+	if x != nil {
+		return x.TrafficDistribution
+	}
+	return ""
+}
+
+func (x *ExportedService) GetExportedLabels() map[string]string {
+	if x != nil {
+		return x.ExportedLabels
+	}
+	return nil
+}
+
+func (x *ExportedService) GetExportedAnnotations() map[string]string {
+	if x != nil {
+		return x.ExportedAnnotations
 	}
 	return nil
 }
@@ -4784,7 +4833,7 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\vterminating\x18\x05 \x01(\rR\vterminating\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x99\a\n" +
 	"\x0fExportedService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x128\n" +
@@ -4793,7 +4842,20 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\bheadless\x18\x05 \x01(\bR\bheadless\x12)\n" +
 	"\x10session_affinity\x18\x06 \x01(\tR\x0fsessionAffinity\x12G\n" +
 	" session_affinity_timeout_seconds\x18\a \x01(\x05R\x1dsessionAffinityTimeoutSeconds\x12V\n" +
-	"\x12headless_endpoints\x18\b \x03(\v2'.meshfed.federation.v1.HeadlessEndpointR\x11headlessEndpoints\"\xcf\x02\n" +
+	"\x12headless_endpoints\x18\b \x03(\v2'.meshfed.federation.v1.HeadlessEndpointR\x11headlessEndpoints\x12\x1f\n" +
+	"\vip_families\x18\t \x03(\tR\n" +
+	"ipFamilies\x126\n" +
+	"\x17internal_traffic_policy\x18\n" +
+	" \x01(\tR\x15internalTrafficPolicy\x121\n" +
+	"\x14traffic_distribution\x18\v \x01(\tR\x13trafficDistribution\x12c\n" +
+	"\x0fexported_labels\x18\f \x03(\v2:.meshfed.federation.v1.ExportedService.ExportedLabelsEntryR\x0eexportedLabels\x12r\n" +
+	"\x14exported_annotations\x18\r \x03(\v2?.meshfed.federation.v1.ExportedService.ExportedAnnotationsEntryR\x13exportedAnnotations\x1aA\n" +
+	"\x13ExportedLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aF\n" +
+	"\x18ExportedAnnotationsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcf\x02\n" +
 	"\x10HeadlessEndpoint\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1c\n" +
 	"\taddresses\x18\x02 \x03(\tR\taddresses\x12\x14\n" +
@@ -5106,7 +5168,7 @@ func file_meshfed_federation_v1_federation_proto_rawDescGZIP() []byte {
 	return file_meshfed_federation_v1_federation_proto_rawDescData
 }
 
-var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 78)
+var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
 var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*Capabilities)(nil),             // 0: meshfed.federation.v1.Capabilities
 	(*Locality)(nil),                 // 1: meshfed.federation.v1.Locality
@@ -5184,8 +5246,10 @@ var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*StatusRequest)(nil),            // 73: meshfed.federation.v1.StatusRequest
 	(*StatusResponse)(nil),           // 74: meshfed.federation.v1.StatusResponse
 	nil,                              // 75: meshfed.federation.v1.EndpointGroup.LabelsEntry
-	nil,                              // 76: meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
-	nil,                              // 77: meshfed.federation.v1.WeightedSubset.LabelsEntry
+	nil,                              // 76: meshfed.federation.v1.ExportedService.ExportedLabelsEntry
+	nil,                              // 77: meshfed.federation.v1.ExportedService.ExportedAnnotationsEntry
+	nil,                              // 78: meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
+	nil,                              // 79: meshfed.federation.v1.WeightedSubset.LabelsEntry
 }
 var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	1,  // 0: meshfed.federation.v1.JoinRequest.locality:type_name -> meshfed.federation.v1.Locality
@@ -5197,100 +5261,102 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	6,  // 6: meshfed.federation.v1.ExportedService.ports:type_name -> meshfed.federation.v1.ServicePort
 	7,  // 7: meshfed.federation.v1.ExportedService.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
 	9,  // 8: meshfed.federation.v1.ExportedService.headless_endpoints:type_name -> meshfed.federation.v1.HeadlessEndpoint
-	76, // 9: meshfed.federation.v1.HeadlessEndpoint.target_ports:type_name -> meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
-	8,  // 10: meshfed.federation.v1.ExportRecord.service:type_name -> meshfed.federation.v1.ExportedService
-	1,  // 11: meshfed.federation.v1.ClusterRecord.locality:type_name -> meshfed.federation.v1.Locality
-	0,  // 12: meshfed.federation.v1.ClusterRecord.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	13, // 13: meshfed.federation.v1.TrafficPolicy.subsets:type_name -> meshfed.federation.v1.WeightedSubset
-	14, // 14: meshfed.federation.v1.TrafficPolicy.outlier_detection:type_name -> meshfed.federation.v1.OutlierDetection
-	15, // 15: meshfed.federation.v1.TrafficPolicy.retries:type_name -> meshfed.federation.v1.RetryPolicy
-	77, // 16: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
-	0,  // 17: meshfed.federation.v1.SyncHello.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	1,  // 18: meshfed.federation.v1.SyncHello.locality:type_name -> meshfed.federation.v1.Locality
-	8,  // 19: meshfed.federation.v1.PublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
-	2,  // 20: meshfed.federation.v1.PublishBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	20, // 21: meshfed.federation.v1.Ack.bundles:type_name -> meshfed.federation.v1.BundleSequence
-	16, // 22: meshfed.federation.v1.SyncRequest.hello:type_name -> meshfed.federation.v1.SyncHello
-	17, // 23: meshfed.federation.v1.SyncRequest.publish:type_name -> meshfed.federation.v1.PublishExports
-	19, // 24: meshfed.federation.v1.SyncRequest.ack:type_name -> meshfed.federation.v1.Ack
-	21, // 25: meshfed.federation.v1.SyncRequest.nack:type_name -> meshfed.federation.v1.Nack
-	18, // 26: meshfed.federation.v1.SyncRequest.publish_bundle:type_name -> meshfed.federation.v1.PublishBundle
-	11, // 27: meshfed.federation.v1.SyncDelta.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	10, // 28: meshfed.federation.v1.SyncDelta.exports:type_name -> meshfed.federation.v1.ExportRecord
-	23, // 29: meshfed.federation.v1.SyncDelta.removed_exports:type_name -> meshfed.federation.v1.ExportRef
-	2,  // 30: meshfed.federation.v1.SyncDelta.bundles:type_name -> meshfed.federation.v1.TrustBundle
-	12, // 31: meshfed.federation.v1.SyncDelta.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	0,  // 32: meshfed.federation.v1.SyncHelloResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	24, // 33: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
-	25, // 34: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
-	26, // 35: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
-	28, // 36: meshfed.federation.v1.SyncResponse.heartbeat:type_name -> meshfed.federation.v1.SyncHeartbeat
-	31, // 37: meshfed.federation.v1.RotationStatusResponse.members:type_name -> meshfed.federation.v1.MemberBundleStatus
-	34, // 38: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
-	34, // 39: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
-	11, // 40: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	11, // 41: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	10, // 42: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
-	2,  // 43: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	10, // 44: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
-	47, // 45: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
-	12, // 46: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	12, // 47: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	56, // 48: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	56, // 49: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	62, // 50: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
-	2,  // 51: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	64, // 52: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
-	31, // 53: meshfed.federation.v1.ClusterTrustStatus.members:type_name -> meshfed.federation.v1.MemberBundleStatus
-	70, // 54: meshfed.federation.v1.TrustStatusResponse.clusters:type_name -> meshfed.federation.v1.ClusterTrustStatus
-	72, // 55: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
-	3,  // 56: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
-	22, // 57: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
-	29, // 58: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
-	30, // 59: meshfed.federation.v1.Sync.RotationStatus:input_type -> meshfed.federation.v1.RotationStatusRequest
-	35, // 60: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
-	37, // 61: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
-	39, // 62: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
-	41, // 63: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
-	43, // 64: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
-	45, // 65: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
-	48, // 66: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
-	50, // 67: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
-	52, // 68: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
-	54, // 69: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
-	73, // 70: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
-	57, // 71: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
-	59, // 72: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
-	61, // 73: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
-	65, // 74: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
-	67, // 75: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
-	69, // 76: meshfed.federation.v1.Admin.TrustStatus:input_type -> meshfed.federation.v1.TrustStatusRequest
-	5,  // 77: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
-	27, // 78: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
-	33, // 79: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
-	32, // 80: meshfed.federation.v1.Sync.RotationStatus:output_type -> meshfed.federation.v1.RotationStatusResponse
-	36, // 81: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
-	38, // 82: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
-	40, // 83: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
-	42, // 84: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
-	44, // 85: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
-	46, // 86: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
-	49, // 87: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
-	51, // 88: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
-	53, // 89: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
-	55, // 90: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
-	74, // 91: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
-	58, // 92: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
-	60, // 93: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
-	63, // 94: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
-	66, // 95: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
-	68, // 96: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
-	71, // 97: meshfed.federation.v1.Admin.TrustStatus:output_type -> meshfed.federation.v1.TrustStatusResponse
-	77, // [77:98] is the sub-list for method output_type
-	56, // [56:77] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	76, // 9: meshfed.federation.v1.ExportedService.exported_labels:type_name -> meshfed.federation.v1.ExportedService.ExportedLabelsEntry
+	77, // 10: meshfed.federation.v1.ExportedService.exported_annotations:type_name -> meshfed.federation.v1.ExportedService.ExportedAnnotationsEntry
+	78, // 11: meshfed.federation.v1.HeadlessEndpoint.target_ports:type_name -> meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
+	8,  // 12: meshfed.federation.v1.ExportRecord.service:type_name -> meshfed.federation.v1.ExportedService
+	1,  // 13: meshfed.federation.v1.ClusterRecord.locality:type_name -> meshfed.federation.v1.Locality
+	0,  // 14: meshfed.federation.v1.ClusterRecord.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	13, // 15: meshfed.federation.v1.TrafficPolicy.subsets:type_name -> meshfed.federation.v1.WeightedSubset
+	14, // 16: meshfed.federation.v1.TrafficPolicy.outlier_detection:type_name -> meshfed.federation.v1.OutlierDetection
+	15, // 17: meshfed.federation.v1.TrafficPolicy.retries:type_name -> meshfed.federation.v1.RetryPolicy
+	79, // 18: meshfed.federation.v1.WeightedSubset.labels:type_name -> meshfed.federation.v1.WeightedSubset.LabelsEntry
+	0,  // 19: meshfed.federation.v1.SyncHello.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	1,  // 20: meshfed.federation.v1.SyncHello.locality:type_name -> meshfed.federation.v1.Locality
+	8,  // 21: meshfed.federation.v1.PublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
+	2,  // 22: meshfed.federation.v1.PublishBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	20, // 23: meshfed.federation.v1.Ack.bundles:type_name -> meshfed.federation.v1.BundleSequence
+	16, // 24: meshfed.federation.v1.SyncRequest.hello:type_name -> meshfed.federation.v1.SyncHello
+	17, // 25: meshfed.federation.v1.SyncRequest.publish:type_name -> meshfed.federation.v1.PublishExports
+	19, // 26: meshfed.federation.v1.SyncRequest.ack:type_name -> meshfed.federation.v1.Ack
+	21, // 27: meshfed.federation.v1.SyncRequest.nack:type_name -> meshfed.federation.v1.Nack
+	18, // 28: meshfed.federation.v1.SyncRequest.publish_bundle:type_name -> meshfed.federation.v1.PublishBundle
+	11, // 29: meshfed.federation.v1.SyncDelta.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	10, // 30: meshfed.federation.v1.SyncDelta.exports:type_name -> meshfed.federation.v1.ExportRecord
+	23, // 31: meshfed.federation.v1.SyncDelta.removed_exports:type_name -> meshfed.federation.v1.ExportRef
+	2,  // 32: meshfed.federation.v1.SyncDelta.bundles:type_name -> meshfed.federation.v1.TrustBundle
+	12, // 33: meshfed.federation.v1.SyncDelta.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	0,  // 34: meshfed.federation.v1.SyncHelloResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	24, // 35: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
+	25, // 36: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
+	26, // 37: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
+	28, // 38: meshfed.federation.v1.SyncResponse.heartbeat:type_name -> meshfed.federation.v1.SyncHeartbeat
+	31, // 39: meshfed.federation.v1.RotationStatusResponse.members:type_name -> meshfed.federation.v1.MemberBundleStatus
+	34, // 40: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
+	34, // 41: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
+	11, // 42: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	11, // 43: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	10, // 44: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
+	2,  // 45: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	10, // 46: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
+	47, // 47: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
+	12, // 48: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	12, // 49: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	56, // 50: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	56, // 51: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	62, // 52: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
+	2,  // 53: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	64, // 54: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
+	31, // 55: meshfed.federation.v1.ClusterTrustStatus.members:type_name -> meshfed.federation.v1.MemberBundleStatus
+	70, // 56: meshfed.federation.v1.TrustStatusResponse.clusters:type_name -> meshfed.federation.v1.ClusterTrustStatus
+	72, // 57: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
+	3,  // 58: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
+	22, // 59: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
+	29, // 60: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
+	30, // 61: meshfed.federation.v1.Sync.RotationStatus:input_type -> meshfed.federation.v1.RotationStatusRequest
+	35, // 62: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
+	37, // 63: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
+	39, // 64: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
+	41, // 65: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
+	43, // 66: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
+	45, // 67: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
+	48, // 68: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
+	50, // 69: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
+	52, // 70: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
+	54, // 71: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
+	73, // 72: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
+	57, // 73: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
+	59, // 74: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
+	61, // 75: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
+	65, // 76: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
+	67, // 77: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
+	69, // 78: meshfed.federation.v1.Admin.TrustStatus:input_type -> meshfed.federation.v1.TrustStatusRequest
+	5,  // 79: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
+	27, // 80: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
+	33, // 81: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
+	32, // 82: meshfed.federation.v1.Sync.RotationStatus:output_type -> meshfed.federation.v1.RotationStatusResponse
+	36, // 83: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
+	38, // 84: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
+	40, // 85: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
+	42, // 86: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
+	44, // 87: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
+	46, // 88: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
+	49, // 89: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
+	51, // 90: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
+	53, // 91: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
+	55, // 92: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
+	74, // 93: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
+	58, // 94: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
+	60, // 95: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
+	63, // 96: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
+	66, // 97: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
+	68, // 98: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
+	71, // 99: meshfed.federation.v1.Admin.TrustStatus:output_type -> meshfed.federation.v1.TrustStatusResponse
+	79, // [79:100] is the sub-list for method output_type
+	58, // [58:79] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_federation_v1_federation_proto_init() }
@@ -5317,7 +5383,7 @@ func file_meshfed_federation_v1_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_federation_v1_federation_proto_rawDesc), len(file_meshfed_federation_v1_federation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   78,
+			NumMessages:   80,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -24,10 +24,27 @@ const (
 	MaxHeadlessEndpoints  = 1000 // one EndpointSlice's worth
 	MaxEndpointAddresses  = 2    // one per IP family
 	MaxSessionAffinitySec = 86400
+	MaxIPFamilies         = 2 // IPv4 and IPv6
+	// MaxTrafficDistributionLength bounds traffic_distribution (the
+	// values Kubernetes defines are PreferClose, PreferSameZone and
+	// PreferSameNode; later ones are carried as they come).
+	MaxTrafficDistributionLength = 63
+	// Exported labels and annotations are written on ServiceImports, so
+	// they follow Kubernetes' rules: keys are qualified names (an
+	// optional DNS subdomain prefix of at most MaxQualifiedPrefixLength
+	// and "/", then a name of 1 to MaxQualifiedNameLength characters),
+	// label values at most MaxQualifiedNameLength characters of the same
+	// alphabet. The counts and the annotations' total size are ours.
+	MaxExportedLabels           = 64
+	MaxExportedAnnotations      = 64
+	MaxQualifiedNameLength      = 63
+	MaxQualifiedPrefixLength    = 253
+	MaxExportedAnnotationsBytes = 64 << 10 // keys and values
 	// MaxExportedServiceBytes bounds one export encoded, so that any
 	// valid export fits one Sync message and one Raft command (4 MiB)
 	// with room to spare. The largest export within the other limits
-	// without headless endpoints is about 2.6 MiB.
+	// without headless endpoints is about 2.7 MiB (2.6 MiB of endpoint
+	// groups, 88 KiB of exported labels and annotations).
 	MaxExportedServiceBytes = 3 << 20
 )
 
@@ -64,8 +81,14 @@ func Transport(protocol string) string {
 // endpoints only when headless, at most MaxHeadlessEndpoints, each with 1
 // to MaxEndpointAddresses IP addresses of distinct families, an empty or
 // RFC 1123 label hostname, a zone as above and target ports (1..65535)
-// named after the service's ports; and at most MaxExportedServiceBytes
-// encoded in all.
+// named after the service's ports; at most MaxIPFamilies ip_families,
+// each "IPv4" or "IPv6", distinct; internal_traffic_policy "", "Cluster"
+// or "Local"; traffic_distribution of at most MaxTrafficDistributionLength
+// characters; at most MaxExportedLabels exported labels and
+// MaxExportedAnnotations exported annotations, under Kubernetes' rules
+// for keys and label values (see MaxQualifiedNameLength), annotations of
+// at most MaxExportedAnnotationsBytes in all; and at most
+// MaxExportedServiceBytes encoded in all.
 func ValidateExportedService(field string, svc *ExportedService) error {
 	if _, err := federation.NewServiceKey(svc.GetNamespace(), svc.GetName()); err != nil {
 		if fe, ok := err.(*federation.FieldError); ok {
@@ -191,6 +214,9 @@ func ValidateExportedService(field string, svc *ExportedService) error {
 			}
 		}
 	}
+	if err := validateServiceSpec(field, svc); err != nil {
+		return err
+	}
 	if n := proto.Size(svc); n > MaxExportedServiceBytes {
 		f := field
 		if f == "" {
@@ -224,4 +250,111 @@ func join(prefix, field string) string {
 		return field
 	}
 	return prefix + "." + field
+}
+
+// validateServiceSpec checks the fields copied onto the ServiceImport: IP
+// families, traffic policies, exported labels and annotations.
+func validateServiceSpec(field string, svc *ExportedService) error {
+	inv := func(f, v, reason string, args ...any) error {
+		return &federation.FieldError{Field: join(field, f), Value: v, Reason: fmt.Sprintf(reason, args...)}
+	}
+	fams := svc.GetIpFamilies()
+	if len(fams) > MaxIPFamilies {
+		return inv("ip_families", fmt.Sprint(len(fams)), "IP families: at most %d", MaxIPFamilies)
+	}
+	for i, f := range fams {
+		if f != "IPv4" && f != "IPv6" {
+			return inv(fmt.Sprintf("ip_families[%d]", i), f, `must be "IPv4" or "IPv6"`)
+		}
+		if i > 0 && fams[0] == f {
+			return inv(fmt.Sprintf("ip_families[%d]", i), f, "repeats an IP family")
+		}
+	}
+	switch p := svc.GetInternalTrafficPolicy(); p {
+	case "", "Cluster", "Local":
+	default:
+		return inv("internal_traffic_policy", p, `must be "", "Cluster" or "Local"`)
+	}
+	if d := svc.GetTrafficDistribution(); len(d) > MaxTrafficDistributionLength {
+		return inv("traffic_distribution", d, "must be at most %d characters", MaxTrafficDistributionLength)
+	}
+	lbl := svc.GetExportedLabels()
+	if n := len(lbl); n > MaxExportedLabels {
+		return inv("exported_labels", fmt.Sprint(n), "labels: at most %d", MaxExportedLabels)
+	}
+	for _, k := range sortedKeys(lbl) {
+		if why := qualifiedNameProblem(k); why != "" {
+			return inv("exported_labels", k, "is not a Kubernetes label key: %s", why)
+		}
+		if v := lbl[k]; v != "" && (len(v) > MaxQualifiedNameLength || !isQualifiedNamePart(v)) {
+			return inv("exported_labels["+k+"]", v, "must be a Kubernetes label value: at most %d characters of A-Z, a-z, 0-9, '-', '_', '.', beginning and ending with a letter or digit", MaxQualifiedNameLength)
+		}
+	}
+	ann := svc.GetExportedAnnotations()
+	if n := len(ann); n > MaxExportedAnnotations {
+		return inv("exported_annotations", fmt.Sprint(n), "annotations: at most %d", MaxExportedAnnotations)
+	}
+	size := 0
+	for _, k := range sortedKeys(ann) {
+		if why := qualifiedNameProblem(k); why != "" {
+			return inv("exported_annotations", k, "is not a Kubernetes annotation key: %s", why)
+		}
+		size += len(k) + len(ann[k])
+	}
+	if size > MaxExportedAnnotationsBytes {
+		return inv("exported_annotations", fmt.Sprint(size), "bytes of keys and values: at most %d", MaxExportedAnnotationsBytes)
+	}
+	return nil
+}
+
+// qualifiedNameProblem says why k is not a Kubernetes qualified name
+// (label and annotation keys), or "".
+func qualifiedNameProblem(k string) string {
+	prefix, name, hasPrefix := strings.Cut(k, "/")
+	if !hasPrefix {
+		name, prefix = prefix, ""
+	}
+	if hasPrefix {
+		if prefix == "" || len(prefix) > MaxQualifiedPrefixLength {
+			return fmt.Sprintf("the prefix must be 1 to %d characters", MaxQualifiedPrefixLength)
+		}
+		for _, l := range strings.Split(prefix, ".") {
+			if !federation.IsDNSLabel(l) {
+				return "the prefix must be a lowercase DNS subdomain"
+			}
+		}
+	}
+	if name == "" || len(name) > MaxQualifiedNameLength {
+		return fmt.Sprintf("the name must be 1 to %d characters", MaxQualifiedNameLength)
+	}
+	if !isQualifiedNamePart(name) {
+		return "the name must be A-Z, a-z, 0-9, '-', '_', '.', beginning and ending with a letter or digit"
+	}
+	return ""
+}
+
+// isQualifiedNamePart reports whether s is non-empty, of A-Z, a-z, 0-9,
+// '-', '_' and '.', and begins and ends with a letter or digit.
+func isQualifiedNamePart(s string) bool {
+	alnum := func(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' }
+	if s == "" || !alnum(s[0]) || !alnum(s[len(s)-1]) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !alnum(c) && c != '-' && c != '_' && c != '.' {
+			return false
+		}
+	}
+	return true
+}
+
+// sortedKeys returns m's keys sorted, so that the first bad key reported
+// is the same on every run.
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }

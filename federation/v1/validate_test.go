@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -30,11 +31,17 @@ func TestValidateExportedServiceAcceptsWhatKubernetesAllows(t *testing.T) {
 	}
 	affinity := validSvc()
 	affinity.SessionAffinity, affinity.SessionAffinityTimeoutSeconds = "ClientIP", 10800
+	spec := validSvc()
+	spec.IpFamilies = []string{"IPv6", "IPv4"}
+	spec.InternalTrafficPolicy, spec.TrafficDistribution = "Local", "PreferClose"
+	spec.ExportedLabels = map[string]string{"app": "web", "example.com/tier": "", "Team_1.x": "A-b_c.9"}
+	spec.ExportedAnnotations = map[string]string{"example.com/owner": "anything at all: \n{}", "note": ""}
 	for name, svc := range map[string]*fedv1.ExportedService{
-		"53/TCP and 53/UDP":               validSvc(),
-		"one unnamed port":                {Namespace: "a", Name: "b", Ports: []*fedv1.ServicePort{port("", 80, "HTTP")}},
-		"headless, dual-stack, hostnames": headless,
-		"ClientIP affinity with timeout":  affinity,
+		"53/TCP and 53/UDP":                                   validSvc(),
+		"one unnamed port":                                    {Namespace: "a", Name: "b", Ports: []*fedv1.ServicePort{port("", 80, "HTTP")}},
+		"headless, dual-stack, hostnames":                     headless,
+		"ClientIP affinity with timeout":                      affinity,
+		"families, policies, exported labels and annotations": spec,
 	} {
 		t.Run(name, func(t *testing.T) {
 			if err := fedv1.ValidateExportedService("svc", svc); err != nil {
@@ -89,6 +96,41 @@ func TestValidateExportedServiceNamesFieldAndBound(t *testing.T) {
 			s.Headless = true
 			s.HeadlessEndpoints = []*fedv1.HeadlessEndpoint{{Addresses: []string{"10.0.0.1"}, TargetPorts: map[string]uint32{"http": 80}}}
 		}, "svc.headless_endpoints[0].target_ports", "names no port"},
+		{"three IP families", func(s *fedv1.ExportedService) { s.IpFamilies = []string{"IPv4", "IPv6", "IPv4"} },
+			"svc.ip_families", "at most 2"},
+		{"IP family name", func(s *fedv1.ExportedService) { s.IpFamilies = []string{"ipv4"} }, "svc.ip_families[0]", `"IPv4" or "IPv6"`},
+		{"IP family twice", func(s *fedv1.ExportedService) { s.IpFamilies = []string{"IPv6", "IPv6"} }, "svc.ip_families[1]", "repeats"},
+		{"internal traffic policy", func(s *fedv1.ExportedService) { s.InternalTrafficPolicy = "Node" },
+			"svc.internal_traffic_policy", `"Cluster" or "Local"`},
+		{"long traffic distribution", func(s *fedv1.ExportedService) { s.TrafficDistribution = strings.Repeat("P", 64) },
+			"svc.traffic_distribution", "at most 63"},
+		{"too many exported labels", func(s *fedv1.ExportedService) {
+			s.ExportedLabels = map[string]string{}
+			for i := range fedv1.MaxExportedLabels + 1 {
+				s.ExportedLabels[fmt.Sprint("l", i)] = ""
+			}
+		}, "svc.exported_labels", "at most 64"},
+		{"label key prefix", func(s *fedv1.ExportedService) { s.ExportedLabels = map[string]string{"Example.com/a": "x"} },
+			"svc.exported_labels", "DNS subdomain"},
+		{"long label key name", func(s *fedv1.ExportedService) { s.ExportedLabels = map[string]string{strings.Repeat("a", 64): "x"} },
+			"svc.exported_labels", "1 to 63"},
+		{"label key alphabet", func(s *fedv1.ExportedService) { s.ExportedLabels = map[string]string{"a b": "x"} },
+			"svc.exported_labels", "beginning and ending"},
+		{"long label value", func(s *fedv1.ExportedService) { s.ExportedLabels = map[string]string{"a": strings.Repeat("v", 64)} },
+			"svc.exported_labels[a]", "at most 63"},
+		{"label value alphabet", func(s *fedv1.ExportedService) { s.ExportedLabels = map[string]string{"a": "-v"} },
+			"svc.exported_labels[a]", "label value"},
+		{"too many exported annotations", func(s *fedv1.ExportedService) {
+			s.ExportedAnnotations = map[string]string{}
+			for i := range fedv1.MaxExportedAnnotations + 1 {
+				s.ExportedAnnotations[fmt.Sprint("a", i)] = ""
+			}
+		}, "svc.exported_annotations", "at most 64"},
+		{"annotation key", func(s *fedv1.ExportedService) { s.ExportedAnnotations = map[string]string{"/a": "x"} },
+			"svc.exported_annotations", "prefix must be 1 to 253"},
+		{"annotations too large", func(s *fedv1.ExportedService) {
+			s.ExportedAnnotations = map[string]string{"a": strings.Repeat("x", 40<<10), "b": strings.Repeat("x", 30<<10)}
+		}, "svc.exported_annotations", "at most 65536"},
 		{"too large encoded", func(s *fedv1.ExportedService) {
 			// Every limit but the size at its bound: 1000 pods, each with
 			// a target port for 64 long port names.
@@ -149,11 +191,87 @@ func refPortsAndAddressesValid(svc *fedv1.ExportedService) bool {
 	return true
 }
 
+// Kubernetes' own patterns for qualified names and label values, which
+// the fuzzer checks the hand-written checks against.
+var (
+	refQualifiedName = regexp.MustCompile(`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$`)
+	refLabelValue    = regexp.MustCompile(`^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$`)
+)
+
+func refSpecValid(svc *fedv1.ExportedService) bool {
+	fams := svc.GetIpFamilies()
+	if len(fams) > 2 || len(fams) == 2 && fams[0] == fams[1] {
+		return false
+	}
+	for _, f := range fams {
+		if f != "IPv4" && f != "IPv6" {
+			return false
+		}
+	}
+	key := func(k string) bool {
+		prefix, name, ok := strings.Cut(k, "/")
+		if !ok {
+			prefix, name = "", k
+		}
+		return refQualifiedName.MatchString(k) && len(prefix) <= 253 && len(name) <= 63
+	}
+	for k, v := range svc.GetExportedLabels() {
+		if !key(k) || !refLabelValue.MatchString(v) || len(v) > 63 {
+			return false
+		}
+	}
+	for k := range svc.GetExportedAnnotations() {
+		if !key(k) {
+			return false
+		}
+	}
+	return true
+}
+
+// The largest export within every limit but headless endpoints (long
+// port names and app protocols, every endpoint group full of labels, the
+// most exported labels and annotations) still fits the encoded bound.
+func TestLargestExportWithoutHeadlessEndpointsIsValid(t *testing.T) {
+	svc := &fedv1.ExportedService{Namespace: strings.Repeat("n", 63), Name: strings.Repeat("s", 63), IpFamilies: []string{"IPv4", "IPv6"},
+		InternalTrafficPolicy: "Cluster", TrafficDistribution: strings.Repeat("P", fedv1.MaxTrafficDistributionLength),
+		SessionAffinity: "ClientIP", SessionAffinityTimeoutSeconds: fedv1.MaxSessionAffinitySec,
+		ExportedLabels: map[string]string{}, ExportedAnnotations: map[string]string{}}
+	for i := range fedv1.MaxPortsPerService {
+		svc.Ports = append(svc.Ports, &fedv1.ServicePort{Name: fmt.Sprintf("%02d%s", i, strings.Repeat("p", 61)), Port: uint32(1 + i), Protocol: "GRPC",
+			AppProtocol: strings.Repeat("a", fedv1.MaxAppProtocolLength)})
+	}
+	for i := range fedv1.MaxEndpointGroups {
+		g := &fedv1.EndpointGroup{Zone: fmt.Sprintf("%03d%s", i, strings.Repeat("z", federation.MaxLocalityPartLength-3)), Ready: fedv1.MaxCount,
+			Serving: fedv1.MaxCount, Terminating: fedv1.MaxCount, Labels: map[string]string{}}
+		for j := range fedv1.MaxLabels {
+			g.Labels[fmt.Sprintf("%02d%s", j, strings.Repeat("k", fedv1.MaxLabelKeyLength-2))] = strings.Repeat("v", fedv1.MaxLabelValueLength)
+		}
+		svc.Endpoints = append(svc.Endpoints, g)
+	}
+	prefix := strings.Repeat(strings.Repeat("d", 63)+".", 3) + strings.Repeat("d", 61) // 253
+	for i := range fedv1.MaxExportedLabels {
+		svc.ExportedLabels[fmt.Sprintf("%s/%02d%s", prefix, i, strings.Repeat("k", 61))] = strings.Repeat("v", fedv1.MaxQualifiedNameLength)
+	}
+	per := fedv1.MaxExportedAnnotationsBytes / fedv1.MaxExportedAnnotations
+	for i := range fedv1.MaxExportedAnnotations {
+		k := fmt.Sprintf("a%02d", i)
+		svc.ExportedAnnotations[k] = strings.Repeat("x", per-len(k))
+	}
+	if err := fedv1.ValidateExportedService("svc", svc); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d bytes encoded, bound %d", proto.Size(svc), fedv1.MaxExportedServiceBytes)
+}
+
 func FuzzValidateExportedService(f *testing.F) {
 	seed := validSvc()
 	seed.Headless = true
 	seed.HeadlessEndpoints = []*fedv1.HeadlessEndpoint{{Hostname: "a", Addresses: []string{"10.0.0.1", "::1"}, TargetPorts: map[string]uint32{"dns": 53}}}
-	for _, s := range []*fedv1.ExportedService{validSvc(), seed, {Namespace: "a", Name: "b", Ports: []*fedv1.ServicePort{port("x", 1, "TCP"), port("y", 1, "HTTP")}}} {
+	spec := validSvc()
+	spec.IpFamilies, spec.InternalTrafficPolicy, spec.TrafficDistribution = []string{"IPv4", "IPv6"}, "Local", "PreferClose"
+	spec.ExportedLabels = map[string]string{"example.com/app": "web"}
+	spec.ExportedAnnotations = map[string]string{"note": "x"}
+	for _, s := range []*fedv1.ExportedService{validSvc(), seed, spec, {Namespace: "a", Name: "b", Ports: []*fedv1.ServicePort{port("x", 1, "TCP"), port("y", 1, "HTTP")}}} {
 		b, err := proto.Marshal(s)
 		if err != nil {
 			f.Fatal(err)
@@ -176,6 +294,9 @@ func FuzzValidateExportedService(f *testing.F) {
 		// Accepted: the rules hold, as the naive reference states them.
 		if !refPortsAndAddressesValid(&svc) {
 			t.Fatalf("accepted %v, which repeats a (port, transport), a port name or an IP family", &svc)
+		}
+		if !refSpecValid(&svc) {
+			t.Fatalf("accepted %v, whose IP families, exported label or annotation keys or label values Kubernetes would refuse", &svc)
 		}
 		if len(svc.GetHeadlessEndpoints()) > 0 && !svc.GetHeadless() {
 			t.Fatal("accepted headless endpoints on a ClusterSetIP export")
