@@ -71,7 +71,7 @@ var (
 	}
 	// agentBoolFlags are the flags of meshfed agent that take no value.
 	agentBoolFlags = map[string]bool{"leader-elect": true}
-	agentRequired = []string{"cluster", "region", "zone", "source", "gateway-address", "data-dir", "http-port"}
+	agentRequired  = []string{"cluster", "region", "zone", "source", "gateway-address", "data-dir", "http-port"}
 )
 
 // agentParts is what the tests check in a rendered agent.
