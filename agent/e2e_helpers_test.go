@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/internal/clientconfig"
@@ -200,4 +203,34 @@ func connected(st State) error {
 		return errors.New("not connected")
 	}
 	return nil
+}
+
+// eastWest is the federation most kube e2e tests run in: a hub of
+// hubServers and two real kube-apiservers, east (us-east-1a) and west
+// (us-west-1a), with the MCS CRDs installed and no agents (the test runs
+// them).
+type eastWest struct {
+	fed        *testenv.Federation
+	admin      fedv1.AdminClient
+	east, west *testenv.ClusterEnv
+	emc, wmc   mcsclient.Interface
+	ekc, wkc   kubernetes.Interface
+}
+
+func startEastWest(t testing.TB, hubServers int) *eastWest {
+	t.Helper()
+	fed := testenv.Start(t, testenv.Options{
+		HubServers: hubServers,
+		NoAgents:   true,
+		Clusters: []testenv.Cluster{
+			{Name: "east", Region: "us-east", Zone: "us-east-1a"},
+			{Name: "west", Region: "us-west", Zone: "us-west-1a"},
+		},
+	})
+	east, west := fed.Cluster("east"), fed.Cluster("west")
+	return &eastWest{
+		fed: fed, admin: adminClient(t, fed), east: east, west: west,
+		emc: installCRDs(t, east), wmc: installCRDs(t, west),
+		ekc: east.Clientset(), wkc: west.Clientset(),
+	}
 }

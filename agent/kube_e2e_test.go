@@ -170,19 +170,10 @@ func waitCondition(t testing.TB, mc mcsclient.Interface, ns, name, typ string, s
 }
 
 func TestKubeAgentsExportImportStaticStability(t *testing.T) {
-	fed := testenv.Start(t, testenv.Options{
-		HubServers: 1,
-		NoAgents:   true, // the agents run in-process
-		Clusters: []testenv.Cluster{
-			{Name: "east", Region: "us-east", Zone: "us-east-1a"},
-			{Name: "west", Region: "us-west", Zone: "us-west-1a"},
-		},
-	})
-	admin := adminClient(t, fed)
+	ew := startEastWest(t, 1)
+	fed, admin, east, west := ew.fed, ew.admin, ew.east, ew.west
+	emc, wmc, ekc, wkc := ew.emc, ew.wmc, ew.ekc, ew.wkc
 	ctx := context.Background()
-	east, west := fed.Cluster("east"), fed.Cluster("west")
-	emc, wmc := installCRDs(t, east), installCRDs(t, west)
-	ekc, wkc := east.Clientset(), west.Clientset()
 
 	ecfg, wcfg := kubeConfig(t, east, t.TempDir()), kubeConfig(t, west, t.TempDir())
 	wcfg.DNSAddr = "127.0.0.1:0"

@@ -102,18 +102,10 @@ func freeLoopbackPort(t testing.TB) int {
 
 func startFailoverRig(t testing.TB) *failoverRig {
 	t.Helper()
-	fed := testenv.Start(t, testenv.Options{
-		HubServers: 1,
-		NoAgents:   true,
-		Clusters: []testenv.Cluster{
-			{Name: "east", Region: "us-east", Zone: "us-east-1a"},
-			{Name: "west", Region: "us-west", Zone: "us-west-1a"},
-		},
-	})
-	admin := adminClient(t, fed)
+	ew := startEastWest(t, 1)
+	fed, admin, east, west := ew.fed, ew.admin, ew.east, ew.west
 	ctx := context.Background()
-	east, west := fed.Cluster("east"), fed.Cluster("west")
-	r := &failoverRig{fed: fed, emc: installCRDs(t, east), wmc: installCRDs(t, west), ekc: east.Clientset(), wkc: west.Clientset()}
+	r := &failoverRig{fed: fed, emc: ew.emc, wmc: ew.wmc, ekc: ew.ekc, wkc: ew.wkc}
 	ecfg, wcfg := kubeConfig(t, east, t.TempDir()), kubeConfig(t, west, t.TempDir())
 	if err := Join(ctx, ecfg, createToken(t, admin, "east")); err != nil {
 		t.Fatal(err)

@@ -77,19 +77,10 @@ func clusterProperty(ctx context.Context, dyn dynamic.Interface) (string, error)
 // exporting one too) as the upstream conformance suite checks them, with
 // a labels conflict, and ExternalName refused.
 func TestKubeMCSSemantics(t *testing.T) {
-	fed := testenv.Start(t, testenv.Options{
-		HubServers: 1,
-		NoAgents:   true,
-		Clusters: []testenv.Cluster{
-			{Name: "east", Region: "us-east", Zone: "us-east-1a"},
-			{Name: "west", Region: "us-west", Zone: "us-west-1a"},
-		},
-	})
-	admin := adminClient(t, fed)
+	ew := startEastWest(t, 1)
+	admin, east, west := ew.admin, ew.east, ew.west
+	emc, wmc, ekc, wkc := ew.emc, ew.wmc, ew.ekc, ew.wkc
 	ctx := context.Background()
-	east, west := fed.Cluster("east"), fed.Cluster("west")
-	emc, wmc := installCRDs(t, east), installCRDs(t, west)
-	ekc, wkc := east.Clientset(), west.Clientset()
 	wdyn, err := dynamic.NewForConfig(west.RESTConfig())
 	if err != nil {
 		t.Fatal(err)

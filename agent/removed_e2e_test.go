@@ -20,19 +20,10 @@ import (
 // cached hub state, marks its own ServiceExports ClusterRemoved, says why
 // in /state, and Run returns ErrClusterRemoved.
 func TestRemovedClusterAgentRemovesItsImportsAndSaysWhy(t *testing.T) {
-	fed := testenv.Start(t, testenv.Options{
-		HubServers: 1,
-		NoAgents:   true,
-		Clusters: []testenv.Cluster{
-			{Name: "east", Region: "us-east", Zone: "us-east-1a"},
-			{Name: "west", Region: "us-west", Zone: "us-west-1a"},
-		},
-	})
-	admin := adminClient(t, fed)
+	ew := startEastWest(t, 1)
+	admin, east, west := ew.admin, ew.east, ew.west
+	emc, wmc, ekc, wkc := ew.emc, ew.wmc, ew.ekc, ew.wkc
 	ctx := context.Background()
-	east, west := fed.Cluster("east"), fed.Cluster("west")
-	emc, wmc := installCRDs(t, east), installCRDs(t, west)
-	ekc, wkc := east.Clientset(), west.Clientset()
 	ecfg, wcfg := kubeConfig(t, east, t.TempDir()), kubeConfig(t, west, t.TempDir())
 	if err := Join(ctx, ecfg, createToken(t, admin, "east")); err != nil {
 		t.Fatal(err)
