@@ -17,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 )
 
 // The hub state cache in ConfigMaps (kubernetes source). A ConfigMap holds
@@ -135,10 +136,16 @@ func (c *configMapCache) save(ctx context.Context, v *view) error {
 		return err
 	}
 	// Chunks beyond this state's count in this slot are stale.
-	for i := n; i < MaxHubStateChunks; i++ {
+	return deleteChunks(ctx, cms, slot, n)
+}
+
+// deleteChunks deletes slot's chunks from the first'th on, up to the first
+// that does not exist (chunks are written from 0 up, without gaps).
+func deleteChunks(ctx context.Context, cms typedcorev1.ConfigMapInterface, slot string, first int) error {
+	for i := first; i < MaxHubStateChunks; i++ {
 		err := cms.Delete(ctx, chunkName(slot, i), metav1.DeleteOptions{})
 		if apierrors.IsNotFound(err) {
-			break
+			return nil
 		}
 		if err != nil {
 			return err
@@ -213,14 +220,8 @@ func (c *configMapCache) clear(ctx context.Context) error {
 		return err
 	}
 	for _, slot := range []string{"a", "b"} {
-		for i := range MaxHubStateChunks {
-			err := cms.Delete(ctx, chunkName(slot, i), metav1.DeleteOptions{})
-			if apierrors.IsNotFound(err) {
-				break
-			}
-			if err != nil {
-				return err
-			}
+		if err := deleteChunks(ctx, cms, slot, 0); err != nil {
+			return err
 		}
 	}
 	return nil
