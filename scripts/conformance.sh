@@ -68,7 +68,7 @@ sed -n '/^CLUSTER/,$p' "$OUT/testenv.log" >&2
 log "running the suite in $MCS_API/conformance ($(git -C "$MCS_API" describe --tags --always 2>/dev/null || echo 'no git'))"
 set +e
 # shellcheck disable=SC2086 # CONFORMANCE_ARGS is split on purpose
-"$GO" -C "$MCS_API/conformance" test . -count=1 -timeout 60m -args \
+"$GO" -C "$MCS_API/conformance" test -v . -count=1 -timeout 60m -args \
 	-contexts c1,c2 -kubeconfig "$KUBECONFIG_FILE" \
 	-ginkgo.v -ginkgo.json-report "$OUT/report.json" -ginkgo.junit-report "$OUT/junit.xml" \
 	${CONFORMANCE_ARGS:-} 2>&1 | tee "$OUT/conformance.log"
