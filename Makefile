@@ -9,6 +9,8 @@
 #   make proto       buf lint + buf generate
 #   make proto-check regenerate and fail if the generated code changed
 #   make bench       benchmarks, one iteration each (BENCH_PKGS)
+#   make conformance the MCS API conformance suite against testenv clusters
+#                    (MCS_API=<checkout of kubernetes-sigs/mcs-api>)
 #   make dev         a local federation that carries traffic: hub, 3 clusters with
 #                    agents, gateways and workloads, supervised (bin/meshfed dev)
 #   make clean       remove bin/ and .dev/ (make clean-tools also removes .bin/)
@@ -23,8 +25,10 @@ COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 # TEST_DEPS: targets that must be built before `make test`: testenv runs
-# kube-apiserver and etcd built from source (testenv-bins).
-TEST_DEPS ?= testenv-bins spire-bin
+# kube-apiserver and etcd built from source (testenv-bins), and for clusters
+# with simulated pods kube-controller-manager, kube-scheduler and kwok
+# (testenv-pod-bins).
+TEST_DEPS ?= testenv-bins testenv-pod-bins spire-bin
 
 # BENCH_PKGS: packages whose benchmarks `make bench` runs.
 # Each of these runs its fixed workload once (-benchtime 1x).
@@ -87,6 +91,24 @@ spire-bin:
 .PHONY: testenv-bins
 testenv-bins:
 	GO=$(GO) ./scripts/testenv-bins.sh
+
+# testenv-pod-bins builds what a testenv cluster with simulated pods runs
+# (testenv.Cluster.Pods, `testenv up --pods`): kube-controller-manager and
+# kube-scheduler from tools/testenv, like kube-apiserver, and kwok from
+# tools/kwok with kwok's stock stages as its config (scripts/kwok-bin.sh).
+# About 8 minutes once kube-apiserver is built; cached afterwards.
+.PHONY: testenv-pod-bins
+testenv-pod-bins: testenv-bins
+	GO=$(GO) ./scripts/testenv-bins.sh kube-controller-manager kube-scheduler
+	GO=$(GO) ./scripts/kwok-bin.sh
+
+# conformance runs the MCS API project's conformance suite against
+# `testenv up --pods`, from a checkout of kubernetes-sigs/mcs-api outside
+# this repository: make conformance MCS_API=/path/to/mcs-api. Not part of
+# `make test`; see docs/testing.md.
+.PHONY: conformance
+conformance: testenv-pod-bins
+	GO=$(GO) ./scripts/conformance.sh "$(MCS_API)"
 
 .PHONY: lint-tools
 lint-tools:

@@ -104,7 +104,9 @@ func (c *FileCatalog) validate() error {
 		for j, e := range s.Endpoints {
 			ef := fmt.Sprintf("%s.endpoints[%d]", f, j)
 			host, port, err := net.SplitHostPort(e.Address)
-			if p, perr := strconv.Atoi(port); err != nil || perr != nil || p < 1 || p > 65535 || host == "" {
+			// ParseUint as local() parses it: Atoi took "+80", which
+			// local() then turned into target port 0.
+			if p, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || p < 1 || host == "" {
 				return &federation.FieldError{Field: ef + ".address", Value: e.Address, Reason: "must be host:port"}
 			}
 			if len(e.Zone) > federation.MaxLocalityPartLength {

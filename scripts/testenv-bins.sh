@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
-# testenv-bins.sh builds the kube-apiserver and etcd binaries that testenv runs,
-# from source through the Go module proxy, into a versioned cache folder:
+# testenv-bins.sh builds the Kubernetes binaries that testenv runs, from
+# source through the Go module proxy, into a versioned cache folder:
 #
 #   ${MESHFED_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshfed/testenv}/k8s-v1.36.3-etcd-v3.6.8/
 #
-# It does nothing when both binaries are already there. The versions come from
+# Usage: testenv-bins.sh [BINARY...]
+#
+#   BINARY is etcd, kube-apiserver (the default: both), or
+#   kube-controller-manager (only for clusters started with
+#   testenv.Cluster.Controllers, e.g. `testenv up --pods`; see
+#   docs/testing.md). kwok is built by scripts/kwok-bin.sh.
+#
+# It does nothing for a binary that is already there. The versions come from
 # the tools module tools/testenv/go.mod (k8s.io/kubernetes and
 # go.etcd.io/etcd/server/v3); testenv's Go code names the same folder and a
 # test keeps the two in step.
 #
-# A cold build takes about 9 minutes on 2 cores (kube-apiserver; etcd is
-# about 35 s). Two runs at once are serialized by a lock in the cache folder.
+# A cold build takes about 9 minutes on 2 cores for kube-apiserver, about
+# 35 s for etcd, and about 5 more minutes for kube-controller-manager once
+# kube-apiserver is built (they share most packages in the Go build cache).
+# Two runs at once are serialized by a lock in the cache folder.
 #
 # Environment:
 #   MESHFED_TESTENV_CACHE   cache root (default $XDG_CACHE_HOME/meshfed/testenv
 #                           or ~/.cache/meshfed/testenv)
 #   MESHFED_KUBE_APISERVER  an existing kube-apiserver binary: not built
 #   MESHFED_ETCD            an existing etcd binary: not built
+#   MESHFED_KUBE_CONTROLLER_MANAGER
+#                           an existing kube-controller-manager binary: not built
 #   GO                      the go command (default go)
 set -euo pipefail
 
@@ -54,13 +65,29 @@ check_override() {
 	return 0
 }
 
-need_apiserver=1
-need_etcd=1
-if check_override MESHFED_KUBE_APISERVER; then need_apiserver=0; fi
-if check_override MESHFED_ETCD; then need_etcd=0; fi
-if [[ -x $DEST/kube-apiserver ]]; then need_apiserver=0; fi
-if [[ -x $DEST/etcd ]]; then need_etcd=0; fi
-if ((!need_apiserver && !need_etcd)); then
+# override_var prints the environment variable that overrides binary $1.
+override_var() {
+	case $1 in
+	etcd) echo MESHFED_ETCD ;;
+	kube-apiserver) echo MESHFED_KUBE_APISERVER ;;
+	kube-controller-manager) echo MESHFED_KUBE_CONTROLLER_MANAGER ;;
+	kube-scheduler) echo MESHFED_KUBE_SCHEDULER ;;
+	*) die "unknown binary $1: must be etcd, kube-apiserver, kube-controller-manager or kube-scheduler" ;;
+	esac
+}
+
+wanted=("$@")
+if ((${#wanted[@]} == 0)); then
+	wanted=(etcd kube-apiserver)
+fi
+needed=()
+for b in "${wanted[@]}"; do
+	var=$(override_var "$b")
+	if check_override "$var"; then continue; fi
+	if [[ -x $DEST/$b ]]; then continue; fi
+	needed+=("$b")
+done
+if ((${#needed[@]} == 0)); then
 	exit 0
 fi
 
@@ -91,13 +118,13 @@ build() {
 	log "built $out in $((SECONDS - start))s"
 }
 
-if ((need_etcd)); then
-	build etcd go.etcd.io/etcd/server/v3 "-s -w"
-fi
-if ((need_apiserver)); then
-	minor=${K8S_VERSION#v1.}
-	minor=${minor%%.*}
-	build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver \
-		"-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
-fi
+minor=${K8S_VERSION#v1.}
+minor=${minor%%.*}
+readonly K8S_LDFLAGS="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+for b in "${needed[@]}"; do
+	case $b in
+	etcd) build etcd go.etcd.io/etcd/server/v3 "-s -w" ;;
+	*) build "$b" "k8s.io/kubernetes/cmd/$b" "$K8S_LDFLAGS" ;;
+	esac
+done
 log "binaries in $DEST"

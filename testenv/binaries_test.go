@@ -98,3 +98,81 @@ func TestBinaries(t *testing.T) {
 		t.Fatalf("non-executable override: %v", err)
 	}
 }
+
+func TestKwokVersionMatchesToolsModule(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "tools", "kwok", "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if fs := strings.Fields(line); len(fs) >= 2 && fs[0] == "sigs.k8s.io/kwok" {
+			if fs[1] != KwokVersion {
+				t.Fatalf("tools/kwok/go.mod requires sigs.k8s.io/kwok %s; KwokVersion is %s", fs[1], KwokVersion)
+			}
+			return
+		}
+	}
+	t.Fatal("tools/kwok/go.mod does not require sigs.k8s.io/kwok")
+}
+
+func TestFindPodBinaries(t *testing.T) {
+	cache := t.TempDir()
+	t.Setenv(EnvCache, cache)
+	for _, env := range []string{EnvKubeControllerManager, EnvKubeScheduler, EnvKwok} {
+		t.Setenv(env, "")
+	}
+	if _, err := FindPodBinaries(); !errors.Is(err, ErrNoBinaries) || !strings.Contains(err.Error(), "make testenv-pod-bins") {
+		t.Fatalf("empty cache: %v", err)
+	}
+	dir, err := BinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kdir, err := KwokDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(cache, "kwok-"+KwokVersion); kdir != want {
+		t.Fatalf("KwokDir %s, want %s", kdir, want)
+	}
+	for _, d := range []string{dir, kdir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{filepath.Join(dir, "kube-controller-manager"), filepath.Join(dir, "kube-scheduler"), filepath.Join(kdir, "kwok")} {
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The binaries without kwok's stages are not enough.
+	if _, err := FindPodBinaries(); !errors.Is(err, ErrNoBinaries) || !strings.Contains(err.Error(), "kwok.yaml") {
+		t.Fatalf("no kwok.yaml: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(kdir, "kwok.yaml"), []byte("kind: Stage\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := FindPodBinaries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.ControllerManager != filepath.Join(dir, "kube-controller-manager") || b.Scheduler != filepath.Join(dir, "kube-scheduler") ||
+		b.Kwok != filepath.Join(kdir, "kwok") || b.KwokConfig != filepath.Join(kdir, "kwok.yaml") {
+		t.Fatalf("cached: %+v", b)
+	}
+	// An override wins; one that is not executable is an error naming it.
+	mine := filepath.Join(t.TempDir(), "my-kwok")
+	if err := os.WriteFile(mine, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(EnvKwok, mine)
+	if b, err := FindPodBinaries(); err != nil || b.Kwok != mine {
+		t.Fatalf("override: %+v %v", b, err)
+	}
+	if err := os.Chmod(mine, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := FindPodBinaries(); !errors.Is(err, ErrNoBinaries) || !strings.Contains(err.Error(), EnvKwok) {
+		t.Fatalf("non-executable override: %v", err)
+	}
+}

@@ -21,9 +21,10 @@ import (
 )
 
 // ControlPlane is one cluster's Kubernetes control plane run as processes on
-// loopback: an etcd and a kube-apiserver. There is no kubelet, scheduler or
-// controller manager: tests create Services, EndpointSlices and
-// ServiceExports directly.
+// loopback: an etcd and a kube-apiserver. By default there is no kubelet,
+// scheduler or controller manager: tests create Services, EndpointSlices
+// and ServiceExports directly. A cluster with [Cluster.Pods] also runs
+// kube-scheduler, kube-controller-manager and kwok (see [PodCIDR]).
 //
 // The API server authorizes with RBAC; the admin identity (a static token,
 // group system:masters) is what [ControlPlane.RESTConfig] carries.
@@ -35,6 +36,7 @@ type ControlPlane struct {
 	config    *rest.Config
 	clientset *kubernetes.Clientset
 	kubecfg   string
+	sim       *podSim // nil without Cluster.Pods
 }
 
 type controlPlaneSpec struct {
@@ -43,6 +45,8 @@ type controlPlaneSpec struct {
 	apiserverBin string
 	etcdBin      string
 	readyTimeout time.Duration
+	index        int          // in Options.Clusters: picks the pod network
+	pods         *PodBinaries // nil: no scheduler, controllers or kwok
 }
 
 // startControlPlane starts etcd, then kube-apiserver, and waits until both are
@@ -63,6 +67,12 @@ func startControlPlane(ctx context.Context, s controlPlaneSpec) (*ControlPlane, 
 		}
 		cp, err := tryStartControlPlane(s, pki)
 		if err == nil {
+			if s.pods != nil {
+				if cp.sim, err = startPodSim(ctx, cp, s); err != nil {
+					cp.Close()
+					return nil, err
+				}
+			}
 			return cp, nil
 		}
 		lastErr = err
@@ -184,8 +194,15 @@ func (c *ControlPlane) Clientset() *kubernetes.Clientset { return c.clientset }
 // kubectl or for a process under test.
 func (c *ControlPlane) Kubeconfig() string { return c.kubecfg }
 
-// Processes returns the control plane's processes: etcd, kube-apiserver.
-func (c *ControlPlane) Processes() []*Process { return []*Process{c.etcd, c.apiserver} }
+// Processes returns the control plane's processes: etcd, kube-apiserver,
+// and with [Cluster.Pods] kube-scheduler, kube-controller-manager and kwok.
+func (c *ControlPlane) Processes() []*Process {
+	ps := []*Process{c.etcd, c.apiserver}
+	if c.sim != nil {
+		ps = append(ps, c.sim.processes()...)
+	}
+	return ps
+}
 
 // RSS is the sum of the resident set sizes of etcd and kube-apiserver.
 func (c *ControlPlane) RSS() (int64, error) {
@@ -200,9 +217,12 @@ func (c *ControlPlane) RSS() (int64, error) {
 	return sum, nil
 }
 
-// Close kills the API server and etcd. Their files stay (the federation's
-// folder is removed by its owner).
+// Close kills the pod simulation, the API server and etcd. Their files stay
+// (the federation's folder is removed by its owner).
 func (c *ControlPlane) Close() {
+	if c.sim != nil {
+		c.sim.close()
+	}
 	_ = c.apiserver.Kill()
 	_ = c.etcd.Kill()
 }
@@ -272,4 +292,44 @@ func writeKubeconfig(path, name string, cfg *rest.Config) error {
 	kc.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: "admin"}
 	kc.CurrentContext = name
 	return clientcmd.WriteToFile(*kc, path)
+}
+
+// WriteKubeconfig writes one kubeconfig file with a context per member
+// cluster, named after the cluster, each with its own cluster entry and
+// admin user (<name>-admin); the current context is the first cluster's.
+// kubectl --context <name>, and the MCS conformance suite's -contexts
+// a,b, use it as it is. The file is written atomically, mode 0600.
+func (f *Federation) WriteKubeconfig(path string) error {
+	kc := clientcmdapi.NewConfig()
+	for _, c := range f.clusters {
+		cfg := c.RESTConfig()
+		name := c.Name()
+		cluster := &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
+		if cfg.CAFile != "" {
+			cluster.CertificateAuthority = cfg.CAFile
+		}
+		kc.Clusters[name] = cluster
+		kc.AuthInfos[name+"-admin"] = &clientcmdapi.AuthInfo{
+			Token: cfg.BearerToken, ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData,
+			ClientCertificate: cfg.CertFile, ClientKey: cfg.KeyFile,
+		}
+		kc.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: name + "-admin"}
+		if kc.CurrentContext == "" {
+			kc.CurrentContext = name
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("testenv: kubeconfig: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := clientcmd.WriteToFile(*kc, tmp); err != nil {
+		return fmt.Errorf("testenv: kubeconfig: %w", err)
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return fmt.Errorf("testenv: kubeconfig: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("testenv: kubeconfig: %w", err)
+	}
+	return nil
 }

@@ -27,8 +27,13 @@
 // are read in one place (env.go): a test harness is configured by its
 // environment, the way `go test` itself is.
 //
-// Agents and east-west gateways do not exist yet; the API that will start
-// them (Deploy, Export, Drive on a cluster, links between each cluster and the
-// hub) is described as planned in docs/testing.md and is not part of this
-// package until it works.
+// A cluster with [Cluster.Pods] also runs kube-scheduler,
+// kube-controller-manager and kwok (`make testenv-pod-bins`): Deployments
+// make pods that go Running and Ready on a simulated node with IPs from
+// [PodCIDR], and EndpointSlices follow, as in a real cluster.
+//
+// The command testenv/cmd/testenv (`testenv up`) runs a federation outside
+// Go tests, with one kubeconfig holding a context per cluster
+// ([Federation.WriteKubeconfig]), for kubectl and for suites that cannot live
+// in this module, such as the MCS API conformance suite.
 package testenv

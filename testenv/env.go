@@ -14,6 +14,12 @@ const (
 	// EnvEtcd names an existing etcd binary to use instead of the one in the
 	// cache folder.
 	EnvEtcd = "MESHFED_ETCD"
+	// EnvKubeControllerManager, EnvKubeScheduler and EnvKwok name existing
+	// binaries to use instead of the ones in the cache folders, for
+	// clusters with [Cluster.Pods].
+	EnvKubeControllerManager = "MESHFED_KUBE_CONTROLLER_MANAGER"
+	EnvKubeScheduler         = "MESHFED_KUBE_SCHEDULER"
+	EnvKwok                  = "MESHFED_KWOK"
 	// EnvCache is the root of the binary cache (default
 	// $XDG_CACHE_HOME/meshfed/testenv, or ~/.cache/meshfed/testenv).
 	EnvCache = "MESHFED_TESTENV_CACHE"

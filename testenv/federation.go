@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -35,6 +36,14 @@ type Cluster struct {
 	Name   string // a DNS label, unique in the federation
 	Region string
 	Zone   string
+	// Pods makes the cluster run workloads as a real one does, simulated:
+	// kube-scheduler, kube-controller-manager and kwok beside its control
+	// plane (built by `make testenv-pod-bins`). Deployments make pods, the
+	// pods are bound to one kwok node, go Running and Ready with an IP from
+	// [PodCIDR], and EndpointSlices follow. No container runs: nothing
+	// answers on a pod IP, and there is no exec. Kind clusters have real
+	// nodes and ignore it.
+	Pods bool
 }
 
 // Options describe the federation [Start] and [New] stand up.
@@ -221,11 +230,23 @@ func New(ctx context.Context, opts Options) (*Federation, error) {
 		if err != nil {
 			return nil, f.abort(err)
 		}
+		var pods *PodBinaries
+		if slices.ContainsFunc(opts.Clusters, func(c Cluster) bool { return c.Pods }) {
+			b, err := FindPodBinaries()
+			if err != nil {
+				return nil, f.abort(err)
+			}
+			pods = &b
+		}
 		start = func(i int, c Cluster) {
-			cp, err := startControlPlane(ctx, controlPlaneSpec{
+			spec := controlPlaneSpec{
 				name: c.Name, dir: filepath.Join(f.dir, "clusters", c.Name),
-				apiserverBin: apiserver, etcdBin: etcd, readyTimeout: readyTimeout,
-			})
+				apiserverBin: apiserver, etcdBin: etcd, readyTimeout: readyTimeout, index: i,
+			}
+			if c.Pods {
+				spec.pods = pods
+			}
+			cp, err := startControlPlane(ctx, spec)
 			if err != nil {
 				fail(err)
 				return

@@ -16,6 +16,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshfed/meshfed/federation"
 	"github.com/meshfed/meshfed/internal/hubtls"
 	"github.com/meshfed/meshfed/trust/x509pem"
 )
@@ -59,6 +60,11 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(h); err != nil {
 			errs = append(errs, fmt.Errorf("hubs[%d]: %q must be host:port", i, h))
 		}
+	}
+	if _, err := federation.ParseTrustDomain(c.TrustDomain); err != nil {
+		// Every dial verifies the hub's SPIFFE ID against it: a file
+		// without a valid one could never connect.
+		errs = append(errs, fmt.Errorf("trustDomain: %w", err))
 	}
 	if _, err := x509pem.DecodeCerts([]byte(c.CA)); err != nil {
 		errs = append(errs, fmt.Errorf("ca: %w", err))
