@@ -168,7 +168,7 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured) agentParts {
 		if agentBoolFlags[name] && !ok {
 			value, ok = "true", true
 		}
-		if !ok || !(agentFlags[name] || agentBoolFlags[name]) {
+		if !ok || (!agentFlags[name] && !agentBoolFlags[name]) {
 			t.Errorf("argument %q: want --flag=value with a flag of meshfed agent", a)
 		}
 		p.flags[name] = value
