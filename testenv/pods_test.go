@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 )
 
@@ -142,12 +143,18 @@ func TestPodsDeploymentsRunAndEndpointSlicesFollow(t *testing.T) {
 	}
 	followed(3)
 
-	scale, err := cs.AppsV1().Deployments(ns).GetScale(ctx, "cart", metav1.GetOptions{})
+	// The deployment controller writes the Deployment too: a conflict is
+	// retried on a fresh read, as every client of the API does.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		scale, err := cs.AppsV1().Deployments(ns).GetScale(ctx, "cart", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		scale.Spec.Replicas = 1
+		_, err = cs.AppsV1().Deployments(ns).UpdateScale(ctx, "cart", scale, metav1.UpdateOptions{})
+		return err
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	scale.Spec.Replicas = 1
-	if _, err := cs.AppsV1().Deployments(ns).UpdateScale(ctx, "cart", scale, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	followed(1)
