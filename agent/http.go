@@ -103,7 +103,6 @@ type ClusterState struct {
 	Region           string   `json:"region"`
 	Zone             string   `json:"zone"`
 	GatewayAddresses []string `json:"gatewayAddresses,omitempty"`
-	Status           string   `json:"status,omitempty"`
 }
 
 // State returns the agent's current state (a fresh copy).
@@ -142,7 +141,7 @@ func (a *Agent) State() State {
 		for _, k := range sortedKeys(a.snap.clusters) {
 			c := a.snap.clusters[k]
 			st.Clusters = append(st.Clusters, ClusterState{Name: c.GetName(), Region: c.GetLocality().GetRegion(), Zone: c.GetLocality().GetZone(),
-				GatewayAddresses: slices.Clone(c.GetGatewayAddresses()), Status: c.GetStatus()})
+				GatewayAddresses: slices.Clone(c.GetGatewayAddresses())})
 		}
 	}
 	for _, k := range sortedKeys(a.desired) {

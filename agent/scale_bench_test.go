@@ -51,14 +51,15 @@ var scaleRegions = [...]string{"us-east", "us-west", "eu-west", "ap-south"}
 // A simulated agent is a real cluster joined with a token (Join, file
 // source) that speaks the Sync protocol with its stored credentials, but
 // keeps only a light view: the ready count of each export, by dense index,
-// and which clusters are connected. 256 full Agents would hold 256 decoded
+// and which clusters are members. 256 full Agents would hold 256 decoded
 // views and their caches, which measures the agents rather than the hub.
 //
 // Phases, each bounded by a deadline:
 //   - join: 256 tokens created and redeemed, 16 at a time (join-s);
 //   - connect: every agent opens its Sync stream, then waits until its view
-//     shows all 256 clusters connected, so that the next phase starts on a
-//     quiet hub;
+//     holds all 256 clusters and the hub shows all 256 connected (their
+//     connection leases, which agents are not sent), so that the next phase
+//     starts on a quiet hub;
 //   - full sync: t0 is the moment the bench releases the agents' publishes
 //     (each stream open and synced, nothing exported yet); all 256 send their
 //     50 services in one PublishExports at once. publish-ack-s is until every
@@ -180,14 +181,32 @@ func runScale(b *testing.B) scaleResult {
 	if err := scaleForEach(scaleAgents, func(i int) error { return s.agents[i].open(s) }); err != nil {
 		b.Fatalf("opening Sync streams: %v", err)
 	}
-	if err := s.wait(s.connected, t, scaleConnectTimeout, "every agent sees all clusters connected"); err != nil {
+	if err := s.wait(s.connected, t, scaleConnectTimeout, "every agent's view holds all clusters"); err != nil {
+		b.Fatal(err)
+	}
+	if err := testenv.WaitFor(context.Background(), scaleConnectTimeout, func(ctx context.Context) error {
+		resp, err := admin.ListClusters(ctx, &fedv1.ListClustersRequest{})
+		if err != nil {
+			return err
+		}
+		n := 0
+		for _, c := range resp.GetClusters() {
+			if c.GetStatus() == "connected" {
+				n++
+			}
+		}
+		if n != scaleAgents {
+			return fmt.Errorf("the hub shows %d of %d clusters connected", n, scaleAgents)
+		}
+		return nil
+	}); err != nil {
 		b.Fatal(err)
 	}
 	perServer := map[string]int{}
 	for _, a := range s.agents {
 		perServer[a.server]++
 	}
-	b.Logf("connect: %d streams open and every view shows %d connected clusters after %v; streams per server: %v",
+	b.Logf("connect: %d streams open, every view holds %d clusters and the hub shows them connected after %v; streams per server: %v",
 		scaleAgents, scaleAgents, time.Since(t).Round(time.Millisecond), perServer)
 	before, err := scaleSample(fed)
 	if err != nil {
@@ -334,7 +353,7 @@ func (s *scaleRun) wait(m *scaleMilestone, start time.Time, timeout time.Duratio
 		var missing []string
 		for i, a := range s.agents {
 			if !m.hit[i].Load() {
-				missing = append(missing, fmt.Sprintf("%s (on %s: %d exports, %d connected clusters)", a.name, a.server, a.exportsSeen.Load(), a.connectedSeen.Load()))
+				missing = append(missing, fmt.Sprintf("%s (on %s: %d exports, %d member clusters)", a.name, a.server, a.exportsSeen.Load(), a.connectedSeen.Load()))
 			}
 		}
 		more := ""
@@ -606,7 +625,7 @@ func (a *scaleAgent) apply(s *scaleRun, d *fedv1.SyncDelta) error {
 		return nil
 	}
 	for _, c := range d.GetClusters() {
-		if err := setUp(c.GetName(), c.GetStatus() == "connected"); err != nil {
+		if err := setUp(c.GetName(), true); err != nil { // a member's record
 			return err
 		}
 	}

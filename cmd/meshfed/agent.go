@@ -316,9 +316,9 @@ func agentStateTable(w io.Writer, st *agent.State) {
 		row(w, p.Key, ports(p.Ports), strings.Join(eg, ","), strings.Join(cs, ","))
 	}
 	fmt.Fprintln(w)
-	row(w, "CLUSTER", "LOCALITY", "GATEWAYS", "STATUS")
+	row(w, "CLUSTER", "LOCALITY", "GATEWAYS")
 	for _, c := range st.Clusters {
-		row(w, c.Name, c.Region+"/"+c.Zone, strings.Join(c.GatewayAddresses, ","), c.Status)
+		row(w, c.Name, c.Region+"/"+c.Zone, strings.Join(c.GatewayAddresses, ","))
 	}
 	fmt.Fprintln(w)
 	row(w, "GATEWAY", "PEER", "SENT", "APPLIED", "HEALTH", "REMOTE UP", "STREAMS", "SINCE")

@@ -164,7 +164,7 @@ const agentStateFixture = `{
                "ports": [{"name": "http", "port": 8080, "protocol": "HTTP"}, {"name": "grpc", "port": 9090, "protocol": "GRPC"}],
                "clusters": [{"cluster": "east", "region": "us-east", "zone": "us-east-1a", "ready": 3, "serving": 3, "terminating": 0, "createRevision": 7}],
                "egressPorts": {"http": 15000}}],
-  "clusters": [{"name": "east", "region": "us-east", "zone": "us-east-1a", "gatewayAddresses": ["10.0.0.1:15443"], "status": "connected"}],
+  "clusters": [{"name": "east", "region": "us-east", "zone": "us-east-1a", "gatewayAddresses": ["10.0.0.1:15443"]}],
   "gateways": [{"instance": "west-gw-0", "peer": "10.1.0.7:51234", "since": "2026-11-25T10:00:00Z", "revision": 12,
                 "applied": 12, "reported": "2026-11-25T10:00:05Z",
                 "health": {"serving": true, "remoteGateways": 2, "remoteGatewaysUp": 1, "activeStreams": 17, "ingress": "10.1.0.7:15443"}},
