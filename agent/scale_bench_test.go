@@ -296,7 +296,7 @@ type scaleRun struct {
 	svcByKey   map[string]int // namespace/name
 	agents     []*scaleAgent
 
-	connected *scaleMilestone // the agent's view shows every cluster connected
+	connected *scaleMilestone // the agent's view holds every cluster
 	acked     *scaleMilestone // the agent's full publish is acknowledged
 	synced    *scaleMilestone // the agent's view holds every export
 	probe     atomic.Pointer[scaleProbe]
