@@ -367,7 +367,8 @@ type WriteTxn struct {
 	rev   uint64
 	// dirty: federation state changed (revision moves, watchers wake).
 	dirty bool
-	// booked: only bookkeeping (TableRequests) changed.
+	// booked: only bookkeeping changed (tables agents are not sent:
+	// requests, connection leases, bundle acks).
 	booked bool
 	// request: the change RecordRequest made to the store's requestLog,
 	// applied at Commit.
@@ -516,11 +517,11 @@ func (w *WriteTxn) DeleteBundle(td string) bool {
 	return w.delete(TableBundles, td)
 }
 
-// PutBundleAck records a member's ack of a bundle sequence. Not streamed:
-// no tombstone, no fan-out (the revision still moves).
+// PutBundleAck records a member's ack of a bundle sequence. Not streamed,
+// so bookkeeping: no tombstone, no revision, no wake-up.
 func (w *WriteTxn) PutBundleAck(a *hubpb.BundleAck) {
 	a = proto.Clone(a).(*hubpb.BundleAck)
-	w.insert(TableBundleAcks, &row{Key: bundleAckKey(a.GetCluster(), a.GetTrustDomain()), Rev: w.rev,
+	w.book(TableBundleAcks, &row{Key: bundleAckKey(a.GetCluster(), a.GetTrustDomain()), Rev: w.rev,
 		Cluster: a.GetCluster(), TrustDomain: a.GetTrustDomain(), Value: a})
 }
 
@@ -533,8 +534,18 @@ func (w *WriteTxn) deleteBundleAcks(index, arg string) {
 		if err := w.txn.Delete(TableBundleAcks, rw); err != nil {
 			panic(err)
 		}
-		w.dirty = true
+		w.booked = true
 	}
+}
+
+// book inserts a row of a table agents are not sent (connection leases,
+// bundle acks): bookkeeping, like request records, so the revision — the
+// last change a Sync stream can deliver — does not move and nobody wakes.
+func (w *WriteTxn) book(table string, rw *row) {
+	if err := w.txn.Insert(table, rw); err != nil {
+		panic(err)
+	}
+	w.booked = true
 }
 
 // PutPolicy stores a traffic policy.
@@ -567,12 +578,20 @@ func (w *WriteTxn) DeleteFederation(td string) bool { return w.remove(TableFeder
 // PutConnection stores a hub server's lease on a cluster's connection.
 func (w *WriteTxn) PutConnection(c *hubpb.ClusterConnection) {
 	c = proto.Clone(c).(*hubpb.ClusterConnection)
-	w.insert(TableConnections, &row{Key: connKey(c.GetCluster(), c.GetServer()), Rev: w.rev, Cluster: c.GetCluster(), Server: c.GetServer(), Value: c})
+	w.book(TableConnections, &row{Key: connKey(c.GetCluster(), c.GetServer()), Rev: w.rev, Cluster: c.GetCluster(), Server: c.GetServer(), Value: c})
 }
 
 // DeleteConnection removes a hub server's lease on a cluster's connection.
 func (w *WriteTxn) DeleteConnection(cluster, server string) bool {
-	return w.remove(TableConnections, connKey(cluster, server))
+	rw := w.get(TableConnections, connKey(cluster, server))
+	if rw == nil {
+		return false
+	}
+	if err := w.txn.Delete(TableConnections, rw); err != nil {
+		panic(err)
+	}
+	w.booked = true
+	return true
 }
 
 // DeletePolicy removes a traffic policy.
