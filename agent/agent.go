@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,36 +48,14 @@ type Agent struct {
 	storedLoc federation.Locality // the locality stored at join; set by Run before any goroutine
 	role      *role               // whether this replica writes (leader.go)
 
-	mu        sync.Mutex // guards the fields below, read by HTTP
-	creds     *Credentials
-	connected bool
-	server    string
-	// lastHeard is when the hub server last sent anything on the stream,
-	// and heardBound how long that keeps the agent connected
-	// (federation.HeartbeatMisses heartbeat intervals; 0: the hub sends
-	// no heartbeats, connected while the stream is open).
-	lastHeard  time.Time
-	heardBound time.Duration
-	// removed is why the hub refused this cluster as a non-member, once it
-	// has ("" until then).
-	removed   string
-	lastErr   string
-	snap      *view
-	cached    bool // snap came from the on-disk cache, not this run's hub
-	desired   map[string]*fedv1.ExportedService
-	local     map[string]*gatewayv1.LocalService
-	gwAddr    string
-	failures  map[string]string
-	conflicts map[string]importConflict
-	source    catalogSource
-	importer  *kubeImporter
+	// st is what HTTP, DNS and the gateway stream read (status.go); mu
+	// serialises its writers.
+	mu sync.Mutex
+	st atomic.Pointer[agentStatus]
 	// stopImporter stops the importer and waits for it (nil without one).
 	// Set before the hub goroutine starts, which alone calls it.
 	stopImporter func()
-	httpAddr     string
-	metricsAddr  string
-	dnsAddr      string
-	rotation     CARotationState
+
 
 	reg          *prometheus.Registry
 	mRevision    prometheus.Gauge
@@ -102,6 +81,7 @@ func New(cfg Config) (*Agent, error) {
 		pubBox: newMailbox[map[string]*fedv1.ExportedService](), viewBox: newMailbox[*view](), gwKick: make(chan struct{}, 1), gw: newGatewayHub()}
 	a.egress = newEgressTable(cfg.EgressPortMin, cfg.EgressPortMax, a.kickGateways)
 	a.role = newRole(cfg.LeaderElection.enabled())
+	a.st.Store(&agentStatus{})
 	a.initMetrics()
 	a.dnsKick = make(chan struct{}, 1)
 	if cfg.DNSAddr != "" {
@@ -120,25 +100,19 @@ func New(cfg Config) (*Agent, error) {
 // MetricsAddr returns the address the metrics server listens on, once Run
 // has started it ("" before, and without Config.MetricsAddr).
 func (a *Agent) MetricsAddr() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.metricsAddr
+	return a.status().metricsAddr
 }
 
 // HTTPAddr returns the address the HTTP server listens on, once Run has
 // started it ("" before).
 func (a *Agent) HTTPAddr() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.httpAddr
+	return a.status().httpAddr
 }
 
 // GatewayAPIAddr returns the address the gateway API listens on, once Run
 // has started it ("" before).
 func (a *Agent) GatewayAPIAddr() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.gwAddr
+	return a.status().gwAddr
 }
 
 // kickGateways asks for the gateway config to be recomputed.
@@ -320,15 +294,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Error("serving the gateways without the egress ports recorded on ServiceImports", "err", err)
 		}
 	}
-	a.mu.Lock()
-	a.creds = creds
-	a.source = src
-	a.importer = imp
-	if cached != nil {
-		a.snap = cached.snapshot()
-		a.cached = true
-	}
-	a.mu.Unlock()
+	a.update(func(s *agentStatus) {
+		s.creds, s.source, s.importer = creds, src, imp
+		if cached != nil {
+			s.snap, s.cached = cached.snapshot(), true
+		}
+	})
 	if cached != nil {
 		a.publishView(cached, egressF)
 	}
@@ -377,9 +348,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("agent: gateway API: %w", err)
 		}
-		a.mu.Lock()
-		a.gwAddr = ln.Addr().String()
-		a.mu.Unlock()
+		a.update(func(s *agentStatus) { s.gwAddr = ln.Addr().String() })
 		gwCA, err := trust.NewCA(root, a.cfg.gatewayCAConfig())
 		if err != nil {
 			return fmt.Errorf("agent: gateway CA: %w", err)
@@ -394,9 +363,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		a.mu.Lock()
-		a.dnsAddr = pc.LocalAddr().String()
-		a.mu.Unlock()
+		a.update(func(s *agentStatus) { s.dnsAddr = pc.LocalAddr().String() })
 		goRun("dns", func(ctx context.Context) error { return a.runDNS(ctx, pc, ln) })
 	}
 	if imp != nil {
@@ -412,9 +379,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("agent: http: %w", err)
 		}
-		a.mu.Lock()
-		a.httpAddr = ln.Addr().String()
-		a.mu.Unlock()
+		a.update(func(s *agentStatus) { s.httpAddr = ln.Addr().String() })
 		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		goRun("http", func(ctx context.Context) error {
 			go func() { <-ctx.Done(); _ = srv.Close() }()
@@ -488,9 +453,7 @@ func (a *Agent) runCatalog(ctx context.Context) error {
 			continue
 		}
 		a.log.Debug("catalog", "exports", len(c.exports))
-		a.mu.Lock()
-		a.desired, a.local = c.exports, c.local
-		a.mu.Unlock()
+		a.update(func(s *agentStatus) { s.desired, s.local = c.exports, c.local })
 		a.mExports.Set(float64(len(c.exports)))
 		a.pubBox.put(c.exports)
 		a.kickGateways()
@@ -523,10 +486,9 @@ func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority,
 		if b, err := root.Bundle(); err == nil {
 			own = trust.BundleToProto(b)
 		}
-		a.mu.Lock()
-		snap, local := a.snap, a.local
-		hub := &gatewayv1.HubState{Connected: a.connectedLocked(time.Now()), Cached: a.cached}
-		a.mu.Unlock()
+		st := a.status()
+		snap, local := st.snap, st.local
+		hub := &gatewayv1.HubState{Connected: st.connectedAt(time.Now()), Cached: st.cached}
 		if snap == nil {
 			// No hub state yet (never synced, no cache): gateways wait
 			// rather than get a config that imports nothing.
@@ -573,9 +535,8 @@ func (a *Agent) gatewaySelf(snap *view) *gatewayv1.Self {
 // reportSynced tells the source, for each export, whether the hub holds it
 // as desired, and whether the agent is connected.
 func (a *Agent) reportSynced() {
-	a.mu.Lock()
-	src, connected, snap, desired := a.source, a.connectedLocked(time.Now()), a.snap, a.desired
-	a.mu.Unlock()
+	st := a.status()
+	src, connected, snap, desired := st.source, st.connectedAt(time.Now()), st.snap, st.desired
 	sr, ok := src.(syncReporter)
 	if !ok {
 		return

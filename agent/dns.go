@@ -79,13 +79,12 @@ func (a *Agent) runDNS(ctx context.Context, pc net.PacketConn, ln net.Listener) 
 			return err
 		case <-a.dnsKick:
 		}
-		a.mu.Lock()
-		snap := a.snap
+		st := a.status()
+		snap := st.snap
 		var src clusterSetIPSource
-		if a.importer != nil {
-			src = a.importer
+		if st.importer != nil {
+			src = st.importer
 		}
-		a.mu.Unlock()
 		if a.csIPs != nil {
 			src = a.csIPs
 		}
@@ -104,9 +103,7 @@ func (a *Agent) runDNS(ctx context.Context, pc net.PacketConn, ln net.Listener) 
 // DNSAddr returns the address (UDP and TCP) the DNS server listens on,
 // once Run has started it ("" before, or without Config.DNSAddr).
 func (a *Agent) DNSAddr() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.dnsAddr
+	return a.status().dnsAddr
 }
 
 // listenDNS opens UDP and TCP on addr, the same port for both (a port 0

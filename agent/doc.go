@@ -154,7 +154,7 @@
 //	  # gives the target of other ports by name
 //	  # serving defaults to ready; terminating defaults to false
 //
-// protocol is one of TCP, UDP, HTTP, HTTP2, GRPC, TLS; port names are
+// protocol is one of TCP, UDP, SCTP, HTTP, HTTP2, GRPC, TLS; port names are
 // unique and required when a service has several ports. Unknown keys are
 // rejected. An invalid file is rejected with the field path of the problem
 // (e.g. services[1].ports[0].protocol) and the last good content keeps

@@ -69,7 +69,7 @@ func TestFileAgentsJoinExportImport(t *testing.T) {
 	})
 
 	t.Run("InvalidFileKeepsLastGood", func(t *testing.T) {
-		writeCatalog(t, eastCfg.SourcePath, strings.Replace(reviewsCatalog, "protocol: HTTP", "protocol: SCTP", 1))
+		writeCatalog(t, eastCfg.SourcePath, strings.Replace(reviewsCatalog, "protocol: HTTP", "protocol: QUIC", 1))
 		waitState(t, east.a, 10*time.Second, func(st State) error {
 			if st.Source == nil || !strings.Contains(st.Source.LastError, "services[0].ports[0].protocol") {
 				return fmt.Errorf("source = %+v, want an error naming services[0].ports[0].protocol", st.Source)

@@ -26,7 +26,7 @@ func FuzzParseFileCatalog(f *testing.F) {
 	for _, seed := range []string{
 		reviewsCatalog,
 		"services: []\n",
-		"services:\n- {namespace: default, name: a, ports: [{port: 80, protocol: SCTP}]}\n",
+		"services:\n- {namespace: default, name: a, ports: [{port: 80, protocol: QUIC}]}\n",
 		"services:\n- {namespace: d, name: a, ports: [{port: 0, protocol: TCP}]}\n",
 		"services:\n- {namespace: d, name: a, ports: [{port: 80, protocol: TCP}], endpoints: [{address: nope}]}\n",
 		"services:\n- namespace: d\n  name: dns\n  export: true\n  ports: [{name: dns-tcp, port: 53, protocol: TCP}, {name: dns-udp, port: 53, protocol: UDP}]\n" +

@@ -21,21 +21,18 @@ func (a *Agent) initMetrics() {
 	a.reg = prometheus.NewRegistry()
 	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshfed_agent_hub_connected",
 		Help: "1 while a Sync stream to a hub server is open and synced and the server spoke within the heartbeat bound."}, func() float64 {
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		if a.connectedLocked(time.Now()) {
+		if a.status().connectedAt(time.Now()) {
 			return 1
 		}
 		return 0
 	})
 	heardAge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshfed_agent_hub_last_heard_seconds",
 		Help: "Seconds since the hub server last sent anything (a delta, a result, a heartbeat); -1 before the first stream."}, func() float64 {
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		if a.lastHeard.IsZero() {
+		heard := a.status().lastHeard
+		if heard.IsZero() {
 			return -1
 		}
-		return time.Since(a.lastHeard).Seconds()
+		return time.Since(heard).Seconds()
 	})
 	a.mRevision = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshfed_agent_revision", Help: "Hub revision of the agent's view."})
 	a.mExports = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshfed_agent_exports", Help: "Services this cluster exports."})
@@ -107,27 +104,26 @@ type ClusterState struct {
 
 // State returns the agent's current state (a fresh copy).
 func (a *Agent) State() State {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a0 := a.status()
 	st := State{Cluster: a.cfg.Cluster.String(), Exports: []ExportState{}, Imports: []*importPlan{}, Clusters: []ClusterState{}, Gateways: a.gw.list()}
 	egress := a.egress.snapshot()
-	if a.creds != nil {
-		st.TrustDomain = a.creds.TrustDomain
-		st.Hub.Addresses = slices.Clone(a.creds.HubAddresses)
+	if a0.creds != nil {
+		st.TrustDomain = a0.creds.TrustDomain
+		st.Hub.Addresses = slices.Clone(a0.creds.HubAddresses)
 	}
 	now := time.Now()
-	st.Hub.Connected, st.Hub.Server, st.Hub.LastError, st.Hub.FromCache = a.connectedLocked(now), a.server, a.lastErr, a.cached
-	st.Hub.LastHeardAgoMs, st.Hub.HeartbeatBoundMs, st.Hub.Removed = -1, a.heardBound.Milliseconds(), a.removed
-	if !a.lastHeard.IsZero() {
-		st.Hub.LastHeardAgoMs = now.Sub(a.lastHeard).Milliseconds()
+	st.Hub.Connected, st.Hub.Server, st.Hub.LastError, st.Hub.FromCache = a0.connectedAt(now), a0.server, a0.lastErr, a0.cached
+	st.Hub.LastHeardAgoMs, st.Hub.HeartbeatBoundMs, st.Hub.Removed = -1, a0.heardBound.Milliseconds(), a0.removed
+	if !a0.lastHeard.IsZero() {
+		st.Hub.LastHeardAgoMs = now.Sub(a0.lastHeard).Milliseconds()
 	}
-	st.CARotation = a.rotation
-	st.CARotation.WaitingFor, st.CARotation.NotHolding = slices.Clone(a.rotation.WaitingFor), slices.Clone(a.rotation.NotHolding)
+	st.CARotation = a0.rotation
+	st.CARotation.WaitingFor, st.CARotation.NotHolding = slices.Clone(a0.rotation.WaitingFor), slices.Clone(a0.rotation.NotHolding)
 	var own map[string]*fedv1.ExportedService
-	if a.snap != nil {
-		st.Hub.Revision = a.snap.revision
-		own = a.snap.own(a.cfg.Cluster.String())
-		plans, _ := planImports(a.cfg.Cluster.String(), a.snap)
+	if a0.snap != nil {
+		st.Hub.Revision = a0.snap.revision
+		own = a0.snap.own(a.cfg.Cluster.String())
+		plans, _ := planImports(a.cfg.Cluster.String(), a0.snap)
 		for _, k := range sortedKeys(plans) {
 			p := plans[k]
 			p.Egress = map[string]int{}
@@ -138,22 +134,22 @@ func (a *Agent) State() State {
 			}
 			st.Imports = append(st.Imports, p)
 		}
-		for _, k := range sortedKeys(a.snap.clusters) {
-			c := a.snap.clusters[k]
+		for _, k := range sortedKeys(a0.snap.clusters) {
+			c := a0.snap.clusters[k]
 			st.Clusters = append(st.Clusters, ClusterState{Name: c.GetName(), Region: c.GetLocality().GetRegion(), Zone: c.GetLocality().GetZone(),
 				GatewayAddresses: slices.Clone(c.GetGatewayAddresses())})
 		}
 	}
-	for _, k := range sortedKeys(a.desired) {
-		s := a.desired[k]
-		e := ExportState{Key: k, Ports: s.GetPorts(), Error: a.failures[k], Conflict: a.conflicts[k].Message}
+	for _, k := range sortedKeys(a0.desired) {
+		s := a0.desired[k]
+		e := ExportState{Key: k, Ports: s.GetPorts(), Error: a0.failures[k], Conflict: a0.conflicts[k].Message}
 		for _, g := range s.GetEndpoints() {
 			e.Ready += g.GetReady()
 		}
 		_, e.Published = own[k]
 		st.Exports = append(st.Exports, e)
 	}
-	if ss, ok := a.source.(sourceStatus); ok {
+	if ss, ok := a0.source.(sourceStatus); ok {
 		s := ss.status()
 		st.Source = &s
 	}
@@ -174,10 +170,7 @@ func (a *Agent) Handler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		a.mu.Lock()
-		haveView := a.snap != nil
-		a.mu.Unlock()
-		if !haveView {
+		if a.status().snap == nil {
 			http.Error(w, "no hub state yet: not synced and no cache", http.StatusServiceUnavailable)
 			return
 		}
@@ -200,9 +193,7 @@ func (a *Agent) serveMetrics(goRun func(string, func(context.Context) error)) er
 	if err != nil {
 		return fmt.Errorf("agent: metrics: %w", err)
 	}
-	a.mu.Lock()
-	a.metricsAddr = ln.Addr().String()
-	a.mu.Unlock()
+	a.update(func(s *agentStatus) { s.metricsAddr = ln.Addr().String() })
 	srv := &http.Server{Handler: a.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
 	goRun("metrics", func(ctx context.Context) error {
 		go func() { <-ctx.Done(); _ = srv.Close() }()

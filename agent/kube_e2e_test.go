@@ -248,9 +248,7 @@ func TestKubeAgentsExportImportStaticStability(t *testing.T) {
 		// Local endpoints (for the gateways) carry their pod's labels,
 		// without the per-pod ones; the hub gets them as a group.
 		if err := testenv.WaitFor(ctx, 20*time.Second, func(context.Context) error {
-			ea.a.mu.Lock()
-			l := ea.a.local["default/reviews"]
-			ea.a.mu.Unlock()
+			l := ea.a.status().local["default/reviews"]
 			if l == nil || len(l.GetEndpoints()) != 2 {
 				return fmt.Errorf("local default/reviews = %v", l)
 			}

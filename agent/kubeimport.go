@@ -365,11 +365,10 @@ func ownedMeta(ns, name, service string) metav1.ObjectMeta {
 	return metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelService: service}}
 }
 
+// k8sProtocol is the Kubernetes protocol of a federation protocol: its
+// transport.
 func k8sProtocol(p string) corev1.Protocol {
-	if p == "UDP" {
-		return corev1.ProtocolUDP
-	}
-	return corev1.ProtocolTCP
+	return corev1.Protocol(fedv1.Transport(p))
 }
 
 func appProtocol(p *fedv1.ServicePort) *string {

@@ -41,10 +41,9 @@ import (
 // Condition reasons the kubernetes source sets on ServiceExports, beyond
 // the MCS ones.
 const (
-	ReasonInvalidName         = "InvalidName"
-	ReasonTooManyPorts        = "TooManyPorts"
-	ReasonUnsupportedProtocol = "UnsupportedProtocol"
-	ReasonInvalidExport       = "InvalidExport"
+	ReasonInvalidName   = "InvalidName"
+	ReasonTooManyPorts  = "TooManyPorts"
+	ReasonInvalidExport = "InvalidExport"
 
 	// ConditionSynced is meshfed's condition on a ServiceExport: True
 	// once the hub holds the export as the cluster has it, False while
@@ -364,12 +363,8 @@ func buildExport(l kubeListers, se *mcsv1b1.ServiceExport) (*fedv1.ExportedServi
 		return nil, nil, ReasonTooManyPorts, fmt.Sprintf("spec.ports: %d ports, at most %d", n, maxPortsPerService)
 	}
 	out := &fedv1.ExportedService{Namespace: se.Namespace, Name: se.Name}
-	for i, p := range svc.Spec.Ports {
-		proto, err := exportProtocol(p)
-		if err != nil {
-			return nil, nil, ReasonUnsupportedProtocol, fmt.Sprintf("spec.ports[%d]: %v", i, err)
-		}
-		sp := &fedv1.ServicePort{Name: p.Name, Port: uint32(p.Port), Protocol: proto}
+	for _, p := range svc.Spec.Ports {
+		sp := &fedv1.ServicePort{Name: p.Name, Port: uint32(p.Port), Protocol: exportProtocol(p)}
 		if p.AppProtocol != nil {
 			sp.AppProtocol = *p.AppProtocol
 		}
@@ -570,30 +565,28 @@ func podLabels(l kubeListers, ref *corev1.ObjectReference) map[string]string {
 }
 
 // exportProtocol maps a Service port to the federation's protocol: the
-// appProtocol when it names one we carry, else TCP or UDP.
-func exportProtocol(p corev1.ServicePort) (string, error) {
-	if p.Protocol == corev1.ProtocolSCTP {
-		return "", fmt.Errorf("protocol SCTP is not supported (TCP or UDP)")
+// appProtocol when it names one we carry over TCP, else TCP, UDP or SCTP.
+func exportProtocol(p corev1.ServicePort) string {
+	switch p.Protocol {
+	case corev1.ProtocolSCTP, corev1.ProtocolUDP:
+		return string(p.Protocol)
 	}
-	if p.AppProtocol != nil && p.Protocol != corev1.ProtocolUDP {
+	if p.AppProtocol != nil {
 		switch strings.ToLower(*p.AppProtocol) {
 		case "http", "kubernetes.io/http":
-			return "HTTP", nil
+			return "HTTP"
 		case "http2", "h2c", "kubernetes.io/h2c":
-			return "HTTP2", nil
+			return "HTTP2"
 		case "grpc":
-			return "GRPC", nil
+			return "GRPC"
 		case "tls", "https", "kubernetes.io/ws", "kubernetes.io/wss":
 			if strings.ToLower(*p.AppProtocol) == "kubernetes.io/ws" {
-				return "HTTP", nil
+				return "HTTP"
 			}
-			return "TLS", nil
+			return "TLS"
 		}
 	}
-	if p.Protocol == corev1.ProtocolUDP {
-		return "UDP", nil
-	}
-	return "TCP", nil
+	return "TCP"
 }
 
 // syncState is what the Synced and Ready conditions show.

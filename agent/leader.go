@@ -272,9 +272,7 @@ func (a *Agent) promote(ctx context.Context, keeper *credentialKeeper, root *tru
 	if imp != nil {
 		imp.signal(nil)
 	}
-	a.mu.Lock()
-	src := a.source
-	a.mu.Unlock()
+	src := a.status().source
 	if ks, ok := src.(*kubeSource); ok {
 		for _, k := range a.role.takeSkipped() {
 			ks.enqueueKey(k)

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -133,6 +134,12 @@ func TestBuildExportFromKubernetesObjects(t *testing.T) {
 			want: &fedv1.ExportedService{Namespace: "default", Name: "dns", Ports: dnsPorts,
 				Endpoints: []*fedv1.EndpointGroup{{Zone: "z1", Ready: 1, Serving: 1}}},
 			wantLocal: []string{"10.1.0.1"},
+		},
+		{
+			name: "53/TCP, 53/UDP and 53/SCTP is valid: SCTP is carried",
+			objs: []runtime.Object{service("dns", nil, append(slices.Clone(dns), corev1.ServicePort{Name: "dns-sctp", Port: 53, Protocol: corev1.ProtocolSCTP})...)},
+			want: &fedv1.ExportedService{Namespace: "default", Name: "dns", Ports: append(slices.Clone(dnsPorts), &fedv1.ServicePort{Name: "dns-sctp", Port: 53, Protocol: "SCTP"}),
+				Endpoints: []*fedv1.EndpointGroup{}},
 		},
 		{
 			name: "dual-stack pods count once and keep both families",
@@ -819,5 +826,39 @@ func TestImporterImportsInTheExportingClusterToo(t *testing.T) {
 	}
 	if len(si.Status.Clusters) != 1 || si.Status.Clusters[0].Cluster != "east" {
 		t.Fatalf("status.clusters %v, want east", si.Status.Clusters)
+	}
+}
+
+// SCTP ports are imported with their protocol: on the ServiceImport (the
+// MCS port union is keyed by port and protocol) and on the derived
+// Service. Gateways carry TCP only; the ports are there for the MCS API.
+func TestImporterKeepsSCTPPorts(t *testing.T) {
+	f := newFakeImporter(t, "west", &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
+	allocateClusterIPs(f.kc)
+	ports := []*fedv1.ServicePort{{Name: "dns-tcp", Port: 53, Protocol: "TCP"}, {Name: "dns", Port: 53, Protocol: "UDP"}, {Name: "dns-sctp", Port: 53, Protocol: "SCTP"}}
+	f.reconcile(t, viewOf(&fedv1.ExportRecord{Cluster: "east", CreateRevision: 1, Service: &fedv1.ExportedService{Namespace: "default", Name: "dns",
+		Ports: ports, Endpoints: []*fedv1.EndpointGroup{{Ready: 1}}}}))
+	ctx := context.Background()
+	si, err := f.mc.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "dns", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range si.Spec.Ports {
+		got = append(got, fmt.Sprintf("%s %d/%s", p.Name, p.Port, p.Protocol))
+	}
+	if want := []string{"dns-tcp 53/TCP", "dns 53/UDP", "dns-sctp 53/SCTP"}; !slices.Equal(got, want) {
+		t.Errorf("ServiceImport ports %v, want %v", got, want)
+	}
+	svc, err := f.kc.CoreV1().Services("default").Get(ctx, derivedName("dns"), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	for _, p := range svc.Spec.Ports {
+		got = append(got, fmt.Sprintf("%s %d/%s", p.Name, p.Port, p.Protocol))
+	}
+	if want := []string{"dns-tcp 53/TCP", "dns 53/UDP", "dns-sctp 53/SCTP"}; !slices.Equal(got, want) {
+		t.Errorf("derived Service ports %v, want %v", got, want)
 	}
 }

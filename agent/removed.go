@@ -67,12 +67,12 @@ const removeTimeout = time.Minute
 // source's objects, logs it once and returns removed for Run to return.
 func (a *Agent) leaveFederation(ctx context.Context, s *syncSession, removed error) error {
 	a.log.Error("this cluster was removed from the federation: stopping, removing its imports; join again with a new token to rejoin", "err", removed)
-	a.mu.Lock()
-	a.removed = removed.Error()
-	a.lastErr = removed.Error()
-	a.cached = false
-	imp, src := a.importer, a.source
-	a.mu.Unlock()
+	var imp *kubeImporter
+	var src catalogSource
+	a.update(func(s *agentStatus) {
+		s.removed, s.lastErr, s.cached = removed.Error(), removed.Error(), false
+		imp, src = s.importer, s.source
+	})
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), removeTimeout)
 	defer cancel()
 

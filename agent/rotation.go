@@ -211,9 +211,7 @@ func (g *rotationGate) publish(st trust.RootStatus) {
 	}
 	s.WaitingFor, s.NotHolding = slices.Clone(s.WaitingFor), slices.Clone(s.NotHolding)
 	g.a.mWaitingMembers.Set(float64(len(s.WaitingFor)))
-	g.a.mu.Lock()
-	g.a.rotation = s
-	g.a.mu.Unlock()
+	g.a.update(func(st *agentStatus) { st.rotation = s })
 }
 
 func (a *Agent) initRotationMetrics() {

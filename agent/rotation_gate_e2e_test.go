@@ -96,10 +96,9 @@ func TestRotationSwitchWaitsForMembersToHoldTheNewRoot(t *testing.T) {
 // snapshotBundles returns the trust domains of the bundles in the agent's
 // current view.
 func (a *Agent) snapshotBundles() []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.snap == nil {
+	snap := a.status().snap
+	if snap == nil {
 		return nil
 	}
-	return sortedKeys(a.snap.bundles)
+	return sortedKeys(snap.bundles)
 }

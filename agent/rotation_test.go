@@ -140,7 +140,5 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 
 // caRotation is what State would show as CARotation.
 func caRotation(a *Agent) CARotationState {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.rotation
+	return a.status().rotation
 }

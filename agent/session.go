@@ -27,9 +27,7 @@ func (a *Agent) runHub(ctx context.Context, keeper *credentialKeeper, root *trus
 	backoff := a.cfg.ReconnectMin
 	for {
 		creds, changed := keeper.current()
-		a.mu.Lock()
-		a.creds = creds
-		a.mu.Unlock()
+		a.update(func(s *agentStatus) { s.creds = creds })
 		conn, err := a.dialHub(creds)
 		if err != nil {
 			return err
@@ -125,33 +123,23 @@ func (a *Agent) runSessions(ctx context.Context, s *syncSession, changed <-chan 
 func (a *Agent) setConnected(ok bool, server string) {
 	defer a.reportSynced()
 	defer a.kickGateways()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.connected, a.server = ok, server
-	if ok {
-		a.lastErr = ""
-	}
+	a.update(func(s *agentStatus) {
+		s.connected, s.server = ok, server
+		if ok {
+			s.lastErr = ""
+		}
+	})
 }
 
 // heard records that the hub server spoke at now; bound is how long that
 // keeps the agent connected (0: for as long as the stream is open).
 func (a *Agent) heard(now time.Time, bound time.Duration) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.lastHeard, a.heardBound = now, bound
-}
-
-// connectedLocked reports whether the agent is connected at now: a stream
-// is open and synced, and the server spoke within the bound. a.mu is held.
-func (a *Agent) connectedLocked(now time.Time) bool {
-	return a.connected && (a.heardBound == 0 || now.Sub(a.lastHeard) <= a.heardBound)
+	a.update(func(s *agentStatus) { s.lastHeard, s.heardBound = now, bound })
 }
 
 func (a *Agent) setErr(err error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	if err != nil {
-		a.lastErr = err.Error()
+		a.update(func(s *agentStatus) { s.lastErr = err.Error() })
 	}
 }
 
@@ -178,11 +166,8 @@ func (a *Agent) publishView(v *view, egressF *egressFile) *view {
 			a.log.Error("ClusterSetIPs", "err", err)
 		}
 	}
-	a.mu.Lock()
-	a.snap = snap
-	a.conflicts = conflicts
-	src := a.source
-	a.mu.Unlock()
+	var src catalogSource
+	a.update(func(s *agentStatus) { s.snap, s.conflicts, src = snap, conflicts, s.source })
 	a.mRevision.Set(float64(snap.revision))
 	a.mImports.Set(float64(len(plans)))
 	a.viewBox.put(snap)
@@ -356,9 +341,7 @@ func (s *syncSession) run(ctx context.Context) error {
 				if err := s.file.save(s.view); err != nil {
 					a.log.Error("persisting the hub state", "err", err)
 				}
-				a.mu.Lock()
-				a.cached = false
-				a.mu.Unlock()
+				a.update(func(s *agentStatus) { s.cached = false })
 				snap := a.publishView(s.view, s.egressF)
 				if a.cmCache != nil {
 					a.cmCache.put(snap)
@@ -458,9 +441,7 @@ func (s *syncSession) ack(d *fedv1.SyncDelta, all bool) *fedv1.Ack {
 
 func (s *syncSession) noteFailures() {
 	f := s.pub.failures()
-	s.a.mu.Lock()
-	s.a.failures = f
-	s.a.mu.Unlock()
+	s.a.update(func(st *agentStatus) { st.failures = f })
 }
 
 // rotateCA starts a CA rotation the hub asked for. The new root enters the

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -151,7 +153,7 @@ func TestPlanImportsOldestWins(t *testing.T) {
 
 func TestParseFileCatalogFieldPaths(t *testing.T) {
 	for _, tc := range []struct{ doc, field string }{
-		{"services:\n- {namespace: default, name: a, ports: [{port: 80, protocol: SCTP}]}\n", "services[0].ports[0].protocol"},
+		{"services:\n- {namespace: default, name: a, ports: [{port: 80, protocol: QUIC}]}\n", "services[0].ports[0].protocol"},
 		{"services:\n- {namespace: Default, name: a, ports: [{port: 80, protocol: TCP}]}\n", "services[0].service.namespace"},
 		{"services:\n- {namespace: d, name: a, ports: [{port: 80, protocol: TCP}], endpoints: [{address: nope}]}\n", "services[0].endpoints[0].address"},
 		{"services:\n- {namespace: d, name: a, ports: [{port: 0, protocol: TCP}]}\n", "services[0].ports[0].port"},
@@ -250,4 +252,74 @@ func (a *Agent) connectedMetric() bool {
 		}
 	}
 	panic("no meshfed_agent_hub_connected")
+}
+
+// What HTTP, DNS and the gateway stream read is one immutable snapshot:
+// a value loaded before a change keeps showing the state before it, whole,
+// and readers never block on a writer. Many writers and readers at once
+// see only whole states (each writer's two fields change together).
+func TestStatusIsAnImmutableSnapshotSwappedWhole(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Cluster = federation.MustClusterName("east")
+	cfg.DataDir = t.TempDir()
+	cfg.Source = SourceFile
+	cfg.SourcePath = filepath.Join(cfg.DataDir, "catalog.yaml")
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := a.status()
+	a.setConnected(true, "s0")
+	a.update(func(s *agentStatus) { s.desired = map[string]*fedv1.ExportedService{"default/a": {Namespace: "default", Name: "a"}} })
+	if before.connected || before.server != "" || before.desired != nil {
+		t.Fatalf("a loaded status changed after it was loaded: %+v", before)
+	}
+	if now := a.status(); !now.connected || now.server != "s0" || len(now.desired) != 1 {
+		t.Fatalf("status after the writes: %+v", now)
+	}
+
+	// A reader holding a status while a writer changes it: the writer does
+	// not wait for the reader, and the reader's value stays whole.
+	held := a.status()
+	done := make(chan struct{})
+	go func() { a.setErr(errors.New("boom")); close(done) }()
+	<-done
+	if held.lastErr != "" || a.status().lastErr != "boom" {
+		t.Fatalf("held lastErr %q, current %q", held.lastErr, a.status().lastErr)
+	}
+
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 500 {
+				server := fmt.Sprintf("w%d-%d", w, i)
+				a.update(func(s *agentStatus) { s.server, s.lastErr = server, server })
+			}
+		}()
+	}
+	stop := make(chan struct{})
+	var torn atomic.Int64
+	var rg sync.WaitGroup
+	rg.Add(1)
+	go func() {
+		defer rg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if s := a.status(); s.server != s.lastErr && s.server != "s0" {
+				torn.Add(1)
+			}
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	rg.Wait()
+	if n := torn.Load(); n > 0 {
+		t.Fatalf("%d reads saw half of a change", n)
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/federation"
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/gateway/gatewayclient"
 )
 
@@ -67,7 +68,7 @@ func (e *egressSet) reconcile(ctx context.Context, t *table) error {
 	want := map[netip.AddrPort]egressKey{}
 	for key, im := range t.state.Imports {
 		for _, p := range im.Ports {
-			if p.Protocol == "UDP" {
+			if fedv1.Transport(p.Protocol) != "TCP" {
 				continue
 			}
 			k := egressKey{service: key, port: p.ServicePort}

@@ -48,15 +48,16 @@ const (
 	MaxExportedServiceBytes = 3 << 20
 )
 
-// Protocols are the values of ServicePort.protocol. UDP is carried over
-// UDP; every other one over TCP.
-var Protocols = []string{"TCP", "UDP", "HTTP", "HTTP2", "GRPC", "TLS"}
+// Protocols are the values of ServicePort.protocol. UDP and SCTP run
+// over themselves; every other one over TCP.
+var Protocols = []string{"TCP", "UDP", "SCTP", "HTTP", "HTTP2", "GRPC", "TLS"}
 
 // Transport is the layer-4 protocol a ServicePort protocol runs over:
-// "UDP" for UDP, "TCP" for the others.
+// "UDP" for UDP, "SCTP" for SCTP, "TCP" for the others.
 func Transport(protocol string) string {
-	if protocol == "UDP" {
-		return "UDP"
+	switch protocol {
+	case "UDP", "SCTP":
+		return protocol
 	}
 	return "TCP"
 }

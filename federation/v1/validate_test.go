@@ -36,8 +36,11 @@ func TestValidateExportedServiceAcceptsWhatKubernetesAllows(t *testing.T) {
 	spec.InternalTrafficPolicy, spec.TrafficDistribution = "Local", "PreferClose"
 	spec.ExportedLabels = map[string]string{"app": "web", "example.com/tier": "", "Team_1.x": "A-b_c.9"}
 	spec.ExportedAnnotations = map[string]string{"example.com/owner": "anything at all: \n{}", "note": ""}
+	sctp := validSvc()
+	sctp.Ports = append(sctp.Ports, port("dns-sctp", 53, "SCTP"))
 	for name, svc := range map[string]*fedv1.ExportedService{
 		"53/TCP and 53/UDP":                                   validSvc(),
+		"53/TCP, 53/UDP and 53/SCTP":                          sctp,
 		"one unnamed port":                                    {Namespace: "a", Name: "b", Ports: []*fedv1.ServicePort{port("", 80, "HTTP")}},
 		"headless, dual-stack, hostnames":                     headless,
 		"ClientIP affinity with timeout":                      affinity,
@@ -62,8 +65,11 @@ func TestValidateExportedServiceNamesFieldAndBound(t *testing.T) {
 		{"no ports", func(s *fedv1.ExportedService) { s.Ports = nil }, "svc.ports", "1 to 64"},
 		{"same port and transport", func(s *fedv1.ExportedService) { s.Ports[1] = port("dns", 53, "HTTP") },
 			"svc.ports[1].port", "listed twice for TCP"},
+		{"same port and SCTP", func(s *fedv1.ExportedService) {
+			s.Ports = append(s.Ports, port("a", 53, "SCTP"), port("b", 53, "SCTP"))
+		}, "svc.ports[3].port", "listed twice for SCTP"},
 		{"port 0", func(s *fedv1.ExportedService) { s.Ports[0].Port = 0 }, "svc.ports[0].port", "1..65535"},
-		{"protocol", func(s *fedv1.ExportedService) { s.Ports[0].Protocol = "SCTP" }, "svc.ports[0].protocol", "TCP, UDP"},
+		{"protocol", func(s *fedv1.ExportedService) { s.Ports[0].Protocol = "QUIC" }, "svc.ports[0].protocol", "TCP, UDP, SCTP"},
 		{"unnamed of several", func(s *fedv1.ExportedService) { s.Ports[1].Name = "" }, "svc.ports[1].name", "required"},
 		{"duplicate name", func(s *fedv1.ExportedService) { s.Ports[1].Name = "dns-tcp" }, "svc.ports[1].name", "duplicate"},
 		{"long app protocol", func(s *fedv1.ExportedService) { s.Ports[0].AppProtocol = strings.Repeat("a", 254) },
