@@ -280,8 +280,9 @@
 // Standbys share the stored credentials and CA root read-only (re-read
 // every 10 s), hold a read-only Sync stream, mirror the leader's egress
 // ports and ClusterSetIPs, and serve the gateway API and DNS. A standby
-// takes over within LeaseDuration + 2.4 × RetryPeriod of the leader's last
-// renewal (12.4 s with the defaults) and finds everything already written.
+// takes over within LeaseDuration + 4.4 × RetryPeriod of the leader's last
+// renewal (14.4 s with the defaults: its polls are jittered up to 2.2 ×
+// RetryPeriod) and finds everything already written.
 // Run returns ErrLeadershipLost when a leader fails to renew the Lease.
 // See leader.go.
 //

@@ -44,9 +44,10 @@ import (
 // its writers have stopped, so a standby takes over at once.
 
 // Lease timings. A standby sees the Lease expire LeaseDuration after it
-// last observed a renewal, which it polls every RetryPeriod (with up to
-// 20% jitter), so a leader's death is followed within LeaseDuration +
-// 2.4*RetryPeriod by a takeover: 12.4 s with these defaults. A leader
+// last observed a renewal, which it polls every RetryPeriod stretched by
+// client-go's jitter (leaderelection.JitterFactor, 1.2: up to 2.2 ×
+// RetryPeriod), so a leader's death is followed within LeaseDuration +
+// 2 × 2.2 × RetryPeriod by a takeover: 14.4 s with these defaults. A leader
 // that cannot renew for RenewDeadline stops writing; the 3 s to
 // LeaseDuration cover a slow exit and clock rate differences.
 const (
