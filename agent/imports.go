@@ -66,14 +66,18 @@ type importCluster struct {
 	Endpoints []*fedv1.HeadlessEndpoint `json:"endpoints,omitempty"`
 
 	oldest bool // the winning export
+	// portClash: this younger export's ports clash with the oldest's (a
+	// name or a port and transport used differently), not merely differ.
+	portClash bool
 }
 
-// portConflict reports whether the cluster's ports conflict with the
-// oldest export's: its endpoints may not serve the import's ports, so it
-// takes no traffic. Other conflicts only mean the oldest export's setting
-// applies to everyone. The oldest export itself always serves.
+// portConflict reports whether the cluster's ports clash with the oldest
+// export's: its endpoints may not serve the import's ports, so it takes no
+// traffic. Ports that merely differ (the import exposes the union) and
+// other conflicts only mean the oldest export's setting applies to
+// everyone. The oldest export itself always serves.
 func (c importCluster) portConflict() bool {
-	return !c.oldest && slices.Contains(strings.Split(c.ConflictReason, ","), string(mcsv1b1.ServiceExportReasonPortConflict))
+	return !c.oldest && c.portClash
 }
 
 // conflictReasons are the MCS Conflict reasons the agent raises, in the
@@ -141,6 +145,7 @@ func planImports(self string, v *view) (map[string]*importPlan, map[string]impor
 				c.Endpoints = r.GetService().GetHeadlessEndpoints()
 			}
 			if r != oldest {
+				c.portClash = portsConflict(os.GetPorts(), r.GetService().GetPorts()) != ""
 				reasons, msgs := exportConflicts(os, r.GetService())
 				if len(reasons) > 0 {
 					c.ConflictReason = strings.Join(reasons, ",")
@@ -200,6 +205,12 @@ func exportConflicts(oldest, younger *fedv1.ExportedService) (reasons, msgs []st
 	if why := portsConflict(oldest.GetPorts(), younger.GetPorts()); why != "" {
 		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonPortConflict))
 		msgs = append(msgs, why)
+	} else if !samePorts(oldest.GetPorts(), younger.GetPorts()) {
+		// Compatible but not the same ports: the import exposes their
+		// union, and the KEP (and its conformance suite) still raises the
+		// conflict on every constituent export.
+		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonPortConflict))
+		msgs = append(msgs, "the ports differ from the oldest export's; the import exposes their union")
 	}
 	if oldest.GetHeadless() != younger.GetHeadless() {
 		reasons = append(reasons, string(mcsv1b1.ServiceExportReasonTypeConflict))
@@ -268,6 +279,20 @@ func mcsType(s *fedv1.ExportedService) mcsv1b1.ServiceImportType {
 		return mcsv1b1.Headless
 	}
 	return mcsv1b1.ClusterSetIP
+}
+
+// samePorts reports whether a and b hold the same ports (name, port,
+// protocol), in any order.
+func samePorts(a, b []*fedv1.ServicePort) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, q := range b {
+		if !hasPort(a, q) {
+			return false
+		}
+	}
+	return true
 }
 
 func hasPort(ps []*fedv1.ServicePort, q *fedv1.ServicePort) bool {

@@ -496,6 +496,11 @@ func TestPlanImportsConflictsAsTheKEPListsThem(t *testing.T) {
 		{"the same ports over TCP and UDP agree", func(*fedv1.ExportedService) {}, ""},
 		{"a port name on another number", func(s *fedv1.ExportedService) { s.Ports[1].Port = 5353 }, "PortConflict"},
 		{"a port number under another name", func(s *fedv1.ExportedService) { s.Ports[1].Name = "domain" }, "PortConflict"},
+		{"one more port (the union is imported)", func(s *fedv1.ExportedService) {
+			s.Ports = append(s.Ports, &fedv1.ServicePort{Name: "stcp", Port: 142, Protocol: "SCTP"})
+		}, "PortConflict"},
+		{"one port fewer", func(s *fedv1.ExportedService) { s.Ports = s.Ports[:1] }, "PortConflict"},
+		{"the same ports in another order agree", func(s *fedv1.ExportedService) { s.Ports[0], s.Ports[1] = s.Ports[1], s.Ports[0] }, ""},
 		{"headless against ClusterSetIP", func(s *fedv1.ExportedService) { s.Headless = true }, "TypeConflict"},
 		{"session affinity", func(s *fedv1.ExportedService) { s.SessionAffinity = "ClientIP" }, "SessionAffinityConflict"},
 		{"None is the default affinity", func(s *fedv1.ExportedService) { s.SessionAffinity = "None" }, ""},
@@ -534,7 +539,38 @@ func TestPlanImportsConflictsAsTheKEPListsThem(t *testing.T) {
 			if p.Clusters[0].Cluster != "east" || p.Clusters[0].portConflict() {
 				t.Fatalf("clusters %+v: east, the oldest, must serve", p.Clusters)
 			}
+			// Only clashing ports keep the younger export from serving.
+			if clash := portsConflict(base().GetPorts(), young.GetPorts()) != ""; p.Clusters[1].portConflict() != clash {
+				t.Fatalf("west serves the import: %v, want %v (its ports clash: %v)", !p.Clusters[1].portConflict(), !clash, clash)
+			}
 		})
+	}
+}
+
+// Exports whose ports differ without clashing import the union of their
+// ports, in create order, and both show the conflict (the conformance
+// suite's "union of the constituent service ports" spec).
+func TestPlanImportsTheUnionOfDifferingPorts(t *testing.T) {
+	c1 := &fedv1.ExportedService{Namespace: "default", Name: "hello", Ports: []*fedv1.ServicePort{{Name: "tcp", Port: 42, Protocol: "TCP"}, {Name: "udp", Port: 42, Protocol: "UDP"}}}
+	c2 := &fedv1.ExportedService{Namespace: "default", Name: "hello", Ports: []*fedv1.ServicePort{{Name: "tcp", Port: 42, Protocol: "TCP"}, {Name: "stcp", Port: 142, Protocol: "SCTP"}}}
+	v := viewOf(&fedv1.ExportRecord{Cluster: "c1", CreateRevision: 1, Service: c1}, &fedv1.ExportRecord{Cluster: "c2", CreateRevision: 2, Service: c2})
+	for _, self := range []string{"c1", "c2"} {
+		plans, conflicts := planImports(self, v)
+		if conflicts["default/hello"].Reason != "PortConflict" {
+			t.Errorf("%s: conflict %+v, want PortConflict", self, conflicts["default/hello"])
+		}
+		var got []string
+		for _, p := range plans["default/hello"].Ports {
+			got = append(got, fmt.Sprintf("%s %d/%s", p.GetName(), p.GetPort(), p.GetProtocol()))
+		}
+		if want := []string{"tcp 42/TCP", "udp 42/UDP", "stcp 142/SCTP"}; !slices.Equal(got, want) {
+			t.Errorf("%s: import ports %v, want %v", self, got, want)
+		}
+		for _, c := range plans["default/hello"].Clusters {
+			if c.portConflict() {
+				t.Errorf("%s: cluster %s takes no traffic; its ports do not clash", self, c.Cluster)
+			}
+		}
 	}
 }
 
