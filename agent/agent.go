@@ -56,7 +56,6 @@ type Agent struct {
 	// Set before the hub goroutine starts, which alone calls it.
 	stopImporter func()
 
-
 	reg          *prometheus.Registry
 	mRevision    prometheus.Gauge
 	mExports     prometheus.Gauge

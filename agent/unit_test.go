@@ -270,7 +270,9 @@ func TestStatusIsAnImmutableSnapshotSwappedWhole(t *testing.T) {
 	}
 	before := a.status()
 	a.setConnected(true, "s0")
-	a.update(func(s *agentStatus) { s.desired = map[string]*fedv1.ExportedService{"default/a": {Namespace: "default", Name: "a"}} })
+	a.update(func(s *agentStatus) {
+		s.desired = map[string]*fedv1.ExportedService{"default/a": {Namespace: "default", Name: "a"}}
+	})
 	if before.connected || before.server != "" || before.desired != nil {
 		t.Fatalf("a loaded status changed after it was loaded: %+v", before)
 	}
