@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +33,7 @@ type replica struct {
 	id       string
 	httpAddr string
 	metrics  string
+	dns      string // --dns-bind
 	bin      string
 	args     []string
 	cmd      *exec.Cmd
@@ -120,12 +122,13 @@ func startFailoverRig(t testing.TB) *failoverRig {
 	for i := range 2 {
 		dir := t.TempDir()
 		rep := &replica{id: fmt.Sprintf("west-%d", i), log: filepath.Join(dir, "agent.log"),
-			httpAddr: "127.0.0.1:" + strconv.Itoa(freeLoopbackPort(t)), metrics: "127.0.0.1:" + strconv.Itoa(freeLoopbackPort(t))}
+			httpAddr: "127.0.0.1:" + strconv.Itoa(freeLoopbackPort(t)), metrics: "127.0.0.1:" + strconv.Itoa(freeLoopbackPort(t)),
+			dns: "127.0.0.1:" + strconv.Itoa(freeLoopbackPort(t))}
 		_, port, _ := net.SplitHostPort(rep.httpAddr)
 		// Restarted from the stored identity: no --cluster, --region, --zone.
 		rep.args = []string{"agent", "--source", "kubernetes", "--kubeconfig", west.Kubeconfig(), "--data-dir", dir,
 			"--http-port", port, "--gateway-api", "127.0.0.1:0", "--gateway-address", "10.99.0.1", "--metrics-bind", rep.metrics,
-			"--leader-elect", "--leader-election-id", rep.id, "--log-level", "debug"}
+			"--dns-bind", rep.dns, "--leader-elect", "--leader-election-id", rep.id, "--log-level", "debug"}
 		rep.bin = bin
 		rep.start(t)
 		t.Cleanup(func() {
@@ -281,6 +284,7 @@ func TestLeaderDeathStandbyTakesOverWithoutImportChurn(t *testing.T) {
 	ctx := context.Background()
 	var uids []types.UID
 	var egress int32
+	var clusterIP netip.Addr
 	if err := testenv.WaitFor(ctx, 60*time.Second, func(ctx context.Context) error {
 		si, es, err := importObjects(ctx, r.wkc, r.wmc, "default", "reviews")
 		if err != nil {
@@ -291,6 +295,11 @@ func TestLeaderDeathStandbyTakesOverWithoutImportChurn(t *testing.T) {
 			return err
 		}
 		uids, egress = []types.UID{si.UID, es.UID, svc.UID}, *es.Ports[0].Port
+		ip, err := netip.ParseAddr(svc.Spec.ClusterIP)
+		if err != nil {
+			return fmt.Errorf("derived Service cluster IP %q: %w", svc.Spec.ClusterIP, err)
+		}
+		clusterIP = ip
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -321,6 +330,9 @@ func TestLeaderDeathStandbyTakesOverWithoutImportChurn(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// The standby serves clusterset.local from its warm view, with the
+	// ClusterSetIP the leader's derived Service holds.
+	waitA(t, standby.dns, "reviews.default.svc.clusterset.local.", clusterIP, 20*time.Second)
 	// Prometheus reaches /metrics on --metrics-bind; /state is not there.
 	if code := httpStatus(t, "http://"+standby.metrics+"/metrics"); code != http.StatusOK {
 		t.Errorf("standby /metrics on --metrics-bind: %d", code)
