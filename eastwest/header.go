@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -27,7 +28,10 @@ import (
 //	  source    uint8 length + cluster name       the caller's cluster
 //	  identity  uint16 length + SPIFFE ID         the calling workload, if known
 //	  trace     uint8 length + trace id           0 or 16 bytes
+//	  subset    uint16 length + "k=v,k=v"         optional: only endpoints with these
+//	                                              labels (a policy's subset), sorted by key
 //	  ...       later versions append fields; a reader skips what it does not know
+//	            (a field after subset is written after a subset length, 0 for none)
 //
 // Status, big-endian:
 //
@@ -46,6 +50,10 @@ const (
 	MaxIdentityLength = 2048
 	// MaxStatusMessage bounds a status message.
 	MaxStatusMessage = 255
+	// MaxSubsetLength bounds the encoded subset labels, and MaxSubsetLabels
+	// their number.
+	MaxSubsetLength = 1024
+	MaxSubsetLabels = 16
 	traceIDLength    = 16
 )
 
@@ -112,6 +120,10 @@ type Header struct {
 	Identity string
 	// TraceID is 16 bytes, or empty.
 	TraceID []byte
+	// Subset, when not empty, restricts the endpoints to those carrying
+	// every one of these labels (a traffic policy's subset). A receiver
+	// predating the field ignores it.
+	Subset map[string]string
 }
 
 // ErrHeader matches every header and status decoding error.
@@ -139,7 +151,14 @@ func AppendHeader(b []byte, h *Header) ([]byte, error) {
 	if err := checkHeader(h); err != nil {
 		return b, err
 	}
+	subset := encodeSubset(h.Subset)
+	if len(subset) > MaxSubsetLength {
+		return b, headerErr("subset", "%d bytes, at most %d", len(subset), MaxSubsetLength)
+	}
 	body := 1 + len(h.Service) + 2 + 1 + len(h.Source) + 2 + len(h.Identity) + 1 + len(h.TraceID)
+	if len(subset) > 0 {
+		body += 2 + len(subset)
+	}
 	b = append(b, protocolVersion, byte(h.Kind))
 	b = binary.BigEndian.AppendUint16(b, uint16(body))
 	b = append(b, byte(len(h.Service)))
@@ -151,7 +170,52 @@ func AppendHeader(b []byte, h *Header) ([]byte, error) {
 	b = append(b, h.Identity...)
 	b = append(b, byte(len(h.TraceID)))
 	b = append(b, h.TraceID...)
+	if len(subset) > 0 {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(subset)))
+		b = append(b, subset...)
+	}
 	return b, nil
+}
+
+// encodeSubset is "k=v,k=v" sorted by key ("" for none).
+func encodeSubset(m map[string]string) string {
+	if len(m) == 0 {
+		return ""
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var sb strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(k)
+		sb.WriteByte('=')
+		sb.WriteString(m[k])
+	}
+	return sb.String()
+}
+
+// decodeSubset parses encodeSubset's form.
+func decodeSubset(s string) (map[string]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	m := map[string]string{}
+	for kv := range strings.SplitSeq(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, headerErr("subset", "%q is not key=value", kv)
+		}
+		if _, dup := m[k]; dup {
+			return nil, headerErr("subset", "label %q twice", k)
+		}
+		m[k] = v
+	}
+	return m, nil
 }
 
 // ReadHeader reads one request header from r. buf, if large enough, is
@@ -255,6 +319,19 @@ func decodeBody(kind Kind, body []byte) (*Header, error) {
 	if t := r.take("trace_id", n); len(t) > 0 {
 		h.TraceID = append([]byte(nil), t...)
 	}
+	if r.err == nil && len(r.b) > 0 {
+		n = r.u16("subset")
+		if n > MaxSubsetLength {
+			return nil, headerErr("subset", "%d bytes, at most %d", n, MaxSubsetLength)
+		}
+		if s := r.take("subset", n); r.err == nil {
+			m, err := decodeSubset(string(s))
+			if err != nil {
+				return nil, err
+			}
+			h.Subset = m
+		}
+	}
 	if r.err != nil {
 		return nil, r.err
 	}
@@ -288,6 +365,14 @@ func checkHeader(h *Header) error {
 	}
 	if h.Identity != "" && (!utf8.ValidString(h.Identity) || !strings.HasPrefix(h.Identity, "spiffe://")) {
 		return headerErr("identity", "must be a UTF-8 SPIFFE ID (spiffe://...)")
+	}
+	if len(h.Subset) > MaxSubsetLabels {
+		return headerErr("subset", "%d labels, at most %d", len(h.Subset), MaxSubsetLabels)
+	}
+	for k, v := range h.Subset {
+		if k == "" || strings.ContainsAny(k, ",=") || strings.ContainsAny(v, ",=") || !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return headerErr("subset", "label %q=%q: keys are not empty; neither holds ',' or '='", k, v)
+		}
 	}
 	return nil
 }

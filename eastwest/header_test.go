@@ -25,6 +25,8 @@ func TestHeaderGoldenBytes(t *testing.T) {
 			Identity: "spiffe://east.meshfed.local/ns/default/sa/productpage", TraceID: bytes.Repeat([]byte{0xab}, 16)}},
 		{"connect-minimal", Header{Kind: KindConnect, Service: "a/b", Port: 1, Source: "c"}},
 		{"probe", Header{Kind: KindProbe, Source: "west"}},
+		{"connect-subset", Header{Kind: KindConnect, Service: "default/reviews", Port: 8080, Source: "east",
+			Subset: map[string]string{"version": "v2", "app.kubernetes.io/tier": "back"}}},
 	}
 	var out strings.Builder
 	for _, c := range cases {
@@ -114,12 +116,51 @@ func TestHeaderRefusalsNameTheFieldAndBound(t *testing.T) {
 }
 
 func TestHeaderSkipsFieldsOfLaterVersions(t *testing.T) {
-	b, _ := AppendHeader(nil, &Header{Kind: KindConnect, Service: "a/b", Port: 9, Source: "c"})
+	b, _ := AppendHeader(nil, &Header{Kind: KindConnect, Service: "a/b", Port: 9, Source: "c", Subset: map[string]string{"v": "2"}})
 	b = append(b, 0xde, 0xad) // a field a later version added
 	b[3] += 2
 	h, err := DecodeHeader(b)
-	if err != nil || h.Service != "a/b" || h.Port != 9 {
+	if err != nil || h.Service != "a/b" || h.Port != 9 || h.Subset["v"] != "2" {
 		t.Fatalf("%+v, %v", h, err)
+	}
+}
+
+// A subset is optional on the wire (a header without one is the version
+// 1 header of older gateways) and refused when malformed.
+func TestHeaderSubset(t *testing.T) {
+	plain, _ := AppendHeader(nil, &Header{Kind: KindConnect, Service: "a/b", Port: 9, Source: "c"})
+	withEmpty, _ := AppendHeader(nil, &Header{Kind: KindConnect, Service: "a/b", Port: 9, Source: "c", Subset: map[string]string{}})
+	if !bytes.Equal(plain, withEmpty) {
+		t.Fatal("an empty subset changed the encoding")
+	}
+	many := map[string]string{}
+	for i := range MaxSubsetLabels + 1 {
+		many[string(rune('a'+i))] = "x"
+	}
+	for _, c := range []struct {
+		subset map[string]string
+		want   string
+	}{
+		{many, "subset: 17 labels, at most 16"},
+		{map[string]string{"a,b": "x"}, "subset: label"},
+		{map[string]string{"a": "x=y"}, "subset: label"},
+		{map[string]string{"": "x"}, "subset: label"},
+		{map[string]string{"k": strings.Repeat("v", MaxSubsetLength)}, "subset: 1026 bytes, at most 1024"},
+	} {
+		_, err := AppendHeader(nil, &Header{Kind: KindConnect, Service: "a/b", Port: 1, Subset: c.subset})
+		if !errors.Is(err, ErrHeader) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("subset %d labels: %v, want an ErrHeader naming %q", len(c.subset), err, c.want)
+		}
+	}
+	// Decoding refuses what encoding would.
+	for name, subset := range map[string]string{"not key=value": "novalue", "twice": "a=1,a=2", "empty key": "=1"} {
+		b := append([]byte(nil), plain...)
+		b = append(b, 0, byte(len(subset)))
+		b = append(b, subset...)
+		b[3] += byte(2 + len(subset))
+		if _, err := DecodeHeader(b); !errors.Is(err, ErrHeader) || !strings.Contains(err.Error(), "subset") {
+			t.Errorf("%s: %v, want an ErrHeader naming the subset", name, err)
+		}
 	}
 }
 
