@@ -54,7 +54,7 @@ const (
 	// their number.
 	MaxSubsetLength = 1024
 	MaxSubsetLabels = 16
-	traceIDLength    = 16
+	traceIDLength   = 16
 )
 
 // Kind is what a stream is for.
