@@ -112,7 +112,7 @@ func committedWrites(b *testing.B, named, forwarded bool) {
 						}
 						t0 := time.Now()
 						_, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{
-							Name: fmt.Sprintf("p%d", w), Service: "default/reviews", FailoverRegions: []string{fmt.Sprintf("r%d", i)},
+							Name: fmt.Sprintf("p%d", w), Service: "default/reviews", Spec: []byte(fmt.Sprintf("r%d", i)),
 						}})
 						cancel()
 						if err != nil {
@@ -234,7 +234,7 @@ func BenchmarkSyncFanout(b *testing.B) {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				t0 := time.Now()
 				resp, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{
-					Name: "fanout", Service: "default/reviews", FailoverRegions: []string{fmt.Sprintf("r%d", c)},
+					Name: "fanout", Service: "default/reviews", Spec: []byte(fmt.Sprintf("r%d", c)),
 				}})
 				cancel()
 				if err != nil {

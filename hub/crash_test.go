@@ -38,7 +38,7 @@ func TestServerWithTruncatedLogTailRestarts(t *testing.T) {
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 				_, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{
-					Name: fmt.Sprintf("p%d", w), Service: "default/reviews", FailoverRegions: []string{fmt.Sprintf("r%d", n)},
+					Name: fmt.Sprintf("p%d", w), Service: "default/reviews", Spec: []byte(fmt.Sprintf("r%d", n)),
 				}})
 				cancel()
 				if err == nil {

@@ -193,7 +193,7 @@ func (j *jepsen) put(client, i int, key, value string) {
 	defer cancel()
 	call := j.now()
 	_, err := j.admins[i].PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{
-		Name: key, Service: "default/reviews", FailoverRegions: []string{value},
+		Name: key, Service: "default/reviews", Spec: []byte(value),
 	}})
 	ret := j.now()
 	in := kvInput{put: true, key: key, value: value}
@@ -240,8 +240,8 @@ func (j *jepsen) read(client, i int, timeout time.Duration) (bool, error) {
 	}
 	have := map[string]string{}
 	for _, p := range resp.GetPolicies() {
-		if fr := p.GetFailoverRegions(); len(fr) == 1 {
-			have[p.GetName()] = fr[0]
+		if s := p.GetSpec(); len(s) > 0 {
+			have[p.GetName()] = string(s)
 		}
 	}
 	ops := make([]porcupine.Operation, 0, len(keys))

@@ -108,7 +108,7 @@ func TestLinearizability(t *testing.T) {
 				if rng.IntN(2) == 0 {
 					v := fmt.Sprintf("c%d-%d", c, n)
 					_, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{
-						Name: key, Service: "default/reviews", FailoverRegions: []string{v},
+						Name: key, Service: "default/reviews", Spec: []byte(v),
 					}})
 					ret := time.Since(start).Nanoseconds()
 					switch status.Code(err) {
@@ -127,7 +127,7 @@ func TestLinearizability(t *testing.T) {
 						val := ""
 						for _, p := range resp.GetPolicies() {
 							if p.GetName() == key {
-								val = p.GetFailoverRegions()[0]
+								val = string(p.GetSpec())
 							}
 						}
 						record(porcupine.Operation{ClientId: c, Input: kvInput{key: key}, Call: call, Output: kvOutput{value: val}, Return: ret})

@@ -38,7 +38,7 @@ func TestNewCommandWaitsForEveryServerToSupportIt(t *testing.T) {
 		}
 	}
 	if _, err := h.Admin().PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{
-		Name: "p", Service: "default/reviews", FailoverRegions: []string{"r"},
+		Name: "p", Service: "default/reviews", Spec: []byte("r"),
 	}}); err != nil {
 		t.Fatalf("a version-1 command during the upgrade: %v", err)
 	}

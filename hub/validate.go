@@ -24,9 +24,7 @@ const (
 	MaxExportsPerPublish  = 1024
 	MaxBundleAuthorities  = 16
 	MaxCSRSize            = 8 << 10
-	MaxPolicySubsets      = 16
-	MaxFailoverRegions    = 16
-	MaxRetryAttempts      = 10
+	MaxPolicySpecSize     = 64 << 10
 	MaxCapabilityFeatures = 64
 	MaxFeatureNameLength  = 64
 	MaxCount              = fedv1.MaxCount
@@ -128,6 +126,9 @@ func validateCapabilities(field string, c *fedv1.Capabilities) error {
 	return nil
 }
 
+// validatePolicy checks what the hub relies on to store a policy: its name,
+// its service and the size of its document. The document itself is
+// validated by package federation/policy.
 func validatePolicy(field string, p *fedv1.TrafficPolicy) error {
 	if _, err := federation.ParseClusterName(p.GetName()); err != nil {
 		return invalidArg(field+".name", "%q must be a lowercase DNS label of at most %d characters", p.GetName(), federation.MaxNameLength)
@@ -135,46 +136,8 @@ func validatePolicy(field string, p *fedv1.TrafficPolicy) error {
 	if _, err := federation.ParseServiceKey(p.GetService()); err != nil {
 		return fieldErr(field, err)
 	}
-	if n := len(p.GetSubsets()); n > MaxPolicySubsets {
-		return invalidArg(field+".subsets", "%d subsets, at most %d", n, MaxPolicySubsets)
-	}
-	total := uint32(0)
-	for i, sub := range p.GetSubsets() {
-		sf := fmt.Sprintf("%s.subsets[%d]", field, i)
-		if sub.GetWeight() > 100 {
-			return invalidArg(sf+".weight", "%d must be in 0..100", sub.GetWeight())
-		}
-		total += sub.GetWeight()
-		if err := validateLabels(sf+".labels", sub.GetLabels()); err != nil {
-			return err
-		}
-	}
-	if len(p.GetSubsets()) > 0 && total != 100 {
-		return invalidArg(field+".subsets", "weights sum to %d, want 100", total)
-	}
-	if n := len(p.GetFailoverRegions()); n > MaxFailoverRegions {
-		return invalidArg(field+".failover_regions", "%d regions, at most %d", n, MaxFailoverRegions)
-	}
-	for i, r := range p.GetFailoverRegions() {
-		if _, err := federation.NewLocality(r, "", ""); err != nil {
-			return fieldErr(fmt.Sprintf("%s.failover_regions[%d]", field, i), err)
-		}
-	}
-	if od := p.GetOutlierDetection(); od != nil {
-		if od.GetMaxEjectionPercent() > 100 {
-			return invalidArg(field+".outlier_detection.max_ejection_percent", "%d must be in 0..100", od.GetMaxEjectionPercent())
-		}
-		if od.GetIntervalMs() < 0 || od.GetBaseEjectionMs() < 0 {
-			return invalidArg(field+".outlier_detection", "durations must not be negative")
-		}
-	}
-	if r := p.GetRetries(); r != nil {
-		if r.GetAttempts() > MaxRetryAttempts {
-			return invalidArg(field+".retries.attempts", "%d, at most %d", r.GetAttempts(), MaxRetryAttempts)
-		}
-		if r.GetPerTryTimeoutMs() < 0 {
-			return invalidArg(field+".retries.per_try_timeout_ms", "must not be negative")
-		}
+	if n := len(p.GetSpec()); n > MaxPolicySpecSize {
+		return invalidArg(field+".spec", "%d bytes, at most %d", n, MaxPolicySpecSize)
 	}
 	return nil
 }

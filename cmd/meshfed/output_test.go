@@ -86,8 +86,7 @@ var (
 	}
 	policiesFixture = &fedv1.ListPoliciesResponse{
 		Policies: []*fedv1.TrafficPolicy{
-			{Name: "cart-canary", Service: "shop/cart", ModifyRevision: 9, FailoverRegions: []string{"us-east", "eu-west"},
-				Subsets: []*fedv1.WeightedSubset{{Name: "v1", Weight: 90}, {Name: "v2", Weight: 10}}},
+			{Name: "cart-canary", Service: "shop/cart", ModifyRevision: 9},
 		},
 	}
 )

@@ -69,14 +69,9 @@ func newPolicyGetCmd(d deps) *cobra.Command {
 }
 
 func policiesTable(w io.Writer, ps []*fedv1.TrafficPolicy) {
-	row(w, "NAME", "SERVICE", "SUBSETS", "FAILOVER", "REVISION")
+	row(w, "NAME", "SERVICE", "REVISION")
 	for _, p := range ps {
-		var subsets []string
-		for _, s := range p.GetSubsets() {
-			subsets = append(subsets, fmt.Sprintf("%s=%d", s.GetName(), s.GetWeight()))
-		}
-		row(w, p.GetName(), p.GetService(), list(subsets), list(p.GetFailoverRegions()),
-			strconv.FormatUint(p.GetModifyRevision(), 10))
+		row(w, p.GetName(), p.GetService(), strconv.FormatUint(p.GetModifyRevision(), 10))
 	}
 }
 

@@ -23,7 +23,7 @@ func BenchmarkApplyPutPolicy(b *testing.B) {
 			logs := make([][]byte, b.N)
 			for i := range logs {
 				cmd := encode(b, fsm.PutPolicyType, &hubpb.CmdPutPolicy{Policy: &fedv1.TrafficPolicy{
-					Name: fmt.Sprintf("p%d", i%16), Service: "default/reviews", FailoverRegions: []string{fmt.Sprintf("r%d", i)},
+					Name: fmt.Sprintf("p%d", i%16), Service: "default/reviews", Spec: []byte(fmt.Sprintf("r%d", i)),
 				}})
 				if wrapped {
 					fp := sha256.Sum256(cmd)

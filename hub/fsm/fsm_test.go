@@ -674,10 +674,7 @@ func goldenCommands() []namedCommand {
 		{"PutBundle", fsm.PutBundleType, &hubpb.CmdPutBundle{Cluster: "east", Bundle: c.GetBundle()}},
 		{"PutPolicy", fsm.PutPolicyType, &hubpb.CmdPutPolicy{Policy: &fedv1.TrafficPolicy{
 			Name: "cart", Service: "shop/cart",
-			Subsets:          []*fedv1.WeightedSubset{{Name: "v1", Labels: map[string]string{"version": "v1", "app": "cart"}, Weight: 90}},
-			FailoverRegions:  []string{"us-east1", "eu-west1"},
-			OutlierDetection: &fedv1.OutlierDetection{ConsecutiveErrors: 5, IntervalMs: 10000, BaseEjectionMs: 30000, MaxEjectionPercent: 50},
-			Retries:          &fedv1.RetryPolicy{Attempts: 3, PerTryTimeoutMs: 500},
+			Spec: []byte(`{"apiVersion":"meshfed.io/v1alpha1","kind":"GlobalTrafficPolicy","metadata":{"name":"cart"},"spec":{"host":"cart.shop"}}`),
 		}}},
 		{"DeletePolicy", fsm.DeletePolicyType, &hubpb.CmdDeletePolicy{Name: "cart"}},
 		{"ClusterStatus", fsm.ClusterStatusType, status("east", "disconnected", 1700000001000, 1700000000500)},
@@ -799,7 +796,7 @@ func randomCommand(rng *rand.Rand) (fsm.MessageType, proto.Message) {
 			return fsm.DeletePolicyType, &hubpb.CmdDeletePolicy{Name: name}
 		}
 		return fsm.PutPolicyType, &hubpb.CmdPutPolicy{Policy: &fedv1.TrafficPolicy{Name: name, Service: "shop/s0",
-			Subsets: []*fedv1.WeightedSubset{{Name: "v", Labels: map[string]string{"x": "1", "y": "2", "z": "3"}, Weight: uint32(rng.IntN(100))}}}}
+			Spec: []byte(fmt.Sprintf("w%d", rng.IntN(100)))}}
 	default:
 		st := []string{"connected", "disconnected"}[rng.IntN(2)]
 		return fsm.ClusterStatusType, status(c, st, now, now-int64(rng.IntN(100)))
@@ -911,7 +908,7 @@ func populated(t testing.TB) *testFSM {
 	h.mustApply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "east", Upserts: []*fedv1.ExportedService{svc("shop", "cart", 1), svc("shop", "pay", 1)}})
 	h.mustApply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "west", Upserts: []*fedv1.ExportedService{svc("shop", "cart", 2)}})
 	h.mustApply(fsm.PublishExportsType, &hubpb.CmdPublishExports{Cluster: "east", Deletes: []string{"shop/pay"}})
-	h.mustApply(fsm.PutPolicyType, &hubpb.CmdPutPolicy{Policy: &fedv1.TrafficPolicy{Name: "p1", Service: "shop/cart", FailoverRegions: []string{"r1"}}})
+	h.mustApply(fsm.PutPolicyType, &hubpb.CmdPutPolicy{Policy: &fedv1.TrafficPolicy{Name: "p1", Service: "shop/cart", Spec: []byte("r1")}})
 	h.mustApply(fsm.PutPolicyType, &hubpb.CmdPutPolicy{Policy: &fedv1.TrafficPolicy{Name: "p2", Service: "shop/pay"}})
 	h.mustApply(fsm.DeletePolicyType, &hubpb.CmdDeletePolicy{Name: "p2"})
 	h.mustApply(fsm.PutBundleType, &hubpb.CmdPutBundle{Cluster: "west", Bundle: &fedv1.TrustBundle{TrustDomain: td("west"), X509Authorities: [][]byte{[]byte("ca-west")}, SequenceNumber: 2}})

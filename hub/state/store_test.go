@@ -61,7 +61,7 @@ func TestPutStampsRevisions(t *testing.T) {
 		w.PutCluster(cluster("east", "us-west1"))
 		mustPutExport(t, w, "east", svc("shop", "cart", 2))
 		w.PutBundle(&hubpb.BundleRecord{Cluster: "east", Bundle: &fedv1.TrustBundle{TrustDomain: "east.meshfed.local", SequenceNumber: 2}})
-		w.PutPolicy(&fedv1.TrafficPolicy{Name: "p", Service: "shop/cart", FailoverRegions: []string{"eu"}})
+		w.PutPolicy(&fedv1.TrafficPolicy{Name: "p", Service: "shop/cart", Spec: []byte("eu")})
 	})
 	r := s.Read()
 	if got := r.Revision(); got != 9 {
