@@ -124,7 +124,7 @@ func TestDNSServicesOfAHeadlessImportAreItsReadyEndpoints(t *testing.T) {
 			{Hostname: "pg-1", Addresses: []string{"10.1.0.6"}, Ready: false},
 		}},
 		{Cluster: "west", Endpoints: []*fedv1.HeadlessEndpoint{{Hostname: "pg-0", Addresses: []string{"10.2.0.7"}, Ready: true}}},
-		{Cluster: "north", Conflict: "ports", ConflictReason: "PortConflict",
+		{Cluster: "north", Conflict: "ports", ConflictReason: "PortConflict", portClash: true,
 			Endpoints: []*fedv1.HeadlessEndpoint{{Hostname: "pg-0", Addresses: []string{"10.3.0.8"}, Ready: true}}},
 	}
 	ips := map[federation.ServiceKey][]netip.Addr{federation.MustServiceKey("db/pg"): {netip.MustParseAddr("10.0.0.1")}}

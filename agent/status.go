@@ -49,14 +49,19 @@ func (s *agentStatus) connectedAt(now time.Time) bool {
 }
 
 // status returns the current state; never nil, never modified.
-func (a *Agent) status() *agentStatus { return a.st.Load() }
+func (a *Agent) status() *agentStatus {
+	if s := a.st.Load(); s != nil {
+		return s
+	}
+	return &agentStatus{} // an Agent not built by New (tests)
+}
 
 // update applies change to a copy of the current state and publishes the
 // copy. Writers are serialised by a.mu; readers never take it.
 func (a *Agent) update(change func(*agentStatus)) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	next := *a.st.Load()
+	next := *a.status()
 	change(&next)
 	a.st.Store(&next)
 }
