@@ -296,7 +296,7 @@ const (
 
 type stringMatch struct {
 	kind matchKind
-	s    string
+	s    string // exact or prefix; for a regex, the literal prefix of every match
 	re   *regexp.Regexp
 }
 
@@ -313,7 +313,11 @@ func compileStringMatch(m *StringMatch) (stringMatch, error) {
 		if err != nil {
 			return stringMatch{}, &FieldError{Msg: "compiling regex " + quote(m.Regex) + ": " + err.Error()}
 		}
-		return stringMatch{kind: matchRegex, re: re}, nil
+		// Every match of the unanchored regex starts with its literal
+		// prefix, so a string without it is refused without running the
+		// regex: most routes of a long list fail there.
+		prefix, _ := regexp.MustCompile(m.Regex).LiteralPrefix()
+		return stringMatch{kind: matchRegex, s: prefix, re: re}, nil
 	}
 	return stringMatch{kind: matchPresent}, nil
 }
@@ -325,7 +329,7 @@ func (m *stringMatch) match(v string) bool {
 	case matchPrefix:
 		return strings.HasPrefix(v, m.s)
 	case matchRegex:
-		return m.re.MatchString(v)
+		return strings.HasPrefix(v, m.s) && m.re.MatchString(v)
 	}
 	return true // matchAny, matchPresent
 }

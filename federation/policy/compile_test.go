@@ -448,3 +448,21 @@ func BenchmarkMatchHTTP(b *testing.B) {
 		}
 	}
 }
+
+func TestRegexLiteralPrefixDoesNotChangeMatches(t *testing.T) {
+	c := compile(t, `"http":[
+		{"name":"alt","match":[{"uri":{"regex":"/a|/b/c"}}]},
+		{"name":"fold","match":[{"uri":{"regex":"(?i)/API/.*"}}]},
+		{"name":"lit","match":[{"uri":{"regex":"/api/v[0-9]+"}}]}]`)
+	for path, want := range map[string]string{"/a": "alt", "/b/c": "alt", "/api/x": "fold", "/Api/y": "fold", "/api/v1": "fold", "/apiv1": "", "/ap": ""} {
+		if got := routeName(c.MatchHTTP("GET", path, "x", nil)); got != want {
+			t.Errorf("MatchHTTP(%s) = %q, want %q", path, got, want)
+		}
+	}
+	c = compile(t, `"http":[{"name":"lit","match":[{"uri":{"regex":"/api/v[0-9]+"}}]}]`)
+	for path, want := range map[string]string{"/api/v1": "lit", "/api/v": "", "/api/w1": "", "x/api/v1": ""} {
+		if got := routeName(c.MatchHTTP("GET", path, "x", nil)); got != want {
+			t.Errorf("MatchHTTP(%s) = %q, want %q", path, got, want)
+		}
+	}
+}
