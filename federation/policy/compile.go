@@ -484,9 +484,9 @@ func (p *RetryPolicy) OnStatus(code int) bool {
 func (p *RetryPolicy) OnReset() bool { return p.cond.bits&(retryReset|retry5xx) != 0 }
 
 // OnConnectFailure reports whether a request that could not connect
-// should be retried: "connect-failure", "5xx" or "gateway-error".
+// should be retried: "connect-failure" or "5xx".
 func (p *RetryPolicy) OnConnectFailure() bool {
-	return p.cond.bits&(retryConnectFailure|retry5xx|retryGatewayError) != 0
+	return p.cond.bits&(retryConnectFailure|retry5xx) != 0
 }
 
 // OnRefusedStream reports whether a request the upstream refused before

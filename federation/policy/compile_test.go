@@ -201,7 +201,7 @@ func TestRetryOnConditions(t *testing.T) {
 		perTry   time.Duration
 		want     conds
 	}{
-		{0, 3, 2 * time.Second, conds{[]int{429, 502, 503, 504}, true, true, false}},
+		{0, 3, 2 * time.Second, conds{[]int{429, 502, 503, 504}, true, false, false}},
 		{1, 2, 0, conds{[]int{500, 501, 502, 503, 504, 505, 599}, true, true, true}},
 		{2, 1, 0, conds{[]int{503}, false, true, true}}, // DefaultRetryOn
 	}
