@@ -296,7 +296,7 @@ const (
 
 type stringMatch struct {
 	kind matchKind
-	s    string
+	s    string // exact or prefix; for a regex, the literal prefix of every match
 	re   *regexp.Regexp
 }
 
@@ -313,7 +313,11 @@ func compileStringMatch(m *StringMatch) (stringMatch, error) {
 		if err != nil {
 			return stringMatch{}, &FieldError{Msg: "compiling regex " + quote(m.Regex) + ": " + err.Error()}
 		}
-		return stringMatch{kind: matchRegex, re: re}, nil
+		// Every match of the unanchored regex starts with its literal
+		// prefix, so a string without it is refused without running the
+		// regex: most routes of a long list fail there.
+		prefix, _ := regexp.MustCompile(m.Regex).LiteralPrefix()
+		return stringMatch{kind: matchRegex, s: prefix, re: re}, nil
 	}
 	return stringMatch{kind: matchPresent}, nil
 }
@@ -325,7 +329,7 @@ func (m *stringMatch) match(v string) bool {
 	case matchPrefix:
 		return strings.HasPrefix(v, m.s)
 	case matchRegex:
-		return m.re.MatchString(v)
+		return strings.HasPrefix(v, m.s) && m.re.MatchString(v)
 	}
 	return true // matchAny, matchPresent
 }
@@ -370,9 +374,12 @@ func (m *httpMatch) match(method, path, authority string, header http.Header) bo
 // in Cluster (any cluster when zero) in Subset (all endpoints when empty),
 // with its Weight out of 100.
 type WeightedDestination struct {
+	// Cluster is the destination cluster; zero for any cluster.
 	Cluster federation.ClusterName
-	Subset  string
-	Weight  int
+	// Subset is the subset's name; "" for every endpoint.
+	Subset string
+	// Weight is the destination's share, 0 to 100.
+	Weight int
 }
 
 type weighted struct {
@@ -480,9 +487,9 @@ func (p *RetryPolicy) OnStatus(code int) bool {
 func (p *RetryPolicy) OnReset() bool { return p.cond.bits&(retryReset|retry5xx) != 0 }
 
 // OnConnectFailure reports whether a request that could not connect
-// should be retried: "connect-failure", "5xx" or "gateway-error".
+// should be retried: "connect-failure" or "5xx".
 func (p *RetryPolicy) OnConnectFailure() bool {
-	return p.cond.bits&(retryConnectFailure|retry5xx|retryGatewayError) != 0
+	return p.cond.bits&(retryConnectFailure|retry5xx) != 0
 }
 
 // OnRefusedStream reports whether a request the upstream refused before
@@ -618,8 +625,10 @@ type distributeRule struct {
 // LocalityWeight is the share of traffic, out of 100, that the localities
 // matching Pattern get.
 type LocalityWeight struct {
+	// Pattern selects the localities.
 	Pattern LocalityPattern
-	Weight  int
+	// Weight is their share, 0 to 100.
+	Weight int
 }
 
 // LocalityPattern is a compiled locality pattern of distribute: "*", or
@@ -727,20 +736,33 @@ func (l *LocalityPolicy) ExcludedClusters() []federation.ClusterName {
 
 // Outlier detection defaults, applied to fields a policy leaves unset.
 const (
-	DefaultConsecutiveErrors  = 5
-	DefaultInterval           = 10 * time.Second
-	DefaultBaseEjectionTime   = 30 * time.Second
+	// DefaultConsecutiveErrors is outlierDetection.consecutiveErrors' default.
+	DefaultConsecutiveErrors = 5
+	// DefaultInterval is outlierDetection.interval's default.
+	DefaultInterval = 10 * time.Second
+	// DefaultBaseEjectionTime is outlierDetection.baseEjectionTime's default.
+	DefaultBaseEjectionTime = 30 * time.Second
+	// DefaultMaxEjectionPercent is outlierDetection.maxEjectionPercent's
+	// default.
 	DefaultMaxEjectionPercent = 10
-	DefaultMinHealthPercent   = 0
+	// DefaultMinHealthPercent is outlierDetection.minHealthPercent's default.
+	DefaultMinHealthPercent = 0
 )
 
 // OutlierPolicy is the compiled outlierDetection, defaults applied.
 type OutlierPolicy struct {
-	ConsecutiveErrors  int
-	Interval           time.Duration
-	BaseEjectionTime   time.Duration
+	// ConsecutiveErrors in a row eject an endpoint.
+	ConsecutiveErrors int
+	// Interval is the time between ejection sweeps.
+	Interval time.Duration
+	// BaseEjectionTime is the first ejection's length; the n-th lasts n
+	// times as long.
+	BaseEjectionTime time.Duration
+	// MaxEjectionPercent is the most endpoints ejected at once, 0 to 100.
 	MaxEjectionPercent int
-	MinHealthPercent   int
+	// MinHealthPercent turns ejection off while fewer endpoints than this
+	// are healthy, 0 to 100.
+	MinHealthPercent int
 }
 
 func compileOutlier(o *OutlierDetection) *OutlierPolicy {
@@ -775,13 +797,21 @@ func compileOutlier(o *OutlierDetection) *OutlierPolicy {
 // PoolLimits is the compiled connectionPool; zero is unlimited, or for
 // durations the gateway's default.
 type PoolLimits struct {
-	MaxConnections           int
-	ConnectTimeout           time.Duration
-	HTTP1MaxPendingRequests  int
-	HTTP2MaxRequests         int
+	// MaxConnections is connectionPool.tcp.maxConnections.
+	MaxConnections int
+	// ConnectTimeout is connectionPool.tcp.connectTimeout.
+	ConnectTimeout time.Duration
+	// HTTP1MaxPendingRequests is connectionPool.http.http1MaxPendingRequests.
+	HTTP1MaxPendingRequests int
+	// HTTP2MaxRequests is connectionPool.http.http2MaxRequests.
+	HTTP2MaxRequests int
+	// MaxRequestsPerConnection is
+	// connectionPool.http.maxRequestsPerConnection.
 	MaxRequestsPerConnection int
-	MaxRetries               int
-	IdleTimeout              time.Duration
+	// MaxRetries is connectionPool.http.maxRetries.
+	MaxRetries int
+	// IdleTimeout is connectionPool.http.idleTimeout.
+	IdleTimeout time.Duration
 }
 
 func compilePool(c *ConnectionPool) PoolLimits {
@@ -889,9 +919,12 @@ func (r *authzRule) matches(src *Source) bool {
 // decided ("allowed by spec.authorization.allow[0]", "denied by
 // spec.authorization.deny[1]").
 const (
+	// ReasonNoAuthorization: the policy sets no authorization; allowed.
 	ReasonNoAuthorization = "no authorization in the policy"
-	ReasonAllowByDefault  = "allowed by default: no deny rule matches"
-	ReasonDenyByDefault   = "denied by default: no allow rule matches and denyByDefault is true"
+	// ReasonAllowByDefault: no rule matches and denyByDefault is false.
+	ReasonAllowByDefault = "allowed by default: no deny rule matches"
+	// ReasonDenyByDefault: no rule matches and denyByDefault is true.
+	ReasonDenyByDefault = "denied by default: no allow rule matches and denyByDefault is true"
 )
 
 // Authorize decides whether src may call the service: refused if it

@@ -201,7 +201,7 @@ func TestRetryOnConditions(t *testing.T) {
 		perTry   time.Duration
 		want     conds
 	}{
-		{0, 3, 2 * time.Second, conds{[]int{429, 502, 503, 504}, true, true, false}},
+		{0, 3, 2 * time.Second, conds{[]int{429, 502, 503, 504}, true, false, false}},
 		{1, 2, 0, conds{[]int{500, 501, 502, 503, 504, 505, 599}, true, true, true}},
 		{2, 1, 0, conds{[]int{503}, false, true, true}}, // DefaultRetryOn
 	}
@@ -445,6 +445,24 @@ func BenchmarkMatchHTTP(b *testing.B) {
 					}
 				}
 			})
+		}
+	}
+}
+
+func TestRegexLiteralPrefixDoesNotChangeMatches(t *testing.T) {
+	c := compile(t, `"http":[
+		{"name":"alt","match":[{"uri":{"regex":"/a|/b/c"}}]},
+		{"name":"fold","match":[{"uri":{"regex":"(?i)/API/.*"}}]},
+		{"name":"lit","match":[{"uri":{"regex":"/api/v[0-9]+"}}]}]`)
+	for path, want := range map[string]string{"/a": "alt", "/b/c": "alt", "/api/x": "fold", "/Api/y": "fold", "/api/v1": "fold", "/apiv1": "", "/ap": ""} {
+		if got := routeName(c.MatchHTTP("GET", path, "x", nil)); got != want {
+			t.Errorf("MatchHTTP(%s) = %q, want %q", path, got, want)
+		}
+	}
+	c = compile(t, `"http":[{"name":"lit","match":[{"uri":{"regex":"/api/v[0-9]+"}}]}]`)
+	for path, want := range map[string]string{"/api/v1": "lit", "/api/v": "", "/api/w1": "", "x/api/v1": ""} {
+		if got := routeName(c.MatchHTTP("GET", path, "x", nil)); got != want {
+			t.Errorf("MatchHTTP(%s) = %q, want %q", path, got, want)
 		}
 	}
 }

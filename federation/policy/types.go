@@ -43,8 +43,9 @@ const (
 	// MaxPolicySize because input may be indented; the canonical encoding
 	// must still fit MaxPolicySize.
 	MaxInputSize = 1 << 20
-	// MinTimeout and MaxTimeout bound every duration of a policy.
+	// MinTimeout is the shortest duration a policy may set.
 	MinTimeout = time.Millisecond
+	// MaxTimeout is the longest duration a policy may set.
 	MaxTimeout = time.Hour
 	// MaxRetryAttempts bounds retries.attempts.
 	MaxRetryAttempts = 10
@@ -71,8 +72,11 @@ const (
 // Failover priority labels: the only values localityLbSetting.failoverPriority
 // accepts.
 const (
-	LabelRegion  = "topology.kubernetes.io/region"
-	LabelZone    = "topology.kubernetes.io/zone"
+	// LabelRegion is the endpoint's region (Kubernetes' well-known label).
+	LabelRegion = "topology.kubernetes.io/region"
+	// LabelZone is the endpoint's zone (Kubernetes' well-known label).
+	LabelZone = "topology.kubernetes.io/zone"
+	// LabelCluster is the endpoint's cluster.
 	LabelCluster = "meshfed.io/cluster"
 )
 
@@ -201,7 +205,9 @@ type OutlierDetection struct {
 // ConnectionPool limits connections and requests to the service from one
 // gateway. Unset (zero) limits are unlimited.
 type ConnectionPool struct {
-	TCP  *TCPSettings  `json:"tcp,omitempty"`
+	// TCP limits connections.
+	TCP *TCPSettings `json:"tcp,omitempty"`
+	// HTTP limits requests.
 	HTTP *HTTPSettings `json:"http,omitempty"`
 }
 
@@ -270,10 +276,18 @@ type HTTPMatchRequest struct {
 // (Go's regexp) and must match the whole string; Present is allowed in
 // header matches only.
 type StringMatch struct {
-	Exact   string `json:"exact,omitempty"`
-	Prefix  string `json:"prefix,omitempty"`
-	Regex   string `json:"regex,omitempty"`
-	Present bool   `json:"present,omitempty"`
+	// Exact matches a value equal to it (at most MaxHeaderValueLength
+	// bytes).
+	Exact string `json:"exact,omitempty"`
+	// Prefix matches a value that starts with it (at most
+	// MaxHeaderValueLength bytes).
+	Prefix string `json:"prefix,omitempty"`
+	// Regex matches a value it matches whole (at most MaxRegexLength
+	// bytes of RE2 source).
+	Regex string `json:"regex,omitempty"`
+	// Present, when true, matches a header that is present, whatever its
+	// value.
+	Present bool `json:"present,omitempty"`
 }
 
 // HTTPRewrite rewrites a request before it is forwarded.
@@ -286,6 +300,7 @@ type HTTPRewrite struct {
 
 // HTTPRouteDestination is a destination with its weight.
 type HTTPRouteDestination struct {
+	// Destination is where the traffic goes.
 	Destination Destination `json:"destination"`
 	// Weight is the percentage of the route's traffic, 0 to 100. With
 	// more than one destination the weights sum to 100; a lone
@@ -297,8 +312,11 @@ type HTTPRouteDestination struct {
 // (any cluster when empty) in Subset (all endpoints when empty). At least
 // one is set.
 type Destination struct {
+	// Cluster is a cluster name, not one of
+	// LocalityLbSetting.ExcludeClusters.
 	Cluster string `json:"cluster,omitempty"`
-	Subset  string `json:"subset,omitempty"`
+	// Subset is the name of one of Spec.Subsets.
+	Subset string `json:"subset,omitempty"`
 }
 
 // HTTPRetry retries a failed request.
@@ -317,31 +335,40 @@ type HTTPRetry struct {
 
 // HTTPFaultInjection injects faults into a route's requests.
 type HTTPFaultInjection struct {
+	// Delay delays requests before forwarding them.
 	Delay *FaultDelay `json:"delay,omitempty"`
+	// Abort answers requests without forwarding them.
 	Abort *FaultAbort `json:"abort,omitempty"`
 }
 
 // FaultDelay delays a percentage of requests by FixedDelay.
 type FaultDelay struct {
-	FixedDelay Duration    `json:"fixedDelay"`
+	// FixedDelay is the delay, MinTimeout to MaxTimeout; required.
+	FixedDelay Duration `json:"fixedDelay"`
+	// Percentage of requests delayed; required.
 	Percentage *Percentage `json:"percentage"`
 }
 
 // FaultAbort answers a percentage of requests with HTTPStatus (200..599)
 // without forwarding them.
 type FaultAbort struct {
-	HTTPStatus int         `json:"httpStatus"`
+	// HTTPStatus is the status to answer with, 200 to 599; required.
+	HTTPStatus int `json:"httpStatus"`
+	// Percentage of requests aborted; required.
 	Percentage *Percentage `json:"percentage"`
 }
 
 // Percentage is a percentage, 0 to 100, fractions allowed.
 type Percentage struct {
+	// Value is the percentage.
 	Value float64 `json:"value"`
 }
 
 // Headers are header operations on requests and on responses.
 type Headers struct {
-	Request  *HeaderOperations `json:"request,omitempty"`
+	// Request operations apply to the request before it is forwarded.
+	Request *HeaderOperations `json:"request,omitempty"`
+	// Response operations apply to the response before it is returned.
 	Response *HeaderOperations `json:"response,omitempty"`
 }
 
@@ -372,8 +399,11 @@ type L4MatchAttributes struct {
 // RouteDestination is a TCP destination with its weight; the rules of
 // HTTPRouteDestination apply.
 type RouteDestination struct {
+	// Destination is where the connections go.
 	Destination Destination `json:"destination"`
-	Weight      int         `json:"weight,omitempty"`
+	// Weight is the percentage of the route's connections, as
+	// HTTPRouteDestination.Weight.
+	Weight int `json:"weight,omitempty"`
 }
 
 // Authorization says who may call the service, enforced by the receiving

@@ -2,6 +2,7 @@ package policyfile
 
 import (
 	"errors"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -142,5 +143,32 @@ func TestDecodeWithoutDocumentsIsErrNoPolicy(t *testing.T) {
 		if _, err := Decode([]byte(in)); !errors.Is(err, ErrNoPolicy) {
 			t.Errorf("Decode(%q) = %v, want ErrNoPolicy", in, err)
 		}
+	}
+}
+
+// TestDocsExamplesDecode keeps docs/policy.md true: every YAML block in it
+// decodes. A block that is not a whole document is a fragment of spec.
+func TestDocsExamplesDecode(t *testing.T) {
+	md, err := os.ReadFile("../../../docs/policy.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := 0
+	for _, part := range strings.Split(string(md), "```yaml\n")[1:] {
+		block, _, ok := strings.Cut(part, "```")
+		if !ok {
+			t.Fatalf("unterminated yaml block: %.40q", part)
+		}
+		blocks++
+		in := block
+		if !strings.HasPrefix(block, "apiVersion:") {
+			in = policyYAML("example", "reviews.default") + "  " + strings.ReplaceAll(strings.TrimSuffix(block, "\n"), "\n", "\n  ") + "\n"
+		}
+		if _, err := Decode([]byte(in)); err != nil {
+			t.Errorf("docs/policy.md block %d does not decode: %v\n%s", blocks, err, in)
+		}
+	}
+	if blocks < 5 {
+		t.Fatalf("found %d yaml blocks in docs/policy.md", blocks)
 	}
 }
