@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/federation/policy"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/gateway/gatewayclient"
 )
@@ -211,9 +212,15 @@ func (e *egressSet) handleTCP(ctx context.Context, c net.Conn, k egressKey) {
 	g := e.g
 	svc := k.service.String()
 	start := time.Now()
-	up, t, err := g.connect(ctx, k)
+	up, t, release, err := g.connect(ctx, k)
 	if err != nil {
-		g.m.requests.WithLabelValues(svc, "none", "egress", "unavailable").Inc()
+		result := "unavailable"
+		if errors.Is(err, errOverflow) {
+			result = "overflow"
+		} else if _, ok := forbidden(err); ok {
+			result = "403"
+		}
+		g.m.requests.WithLabelValues(svc, "none", "egress", result).Inc()
 		if tc, ok := c.(*net.TCPConn); ok {
 			_ = tc.SetLinger(0) // a reset: the client sees the failure at once
 		}
@@ -227,6 +234,7 @@ func (e *egressSet) handleTCP(ctx context.Context, c net.Conn, k egressKey) {
 	active := g.m.active.WithLabelValues(svc, dst, "egress")
 	active.Inc()
 	sent, recv := pipe(ctx, tcpDuplex{c}, up, g.cfg.IdleTimeout)
+	release()
 	active.Dec()
 	g.active.Add(-1)
 	g.m.requests.WithLabelValues(svc, dst, "egress", "ok").Inc()
@@ -245,28 +253,56 @@ func (t target) label() string {
 	return t.cluster.String()
 }
 
-// connect opens a connection for one egress connection or request: to
-// the best target, failing over to the next while nothing has reached the
-// client. It returns the connection and where it goes.
-func (g *Gateway) connect(ctx context.Context, k egressKey) (duplex, target, error) {
+// connect opens a connection for one egress TCP connection: to the best
+// target (under a policy, its first matching TCP route's destination drawn
+// by weight, then the route's others), failing over to the next while
+// nothing has reached the client. It returns the connection, where it
+// goes, and the release of the policy's connection slot it holds.
+func (g *Gateway) connect(ctx context.Context, k egressKey) (duplex, target, func(), error) {
 	t := g.table.Load()
 	r := t.routes[k.service]
 	if r == nil {
-		return nil, target{}, fmt.Errorf("eastwest: %s is not imported", k.service)
+		return nil, target{}, nil, fmt.Errorf("eastwest: %s is not imported", k.service)
+	}
+	var (
+		dests []policy.WeightedDestination
+		pick  policy.WeightedDestination
+		state *serviceState
+	)
+	if r.pol != nil {
+		state = r.pol.state
+		if rule := r.pol.c.MatchTCP(int(k.port.Port)); rule != nil {
+			dests, pick = rule.WeightedDestinations(), rule.Pick(randFloat())
+		}
+	}
+	release, err := state.acquire(ctx, false)
+	if err != nil {
+		return nil, target{}, nil, err
 	}
 	var errs []error
-	for _, tg := range r.order(k.port.Name, g, time.Now(), randFloat) {
+	for _, tg := range r.routeTargets(dests, pick, k.port.Name, g, time.Now(), randFloat) {
 		c, err := g.dialTarget(ctx, tg, k)
 		if err == nil {
-			return c, tg, nil
+			if r.pol != nil && !tg.local {
+				r.pol.clusterResult(r, tg.cluster, true, time.Now())
+			}
+			return c, tg, release, nil
+		}
+		if _, ok := forbidden(err); ok {
+			release()
+			return nil, target{}, nil, err // the service's answer, not the cluster's
+		}
+		if r.pol != nil && !tg.local {
+			r.pol.clusterResult(r, tg.cluster, false, time.Now())
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", tg.label(), err))
 		g.m.failovers.WithLabelValues(k.service.String(), tg.label(), failReason(err)).Inc()
 	}
+	release()
 	if len(errs) == 0 {
-		return nil, target{}, fmt.Errorf("eastwest: %s has no destination", k.service)
+		return nil, target{}, nil, fmt.Errorf("eastwest: %s has no destination", k.service)
 	}
-	return nil, target{}, errors.Join(errs...)
+	return nil, target{}, nil, errors.Join(errs...)
 }
 
 // clusterFault reports whether a failed attempt counts against the
@@ -298,13 +334,23 @@ func failReason(err error) string {
 // or a stream through one of the cluster's gateways (trying each gateway
 // that is up). It feeds outlier detection.
 func (g *Gateway) dialTarget(ctx context.Context, tg target, k egressKey) (duplex, error) {
+	if sp := g.table.Load().policyOf(k.service); sp != nil {
+		if d := sp.c.ConnectionPool().ConnectTimeout; d > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
+	}
 	if tg.local {
 		// The table may have changed since the target was chosen.
 		r := g.table.Load().routes[k.service]
 		if r == nil || r.local == nil {
 			return nil, fmt.Errorf("eastwest: %s is no longer served here", k.service)
 		}
-		c, _, err := g.dialEndpoint(ctx, readyLocal(r.local, k.port.Name))
+		if err := g.authorizeLocal(g.table.Load(), r.pol); err != nil {
+			return nil, err
+		}
+		c, _, err := g.dialEndpoint(ctx, readyLocal(r.local, k.port.Name, subsetLabels(tg.subset)))
 		if err != nil {
 			return nil, err
 		}
@@ -315,7 +361,7 @@ func (g *Gateway) dialTarget(ctx context.Context, tg target, k egressKey) (duple
 		return nil, errNoGateway
 	}
 	hdr, err := AppendHeader(nil, &Header{Kind: KindConnect, Service: k.service.String(), Port: k.port.Port,
-		Source: g.table.Load().state.Self.Cluster.String()})
+		Source: g.table.Load().state.Self.Cluster.String(), Subset: subsetLabels(tg.subset)})
 	if err != nil {
 		return nil, err
 	}
@@ -391,16 +437,75 @@ func (e *egressSet) httpServer(ctx context.Context, k egressKey) *http.Server {
 		// length, gRPC, server-sent events) are flushed at once anyway.
 		FlushInterval: 0,
 		BufferPool:    proxyBuffers{},
+		ModifyResponse: func(resp *http.Response) error {
+			if rule, _ := resp.Request.Context().Value(ruleKey{}).(*policy.HTTPRule); rule != nil {
+				rule.ResponseHeaders().Apply(resp.Header)
+			}
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			e.g.log.Debug("egress: request failed", "service", k.service, "err", err)
-			http.Error(w, "meshfed gateway: no cluster could serve "+k.service.String(), http.StatusServiceUnavailable)
+			if st, ok := forbidden(err); ok {
+				writeStatus(w, http.StatusForbidden, st.Message)
+				return
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				writeStatus(w, http.StatusGatewayTimeout, "upstream request timeout")
+				return
+			}
+			writeStatus(w, http.StatusServiceUnavailable, "no cluster could serve "+k.service.String())
 		},
 	}
 	// Requests in flight count for the drain, like the fast path's.
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.g.inflight.Add(1)
 		defer e.g.inflight.Done()
-		rp.ServeHTTP(w, r)
+		route := e.g.table.Load().routes[k.service]
+		if route == nil || route.pol == nil {
+			rp.ServeHTTP(w, r)
+			return
+		}
+		// The policy's route: fault, request headers, rewrite and
+		// timeout here; destinations and retries in the transport, which
+		// finds the route in the context.
+		ctx := r.Context()
+		if rule := route.pol.c.MatchHTTP(r.Method, r.URL.Path, r.Host, r.Header); rule != nil {
+			if f := rule.Fault(); f != nil {
+				if d, ok := f.Delay(randFloat()); ok {
+					tm := time.NewTimer(d)
+					select {
+					case <-tm.C:
+					case <-ctx.Done():
+						tm.Stop()
+						return
+					}
+				}
+				if code, ok := f.Abort(randFloat()); ok {
+					e.g.m.requests.WithLabelValues(k.service.String(), "none", "egress", "fault_abort").Inc()
+					writeStatus(w, code, "fault filter abort")
+					return
+				}
+			}
+			rule.RequestHeaders().Apply(r.Header)
+			if path, authority := rule.Rewrite(r.URL.Path, r.Host); path != r.URL.Path || authority != r.Host {
+				r.URL.Path, r.URL.RawPath, r.Host = path, "", authority
+			}
+			if d := rule.Timeout(); d > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, d)
+				defer cancel()
+			}
+			ctx = context.WithValue(ctx, ruleKey{}, rule)
+		}
+		release, err := route.pol.state.acquire(ctx, true)
+		if err != nil {
+			e.g.m.requests.WithLabelValues(k.service.String(), "none", "egress", "overflow").Inc()
+			w.Header().Set("X-Meshfed-Overflow", "true")
+			writeStatus(w, http.StatusServiceUnavailable, "the connection pool of "+k.service.String()+" is full")
+			return
+		}
+		defer release()
+		rp.ServeHTTP(w, r.WithContext(ctx))
 	})
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute,
 		BaseContext: func(net.Listener) context.Context { return ctx }}
@@ -465,6 +570,10 @@ func idempotent(r *http.Request) bool {
 	return false
 }
 
+// ruleKey carries a request's policy route (*policy.HTTPRule) from the
+// handler to the transport.
+type ruleKey struct{}
+
 func (f *failoverTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	g := f.e.g
 	svc := f.k.service.String()
@@ -475,8 +584,28 @@ func (f *failoverTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	}
 	start := time.Now()
 	retriable := idempotent(req)
+	maxRetries := g.cfg.HTTPRetries
+	var (
+		rp    *policy.RetryPolicy
+		dests []policy.WeightedDestination
+		pick  policy.WeightedDestination
+	)
+	if rule, _ := req.Context().Value(ruleKey{}).(*policy.HTTPRule); rule != nil {
+		dests, pick = rule.WeightedDestinations(), rule.Pick(randFloat())
+		if rp = rule.Retries(); rp != nil {
+			maxRetries = rp.Attempts()
+			// A policy retries any request it can replay.
+			retriable = req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+		}
+	}
 	retries := 0
-	targets := r.order(f.k.port.Name, g, start, randFloat)
+	targets := r.routeTargets(dests, pick, f.k.port.Name, g, start, randFloat)
+	if rp != nil && len(targets) > 0 {
+		// The retries may revisit the targets, best first.
+		for len(targets) < maxRetries+1 {
+			targets = append(targets, targets[len(targets)%len(targets)])
+		}
+	}
 	var lastErr error
 	// The transport closes a request's body when its dial fails; nothing
 	// was read then, and the next target needs the body whole.
@@ -500,29 +629,40 @@ func (f *failoverTransport) RoundTrip(req *http.Request) (*http.Response, error)
 			req = req.Clone(req.Context())
 			req.Body = body
 		}
-		resp, err := f.transport(tg).RoundTrip(req)
+		resp, err := f.try(req, tg, rp)
 		last := i == len(targets)-1
 		if err != nil {
 			lastErr = err
 			var ce *connectError
 			if errors.As(err, &ce) {
+				if _, ok := forbidden(err); ok {
+					return nil, err
+				}
+				f.e.policyResult(r, tg, false)
 				continue // nothing was sent: always safe
 			}
 			if !tg.local && req.Context().Err() == nil {
 				g.clusterOut.failure(tg.cluster, time.Now())
+				f.e.policyResult(r, tg, false)
 			}
 			g.m.failovers.WithLabelValues(svc, tg.label(), "reset").Inc()
-			if retriable && retries < g.cfg.HTTPRetries && !last {
+			retryOn := rp == nil || rp.OnReset()
+			if errors.Is(err, errPerTryTimeout) {
+				retryOn = rp.OnStatus(http.StatusGatewayTimeout)
+			}
+			if retriable && retries < maxRetries && !last && retryOn && req.Context().Err() == nil {
 				retries++
 				continue
 			}
 			g.m.requests.WithLabelValues(svc, tg.label(), "egress", "reset").Inc()
 			return nil, err
 		}
-		if resp.StatusCode == http.StatusServiceUnavailable && retriable && retries < g.cfg.HTTPRetries && !last {
+		f.e.policyResult(r, tg, resp.StatusCode < 500)
+		retryOn := rp == nil && resp.StatusCode == http.StatusServiceUnavailable || rp != nil && rp.OnStatus(resp.StatusCode)
+		if retryOn && retriable && retries < maxRetries && !last {
 			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 			_ = resp.Body.Close()
-			g.m.failovers.WithLabelValues(svc, tg.label(), "http_503").Inc()
+			g.m.failovers.WithLabelValues(svc, tg.label(), "http_"+strconv.Itoa(resp.StatusCode)).Inc()
 			retries++
 			continue
 		}
@@ -538,6 +678,45 @@ func (f *failoverTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		lastErr = fmt.Errorf("eastwest: %s has no destination", svc)
 	}
 	return nil, lastErr
+}
+
+// try is one attempt at one target, within the policy's per-try timeout
+// until the response headers arrive.
+func (f *failoverTransport) try(req *http.Request, tg target, rp *policy.RetryPolicy) (*http.Response, error) {
+	if rp == nil || rp.PerTryTimeout() <= 0 {
+		return f.transport(tg).RoundTrip(req)
+	}
+	ctx, cancel := context.WithCancel(req.Context())
+	timer := time.AfterFunc(rp.PerTryTimeout(), cancel)
+	resp, err := f.transport(tg).RoundTrip(req.WithContext(ctx))
+	if err != nil || !timer.Stop() {
+		timedOut := ctx.Err() != nil && req.Context().Err() == nil
+		cancel()
+		if err == nil {
+			_ = resp.Body.Close()
+		}
+		if timedOut {
+			return nil, errPerTryTimeout
+		}
+		return nil, err
+	}
+	resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// errPerTryTimeout: a try ran out of the policy's perTryTimeout.
+var errPerTryTimeout = fmt.Errorf("eastwest: per-try timeout: %w", context.DeadlineExceeded)
+
+// cancelBody ends the try's context when the body is closed.
+type cancelBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
 
 // transport returns the pooled HTTP transport to one target.

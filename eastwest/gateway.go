@@ -89,6 +89,7 @@ type Gateway struct {
 	ready        chan struct{}
 	ingressAddr  atomic.Pointer[net.UDPAddr]
 	egress       *egressSet
+	policies     *policyCache
 	lastApplied  atomic.Uint64
 	lastApplyErr atomic.Pointer[error]
 }
@@ -122,6 +123,7 @@ func New(cfg Config, d Deps) (*Gateway, error) {
 		g.log.Warn("endpoint ejected by outlier detection", "endpoint", e)
 	})
 	g.egress = newEgressSet(g)
+	g.policies = newPolicyCache()
 	return g, nil
 }
 
@@ -196,7 +198,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return err
 	}
 	// The table exists before the first handshake can ask who is a member.
-	g.table.Store(compile(st))
+	g.table.Store(g.compile(st))
 	// Work runs under its own context, cancelled only after the drain.
 	wctx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
@@ -298,7 +300,7 @@ func (g *Gateway) listen(st *gatewayclient.State) error {
 
 // apply compiles a config revision and makes the gateway serve it.
 func (g *Gateway) apply(ctx context.Context, st *gatewayclient.State) {
-	t := compile(st)
+	t := g.compile(st)
 	g.table.Store(t)
 	clusters := make(map[federation.ClusterName][]string, len(st.Clusters))
 	tds := make(map[federation.ClusterName]spiffeid.TrustDomain, len(st.Clusters))
@@ -335,6 +337,22 @@ func (g *Gateway) apply(ctx context.Context, st *gatewayclient.State) {
 	}
 	g.lastApplied.Store(st.Revision)
 }
+
+// compile builds the table of a config revision with the policies in
+// force (each policy revision compiled once).
+func (g *Gateway) compile(st *gatewayclient.State) *table {
+	pols := g.policies.update(st.Policies, func(svc federation.ServiceKey, c federation.ClusterName) {
+		g.m.ejections.WithLabelValues("service_cluster", svc.String()+"@"+c.String()).Inc()
+		g.log.Warn("cluster ejected for a service by its policy's outlier detection", "service", svc, "cluster", c)
+	}, func(name string, rev uint64, err error) {
+		g.log.Error("traffic policy rejected; its last good revision stays in force", "policy", name, "revision", rev, "err", err)
+	})
+	return compile(st, pols)
+}
+
+// Policies lists every traffic policy the gateway was sent: the revision
+// in force and any rejection.
+func (g *Gateway) Policies() []PolicyStatus { return g.policies.status() }
 
 // Health is the gateway's view of itself, as it reports it.
 func (g *Gateway) Health() *gatewayv1.GatewayHealth {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/meshfed/meshfed/federation/policy"
 )
 
 // The HTTP/1.1 egress fast path. An HTTP port's connection is read request
@@ -39,6 +41,10 @@ type upConn struct {
 	qc     *quic.Conn // nil for a local endpoint
 	reused bool
 	idle   time.Time // when it went back to the pool
+	uses   int       // requests it carried
+	// maxIdle, when set, replaces upIdleTimeout (a policy's
+	// connectionPool.http.idleTimeout).
+	maxIdle time.Duration
 }
 
 // upIdleTimeout bounds how long an upstream connection waits in the pool:
@@ -47,7 +53,11 @@ type upConn struct {
 const upIdleTimeout = 4 * time.Second
 
 func (u *upConn) usable(now time.Time) bool {
-	return (u.qc == nil || u.qc.Context().Err() == nil) && (u.idle.IsZero() || now.Sub(u.idle) < upIdleTimeout)
+	limit := upIdleTimeout
+	if u.maxIdle > 0 {
+		limit = u.maxIdle
+	}
+	return (u.qc == nil || u.qc.Context().Err() == nil) && (u.idle.IsZero() || now.Sub(u.idle) < limit)
 }
 
 // upPool keeps idle upstream connections per destination and service port.
@@ -315,6 +325,16 @@ func (e *egressSet) upstream(ctx context.Context, tg target, k egressKey, fresh 
 // forward sends one request to the best destination, failing over while
 // nothing reached the client, and writes the response. It reports whether
 // the client connection may carry another request.
+//
+// Under a traffic policy the first matching route applies: its fault, its
+// request header operations and rewrite, a destination drawn by weight
+// (then the route's other destinations as fallbacks), its retries (any
+// request without a body, on the conditions of retryOn, each try within
+// perTryTimeout, up to attempts, revisiting targets), its timeout over
+// all tries (504 when it fires), its response header operations; the
+// policy's connection pool bounds the requests in flight. Without one, an
+// idempotent request without a body is retried on a 503 or a reset, up to
+// Config.HTTPRetries, on the next target.
 func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.Conn, cbr *bufio.Reader, bw *bufio.Writer, k egressKey) bool {
 	g := e.g
 	svc := k.service.String()
@@ -327,10 +347,57 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 	// Nothing of a request without a body can reach the server twice by
 	// mistake: the retry rules below only replay such requests.
 	noBody := req.Body == nil || req.Body == http.NoBody || req.ContentLength == 0 && len(req.TransferEncoding) == 0
-	retriable := noBody && idempotentMethod(req.Method)
+	keepClient := !req.Close && noBody // after an answer of ours: an unsent body would be read as the next request
 	if _, ok := req.Header["User-Agent"]; !ok {
 		req.Header["User-Agent"] = []string{""} // Request.Write adds Go's otherwise
 	}
+	var (
+		rule     *policy.HTTPRule
+		rp       *policy.RetryPolicy
+		state    *serviceState
+		dests    []policy.WeightedDestination
+		pick     policy.WeightedDestination
+		deadline time.Time
+	)
+	if sp := r.pol; sp != nil {
+		state = sp.state
+		rule = sp.c.MatchHTTP(req.Method, req.URL.Path, req.Host, req.Header)
+	}
+	if rule != nil {
+		if f := rule.Fault(); f != nil {
+			if d, ok := f.Delay(randFloat()); ok {
+				tm := time.NewTimer(d)
+				select {
+				case <-tm.C:
+				case <-ctx.Done():
+					tm.Stop()
+					return false
+				}
+			}
+			if code, ok := f.Abort(randFloat()); ok {
+				g.m.requests.WithLabelValues(svc, "none", "egress", "fault_abort").Inc()
+				writeResponse(bw, code, nil, "fault filter abort")
+				return keepClient
+			}
+		}
+		rule.RequestHeaders().Apply(req.Header)
+		if path, authority := rule.Rewrite(req.URL.Path, req.Host); path != req.URL.Path || authority != req.Host {
+			req.URL.Path, req.URL.RawPath, req.Host = path, "", authority
+		}
+		if d := rule.Timeout(); d > 0 {
+			deadline = start.Add(d)
+		}
+		rp = rule.Retries()
+		dests = rule.WeightedDestinations()
+		pick = rule.Pick(randFloat())
+	}
+	release, err := state.acquire(ctx, true)
+	if err != nil {
+		g.m.requests.WithLabelValues(svc, "none", "egress", "overflow").Inc()
+		writeResponse(bw, http.StatusServiceUnavailable, http.Header{"X-Meshfed-Overflow": {"true"}}, "the connection pool of "+svc+" is full")
+		return keepClient
+	}
+	defer release()
 	if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 		// Answer it here, as a server reading the body would: the body
 		// then follows at once and is forwarded with the request.
@@ -339,65 +406,139 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 			return false
 		}
 	}
-	retries := 0
-	targets := r.order(k.port.Name, g, start, randFloat)
-	for i := 0; i < len(targets); i++ {
-		tg := targets[i]
-		last := i == len(targets)-1
+	legacyRetriable := noBody && idempotentMethod(req.Method)
+	maxRetries := g.cfg.HTTPRetries
+	if rp != nil {
+		maxRetries = rp.Attempts()
+	}
+	pool := state.poolLimits()
+	targets := r.routeTargets(dests, pick, k.port.Name, g, start, randFloat)
+	retries, pos := 0, 0
+	// retryDone gives back the pool's retry budget the retry in flight
+	// holds (policy connectionPool.http.maxRetries).
+	retryDone := func() {}
+	defer func() { retryDone() }()
+	// Connect failures move on without counting (nothing was sent); the
+	// loop ends after every target failed to connect in a row.
+	connectFails := 0
+	for len(targets) > 0 && connectFails < len(targets) {
+		if pos >= len(targets) {
+			if rp == nil {
+				break
+			}
+			pos = 0 // a policy's retries revisit the targets, best first
+		}
+		tg := targets[pos]
+		last := pos == len(targets)-1
+		// May this try be followed by another, if it fails?
+		canRetry := retries < maxRetries && (rp != nil && noBody || rp == nil && legacyRetriable && !last)
+		tryDeadline := deadline
+		if rp != nil && rp.PerTryTimeout() > 0 {
+			if d := time.Now().Add(rp.PerTryTimeout()); tryDeadline.IsZero() || d.Before(tryDeadline) {
+				tryDeadline = d
+			}
+		}
+		if !deadline.IsZero() && !time.Now().Before(deadline) {
+			break
+		}
 		u, key, err := e.upstream(ctx, tg, k, false)
 		if err != nil {
+			if st, ok := forbidden(err); ok {
+				g.m.requests.WithLabelValues(svc, tg.label(), "egress", "403").Inc()
+				writeResponse(bw, http.StatusForbidden, nil, st.Message)
+				return keepClient
+			}
 			g.m.failovers.WithLabelValues(svc, tg.label(), failReason(err)).Inc()
+			e.policyResult(r, tg, false)
+			connectFails++
+			pos++
 			continue // nothing was sent
 		}
+		connectFails = 0
+		if !tryDeadline.IsZero() {
+			_ = u.c.SetDeadline(tryDeadline)
+		}
 		resp, err := roundTrip(u, req, bw)
-		if err != nil && u.reused && retriable && ctx.Err() == nil {
+		if err != nil && u.reused && noBody && ctx.Err() == nil && !isTimeout(err) {
 			// A pooled connection the server closed while idle: once
 			// more on a fresh one to the same place, as net/http does. Not
 			// the cluster's fault.
 			_ = u.c.Close()
 			if u, key, err = e.upstream(ctx, tg, k, true); err != nil {
 				g.m.failovers.WithLabelValues(svc, tg.label(), failReason(err)).Inc()
+				pos++
 				continue
+			}
+			if !tryDeadline.IsZero() {
+				_ = u.c.SetDeadline(tryDeadline)
 			}
 			resp, err = roundTrip(u, req, bw)
 		}
 		if err != nil {
 			_ = u.c.Close()
+			timedOut := isTimeout(err)
 			if !tg.local && !errors.Is(err, errClientGone) && ctx.Err() == nil {
 				g.clusterOut.failure(tg.cluster, time.Now())
+				e.policyResult(r, tg, false)
 			}
-			g.m.failovers.WithLabelValues(svc, tg.label(), "reset").Inc()
-			// Only an idempotent request without a body goes elsewhere:
-			// anything else may have reached the server already.
-			if retriable && !last && retries < g.cfg.HTTPRetries && !errors.Is(err, errClientGone) {
-				retries++
-				continue
+			reason := "reset"
+			if timedOut {
+				reason = "timeout"
+			}
+			g.m.failovers.WithLabelValues(svc, tg.label(), reason).Inc()
+			retryOn := rp == nil || timedOut && rp.OnStatus(http.StatusGatewayTimeout) || !timedOut && rp.OnReset()
+			if canRetry && retryOn && !errors.Is(err, errClientGone) && !pastDeadline(deadline) {
+				if done, ok := state.retryBudget(); ok {
+					retryDone()
+					retryDone = done
+					retries++
+					pos++
+					continue
+				}
+			}
+			if errors.Is(err, errClientGone) {
+				return false
+			}
+			if timedOut {
+				g.m.requests.WithLabelValues(svc, tg.label(), "egress", "504").Inc()
+				writeResponse(bw, http.StatusGatewayTimeout, nil, "upstream request timeout")
+				return keepClient
 			}
 			g.m.requests.WithLabelValues(svc, tg.label(), "egress", "reset").Inc()
-			if !errors.Is(err, errClientGone) {
-				writeUnavailable(bw, "the connection to "+tg.label()+" failed: "+err.Error())
-			}
+			writeUnavailable(bw, "the connection to "+tg.label()+" failed: "+err.Error())
 			return false
 		}
 		if !tg.local {
 			g.clusterOut.success(tg.cluster)
 		}
-		if resp.StatusCode == http.StatusServiceUnavailable && retriable && !last && retries < g.cfg.HTTPRetries {
-			n, cerr := io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrainRetryBody))
-			if cerr == nil && n < maxDrainRetryBody && !resp.Close {
-				_ = resp.Body.Close()
-				e.pool.put(key, u)
-			} else {
-				_ = u.c.Close()
+		e.policyResult(r, tg, resp.StatusCode < 500)
+		retryOn := rp == nil && resp.StatusCode == http.StatusServiceUnavailable || rp != nil && rp.OnStatus(resp.StatusCode)
+		if canRetry && retryOn && !pastDeadline(deadline) {
+			if done, ok := state.retryBudget(); ok {
+				retryDone()
+				retryDone = done
+				n, cerr := io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrainRetryBody))
+				if cerr == nil && n < maxDrainRetryBody && !resp.Close {
+					_ = resp.Body.Close()
+					_ = u.c.SetDeadline(time.Time{})
+					e.putUpstream(key, u, pool)
+				} else {
+					_ = u.c.Close()
+				}
+				g.m.failovers.WithLabelValues(svc, tg.label(), "http_"+strconv.Itoa(resp.StatusCode)).Inc()
+				retries++
+				pos++
+				continue
 			}
-			g.m.failovers.WithLabelValues(svc, tg.label(), "http_503").Inc()
-			retries++
-			continue
 		}
 		g.m.latency.WithLabelValues(svc, tg.label(), "egress").Observe(time.Since(start).Seconds())
 		g.m.requests.WithLabelValues(svc, tg.label(), "egress", strconv.Itoa(resp.StatusCode)).Inc()
+		if rule != nil {
+			rule.ResponseHeaders().Apply(resp.Header)
+		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
 			// An upgrade (WebSocket): the head to the client, then raw bytes.
+			_ = u.c.SetDeadline(time.Time{})
 			if err := resp.Write(bw); err != nil || bw.Flush() != nil {
 				_ = u.c.Close()
 				return false
@@ -412,7 +553,8 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 		}
 		_ = resp.Body.Close()
 		if keepUp && werr == nil {
-			e.pool.put(key, u)
+			_ = u.c.SetDeadline(time.Time{})
+			e.putUpstream(key, u, pool)
 		} else {
 			_ = u.c.Close()
 		}
@@ -422,9 +564,46 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 		}
 		return werr == nil && !resp.Close
 	}
+	if pastDeadline(deadline) {
+		g.m.requests.WithLabelValues(svc, "none", "egress", "504").Inc()
+		writeResponse(bw, http.StatusGatewayTimeout, nil, "upstream request timeout")
+		return keepClient
+	}
 	g.m.requests.WithLabelValues(svc, "none", "egress", "unavailable").Inc()
 	writeUnavailable(bw, "no cluster could serve "+svc)
-	return !req.Close && noBody // an unsent body would be read as the next request
+	return keepClient
+}
+
+func pastDeadline(d time.Time) bool { return !d.IsZero() && !time.Now().Before(d) }
+
+// policyResult feeds a request's outcome at a remote target to the
+// service policy's outlier detection.
+func (e *egressSet) policyResult(r *route, tg target, ok bool) {
+	if r.pol == nil || tg.local {
+		return
+	}
+	r.pol.clusterResult(r, tg.cluster, ok, time.Now())
+}
+
+// putUpstream pools an upstream connection for reuse, unless the policy's
+// maxRequestsPerConnection says it has carried enough.
+func (e *egressSet) putUpstream(key transportKey, u *upConn, pool policy.PoolLimits) {
+	u.uses++
+	if pool.MaxRequestsPerConnection > 0 && u.uses >= pool.MaxRequestsPerConnection {
+		_ = u.c.Close()
+		return
+	}
+	u.maxIdle = pool.IdleTimeout
+	e.pool.put(key, u)
+}
+
+// writeResponse writes a short plain-text response of the gateway's own.
+func writeResponse(bw *bufio.Writer, code int, h http.Header, msg string) {
+	body := "meshfed gateway: " + strings.ReplaceAll(msg, "\n", " ") + "\n"
+	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n", code, http.StatusText(code), len(body))
+	_ = h.Write(bw)
+	fmt.Fprintf(bw, "\r\n%s", body)
+	_ = bw.Flush()
 }
 
 func idempotentMethod(m string) bool {

@@ -7,12 +7,14 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/federation/policy"
 )
 
 // serveIngress accepts connections from remote gateways until ctx ends.
@@ -136,7 +138,18 @@ func (g *Gateway) handleStream(ctx context.Context, qc *quic.Conn, src federatio
 		refuse(s, CodeUnknownService, fmt.Sprintf("%s has no port %d", h.Service, h.Port))
 		return
 	}
-	eps := readyLocal(ls, sp.Name)
+	if pol := t.policyOf(key); pol != nil {
+		who := policy.Source{Cluster: src, ServiceAccount: serviceAccountOf(h.Identity)}
+		if rc := t.state.Clusters[src]; rc != nil {
+			who.TrustDomain = rc.TrustDomain
+		}
+		if ok, why := pol.c.Authorize(who); !ok {
+			result = CodeForbidden.String()
+			refuse(s, CodeForbidden, fmt.Sprintf("%s: %s", h.Service, why))
+			return
+		}
+	}
+	eps := readyLocal(ls, sp.Name, h.Subset)
 	conn, ep, err := g.dialEndpoint(ctx, eps)
 	if err != nil {
 		result = CodeNoHealthyEndpoint.String()
@@ -197,4 +210,22 @@ func (g *Gateway) dialEndpoint(ctx context.Context, eps []netip.AddrPort) (net.C
 		errs = append(errs, err)
 	}
 	return nil, netip.AddrPort{}, fmt.Errorf("no endpoint of %d accepted a connection: %w", len(eps), errors.Join(errs...))
+}
+
+// serviceAccountOf returns "namespace/name" of a workload SPIFFE ID of the
+// Kubernetes form (spiffe://<td>/ns/<namespace>/sa/<name>), "" otherwise.
+func serviceAccountOf(id string) string {
+	rest, ok := strings.CutPrefix(id, "spiffe://")
+	if !ok {
+		return ""
+	}
+	_, path, ok := strings.Cut(rest, "/")
+	if !ok {
+		return ""
+	}
+	parts := strings.Split(path, "/")
+	if len(parts) != 4 || parts[0] != "ns" || parts[2] != "sa" || parts[1] == "" || parts[3] == "" {
+		return ""
+	}
+	return parts[1] + "/" + parts[3]
 }
