@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -165,6 +167,12 @@ func (r *policyRig) apply(ps ...*fedv1.TrafficPolicy) {
 	})
 }
 
+// kill stops an exporter's gateway as SIGKILL would.
+func (r *policyRig) kill(name string) {
+	r.exp[name].kill()
+	delete(r.exp, name)
+}
+
 var policyClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: 10 * time.Second}
 
 // get sends one request to east's egress port.
@@ -317,7 +325,7 @@ func TestPolicyFailoverInTheDeclaredOrder(t *testing.T) {
 			t.Fatalf("request %d went to %q, want eu (the declared failover region)", i, body)
 		}
 	}
-	r.exp["eu"].kill()
+	r.kill("eu")
 	for i := range 100 {
 		if code, body, _ := r.get("/", nil); code != http.StatusOK || !strings.HasPrefix(body, "west ") {
 			t.Fatalf("request %d after eu died: %d %q, want west", i, code, body)
@@ -433,5 +441,120 @@ func TestPolicyRejectedRevisionKeepsTheLastGood(t *testing.T) {
 	}
 	if _, body, _ := r.get("/a/x", nil); body != "west /b/x" {
 		t.Fatalf("after the rejected revision: %q, want the last good policy still in force", body)
+	}
+}
+
+func TestPolicyExcludeClustersAndDistribute(t *testing.T) {
+	r := startPolicyRig(t, plainExporter("west", "us-west", "us-west-1a"), plainExporter("north", "us-north", "us-north-1a"),
+		plainExporter("south", "us-south", "us-south-1a"))
+	r.apply(trafficPolicy(t, `{"apiVersion":"meshfed.io/v1alpha1","kind":"GlobalTrafficPolicy","metadata":{"name":"web"},
+		"spec":{"host":"web.default","localityLbSetting":{"excludeClusters":["west","north"]}}}`, 2))
+	for i := range 100 {
+		if _, body, _ := r.get("/", nil); !strings.HasPrefix(body, "south ") {
+			t.Fatalf("request %d reached %q; west and north are excluded", i, body)
+		}
+	}
+	// Excluded clusters stay excluded when the only one left dies.
+	r.kill("south")
+	if code, body, _ := r.get("/", nil); code != http.StatusServiceUnavailable {
+		t.Fatalf("with south dead: %d %q, want 503 (never to an excluded cluster)", code, body)
+	}
+	r.apply(trafficPolicy(t, `{"apiVersion":"meshfed.io/v1alpha1","kind":"GlobalTrafficPolicy","metadata":{"name":"web"},
+		"spec":{"host":"web.default","localityLbSetting":{"distribute":[{"from":"us-east/*","to":{"us-west/*":75,"us-north/*":25}}]}}}`, 3))
+	count := map[string]int{}
+	const n = 1000
+	for range n {
+		_, body, _ := r.get("/", nil)
+		count[strings.Fields(body)[0]]++
+	}
+	// Binomial(1000, 0.25): sd 13.7; 5 sd either side.
+	if north := count["north"]; north < 182 || north > 318 || count["west"]+north != n {
+		t.Fatalf("distribute 75/25: %v, want north 250 ± 68 and the rest west", count)
+	}
+}
+
+// A TCP route splits connections by weight.
+func TestPolicyTCPRouteWeights(t *testing.T) {
+	sp := port("db", 5432, "TCP")
+	east := newCluster(t, "east", "us-east", "us-east-1a")
+	var remotes []remote
+	var all []*cluster
+	for _, name := range []string{"west", "north"} {
+		c := newCluster(t, name, "us-"+name, "us-"+name+"-1a")
+		all = append(all, c)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = ln.Close() })
+		go func() {
+			for {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				_, _ = io.WriteString(conn, name+"\n")
+				_ = conn.Close()
+			}
+		}()
+		ep := netip.MustParseAddrPort(ln.Addr().String())
+		w := startGateway(t, c, newState(c, nil, []*gatewayclient.LocalService{localService("default/db", sp, ep)}, remote{c: east}), nil, east)
+		remotes = append(remotes, remote{c: c, gws: []string{w.addr}, ready: 1})
+	}
+	egress := freePort(t)
+	st := newState(east, []*gatewayclient.Import{importOf("default/db", sp, egress, remotes...)}, nil, remotes...)
+	addPolicies(st, trafficPolicy(t, `{"apiVersion":"meshfed.io/v1alpha1","kind":"GlobalTrafficPolicy","metadata":{"name":"db"},
+		"spec":{"host":"db.default","tcp":[{"match":[{"port":5432}],"route":[{"destination":{"cluster":"west"},"weight":80},{"destination":{"cluster":"north"},"weight":20}]}]}}`, 2))
+	eastGW := startGateway(t, east, st, nil, all...)
+	waitFor(t, 5*time.Second, func() error {
+		for _, c := range all {
+			if !eastGW.g.clusterUp(c.name) {
+				return fmt.Errorf("%s not up", c.name)
+			}
+		}
+		return nil
+	})
+	count := map[string]int{}
+	const n = 500
+	for range n {
+		conn, err := dialTCP(egress)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(conn)
+		_ = conn.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		count[strings.TrimSpace(string(b))]++
+	}
+	// Binomial(500, 0.2): sd 8.9; 5 sd either side.
+	if north := count["north"]; north < 55 || north > 145 || count["west"]+north != n {
+		t.Fatalf("80/20 over %d connections: %v, want north 100 ± 45, the rest west", n, count)
+	}
+}
+
+// The policy's outlier detection ejects a cluster whose requests keep
+// failing (5xx) for this service; without one the gateway keeps sending.
+func TestPolicyOutlierDetectionEjectsAFailingCluster(t *testing.T) {
+	failing := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "down", http.StatusInternalServerError) })
+	r := startPolicyRig(t, exporter{name: "west", region: "us-west", zone: "us-west-1a", endpoints: []endpointSpec{{handler: failing}}},
+		plainExporter("north", "us-north", "us-north-1a"))
+	r.apply(trafficPolicy(t, `{"apiVersion":"meshfed.io/v1alpha1","kind":"GlobalTrafficPolicy","metadata":{"name":"web"},
+		"spec":{"host":"web.default","outlierDetection":{"consecutiveErrors":3,"baseEjectionTime":"1m","maxEjectionPercent":50}}}`, 2))
+	fails := 0
+	for range 200 {
+		if code, _, _ := r.get("/", nil); code != http.StatusOK {
+			fails++
+		}
+	}
+	// west fails 3 times in a row at most before it is ejected.
+	if fails > 3 {
+		t.Fatalf("%d of 200 requests failed, want at most 3 before west is ejected", fails)
+	}
+	// maxEjectionPercent 50 of 2 clusters: north is never ejected too.
+	sp := r.eastGW.g.table.Load().routes[federation.MustServiceKey("default/web")].pol
+	if !sp.ejected(federation.MustClusterName("west"), time.Now()) || sp.ejected(federation.MustClusterName("north"), time.Now()) {
+		t.Fatal("want west ejected and north not")
 	}
 }
