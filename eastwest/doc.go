@@ -26,6 +26,13 @@
 // between requests. Idempotent HTTP requests are also retried on 503 and
 // on a reset stream.
 //
+// Traffic policies (federation/policy) are enforced here, each revision
+// compiled once, the last good one kept when a revision is rejected (see
+// policy.go): routes, weights, subsets, rewrites, retries, timeouts,
+// faults and header operations at egress; locality settings and exclusions
+// in the tiers; per-service outlier ejection and connection pool limits;
+// authorization at ingress, answered to the caller as 403.
+//
 // Liveness needs no hub: every remote gateway gets one pooled QUIC
 // connection, probed on a short interval; a probe unanswered twice takes
 // it out of selection (see Config.ProbeInterval for the budget), and
