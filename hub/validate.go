@@ -53,21 +53,6 @@ func validateLocality(field string, l *fedv1.Locality) (federation.Locality, err
 	return loc, nil
 }
 
-func validateLabels(field string, labels map[string]string) error {
-	if len(labels) > MaxLabels {
-		return invalidArg(field, "%d labels, at most %d", len(labels), MaxLabels)
-	}
-	for k, v := range labels {
-		if k == "" || len(k) > MaxLabelKeyLength {
-			return invalidArg(field, "key %q must be 1 to %d characters", k, MaxLabelKeyLength)
-		}
-		if len(v) > MaxLabelValueLength {
-			return invalidArg(field+"["+k+"]", "value is %d characters, at most %d", len(v), MaxLabelValueLength)
-		}
-	}
-	return nil
-}
-
 // validateExport is the contract's one export validation
 // (fedv1.ValidateExportedService, which the agent runs too), as gRPC
 // InvalidArgument with the field path.
