@@ -198,18 +198,16 @@ func (a *adminService) ListServices(ctx context.Context, _ *fedv1.ListServicesRe
 	return resp, nil
 }
 
+// PutPolicy is ApplyPolicies of one policy (errors name policies[0]).
 func (a *adminService) PutPolicy(ctx context.Context, req *fedv1.PutPolicyRequest) (*fedv1.PutPolicyResponse, error) {
 	if req.GetPolicy() == nil {
 		return nil, invalidArg("policy", "required")
 	}
-	if err := validatePolicy("policy", req.GetPolicy()); err != nil {
-		return nil, err
-	}
-	idx, err := a.s.apply(ctx, fsm.PutPolicyType, &hubpb.CmdPutPolicy{Policy: req.GetPolicy()})
+	resp, err := a.s.applyPolicies(ctx, []*fedv1.TrafficPolicy{req.GetPolicy()}, false)
 	if err != nil {
 		return nil, err
 	}
-	return &fedv1.PutPolicyResponse{Revision: idx}, nil
+	return &fedv1.PutPolicyResponse{Revision: resp.GetRevision()}, nil
 }
 
 func (a *adminService) DeletePolicy(ctx context.Context, req *fedv1.DeletePolicyRequest) (*fedv1.DeletePolicyResponse, error) {

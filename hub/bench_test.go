@@ -111,9 +111,7 @@ func committedWrites(b *testing.B, named, forwarded bool) {
 							ctx = metadata.AppendToOutgoingContext(ctx, "meshfed-request-id", hex.EncodeToString(id[:]))
 						}
 						t0 := time.Now()
-						_, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{
-							Name: fmt.Sprintf("p%d", w), Service: "default/reviews", Spec: []byte(fmt.Sprintf("r%d", i)),
-						}})
+						_, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: testPolicy(fmt.Sprintf("p%d", w), fmt.Sprintf("r%d", i))})
 						cancel()
 						if err != nil {
 							failed.Add(1)
@@ -233,9 +231,7 @@ func BenchmarkSyncFanout(b *testing.B) {
 				target.Store(math.MaxUint64)
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				t0 := time.Now()
-				resp, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{
-					Name: "fanout", Service: "default/reviews", Spec: []byte(fmt.Sprintf("r%d", c)),
-				}})
+				resp, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: testPolicy("fanout", fmt.Sprintf("r%d", c))})
 				cancel()
 				if err != nil {
 					b.Fatalf("change %d: %v", c, err)

@@ -37,9 +37,7 @@ func TestServerWithTruncatedLogTailRestarts(t *testing.T) {
 				default:
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-				_, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{
-					Name: fmt.Sprintf("p%d", w), Service: "default/reviews", Spec: []byte(fmt.Sprintf("r%d", n)),
-				}})
+				_, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: testPolicy(fmt.Sprintf("p%d", w), fmt.Sprintf("r%d", n))})
 				cancel()
 				if err == nil {
 					writes.Add(1)

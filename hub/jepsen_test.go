@@ -192,9 +192,7 @@ func (j *jepsen) put(client, i int, key, value string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	call := j.now()
-	_, err := j.admins[i].PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{
-		Name: key, Service: "default/reviews", Spec: []byte(value),
-	}})
+	_, err := j.admins[i].PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: testPolicy(key, value)})
 	ret := j.now()
 	in := kvInput{put: true, key: key, value: value}
 	switch status.Code(err) {
@@ -240,9 +238,11 @@ func (j *jepsen) read(client, i int, timeout time.Duration) (bool, error) {
 	}
 	have := map[string]string{}
 	for _, p := range resp.GetPolicies() {
-		if s := p.GetSpec(); len(s) > 0 {
-			have[p.GetName()] = string(s)
+		v, err := policyValue(p)
+		if err != nil {
+			j.t.Errorf("read through %s: policy %s: %v", j.h.servers[i].name, p.GetName(), err)
 		}
+		have[p.GetName()] = v
 	}
 	ops := make([]porcupine.Operation, 0, len(keys))
 	for _, k := range keys {

@@ -18,7 +18,7 @@ import (
 )
 
 // The linearizability check models traffic policies as a key-value register:
-// put(k, v) is PutPolicy{name: k, failover_regions: [v]}, get(k) reads it back
+// put(k, v) is PutPolicy(testPolicy(k, v)), get(k) reads it back
 // through ListPolicies. Clients talk to every server while the leader is
 // killed and restarted repeatedly; porcupine checks the recorded history.
 
@@ -107,9 +107,7 @@ func TestLinearizability(t *testing.T) {
 				call := time.Since(start).Nanoseconds()
 				if rng.IntN(2) == 0 {
 					v := fmt.Sprintf("c%d-%d", c, n)
-					_, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{
-						Name: key, Service: "default/reviews", Spec: []byte(v),
-					}})
+					_, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: testPolicy(key, v)})
 					ret := time.Since(start).Nanoseconds()
 					switch status.Code(err) {
 					case codes.OK:
@@ -127,7 +125,9 @@ func TestLinearizability(t *testing.T) {
 						val := ""
 						for _, p := range resp.GetPolicies() {
 							if p.GetName() == key {
-								val = string(p.GetSpec())
+								if val, err = policyValue(p); err != nil {
+									t.Errorf("get: policy %s: %v", key, err)
+								}
 							}
 						}
 						record(porcupine.Operation{ClientId: c, Input: kvInput{key: key}, Call: call, Output: kvOutput{value: val}, Return: ret})

@@ -37,9 +37,7 @@ func TestNewCommandWaitsForEveryServerToSupportIt(t *testing.T) {
 			t.Fatalf("RotateCA through s%d with s2 at protocol 1: %v; want FailedPrecondition naming s2", i, err)
 		}
 	}
-	if _, err := h.Admin().PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{
-		Name: "p", Service: "default/reviews", Spec: []byte("r"),
-	}}); err != nil {
+	if _, err := h.Admin().CreateToken(ctx, &fedv1.CreateTokenRequest{Cluster: "west"}); err != nil {
 		t.Fatalf("a version-1 command during the upgrade: %v", err)
 	}
 

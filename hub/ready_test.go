@@ -33,7 +33,7 @@ func TestRestartedServerAnswersNotReadyWithAReason(t *testing.T) {
 			return err
 		},
 		"PutPolicy": func(ctx context.Context) error {
-			_, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{Name: "p", Service: "default/reviews", Spec: []byte("r")}})
+			_, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: testPolicy("p", "r")})
 			return err
 		},
 		"CreateToken": func(ctx context.Context) error {

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/hub/fsm"
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
 	"github.com/meshfed/meshfed/hub/state"
@@ -40,6 +41,8 @@ type applied struct {
 	token      *hubpb.Token
 	tokenAddrs []string
 	caRotation uint64
+	// ApplyPolicies: what was done to each policy.
+	policyActions []fedv1.PolicyAction
 	// record is the FSM's record of the request (nil for a bare command).
 	record *hubpb.RequestRecord
 }
@@ -48,6 +51,7 @@ func appliedFrom(res *fsm.Result) applied {
 	return applied{
 		index: res.Index, duplicate: res.Duplicate, record: res.Request,
 		token: res.Token, tokenAddrs: res.TokenAddrs, caRotation: res.CARotation,
+		policyActions: res.PolicyActions,
 	}
 }
 

@@ -203,10 +203,10 @@ func TestRequestIDIsValidatedAndNotReusable(t *testing.T) {
 
 	id := requestid.New()
 	ctx = metadata.AppendToOutgoingContext(ctxT(t, 10*time.Second), requestid.MetadataKey, id)
-	if _, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{Name: "p1", Service: "shop/cart"}}); err != nil {
+	if _, err := admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: testPolicy("p1", "v")}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{Name: "p2", Service: "shop/cart"}})
+	_, err = admin.PutPolicy(ctx, &fedv1.PutPolicyRequest{Policy: testPolicy("p2", "v")})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "request_id") {
 		t.Fatalf("ID reused for another policy: %v, want InvalidArgument naming request_id", err)
 	}
@@ -266,7 +266,7 @@ func TestLeaderRefusesAWriteWhoseDeadlinePassed(t *testing.T) {
 
 	// Nothing rotated. A later write makes sure everything proposed so far
 	// has been applied before the check.
-	if _, err := admin.PutPolicy(ctxT(t, 10*time.Second), &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{Name: "after", Service: "shop/cart"}}); err != nil {
+	if _, err := admin.PutPolicy(ctxT(t, 10*time.Second), &fedv1.PutPolicyRequest{Policy: testPolicy("after", "v")}); err != nil {
 		t.Fatal(err)
 	}
 	desc, err := admin.DescribeCluster(ctxT(t, 10*time.Second), &fedv1.DescribeClusterRequest{Name: "late"})

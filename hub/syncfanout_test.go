@@ -97,7 +97,7 @@ func TestConnectAndDisconnectSendNoDeltaToOtherAgents(t *testing.T) {
 	sw.cancel()
 	waitStatus(t, admin, "west", "disconnected", 10*time.Second)
 
-	resp, err := admin.PutPolicy(ctxT(t, 10*time.Second), &fedv1.PutPolicyRequest{Policy: &fedv1.TrafficPolicy{Name: "p", Service: "shop/cart"}})
+	resp, err := admin.PutPolicy(ctxT(t, 10*time.Second), &fedv1.PutPolicyRequest{Policy: testPolicy("p", "v")})
 	if err != nil {
 		t.Fatal(err)
 	}

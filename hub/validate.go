@@ -24,7 +24,6 @@ const (
 	MaxExportsPerPublish  = 1024
 	MaxBundleAuthorities  = 16
 	MaxCSRSize            = 8 << 10
-	MaxPolicySpecSize     = 64 << 10
 	MaxCapabilityFeatures = 64
 	MaxFeatureNameLength  = 64
 	MaxCount              = fedv1.MaxCount
@@ -52,21 +51,6 @@ func validateLocality(field string, l *fedv1.Locality) (federation.Locality, err
 		return federation.Locality{}, fieldErr(strings.TrimSuffix(field, ".locality"), err)
 	}
 	return loc, nil
-}
-
-func validateLabels(field string, labels map[string]string) error {
-	if len(labels) > MaxLabels {
-		return invalidArg(field, "%d labels, at most %d", len(labels), MaxLabels)
-	}
-	for k, v := range labels {
-		if k == "" || len(k) > MaxLabelKeyLength {
-			return invalidArg(field, "key %q must be 1 to %d characters", k, MaxLabelKeyLength)
-		}
-		if len(v) > MaxLabelValueLength {
-			return invalidArg(field+"["+k+"]", "value is %d characters, at most %d", len(v), MaxLabelValueLength)
-		}
-	}
-	return nil
 }
 
 // validateExport is the contract's one export validation
@@ -122,22 +106,6 @@ func validateCapabilities(field string, c *fedv1.Capabilities) error {
 		if len(f) > MaxFeatureNameLength {
 			return invalidArg(fmt.Sprintf("%s.features[%d]", field, i), "at most %d characters", MaxFeatureNameLength)
 		}
-	}
-	return nil
-}
-
-// validatePolicy checks what the hub relies on to store a policy: its name,
-// its service and the size of its document. The document itself is
-// validated by package federation/policy.
-func validatePolicy(field string, p *fedv1.TrafficPolicy) error {
-	if _, err := federation.ParseClusterName(p.GetName()); err != nil {
-		return invalidArg(field+".name", "%q must be a lowercase DNS label of at most %d characters", p.GetName(), federation.MaxNameLength)
-	}
-	if _, err := federation.ParseServiceKey(p.GetService()); err != nil {
-		return fieldErr(field, err)
-	}
-	if n := len(p.GetSpec()); n > MaxPolicySpecSize {
-		return invalidArg(field+".spec", "%d bytes, at most %d", n, MaxPolicySpecSize)
 	}
 	return nil
 }

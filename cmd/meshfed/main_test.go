@@ -64,13 +64,11 @@ type fakeAdmin struct {
 	fedv1.AdminClient
 	err error // returned by every call when set
 
-	status   *fedv1.StatusResponse
-	created  *fedv1.CreateTokenResponse
-	tokens   *fedv1.ListTokensResponse
-	policies *fedv1.ListPoliciesResponse
+	status  *fedv1.StatusResponse
+	created *fedv1.CreateTokenResponse
+	tokens  *fedv1.ListTokensResponse
 
 	gotCreate *fedv1.CreateTokenRequest
-	gotPut    *fedv1.PutPolicyRequest
 }
 
 func (f *fakeAdmin) Status(context.Context, *fedv1.StatusRequest, ...grpc.CallOption) (*fedv1.StatusResponse, error) {
@@ -88,15 +86,6 @@ func (f *fakeAdmin) ListTokens(context.Context, *fedv1.ListTokensRequest, ...grp
 
 func (f *fakeAdmin) DescribeCluster(context.Context, *fedv1.DescribeClusterRequest, ...grpc.CallOption) (*fedv1.DescribeClusterResponse, error) {
 	return nil, f.err
-}
-
-func (f *fakeAdmin) ListPolicies(context.Context, *fedv1.ListPoliciesRequest, ...grpc.CallOption) (*fedv1.ListPoliciesResponse, error) {
-	return f.policies, f.err
-}
-
-func (f *fakeAdmin) PutPolicy(_ context.Context, in *fedv1.PutPolicyRequest, _ ...grpc.CallOption) (*fedv1.PutPolicyResponse, error) {
-	f.gotPut = in
-	return &fedv1.PutPolicyResponse{Revision: 42}, f.err
 }
 
 // withAdmin makes d dial a, recording the config path it was asked for.
@@ -320,54 +309,6 @@ func TestTokenCreate(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || got.Token != "mfjoin1.secret" || got.Info.ID != "t1" {
 		t.Errorf("json %q: %+v, %v", r.stdout, got, err)
-	}
-}
-
-func TestPolicyApply(t *testing.T) {
-	dir := t.TempDir()
-	good := filepath.Join(dir, "p.yaml")
-	writeFile(t, good, `
-name: reviews-canary
-service: bookinfo/reviews
-spec: e30=
-`)
-	a := &fakeAdmin{}
-	d := withAdmin(t, newTestDeps(t, nil), a, nil)
-	r := run(t, d, "policy", "apply", "-f", good, "--config", "c")
-	if r.code != 0 {
-		t.Fatalf("exit %d", r.code)
-	}
-	want := &fedv1.TrafficPolicy{
-		Name:    "reviews-canary",
-		Service: "bookinfo/reviews",
-		Spec:    []byte("{}"),
-	}
-	if !proto.Equal(a.gotPut.GetPolicy(), want) {
-		t.Errorf("put %v, want %v", a.gotPut.GetPolicy(), want)
-	}
-	if r.stdout != "policy reviews-canary applied (revision 42)\n" {
-		t.Errorf("stdout %q", r.stdout)
-	}
-
-	bad := filepath.Join(dir, "bad.yaml")
-	writeFile(t, bad, "name: x\nweights: 3\n")
-	a.gotPut = nil
-	r = run(t, d, "policy", "apply", "-f", bad, "--config", "c")
-	if r.code != exitError || !strings.Contains(r.stderr, "weights") || a.gotPut != nil {
-		t.Errorf("unknown field: exit %d, stderr %q, put %v", r.code, r.stderr, a.gotPut)
-	}
-}
-
-func TestPolicyGetNotFound(t *testing.T) {
-	a := &fakeAdmin{policies: &fedv1.ListPoliciesResponse{Policies: []*fedv1.TrafficPolicy{{Name: "a"}}}}
-	d := withAdmin(t, newTestDeps(t, nil), a, nil)
-	r := run(t, d, "policy", "get", "b", "--config", "c")
-	if r.code != exitError || r.stderr != "error: NotFound: policy \"b\" not found\n" {
-		t.Errorf("exit %d, stderr %q", r.code, r.stderr)
-	}
-	r = run(t, d, "policy", "get", "a", "--config", "c", "-o", "yaml")
-	if r.code != 0 || r.stdout != "name: a\n" {
-		t.Errorf("exit %d, stdout %q", r.code, r.stdout)
 	}
 }
 

@@ -86,7 +86,7 @@ var (
 	}
 	policiesFixture = &fedv1.ListPoliciesResponse{
 		Policies: []*fedv1.TrafficPolicy{
-			{Name: "cart-canary", Service: "shop/cart", ModifyRevision: 9},
+			{Name: "cart-canary", Service: "shop/cart", CreateRevision: 7, ModifyRevision: 9},
 		},
 	}
 )

@@ -1,39 +1,209 @@
 package main
 
 import (
-	"context"
+	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshfed/meshfed/federation/policy"
+	"github.com/meshfed/meshfed/federation/policy/policyfile"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 )
-
-// maxPolicyFileSize bounds a file given to policy apply.
-const maxPolicyFileSize = 1 << 20
 
 func newPolicyCmd(d deps) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "policy",
-		Short: "Manage global traffic policies",
+		Short: "Manage global traffic policies (GlobalTrafficPolicy)",
+		Long: `Manage global traffic policies: GlobalTrafficPolicy documents (see docs/policy.md),
+authored once at the hub and enforced by every cluster's gateways. For example:
+
+  apiVersion: meshfed.io/v1alpha1
+  kind: GlobalTrafficPolicy
+  metadata:
+    name: reviews
+  spec:
+    host: reviews.default
+    http:
+    - route:
+      - destination: {cluster: east}
+        weight: 90
+      - destination: {cluster: west}
+        weight: 10
+
+There is one policy per host: the hub refuses a second one and names the first.`,
 	}
-	cmd.AddCommand(newPolicyListCmd(d), newPolicyGetCmd(d), newPolicyDeleteCmd(d), newPolicyApplyCmd(d))
+	cmd.AddCommand(newPolicyGetCmd(d), newPolicyDeleteCmd(d), newPolicyApplyCmd(d), newPolicyDiffCmd(d))
 	return cmd
 }
 
-func newPolicyListCmd(d deps) *cobra.Command {
-	return newReadCmd(d, "list", "List traffic policies",
-		func(ctx context.Context, c fedv1.AdminClient) (*fedv1.ListPoliciesResponse, error) {
-			return c.ListPolicies(ctx, &fedv1.ListPoliciesRequest{})
-		}, func(w io.Writer, r *fedv1.ListPoliciesResponse) { policiesTable(w, r.GetPolicies()) })
+// policyFiles is the -f flag of apply and diff: files of GlobalTrafficPolicy
+// documents, "-" for stdin.
+type policyFiles []string
+
+func (f *policyFiles) add(cmd *cobra.Command) {
+	cmd.Flags().StringArrayVarP((*[]string)(f), "filename", "f", nil, `YAML or JSON file of one or more policies ("---" between documents), or - for stdin; repeatable (required)`)
+	_ = cmd.MarkFlagRequired("filename") // the flag is defined just above
+}
+
+// policySource says where a policy of a batch was read.
+type policySource struct {
+	file string
+	doc  int // among the file's documents, from 1, as policyfile counts
+}
+
+func (s policySource) String() string { return s.file + " document " + strconv.Itoa(s.doc) }
+
+// read decodes every file with policyfile.Decode, all or nothing: on any
+// error no policy is returned, and every error found, one line each,
+// naming the file, the document and the field path.
+func (f policyFiles) read(stdin io.Reader) ([]*fedv1.TrafficPolicy, []policySource, error) {
+	var (
+		out  []*fedv1.TrafficPolicy
+		srcs []policySource
+		errs []error
+	)
+	for _, path := range f {
+		name, b, err := readPolicyFile(stdin, path)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		ps, err := policyfile.Decode(b)
+		if err != nil {
+			for _, e := range flatten(err) {
+				for line := range strings.SplitSeq(e.Error(), "\n") {
+					errs = append(errs, fmt.Errorf("%s: %s", name, line))
+				}
+			}
+			continue
+		}
+		for i, p := range ps {
+			m, err := policy.ToProto(p)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", policySource{name, i + 1}, err))
+				continue
+			}
+			out = append(out, m)
+			srcs = append(srcs, policySource{name, i + 1})
+		}
+	}
+	if len(errs) > 0 {
+		return nil, nil, &codedError{code: exitError, err: errors.Join(errs...), lines: errs}
+	}
+	return out, srcs, nil
+}
+
+// readPolicyFile reads path, or stdin for "-", up to policyfile.MaxFileSize.
+func readPolicyFile(stdin io.Reader, path string) (string, []byte, error) {
+	r, name := stdin, "stdin"
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return path, nil, err
+		}
+		defer func() { _ = f.Close() }() // read-only
+		r, name = f, path
+	}
+	b, err := io.ReadAll(io.LimitReader(r, policyfile.MaxFileSize+1))
+	if err != nil {
+		return name, nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if len(b) > policyfile.MaxFileSize {
+		return name, nil, fmt.Errorf("%s: larger than %d bytes", name, policyfile.MaxFileSize)
+	}
+	return name, b, nil
+}
+
+// flatten returns the errors joined in err (errors.Join), or err alone.
+func flatten(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// applyPolicies sends one ApplyPolicies call for every policy of the
+// files. A refusal names policies[i]: when the batch has several, the
+// error is followed by which file and document each index is.
+func applyPolicies(c *adminCall, ps []*fedv1.TrafficPolicy, srcs []policySource, dryRun bool) (*fedv1.ApplyPoliciesResponse, error) {
+	resp, err := c.client.ApplyPolicies(c.ctx, &fedv1.ApplyPoliciesRequest{Policies: ps, DryRun: dryRun})
+	if err == nil {
+		if len(resp.GetResults()) != len(ps) {
+			return nil, fmt.Errorf("hub answered %d results for %d policies", len(resp.GetResults()), len(ps))
+		}
+		return resp, nil
+	}
+	st, ok := status.FromError(err)
+	if !ok || len(ps) < 2 {
+		return nil, err
+	}
+	lines := []error{fmt.Errorf("%s: %s", st.Code(), st.Message())}
+	for i, s := range srcs {
+		lines = append(lines, fmt.Errorf("policies[%d] is %s (%s)", i, s, ps[i].GetName()))
+	}
+	return nil, &codedError{code: exitError, err: err, lines: lines}
+}
+
+// action is how a result's action is printed: created, configured,
+// unchanged.
+func action(a fedv1.PolicyAction) string {
+	return strings.ToLower(strings.TrimPrefix(a.String(), "POLICY_ACTION_"))
+}
+
+func newPolicyApplyCmd(d deps) *cobra.Command {
+	var (
+		cf    clientFlags
+		files policyFiles
+	)
+	cmd := &cobra.Command{
+		Use:   "apply -f FILE...",
+		Short: "Create or replace traffic policies from files, all or nothing",
+		Long: `Create or replace the traffic policies of one or more files, all or nothing: every
+document of every file is decoded strictly (unknown fields are refused, every error
+names its file, document and field path) and the hub applies them in one batch, or
+none of them. Each policy is reported created, configured or unchanged (the same
+document is stored already: nothing is written).`,
+		Args: cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			ps, srcs, err := files.read(cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			c, err := cf.dial(cmd, d)
+			if err != nil {
+				return err
+			}
+			defer c.done()
+			resp, err := applyPolicies(c, ps, srcs, false)
+			if err != nil {
+				return err
+			}
+			var out strings.Builder
+			for _, r := range resp.GetResults() {
+				fmt.Fprintf(&out, "policy/%s %s", r.GetName(), action(r.GetAction()))
+				if r.GetAction() != fedv1.PolicyAction_POLICY_ACTION_UNCHANGED {
+					fmt.Fprintf(&out, " (revision %d)", resp.GetRevision())
+				}
+				out.WriteString("\n")
+			}
+			_, err = io.WriteString(cmd.OutOrStdout(), out.String())
+			return err
+		}),
+	}
+	files.add(cmd)
+	cf.add(cmd)
+	return cmd
 }
 
 func newPolicyGetCmd(d deps) *cobra.Command {
@@ -42,9 +212,14 @@ func newPolicyGetCmd(d deps) *cobra.Command {
 		out outputFormat
 	)
 	cmd := &cobra.Command{
-		Use:   "get NAME",
-		Short: "Show one traffic policy (-o yaml prints a file policy apply accepts)",
-		Args:  cobra.ExactArgs(1),
+		Use:     "get [NAME]",
+		Aliases: []string{"list"},
+		Short:   "List traffic policies, or show one (-o yaml prints what policy apply accepts)",
+		Long: `Without NAME, list the traffic policies; with NAME, show that one.
+
+-o yaml prints the stored documents as policy apply accepts them ("---" between
+several); -o json prints a document, or a JSON array of them.`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			c, err := cf.dial(cmd, d)
 			if err != nil {
@@ -55,12 +230,22 @@ func newPolicyGetCmd(d deps) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			for _, p := range resp.GetPolicies() {
-				if p.GetName() == args[0] {
-					return writeOutput(cmd.OutOrStdout(), out, p, func(w io.Writer) { policiesTable(w, []*fedv1.TrafficPolicy{p}) })
+			ps := resp.GetPolicies()
+			if len(args) == 1 {
+				i := slices.IndexFunc(ps, func(p *fedv1.TrafficPolicy) bool { return p.GetName() == args[0] })
+				if i < 0 {
+					return status.Errorf(codes.NotFound, "policy %q not found", args[0])
 				}
+				ps = ps[i : i+1]
 			}
-			return status.Errorf(codes.NotFound, "policy %q not found", args[0])
+			w := cmd.OutOrStdout()
+			switch out {
+			case formatYAML:
+				return writeDocsYAML(w, ps)
+			case formatJSON:
+				return writeDocsJSON(w, ps, len(args) == 0)
+			}
+			return writeOutput(w, out, resp, func(w io.Writer) { policiesTable(w, ps) })
 		}),
 	}
 	cf.add(cmd)
@@ -68,10 +253,61 @@ func newPolicyGetCmd(d deps) *cobra.Command {
 	return cmd
 }
 
+// docYAML is a stored document as YAML.
+func docYAML(p *fedv1.TrafficPolicy) ([]byte, error) {
+	b, err := yaml.JSONToYAML(p.GetSpec())
+	if err != nil {
+		return nil, fmt.Errorf("policy %s: stored document: %w", p.GetName(), err)
+	}
+	return b, nil
+}
+
+// writeDocsYAML writes the stored documents, "---" between them.
+func writeDocsYAML(w io.Writer, ps []*fedv1.TrafficPolicy) error {
+	var buf bytes.Buffer
+	for i, p := range ps {
+		b, err := docYAML(p)
+		if err != nil {
+			return err
+		}
+		if i > 0 {
+			buf.WriteString("---\n")
+		}
+		buf.Write(b)
+	}
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+// writeDocsJSON writes one stored document indented, or, for a list, a
+// JSON array of them.
+func writeDocsJSON(w io.Writer, ps []*fedv1.TrafficPolicy, list bool) error {
+	var raw []byte
+	if list {
+		docs := make([]json.RawMessage, len(ps))
+		for i, p := range ps {
+			docs[i] = p.GetSpec()
+		}
+		var err error
+		if raw, err = json.Marshal(docs); err != nil {
+			return fmt.Errorf("json: %w", err)
+		}
+	} else {
+		raw = ps[0].GetSpec()
+	}
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, raw, "", "  "); err != nil {
+		return fmt.Errorf("json: %w", err)
+	}
+	buf.WriteString("\n")
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
 func policiesTable(w io.Writer, ps []*fedv1.TrafficPolicy) {
-	row(w, "NAME", "SERVICE", "REVISION")
+	row(w, "NAME", "SERVICE", "CREATED", "REVISION")
 	for _, p := range ps {
-		row(w, p.GetName(), p.GetService(), strconv.FormatUint(p.GetModifyRevision(), 10))
+		row(w, p.GetName(), p.GetService(), strconv.FormatUint(p.GetCreateRevision(), 10), strconv.FormatUint(p.GetModifyRevision(), 10))
 	}
 }
 
@@ -91,7 +327,7 @@ func newPolicyDeleteCmd(d deps) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "policy %s deleted (revision %d)\n", args[0], resp.GetRevision())
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "policy/%s deleted (revision %d)\n", args[0], resp.GetRevision())
 			return err
 		}),
 	}
@@ -99,32 +335,23 @@ func newPolicyDeleteCmd(d deps) *cobra.Command {
 	return cmd
 }
 
-func newPolicyApplyCmd(d deps) *cobra.Command {
+func newPolicyDiffCmd(d deps) *cobra.Command {
 	var (
-		cf   clientFlags
-		file string
+		cf    clientFlags
+		files policyFiles
 	)
 	cmd := &cobra.Command{
-		Use:   "apply -f FILE",
-		Short: "Create or replace a traffic policy from a YAML or JSON file",
-		Long: `Create or replace a traffic policy from a YAML or JSON file ("-" reads stdin).
-
-The file is a TrafficPolicy in its protobuf JSON form (field names as in the
-proto or in lowerCamelCase); unknown fields are rejected. For example:
-
-  name: reviews-canary
-  service: bookinfo/reviews
-  subsets:
-  - name: v1
-    labels: {version: v1}
-    weight: 90
-  - name: v2
-    labels: {version: v2}
-    weight: 10
-  failover_regions: [us-east, eu-west]`,
+		Use:   "diff -f FILE...",
+		Short: "Show what policy apply would change, and which clusters it touches; writes nothing",
+		Long: `Show what policy apply -f FILE... would do, writing nothing (a dry run at the
+hub, refused as the apply would be): for each policy, created, configured or
+unchanged; a line diff of its YAML, stored (-) against the file's (+); and the
+clusters it touches: those that export its service, and those that import it
+(every member, while any cluster exports it). The exit status is 0 whether or
+not anything would change.`,
 		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			p, err := readPolicy(cmd.InOrStdin(), file)
+			ps, srcs, err := files.read(cmd.InOrStdin())
 			if err != nil {
 				return err
 			}
@@ -133,55 +360,56 @@ proto or in lowerCamelCase); unknown fields are rejected. For example:
 				return err
 			}
 			defer c.done()
-			resp, err := c.client.PutPolicy(c.ctx, &fedv1.PutPolicyRequest{Policy: p})
+			resp, err := applyPolicies(c, ps, srcs, true)
 			if err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "policy %s applied (revision %d)\n", p.GetName(), resp.GetRevision())
+			var out bytes.Buffer
+			for i, r := range resp.GetResults() {
+				if err := writePolicyDiff(&out, r, ps[i], srcs[i]); err != nil {
+					return err
+				}
+			}
+			_, err = cmd.OutOrStdout().Write(out.Bytes())
 			return err
 		}),
 	}
-	cmd.Flags().StringVarP(&file, "filename", "f", "", "YAML or JSON file with the policy, or - for stdin (required)")
-	_ = cmd.MarkFlagRequired("filename") // the flag is defined just above
+	files.add(cmd)
 	cf.add(cmd)
 	return cmd
 }
 
-// readPolicy reads a TrafficPolicy from the file at path, or from stdin
-// when path is "-".
-func readPolicy(stdin io.Reader, path string) (*fedv1.TrafficPolicy, error) {
-	r := stdin
-	name := "stdin"
-	if path != "-" {
-		f, err := os.Open(path)
-		if err != nil {
-			return nil, err
+// writePolicyDiff prints one policy of a dry run.
+func writePolicyDiff(w *bytes.Buffer, r *fedv1.PolicyApplyResult, p *fedv1.TrafficPolicy, src policySource) error {
+	fmt.Fprintf(w, "policy/%s %s (%s, from %s)\n", r.GetName(), action(r.GetAction()), r.GetService(), src)
+	if len(r.GetExportingClusters()) == 0 {
+		fmt.Fprintf(w, "  clusters: none yet (no cluster exports %s)\n", r.GetService())
+	} else {
+		fmt.Fprintf(w, "  clusters exporting: %s\n", strings.Join(r.GetExportingClusters(), ", "))
+		fmt.Fprintf(w, "  clusters importing: %s\n", strings.Join(r.GetImportingClusters(), ", "))
+	}
+	if r.GetAction() == fedv1.PolicyAction_POLICY_ACTION_UNCHANGED {
+		return nil
+	}
+	newYAML, err := docYAML(p)
+	if err != nil {
+		return err
+	}
+	var oldYAML []byte
+	switch {
+	case r.GetStoredSpecOmitted():
+		fmt.Fprintf(w, "  (the stored document is not shown: the dry run's stored documents passed their size bound; see meshfed policy get %s -o yaml)\n", r.GetName())
+		return nil
+	case r.GetAction() == fedv1.PolicyAction_POLICY_ACTION_CONFIGURED:
+		if oldYAML, err = docYAML(&fedv1.TrafficPolicy{Name: r.GetName(), Spec: r.GetStoredSpec()}); err != nil {
+			return err
 		}
-		defer func() { _ = f.Close() }() // read-only
-		r, name = f, path
 	}
-	b, err := io.ReadAll(io.LimitReader(r, maxPolicyFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+	stored := "stored"
+	if r.GetAction() == fedv1.PolicyAction_POLICY_ACTION_CREATED {
+		stored = "not stored"
 	}
-	if len(b) > maxPolicyFileSize {
-		return nil, fmt.Errorf("%s: larger than %d bytes", name, maxPolicyFileSize)
-	}
-	if strings.TrimSpace(string(b)) == "" {
-		return nil, fmt.Errorf("%s: empty", name)
-	}
-	return parsePolicy(name, b)
-}
-
-// parsePolicy decodes a YAML or JSON TrafficPolicy, rejecting unknown fields.
-func parsePolicy(name string, b []byte) (*fedv1.TrafficPolicy, error) {
-	j, err := yaml.YAMLToJSON(b)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	var p fedv1.TrafficPolicy
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(j, &p); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	return &p, nil
+	fmt.Fprintf(w, "--- policy/%s (%s)\n+++ policy/%s (%s)\n", r.GetName(), stored, r.GetName(), src)
+	writeUnifiedDiff(w, splitLines(oldYAML), splitLines(newYAML))
+	return nil
 }

@@ -27,6 +27,63 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// What ApplyPolicies did, or would do (dry_run), to one policy.
+type PolicyAction int32
+
+const (
+	PolicyAction_POLICY_ACTION_UNSPECIFIED PolicyAction = 0
+	// No policy of that name was stored.
+	PolicyAction_POLICY_ACTION_CREATED PolicyAction = 1
+	// A policy of that name was stored with another document: replaced.
+	PolicyAction_POLICY_ACTION_CONFIGURED PolicyAction = 2
+	// The same document (spec bytes) was stored: nothing is written and the
+	// policy's revisions do not move.
+	PolicyAction_POLICY_ACTION_UNCHANGED PolicyAction = 3
+)
+
+// Enum value maps for PolicyAction.
+var (
+	PolicyAction_name = map[int32]string{
+		0: "POLICY_ACTION_UNSPECIFIED",
+		1: "POLICY_ACTION_CREATED",
+		2: "POLICY_ACTION_CONFIGURED",
+		3: "POLICY_ACTION_UNCHANGED",
+	}
+	PolicyAction_value = map[string]int32{
+		"POLICY_ACTION_UNSPECIFIED": 0,
+		"POLICY_ACTION_CREATED":     1,
+		"POLICY_ACTION_CONFIGURED":  2,
+		"POLICY_ACTION_UNCHANGED":   3,
+	}
+)
+
+func (x PolicyAction) Enum() *PolicyAction {
+	p := new(PolicyAction)
+	*p = x
+	return p
+}
+
+func (x PolicyAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PolicyAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_meshfed_federation_v1_federation_proto_enumTypes[0].Descriptor()
+}
+
+func (PolicyAction) Type() protoreflect.EnumType {
+	return &file_meshfed_federation_v1_federation_proto_enumTypes[0]
+}
+
+func (x PolicyAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PolicyAction.Descriptor instead.
+func (PolicyAction) EnumDescriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{0}
+}
+
 // Capabilities are exchanged at Join and at the start of every Sync stream.
 type Capabilities struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3442,6 +3499,222 @@ func (x *DeletePolicyResponse) GetRevision() uint64 {
 	return 0
 }
 
+// ApplyPolicies creates or replaces a batch of policies, all or nothing: if
+// one is refused, none is written. At most 100 policies and 1 MiB of
+// documents. A policy whose host (service) another stored policy of another
+// name already has is refused with FailedPrecondition naming that policy.
+type ApplyPoliciesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Each with name, service and spec (the document; policy.ToProto);
+	// create_revision and modify_revision are ignored. Names are unique in
+	// the batch.
+	Policies []*TrafficPolicy `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
+	// Validate and answer what would be done, writing nothing.
+	DryRun        bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyPoliciesRequest) Reset() {
+	*x = ApplyPoliciesRequest{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyPoliciesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyPoliciesRequest) ProtoMessage() {}
+
+func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyPoliciesRequest.ProtoReflect.Descriptor instead.
+func (*ApplyPoliciesRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *ApplyPoliciesRequest) GetPolicies() []*TrafficPolicy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *ApplyPoliciesRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+// One policy's outcome, in the order of the request.
+type PolicyApplyResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// namespace/name
+	Service string       `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Action  PolicyAction `protobuf:"varint,3,opt,name=action,proto3,enum=meshfed.federation.v1.PolicyAction" json:"action,omitempty"`
+	// dry_run only: the stored document of a configured policy, to diff
+	// against. Left out (stored_spec_omitted) once the stored documents of
+	// the response would pass 2 MiB together.
+	StoredSpec        []byte `protobuf:"bytes,4,opt,name=stored_spec,json=storedSpec,proto3" json:"stored_spec,omitempty"`
+	StoredSpecOmitted bool   `protobuf:"varint,5,opt,name=stored_spec_omitted,json=storedSpecOmitted,proto3" json:"stored_spec_omitted,omitempty"`
+	// dry_run only: the member clusters the policy touches, from the hub's
+	// catalog: those that export its service, and those that import it
+	// (every member imports every exported service; none while no cluster
+	// exports it). Sorted.
+	ExportingClusters []string `protobuf:"bytes,6,rep,name=exporting_clusters,json=exportingClusters,proto3" json:"exporting_clusters,omitempty"`
+	ImportingClusters []string `protobuf:"bytes,7,rep,name=importing_clusters,json=importingClusters,proto3" json:"importing_clusters,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *PolicyApplyResult) Reset() {
+	*x = PolicyApplyResult{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyApplyResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyApplyResult) ProtoMessage() {}
+
+func (x *PolicyApplyResult) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyApplyResult.ProtoReflect.Descriptor instead.
+func (*PolicyApplyResult) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *PolicyApplyResult) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PolicyApplyResult) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *PolicyApplyResult) GetAction() PolicyAction {
+	if x != nil {
+		return x.Action
+	}
+	return PolicyAction_POLICY_ACTION_UNSPECIFIED
+}
+
+func (x *PolicyApplyResult) GetStoredSpec() []byte {
+	if x != nil {
+		return x.StoredSpec
+	}
+	return nil
+}
+
+func (x *PolicyApplyResult) GetStoredSpecOmitted() bool {
+	if x != nil {
+		return x.StoredSpecOmitted
+	}
+	return false
+}
+
+func (x *PolicyApplyResult) GetExportingClusters() []string {
+	if x != nil {
+		return x.ExportingClusters
+	}
+	return nil
+}
+
+func (x *PolicyApplyResult) GetImportingClusters() []string {
+	if x != nil {
+		return x.ImportingClusters
+	}
+	return nil
+}
+
+type ApplyPoliciesResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Results []*PolicyApplyResult   `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	// The Raft index that applied the batch: the modify_revision of every
+	// created or configured policy. dry_run: the revision of the state the
+	// answer was computed from.
+	Revision      uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyPoliciesResponse) Reset() {
+	*x = ApplyPoliciesResponse{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyPoliciesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyPoliciesResponse) ProtoMessage() {}
+
+func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyPoliciesResponse.ProtoReflect.Descriptor instead.
+func (*ApplyPoliciesResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *ApplyPoliciesResponse) GetResults() []*PolicyApplyResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *ApplyPoliciesResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type ListPoliciesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -3450,7 +3723,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3462,7 +3735,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3475,7 +3748,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
 }
 
 type ListPoliciesResponse struct {
@@ -3488,7 +3761,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3500,7 +3773,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3513,7 +3786,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*TrafficPolicy {
@@ -3555,7 +3828,7 @@ type FederationRelationship struct {
 
 func (x *FederationRelationship) Reset() {
 	*x = FederationRelationship{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3567,7 +3840,7 @@ func (x *FederationRelationship) String() string {
 func (*FederationRelationship) ProtoMessage() {}
 
 func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3580,7 +3853,7 @@ func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
 func (*FederationRelationship) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *FederationRelationship) GetTrustDomain() string {
@@ -3641,7 +3914,7 @@ type PutFederationRequest struct {
 
 func (x *PutFederationRequest) Reset() {
 	*x = PutFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3653,7 +3926,7 @@ func (x *PutFederationRequest) String() string {
 func (*PutFederationRequest) ProtoMessage() {}
 
 func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3666,7 +3939,7 @@ func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationRequest.ProtoReflect.Descriptor instead.
 func (*PutFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *PutFederationRequest) GetFederation() *FederationRelationship {
@@ -3685,7 +3958,7 @@ type PutFederationResponse struct {
 
 func (x *PutFederationResponse) Reset() {
 	*x = PutFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3697,7 +3970,7 @@ func (x *PutFederationResponse) String() string {
 func (*PutFederationResponse) ProtoMessage() {}
 
 func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3710,7 +3983,7 @@ func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationResponse.ProtoReflect.Descriptor instead.
 func (*PutFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *PutFederationResponse) GetRevision() uint64 {
@@ -3729,7 +4002,7 @@ type DeleteFederationRequest struct {
 
 func (x *DeleteFederationRequest) Reset() {
 	*x = DeleteFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3741,7 +4014,7 @@ func (x *DeleteFederationRequest) String() string {
 func (*DeleteFederationRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3754,7 +4027,7 @@ func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *DeleteFederationRequest) GetTrustDomain() string {
@@ -3773,7 +4046,7 @@ type DeleteFederationResponse struct {
 
 func (x *DeleteFederationResponse) Reset() {
 	*x = DeleteFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3785,7 +4058,7 @@ func (x *DeleteFederationResponse) String() string {
 func (*DeleteFederationResponse) ProtoMessage() {}
 
 func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3798,7 +4071,7 @@ func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *DeleteFederationResponse) GetRevision() uint64 {
@@ -3816,7 +4089,7 @@ type ListFederationsRequest struct {
 
 func (x *ListFederationsRequest) Reset() {
 	*x = ListFederationsRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3828,7 +4101,7 @@ func (x *ListFederationsRequest) String() string {
 func (*ListFederationsRequest) ProtoMessage() {}
 
 func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3841,7 +4114,7 @@ func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
 }
 
 type FederationStatus struct {
@@ -3857,7 +4130,7 @@ type FederationStatus struct {
 
 func (x *FederationStatus) Reset() {
 	*x = FederationStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3869,7 +4142,7 @@ func (x *FederationStatus) String() string {
 func (*FederationStatus) ProtoMessage() {}
 
 func (x *FederationStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3882,7 +4155,7 @@ func (x *FederationStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationStatus.ProtoReflect.Descriptor instead.
 func (*FederationStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *FederationStatus) GetFederation() *FederationRelationship {
@@ -3916,7 +4189,7 @@ type ListFederationsResponse struct {
 
 func (x *ListFederationsResponse) Reset() {
 	*x = ListFederationsResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3928,7 +4201,7 @@ func (x *ListFederationsResponse) String() string {
 func (*ListFederationsResponse) ProtoMessage() {}
 
 func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3941,7 +4214,7 @@ func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ListFederationsResponse) GetFederations() []*FederationStatus {
@@ -3971,7 +4244,7 @@ type BundleInfo struct {
 
 func (x *BundleInfo) Reset() {
 	*x = BundleInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3983,7 +4256,7 @@ func (x *BundleInfo) String() string {
 func (*BundleInfo) ProtoMessage() {}
 
 func (x *BundleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3996,7 +4269,7 @@ func (x *BundleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleInfo.ProtoReflect.Descriptor instead.
 func (*BundleInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *BundleInfo) GetBundle() *TrustBundle {
@@ -4028,7 +4301,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4040,7 +4313,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4053,7 +4326,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
 }
 
 type ListBundlesResponse struct {
@@ -4066,7 +4339,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4078,7 +4351,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4091,7 +4364,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*BundleInfo {
@@ -4117,7 +4390,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4129,7 +4402,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4142,7 +4415,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *RotateCARequest) GetCluster() string {
@@ -4162,7 +4435,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4174,7 +4447,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4187,7 +4460,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *RotateCAResponse) GetCaRotation() uint64 {
@@ -4212,7 +4485,7 @@ type TrustStatusRequest struct {
 
 func (x *TrustStatusRequest) Reset() {
 	*x = TrustStatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4224,7 +4497,7 @@ func (x *TrustStatusRequest) String() string {
 func (*TrustStatusRequest) ProtoMessage() {}
 
 func (x *TrustStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4237,7 +4510,7 @@ func (x *TrustStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustStatusRequest.ProtoReflect.Descriptor instead.
 func (*TrustStatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{66}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{69}
 }
 
 // One member cluster's trust bundle and who holds it.
@@ -4260,7 +4533,7 @@ type ClusterTrustStatus struct {
 
 func (x *ClusterTrustStatus) Reset() {
 	*x = ClusterTrustStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4272,7 +4545,7 @@ func (x *ClusterTrustStatus) String() string {
 func (*ClusterTrustStatus) ProtoMessage() {}
 
 func (x *ClusterTrustStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4285,7 +4558,7 @@ func (x *ClusterTrustStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterTrustStatus.ProtoReflect.Descriptor instead.
 func (*ClusterTrustStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{67}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ClusterTrustStatus) GetCluster() string {
@@ -4340,7 +4613,7 @@ type TrustStatusResponse struct {
 
 func (x *TrustStatusResponse) Reset() {
 	*x = TrustStatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4352,7 +4625,7 @@ func (x *TrustStatusResponse) String() string {
 func (*TrustStatusResponse) ProtoMessage() {}
 
 func (x *TrustStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4365,7 +4638,7 @@ func (x *TrustStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustStatusResponse.ProtoReflect.Descriptor instead.
 func (*TrustStatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{68}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *TrustStatusResponse) GetClusters() []*ClusterTrustStatus {
@@ -4400,7 +4673,7 @@ type ServerStatus struct {
 
 func (x *ServerStatus) Reset() {
 	*x = ServerStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4412,7 +4685,7 @@ func (x *ServerStatus) String() string {
 func (*ServerStatus) ProtoMessage() {}
 
 func (x *ServerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4425,7 +4698,7 @@ func (x *ServerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStatus.ProtoReflect.Descriptor instead.
 func (*ServerStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{69}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ServerStatus) GetName() string {
@@ -4485,7 +4758,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4497,7 +4770,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4510,7 +4783,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{70}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{73}
 }
 
 type StatusResponse struct {
@@ -4526,7 +4799,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4538,7 +4811,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4551,7 +4824,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{71}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *StatusResponse) GetServers() []*ServerStatus {
@@ -4837,7 +5110,22 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x13DeletePolicyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"2\n" +
 	"\x14DeletePolicyResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"\x15\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"q\n" +
+	"\x14ApplyPoliciesRequest\x12@\n" +
+	"\bpolicies\x18\x01 \x03(\v2$.meshfed.federation.v1.TrafficPolicyR\bpolicies\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\xad\x02\n" +
+	"\x11PolicyApplyResult\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12;\n" +
+	"\x06action\x18\x03 \x01(\x0e2#.meshfed.federation.v1.PolicyActionR\x06action\x12\x1f\n" +
+	"\vstored_spec\x18\x04 \x01(\fR\n" +
+	"storedSpec\x12.\n" +
+	"\x13stored_spec_omitted\x18\x05 \x01(\bR\x11storedSpecOmitted\x12-\n" +
+	"\x12exporting_clusters\x18\x06 \x03(\tR\x11exportingClusters\x12-\n" +
+	"\x12importing_clusters\x18\a \x03(\tR\x11importingClusters\"w\n" +
+	"\x15ApplyPoliciesResponse\x12B\n" +
+	"\aresults\x18\x01 \x03(\v2(.meshfed.federation.v1.PolicyApplyResultR\aresults\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\x15\n" +
 	"\x13ListPoliciesRequest\"t\n" +
 	"\x14ListPoliciesResponse\x12@\n" +
 	"\bpolicies\x18\x01 \x03(\v2$.meshfed.federation.v1.TrafficPolicyR\bpolicies\x12\x1a\n" +
@@ -4913,13 +5201,18 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\brevision\x18\x03 \x01(\x04R\brevision\x12!\n" +
 	"\fcommit_index\x18\x04 \x01(\x04R\vcommitIndex\x12\x1f\n" +
 	"\vanswered_by\x18\x05 \x01(\tR\n" +
-	"answeredBy2W\n" +
+	"answeredBy*\x83\x01\n" +
+	"\fPolicyAction\x12\x1d\n" +
+	"\x19POLICY_ACTION_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15POLICY_ACTION_CREATED\x10\x01\x12\x1c\n" +
+	"\x18POLICY_ACTION_CONFIGURED\x10\x02\x12\x1b\n" +
+	"\x17POLICY_ACTION_UNCHANGED\x10\x032W\n" +
 	"\x04Join\x12O\n" +
 	"\x04Join\x12\".meshfed.federation.v1.JoinRequest\x1a#.meshfed.federation.v1.JoinResponse2\x9e\x02\n" +
 	"\x04Sync\x12S\n" +
 	"\x04Sync\x12\".meshfed.federation.v1.SyncRequest\x1a#.meshfed.federation.v1.SyncResponse(\x010\x01\x12R\n" +
 	"\x05Renew\x12#.meshfed.federation.v1.RenewRequest\x1a$.meshfed.federation.v1.RenewResponse\x12m\n" +
-	"\x0eRotationStatus\x12,.meshfed.federation.v1.RotationStatusRequest\x1a-.meshfed.federation.v1.RotationStatusResponse2\xeb\r\n" +
+	"\x0eRotationStatus\x12,.meshfed.federation.v1.RotationStatusRequest\x1a-.meshfed.federation.v1.RotationStatusResponse2\xd7\x0e\n" +
 	"\x05Admin\x12d\n" +
 	"\vCreateToken\x12).meshfed.federation.v1.CreateTokenRequest\x1a*.meshfed.federation.v1.CreateTokenResponse\x12a\n" +
 	"\n" +
@@ -4929,7 +5222,8 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x0fDescribeCluster\x12-.meshfed.federation.v1.DescribeClusterRequest\x1a..meshfed.federation.v1.DescribeClusterResponse\x12j\n" +
 	"\rRemoveCluster\x12+.meshfed.federation.v1.RemoveClusterRequest\x1a,.meshfed.federation.v1.RemoveClusterResponse\x12g\n" +
 	"\fListServices\x12*.meshfed.federation.v1.ListServicesRequest\x1a+.meshfed.federation.v1.ListServicesResponse\x12^\n" +
-	"\tPutPolicy\x12'.meshfed.federation.v1.PutPolicyRequest\x1a(.meshfed.federation.v1.PutPolicyResponse\x12g\n" +
+	"\tPutPolicy\x12'.meshfed.federation.v1.PutPolicyRequest\x1a(.meshfed.federation.v1.PutPolicyResponse\x12j\n" +
+	"\rApplyPolicies\x12+.meshfed.federation.v1.ApplyPoliciesRequest\x1a,.meshfed.federation.v1.ApplyPoliciesResponse\x12g\n" +
 	"\fDeletePolicy\x12*.meshfed.federation.v1.DeletePolicyRequest\x1a+.meshfed.federation.v1.DeletePolicyResponse\x12g\n" +
 	"\fListPolicies\x12*.meshfed.federation.v1.ListPoliciesRequest\x1a+.meshfed.federation.v1.ListPoliciesResponse\x12U\n" +
 	"\x06Status\x12$.meshfed.federation.v1.StatusRequest\x1a%.meshfed.federation.v1.StatusResponse\x12j\n" +
@@ -4952,187 +5246,197 @@ func file_meshfed_federation_v1_federation_proto_rawDescGZIP() []byte {
 	return file_meshfed_federation_v1_federation_proto_rawDescData
 }
 
-var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
+var file_meshfed_federation_v1_federation_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
 var file_meshfed_federation_v1_federation_proto_goTypes = []any{
-	(*Capabilities)(nil),             // 0: meshfed.federation.v1.Capabilities
-	(*Locality)(nil),                 // 1: meshfed.federation.v1.Locality
-	(*TrustBundle)(nil),              // 2: meshfed.federation.v1.TrustBundle
-	(*JoinRequest)(nil),              // 3: meshfed.federation.v1.JoinRequest
-	(*FederationSettings)(nil),       // 4: meshfed.federation.v1.FederationSettings
-	(*JoinResponse)(nil),             // 5: meshfed.federation.v1.JoinResponse
-	(*ServicePort)(nil),              // 6: meshfed.federation.v1.ServicePort
-	(*EndpointGroup)(nil),            // 7: meshfed.federation.v1.EndpointGroup
-	(*ExportedService)(nil),          // 8: meshfed.federation.v1.ExportedService
-	(*HeadlessEndpoint)(nil),         // 9: meshfed.federation.v1.HeadlessEndpoint
-	(*ExportRecord)(nil),             // 10: meshfed.federation.v1.ExportRecord
-	(*ClusterRecord)(nil),            // 11: meshfed.federation.v1.ClusterRecord
-	(*TrafficPolicy)(nil),            // 12: meshfed.federation.v1.TrafficPolicy
-	(*SyncHello)(nil),                // 13: meshfed.federation.v1.SyncHello
-	(*PublishExports)(nil),           // 14: meshfed.federation.v1.PublishExports
-	(*PublishBundle)(nil),            // 15: meshfed.federation.v1.PublishBundle
-	(*Ack)(nil),                      // 16: meshfed.federation.v1.Ack
-	(*BundleSequence)(nil),           // 17: meshfed.federation.v1.BundleSequence
-	(*Nack)(nil),                     // 18: meshfed.federation.v1.Nack
-	(*SyncRequest)(nil),              // 19: meshfed.federation.v1.SyncRequest
-	(*ExportRef)(nil),                // 20: meshfed.federation.v1.ExportRef
-	(*SyncDelta)(nil),                // 21: meshfed.federation.v1.SyncDelta
-	(*PublishResult)(nil),            // 22: meshfed.federation.v1.PublishResult
-	(*SyncHelloResponse)(nil),        // 23: meshfed.federation.v1.SyncHelloResponse
-	(*SyncResponse)(nil),             // 24: meshfed.federation.v1.SyncResponse
-	(*SyncHeartbeat)(nil),            // 25: meshfed.federation.v1.SyncHeartbeat
-	(*RenewRequest)(nil),             // 26: meshfed.federation.v1.RenewRequest
-	(*RotationStatusRequest)(nil),    // 27: meshfed.federation.v1.RotationStatusRequest
-	(*MemberBundleStatus)(nil),       // 28: meshfed.federation.v1.MemberBundleStatus
-	(*RotationStatusResponse)(nil),   // 29: meshfed.federation.v1.RotationStatusResponse
-	(*RenewResponse)(nil),            // 30: meshfed.federation.v1.RenewResponse
-	(*TokenInfo)(nil),                // 31: meshfed.federation.v1.TokenInfo
-	(*CreateTokenRequest)(nil),       // 32: meshfed.federation.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),      // 33: meshfed.federation.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),        // 34: meshfed.federation.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),       // 35: meshfed.federation.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),       // 36: meshfed.federation.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),      // 37: meshfed.federation.v1.RevokeTokenResponse
-	(*ListClustersRequest)(nil),      // 38: meshfed.federation.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),     // 39: meshfed.federation.v1.ListClustersResponse
-	(*DescribeClusterRequest)(nil),   // 40: meshfed.federation.v1.DescribeClusterRequest
-	(*DescribeClusterResponse)(nil),  // 41: meshfed.federation.v1.DescribeClusterResponse
-	(*RemoveClusterRequest)(nil),     // 42: meshfed.federation.v1.RemoveClusterRequest
-	(*RemoveClusterResponse)(nil),    // 43: meshfed.federation.v1.RemoveClusterResponse
-	(*GlobalService)(nil),            // 44: meshfed.federation.v1.GlobalService
-	(*ListServicesRequest)(nil),      // 45: meshfed.federation.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),     // 46: meshfed.federation.v1.ListServicesResponse
-	(*PutPolicyRequest)(nil),         // 47: meshfed.federation.v1.PutPolicyRequest
-	(*PutPolicyResponse)(nil),        // 48: meshfed.federation.v1.PutPolicyResponse
-	(*DeletePolicyRequest)(nil),      // 49: meshfed.federation.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),     // 50: meshfed.federation.v1.DeletePolicyResponse
-	(*ListPoliciesRequest)(nil),      // 51: meshfed.federation.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 52: meshfed.federation.v1.ListPoliciesResponse
-	(*FederationRelationship)(nil),   // 53: meshfed.federation.v1.FederationRelationship
-	(*PutFederationRequest)(nil),     // 54: meshfed.federation.v1.PutFederationRequest
-	(*PutFederationResponse)(nil),    // 55: meshfed.federation.v1.PutFederationResponse
-	(*DeleteFederationRequest)(nil),  // 56: meshfed.federation.v1.DeleteFederationRequest
-	(*DeleteFederationResponse)(nil), // 57: meshfed.federation.v1.DeleteFederationResponse
-	(*ListFederationsRequest)(nil),   // 58: meshfed.federation.v1.ListFederationsRequest
-	(*FederationStatus)(nil),         // 59: meshfed.federation.v1.FederationStatus
-	(*ListFederationsResponse)(nil),  // 60: meshfed.federation.v1.ListFederationsResponse
-	(*BundleInfo)(nil),               // 61: meshfed.federation.v1.BundleInfo
-	(*ListBundlesRequest)(nil),       // 62: meshfed.federation.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),      // 63: meshfed.federation.v1.ListBundlesResponse
-	(*RotateCARequest)(nil),          // 64: meshfed.federation.v1.RotateCARequest
-	(*RotateCAResponse)(nil),         // 65: meshfed.federation.v1.RotateCAResponse
-	(*TrustStatusRequest)(nil),       // 66: meshfed.federation.v1.TrustStatusRequest
-	(*ClusterTrustStatus)(nil),       // 67: meshfed.federation.v1.ClusterTrustStatus
-	(*TrustStatusResponse)(nil),      // 68: meshfed.federation.v1.TrustStatusResponse
-	(*ServerStatus)(nil),             // 69: meshfed.federation.v1.ServerStatus
-	(*StatusRequest)(nil),            // 70: meshfed.federation.v1.StatusRequest
-	(*StatusResponse)(nil),           // 71: meshfed.federation.v1.StatusResponse
-	nil,                              // 72: meshfed.federation.v1.EndpointGroup.LabelsEntry
-	nil,                              // 73: meshfed.federation.v1.ExportedService.ExportedLabelsEntry
-	nil,                              // 74: meshfed.federation.v1.ExportedService.ExportedAnnotationsEntry
-	nil,                              // 75: meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
+	(PolicyAction)(0),                // 0: meshfed.federation.v1.PolicyAction
+	(*Capabilities)(nil),             // 1: meshfed.federation.v1.Capabilities
+	(*Locality)(nil),                 // 2: meshfed.federation.v1.Locality
+	(*TrustBundle)(nil),              // 3: meshfed.federation.v1.TrustBundle
+	(*JoinRequest)(nil),              // 4: meshfed.federation.v1.JoinRequest
+	(*FederationSettings)(nil),       // 5: meshfed.federation.v1.FederationSettings
+	(*JoinResponse)(nil),             // 6: meshfed.federation.v1.JoinResponse
+	(*ServicePort)(nil),              // 7: meshfed.federation.v1.ServicePort
+	(*EndpointGroup)(nil),            // 8: meshfed.federation.v1.EndpointGroup
+	(*ExportedService)(nil),          // 9: meshfed.federation.v1.ExportedService
+	(*HeadlessEndpoint)(nil),         // 10: meshfed.federation.v1.HeadlessEndpoint
+	(*ExportRecord)(nil),             // 11: meshfed.federation.v1.ExportRecord
+	(*ClusterRecord)(nil),            // 12: meshfed.federation.v1.ClusterRecord
+	(*TrafficPolicy)(nil),            // 13: meshfed.federation.v1.TrafficPolicy
+	(*SyncHello)(nil),                // 14: meshfed.federation.v1.SyncHello
+	(*PublishExports)(nil),           // 15: meshfed.federation.v1.PublishExports
+	(*PublishBundle)(nil),            // 16: meshfed.federation.v1.PublishBundle
+	(*Ack)(nil),                      // 17: meshfed.federation.v1.Ack
+	(*BundleSequence)(nil),           // 18: meshfed.federation.v1.BundleSequence
+	(*Nack)(nil),                     // 19: meshfed.federation.v1.Nack
+	(*SyncRequest)(nil),              // 20: meshfed.federation.v1.SyncRequest
+	(*ExportRef)(nil),                // 21: meshfed.federation.v1.ExportRef
+	(*SyncDelta)(nil),                // 22: meshfed.federation.v1.SyncDelta
+	(*PublishResult)(nil),            // 23: meshfed.federation.v1.PublishResult
+	(*SyncHelloResponse)(nil),        // 24: meshfed.federation.v1.SyncHelloResponse
+	(*SyncResponse)(nil),             // 25: meshfed.federation.v1.SyncResponse
+	(*SyncHeartbeat)(nil),            // 26: meshfed.federation.v1.SyncHeartbeat
+	(*RenewRequest)(nil),             // 27: meshfed.federation.v1.RenewRequest
+	(*RotationStatusRequest)(nil),    // 28: meshfed.federation.v1.RotationStatusRequest
+	(*MemberBundleStatus)(nil),       // 29: meshfed.federation.v1.MemberBundleStatus
+	(*RotationStatusResponse)(nil),   // 30: meshfed.federation.v1.RotationStatusResponse
+	(*RenewResponse)(nil),            // 31: meshfed.federation.v1.RenewResponse
+	(*TokenInfo)(nil),                // 32: meshfed.federation.v1.TokenInfo
+	(*CreateTokenRequest)(nil),       // 33: meshfed.federation.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),      // 34: meshfed.federation.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),        // 35: meshfed.federation.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),       // 36: meshfed.federation.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),       // 37: meshfed.federation.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),      // 38: meshfed.federation.v1.RevokeTokenResponse
+	(*ListClustersRequest)(nil),      // 39: meshfed.federation.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),     // 40: meshfed.federation.v1.ListClustersResponse
+	(*DescribeClusterRequest)(nil),   // 41: meshfed.federation.v1.DescribeClusterRequest
+	(*DescribeClusterResponse)(nil),  // 42: meshfed.federation.v1.DescribeClusterResponse
+	(*RemoveClusterRequest)(nil),     // 43: meshfed.federation.v1.RemoveClusterRequest
+	(*RemoveClusterResponse)(nil),    // 44: meshfed.federation.v1.RemoveClusterResponse
+	(*GlobalService)(nil),            // 45: meshfed.federation.v1.GlobalService
+	(*ListServicesRequest)(nil),      // 46: meshfed.federation.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),     // 47: meshfed.federation.v1.ListServicesResponse
+	(*PutPolicyRequest)(nil),         // 48: meshfed.federation.v1.PutPolicyRequest
+	(*PutPolicyResponse)(nil),        // 49: meshfed.federation.v1.PutPolicyResponse
+	(*DeletePolicyRequest)(nil),      // 50: meshfed.federation.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),     // 51: meshfed.federation.v1.DeletePolicyResponse
+	(*ApplyPoliciesRequest)(nil),     // 52: meshfed.federation.v1.ApplyPoliciesRequest
+	(*PolicyApplyResult)(nil),        // 53: meshfed.federation.v1.PolicyApplyResult
+	(*ApplyPoliciesResponse)(nil),    // 54: meshfed.federation.v1.ApplyPoliciesResponse
+	(*ListPoliciesRequest)(nil),      // 55: meshfed.federation.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 56: meshfed.federation.v1.ListPoliciesResponse
+	(*FederationRelationship)(nil),   // 57: meshfed.federation.v1.FederationRelationship
+	(*PutFederationRequest)(nil),     // 58: meshfed.federation.v1.PutFederationRequest
+	(*PutFederationResponse)(nil),    // 59: meshfed.federation.v1.PutFederationResponse
+	(*DeleteFederationRequest)(nil),  // 60: meshfed.federation.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil), // 61: meshfed.federation.v1.DeleteFederationResponse
+	(*ListFederationsRequest)(nil),   // 62: meshfed.federation.v1.ListFederationsRequest
+	(*FederationStatus)(nil),         // 63: meshfed.federation.v1.FederationStatus
+	(*ListFederationsResponse)(nil),  // 64: meshfed.federation.v1.ListFederationsResponse
+	(*BundleInfo)(nil),               // 65: meshfed.federation.v1.BundleInfo
+	(*ListBundlesRequest)(nil),       // 66: meshfed.federation.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),      // 67: meshfed.federation.v1.ListBundlesResponse
+	(*RotateCARequest)(nil),          // 68: meshfed.federation.v1.RotateCARequest
+	(*RotateCAResponse)(nil),         // 69: meshfed.federation.v1.RotateCAResponse
+	(*TrustStatusRequest)(nil),       // 70: meshfed.federation.v1.TrustStatusRequest
+	(*ClusterTrustStatus)(nil),       // 71: meshfed.federation.v1.ClusterTrustStatus
+	(*TrustStatusResponse)(nil),      // 72: meshfed.federation.v1.TrustStatusResponse
+	(*ServerStatus)(nil),             // 73: meshfed.federation.v1.ServerStatus
+	(*StatusRequest)(nil),            // 74: meshfed.federation.v1.StatusRequest
+	(*StatusResponse)(nil),           // 75: meshfed.federation.v1.StatusResponse
+	nil,                              // 76: meshfed.federation.v1.EndpointGroup.LabelsEntry
+	nil,                              // 77: meshfed.federation.v1.ExportedService.ExportedLabelsEntry
+	nil,                              // 78: meshfed.federation.v1.ExportedService.ExportedAnnotationsEntry
+	nil,                              // 79: meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
 }
 var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
-	1,  // 0: meshfed.federation.v1.JoinRequest.locality:type_name -> meshfed.federation.v1.Locality
-	2,  // 1: meshfed.federation.v1.JoinRequest.trust_bundle:type_name -> meshfed.federation.v1.TrustBundle
-	0,  // 2: meshfed.federation.v1.JoinRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	4,  // 3: meshfed.federation.v1.JoinResponse.settings:type_name -> meshfed.federation.v1.FederationSettings
-	0,  // 4: meshfed.federation.v1.JoinResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	72, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
-	6,  // 6: meshfed.federation.v1.ExportedService.ports:type_name -> meshfed.federation.v1.ServicePort
-	7,  // 7: meshfed.federation.v1.ExportedService.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
-	9,  // 8: meshfed.federation.v1.ExportedService.headless_endpoints:type_name -> meshfed.federation.v1.HeadlessEndpoint
-	73, // 9: meshfed.federation.v1.ExportedService.exported_labels:type_name -> meshfed.federation.v1.ExportedService.ExportedLabelsEntry
-	74, // 10: meshfed.federation.v1.ExportedService.exported_annotations:type_name -> meshfed.federation.v1.ExportedService.ExportedAnnotationsEntry
-	75, // 11: meshfed.federation.v1.HeadlessEndpoint.target_ports:type_name -> meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
-	8,  // 12: meshfed.federation.v1.ExportRecord.service:type_name -> meshfed.federation.v1.ExportedService
-	1,  // 13: meshfed.federation.v1.ClusterRecord.locality:type_name -> meshfed.federation.v1.Locality
-	0,  // 14: meshfed.federation.v1.ClusterRecord.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	0,  // 15: meshfed.federation.v1.SyncHello.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	1,  // 16: meshfed.federation.v1.SyncHello.locality:type_name -> meshfed.federation.v1.Locality
-	8,  // 17: meshfed.federation.v1.PublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
-	2,  // 18: meshfed.federation.v1.PublishBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	17, // 19: meshfed.federation.v1.Ack.bundles:type_name -> meshfed.federation.v1.BundleSequence
-	13, // 20: meshfed.federation.v1.SyncRequest.hello:type_name -> meshfed.federation.v1.SyncHello
-	14, // 21: meshfed.federation.v1.SyncRequest.publish:type_name -> meshfed.federation.v1.PublishExports
-	16, // 22: meshfed.federation.v1.SyncRequest.ack:type_name -> meshfed.federation.v1.Ack
-	18, // 23: meshfed.federation.v1.SyncRequest.nack:type_name -> meshfed.federation.v1.Nack
-	15, // 24: meshfed.federation.v1.SyncRequest.publish_bundle:type_name -> meshfed.federation.v1.PublishBundle
-	11, // 25: meshfed.federation.v1.SyncDelta.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	10, // 26: meshfed.federation.v1.SyncDelta.exports:type_name -> meshfed.federation.v1.ExportRecord
-	20, // 27: meshfed.federation.v1.SyncDelta.removed_exports:type_name -> meshfed.federation.v1.ExportRef
-	2,  // 28: meshfed.federation.v1.SyncDelta.bundles:type_name -> meshfed.federation.v1.TrustBundle
-	12, // 29: meshfed.federation.v1.SyncDelta.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	0,  // 30: meshfed.federation.v1.SyncHelloResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	21, // 31: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
-	22, // 32: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
-	23, // 33: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
-	25, // 34: meshfed.federation.v1.SyncResponse.heartbeat:type_name -> meshfed.federation.v1.SyncHeartbeat
-	28, // 35: meshfed.federation.v1.RotationStatusResponse.members:type_name -> meshfed.federation.v1.MemberBundleStatus
-	31, // 36: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
-	31, // 37: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
-	11, // 38: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	11, // 39: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	10, // 40: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
-	2,  // 41: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	10, // 42: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
-	44, // 43: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
-	12, // 44: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	12, // 45: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	53, // 46: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	53, // 47: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	59, // 48: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
-	2,  // 49: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	61, // 50: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
-	28, // 51: meshfed.federation.v1.ClusterTrustStatus.members:type_name -> meshfed.federation.v1.MemberBundleStatus
-	67, // 52: meshfed.federation.v1.TrustStatusResponse.clusters:type_name -> meshfed.federation.v1.ClusterTrustStatus
-	69, // 53: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
-	3,  // 54: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
-	19, // 55: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
-	26, // 56: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
-	27, // 57: meshfed.federation.v1.Sync.RotationStatus:input_type -> meshfed.federation.v1.RotationStatusRequest
-	32, // 58: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
-	34, // 59: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
-	36, // 60: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
-	38, // 61: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
-	40, // 62: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
-	42, // 63: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
-	45, // 64: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
-	47, // 65: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
-	49, // 66: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
-	51, // 67: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
-	70, // 68: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
-	54, // 69: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
-	56, // 70: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
-	58, // 71: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
-	62, // 72: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
-	64, // 73: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
-	66, // 74: meshfed.federation.v1.Admin.TrustStatus:input_type -> meshfed.federation.v1.TrustStatusRequest
-	5,  // 75: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
-	24, // 76: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
-	30, // 77: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
-	29, // 78: meshfed.federation.v1.Sync.RotationStatus:output_type -> meshfed.federation.v1.RotationStatusResponse
-	33, // 79: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
-	35, // 80: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
-	37, // 81: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
-	39, // 82: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
-	41, // 83: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
-	43, // 84: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
-	46, // 85: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
-	48, // 86: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
-	50, // 87: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
-	52, // 88: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
-	71, // 89: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
-	55, // 90: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
-	57, // 91: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
-	60, // 92: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
-	63, // 93: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
-	65, // 94: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
-	68, // 95: meshfed.federation.v1.Admin.TrustStatus:output_type -> meshfed.federation.v1.TrustStatusResponse
-	75, // [75:96] is the sub-list for method output_type
-	54, // [54:75] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	2,  // 0: meshfed.federation.v1.JoinRequest.locality:type_name -> meshfed.federation.v1.Locality
+	3,  // 1: meshfed.federation.v1.JoinRequest.trust_bundle:type_name -> meshfed.federation.v1.TrustBundle
+	1,  // 2: meshfed.federation.v1.JoinRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	5,  // 3: meshfed.federation.v1.JoinResponse.settings:type_name -> meshfed.federation.v1.FederationSettings
+	1,  // 4: meshfed.federation.v1.JoinResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	76, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
+	7,  // 6: meshfed.federation.v1.ExportedService.ports:type_name -> meshfed.federation.v1.ServicePort
+	8,  // 7: meshfed.federation.v1.ExportedService.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
+	10, // 8: meshfed.federation.v1.ExportedService.headless_endpoints:type_name -> meshfed.federation.v1.HeadlessEndpoint
+	77, // 9: meshfed.federation.v1.ExportedService.exported_labels:type_name -> meshfed.federation.v1.ExportedService.ExportedLabelsEntry
+	78, // 10: meshfed.federation.v1.ExportedService.exported_annotations:type_name -> meshfed.federation.v1.ExportedService.ExportedAnnotationsEntry
+	79, // 11: meshfed.federation.v1.HeadlessEndpoint.target_ports:type_name -> meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
+	9,  // 12: meshfed.federation.v1.ExportRecord.service:type_name -> meshfed.federation.v1.ExportedService
+	2,  // 13: meshfed.federation.v1.ClusterRecord.locality:type_name -> meshfed.federation.v1.Locality
+	1,  // 14: meshfed.federation.v1.ClusterRecord.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	1,  // 15: meshfed.federation.v1.SyncHello.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	2,  // 16: meshfed.federation.v1.SyncHello.locality:type_name -> meshfed.federation.v1.Locality
+	9,  // 17: meshfed.federation.v1.PublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
+	3,  // 18: meshfed.federation.v1.PublishBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	18, // 19: meshfed.federation.v1.Ack.bundles:type_name -> meshfed.federation.v1.BundleSequence
+	14, // 20: meshfed.federation.v1.SyncRequest.hello:type_name -> meshfed.federation.v1.SyncHello
+	15, // 21: meshfed.federation.v1.SyncRequest.publish:type_name -> meshfed.federation.v1.PublishExports
+	17, // 22: meshfed.federation.v1.SyncRequest.ack:type_name -> meshfed.federation.v1.Ack
+	19, // 23: meshfed.federation.v1.SyncRequest.nack:type_name -> meshfed.federation.v1.Nack
+	16, // 24: meshfed.federation.v1.SyncRequest.publish_bundle:type_name -> meshfed.federation.v1.PublishBundle
+	12, // 25: meshfed.federation.v1.SyncDelta.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	11, // 26: meshfed.federation.v1.SyncDelta.exports:type_name -> meshfed.federation.v1.ExportRecord
+	21, // 27: meshfed.federation.v1.SyncDelta.removed_exports:type_name -> meshfed.federation.v1.ExportRef
+	3,  // 28: meshfed.federation.v1.SyncDelta.bundles:type_name -> meshfed.federation.v1.TrustBundle
+	13, // 29: meshfed.federation.v1.SyncDelta.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	1,  // 30: meshfed.federation.v1.SyncHelloResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	22, // 31: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
+	23, // 32: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
+	24, // 33: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
+	26, // 34: meshfed.federation.v1.SyncResponse.heartbeat:type_name -> meshfed.federation.v1.SyncHeartbeat
+	29, // 35: meshfed.federation.v1.RotationStatusResponse.members:type_name -> meshfed.federation.v1.MemberBundleStatus
+	32, // 36: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
+	32, // 37: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
+	12, // 38: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	12, // 39: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	11, // 40: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
+	3,  // 41: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	11, // 42: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
+	45, // 43: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
+	13, // 44: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	13, // 45: meshfed.federation.v1.ApplyPoliciesRequest.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	0,  // 46: meshfed.federation.v1.PolicyApplyResult.action:type_name -> meshfed.federation.v1.PolicyAction
+	53, // 47: meshfed.federation.v1.ApplyPoliciesResponse.results:type_name -> meshfed.federation.v1.PolicyApplyResult
+	13, // 48: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	57, // 49: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	57, // 50: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	63, // 51: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
+	3,  // 52: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	65, // 53: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
+	29, // 54: meshfed.federation.v1.ClusterTrustStatus.members:type_name -> meshfed.federation.v1.MemberBundleStatus
+	71, // 55: meshfed.federation.v1.TrustStatusResponse.clusters:type_name -> meshfed.federation.v1.ClusterTrustStatus
+	73, // 56: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
+	4,  // 57: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
+	20, // 58: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
+	27, // 59: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
+	28, // 60: meshfed.federation.v1.Sync.RotationStatus:input_type -> meshfed.federation.v1.RotationStatusRequest
+	33, // 61: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
+	35, // 62: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
+	37, // 63: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
+	39, // 64: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
+	41, // 65: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
+	43, // 66: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
+	46, // 67: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
+	48, // 68: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
+	52, // 69: meshfed.federation.v1.Admin.ApplyPolicies:input_type -> meshfed.federation.v1.ApplyPoliciesRequest
+	50, // 70: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
+	55, // 71: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
+	74, // 72: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
+	58, // 73: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
+	60, // 74: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
+	62, // 75: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
+	66, // 76: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
+	68, // 77: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
+	70, // 78: meshfed.federation.v1.Admin.TrustStatus:input_type -> meshfed.federation.v1.TrustStatusRequest
+	6,  // 79: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
+	25, // 80: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
+	31, // 81: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
+	30, // 82: meshfed.federation.v1.Sync.RotationStatus:output_type -> meshfed.federation.v1.RotationStatusResponse
+	34, // 83: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
+	36, // 84: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
+	38, // 85: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
+	40, // 86: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
+	42, // 87: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
+	44, // 88: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
+	47, // 89: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
+	49, // 90: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
+	54, // 91: meshfed.federation.v1.Admin.ApplyPolicies:output_type -> meshfed.federation.v1.ApplyPoliciesResponse
+	51, // 92: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
+	56, // 93: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
+	75, // 94: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
+	59, // 95: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
+	61, // 96: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
+	64, // 97: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
+	67, // 98: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
+	69, // 99: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
+	72, // 100: meshfed.federation.v1.Admin.TrustStatus:output_type -> meshfed.federation.v1.TrustStatusResponse
+	79, // [79:101] is the sub-list for method output_type
+	57, // [57:79] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_federation_v1_federation_proto_init() }
@@ -5158,13 +5462,14 @@ func file_meshfed_federation_v1_federation_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_federation_v1_federation_proto_rawDesc), len(file_meshfed_federation_v1_federation_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   76,
+			NumEnums:      1,
+			NumMessages:   79,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
 		GoTypes:           file_meshfed_federation_v1_federation_proto_goTypes,
 		DependencyIndexes: file_meshfed_federation_v1_federation_proto_depIdxs,
+		EnumInfos:         file_meshfed_federation_v1_federation_proto_enumTypes,
 		MessageInfos:      file_meshfed_federation_v1_federation_proto_msgTypes,
 	}.Build()
 	File_meshfed_federation_v1_federation_proto = out.File

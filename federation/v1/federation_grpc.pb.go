@@ -358,6 +358,7 @@ const (
 	Admin_RemoveCluster_FullMethodName    = "/meshfed.federation.v1.Admin/RemoveCluster"
 	Admin_ListServices_FullMethodName     = "/meshfed.federation.v1.Admin/ListServices"
 	Admin_PutPolicy_FullMethodName        = "/meshfed.federation.v1.Admin/PutPolicy"
+	Admin_ApplyPolicies_FullMethodName    = "/meshfed.federation.v1.Admin/ApplyPolicies"
 	Admin_DeletePolicy_FullMethodName     = "/meshfed.federation.v1.Admin/DeletePolicy"
 	Admin_ListPolicies_FullMethodName     = "/meshfed.federation.v1.Admin/ListPolicies"
 	Admin_Status_FullMethodName           = "/meshfed.federation.v1.Admin/Status"
@@ -380,7 +381,9 @@ type AdminClient interface {
 	DescribeCluster(ctx context.Context, in *DescribeClusterRequest, opts ...grpc.CallOption) (*DescribeClusterResponse, error)
 	RemoveCluster(ctx context.Context, in *RemoveClusterRequest, opts ...grpc.CallOption) (*RemoveClusterResponse, error)
 	ListServices(ctx context.Context, in *ListServicesRequest, opts ...grpc.CallOption) (*ListServicesResponse, error)
+	// PutPolicy is ApplyPolicies with one policy.
 	PutPolicy(ctx context.Context, in *PutPolicyRequest, opts ...grpc.CallOption) (*PutPolicyResponse, error)
+	ApplyPolicies(ctx context.Context, in *ApplyPoliciesRequest, opts ...grpc.CallOption) (*ApplyPoliciesResponse, error)
 	DeletePolicy(ctx context.Context, in *DeletePolicyRequest, opts ...grpc.CallOption) (*DeletePolicyResponse, error)
 	ListPolicies(ctx context.Context, in *ListPoliciesRequest, opts ...grpc.CallOption) (*ListPoliciesResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
@@ -476,6 +479,16 @@ func (c *adminClient) PutPolicy(ctx context.Context, in *PutPolicyRequest, opts 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PutPolicyResponse)
 	err := c.cc.Invoke(ctx, Admin_PutPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ApplyPolicies(ctx context.Context, in *ApplyPoliciesRequest, opts ...grpc.CallOption) (*ApplyPoliciesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApplyPoliciesResponse)
+	err := c.cc.Invoke(ctx, Admin_ApplyPolicies_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -583,7 +596,9 @@ type AdminServer interface {
 	DescribeCluster(context.Context, *DescribeClusterRequest) (*DescribeClusterResponse, error)
 	RemoveCluster(context.Context, *RemoveClusterRequest) (*RemoveClusterResponse, error)
 	ListServices(context.Context, *ListServicesRequest) (*ListServicesResponse, error)
+	// PutPolicy is ApplyPolicies with one policy.
 	PutPolicy(context.Context, *PutPolicyRequest) (*PutPolicyResponse, error)
+	ApplyPolicies(context.Context, *ApplyPoliciesRequest) (*ApplyPoliciesResponse, error)
 	DeletePolicy(context.Context, *DeletePolicyRequest) (*DeletePolicyResponse, error)
 	ListPolicies(context.Context, *ListPoliciesRequest) (*ListPoliciesResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
@@ -628,6 +643,9 @@ func (UnimplementedAdminServer) ListServices(context.Context, *ListServicesReque
 }
 func (UnimplementedAdminServer) PutPolicy(context.Context, *PutPolicyRequest) (*PutPolicyResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method PutPolicy not implemented")
+}
+func (UnimplementedAdminServer) ApplyPolicies(context.Context, *ApplyPoliciesRequest) (*ApplyPoliciesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ApplyPolicies not implemented")
 }
 func (UnimplementedAdminServer) DeletePolicy(context.Context, *DeletePolicyRequest) (*DeletePolicyResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DeletePolicy not implemented")
@@ -817,6 +835,24 @@ func _Admin_PutPolicy_Handler(srv interface{}, ctx context.Context, dec func(int
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServer).PutPolicy(ctx, req.(*PutPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ApplyPolicies_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApplyPoliciesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ApplyPolicies(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ApplyPolicies_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ApplyPolicies(ctx, req.(*ApplyPoliciesRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1021,6 +1057,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PutPolicy",
 			Handler:    _Admin_PutPolicy_Handler,
+		},
+		{
+			MethodName: "ApplyPolicies",
+			Handler:    _Admin_ApplyPolicies_Handler,
 		},
 		{
 			MethodName: "DeletePolicy",

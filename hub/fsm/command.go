@@ -52,6 +52,10 @@ const (
 	// AckBundlesType: bundle sequences a member's agent acknowledged
 	// (recorded when they increase; not streamed).
 	AckBundlesType MessageType = 18
+	// ApplyPoliciesType: a batch of traffic policies created or replaced
+	// all or nothing, one policy per host (applyPolicies).
+	ApplyPoliciesType MessageType = 19
+	// Type 20 is reserved for gateway policy status.
 )
 
 // IgnoreUnknownFlag marks a command an older server may skip.
@@ -65,8 +69,9 @@ const IgnoreUnknownFlag MessageType = 128
 // and return it from MinVersion. Version 1 is what every hub server that
 // ever gossiped a version applies (types 0 to 13); version 2 adds
 // RenewAgentCert (14), version 3 UpdateClusterEndpoint (15), version 4
-// Request (16), RenewConnections (17) and AckBundles (18).
-const ProtocolVersion = 4
+// Request (16), RenewConnections (17) and AckBundles (18), version 5
+// ApplyPolicies (19).
+const ProtocolVersion = 5
 
 // MinVersion is the protocol version that introduced t; for a type this
 // build does not know, a version no server reaches.
@@ -83,6 +88,8 @@ func (t MessageType) MinVersion() int {
 		return 3
 	case RequestType, RenewConnectionsType, AckBundlesType:
 		return 4
+	case ApplyPoliciesType:
+		return 5
 	}
 	return math.MaxInt
 }
@@ -127,6 +134,8 @@ func (t MessageType) String() string {
 		return "RenewConnections"
 	case RequestType:
 		return "Request"
+	case ApplyPoliciesType:
+		return "ApplyPolicies"
 	}
 	return fmt.Sprintf("MessageType(%d)", uint8(t))
 }
@@ -209,6 +218,8 @@ func payloadFor(t MessageType) proto.Message {
 		return &hubpb.CmdRenewConnections{}
 	case RequestType:
 		return &hubpb.CmdRequest{}
+	case ApplyPoliciesType:
+		return &hubpb.CmdApplyPolicies{}
 	}
 	return nil
 }

@@ -93,6 +93,8 @@ type Result struct {
 	Token      *hubpb.Token
 	TokenAddrs []string
 	CARotation uint64
+	// ApplyPolicies: what was done to each policy, in the command's order.
+	PolicyActions []fedv1.PolicyAction
 }
 
 // ResultFromRecord is the result a repeat of the recorded request gets.
@@ -100,6 +102,7 @@ func ResultFromRecord(rec *hubpb.RequestRecord, duplicate bool) *Result {
 	res := &Result{
 		Index: rec.GetIndex(), Request: rec, Duplicate: duplicate,
 		Token: rec.GetToken(), TokenAddrs: rec.GetTokenAddrs(), CARotation: rec.GetCaRotation(),
+		PolicyActions: rec.GetPolicyActions(),
 	}
 	if rec.GetErrorCode() != uint32(codes.OK) {
 		res.Err = &Error{Code: codes.Code(rec.GetErrorCode()), Msg: rec.GetError()}
@@ -167,7 +170,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	}
 	w := f.Store().Write(l.Index)
 	res := &Result{Index: l.Index}
-	if res.Err = apply(w, t, msg); res.Err != nil {
+	if res.Err = apply(w, t, msg, res); res.Err != nil {
 		w.Abort()
 		return res
 	}
@@ -221,7 +224,7 @@ func (f *FSM) applyRequest(index uint64, c *hubpb.CmdRequest) *Result {
 	if err := proto.Unmarshal(c.GetPayload(), msg); err != nil {
 		f.log.Error("undecodable command in a request", "index", index, "type", t, "err", err)
 		res.Err = refuse(codes.InvalidArgument, "fsm: decode %s: %v", t, err)
-	} else if res.Err = apply(w, t, msg); res.Err != nil {
+	} else if res.Err = apply(w, t, msg, res); res.Err != nil {
 		w.Abort()
 		w = store.Write(index) // the refusal is recorded, without the command's partial effects
 	} else {
@@ -230,6 +233,7 @@ func (f *FSM) applyRequest(index uint64, c *hubpb.CmdRequest) *Result {
 	rec := &hubpb.RequestRecord{
 		RequestId: id, Fingerprint: c.GetFingerprint(), Type: c.GetType(), Index: index, AppliedAtMs: now,
 		Token: res.Token, TokenAddrs: res.TokenAddrs, CaRotation: res.CARotation,
+		PolicyActions: res.PolicyActions,
 	}
 	if res.Err != nil {
 		rec.ErrorCode, rec.Error = uint32(res.Err.Code), res.Err.Msg
@@ -253,7 +257,10 @@ func reply(w *state.WriteTxn, t MessageType, msg proto.Message, res *Result) {
 	}
 }
 
-func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
+// apply applies one command to w. A command whose reply depends on the
+// state before it (ApplyPolicies) fills in res; the others leave it to
+// reply.
+func apply(w *state.WriteTxn, t MessageType, msg proto.Message, res *Result) *Error {
 	switch t {
 	case SetCAType:
 		if w.CA() == nil {
@@ -404,6 +411,12 @@ func apply(w *state.WriteTxn, t MessageType, msg proto.Message) *Error {
 		return applyAckBundles(w, msg.(*hubpb.CmdAckBundles))
 	case RenewConnectionsType:
 		return applyRenewConnections(w, msg.(*hubpb.CmdRenewConnections))
+	case ApplyPoliciesType:
+		actions, err := applyPolicies(w, msg.(*hubpb.CmdApplyPolicies).GetPolicies())
+		if err == nil {
+			res.PolicyActions = actions
+		}
+		return err
 	}
 	panic(fmt.Sprintf("fsm: no apply for %s", t))
 }

@@ -704,6 +704,10 @@ func goldenCommands() []namedCommand {
 		{"AckBundles", fsm.AckBundlesType, &hubpb.CmdAckBundles{
 			Cluster: "east", Bundles: []*fedv1.BundleSequence{{TrustDomain: "west.meshfed.local", SequenceNumber: 2}}, NowMs: 1700000000000,
 		}},
+		{"ApplyPolicies", fsm.ApplyPoliciesType, &hubpb.CmdApplyPolicies{Policies: []*fedv1.TrafficPolicy{
+			{Name: "reviews", Service: "default/reviews", Spec: []byte(`{"apiVersion":"meshfed.io/v1alpha1","kind":"GlobalTrafficPolicy","metadata":{"name":"reviews"},"spec":{"host":"reviews.default"}}`)},
+			{Name: "cart", Service: "shop/cart", Spec: []byte(`{"apiVersion":"meshfed.io/v1alpha1","kind":"GlobalTrafficPolicy","metadata":{"name":"cart"},"spec":{"host":"cart.shop"}}`)},
+		}}},
 	}
 }
 
@@ -795,8 +799,19 @@ func randomCommand(rng *rand.Rand) (fsm.MessageType, proto.Message) {
 		if rng.IntN(2) == 0 {
 			return fsm.DeletePolicyType, &hubpb.CmdDeletePolicy{Name: name}
 		}
-		return fsm.PutPolicyType, &hubpb.CmdPutPolicy{Policy: &fedv1.TrafficPolicy{Name: name, Service: "shop/s0",
-			Spec: []byte(fmt.Sprintf("w%d", rng.IntN(100)))}}
+		if rng.IntN(2) == 0 {
+			return fsm.PutPolicyType, &hubpb.CmdPutPolicy{Policy: &fedv1.TrafficPolicy{Name: name, Service: "shop/s0",
+				Spec: []byte(fmt.Sprintf("w%d", rng.IntN(100)))}}
+		}
+		// A batch over few names, services and documents: some are
+		// unchanged, some conflict on a service.
+		batch := &hubpb.CmdApplyPolicies{}
+		for i := range 1 + rng.IntN(3) {
+			batch.Policies = append(batch.Policies, &fedv1.TrafficPolicy{
+				Name: fmt.Sprintf("p%d", (rng.IntN(3)+i)%3), Service: fmt.Sprintf("shop/s%d", rng.IntN(3)), Spec: []byte(fmt.Sprintf("w%d", rng.IntN(3))),
+			})
+		}
+		return fsm.ApplyPoliciesType, batch
 	default:
 		st := []string{"connected", "disconnected"}[rng.IntN(2)]
 		return fsm.ClusterStatusType, status(c, st, now, now-int64(rng.IntN(100)))
@@ -824,7 +839,7 @@ func resultKey(r *fsm.Result) string {
 	if r.Err != nil {
 		key = r.Err.Code.String() + ": " + r.Err.Msg
 	}
-	return fmt.Sprintf("%s (index %d, duplicate %v, rotation %d, token %v)", key, r.Index, r.Duplicate, r.CARotation, r.Token.GetId())
+	return fmt.Sprintf("%s (index %d, duplicate %v, rotation %d, token %v, policies %v)", key, r.Index, r.Duplicate, r.CARotation, r.Token.GetId(), r.PolicyActions)
 }
 
 // TestDeterminism applies the same random command log to two FSMs, and to a

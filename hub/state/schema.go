@@ -72,6 +72,8 @@ func schema() *memdb.DBSchema {
 		}},
 		TablePolicies: {Name: TablePolicies, Indexes: map[string]*memdb.IndexSchema{
 			"id": id("Key"), "revision": rev,
+			// AllowMissing: PutPolicy (type 7) never required a service.
+			"service": {Name: "service", AllowMissing: true, Indexer: &memdb.StringFieldIndex{Field: "Service"}},
 		}},
 		TableTombstones: {Name: TableTombstones, Indexes: map[string]*memdb.IndexSchema{
 			"id": id("Key"), "revision": rev,
@@ -97,6 +99,7 @@ type row struct {
 	Key string
 	Rev uint64
 	// Cluster and Service are set for exports (secondary indexes);
+	// Service for policies;
 	// Cluster and TrustDomain for bundle acks; Cluster and Server for
 	// connections.
 	Cluster     string

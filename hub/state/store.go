@@ -209,6 +209,13 @@ func (r *ReadTxn) Policy(name string) *fedv1.TrafficPolicy {
 	return value[*fedv1.TrafficPolicy](r.get(TablePolicies, name))
 }
 
+// PoliciesFor returns the traffic policies of one service (namespace/name),
+// sorted by name: at most one unless older logs stored more (PutPolicy
+// applied before ApplyPolicies enforced one policy per host).
+func (r *ReadTxn) PoliciesFor(service string) []*fedv1.TrafficPolicy {
+	return values[*fedv1.TrafficPolicy](r.all(TablePolicies, "service", service))
+}
+
 // Policies returns every traffic policy, sorted by name.
 func (r *ReadTxn) Policies() []*fedv1.TrafficPolicy {
 	return values[*fedv1.TrafficPolicy](r.all(TablePolicies, "id"))
@@ -557,7 +564,7 @@ func (w *WriteTxn) PutPolicy(p *fedv1.TrafficPolicy) {
 		p.CreateRevision = w.rev
 	}
 	p.ModifyRevision = w.rev
-	w.upsert(TablePolicies, &row{Key: p.GetName(), Value: p})
+	w.upsert(TablePolicies, &row{Key: p.GetName(), Service: p.GetService(), Value: p})
 }
 
 // PutFederation stores a relationship with an external trust domain.
@@ -693,7 +700,7 @@ func (r *Restorer) Bundle(b *hubpb.BundleRecord) {
 
 // Policy restores a traffic policy.
 func (r *Restorer) Policy(p *fedv1.TrafficPolicy) {
-	r.insert(TablePolicies, &row{Key: p.GetName(), Rev: p.GetModifyRevision(), Value: p})
+	r.insert(TablePolicies, &row{Key: p.GetName(), Rev: p.GetModifyRevision(), Service: p.GetService(), Value: p})
 }
 
 // Federation restores a relationship with an external trust domain.

@@ -21,6 +21,7 @@ var AdminWrites = []string{
 	fedv1.Admin_RevokeToken_FullMethodName,
 	fedv1.Admin_RemoveCluster_FullMethodName,
 	fedv1.Admin_PutPolicy_FullMethodName,
+	fedv1.Admin_ApplyPolicies_FullMethodName,
 	fedv1.Admin_DeletePolicy_FullMethodName,
 	fedv1.Admin_PutFederation_FullMethodName,
 	fedv1.Admin_DeleteFederation_FullMethodName,

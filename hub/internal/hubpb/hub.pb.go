@@ -622,6 +622,51 @@ func (x *CmdPutPolicy) GetPolicy() *v1.TrafficPolicy {
 	return nil
 }
 
+// A batch of policies created or replaced all or nothing (fsm.ApplyPoliciesType).
+type CmdApplyPolicies struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policies      []*v1.TrafficPolicy    `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdApplyPolicies) Reset() {
+	*x = CmdApplyPolicies{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdApplyPolicies) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdApplyPolicies) ProtoMessage() {}
+
+func (x *CmdApplyPolicies) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdApplyPolicies.ProtoReflect.Descriptor instead.
+func (*CmdApplyPolicies) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CmdApplyPolicies) GetPolicies() []*v1.TrafficPolicy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
 type CmdDeletePolicy struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -631,7 +676,7 @@ type CmdDeletePolicy struct {
 
 func (x *CmdDeletePolicy) Reset() {
 	*x = CmdDeletePolicy{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[10]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -643,7 +688,7 @@ func (x *CmdDeletePolicy) String() string {
 func (*CmdDeletePolicy) ProtoMessage() {}
 
 func (x *CmdDeletePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[10]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -656,7 +701,7 @@ func (x *CmdDeletePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdDeletePolicy.ProtoReflect.Descriptor instead.
 func (*CmdDeletePolicy) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{10}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CmdDeletePolicy) GetName() string {
@@ -679,7 +724,7 @@ type CmdUpdateClusterEndpoint struct {
 
 func (x *CmdUpdateClusterEndpoint) Reset() {
 	*x = CmdUpdateClusterEndpoint{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[11]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +736,7 @@ func (x *CmdUpdateClusterEndpoint) String() string {
 func (*CmdUpdateClusterEndpoint) ProtoMessage() {}
 
 func (x *CmdUpdateClusterEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[11]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +749,7 @@ func (x *CmdUpdateClusterEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdUpdateClusterEndpoint.ProtoReflect.Descriptor instead.
 func (*CmdUpdateClusterEndpoint) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{11}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CmdUpdateClusterEndpoint) GetCluster() string {
@@ -743,7 +788,7 @@ type CmdClusterStatus struct {
 
 func (x *CmdClusterStatus) Reset() {
 	*x = CmdClusterStatus{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[12]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +800,7 @@ func (x *CmdClusterStatus) String() string {
 func (*CmdClusterStatus) ProtoMessage() {}
 
 func (x *CmdClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[12]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +813,7 @@ func (x *CmdClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdClusterStatus.ProtoReflect.Descriptor instead.
 func (*CmdClusterStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{12}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CmdClusterStatus) GetCluster() string {
@@ -815,7 +860,7 @@ type CmdRenewConnections struct {
 
 func (x *CmdRenewConnections) Reset() {
 	*x = CmdRenewConnections{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +872,7 @@ func (x *CmdRenewConnections) String() string {
 func (*CmdRenewConnections) ProtoMessage() {}
 
 func (x *CmdRenewConnections) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[13]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +885,7 @@ func (x *CmdRenewConnections) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdRenewConnections.ProtoReflect.Descriptor instead.
 func (*CmdRenewConnections) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{13}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CmdRenewConnections) GetServer() string {
@@ -888,7 +933,7 @@ type ClusterConnection struct {
 
 func (x *ClusterConnection) Reset() {
 	*x = ClusterConnection{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -900,7 +945,7 @@ func (x *ClusterConnection) String() string {
 func (*ClusterConnection) ProtoMessage() {}
 
 func (x *ClusterConnection) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[14]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -913,7 +958,7 @@ func (x *ClusterConnection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterConnection.ProtoReflect.Descriptor instead.
 func (*ClusterConnection) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{14}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ClusterConnection) GetCluster() string {
@@ -960,7 +1005,7 @@ type CmdPutFederation struct {
 
 func (x *CmdPutFederation) Reset() {
 	*x = CmdPutFederation{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1017,7 @@ func (x *CmdPutFederation) String() string {
 func (*CmdPutFederation) ProtoMessage() {}
 
 func (x *CmdPutFederation) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[15]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1030,7 @@ func (x *CmdPutFederation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdPutFederation.ProtoReflect.Descriptor instead.
 func (*CmdPutFederation) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{15}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CmdPutFederation) GetFederation() *v1.FederationRelationship {
@@ -1004,7 +1049,7 @@ type CmdDeleteFederation struct {
 
 func (x *CmdDeleteFederation) Reset() {
 	*x = CmdDeleteFederation{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1061,7 @@ func (x *CmdDeleteFederation) String() string {
 func (*CmdDeleteFederation) ProtoMessage() {}
 
 func (x *CmdDeleteFederation) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[16]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1074,7 @@ func (x *CmdDeleteFederation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdDeleteFederation.ProtoReflect.Descriptor instead.
 func (*CmdDeleteFederation) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{16}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CmdDeleteFederation) GetTrustDomain() string {
@@ -1048,7 +1093,7 @@ type CmdRotateCA struct {
 
 func (x *CmdRotateCA) Reset() {
 	*x = CmdRotateCA{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1105,7 @@ func (x *CmdRotateCA) String() string {
 func (*CmdRotateCA) ProtoMessage() {}
 
 func (x *CmdRotateCA) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[17]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1118,7 @@ func (x *CmdRotateCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdRotateCA.ProtoReflect.Descriptor instead.
 func (*CmdRotateCA) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{17}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CmdRotateCA) GetCluster() string {
@@ -1093,7 +1138,7 @@ type CmdPutExternalBundle struct {
 
 func (x *CmdPutExternalBundle) Reset() {
 	*x = CmdPutExternalBundle{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1150,7 @@ func (x *CmdPutExternalBundle) String() string {
 func (*CmdPutExternalBundle) ProtoMessage() {}
 
 func (x *CmdPutExternalBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[18]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1163,7 @@ func (x *CmdPutExternalBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdPutExternalBundle.ProtoReflect.Descriptor instead.
 func (*CmdPutExternalBundle) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{18}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CmdPutExternalBundle) GetBundle() *v1.TrustBundle {
@@ -1145,7 +1190,7 @@ type CmdRenewAgentCert struct {
 
 func (x *CmdRenewAgentCert) Reset() {
 	*x = CmdRenewAgentCert{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1202,7 @@ func (x *CmdRenewAgentCert) String() string {
 func (*CmdRenewAgentCert) ProtoMessage() {}
 
 func (x *CmdRenewAgentCert) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[19]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1215,7 @@ func (x *CmdRenewAgentCert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdRenewAgentCert.ProtoReflect.Descriptor instead.
 func (*CmdRenewAgentCert) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{19}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CmdRenewAgentCert) GetCluster() string {
@@ -1228,7 +1273,7 @@ type CmdAckBundles struct {
 
 func (x *CmdAckBundles) Reset() {
 	*x = CmdAckBundles{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +1285,7 @@ func (x *CmdAckBundles) String() string {
 func (*CmdAckBundles) ProtoMessage() {}
 
 func (x *CmdAckBundles) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[20]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +1298,7 @@ func (x *CmdAckBundles) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdAckBundles.ProtoReflect.Descriptor instead.
 func (*CmdAckBundles) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{20}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CmdAckBundles) GetCluster() string {
@@ -1292,7 +1337,7 @@ type BundleAck struct {
 
 func (x *BundleAck) Reset() {
 	*x = BundleAck{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1349,7 @@ func (x *BundleAck) String() string {
 func (*BundleAck) ProtoMessage() {}
 
 func (x *BundleAck) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[21]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1362,7 @@ func (x *BundleAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleAck.ProtoReflect.Descriptor instead.
 func (*BundleAck) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{21}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BundleAck) GetCluster() string {
@@ -1372,7 +1417,7 @@ type CmdRequest struct {
 
 func (x *CmdRequest) Reset() {
 	*x = CmdRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1384,7 +1429,7 @@ func (x *CmdRequest) String() string {
 func (*CmdRequest) ProtoMessage() {}
 
 func (x *CmdRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1397,7 +1442,7 @@ func (x *CmdRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdRequest.ProtoReflect.Descriptor instead.
 func (*CmdRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CmdRequest) GetRequestId() string {
@@ -1457,14 +1502,16 @@ type RequestRecord struct {
 	Token      *Token `protobuf:"bytes,8,opt,name=token,proto3" json:"token,omitempty"`
 	CaRotation uint64 `protobuf:"varint,9,opt,name=ca_rotation,json=caRotation,proto3" json:"ca_rotation,omitempty"`
 	// CreateToken: the hub addresses its token string names.
-	TokenAddrs    []string `protobuf:"bytes,10,rep,name=token_addrs,json=tokenAddrs,proto3" json:"token_addrs,omitempty"`
+	TokenAddrs []string `protobuf:"bytes,10,rep,name=token_addrs,json=tokenAddrs,proto3" json:"token_addrs,omitempty"`
+	// ApplyPolicies: what was done to each policy, in the command's order.
+	PolicyActions []v1.PolicyAction `protobuf:"varint,11,rep,packed,name=policy_actions,json=policyActions,proto3,enum=meshfed.federation.v1.PolicyAction" json:"policy_actions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1523,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1536,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -1562,6 +1609,13 @@ func (x *RequestRecord) GetTokenAddrs() []string {
 	return nil
 }
 
+func (x *RequestRecord) GetPolicyActions() []v1.PolicyAction {
+	if x != nil {
+		return x.PolicyActions
+	}
+	return nil
+}
+
 // Tombstone of a deleted record, kept so that resumed Sync streams learn of deletions.
 type Tombstone struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1576,7 +1630,7 @@ type Tombstone struct {
 
 func (x *Tombstone) Reset() {
 	*x = Tombstone{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1588,7 +1642,7 @@ func (x *Tombstone) String() string {
 func (*Tombstone) ProtoMessage() {}
 
 func (x *Tombstone) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1601,7 +1655,7 @@ func (x *Tombstone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tombstone.ProtoReflect.Descriptor instead.
 func (*Tombstone) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Tombstone) GetTable() string {
@@ -1649,7 +1703,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1661,7 +1715,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1674,7 +1728,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SnapshotRecord) GetRec() isSnapshotRecord_Rec {
@@ -1881,7 +1935,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +1947,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +1960,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1950,7 +2004,7 @@ type BundleRecord struct {
 
 func (x *BundleRecord) Reset() {
 	*x = BundleRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1962,7 +2016,7 @@ func (x *BundleRecord) String() string {
 func (*BundleRecord) ProtoMessage() {}
 
 func (x *BundleRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1975,7 +2029,7 @@ func (x *BundleRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleRecord.ProtoReflect.Descriptor instead.
 func (*BundleRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BundleRecord) GetCluster() string {
@@ -2016,7 +2070,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[28]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2028,7 +2082,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[28]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2041,7 +2095,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -2069,7 +2123,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[29]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2081,7 +2135,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[29]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2094,7 +2148,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -2140,7 +2194,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[30]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2206,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[30]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +2219,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{30}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{31}
 }
 
 type ReadIndexResponse struct {
@@ -2177,7 +2231,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[31]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2189,7 +2243,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[31]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2202,7 +2256,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{31}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -2256,7 +2310,9 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12:\n" +
 	"\x06bundle\x18\x02 \x01(\v2\".meshfed.federation.v1.TrustBundleR\x06bundle\"L\n" +
 	"\fCmdPutPolicy\x12<\n" +
-	"\x06policy\x18\x01 \x01(\v2$.meshfed.federation.v1.TrafficPolicyR\x06policy\"%\n" +
+	"\x06policy\x18\x01 \x01(\v2$.meshfed.federation.v1.TrafficPolicyR\x06policy\"T\n" +
+	"\x10CmdApplyPolicies\x12@\n" +
+	"\bpolicies\x18\x01 \x03(\v2$.meshfed.federation.v1.TrafficPolicyR\bpolicies\"%\n" +
 	"\x0fCmdDeletePolicy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x9e\x01\n" +
 	"\x18CmdUpdateClusterEndpoint\x12\x18\n" +
@@ -2315,7 +2371,7 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\vfingerprint\x18\x02 \x01(\fR\vfingerprint\x12\x15\n" +
 	"\x06now_ms\x18\x03 \x01(\x03R\x05nowMs\x12\x12\n" +
 	"\x04type\x18\x04 \x01(\rR\x04type\x12\x18\n" +
-	"\apayload\x18\x05 \x01(\fR\apayload\"\xc2\x02\n" +
+	"\apayload\x18\x05 \x01(\fR\apayload\"\x8e\x03\n" +
 	"\rRequestRecord\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12 \n" +
@@ -2331,7 +2387,8 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"caRotation\x12\x1f\n" +
 	"\vtoken_addrs\x18\n" +
 	" \x03(\tR\n" +
-	"tokenAddrs\"O\n" +
+	"tokenAddrs\x12J\n" +
+	"\x0epolicy_actions\x18\v \x03(\x0e2#.meshfed.federation.v1.PolicyActionR\rpolicyActions\"O\n" +
 	"\tTombstone\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1a\n" +
@@ -2394,7 +2451,7 @@ func file_meshfed_hub_v1_hub_proto_rawDescGZIP() []byte {
 	return file_meshfed_hub_v1_hub_proto_rawDescData
 }
 
-var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CAState)(nil),                   // 0: meshfed.hub.v1.CAState
 	(*Token)(nil),                     // 1: meshfed.hub.v1.Token
@@ -2406,73 +2463,77 @@ var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CmdPublishExports)(nil),         // 7: meshfed.hub.v1.CmdPublishExports
 	(*CmdPutBundle)(nil),              // 8: meshfed.hub.v1.CmdPutBundle
 	(*CmdPutPolicy)(nil),              // 9: meshfed.hub.v1.CmdPutPolicy
-	(*CmdDeletePolicy)(nil),           // 10: meshfed.hub.v1.CmdDeletePolicy
-	(*CmdUpdateClusterEndpoint)(nil),  // 11: meshfed.hub.v1.CmdUpdateClusterEndpoint
-	(*CmdClusterStatus)(nil),          // 12: meshfed.hub.v1.CmdClusterStatus
-	(*CmdRenewConnections)(nil),       // 13: meshfed.hub.v1.CmdRenewConnections
-	(*ClusterConnection)(nil),         // 14: meshfed.hub.v1.ClusterConnection
-	(*CmdPutFederation)(nil),          // 15: meshfed.hub.v1.CmdPutFederation
-	(*CmdDeleteFederation)(nil),       // 16: meshfed.hub.v1.CmdDeleteFederation
-	(*CmdRotateCA)(nil),               // 17: meshfed.hub.v1.CmdRotateCA
-	(*CmdPutExternalBundle)(nil),      // 18: meshfed.hub.v1.CmdPutExternalBundle
-	(*CmdRenewAgentCert)(nil),         // 19: meshfed.hub.v1.CmdRenewAgentCert
-	(*CmdAckBundles)(nil),             // 20: meshfed.hub.v1.CmdAckBundles
-	(*BundleAck)(nil),                 // 21: meshfed.hub.v1.BundleAck
-	(*CmdRequest)(nil),                // 22: meshfed.hub.v1.CmdRequest
-	(*RequestRecord)(nil),             // 23: meshfed.hub.v1.RequestRecord
-	(*Tombstone)(nil),                 // 24: meshfed.hub.v1.Tombstone
-	(*SnapshotRecord)(nil),            // 25: meshfed.hub.v1.SnapshotRecord
-	(*SnapshotHeader)(nil),            // 26: meshfed.hub.v1.SnapshotHeader
-	(*BundleRecord)(nil),              // 27: meshfed.hub.v1.BundleRecord
-	(*ApplyRequest)(nil),              // 28: meshfed.hub.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 29: meshfed.hub.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),          // 30: meshfed.hub.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),         // 31: meshfed.hub.v1.ReadIndexResponse
-	(*v1.ClusterRecord)(nil),          // 32: meshfed.federation.v1.ClusterRecord
-	(*v1.TrustBundle)(nil),            // 33: meshfed.federation.v1.TrustBundle
-	(*v1.ExportedService)(nil),        // 34: meshfed.federation.v1.ExportedService
-	(*v1.TrafficPolicy)(nil),          // 35: meshfed.federation.v1.TrafficPolicy
-	(*v1.Locality)(nil),               // 36: meshfed.federation.v1.Locality
-	(*v1.FederationRelationship)(nil), // 37: meshfed.federation.v1.FederationRelationship
-	(*v1.BundleSequence)(nil),         // 38: meshfed.federation.v1.BundleSequence
-	(*v1.ExportRecord)(nil),           // 39: meshfed.federation.v1.ExportRecord
+	(*CmdApplyPolicies)(nil),          // 10: meshfed.hub.v1.CmdApplyPolicies
+	(*CmdDeletePolicy)(nil),           // 11: meshfed.hub.v1.CmdDeletePolicy
+	(*CmdUpdateClusterEndpoint)(nil),  // 12: meshfed.hub.v1.CmdUpdateClusterEndpoint
+	(*CmdClusterStatus)(nil),          // 13: meshfed.hub.v1.CmdClusterStatus
+	(*CmdRenewConnections)(nil),       // 14: meshfed.hub.v1.CmdRenewConnections
+	(*ClusterConnection)(nil),         // 15: meshfed.hub.v1.ClusterConnection
+	(*CmdPutFederation)(nil),          // 16: meshfed.hub.v1.CmdPutFederation
+	(*CmdDeleteFederation)(nil),       // 17: meshfed.hub.v1.CmdDeleteFederation
+	(*CmdRotateCA)(nil),               // 18: meshfed.hub.v1.CmdRotateCA
+	(*CmdPutExternalBundle)(nil),      // 19: meshfed.hub.v1.CmdPutExternalBundle
+	(*CmdRenewAgentCert)(nil),         // 20: meshfed.hub.v1.CmdRenewAgentCert
+	(*CmdAckBundles)(nil),             // 21: meshfed.hub.v1.CmdAckBundles
+	(*BundleAck)(nil),                 // 22: meshfed.hub.v1.BundleAck
+	(*CmdRequest)(nil),                // 23: meshfed.hub.v1.CmdRequest
+	(*RequestRecord)(nil),             // 24: meshfed.hub.v1.RequestRecord
+	(*Tombstone)(nil),                 // 25: meshfed.hub.v1.Tombstone
+	(*SnapshotRecord)(nil),            // 26: meshfed.hub.v1.SnapshotRecord
+	(*SnapshotHeader)(nil),            // 27: meshfed.hub.v1.SnapshotHeader
+	(*BundleRecord)(nil),              // 28: meshfed.hub.v1.BundleRecord
+	(*ApplyRequest)(nil),              // 29: meshfed.hub.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 30: meshfed.hub.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),          // 31: meshfed.hub.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),         // 32: meshfed.hub.v1.ReadIndexResponse
+	(*v1.ClusterRecord)(nil),          // 33: meshfed.federation.v1.ClusterRecord
+	(*v1.TrustBundle)(nil),            // 34: meshfed.federation.v1.TrustBundle
+	(*v1.ExportedService)(nil),        // 35: meshfed.federation.v1.ExportedService
+	(*v1.TrafficPolicy)(nil),          // 36: meshfed.federation.v1.TrafficPolicy
+	(*v1.Locality)(nil),               // 37: meshfed.federation.v1.Locality
+	(*v1.FederationRelationship)(nil), // 38: meshfed.federation.v1.FederationRelationship
+	(*v1.BundleSequence)(nil),         // 39: meshfed.federation.v1.BundleSequence
+	(v1.PolicyAction)(0),              // 40: meshfed.federation.v1.PolicyAction
+	(*v1.ExportRecord)(nil),           // 41: meshfed.federation.v1.ExportRecord
 }
 var file_meshfed_hub_v1_hub_proto_depIdxs = []int32{
 	0,  // 0: meshfed.hub.v1.CmdSetCA.ca:type_name -> meshfed.hub.v1.CAState
 	1,  // 1: meshfed.hub.v1.CmdCreateToken.token:type_name -> meshfed.hub.v1.Token
-	32, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	33, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	34, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
-	33, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	35, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	36, // 7: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
-	37, // 8: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	33, // 9: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	38, // 10: meshfed.hub.v1.CmdAckBundles.bundles:type_name -> meshfed.federation.v1.BundleSequence
-	1,  // 11: meshfed.hub.v1.RequestRecord.token:type_name -> meshfed.hub.v1.Token
-	26, // 12: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
-	0,  // 13: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
-	1,  // 14: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
-	32, // 15: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	39, // 16: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
-	27, // 17: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
-	35, // 18: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	24, // 19: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
-	37, // 20: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	21, // 21: meshfed.hub.v1.SnapshotRecord.bundle_ack:type_name -> meshfed.hub.v1.BundleAck
-	14, // 22: meshfed.hub.v1.SnapshotRecord.connection:type_name -> meshfed.hub.v1.ClusterConnection
-	23, // 23: meshfed.hub.v1.SnapshotRecord.request:type_name -> meshfed.hub.v1.RequestRecord
-	33, // 24: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	23, // 25: meshfed.hub.v1.ApplyResponse.request:type_name -> meshfed.hub.v1.RequestRecord
-	28, // 26: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
-	30, // 27: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
-	29, // 28: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
-	31, // 29: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
-	28, // [28:30] is the sub-list for method output_type
-	26, // [26:28] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	33, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	34, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	35, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
+	34, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	36, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	36, // 7: meshfed.hub.v1.CmdApplyPolicies.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	37, // 8: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
+	38, // 9: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	34, // 10: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	39, // 11: meshfed.hub.v1.CmdAckBundles.bundles:type_name -> meshfed.federation.v1.BundleSequence
+	1,  // 12: meshfed.hub.v1.RequestRecord.token:type_name -> meshfed.hub.v1.Token
+	40, // 13: meshfed.hub.v1.RequestRecord.policy_actions:type_name -> meshfed.federation.v1.PolicyAction
+	27, // 14: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
+	0,  // 15: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
+	1,  // 16: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
+	33, // 17: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	41, // 18: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
+	28, // 19: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
+	36, // 20: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	25, // 21: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
+	38, // 22: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	22, // 23: meshfed.hub.v1.SnapshotRecord.bundle_ack:type_name -> meshfed.hub.v1.BundleAck
+	15, // 24: meshfed.hub.v1.SnapshotRecord.connection:type_name -> meshfed.hub.v1.ClusterConnection
+	24, // 25: meshfed.hub.v1.SnapshotRecord.request:type_name -> meshfed.hub.v1.RequestRecord
+	34, // 26: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	24, // 27: meshfed.hub.v1.ApplyResponse.request:type_name -> meshfed.hub.v1.RequestRecord
+	29, // 28: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
+	31, // 29: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
+	30, // 30: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
+	32, // 31: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
+	30, // [30:32] is the sub-list for method output_type
+	28, // [28:30] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_hub_v1_hub_proto_init() }
@@ -2480,7 +2541,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 	if File_meshfed_hub_v1_hub_proto != nil {
 		return
 	}
-	file_meshfed_hub_v1_hub_proto_msgTypes[25].OneofWrappers = []any{
+	file_meshfed_hub_v1_hub_proto_msgTypes[26].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Ca)(nil),
 		(*SnapshotRecord_Token)(nil),
@@ -2500,7 +2561,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_hub_v1_hub_proto_rawDesc), len(file_meshfed_hub_v1_hub_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
