@@ -85,7 +85,7 @@ and the field path. The exit status is 1 if any message is an Error.`,
 				return err
 			}
 			if len(msgs) == 0 && out == "text" {
-				fmt.Fprintf(cmd.ErrOrStderr(), "no problems found in %d policies%s\n", set.Len(), catalogSummary(cat))
+				fmt.Fprintf(cmd.ErrOrStderr(), "no problems found (%s%s)\n", plural(set.Len(), "policy", "policies"), catalogSummary(cat))
 			}
 			if analyze.HasErrors(msgs) {
 				return fmt.Errorf("analyze: %s", tally(msgs))
@@ -143,9 +143,16 @@ func writeMessages(w io.Writer, f analyzeFormat, msgs []analyze.Message) error {
 
 func catalogSummary(cat *analyze.Catalog) string {
 	if cat == nil {
-		return " (without the hub's catalog)"
+		return ", without the hub's catalog"
 	}
-	return fmt.Sprintf(" against %d clusters and %d services", len(cat.Clusters), len(cat.Services))
+	return " against " + plural(len(cat.Clusters), "cluster", "clusters") + " and " + plural(len(cat.Services), "service", "services")
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 // tally counts messages by severity: "1 error, 2 warnings".
@@ -158,10 +165,7 @@ func tally(msgs []analyze.Message) string {
 	for _, s := range []analyze.Severity{analyze.Error, analyze.Warning, analyze.Info} {
 		if n[s] > 0 {
 			name := strings.ToLower(s.String())
-			if n[s] > 1 {
-				name += "s"
-			}
-			parts = append(parts, fmt.Sprintf("%d %s", n[s], name))
+			parts = append(parts, plural(n[s], name, name+"s"))
 		}
 	}
 	return strings.Join(parts, ", ")

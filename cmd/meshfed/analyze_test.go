@@ -240,7 +240,7 @@ func TestAnalyzeAgainstARealHub(t *testing.T) {
 	d.dialAdmin = dialAdmin // the real one
 
 	r := run(t, d, "analyze", "--config", h.config)
-	if r.code != 0 || r.stdout != "" || r.stderr != "no problems found in 1 policies against 2 clusters and 1 services\n" {
+	if r.code != 0 || r.stdout != "" || r.stderr != "no problems found (1 policy against 2 clusters and 1 service)\n" {
 		t.Fatalf("clean hub: exit %d, stdout %q, stderr %q; want 0, nothing, the summary", r.code, r.stdout, r.stderr)
 	}
 

@@ -87,7 +87,8 @@ type analyzer struct {
 	regions     map[string]bool
 	anyRegion   bool
 	anyZone     bool
-	trust       map[federation.TrustDomain]bool
+	trust       map[federation.TrustDomain]bool // members' and federated
+	federated   []federation.TrustDomain
 	services    map[federation.ServiceKey]*Service
 
 	// probes are compiled one-field policies, by what they probe: the
@@ -149,6 +150,7 @@ func (a *analyzer) index(cat *Catalog) {
 	for _, td := range cat.FederatedTrustDomains {
 		a.trust[td] = true
 	}
+	a.federated = cat.FederatedTrustDomains
 	for i := range cat.Services {
 		s := &cat.Services[i]
 		a.services[s.Key] = s
@@ -262,24 +264,14 @@ func (a *analyzer) memberTDs() string {
 }
 
 func (a *analyzer) federatedTDs() string {
-	var tds []string
-	for td := range a.trust {
+	tds := make([]string, 0, len(a.federated))
+	for _, td := range a.federated {
 		tds = append(tds, td.String())
 	}
-	var fed []string
-	members := make(map[string]bool)
-	for _, c := range a.members {
-		members[c.TrustDomain.String()] = true
-	}
-	for _, td := range tds {
-		if !members[td] {
-			fed = append(fed, td)
-		}
-	}
-	return list(fed)
+	return list(tds)
 }
 
-// list sorts and joins names; none is "none".
+// list sorts and joins names, at most maxListed of them; none is "none".
 func list(names []string) string {
 	if len(names) == 0 {
 		return "none"
@@ -287,8 +279,14 @@ func list(names []string) string {
 	names = slices.Clone(names)
 	slices.Sort(names)
 	names = slices.Compact(names)
+	if len(names) > maxListed {
+		return strings.Join(names[:maxListed], ", ") + fmt.Sprintf(" and %d more", len(names)-maxListed)
+	}
 	return strings.Join(names, ", ")
 }
+
+// maxListed bounds the names one message lists.
+const maxListed = 8
 
 func index(path string, i int) string { return path + "[" + strconv.Itoa(i) + "]" }
 

@@ -53,15 +53,26 @@ func findings(msgs []Message) []finding {
 // The variants of each check that the golden cases do not reach, each with
 // exactly the findings it must produce.
 func TestChecksReportExactlyTheseFindings(t *testing.T) {
-	const head = "apiVersion: meshfed.io/v1alpha1\nkind: GlobalTrafficPolicy\nmetadata: {name: reviews}\nspec:\n  host: reviews.default\n"
+	const head = "apiVersion: meshfed.io/v1alpha1\nkind: GlobalTrafficPolicy\nmetadata: {name: p}\nspec:\n  host: %s\n"
 	for _, tc := range []struct {
 		name string
+		host string // default reviews.default
 		spec string
 		want []finding
 	}{{
-		name: "failover to a region whose clusters have no ready endpoint",
+		name: "failover to a region with ready endpoints",
 		spec: "  localityLbSetting:\n    failover: [{from: us-east, to: us-west}]\n",
 		want: nil,
+	}, {
+		name: "failover to a region whose clusters have no ready endpoint",
+		host: "details.default",
+		spec: "  localityLbSetting:\n    failover: [{from: us-east, to: us-west}]\n",
+		want: []finding{{NoReadyEndpoints, "spec.localityLbSetting.failover[0].to"}},
+	}, {
+		name: "a destination by subset alone whose endpoints are all unready",
+		host: "details.default",
+		spec: "  subsets: [{name: all, labels: {app: details}}]\n  localityLbSetting: {excludeClusters: [east]}\n  http:\n  - route: [{destination: {subset: all}}]\n",
+		want: []finding{{NoReadyEndpoints, "spec.http[0].route[0].destination.subset"}},
 	}, {
 		name: "failover to a region whose cluster does not export the service",
 		spec: "  localityLbSetting:\n    failover: [{from: us-east, to: sa-east}]\n",
@@ -149,7 +160,11 @@ func TestChecksReportExactlyTheseFindings(t *testing.T) {
 		want: nil,
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
-			msgs := Analyze(testCatalog(t), []*policy.GlobalTrafficPolicy{decodeYAML(t, head+tc.spec)})
+			host := tc.host
+			if host == "" {
+				host = "reviews.default"
+			}
+			msgs := Analyze(testCatalog(t), []*policy.GlobalTrafficPolicy{decodeYAML(t, fmt.Sprintf(head, host)+tc.spec)})
 			if got := findings(msgs); !slices.Equal(got, tc.want) {
 				t.Errorf("findings %v, want %v\n%s", got, tc.want, render(msgs))
 			}
@@ -410,4 +425,18 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+func TestListNamesAtMostMaxListed(t *testing.T) {
+	var names []string
+	for i := range 11 {
+		names = append(names, fmt.Sprintf("c%02d", 10-i))
+	}
+	names = append(names, "c00")
+	if got, want := list(names), "c00, c01, c02, c03, c04, c05, c06, c07 and 3 more"; got != want {
+		t.Errorf("list = %q, want %q", got, want)
+	}
+	if got := list(nil); got != "none" {
+		t.Errorf("list(nil) = %q", got)
+	}
 }
