@@ -1,6 +1,6 @@
 // Command meshfed is the single meshfed binary: it runs a hub server
 // (meshfed hub) and administers a running federation through the hub's
-// Admin gRPC API (meshfed token, clusters, services, policy).
+// Admin gRPC API (meshfed token, clusters, services, policy, analyze).
 //
 // Every subcommand is thin: it parses flags into a component Config, calls
 // Validate, constructs the component and runs it. Flags and environment

@@ -50,7 +50,7 @@ func newRoot(d deps) *cobra.Command {
 		Long: `meshfed federates service meshes across clusters.
 
 Run a hub with "meshfed hub", then administer the federation with the token,
-clusters, services and policy commands. Those read a client config file
+clusters, services, policy and analyze commands. Those read a client config file
 (--config, default $MESHFED_CONFIG or ~/.meshfed/config) such as the
 admin.yaml a hub writes into its data directory at bootstrap.`,
 		SilenceErrors: true, // execute prints them
@@ -63,6 +63,7 @@ admin.yaml a hub writes into its data directory at bootstrap.`,
 		newClustersCmd(d),
 		newServicesCmd(d),
 		newPolicyCmd(d),
+		newAnalyzeCmd(d),
 		newTrustCmd(d),
 		newJoinCmd(),
 		newAgentCmd(),
