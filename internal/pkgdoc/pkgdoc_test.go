@@ -132,3 +132,54 @@ func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
 }
+
+// TestREADMELayoutNamesEveryPackage fails for each package of the module
+// that README.md's "Layout" table does not name as `dir/` (a row may name
+// several, comma-separated), so the layout cannot drift from the code.
+func TestREADMELayoutNamesEveryPackage(t *testing.T) {
+	root := moduleRoot(t)
+	b, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	start := strings.Index(readme, "\n## Layout")
+	if start < 0 {
+		t.Fatal(`README.md has no "## Layout" section`)
+	}
+	layout := readme[start+1:]
+	if end := strings.Index(layout[2:], "\n## "); end >= 0 {
+		layout = layout[:end+2]
+	}
+	checked := 0
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() || path == root {
+			return nil
+		}
+		if skipDir(path, d.Name()) {
+			return filepath.SkipDir
+		}
+		_, _, ok, err := packageDoc(path)
+		if err != nil || !ok {
+			return err
+		}
+		rel, err := filepath.Rel(root, path)
+		if err != nil {
+			return err
+		}
+		checked++
+		if !strings.Contains(layout, "`"+filepath.ToSlash(rel)+"/`") {
+			t.Errorf("README.md's Layout does not name `%s/`", filepath.ToSlash(rel))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checked == 0 {
+		t.Fatal("found no packages")
+	}
+}
