@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -137,10 +138,27 @@ func (g *Gateway) IngressAddr() *net.UDPAddr { return g.ingressAddr.Load() }
 // Registry is the gateway's metrics registry.
 func (g *Gateway) Registry() *prometheus.Registry { return g.reg }
 
-// Handler serves /metrics, /healthz (200 while running) and /readyz (200
-// once Ready and not draining).
+// Handler serves /metrics, /healthz (200 while running), /readyz (200
+// once Ready and not draining) and /policies (JSON: every traffic policy
+// the gateway was sent, the revision in force and any rejection).
 func (g *Gateway) Handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("/policies", func(w http.ResponseWriter, _ *http.Request) {
+		type policyJSON struct {
+			Name             string `json:"name"`
+			Service          string `json:"service"`
+			Revision         uint64 `json:"revision"`
+			RejectedRevision uint64 `json:"rejectedRevision,omitempty"`
+			Error            string `json:"error,omitempty"`
+		}
+		out := []policyJSON{}
+		for _, p := range g.Policies() {
+			out = append(out, policyJSON{Name: p.Name, Service: p.Service.String(), Revision: p.Revision,
+				RejectedRevision: p.RejectedRevision, Error: p.Error})
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(out)
+	})
 	mux.Handle("/metrics", promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -345,8 +363,13 @@ func (g *Gateway) compile(st *gatewayclient.State) *table {
 		g.m.ejections.WithLabelValues("service_cluster", svc.String()+"@"+c.String()).Inc()
 		g.log.Warn("cluster ejected for a service by its policy's outlier detection", "service", svc, "cluster", c)
 	}, func(name string, rev uint64, err error) {
+		g.m.policyRej.WithLabelValues(name).Inc()
 		g.log.Error("traffic policy rejected; its last good revision stays in force", "policy", name, "revision", rev, "err", err)
 	})
+	g.m.policyRev.Reset()
+	for _, s := range g.policies.status() {
+		g.m.policyRev.WithLabelValues(s.Name).Set(float64(s.Revision))
+	}
 	return compile(st, pols)
 }
 

@@ -16,6 +16,8 @@ type metrics struct {
 	latency   *prometheus.HistogramVec // service, cluster, direction: connect (TCP) or request (HTTP) latency
 	gateways  *prometheus.GaugeVec     // cluster, address: 1 while the remote gateway answers probes
 	probes    *prometheus.CounterVec   // cluster, result
+	policyRev *prometheus.GaugeVec     // policy: the revision in force
+	policyRej *prometheus.CounterVec   // policy: revisions rejected
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -45,7 +47,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		probes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshfed_gateway_probes_total",
 			Help: "Probes of remote gateways, by cluster and result (ok, fail)."},
 			[]string{"cluster", "result"}),
+		policyRev: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meshfed_gateway_policy_revision",
+			Help: "The revision of each traffic policy in force (the last good one after a rejection)."},
+			[]string{"policy"}),
+		policyRej: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshfed_gateway_policy_rejections_total",
+			Help: "Traffic policy revisions this gateway could not compile (the last good revision stays in force), by policy."},
+			[]string{"policy"}),
 	}
-	reg.MustRegister(m.requests, m.bytes, m.active, m.failovers, m.ejections, m.latency, m.gateways, m.probes)
+	reg.MustRegister(m.requests, m.bytes, m.active, m.failovers, m.ejections, m.latency, m.gateways, m.probes, m.policyRev, m.policyRej)
 	return m
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"sync/atomic"
@@ -441,6 +442,19 @@ func TestPolicyRejectedRevisionKeepsTheLastGood(t *testing.T) {
 	}
 	if _, body, _ := r.get("/a/x", nil); body != "west /b/x" {
 		t.Fatalf("after the rejected revision: %q, want the last good policy still in force", body)
+	}
+	// /policies and the metrics say the same.
+	rec := httptest.NewRecorder()
+	r.eastGW.g.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/policies", nil))
+	if body := rec.Body.String(); !strings.Contains(body, `"name":"web","service":"default/web","revision":2,"rejectedRevision":3,"error":`) {
+		t.Errorf("/policies: %s", body)
+	}
+	rec = httptest.NewRecorder()
+	r.eastGW.g.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, want := range []string{`meshfed_gateway_policy_revision{policy="web"} 2`, `meshfed_gateway_policy_rejections_total{policy="web"} 1`} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }
 
