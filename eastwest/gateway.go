@@ -85,6 +85,7 @@ type Gateway struct {
 	active      atomic.Int64
 
 	ingressMu    sync.Mutex
+	liveIngress  map[*ingressStream]struct{} // piped streams, for reauthorize
 	streamsByCl  map[federation.ClusterName]int
 	connsByCl    map[federation.ClusterName]int
 	ready        chan struct{}
@@ -320,6 +321,7 @@ func (g *Gateway) listen(st *gatewayclient.State) error {
 func (g *Gateway) apply(ctx context.Context, st *gatewayclient.State) {
 	t := g.compile(st)
 	g.table.Store(t)
+	g.reauthorize(t)
 	clusters := make(map[federation.ClusterName][]string, len(st.Clusters))
 	tds := make(map[federation.ClusterName]spiffeid.TrustDomain, len(st.Clusters))
 	for name, c := range st.Clusters {

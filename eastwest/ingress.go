@@ -138,11 +138,11 @@ func (g *Gateway) handleStream(ctx context.Context, qc *quic.Conn, src federatio
 		refuse(s, CodeUnknownService, fmt.Sprintf("%s has no port %d", h.Service, h.Port))
 		return
 	}
+	who := policy.Source{Cluster: src, ServiceAccount: serviceAccountOf(h.Identity)}
+	if rc := t.state.Clusters[src]; rc != nil {
+		who.TrustDomain = rc.TrustDomain
+	}
 	if pol := t.policyOf(key); pol != nil {
-		who := policy.Source{Cluster: src, ServiceAccount: serviceAccountOf(h.Identity)}
-		if rc := t.state.Clusters[src]; rc != nil {
-			who.TrustDomain = rc.TrustDomain
-		}
 		if ok, why := pol.c.Authorize(who); !ok {
 			result = CodeForbidden.String()
 			refuse(s, CodeForbidden, fmt.Sprintf("%s: %s", h.Service, why))
@@ -167,7 +167,17 @@ func (g *Gateway) handleStream(ctx context.Context, qc *quic.Conn, src federatio
 	active := g.m.active.WithLabelValues(svcLabel, src.String(), "ingress")
 	active.Inc()
 	sc := &streamConn{Stream: s, local: qc.LocalAddr(), remote: qc.RemoteAddr()}
+	// A policy applied later re-decides the stream: one its authorization
+	// now refuses is cut (the caller's gateway then opens a new stream,
+	// which is refused with CodeForbidden).
+	live := &ingressStream{service: key, who: who, cut: func() {
+		s.CancelRead(quic.StreamErrorCode(CodeForbidden))
+		s.CancelWrite(quic.StreamErrorCode(CodeForbidden))
+		_ = conn.Close()
+	}}
+	g.trackIngress(live, true)
 	in, out := pipe(ctx, sc, tcpDuplex{conn}, g.cfg.IdleTimeout)
+	g.trackIngress(live, false)
 	active.Dec()
 	g.active.Add(-1)
 	g.inflight.Done()
@@ -228,4 +238,46 @@ func serviceAccountOf(id string) string {
 		return ""
 	}
 	return parts[1] + "/" + parts[3]
+}
+
+// ingressStream is an ingress stream being piped, as authorization sees it.
+type ingressStream struct {
+	service federation.ServiceKey
+	who     policy.Source
+	cut     func()
+}
+
+// trackIngress adds (on) or removes a piped ingress stream.
+func (g *Gateway) trackIngress(s *ingressStream, on bool) {
+	g.ingressMu.Lock()
+	defer g.ingressMu.Unlock()
+	if g.liveIngress == nil {
+		g.liveIngress = map[*ingressStream]struct{}{}
+	}
+	if on {
+		g.liveIngress[s] = struct{}{}
+	} else {
+		delete(g.liveIngress, s)
+	}
+}
+
+// reauthorize cuts the piped ingress streams that t's policies no longer
+// authorize: a deny applies to connections already open, not only to new
+// ones.
+func (g *Gateway) reauthorize(t *table) {
+	g.ingressMu.Lock()
+	var cut []*ingressStream
+	for s := range g.liveIngress {
+		if pol := t.policyOf(s.service); pol != nil {
+			if ok, _ := pol.c.Authorize(s.who); !ok {
+				cut = append(cut, s)
+				delete(g.liveIngress, s)
+			}
+		}
+	}
+	g.ingressMu.Unlock()
+	for _, s := range cut {
+		g.m.requests.WithLabelValues(s.service.String(), s.who.Cluster.String(), "ingress", "cut_by_policy").Inc()
+		s.cut()
+	}
 }

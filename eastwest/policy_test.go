@@ -363,6 +363,20 @@ func TestPolicyAuthorizationDeniesAtTheReceivingGateway(t *testing.T) {
 		}
 		return nil
 	})
+	// A deny applies to the streams already open: east's pooled stream to
+	// west is cut, and the next request is refused.
+	st = r.states["west"](deny)
+	st.Revision = 4
+	r.exp["west"].src.set(st)
+	waitFor(t, 5*time.Second, func() error {
+		if p := r.exp["west"].g.Policies(); len(p) != 1 || p[0].Revision != 2 {
+			return fmt.Errorf("west's policies %+v", p)
+		}
+		return nil
+	})
+	if code, body, _ := r.get("/", nil); code != http.StatusForbidden {
+		t.Fatalf("after the deny, on a pooled stream: %d %q, want 403", code, body)
+	}
 }
 
 func TestPolicySubsetReachesOnlyLabelledEndpoints(t *testing.T) {

@@ -42,6 +42,8 @@ type EchoReply struct {
 //     request; TCP accepts and at once resets the connection.
 //   - [Echo.SetDelay](d): every answer (HTTP response, TCP greeting and echo)
 //     waits d first.
+//   - [Echo.SetFailEvery](n): every n-th HTTP request is answered 503
+//     "injected abort" (n 2: half of them), as a flaky backend would.
 //   - [Echo.Kill]: the listener and every open connection are closed;
 //     connecting is refused. [Echo.Revive] listens again on the same address.
 //
@@ -53,6 +55,9 @@ type Echo struct {
 	delay atomic.Int64 // time.Duration
 	sick  atomic.Bool
 	count atomic.Int64
+	// failEvery and seen: every failEvery-th request fails (0: none).
+	failEvery atomic.Int64
+	seen      atomic.Int64
 
 	mu    sync.Mutex
 	ln    net.Listener
@@ -99,6 +104,13 @@ func (e *Echo) SetHealthy(ok bool) { e.sick.Store(!ok) }
 
 // SetDelay makes every answer wait d first; 0 makes it fast again.
 func (e *Echo) SetDelay(d time.Duration) { e.delay.Store(int64(d)) }
+
+// SetFailEvery makes every n-th HTTP request (counted from now) answer
+// 503 "injected abort"; 0 turns it off.
+func (e *Echo) SetFailEvery(n int) {
+	e.seen.Store(0)
+	e.failEvery.Store(int64(n))
+}
 
 // Served is how many requests (HTTP) or connections (TCP) were answered
 // while healthy.
@@ -217,6 +229,10 @@ func (e *Echo) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Set("Content-Length", strconv.Itoa(size))
 		_, _ = w.Write(zeros[:size])
+		return
+	}
+	if n := e.failEvery.Load(); n > 0 && e.seen.Add(1)%n == 0 {
+		http.Error(w, "injected abort", http.StatusServiceUnavailable)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
