@@ -586,3 +586,41 @@ func TestPolicyOutlierDetectionEjectsAFailingCluster(t *testing.T) {
 		t.Fatal("want west ejected and north not")
 	}
 }
+
+// The same policy applies to HTTP/2 (h2c) clients, which the egress port
+// serves through its reverse proxy rather than the HTTP/1.1 fast path:
+// rewrite and response headers, retries, and a deny answered 403.
+func TestPolicyOverH2C(t *testing.T) {
+	r := startPolicyRig(t, exporter{name: "west", region: "us-west", zone: "us-west-1a", endpoints: []endpointSpec{{handler: flaky("west")}}})
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	c := &http.Client{Transport: &http.Transport{Protocols: &p}, Timeout: 5 * time.Second}
+	get := func(path string) (int, string, http.Header) {
+		t.Helper()
+		resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d%s", r.egress, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("the client spoke %s, want HTTP/2", resp.Proto)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), resp.Header
+	}
+	r.apply(trafficPolicy(t, `{"apiVersion":"meshfed.io/v1alpha1","kind":"GlobalTrafficPolicy","metadata":{"name":"web"},
+		"spec":{"host":"web.default","http":[{"match":[{"uri":{"prefix":"/api/"}}],"rewrite":{"uri":"/v2/"},
+		"retries":{"attempts":3,"retryOn":"5xx"},"headers":{"response":{"set":{"X-Policy":"web"}}}}]}}`, 2))
+	for i := range 20 {
+		code, body, h := get("/api/items")
+		if code != http.StatusOK || body != "west /v2/items" || h.Get("X-Policy") != "web" {
+			t.Fatalf("request %d over h2c: %d %q (X-Policy %q), want 200 \"west /v2/items\" with the header", i, code, body, h.Get("X-Policy"))
+		}
+	}
+	deny := trafficPolicy(t, `{"apiVersion":"meshfed.io/v1alpha1","kind":"GlobalTrafficPolicy","metadata":{"name":"web"},
+		"spec":{"host":"web.default","authorization":{"denyByDefault":true}}}`, 3)
+	r.apply(deny)
+	if code, body, _ := get("/api/items"); code != http.StatusForbidden {
+		t.Fatalf("denied over h2c: %d %q, want 403", code, body)
+	}
+}
