@@ -67,7 +67,9 @@ func TestGatewayHubPolicyReport(t *testing.T) {
 	id0, _ := h.addStream(&gatewayStreamState{Instance: "gw-b"})
 	id1, _ := h.addStream(&gatewayStreamState{Instance: "gw-a"})
 	id2, _ := h.addStream(&gatewayStreamState{Instance: "gw-a"})
-	h.addStream(&gatewayStreamState{Instance: "gw-c"}) // never reports
+	if _, err := h.addStream(&gatewayStreamState{Instance: "gw-c"}); err != nil { // never reports
+		t.Fatal(err)
+	}
 	for _, id := range []uint64{id0, id1, id2} {
 		h.setRevision(id, 1, 2)
 	}
