@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshfed/meshfed/federation/policy"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/gateway/gatewayclient"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
@@ -34,10 +35,12 @@ import (
 
 // Limits of the gateway API.
 const (
-	MaxGatewayStreams    = 64
-	maxGatewayCSRBytes   = 8 << 10
-	maxGatewayInstance   = 253
-	maxGatewayRecvBytes  = 64 << 10
+	MaxGatewayStreams  = 64
+	maxGatewayCSRBytes = 8 << 10
+	maxGatewayInstance = 253
+	// maxGatewayRecvBytes: a Report of every policy (fsm.MaxPolicies, each
+	// with a name and a reason of policy.MaxStatusErrorBytes) fits.
+	maxGatewayRecvBytes  = 2 << 20
 	maxGatewayDeltaItems = 512 // upserts per message; bigger changes are split
 )
 
@@ -242,6 +245,10 @@ type gatewayHub struct {
 
 	streams map[uint64]*gatewayStreamState
 	nextID  uint64
+	// policies is signalled when what the replicas hold of the traffic
+	// policies may have changed (a Report, a stream gone); the hub
+	// session forwards it (policyReport).
+	policies chan struct{}
 }
 
 // gatewayStreamState is one connected gateway, as /state shows it.
@@ -256,6 +263,16 @@ type gatewayStreamState struct {
 	Rejected string         `json:"rejected,omitempty"`
 	Health   *GatewayHealth `json:"health,omitempty"`
 	Reported time.Time      `json:"reported,omitzero"`
+	// Policies are the traffic policies the replica holds, from its
+	// last Report; nil before a Report that carried them.
+	Policies []GatewayPolicy `json:"policies,omitempty"`
+
+	// policyBound is how many policy statuses a Report may carry: the
+	// most policies of the last two configs sent on the stream.
+	policyBound int
+	// statuses is what Report carried (the same as Policies), nil before
+	// the first Report.
+	statuses []*fedv1.GatewayPolicyStatus
 }
 
 // GatewayHealth is a gateway replica's health as it reported it.
@@ -270,7 +287,7 @@ type GatewayHealth struct {
 }
 
 func newGatewayHub() *gatewayHub {
-	return &gatewayHub{wake: make(chan struct{}), streams: map[uint64]*gatewayStreamState{}}
+	return &gatewayHub{wake: make(chan struct{}), streams: map[uint64]*gatewayStreamState{}, policies: make(chan struct{}, 1)}
 }
 
 func (h *gatewayHub) set(c *gatewayConfig) {
@@ -298,11 +315,34 @@ func (h *gatewayHub) addStream(s *gatewayStreamState) (uint64, error) {
 	return h.nextID, nil
 }
 
-func (h *gatewayHub) setRevision(id, rev uint64) {
+// setRevision records the revision sent on stream id, and how many
+// policy statuses a Report may carry now: bound.
+func (h *gatewayHub) setRevision(id, rev uint64, bound int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if s := h.streams[id]; s != nil {
-		s.Revision = rev
+		s.Revision, s.policyBound = rev, bound
+	}
+}
+
+// policyBound is how many policy statuses instance's Report may carry:
+// the most policies sent recently on any of its streams.
+func (h *gatewayHub) policyBound(instance string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, s := range h.streams {
+		if s.Instance == instance {
+			n = max(n, s.policyBound)
+		}
+	}
+	return n
+}
+
+func (h *gatewayHub) policiesChanged() {
+	select {
+	case h.policies <- struct{}{}:
+	default:
 	}
 }
 
@@ -328,6 +368,14 @@ func (h *gatewayHub) report(r *gatewayv1.ReportRequest, now time.Time) bool {
 				RemoteGateways: hl.GetRemoteGateways(), RemoteGatewaysUp: hl.GetRemoteGatewaysUp(),
 				ActiveStreams: hl.GetActiveStreams(), Ingress: hl.GetIngressAddress()}
 		}
+		s.statuses = slices.Clone(r.GetPolicies())
+		if s.statuses == nil {
+			s.statuses = []*fedv1.GatewayPolicyStatus{} // reported: none
+		}
+		s.Policies = gatewayPolicies(s.statuses)
+	}
+	if found {
+		h.policiesChanged()
 	}
 	return found
 }
@@ -336,6 +384,7 @@ func (h *gatewayHub) removeStream(id uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.streams, id)
+	h.policiesChanged()
 }
 
 func (h *gatewayHub) list() []gatewayStreamState {
@@ -430,6 +479,13 @@ func (s *gatewayServer) Report(ctx context.Context, req *gatewayv1.ReportRequest
 	if n := len(req.GetError()); n > gatewayclient.MaxReportError {
 		return nil, status.Errorf(codes.InvalidArgument, "error: %d bytes, at most %d", n, gatewayclient.MaxReportError)
 	}
+	if err := policy.CheckStatuses(req.GetPolicies(), s.hub.policyBound(req.GetInstance())); err != nil {
+		var fe *policy.FieldError
+		if errors.As(err, &fe) && fe.Path == "" {
+			return nil, status.Errorf(codes.InvalidArgument, "policies: %s (the policies this agent sent the replica)", fe.Msg)
+		}
+		return nil, status.Errorf(codes.InvalidArgument, "policies%v", err)
+	}
 	if !s.hub.report(req, time.Now()) {
 		return nil, status.Errorf(codes.FailedPrecondition, "instance: %q has no config stream open", req.GetInstance())
 	}
@@ -455,6 +511,7 @@ func (s *gatewayServer) Stream(req *gatewayv1.StreamRequest, stream gatewayv1.Co
 	defer s.hub.removeStream(id)
 	var last *gatewayConfig
 	var rev uint64
+	lastPolicies := 0
 	for {
 		cur, wake := s.hub.current()
 		if cur != nil {
@@ -469,7 +526,11 @@ func (s *gatewayServer) Stream(req *gatewayv1.StreamRequest, stream gatewayv1.Co
 						s.onDelta(m)
 					}
 				}
-				s.hub.setRevision(id, rev)
+				// A Report may carry the policies of the config sent
+				// now or of the one before, which the replica may still
+				// hold.
+				s.hub.setRevision(id, rev, max(lastPolicies, len(cur.policies)))
+				lastPolicies = len(cur.policies)
 				last = cur
 			}
 		}

@@ -290,6 +290,27 @@ func (s *syncSession) run(ctx context.Context) error {
 	var asm deltaAssembler
 	synced, acked := false, false
 	var debounce, retry <-chan time.Time
+	// The gateways' policy statuses (gatewaypolicies.go): forwarded by the
+	// leader once synced, a change debounced, restated every
+	// GatewayPolicyRefresh.
+	var fwd policyForwarder
+	var polDebounce <-chan time.Time
+	polRefresh := time.NewTimer(GatewayPolicyRefresh)
+	defer polRefresh.Stop()
+	forwardPolicies := func() error {
+		if !publishing || !synced {
+			return nil
+		}
+		now := time.Now()
+		if m := fwd.next(a.gw.policyReport(a.log), now); m != nil {
+			a.log.Debug("forwarding the gateways' policy statuses", "replicas", len(m.GetReplicas()))
+			if err := stream.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_GatewayPolicies{GatewayPolicies: m}}); err != nil {
+				return err
+			}
+		}
+		polRefresh.Reset(fwd.refreshIn(now))
+		return nil
+	}
 	flush := func() error {
 		if !publishing {
 			return nil
@@ -361,6 +382,9 @@ func (s *syncSession) run(ctx context.Context) error {
 					if err := flush(); err != nil {
 						return err
 					}
+					if err := forwardPolicies(); err != nil {
+						return err
+					}
 				}
 				if err := s.maybePublishBundle(stream); err != nil {
 					return err
@@ -399,6 +423,19 @@ func (s *syncSession) run(ctx context.Context) error {
 		case <-debounce:
 			debounce = nil
 			if err := flush(); err != nil {
+				return err
+			}
+		case <-a.gw.policies:
+			if polDebounce == nil {
+				polDebounce = time.After(a.cfg.Debounce)
+			}
+		case <-polDebounce:
+			polDebounce = nil
+			if err := forwardPolicies(); err != nil {
+				return err
+			}
+		case <-polRefresh.C:
+			if err := forwardPolicies(); err != nil {
 				return err
 			}
 		case <-retry:

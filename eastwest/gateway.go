@@ -24,6 +24,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshfed/meshfed/federation"
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/gateway/gatewayclient"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
 	"github.com/meshfed/meshfed/trust"
@@ -422,7 +423,21 @@ func (g *Gateway) report(ctx context.Context) {
 	}
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if e := g.reporter.Report(rctx, rev, err, g.Health()); e != nil {
+	var e error
+	// A reporter that takes the policies in force (gatewayclient.Client)
+	// gets them too: the agent forwards them to the hub.
+	if pr, ok := g.reporter.(interface {
+		SendReport(context.Context, gatewayclient.Report) error
+	}); ok {
+		r := gatewayclient.Report{Revision: rev, Err: err, Health: g.Health()}
+		for _, p := range g.Policies() {
+			r.Policies = append(r.Policies, &fedv1.GatewayPolicyStatus{Name: p.Name, Revision: p.Revision, RejectedRevision: p.RejectedRevision, Error: p.Error})
+		}
+		e = pr.SendReport(rctx, r)
+	} else {
+		e = g.reporter.Report(rctx, rev, err, g.Health())
+	}
+	if e != nil {
 		g.log.Debug("report to the agent", "err", e)
 	}
 }

@@ -120,7 +120,8 @@ func (s *Server) applyPolicies(ctx context.Context, in []*fedv1.TrafficPolicy, d
 
 // planned is a dry run's answer: each policy's action, the stored document
 // of a configured one (within MaxDiffSpecBytes together), and the member
-// clusters it touches.
+// clusters it touches with their gateway replicas (every cluster that
+// exports the service imports it too).
 func planned(r *state.ReadTxn, ps []*fedv1.TrafficPolicy, actions []fedv1.PolicyAction) *fedv1.ApplyPoliciesResponse {
 	resp := &fedv1.ApplyPoliciesResponse{Revision: r.Revision()}
 	budget := MaxDiffSpecBytes
@@ -141,6 +142,7 @@ func planned(r *state.ReadTxn, ps []*fedv1.TrafficPolicy, actions []fedv1.Policy
 		// checkPolicies made the service from a validated document.
 		key, _ := federation.ParseServiceKey(p.GetService())
 		res.ExportingClusters, res.ImportingClusters = touched(r, key, members)
+		res.Gateways = touchedGateways(r, res.ImportingClusters)
 		resp.Results = append(resp.Results, res)
 	}
 	return resp

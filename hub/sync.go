@@ -93,6 +93,8 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 
 	acks := newAckRecorder(s, id.name)
 	go acks.run(ctx)
+	gwPolicies := newGatewayPolicyRecorder(s, id.name)
+	go gwPolicies.run(ctx)
 
 	recv := make(chan *fedv1.SyncRequest)
 	recvErr := make(chan error, 1)
@@ -134,7 +136,7 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 		// publish must not wait until the stream has caught up with them.
 		select {
 		case m := <-recv:
-			if err := y.handle(ctx, out, id.name, acks, m); err != nil {
+			if err := y.handle(ctx, out, id.name, acks, gwPolicies, m); err != nil {
 				return y.sendFailed(id.name, err)
 			}
 		default:
@@ -179,7 +181,7 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 				return y.sendFailed(id.name, err)
 			}
 		case m := <-recv:
-			if err := y.handle(ctx, out, id.name, acks, m); err != nil {
+			if err := y.handle(ctx, out, id.name, acks, gwPolicies, m); err != nil {
 				return y.sendFailed(id.name, err)
 			}
 		}
@@ -329,7 +331,7 @@ func (s *Server) updateClusterEndpoint(cur *fedv1.ClusterRecord, hello *fedv1.Sy
 	return nil
 }
 
-func (y *syncService) handle(ctx context.Context, stream *syncSender, cluster string, acks *ackRecorder, m *fedv1.SyncRequest) error {
+func (y *syncService) handle(ctx context.Context, stream *syncSender, cluster string, acks *ackRecorder, gwPolicies *gatewayPolicyRecorder, m *fedv1.SyncRequest) error {
 	s := y.s
 	switch msg := m.GetMsg().(type) {
 	case *fedv1.SyncRequest_Publish:
@@ -362,6 +364,12 @@ func (y *syncService) handle(ctx context.Context, stream *syncSender, cluster st
 			return err
 		}
 		acks.add(msg.Ack.GetBundles())
+		return nil
+	case *fedv1.SyncRequest_GatewayPolicies:
+		if err := checkGatewayPolicies(msg.GatewayPolicies); err != nil {
+			return err
+		}
+		gwPolicies.add(msg.GatewayPolicies)
 		return nil
 	case *fedv1.SyncRequest_Nack:
 		s.log.Warn("agent rejected a delta", "cluster", cluster, "revision", msg.Nack.GetRevision(), "error", msg.Nack.GetError())

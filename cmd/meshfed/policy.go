@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
@@ -43,7 +44,7 @@ authored once at the hub and enforced by every cluster's gateways. For example:
 
 There is one policy per host: the hub refuses a second one and names the first.`,
 	}
-	cmd.AddCommand(newPolicyGetCmd(d), newPolicyDeleteCmd(d), newPolicyApplyCmd(d), newPolicyDiffCmd(d))
+	cmd.AddCommand(newPolicyGetCmd(d), newPolicyDeleteCmd(d), newPolicyApplyCmd(d), newPolicyDiffCmd(d), newPolicyStatusCmd(d))
 	return cmd
 }
 
@@ -345,10 +346,11 @@ func newPolicyDiffCmd(d deps) *cobra.Command {
 		Short: "Show what policy apply would change, and which clusters it touches; writes nothing",
 		Long: `Show what policy apply -f FILE... would do, writing nothing (a dry run at the
 hub, refused as the apply would be): for each policy, created, configured or
-unchanged; a line diff of its YAML, stored (-) against the file's (+); and the
+unchanged; a line diff of its YAML, stored (-) against the file's (+); the
 clusters it touches: those that export its service, and those that import it
-(every member, while any cluster exports it). The exit status is 0 whether or
-not anything would change.`,
+(every member, while any cluster exports it); and the gateway replicas of those
+clusters, as they last reported (see policy status). The exit status is 0
+whether or not anything would change.`,
 		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
 			ps, srcs, err := files.read(cmd.InOrStdin())
@@ -387,6 +389,7 @@ func writePolicyDiff(w *bytes.Buffer, r *fedv1.PolicyApplyResult, p *fedv1.Traff
 	} else {
 		fmt.Fprintf(w, "  clusters exporting: %s\n", strings.Join(r.GetExportingClusters(), ", "))
 		fmt.Fprintf(w, "  clusters importing: %s\n", strings.Join(r.GetImportingClusters(), ", "))
+		fmt.Fprintf(w, "  gateways: %s\n", strings.Join(gatewayNames(r.GetGateways()), ", "))
 	}
 	if r.GetAction() == fedv1.PolicyAction_POLICY_ACTION_UNCHANGED {
 		return nil
@@ -412,4 +415,107 @@ func writePolicyDiff(w *bytes.Buffer, r *fedv1.PolicyApplyResult, p *fedv1.Traff
 	fmt.Fprintf(w, "--- policy/%s (%s)\n+++ policy/%s (%s)\n", r.GetName(), stored, r.GetName(), src)
 	writeUnifiedDiff(w, splitLines(oldYAML), splitLines(newYAML))
 	return nil
+}
+
+// gatewayNames lists the gateway replicas of a dry run's touched clusters
+// as cluster/instance, and a cluster without reports as "cluster (none
+// reported)".
+func gatewayNames(cgs []*fedv1.ClusterGateways) []string {
+	var out []string
+	for _, cg := range cgs {
+		if len(cg.GetInstances()) == 0 {
+			out = append(out, cg.GetCluster()+" (none reported)")
+			continue
+		}
+		for _, inst := range cg.GetInstances() {
+			out = append(out, cg.GetCluster()+"/"+inst)
+		}
+	}
+	return out
+}
+
+func newPolicyStatusCmd(d deps) *cobra.Command {
+	var (
+		cf  clientFlags
+		out outputFormat
+	)
+	cmd := &cobra.Command{
+		Use:   "status [NAME]",
+		Short: "Show which revision of each policy every gateway replica enforces",
+		Long: `Show, for every traffic policy (or NAME), each member cluster and each of its
+gateway replicas, what the replica last reported through its cluster's agent:
+REVISION in force (- for none: the policy has not reached it, or none of its
+revisions compiled there), CURRENT (yes when that is the policy's latest
+revision), REJECTED and ERROR (the latest revision it refused, and why; the
+last good one stays in force), and AGE (since the hub recorded the report).
+
+A cluster's leading agent forwards a change at once and restates an unchanged
+report every 5 minutes, so a live replica's AGE stays under that while the
+agent is connected; a replica that stopped reporting is kept 15 minutes, then
+dropped. A cluster with no report shows GATEWAY "(no report)". The exit status
+is 0 whatever the replicas report.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			c, err := cf.dial(cmd, d)
+			if err != nil {
+				return err
+			}
+			defer c.done()
+			req := &fedv1.PolicyStatusRequest{}
+			if len(args) == 1 {
+				req.Name = args[0]
+			}
+			resp, err := c.client.PolicyStatus(c.ctx, req)
+			if err != nil {
+				return err
+			}
+			return writeOutput(cmd.OutOrStdout(), out, resp, func(w io.Writer) { policyStatusTable(w, resp) })
+		}),
+	}
+	cf.add(cmd)
+	addOutputFlag(cmd, &out)
+	return cmd
+}
+
+func policyStatusTable(w io.Writer, resp *fedv1.PolicyStatusResponse) {
+	row(w, "POLICY", "CLUSTER", "GATEWAY", "REVISION", "CURRENT", "REJECTED", "ERROR", "AGE")
+	for _, p := range resp.GetPolicies() {
+		for _, g := range p.GetGateways() {
+			if g.GetGateway() == "" {
+				row(w, p.GetName(), g.GetCluster(), "(no report)", "", "", "", "", "")
+				continue
+			}
+			current := "no"
+			if g.GetCurrent() {
+				current = "yes"
+			}
+			row(w, p.GetName(), g.GetCluster(), g.GetGateway(), revisionCell(g.GetRevision()), current,
+				revisionCell(g.GetRejectedRevision()), strings.Join(strings.Fields(g.GetError()), " "), age(resp.GetNowMs()-g.GetReportedMs()))
+		}
+	}
+}
+
+// revisionCell is a revision, or "" (printed "-") for none.
+func revisionCell(r uint64) string {
+	if r == 0 {
+		return ""
+	}
+	return strconv.FormatUint(r, 10)
+}
+
+// age formats a duration in milliseconds as kubectl does: 45s, 3m12s,
+// 25m, 2h5m, 3d4h.
+func age(ms int64) string {
+	d := time.Duration(max(ms, 0)) * time.Millisecond
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < 10*time.Minute:
+		return fmt.Sprintf("%dm%ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%dh%dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd%dh", int(d.Hours())/24, int(d.Hours())%24)
 }

@@ -313,7 +313,7 @@ func TestPolicyCommandsAgainstAHub(t *testing.T) {
 		}
 		for _, want := range []string{
 			"policy/reviews configured (default/reviews, from " + f + " document 1)\n",
-			"  clusters exporting: east\n  clusters importing: east, west\n",
+			"  clusters exporting: east\n  clusters importing: east, west\n  gateways: east (none reported), west (none reported)\n",
 			"--- policy/reviews (stored)\n+++ policy/reviews (" + f + " document 1)\n" +
 				"@@ -8,7 +8,7 @@\n" +
 				"   - route:\n" +
@@ -346,6 +346,21 @@ func TestPolicyCommandsAgainstAHub(t *testing.T) {
 		same := run(t, d, "policy", "diff", "-f", file("same.yaml", issueExample), "--config", admin)
 		if same.code != 0 || strings.Contains(same.stdout, "@@") || !strings.HasPrefix(same.stdout, "policy/reviews unchanged ") {
 			t.Errorf("diff of the stored document: exit %d, %q", same.code, same.stdout)
+		}
+	})
+
+	t.Run("status shows each member cluster, none with a gateway report yet", func(t *testing.T) {
+		r := run(t, d, "policy", "status", "reviews", "--config", admin)
+		if r.code != 0 {
+			t.Fatalf("status: exit %d", r.code)
+		}
+		for _, want := range []string{"POLICY    CLUSTER   GATEWAY       REVISION", "\nreviews   east      (no report)   -", "\nreviews   west      (no report)   -"} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("status lacks %q:\n%s", want, r.stdout)
+			}
+		}
+		if r := run(t, d, "policy", "status", "nope", "--config", admin); r.code == 0 || !strings.Contains(r.stderr, "NotFound") {
+			t.Errorf("status of an absent policy: exit %d, %q", r.code, r.stderr)
 		}
 	})
 

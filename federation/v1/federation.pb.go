@@ -1609,6 +1609,7 @@ type SyncRequest struct {
 	//	*SyncRequest_Ack
 	//	*SyncRequest_Nack
 	//	*SyncRequest_PublishBundle
+	//	*SyncRequest_GatewayPolicies
 	Msg           isSyncRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1696,6 +1697,15 @@ func (x *SyncRequest) GetPublishBundle() *PublishBundle {
 	return nil
 }
 
+func (x *SyncRequest) GetGatewayPolicies() *GatewayPolicies {
+	if x != nil {
+		if x, ok := x.Msg.(*SyncRequest_GatewayPolicies); ok {
+			return x.GatewayPolicies
+		}
+	}
+	return nil
+}
+
 type isSyncRequest_Msg interface {
 	isSyncRequest_Msg()
 }
@@ -1720,6 +1730,10 @@ type SyncRequest_PublishBundle struct {
 	PublishBundle *PublishBundle `protobuf:"bytes,5,opt,name=publish_bundle,json=publishBundle,proto3,oneof"`
 }
 
+type SyncRequest_GatewayPolicies struct {
+	GatewayPolicies *GatewayPolicies `protobuf:"bytes,6,opt,name=gateway_policies,json=gatewayPolicies,proto3,oneof"`
+}
+
 func (*SyncRequest_Hello) isSyncRequest_Msg() {}
 
 func (*SyncRequest_Publish) isSyncRequest_Msg() {}
@@ -1729,6 +1743,199 @@ func (*SyncRequest_Ack) isSyncRequest_Msg() {}
 func (*SyncRequest_Nack) isSyncRequest_Msg() {}
 
 func (*SyncRequest_PublishBundle) isSyncRequest_Msg() {}
+
+func (*SyncRequest_GatewayPolicies) isSyncRequest_Msg() {}
+
+// One traffic policy as a gateway replica holds it (eastwest.PolicyStatus),
+// from the replica's Report to its agent. Bounds: federation/policy
+// CheckStatuses.
+type GatewayPolicyStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The policy's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The revision in force (the policy's modify_revision when the gateway
+	// compiled it); 0: none.
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The latest revision the gateway rejected (it did not compile), and
+	// why; the last good revision stays in force. 0 and empty when the
+	// latest revision it was sent is in force.
+	RejectedRevision uint64 `protobuf:"varint,3,opt,name=rejected_revision,json=rejectedRevision,proto3" json:"rejected_revision,omitempty"`
+	Error            string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *GatewayPolicyStatus) Reset() {
+	*x = GatewayPolicyStatus{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayPolicyStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayPolicyStatus) ProtoMessage() {}
+
+func (x *GatewayPolicyStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayPolicyStatus.ProtoReflect.Descriptor instead.
+func (*GatewayPolicyStatus) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GatewayPolicyStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GatewayPolicyStatus) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *GatewayPolicyStatus) GetRejectedRevision() uint64 {
+	if x != nil {
+		return x.RejectedRevision
+	}
+	return 0
+}
+
+func (x *GatewayPolicyStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// The policies one gateway replica of a cluster holds.
+type GatewayReplicaPolicies struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The replica's instance name (the pod name), 1..253 bytes.
+	Instance string `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
+	// By name.
+	Policies []*GatewayPolicyStatus `protobuf:"bytes,2,rep,name=policies,proto3" json:"policies,omitempty"`
+	// When the hub recorded it (Unix ms, the proposing server's clock); set
+	// by the hub, ignored from an agent.
+	ReportedMs    int64 `protobuf:"varint,3,opt,name=reported_ms,json=reportedMs,proto3" json:"reported_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayReplicaPolicies) Reset() {
+	*x = GatewayReplicaPolicies{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayReplicaPolicies) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayReplicaPolicies) ProtoMessage() {}
+
+func (x *GatewayReplicaPolicies) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayReplicaPolicies.ProtoReflect.Descriptor instead.
+func (*GatewayReplicaPolicies) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GatewayReplicaPolicies) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *GatewayReplicaPolicies) GetPolicies() []*GatewayPolicyStatus {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *GatewayReplicaPolicies) GetReportedMs() int64 {
+	if x != nil {
+		return x.ReportedMs
+	}
+	return 0
+}
+
+// Sent by a member's leading agent: the policies each gateway replica
+// connected to it holds, by instance. Sent when they change, and restated
+// unchanged every few minutes so that the hub keeps them (replicas not
+// restated age out). At most 64 replicas, and
+// policy.MaxGatewayStatusBytes encoded.
+type GatewayPolicies struct {
+	state         protoimpl.MessageState    `protogen:"open.v1"`
+	Replicas      []*GatewayReplicaPolicies `protobuf:"bytes,1,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayPolicies) Reset() {
+	*x = GatewayPolicies{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayPolicies) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayPolicies) ProtoMessage() {}
+
+func (x *GatewayPolicies) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayPolicies.ProtoReflect.Descriptor instead.
+func (*GatewayPolicies) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GatewayPolicies) GetReplicas() []*GatewayReplicaPolicies {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
 
 type ExportRef struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -1741,7 +1948,7 @@ type ExportRef struct {
 
 func (x *ExportRef) Reset() {
 	*x = ExportRef{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1753,7 +1960,7 @@ func (x *ExportRef) String() string {
 func (*ExportRef) ProtoMessage() {}
 
 func (x *ExportRef) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1766,7 +1973,7 @@ func (x *ExportRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportRef.ProtoReflect.Descriptor instead.
 func (*ExportRef) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{20}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ExportRef) GetCluster() string {
@@ -1803,7 +2010,7 @@ type SyncDelta struct {
 
 func (x *SyncDelta) Reset() {
 	*x = SyncDelta{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1815,7 +2022,7 @@ func (x *SyncDelta) String() string {
 func (*SyncDelta) ProtoMessage() {}
 
 func (x *SyncDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1828,7 +2035,7 @@ func (x *SyncDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDelta.ProtoReflect.Descriptor instead.
 func (*SyncDelta) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{21}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SyncDelta) GetRevision() uint64 {
@@ -1914,7 +2121,7 @@ type PublishResult struct {
 
 func (x *PublishResult) Reset() {
 	*x = PublishResult{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1926,7 +2133,7 @@ func (x *PublishResult) String() string {
 func (*PublishResult) ProtoMessage() {}
 
 func (x *PublishResult) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1939,7 +2146,7 @@ func (x *PublishResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishResult.ProtoReflect.Descriptor instead.
 func (*PublishResult) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PublishResult) GetNonce() uint64 {
@@ -1986,7 +2193,7 @@ type SyncHelloResponse struct {
 
 func (x *SyncHelloResponse) Reset() {
 	*x = SyncHelloResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1998,7 +2205,7 @@ func (x *SyncHelloResponse) String() string {
 func (*SyncHelloResponse) ProtoMessage() {}
 
 func (x *SyncHelloResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2011,7 +2218,7 @@ func (x *SyncHelloResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncHelloResponse.ProtoReflect.Descriptor instead.
 func (*SyncHelloResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SyncHelloResponse) GetCapabilities() *Capabilities {
@@ -2050,7 +2257,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2269,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +2282,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SyncResponse) GetMsg() isSyncResponse_Msg {
@@ -2164,7 +2371,7 @@ type SyncHeartbeat struct {
 
 func (x *SyncHeartbeat) Reset() {
 	*x = SyncHeartbeat{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2176,7 +2383,7 @@ func (x *SyncHeartbeat) String() string {
 func (*SyncHeartbeat) ProtoMessage() {}
 
 func (x *SyncHeartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2189,7 +2396,7 @@ func (x *SyncHeartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncHeartbeat.ProtoReflect.Descriptor instead.
 func (*SyncHeartbeat) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SyncHeartbeat) GetRevision() uint64 {
@@ -2217,7 +2424,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2229,7 +2436,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2242,7 +2449,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RenewRequest) GetCsr() []byte {
@@ -2264,7 +2471,7 @@ type RotationStatusRequest struct {
 
 func (x *RotationStatusRequest) Reset() {
 	*x = RotationStatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2276,7 +2483,7 @@ func (x *RotationStatusRequest) String() string {
 func (*RotationStatusRequest) ProtoMessage() {}
 
 func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2289,7 +2496,7 @@ func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationStatusRequest.ProtoReflect.Descriptor instead.
 func (*RotationStatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RotationStatusRequest) GetSequenceNumber() uint64 {
@@ -2320,7 +2527,7 @@ type MemberBundleStatus struct {
 
 func (x *MemberBundleStatus) Reset() {
 	*x = MemberBundleStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2332,7 +2539,7 @@ func (x *MemberBundleStatus) String() string {
 func (*MemberBundleStatus) ProtoMessage() {}
 
 func (x *MemberBundleStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2345,7 +2552,7 @@ func (x *MemberBundleStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberBundleStatus.ProtoReflect.Descriptor instead.
 func (*MemberBundleStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MemberBundleStatus) GetCluster() string {
@@ -2406,7 +2613,7 @@ type RotationStatusResponse struct {
 
 func (x *RotationStatusResponse) Reset() {
 	*x = RotationStatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2418,7 +2625,7 @@ func (x *RotationStatusResponse) String() string {
 func (*RotationStatusResponse) ProtoMessage() {}
 
 func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2431,7 +2638,7 @@ func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationStatusResponse.ProtoReflect.Descriptor instead.
 func (*RotationStatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RotationStatusResponse) GetTrustDomain() string {
@@ -2484,7 +2691,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2496,7 +2703,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2509,7 +2716,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{30}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RenewResponse) GetClientCertificate() []byte {
@@ -2549,7 +2756,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2561,7 +2768,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2574,7 +2781,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{31}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -2640,7 +2847,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2652,7 +2859,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2665,7 +2872,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{32}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateTokenRequest) GetCluster() string {
@@ -2700,7 +2907,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2712,7 +2919,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2725,7 +2932,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{33}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -2750,7 +2957,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2762,7 +2969,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2775,7 +2982,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{34}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{37}
 }
 
 type ListTokensResponse struct {
@@ -2787,7 +2994,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2799,7 +3006,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2812,7 +3019,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{35}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -2831,7 +3038,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2843,7 +3050,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2856,7 +3063,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{36}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -2874,7 +3081,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2886,7 +3093,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2899,7 +3106,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{37}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{40}
 }
 
 type ListClustersRequest struct {
@@ -2910,7 +3117,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2922,7 +3129,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2935,7 +3142,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{38}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{41}
 }
 
 type ListClustersResponse struct {
@@ -2948,7 +3155,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2960,7 +3167,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2973,7 +3180,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{39}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListClustersResponse) GetClusters() []*ClusterRecord {
@@ -2999,7 +3206,7 @@ type DescribeClusterRequest struct {
 
 func (x *DescribeClusterRequest) Reset() {
 	*x = DescribeClusterRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3011,7 +3218,7 @@ func (x *DescribeClusterRequest) String() string {
 func (*DescribeClusterRequest) ProtoMessage() {}
 
 func (x *DescribeClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3024,7 +3231,7 @@ func (x *DescribeClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeClusterRequest.ProtoReflect.Descriptor instead.
 func (*DescribeClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{40}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DescribeClusterRequest) GetName() string {
@@ -3045,7 +3252,7 @@ type DescribeClusterResponse struct {
 
 func (x *DescribeClusterResponse) Reset() {
 	*x = DescribeClusterResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3057,7 +3264,7 @@ func (x *DescribeClusterResponse) String() string {
 func (*DescribeClusterResponse) ProtoMessage() {}
 
 func (x *DescribeClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3070,7 +3277,7 @@ func (x *DescribeClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeClusterResponse.ProtoReflect.Descriptor instead.
 func (*DescribeClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{41}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DescribeClusterResponse) GetCluster() *ClusterRecord {
@@ -3103,7 +3310,7 @@ type RemoveClusterRequest struct {
 
 func (x *RemoveClusterRequest) Reset() {
 	*x = RemoveClusterRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3115,7 +3322,7 @@ func (x *RemoveClusterRequest) String() string {
 func (*RemoveClusterRequest) ProtoMessage() {}
 
 func (x *RemoveClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3128,7 +3335,7 @@ func (x *RemoveClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveClusterRequest.ProtoReflect.Descriptor instead.
 func (*RemoveClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{42}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RemoveClusterRequest) GetName() string {
@@ -3147,7 +3354,7 @@ type RemoveClusterResponse struct {
 
 func (x *RemoveClusterResponse) Reset() {
 	*x = RemoveClusterResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3159,7 +3366,7 @@ func (x *RemoveClusterResponse) String() string {
 func (*RemoveClusterResponse) ProtoMessage() {}
 
 func (x *RemoveClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3172,7 +3379,7 @@ func (x *RemoveClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveClusterResponse.ProtoReflect.Descriptor instead.
 func (*RemoveClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{43}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RemoveClusterResponse) GetRevision() uint64 {
@@ -3193,7 +3400,7 @@ type GlobalService struct {
 
 func (x *GlobalService) Reset() {
 	*x = GlobalService{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3205,7 +3412,7 @@ func (x *GlobalService) String() string {
 func (*GlobalService) ProtoMessage() {}
 
 func (x *GlobalService) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3218,7 +3425,7 @@ func (x *GlobalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalService.ProtoReflect.Descriptor instead.
 func (*GlobalService) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{44}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GlobalService) GetKey() string {
@@ -3243,7 +3450,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3255,7 +3462,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3268,7 +3475,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{45}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
 }
 
 type ListServicesResponse struct {
@@ -3281,7 +3488,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3293,7 +3500,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3306,7 +3513,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{46}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListServicesResponse) GetServices() []*GlobalService {
@@ -3332,7 +3539,7 @@ type PutPolicyRequest struct {
 
 func (x *PutPolicyRequest) Reset() {
 	*x = PutPolicyRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3344,7 +3551,7 @@ func (x *PutPolicyRequest) String() string {
 func (*PutPolicyRequest) ProtoMessage() {}
 
 func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3357,7 +3564,7 @@ func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyRequest.ProtoReflect.Descriptor instead.
 func (*PutPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{47}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PutPolicyRequest) GetPolicy() *TrafficPolicy {
@@ -3376,7 +3583,7 @@ type PutPolicyResponse struct {
 
 func (x *PutPolicyResponse) Reset() {
 	*x = PutPolicyResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3388,7 +3595,7 @@ func (x *PutPolicyResponse) String() string {
 func (*PutPolicyResponse) ProtoMessage() {}
 
 func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3401,7 +3608,7 @@ func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyResponse.ProtoReflect.Descriptor instead.
 func (*PutPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *PutPolicyResponse) GetRevision() uint64 {
@@ -3420,7 +3627,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3432,7 +3639,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3445,7 +3652,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *DeletePolicyRequest) GetName() string {
@@ -3464,7 +3671,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3476,7 +3683,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3489,7 +3696,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *DeletePolicyResponse) GetRevision() uint64 {
@@ -3517,7 +3724,7 @@ type ApplyPoliciesRequest struct {
 
 func (x *ApplyPoliciesRequest) Reset() {
 	*x = ApplyPoliciesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3529,7 +3736,7 @@ func (x *ApplyPoliciesRequest) String() string {
 func (*ApplyPoliciesRequest) ProtoMessage() {}
 
 func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3542,7 +3749,7 @@ func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ApplyPoliciesRequest) GetPolicies() []*TrafficPolicy {
@@ -3577,13 +3784,16 @@ type PolicyApplyResult struct {
 	// exports it). Sorted.
 	ExportingClusters []string `protobuf:"bytes,6,rep,name=exporting_clusters,json=exportingClusters,proto3" json:"exporting_clusters,omitempty"`
 	ImportingClusters []string `protobuf:"bytes,7,rep,name=importing_clusters,json=importingClusters,proto3" json:"importing_clusters,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// dry_run only: the gateway replicas of the touched clusters, from the
+	// gateways' policy status reports (see PolicyStatus), by cluster.
+	Gateways      []*ClusterGateways `protobuf:"bytes,8,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PolicyApplyResult) Reset() {
 	*x = PolicyApplyResult{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3595,7 +3805,7 @@ func (x *PolicyApplyResult) String() string {
 func (*PolicyApplyResult) ProtoMessage() {}
 
 func (x *PolicyApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3608,7 +3818,7 @@ func (x *PolicyApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyApplyResult.ProtoReflect.Descriptor instead.
 func (*PolicyApplyResult) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *PolicyApplyResult) GetName() string {
@@ -3660,6 +3870,66 @@ func (x *PolicyApplyResult) GetImportingClusters() []string {
 	return nil
 }
 
+func (x *PolicyApplyResult) GetGateways() []*ClusterGateways {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
+// A cluster's gateway replicas (instance names, sorted).
+type ClusterGateways struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Instances     []string               `protobuf:"bytes,2,rep,name=instances,proto3" json:"instances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterGateways) Reset() {
+	*x = ClusterGateways{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterGateways) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterGateways) ProtoMessage() {}
+
+func (x *ClusterGateways) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterGateways.ProtoReflect.Descriptor instead.
+func (*ClusterGateways) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *ClusterGateways) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *ClusterGateways) GetInstances() []string {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
 type ApplyPoliciesResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Results []*PolicyApplyResult   `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
@@ -3673,7 +3943,7 @@ type ApplyPoliciesResponse struct {
 
 func (x *ApplyPoliciesResponse) Reset() {
 	*x = ApplyPoliciesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3685,7 +3955,7 @@ func (x *ApplyPoliciesResponse) String() string {
 func (*ApplyPoliciesResponse) ProtoMessage() {}
 
 func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3698,7 +3968,7 @@ func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ApplyPoliciesResponse) GetResults() []*PolicyApplyResult {
@@ -3723,7 +3993,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3735,7 +4005,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3748,7 +4018,286 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
+}
+
+type PolicyStatusRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One policy; empty: every policy.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyStatusRequest) Reset() {
+	*x = PolicyStatusRequest{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyStatusRequest) ProtoMessage() {}
+
+func (x *PolicyStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyStatusRequest.ProtoReflect.Descriptor instead.
+func (*PolicyStatusRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *PolicyStatusRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// One policy on one gateway replica of a member cluster, as the replica
+// last reported it (through its cluster's agent).
+type PolicyGatewayStatus struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// The replica's instance name; empty when no replica of the cluster has
+	// reported (then the other fields are unset).
+	Gateway string `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// The revision in force there; 0: none (the policy has not reached the
+	// replica, or no revision of it compiled).
+	Revision uint64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	// True when revision is the policy's current modify_revision.
+	Current bool `protobuf:"varint,4,opt,name=current,proto3" json:"current,omitempty"`
+	// The latest revision the replica rejected, and why.
+	RejectedRevision uint64 `protobuf:"varint,5,opt,name=rejected_revision,json=rejectedRevision,proto3" json:"rejected_revision,omitempty"`
+	Error            string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	// When the hub recorded the report (Unix ms).
+	ReportedMs    int64 `protobuf:"varint,7,opt,name=reported_ms,json=reportedMs,proto3" json:"reported_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyGatewayStatus) Reset() {
+	*x = PolicyGatewayStatus{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyGatewayStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyGatewayStatus) ProtoMessage() {}
+
+func (x *PolicyGatewayStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyGatewayStatus.ProtoReflect.Descriptor instead.
+func (*PolicyGatewayStatus) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *PolicyGatewayStatus) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *PolicyGatewayStatus) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *PolicyGatewayStatus) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *PolicyGatewayStatus) GetCurrent() bool {
+	if x != nil {
+		return x.Current
+	}
+	return false
+}
+
+func (x *PolicyGatewayStatus) GetRejectedRevision() uint64 {
+	if x != nil {
+		return x.RejectedRevision
+	}
+	return 0
+}
+
+func (x *PolicyGatewayStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *PolicyGatewayStatus) GetReportedMs() int64 {
+	if x != nil {
+		return x.ReportedMs
+	}
+	return 0
+}
+
+type PolicyState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// namespace/name
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// The policy's current modify_revision.
+	Revision uint64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	// By cluster (every member), then gateway.
+	Gateways      []*PolicyGatewayStatus `protobuf:"bytes,4,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyState) Reset() {
+	*x = PolicyState{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyState) ProtoMessage() {}
+
+func (x *PolicyState) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyState.ProtoReflect.Descriptor instead.
+func (*PolicyState) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *PolicyState) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PolicyState) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *PolicyState) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *PolicyState) GetGateways() []*PolicyGatewayStatus {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
+type PolicyStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// By name.
+	Policies []*PolicyState `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
+	Revision uint64         `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The answering server's clock (Unix ms), to tell the age of reports.
+	NowMs         int64 `protobuf:"varint,3,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyStatusResponse) Reset() {
+	*x = PolicyStatusResponse{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyStatusResponse) ProtoMessage() {}
+
+func (x *PolicyStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyStatusResponse.ProtoReflect.Descriptor instead.
+func (*PolicyStatusResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *PolicyStatusResponse) GetPolicies() []*PolicyState {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *PolicyStatusResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *PolicyStatusResponse) GetNowMs() int64 {
+	if x != nil {
+		return x.NowMs
+	}
+	return 0
 }
 
 type ListPoliciesResponse struct {
@@ -3761,7 +4310,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3773,7 +4322,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3786,7 +4335,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*TrafficPolicy {
@@ -3828,7 +4377,7 @@ type FederationRelationship struct {
 
 func (x *FederationRelationship) Reset() {
 	*x = FederationRelationship{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3840,7 +4389,7 @@ func (x *FederationRelationship) String() string {
 func (*FederationRelationship) ProtoMessage() {}
 
 func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3853,7 +4402,7 @@ func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
 func (*FederationRelationship) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *FederationRelationship) GetTrustDomain() string {
@@ -3914,7 +4463,7 @@ type PutFederationRequest struct {
 
 func (x *PutFederationRequest) Reset() {
 	*x = PutFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3926,7 +4475,7 @@ func (x *PutFederationRequest) String() string {
 func (*PutFederationRequest) ProtoMessage() {}
 
 func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3939,7 +4488,7 @@ func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationRequest.ProtoReflect.Descriptor instead.
 func (*PutFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *PutFederationRequest) GetFederation() *FederationRelationship {
@@ -3958,7 +4507,7 @@ type PutFederationResponse struct {
 
 func (x *PutFederationResponse) Reset() {
 	*x = PutFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3970,7 +4519,7 @@ func (x *PutFederationResponse) String() string {
 func (*PutFederationResponse) ProtoMessage() {}
 
 func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3983,7 +4532,7 @@ func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationResponse.ProtoReflect.Descriptor instead.
 func (*PutFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *PutFederationResponse) GetRevision() uint64 {
@@ -4002,7 +4551,7 @@ type DeleteFederationRequest struct {
 
 func (x *DeleteFederationRequest) Reset() {
 	*x = DeleteFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4014,7 +4563,7 @@ func (x *DeleteFederationRequest) String() string {
 func (*DeleteFederationRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4027,7 +4576,7 @@ func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *DeleteFederationRequest) GetTrustDomain() string {
@@ -4046,7 +4595,7 @@ type DeleteFederationResponse struct {
 
 func (x *DeleteFederationResponse) Reset() {
 	*x = DeleteFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4058,7 +4607,7 @@ func (x *DeleteFederationResponse) String() string {
 func (*DeleteFederationResponse) ProtoMessage() {}
 
 func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4071,7 +4620,7 @@ func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *DeleteFederationResponse) GetRevision() uint64 {
@@ -4089,7 +4638,7 @@ type ListFederationsRequest struct {
 
 func (x *ListFederationsRequest) Reset() {
 	*x = ListFederationsRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4101,7 +4650,7 @@ func (x *ListFederationsRequest) String() string {
 func (*ListFederationsRequest) ProtoMessage() {}
 
 func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4114,7 +4663,7 @@ func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{69}
 }
 
 type FederationStatus struct {
@@ -4130,7 +4679,7 @@ type FederationStatus struct {
 
 func (x *FederationStatus) Reset() {
 	*x = FederationStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4142,7 +4691,7 @@ func (x *FederationStatus) String() string {
 func (*FederationStatus) ProtoMessage() {}
 
 func (x *FederationStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4155,7 +4704,7 @@ func (x *FederationStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationStatus.ProtoReflect.Descriptor instead.
 func (*FederationStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *FederationStatus) GetFederation() *FederationRelationship {
@@ -4189,7 +4738,7 @@ type ListFederationsResponse struct {
 
 func (x *ListFederationsResponse) Reset() {
 	*x = ListFederationsResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4201,7 +4750,7 @@ func (x *ListFederationsResponse) String() string {
 func (*ListFederationsResponse) ProtoMessage() {}
 
 func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4214,7 +4763,7 @@ func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ListFederationsResponse) GetFederations() []*FederationStatus {
@@ -4244,7 +4793,7 @@ type BundleInfo struct {
 
 func (x *BundleInfo) Reset() {
 	*x = BundleInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4256,7 +4805,7 @@ func (x *BundleInfo) String() string {
 func (*BundleInfo) ProtoMessage() {}
 
 func (x *BundleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4269,7 +4818,7 @@ func (x *BundleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleInfo.ProtoReflect.Descriptor instead.
 func (*BundleInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *BundleInfo) GetBundle() *TrustBundle {
@@ -4301,7 +4850,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4313,7 +4862,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4326,7 +4875,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{73}
 }
 
 type ListBundlesResponse struct {
@@ -4339,7 +4888,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4351,7 +4900,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4364,7 +4913,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{66}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*BundleInfo {
@@ -4390,7 +4939,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4402,7 +4951,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4415,7 +4964,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{67}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *RotateCARequest) GetCluster() string {
@@ -4435,7 +4984,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4447,7 +4996,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4460,7 +5009,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{68}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *RotateCAResponse) GetCaRotation() uint64 {
@@ -4485,7 +5034,7 @@ type TrustStatusRequest struct {
 
 func (x *TrustStatusRequest) Reset() {
 	*x = TrustStatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4497,7 +5046,7 @@ func (x *TrustStatusRequest) String() string {
 func (*TrustStatusRequest) ProtoMessage() {}
 
 func (x *TrustStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4510,7 +5059,7 @@ func (x *TrustStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustStatusRequest.ProtoReflect.Descriptor instead.
 func (*TrustStatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{69}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{77}
 }
 
 // One member cluster's trust bundle and who holds it.
@@ -4533,7 +5082,7 @@ type ClusterTrustStatus struct {
 
 func (x *ClusterTrustStatus) Reset() {
 	*x = ClusterTrustStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4545,7 +5094,7 @@ func (x *ClusterTrustStatus) String() string {
 func (*ClusterTrustStatus) ProtoMessage() {}
 
 func (x *ClusterTrustStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4558,7 +5107,7 @@ func (x *ClusterTrustStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterTrustStatus.ProtoReflect.Descriptor instead.
 func (*ClusterTrustStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{70}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *ClusterTrustStatus) GetCluster() string {
@@ -4613,7 +5162,7 @@ type TrustStatusResponse struct {
 
 func (x *TrustStatusResponse) Reset() {
 	*x = TrustStatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4625,7 +5174,7 @@ func (x *TrustStatusResponse) String() string {
 func (*TrustStatusResponse) ProtoMessage() {}
 
 func (x *TrustStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4638,7 +5187,7 @@ func (x *TrustStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustStatusResponse.ProtoReflect.Descriptor instead.
 func (*TrustStatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{71}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *TrustStatusResponse) GetClusters() []*ClusterTrustStatus {
@@ -4673,7 +5222,7 @@ type ServerStatus struct {
 
 func (x *ServerStatus) Reset() {
 	*x = ServerStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4685,7 +5234,7 @@ func (x *ServerStatus) String() string {
 func (*ServerStatus) ProtoMessage() {}
 
 func (x *ServerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4698,7 +5247,7 @@ func (x *ServerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStatus.ProtoReflect.Descriptor instead.
 func (*ServerStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{72}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *ServerStatus) GetName() string {
@@ -4758,7 +5307,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4770,7 +5319,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4783,7 +5332,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{73}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{81}
 }
 
 type StatusResponse struct {
@@ -4799,7 +5348,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[74]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4811,7 +5360,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[74]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4824,7 +5373,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{74}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *StatusResponse) GetServers() []*ServerStatus {
@@ -4996,14 +5545,27 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x0fsequence_number\x18\x02 \x01(\x04R\x0esequenceNumber\"8\n" +
 	"\x04Nack\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error\"\xc3\x02\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"\x98\x03\n" +
 	"\vSyncRequest\x128\n" +
 	"\x05hello\x18\x01 \x01(\v2 .meshfed.federation.v1.SyncHelloH\x00R\x05hello\x12A\n" +
 	"\apublish\x18\x02 \x01(\v2%.meshfed.federation.v1.PublishExportsH\x00R\apublish\x12.\n" +
 	"\x03ack\x18\x03 \x01(\v2\x1a.meshfed.federation.v1.AckH\x00R\x03ack\x121\n" +
 	"\x04nack\x18\x04 \x01(\v2\x1b.meshfed.federation.v1.NackH\x00R\x04nack\x12M\n" +
-	"\x0epublish_bundle\x18\x05 \x01(\v2$.meshfed.federation.v1.PublishBundleH\x00R\rpublishBundleB\x05\n" +
-	"\x03msg\"?\n" +
+	"\x0epublish_bundle\x18\x05 \x01(\v2$.meshfed.federation.v1.PublishBundleH\x00R\rpublishBundle\x12S\n" +
+	"\x10gateway_policies\x18\x06 \x01(\v2&.meshfed.federation.v1.GatewayPoliciesH\x00R\x0fgatewayPoliciesB\x05\n" +
+	"\x03msg\"\x88\x01\n" +
+	"\x13GatewayPolicyStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12+\n" +
+	"\x11rejected_revision\x18\x03 \x01(\x04R\x10rejectedRevision\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\x9d\x01\n" +
+	"\x16GatewayReplicaPolicies\x12\x1a\n" +
+	"\binstance\x18\x01 \x01(\tR\binstance\x12F\n" +
+	"\bpolicies\x18\x02 \x03(\v2*.meshfed.federation.v1.GatewayPolicyStatusR\bpolicies\x12\x1f\n" +
+	"\vreported_ms\x18\x03 \x01(\x03R\n" +
+	"reportedMs\"\\\n" +
+	"\x0fGatewayPolicies\x12I\n" +
+	"\breplicas\x18\x01 \x03(\v2-.meshfed.federation.v1.GatewayReplicaPoliciesR\breplicas\"?\n" +
 	"\tExportRef\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\"\x88\x04\n" +
@@ -5113,7 +5675,7 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\"q\n" +
 	"\x14ApplyPoliciesRequest\x12@\n" +
 	"\bpolicies\x18\x01 \x03(\v2$.meshfed.federation.v1.TrafficPolicyR\bpolicies\x12\x17\n" +
-	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\xad\x02\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\xf1\x02\n" +
 	"\x11PolicyApplyResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12;\n" +
@@ -5122,11 +5684,35 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"storedSpec\x12.\n" +
 	"\x13stored_spec_omitted\x18\x05 \x01(\bR\x11storedSpecOmitted\x12-\n" +
 	"\x12exporting_clusters\x18\x06 \x03(\tR\x11exportingClusters\x12-\n" +
-	"\x12importing_clusters\x18\a \x03(\tR\x11importingClusters\"w\n" +
+	"\x12importing_clusters\x18\a \x03(\tR\x11importingClusters\x12B\n" +
+	"\bgateways\x18\b \x03(\v2&.meshfed.federation.v1.ClusterGatewaysR\bgateways\"I\n" +
+	"\x0fClusterGateways\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1c\n" +
+	"\tinstances\x18\x02 \x03(\tR\tinstances\"w\n" +
 	"\x15ApplyPoliciesResponse\x12B\n" +
 	"\aresults\x18\x01 \x03(\v2(.meshfed.federation.v1.PolicyApplyResultR\aresults\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\"\x15\n" +
-	"\x13ListPoliciesRequest\"t\n" +
+	"\x13ListPoliciesRequest\")\n" +
+	"\x13PolicyStatusRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xe3\x01\n" +
+	"\x13PolicyGatewayStatus\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x18\n" +
+	"\agateway\x18\x02 \x01(\tR\agateway\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\x12\x18\n" +
+	"\acurrent\x18\x04 \x01(\bR\acurrent\x12+\n" +
+	"\x11rejected_revision\x18\x05 \x01(\x04R\x10rejectedRevision\x12\x14\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\x12\x1f\n" +
+	"\vreported_ms\x18\a \x01(\x03R\n" +
+	"reportedMs\"\x9f\x01\n" +
+	"\vPolicyState\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\x12F\n" +
+	"\bgateways\x18\x04 \x03(\v2*.meshfed.federation.v1.PolicyGatewayStatusR\bgateways\"\x89\x01\n" +
+	"\x14PolicyStatusResponse\x12>\n" +
+	"\bpolicies\x18\x01 \x03(\v2\".meshfed.federation.v1.PolicyStateR\bpolicies\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x15\n" +
+	"\x06now_ms\x18\x03 \x01(\x03R\x05nowMs\"t\n" +
 	"\x14ListPoliciesResponse\x12@\n" +
 	"\bpolicies\x18\x01 \x03(\v2$.meshfed.federation.v1.TrafficPolicyR\bpolicies\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\"\xad\x02\n" +
@@ -5212,7 +5798,7 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x04Sync\x12S\n" +
 	"\x04Sync\x12\".meshfed.federation.v1.SyncRequest\x1a#.meshfed.federation.v1.SyncResponse(\x010\x01\x12R\n" +
 	"\x05Renew\x12#.meshfed.federation.v1.RenewRequest\x1a$.meshfed.federation.v1.RenewResponse\x12m\n" +
-	"\x0eRotationStatus\x12,.meshfed.federation.v1.RotationStatusRequest\x1a-.meshfed.federation.v1.RotationStatusResponse2\xd7\x0e\n" +
+	"\x0eRotationStatus\x12,.meshfed.federation.v1.RotationStatusRequest\x1a-.meshfed.federation.v1.RotationStatusResponse2\xc0\x0f\n" +
 	"\x05Admin\x12d\n" +
 	"\vCreateToken\x12).meshfed.federation.v1.CreateTokenRequest\x1a*.meshfed.federation.v1.CreateTokenResponse\x12a\n" +
 	"\n" +
@@ -5225,7 +5811,8 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\tPutPolicy\x12'.meshfed.federation.v1.PutPolicyRequest\x1a(.meshfed.federation.v1.PutPolicyResponse\x12j\n" +
 	"\rApplyPolicies\x12+.meshfed.federation.v1.ApplyPoliciesRequest\x1a,.meshfed.federation.v1.ApplyPoliciesResponse\x12g\n" +
 	"\fDeletePolicy\x12*.meshfed.federation.v1.DeletePolicyRequest\x1a+.meshfed.federation.v1.DeletePolicyResponse\x12g\n" +
-	"\fListPolicies\x12*.meshfed.federation.v1.ListPoliciesRequest\x1a+.meshfed.federation.v1.ListPoliciesResponse\x12U\n" +
+	"\fListPolicies\x12*.meshfed.federation.v1.ListPoliciesRequest\x1a+.meshfed.federation.v1.ListPoliciesResponse\x12g\n" +
+	"\fPolicyStatus\x12*.meshfed.federation.v1.PolicyStatusRequest\x1a+.meshfed.federation.v1.PolicyStatusResponse\x12U\n" +
 	"\x06Status\x12$.meshfed.federation.v1.StatusRequest\x1a%.meshfed.federation.v1.StatusResponse\x12j\n" +
 	"\rPutFederation\x12+.meshfed.federation.v1.PutFederationRequest\x1a,.meshfed.federation.v1.PutFederationResponse\x12s\n" +
 	"\x10DeleteFederation\x12..meshfed.federation.v1.DeleteFederationRequest\x1a/.meshfed.federation.v1.DeleteFederationResponse\x12p\n" +
@@ -5247,7 +5834,7 @@ func file_meshfed_federation_v1_federation_proto_rawDescGZIP() []byte {
 }
 
 var file_meshfed_federation_v1_federation_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
+var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 87)
 var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(PolicyAction)(0),                // 0: meshfed.federation.v1.PolicyAction
 	(*Capabilities)(nil),             // 1: meshfed.federation.v1.Capabilities
@@ -5270,65 +5857,73 @@ var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*BundleSequence)(nil),           // 18: meshfed.federation.v1.BundleSequence
 	(*Nack)(nil),                     // 19: meshfed.federation.v1.Nack
 	(*SyncRequest)(nil),              // 20: meshfed.federation.v1.SyncRequest
-	(*ExportRef)(nil),                // 21: meshfed.federation.v1.ExportRef
-	(*SyncDelta)(nil),                // 22: meshfed.federation.v1.SyncDelta
-	(*PublishResult)(nil),            // 23: meshfed.federation.v1.PublishResult
-	(*SyncHelloResponse)(nil),        // 24: meshfed.federation.v1.SyncHelloResponse
-	(*SyncResponse)(nil),             // 25: meshfed.federation.v1.SyncResponse
-	(*SyncHeartbeat)(nil),            // 26: meshfed.federation.v1.SyncHeartbeat
-	(*RenewRequest)(nil),             // 27: meshfed.federation.v1.RenewRequest
-	(*RotationStatusRequest)(nil),    // 28: meshfed.federation.v1.RotationStatusRequest
-	(*MemberBundleStatus)(nil),       // 29: meshfed.federation.v1.MemberBundleStatus
-	(*RotationStatusResponse)(nil),   // 30: meshfed.federation.v1.RotationStatusResponse
-	(*RenewResponse)(nil),            // 31: meshfed.federation.v1.RenewResponse
-	(*TokenInfo)(nil),                // 32: meshfed.federation.v1.TokenInfo
-	(*CreateTokenRequest)(nil),       // 33: meshfed.federation.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),      // 34: meshfed.federation.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),        // 35: meshfed.federation.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),       // 36: meshfed.federation.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),       // 37: meshfed.federation.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),      // 38: meshfed.federation.v1.RevokeTokenResponse
-	(*ListClustersRequest)(nil),      // 39: meshfed.federation.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),     // 40: meshfed.federation.v1.ListClustersResponse
-	(*DescribeClusterRequest)(nil),   // 41: meshfed.federation.v1.DescribeClusterRequest
-	(*DescribeClusterResponse)(nil),  // 42: meshfed.federation.v1.DescribeClusterResponse
-	(*RemoveClusterRequest)(nil),     // 43: meshfed.federation.v1.RemoveClusterRequest
-	(*RemoveClusterResponse)(nil),    // 44: meshfed.federation.v1.RemoveClusterResponse
-	(*GlobalService)(nil),            // 45: meshfed.federation.v1.GlobalService
-	(*ListServicesRequest)(nil),      // 46: meshfed.federation.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),     // 47: meshfed.federation.v1.ListServicesResponse
-	(*PutPolicyRequest)(nil),         // 48: meshfed.federation.v1.PutPolicyRequest
-	(*PutPolicyResponse)(nil),        // 49: meshfed.federation.v1.PutPolicyResponse
-	(*DeletePolicyRequest)(nil),      // 50: meshfed.federation.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),     // 51: meshfed.federation.v1.DeletePolicyResponse
-	(*ApplyPoliciesRequest)(nil),     // 52: meshfed.federation.v1.ApplyPoliciesRequest
-	(*PolicyApplyResult)(nil),        // 53: meshfed.federation.v1.PolicyApplyResult
-	(*ApplyPoliciesResponse)(nil),    // 54: meshfed.federation.v1.ApplyPoliciesResponse
-	(*ListPoliciesRequest)(nil),      // 55: meshfed.federation.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 56: meshfed.federation.v1.ListPoliciesResponse
-	(*FederationRelationship)(nil),   // 57: meshfed.federation.v1.FederationRelationship
-	(*PutFederationRequest)(nil),     // 58: meshfed.federation.v1.PutFederationRequest
-	(*PutFederationResponse)(nil),    // 59: meshfed.federation.v1.PutFederationResponse
-	(*DeleteFederationRequest)(nil),  // 60: meshfed.federation.v1.DeleteFederationRequest
-	(*DeleteFederationResponse)(nil), // 61: meshfed.federation.v1.DeleteFederationResponse
-	(*ListFederationsRequest)(nil),   // 62: meshfed.federation.v1.ListFederationsRequest
-	(*FederationStatus)(nil),         // 63: meshfed.federation.v1.FederationStatus
-	(*ListFederationsResponse)(nil),  // 64: meshfed.federation.v1.ListFederationsResponse
-	(*BundleInfo)(nil),               // 65: meshfed.federation.v1.BundleInfo
-	(*ListBundlesRequest)(nil),       // 66: meshfed.federation.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),      // 67: meshfed.federation.v1.ListBundlesResponse
-	(*RotateCARequest)(nil),          // 68: meshfed.federation.v1.RotateCARequest
-	(*RotateCAResponse)(nil),         // 69: meshfed.federation.v1.RotateCAResponse
-	(*TrustStatusRequest)(nil),       // 70: meshfed.federation.v1.TrustStatusRequest
-	(*ClusterTrustStatus)(nil),       // 71: meshfed.federation.v1.ClusterTrustStatus
-	(*TrustStatusResponse)(nil),      // 72: meshfed.federation.v1.TrustStatusResponse
-	(*ServerStatus)(nil),             // 73: meshfed.federation.v1.ServerStatus
-	(*StatusRequest)(nil),            // 74: meshfed.federation.v1.StatusRequest
-	(*StatusResponse)(nil),           // 75: meshfed.federation.v1.StatusResponse
-	nil,                              // 76: meshfed.federation.v1.EndpointGroup.LabelsEntry
-	nil,                              // 77: meshfed.federation.v1.ExportedService.ExportedLabelsEntry
-	nil,                              // 78: meshfed.federation.v1.ExportedService.ExportedAnnotationsEntry
-	nil,                              // 79: meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
+	(*GatewayPolicyStatus)(nil),      // 21: meshfed.federation.v1.GatewayPolicyStatus
+	(*GatewayReplicaPolicies)(nil),   // 22: meshfed.federation.v1.GatewayReplicaPolicies
+	(*GatewayPolicies)(nil),          // 23: meshfed.federation.v1.GatewayPolicies
+	(*ExportRef)(nil),                // 24: meshfed.federation.v1.ExportRef
+	(*SyncDelta)(nil),                // 25: meshfed.federation.v1.SyncDelta
+	(*PublishResult)(nil),            // 26: meshfed.federation.v1.PublishResult
+	(*SyncHelloResponse)(nil),        // 27: meshfed.federation.v1.SyncHelloResponse
+	(*SyncResponse)(nil),             // 28: meshfed.federation.v1.SyncResponse
+	(*SyncHeartbeat)(nil),            // 29: meshfed.federation.v1.SyncHeartbeat
+	(*RenewRequest)(nil),             // 30: meshfed.federation.v1.RenewRequest
+	(*RotationStatusRequest)(nil),    // 31: meshfed.federation.v1.RotationStatusRequest
+	(*MemberBundleStatus)(nil),       // 32: meshfed.federation.v1.MemberBundleStatus
+	(*RotationStatusResponse)(nil),   // 33: meshfed.federation.v1.RotationStatusResponse
+	(*RenewResponse)(nil),            // 34: meshfed.federation.v1.RenewResponse
+	(*TokenInfo)(nil),                // 35: meshfed.federation.v1.TokenInfo
+	(*CreateTokenRequest)(nil),       // 36: meshfed.federation.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),      // 37: meshfed.federation.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),        // 38: meshfed.federation.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),       // 39: meshfed.federation.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),       // 40: meshfed.federation.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),      // 41: meshfed.federation.v1.RevokeTokenResponse
+	(*ListClustersRequest)(nil),      // 42: meshfed.federation.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),     // 43: meshfed.federation.v1.ListClustersResponse
+	(*DescribeClusterRequest)(nil),   // 44: meshfed.federation.v1.DescribeClusterRequest
+	(*DescribeClusterResponse)(nil),  // 45: meshfed.federation.v1.DescribeClusterResponse
+	(*RemoveClusterRequest)(nil),     // 46: meshfed.federation.v1.RemoveClusterRequest
+	(*RemoveClusterResponse)(nil),    // 47: meshfed.federation.v1.RemoveClusterResponse
+	(*GlobalService)(nil),            // 48: meshfed.federation.v1.GlobalService
+	(*ListServicesRequest)(nil),      // 49: meshfed.federation.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),     // 50: meshfed.federation.v1.ListServicesResponse
+	(*PutPolicyRequest)(nil),         // 51: meshfed.federation.v1.PutPolicyRequest
+	(*PutPolicyResponse)(nil),        // 52: meshfed.federation.v1.PutPolicyResponse
+	(*DeletePolicyRequest)(nil),      // 53: meshfed.federation.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),     // 54: meshfed.federation.v1.DeletePolicyResponse
+	(*ApplyPoliciesRequest)(nil),     // 55: meshfed.federation.v1.ApplyPoliciesRequest
+	(*PolicyApplyResult)(nil),        // 56: meshfed.federation.v1.PolicyApplyResult
+	(*ClusterGateways)(nil),          // 57: meshfed.federation.v1.ClusterGateways
+	(*ApplyPoliciesResponse)(nil),    // 58: meshfed.federation.v1.ApplyPoliciesResponse
+	(*ListPoliciesRequest)(nil),      // 59: meshfed.federation.v1.ListPoliciesRequest
+	(*PolicyStatusRequest)(nil),      // 60: meshfed.federation.v1.PolicyStatusRequest
+	(*PolicyGatewayStatus)(nil),      // 61: meshfed.federation.v1.PolicyGatewayStatus
+	(*PolicyState)(nil),              // 62: meshfed.federation.v1.PolicyState
+	(*PolicyStatusResponse)(nil),     // 63: meshfed.federation.v1.PolicyStatusResponse
+	(*ListPoliciesResponse)(nil),     // 64: meshfed.federation.v1.ListPoliciesResponse
+	(*FederationRelationship)(nil),   // 65: meshfed.federation.v1.FederationRelationship
+	(*PutFederationRequest)(nil),     // 66: meshfed.federation.v1.PutFederationRequest
+	(*PutFederationResponse)(nil),    // 67: meshfed.federation.v1.PutFederationResponse
+	(*DeleteFederationRequest)(nil),  // 68: meshfed.federation.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil), // 69: meshfed.federation.v1.DeleteFederationResponse
+	(*ListFederationsRequest)(nil),   // 70: meshfed.federation.v1.ListFederationsRequest
+	(*FederationStatus)(nil),         // 71: meshfed.federation.v1.FederationStatus
+	(*ListFederationsResponse)(nil),  // 72: meshfed.federation.v1.ListFederationsResponse
+	(*BundleInfo)(nil),               // 73: meshfed.federation.v1.BundleInfo
+	(*ListBundlesRequest)(nil),       // 74: meshfed.federation.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),      // 75: meshfed.federation.v1.ListBundlesResponse
+	(*RotateCARequest)(nil),          // 76: meshfed.federation.v1.RotateCARequest
+	(*RotateCAResponse)(nil),         // 77: meshfed.federation.v1.RotateCAResponse
+	(*TrustStatusRequest)(nil),       // 78: meshfed.federation.v1.TrustStatusRequest
+	(*ClusterTrustStatus)(nil),       // 79: meshfed.federation.v1.ClusterTrustStatus
+	(*TrustStatusResponse)(nil),      // 80: meshfed.federation.v1.TrustStatusResponse
+	(*ServerStatus)(nil),             // 81: meshfed.federation.v1.ServerStatus
+	(*StatusRequest)(nil),            // 82: meshfed.federation.v1.StatusRequest
+	(*StatusResponse)(nil),           // 83: meshfed.federation.v1.StatusResponse
+	nil,                              // 84: meshfed.federation.v1.EndpointGroup.LabelsEntry
+	nil,                              // 85: meshfed.federation.v1.ExportedService.ExportedLabelsEntry
+	nil,                              // 86: meshfed.federation.v1.ExportedService.ExportedAnnotationsEntry
+	nil,                              // 87: meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
 }
 var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	2,  // 0: meshfed.federation.v1.JoinRequest.locality:type_name -> meshfed.federation.v1.Locality
@@ -5336,13 +5931,13 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	1,  // 2: meshfed.federation.v1.JoinRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
 	5,  // 3: meshfed.federation.v1.JoinResponse.settings:type_name -> meshfed.federation.v1.FederationSettings
 	1,  // 4: meshfed.federation.v1.JoinResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	76, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
+	84, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
 	7,  // 6: meshfed.federation.v1.ExportedService.ports:type_name -> meshfed.federation.v1.ServicePort
 	8,  // 7: meshfed.federation.v1.ExportedService.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
 	10, // 8: meshfed.federation.v1.ExportedService.headless_endpoints:type_name -> meshfed.federation.v1.HeadlessEndpoint
-	77, // 9: meshfed.federation.v1.ExportedService.exported_labels:type_name -> meshfed.federation.v1.ExportedService.ExportedLabelsEntry
-	78, // 10: meshfed.federation.v1.ExportedService.exported_annotations:type_name -> meshfed.federation.v1.ExportedService.ExportedAnnotationsEntry
-	79, // 11: meshfed.federation.v1.HeadlessEndpoint.target_ports:type_name -> meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
+	85, // 9: meshfed.federation.v1.ExportedService.exported_labels:type_name -> meshfed.federation.v1.ExportedService.ExportedLabelsEntry
+	86, // 10: meshfed.federation.v1.ExportedService.exported_annotations:type_name -> meshfed.federation.v1.ExportedService.ExportedAnnotationsEntry
+	87, // 11: meshfed.federation.v1.HeadlessEndpoint.target_ports:type_name -> meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
 	9,  // 12: meshfed.federation.v1.ExportRecord.service:type_name -> meshfed.federation.v1.ExportedService
 	2,  // 13: meshfed.federation.v1.ClusterRecord.locality:type_name -> meshfed.federation.v1.Locality
 	1,  // 14: meshfed.federation.v1.ClusterRecord.capabilities:type_name -> meshfed.federation.v1.Capabilities
@@ -5356,87 +5951,95 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	17, // 22: meshfed.federation.v1.SyncRequest.ack:type_name -> meshfed.federation.v1.Ack
 	19, // 23: meshfed.federation.v1.SyncRequest.nack:type_name -> meshfed.federation.v1.Nack
 	16, // 24: meshfed.federation.v1.SyncRequest.publish_bundle:type_name -> meshfed.federation.v1.PublishBundle
-	12, // 25: meshfed.federation.v1.SyncDelta.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	11, // 26: meshfed.federation.v1.SyncDelta.exports:type_name -> meshfed.federation.v1.ExportRecord
-	21, // 27: meshfed.federation.v1.SyncDelta.removed_exports:type_name -> meshfed.federation.v1.ExportRef
-	3,  // 28: meshfed.federation.v1.SyncDelta.bundles:type_name -> meshfed.federation.v1.TrustBundle
-	13, // 29: meshfed.federation.v1.SyncDelta.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	1,  // 30: meshfed.federation.v1.SyncHelloResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	22, // 31: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
-	23, // 32: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
-	24, // 33: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
-	26, // 34: meshfed.federation.v1.SyncResponse.heartbeat:type_name -> meshfed.federation.v1.SyncHeartbeat
-	29, // 35: meshfed.federation.v1.RotationStatusResponse.members:type_name -> meshfed.federation.v1.MemberBundleStatus
-	32, // 36: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
-	32, // 37: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
-	12, // 38: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	12, // 39: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	11, // 40: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
-	3,  // 41: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	11, // 42: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
-	45, // 43: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
-	13, // 44: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	13, // 45: meshfed.federation.v1.ApplyPoliciesRequest.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	0,  // 46: meshfed.federation.v1.PolicyApplyResult.action:type_name -> meshfed.federation.v1.PolicyAction
-	53, // 47: meshfed.federation.v1.ApplyPoliciesResponse.results:type_name -> meshfed.federation.v1.PolicyApplyResult
-	13, // 48: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	57, // 49: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	57, // 50: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	63, // 51: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
-	3,  // 52: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	65, // 53: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
-	29, // 54: meshfed.federation.v1.ClusterTrustStatus.members:type_name -> meshfed.federation.v1.MemberBundleStatus
-	71, // 55: meshfed.federation.v1.TrustStatusResponse.clusters:type_name -> meshfed.federation.v1.ClusterTrustStatus
-	73, // 56: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
-	4,  // 57: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
-	20, // 58: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
-	27, // 59: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
-	28, // 60: meshfed.federation.v1.Sync.RotationStatus:input_type -> meshfed.federation.v1.RotationStatusRequest
-	33, // 61: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
-	35, // 62: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
-	37, // 63: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
-	39, // 64: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
-	41, // 65: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
-	43, // 66: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
-	46, // 67: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
-	48, // 68: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
-	52, // 69: meshfed.federation.v1.Admin.ApplyPolicies:input_type -> meshfed.federation.v1.ApplyPoliciesRequest
-	50, // 70: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
-	55, // 71: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
-	74, // 72: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
-	58, // 73: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
-	60, // 74: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
-	62, // 75: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
-	66, // 76: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
-	68, // 77: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
-	70, // 78: meshfed.federation.v1.Admin.TrustStatus:input_type -> meshfed.federation.v1.TrustStatusRequest
-	6,  // 79: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
-	25, // 80: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
-	31, // 81: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
-	30, // 82: meshfed.federation.v1.Sync.RotationStatus:output_type -> meshfed.federation.v1.RotationStatusResponse
-	34, // 83: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
-	36, // 84: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
-	38, // 85: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
-	40, // 86: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
-	42, // 87: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
-	44, // 88: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
-	47, // 89: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
-	49, // 90: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
-	54, // 91: meshfed.federation.v1.Admin.ApplyPolicies:output_type -> meshfed.federation.v1.ApplyPoliciesResponse
-	51, // 92: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
-	56, // 93: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
-	75, // 94: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
-	59, // 95: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
-	61, // 96: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
-	64, // 97: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
-	67, // 98: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
-	69, // 99: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
-	72, // 100: meshfed.federation.v1.Admin.TrustStatus:output_type -> meshfed.federation.v1.TrustStatusResponse
-	79, // [79:101] is the sub-list for method output_type
-	57, // [57:79] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	23, // 25: meshfed.federation.v1.SyncRequest.gateway_policies:type_name -> meshfed.federation.v1.GatewayPolicies
+	21, // 26: meshfed.federation.v1.GatewayReplicaPolicies.policies:type_name -> meshfed.federation.v1.GatewayPolicyStatus
+	22, // 27: meshfed.federation.v1.GatewayPolicies.replicas:type_name -> meshfed.federation.v1.GatewayReplicaPolicies
+	12, // 28: meshfed.federation.v1.SyncDelta.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	11, // 29: meshfed.federation.v1.SyncDelta.exports:type_name -> meshfed.federation.v1.ExportRecord
+	24, // 30: meshfed.federation.v1.SyncDelta.removed_exports:type_name -> meshfed.federation.v1.ExportRef
+	3,  // 31: meshfed.federation.v1.SyncDelta.bundles:type_name -> meshfed.federation.v1.TrustBundle
+	13, // 32: meshfed.federation.v1.SyncDelta.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	1,  // 33: meshfed.federation.v1.SyncHelloResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	25, // 34: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
+	26, // 35: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
+	27, // 36: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
+	29, // 37: meshfed.federation.v1.SyncResponse.heartbeat:type_name -> meshfed.federation.v1.SyncHeartbeat
+	32, // 38: meshfed.federation.v1.RotationStatusResponse.members:type_name -> meshfed.federation.v1.MemberBundleStatus
+	35, // 39: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
+	35, // 40: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
+	12, // 41: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	12, // 42: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	11, // 43: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
+	3,  // 44: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	11, // 45: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
+	48, // 46: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
+	13, // 47: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	13, // 48: meshfed.federation.v1.ApplyPoliciesRequest.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	0,  // 49: meshfed.federation.v1.PolicyApplyResult.action:type_name -> meshfed.federation.v1.PolicyAction
+	57, // 50: meshfed.federation.v1.PolicyApplyResult.gateways:type_name -> meshfed.federation.v1.ClusterGateways
+	56, // 51: meshfed.federation.v1.ApplyPoliciesResponse.results:type_name -> meshfed.federation.v1.PolicyApplyResult
+	61, // 52: meshfed.federation.v1.PolicyState.gateways:type_name -> meshfed.federation.v1.PolicyGatewayStatus
+	62, // 53: meshfed.federation.v1.PolicyStatusResponse.policies:type_name -> meshfed.federation.v1.PolicyState
+	13, // 54: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	65, // 55: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	65, // 56: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	71, // 57: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
+	3,  // 58: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	73, // 59: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
+	32, // 60: meshfed.federation.v1.ClusterTrustStatus.members:type_name -> meshfed.federation.v1.MemberBundleStatus
+	79, // 61: meshfed.federation.v1.TrustStatusResponse.clusters:type_name -> meshfed.federation.v1.ClusterTrustStatus
+	81, // 62: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
+	4,  // 63: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
+	20, // 64: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
+	30, // 65: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
+	31, // 66: meshfed.federation.v1.Sync.RotationStatus:input_type -> meshfed.federation.v1.RotationStatusRequest
+	36, // 67: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
+	38, // 68: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
+	40, // 69: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
+	42, // 70: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
+	44, // 71: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
+	46, // 72: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
+	49, // 73: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
+	51, // 74: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
+	55, // 75: meshfed.federation.v1.Admin.ApplyPolicies:input_type -> meshfed.federation.v1.ApplyPoliciesRequest
+	53, // 76: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
+	59, // 77: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
+	60, // 78: meshfed.federation.v1.Admin.PolicyStatus:input_type -> meshfed.federation.v1.PolicyStatusRequest
+	82, // 79: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
+	66, // 80: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
+	68, // 81: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
+	70, // 82: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
+	74, // 83: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
+	76, // 84: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
+	78, // 85: meshfed.federation.v1.Admin.TrustStatus:input_type -> meshfed.federation.v1.TrustStatusRequest
+	6,  // 86: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
+	28, // 87: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
+	34, // 88: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
+	33, // 89: meshfed.federation.v1.Sync.RotationStatus:output_type -> meshfed.federation.v1.RotationStatusResponse
+	37, // 90: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
+	39, // 91: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
+	41, // 92: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
+	43, // 93: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
+	45, // 94: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
+	47, // 95: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
+	50, // 96: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
+	52, // 97: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
+	58, // 98: meshfed.federation.v1.Admin.ApplyPolicies:output_type -> meshfed.federation.v1.ApplyPoliciesResponse
+	54, // 99: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
+	64, // 100: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
+	63, // 101: meshfed.federation.v1.Admin.PolicyStatus:output_type -> meshfed.federation.v1.PolicyStatusResponse
+	83, // 102: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
+	67, // 103: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
+	69, // 104: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
+	72, // 105: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
+	75, // 106: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
+	77, // 107: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
+	80, // 108: meshfed.federation.v1.Admin.TrustStatus:output_type -> meshfed.federation.v1.TrustStatusResponse
+	86, // [86:109] is the sub-list for method output_type
+	63, // [63:86] is the sub-list for method input_type
+	63, // [63:63] is the sub-list for extension type_name
+	63, // [63:63] is the sub-list for extension extendee
+	0,  // [0:63] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_federation_v1_federation_proto_init() }
@@ -5450,8 +6053,9 @@ func file_meshfed_federation_v1_federation_proto_init() {
 		(*SyncRequest_Ack)(nil),
 		(*SyncRequest_Nack)(nil),
 		(*SyncRequest_PublishBundle)(nil),
+		(*SyncRequest_GatewayPolicies)(nil),
 	}
-	file_meshfed_federation_v1_federation_proto_msgTypes[24].OneofWrappers = []any{
+	file_meshfed_federation_v1_federation_proto_msgTypes[27].OneofWrappers = []any{
 		(*SyncResponse_Delta)(nil),
 		(*SyncResponse_PublishResult)(nil),
 		(*SyncResponse_Hello)(nil),
@@ -5463,7 +6067,7 @@ func file_meshfed_federation_v1_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_federation_v1_federation_proto_rawDesc), len(file_meshfed_federation_v1_federation_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   79,
+			NumMessages:   87,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -361,6 +361,7 @@ const (
 	Admin_ApplyPolicies_FullMethodName    = "/meshfed.federation.v1.Admin/ApplyPolicies"
 	Admin_DeletePolicy_FullMethodName     = "/meshfed.federation.v1.Admin/DeletePolicy"
 	Admin_ListPolicies_FullMethodName     = "/meshfed.federation.v1.Admin/ListPolicies"
+	Admin_PolicyStatus_FullMethodName     = "/meshfed.federation.v1.Admin/PolicyStatus"
 	Admin_Status_FullMethodName           = "/meshfed.federation.v1.Admin/Status"
 	Admin_PutFederation_FullMethodName    = "/meshfed.federation.v1.Admin/PutFederation"
 	Admin_DeleteFederation_FullMethodName = "/meshfed.federation.v1.Admin/DeleteFederation"
@@ -386,6 +387,9 @@ type AdminClient interface {
 	ApplyPolicies(ctx context.Context, in *ApplyPoliciesRequest, opts ...grpc.CallOption) (*ApplyPoliciesResponse, error)
 	DeletePolicy(ctx context.Context, in *DeletePolicyRequest, opts ...grpc.CallOption) (*DeletePolicyResponse, error)
 	ListPolicies(ctx context.Context, in *ListPoliciesRequest, opts ...grpc.CallOption) (*ListPoliciesResponse, error)
+	// PolicyStatus lists, per policy, member cluster and gateway replica,
+	// the revision in force and any rejection, from the gateways' reports.
+	PolicyStatus(ctx context.Context, in *PolicyStatusRequest, opts ...grpc.CallOption) (*PolicyStatusResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	PutFederation(ctx context.Context, in *PutFederationRequest, opts ...grpc.CallOption) (*PutFederationResponse, error)
 	DeleteFederation(ctx context.Context, in *DeleteFederationRequest, opts ...grpc.CallOption) (*DeleteFederationResponse, error)
@@ -515,6 +519,16 @@ func (c *adminClient) ListPolicies(ctx context.Context, in *ListPoliciesRequest,
 	return out, nil
 }
 
+func (c *adminClient) PolicyStatus(ctx context.Context, in *PolicyStatusRequest, opts ...grpc.CallOption) (*PolicyStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PolicyStatusResponse)
+	err := c.cc.Invoke(ctx, Admin_PolicyStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(StatusResponse)
@@ -601,6 +615,9 @@ type AdminServer interface {
 	ApplyPolicies(context.Context, *ApplyPoliciesRequest) (*ApplyPoliciesResponse, error)
 	DeletePolicy(context.Context, *DeletePolicyRequest) (*DeletePolicyResponse, error)
 	ListPolicies(context.Context, *ListPoliciesRequest) (*ListPoliciesResponse, error)
+	// PolicyStatus lists, per policy, member cluster and gateway replica,
+	// the revision in force and any rejection, from the gateways' reports.
+	PolicyStatus(context.Context, *PolicyStatusRequest) (*PolicyStatusResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	PutFederation(context.Context, *PutFederationRequest) (*PutFederationResponse, error)
 	DeleteFederation(context.Context, *DeleteFederationRequest) (*DeleteFederationResponse, error)
@@ -652,6 +669,9 @@ func (UnimplementedAdminServer) DeletePolicy(context.Context, *DeletePolicyReque
 }
 func (UnimplementedAdminServer) ListPolicies(context.Context, *ListPoliciesRequest) (*ListPoliciesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListPolicies not implemented")
+}
+func (UnimplementedAdminServer) PolicyStatus(context.Context, *PolicyStatusRequest) (*PolicyStatusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PolicyStatus not implemented")
 }
 func (UnimplementedAdminServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Status not implemented")
@@ -893,6 +913,24 @@ func _Admin_ListPolicies_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_PolicyStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PolicyStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).PolicyStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_PolicyStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).PolicyStatus(ctx, req.(*PolicyStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(StatusRequest)
 	if err := dec(in); err != nil {
@@ -1069,6 +1107,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListPolicies",
 			Handler:    _Admin_ListPolicies_Handler,
+		},
+		{
+			MethodName: "PolicyStatus",
+			Handler:    _Admin_PolicyStatus_Handler,
 		},
 		{
 			MethodName: "Status",

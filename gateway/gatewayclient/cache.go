@@ -11,6 +11,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshfed/meshfed/federation/policy"
+	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	gatewayv1 "github.com/meshfed/meshfed/gateway/v1"
 	"github.com/meshfed/meshfed/trust"
 )
@@ -124,15 +126,45 @@ func parseSVIDPEM(b []byte) (*x509svid.SVID, error) {
 // Report tells the agent which stream revision this replica applied (err
 // nil) or rejected (err, truncated to MaxReportError bytes), and its
 // health. It returns the agent's error; callers retry on their own
-// schedule.
+// schedule. SendReport also tells the policies the replica holds.
 func (c *Client) Report(ctx context.Context, revision uint64, applyErr error, health *gatewayv1.GatewayHealth) error {
-	req := &gatewayv1.ReportRequest{Instance: c.cfg.Instance, Revision: revision, Health: health}
-	if applyErr != nil {
-		msg := applyErr.Error()
-		if len(msg) > MaxReportError {
-			msg = strings.ToValidUTF8(msg[:MaxReportError], "") // never a split character
+	return c.SendReport(ctx, Report{Revision: revision, Err: applyErr, Health: health})
+}
+
+// Report is what a gateway replica tells its agent.
+type Report struct {
+	// Revision is the stream revision the replica applied (Err nil) or
+	// rejected (Err, truncated to MaxReportError bytes).
+	Revision uint64
+	Err      error
+	Health   *gatewayv1.GatewayHealth
+	// Policies are the traffic policies the replica was sent, by name:
+	// the revision in force and any rejection (a reason is truncated to
+	// policy.MaxStatusErrorBytes). The agent forwards them to the hub.
+	Policies []*fedv1.GatewayPolicyStatus
+}
+
+// truncate cuts s to at most n bytes, never inside a character.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "")
+}
+
+// SendReport sends r to the agent. It returns the agent's error; callers
+// retry on their own schedule.
+func (c *Client) SendReport(ctx context.Context, r Report) error {
+	req := &gatewayv1.ReportRequest{Instance: c.cfg.Instance, Revision: r.Revision, Health: r.Health}
+	if r.Err != nil {
+		req.Error = truncate(r.Err.Error(), MaxReportError)
+	}
+	for _, p := range r.Policies {
+		if len(p.GetError()) > policy.MaxStatusErrorBytes {
+			p = proto.Clone(p).(*fedv1.GatewayPolicyStatus)
+			p.Error = truncate(p.GetError(), policy.MaxStatusErrorBytes)
 		}
-		req.Error = msg
+		req.Policies = append(req.Policies, p)
 	}
 	conn, err := c.conn()
 	if err != nil {

@@ -1052,8 +1052,13 @@ type ReportRequest struct {
 	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Empty when the gateway applied the revision; otherwise why it rejected
 	// it (it keeps serving the last config it accepted). At most 1 KiB.
-	Error         string         `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
-	Health        *GatewayHealth `protobuf:"bytes,4,opt,name=health,proto3" json:"health,omitempty"`
+	Error  string         `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	Health *GatewayHealth `protobuf:"bytes,4,opt,name=health,proto3" json:"health,omitempty"`
+	// Every traffic policy the replica was sent, by name: the revision in
+	// force and any rejection (eastwest.Gateway.Policies). At most as many
+	// as the agent sent it; bounds: federation/policy CheckStatuses. The
+	// agent forwards them to the hub (meshfed policy status).
+	Policies      []*v1.GatewayPolicyStatus `protobuf:"bytes,5,rep,name=policies,proto3" json:"policies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1112,6 +1117,13 @@ func (x *ReportRequest) GetError() string {
 func (x *ReportRequest) GetHealth() *GatewayHealth {
 	if x != nil {
 		return x.Health
+	}
+	return nil
+}
+
+func (x *ReportRequest) GetPolicies() []*v1.GatewayPolicyStatus {
+	if x != nil {
+		return x.Policies
 	}
 	return nil
 }
@@ -1333,12 +1345,13 @@ const file_meshfed_gateway_v1_gateway_proto_rawDesc = "" +
 	"\x10SignSVIDResponse\x12\x1d\n" +
 	"\n" +
 	"cert_chain\x18\x01 \x03(\fR\tcertChain\x12:\n" +
-	"\x06bundle\x18\x02 \x01(\v2\".meshfed.federation.v1.TrustBundleR\x06bundle\"\x98\x01\n" +
+	"\x06bundle\x18\x02 \x01(\v2\".meshfed.federation.v1.TrustBundleR\x06bundle\"\xe0\x01\n" +
 	"\rReportRequest\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x129\n" +
-	"\x06health\x18\x04 \x01(\v2!.meshfed.gateway.v1.GatewayHealthR\x06health\"\x84\x02\n" +
+	"\x06health\x18\x04 \x01(\v2!.meshfed.gateway.v1.GatewayHealthR\x06health\x12F\n" +
+	"\bpolicies\x18\x05 \x03(\v2*.meshfed.federation.v1.GatewayPolicyStatusR\bpolicies\"\x84\x02\n" +
 	"\rGatewayHealth\x12\x18\n" +
 	"\aserving\x18\x01 \x01(\bR\aserving\x12\x1a\n" +
 	"\bdraining\x18\x02 \x01(\bR\bdraining\x12'\n" +
@@ -1367,30 +1380,31 @@ func file_meshfed_gateway_v1_gateway_proto_rawDescGZIP() []byte {
 
 var file_meshfed_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_meshfed_gateway_v1_gateway_proto_goTypes = []any{
-	(*StreamRequest)(nil),    // 0: meshfed.gateway.v1.StreamRequest
-	(*StreamResponse)(nil),   // 1: meshfed.gateway.v1.StreamResponse
-	(*Self)(nil),             // 2: meshfed.gateway.v1.Self
-	(*Ingress)(nil),          // 3: meshfed.gateway.v1.Ingress
-	(*HubState)(nil),         // 4: meshfed.gateway.v1.HubState
-	(*Import)(nil),           // 5: meshfed.gateway.v1.Import
-	(*ImportPort)(nil),       // 6: meshfed.gateway.v1.ImportPort
-	(*ImportCluster)(nil),    // 7: meshfed.gateway.v1.ImportCluster
-	(*LocalService)(nil),     // 8: meshfed.gateway.v1.LocalService
-	(*Endpoint)(nil),         // 9: meshfed.gateway.v1.Endpoint
-	(*EndpointPort)(nil),     // 10: meshfed.gateway.v1.EndpointPort
-	(*RemoteCluster)(nil),    // 11: meshfed.gateway.v1.RemoteCluster
-	(*SignSVIDRequest)(nil),  // 12: meshfed.gateway.v1.SignSVIDRequest
-	(*SignSVIDResponse)(nil), // 13: meshfed.gateway.v1.SignSVIDResponse
-	(*ReportRequest)(nil),    // 14: meshfed.gateway.v1.ReportRequest
-	(*GatewayHealth)(nil),    // 15: meshfed.gateway.v1.GatewayHealth
-	(*ReportResponse)(nil),   // 16: meshfed.gateway.v1.ReportResponse
-	nil,                      // 17: meshfed.gateway.v1.Endpoint.LabelsEntry
-	(*v1.Capabilities)(nil),  // 18: meshfed.federation.v1.Capabilities
-	(*v1.TrafficPolicy)(nil), // 19: meshfed.federation.v1.TrafficPolicy
-	(*v1.TrustBundle)(nil),   // 20: meshfed.federation.v1.TrustBundle
-	(*v1.Locality)(nil),      // 21: meshfed.federation.v1.Locality
-	(*v1.ServicePort)(nil),   // 22: meshfed.federation.v1.ServicePort
-	(*v1.EndpointGroup)(nil), // 23: meshfed.federation.v1.EndpointGroup
+	(*StreamRequest)(nil),          // 0: meshfed.gateway.v1.StreamRequest
+	(*StreamResponse)(nil),         // 1: meshfed.gateway.v1.StreamResponse
+	(*Self)(nil),                   // 2: meshfed.gateway.v1.Self
+	(*Ingress)(nil),                // 3: meshfed.gateway.v1.Ingress
+	(*HubState)(nil),               // 4: meshfed.gateway.v1.HubState
+	(*Import)(nil),                 // 5: meshfed.gateway.v1.Import
+	(*ImportPort)(nil),             // 6: meshfed.gateway.v1.ImportPort
+	(*ImportCluster)(nil),          // 7: meshfed.gateway.v1.ImportCluster
+	(*LocalService)(nil),           // 8: meshfed.gateway.v1.LocalService
+	(*Endpoint)(nil),               // 9: meshfed.gateway.v1.Endpoint
+	(*EndpointPort)(nil),           // 10: meshfed.gateway.v1.EndpointPort
+	(*RemoteCluster)(nil),          // 11: meshfed.gateway.v1.RemoteCluster
+	(*SignSVIDRequest)(nil),        // 12: meshfed.gateway.v1.SignSVIDRequest
+	(*SignSVIDResponse)(nil),       // 13: meshfed.gateway.v1.SignSVIDResponse
+	(*ReportRequest)(nil),          // 14: meshfed.gateway.v1.ReportRequest
+	(*GatewayHealth)(nil),          // 15: meshfed.gateway.v1.GatewayHealth
+	(*ReportResponse)(nil),         // 16: meshfed.gateway.v1.ReportResponse
+	nil,                            // 17: meshfed.gateway.v1.Endpoint.LabelsEntry
+	(*v1.Capabilities)(nil),        // 18: meshfed.federation.v1.Capabilities
+	(*v1.TrafficPolicy)(nil),       // 19: meshfed.federation.v1.TrafficPolicy
+	(*v1.TrustBundle)(nil),         // 20: meshfed.federation.v1.TrustBundle
+	(*v1.Locality)(nil),            // 21: meshfed.federation.v1.Locality
+	(*v1.ServicePort)(nil),         // 22: meshfed.federation.v1.ServicePort
+	(*v1.EndpointGroup)(nil),       // 23: meshfed.federation.v1.EndpointGroup
+	(*v1.GatewayPolicyStatus)(nil), // 24: meshfed.federation.v1.GatewayPolicyStatus
 }
 var file_meshfed_gateway_v1_gateway_proto_depIdxs = []int32{
 	18, // 0: meshfed.gateway.v1.StreamRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
@@ -1414,17 +1428,18 @@ var file_meshfed_gateway_v1_gateway_proto_depIdxs = []int32{
 	21, // 18: meshfed.gateway.v1.RemoteCluster.locality:type_name -> meshfed.federation.v1.Locality
 	20, // 19: meshfed.gateway.v1.SignSVIDResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
 	15, // 20: meshfed.gateway.v1.ReportRequest.health:type_name -> meshfed.gateway.v1.GatewayHealth
-	0,  // 21: meshfed.gateway.v1.Config.Stream:input_type -> meshfed.gateway.v1.StreamRequest
-	12, // 22: meshfed.gateway.v1.Config.SignSVID:input_type -> meshfed.gateway.v1.SignSVIDRequest
-	14, // 23: meshfed.gateway.v1.Config.Report:input_type -> meshfed.gateway.v1.ReportRequest
-	1,  // 24: meshfed.gateway.v1.Config.Stream:output_type -> meshfed.gateway.v1.StreamResponse
-	13, // 25: meshfed.gateway.v1.Config.SignSVID:output_type -> meshfed.gateway.v1.SignSVIDResponse
-	16, // 26: meshfed.gateway.v1.Config.Report:output_type -> meshfed.gateway.v1.ReportResponse
-	24, // [24:27] is the sub-list for method output_type
-	21, // [21:24] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	24, // 21: meshfed.gateway.v1.ReportRequest.policies:type_name -> meshfed.federation.v1.GatewayPolicyStatus
+	0,  // 22: meshfed.gateway.v1.Config.Stream:input_type -> meshfed.gateway.v1.StreamRequest
+	12, // 23: meshfed.gateway.v1.Config.SignSVID:input_type -> meshfed.gateway.v1.SignSVIDRequest
+	14, // 24: meshfed.gateway.v1.Config.Report:input_type -> meshfed.gateway.v1.ReportRequest
+	1,  // 25: meshfed.gateway.v1.Config.Stream:output_type -> meshfed.gateway.v1.StreamResponse
+	13, // 26: meshfed.gateway.v1.Config.SignSVID:output_type -> meshfed.gateway.v1.SignSVIDResponse
+	16, // 27: meshfed.gateway.v1.Config.Report:output_type -> meshfed.gateway.v1.ReportResponse
+	25, // [25:28] is the sub-list for method output_type
+	22, // [22:25] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_gateway_v1_gateway_proto_init() }

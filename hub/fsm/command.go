@@ -55,7 +55,9 @@ const (
 	// ApplyPoliciesType: a batch of traffic policies created or replaced
 	// all or nothing, one policy per host (applyPolicies).
 	ApplyPoliciesType MessageType = 19
-	// Type 20 is reserved for gateway policy status.
+	// ReportGatewayPoliciesType: the policy statuses of a member's
+	// gateway replicas, as its agent forwarded them (not streamed).
+	ReportGatewayPoliciesType MessageType = 20
 )
 
 // IgnoreUnknownFlag marks a command an older server may skip.
@@ -70,7 +72,7 @@ const IgnoreUnknownFlag MessageType = 128
 // ever gossiped a version applies (types 0 to 13); version 2 adds
 // RenewAgentCert (14), version 3 UpdateClusterEndpoint (15), version 4
 // Request (16), RenewConnections (17) and AckBundles (18), version 5
-// ApplyPolicies (19).
+// ApplyPolicies (19) and ReportGatewayPolicies (20), which ship together.
 const ProtocolVersion = 5
 
 // MinVersion is the protocol version that introduced t; for a type this
@@ -88,7 +90,7 @@ func (t MessageType) MinVersion() int {
 		return 3
 	case RequestType, RenewConnectionsType, AckBundlesType:
 		return 4
-	case ApplyPoliciesType:
+	case ApplyPoliciesType, ReportGatewayPoliciesType:
 		return 5
 	}
 	return math.MaxInt
@@ -136,6 +138,8 @@ func (t MessageType) String() string {
 		return "Request"
 	case ApplyPoliciesType:
 		return "ApplyPolicies"
+	case ReportGatewayPoliciesType:
+		return "ReportGatewayPolicies"
 	}
 	return fmt.Sprintf("MessageType(%d)", uint8(t))
 }
@@ -220,6 +224,8 @@ func payloadFor(t MessageType) proto.Message {
 		return &hubpb.CmdRequest{}
 	case ApplyPoliciesType:
 		return &hubpb.CmdApplyPolicies{}
+	case ReportGatewayPoliciesType:
+		return &hubpb.CmdReportGatewayPolicies{}
 	}
 	return nil
 }

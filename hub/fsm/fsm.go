@@ -411,6 +411,8 @@ func apply(w *state.WriteTxn, t MessageType, msg proto.Message, res *Result) *Er
 		return applyAckBundles(w, msg.(*hubpb.CmdAckBundles))
 	case RenewConnectionsType:
 		return applyRenewConnections(w, msg.(*hubpb.CmdRenewConnections))
+	case ReportGatewayPoliciesType:
+		return applyReportGatewayPolicies(w, msg.(*hubpb.CmdReportGatewayPolicies))
 	case ApplyPoliciesType:
 		actions, err := applyPolicies(w, msg.(*hubpb.CmdApplyPolicies).GetPolicies())
 		if err == nil {
@@ -765,6 +767,11 @@ func (s *snapshot) write(w io.Writer) error {
 			return err
 		}
 	}
+	for _, g := range v.AllGatewayPolicies() {
+		if err := put(&hubpb.SnapshotRecord{Rec: &hubpb.SnapshotRecord_GatewayPolicies{GatewayPolicies: g}}); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -827,6 +834,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			r.Connection(x.Connection)
 		case *hubpb.SnapshotRecord_Request:
 			r.Request(x.Request)
+		case *hubpb.SnapshotRecord_GatewayPolicies:
+			r.GatewayPolicies(x.GatewayPolicies)
 		default:
 			return fmt.Errorf("fsm: restore: unknown snapshot record %T", x)
 		}

@@ -228,6 +228,7 @@ func sameState(t testing.TB, a, b *state.ReadTxn) {
 	equalSlices(t, "tombstones", a.Tombstones(), b.Tombstones())
 	equalSlices(t, "bundle acks", a.BundleAcks(), b.BundleAcks())
 	equalSlices(t, "requests", a.Requests(), b.Requests())
+	equalSlices(t, "gateway policies", a.AllGatewayPolicies(), b.AllGatewayPolicies())
 }
 
 func closed(ch <-chan struct{}) bool {
@@ -708,6 +709,12 @@ func goldenCommands() []namedCommand {
 			{Name: "reviews", Service: "default/reviews", Spec: []byte(`{"apiVersion":"meshfed.io/v1alpha1","kind":"GlobalTrafficPolicy","metadata":{"name":"reviews"},"spec":{"host":"reviews.default"}}`)},
 			{Name: "cart", Service: "shop/cart", Spec: []byte(`{"apiVersion":"meshfed.io/v1alpha1","kind":"GlobalTrafficPolicy","metadata":{"name":"cart"},"spec":{"host":"cart.shop"}}`)},
 		}}},
+		{"ReportGatewayPolicies", fsm.ReportGatewayPoliciesType, &hubpb.CmdReportGatewayPolicies{
+			Cluster: "east", NowMs: 1700000003000, Replicas: []*fedv1.GatewayReplicaPolicies{
+				{Instance: "gw-0", Policies: []*fedv1.GatewayPolicyStatus{{Name: "reviews", Revision: 40}, {Name: "cart", Revision: 41, RejectedRevision: 44, Error: "spec.http[0]: unknown field"}}},
+				{Instance: "gw-1"},
+			},
+		}},
 	}
 }
 
@@ -763,7 +770,7 @@ func randomCommand(rng *rand.Rand) (fsm.MessageType, proto.Message) {
 	service := func() *fedv1.ExportedService {
 		return svc([]string{"shop", "bank"}[rng.IntN(2)], fmt.Sprintf("s%d", rng.IntN(4)), uint32(rng.IntN(3)))
 	}
-	switch rng.IntN(12) {
+	switch rng.IntN(13) {
 	case 0:
 		return fsm.SetCAType, &hubpb.CmdSetCA{Ca: &hubpb.CAState{CertPem: []byte{byte(rng.IntN(3))}, TrustDomain: "hub.meshfed"}}
 	case 1, 2:
@@ -812,6 +819,15 @@ func randomCommand(rng *rand.Rand) (fsm.MessageType, proto.Message) {
 			})
 		}
 		return fsm.ApplyPoliciesType, batch
+	case 11:
+		// Replicas over a few instances, the clock running over several
+		// retention periods so that some age out.
+		cmd := &hubpb.CmdReportGatewayPolicies{Cluster: c, NowMs: int64(rng.IntN(40)) * fsm.GatewayPolicyRetention.Milliseconds() / 8}
+		for i := range rng.IntN(3) {
+			cmd.Replicas = append(cmd.Replicas, &fedv1.GatewayReplicaPolicies{Instance: fmt.Sprintf("gw-%d", (rng.IntN(3)+i)%3),
+				Policies: []*fedv1.GatewayPolicyStatus{{Name: "p0", Revision: uint64(rng.IntN(4))}}})
+		}
+		return fsm.ReportGatewayPoliciesType, cmd
 	default:
 		st := []string{"connected", "disconnected"}[rng.IntN(2)]
 		return fsm.ClusterStatusType, status(c, st, now, now-int64(rng.IntN(100)))
@@ -929,6 +945,9 @@ func populated(t testing.TB) *testFSM {
 	h.mustApply(fsm.PutBundleType, &hubpb.CmdPutBundle{Cluster: "west", Bundle: &fedv1.TrustBundle{TrustDomain: td("west"), X509Authorities: [][]byte{[]byte("ca-west")}, SequenceNumber: 2}})
 	h.mustApply(fsm.AckBundlesType, &hubpb.CmdAckBundles{Cluster: "east", Bundles: []*fedv1.BundleSequence{{TrustDomain: td("west"), SequenceNumber: 2}}, NowMs: 800})
 	h.mustApply(fsm.ClusterStatusType, status("east", "connected", 700, 700))
+	h.mustApply(fsm.ReportGatewayPoliciesType, &hubpb.CmdReportGatewayPolicies{Cluster: "west", NowMs: 800, Replicas: []*fedv1.GatewayReplicaPolicies{
+		{Instance: "gw-0", Policies: []*fedv1.GatewayPolicyStatus{{Name: "p1", Revision: 9}}},
+	}})
 	h.mustApply(fsm.RequestType, request(t, "req-populated-0001", 800, fsm.RotateCAType, &hubpb.CmdRotateCA{Cluster: "east"}))
 	wantCode(t, "refused request", h.apply(fsm.RequestType, request(t, "req-populated-0002", 800, fsm.RotateCAType, &hubpb.CmdRotateCA{Cluster: "north"})), codes.NotFound)
 	// Refused commands still advance the applied index past the revision.
@@ -940,7 +959,8 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	h := populated(t)
 	r := h.read()
 	if r.CA() == nil || len(r.Tokens()) != 3 || len(r.Clusters()) != 2 || len(r.Exports()) != 2 ||
-		len(r.Bundles()) != 2 || len(r.Policies()) != 1 || len(r.Tombstones()) != 2 || len(r.BundleAcks()) != 1 || len(r.Requests()) != 2 {
+		len(r.Bundles()) != 2 || len(r.Policies()) != 1 || len(r.Tombstones()) != 2 || len(r.BundleAcks()) != 1 || len(r.Requests()) != 2 ||
+		len(r.AllGatewayPolicies()) != 1 {
 		t.Fatalf("populated state is missing records: %d tokens %d clusters %d exports %d bundles %d policies %d tombstones %d bundle acks %d requests",
 			len(r.Tokens()), len(r.Clusters()), len(r.Exports()), len(r.Bundles()), len(r.Policies()), len(r.Tombstones()), len(r.BundleAcks()), len(r.Requests()))
 	}

@@ -32,7 +32,7 @@ func TestEveryCommandHasAProtocolVersion(t *testing.T) {
 	}
 	// Each version's types, as released: a new type must come with a new
 	// version and a line here.
-	byVersion := map[int]int{1: 14, 2: 1, 3: 1, 4: 3, 5: 1}
+	byVersion := map[int]int{1: 14, 2: 1, 3: 1, 4: 3, 5: 2}
 	want := 0
 	for v := 1; v <= ProtocolVersion; v++ {
 		want += byVersion[v]

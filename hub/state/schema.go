@@ -48,6 +48,11 @@ const (
 	// store revision nor wake watchers. The order in which its rows are
 	// dropped is kept beside it in memory (requestLog), not indexed.
 	TableRequests = "requests"
+	// TableGatewayPolicies holds, per member cluster, its gateway
+	// replicas' policy statuses (hubpb.ClusterGatewayPolicies) as its
+	// agent forwarded them. Not streamed: bookkeeping for
+	// `meshfed policy status`.
+	TableGatewayPolicies = "gateway_policies"
 )
 
 func schema() *memdb.DBSchema {
@@ -89,7 +94,8 @@ func schema() *memdb.DBSchema {
 			"cluster": {Name: "cluster", Indexer: &memdb.StringFieldIndex{Field: "Cluster"}},
 			"server":  {Name: "server", Indexer: &memdb.StringFieldIndex{Field: "Server"}},
 		}},
-		TableRequests: {Name: TableRequests, Indexes: map[string]*memdb.IndexSchema{"id": id("Key")}},
+		TableRequests:        {Name: TableRequests, Indexes: map[string]*memdb.IndexSchema{"id": id("Key")}},
+		TableGatewayPolicies: {Name: TableGatewayPolicies, Indexes: map[string]*memdb.IndexSchema{"id": id("Key")}},
 	}}
 }
 

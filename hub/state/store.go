@@ -262,6 +262,18 @@ func (r *ReadTxn) ConnectionsBy(server string) []*hubpb.ClusterConnection {
 	return values[*hubpb.ClusterConnection](r.all(TableConnections, "server", server))
 }
 
+// GatewayPolicies returns the policy statuses of a cluster's gateway
+// replicas, or nil.
+func (r *ReadTxn) GatewayPolicies(cluster string) *hubpb.ClusterGatewayPolicies {
+	return value[*hubpb.ClusterGatewayPolicies](r.get(TableGatewayPolicies, cluster))
+}
+
+// AllGatewayPolicies returns every cluster's gateway policy statuses,
+// sorted by cluster.
+func (r *ReadTxn) AllGatewayPolicies() []*hubpb.ClusterGatewayPolicies {
+	return values[*hubpb.ClusterGatewayPolicies](r.all(TableGatewayPolicies, "id"))
+}
+
 // Connections returns every connection lease, sorted by cluster then server.
 func (r *ReadTxn) Connections() []*hubpb.ClusterConnection {
 	return values[*hubpb.ClusterConnection](r.all(TableConnections, "id"))
@@ -375,7 +387,7 @@ type WriteTxn struct {
 	// dirty: federation state changed (revision moves, watchers wake).
 	dirty bool
 	// booked: only bookkeeping changed (tables agents are not sent:
-	// requests, connection leases, bundle acks).
+	// requests, connection leases, bundle acks, gateway policy statuses).
 	booked bool
 	// request: the change RecordRequest made to the store's requestLog,
 	// applied at Commit.
@@ -461,6 +473,7 @@ func (w *WriteTxn) DeleteCluster(name string) bool {
 		return false
 	}
 	w.deleteBundleAcks("cluster", name)
+	w.DeleteGatewayPolicies(name)
 	return true
 }
 
@@ -601,6 +614,26 @@ func (w *WriteTxn) DeleteConnection(cluster, server string) bool {
 	return true
 }
 
+// PutGatewayPolicies stores a cluster's gateway policy statuses. Not
+// streamed, so bookkeeping: no tombstone, no revision, no wake-up.
+func (w *WriteTxn) PutGatewayPolicies(c *hubpb.ClusterGatewayPolicies) {
+	c = proto.Clone(c).(*hubpb.ClusterGatewayPolicies)
+	w.book(TableGatewayPolicies, &row{Key: c.GetCluster(), Rev: w.rev, Cluster: c.GetCluster(), Value: c})
+}
+
+// DeleteGatewayPolicies forgets a cluster's gateway policy statuses.
+func (w *WriteTxn) DeleteGatewayPolicies(cluster string) bool {
+	rw := w.get(TableGatewayPolicies, cluster)
+	if rw == nil {
+		return false
+	}
+	if err := w.txn.Delete(TableGatewayPolicies, rw); err != nil {
+		panic(err)
+	}
+	w.booked = true
+	return true
+}
+
 // DeletePolicy removes a traffic policy.
 func (w *WriteTxn) DeletePolicy(name string) bool { return w.delete(TablePolicies, name) }
 
@@ -717,6 +750,11 @@ func (r *Restorer) BundleAck(a *hubpb.BundleAck) {
 // Connection restores a connection lease.
 func (r *Restorer) Connection(c *hubpb.ClusterConnection) {
 	r.insert(TableConnections, &row{Key: connKey(c.GetCluster(), c.GetServer()), Cluster: c.GetCluster(), Server: c.GetServer(), Value: c})
+}
+
+// GatewayPolicies restores a cluster's gateway policy statuses.
+func (r *Restorer) GatewayPolicies(c *hubpb.ClusterGatewayPolicies) {
+	r.insert(TableGatewayPolicies, &row{Key: c.GetCluster(), Cluster: c.GetCluster(), Value: c})
 }
 
 // Tombstone restores a tombstone.

@@ -1322,6 +1322,124 @@ func (x *CmdAckBundles) GetNowMs() int64 {
 	return 0
 }
 
+// The policy statuses of a member's gateway replicas, as its agent
+// forwarded them (type 20): each listed replica's row is replaced and
+// stamped now_ms; replicas not listed age out (fsm.GatewayPolicyRetention).
+type CmdReportGatewayPolicies struct {
+	state         protoimpl.MessageState       `protogen:"open.v1"`
+	Cluster       string                       `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Replicas      []*v1.GatewayReplicaPolicies `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	NowMs         int64                        `protobuf:"varint,3,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdReportGatewayPolicies) Reset() {
+	*x = CmdReportGatewayPolicies{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdReportGatewayPolicies) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdReportGatewayPolicies) ProtoMessage() {}
+
+func (x *CmdReportGatewayPolicies) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdReportGatewayPolicies.ProtoReflect.Descriptor instead.
+func (*CmdReportGatewayPolicies) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CmdReportGatewayPolicies) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *CmdReportGatewayPolicies) GetReplicas() []*v1.GatewayReplicaPolicies {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *CmdReportGatewayPolicies) GetNowMs() int64 {
+	if x != nil {
+		return x.NowMs
+	}
+	return 0
+}
+
+// A member's gateway replicas and the policies each holds (state table
+// "gateway_policies", keyed by cluster; not streamed to agents).
+type ClusterGatewayPolicies struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// By instance; reported_ms set.
+	Replicas      []*v1.GatewayReplicaPolicies `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterGatewayPolicies) Reset() {
+	*x = ClusterGatewayPolicies{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterGatewayPolicies) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterGatewayPolicies) ProtoMessage() {}
+
+func (x *ClusterGatewayPolicies) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterGatewayPolicies.ProtoReflect.Descriptor instead.
+func (*ClusterGatewayPolicies) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ClusterGatewayPolicies) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *ClusterGatewayPolicies) GetReplicas() []*v1.GatewayReplicaPolicies {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
 // The newest sequence of a member cluster's bundle (trust_domain) that
 // another member (cluster) has applied. Not streamed to agents.
 type BundleAck struct {
@@ -1337,7 +1455,7 @@ type BundleAck struct {
 
 func (x *BundleAck) Reset() {
 	*x = BundleAck{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1349,7 +1467,7 @@ func (x *BundleAck) String() string {
 func (*BundleAck) ProtoMessage() {}
 
 func (x *BundleAck) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[22]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1362,7 +1480,7 @@ func (x *BundleAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleAck.ProtoReflect.Descriptor instead.
 func (*BundleAck) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BundleAck) GetCluster() string {
@@ -1417,7 +1535,7 @@ type CmdRequest struct {
 
 func (x *CmdRequest) Reset() {
 	*x = CmdRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1429,7 +1547,7 @@ func (x *CmdRequest) String() string {
 func (*CmdRequest) ProtoMessage() {}
 
 func (x *CmdRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[23]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1442,7 +1560,7 @@ func (x *CmdRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CmdRequest.ProtoReflect.Descriptor instead.
 func (*CmdRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CmdRequest) GetRequestId() string {
@@ -1511,7 +1629,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +1641,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[24]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +1654,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -1630,7 +1748,7 @@ type Tombstone struct {
 
 func (x *Tombstone) Reset() {
 	*x = Tombstone{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +1760,7 @@ func (x *Tombstone) String() string {
 func (*Tombstone) ProtoMessage() {}
 
 func (x *Tombstone) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[25]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +1773,7 @@ func (x *Tombstone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tombstone.ProtoReflect.Descriptor instead.
 func (*Tombstone) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Tombstone) GetTable() string {
@@ -1696,6 +1814,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_BundleAck
 	//	*SnapshotRecord_Connection
 	//	*SnapshotRecord_Request
+	//	*SnapshotRecord_GatewayPolicies
 	Rec           isSnapshotRecord_Rec `protobuf_oneof:"rec"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1703,7 +1822,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +1834,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[26]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +1847,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SnapshotRecord) GetRec() isSnapshotRecord_Rec {
@@ -1846,6 +1965,15 @@ func (x *SnapshotRecord) GetRequest() *RequestRecord {
 	return nil
 }
 
+func (x *SnapshotRecord) GetGatewayPolicies() *ClusterGatewayPolicies {
+	if x != nil {
+		if x, ok := x.Rec.(*SnapshotRecord_GatewayPolicies); ok {
+			return x.GatewayPolicies
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Rec interface {
 	isSnapshotRecord_Rec()
 }
@@ -1898,6 +2026,10 @@ type SnapshotRecord_Request struct {
 	Request *RequestRecord `protobuf:"bytes,12,opt,name=request,proto3,oneof"`
 }
 
+type SnapshotRecord_GatewayPolicies struct {
+	GatewayPolicies *ClusterGatewayPolicies `protobuf:"bytes,13,opt,name=gateway_policies,json=gatewayPolicies,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Header) isSnapshotRecord_Rec() {}
 
 func (*SnapshotRecord_Ca) isSnapshotRecord_Rec() {}
@@ -1922,6 +2054,8 @@ func (*SnapshotRecord_Connection) isSnapshotRecord_Rec() {}
 
 func (*SnapshotRecord_Request) isSnapshotRecord_Rec() {}
 
+func (*SnapshotRecord_GatewayPolicies) isSnapshotRecord_Rec() {}
+
 type SnapshotHeader struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Format         uint32                 `protobuf:"varint,1,opt,name=format,proto3" json:"format,omitempty"`
@@ -1935,7 +2069,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1947,7 +2081,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[27]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1960,7 +2094,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -2004,7 +2138,7 @@ type BundleRecord struct {
 
 func (x *BundleRecord) Reset() {
 	*x = BundleRecord{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[28]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2150,7 @@ func (x *BundleRecord) String() string {
 func (*BundleRecord) ProtoMessage() {}
 
 func (x *BundleRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[28]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2163,7 @@ func (x *BundleRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleRecord.ProtoReflect.Descriptor instead.
 func (*BundleRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *BundleRecord) GetCluster() string {
@@ -2070,7 +2204,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[29]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2216,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[29]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2229,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -2123,7 +2257,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[30]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2135,7 +2269,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[30]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2148,7 +2282,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{30}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -2194,7 +2328,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[31]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2206,7 +2340,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[31]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2219,7 +2353,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{31}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{33}
 }
 
 type ReadIndexResponse struct {
@@ -2231,7 +2365,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[32]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2377,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[32]
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2390,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{32}
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -2358,7 +2492,14 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\rCmdAckBundles\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12?\n" +
 	"\abundles\x18\x02 \x03(\v2%.meshfed.federation.v1.BundleSequenceR\abundles\x12\x15\n" +
-	"\x06now_ms\x18\x03 \x01(\x03R\x05nowMs\"\x86\x01\n" +
+	"\x06now_ms\x18\x03 \x01(\x03R\x05nowMs\"\x96\x01\n" +
+	"\x18CmdReportGatewayPolicies\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12I\n" +
+	"\breplicas\x18\x02 \x03(\v2-.meshfed.federation.v1.GatewayReplicaPoliciesR\breplicas\x12\x15\n" +
+	"\x06now_ms\x18\x03 \x01(\x03R\x05nowMs\"}\n" +
+	"\x16ClusterGatewayPolicies\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12I\n" +
+	"\breplicas\x18\x02 \x03(\v2-.meshfed.federation.v1.GatewayReplicaPoliciesR\breplicas\"\x86\x01\n" +
 	"\tBundleAck\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12'\n" +
@@ -2392,7 +2533,7 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\tTombstone\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"\xec\x05\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xc1\x06\n" +
 	"\x0eSnapshotRecord\x128\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.meshfed.hub.v1.SnapshotHeaderH\x00R\x06header\x12)\n" +
 	"\x02ca\x18\x02 \x01(\v2\x17.meshfed.hub.v1.CAStateH\x00R\x02ca\x12-\n" +
@@ -2411,7 +2552,8 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\n" +
 	"connection\x18\v \x01(\v2!.meshfed.hub.v1.ClusterConnectionH\x00R\n" +
 	"connection\x129\n" +
-	"\arequest\x18\f \x01(\v2\x1d.meshfed.hub.v1.RequestRecordH\x00R\arequestB\x05\n" +
+	"\arequest\x18\f \x01(\v2\x1d.meshfed.hub.v1.RequestRecordH\x00R\arequest\x12S\n" +
+	"\x10gateway_policies\x18\r \x01(\v2&.meshfed.hub.v1.ClusterGatewayPoliciesH\x00R\x0fgatewayPoliciesB\x05\n" +
 	"\x03rec\"\x92\x01\n" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x1a\n" +
@@ -2451,7 +2593,7 @@ func file_meshfed_hub_v1_hub_proto_rawDescGZIP() []byte {
 	return file_meshfed_hub_v1_hub_proto_rawDescData
 }
 
-var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CAState)(nil),                   // 0: meshfed.hub.v1.CAState
 	(*Token)(nil),                     // 1: meshfed.hub.v1.Token
@@ -2475,65 +2617,71 @@ var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CmdPutExternalBundle)(nil),      // 19: meshfed.hub.v1.CmdPutExternalBundle
 	(*CmdRenewAgentCert)(nil),         // 20: meshfed.hub.v1.CmdRenewAgentCert
 	(*CmdAckBundles)(nil),             // 21: meshfed.hub.v1.CmdAckBundles
-	(*BundleAck)(nil),                 // 22: meshfed.hub.v1.BundleAck
-	(*CmdRequest)(nil),                // 23: meshfed.hub.v1.CmdRequest
-	(*RequestRecord)(nil),             // 24: meshfed.hub.v1.RequestRecord
-	(*Tombstone)(nil),                 // 25: meshfed.hub.v1.Tombstone
-	(*SnapshotRecord)(nil),            // 26: meshfed.hub.v1.SnapshotRecord
-	(*SnapshotHeader)(nil),            // 27: meshfed.hub.v1.SnapshotHeader
-	(*BundleRecord)(nil),              // 28: meshfed.hub.v1.BundleRecord
-	(*ApplyRequest)(nil),              // 29: meshfed.hub.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 30: meshfed.hub.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),          // 31: meshfed.hub.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),         // 32: meshfed.hub.v1.ReadIndexResponse
-	(*v1.ClusterRecord)(nil),          // 33: meshfed.federation.v1.ClusterRecord
-	(*v1.TrustBundle)(nil),            // 34: meshfed.federation.v1.TrustBundle
-	(*v1.ExportedService)(nil),        // 35: meshfed.federation.v1.ExportedService
-	(*v1.TrafficPolicy)(nil),          // 36: meshfed.federation.v1.TrafficPolicy
-	(*v1.Locality)(nil),               // 37: meshfed.federation.v1.Locality
-	(*v1.FederationRelationship)(nil), // 38: meshfed.federation.v1.FederationRelationship
-	(*v1.BundleSequence)(nil),         // 39: meshfed.federation.v1.BundleSequence
-	(v1.PolicyAction)(0),              // 40: meshfed.federation.v1.PolicyAction
-	(*v1.ExportRecord)(nil),           // 41: meshfed.federation.v1.ExportRecord
+	(*CmdReportGatewayPolicies)(nil),  // 22: meshfed.hub.v1.CmdReportGatewayPolicies
+	(*ClusterGatewayPolicies)(nil),    // 23: meshfed.hub.v1.ClusterGatewayPolicies
+	(*BundleAck)(nil),                 // 24: meshfed.hub.v1.BundleAck
+	(*CmdRequest)(nil),                // 25: meshfed.hub.v1.CmdRequest
+	(*RequestRecord)(nil),             // 26: meshfed.hub.v1.RequestRecord
+	(*Tombstone)(nil),                 // 27: meshfed.hub.v1.Tombstone
+	(*SnapshotRecord)(nil),            // 28: meshfed.hub.v1.SnapshotRecord
+	(*SnapshotHeader)(nil),            // 29: meshfed.hub.v1.SnapshotHeader
+	(*BundleRecord)(nil),              // 30: meshfed.hub.v1.BundleRecord
+	(*ApplyRequest)(nil),              // 31: meshfed.hub.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 32: meshfed.hub.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),          // 33: meshfed.hub.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),         // 34: meshfed.hub.v1.ReadIndexResponse
+	(*v1.ClusterRecord)(nil),          // 35: meshfed.federation.v1.ClusterRecord
+	(*v1.TrustBundle)(nil),            // 36: meshfed.federation.v1.TrustBundle
+	(*v1.ExportedService)(nil),        // 37: meshfed.federation.v1.ExportedService
+	(*v1.TrafficPolicy)(nil),          // 38: meshfed.federation.v1.TrafficPolicy
+	(*v1.Locality)(nil),               // 39: meshfed.federation.v1.Locality
+	(*v1.FederationRelationship)(nil), // 40: meshfed.federation.v1.FederationRelationship
+	(*v1.BundleSequence)(nil),         // 41: meshfed.federation.v1.BundleSequence
+	(*v1.GatewayReplicaPolicies)(nil), // 42: meshfed.federation.v1.GatewayReplicaPolicies
+	(v1.PolicyAction)(0),              // 43: meshfed.federation.v1.PolicyAction
+	(*v1.ExportRecord)(nil),           // 44: meshfed.federation.v1.ExportRecord
 }
 var file_meshfed_hub_v1_hub_proto_depIdxs = []int32{
 	0,  // 0: meshfed.hub.v1.CmdSetCA.ca:type_name -> meshfed.hub.v1.CAState
 	1,  // 1: meshfed.hub.v1.CmdCreateToken.token:type_name -> meshfed.hub.v1.Token
-	33, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	34, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	35, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
-	34, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	36, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	36, // 7: meshfed.hub.v1.CmdApplyPolicies.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	37, // 8: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
-	38, // 9: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	34, // 10: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	39, // 11: meshfed.hub.v1.CmdAckBundles.bundles:type_name -> meshfed.federation.v1.BundleSequence
-	1,  // 12: meshfed.hub.v1.RequestRecord.token:type_name -> meshfed.hub.v1.Token
-	40, // 13: meshfed.hub.v1.RequestRecord.policy_actions:type_name -> meshfed.federation.v1.PolicyAction
-	27, // 14: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
-	0,  // 15: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
-	1,  // 16: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
-	33, // 17: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	41, // 18: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
-	28, // 19: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
-	36, // 20: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	25, // 21: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
-	38, // 22: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	22, // 23: meshfed.hub.v1.SnapshotRecord.bundle_ack:type_name -> meshfed.hub.v1.BundleAck
-	15, // 24: meshfed.hub.v1.SnapshotRecord.connection:type_name -> meshfed.hub.v1.ClusterConnection
-	24, // 25: meshfed.hub.v1.SnapshotRecord.request:type_name -> meshfed.hub.v1.RequestRecord
-	34, // 26: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	24, // 27: meshfed.hub.v1.ApplyResponse.request:type_name -> meshfed.hub.v1.RequestRecord
-	29, // 28: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
-	31, // 29: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
-	30, // 30: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
-	32, // 31: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
-	30, // [30:32] is the sub-list for method output_type
-	28, // [28:30] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	35, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	36, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	37, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
+	36, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	38, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	38, // 7: meshfed.hub.v1.CmdApplyPolicies.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	39, // 8: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
+	40, // 9: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	36, // 10: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	41, // 11: meshfed.hub.v1.CmdAckBundles.bundles:type_name -> meshfed.federation.v1.BundleSequence
+	42, // 12: meshfed.hub.v1.CmdReportGatewayPolicies.replicas:type_name -> meshfed.federation.v1.GatewayReplicaPolicies
+	42, // 13: meshfed.hub.v1.ClusterGatewayPolicies.replicas:type_name -> meshfed.federation.v1.GatewayReplicaPolicies
+	1,  // 14: meshfed.hub.v1.RequestRecord.token:type_name -> meshfed.hub.v1.Token
+	43, // 15: meshfed.hub.v1.RequestRecord.policy_actions:type_name -> meshfed.federation.v1.PolicyAction
+	29, // 16: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
+	0,  // 17: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
+	1,  // 18: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
+	35, // 19: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	44, // 20: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
+	30, // 21: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
+	38, // 22: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	27, // 23: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
+	40, // 24: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	24, // 25: meshfed.hub.v1.SnapshotRecord.bundle_ack:type_name -> meshfed.hub.v1.BundleAck
+	15, // 26: meshfed.hub.v1.SnapshotRecord.connection:type_name -> meshfed.hub.v1.ClusterConnection
+	26, // 27: meshfed.hub.v1.SnapshotRecord.request:type_name -> meshfed.hub.v1.RequestRecord
+	23, // 28: meshfed.hub.v1.SnapshotRecord.gateway_policies:type_name -> meshfed.hub.v1.ClusterGatewayPolicies
+	36, // 29: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	26, // 30: meshfed.hub.v1.ApplyResponse.request:type_name -> meshfed.hub.v1.RequestRecord
+	31, // 31: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
+	33, // 32: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
+	32, // 33: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
+	34, // 34: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
+	33, // [33:35] is the sub-list for method output_type
+	31, // [31:33] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_hub_v1_hub_proto_init() }
@@ -2541,7 +2689,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 	if File_meshfed_hub_v1_hub_proto != nil {
 		return
 	}
-	file_meshfed_hub_v1_hub_proto_msgTypes[26].OneofWrappers = []any{
+	file_meshfed_hub_v1_hub_proto_msgTypes[28].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Ca)(nil),
 		(*SnapshotRecord_Token)(nil),
@@ -2554,6 +2702,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 		(*SnapshotRecord_BundleAck)(nil),
 		(*SnapshotRecord_Connection)(nil),
 		(*SnapshotRecord_Request)(nil),
+		(*SnapshotRecord_GatewayPolicies)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2561,7 +2710,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_hub_v1_hub_proto_rawDesc), len(file_meshfed_hub_v1_hub_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
