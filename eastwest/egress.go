@@ -602,8 +602,8 @@ func (f *failoverTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	targets := r.routeTargets(dests, pick, f.k.port.Name, g, start, randFloat)
 	if rp != nil && len(targets) > 0 {
 		// The retries may revisit the targets, best first.
-		for len(targets) < maxRetries+1 {
-			targets = append(targets, targets[len(targets)%len(targets)])
+		for i := 0; len(targets) < maxRetries+1; i++ {
+			targets = append(targets, targets[i])
 		}
 	}
 	var lastErr error
