@@ -14,14 +14,17 @@ import (
 
 // The traffic policies the gateway replicas hold reach the hub from here
 // (`meshfed policy status`): each replica's Report carries them, the
-// gatewayHub keeps them per stream, and the leader's hub session forwards
-// the set of its replicas (GatewayPolicies) when it changes — debounced
-// by Config.Debounce, once per change, not per Report — and restates it
-// unchanged every GatewayPolicyRefresh, so that the hub keeps replicas
-// that still hold what they held (it drops a replica fifteen minutes after
-// its last report: fsm.GatewayPolicyRetention). A standby forwards
-// nothing: its stream is read-only (leader.go), so replicas connected to a
-// standby replica of the agent are not reported.
+// gatewayHub keeps them per stream, and each agent replica's hub session
+// forwards the set of the gateway replicas connected to it
+// (GatewayPolicies) when it changes — debounced by Config.Debounce, once
+// per change, not per Report — and restates it unchanged every
+// GatewayPolicyRefresh, so that the hub keeps replicas that still hold what
+// they held (it drops a replica fifteen minutes after its last report:
+// fsm.GatewayPolicyRetention). A standby forwards too, on its read-only
+// stream: gateways reach any agent replica through the Service, and the
+// hub merges the reports by gateway replica. It is an observation, not a
+// write to the cluster's state, so it does not break the rule that only
+// the leader publishes.
 
 // GatewayPolicyRefresh is how often the leader restates its replicas'
 // policy statuses to the hub when nothing changed.

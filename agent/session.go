@@ -290,15 +290,16 @@ func (s *syncSession) run(ctx context.Context) error {
 	var asm deltaAssembler
 	synced, acked := false, false
 	var debounce, retry <-chan time.Time
-	// The gateways' policy statuses (gatewaypolicies.go): forwarded by the
-	// leader once synced, a change debounced, restated every
+	// The gateways' policy statuses (gatewaypolicies.go): forwarded by
+	// every replica, leader or standby, for the gateways connected to it,
+	// once synced, a change debounced, restated every
 	// GatewayPolicyRefresh.
 	var fwd policyForwarder
 	var polDebounce <-chan time.Time
 	polRefresh := time.NewTimer(GatewayPolicyRefresh)
 	defer polRefresh.Stop()
 	forwardPolicies := func() error {
-		if !publishing || !synced {
+		if !synced {
 			return nil
 		}
 		now := time.Now()
