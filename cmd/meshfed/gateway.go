@@ -58,7 +58,7 @@ down. On SIGTERM it stops accepting, lets in-flight work finish for at most
 	fl.StringVar(&f.agent, "agent", "127.0.0.1:7481", "host:port of the agent's gateway API")
 	fl.StringVar(&f.bootstrap, "bootstrap", "", "the bootstrap document the agent wrote (gateway-bootstrap.json, or the mounted Secret meshfed-gateway-bootstrap)")
 	fl.StringVar(&f.dataDir, "data-dir", "", "directory for the cached SVID and config (static stability)")
-	fl.StringVar(&f.cfg.Instance, "instance", hostnameOr("gateway"), "this replica's name (default: the host name)")
+	fl.StringVar(&f.cfg.Instance, "instance", "", "this replica's name (default: the host name)")
 	fl.StringVar(&f.cfg.Ingress, "ingress", "", "UDP host:port of the QUIC ingress (default: the agent's ingress spec)")
 	fl.StringVar(&f.egressBind, "egress-bind", "0.0.0.0", "IP address the egress listeners bind")
 	fl.StringVar(&f.metrics, "metrics", "127.0.0.1:7490", `host:port of /metrics, /healthz and /readyz ("" turns it off)`)
@@ -90,6 +90,9 @@ func hostnameOr(def string) string {
 func (f *gatewayFlags) build(cmd *cobra.Command) (eastwest.Config, gatewayclient.Config, error) {
 	var errs []error
 	cfg := f.cfg
+	if cfg.Instance == "" {
+		cfg.Instance = hostnameOr("gateway")
+	}
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: f.level.Level}))
 	cfg.Log = log.With("instance", cfg.Instance)
 	if f.accessLog {
