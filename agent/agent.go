@@ -44,6 +44,7 @@ type Agent struct {
 	dns       *mcsdns.Server  // nil without Config.DNSAddr
 	dnsKick   chan struct{}
 	csIPs     *clusterSetIPTable // file source with Config.ClusterSetIPs
+	workloads *workloadTable     // the cluster's pods by IP, for the gateways (workloads.go)
 	td        spiffeid.TrustDomain
 	storedLoc federation.Locality // the locality stored at join; set by Run before any goroutine
 	role      *role               // whether this replica writes (leader.go)
@@ -79,6 +80,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: log.With("cluster", cfg.Cluster.String()), sourceBox: newMailbox[catalog](),
 		pubBox: newMailbox[map[string]*fedv1.ExportedService](), viewBox: newMailbox[*view](), gwKick: make(chan struct{}, 1), gw: newGatewayHub()}
 	a.egress = newEgressTable(cfg.EgressPortMin, cfg.EgressPortMax, a.kickGateways)
+	a.workloads = newWorkloadTable(a.kickGateways, a.log)
 	a.role = newRole(cfg.LeaderElection.enabled())
 	a.st.Store(&agentStatus{})
 	a.initMetrics()
@@ -320,6 +322,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return src.Run(ctx, func(c catalog) { a.sourceBox.put(c) })
 	})
 	goRun("catalog", a.runCatalog)
+	if kubeCS != nil {
+		goRun("pod workloads", func(ctx context.Context) error { return watchPodWorkloads(ctx, kubeCS, a.workloads) })
+	}
 	// leaderOnly runs fn once this replica leads (at once without
 	// election).
 	leaderOnly := func(name string, fn func(context.Context) error) {
@@ -453,6 +458,9 @@ func (a *Agent) runCatalog(ctx context.Context) error {
 		}
 		a.log.Debug("catalog", "exports", len(c.exports))
 		a.update(func(s *agentStatus) { s.desired, s.local = c.exports, c.local })
+		if c.workloads != nil {
+			a.workloads.replace(c.workloads)
+		}
 		a.mExports.Set(float64(len(c.exports)))
 		a.pubBox.put(c.exports)
 		a.kickGateways()
@@ -495,6 +503,7 @@ func (a *Agent) runGatewayConfig(ctx context.Context, root *trust.RootAuthority,
 		}
 		hub.Revision = snap.revision
 		cfg := buildGatewayConfig(a.gatewaySelf(snap), snap, local, a.egress.snapshot(), own, hub)
+		cfg.workloads = a.workloads.snapshot()
 		if a.csIPs != nil {
 			cfg.setClusterSetIPs(a.csIPs.clusterSetIPs())
 		}

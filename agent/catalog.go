@@ -15,6 +15,9 @@ import (
 type catalog struct {
 	exports map[string]*fedv1.ExportedService
 	local   map[string]*gatewayv1.LocalService
+	// workloads, by address, when the source lists them (the file
+	// source); nil when another watcher provides them (kubernetes).
+	workloads map[string]*gatewayv1.Workload
 }
 
 func newCatalog() catalog {
@@ -30,6 +33,7 @@ func (c catalog) clone() catalog {
 	for k, v := range c.local {
 		out.local[k] = v
 	}
+	out.workloads = c.workloads // replaced whole, never modified
 	return out
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -23,6 +24,17 @@ import (
 // FileCatalog is the file source's YAML document. See the package doc.
 type FileCatalog struct {
 	Services []FileService `json:"services"`
+	// Workloads name who calls from which address, for policies that
+	// authorize by service account (pods, under the kubernetes source).
+	Workloads []FileWorkload `json:"workloads,omitempty"`
+}
+
+// FileWorkload is one caller of a FileCatalog: the address its
+// connections come from and the service account it runs as.
+type FileWorkload struct {
+	Address        string `json:"address"`
+	Namespace      string `json:"namespace"`
+	ServiceAccount string `json:"serviceAccount"`
 }
 
 // FileService is one local service of a FileCatalog.
@@ -80,6 +92,21 @@ func ParseFileCatalog(b []byte) (*FileCatalog, error) {
 }
 
 func (c *FileCatalog) validate() error {
+	if len(c.Workloads) > gatewayv1.MaxWorkloads {
+		return &federation.FieldError{Field: "workloads", Value: strconv.Itoa(len(c.Workloads)), Reason: fmt.Sprintf("workloads, at most %d", gatewayv1.MaxWorkloads)}
+	}
+	addrs := map[string]int{}
+	for i, w := range c.Workloads {
+		f := fmt.Sprintf("workloads[%d]", i)
+		m := w.message()
+		if err := gatewayv1.ValidateWorkload(f, m); err != nil {
+			return err
+		}
+		if j, dup := addrs[m.GetAddress()]; dup {
+			return &federation.FieldError{Field: f + ".address", Value: w.Address, Reason: fmt.Sprintf("duplicates workloads[%d]", j)}
+		}
+		addrs[m.GetAddress()] = i
+	}
 	if len(c.Services) > MaxFileServices {
 		return &federation.FieldError{Field: "services", Value: strconv.Itoa(len(c.Services)), Reason: fmt.Sprintf("services, at most %d", MaxFileServices)}
 	}
@@ -182,8 +209,22 @@ func (s FileService) local() *gatewayv1.LocalService {
 
 // catalog is the set the agent publishes, services with export: true, and
 // their endpoints.
+// message is w as the gateways get it (the address in its canonical form).
+func (w FileWorkload) message() *gatewayv1.Workload {
+	addr := w.Address
+	if a, err := netip.ParseAddr(addr); err == nil {
+		addr = a.Unmap().String()
+	}
+	return &gatewayv1.Workload{Address: addr, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
+}
+
 func (c *FileCatalog) catalog() catalog {
 	out := newCatalog()
+	out.workloads = make(map[string]*gatewayv1.Workload, len(c.Workloads))
+	for _, w := range c.Workloads {
+		m := w.message()
+		out.workloads[m.GetAddress()] = m
+	}
 	for _, s := range c.Services {
 		if s.Export {
 			out.exports[s.Namespace+"/"+s.Name] = s.exported()

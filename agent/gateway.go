@@ -42,6 +42,8 @@ const (
 	// with a name and a reason of policy.MaxStatusErrorBytes) fits.
 	maxGatewayRecvBytes  = 2 << 20
 	maxGatewayDeltaItems = 512 // upserts per message; bigger changes are split
+	// maxGatewayDeltaRemovals: workload addresses removed per message.
+	maxGatewayDeltaRemovals = 8192
 )
 
 // gatewayConfig is the complete config the gateways get, keyed like the
@@ -52,14 +54,16 @@ type gatewayConfig struct {
 	clusters map[string]*gatewayv1.RemoteCluster
 	policies map[string]*fedv1.TrafficPolicy
 	bundles  map[string]*fedv1.TrustBundle
-	hub      *gatewayv1.HubState
-	self     *gatewayv1.Self
+	// workloads are this cluster's pods by IP (workloads.go).
+	workloads map[string]*gatewayv1.Workload
+	hub       *gatewayv1.HubState
+	self      *gatewayv1.Self
 }
 
 func emptyGatewayConfig() *gatewayConfig {
 	return &gatewayConfig{imports: map[string]*gatewayv1.Import{}, local: map[string]*gatewayv1.LocalService{},
 		clusters: map[string]*gatewayv1.RemoteCluster{}, policies: map[string]*fedv1.TrafficPolicy{},
-		bundles: map[string]*fedv1.TrustBundle{}, hub: &gatewayv1.HubState{}}
+		bundles: map[string]*fedv1.TrustBundle{}, workloads: map[string]*gatewayv1.Workload{}, hub: &gatewayv1.HubState{}}
 }
 
 // buildGatewayConfig computes the gateway config from the hub view, the
@@ -126,6 +130,7 @@ func (c *gatewayConfig) reuse(prev *gatewayConfig) {
 	reuseEqual(c.clusters, prev.clusters)
 	reuseEqual(c.policies, prev.policies)
 	reuseEqual(c.bundles, prev.bundles)
+	reuseEqual(c.workloads, prev.workloads)
 	if proto.Equal(c.hub, prev.hub) {
 		c.hub = prev.hub
 	}
@@ -178,12 +183,14 @@ func diffGatewayConfig(last, cur *gatewayConfig) (*gatewayv1.StreamResponse, boo
 	diffMap(last.clusters, cur.clusters, &d.Clusters, &d.RemovedClusters)
 	diffMap(last.policies, cur.policies, &d.Policies, &d.RemovedPolicies)
 	diffMap(last.bundles, cur.bundles, &d.Bundles, &d.RemovedBundles)
+	diffMap(last.workloads, cur.workloads, &d.Workloads, &d.RemovedWorkloads)
 	if d.Snapshot || !sameMessage(last.self, cur.self) {
 		d.Self = cur.self
 	}
 	changed := d.Snapshot || !proto.Equal(last.hub, cur.hub) || d.Self != nil ||
 		len(d.Imports)+len(d.RemovedImports)+len(d.LocalServices)+len(d.RemovedLocalServices)+len(d.Clusters)+
-			len(d.RemovedClusters)+len(d.Policies)+len(d.RemovedPolicies)+len(d.Bundles)+len(d.RemovedBundles) > 0
+			len(d.RemovedClusters)+len(d.Policies)+len(d.RemovedPolicies)+len(d.Bundles)+len(d.RemovedBundles)+
+			len(d.Workloads)+len(d.RemovedWorkloads) > 0
 	return d, changed
 }
 
@@ -192,11 +199,11 @@ func diffGatewayConfig(last, cur *gatewayConfig) (*gatewayv1.StreamResponse, boo
 // snapshot flag ride in the first; every part carries the hub state; all
 // but the last have more=true, and the gateway applies them together.
 func splitDelta(d *gatewayv1.StreamResponse) []*gatewayv1.StreamResponse {
-	n := len(d.Imports) + len(d.LocalServices) + len(d.Clusters) + len(d.Policies) + len(d.Bundles)
-	if n <= maxGatewayDeltaItems {
+	n := len(d.Imports) + len(d.LocalServices) + len(d.Clusters) + len(d.Policies) + len(d.Bundles) + len(d.Workloads)
+	if n <= maxGatewayDeltaItems && len(d.RemovedWorkloads) <= maxGatewayDeltaRemovals {
 		return []*gatewayv1.StreamResponse{d}
 	}
-	first := &gatewayv1.StreamResponse{Snapshot: d.Snapshot, Hub: d.Hub, RemovedImports: d.RemovedImports, RemovedLocalServices: d.RemovedLocalServices,
+	first := &gatewayv1.StreamResponse{Snapshot: d.Snapshot, Hub: d.Hub, Self: d.Self, RemovedImports: d.RemovedImports, RemovedLocalServices: d.RemovedLocalServices,
 		RemovedClusters: d.RemovedClusters, RemovedPolicies: d.RemovedPolicies, RemovedBundles: d.RemovedBundles}
 	out := []*gatewayv1.StreamResponse{first}
 	cur, room := first, maxGatewayDeltaItems
@@ -229,6 +236,18 @@ func splitDelta(d *gatewayv1.StreamResponse) []*gatewayv1.StreamResponse {
 	for _, x := range d.Imports {
 		m := take()
 		m.Imports = append(m.Imports, x)
+	}
+	for _, x := range d.Workloads {
+		m := take()
+		m.Workloads = append(m.Workloads, x)
+	}
+	// Workload removals (pod churn) can be many: at most
+	// maxGatewayDeltaRemovals per message, after the upserts.
+	for rest := d.RemovedWorkloads; len(rest) > 0; {
+		k := min(len(rest), maxGatewayDeltaRemovals)
+		cur = &gatewayv1.StreamResponse{Hub: d.Hub, RemovedWorkloads: rest[:k]}
+		out = append(out, cur)
+		rest = rest[k:]
 	}
 	for _, m := range out[:len(out)-1] {
 		m.More = true

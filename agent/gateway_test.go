@@ -94,3 +94,44 @@ func TestGatewayConfigReuse(t *testing.T) {
 		t.Errorf("delta %v, want only svc-0001", d.GetImports())
 	}
 }
+
+// Workloads ride the gateway config like the rest: upserts counted in the
+// split, removals cut into messages of maxGatewayDeltaRemovals, the self
+// in the first part of a split snapshot.
+func TestWorkloadsInTheGatewayConfig(t *testing.T) {
+	cur := emptyGatewayConfig()
+	cur.self = &gatewayv1.Self{Cluster: "east"}
+	for i := range 1000 {
+		a := fmt.Sprintf("10.0.%d.%d", i/250, i%250)
+		cur.workloads[a] = &gatewayv1.Workload{Address: a, Namespace: "shop", ServiceAccount: "checkout"}
+	}
+	d, changed := diffGatewayConfig(nil, cur)
+	if !changed || len(d.GetWorkloads()) != 1000 {
+		t.Fatalf("snapshot: changed %v, %d workloads", changed, len(d.GetWorkloads()))
+	}
+	parts := splitDelta(d)
+	n := 0
+	for i, p := range parts {
+		n += len(p.GetWorkloads())
+		if up := len(p.GetWorkloads()) + len(p.GetImports()); up > maxGatewayDeltaItems {
+			t.Errorf("part %d: %d upserts", i, up)
+		}
+		if p.GetMore() != (i < len(parts)-1) {
+			t.Errorf("part %d: more=%v", i, p.GetMore())
+		}
+	}
+	if n != 1000 || parts[0].GetSelf().GetCluster() != "east" || !parts[0].GetSnapshot() {
+		t.Fatalf("%d workloads in %d parts; first part self %v snapshot %v", n, len(parts), parts[0].GetSelf(), parts[0].GetSnapshot())
+	}
+	// Removing many: removals in bounded messages.
+	next := emptyGatewayConfig()
+	next.self = cur.self
+	big := &gatewayv1.StreamResponse{RemovedWorkloads: make([]string, 2*maxGatewayDeltaRemovals+1)}
+	if parts := splitDelta(big); len(parts) != 4 || len(parts[1].GetRemovedWorkloads()) != maxGatewayDeltaRemovals || len(parts[3].GetRemovedWorkloads()) != 1 {
+		t.Fatalf("%d parts for %d removals", len(parts), len(big.GetRemovedWorkloads()))
+	}
+	d, _ = diffGatewayConfig(cur, next)
+	if len(d.GetRemovedWorkloads()) != 1000 {
+		t.Fatalf("%d removals, want 1000", len(d.GetRemovedWorkloads()))
+	}
+}

@@ -212,7 +212,7 @@ func (e *egressSet) handleTCP(ctx context.Context, c net.Conn, k egressKey) {
 	g := e.g
 	svc := k.service.String()
 	start := time.Now()
-	up, t, release, err := g.connect(ctx, k)
+	up, t, release, err := g.connect(ctx, k, g.table.Load().identityOf(c.RemoteAddr()))
 	if err != nil {
 		result := "unavailable"
 		if errors.Is(err, errOverflow) {
@@ -258,7 +258,7 @@ func (t target) label() string {
 // by weight, then the route's others), failing over to the next while
 // nothing has reached the client. It returns the connection, where it
 // goes, and the release of the policy's connection slot it holds.
-func (g *Gateway) connect(ctx context.Context, k egressKey) (duplex, target, func(), error) {
+func (g *Gateway) connect(ctx context.Context, k egressKey, identity string) (duplex, target, func(), error) {
 	t := g.table.Load()
 	r := t.routes[k.service]
 	if r == nil {
@@ -280,7 +280,7 @@ func (g *Gateway) connect(ctx context.Context, k egressKey) (duplex, target, fun
 		return nil, target{}, nil, err
 	}
 	var errs []error
-	for _, tg := range r.routeTargets(dests, pick, k.port.Name, g, time.Now(), randFloat) {
+	for _, tg := range withIdentity(r.routeTargets(dests, pick, k.port.Name, g, time.Now(), randFloat), identity) {
 		c, err := g.dialTarget(ctx, tg, k)
 		if err == nil {
 			if r.pol != nil && !tg.local {
@@ -347,7 +347,7 @@ func (g *Gateway) dialTarget(ctx context.Context, tg target, k egressKey) (duple
 		if r == nil || r.local == nil {
 			return nil, fmt.Errorf("eastwest: %s is no longer served here", k.service)
 		}
-		if err := g.authorizeLocal(g.table.Load(), r.pol); err != nil {
+		if err := g.authorizeLocal(g.table.Load(), r.pol, tg.identity); err != nil {
 			return nil, err
 		}
 		c, _, err := g.dialEndpoint(ctx, readyLocal(r.local, k.port.Name, subsetLabels(tg.subset)))
@@ -361,7 +361,7 @@ func (g *Gateway) dialTarget(ctx context.Context, tg target, k egressKey) (duple
 		return nil, errNoGateway
 	}
 	hdr, err := AppendHeader(nil, &Header{Kind: KindConnect, Service: k.service.String(), Port: k.port.Port,
-		Source: g.table.Load().state.Self.Cluster.String(), Subset: subsetLabels(tg.subset)})
+		Source: g.table.Load().state.Self.Cluster.String(), Subset: subsetLabels(tg.subset), Identity: tg.identity})
 	if err != nil {
 		return nil, err
 	}
@@ -599,7 +599,11 @@ func (f *failoverTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		}
 	}
 	retries := 0
-	targets := r.routeTargets(dests, pick, f.k.port.Name, g, start, randFloat)
+	var identity string
+	if a, err := net.ResolveTCPAddr("tcp", req.RemoteAddr); err == nil {
+		identity = t.identityOf(a)
+	}
+	targets := withIdentity(r.routeTargets(dests, pick, f.k.port.Name, g, start, randFloat), identity)
 	if rp != nil && len(targets) > 0 {
 		// The retries may revisit the targets, best first.
 		for i := 0; len(targets) < maxRetries+1; i++ {

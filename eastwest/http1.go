@@ -412,7 +412,7 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 		maxRetries = rp.Attempts()
 	}
 	pool := state.poolLimits()
-	targets := r.routeTargets(dests, pick, k.port.Name, g, start, randFloat)
+	targets := withIdentity(r.routeTargets(dests, pick, k.port.Name, g, start, randFloat), g.table.Load().identityOf(client.RemoteAddr()))
 	retries, pos := 0, 0
 	// retryDone gives back the pool's retry budget the retry in flight
 	// holds (policy connectionPool.http.maxRetries).

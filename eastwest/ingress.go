@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshfed/meshfed/federation"
@@ -138,9 +139,12 @@ func (g *Gateway) handleStream(ctx context.Context, qc *quic.Conn, src federatio
 		refuse(s, CodeUnknownService, fmt.Sprintf("%s has no port %d", h.Service, h.Port))
 		return
 	}
-	who := policy.Source{Cluster: src, ServiceAccount: serviceAccountOf(h.Identity)}
+	who := policy.Source{Cluster: src}
 	if rc := t.state.Clusters[src]; rc != nil {
 		who.TrustDomain = rc.TrustDomain
+		// The caller's gateway names its workload; it may name only
+		// workloads of its own trust domain.
+		who.ServiceAccount = serviceAccountOf(h.Identity, rc.TrustDomain)
 	}
 	if pol := t.policyOf(key); pol != nil {
 		if ok, why := pol.c.Authorize(who); !ok {
@@ -223,14 +227,15 @@ func (g *Gateway) dialEndpoint(ctx context.Context, eps []netip.AddrPort) (net.C
 }
 
 // serviceAccountOf returns "namespace/name" of a workload SPIFFE ID of the
-// Kubernetes form (spiffe://<td>/ns/<namespace>/sa/<name>), "" otherwise.
-func serviceAccountOf(id string) string {
+// Kubernetes form in trust domain td (spiffe://<td>/ns/<namespace>/sa/<name>),
+// "" otherwise (another trust domain included).
+func serviceAccountOf(id string, td spiffeid.TrustDomain) string {
 	rest, ok := strings.CutPrefix(id, "spiffe://")
-	if !ok {
+	if !ok || td.IsZero() {
 		return ""
 	}
-	_, path, ok := strings.Cut(rest, "/")
-	if !ok {
+	domain, path, ok := strings.Cut(rest, "/")
+	if !ok || domain != td.Name() {
 		return ""
 	}
 	parts := strings.Split(path, "/")

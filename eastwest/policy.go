@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -354,13 +356,14 @@ func subsetLabels(s string) map[string]string {
 
 // authorizeLocal checks the policy's authorization for a request this
 // gateway sends to its own cluster's endpoints: the caller is this
-// cluster.
-func (g *Gateway) authorizeLocal(t *table, sp *servicePolicy) error {
+// cluster, and the workload of identity when known.
+func (g *Gateway) authorizeLocal(t *table, sp *servicePolicy, identity string) error {
 	if sp == nil {
 		return nil
 	}
 	self := t.state.Self
-	if ok, why := sp.c.Authorize(policy.Source{Cluster: self.Cluster, TrustDomain: self.TrustDomain}); !ok {
+	if ok, why := sp.c.Authorize(policy.Source{Cluster: self.Cluster, TrustDomain: self.TrustDomain,
+		ServiceAccount: serviceAccountOf(identity, self.TrustDomain)}); !ok {
 		return Status{Code: CodeForbidden, Message: why}
 	}
 	return nil
@@ -388,4 +391,33 @@ func (s *serviceState) poolLimits() policy.PoolLimits {
 		return policy.PoolLimits{}
 	}
 	return s.pool
+}
+
+// identityOf is the SPIFFE ID of the workload at addr (a client of an
+// egress port), "" when the agent names no workload there.
+func (t *table) identityOf(addr net.Addr) string {
+	ta, ok := addr.(*net.TCPAddr)
+	if !ok || len(t.state.Workloads) == 0 {
+		return ""
+	}
+	ip, ok := netip.AddrFromSlice(ta.IP)
+	if !ok {
+		return ""
+	}
+	w, ok := t.state.Workloads[ip.Unmap()]
+	if !ok || t.state.Self.TrustDomain.IsZero() {
+		return ""
+	}
+	return w.SPIFFEID(t.state.Self.TrustDomain)
+}
+
+// withIdentity sets the calling workload's identity on every target.
+func withIdentity(ts []target, identity string) []target {
+	if identity == "" {
+		return ts
+	}
+	for i := range ts {
+		ts[i].identity = identity
+	}
+	return ts
 }

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/meshfed/meshfed/federation"
 	"github.com/meshfed/meshfed/federation/policy"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
@@ -622,5 +624,57 @@ func TestPolicyOverH2C(t *testing.T) {
 	r.apply(deny)
 	if code, body, _ := get("/api/items"); code != http.StatusForbidden {
 		t.Fatalf("denied over h2c: %d %q, want 403", code, body)
+	}
+}
+
+// Authorization by service account: east's gateway names the calling
+// workload (found by its address in the agent's workloads) to west, which
+// decides by it.
+func TestPolicyAuthorizationByServiceAccount(t *testing.T) {
+	r := startPolicyRig(t, plainExporter("west", "us-west", "us-west-1a"))
+	allow := trafficPolicy(t, `{"apiVersion":"meshfed.io/v1alpha1","kind":"GlobalTrafficPolicy","metadata":{"name":"web"},
+		"spec":{"host":"web.default","authorization":{"denyByDefault":true,"allow":[{"serviceAccounts":["shop/checkout"]}]}}}`, 2)
+	caller := func(sa string) {
+		st := r.states["east"](allow)
+		st.Workloads = map[netip.Addr]gatewayclient.Workload{netip.MustParseAddr("127.0.0.1"): {Namespace: "shop", ServiceAccount: sa}}
+		st.Revision = r.eastGW.g.lastApplied.Load() + 1
+		r.eastGW.src.set(st)
+		waitFor(t, 5*time.Second, func() error {
+			if r.eastGW.g.lastApplied.Load() < st.Revision {
+				return fmt.Errorf("east has not applied revision %d", st.Revision)
+			}
+			return nil
+		})
+	}
+	r.apply(allow)
+	// Unknown caller (no workloads): a rule naming service accounts does
+	// not match it.
+	if code, body, _ := r.get("/", nil); code != http.StatusForbidden {
+		t.Fatalf("unknown workload: %d %q, want 403", code, body)
+	}
+	caller("checkout")
+	if code, body, _ := r.get("/", nil); code != http.StatusOK {
+		t.Fatalf("shop/checkout: %d %q, want 200", code, body)
+	}
+	caller("cart")
+	if code, body, _ := r.get("/", nil); code != http.StatusForbidden || !strings.Contains(body, "denied") {
+		t.Fatalf("shop/cart: %d %q, want 403", code, body)
+	}
+}
+
+func TestServiceAccountOfTakesOnlyThePeersTrustDomain(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("east.meshfed.local")
+	for id, want := range map[string]string{
+		"spiffe://east.meshfed.local/ns/shop/sa/checkout": "shop/checkout",
+		"spiffe://west.meshfed.local/ns/shop/sa/checkout": "", // another cluster's workload
+		"spiffe://east.meshfed.local/ns/shop/sa/":         "",
+		"spiffe://east.meshfed.local/ns/shop/checkout":    "",
+		"spiffe://east.meshfed.local/ns/shop/sa/x/extra":  "",
+		"": "",
+		"https://east.meshfed.local/ns/shop/sa/checkout": "",
+	} {
+		if got := serviceAccountOf(id, td); got != want {
+			t.Errorf("serviceAccountOf(%q) = %q, want %q", id, got, want)
+		}
 	}
 }

@@ -78,11 +78,14 @@ type routeCluster struct {
 
 // target is one place a request can go: this cluster's endpoints, or a
 // remote cluster's gateways; subset restricts the endpoints (encoded
-// labels, "" for all).
+// labels, "" for all); identity is the calling workload's SPIFFE ID ("" when
+// unknown), named to the receiving gateway. Upstream connections are pooled
+// per target, so never shared between workloads.
 type target struct {
-	local   bool
-	cluster federation.ClusterName
-	subset  string
+	local    bool
+	cluster  federation.ClusterName
+	subset   string
+	identity string
 }
 
 func tierOf(self, other federation.Locality) int {

@@ -33,12 +33,26 @@ type State struct {
 	// as the agent sent them.
 	Policies map[string]*fedv1.TrafficPolicy
 	Bundles  map[string]*fedv1.TrustBundle
+	// Workloads are this cluster's pods by address: who a connection to an
+	// egress port comes from.
+	Workloads map[netip.Addr]Workload
 
 	// Cached is true when this state was loaded from the gateway's disk
 	// cache and no stream has replaced it yet.
 	Cached bool
 
 	raw *rawState // the messages, for the next delta and the disk cache
+}
+
+// Workload is one pod of this cluster, as its address names it.
+type Workload struct {
+	Namespace, ServiceAccount string
+}
+
+// SPIFFEID is the workload's identity in trust domain td
+// (spiffe://<td>/ns/<namespace>/sa/<service account>, Istio's form).
+func (w Workload) SPIFFEID(td spiffeid.TrustDomain) string {
+	return "spiffe://" + td.Name() + "/ns/" + w.Namespace + "/sa/" + w.ServiceAccount
 }
 
 // HubState is where the agent's hub state stands.
@@ -179,18 +193,21 @@ type rawState struct {
 	imports  map[string]*gatewayv1.Import
 	local    map[string]*gatewayv1.LocalService
 	clusters map[string]*gatewayv1.RemoteCluster
-	policies map[string]*fedv1.TrafficPolicy
-	bundles  map[string]*fedv1.TrustBundle
+	policies  map[string]*fedv1.TrafficPolicy
+	bundles   map[string]*fedv1.TrustBundle
+	workloads map[string]*gatewayv1.Workload
 }
 
 func newRawState() *rawState {
 	return &rawState{hub: &gatewayv1.HubState{}, imports: map[string]*gatewayv1.Import{}, local: map[string]*gatewayv1.LocalService{},
-		clusters: map[string]*gatewayv1.RemoteCluster{}, policies: map[string]*fedv1.TrafficPolicy{}, bundles: map[string]*fedv1.TrustBundle{}}
+		clusters: map[string]*gatewayv1.RemoteCluster{}, policies: map[string]*fedv1.TrafficPolicy{}, bundles: map[string]*fedv1.TrustBundle{},
+		workloads: map[string]*gatewayv1.Workload{}}
 }
 
 func (s *rawState) clone() *rawState {
 	return &rawState{hub: s.hub, self: s.self, imports: delta.Clone(s.imports), local: delta.Clone(s.local),
-		clusters: delta.Clone(s.clusters), policies: delta.Clone(s.policies), bundles: delta.Clone(s.bundles)}
+		clusters: delta.Clone(s.clusters), policies: delta.Clone(s.policies), bundles: delta.Clone(s.bundles),
+		workloads: delta.Clone(s.workloads)}
 }
 
 // apply applies one message of the stream (see package delta).
@@ -203,6 +220,7 @@ func (s *rawState) apply(m *gatewayv1.StreamResponse) {
 	delta.Apply(s.clusters, m.GetClusters(), (*gatewayv1.RemoteCluster).GetName, m.GetRemovedClusters())
 	delta.Apply(s.policies, m.GetPolicies(), (*fedv1.TrafficPolicy).GetName, m.GetRemovedPolicies())
 	delta.Apply(s.bundles, m.GetBundles(), (*fedv1.TrustBundle).GetTrustDomain, m.GetRemovedBundles())
+	delta.Apply(s.workloads, m.GetWorkloads(), (*gatewayv1.Workload).GetAddress, m.GetRemovedWorkloads())
 	if m.GetHub() != nil {
 		s.hub = m.GetHub()
 	}
@@ -216,7 +234,7 @@ func (s *rawState) apply(m *gatewayv1.StreamResponse) {
 func (s *rawState) snapshot(rev uint64) *gatewayv1.StreamResponse {
 	return &gatewayv1.StreamResponse{Revision: rev, Snapshot: true, Hub: s.hub, Self: s.self,
 		Imports: delta.Values(s.imports), LocalServices: delta.Values(s.local), Clusters: delta.Values(s.clusters),
-		Policies: delta.Values(s.policies), Bundles: delta.Values(s.bundles)}
+		Policies: delta.Values(s.policies), Bundles: delta.Values(s.bundles), Workloads: delta.Values(s.workloads)}
 }
 
 // parse builds the typed state from raw. Entries whose raw message is the
@@ -284,10 +302,39 @@ func parse(raw *rawState, prev *State, rev uint64) (*State, error) {
 		}
 		st.Clusters[rc.Name] = rc
 	}
+	if prev != nil && prev.raw != nil && sameEntries(prev.raw.workloads, raw.workloads) {
+		st.Workloads = prev.Workloads
+	} else if len(raw.workloads) > gatewayv1.MaxWorkloads {
+		errs = append(errs, &federation.FieldError{Field: "workloads", Value: fmt.Sprint(len(raw.workloads)),
+			Reason: fmt.Sprintf("workloads, at most %d", gatewayv1.MaxWorkloads)})
+	} else {
+		st.Workloads = make(map[netip.Addr]Workload, len(raw.workloads))
+		for k, w := range raw.workloads {
+			if err := gatewayv1.ValidateWorkload("workloads["+k+"]", w); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			st.Workloads[netip.MustParseAddr(w.GetAddress()).Unmap()] = Workload{Namespace: w.GetNamespace(), ServiceAccount: w.GetServiceAccount()}
+		}
+	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("gatewayclient: config revision %d: %w", rev, errors.Join(errs...))
 	}
 	return st, nil
+}
+
+// sameEntries reports whether two maps hold the same message pointers (a
+// delta that did not touch them).
+func sameEntries[T comparable](a, b map[string]T) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
 }
 
 func parseSelf(m *gatewayv1.Self) (Self, error) {

@@ -106,9 +106,14 @@ type StreamResponse struct {
 	More bool `protobuf:"varint,14,opt,name=more,proto3" json:"more,omitempty"`
 	// This cluster as its gateways serve it. Set in every snapshot and in a
 	// delta when it changed; absent means unchanged.
-	Self          *Self `protobuf:"bytes,15,opt,name=self,proto3" json:"self,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Self *Self `protobuf:"bytes,15,opt,name=self,proto3" json:"self,omitempty"`
+	// The cluster's workloads by pod IP, for the calling workload's identity
+	// at egress (a policy's authorization by service account). Keyed by
+	// address.
+	Workloads        []*Workload `protobuf:"bytes,16,rep,name=workloads,proto3" json:"workloads,omitempty"`
+	RemovedWorkloads []string    `protobuf:"bytes,17,rep,name=removed_workloads,json=removedWorkloads,proto3" json:"removed_workloads,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StreamResponse) Reset() {
@@ -246,6 +251,85 @@ func (x *StreamResponse) GetSelf() *Self {
 	return nil
 }
 
+func (x *StreamResponse) GetWorkloads() []*Workload {
+	if x != nil {
+		return x.Workloads
+	}
+	return nil
+}
+
+func (x *StreamResponse) GetRemovedWorkloads() []string {
+	if x != nil {
+		return x.RemovedWorkloads
+	}
+	return nil
+}
+
+// A workload (pod) of this cluster: its IP address and the service account
+// it runs as. A connection from that address to a gateway's egress is the
+// workload's: the gateway names it to the receiving gateway as
+// spiffe://<trust domain>/ns/<namespace>/sa/<service account>.
+type Workload struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// IP address (one per family: a dual-stack pod is two workloads).
+	Address        string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Namespace      string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	ServiceAccount string `protobuf:"bytes,3,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Workload) Reset() {
+	*x = Workload{}
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Workload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Workload) ProtoMessage() {}
+
+func (x *Workload) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Workload.ProtoReflect.Descriptor instead.
+func (*Workload) Descriptor() ([]byte, []int) {
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Workload) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Workload) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Workload) GetServiceAccount() string {
+	if x != nil {
+		return x.ServiceAccount
+	}
+	return ""
+}
+
 // This cluster: its name, locality and trust domain, and how its gateways
 // accept traffic from remote gateways.
 type Self struct {
@@ -260,7 +344,7 @@ type Self struct {
 
 func (x *Self) Reset() {
 	*x = Self{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -272,7 +356,7 @@ func (x *Self) String() string {
 func (*Self) ProtoMessage() {}
 
 func (x *Self) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -285,7 +369,7 @@ func (x *Self) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Self.ProtoReflect.Descriptor instead.
 func (*Self) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Self) GetCluster() string {
@@ -331,7 +415,7 @@ type Ingress struct {
 
 func (x *Ingress) Reset() {
 	*x = Ingress{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -343,7 +427,7 @@ func (x *Ingress) String() string {
 func (*Ingress) ProtoMessage() {}
 
 func (x *Ingress) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -356,7 +440,7 @@ func (x *Ingress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ingress.ProtoReflect.Descriptor instead.
 func (*Ingress) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Ingress) GetBindAddress() string {
@@ -394,7 +478,7 @@ type HubState struct {
 
 func (x *HubState) Reset() {
 	*x = HubState{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[4]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +490,7 @@ func (x *HubState) String() string {
 func (*HubState) ProtoMessage() {}
 
 func (x *HubState) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[4]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +503,7 @@ func (x *HubState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HubState.ProtoReflect.Descriptor instead.
 func (*HubState) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *HubState) GetRevision() uint64 {
@@ -463,7 +547,7 @@ type Import struct {
 
 func (x *Import) Reset() {
 	*x = Import{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[5]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -475,7 +559,7 @@ func (x *Import) String() string {
 func (*Import) ProtoMessage() {}
 
 func (x *Import) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[5]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -488,7 +572,7 @@ func (x *Import) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Import.ProtoReflect.Descriptor instead.
 func (*Import) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Import) GetService() string {
@@ -531,7 +615,7 @@ type ImportPort struct {
 
 func (x *ImportPort) Reset() {
 	*x = ImportPort{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[6]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -543,7 +627,7 @@ func (x *ImportPort) String() string {
 func (*ImportPort) ProtoMessage() {}
 
 func (x *ImportPort) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[6]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -556,7 +640,7 @@ func (x *ImportPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportPort.ProtoReflect.Descriptor instead.
 func (*ImportPort) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ImportPort) GetPort() *v1.ServicePort {
@@ -585,7 +669,7 @@ type ImportCluster struct {
 
 func (x *ImportCluster) Reset() {
 	*x = ImportCluster{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[7]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +681,7 @@ func (x *ImportCluster) String() string {
 func (*ImportCluster) ProtoMessage() {}
 
 func (x *ImportCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[7]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +694,7 @@ func (x *ImportCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportCluster.ProtoReflect.Descriptor instead.
 func (*ImportCluster) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ImportCluster) GetCluster() string {
@@ -647,7 +731,7 @@ type LocalService struct {
 
 func (x *LocalService) Reset() {
 	*x = LocalService{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[8]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -659,7 +743,7 @@ func (x *LocalService) String() string {
 func (*LocalService) ProtoMessage() {}
 
 func (x *LocalService) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[8]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -672,7 +756,7 @@ func (x *LocalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalService.ProtoReflect.Descriptor instead.
 func (*LocalService) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LocalService) GetService() string {
@@ -713,7 +797,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[9]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +809,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[9]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +822,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Endpoint) GetAddress() string {
@@ -800,7 +884,7 @@ type EndpointPort struct {
 
 func (x *EndpointPort) Reset() {
 	*x = EndpointPort{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[10]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -812,7 +896,7 @@ func (x *EndpointPort) String() string {
 func (*EndpointPort) ProtoMessage() {}
 
 func (x *EndpointPort) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[10]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -825,7 +909,7 @@ func (x *EndpointPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointPort.ProtoReflect.Descriptor instead.
 func (*EndpointPort) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EndpointPort) GetName() string {
@@ -860,7 +944,7 @@ type RemoteCluster struct {
 
 func (x *RemoteCluster) Reset() {
 	*x = RemoteCluster{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[11]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +956,7 @@ func (x *RemoteCluster) String() string {
 func (*RemoteCluster) ProtoMessage() {}
 
 func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[11]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +969,7 @@ func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoteCluster.ProtoReflect.Descriptor instead.
 func (*RemoteCluster) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RemoteCluster) GetName() string {
@@ -941,7 +1025,7 @@ type SignSVIDRequest struct {
 
 func (x *SignSVIDRequest) Reset() {
 	*x = SignSVIDRequest{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[12]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -953,7 +1037,7 @@ func (x *SignSVIDRequest) String() string {
 func (*SignSVIDRequest) ProtoMessage() {}
 
 func (x *SignSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[12]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -966,7 +1050,7 @@ func (x *SignSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SignSVIDRequest) GetCsr() []byte {
@@ -1002,7 +1086,7 @@ type SignSVIDResponse struct {
 
 func (x *SignSVIDResponse) Reset() {
 	*x = SignSVIDResponse{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[13]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1014,7 +1098,7 @@ func (x *SignSVIDResponse) String() string {
 func (*SignSVIDResponse) ProtoMessage() {}
 
 func (x *SignSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[13]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1027,7 +1111,7 @@ func (x *SignSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SignSVIDResponse) GetCertChain() [][]byte {
@@ -1065,7 +1149,7 @@ type ReportRequest struct {
 
 func (x *ReportRequest) Reset() {
 	*x = ReportRequest{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[14]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1161,7 @@ func (x *ReportRequest) String() string {
 func (*ReportRequest) ProtoMessage() {}
 
 func (x *ReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[14]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1174,7 @@ func (x *ReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRequest.ProtoReflect.Descriptor instead.
 func (*ReportRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReportRequest) GetInstance() string {
@@ -1149,7 +1233,7 @@ type GatewayHealth struct {
 
 func (x *GatewayHealth) Reset() {
 	*x = GatewayHealth{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[15]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1245,7 @@ func (x *GatewayHealth) String() string {
 func (*GatewayHealth) ProtoMessage() {}
 
 func (x *GatewayHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[15]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1258,7 @@ func (x *GatewayHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayHealth.ProtoReflect.Descriptor instead.
 func (*GatewayHealth) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GatewayHealth) GetServing() bool {
@@ -1234,7 +1318,7 @@ type ReportResponse struct {
 
 func (x *ReportResponse) Reset() {
 	*x = ReportResponse{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[16]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1330,7 @@ func (x *ReportResponse) String() string {
 func (*ReportResponse) ProtoMessage() {}
 
 func (x *ReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[16]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1343,7 @@ func (x *ReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportResponse.ProtoReflect.Descriptor instead.
 func (*ReportResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 var File_meshfed_gateway_v1_gateway_proto protoreflect.FileDescriptor
@@ -1269,7 +1353,7 @@ const file_meshfed_gateway_v1_gateway_proto_rawDesc = "" +
 	" meshfed/gateway/v1/gateway.proto\x12\x12meshfed.gateway.v1\x1a&meshfed/federation/v1/federation.proto\"t\n" +
 	"\rStreamRequest\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12G\n" +
-	"\fcapabilities\x18\x02 \x01(\v2#.meshfed.federation.v1.CapabilitiesR\fcapabilities\"\xd6\x05\n" +
+	"\fcapabilities\x18\x02 \x01(\v2#.meshfed.federation.v1.CapabilitiesR\fcapabilities\"\xbf\x06\n" +
 	"\x0eStreamResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x124\n" +
@@ -1286,7 +1370,13 @@ const file_meshfed_gateway_v1_gateway_proto_rawDesc = "" +
 	"\x0fremoved_bundles\x18\f \x03(\tR\x0eremovedBundles\x12.\n" +
 	"\x03hub\x18\r \x01(\v2\x1c.meshfed.gateway.v1.HubStateR\x03hub\x12\x12\n" +
 	"\x04more\x18\x0e \x01(\bR\x04more\x12,\n" +
-	"\x04self\x18\x0f \x01(\v2\x18.meshfed.gateway.v1.SelfR\x04self\"\xb7\x01\n" +
+	"\x04self\x18\x0f \x01(\v2\x18.meshfed.gateway.v1.SelfR\x04self\x12:\n" +
+	"\tworkloads\x18\x10 \x03(\v2\x1c.meshfed.gateway.v1.WorkloadR\tworkloads\x12+\n" +
+	"\x11removed_workloads\x18\x11 \x03(\tR\x10removedWorkloads\"k\n" +
+	"\bWorkload\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
+	"\x0fservice_account\x18\x03 \x01(\tR\x0eserviceAccount\"\xb7\x01\n" +
 	"\x04Self\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12;\n" +
 	"\blocality\x18\x02 \x01(\v2\x1f.meshfed.federation.v1.LocalityR\blocality\x12!\n" +
@@ -1378,68 +1468,70 @@ func file_meshfed_gateway_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_meshfed_gateway_v1_gateway_proto_rawDescData
 }
 
-var file_meshfed_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_meshfed_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_meshfed_gateway_v1_gateway_proto_goTypes = []any{
 	(*StreamRequest)(nil),          // 0: meshfed.gateway.v1.StreamRequest
 	(*StreamResponse)(nil),         // 1: meshfed.gateway.v1.StreamResponse
-	(*Self)(nil),                   // 2: meshfed.gateway.v1.Self
-	(*Ingress)(nil),                // 3: meshfed.gateway.v1.Ingress
-	(*HubState)(nil),               // 4: meshfed.gateway.v1.HubState
-	(*Import)(nil),                 // 5: meshfed.gateway.v1.Import
-	(*ImportPort)(nil),             // 6: meshfed.gateway.v1.ImportPort
-	(*ImportCluster)(nil),          // 7: meshfed.gateway.v1.ImportCluster
-	(*LocalService)(nil),           // 8: meshfed.gateway.v1.LocalService
-	(*Endpoint)(nil),               // 9: meshfed.gateway.v1.Endpoint
-	(*EndpointPort)(nil),           // 10: meshfed.gateway.v1.EndpointPort
-	(*RemoteCluster)(nil),          // 11: meshfed.gateway.v1.RemoteCluster
-	(*SignSVIDRequest)(nil),        // 12: meshfed.gateway.v1.SignSVIDRequest
-	(*SignSVIDResponse)(nil),       // 13: meshfed.gateway.v1.SignSVIDResponse
-	(*ReportRequest)(nil),          // 14: meshfed.gateway.v1.ReportRequest
-	(*GatewayHealth)(nil),          // 15: meshfed.gateway.v1.GatewayHealth
-	(*ReportResponse)(nil),         // 16: meshfed.gateway.v1.ReportResponse
-	nil,                            // 17: meshfed.gateway.v1.Endpoint.LabelsEntry
-	(*v1.Capabilities)(nil),        // 18: meshfed.federation.v1.Capabilities
-	(*v1.TrafficPolicy)(nil),       // 19: meshfed.federation.v1.TrafficPolicy
-	(*v1.TrustBundle)(nil),         // 20: meshfed.federation.v1.TrustBundle
-	(*v1.Locality)(nil),            // 21: meshfed.federation.v1.Locality
-	(*v1.ServicePort)(nil),         // 22: meshfed.federation.v1.ServicePort
-	(*v1.EndpointGroup)(nil),       // 23: meshfed.federation.v1.EndpointGroup
-	(*v1.GatewayPolicyStatus)(nil), // 24: meshfed.federation.v1.GatewayPolicyStatus
+	(*Workload)(nil),               // 2: meshfed.gateway.v1.Workload
+	(*Self)(nil),                   // 3: meshfed.gateway.v1.Self
+	(*Ingress)(nil),                // 4: meshfed.gateway.v1.Ingress
+	(*HubState)(nil),               // 5: meshfed.gateway.v1.HubState
+	(*Import)(nil),                 // 6: meshfed.gateway.v1.Import
+	(*ImportPort)(nil),             // 7: meshfed.gateway.v1.ImportPort
+	(*ImportCluster)(nil),          // 8: meshfed.gateway.v1.ImportCluster
+	(*LocalService)(nil),           // 9: meshfed.gateway.v1.LocalService
+	(*Endpoint)(nil),               // 10: meshfed.gateway.v1.Endpoint
+	(*EndpointPort)(nil),           // 11: meshfed.gateway.v1.EndpointPort
+	(*RemoteCluster)(nil),          // 12: meshfed.gateway.v1.RemoteCluster
+	(*SignSVIDRequest)(nil),        // 13: meshfed.gateway.v1.SignSVIDRequest
+	(*SignSVIDResponse)(nil),       // 14: meshfed.gateway.v1.SignSVIDResponse
+	(*ReportRequest)(nil),          // 15: meshfed.gateway.v1.ReportRequest
+	(*GatewayHealth)(nil),          // 16: meshfed.gateway.v1.GatewayHealth
+	(*ReportResponse)(nil),         // 17: meshfed.gateway.v1.ReportResponse
+	nil,                            // 18: meshfed.gateway.v1.Endpoint.LabelsEntry
+	(*v1.Capabilities)(nil),        // 19: meshfed.federation.v1.Capabilities
+	(*v1.TrafficPolicy)(nil),       // 20: meshfed.federation.v1.TrafficPolicy
+	(*v1.TrustBundle)(nil),         // 21: meshfed.federation.v1.TrustBundle
+	(*v1.Locality)(nil),            // 22: meshfed.federation.v1.Locality
+	(*v1.ServicePort)(nil),         // 23: meshfed.federation.v1.ServicePort
+	(*v1.EndpointGroup)(nil),       // 24: meshfed.federation.v1.EndpointGroup
+	(*v1.GatewayPolicyStatus)(nil), // 25: meshfed.federation.v1.GatewayPolicyStatus
 }
 var file_meshfed_gateway_v1_gateway_proto_depIdxs = []int32{
-	18, // 0: meshfed.gateway.v1.StreamRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	5,  // 1: meshfed.gateway.v1.StreamResponse.imports:type_name -> meshfed.gateway.v1.Import
-	8,  // 2: meshfed.gateway.v1.StreamResponse.local_services:type_name -> meshfed.gateway.v1.LocalService
-	11, // 3: meshfed.gateway.v1.StreamResponse.clusters:type_name -> meshfed.gateway.v1.RemoteCluster
-	19, // 4: meshfed.gateway.v1.StreamResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	20, // 5: meshfed.gateway.v1.StreamResponse.bundles:type_name -> meshfed.federation.v1.TrustBundle
-	4,  // 6: meshfed.gateway.v1.StreamResponse.hub:type_name -> meshfed.gateway.v1.HubState
-	2,  // 7: meshfed.gateway.v1.StreamResponse.self:type_name -> meshfed.gateway.v1.Self
-	21, // 8: meshfed.gateway.v1.Self.locality:type_name -> meshfed.federation.v1.Locality
-	3,  // 9: meshfed.gateway.v1.Self.ingress:type_name -> meshfed.gateway.v1.Ingress
-	6,  // 10: meshfed.gateway.v1.Import.ports:type_name -> meshfed.gateway.v1.ImportPort
-	7,  // 11: meshfed.gateway.v1.Import.clusters:type_name -> meshfed.gateway.v1.ImportCluster
-	22, // 12: meshfed.gateway.v1.ImportPort.port:type_name -> meshfed.federation.v1.ServicePort
-	23, // 13: meshfed.gateway.v1.ImportCluster.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
-	22, // 14: meshfed.gateway.v1.LocalService.ports:type_name -> meshfed.federation.v1.ServicePort
-	9,  // 15: meshfed.gateway.v1.LocalService.endpoints:type_name -> meshfed.gateway.v1.Endpoint
-	10, // 16: meshfed.gateway.v1.Endpoint.ports:type_name -> meshfed.gateway.v1.EndpointPort
-	17, // 17: meshfed.gateway.v1.Endpoint.labels:type_name -> meshfed.gateway.v1.Endpoint.LabelsEntry
-	21, // 18: meshfed.gateway.v1.RemoteCluster.locality:type_name -> meshfed.federation.v1.Locality
-	20, // 19: meshfed.gateway.v1.SignSVIDResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	15, // 20: meshfed.gateway.v1.ReportRequest.health:type_name -> meshfed.gateway.v1.GatewayHealth
-	24, // 21: meshfed.gateway.v1.ReportRequest.policies:type_name -> meshfed.federation.v1.GatewayPolicyStatus
-	0,  // 22: meshfed.gateway.v1.Config.Stream:input_type -> meshfed.gateway.v1.StreamRequest
-	12, // 23: meshfed.gateway.v1.Config.SignSVID:input_type -> meshfed.gateway.v1.SignSVIDRequest
-	14, // 24: meshfed.gateway.v1.Config.Report:input_type -> meshfed.gateway.v1.ReportRequest
-	1,  // 25: meshfed.gateway.v1.Config.Stream:output_type -> meshfed.gateway.v1.StreamResponse
-	13, // 26: meshfed.gateway.v1.Config.SignSVID:output_type -> meshfed.gateway.v1.SignSVIDResponse
-	16, // 27: meshfed.gateway.v1.Config.Report:output_type -> meshfed.gateway.v1.ReportResponse
-	25, // [25:28] is the sub-list for method output_type
-	22, // [22:25] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	19, // 0: meshfed.gateway.v1.StreamRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	6,  // 1: meshfed.gateway.v1.StreamResponse.imports:type_name -> meshfed.gateway.v1.Import
+	9,  // 2: meshfed.gateway.v1.StreamResponse.local_services:type_name -> meshfed.gateway.v1.LocalService
+	12, // 3: meshfed.gateway.v1.StreamResponse.clusters:type_name -> meshfed.gateway.v1.RemoteCluster
+	20, // 4: meshfed.gateway.v1.StreamResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	21, // 5: meshfed.gateway.v1.StreamResponse.bundles:type_name -> meshfed.federation.v1.TrustBundle
+	5,  // 6: meshfed.gateway.v1.StreamResponse.hub:type_name -> meshfed.gateway.v1.HubState
+	3,  // 7: meshfed.gateway.v1.StreamResponse.self:type_name -> meshfed.gateway.v1.Self
+	2,  // 8: meshfed.gateway.v1.StreamResponse.workloads:type_name -> meshfed.gateway.v1.Workload
+	22, // 9: meshfed.gateway.v1.Self.locality:type_name -> meshfed.federation.v1.Locality
+	4,  // 10: meshfed.gateway.v1.Self.ingress:type_name -> meshfed.gateway.v1.Ingress
+	7,  // 11: meshfed.gateway.v1.Import.ports:type_name -> meshfed.gateway.v1.ImportPort
+	8,  // 12: meshfed.gateway.v1.Import.clusters:type_name -> meshfed.gateway.v1.ImportCluster
+	23, // 13: meshfed.gateway.v1.ImportPort.port:type_name -> meshfed.federation.v1.ServicePort
+	24, // 14: meshfed.gateway.v1.ImportCluster.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
+	23, // 15: meshfed.gateway.v1.LocalService.ports:type_name -> meshfed.federation.v1.ServicePort
+	10, // 16: meshfed.gateway.v1.LocalService.endpoints:type_name -> meshfed.gateway.v1.Endpoint
+	11, // 17: meshfed.gateway.v1.Endpoint.ports:type_name -> meshfed.gateway.v1.EndpointPort
+	18, // 18: meshfed.gateway.v1.Endpoint.labels:type_name -> meshfed.gateway.v1.Endpoint.LabelsEntry
+	22, // 19: meshfed.gateway.v1.RemoteCluster.locality:type_name -> meshfed.federation.v1.Locality
+	21, // 20: meshfed.gateway.v1.SignSVIDResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	16, // 21: meshfed.gateway.v1.ReportRequest.health:type_name -> meshfed.gateway.v1.GatewayHealth
+	25, // 22: meshfed.gateway.v1.ReportRequest.policies:type_name -> meshfed.federation.v1.GatewayPolicyStatus
+	0,  // 23: meshfed.gateway.v1.Config.Stream:input_type -> meshfed.gateway.v1.StreamRequest
+	13, // 24: meshfed.gateway.v1.Config.SignSVID:input_type -> meshfed.gateway.v1.SignSVIDRequest
+	15, // 25: meshfed.gateway.v1.Config.Report:input_type -> meshfed.gateway.v1.ReportRequest
+	1,  // 26: meshfed.gateway.v1.Config.Stream:output_type -> meshfed.gateway.v1.StreamResponse
+	14, // 27: meshfed.gateway.v1.Config.SignSVID:output_type -> meshfed.gateway.v1.SignSVIDResponse
+	17, // 28: meshfed.gateway.v1.Config.Report:output_type -> meshfed.gateway.v1.ReportResponse
+	26, // [26:29] is the sub-list for method output_type
+	23, // [23:26] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_gateway_v1_gateway_proto_init() }
@@ -1453,7 +1545,7 @@ func file_meshfed_gateway_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_gateway_v1_gateway_proto_rawDesc), len(file_meshfed_gateway_v1_gateway_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
