@@ -188,11 +188,11 @@ type RemoteCluster struct {
 
 // rawState holds the messages of the stream by their wire keys.
 type rawState struct {
-	hub      *gatewayv1.HubState
-	self     *gatewayv1.Self
-	imports  map[string]*gatewayv1.Import
-	local    map[string]*gatewayv1.LocalService
-	clusters map[string]*gatewayv1.RemoteCluster
+	hub       *gatewayv1.HubState
+	self      *gatewayv1.Self
+	imports   map[string]*gatewayv1.Import
+	local     map[string]*gatewayv1.LocalService
+	clusters  map[string]*gatewayv1.RemoteCluster
 	policies  map[string]*fedv1.TrafficPolicy
 	bundles   map[string]*fedv1.TrustBundle
 	workloads map[string]*gatewayv1.Workload
