@@ -37,7 +37,7 @@ func parseDockerfile(t *testing.T, path string) []stage {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var (
 		ins     []instruction
 		pending strings.Builder
