@@ -96,7 +96,8 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured) agentParts {
 	// kustomize orders namespaces and RBAC before the workloads that
 	// need them, and the backend applies in that order.
 	// Two Services: the gateway API's and clusterset.local DNS's.
-	want := []string{"Namespace", "ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "ConfigMap", "Service", "Service", "Deployment"}
+	// The NetworkPolicy comes last (kustomize orders it after workloads).
+	want := []string{"Namespace", "ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "ConfigMap", "Service", "Service", "Deployment", "NetworkPolicy"}
 	if !reflect.DeepEqual(kinds, want) {
 		t.Fatalf("kinds %v, want %v", kinds, want)
 	}
@@ -140,6 +141,9 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured) agentParts {
 	env := map[string]corev1.EnvVar{}
 	for _, e := range c.Env {
 		env[e.Name] = e
+		if e.ValueFrom == nil {
+			continue
+		}
 		if r := e.ValueFrom.ConfigMapKeyRef; r != nil {
 			if r.Name != p.configMap.Name {
 				t.Errorf("env %s: ConfigMap %q, want the generated %q", e.Name, r.Name, p.configMap.Name)
@@ -221,8 +225,10 @@ func TestAgentKustomization(t *testing.T) {
 	cr := convert[rbacv1.ClusterRole](t, m["ClusterRole "+AgentDeployment])
 	role := convert[rbacv1.Role](t, m["Role "+AgentDeployment])
 	type need struct{ group, resource, verb string }
+	// The agent reads through informers (list, watch); deploy/deploytest
+	// checks the rules against every call the agent makes.
 	read := func(group, resource string) []need {
-		return []need{{group, resource, "get"}, {group, resource, "list"}, {group, resource, "watch"}}
+		return []need{{group, resource, "list"}, {group, resource, "watch"}}
 	}
 	write := func(group, resource string) []need {
 		return append(read(group, resource), need{group, resource, "create"}, need{group, resource, "update"}, need{group, resource, "delete"})
@@ -233,6 +239,7 @@ func TestAgentKustomization(t *testing.T) {
 	cluster = append(cluster, write("multicluster.x-k8s.io", "serviceimports")...)
 	cluster = append(cluster, need{"multicluster.x-k8s.io", "serviceimports/status", "update"})
 	cluster = append(cluster, write("", "services")...)
+	cluster = append(cluster, need{"", "services", "get"})
 	cluster = append(cluster, write("discovery.k8s.io", "endpointslices")...)
 	cluster = append(cluster, read("", "nodes")...)
 	cluster = append(cluster, read("", "pods")...)
