@@ -153,6 +153,13 @@
 //	  # address is host:port, the target of the first port; ports: {grpc: 9002}
 //	  # gives the target of other ports by name
 //	  # serving defaults to ready; terminating defaults to false
+//	workloads:                    # optional, at most 100000: who calls from where
+//	- {address: 127.0.0.1, namespace: shop, serviceAccount: checkout}
+//
+// Workloads (with the kubernetes source: every pod's IP and service
+// account, from a trimmed Pod informer; see workloads.go) let gateways
+// name the calling workload, for policies that authorize by service
+// account.
 //
 // protocol is one of TCP, UDP, SCTP, HTTP, HTTP2, GRPC, TLS; port names are
 // unique and required when a service has several ports. Unknown keys are
