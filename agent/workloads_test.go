@@ -77,7 +77,12 @@ func TestWatchPodWorkloads(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- watchPodWorkloads(ctx, cs, tb) }()
-	defer func() { cancel(); <-done }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("watchPodWorkloads: %v", err)
+		}
+	}()
 	wait := func(want string) {
 		t.Helper()
 		if err := testenv.WaitFor(context.Background(), 10*time.Second, func(context.Context) error {
