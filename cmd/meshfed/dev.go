@@ -45,11 +45,16 @@ dying): kill a gateway to watch failover. SIGINT or SIGTERM stops everything.
 The state directory is kept: running it again brings the same federation
 back; remove it (make clean) to start over.
 
-Environment: $` + envDevDir + ` (--dir), $` + envDevPort + ` (--base-port),
+Environment: $` + envDevDir + ` (--state-dir), $` + envDevPort + ` (--port-base),
 $` + envDevOneShot + `=1 (--oneshot).`,
 		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
 			var errs []error
+			for _, a := range [][2]string{{"state-dir", "dir"}, {"port-base", "base-port"}} {
+				if cmd.Flags().Changed(a[0]) && cmd.Flags().Changed(a[1]) {
+					errs = append(errs, &federation.FieldError{Field: a[1], Reason: "is the deprecated name of --" + a[0] + ": give one of them"})
+				}
+			}
 			cfg.Dir = dir
 			if cfg.Dir == "" {
 				cfg.Dir = d.getenv(envDevDir)
@@ -63,7 +68,7 @@ $` + envDevOneShot + `=1 (--oneshot).`,
 			if port != "" {
 				p, err := strconv.Atoi(port)
 				if err != nil {
-					errs = append(errs, &federation.FieldError{Field: "base-port (" + envDevPort + ")", Value: port, Reason: "must be a port number"})
+					errs = append(errs, &federation.FieldError{Field: "port-base (" + envDevPort + ")", Value: port, Reason: "must be a port number"})
 				}
 				cfg.BasePort = p
 			}
@@ -109,8 +114,13 @@ $` + envDevOneShot + `=1 (--oneshot).`,
 		}),
 	}
 	f := cmd.Flags()
-	f.StringVar(&dir, "dir", "", "state directory: data, logs, dev.json (default $"+envDevDir+" or .dev)")
-	f.StringVar(&port, "base-port", "", fmt.Sprintf("first port of the plan, which uses %d ports from it (default $%s or %d)", devenv.PortSpan, envDevPort, devenv.DefaultBasePort))
+	f.StringVar(&dir, "state-dir", "", "state directory: data, logs, dev.json (default $"+envDevDir+" or .dev)")
+	f.StringVar(&port, "port-base", "", fmt.Sprintf("first port of the plan, which uses %d ports from it (default $%s or %d)", devenv.PortSpan, envDevPort, devenv.DefaultBasePort))
+	// The names before issue 13, kept working.
+	f.StringVar(&dir, "dir", "", "state directory")
+	f.StringVar(&port, "base-port", "", "first port of the plan")
+	_ = f.MarkDeprecated("dir", "use --state-dir")
+	_ = f.MarkDeprecated("base-port", "use --port-base")
 	f.StringVar(&oneshot, "oneshot", "", "1: stop once dev.json is written and verified, a smoke test (default $"+envDevOneShot+")")
 	f.Lookup("oneshot").NoOptDefVal = "1"
 	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long the start may take")

@@ -92,10 +92,10 @@ func (c Config) Validate() error {
 		add("encrypt_key_env", "", "required: the variable meshfed hub reads its key from")
 	}
 	if c.Dir == "" {
-		add("dir", "", "required")
+		add("state_dir", "", "required")
 	}
 	if c.BasePort < MinBasePort || c.BasePort > MaxBasePort {
-		add("base_port", strconv.Itoa(c.BasePort), "must be in "+strconv.Itoa(MinBasePort)+".."+strconv.Itoa(MaxBasePort)+
+		add("port_base", strconv.Itoa(c.BasePort), "must be in "+strconv.Itoa(MinBasePort)+".."+strconv.Itoa(MaxBasePort)+
 			" (the plan uses "+strconv.Itoa(PortSpan)+" ports from it)")
 	}
 	if c.ReadyTimeout <= 0 {

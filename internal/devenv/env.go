@@ -291,8 +291,8 @@ func (e *Env) prepareDir() error {
 			return fmt.Errorf("devenv: %s: %w", planPath, err)
 		}
 		if p.BasePort != e.cfg.BasePort {
-			return fmt.Errorf("%w: base port %d, but %s was created with %d: use that (MESHFED_DEV_PORT=%d) or start over (make clean)",
-				ErrPlanChanged, e.cfg.BasePort, e.cfg.Dir, p.BasePort, p.BasePort)
+			return fmt.Errorf("%w: port base %d, but %s was created with %d: use that (--port-base %d, MESHFED_DEV_PORT=%d) or start over (make clean)",
+				ErrPlanChanged, e.cfg.BasePort, e.cfg.Dir, p.BasePort, p.BasePort, p.BasePort)
 		}
 	case errors.Is(err, os.ErrNotExist):
 		if _, err := os.Stat(e.path("s0")); err == nil {
@@ -371,7 +371,7 @@ func (e *Env) checkPorts() error {
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("devenv: port %d (%s) is in use (another meshfed dev still running?): stop it or choose another base port (MESHFED_DEV_PORT): %w", u.port, u.what, err)
+			return fmt.Errorf("devenv: port %d (%s) is in use (another meshfed dev still running?): stop it or choose another port base (--port-base, MESHFED_DEV_PORT): %w", u.port, u.what, err)
 		}
 	}
 	return nil
