@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -55,13 +56,7 @@ $` + envDevOneShot + `=1 (--oneshot).`,
 					errs = append(errs, &federation.FieldError{Field: a[1], Reason: "is the deprecated name of --" + a[0] + ": give one of them"})
 				}
 			}
-			cfg.Dir = dir
-			if cfg.Dir == "" {
-				cfg.Dir = d.getenv(envDevDir)
-			}
-			if cfg.Dir == "" {
-				cfg.Dir = devenv.DefaultConfig().Dir
-			}
+			cfg.Dir = devStateDir(d, dir)
 			if port == "" {
 				port = d.getenv(envDevPort)
 			}
@@ -125,7 +120,145 @@ $` + envDevOneShot + `=1 (--oneshot).`,
 	f.Lookup("oneshot").NoOptDefVal = "1"
 	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long the start may take")
 	f.Var(&level, "log-level", "log level: debug, info, warn or error")
-	cmd.AddCommand(newDevWorkloadCmd())
+	cmd.AddCommand(newDevWorkloadCmd(), newDevFailCmd(d), newDevHealCmd(d))
+	return cmd
+}
+
+// devStateDir is the state directory of dev, fail and heal: the flag, else
+// $MESHFED_DEV_DIR, else .dev.
+func devStateDir(d deps, flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if dir := d.getenv(envDevDir); dir != "" {
+		return dir
+	}
+	return devenv.DefaultConfig().Dir
+}
+
+// devControl parses --cluster and --what (each optional when allowEmpty)
+// and connects to the meshfed dev running on the state directory.
+func devControl(d deps, dir, cluster, what string, allowEmpty bool) (*devenv.ControlClient, federation.ClusterName, devenv.Fault, error) {
+	var errs []error
+	var c federation.ClusterName
+	var f devenv.Fault
+	if cluster != "" || !allowEmpty {
+		var err error
+		c, err = federation.ParseClusterName(cluster)
+		errs = append(errs, err)
+	}
+	if what != "" || !allowEmpty {
+		var err error
+		f, err = devenv.ParseFault(what)
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, c, f, &codedError{code: exitUsage, err: err, lines: unjoin(err)}
+	}
+	cc, err := devenv.NewControlClient(devStateDir(d, dir))
+	return cc, c, f, err
+}
+
+// printFailures prints what a fail or heal changed and what is in force.
+func printFailures(cmd *cobra.Command, verb string, rep *devenv.ControlReply) {
+	w := cmd.OutOrStdout()
+	if len(rep.Changed) == 0 {
+		fmt.Fprintf(w, "nothing %s\n", verb)
+	}
+	for _, f := range rep.Changed {
+		fmt.Fprintf(w, "%s %s\n", verb, f)
+	}
+	if len(rep.Failures) == 0 {
+		fmt.Fprintln(w, "failed now: nothing")
+		return
+	}
+	names := make([]string, len(rep.Failures))
+	for i, f := range rep.Failures {
+		names[i] = f.String()
+	}
+	fmt.Fprintf(w, "failed now: %s\n", strings.Join(names, ", "))
+}
+
+// controlError maps a control API error to an exit code: a rejected field
+// is a usage error.
+func controlError(err error) error {
+	var fe *federation.FieldError
+	if errors.As(err, &fe) {
+		return &codedError{code: exitUsage, err: err}
+	}
+	return err
+}
+
+var devWhatHelp = "what fails: gateway (killed), workloads (the sample workloads killed), agent (killed) or hub-link (the agent cut off the hub)"
+
+func newDevFailCmd(d deps) *cobra.Command {
+	var dir, cluster, what string
+	cmd := &cobra.Command{
+		Use:   "fail --cluster NAME [--what gateway|workloads|agent|hub-link]",
+		Short: "Make part of a cluster of the running meshfed dev fail, until healed",
+		Long: `Make part of a cluster of the running meshfed dev fail, for real, and keep it
+failed until meshfed dev heal:
+
+  gateway    the cluster's east-west gateway is killed (SIGKILL)
+  workloads  its sample workloads are killed (its catalog still lists them
+             ready, as Kubernetes does until a readiness probe fails)
+  agent      its agent is killed; the gateway keeps its last configuration
+  hub-link   its agent is cut off the hub: the relays it reaches the hub
+             servers through blackhole every connection (the gateway never
+             talks to the hub; the agent keeps serving its cached view)
+
+meshfed dev does not restart what it killed on purpose. It returns once the
+fault is in force. The running meshfed dev is found through <state-dir>/dev.json.`,
+		Example: "  meshfed dev fail --cluster west --what gateway\n  meshfed dev fail --cluster east --what workloads",
+		Args:    cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			cc, c, f, err := devControl(d, dir, cluster, what, false)
+			if err != nil {
+				return err
+			}
+			rep, err := cc.Fail(cmd.Context(), c, f)
+			if err != nil {
+				return controlError(err)
+			}
+			printFailures(cmd, "failed", rep)
+			return nil
+		}),
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&dir, "state-dir", "", "state directory of the running meshfed dev (default $"+envDevDir+" or .dev)")
+	fl.StringVar(&cluster, "cluster", "", "the cluster: east, west or central")
+	fl.StringVar(&what, "what", string(devenv.FaultGateway), devWhatHelp)
+	return cmd
+}
+
+func newDevHealCmd(d deps) *cobra.Command {
+	var dir, cluster, what string
+	cmd := &cobra.Command{
+		Use:   "heal [--cluster NAME] [--what gateway|workloads|agent|hub-link]",
+		Short: "End faults of meshfed dev fail: in one cluster or all, of one kind or all",
+		Long: `End faults that meshfed dev fail put into force: every one by default, or
+those of one cluster (--cluster) and of one kind (--what). Killed processes
+start again at once (not yet ready when it returns); a cut hub link carries
+traffic again.`,
+		Example: "  meshfed dev heal --cluster west\n  meshfed dev heal",
+		Args:    cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			cc, c, f, err := devControl(d, dir, cluster, what, true)
+			if err != nil {
+				return err
+			}
+			rep, err := cc.Heal(cmd.Context(), c, f)
+			if err != nil {
+				return controlError(err)
+			}
+			printFailures(cmd, "healed", rep)
+			return nil
+		}),
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&dir, "state-dir", "", "state directory of the running meshfed dev (default $"+envDevDir+" or .dev)")
+	fl.StringVar(&cluster, "cluster", "", "only this cluster's faults (default: every cluster)")
+	fl.StringVar(&what, "what", "", "only this kind of fault (default: every kind): gateway, workloads, agent or hub-link")
 	return cmd
 }
 

@@ -46,3 +46,30 @@ func TestDevHelpNamesTheFlagsOfIssue13NotTheDeprecatedOnes(t *testing.T) {
 		}
 	}
 }
+
+func TestDevFailAndHealNameTheBadFieldAndSayWhenNoDevRuns(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		code int
+		want string // in stderr
+	}{
+		{"fail without a cluster", nil, []string{"dev", "fail", "--state-dir", dir}, exitUsage, `cluster: "" must be`},
+		{"fail of an unknown kind", nil, []string{"dev", "fail", "--state-dir", dir, "--cluster", "west", "--what", "disk"}, exitUsage, `what: "disk" must be one of gateway, workloads, agent, hub-link`},
+		{"heal of an unknown kind", nil, []string{"dev", "heal", "--state-dir", dir, "--what", "disk"}, exitUsage, `what: "disk" must be one of`},
+		{"fail with no dev running", nil, []string{"dev", "fail", "--state-dir", dir, "--cluster", "west"}, exitError, "no meshfed dev is running"},
+		{"heal with no dev running, dir from the environment", map[string]string{envDevDir: dir}, []string{"dev", "heal"}, exitError, "no meshfed dev is running on this state directory: " + dir},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := run(t, newTestDeps(t, tc.env), tc.args...)
+			if r.code != tc.code {
+				t.Errorf("exit %d, want %d", r.code, tc.code)
+			}
+			if !strings.Contains(r.stderr, tc.want) {
+				t.Errorf("stderr %q does not say %q", r.stderr, tc.want)
+			}
+		})
+	}
+}

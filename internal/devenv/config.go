@@ -34,8 +34,12 @@ type Config struct {
 	StopTimeout time.Duration
 	// Restart is when a child that exited is started again.
 	Restart RestartPolicy
-	// Out receives the human summary.
+	// Out receives the human summary, events (a child restarted, a fault
+	// put into force or healed) and the live view.
 	Out io.Writer
+	// LiveInPlace redraws the live view's status line in place (Out is a
+	// terminal) instead of writing a line per status.
+	LiveInPlace bool
 	// Log receives the supervisor's log; nil discards it.
 	Log *slog.Logger
 }

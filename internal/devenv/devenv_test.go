@@ -60,6 +60,7 @@ func TestPortPlanHasNoOverlapAndFitsItsSpan(t *testing.T) {
 		add(s.Gossip, n+" gossip")
 		add(s.HTTP, n+" http")
 	}
+	add(p.Control(), "control API")
 	for j, c := range topology {
 		ws := c.workloads()
 		if len(ws) > maxWorkloads {
