@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -30,6 +31,7 @@ func newDevCmd(d deps) *cobra.Command {
 	cfg := devenv.DefaultConfig()
 	level := logLevel{slog.LevelInfo}
 	var dir, port, oneshot string
+	var live bool
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a local federation that carries traffic (make dev)",
@@ -37,14 +39,25 @@ func newDevCmd(d deps) *cobra.Command {
 3-server hub and the clusters east (us-east), west (us-west) and central
 (eu-central), each with an agent on a file catalog, an east-west gateway and
 sample workloads: default/reviews (HTTP, exported by east and west) and
-default/ratings (TCP echo, exported by central).
+default/ratings (TCP echo, exported by central). Nothing else is needed: no
+Kubernetes, no Docker, no repository.
 
 Once every cluster's gateway answers through its egress ports, it writes
-<dir>/dev.json (pids, addresses, egress ports) and prints how to use it. A
-child that exits is restarted after 2s (doubling up to 30s while it keeps
-dying): kill a gateway to watch failover. SIGINT or SIGTERM stops everything.
-The state directory is kept: running it again brings the same federation
-back; remove it (make clean) to start over.
+<state-dir>/dev.json (pids, addresses, egress ports, the control API) and
+prints how to use it. Then the live view shows, every second, which cluster
+answers a trickle of calls from central to reviews (on by default when
+stdout is a terminal, where it is redrawn in place; --live=false hides it,
+--live shows it as a line a second elsewhere).
+
+Failover on demand, from another terminal:
+
+  meshfed dev fail --cluster west --what gateway   # or workloads, agent, hub-link
+  meshfed dev heal --cluster west
+
+What fails stays down until healed. Any other child that exits is restarted
+after 2s (doubling up to 30s while it keeps dying). SIGINT or SIGTERM stops
+everything, with no process left. The state directory is kept: running it
+again resumes the same federation; remove it (make clean) to start over.
 
 Environment: $` + envDevDir + ` (--state-dir), $` + envDevPort + ` (--port-base),
 $` + envDevOneShot + `=1 (--oneshot).`,
@@ -78,7 +91,14 @@ $` + envDevOneShot + `=1 (--oneshot).`,
 			cfg.Binary = bin
 			cfg.EncryptKeyEnv = envEncryptKey
 			cfg.Out = cmd.OutOrStdout()
-			cfg.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level.Level})).With("component", "dev")
+			cfg.LogOut, cfg.LogLevel = cmd.ErrOrStderr(), level.Level
+			// The live view: on by default on a terminal, where it is
+			// redrawn in place; --live elsewhere writes a line a second.
+			tty := isTerminal(cfg.Out)
+			cfg.Live, cfg.LiveInPlace = tty, tty
+			if cmd.Flags().Changed("live") {
+				cfg.Live = live
+			}
 			if err := errors.Join(append(errs, cfg.Validate())...); err != nil {
 				return &codedError{code: exitUsage, err: err, lines: unjoin(err)}
 			}
@@ -118,6 +138,8 @@ $` + envDevOneShot + `=1 (--oneshot).`,
 	_ = f.MarkDeprecated("base-port", "use --port-base")
 	f.StringVar(&oneshot, "oneshot", "", "1: stop once dev.json is written and verified, a smoke test (default $"+envDevOneShot+")")
 	f.Lookup("oneshot").NoOptDefVal = "1"
+	f.BoolVar(&live, "live", false, "show live which cluster answers a trickle of calls from central to reviews (default: on when stdout is a terminal)")
+	f.IntVar(&cfg.LiveRate, "live-rate", cfg.LiveRate, "calls a second of the live view")
 	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long the start may take")
 	f.Var(&level, "log-level", "log level: debug, info, warn or error")
 	cmd.AddCommand(newDevWorkloadCmd(), newDevFailCmd(d), newDevHealCmd(d))
@@ -299,4 +321,14 @@ func newDevWorkloadCmd() *cobra.Command {
 	f.StringVar(&zone, "zone", "", "the zone it runs in")
 	f.StringVar(&instance, "instance", "", "this instance's name")
 	return cmd
+}
+
+// isTerminal reports whether w is a character device, such as a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

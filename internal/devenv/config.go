@@ -37,11 +37,23 @@ type Config struct {
 	// Out receives the human summary, events (a child restarted, a fault
 	// put into force or healed) and the live view.
 	Out io.Writer
+	// Live shows the live view on Out once the federation is ready: which
+	// cluster answers a steady trickle of calls from central to
+	// default/reviews (see live.go).
+	Live bool
 	// LiveInPlace redraws the live view's status line in place (Out is a
 	// terminal) instead of writing a line per status.
 	LiveInPlace bool
-	// Log receives the supervisor's log; nil discards it.
-	Log *slog.Logger
+	// LiveRate is how many calls a second the live view makes.
+	LiveRate int
+	// LivePeriod is how often the live view shows a status.
+	LivePeriod time.Duration
+	// Log receives the supervisor's log. If nil, the log is written as
+	// text at LogLevel to LogOut (on Out's terminal, out of the live view's
+	// way), or discarded if LogOut is nil.
+	Log      *slog.Logger
+	LogOut   io.Writer
+	LogLevel slog.Level
 }
 
 // RestartPolicy is the backoff of a child that exits: it is restarted
@@ -65,6 +77,9 @@ const (
 	DefaultBasePort     = 7400
 	DefaultReadyTimeout = 60 * time.Second
 	DefaultStopTimeout  = 10 * time.Second
+	DefaultLiveRate     = 10
+	DefaultLivePeriod   = time.Second
+	MaxLiveRate         = 1000
 )
 
 // DefaultRestart restarts after 2 s, doubling up to 30 s for a child that
@@ -80,6 +95,8 @@ func DefaultConfig() Config {
 		ReadyTimeout: DefaultReadyTimeout,
 		StopTimeout:  DefaultStopTimeout,
 		Restart:      DefaultRestart,
+		LiveRate:     DefaultLiveRate,
+		LivePeriod:   DefaultLivePeriod,
 	}
 }
 
@@ -113,6 +130,12 @@ func (c Config) Validate() error {
 	}
 	if c.Restart.Stable <= 0 {
 		add("restart.stable", c.Restart.Stable.String(), "must be positive")
+	}
+	if c.LiveRate < 1 || c.LiveRate > MaxLiveRate {
+		add("live_rate", strconv.Itoa(c.LiveRate), "must be in 1.."+strconv.Itoa(MaxLiveRate)+" calls a second")
+	}
+	if c.LivePeriod < 100*time.Millisecond {
+		add("live_period", c.LivePeriod.String(), "must be at least 100ms")
 	}
 	if c.Out == nil {
 		add("out", "", "required")

@@ -75,3 +75,20 @@ func (c *console) End() {
 	}
 	c.status = ""
 }
+
+// logWriter returns a writer to w (the log, on the same terminal) that
+// takes the status line out of the way of what it writes.
+func (c *console) logWriter(w io.Writer) io.Writer {
+	return writerFunc(func(b []byte) (int, error) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.clear()
+		n, err := w.Write(b)
+		c.redraw()
+		return n, err
+	})
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }

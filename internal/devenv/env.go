@@ -90,12 +90,16 @@ func New(cfg Config, deps Deps) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
+	con := &console{w: cfg.Out, inPlace: cfg.Live && cfg.LiveInPlace}
 	log := cfg.Log
-	if log == nil {
+	switch {
+	case log != nil:
+	case cfg.LogOut != nil:
+		log = slog.New(slog.NewTextHandler(con.logWriter(cfg.LogOut), &slog.HandlerOptions{Level: cfg.LogLevel})).With("component", "dev")
+	default:
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Env{cfg: cfg, deps: deps, log: log, ports: Ports{Base: cfg.BasePort},
-		console: &console{w: cfg.Out, inPlace: cfg.LiveInPlace}, failures: map[Failure]bool{}}
+	e := &Env{cfg: cfg, deps: deps, log: log, ports: Ports{Base: cfg.BasePort}, console: con, failures: map[Failure]bool{}}
 	e.build()
 	return e, nil
 }
@@ -271,6 +275,19 @@ func (e *Env) Run(ctx context.Context) (err error) {
 	e.printSummary(took)
 	if e.cfg.OneShot {
 		return e.verifyFile()
+	}
+	if e.cfg.Live {
+		liveCtx, stopLive := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			e.runLive(liveCtx)
+		}()
+		defer func() {
+			stopLive()
+			<-done
+			e.console.End()
+		}()
 	}
 	<-ctx.Done()
 	return nil
