@@ -151,6 +151,23 @@ func (e *Env) build() {
 					_, err := os.Stat(boot)
 					return err
 				})
+				if err != nil || e.ready.Load() {
+					return gwArgs, err
+				}
+				// At start-up a gateway waits for its agent, as the agent
+				// waits for the hub: one started earlier fails to connect
+				// and backs off (up to seconds). A restarted one does not
+				// wait: it serves its cached config whatever the agent's
+				// state.
+				api := loopback(cr.ports.GatewayAPI)
+				err = wait.Poll(ctx, pollBackoff, "the agent's gateway API "+api, func(ctx context.Context) error {
+					var d net.Dialer
+					c, err := d.DialContext(ctx, "tcp", api)
+					if err != nil {
+						return err
+					}
+					return c.Close()
+				})
 				return gwArgs, err
 			}}
 		for k, w := range ws {
