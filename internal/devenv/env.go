@@ -615,6 +615,9 @@ func (e *Env) verifyFile() error {
 	if len(got.Hub.Servers) != Servers {
 		errs = append(errs, fmt.Errorf("hub.servers: %d, want %d", len(got.Hub.Servers), Servers))
 	}
+	if got.Control.Address == "" || got.Control.Token == "" {
+		errs = append(errs, errors.New("control: no address or token"))
+	}
 	if len(got.Clusters) != len(topology) {
 		errs = append(errs, fmt.Errorf("clusters: %d, want %d", len(got.Clusters), len(topology)))
 	}
@@ -624,6 +627,9 @@ func (e *Env) verifyFile() error {
 		}
 		if len(c.ClusterSetIPs) != len(services) || c.DNS == "" {
 			errs = append(errs, fmt.Errorf("clusters[%d]: dns %q, clusterSetIPs %v, want an address and one IP per service", i, c.DNS, c.ClusterSetIPs))
+		}
+		if len(c.HubVia) != Servers {
+			errs = append(errs, fmt.Errorf("clusters[%d].hubVia: %d addresses, want %d", i, len(c.HubVia), Servers))
 		}
 		if c.Agent.PID == 0 || len(c.Gateways) == 0 || c.Gateways[0].PID == 0 {
 			errs = append(errs, fmt.Errorf("clusters[%d]: a process without a pid", i))
