@@ -1,0 +1,24 @@
+// Package e2e is meshfed's end-to-end suite: the stories users come for,
+// each proved by one test against real processes (kube-apiservers and
+// etcd per cluster, `meshfed hub`, `meshfed agent` and `meshfed gateway`
+// processes, on loopback, with simulated WAN links), stood up by
+// [github.com/meshfed/meshfed/testenv]. `make e2e` runs it; `make test`
+// runs it with everything else.
+//
+//  2. Cross-cluster calls: TestCrossClusterCallsThroughClustersetNames.
+//     Central calls reviews over HTTP and east calls ratings over TCP by
+//     their clusterset.local names, resolved by a DNS client against the
+//     cluster's agent.
+//  3. Cross-cluster failover: TestCrossClusterFailoverUnderLoad. Under a
+//     steady load from central: east's reviews workloads are killed, then
+//     west's gateway, with no request failing; then west's gateway is
+//     blackholed, and the time the traffic takes to leave it is logged.
+//
+// The stories share federations where sharing does not weaken them, to
+// keep the suite within its time budget: traffic (one hub server; east,
+// west, central) serves stories 2 and 3. A shared federation is started by
+// the first test that needs it and closed after the last one; a story
+// repairs what it breaks (in t.Cleanup) and waits for the healthy baseline
+// before it starts, so the stories run in any order and alone
+// (go test ./e2e -run TestName).
+package e2e
