@@ -13,10 +13,18 @@
 //     steady load from central: east's reviews workloads are killed, then
 //     west's gateway, with no request failing; then west's gateway is
 //     blackholed, and the time the traffic takes to leave it is logged.
+//  4. Global traffic policy: TestGlobalTrafficPolicySplits90To10. `meshfed
+//     policy apply` with the 90/10 document; central's calls split 90/10
+//     between east and west over 2000 requests.
+//  7. Security: TestSecurity. An unfederated gateway (and one forging a
+//     member's SVID) is refused at the handshake; an agent credential
+//     cannot open the hub's Sync stream as another cluster, so cannot
+//     publish for it; a stream for a service the cluster does not export
+//     gets CodeUnknownService.
 //
 // The stories share federations where sharing does not weaken them, to
 // keep the suite within its time budget: traffic (one hub server; east,
-// west, central) serves stories 2 and 3. A shared federation is started by
+// west, central) serves stories 2, 3, 4 and 7. A shared federation is started by
 // the first test that needs it and closed after the last one; a story
 // repairs what it breaks (in t.Cleanup) and waits for the healthy baseline
 // before it starts, so the stories run in any order and alone
