@@ -16,6 +16,15 @@
 //  4. Global traffic policy: TestGlobalTrafficPolicySplits90To10. `meshfed
 //     policy apply` with the 90/10 document; central's calls split 90/10
 //     between east and west over 2000 requests.
+//  5. Hub down: TestHubDownLosesNoRequestAndChurnsNothing. Every hub
+//     server is SIGKILLed under a steady load for 5 s and more: no request
+//     fails; after the restart nothing is rewritten (no write to the
+//     import objects, nothing but the hub's state on the gateway config
+//     stream).
+//  6. Hub leader killed: TestHubLeaderKilledWhilePoliciesChange. The
+//     leader is SIGKILLed 3 times while `meshfed policy apply` runs in a
+//     loop: every apply succeeds or fails retriably, and every gateway
+//     enforces the last applied revision.
 //  7. Security: TestSecurity. An unfederated gateway (and one forging a
 //     member's SVID) is refused at the handshake; an agent credential
 //     cannot open the hub's Sync stream as another cluster, so cannot
@@ -24,8 +33,9 @@
 //
 // The stories share federations where sharing does not weaken them, to
 // keep the suite within its time budget: traffic (one hub server; east,
-// west, central) serves stories 2, 3, 4 and 7. A shared federation is started by
-// the first test that needs it and closed after the last one; a story
+// west, central) serves stories 2, 3, 4 and 7; hubs (three hub servers;
+// east, central) serves stories 5 and 6. A shared federation is started
+// by the first test that needs it and closed after the last one; a story
 // repairs what it breaks (in t.Cleanup) and waits for the healthy baseline
 // before it starts, so the stories run in any order and alone
 // (go test ./e2e -run TestName).

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/meshfed/meshfed/gateway/gatewayclient"
+	"github.com/meshfed/meshfed/internal/clientconfig"
 	"github.com/meshfed/meshfed/testenv"
 )
 
@@ -39,6 +40,27 @@ func meshfed(ctx context.Context, fed *testenv.Federation, args ...string) (cliR
 		return cliResult{}, err
 	}
 	return run(ctx, fed.Hub().Binary(), append(args, "--config", cfg)...)
+}
+
+// operatorConfig writes an operator's client config naming every hub
+// server (a server's admin.yaml names those it knew when it wrote it), for
+// a CLI that must find the hub whichever servers are down.
+func operatorConfig(t testing.TB, fed *testenv.Federation) string {
+	t.Helper()
+	path, err := fed.Hub().AdminConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientconfig.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Hubs = fed.Hub().GRPCAddrs()
+	out := filepath.Join(t.TempDir(), "operator.yaml")
+	if err := cfg.Save(out); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // run runs bin with args and returns what it printed and its exit code.
@@ -94,9 +116,10 @@ func appliedRevision(stdout string) (uint64, error) {
 	return strconv.ParseUint(strings.TrimSuffix(after, ")"), 10, 64)
 }
 
-// applyPolicy writes doc to a file and runs `meshfed policy apply -f` with
-// it, bounded by timeout.
-func applyPolicy(fed *testenv.Federation, dir, doc string, timeout time.Duration) (cliResult, error) {
+// applyPolicy writes doc to a file in dir and runs `meshfed policy apply
+// -f` with it, bounded by timeout, with the client config cfg ("": a
+// running server's admin.yaml).
+func applyPolicy(fed *testenv.Federation, cfg, dir, doc string, timeout time.Duration) (cliResult, error) {
 	f, err := os.CreateTemp(dir, "policy-*.yaml")
 	if err != nil {
 		return cliResult{}, err
@@ -109,7 +132,10 @@ func applyPolicy(fed *testenv.Federation, dir, doc string, timeout time.Duration
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	return meshfed(ctx, fed, "policy", "apply", "-f", f.Name())
+	if cfg == "" {
+		return meshfed(ctx, fed, "policy", "apply", "-f", f.Name())
+	}
+	return run(ctx, fed.Hub().Binary(), "policy", "apply", "-f", f.Name(), "--config", cfg)
 }
 
 // waitPolicy waits until every gateway of the federation enforces

@@ -33,7 +33,7 @@ func TestGlobalTrafficPolicySplits90To10(t *testing.T) {
 	t.Cleanup(func() { deletePolicy(t, fed, "reviews") })
 
 	start := time.Now()
-	r, err := applyPolicy(fed, t.TempDir(), splitPolicy, 30*time.Second)
+	r, err := applyPolicy(fed, "", t.TempDir(), splitPolicy, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
