@@ -1,10 +1,16 @@
 // Package e2e is meshfed's end-to-end suite: the stories users come for,
-// each proved by one test against real processes (kube-apiservers and
-// etcd per cluster, `meshfed hub`, `meshfed agent` and `meshfed gateway`
-// processes, on loopback, with simulated WAN links), stood up by
+// each proved by one test against real processes (etcd and kube-apiserver
+// per cluster, `meshfed hub`, `meshfed agent` and `meshfed gateway`, on
+// loopback, with simulated WAN links), stood up by
 // [github.com/meshfed/meshfed/testenv]. `make e2e` runs it; `make test`
-// runs it with everything else.
+// runs it with everything else. docs/testing.md ("End-to-end suite") has
+// the figures.
 //
+//  1. Join: TestJoinFederatesTheClusterAndRefusesAReplayedToken. `meshfed
+//     token create`, then `meshfed join` for east and west: each appears
+//     in `meshfed clusters list`, connected, and the other member applied
+//     its trust bundle (`meshfed trust status`). A replayed token is
+//     refused, and nothing changes.
 //  2. Cross-cluster calls: TestCrossClusterCallsThroughClustersetNames.
 //     Central calls reviews over HTTP and east calls ratings over TCP by
 //     their clusterset.local names, resolved by a DNS client against the
@@ -31,12 +37,21 @@
 //     publish for it; a stream for a service the cluster does not export
 //     gets CodeUnknownService.
 //
+// Elsewhere, closer to the parts, the same stories have narrower tests
+// that this suite does not repeat: testenv's TestGatewaysCarryTrafficAndFailOver
+// (a gateway restarted with its agent down serves from its cache) and
+// TestPoliciesAreEnforcedAcrossTheFederation (every policy feature through
+// real gateways), the hub's TestJepsen, agent's
+// TestLeaderDeathStandbyTakesOverWithoutImportChurn, and eastwest's
+// ingress tests.
+//
 // The stories share federations where sharing does not weaken them, to
 // keep the suite within its time budget: traffic (one hub server; east,
 // west, central) serves stories 2, 3, 4 and 7; hubs (three hub servers;
-// east, central) serves stories 5 and 6. A shared federation is started
-// by the first test that needs it and closed after the last one; a story
-// repairs what it breaks (in t.Cleanup) and waits for the healthy baseline
-// before it starts, so the stories run in any order and alone
+// east, central) serves stories 5 and 6; story 1 needs clusters that have
+// not joined, and stands up its own. A shared federation is started by
+// the first test that needs it and closed after the last one; a story
+// repairs what it breaks (in t.Cleanup) and waits for the healthy
+// baseline before it starts, so the stories run in any order and alone
 // (go test ./e2e -run TestName).
 package e2e
