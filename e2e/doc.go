@@ -47,11 +47,13 @@
 //
 // The stories share federations where sharing does not weaken them, to
 // keep the suite within its time budget: traffic (one hub server; east,
-// west, central) serves stories 2, 3, 4 and 7; hubs (three hub servers;
-// east, central) serves stories 5 and 6; story 1 needs clusters that have
-// not joined, and stands up its own. A shared federation is started by
-// the first test that needs it and closed after the last one; a story
-// repairs what it breaks (in t.Cleanup) and waits for the healthy
-// baseline before it starts, so the stories run in any order and alone
-// (go test ./e2e -run TestName).
+// west, central) serves stories 2, 3 and 4; hubs (three hub servers;
+// east, central) serves stories 5, 6 and 7; story 1 needs clusters that
+// have not joined, and stands up its own. One federation runs at a time
+// (two would share egress ports): a shared one is started by the first
+// test that needs it and closed when a test needs another, or after the
+// last test; the files are named in story order, the order go test runs
+// them, so each starts once. A story repairs what it breaks (in
+// t.Cleanup) and waits for the healthy baseline before it starts, so the
+// stories also run in any order and alone (go test ./e2e -run TestName).
 package e2e

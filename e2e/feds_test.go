@@ -18,11 +18,12 @@ var (
 )
 
 // traffic is the federation of the data-plane stories (cross-cluster
-// calls, failover, the traffic policy, security): one hub server; east and
-// west export reviews (HTTP, 2 replicas each), west exports ratings (TCP);
+// calls, failover, the traffic policy): one hub server; east and west
+// export reviews (HTTP, 2 replicas each), west exports ratings (TCP);
 // east also runs internal (HTTP), which it does not export. Central calls
-// reviews, which east and west serve from the same tier (other regions,
-// as seen from eu-central), so both get central's traffic.
+// reviews, which east and west serve from the same tier
+// (other regions, as seen from eu-central), so both get central's
+// traffic.
 var traffic = newShared("traffic", testenv.Options{HubServers: 1,
 	Clusters: []testenv.Cluster{eastCluster, westCluster, centralCluster}},
 	func(ctx context.Context, fed *testenv.Federation) error {
@@ -41,13 +42,16 @@ var traffic = newShared("traffic", testenv.Options{HubServers: 1,
 	})
 
 // hubs is the federation of the control-plane stories (the hub down, the
-// hub leader killed): three hub servers; east exports reviews (HTTP, 2
-// replicas), central calls it.
+// hub leader killed) and of security: three hub servers; east exports
+// reviews (HTTP, 2 replicas), central calls it; east also runs internal
+// (HTTP), which it does not export.
 var hubs = newShared("hubs", testenv.Options{HubServers: 3,
 	Clusters: []testenv.Cluster{eastCluster, centralCluster}},
 	func(ctx context.Context, fed *testenv.Federation) error {
-		fed.Cluster("east").Deploy(testenv.EchoHTTP("default/reviews", 2))
-		fed.Cluster("east").Export("default/reviews")
+		east := fed.Cluster("east")
+		east.Deploy(testenv.EchoHTTP("default/reviews", 2))
+		east.Export("default/reviews")
+		east.Deploy(testenv.EchoHTTP("default/internal", 1))
 		return waitServed(ctx, fed.Cluster("central"), "default/reviews", "east")
 	})
 

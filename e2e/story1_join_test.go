@@ -29,6 +29,7 @@ import (
 // replayed by another `meshfed join`, is refused: the command fails,
 // stores nothing, and east's membership is unchanged.
 func TestJoinFederatesTheClusterAndRefusesAReplayedToken(t *testing.T) {
+	closeShared(nil) // one federation at a time (main_test.go)
 	fed := testenv.Start(t, testenv.Options{HubServers: 1, NoAgents: true,
 		Clusters: []testenv.Cluster{eastCluster, westCluster}})
 	ctx := context.Background()

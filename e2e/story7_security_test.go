@@ -32,7 +32,7 @@ import (
 	"github.com/meshfed/meshfed/trust"
 )
 
-// TestSecurity is story 7, against the real processes of the traffic
+// TestSecurity is story 7, against the real processes of the hubs
 // federation: east's gateway refuses a gateway whose trust domain is not
 // federated (and one forging a member's); a member agent's credential
 // cannot open the hub's Sync stream as another cluster, so it cannot
@@ -40,17 +40,17 @@ import (
 // not export. Each refusal is checked beside the same call made as it
 // should be, which succeeds.
 func TestSecurity(t *testing.T) {
-	fed := traffic.get(t)
-	baseline(t, fed, "east", "west")
-	east, west := fed.Cluster("east"), fed.Cluster("west")
-	westSVID, _ := gatewayIdentity(t, west)
+	fed := hubs.get(t)
+	baseline(t, fed, "east")
+	east, central := fed.Cluster("east"), fed.Cluster("central")
+	centralSVID, _ := gatewayIdentity(t, central)
 	_, eastBundle := gatewayIdentity(t, east)
 	// As every remote gateway reaches east's: through its WAN link.
 	eastIngress := east.Gateway().Advertised()
 
 	t.Run("UnfederatedGatewayIsRefused", func(t *testing.T) {
-		if st, err := probe(eastIngress, westSVID, eastBundle); err != nil || st.Code != eastwest.CodeOK {
-			t.Fatalf("west's gateway probing east's: %v %v, want ok", st, err)
+		if st, err := probe(eastIngress, centralSVID, eastBundle); err != nil || st.Code != eastwest.CodeOK {
+			t.Fatalf("central's gateway probing east's: %v %v, want ok", st, err)
 		}
 		// A trust domain no member has and the hub never federated.
 		rogue := newCA(t, "rogue.meshfed.local")
@@ -59,13 +59,14 @@ func TestSecurity(t *testing.T) {
 			t.Errorf("a gateway of the unfederated trust domain %s: %v %v, want the handshake refused by east", rogue.td, st, err)
 		}
 		t.Logf("rogue.meshfed.local: %v", err)
-		// West's trust domain, but a CA that is not west's: a forged SVID.
-		forged := newCA(t, westSVID.ID.TrustDomain().String())
+		// Central's trust domain, but a CA that is not central's: a forged
+		// SVID.
+		forged := newCA(t, centralSVID.ID.TrustDomain().String())
 		st, err = probe(eastIngress, forged.gatewaySVID(t), eastBundle)
 		if !refusedHandshake(err) {
-			t.Errorf("a forged gateway SVID of west: %v %v, want the handshake refused by east", st, err)
+			t.Errorf("a forged gateway SVID of central: %v %v, want the handshake refused by east", st, err)
 		}
-		t.Logf("forged west: %v", err)
+		t.Logf("forged central: %v", err)
 	})
 
 	t.Run("AgentCannotPublishForAnotherCluster", func(t *testing.T) {
@@ -75,13 +76,13 @@ func TestSecurity(t *testing.T) {
 		if err := syncHello(conn, "east"); err != nil {
 			t.Fatalf("east's agent credential opening Sync as east: %v", err)
 		}
-		// As west, the hub refuses it before any publish: the stream's
+		// As central, the hub refuses it before any publish: the stream's
 		// cluster is the certificate's, and publishes carry no other.
-		err := syncHello(conn, "west")
+		err := syncHello(conn, "central")
 		if status.Code(err) != codes.PermissionDenied {
-			t.Fatalf("east's agent credential opening Sync as west: %v, want PermissionDenied", err)
+			t.Fatalf("east's agent credential opening Sync as central: %v, want PermissionDenied", err)
 		}
-		t.Logf("east as west: %v", err)
+		t.Logf("east as central: %v", err)
 	})
 
 	t.Run("UnexportedServiceIsRefusedAtIngress", func(t *testing.T) {
@@ -89,15 +90,15 @@ func TestSecurity(t *testing.T) {
 			h    eastwest.Header
 			want eastwest.Code
 		}{
-			{eastwest.Header{Kind: eastwest.KindConnect, Service: "default/reviews", Port: 80, Source: "west"}, eastwest.CodeOK},
+			{eastwest.Header{Kind: eastwest.KindConnect, Service: "default/reviews", Port: 80, Source: "central"}, eastwest.CodeOK},
 			// internal runs in east and is not exported.
-			{eastwest.Header{Kind: eastwest.KindConnect, Service: "default/internal", Port: 80, Source: "west"}, eastwest.CodeUnknownService},
-			{eastwest.Header{Kind: eastwest.KindConnect, Service: "default/nosuch", Port: 80, Source: "west"}, eastwest.CodeUnknownService},
-			{eastwest.Header{Kind: eastwest.KindConnect, Service: "default/reviews", Port: 81, Source: "west"}, eastwest.CodeUnknownService},
-			// West's gateway claiming to be central's.
-			{eastwest.Header{Kind: eastwest.KindConnect, Service: "default/reviews", Port: 80, Source: "central"}, eastwest.CodeForbidden},
+			{eastwest.Header{Kind: eastwest.KindConnect, Service: "default/internal", Port: 80, Source: "central"}, eastwest.CodeUnknownService},
+			{eastwest.Header{Kind: eastwest.KindConnect, Service: "default/nosuch", Port: 80, Source: "central"}, eastwest.CodeUnknownService},
+			{eastwest.Header{Kind: eastwest.KindConnect, Service: "default/reviews", Port: 81, Source: "central"}, eastwest.CodeUnknownService},
+			// Central's gateway claiming to be east's own.
+			{eastwest.Header{Kind: eastwest.KindConnect, Service: "default/reviews", Port: 80, Source: "east"}, eastwest.CodeForbidden},
 		} {
-			st, err := openStream(eastIngress, westSVID, eastBundle, &c.h)
+			st, err := openStream(eastIngress, centralSVID, eastBundle, &c.h)
 			if err != nil || st.Code != c.want {
 				t.Errorf("%s:%d from %s: %v %v, want %v", c.h.Service, c.h.Port, c.h.Source, st, err, c.want)
 			}
