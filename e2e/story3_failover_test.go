@@ -21,10 +21,13 @@ const loadRate = 100
 const settleWindow = 50
 
 // settled waits until the latest settleWindow requests sent since since
-// all succeeded, answered by the clusters of want and by each of them.
+// all succeeded, answered by the clusters of want and by each of them. A
+// gateway that comes back gets traffic again once the callers' outlier
+// detection lets it (10 s for each time it was ejected; 20 s after this
+// suite's second fault on west's), hence the long bound.
 func settled(t testing.TB, load *testenv.Load, what string, since time.Time, want ...string) {
 	t.Helper()
-	if err := testenv.WaitFor(context.Background(), 60*time.Second, func(context.Context) error {
+	if err := testenv.WaitFor(context.Background(), 90*time.Second, func(context.Context) error {
 		r := load.Since(since)
 		if len(r.Outcomes) < settleWindow {
 			return fmt.Errorf("%d requests answered so far", len(r.Outcomes))
