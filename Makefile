@@ -5,6 +5,7 @@
 #   make build       bin/meshfed
 #   make test        go vet + every test (no -race: too slow on 2 cores)
 #   make test-long   the long linearizability and Jepsen checks of the hub
+#   make e2e         the end-to-end suite alone (./e2e: the user stories; also in make test)
 #   make lint        gofmt, go vet, golangci-lint (config: .golangci.yml)
 #   make proto       buf lint + buf generate
 #   make proto-check regenerate and fail if the generated code changed
@@ -71,6 +72,13 @@ test: $(TEST_DEPS)
 	# fixed ports; a test in another package picking "free" ports at the same
 	# moment could take them in between.
 	$(GO) test -p 1 -count=1 -timeout 25m ./...
+
+# e2e runs the end-to-end suite alone: the stories users come for, against
+# real processes (package e2e; docs/testing.md, "End-to-end suite"). make
+# test runs it too, with everything else.
+.PHONY: e2e
+e2e: $(TEST_DEPS)
+	$(GO) test -p 1 -count=1 -timeout 15m ./e2e/
 
 .PHONY: test-long
 test-long: $(TEST_DEPS)

@@ -35,6 +35,7 @@ type Agent struct {
 	cluster    string
 	httpAddr   string
 	gatewayAPI string
+	dnsAddr    string // --dns-bind
 	dataDir    string
 	egressMin  int
 	egressMax  int
@@ -46,6 +47,13 @@ func (a *Agent) HTTPAddr() string { return a.httpAddr }
 
 // GatewayAPIAddr is host:port of the agent's gateway API.
 func (a *Agent) GatewayAPIAddr() string { return a.gatewayAPI }
+
+// DNSAddr is host:port (UDP and TCP) of the agent's clusterset.local DNS
+// server (--dns-bind): <svc>.<ns>.svc.clusterset.local answers with the
+// ClusterSetIP of an import, the ClusterIP of its derived Service, which
+// [ClusterEnv.ServiceBackends] maps to where it is served, as kube-proxy
+// would.
+func (a *Agent) DNSAddr() string { return a.dnsAddr }
 
 // DataDir is the agent's data directory (its cached hub state, and the
 // gateways' bootstrap document, gateway-bootstrap.json).
@@ -210,11 +218,11 @@ func (f *Federation) startAgent(ctx context.Context, i int, c *ClusterEnv, ready
 	}
 	var lastErr error
 	for attempt := range 3 {
-		ports, err := freePorts(2)
+		ports, err := freePorts(3)
 		if err != nil {
 			return err
 		}
-		a := &Agent{cluster: c.Name(), httpAddr: loopback(ports[0]), gatewayAPI: loopback(ports[1]),
+		a := &Agent{cluster: c.Name(), httpAddr: loopback(ports[0]), gatewayAPI: loopback(ports[1]), dnsAddr: loopback(ports[2]),
 			dataDir:   filepath.Join(f.dir, "clusters", c.Name(), "agent"),
 			egressMin: 20000 + i*egressSpan, egressMax: 20000 + (i+1)*egressSpan - 1}
 		if err := os.MkdirAll(a.dataDir, 0o700); err != nil {
@@ -226,6 +234,7 @@ func (f *Federation) startAgent(ctx context.Context, i int, c *ClusterEnv, ready
 			"--data-dir", a.dataDir,
 			"--http-port", strconv.Itoa(ports[0]),
 			"--gateway-api", a.gatewayAPI,
+			"--dns-bind", a.dnsAddr,
 			"--gateway-address", c.GatewayIP(),
 			"--egress-ports", fmt.Sprintf("%d-%d", a.egressMin, a.egressMax),
 			"--log-level", "debug",
