@@ -87,6 +87,10 @@ func (p *peer) run(ctx context.Context) {
 		p.qc, p.last = qc, nil
 		p.mu.Unlock()
 		p.up.Store(true)
+		// A gateway that answers a new handshake is back: its cluster's
+		// ejection for the old failures ends now rather than after a
+		// growing ejection time.
+		p.g.clusterOut.forgive(p.cluster)
 		p.g.m.gateways.WithLabelValues(p.cluster.String(), p.addr).Set(1)
 		p.g.log.Info("remote gateway up", "cluster", p.cluster, "address", p.addr)
 		reason := p.probeLoop(ctx, qc)

@@ -462,12 +462,29 @@ func newOutliers[K comparable](consecutive int, base, maxEject time.Duration, on
 	return &outliers[K]{consecutive: consecutive, base: base, max: maxEject, onEject: onEject, state: map[K]*outlierState{}}
 }
 
-// success records a success: the run of errors ends.
+// success records a success: the run of errors ends, and a key that is
+// no longer ejected earns back one step of its ejection multiplier (as
+// Envoy decays it), so a recovered key's next ejection is short again.
 func (o *outliers[K]) success(k K) {
 	o.mu.Lock()
 	if s := o.state[k]; s != nil {
 		s.errors = 0
+		if !s.until.IsZero() && !time.Now().Before(s.until) {
+			s.until = time.Time{} // the last ejection is over
+		}
+		if s.ejections > 0 && s.until.IsZero() {
+			s.ejections--
+		}
 	}
+	o.mu.Unlock()
+}
+
+// forgive ends k's ejection and forgets its history: what made it fail is
+// known to be fixed (a remote gateway that was down answered a new
+// handshake).
+func (o *outliers[K]) forgive(k K) {
+	o.mu.Lock()
+	delete(o.state, k)
 	o.mu.Unlock()
 }
 
@@ -480,7 +497,10 @@ func (o *outliers[K]) failure(k K, now time.Time) bool {
 		o.state[k] = s
 	}
 	s.errors++
-	eject := s.errors >= o.consecutive && !now.Before(s.until)
+	if !s.until.IsZero() && !now.Before(s.until) {
+		s.until = time.Time{} // the last ejection is over
+	}
+	eject := s.errors >= o.consecutive && s.until.IsZero()
 	if eject {
 		s.ejections++
 		s.until = now.Add(min(o.base*time.Duration(s.ejections), o.max))
@@ -510,7 +530,7 @@ func (o *outliers[K]) ejected(k K, now time.Time) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	s := o.state[k]
-	return s != nil && now.Before(s.until)
+	return s != nil && !s.until.IsZero() && now.Before(s.until)
 }
 
 // randFloat is the default source of order's randomness.
