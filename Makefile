@@ -183,6 +183,8 @@ bench-tools:
 bench: $(TEST_DEPS) bench-tools
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m $(BENCH_PKGS)
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 300ms -count 1 -timeout 10m $(BENCH_MICRO_PKGS)
+	# meshfed dev's time to ready, cold and resumed, over 5 rounds (goal: under 3 s).
+	$(GO) test -p 1 -run '^$$' -bench DevTimeToReady -benchtime 5x -count 1 -timeout 10m ./internal/e2e/
 
 # MESHFED_DEV_DIR (default .dev), MESHFED_DEV_PORT (default 7400) and
 # MESHFED_DEV_ONESHOT=1 (stop once ready, a smoke test) are read by

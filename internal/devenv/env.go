@@ -151,6 +151,23 @@ func (e *Env) build() {
 					_, err := os.Stat(boot)
 					return err
 				})
+				if err != nil || e.ready.Load() {
+					return gwArgs, err
+				}
+				// At start-up a gateway waits for its agent, as the agent
+				// waits for the hub: one started earlier fails to connect
+				// and backs off (up to seconds). A restarted one does not
+				// wait: it serves its cached config whatever the agent's
+				// state.
+				api := loopback(cr.ports.GatewayAPI)
+				err = wait.Poll(ctx, pollBackoff, "the agent's gateway API "+api, func(ctx context.Context) error {
+					var d net.Dialer
+					c, err := d.DialContext(ctx, "tcp", api)
+					if err != nil {
+						return err
+					}
+					return c.Close()
+				})
 				return gwArgs, err
 			}}
 		for k, w := range ws {
@@ -598,6 +615,9 @@ func (e *Env) verifyFile() error {
 	if len(got.Hub.Servers) != Servers {
 		errs = append(errs, fmt.Errorf("hub.servers: %d, want %d", len(got.Hub.Servers), Servers))
 	}
+	if got.Control.Address == "" || got.Control.Token == "" {
+		errs = append(errs, errors.New("control: no address or token"))
+	}
 	if len(got.Clusters) != len(topology) {
 		errs = append(errs, fmt.Errorf("clusters: %d, want %d", len(got.Clusters), len(topology)))
 	}
@@ -607,6 +627,9 @@ func (e *Env) verifyFile() error {
 		}
 		if len(c.ClusterSetIPs) != len(services) || c.DNS == "" {
 			errs = append(errs, fmt.Errorf("clusters[%d]: dns %q, clusterSetIPs %v, want an address and one IP per service", i, c.DNS, c.ClusterSetIPs))
+		}
+		if len(c.HubVia) != Servers {
+			errs = append(errs, fmt.Errorf("clusters[%d].hubVia: %d addresses, want %d", i, len(c.HubVia), Servers))
 		}
 		if c.Agent.PID == 0 || len(c.Gateways) == 0 || c.Gateways[0].PID == 0 {
 			errs = append(errs, fmt.Errorf("clusters[%d]: a process without a pid", i))

@@ -56,7 +56,7 @@ func (b *syncBuffer) String() string {
 // ports, TCP and UDP) is free right now, below Linux's ephemeral range
 // (32768 and up), where outgoing connections could take a port between
 // this check and the children's binds.
-func freeBasePort(t *testing.T) int {
+func freeBasePort(t testing.TB) int {
 	t.Helper()
 	for range 50 {
 		base := 20000 + 10*rand.IntN((32768-devenv.PortSpan-20000)/10)
