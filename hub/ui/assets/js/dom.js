@@ -64,15 +64,19 @@ export function table(key, caption, columns, rows, {empty = 'None.', nowrap = fa
   if (rows.length === 0) {
     return h('div', {class: 'table-empty'}, h('h3', {id: `cap-${key}`}, caption), h('p', {class: 'muted'}, empty));
   }
-  const head = h('tr', {}, columns.map((c) => h('th', {scope: 'col', class: c.class}, c.label)));
-  const body = rows.map((r) => h('tr', r.attrs || {}, r.cells.map((cell, i) => {
+  // Explicit roles: on a narrow screen the CSS lays rows out as blocks,
+  // which would otherwise drop the table's semantics in some browsers.
+  const head = h('tr', {role: 'row'}, columns.map((c) => h('th', {scope: 'col', role: 'columnheader', class: c.class}, c.label)));
+  const body = rows.map((r) => h('tr', {role: 'row', ...(r.attrs || {})}, r.cells.map((cell, i) => {
     const col = columns[i] || {};
     const v = cell && typeof cell === 'object' && !(cell instanceof Node) && !Array.isArray(cell) ? cell : {value: cell};
-    return h(i === 0 ? 'th' : 'td', i === 0 ? {scope: 'row', class: [col.class, v.class]} : {class: [col.class, v.class]}, v.value);
+    return i === 0 ?
+      h('th', {scope: 'row', role: 'rowheader', class: [col.class, v.class]}, v.value) :
+      h('td', {role: 'cell', class: [col.class, v.class], 'data-label': col.label}, v.value);
   })));
   const id = `cap-${key}`;
   return h('div', {class: 'table-wrap', role: 'region', 'aria-labelledby': id, tabindex: '0', 'data-key': `table-${key}`},
-    h('table', {class: nowrap ? 'nowrap' : null}, h('caption', {id}, caption), h('thead', {}, head), h('tbody', {}, body)));
+    h('table', {role: 'table', class: nowrap ? 'nowrap' : null}, h('caption', {id}, caption), h('thead', {role: 'rowgroup'}, head), h('tbody', {role: 'rowgroup'}, body)));
 }
 
 // Health of a link or a cluster: the colour is never the only cue, each has

@@ -18,7 +18,9 @@ export function clusterStatus(c) {
   if (!c.connected) return {status: 'disconnected', label: 'disconnected', health: 'down'};
   if (gws.length > 0 && up === 0) return {status: 'gateway-down', label: gws.length === 1 ? 'gateway down' : 'all gateways down', health: 'down'};
   if (up < gws.length) return {status: 'degraded', label: `${up} of ${gws.length} gateways up`, health: 'degraded'};
-  if (gws.length === 0) return {status: 'no-gateway', label: 'connected, no gateway', health: 'degraded'};
+  // No gateway reported: nothing reaches the cluster's exports and its
+  // calls cannot leave it, so it is down for the federation.
+  if (gws.length === 0) return {status: 'no-gateway', label: 'no gateway', health: 'down'};
   return {status: 'ok', label: 'connected', health: 'ok'};
 }
 
