@@ -175,6 +175,9 @@ func TestAssetsLoadOnlyThemselves(t *testing.T) {
 			}
 		}
 		for _, r := range refs {
+			if strings.HasPrefix(r, "api/") {
+				continue // the hub's API, preloaded by index.html
+			}
 			target := path.Join(path.Dir(p), r)
 			if _, err := fs.Stat(assets, target); err != nil {
 				t.Errorf("%s: refers to %s, which is not an asset", p, r)

@@ -54,6 +54,7 @@ let sessionEnded = false;
 function watch(page, name) {
   page.on('pageerror', (err) => fail(`${name}: uncaught error in the page: ${err.message}`));
   page.on('console', (m) => {
+    if (m.type() === 'warning') log(`${name}: console warning: ${m.text()}`);
     if (m.type() !== 'error') return;
     if (sessionEnded && m.text().includes('status of 401')) return;
     fail(`${name}: console error: ${m.text()}`);
@@ -288,6 +289,13 @@ async function pageTime(browser) {
     const page = watch(await ctx.newPage(), 'page time');
     await page.goto(ui);
     result.pageTimeMs.push(await topologyDrawnMs(page));
+    const parts = await page.evaluate(() => {
+      const nav = performance.getEntriesByType('navigation')[0];
+      const topo = performance.getEntriesByType('resource').find((r) => r.name.endsWith('/ui/api/topology'));
+      const mods = performance.getEntriesByType('resource').filter((r) => r.name.endsWith('.js'));
+      return {html: nav.responseEnd, domComplete: nav.domContentLoadedEventEnd, modules: Math.max(...mods.map((r) => r.responseEnd)), topology: topo ? topo.responseEnd : -1, topologyWait: topo ? topo.responseStart - topo.requestStart : -1};
+    });
+    log(`load ${i}: html ${parts.html.toFixed(0)} ms, modules ${parts.modules.toFixed(0)} ms, /ui/api/topology ${parts.topology.toFixed(0)} ms (server ${parts.topologyWait.toFixed(0)} ms), DOMContentLoaded ${parts.domComplete.toFixed(0)}, drawn ${result.pageTimeMs.at(-1).toFixed(0)} ms`);
     await ctx.close();
   }
 }

@@ -26,7 +26,8 @@ const store = new Store((kind, added) => {
     const said = added.filter((e) => ANNOUNCED.has(e.kind)).map((e) => `${e.kind}${e.cluster ? ` in ${e.cluster}` : ''}: ${e.detail || ''}`);
     if (said.length) announcer.textContent = said.join('. ');
   }
-  if (kind === 'connection' || (current && VIEWS[current].uses.includes(kind))) schedule();
+  if (kind === 'topology' && !drawn && current === 'topology') draw(); // the first drawing: no frame's wait
+  else if (kind === 'connection' || (current && VIEWS[current].uses.includes(kind))) schedule();
 });
 
 function viewName() {
