@@ -14,7 +14,7 @@ func TestLinkCountersSumTheGatewaySeriesPerDestinationCluster(t *testing.T) {
 	g.m.requests.WithLabelValues("default/ratings", "west", "egress", "reset").Add(4)
 	g.m.requests.WithLabelValues("default/ratings", "west", "egress", "404").Add(1) // not the link's failure
 	g.m.requests.WithLabelValues("default/reviews", "east", "egress", "ok").Add(5)
-	g.m.requests.WithLabelValues("default/reviews", "local", "egress", "ok").Add(50)       // no link
+	g.m.requests.WithLabelValues("default/reviews", "local", "egress", "ok").Add(50)        // no link
 	g.m.requests.WithLabelValues("default/reviews", "none", "egress", "unavailable").Add(3) // no target
 	g.m.requests.WithLabelValues("default/reviews", "west", "ingress", "ok").Add(70)        // the other way
 	g.m.latency.WithLabelValues("default/reviews", "west", "egress").Observe(0.003)
