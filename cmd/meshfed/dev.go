@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,6 +31,7 @@ func newDevCmd(d deps) *cobra.Command {
 	cfg := devenv.DefaultConfig()
 	level := logLevel{slog.LevelInfo}
 	var dir, port, oneshot string
+	var live bool
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a local federation that carries traffic (make dev)",
@@ -36,34 +39,44 @@ func newDevCmd(d deps) *cobra.Command {
 3-server hub and the clusters east (us-east), west (us-west) and central
 (eu-central), each with an agent on a file catalog, an east-west gateway and
 sample workloads: default/reviews (HTTP, exported by east and west) and
-default/ratings (TCP echo, exported by central).
+default/ratings (TCP echo, exported by central). Nothing else is needed: no
+Kubernetes, no Docker, no repository.
 
 Once every cluster's gateway answers through its egress ports, it writes
-<dir>/dev.json (pids, addresses, egress ports) and prints how to use it. A
-child that exits is restarted after 2s (doubling up to 30s while it keeps
-dying): kill a gateway to watch failover. SIGINT or SIGTERM stops everything.
-The state directory is kept: running it again brings the same federation
-back; remove it (make clean) to start over.
+<state-dir>/dev.json (pids, addresses, egress ports, the control API) and
+prints how to use it. Then the live view shows, every second, which cluster
+answers a trickle of calls from central to reviews (on by default when
+stdout is a terminal, where it is redrawn in place; --live=false hides it,
+--live shows it as a line a second elsewhere).
 
-Environment: $` + envDevDir + ` (--dir), $` + envDevPort + ` (--base-port),
+Failover on demand, from another terminal:
+
+  meshfed dev fail --cluster west --what gateway   # or workloads, agent, hub-link
+  meshfed dev heal --cluster west
+
+What fails stays down until healed. Any other child that exits is restarted
+after 2s (doubling up to 30s while it keeps dying). SIGINT or SIGTERM stops
+everything, with no process left. The state directory is kept: running it
+again resumes the same federation; remove it (make clean) to start over.
+
+Environment: $` + envDevDir + ` (--state-dir), $` + envDevPort + ` (--port-base),
 $` + envDevOneShot + `=1 (--oneshot).`,
 		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
 			var errs []error
-			cfg.Dir = dir
-			if cfg.Dir == "" {
-				cfg.Dir = d.getenv(envDevDir)
+			for _, a := range [][2]string{{"state-dir", "dir"}, {"port-base", "base-port"}} {
+				if cmd.Flags().Changed(a[0]) && cmd.Flags().Changed(a[1]) {
+					errs = append(errs, &federation.FieldError{Field: a[1], Reason: "is the deprecated name of --" + a[0] + ": give one of them"})
+				}
 			}
-			if cfg.Dir == "" {
-				cfg.Dir = devenv.DefaultConfig().Dir
-			}
+			cfg.Dir = devStateDir(d, dir)
 			if port == "" {
 				port = d.getenv(envDevPort)
 			}
 			if port != "" {
 				p, err := strconv.Atoi(port)
 				if err != nil {
-					errs = append(errs, &federation.FieldError{Field: "base-port (" + envDevPort + ")", Value: port, Reason: "must be a port number"})
+					errs = append(errs, &federation.FieldError{Field: "port-base (" + envDevPort + ")", Value: port, Reason: "must be a port number"})
 				}
 				cfg.BasePort = p
 			}
@@ -78,7 +91,14 @@ $` + envDevOneShot + `=1 (--oneshot).`,
 			cfg.Binary = bin
 			cfg.EncryptKeyEnv = envEncryptKey
 			cfg.Out = cmd.OutOrStdout()
-			cfg.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level.Level})).With("component", "dev")
+			cfg.LogOut, cfg.LogLevel = cmd.ErrOrStderr(), level.Level
+			// The live view: on by default on a terminal, where it is
+			// redrawn in place; --live elsewhere writes a line a second.
+			tty := isTerminal(cfg.Out)
+			cfg.Live, cfg.LiveInPlace = tty, tty
+			if cmd.Flags().Changed("live") {
+				cfg.Live = live
+			}
 			if err := errors.Join(append(errs, cfg.Validate())...); err != nil {
 				return &codedError{code: exitUsage, err: err, lines: unjoin(err)}
 			}
@@ -109,13 +129,158 @@ $` + envDevOneShot + `=1 (--oneshot).`,
 		}),
 	}
 	f := cmd.Flags()
-	f.StringVar(&dir, "dir", "", "state directory: data, logs, dev.json (default $"+envDevDir+" or .dev)")
-	f.StringVar(&port, "base-port", "", fmt.Sprintf("first port of the plan, which uses %d ports from it (default $%s or %d)", devenv.PortSpan, envDevPort, devenv.DefaultBasePort))
+	f.StringVar(&dir, "state-dir", "", "state directory: data, logs, dev.json (default $"+envDevDir+" or .dev)")
+	f.StringVar(&port, "port-base", "", fmt.Sprintf("first port of the plan, which uses %d ports from it (default $%s or %d)", devenv.PortSpan, envDevPort, devenv.DefaultBasePort))
+	// The names before issue 13, kept working.
+	f.StringVar(&dir, "dir", "", "state directory")
+	f.StringVar(&port, "base-port", "", "first port of the plan")
+	_ = f.MarkDeprecated("dir", "use --state-dir")
+	_ = f.MarkDeprecated("base-port", "use --port-base")
 	f.StringVar(&oneshot, "oneshot", "", "1: stop once dev.json is written and verified, a smoke test (default $"+envDevOneShot+")")
 	f.Lookup("oneshot").NoOptDefVal = "1"
+	f.BoolVar(&live, "live", false, "show live which cluster answers a trickle of calls from central to reviews (default: on when stdout is a terminal)")
+	f.IntVar(&cfg.LiveRate, "live-rate", cfg.LiveRate, "calls a second of the live view")
 	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long the start may take")
 	f.Var(&level, "log-level", "log level: debug, info, warn or error")
-	cmd.AddCommand(newDevWorkloadCmd())
+	cmd.AddCommand(newDevWorkloadCmd(), newDevFailCmd(d), newDevHealCmd(d))
+	return cmd
+}
+
+// devStateDir is the state directory of dev, fail and heal: the flag, else
+// $MESHFED_DEV_DIR, else .dev.
+func devStateDir(d deps, flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if dir := d.getenv(envDevDir); dir != "" {
+		return dir
+	}
+	return devenv.DefaultConfig().Dir
+}
+
+// devControl parses --cluster and --what (each optional when allowEmpty)
+// and connects to the meshfed dev running on the state directory.
+func devControl(d deps, dir, cluster, what string, allowEmpty bool) (*devenv.ControlClient, federation.ClusterName, devenv.Fault, error) {
+	var errs []error
+	var c federation.ClusterName
+	var f devenv.Fault
+	if cluster != "" || !allowEmpty {
+		var err error
+		c, err = federation.ParseClusterName(cluster)
+		errs = append(errs, err)
+	}
+	if what != "" || !allowEmpty {
+		var err error
+		f, err = devenv.ParseFault(what)
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, c, f, &codedError{code: exitUsage, err: err, lines: unjoin(err)}
+	}
+	cc, err := devenv.NewControlClient(devStateDir(d, dir))
+	return cc, c, f, err
+}
+
+// printFailures prints what a fail or heal changed and what is in force.
+func printFailures(cmd *cobra.Command, verb string, rep *devenv.ControlReply) {
+	w := cmd.OutOrStdout()
+	if len(rep.Changed) == 0 {
+		fmt.Fprintf(w, "nothing %s\n", verb)
+	}
+	for _, f := range rep.Changed {
+		fmt.Fprintf(w, "%s %s\n", verb, f)
+	}
+	if len(rep.Failures) == 0 {
+		fmt.Fprintln(w, "failed now: nothing")
+		return
+	}
+	names := make([]string, len(rep.Failures))
+	for i, f := range rep.Failures {
+		names[i] = f.String()
+	}
+	fmt.Fprintf(w, "failed now: %s\n", strings.Join(names, ", "))
+}
+
+// controlError maps a control API error to an exit code: a rejected field
+// is a usage error.
+func controlError(err error) error {
+	var fe *federation.FieldError
+	if errors.As(err, &fe) {
+		return &codedError{code: exitUsage, err: err}
+	}
+	return err
+}
+
+var devWhatHelp = "what fails: gateway (killed), workloads (the sample workloads killed), agent (killed) or hub-link (the agent cut off the hub)"
+
+func newDevFailCmd(d deps) *cobra.Command {
+	var dir, cluster, what string
+	cmd := &cobra.Command{
+		Use:   "fail --cluster NAME [--what gateway|workloads|agent|hub-link]",
+		Short: "Make part of a cluster of the running meshfed dev fail, until healed",
+		Long: `Make part of a cluster of the running meshfed dev fail, for real, and keep it
+failed until meshfed dev heal:
+
+  gateway    the cluster's east-west gateway is killed (SIGKILL)
+  workloads  its sample workloads are killed (its catalog still lists them
+             ready, as Kubernetes does until a readiness probe fails)
+  agent      its agent is killed; the gateway keeps its last configuration
+  hub-link   its agent is cut off the hub: the relays it reaches the hub
+             servers through blackhole every connection (the gateway never
+             talks to the hub; the agent keeps serving its cached view)
+
+meshfed dev does not restart what it killed on purpose. It returns once the
+fault is in force. The running meshfed dev is found through <state-dir>/dev.json.`,
+		Example: "  meshfed dev fail --cluster west --what gateway\n  meshfed dev fail --cluster east --what workloads",
+		Args:    cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			cc, c, f, err := devControl(d, dir, cluster, what, false)
+			if err != nil {
+				return err
+			}
+			rep, err := cc.Fail(cmd.Context(), c, f)
+			if err != nil {
+				return controlError(err)
+			}
+			printFailures(cmd, "failed", rep)
+			return nil
+		}),
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&dir, "state-dir", "", "state directory of the running meshfed dev (default $"+envDevDir+" or .dev)")
+	fl.StringVar(&cluster, "cluster", "", "the cluster: east, west or central")
+	fl.StringVar(&what, "what", string(devenv.FaultGateway), devWhatHelp)
+	return cmd
+}
+
+func newDevHealCmd(d deps) *cobra.Command {
+	var dir, cluster, what string
+	cmd := &cobra.Command{
+		Use:   "heal [--cluster NAME] [--what gateway|workloads|agent|hub-link]",
+		Short: "End faults of meshfed dev fail: in one cluster or all, of one kind or all",
+		Long: `End faults that meshfed dev fail put into force: every one by default, or
+those of one cluster (--cluster) and of one kind (--what). Killed processes
+start again at once (not yet ready when it returns); a cut hub link carries
+traffic again.`,
+		Example: "  meshfed dev heal --cluster west\n  meshfed dev heal",
+		Args:    cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			cc, c, f, err := devControl(d, dir, cluster, what, true)
+			if err != nil {
+				return err
+			}
+			rep, err := cc.Heal(cmd.Context(), c, f)
+			if err != nil {
+				return controlError(err)
+			}
+			printFailures(cmd, "healed", rep)
+			return nil
+		}),
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&dir, "state-dir", "", "state directory of the running meshfed dev (default $"+envDevDir+" or .dev)")
+	fl.StringVar(&cluster, "cluster", "", "only this cluster's faults (default: every cluster)")
+	fl.StringVar(&what, "what", "", "only this kind of fault (default: every kind): gateway, workloads, agent or hub-link")
 	return cmd
 }
 
@@ -156,4 +321,14 @@ func newDevWorkloadCmd() *cobra.Command {
 	f.StringVar(&zone, "zone", "", "the zone it runs in")
 	f.StringVar(&instance, "instance", "", "this instance's name")
 	return cmd
+}
+
+// isTerminal reports whether w is a character device, such as a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

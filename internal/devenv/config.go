@@ -34,10 +34,26 @@ type Config struct {
 	StopTimeout time.Duration
 	// Restart is when a child that exited is started again.
 	Restart RestartPolicy
-	// Out receives the human summary.
+	// Out receives the human summary, events (a child restarted, a fault
+	// put into force or healed) and the live view.
 	Out io.Writer
-	// Log receives the supervisor's log; nil discards it.
-	Log *slog.Logger
+	// Live shows the live view on Out once the federation is ready: which
+	// cluster answers a steady trickle of calls from central to
+	// default/reviews (see live.go).
+	Live bool
+	// LiveInPlace redraws the live view's status line in place (Out is a
+	// terminal) instead of writing a line per status.
+	LiveInPlace bool
+	// LiveRate is how many calls a second the live view makes.
+	LiveRate int
+	// LivePeriod is how often the live view shows a status.
+	LivePeriod time.Duration
+	// Log receives the supervisor's log. If nil, the log is written as
+	// text at LogLevel to LogOut (on Out's terminal, out of the live view's
+	// way), or discarded if LogOut is nil.
+	Log      *slog.Logger
+	LogOut   io.Writer
+	LogLevel slog.Level
 }
 
 // RestartPolicy is the backoff of a child that exits: it is restarted
@@ -61,6 +77,9 @@ const (
 	DefaultBasePort     = 7400
 	DefaultReadyTimeout = 60 * time.Second
 	DefaultStopTimeout  = 10 * time.Second
+	DefaultLiveRate     = 10
+	DefaultLivePeriod   = time.Second
+	MaxLiveRate         = 1000
 )
 
 // DefaultRestart restarts after 2 s, doubling up to 30 s for a child that
@@ -76,6 +95,8 @@ func DefaultConfig() Config {
 		ReadyTimeout: DefaultReadyTimeout,
 		StopTimeout:  DefaultStopTimeout,
 		Restart:      DefaultRestart,
+		LiveRate:     DefaultLiveRate,
+		LivePeriod:   DefaultLivePeriod,
 	}
 }
 
@@ -92,10 +113,10 @@ func (c Config) Validate() error {
 		add("encrypt_key_env", "", "required: the variable meshfed hub reads its key from")
 	}
 	if c.Dir == "" {
-		add("dir", "", "required")
+		add("state_dir", "", "required")
 	}
 	if c.BasePort < MinBasePort || c.BasePort > MaxBasePort {
-		add("base_port", strconv.Itoa(c.BasePort), "must be in "+strconv.Itoa(MinBasePort)+".."+strconv.Itoa(MaxBasePort)+
+		add("port_base", strconv.Itoa(c.BasePort), "must be in "+strconv.Itoa(MinBasePort)+".."+strconv.Itoa(MaxBasePort)+
 			" (the plan uses "+strconv.Itoa(PortSpan)+" ports from it)")
 	}
 	if c.ReadyTimeout <= 0 {
@@ -109,6 +130,12 @@ func (c Config) Validate() error {
 	}
 	if c.Restart.Stable <= 0 {
 		add("restart.stable", c.Restart.Stable.String(), "must be positive")
+	}
+	if c.LiveRate < 1 || c.LiveRate > MaxLiveRate {
+		add("live_rate", strconv.Itoa(c.LiveRate), "must be in 1.."+strconv.Itoa(MaxLiveRate)+" calls a second")
+	}
+	if c.LivePeriod < 100*time.Millisecond {
+		add("live_period", c.LivePeriod.String(), "must be at least 100ms")
 	}
 	if c.Out == nil {
 		add("out", "", "required")

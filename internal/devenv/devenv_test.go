@@ -60,6 +60,7 @@ func TestPortPlanHasNoOverlapAndFitsItsSpan(t *testing.T) {
 		add(s.Gossip, n+" gossip")
 		add(s.HTTP, n+" http")
 	}
+	add(p.Control(), "control API")
 	for j, c := range topology {
 		ws := c.workloads()
 		if len(ws) > maxWorkloads {
@@ -93,7 +94,7 @@ func TestConfigValidateNamesEachBadField(t *testing.T) {
 	c.BasePort = MaxBasePort + 1
 	c.Restart.Min = 0
 	err := c.Validate()
-	want := map[string]bool{"binary": true, "encrypt_key_env": true, "base_port": true, "restart": true, "out": true}
+	want := map[string]bool{"binary": true, "encrypt_key_env": true, "port_base": true, "restart": true, "out": true}
 	got := map[string]bool{}
 	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
 		var fe *federation.FieldError

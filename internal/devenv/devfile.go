@@ -26,6 +26,12 @@ type File struct {
 	PID      int       `json:"pid"`
 	Hub      Hub       `json:"hub"`
 	Clusters []Cluster `json:"clusters"`
+	// Control is where meshfed dev fail and heal reach the running meshfed
+	// dev, and the bearer token they send.
+	Control Control `json:"control"`
+	// Failures are the faults in force (meshfed dev fail), until healed;
+	// the pid of a process they stopped is 0.
+	Failures []Failure `json:"failures"`
 }
 
 // Hub is the hub part of dev.json.
@@ -64,6 +70,9 @@ type Cluster struct {
 	// ClusterSetIPs maps "namespace/name" to that address.
 	ClusterSetIPs map[string]string `json:"clusterSetIPs"`
 	Workloads     []Workload        `json:"workloads"`
+	// HubVia are the addresses the agent dials the hub servers at: relays
+	// meshfed dev owns, which meshfed dev fail --what hub-link cuts.
+	HubVia []string `json:"hubVia"`
 }
 
 // Agent is a cluster's agent.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/meshfed/meshfed/agent"
 	"github.com/meshfed/meshfed/internal/wait"
+	"github.com/meshfed/meshfed/testenv/wan"
 )
 
 // Env is the dev federation: New, then Run.
@@ -38,10 +40,13 @@ type Env struct {
 	ready   atomic.Bool
 	// failStart aborts the start-up with a cause (a child exited).
 	failStart context.CancelCauseFunc
+	console   *console
+	control   Control // the control API, set by Run
 
-	mu     sync.Mutex // guards file and writes of dev.json
-	file   *File      // nil until ready
-	ready0 time.Duration
+	mu       sync.Mutex // guards file, failures, egress, csIPs and writes of dev.json
+	file     *File      // nil until ready
+	ready0   time.Duration
+	failures map[Failure]bool // in force (Fail, Heal)
 }
 
 // clusterRun is one cluster's processes.
@@ -58,6 +63,10 @@ type clusterRun struct {
 	// csIPs the address of each sample service, once ready.
 	clusterSetIPs netip.Prefix
 	csIPs         map[string]string
+	// hubLink carries the agent's connections to the hub servers, through
+	// one relay per server (hubVia, in server order): FaultHubLink cuts it.
+	hubLink *wan.Link
+	hubVia  []string
 }
 
 type workloadRun struct {
@@ -81,11 +90,16 @@ func New(cfg Config, deps Deps) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
+	con := &console{w: cfg.Out, inPlace: cfg.Live && cfg.LiveInPlace}
 	log := cfg.Log
-	if log == nil {
+	switch {
+	case log != nil:
+	case cfg.LogOut != nil:
+		log = slog.New(slog.NewTextHandler(con.logWriter(cfg.LogOut), &slog.HandlerOptions{Level: cfg.LogLevel})).With("component", "dev")
+	default:
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Env{cfg: cfg, deps: deps, log: log, ports: Ports{Base: cfg.BasePort}}
+	e := &Env{cfg: cfg, deps: deps, log: log, ports: Ports{Base: cfg.BasePort}, console: con, failures: map[Failure]bool{}}
 	e.build()
 	return e, nil
 }
@@ -137,6 +151,23 @@ func (e *Env) build() {
 					_, err := os.Stat(boot)
 					return err
 				})
+				if err != nil || e.ready.Load() {
+					return gwArgs, err
+				}
+				// At start-up a gateway waits for its agent, as the agent
+				// waits for the hub: one started earlier fails to connect
+				// and backs off (up to seconds). A restarted one does not
+				// wait: it serves its cached config whatever the agent's
+				// state.
+				api := loopback(cr.ports.GatewayAPI)
+				err = wait.Poll(ctx, pollBackoff, "the agent's gateway API "+api, func(ctx context.Context) error {
+					var d net.Dialer
+					c, err := d.DialContext(ctx, "tcp", api)
+					if err != nil {
+						return err
+					}
+					return c.Close()
+				})
 				return gwArgs, err
 			}}
 		for k, w := range ws {
@@ -176,6 +207,9 @@ func (e *Env) agentArgs(ctx context.Context, cr *clusterRun) ([]string, error) {
 		"--egress-ports", fmt.Sprintf("%d-%d", cr.ports.EgressMin, cr.ports.EgressMax),
 		"--gateway", loopback(cr.ports.Ingress), "--gateway-ingress-bind", "127.0.0.1",
 		"--dns-bind", loopback(cr.ports.DNS), "--clusterset-ips", cr.clusterSetIPs.String()}
+	for _, a := range cr.hubVia {
+		flags = append(flags, "--hub", a)
+	}
 	// At start-up an agent waits for the hub: one started earlier fails to
 	// connect and backs off (up to seconds). A restarted one does not wait:
 	// it serves its cached view whatever the hub's state.
@@ -217,6 +251,15 @@ func (e *Env) Run(ctx context.Context) (err error) {
 	if err := e.writeCatalogs(); err != nil {
 		return err
 	}
+	stopControl, err := e.startControl()
+	if err != nil {
+		return err
+	}
+	defer stopControl()
+	if err := e.startHubLinks(); err != nil {
+		return err
+	}
+	defer e.closeHubLinks()
 	runCtx, stopAll := context.WithCancel(ctx)
 	e.sup = &supervisor{binary: e.cfg.Binary, policy: e.cfg.Restart, stopTimeout: e.cfg.StopTimeout, log: e.log,
 		onStart: e.childStarted, onExit: e.childExited}
@@ -250,8 +293,73 @@ func (e *Env) Run(ctx context.Context) (err error) {
 	if e.cfg.OneShot {
 		return e.verifyFile()
 	}
+	if e.cfg.Live {
+		liveCtx, stopLive := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			e.runLive(liveCtx)
+		}()
+		defer func() {
+			stopLive()
+			<-done
+			e.console.End()
+		}()
+	}
 	<-ctx.Done()
 	return nil
+}
+
+// startControl serves the control API on its port of the plan, with a new
+// token, until the returned function is called.
+func (e *Env) startControl() (stop func(), err error) {
+	tok, err := newControlToken()
+	if err != nil {
+		return nil, err
+	}
+	addr := loopback(e.ports.Control())
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("devenv: the control API: %w", err)
+	}
+	e.control = Control{Address: addr, Token: tok}
+	srv := &http.Server{Handler: e.controlHandler(tok), ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			e.log.Error("the control API stopped", "err", err)
+		}
+	}()
+	return func() {
+		_ = srv.Close()
+		<-done
+	}, nil
+}
+
+// startHubLinks starts every cluster's hub link: a relay on a free
+// loopback port to each hub server's gRPC port.
+func (e *Env) startHubLinks() error {
+	for j, cr := range e.clusters {
+		cr.hubLink = wan.NewLinkStream(uint64(e.cfg.BasePort), uint64(j), cr.spec.name.String(), "hub")
+		cr.hubVia = nil
+		for i := range Servers {
+			addr, err := cr.hubLink.Relay("tcp", loopback(e.ports.Server(i).GRPC))
+			if err != nil {
+				return fmt.Errorf("devenv: the hub link of %s: %w", cr.spec.name, err)
+			}
+			cr.hubVia = append(cr.hubVia, addr)
+		}
+	}
+	return nil
+}
+
+func (e *Env) closeHubLinks() {
+	for _, cr := range e.clusters {
+		if cr.hubLink != nil {
+			_ = cr.hubLink.Close()
+		}
+	}
 }
 
 // planFile records the base port the state was created with: the hub's
@@ -291,8 +399,8 @@ func (e *Env) prepareDir() error {
 			return fmt.Errorf("devenv: %s: %w", planPath, err)
 		}
 		if p.BasePort != e.cfg.BasePort {
-			return fmt.Errorf("%w: base port %d, but %s was created with %d: use that (MESHFED_DEV_PORT=%d) or start over (make clean)",
-				ErrPlanChanged, e.cfg.BasePort, e.cfg.Dir, p.BasePort, p.BasePort)
+			return fmt.Errorf("%w: port base %d, but %s was created with %d: use that (--port-base %d, MESHFED_DEV_PORT=%d) or start over (make clean)",
+				ErrPlanChanged, e.cfg.BasePort, e.cfg.Dir, p.BasePort, p.BasePort, p.BasePort)
 		}
 	case errors.Is(err, os.ErrNotExist):
 		if _, err := os.Stat(e.path("s0")); err == nil {
@@ -344,6 +452,7 @@ func (e *Env) checkPorts() error {
 		uses = append(uses, use{p.GRPC, n + " gRPC", false}, use{p.Raft, n + " Raft", false},
 			use{p.Gossip, n + " gossip", false}, use{p.Gossip, n + " gossip", true}, use{p.HTTP, n + " HTTP", false})
 	}
+	uses = append(uses, use{e.ports.Control(), "the control API", false})
 	for _, cr := range e.clusters {
 		n := cr.spec.name.String()
 		p := cr.ports
@@ -371,7 +480,7 @@ func (e *Env) checkPorts() error {
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("devenv: port %d (%s) is in use (another meshfed dev still running?): stop it or choose another base port (MESHFED_DEV_PORT): %w", u.port, u.what, err)
+			return fmt.Errorf("devenv: port %d (%s) is in use (another meshfed dev still running?): stop it or choose another port base (--port-base, MESHFED_DEV_PORT): %w", u.port, u.what, err)
 		}
 	}
 	return nil
@@ -418,13 +527,7 @@ func (e *Env) writeCatalogs() error {
 // childStarted rewrites dev.json with the new pid once the federation was
 // ready.
 func (e *Env) childStarted(c *child) {
-	if !e.ready.Load() {
-		return
-	}
-	e.mu.Lock()
-	took := e.ready0
-	e.mu.Unlock()
-	if err := e.writeFile(took); err != nil {
+	if err := e.rewriteFile(); err != nil {
 		e.log.Error("rewrite "+FileName, "err", err)
 	}
 }
@@ -438,20 +541,20 @@ func (e *Env) childExited(c *child, err error, ran time.Duration) {
 		return
 	}
 	e.log.Warn("child exited", "child", c.name, "err", err, "ran", ran.Round(time.Millisecond), "log", c.logPath)
-	fmt.Fprintf(e.cfg.Out, "meshfed dev: %s exited (%v) after %v; restarting it (log %s)\n", c.name, err, ran.Round(time.Millisecond), c.logPath)
+	e.console.Eventf("meshfed dev: %s exited (%v) after %v; restarting it (log %s)", c.name, err, ran.Round(time.Millisecond), c.logPath)
 }
 
 // snapshot builds dev.json's content from the current pids.
 func (e *Env) snapshot(took time.Duration) *File {
 	f := &File{Dir: e.cfg.Dir, BasePort: e.cfg.BasePort, ReadySeconds: took.Seconds(), PID: os.Getpid(),
-		Hub: Hub{Config: e.adminConfig()}}
+		Hub: Hub{Config: e.adminConfig()}, Control: e.control, Failures: e.failuresLocked()}
 	for i, s := range e.servers {
 		p := e.ports.Server(i)
 		f.Hub.Servers = append(f.Hub.Servers, Server{Name: s.name, GRPC: loopback(p.GRPC), HTTP: loopback(p.HTTP), PID: s.PID(), Log: s.logPath})
 	}
 	for _, cr := range e.clusters {
 		c := Cluster{Name: cr.spec.name.String(), Region: cr.spec.locality.Region(), Zone: cr.spec.locality.Zone(),
-			DNS: loopback(cr.ports.DNS), ClusterSetIPs: map[string]string{},
+			DNS: loopback(cr.ports.DNS), ClusterSetIPs: map[string]string{}, HubVia: append([]string{}, cr.hubVia...),
 			Agent: Agent{PID: cr.agent.PID(), HTTP: loopback(cr.ports.AgentHTTP), GatewayAPI: loopback(cr.ports.GatewayAPI),
 				DataDir: cr.agentDir, Catalog: filepath.Join(cr.agentDir, "catalog.yaml"), Log: cr.agent.logPath},
 			Gateways: []Gateway{{Instance: cr.spec.name.String() + "-gw-0", PID: cr.gateway.PID(), Ingress: loopback(cr.ports.Ingress),
@@ -470,6 +573,18 @@ func (e *Env) snapshot(took time.Duration) *File {
 		f.Clusters = append(f.Clusters, c)
 	}
 	return f
+}
+
+// rewriteFile writes dev.json again once the federation is ready (a pid or
+// a failure changed).
+func (e *Env) rewriteFile() error {
+	if !e.ready.Load() {
+		return nil
+	}
+	e.mu.Lock()
+	took := e.ready0
+	e.mu.Unlock()
+	return e.writeFile(took)
 }
 
 // writeFile writes dev.json atomically.
@@ -500,6 +615,9 @@ func (e *Env) verifyFile() error {
 	if len(got.Hub.Servers) != Servers {
 		errs = append(errs, fmt.Errorf("hub.servers: %d, want %d", len(got.Hub.Servers), Servers))
 	}
+	if got.Control.Address == "" || got.Control.Token == "" {
+		errs = append(errs, errors.New("control: no address or token"))
+	}
 	if len(got.Clusters) != len(topology) {
 		errs = append(errs, fmt.Errorf("clusters: %d, want %d", len(got.Clusters), len(topology)))
 	}
@@ -509,6 +627,9 @@ func (e *Env) verifyFile() error {
 		}
 		if len(c.ClusterSetIPs) != len(services) || c.DNS == "" {
 			errs = append(errs, fmt.Errorf("clusters[%d]: dns %q, clusterSetIPs %v, want an address and one IP per service", i, c.DNS, c.ClusterSetIPs))
+		}
+		if len(c.HubVia) != Servers {
+			errs = append(errs, fmt.Errorf("clusters[%d].hubVia: %d addresses, want %d", i, len(c.HubVia), Servers))
 		}
 		if c.Agent.PID == 0 || len(c.Gateways) == 0 || c.Gateways[0].PID == 0 {
 			errs = append(errs, fmt.Errorf("clusters[%d]: a process without a pid", i))

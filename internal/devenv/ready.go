@@ -11,7 +11,9 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -62,9 +64,16 @@ func (e *Env) waitReady(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// hubReady checks every server's /readyz and that admin.yaml exists.
+// hubReady checks that admin.yaml exists, then that the servers' metrics
+// show a leader with every server applied up to its index, and only then
+// every server's /readyz: a server caches each /readyz answer for a
+// second, a negative one too, so asking it before it can be ready delays
+// the start by up to that second.
 func (e *Env) hubReady(ctx context.Context) error {
 	if _, err := os.Stat(e.adminConfig()); err != nil {
+		return err
+	}
+	if err := e.hubCaughtUp(ctx); err != nil {
 		return err
 	}
 	for i := range Servers {
@@ -73,6 +82,56 @@ func (e *Env) hubReady(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// The hub's gauges hubCaughtUp reads from each server's /metrics.
+const (
+	metricLeader  = "meshfed_hub_raft_leader"
+	metricApplied = "meshfed_hub_raft_applied_index"
+)
+
+// hubCaughtUp checks, from the servers' /metrics (never cached), that one
+// server is the Raft leader and every server has applied what the leader
+// has applied.
+func (e *Env) hubCaughtUp(ctx context.Context) error {
+	applied := make([]float64, Servers)
+	leader := -1
+	for i := range Servers {
+		body, err := get(ctx, "http://"+loopback(e.ports.Server(i).HTTP)+"/metrics")
+		if err != nil {
+			return fmt.Errorf("s%d: %w", i, err)
+		}
+		g := gauges(body, metricLeader, metricApplied)
+		if g[metricLeader] == 1 {
+			leader = i
+		}
+		applied[i] = g[metricApplied]
+	}
+	if leader < 0 {
+		return fmt.Errorf("no server is the Raft leader yet (%s)", metricLeader)
+	}
+	for i, a := range applied {
+		if a == 0 || a < applied[leader] {
+			return fmt.Errorf("s%d: applied index %v, the leader s%d's %v", i, a, leader, applied[leader])
+		}
+	}
+	return nil
+}
+
+// gauges returns the values of the named metrics without labels from a
+// Prometheus text exposition ("name value" lines).
+func gauges(body []byte, names ...string) map[string]float64 {
+	m := map[string]float64{}
+	for line := range bytes.Lines(body) {
+		f := strings.Fields(string(line))
+		if len(f) != 2 || !slices.Contains(names, f[0]) {
+			continue
+		}
+		if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+			m[f[0]] = v
+		}
+	}
+	return m
 }
 
 // clusterReady waits for the cluster's agent, then its gateway, then one

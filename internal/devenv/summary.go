@@ -2,6 +2,8 @@ package devenv
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -13,7 +15,8 @@ func (e *Env) printSummary(took time.Duration) {
 	e.mu.Lock()
 	f := e.file
 	e.mu.Unlock()
-	w := e.cfg.Out
+	w := &strings.Builder{}
+	defer func() { e.console.Print(w.String()) }()
 	fmt.Fprintf(w, "\nmeshfed dev: a local federation carries traffic, ready in %.2fs\n", took.Seconds())
 	fmt.Fprintf(w, "  state, logs:  %s (logs/), description: %s/%s\n", f.Dir, f.Dir, FileName)
 	fmt.Fprintf(w, "  admin config: %s\n", f.Hub.Config)
@@ -52,13 +55,19 @@ Try it (from another terminal):
   bin/meshfed hub status; bin/meshfed clusters list; bin/meshfed services list
   bin/meshfed agent status --agent %s   # central
 
-Failover: loop the curl through central's egress, then kill east's gateway
-(kill %d): the requests keep succeeding, answered by west. meshfed dev
-restarts a process that exits after %v (doubling up to %v while it keeps
-dying) and rewrites %s with the new pid. Edit a catalog (%s;
+Failover: make a cluster fail, and watch who answers central's calls to
+reviews (the live view, below):
+
+  bin/meshfed dev fail --cluster west --what gateway   # or workloads, agent, hub-link
+  bin/meshfed dev heal --cluster west                  # every fault of west ends
+%s
+A failed process stays down until healed. Any other process that exits
+(kill %d, east's gateway) is restarted after %v (doubling up to %v
+while it keeps dying); %s follows every pid. Edit a catalog (%s;
 ready: false, say) to change what a cluster exports. Ctrl-C stops everything.
+
 `, west.Egress[reviews], central.Egress[reviews], strings.Replace(east.Egress[ratings], ":", " ", 1),
-		f.Hub.Config, central.Agent.HTTP, east.Gateways[0].PID, e.cfg.Restart.Min, e.cfg.Restart.Max, FileName, east.Agent.Catalog)
+		f.Hub.Config, central.Agent.HTTP, stateDirHint(f.Dir), east.Gateways[0].PID, e.cfg.Restart.Min, e.cfg.Restart.Max, FileName, east.Agent.Catalog)
 }
 
 // cluster returns the cluster named name (a zero Cluster if there is none).
@@ -69,4 +78,13 @@ func (f *File) cluster(name string) Cluster {
 		}
 	}
 	return Cluster{Gateways: []Gateway{{}}}
+}
+
+// stateDirHint tells which --state-dir the fail and heal commands need
+// when it is not the default.
+func stateDirHint(dir string) string {
+	if wd, err := os.Getwd(); err == nil && dir == filepath.Join(wd, DefaultConfig().Dir) {
+		return ""
+	}
+	return "  (both with --state-dir " + dir + ")\n"
 }

@@ -107,6 +107,7 @@ const Servers = 3
 // The port plan, relative to the base port B:
 //
 //	B+10*i+{0,1,2,3}   hub server i: gRPC, Raft, gossip, HTTP
+//	B+30               meshfed dev's control API (fail, heal)
 //	B+50+10*j+0        cluster j's agent: HTTP (/state, /readyz)
 //	B+50+10*j+1        cluster j's agent: gateway API
 //	B+50+10*j+2        cluster j's gateway: QUIC ingress (UDP)
@@ -146,6 +147,12 @@ type ClusterPorts struct {
 
 // Ports is the port plan from a base port.
 type Ports struct{ Base int }
+
+// controlPort is the control API's offset from the base port.
+const controlPort = 30
+
+// Control returns the control API's port.
+func (p Ports) Control() int { return p.Base + controlPort }
 
 // Server returns hub server i's ports.
 func (p Ports) Server(i int) ServerPorts {

@@ -13,8 +13,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,15 +30,33 @@ type devProc struct {
 	t    *testing.T
 	dir  string
 	cmd  *exec.Cmd
-	out  *bytes.Buffer // stdout and stderr
+	out  *syncBuffer   // stdout and stderr
 	done chan struct{} // closed once it exited
+}
+
+// syncBuffer is a bytes.Buffer that may be read while the process writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 // freeBasePort returns a base port whose whole plan (devenv.PortSpan
 // ports, TCP and UDP) is free right now, below Linux's ephemeral range
 // (32768 and up), where outgoing connections could take a port between
 // this check and the children's binds.
-func freeBasePort(t *testing.T) int {
+func freeBasePort(t testing.TB) int {
 	t.Helper()
 	for range 50 {
 		base := 20000 + 10*rand.IntN((32768-devenv.PortSpan-20000)/10)
@@ -69,8 +89,14 @@ func portsFree(base, n int) bool {
 // them running.
 func startDev(t *testing.T, dir string, base int, env ...string) *devProc {
 	t.Helper()
-	d := &devProc{t: t, dir: dir, out: &bytes.Buffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(binary, "dev")
+	return startDevArgs(t, dir, base, nil, env...)
+}
+
+// startDevArgs is startDev with arguments after `meshfed dev`.
+func startDevArgs(t *testing.T, dir string, base int, args []string, env ...string) *devProc {
+	t.Helper()
+	d := &devProc{t: t, dir: dir, out: &syncBuffer{}, done: make(chan struct{})}
+	d.cmd = exec.Command(binary, append([]string{"dev"}, args...)...)
 	d.cmd.Env = append(os.Environ(), append([]string{"MESHFED_DEV_DIR=" + dir, "MESHFED_DEV_PORT=" + strconv.Itoa(base)}, env...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 	if err := d.cmd.Start(); err != nil {
@@ -134,20 +160,27 @@ func (d *devProc) waitFile(ctx context.Context, what string, ok func(*devenv.Fil
 // stop sends SIGTERM and waits for the exit; it returns the exit code.
 func (d *devProc) stop(timeout time.Duration) int {
 	d.t.Helper()
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	return d.stopWith(syscall.SIGTERM, timeout)
+}
+
+// stopWith sends sig and waits for the exit; it returns the exit code.
+func (d *devProc) stopWith(sig syscall.Signal, timeout time.Duration) int {
+	d.t.Helper()
+	if err := d.cmd.Process.Signal(sig); err != nil {
 		d.t.Fatal(err)
 	}
 	select {
 	case <-d.done:
 	case <-time.After(timeout):
-		d.t.Fatalf("meshfed dev did not stop within %v of SIGTERM", timeout)
+		d.t.Fatalf("meshfed dev did not stop within %v of %v", timeout, sig)
 	}
 	return d.cmd.ProcessState.ExitCode()
 }
 
-// pids are every process dev.json names.
+// pids are every process dev.json names (a failed one has pid 0: none).
 func pids(f *devenv.File) map[int]string {
 	m := map[int]string{}
+	defer delete(m, 0)
 	for _, s := range f.Hub.Servers {
 		m[s.PID] = s.Name
 	}
@@ -426,4 +459,212 @@ func TestDevChildrenDieWithAKilledSupervisor(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// liveLine is one line of the live view.
+type liveLine struct {
+	answered map[string]int // by cluster
+	failed   int
+	faults   string // "west gateway, ..." or ""
+	text     string
+}
+
+var liveRE = regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d central → reviews: (.*?), failed (\d+)(?:  \(failed on purpose: (.*)\))?$`)
+
+// liveLines parses every line of the live view printed so far.
+func (d *devProc) liveLines() []liveLine {
+	var ls []liveLine
+	for _, m := range liveRE.FindAllStringSubmatch(d.out.String(), -1) {
+		l := liveLine{answered: map[string]int{}, faults: m[3], text: m[0]}
+		l.failed, _ = strconv.Atoi(m[2])
+		for _, part := range strings.Split(m[1], ", ") {
+			name, n, _ := strings.Cut(part, " ")
+			l.answered[name], _ = strconv.Atoi(n)
+		}
+		ls = append(ls, l)
+	}
+	return ls
+}
+
+// waitLive waits for n lines of the live view after the first `from`
+// that all satisfy ok, and fails the test at a line with failed calls.
+// It returns the number of lines seen.
+func (d *devProc) waitLive(ctx context.Context, what string, from, n int, ok func(liveLine) bool) int {
+	d.t.Helper()
+	var seen int
+	err := wait.Poll(ctx, wait.Backoff{Min: 50 * time.Millisecond, Max: 200 * time.Millisecond}, what, func(context.Context) error {
+		if d.exited() {
+			return wait.Permanent(fmt.Errorf("meshfed dev exited: %v", d.cmd.ProcessState))
+		}
+		ls := d.liveLines()
+		seen = len(ls)
+		run := 0
+		for _, l := range ls[min(from, len(ls)):] {
+			if l.failed > 0 {
+				return wait.Permanent(fmt.Errorf("calls failed: %s", l.text))
+			}
+			if ok(l) {
+				run++
+			} else {
+				run = 0
+			}
+		}
+		if run < n {
+			return fmt.Errorf("%d lines in a row so far (of %d lines)", run, len(ls))
+		}
+		return nil
+	})
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return seen
+}
+
+// devCLI runs `meshfed dev <args> --state-dir dir` and returns its stdout.
+func devCLI(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	out, err := run(t, append(append([]string{"dev"}, args...), "--state-dir", dir)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+// agentConnected reads an agent's /state: is it connected to the hub?
+func agentConnected(ctx context.Context, addr string) (bool, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/state", nil)
+	if err != nil {
+		return false, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	var st struct {
+		Hub struct {
+			Connected bool `json:"connected"`
+		} `json:"hub"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return false, err
+	}
+	return st.Hub.Connected, nil
+}
+
+// TestDevFailAndHealOnDemandWithTheLiveView runs `meshfed dev --live` and,
+// from the outside, makes parts of clusters fail with `meshfed dev fail`
+// and heals them with `meshfed dev heal`, reading the live view's lines:
+// west's gateway down moves central's calls to east with none failing and
+// stays down past the restart backoff; east's workloads down moves them to
+// west; west's agent down or west cut off the hub leaves west serving (the
+// agent reconnects after the heal); not one call fails throughout. Then
+// SIGINT (Ctrl-C) leaves no process behind.
+func TestDevFailAndHealOnDemandWithTheLiveView(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 150*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	d := startDevArgs(t, dir, freeBasePort(t), []string{"--live"})
+	f := d.waitFile(ctx, "dev.json", func(*devenv.File) error { return nil })
+	all := pids(f)
+	both := func(l liveLine) bool { return l.answered["east"] > 0 && l.answered["west"] > 0 && l.faults == "" }
+	seen := d.waitLive(ctx, "east and west answering central", 0, 2, both)
+
+	// West's gateway.
+	westGW := cluster(t, f, "west").Gateways[0].PID
+	if out := devCLI(t, dir, "fail", "--cluster", "west", "--what", "gateway"); !strings.Contains(out, "failed west gateway") {
+		t.Errorf("meshfed dev fail said %q", out)
+	}
+	if err := syscall.Kill(westGW, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("west's gateway (pid %d) is still running after fail: %v", westGW, err)
+	}
+	onlyEast := func(l liveLine) bool {
+		return l.answered["west"] == 0 && l.answered["east"] > 0 && l.faults == "west gateway"
+	}
+	// 4 s without west: twice the 2 s restart backoff, so a restart would show.
+	seen = d.waitLive(ctx, "central answered by east alone", seen, 4, onlyEast)
+	f, err := devenv.ReadFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid := cluster(t, f, "west").Gateways[0].PID; pid != 0 || len(f.Failures) != 1 {
+		t.Errorf("dev.json while west's gateway is failed: its pid %d, failures %+v; want 0 and one", pid, f.Failures)
+	}
+	if out := devCLI(t, dir, "heal", "--cluster", "west"); !strings.Contains(out, "healed west gateway") || !strings.Contains(out, "failed now: nothing") {
+		t.Errorf("meshfed dev heal said %q", out)
+	}
+	seen = d.waitLive(ctx, "west answering central again", seen, 1, both)
+
+	// East's workloads: the gateways route around them.
+	devCLI(t, dir, "fail", "--cluster", "east", "--what", "workloads")
+	seen = d.waitLive(ctx, "central answered by west alone", seen, 2, func(l liveLine) bool {
+		return l.answered["east"] == 0 && l.answered["west"] > 0 && l.faults == "east workloads"
+	})
+	devCLI(t, dir, "heal")
+	seen = d.waitLive(ctx, "east answering central again", seen, 1, both)
+
+	// West's agent, then west cut off the hub: its gateway keeps serving.
+	devCLI(t, dir, "fail", "--cluster", "west", "--what", "agent")
+	seen = d.waitLive(ctx, "west serving without its agent", seen, 2, func(l liveLine) bool {
+		return l.answered["west"] > 0 && l.faults == "west agent"
+	})
+	devCLI(t, dir, "heal", "--what", "agent")
+	f = d.waitFile(ctx, "west's agent back in dev.json", func(f *devenv.File) error {
+		if cluster(t, f, "west").Agent.PID == 0 {
+			return errors.New("no pid yet")
+		}
+		return nil
+	})
+	all = mergePIDs(all, pids(f))
+	westAgent := cluster(t, f, "west").Agent.HTTP
+	poll := wait.Backoff{Min: 50 * time.Millisecond, Max: 200 * time.Millisecond}
+	connected := func(want bool) func(context.Context) error {
+		return func(ctx context.Context) error {
+			c, err := agentConnected(ctx, westAgent)
+			if err != nil {
+				return err
+			}
+			if c != want {
+				return fmt.Errorf("connected: %v", c)
+			}
+			return nil
+		}
+	}
+	if err := wait.Poll(ctx, poll, "west's agent connected", connected(true)); err != nil {
+		t.Fatal(err)
+	}
+	devCLI(t, dir, "fail", "--cluster", "west", "--what", "hub-link")
+	// The agent notices the silence within its heartbeat bound (6 s).
+	if err := wait.Poll(ctx, poll, "west's agent cut off the hub", connected(false)); err != nil {
+		t.Fatal(err)
+	}
+	seen = d.waitLive(ctx, "west serving while cut off the hub", seen, 2, func(l liveLine) bool {
+		return l.answered["west"] > 0 && l.answered["east"] > 0 && l.faults == "west hub-link"
+	})
+	devCLI(t, dir, "heal", "--cluster", "west", "--what", "hub-link")
+	if err := wait.Poll(ctx, poll, "west's agent back on the hub", connected(true)); err != nil {
+		t.Fatal(err)
+	}
+	d.waitLive(ctx, "both answering, nothing failed", seen, 1, both)
+
+	f, err = devenv.ReadFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all = mergePIDs(all, pids(f))
+	// Ctrl-C at a terminal: SIGINT to meshfed dev alone (its children are
+	// in process groups of their own).
+	if code := d.stopWith(syscall.SIGINT, 30*time.Second); code != 0 {
+		t.Errorf("meshfed dev exited %d after SIGINT, want 0", code)
+	}
+	if left := leftovers(dir, all); len(left) > 0 {
+		t.Errorf("left running after meshfed dev stopped:\n%s", strings.Join(left, "\n"))
+	}
+}
+
+func mergePIDs(a, b map[int]string) map[int]string {
+	for k, v := range b {
+		a[k] = v
+	}
+	return a
 }
