@@ -29,7 +29,7 @@ type uiEngine struct {
 	computedAt time.Time
 	views      map[string][]byte // by view name: the JSON served
 	topoCore   []byte            // the topology without generatedAt
-	observed   bool
+	started    time.Time         // when the engine was made: joins since are events
 	prev       map[string]clusterObs
 	removed    map[string]time.Time
 
@@ -63,10 +63,11 @@ type clusterObs struct {
 	rotating   bool
 	caRotation uint64
 	bundleSeq  uint64
+	joinedAt   time.Time
 }
 
 func newUIEngine(s *Server, reg prometheus.Registerer) *uiEngine {
-	return &uiEngine{s: s, views: map[string][]byte{}, prev: map[string]clusterObs{}, removed: map[string]time.Time{},
+	return &uiEngine{s: s, started: time.Now(), views: map[string][]byte{}, prev: map[string]clusterObs{}, removed: map[string]time.Time{},
 		streams: newUIStreams(MaxUIStreams, reg)}
 }
 
@@ -193,14 +194,14 @@ func (u *uiEngine) timelineJSON() ([]byte, error) {
 // observe derives timeline events from the state: clusters that joined or
 // were removed, connected or disconnected (their connection leases), and
 // CA rotations requested, started (the bundle holds a second root) and
-// completed (one root again). The first observation only sets the baseline.
+// completed (one root again). A cluster first seen is a join only if it
+// joined after the engine started: a server that restarts and replays its
+// log does not report old joins again.
 func (u *uiEngine) observe(now time.Time) {
 	r := u.s.fsm.Store().Read()
 	cur := observeClusters(r, now)
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	first := !u.observed
-	u.observed = true
 	prev := u.prev
 	u.prev = cur
 	for n, at := range u.removed {
@@ -208,15 +209,19 @@ func (u *uiEngine) observe(now time.Time) {
 			delete(u.removed, n)
 		}
 	}
-	if first {
-		return
-	}
 	tl := u.s.timeline
 	for _, n := range sortedKeys(cur) {
 		c := cur[n]
 		p, was := prev[n]
 		if !was {
-			tl.addLocal(now, timelineJoin, n, n+" joined the federation")
+			if c.joinedAt.Before(u.started) {
+				continue // the baseline, or the log replayed at start
+			}
+			at := c.joinedAt
+			if at.IsZero() || at.After(now) {
+				at = now
+			}
+			tl.addLocal(at, timelineJoin, n, n+" joined the federation")
 			delete(u.removed, n)
 			if c.connected {
 				tl.addLocal(now, timelineConnect, n, n+"'s agent connected")
@@ -260,7 +265,8 @@ func (u *uiEngine) observe(now time.Time) {
 func observeClusters(r *state.ReadTxn, now time.Time) map[string]clusterObs {
 	out := map[string]clusterObs{}
 	for _, c := range r.Clusters() {
-		o := clusterObs{connected: withConnection(r, c, now).GetStatus() == "connected", caRotation: c.GetCaRotation()}
+		o := clusterObs{connected: withConnection(r, c, now).GetStatus() == "connected", caRotation: c.GetCaRotation(),
+			joinedAt: time.UnixMilli(c.GetJoinedAtMs())}
 		if b := r.Bundle(c.GetTrustDomain()); b != nil && b.GetCluster() == c.GetName() {
 			o.bundleSeq = b.GetBundle().GetSequenceNumber()
 			o.rotating = len(b.GetBundle().GetX509Authorities()) > 1

@@ -210,4 +210,3 @@ func (s *Server) fetchPeerViews(ctx context.Context) []peerView {
 	})
 	return out
 }
-
