@@ -36,7 +36,7 @@ func TestViewsInABrowserAgainstAFakeHub(t *testing.T) {
 		Steps:    []string{uitest.StepFail, uitest.StepHeal, uitest.StepExpire},
 		Expect: uitest.Expect{
 			Clusters: []string{"central", "east", "west"}, FailCluster: "west",
-			Service: "default/reviews", Exporters: []string{"east", "west"}, Servers: 3,
+			Service: "default/reviews", Exporters: []string{"east", "west"}, Servers: 3, Traffic: true,
 		},
 		FailWithin: 5 * time.Second, HealWithin: 5 * time.Second,
 	}, map[string]func() error{

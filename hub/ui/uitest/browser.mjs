@@ -192,6 +192,14 @@ async function full(browser) {
     window.meshfedNoReload = true;
   });
 
+  if (cfg.expect.traffic) {
+    const t0 = Date.now();
+    await page.waitForSelector('svg.topo path.link:not(.h-idle)', {timeout: cfg.trafficWithinMs}).then(() => {
+      result.timings.trafficMs = Date.now() - t0;
+      log(`a link carries traffic ${result.timings.trafficMs} ms after the topology was drawn`);
+    }, () => fail(`no link between clusters carries traffic within ${cfg.trafficWithinMs} ms`));
+  }
+
   const fc = cfg.expect.failCluster;
   if (cfg.steps.includes('fail')) {
     await waitHealth(page, fc, ['ok'], 60000).catch(() => fail(`${fc} is not ok before the fault: ${JSON.stringify(health)}`));

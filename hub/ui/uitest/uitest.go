@@ -141,6 +141,9 @@ type Expect struct {
 	Service     string   `json:"service"`     // a service the services view lists ("default/reviews")
 	Exporters   []string `json:"exporters"`   // clusters that must be among Service's exporters
 	Servers     int      `json:"servers"`     // hub servers in the hub view
+	// Traffic: some link between clusters must carry requests (within
+	// TrafficWithin of the topology drawn), before the steps.
+	Traffic bool `json:"traffic"`
 }
 
 // Config is what the script runs against.
@@ -155,7 +158,8 @@ type Config struct {
 	// cluster drawn down and the failover on the timeline; HealWithin
 	// the time from the end of StepHeal to the cluster drawn ok.
 	FailWithin, HealWithin time.Duration
-	Loads                  int // PageTime: how many loads
+	TrafficWithin          time.Duration // for Expect.Traffic; default 30 s
+	Loads                  int           // PageTime: how many loads
 }
 
 // Result is what the script measured.
@@ -179,6 +183,7 @@ type scriptConfig struct {
 	Expect       Expect   `json:"expect"`
 	FailWithinMs int64    `json:"failWithinMs"`
 	HealWithinMs int64    `json:"healWithinMs"`
+	TrafficMs    int64    `json:"trafficWithinMs"`
 	Loads        int      `json:"loads"`
 }
 
@@ -198,10 +203,13 @@ func Run(t testing.TB, tools Tools, cfg Config, steps map[string]func() error) R
 	sc := scriptConfig{
 		Scenario: cfg.Scenario, Modules: tools.Modules, Chromium: tools.Chromium,
 		BaseURL: cfg.BaseURL, LoginURL: cfg.LoginURL, OutDir: cfg.OutDir, Steps: cfg.Steps, Expect: cfg.Expect,
-		FailWithinMs: cfg.FailWithin.Milliseconds(), HealWithinMs: cfg.HealWithin.Milliseconds(), Loads: cfg.Loads,
+		FailWithinMs: cfg.FailWithin.Milliseconds(), HealWithinMs: cfg.HealWithin.Milliseconds(), TrafficMs: cfg.TrafficWithin.Milliseconds(), Loads: cfg.Loads,
 	}
 	if sc.Scenario == "" {
 		sc.Scenario = Full
+	}
+	if sc.TrafficMs == 0 {
+		sc.TrafficMs = 30_000
 	}
 	if sc.Steps == nil {
 		sc.Steps = []string{}
