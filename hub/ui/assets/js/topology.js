@@ -180,7 +180,12 @@ function drawing(topo, width) {
     bottom = Math.max(bottom, p.mid.y + 12);
     if (width < LABELS_MIN_WIDTH) continue;
     const txt = `${HEALTH[hl].icon} ${shortFigures(l)}`;
-    labels.push(svg('text', {x: p.mid.x.toFixed(1), y: (p.mid.y + 4).toFixed(1), class: ['link-label', `h-${hl}`], 'text-anchor': 'middle'}, txt));
+    // A plate under the label (its width estimated from the characters:
+    // the text is not laid out yet) keeps the line from showing through.
+    const w2 = (txt.length * 6.6) / 2 + 4;
+    labels.push(svg('g', {class: ['link-label', `h-${hl}`]},
+      svg('rect', {x: (p.mid.x - w2).toFixed(1), y: (p.mid.y - 8).toFixed(1), width: (2 * w2).toFixed(1), height: 16, rx: 3, class: 'label-plate'}),
+      svg('text', {x: p.mid.x.toFixed(1), y: (p.mid.y + 4).toFixed(1), 'text-anchor': 'middle'}, txt)));
   }
 
   const nodes = clusters.filter((c) => L.pos.has(c.name)).map((c) => {
