@@ -185,6 +185,9 @@ bench: $(TEST_DEPS) bench-tools
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 300ms -count 1 -timeout 10m $(BENCH_MICRO_PKGS)
 	# meshfed dev's time to ready, cold and resumed, over 5 rounds (goal: under 3 s).
 	$(GO) test -p 1 -run '^$$' -bench DevTimeToReady -benchtime 5x -count 1 -timeout 10m ./internal/e2e/
+	# The web UI's page time against meshfed dev: navigation to the topology
+	# drawn, 10 cold loads in chromium (needs ui-tools, part of TEST_DEPS).
+	$(GO) test -p 1 -run '^$$' -bench UIPageTime -benchtime 1x -count 1 -timeout 10m ./internal/e2e/
 
 # MESHFED_DEV_DIR (default .dev), MESHFED_DEV_PORT (default 7400) and
 # MESHFED_DEV_ONESHOT=1 (stop once ready, a smoke test) are read by
