@@ -10,11 +10,13 @@
 #   make proto       buf lint + buf generate
 #   make proto-check regenerate and fail if the generated code changed
 #   make bench       benchmarks, one iteration each (BENCH_PKGS)
+#   make ui-tools    chromium (apt-get) and playwright-core + axe-core (npm, into
+#                    .ui-tools/) for the web UI's browser tests
 #   make conformance the MCS API conformance suite against testenv clusters
 #                    (MCS_API=<checkout of kubernetes-sigs/mcs-api>)
 #   make dev         a local federation that carries traffic: hub, 3 clusters with
 #                    agents, gateways and workloads, supervised (bin/meshfed dev)
-#   make clean       remove bin/ and .dev/ (make clean-tools also removes .bin/)
+#   make clean       remove bin/ and .dev/ (make clean-tools also removes .bin/ and .ui-tools/)
 
 GO    ?= go
 GOFMT ?= $(shell $(GO) env GOROOT)/bin/gofmt
@@ -29,7 +31,9 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # kube-apiserver and etcd built from source (testenv-bins), and for clusters
 # with simulated pods kube-controller-manager, kube-scheduler and kwok
 # (testenv-pod-bins).
-TEST_DEPS ?= testenv-bins testenv-pod-bins spire-bin
+# ui-tools: chromium and the npm packages the web UI's browser tests drive it
+# with (hub/ui/uitest); without them those tests fail, they do not skip.
+TEST_DEPS ?= testenv-bins testenv-pod-bins spire-bin ui-tools
 
 # BENCH_PKGS: packages whose benchmarks `make bench` runs.
 # Each of these runs its fixed workload once (-benchtime 1x).
@@ -152,6 +156,26 @@ proto-check: proto
 	@untracked=$$(git ls-files --others --exclude-standard -- $(GENERATED_DIRS)); \
 	if [ -n "$$untracked" ]; then echo "files under $(GENERATED_DIRS) are not committed:"; echo "$$untracked"; exit 1; fi
 
+# ui-tools installs what the web UI's browser tests (hub/ui/uitest) run:
+# Debian's chromium (apt-get, unless on the PATH), and playwright-core and
+# axe-core at the versions locked in tools/ui/package-lock.json, with `npm
+# ci` into .ui-tools/ (git-ignored), again only when the lock changed.
+# playwright-core downloads no browser; the UI itself needs none of this.
+UI_TOOLS_DIR := $(CURDIR)/.ui-tools
+.PHONY: ui-tools
+ui-tools: $(UI_TOOLS_DIR)/node_modules/.package-lock.json
+	@if ! command -v chromium >/dev/null; then \
+		echo "installing chromium (apt-get)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; \
+	fi
+
+$(UI_TOOLS_DIR)/node_modules/.package-lock.json: tools/ui/package.json tools/ui/package-lock.json
+	@command -v npm >/dev/null || { echo "make ui-tools needs node and npm (Node.js 20 or later)"; exit 1; }
+	mkdir -p $(UI_TOOLS_DIR)
+	cp tools/ui/package.json tools/ui/package-lock.json $(UI_TOOLS_DIR)/
+	cd $(UI_TOOLS_DIR) && npm ci --ignore-scripts --no-audit --no-fund
+	@touch $@
+
 # bench-tools installs the load generator and the peer the gateway benchmark
 # compares with (BenchmarkGatewayDataPath): h2load (nghttp2-client) and
 # haproxy, from Debian's packages, unless they are on the PATH.
@@ -169,6 +193,9 @@ bench: $(TEST_DEPS) bench-tools
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 300ms -count 1 -timeout 10m $(BENCH_MICRO_PKGS)
 	# meshfed dev's time to ready, cold and resumed, over 5 rounds (goal: under 3 s).
 	$(GO) test -p 1 -run '^$$' -bench DevTimeToReady -benchtime 5x -count 1 -timeout 10m ./internal/e2e/
+	# The web UI's page time against meshfed dev: navigation to the topology
+	# drawn, 10 cold loads in chromium (needs ui-tools, part of TEST_DEPS).
+	$(GO) test -p 1 -run '^$$' -bench UIPageTime -benchtime 1x -count 1 -timeout 10m ./internal/e2e/
 
 # MESHFED_DEV_DIR (default .dev), MESHFED_DEV_PORT (default 7400) and
 # MESHFED_DEV_ONESHOT=1 (stop once ready, a smoke test) are read by
@@ -183,4 +210,4 @@ clean:
 
 .PHONY: clean-tools
 clean-tools:
-	rm -rf .bin
+	rm -rf .bin .ui-tools

@@ -163,6 +163,9 @@ type Config struct {
 	// Debounce is how long a burst of catalog changes is collected before
 	// it is published.
 	Debounce time.Duration
+	// TrafficInterval is how often the agent sends the hub its gateway
+	// replicas' traffic summary (for the web UI), when the hub takes them.
+	TrafficInterval time.Duration
 	// MaxPublishBatch bounds the changes in one PublishExports message.
 	MaxPublishBatch int
 	// MaxPublishBytes bounds the encoded size of one PublishExports message.
@@ -192,6 +195,7 @@ func DefaultConfig() Config {
 		EgressPortMin:         DefaultEgressPortMin,
 		EgressPortMax:         DefaultEgressPortMax,
 		Debounce:              DefaultDebounce,
+		TrafficInterval:       DefaultTrafficInterval,
 		MaxPublishBatch:       DefaultMaxPublishBatch,
 		MaxPublishBytes:       DefaultMaxPublishBytes,
 		ReconnectMin:          DefaultReconnectMin,
@@ -320,6 +324,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Debounce < 0 || c.Debounce > 10*time.Second {
 		add("debounce", c.Debounce.String(), "must be in 0s..10s")
+	}
+	if c.TrafficInterval < minTrafficInterval || c.TrafficInterval > maxTrafficInterval {
+		add("traffic_interval", c.TrafficInterval.String(), "must be in %v..%v", minTrafficInterval, maxTrafficInterval)
 	}
 	if c.MaxPublishBatch < 1 || c.MaxPublishBatch > DefaultMaxPublishBatch {
 		add("max_publish_batch", fmt.Sprint(c.MaxPublishBatch), "must be in 1..%d", DefaultMaxPublishBatch)

@@ -114,6 +114,7 @@ func TestValidateChecksEveryFieldNamingIt(t *testing.T) {
 		"BundleRefresh":   {"bundle_refresh", func(c *Config) { c.BundleRefresh = time.Millisecond }},
 		"ClockSkew":       {"clock_skew", func(c *Config) { c.ClockSkew = -time.Second }},
 		"Debounce":        {"debounce", func(c *Config) { c.Debounce = time.Hour }},
+		"TrafficInterval": {"traffic_interval", func(c *Config) { c.TrafficInterval = time.Millisecond }},
 		"MaxPublishBatch": {"max_publish_batch", func(c *Config) { c.MaxPublishBatch = 0 }},
 		"MaxPublishBytes": {"max_publish_bytes", func(c *Config) { c.MaxPublishBytes = 1 }},
 		"ReconnectMin":    {"reconnect", func(c *Config) { c.ReconnectMin = 0 }},

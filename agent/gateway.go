@@ -268,6 +268,8 @@ type gatewayHub struct {
 	// policies may have changed (a Report, a stream gone); the hub
 	// session forwards it (policyReport).
 	policies chan struct{}
+	// traffic meters the replicas' egress for the hub (traffic.go).
+	traffic *trafficMeter
 }
 
 // gatewayStreamState is one connected gateway, as /state shows it.
@@ -306,7 +308,8 @@ type GatewayHealth struct {
 }
 
 func newGatewayHub() *gatewayHub {
-	return &gatewayHub{wake: make(chan struct{}), streams: map[uint64]*gatewayStreamState{}, policies: make(chan struct{}, 1)}
+	return &gatewayHub{wake: make(chan struct{}), streams: map[uint64]*gatewayStreamState{}, policies: make(chan struct{}, 1),
+		traffic: newTrafficMeter()}
 }
 
 func (h *gatewayHub) set(c *gatewayConfig) {
@@ -395,6 +398,7 @@ func (h *gatewayHub) report(r *gatewayv1.ReportRequest, now time.Time) bool {
 	}
 	if found {
 		h.policiesChanged()
+		h.traffic.report(r)
 	}
 	return found
 }
@@ -402,7 +406,16 @@ func (h *gatewayHub) report(r *gatewayv1.ReportRequest, now time.Time) bool {
 func (h *gatewayHub) removeStream(id uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	delete(h.streams, id)
+	if s := h.streams[id]; s != nil {
+		delete(h.streams, id)
+		last := true
+		for _, o := range h.streams {
+			last = last && o.Instance != s.Instance
+		}
+		if last {
+			h.traffic.gone(s.Instance)
+		}
+	}
 	h.policiesChanged()
 }
 

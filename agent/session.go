@@ -296,6 +296,26 @@ func (s *syncSession) run(ctx context.Context) error {
 	// GatewayPolicyRefresh.
 	var fwd policyForwarder
 	var polDebounce <-chan time.Time
+	// The gateways' traffic (traffic.go): every TrafficInterval, and
+	// sooner on a failover or a replica come or gone (at most every
+	// minTrafficGap), once synced, when the hub takes it.
+	var trafficTick, trafficGap <-chan time.Time
+	var trafficKick <-chan struct{}
+	if slices.Contains(hello.GetCapabilities().GetFeatures(), federation.FeatureSyncTraffic) {
+		t := time.NewTicker(a.cfg.TrafficInterval)
+		defer t.Stop()
+		trafficTick, trafficKick = t.C, a.gw.traffic.kick
+	}
+	var lastTraffic time.Time
+	sendTraffic := func() error {
+		if !synced || trafficTick == nil {
+			return nil
+		}
+		now := time.Now()
+		lastTraffic = now
+		m := a.gw.traffic.summary(now, a.gw.trafficGateways())
+		return stream.Send(&fedv1.SyncRequest{Msg: &fedv1.SyncRequest_Traffic{Traffic: m}})
+	}
 	polRefresh := time.NewTimer(GatewayPolicyRefresh)
 	defer polRefresh.Stop()
 	forwardPolicies := func() error {
@@ -437,6 +457,25 @@ func (s *syncSession) run(ctx context.Context) error {
 			}
 		case <-polRefresh.C:
 			if err := forwardPolicies(); err != nil {
+				return err
+			}
+		case <-trafficTick:
+			if err := sendTraffic(); err != nil {
+				return err
+			}
+		case <-trafficKick:
+			if wait := minTrafficGap - time.Since(lastTraffic); wait > 0 {
+				if trafficGap == nil {
+					trafficGap = time.After(wait)
+				}
+				continue
+			}
+			if err := sendTraffic(); err != nil {
+				return err
+			}
+		case <-trafficGap:
+			trafficGap = nil
+			if err := sendTraffic(); err != nil {
 				return err
 			}
 		case <-retry:

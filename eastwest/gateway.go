@@ -430,6 +430,7 @@ func (g *Gateway) report(ctx context.Context) {
 		SendReport(context.Context, gatewayclient.Report) error
 	}); ok {
 		r := gatewayclient.Report{Revision: rev, Err: err, Health: g.Health()}
+		r.Links, r.LatencyBoundsSeconds = g.linkCounters()
 		for _, p := range g.Policies() {
 			r.Policies = append(r.Policies, &fedv1.GatewayPolicyStatus{Name: p.Name, Revision: p.Revision, RejectedRevision: p.RejectedRevision, Error: p.Error})
 		}

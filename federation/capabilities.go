@@ -36,6 +36,10 @@ const (
 	// connected only while it has heard from the hub within HeartbeatMisses
 	// intervals.
 	FeatureSyncHeartbeat = "sync.heartbeat"
+	// FeatureSyncTraffic: the hub takes TrafficSummary messages on the
+	// Sync stream (the gateways' traffic per destination cluster, for the
+	// web UI); an agent sends them only when the hub lists this feature.
+	FeatureSyncTraffic = "sync.traffic"
 )
 
 // HeartbeatMisses is how many heartbeat intervals an agent waits without

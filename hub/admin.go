@@ -178,6 +178,12 @@ func (a *adminService) ListServices(ctx context.Context, _ *fedv1.ListServicesRe
 	if err != nil {
 		return nil, err
 	}
+	return &fedv1.ListServicesResponse{Revision: r.Revision(), Services: globalServices(r)}, nil
+}
+
+// globalServices groups r's exports by service, sorted by key (Admin
+// ListServices and the web UI).
+func globalServices(r *state.ReadTxn) []*fedv1.GlobalService {
 	by := map[federation.ServiceKey]*fedv1.GlobalService{}
 	var keys []federation.ServiceKey
 	for _, e := range r.Exports() {
@@ -191,11 +197,11 @@ func (a *adminService) ListServices(ctx context.Context, _ *fedv1.ListServicesRe
 		g.Exports = append(g.Exports, e)
 	}
 	slices.SortFunc(keys, func(a, b federation.ServiceKey) int { return strings.Compare(a.String(), b.String()) })
-	resp := &fedv1.ListServicesResponse{Revision: r.Revision()}
+	out := make([]*fedv1.GlobalService, 0, len(keys))
 	for _, k := range keys {
-		resp.Services = append(resp.Services, by[k])
+		out = append(out, by[k])
 	}
-	return resp, nil
+	return out
 }
 
 // PutPolicy is ApplyPolicies of one policy (errors name policies[0]).
@@ -231,8 +237,13 @@ func (a *adminService) ListPolicies(ctx context.Context, _ *fedv1.ListPoliciesRe
 
 // Status answers from this server's view, without a consistent read, so that
 // it works when there is no leader: it is the operator's debugging tool.
-func (a *adminService) Status(ctx context.Context, _ *fedv1.StatusRequest) (*fedv1.StatusResponse, error) {
-	s := a.s
+func (a *adminService) Status(_ context.Context, _ *fedv1.StatusRequest) (*fedv1.StatusResponse, error) {
+	return a.s.status()
+}
+
+// status is this server's view of the hub's servers (Admin Status and the
+// web UI): no consistent read, so that it answers without a leader.
+func (s *Server) status() (*fedv1.StatusResponse, error) {
 	_, leaderID := s.raft.LeaderWithID()
 	resp := &fedv1.StatusResponse{
 		Leader: string(leaderID), Revision: s.fsm.Store().Read().Revision(),

@@ -83,6 +83,11 @@ type Config struct {
 	// faster failure detection).
 	GossipProfile string
 
+	// UIAnonymous serves the web UI (/ui/) without a login: anyone who
+	// reaches the HTTP port sees the federation's topology, services and
+	// trust. Off by default; a warning is logged at start when on.
+	UIAnonymous bool
+
 	// Pprof serves net/http/pprof under /debug/pprof/ on the HTTP port.
 	// Off by default: profiles reveal internals and cost CPU.
 	Pprof bool

@@ -23,6 +23,7 @@ var configNoDefault = map[string]bool{
 	"BundleWebCertFile": true, // only with BundleWebPort
 	"BundleWebKeyFile":  true, // only with BundleWebPort
 	"Pprof":             true, // off by default: profiles reveal internals
+	"UIAnonymous":       true, // off by default: the UI needs a login
 }
 
 // validTestConfig is DefaultConfig plus the fields that have no default.

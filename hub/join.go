@@ -219,6 +219,6 @@ func (s *Server) checkNotHubTrustDomain(field string, td federation.TrustDomain)
 func localCapabilities() *fedv1.Capabilities {
 	return &fedv1.Capabilities{
 		Version:  federation.CapabilityVersion,
-		Features: []string{federation.FeatureSyncAck, federation.FeatureSyncResume, federation.FeatureSyncHeartbeat},
+		Features: []string{federation.FeatureSyncAck, federation.FeatureSyncResume, federation.FeatureSyncHeartbeat, federation.FeatureSyncTraffic},
 	}
 }

@@ -76,7 +76,12 @@ type Server struct {
 	readyTerm atomic.Uint64
 	streams   atomic.Int64
 	conns     *connTracker
-	readyz    readyCache
+	// The web UI: traffic summaries of this server's Sync streams, its
+	// timeline, and the views' engine.
+	traffic  *trafficStore
+	timeline *timeline
+	ui       *uiEngine
+	readyz   readyCache
 	// protoFloor caches the lowest protocol version among the servers
 	// (checkProtocol).
 	protoFloor protocolFloor
@@ -106,11 +111,17 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		}
 		s.keys = keys
 	}
+	if cfg.UIAnonymous {
+		log.Warn(uiAnonymousWarning)
+	}
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "raft", "wal"), 0o700); err != nil {
 		return nil, fmt.Errorf("hub: data dir: %w", err)
 	}
 	s.registry = prometheus.NewRegistry()
 	s.metrics = newMetrics(s, s.registry)
+	s.traffic = newTrafficStore()
+	s.timeline = newTimeline(cfg.Name, MaxTimelineEvents)
+	s.ui = newUIEngine(s, s.registry)
 	s.certs = newCertManager(s.certIdentity(), fsmCA{s.fsm}, log, s.writeAdminConfig)
 	s.peers = newPeerConns(s)
 	s.fetchers = newFetchers(s)
@@ -315,6 +326,7 @@ func (s *Server) Start() error {
 	s.goFunc(s.leaderLoop)
 	s.goFunc(s.reconcileLoop)
 	s.goFunc(s.leaseLoop)
+	s.goFunc(func() { s.ui.run(s.stopCh) })
 	s.goFunc(func() { s.certs.run(s.stopCh) })
 	s.goFunc(s.fetchers.run)
 	for _, ln := range s.bundleLns {

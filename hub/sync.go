@@ -95,6 +95,9 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 	go acks.run(ctx)
 	gwPolicies := newGatewayPolicyRecorder(s, id.name)
 	go gwPolicies.run(ctx)
+	streamID := s.traffic.open()
+	defer s.traffic.drop(streamID)
+	rec := recorders{acks: acks, gwPolicies: gwPolicies, stream: streamID}
 
 	recv := make(chan *fedv1.SyncRequest)
 	recvErr := make(chan error, 1)
@@ -136,7 +139,7 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 		// publish must not wait until the stream has caught up with them.
 		select {
 		case m := <-recv:
-			if err := y.handle(ctx, out, id.name, acks, gwPolicies, m); err != nil {
+			if err := y.handle(ctx, out, id.name, rec, m); err != nil {
 				return y.sendFailed(id.name, err)
 			}
 		default:
@@ -181,7 +184,7 @@ func (y *syncService) Sync(stream fedv1.Sync_SyncServer) error {
 				return y.sendFailed(id.name, err)
 			}
 		case m := <-recv:
-			if err := y.handle(ctx, out, id.name, acks, gwPolicies, m); err != nil {
+			if err := y.handle(ctx, out, id.name, rec, m); err != nil {
 				return y.sendFailed(id.name, err)
 			}
 		}
@@ -331,7 +334,16 @@ func (s *Server) updateClusterEndpoint(cur *fedv1.ClusterRecord, hello *fedv1.Sy
 	return nil
 }
 
-func (y *syncService) handle(ctx context.Context, stream *syncSender, cluster string, acks *ackRecorder, gwPolicies *gatewayPolicyRecorder, m *fedv1.SyncRequest) error {
+// recorders are what one stream's messages are recorded by, off the
+// stream's goroutine or in memory.
+type recorders struct {
+	acks       *ackRecorder
+	gwPolicies *gatewayPolicyRecorder
+	// stream identifies the stream's traffic summary (trafficStore).
+	stream uint64
+}
+
+func (y *syncService) handle(ctx context.Context, stream *syncSender, cluster string, rec recorders, m *fedv1.SyncRequest) error {
 	s := y.s
 	switch msg := m.GetMsg().(type) {
 	case *fedv1.SyncRequest_Publish:
@@ -363,13 +375,19 @@ func (y *syncService) handle(ctx context.Context, stream *syncSender, cluster st
 		if err := validateAck(msg.Ack); err != nil {
 			return err
 		}
-		acks.add(msg.Ack.GetBundles())
+		rec.acks.add(msg.Ack.GetBundles())
 		return nil
 	case *fedv1.SyncRequest_GatewayPolicies:
 		if err := checkGatewayPolicies(msg.GatewayPolicies); err != nil {
 			return err
 		}
-		gwPolicies.add(msg.GatewayPolicies)
+		rec.gwPolicies.add(msg.GatewayPolicies)
+		return nil
+	case *fedv1.SyncRequest_Traffic:
+		if err := checkTrafficSummary(msg.Traffic); err != nil {
+			return err
+		}
+		s.recordTraffic(rec.stream, cluster, msg.Traffic)
 		return nil
 	case *fedv1.SyncRequest_Nack:
 		s.log.Warn("agent rejected a delta", "cluster", cluster, "revision", msg.Nack.GetRevision(), "error", msg.Nack.GetError())

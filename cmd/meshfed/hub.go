@@ -64,6 +64,7 @@ when the flag is empty).`,
 	f.DurationVar(&cfg.ServerCertTTL, "server-cert-ttl", cfg.ServerCertTTL, "lifetime of each server's certificate from the hub CA, renewed at half-life (30s to 8760h)")
 	f.DurationVar(&cfg.AgentCertTTL, "agent-cert-ttl", cfg.AgentCertTTL, "lifetime of the client certificate an agent gets at join (30s to 8760h)")
 	f.DurationVar(&cfg.DeadServerGrace, "dead-server-grace", cfg.DeadServerGrace, "how long a failed server stays a Raft member before it is removed")
+	f.BoolVar(&cfg.UIAnonymous, "ui-anonymous", false, "serve the web UI (/ui/ on the HTTP port) without a login, to anyone who reaches the port; logs a warning")
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the HTTP port")
 	f.StringVar(&cfg.GossipProfile, "gossip-profile", cfg.GossipProfile, "gossip timing: lan, or local for loopback test setups")
 	f.Var(&level, "log-level", "log level: debug, info, warn or error")

@@ -1610,6 +1610,7 @@ type SyncRequest struct {
 	//	*SyncRequest_Nack
 	//	*SyncRequest_PublishBundle
 	//	*SyncRequest_GatewayPolicies
+	//	*SyncRequest_Traffic
 	Msg           isSyncRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1706,6 +1707,15 @@ func (x *SyncRequest) GetGatewayPolicies() *GatewayPolicies {
 	return nil
 }
 
+func (x *SyncRequest) GetTraffic() *TrafficSummary {
+	if x != nil {
+		if x, ok := x.Msg.(*SyncRequest_Traffic); ok {
+			return x.Traffic
+		}
+	}
+	return nil
+}
+
 type isSyncRequest_Msg interface {
 	isSyncRequest_Msg()
 }
@@ -1734,6 +1744,11 @@ type SyncRequest_GatewayPolicies struct {
 	GatewayPolicies *GatewayPolicies `protobuf:"bytes,6,opt,name=gateway_policies,json=gatewayPolicies,proto3,oneof"`
 }
 
+type SyncRequest_Traffic struct {
+	// Only with feature "sync.traffic" negotiated.
+	Traffic *TrafficSummary `protobuf:"bytes,7,opt,name=traffic,proto3,oneof"`
+}
+
 func (*SyncRequest_Hello) isSyncRequest_Msg() {}
 
 func (*SyncRequest_Publish) isSyncRequest_Msg() {}
@@ -1745,6 +1760,226 @@ func (*SyncRequest_Nack) isSyncRequest_Msg() {}
 func (*SyncRequest_PublishBundle) isSyncRequest_Msg() {}
 
 func (*SyncRequest_GatewayPolicies) isSyncRequest_Msg() {}
+
+func (*SyncRequest_Traffic) isSyncRequest_Msg() {}
+
+// Sent by each agent replica, with feature "sync.traffic" negotiated,
+// every TrafficInterval (and sooner, debounced, when a gateway replica
+// comes or goes or reports a failover or ejection): the east-west traffic
+// of the gateway replicas connected to it over the last interval, one
+// entry per destination cluster. The hub server holding the stream keeps
+// the latest in memory only (never through Raft) for the web UI. Bounds:
+// at most MaxClusters links and 64 gateways.
+type TrafficSummary struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The interval the counts cover, in milliseconds (1..3600000).
+	IntervalMs uint32         `protobuf:"varint,1,opt,name=interval_ms,json=intervalMs,proto3" json:"interval_ms,omitempty"`
+	Links      []*LinkTraffic `protobuf:"bytes,2,rep,name=links,proto3" json:"links,omitempty"`
+	// The gateway replicas connected to the agent, whether or not they
+	// carried traffic.
+	Gateways      []*GatewayReplicaHealth `protobuf:"bytes,3,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrafficSummary) Reset() {
+	*x = TrafficSummary{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficSummary) ProtoMessage() {}
+
+func (x *TrafficSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficSummary.ProtoReflect.Descriptor instead.
+func (*TrafficSummary) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *TrafficSummary) GetIntervalMs() uint32 {
+	if x != nil {
+		return x.IntervalMs
+	}
+	return 0
+}
+
+func (x *TrafficSummary) GetLinks() []*LinkTraffic {
+	if x != nil {
+		return x.Links
+	}
+	return nil
+}
+
+func (x *TrafficSummary) GetGateways() []*GatewayReplicaHealth {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
+// Egress traffic from the sending cluster's gateways to one destination
+// cluster over one interval.
+type LinkTraffic struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The destination cluster.
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Requests (HTTP ports) or connections (TCP ports) that reached the
+	// destination, and how many of them failed (5xx, reset, timeout).
+	Requests uint64 `protobuf:"varint,2,opt,name=requests,proto3" json:"requests,omitempty"`
+	Errors   uint64 `protobuf:"varint,3,opt,name=errors,proto3" json:"errors,omitempty"`
+	// The 99th percentile latency over the interval, in milliseconds, from
+	// the gateways' histograms merged (0 without requests).
+	P99Ms float64 `protobuf:"fixed64,4,opt,name=p99_ms,json=p99Ms,proto3" json:"p99_ms,omitempty"`
+	// Attempts that failed over from this cluster to another candidate, and
+	// outlier ejections of this cluster, in the interval.
+	Failovers     uint64 `protobuf:"varint,5,opt,name=failovers,proto3" json:"failovers,omitempty"`
+	Ejections     uint64 `protobuf:"varint,6,opt,name=ejections,proto3" json:"ejections,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkTraffic) Reset() {
+	*x = LinkTraffic{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkTraffic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkTraffic) ProtoMessage() {}
+
+func (x *LinkTraffic) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkTraffic.ProtoReflect.Descriptor instead.
+func (*LinkTraffic) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *LinkTraffic) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *LinkTraffic) GetRequests() uint64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *LinkTraffic) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *LinkTraffic) GetP99Ms() float64 {
+	if x != nil {
+		return x.P99Ms
+	}
+	return 0
+}
+
+func (x *LinkTraffic) GetFailovers() uint64 {
+	if x != nil {
+		return x.Failovers
+	}
+	return 0
+}
+
+func (x *LinkTraffic) GetEjections() uint64 {
+	if x != nil {
+		return x.Ejections
+	}
+	return 0
+}
+
+// A gateway replica as its agent last heard from it.
+type GatewayReplicaHealth struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The replica's instance name (the pod name), 1..253 bytes.
+	Instance string `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
+	// True while it reports that its listeners serve.
+	Serving       bool `protobuf:"varint,2,opt,name=serving,proto3" json:"serving,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayReplicaHealth) Reset() {
+	*x = GatewayReplicaHealth{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayReplicaHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayReplicaHealth) ProtoMessage() {}
+
+func (x *GatewayReplicaHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayReplicaHealth.ProtoReflect.Descriptor instead.
+func (*GatewayReplicaHealth) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GatewayReplicaHealth) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *GatewayReplicaHealth) GetServing() bool {
+	if x != nil {
+		return x.Serving
+	}
+	return false
+}
 
 // One traffic policy as a gateway replica holds it (eastwest.PolicyStatus),
 // from the replica's Report to its agent. Bounds: federation/policy
@@ -1767,7 +2002,7 @@ type GatewayPolicyStatus struct {
 
 func (x *GatewayPolicyStatus) Reset() {
 	*x = GatewayPolicyStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +2014,7 @@ func (x *GatewayPolicyStatus) String() string {
 func (*GatewayPolicyStatus) ProtoMessage() {}
 
 func (x *GatewayPolicyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[20]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +2027,7 @@ func (x *GatewayPolicyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayPolicyStatus.ProtoReflect.Descriptor instead.
 func (*GatewayPolicyStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{20}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GatewayPolicyStatus) GetName() string {
@@ -1839,7 +2074,7 @@ type GatewayReplicaPolicies struct {
 
 func (x *GatewayReplicaPolicies) Reset() {
 	*x = GatewayReplicaPolicies{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1851,7 +2086,7 @@ func (x *GatewayReplicaPolicies) String() string {
 func (*GatewayReplicaPolicies) ProtoMessage() {}
 
 func (x *GatewayReplicaPolicies) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[21]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1864,7 +2099,7 @@ func (x *GatewayReplicaPolicies) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayReplicaPolicies.ProtoReflect.Descriptor instead.
 func (*GatewayReplicaPolicies) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{21}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GatewayReplicaPolicies) GetInstance() string {
@@ -1902,7 +2137,7 @@ type GatewayPolicies struct {
 
 func (x *GatewayPolicies) Reset() {
 	*x = GatewayPolicies{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1914,7 +2149,7 @@ func (x *GatewayPolicies) String() string {
 func (*GatewayPolicies) ProtoMessage() {}
 
 func (x *GatewayPolicies) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[22]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1927,7 +2162,7 @@ func (x *GatewayPolicies) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayPolicies.ProtoReflect.Descriptor instead.
 func (*GatewayPolicies) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GatewayPolicies) GetReplicas() []*GatewayReplicaPolicies {
@@ -1948,7 +2183,7 @@ type ExportRef struct {
 
 func (x *ExportRef) Reset() {
 	*x = ExportRef{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1960,7 +2195,7 @@ func (x *ExportRef) String() string {
 func (*ExportRef) ProtoMessage() {}
 
 func (x *ExportRef) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[23]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1973,7 +2208,7 @@ func (x *ExportRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportRef.ProtoReflect.Descriptor instead.
 func (*ExportRef) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ExportRef) GetCluster() string {
@@ -2010,7 +2245,7 @@ type SyncDelta struct {
 
 func (x *SyncDelta) Reset() {
 	*x = SyncDelta{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2022,7 +2257,7 @@ func (x *SyncDelta) String() string {
 func (*SyncDelta) ProtoMessage() {}
 
 func (x *SyncDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[24]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2035,7 +2270,7 @@ func (x *SyncDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDelta.ProtoReflect.Descriptor instead.
 func (*SyncDelta) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SyncDelta) GetRevision() uint64 {
@@ -2121,7 +2356,7 @@ type PublishResult struct {
 
 func (x *PublishResult) Reset() {
 	*x = PublishResult{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2133,7 +2368,7 @@ func (x *PublishResult) String() string {
 func (*PublishResult) ProtoMessage() {}
 
 func (x *PublishResult) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[25]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2146,7 +2381,7 @@ func (x *PublishResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishResult.ProtoReflect.Descriptor instead.
 func (*PublishResult) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PublishResult) GetNonce() uint64 {
@@ -2193,7 +2428,7 @@ type SyncHelloResponse struct {
 
 func (x *SyncHelloResponse) Reset() {
 	*x = SyncHelloResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2205,7 +2440,7 @@ func (x *SyncHelloResponse) String() string {
 func (*SyncHelloResponse) ProtoMessage() {}
 
 func (x *SyncHelloResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[26]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2218,7 +2453,7 @@ func (x *SyncHelloResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncHelloResponse.ProtoReflect.Descriptor instead.
 func (*SyncHelloResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SyncHelloResponse) GetCapabilities() *Capabilities {
@@ -2257,7 +2492,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2269,7 +2504,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[27]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2282,7 +2517,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SyncResponse) GetMsg() isSyncResponse_Msg {
@@ -2371,7 +2606,7 @@ type SyncHeartbeat struct {
 
 func (x *SyncHeartbeat) Reset() {
 	*x = SyncHeartbeat{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2383,7 +2618,7 @@ func (x *SyncHeartbeat) String() string {
 func (*SyncHeartbeat) ProtoMessage() {}
 
 func (x *SyncHeartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[28]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2396,7 +2631,7 @@ func (x *SyncHeartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncHeartbeat.ProtoReflect.Descriptor instead.
 func (*SyncHeartbeat) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SyncHeartbeat) GetRevision() uint64 {
@@ -2424,7 +2659,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2436,7 +2671,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[29]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2449,7 +2684,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RenewRequest) GetCsr() []byte {
@@ -2471,7 +2706,7 @@ type RotationStatusRequest struct {
 
 func (x *RotationStatusRequest) Reset() {
 	*x = RotationStatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2483,7 +2718,7 @@ func (x *RotationStatusRequest) String() string {
 func (*RotationStatusRequest) ProtoMessage() {}
 
 func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[30]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2496,7 +2731,7 @@ func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationStatusRequest.ProtoReflect.Descriptor instead.
 func (*RotationStatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{30}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RotationStatusRequest) GetSequenceNumber() uint64 {
@@ -2527,7 +2762,7 @@ type MemberBundleStatus struct {
 
 func (x *MemberBundleStatus) Reset() {
 	*x = MemberBundleStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +2774,7 @@ func (x *MemberBundleStatus) String() string {
 func (*MemberBundleStatus) ProtoMessage() {}
 
 func (x *MemberBundleStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[31]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +2787,7 @@ func (x *MemberBundleStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberBundleStatus.ProtoReflect.Descriptor instead.
 func (*MemberBundleStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{31}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *MemberBundleStatus) GetCluster() string {
@@ -2613,7 +2848,7 @@ type RotationStatusResponse struct {
 
 func (x *RotationStatusResponse) Reset() {
 	*x = RotationStatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2625,7 +2860,7 @@ func (x *RotationStatusResponse) String() string {
 func (*RotationStatusResponse) ProtoMessage() {}
 
 func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[32]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2638,7 +2873,7 @@ func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationStatusResponse.ProtoReflect.Descriptor instead.
 func (*RotationStatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{32}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RotationStatusResponse) GetTrustDomain() string {
@@ -2691,7 +2926,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2703,7 +2938,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[33]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2716,7 +2951,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{33}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RenewResponse) GetClientCertificate() []byte {
@@ -2756,7 +2991,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2768,7 +3003,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[34]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2781,7 +3016,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{34}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -2847,7 +3082,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2859,7 +3094,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[35]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2872,7 +3107,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{35}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CreateTokenRequest) GetCluster() string {
@@ -2907,7 +3142,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2919,7 +3154,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[36]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2932,7 +3167,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{36}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -2957,7 +3192,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2969,7 +3204,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[37]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2982,7 +3217,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{37}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{40}
 }
 
 type ListTokensResponse struct {
@@ -2994,7 +3229,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3006,7 +3241,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[38]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3019,7 +3254,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{38}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -3038,7 +3273,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3050,7 +3285,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[39]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3063,7 +3298,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{39}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -3081,7 +3316,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3093,7 +3328,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[40]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3106,7 +3341,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{40}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{43}
 }
 
 type ListClustersRequest struct {
@@ -3117,7 +3352,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3129,7 +3364,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[41]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3142,7 +3377,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{41}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{44}
 }
 
 type ListClustersResponse struct {
@@ -3155,7 +3390,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3167,7 +3402,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[42]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3180,7 +3415,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{42}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListClustersResponse) GetClusters() []*ClusterRecord {
@@ -3206,7 +3441,7 @@ type DescribeClusterRequest struct {
 
 func (x *DescribeClusterRequest) Reset() {
 	*x = DescribeClusterRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3218,7 +3453,7 @@ func (x *DescribeClusterRequest) String() string {
 func (*DescribeClusterRequest) ProtoMessage() {}
 
 func (x *DescribeClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[43]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3231,7 +3466,7 @@ func (x *DescribeClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeClusterRequest.ProtoReflect.Descriptor instead.
 func (*DescribeClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{43}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DescribeClusterRequest) GetName() string {
@@ -3252,7 +3487,7 @@ type DescribeClusterResponse struct {
 
 func (x *DescribeClusterResponse) Reset() {
 	*x = DescribeClusterResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3264,7 +3499,7 @@ func (x *DescribeClusterResponse) String() string {
 func (*DescribeClusterResponse) ProtoMessage() {}
 
 func (x *DescribeClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[44]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3277,7 +3512,7 @@ func (x *DescribeClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeClusterResponse.ProtoReflect.Descriptor instead.
 func (*DescribeClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{44}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DescribeClusterResponse) GetCluster() *ClusterRecord {
@@ -3310,7 +3545,7 @@ type RemoveClusterRequest struct {
 
 func (x *RemoveClusterRequest) Reset() {
 	*x = RemoveClusterRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3322,7 +3557,7 @@ func (x *RemoveClusterRequest) String() string {
 func (*RemoveClusterRequest) ProtoMessage() {}
 
 func (x *RemoveClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[45]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3335,7 +3570,7 @@ func (x *RemoveClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveClusterRequest.ProtoReflect.Descriptor instead.
 func (*RemoveClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{45}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RemoveClusterRequest) GetName() string {
@@ -3354,7 +3589,7 @@ type RemoveClusterResponse struct {
 
 func (x *RemoveClusterResponse) Reset() {
 	*x = RemoveClusterResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3366,7 +3601,7 @@ func (x *RemoveClusterResponse) String() string {
 func (*RemoveClusterResponse) ProtoMessage() {}
 
 func (x *RemoveClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[46]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3379,7 +3614,7 @@ func (x *RemoveClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveClusterResponse.ProtoReflect.Descriptor instead.
 func (*RemoveClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{46}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RemoveClusterResponse) GetRevision() uint64 {
@@ -3400,7 +3635,7 @@ type GlobalService struct {
 
 func (x *GlobalService) Reset() {
 	*x = GlobalService{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3412,7 +3647,7 @@ func (x *GlobalService) String() string {
 func (*GlobalService) ProtoMessage() {}
 
 func (x *GlobalService) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[47]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3425,7 +3660,7 @@ func (x *GlobalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalService.ProtoReflect.Descriptor instead.
 func (*GlobalService) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{47}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GlobalService) GetKey() string {
@@ -3450,7 +3685,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3462,7 +3697,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[48]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3475,7 +3710,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{48}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
 }
 
 type ListServicesResponse struct {
@@ -3488,7 +3723,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3500,7 +3735,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[49]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3513,7 +3748,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{49}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListServicesResponse) GetServices() []*GlobalService {
@@ -3539,7 +3774,7 @@ type PutPolicyRequest struct {
 
 func (x *PutPolicyRequest) Reset() {
 	*x = PutPolicyRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3551,7 +3786,7 @@ func (x *PutPolicyRequest) String() string {
 func (*PutPolicyRequest) ProtoMessage() {}
 
 func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[50]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3564,7 +3799,7 @@ func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyRequest.ProtoReflect.Descriptor instead.
 func (*PutPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{50}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *PutPolicyRequest) GetPolicy() *TrafficPolicy {
@@ -3583,7 +3818,7 @@ type PutPolicyResponse struct {
 
 func (x *PutPolicyResponse) Reset() {
 	*x = PutPolicyResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3595,7 +3830,7 @@ func (x *PutPolicyResponse) String() string {
 func (*PutPolicyResponse) ProtoMessage() {}
 
 func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[51]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3608,7 +3843,7 @@ func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyResponse.ProtoReflect.Descriptor instead.
 func (*PutPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{51}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *PutPolicyResponse) GetRevision() uint64 {
@@ -3627,7 +3862,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3639,7 +3874,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[52]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3652,7 +3887,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{52}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *DeletePolicyRequest) GetName() string {
@@ -3671,7 +3906,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3683,7 +3918,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[53]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3696,7 +3931,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{53}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *DeletePolicyResponse) GetRevision() uint64 {
@@ -3724,7 +3959,7 @@ type ApplyPoliciesRequest struct {
 
 func (x *ApplyPoliciesRequest) Reset() {
 	*x = ApplyPoliciesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3736,7 +3971,7 @@ func (x *ApplyPoliciesRequest) String() string {
 func (*ApplyPoliciesRequest) ProtoMessage() {}
 
 func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[54]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3749,7 +3984,7 @@ func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{54}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ApplyPoliciesRequest) GetPolicies() []*TrafficPolicy {
@@ -3793,7 +4028,7 @@ type PolicyApplyResult struct {
 
 func (x *PolicyApplyResult) Reset() {
 	*x = PolicyApplyResult{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3805,7 +4040,7 @@ func (x *PolicyApplyResult) String() string {
 func (*PolicyApplyResult) ProtoMessage() {}
 
 func (x *PolicyApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[55]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3818,7 +4053,7 @@ func (x *PolicyApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyApplyResult.ProtoReflect.Descriptor instead.
 func (*PolicyApplyResult) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{55}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *PolicyApplyResult) GetName() string {
@@ -3888,7 +4123,7 @@ type ClusterGateways struct {
 
 func (x *ClusterGateways) Reset() {
 	*x = ClusterGateways{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3900,7 +4135,7 @@ func (x *ClusterGateways) String() string {
 func (*ClusterGateways) ProtoMessage() {}
 
 func (x *ClusterGateways) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[56]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3913,7 +4148,7 @@ func (x *ClusterGateways) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterGateways.ProtoReflect.Descriptor instead.
 func (*ClusterGateways) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{56}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ClusterGateways) GetCluster() string {
@@ -3943,7 +4178,7 @@ type ApplyPoliciesResponse struct {
 
 func (x *ApplyPoliciesResponse) Reset() {
 	*x = ApplyPoliciesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3955,7 +4190,7 @@ func (x *ApplyPoliciesResponse) String() string {
 func (*ApplyPoliciesResponse) ProtoMessage() {}
 
 func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[57]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3968,7 +4203,7 @@ func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{57}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ApplyPoliciesResponse) GetResults() []*PolicyApplyResult {
@@ -3993,7 +4228,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4005,7 +4240,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[58]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4018,7 +4253,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{58}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
 }
 
 type PolicyStatusRequest struct {
@@ -4031,7 +4266,7 @@ type PolicyStatusRequest struct {
 
 func (x *PolicyStatusRequest) Reset() {
 	*x = PolicyStatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4043,7 +4278,7 @@ func (x *PolicyStatusRequest) String() string {
 func (*PolicyStatusRequest) ProtoMessage() {}
 
 func (x *PolicyStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[59]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4056,7 +4291,7 @@ func (x *PolicyStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyStatusRequest.ProtoReflect.Descriptor instead.
 func (*PolicyStatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{59}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *PolicyStatusRequest) GetName() string {
@@ -4090,7 +4325,7 @@ type PolicyGatewayStatus struct {
 
 func (x *PolicyGatewayStatus) Reset() {
 	*x = PolicyGatewayStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4102,7 +4337,7 @@ func (x *PolicyGatewayStatus) String() string {
 func (*PolicyGatewayStatus) ProtoMessage() {}
 
 func (x *PolicyGatewayStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[60]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4115,7 +4350,7 @@ func (x *PolicyGatewayStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyGatewayStatus.ProtoReflect.Descriptor instead.
 func (*PolicyGatewayStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{60}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *PolicyGatewayStatus) GetCluster() string {
@@ -4182,7 +4417,7 @@ type PolicyState struct {
 
 func (x *PolicyState) Reset() {
 	*x = PolicyState{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4194,7 +4429,7 @@ func (x *PolicyState) String() string {
 func (*PolicyState) ProtoMessage() {}
 
 func (x *PolicyState) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[61]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4207,7 +4442,7 @@ func (x *PolicyState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyState.ProtoReflect.Descriptor instead.
 func (*PolicyState) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{61}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *PolicyState) GetName() string {
@@ -4251,7 +4486,7 @@ type PolicyStatusResponse struct {
 
 func (x *PolicyStatusResponse) Reset() {
 	*x = PolicyStatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4263,7 +4498,7 @@ func (x *PolicyStatusResponse) String() string {
 func (*PolicyStatusResponse) ProtoMessage() {}
 
 func (x *PolicyStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[62]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4276,7 +4511,7 @@ func (x *PolicyStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyStatusResponse.ProtoReflect.Descriptor instead.
 func (*PolicyStatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{62}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *PolicyStatusResponse) GetPolicies() []*PolicyState {
@@ -4310,7 +4545,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4322,7 +4557,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[63]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4335,7 +4570,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{63}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*TrafficPolicy {
@@ -4377,7 +4612,7 @@ type FederationRelationship struct {
 
 func (x *FederationRelationship) Reset() {
 	*x = FederationRelationship{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4389,7 +4624,7 @@ func (x *FederationRelationship) String() string {
 func (*FederationRelationship) ProtoMessage() {}
 
 func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[64]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4402,7 +4637,7 @@ func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
 func (*FederationRelationship) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{64}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *FederationRelationship) GetTrustDomain() string {
@@ -4463,7 +4698,7 @@ type PutFederationRequest struct {
 
 func (x *PutFederationRequest) Reset() {
 	*x = PutFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4475,7 +4710,7 @@ func (x *PutFederationRequest) String() string {
 func (*PutFederationRequest) ProtoMessage() {}
 
 func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[65]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4488,7 +4723,7 @@ func (x *PutFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationRequest.ProtoReflect.Descriptor instead.
 func (*PutFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{65}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *PutFederationRequest) GetFederation() *FederationRelationship {
@@ -4507,7 +4742,7 @@ type PutFederationResponse struct {
 
 func (x *PutFederationResponse) Reset() {
 	*x = PutFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4519,7 +4754,7 @@ func (x *PutFederationResponse) String() string {
 func (*PutFederationResponse) ProtoMessage() {}
 
 func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[66]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4532,7 +4767,7 @@ func (x *PutFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationResponse.ProtoReflect.Descriptor instead.
 func (*PutFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{66}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *PutFederationResponse) GetRevision() uint64 {
@@ -4551,7 +4786,7 @@ type DeleteFederationRequest struct {
 
 func (x *DeleteFederationRequest) Reset() {
 	*x = DeleteFederationRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4563,7 +4798,7 @@ func (x *DeleteFederationRequest) String() string {
 func (*DeleteFederationRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[67]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4576,7 +4811,7 @@ func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{67}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *DeleteFederationRequest) GetTrustDomain() string {
@@ -4595,7 +4830,7 @@ type DeleteFederationResponse struct {
 
 func (x *DeleteFederationResponse) Reset() {
 	*x = DeleteFederationResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4607,7 +4842,7 @@ func (x *DeleteFederationResponse) String() string {
 func (*DeleteFederationResponse) ProtoMessage() {}
 
 func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[68]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4620,7 +4855,7 @@ func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{68}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *DeleteFederationResponse) GetRevision() uint64 {
@@ -4638,7 +4873,7 @@ type ListFederationsRequest struct {
 
 func (x *ListFederationsRequest) Reset() {
 	*x = ListFederationsRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4650,7 +4885,7 @@ func (x *ListFederationsRequest) String() string {
 func (*ListFederationsRequest) ProtoMessage() {}
 
 func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[69]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4663,7 +4898,7 @@ func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{69}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{72}
 }
 
 type FederationStatus struct {
@@ -4679,7 +4914,7 @@ type FederationStatus struct {
 
 func (x *FederationStatus) Reset() {
 	*x = FederationStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4691,7 +4926,7 @@ func (x *FederationStatus) String() string {
 func (*FederationStatus) ProtoMessage() {}
 
 func (x *FederationStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[70]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4704,7 +4939,7 @@ func (x *FederationStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationStatus.ProtoReflect.Descriptor instead.
 func (*FederationStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{70}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *FederationStatus) GetFederation() *FederationRelationship {
@@ -4738,7 +4973,7 @@ type ListFederationsResponse struct {
 
 func (x *ListFederationsResponse) Reset() {
 	*x = ListFederationsResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4750,7 +4985,7 @@ func (x *ListFederationsResponse) String() string {
 func (*ListFederationsResponse) ProtoMessage() {}
 
 func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[71]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4763,7 +4998,7 @@ func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{71}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *ListFederationsResponse) GetFederations() []*FederationStatus {
@@ -4793,7 +5028,7 @@ type BundleInfo struct {
 
 func (x *BundleInfo) Reset() {
 	*x = BundleInfo{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4805,7 +5040,7 @@ func (x *BundleInfo) String() string {
 func (*BundleInfo) ProtoMessage() {}
 
 func (x *BundleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[72]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4818,7 +5053,7 @@ func (x *BundleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleInfo.ProtoReflect.Descriptor instead.
 func (*BundleInfo) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{72}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *BundleInfo) GetBundle() *TrustBundle {
@@ -4850,7 +5085,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4862,7 +5097,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[73]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4875,7 +5110,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{73}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{76}
 }
 
 type ListBundlesResponse struct {
@@ -4888,7 +5123,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[74]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4900,7 +5135,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[74]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4913,7 +5148,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{74}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*BundleInfo {
@@ -4939,7 +5174,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[75]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4951,7 +5186,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[75]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4964,7 +5199,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{75}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *RotateCARequest) GetCluster() string {
@@ -4984,7 +5219,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[76]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4996,7 +5231,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[76]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5009,7 +5244,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{76}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *RotateCAResponse) GetCaRotation() uint64 {
@@ -5034,7 +5269,7 @@ type TrustStatusRequest struct {
 
 func (x *TrustStatusRequest) Reset() {
 	*x = TrustStatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[77]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5046,7 +5281,7 @@ func (x *TrustStatusRequest) String() string {
 func (*TrustStatusRequest) ProtoMessage() {}
 
 func (x *TrustStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[77]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5059,7 +5294,7 @@ func (x *TrustStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustStatusRequest.ProtoReflect.Descriptor instead.
 func (*TrustStatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{77}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{80}
 }
 
 // One member cluster's trust bundle and who holds it.
@@ -5082,7 +5317,7 @@ type ClusterTrustStatus struct {
 
 func (x *ClusterTrustStatus) Reset() {
 	*x = ClusterTrustStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[78]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5094,7 +5329,7 @@ func (x *ClusterTrustStatus) String() string {
 func (*ClusterTrustStatus) ProtoMessage() {}
 
 func (x *ClusterTrustStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[78]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5107,7 +5342,7 @@ func (x *ClusterTrustStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterTrustStatus.ProtoReflect.Descriptor instead.
 func (*ClusterTrustStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{78}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *ClusterTrustStatus) GetCluster() string {
@@ -5162,7 +5397,7 @@ type TrustStatusResponse struct {
 
 func (x *TrustStatusResponse) Reset() {
 	*x = TrustStatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[79]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5174,7 +5409,7 @@ func (x *TrustStatusResponse) String() string {
 func (*TrustStatusResponse) ProtoMessage() {}
 
 func (x *TrustStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[79]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5187,7 +5422,7 @@ func (x *TrustStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustStatusResponse.ProtoReflect.Descriptor instead.
 func (*TrustStatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{79}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *TrustStatusResponse) GetClusters() []*ClusterTrustStatus {
@@ -5222,7 +5457,7 @@ type ServerStatus struct {
 
 func (x *ServerStatus) Reset() {
 	*x = ServerStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[80]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5234,7 +5469,7 @@ func (x *ServerStatus) String() string {
 func (*ServerStatus) ProtoMessage() {}
 
 func (x *ServerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[80]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5247,7 +5482,7 @@ func (x *ServerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStatus.ProtoReflect.Descriptor instead.
 func (*ServerStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{80}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *ServerStatus) GetName() string {
@@ -5307,7 +5542,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[81]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5319,7 +5554,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[81]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5332,7 +5567,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{81}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{84}
 }
 
 type StatusResponse struct {
@@ -5348,7 +5583,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[82]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5360,7 +5595,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[82]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5373,7 +5608,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{82}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *StatusResponse) GetServers() []*ServerStatus {
@@ -5409,6 +5644,113 @@ func (x *StatusResponse) GetAnsweredBy() string {
 		return x.AnsweredBy
 	}
 	return ""
+}
+
+type CreateUILoginRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token's lifetime; 0 means the default (1 h). At most 24 h.
+	TtlSeconds    int64 `protobuf:"varint,1,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateUILoginRequest) Reset() {
+	*x = CreateUILoginRequest{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[86]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateUILoginRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateUILoginRequest) ProtoMessage() {}
+
+func (x *CreateUILoginRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[86]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateUILoginRequest.ProtoReflect.Descriptor instead.
+func (*CreateUILoginRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{86}
+}
+
+func (x *CreateUILoginRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type CreateUILoginResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// http://<the answering server's HTTP address>/ui/login?token=<token>
+	Url   string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	Token string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// Unix milliseconds.
+	ExpiresAtMs   int64 `protobuf:"varint,3,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateUILoginResponse) Reset() {
+	*x = CreateUILoginResponse{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[87]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateUILoginResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateUILoginResponse) ProtoMessage() {}
+
+func (x *CreateUILoginResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[87]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateUILoginResponse.ProtoReflect.Descriptor instead.
+func (*CreateUILoginResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{87}
+}
+
+func (x *CreateUILoginResponse) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *CreateUILoginResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateUILoginResponse) GetExpiresAtMs() int64 {
+	if x != nil {
+		return x.ExpiresAtMs
+	}
+	return 0
 }
 
 var File_meshfed_federation_v1_federation_proto protoreflect.FileDescriptor
@@ -5545,15 +5887,31 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x0fsequence_number\x18\x02 \x01(\x04R\x0esequenceNumber\"8\n" +
 	"\x04Nack\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error\"\x98\x03\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"\xdb\x03\n" +
 	"\vSyncRequest\x128\n" +
 	"\x05hello\x18\x01 \x01(\v2 .meshfed.federation.v1.SyncHelloH\x00R\x05hello\x12A\n" +
 	"\apublish\x18\x02 \x01(\v2%.meshfed.federation.v1.PublishExportsH\x00R\apublish\x12.\n" +
 	"\x03ack\x18\x03 \x01(\v2\x1a.meshfed.federation.v1.AckH\x00R\x03ack\x121\n" +
 	"\x04nack\x18\x04 \x01(\v2\x1b.meshfed.federation.v1.NackH\x00R\x04nack\x12M\n" +
 	"\x0epublish_bundle\x18\x05 \x01(\v2$.meshfed.federation.v1.PublishBundleH\x00R\rpublishBundle\x12S\n" +
-	"\x10gateway_policies\x18\x06 \x01(\v2&.meshfed.federation.v1.GatewayPoliciesH\x00R\x0fgatewayPoliciesB\x05\n" +
-	"\x03msg\"\x88\x01\n" +
+	"\x10gateway_policies\x18\x06 \x01(\v2&.meshfed.federation.v1.GatewayPoliciesH\x00R\x0fgatewayPolicies\x12A\n" +
+	"\atraffic\x18\a \x01(\v2%.meshfed.federation.v1.TrafficSummaryH\x00R\atrafficB\x05\n" +
+	"\x03msg\"\xb4\x01\n" +
+	"\x0eTrafficSummary\x12\x1f\n" +
+	"\vinterval_ms\x18\x01 \x01(\rR\n" +
+	"intervalMs\x128\n" +
+	"\x05links\x18\x02 \x03(\v2\".meshfed.federation.v1.LinkTrafficR\x05links\x12G\n" +
+	"\bgateways\x18\x03 \x03(\v2+.meshfed.federation.v1.GatewayReplicaHealthR\bgateways\"\xae\x01\n" +
+	"\vLinkTraffic\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1a\n" +
+	"\brequests\x18\x02 \x01(\x04R\brequests\x12\x16\n" +
+	"\x06errors\x18\x03 \x01(\x04R\x06errors\x12\x15\n" +
+	"\x06p99_ms\x18\x04 \x01(\x01R\x05p99Ms\x12\x1c\n" +
+	"\tfailovers\x18\x05 \x01(\x04R\tfailovers\x12\x1c\n" +
+	"\tejections\x18\x06 \x01(\x04R\tejections\"L\n" +
+	"\x14GatewayReplicaHealth\x12\x1a\n" +
+	"\binstance\x18\x01 \x01(\tR\binstance\x12\x18\n" +
+	"\aserving\x18\x02 \x01(\bR\aserving\"\x88\x01\n" +
 	"\x13GatewayPolicyStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12+\n" +
@@ -5787,7 +6145,14 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\brevision\x18\x03 \x01(\x04R\brevision\x12!\n" +
 	"\fcommit_index\x18\x04 \x01(\x04R\vcommitIndex\x12\x1f\n" +
 	"\vanswered_by\x18\x05 \x01(\tR\n" +
-	"answeredBy*\x83\x01\n" +
+	"answeredBy\"7\n" +
+	"\x14CreateUILoginRequest\x12\x1f\n" +
+	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
+	"ttlSeconds\"c\n" +
+	"\x15CreateUILoginResponse\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12\"\n" +
+	"\rexpires_at_ms\x18\x03 \x01(\x03R\vexpiresAtMs*\x83\x01\n" +
 	"\fPolicyAction\x12\x1d\n" +
 	"\x19POLICY_ACTION_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15POLICY_ACTION_CREATED\x10\x01\x12\x1c\n" +
@@ -5798,7 +6163,7 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x04Sync\x12S\n" +
 	"\x04Sync\x12\".meshfed.federation.v1.SyncRequest\x1a#.meshfed.federation.v1.SyncResponse(\x010\x01\x12R\n" +
 	"\x05Renew\x12#.meshfed.federation.v1.RenewRequest\x1a$.meshfed.federation.v1.RenewResponse\x12m\n" +
-	"\x0eRotationStatus\x12,.meshfed.federation.v1.RotationStatusRequest\x1a-.meshfed.federation.v1.RotationStatusResponse2\xc0\x0f\n" +
+	"\x0eRotationStatus\x12,.meshfed.federation.v1.RotationStatusRequest\x1a-.meshfed.federation.v1.RotationStatusResponse2\xac\x10\n" +
 	"\x05Admin\x12d\n" +
 	"\vCreateToken\x12).meshfed.federation.v1.CreateTokenRequest\x1a*.meshfed.federation.v1.CreateTokenResponse\x12a\n" +
 	"\n" +
@@ -5819,7 +6184,8 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x0fListFederations\x12-.meshfed.federation.v1.ListFederationsRequest\x1a..meshfed.federation.v1.ListFederationsResponse\x12d\n" +
 	"\vListBundles\x12).meshfed.federation.v1.ListBundlesRequest\x1a*.meshfed.federation.v1.ListBundlesResponse\x12[\n" +
 	"\bRotateCA\x12&.meshfed.federation.v1.RotateCARequest\x1a'.meshfed.federation.v1.RotateCAResponse\x12d\n" +
-	"\vTrustStatus\x12).meshfed.federation.v1.TrustStatusRequest\x1a*.meshfed.federation.v1.TrustStatusResponseB7Z5github.com/meshfed/meshfed/federation/v1;federationv1b\x06proto3"
+	"\vTrustStatus\x12).meshfed.federation.v1.TrustStatusRequest\x1a*.meshfed.federation.v1.TrustStatusResponse\x12j\n" +
+	"\rCreateUILogin\x12+.meshfed.federation.v1.CreateUILoginRequest\x1a,.meshfed.federation.v1.CreateUILoginResponseB7Z5github.com/meshfed/meshfed/federation/v1;federationv1b\x06proto3"
 
 var (
 	file_meshfed_federation_v1_federation_proto_rawDescOnce sync.Once
@@ -5834,7 +6200,7 @@ func file_meshfed_federation_v1_federation_proto_rawDescGZIP() []byte {
 }
 
 var file_meshfed_federation_v1_federation_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 87)
+var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 92)
 var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(PolicyAction)(0),                // 0: meshfed.federation.v1.PolicyAction
 	(*Capabilities)(nil),             // 1: meshfed.federation.v1.Capabilities
@@ -5857,73 +6223,78 @@ var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*BundleSequence)(nil),           // 18: meshfed.federation.v1.BundleSequence
 	(*Nack)(nil),                     // 19: meshfed.federation.v1.Nack
 	(*SyncRequest)(nil),              // 20: meshfed.federation.v1.SyncRequest
-	(*GatewayPolicyStatus)(nil),      // 21: meshfed.federation.v1.GatewayPolicyStatus
-	(*GatewayReplicaPolicies)(nil),   // 22: meshfed.federation.v1.GatewayReplicaPolicies
-	(*GatewayPolicies)(nil),          // 23: meshfed.federation.v1.GatewayPolicies
-	(*ExportRef)(nil),                // 24: meshfed.federation.v1.ExportRef
-	(*SyncDelta)(nil),                // 25: meshfed.federation.v1.SyncDelta
-	(*PublishResult)(nil),            // 26: meshfed.federation.v1.PublishResult
-	(*SyncHelloResponse)(nil),        // 27: meshfed.federation.v1.SyncHelloResponse
-	(*SyncResponse)(nil),             // 28: meshfed.federation.v1.SyncResponse
-	(*SyncHeartbeat)(nil),            // 29: meshfed.federation.v1.SyncHeartbeat
-	(*RenewRequest)(nil),             // 30: meshfed.federation.v1.RenewRequest
-	(*RotationStatusRequest)(nil),    // 31: meshfed.federation.v1.RotationStatusRequest
-	(*MemberBundleStatus)(nil),       // 32: meshfed.federation.v1.MemberBundleStatus
-	(*RotationStatusResponse)(nil),   // 33: meshfed.federation.v1.RotationStatusResponse
-	(*RenewResponse)(nil),            // 34: meshfed.federation.v1.RenewResponse
-	(*TokenInfo)(nil),                // 35: meshfed.federation.v1.TokenInfo
-	(*CreateTokenRequest)(nil),       // 36: meshfed.federation.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),      // 37: meshfed.federation.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),        // 38: meshfed.federation.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),       // 39: meshfed.federation.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),       // 40: meshfed.federation.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),      // 41: meshfed.federation.v1.RevokeTokenResponse
-	(*ListClustersRequest)(nil),      // 42: meshfed.federation.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),     // 43: meshfed.federation.v1.ListClustersResponse
-	(*DescribeClusterRequest)(nil),   // 44: meshfed.federation.v1.DescribeClusterRequest
-	(*DescribeClusterResponse)(nil),  // 45: meshfed.federation.v1.DescribeClusterResponse
-	(*RemoveClusterRequest)(nil),     // 46: meshfed.federation.v1.RemoveClusterRequest
-	(*RemoveClusterResponse)(nil),    // 47: meshfed.federation.v1.RemoveClusterResponse
-	(*GlobalService)(nil),            // 48: meshfed.federation.v1.GlobalService
-	(*ListServicesRequest)(nil),      // 49: meshfed.federation.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),     // 50: meshfed.federation.v1.ListServicesResponse
-	(*PutPolicyRequest)(nil),         // 51: meshfed.federation.v1.PutPolicyRequest
-	(*PutPolicyResponse)(nil),        // 52: meshfed.federation.v1.PutPolicyResponse
-	(*DeletePolicyRequest)(nil),      // 53: meshfed.federation.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),     // 54: meshfed.federation.v1.DeletePolicyResponse
-	(*ApplyPoliciesRequest)(nil),     // 55: meshfed.federation.v1.ApplyPoliciesRequest
-	(*PolicyApplyResult)(nil),        // 56: meshfed.federation.v1.PolicyApplyResult
-	(*ClusterGateways)(nil),          // 57: meshfed.federation.v1.ClusterGateways
-	(*ApplyPoliciesResponse)(nil),    // 58: meshfed.federation.v1.ApplyPoliciesResponse
-	(*ListPoliciesRequest)(nil),      // 59: meshfed.federation.v1.ListPoliciesRequest
-	(*PolicyStatusRequest)(nil),      // 60: meshfed.federation.v1.PolicyStatusRequest
-	(*PolicyGatewayStatus)(nil),      // 61: meshfed.federation.v1.PolicyGatewayStatus
-	(*PolicyState)(nil),              // 62: meshfed.federation.v1.PolicyState
-	(*PolicyStatusResponse)(nil),     // 63: meshfed.federation.v1.PolicyStatusResponse
-	(*ListPoliciesResponse)(nil),     // 64: meshfed.federation.v1.ListPoliciesResponse
-	(*FederationRelationship)(nil),   // 65: meshfed.federation.v1.FederationRelationship
-	(*PutFederationRequest)(nil),     // 66: meshfed.federation.v1.PutFederationRequest
-	(*PutFederationResponse)(nil),    // 67: meshfed.federation.v1.PutFederationResponse
-	(*DeleteFederationRequest)(nil),  // 68: meshfed.federation.v1.DeleteFederationRequest
-	(*DeleteFederationResponse)(nil), // 69: meshfed.federation.v1.DeleteFederationResponse
-	(*ListFederationsRequest)(nil),   // 70: meshfed.federation.v1.ListFederationsRequest
-	(*FederationStatus)(nil),         // 71: meshfed.federation.v1.FederationStatus
-	(*ListFederationsResponse)(nil),  // 72: meshfed.federation.v1.ListFederationsResponse
-	(*BundleInfo)(nil),               // 73: meshfed.federation.v1.BundleInfo
-	(*ListBundlesRequest)(nil),       // 74: meshfed.federation.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),      // 75: meshfed.federation.v1.ListBundlesResponse
-	(*RotateCARequest)(nil),          // 76: meshfed.federation.v1.RotateCARequest
-	(*RotateCAResponse)(nil),         // 77: meshfed.federation.v1.RotateCAResponse
-	(*TrustStatusRequest)(nil),       // 78: meshfed.federation.v1.TrustStatusRequest
-	(*ClusterTrustStatus)(nil),       // 79: meshfed.federation.v1.ClusterTrustStatus
-	(*TrustStatusResponse)(nil),      // 80: meshfed.federation.v1.TrustStatusResponse
-	(*ServerStatus)(nil),             // 81: meshfed.federation.v1.ServerStatus
-	(*StatusRequest)(nil),            // 82: meshfed.federation.v1.StatusRequest
-	(*StatusResponse)(nil),           // 83: meshfed.federation.v1.StatusResponse
-	nil,                              // 84: meshfed.federation.v1.EndpointGroup.LabelsEntry
-	nil,                              // 85: meshfed.federation.v1.ExportedService.ExportedLabelsEntry
-	nil,                              // 86: meshfed.federation.v1.ExportedService.ExportedAnnotationsEntry
-	nil,                              // 87: meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
+	(*TrafficSummary)(nil),           // 21: meshfed.federation.v1.TrafficSummary
+	(*LinkTraffic)(nil),              // 22: meshfed.federation.v1.LinkTraffic
+	(*GatewayReplicaHealth)(nil),     // 23: meshfed.federation.v1.GatewayReplicaHealth
+	(*GatewayPolicyStatus)(nil),      // 24: meshfed.federation.v1.GatewayPolicyStatus
+	(*GatewayReplicaPolicies)(nil),   // 25: meshfed.federation.v1.GatewayReplicaPolicies
+	(*GatewayPolicies)(nil),          // 26: meshfed.federation.v1.GatewayPolicies
+	(*ExportRef)(nil),                // 27: meshfed.federation.v1.ExportRef
+	(*SyncDelta)(nil),                // 28: meshfed.federation.v1.SyncDelta
+	(*PublishResult)(nil),            // 29: meshfed.federation.v1.PublishResult
+	(*SyncHelloResponse)(nil),        // 30: meshfed.federation.v1.SyncHelloResponse
+	(*SyncResponse)(nil),             // 31: meshfed.federation.v1.SyncResponse
+	(*SyncHeartbeat)(nil),            // 32: meshfed.federation.v1.SyncHeartbeat
+	(*RenewRequest)(nil),             // 33: meshfed.federation.v1.RenewRequest
+	(*RotationStatusRequest)(nil),    // 34: meshfed.federation.v1.RotationStatusRequest
+	(*MemberBundleStatus)(nil),       // 35: meshfed.federation.v1.MemberBundleStatus
+	(*RotationStatusResponse)(nil),   // 36: meshfed.federation.v1.RotationStatusResponse
+	(*RenewResponse)(nil),            // 37: meshfed.federation.v1.RenewResponse
+	(*TokenInfo)(nil),                // 38: meshfed.federation.v1.TokenInfo
+	(*CreateTokenRequest)(nil),       // 39: meshfed.federation.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),      // 40: meshfed.federation.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),        // 41: meshfed.federation.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),       // 42: meshfed.federation.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),       // 43: meshfed.federation.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),      // 44: meshfed.federation.v1.RevokeTokenResponse
+	(*ListClustersRequest)(nil),      // 45: meshfed.federation.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),     // 46: meshfed.federation.v1.ListClustersResponse
+	(*DescribeClusterRequest)(nil),   // 47: meshfed.federation.v1.DescribeClusterRequest
+	(*DescribeClusterResponse)(nil),  // 48: meshfed.federation.v1.DescribeClusterResponse
+	(*RemoveClusterRequest)(nil),     // 49: meshfed.federation.v1.RemoveClusterRequest
+	(*RemoveClusterResponse)(nil),    // 50: meshfed.federation.v1.RemoveClusterResponse
+	(*GlobalService)(nil),            // 51: meshfed.federation.v1.GlobalService
+	(*ListServicesRequest)(nil),      // 52: meshfed.federation.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),     // 53: meshfed.federation.v1.ListServicesResponse
+	(*PutPolicyRequest)(nil),         // 54: meshfed.federation.v1.PutPolicyRequest
+	(*PutPolicyResponse)(nil),        // 55: meshfed.federation.v1.PutPolicyResponse
+	(*DeletePolicyRequest)(nil),      // 56: meshfed.federation.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),     // 57: meshfed.federation.v1.DeletePolicyResponse
+	(*ApplyPoliciesRequest)(nil),     // 58: meshfed.federation.v1.ApplyPoliciesRequest
+	(*PolicyApplyResult)(nil),        // 59: meshfed.federation.v1.PolicyApplyResult
+	(*ClusterGateways)(nil),          // 60: meshfed.federation.v1.ClusterGateways
+	(*ApplyPoliciesResponse)(nil),    // 61: meshfed.federation.v1.ApplyPoliciesResponse
+	(*ListPoliciesRequest)(nil),      // 62: meshfed.federation.v1.ListPoliciesRequest
+	(*PolicyStatusRequest)(nil),      // 63: meshfed.federation.v1.PolicyStatusRequest
+	(*PolicyGatewayStatus)(nil),      // 64: meshfed.federation.v1.PolicyGatewayStatus
+	(*PolicyState)(nil),              // 65: meshfed.federation.v1.PolicyState
+	(*PolicyStatusResponse)(nil),     // 66: meshfed.federation.v1.PolicyStatusResponse
+	(*ListPoliciesResponse)(nil),     // 67: meshfed.federation.v1.ListPoliciesResponse
+	(*FederationRelationship)(nil),   // 68: meshfed.federation.v1.FederationRelationship
+	(*PutFederationRequest)(nil),     // 69: meshfed.federation.v1.PutFederationRequest
+	(*PutFederationResponse)(nil),    // 70: meshfed.federation.v1.PutFederationResponse
+	(*DeleteFederationRequest)(nil),  // 71: meshfed.federation.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil), // 72: meshfed.federation.v1.DeleteFederationResponse
+	(*ListFederationsRequest)(nil),   // 73: meshfed.federation.v1.ListFederationsRequest
+	(*FederationStatus)(nil),         // 74: meshfed.federation.v1.FederationStatus
+	(*ListFederationsResponse)(nil),  // 75: meshfed.federation.v1.ListFederationsResponse
+	(*BundleInfo)(nil),               // 76: meshfed.federation.v1.BundleInfo
+	(*ListBundlesRequest)(nil),       // 77: meshfed.federation.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),      // 78: meshfed.federation.v1.ListBundlesResponse
+	(*RotateCARequest)(nil),          // 79: meshfed.federation.v1.RotateCARequest
+	(*RotateCAResponse)(nil),         // 80: meshfed.federation.v1.RotateCAResponse
+	(*TrustStatusRequest)(nil),       // 81: meshfed.federation.v1.TrustStatusRequest
+	(*ClusterTrustStatus)(nil),       // 82: meshfed.federation.v1.ClusterTrustStatus
+	(*TrustStatusResponse)(nil),      // 83: meshfed.federation.v1.TrustStatusResponse
+	(*ServerStatus)(nil),             // 84: meshfed.federation.v1.ServerStatus
+	(*StatusRequest)(nil),            // 85: meshfed.federation.v1.StatusRequest
+	(*StatusResponse)(nil),           // 86: meshfed.federation.v1.StatusResponse
+	(*CreateUILoginRequest)(nil),     // 87: meshfed.federation.v1.CreateUILoginRequest
+	(*CreateUILoginResponse)(nil),    // 88: meshfed.federation.v1.CreateUILoginResponse
+	nil,                              // 89: meshfed.federation.v1.EndpointGroup.LabelsEntry
+	nil,                              // 90: meshfed.federation.v1.ExportedService.ExportedLabelsEntry
+	nil,                              // 91: meshfed.federation.v1.ExportedService.ExportedAnnotationsEntry
+	nil,                              // 92: meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
 }
 var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	2,  // 0: meshfed.federation.v1.JoinRequest.locality:type_name -> meshfed.federation.v1.Locality
@@ -5931,13 +6302,13 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	1,  // 2: meshfed.federation.v1.JoinRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
 	5,  // 3: meshfed.federation.v1.JoinResponse.settings:type_name -> meshfed.federation.v1.FederationSettings
 	1,  // 4: meshfed.federation.v1.JoinResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	84, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
+	89, // 5: meshfed.federation.v1.EndpointGroup.labels:type_name -> meshfed.federation.v1.EndpointGroup.LabelsEntry
 	7,  // 6: meshfed.federation.v1.ExportedService.ports:type_name -> meshfed.federation.v1.ServicePort
 	8,  // 7: meshfed.federation.v1.ExportedService.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
 	10, // 8: meshfed.federation.v1.ExportedService.headless_endpoints:type_name -> meshfed.federation.v1.HeadlessEndpoint
-	85, // 9: meshfed.federation.v1.ExportedService.exported_labels:type_name -> meshfed.federation.v1.ExportedService.ExportedLabelsEntry
-	86, // 10: meshfed.federation.v1.ExportedService.exported_annotations:type_name -> meshfed.federation.v1.ExportedService.ExportedAnnotationsEntry
-	87, // 11: meshfed.federation.v1.HeadlessEndpoint.target_ports:type_name -> meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
+	90, // 9: meshfed.federation.v1.ExportedService.exported_labels:type_name -> meshfed.federation.v1.ExportedService.ExportedLabelsEntry
+	91, // 10: meshfed.federation.v1.ExportedService.exported_annotations:type_name -> meshfed.federation.v1.ExportedService.ExportedAnnotationsEntry
+	92, // 11: meshfed.federation.v1.HeadlessEndpoint.target_ports:type_name -> meshfed.federation.v1.HeadlessEndpoint.TargetPortsEntry
 	9,  // 12: meshfed.federation.v1.ExportRecord.service:type_name -> meshfed.federation.v1.ExportedService
 	2,  // 13: meshfed.federation.v1.ClusterRecord.locality:type_name -> meshfed.federation.v1.Locality
 	1,  // 14: meshfed.federation.v1.ClusterRecord.capabilities:type_name -> meshfed.federation.v1.Capabilities
@@ -5951,95 +6322,100 @@ var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	17, // 22: meshfed.federation.v1.SyncRequest.ack:type_name -> meshfed.federation.v1.Ack
 	19, // 23: meshfed.federation.v1.SyncRequest.nack:type_name -> meshfed.federation.v1.Nack
 	16, // 24: meshfed.federation.v1.SyncRequest.publish_bundle:type_name -> meshfed.federation.v1.PublishBundle
-	23, // 25: meshfed.federation.v1.SyncRequest.gateway_policies:type_name -> meshfed.federation.v1.GatewayPolicies
-	21, // 26: meshfed.federation.v1.GatewayReplicaPolicies.policies:type_name -> meshfed.federation.v1.GatewayPolicyStatus
-	22, // 27: meshfed.federation.v1.GatewayPolicies.replicas:type_name -> meshfed.federation.v1.GatewayReplicaPolicies
-	12, // 28: meshfed.federation.v1.SyncDelta.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	11, // 29: meshfed.federation.v1.SyncDelta.exports:type_name -> meshfed.federation.v1.ExportRecord
-	24, // 30: meshfed.federation.v1.SyncDelta.removed_exports:type_name -> meshfed.federation.v1.ExportRef
-	3,  // 31: meshfed.federation.v1.SyncDelta.bundles:type_name -> meshfed.federation.v1.TrustBundle
-	13, // 32: meshfed.federation.v1.SyncDelta.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	1,  // 33: meshfed.federation.v1.SyncHelloResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
-	25, // 34: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
-	26, // 35: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
-	27, // 36: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
-	29, // 37: meshfed.federation.v1.SyncResponse.heartbeat:type_name -> meshfed.federation.v1.SyncHeartbeat
-	32, // 38: meshfed.federation.v1.RotationStatusResponse.members:type_name -> meshfed.federation.v1.MemberBundleStatus
-	35, // 39: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
-	35, // 40: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
-	12, // 41: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
-	12, // 42: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	11, // 43: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
-	3,  // 44: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	11, // 45: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
-	48, // 46: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
-	13, // 47: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	13, // 48: meshfed.federation.v1.ApplyPoliciesRequest.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	0,  // 49: meshfed.federation.v1.PolicyApplyResult.action:type_name -> meshfed.federation.v1.PolicyAction
-	57, // 50: meshfed.federation.v1.PolicyApplyResult.gateways:type_name -> meshfed.federation.v1.ClusterGateways
-	56, // 51: meshfed.federation.v1.ApplyPoliciesResponse.results:type_name -> meshfed.federation.v1.PolicyApplyResult
-	61, // 52: meshfed.federation.v1.PolicyState.gateways:type_name -> meshfed.federation.v1.PolicyGatewayStatus
-	62, // 53: meshfed.federation.v1.PolicyStatusResponse.policies:type_name -> meshfed.federation.v1.PolicyState
-	13, // 54: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	65, // 55: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	65, // 56: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	71, // 57: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
-	3,  // 58: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	73, // 59: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
-	32, // 60: meshfed.federation.v1.ClusterTrustStatus.members:type_name -> meshfed.federation.v1.MemberBundleStatus
-	79, // 61: meshfed.federation.v1.TrustStatusResponse.clusters:type_name -> meshfed.federation.v1.ClusterTrustStatus
-	81, // 62: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
-	4,  // 63: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
-	20, // 64: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
-	30, // 65: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
-	31, // 66: meshfed.federation.v1.Sync.RotationStatus:input_type -> meshfed.federation.v1.RotationStatusRequest
-	36, // 67: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
-	38, // 68: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
-	40, // 69: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
-	42, // 70: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
-	44, // 71: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
-	46, // 72: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
-	49, // 73: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
-	51, // 74: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
-	55, // 75: meshfed.federation.v1.Admin.ApplyPolicies:input_type -> meshfed.federation.v1.ApplyPoliciesRequest
-	53, // 76: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
-	59, // 77: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
-	60, // 78: meshfed.federation.v1.Admin.PolicyStatus:input_type -> meshfed.federation.v1.PolicyStatusRequest
-	82, // 79: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
-	66, // 80: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
-	68, // 81: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
-	70, // 82: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
-	74, // 83: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
-	76, // 84: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
-	78, // 85: meshfed.federation.v1.Admin.TrustStatus:input_type -> meshfed.federation.v1.TrustStatusRequest
-	6,  // 86: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
-	28, // 87: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
-	34, // 88: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
-	33, // 89: meshfed.federation.v1.Sync.RotationStatus:output_type -> meshfed.federation.v1.RotationStatusResponse
-	37, // 90: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
-	39, // 91: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
-	41, // 92: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
-	43, // 93: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
-	45, // 94: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
-	47, // 95: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
-	50, // 96: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
-	52, // 97: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
-	58, // 98: meshfed.federation.v1.Admin.ApplyPolicies:output_type -> meshfed.federation.v1.ApplyPoliciesResponse
-	54, // 99: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
-	64, // 100: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
-	63, // 101: meshfed.federation.v1.Admin.PolicyStatus:output_type -> meshfed.federation.v1.PolicyStatusResponse
-	83, // 102: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
-	67, // 103: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
-	69, // 104: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
-	72, // 105: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
-	75, // 106: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
-	77, // 107: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
-	80, // 108: meshfed.federation.v1.Admin.TrustStatus:output_type -> meshfed.federation.v1.TrustStatusResponse
-	86, // [86:109] is the sub-list for method output_type
-	63, // [63:86] is the sub-list for method input_type
-	63, // [63:63] is the sub-list for extension type_name
-	63, // [63:63] is the sub-list for extension extendee
-	0,  // [0:63] is the sub-list for field type_name
+	26, // 25: meshfed.federation.v1.SyncRequest.gateway_policies:type_name -> meshfed.federation.v1.GatewayPolicies
+	21, // 26: meshfed.federation.v1.SyncRequest.traffic:type_name -> meshfed.federation.v1.TrafficSummary
+	22, // 27: meshfed.federation.v1.TrafficSummary.links:type_name -> meshfed.federation.v1.LinkTraffic
+	23, // 28: meshfed.federation.v1.TrafficSummary.gateways:type_name -> meshfed.federation.v1.GatewayReplicaHealth
+	24, // 29: meshfed.federation.v1.GatewayReplicaPolicies.policies:type_name -> meshfed.federation.v1.GatewayPolicyStatus
+	25, // 30: meshfed.federation.v1.GatewayPolicies.replicas:type_name -> meshfed.federation.v1.GatewayReplicaPolicies
+	12, // 31: meshfed.federation.v1.SyncDelta.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	11, // 32: meshfed.federation.v1.SyncDelta.exports:type_name -> meshfed.federation.v1.ExportRecord
+	27, // 33: meshfed.federation.v1.SyncDelta.removed_exports:type_name -> meshfed.federation.v1.ExportRef
+	3,  // 34: meshfed.federation.v1.SyncDelta.bundles:type_name -> meshfed.federation.v1.TrustBundle
+	13, // 35: meshfed.federation.v1.SyncDelta.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	1,  // 36: meshfed.federation.v1.SyncHelloResponse.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	28, // 37: meshfed.federation.v1.SyncResponse.delta:type_name -> meshfed.federation.v1.SyncDelta
+	29, // 38: meshfed.federation.v1.SyncResponse.publish_result:type_name -> meshfed.federation.v1.PublishResult
+	30, // 39: meshfed.federation.v1.SyncResponse.hello:type_name -> meshfed.federation.v1.SyncHelloResponse
+	32, // 40: meshfed.federation.v1.SyncResponse.heartbeat:type_name -> meshfed.federation.v1.SyncHeartbeat
+	35, // 41: meshfed.federation.v1.RotationStatusResponse.members:type_name -> meshfed.federation.v1.MemberBundleStatus
+	38, // 42: meshfed.federation.v1.CreateTokenResponse.info:type_name -> meshfed.federation.v1.TokenInfo
+	38, // 43: meshfed.federation.v1.ListTokensResponse.tokens:type_name -> meshfed.federation.v1.TokenInfo
+	12, // 44: meshfed.federation.v1.ListClustersResponse.clusters:type_name -> meshfed.federation.v1.ClusterRecord
+	12, // 45: meshfed.federation.v1.DescribeClusterResponse.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	11, // 46: meshfed.federation.v1.DescribeClusterResponse.exports:type_name -> meshfed.federation.v1.ExportRecord
+	3,  // 47: meshfed.federation.v1.DescribeClusterResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	11, // 48: meshfed.federation.v1.GlobalService.exports:type_name -> meshfed.federation.v1.ExportRecord
+	51, // 49: meshfed.federation.v1.ListServicesResponse.services:type_name -> meshfed.federation.v1.GlobalService
+	13, // 50: meshfed.federation.v1.PutPolicyRequest.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	13, // 51: meshfed.federation.v1.ApplyPoliciesRequest.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	0,  // 52: meshfed.federation.v1.PolicyApplyResult.action:type_name -> meshfed.federation.v1.PolicyAction
+	60, // 53: meshfed.federation.v1.PolicyApplyResult.gateways:type_name -> meshfed.federation.v1.ClusterGateways
+	59, // 54: meshfed.federation.v1.ApplyPoliciesResponse.results:type_name -> meshfed.federation.v1.PolicyApplyResult
+	64, // 55: meshfed.federation.v1.PolicyState.gateways:type_name -> meshfed.federation.v1.PolicyGatewayStatus
+	65, // 56: meshfed.federation.v1.PolicyStatusResponse.policies:type_name -> meshfed.federation.v1.PolicyState
+	13, // 57: meshfed.federation.v1.ListPoliciesResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	68, // 58: meshfed.federation.v1.PutFederationRequest.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	68, // 59: meshfed.federation.v1.FederationStatus.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	74, // 60: meshfed.federation.v1.ListFederationsResponse.federations:type_name -> meshfed.federation.v1.FederationStatus
+	3,  // 61: meshfed.federation.v1.BundleInfo.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	76, // 62: meshfed.federation.v1.ListBundlesResponse.bundles:type_name -> meshfed.federation.v1.BundleInfo
+	35, // 63: meshfed.federation.v1.ClusterTrustStatus.members:type_name -> meshfed.federation.v1.MemberBundleStatus
+	82, // 64: meshfed.federation.v1.TrustStatusResponse.clusters:type_name -> meshfed.federation.v1.ClusterTrustStatus
+	84, // 65: meshfed.federation.v1.StatusResponse.servers:type_name -> meshfed.federation.v1.ServerStatus
+	4,  // 66: meshfed.federation.v1.Join.Join:input_type -> meshfed.federation.v1.JoinRequest
+	20, // 67: meshfed.federation.v1.Sync.Sync:input_type -> meshfed.federation.v1.SyncRequest
+	33, // 68: meshfed.federation.v1.Sync.Renew:input_type -> meshfed.federation.v1.RenewRequest
+	34, // 69: meshfed.federation.v1.Sync.RotationStatus:input_type -> meshfed.federation.v1.RotationStatusRequest
+	39, // 70: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
+	41, // 71: meshfed.federation.v1.Admin.ListTokens:input_type -> meshfed.federation.v1.ListTokensRequest
+	43, // 72: meshfed.federation.v1.Admin.RevokeToken:input_type -> meshfed.federation.v1.RevokeTokenRequest
+	45, // 73: meshfed.federation.v1.Admin.ListClusters:input_type -> meshfed.federation.v1.ListClustersRequest
+	47, // 74: meshfed.federation.v1.Admin.DescribeCluster:input_type -> meshfed.federation.v1.DescribeClusterRequest
+	49, // 75: meshfed.federation.v1.Admin.RemoveCluster:input_type -> meshfed.federation.v1.RemoveClusterRequest
+	52, // 76: meshfed.federation.v1.Admin.ListServices:input_type -> meshfed.federation.v1.ListServicesRequest
+	54, // 77: meshfed.federation.v1.Admin.PutPolicy:input_type -> meshfed.federation.v1.PutPolicyRequest
+	58, // 78: meshfed.federation.v1.Admin.ApplyPolicies:input_type -> meshfed.federation.v1.ApplyPoliciesRequest
+	56, // 79: meshfed.federation.v1.Admin.DeletePolicy:input_type -> meshfed.federation.v1.DeletePolicyRequest
+	62, // 80: meshfed.federation.v1.Admin.ListPolicies:input_type -> meshfed.federation.v1.ListPoliciesRequest
+	63, // 81: meshfed.federation.v1.Admin.PolicyStatus:input_type -> meshfed.federation.v1.PolicyStatusRequest
+	85, // 82: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
+	69, // 83: meshfed.federation.v1.Admin.PutFederation:input_type -> meshfed.federation.v1.PutFederationRequest
+	71, // 84: meshfed.federation.v1.Admin.DeleteFederation:input_type -> meshfed.federation.v1.DeleteFederationRequest
+	73, // 85: meshfed.federation.v1.Admin.ListFederations:input_type -> meshfed.federation.v1.ListFederationsRequest
+	77, // 86: meshfed.federation.v1.Admin.ListBundles:input_type -> meshfed.federation.v1.ListBundlesRequest
+	79, // 87: meshfed.federation.v1.Admin.RotateCA:input_type -> meshfed.federation.v1.RotateCARequest
+	81, // 88: meshfed.federation.v1.Admin.TrustStatus:input_type -> meshfed.federation.v1.TrustStatusRequest
+	87, // 89: meshfed.federation.v1.Admin.CreateUILogin:input_type -> meshfed.federation.v1.CreateUILoginRequest
+	6,  // 90: meshfed.federation.v1.Join.Join:output_type -> meshfed.federation.v1.JoinResponse
+	31, // 91: meshfed.federation.v1.Sync.Sync:output_type -> meshfed.federation.v1.SyncResponse
+	37, // 92: meshfed.federation.v1.Sync.Renew:output_type -> meshfed.federation.v1.RenewResponse
+	36, // 93: meshfed.federation.v1.Sync.RotationStatus:output_type -> meshfed.federation.v1.RotationStatusResponse
+	40, // 94: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
+	42, // 95: meshfed.federation.v1.Admin.ListTokens:output_type -> meshfed.federation.v1.ListTokensResponse
+	44, // 96: meshfed.federation.v1.Admin.RevokeToken:output_type -> meshfed.federation.v1.RevokeTokenResponse
+	46, // 97: meshfed.federation.v1.Admin.ListClusters:output_type -> meshfed.federation.v1.ListClustersResponse
+	48, // 98: meshfed.federation.v1.Admin.DescribeCluster:output_type -> meshfed.federation.v1.DescribeClusterResponse
+	50, // 99: meshfed.federation.v1.Admin.RemoveCluster:output_type -> meshfed.federation.v1.RemoveClusterResponse
+	53, // 100: meshfed.federation.v1.Admin.ListServices:output_type -> meshfed.federation.v1.ListServicesResponse
+	55, // 101: meshfed.federation.v1.Admin.PutPolicy:output_type -> meshfed.federation.v1.PutPolicyResponse
+	61, // 102: meshfed.federation.v1.Admin.ApplyPolicies:output_type -> meshfed.federation.v1.ApplyPoliciesResponse
+	57, // 103: meshfed.federation.v1.Admin.DeletePolicy:output_type -> meshfed.federation.v1.DeletePolicyResponse
+	67, // 104: meshfed.federation.v1.Admin.ListPolicies:output_type -> meshfed.federation.v1.ListPoliciesResponse
+	66, // 105: meshfed.federation.v1.Admin.PolicyStatus:output_type -> meshfed.federation.v1.PolicyStatusResponse
+	86, // 106: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
+	70, // 107: meshfed.federation.v1.Admin.PutFederation:output_type -> meshfed.federation.v1.PutFederationResponse
+	72, // 108: meshfed.federation.v1.Admin.DeleteFederation:output_type -> meshfed.federation.v1.DeleteFederationResponse
+	75, // 109: meshfed.federation.v1.Admin.ListFederations:output_type -> meshfed.federation.v1.ListFederationsResponse
+	78, // 110: meshfed.federation.v1.Admin.ListBundles:output_type -> meshfed.federation.v1.ListBundlesResponse
+	80, // 111: meshfed.federation.v1.Admin.RotateCA:output_type -> meshfed.federation.v1.RotateCAResponse
+	83, // 112: meshfed.federation.v1.Admin.TrustStatus:output_type -> meshfed.federation.v1.TrustStatusResponse
+	88, // 113: meshfed.federation.v1.Admin.CreateUILogin:output_type -> meshfed.federation.v1.CreateUILoginResponse
+	90, // [90:114] is the sub-list for method output_type
+	66, // [66:90] is the sub-list for method input_type
+	66, // [66:66] is the sub-list for extension type_name
+	66, // [66:66] is the sub-list for extension extendee
+	0,  // [0:66] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_federation_v1_federation_proto_init() }
@@ -6054,8 +6430,9 @@ func file_meshfed_federation_v1_federation_proto_init() {
 		(*SyncRequest_Nack)(nil),
 		(*SyncRequest_PublishBundle)(nil),
 		(*SyncRequest_GatewayPolicies)(nil),
+		(*SyncRequest_Traffic)(nil),
 	}
-	file_meshfed_federation_v1_federation_proto_msgTypes[27].OneofWrappers = []any{
+	file_meshfed_federation_v1_federation_proto_msgTypes[30].OneofWrappers = []any{
 		(*SyncResponse_Delta)(nil),
 		(*SyncResponse_PublishResult)(nil),
 		(*SyncResponse_Hello)(nil),
@@ -6067,7 +6444,7 @@ func file_meshfed_federation_v1_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_federation_v1_federation_proto_rawDesc), len(file_meshfed_federation_v1_federation_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   87,
+			NumMessages:   92,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

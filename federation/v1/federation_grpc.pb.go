@@ -369,6 +369,7 @@ const (
 	Admin_ListBundles_FullMethodName      = "/meshfed.federation.v1.Admin/ListBundles"
 	Admin_RotateCA_FullMethodName         = "/meshfed.federation.v1.Admin/RotateCA"
 	Admin_TrustStatus_FullMethodName      = "/meshfed.federation.v1.Admin/TrustStatus"
+	Admin_CreateUILogin_FullMethodName    = "/meshfed.federation.v1.Admin/CreateUILogin"
 )
 
 // AdminClient is the client API for Admin service.
@@ -399,6 +400,10 @@ type AdminClient interface {
 	// TrustStatus lists, per member cluster, its bundle and which members
 	// applied it (from their Acks).
 	TrustStatus(ctx context.Context, in *TrustStatusRequest, opts ...grpc.CallOption) (*TrustStatusResponse, error)
+	// CreateUILogin makes a short-lived login token for the hub's web UI
+	// (meshfed ui login). Nothing is written: the token is signed with a key
+	// every server derives from the hub CA key, so any server verifies it.
+	CreateUILogin(ctx context.Context, in *CreateUILoginRequest, opts ...grpc.CallOption) (*CreateUILoginResponse, error)
 }
 
 type adminClient struct {
@@ -599,6 +604,16 @@ func (c *adminClient) TrustStatus(ctx context.Context, in *TrustStatusRequest, o
 	return out, nil
 }
 
+func (c *adminClient) CreateUILogin(ctx context.Context, in *CreateUILoginRequest, opts ...grpc.CallOption) (*CreateUILoginResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateUILoginResponse)
+	err := c.cc.Invoke(ctx, Admin_CreateUILogin_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -627,6 +642,10 @@ type AdminServer interface {
 	// TrustStatus lists, per member cluster, its bundle and which members
 	// applied it (from their Acks).
 	TrustStatus(context.Context, *TrustStatusRequest) (*TrustStatusResponse, error)
+	// CreateUILogin makes a short-lived login token for the hub's web UI
+	// (meshfed ui login). Nothing is written: the token is signed with a key
+	// every server derives from the hub CA key, so any server verifies it.
+	CreateUILogin(context.Context, *CreateUILoginRequest) (*CreateUILoginResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -693,6 +712,9 @@ func (UnimplementedAdminServer) RotateCA(context.Context, *RotateCARequest) (*Ro
 }
 func (UnimplementedAdminServer) TrustStatus(context.Context, *TrustStatusRequest) (*TrustStatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method TrustStatus not implemented")
+}
+func (UnimplementedAdminServer) CreateUILogin(context.Context, *CreateUILoginRequest) (*CreateUILoginResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateUILogin not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -1057,6 +1079,24 @@ func _Admin_TrustStatus_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_CreateUILogin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateUILoginRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).CreateUILogin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_CreateUILogin_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).CreateUILogin(ctx, req.(*CreateUILoginRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1139,6 +1179,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "TrustStatus",
 			Handler:    _Admin_TrustStatus_Handler,
+		},
+		{
+			MethodName: "CreateUILogin",
+			Handler:    _Admin_CreateUILogin_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

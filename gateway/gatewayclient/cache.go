@@ -142,6 +142,12 @@ type Report struct {
 	// the revision in force and any rejection (a reason is truncated to
 	// policy.MaxStatusErrorBytes). The agent forwards them to the hub.
 	Policies []*fedv1.GatewayPolicyStatus
+	// Links are the replica's egress counters per destination cluster,
+	// cumulative since it started, each with one latency bucket more than
+	// LatencyBoundsSeconds. The agent forwards their differences to the
+	// hub (the web UI's traffic).
+	Links                []*gatewayv1.LinkCounters
+	LatencyBoundsSeconds []float64
 }
 
 // truncate cuts s to at most n bytes, never inside a character.
@@ -155,7 +161,8 @@ func truncate(s string, n int) string {
 // SendReport sends r to the agent. It returns the agent's error; callers
 // retry on their own schedule.
 func (c *Client) SendReport(ctx context.Context, r Report) error {
-	req := &gatewayv1.ReportRequest{Instance: c.cfg.Instance, Revision: r.Revision, Health: r.Health}
+	req := &gatewayv1.ReportRequest{Instance: c.cfg.Instance, Revision: r.Revision, Health: r.Health,
+		Links: r.Links, LatencyBoundsSeconds: r.LatencyBoundsSeconds}
 	if r.Err != nil {
 		req.Error = truncate(r.Err.Error(), MaxReportError)
 	}

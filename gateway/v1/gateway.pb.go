@@ -1142,9 +1142,16 @@ type ReportRequest struct {
 	// force and any rejection (eastwest.Gateway.Policies). At most as many
 	// as the agent sent it; bounds: federation/policy CheckStatuses. The
 	// agent forwards them to the hub (meshfed policy status).
-	Policies      []*v1.GatewayPolicyStatus `protobuf:"bytes,5,rep,name=policies,proto3" json:"policies,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Policies []*v1.GatewayPolicyStatus `protobuf:"bytes,5,rep,name=policies,proto3" json:"policies,omitempty"`
+	// Egress counters per destination cluster, cumulative since the replica
+	// started (the agent takes differences, so a lost report loses
+	// nothing). At most one entry per member cluster.
+	Links []*LinkCounters `protobuf:"bytes,6,rep,name=links,proto3" json:"links,omitempty"`
+	// The upper bounds, in seconds, of the latency buckets every link's
+	// latency_buckets counts (the last bucket is everything above).
+	LatencyBoundsSeconds []float64 `protobuf:"fixed64,7,rep,packed,name=latency_bounds_seconds,json=latencyBoundsSeconds,proto3" json:"latency_bounds_seconds,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *ReportRequest) Reset() {
@@ -1212,6 +1219,107 @@ func (x *ReportRequest) GetPolicies() []*v1.GatewayPolicyStatus {
 	return nil
 }
 
+func (x *ReportRequest) GetLinks() []*LinkCounters {
+	if x != nil {
+		return x.Links
+	}
+	return nil
+}
+
+func (x *ReportRequest) GetLatencyBoundsSeconds() []float64 {
+	if x != nil {
+		return x.LatencyBoundsSeconds
+	}
+	return nil
+}
+
+// A replica's egress counters towards one destination cluster, cumulative.
+type LinkCounters struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Cluster  string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Requests uint64                 `protobuf:"varint,2,opt,name=requests,proto3" json:"requests,omitempty"`
+	Errors   uint64                 `protobuf:"varint,3,opt,name=errors,proto3" json:"errors,omitempty"`
+	// Requests per latency bucket (not cumulative across buckets): one more
+	// entry than latency_bounds_seconds.
+	LatencyBuckets []uint64 `protobuf:"varint,4,rep,packed,name=latency_buckets,json=latencyBuckets,proto3" json:"latency_buckets,omitempty"`
+	Failovers      uint64   `protobuf:"varint,5,opt,name=failovers,proto3" json:"failovers,omitempty"`
+	Ejections      uint64   `protobuf:"varint,6,opt,name=ejections,proto3" json:"ejections,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *LinkCounters) Reset() {
+	*x = LinkCounters{}
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkCounters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkCounters) ProtoMessage() {}
+
+func (x *LinkCounters) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkCounters.ProtoReflect.Descriptor instead.
+func (*LinkCounters) Descriptor() ([]byte, []int) {
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *LinkCounters) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *LinkCounters) GetRequests() uint64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *LinkCounters) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *LinkCounters) GetLatencyBuckets() []uint64 {
+	if x != nil {
+		return x.LatencyBuckets
+	}
+	return nil
+}
+
+func (x *LinkCounters) GetFailovers() uint64 {
+	if x != nil {
+		return x.Failovers
+	}
+	return 0
+}
+
+func (x *LinkCounters) GetEjections() uint64 {
+	if x != nil {
+		return x.Ejections
+	}
+	return 0
+}
+
 // A gateway replica's health as it sees itself.
 type GatewayHealth struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1233,7 +1341,7 @@ type GatewayHealth struct {
 
 func (x *GatewayHealth) Reset() {
 	*x = GatewayHealth{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[16]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1245,7 +1353,7 @@ func (x *GatewayHealth) String() string {
 func (*GatewayHealth) ProtoMessage() {}
 
 func (x *GatewayHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[16]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1258,7 +1366,7 @@ func (x *GatewayHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayHealth.ProtoReflect.Descriptor instead.
 func (*GatewayHealth) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GatewayHealth) GetServing() bool {
@@ -1318,7 +1426,7 @@ type ReportResponse struct {
 
 func (x *ReportResponse) Reset() {
 	*x = ReportResponse{}
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[17]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +1438,7 @@ func (x *ReportResponse) String() string {
 func (*ReportResponse) ProtoMessage() {}
 
 func (x *ReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[17]
+	mi := &file_meshfed_gateway_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +1451,7 @@ func (x *ReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportResponse.ProtoReflect.Descriptor instead.
 func (*ReportResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_meshfed_gateway_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 var File_meshfed_gateway_v1_gateway_proto protoreflect.FileDescriptor
@@ -1435,13 +1543,22 @@ const file_meshfed_gateway_v1_gateway_proto_rawDesc = "" +
 	"\x10SignSVIDResponse\x12\x1d\n" +
 	"\n" +
 	"cert_chain\x18\x01 \x03(\fR\tcertChain\x12:\n" +
-	"\x06bundle\x18\x02 \x01(\v2\".meshfed.federation.v1.TrustBundleR\x06bundle\"\xe0\x01\n" +
+	"\x06bundle\x18\x02 \x01(\v2\".meshfed.federation.v1.TrustBundleR\x06bundle\"\xce\x02\n" +
 	"\rReportRequest\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x129\n" +
 	"\x06health\x18\x04 \x01(\v2!.meshfed.gateway.v1.GatewayHealthR\x06health\x12F\n" +
-	"\bpolicies\x18\x05 \x03(\v2*.meshfed.federation.v1.GatewayPolicyStatusR\bpolicies\"\x84\x02\n" +
+	"\bpolicies\x18\x05 \x03(\v2*.meshfed.federation.v1.GatewayPolicyStatusR\bpolicies\x126\n" +
+	"\x05links\x18\x06 \x03(\v2 .meshfed.gateway.v1.LinkCountersR\x05links\x124\n" +
+	"\x16latency_bounds_seconds\x18\a \x03(\x01R\x14latencyBoundsSeconds\"\xc1\x01\n" +
+	"\fLinkCounters\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1a\n" +
+	"\brequests\x18\x02 \x01(\x04R\brequests\x12\x16\n" +
+	"\x06errors\x18\x03 \x01(\x04R\x06errors\x12'\n" +
+	"\x0flatency_buckets\x18\x04 \x03(\x04R\x0elatencyBuckets\x12\x1c\n" +
+	"\tfailovers\x18\x05 \x01(\x04R\tfailovers\x12\x1c\n" +
+	"\tejections\x18\x06 \x01(\x04R\tejections\"\x84\x02\n" +
 	"\rGatewayHealth\x12\x18\n" +
 	"\aserving\x18\x01 \x01(\bR\aserving\x12\x1a\n" +
 	"\bdraining\x18\x02 \x01(\bR\bdraining\x12'\n" +
@@ -1468,7 +1585,7 @@ func file_meshfed_gateway_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_meshfed_gateway_v1_gateway_proto_rawDescData
 }
 
-var file_meshfed_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_meshfed_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_meshfed_gateway_v1_gateway_proto_goTypes = []any{
 	(*StreamRequest)(nil),          // 0: meshfed.gateway.v1.StreamRequest
 	(*StreamResponse)(nil),         // 1: meshfed.gateway.v1.StreamResponse
@@ -1486,52 +1603,54 @@ var file_meshfed_gateway_v1_gateway_proto_goTypes = []any{
 	(*SignSVIDRequest)(nil),        // 13: meshfed.gateway.v1.SignSVIDRequest
 	(*SignSVIDResponse)(nil),       // 14: meshfed.gateway.v1.SignSVIDResponse
 	(*ReportRequest)(nil),          // 15: meshfed.gateway.v1.ReportRequest
-	(*GatewayHealth)(nil),          // 16: meshfed.gateway.v1.GatewayHealth
-	(*ReportResponse)(nil),         // 17: meshfed.gateway.v1.ReportResponse
-	nil,                            // 18: meshfed.gateway.v1.Endpoint.LabelsEntry
-	(*v1.Capabilities)(nil),        // 19: meshfed.federation.v1.Capabilities
-	(*v1.TrafficPolicy)(nil),       // 20: meshfed.federation.v1.TrafficPolicy
-	(*v1.TrustBundle)(nil),         // 21: meshfed.federation.v1.TrustBundle
-	(*v1.Locality)(nil),            // 22: meshfed.federation.v1.Locality
-	(*v1.ServicePort)(nil),         // 23: meshfed.federation.v1.ServicePort
-	(*v1.EndpointGroup)(nil),       // 24: meshfed.federation.v1.EndpointGroup
-	(*v1.GatewayPolicyStatus)(nil), // 25: meshfed.federation.v1.GatewayPolicyStatus
+	(*LinkCounters)(nil),           // 16: meshfed.gateway.v1.LinkCounters
+	(*GatewayHealth)(nil),          // 17: meshfed.gateway.v1.GatewayHealth
+	(*ReportResponse)(nil),         // 18: meshfed.gateway.v1.ReportResponse
+	nil,                            // 19: meshfed.gateway.v1.Endpoint.LabelsEntry
+	(*v1.Capabilities)(nil),        // 20: meshfed.federation.v1.Capabilities
+	(*v1.TrafficPolicy)(nil),       // 21: meshfed.federation.v1.TrafficPolicy
+	(*v1.TrustBundle)(nil),         // 22: meshfed.federation.v1.TrustBundle
+	(*v1.Locality)(nil),            // 23: meshfed.federation.v1.Locality
+	(*v1.ServicePort)(nil),         // 24: meshfed.federation.v1.ServicePort
+	(*v1.EndpointGroup)(nil),       // 25: meshfed.federation.v1.EndpointGroup
+	(*v1.GatewayPolicyStatus)(nil), // 26: meshfed.federation.v1.GatewayPolicyStatus
 }
 var file_meshfed_gateway_v1_gateway_proto_depIdxs = []int32{
-	19, // 0: meshfed.gateway.v1.StreamRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
+	20, // 0: meshfed.gateway.v1.StreamRequest.capabilities:type_name -> meshfed.federation.v1.Capabilities
 	6,  // 1: meshfed.gateway.v1.StreamResponse.imports:type_name -> meshfed.gateway.v1.Import
 	9,  // 2: meshfed.gateway.v1.StreamResponse.local_services:type_name -> meshfed.gateway.v1.LocalService
 	12, // 3: meshfed.gateway.v1.StreamResponse.clusters:type_name -> meshfed.gateway.v1.RemoteCluster
-	20, // 4: meshfed.gateway.v1.StreamResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	21, // 5: meshfed.gateway.v1.StreamResponse.bundles:type_name -> meshfed.federation.v1.TrustBundle
+	21, // 4: meshfed.gateway.v1.StreamResponse.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	22, // 5: meshfed.gateway.v1.StreamResponse.bundles:type_name -> meshfed.federation.v1.TrustBundle
 	5,  // 6: meshfed.gateway.v1.StreamResponse.hub:type_name -> meshfed.gateway.v1.HubState
 	3,  // 7: meshfed.gateway.v1.StreamResponse.self:type_name -> meshfed.gateway.v1.Self
 	2,  // 8: meshfed.gateway.v1.StreamResponse.workloads:type_name -> meshfed.gateway.v1.Workload
-	22, // 9: meshfed.gateway.v1.Self.locality:type_name -> meshfed.federation.v1.Locality
+	23, // 9: meshfed.gateway.v1.Self.locality:type_name -> meshfed.federation.v1.Locality
 	4,  // 10: meshfed.gateway.v1.Self.ingress:type_name -> meshfed.gateway.v1.Ingress
 	7,  // 11: meshfed.gateway.v1.Import.ports:type_name -> meshfed.gateway.v1.ImportPort
 	8,  // 12: meshfed.gateway.v1.Import.clusters:type_name -> meshfed.gateway.v1.ImportCluster
-	23, // 13: meshfed.gateway.v1.ImportPort.port:type_name -> meshfed.federation.v1.ServicePort
-	24, // 14: meshfed.gateway.v1.ImportCluster.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
-	23, // 15: meshfed.gateway.v1.LocalService.ports:type_name -> meshfed.federation.v1.ServicePort
+	24, // 13: meshfed.gateway.v1.ImportPort.port:type_name -> meshfed.federation.v1.ServicePort
+	25, // 14: meshfed.gateway.v1.ImportCluster.endpoints:type_name -> meshfed.federation.v1.EndpointGroup
+	24, // 15: meshfed.gateway.v1.LocalService.ports:type_name -> meshfed.federation.v1.ServicePort
 	10, // 16: meshfed.gateway.v1.LocalService.endpoints:type_name -> meshfed.gateway.v1.Endpoint
 	11, // 17: meshfed.gateway.v1.Endpoint.ports:type_name -> meshfed.gateway.v1.EndpointPort
-	18, // 18: meshfed.gateway.v1.Endpoint.labels:type_name -> meshfed.gateway.v1.Endpoint.LabelsEntry
-	22, // 19: meshfed.gateway.v1.RemoteCluster.locality:type_name -> meshfed.federation.v1.Locality
-	21, // 20: meshfed.gateway.v1.SignSVIDResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	16, // 21: meshfed.gateway.v1.ReportRequest.health:type_name -> meshfed.gateway.v1.GatewayHealth
-	25, // 22: meshfed.gateway.v1.ReportRequest.policies:type_name -> meshfed.federation.v1.GatewayPolicyStatus
-	0,  // 23: meshfed.gateway.v1.Config.Stream:input_type -> meshfed.gateway.v1.StreamRequest
-	13, // 24: meshfed.gateway.v1.Config.SignSVID:input_type -> meshfed.gateway.v1.SignSVIDRequest
-	15, // 25: meshfed.gateway.v1.Config.Report:input_type -> meshfed.gateway.v1.ReportRequest
-	1,  // 26: meshfed.gateway.v1.Config.Stream:output_type -> meshfed.gateway.v1.StreamResponse
-	14, // 27: meshfed.gateway.v1.Config.SignSVID:output_type -> meshfed.gateway.v1.SignSVIDResponse
-	17, // 28: meshfed.gateway.v1.Config.Report:output_type -> meshfed.gateway.v1.ReportResponse
-	26, // [26:29] is the sub-list for method output_type
-	23, // [23:26] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	19, // 18: meshfed.gateway.v1.Endpoint.labels:type_name -> meshfed.gateway.v1.Endpoint.LabelsEntry
+	23, // 19: meshfed.gateway.v1.RemoteCluster.locality:type_name -> meshfed.federation.v1.Locality
+	22, // 20: meshfed.gateway.v1.SignSVIDResponse.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	17, // 21: meshfed.gateway.v1.ReportRequest.health:type_name -> meshfed.gateway.v1.GatewayHealth
+	26, // 22: meshfed.gateway.v1.ReportRequest.policies:type_name -> meshfed.federation.v1.GatewayPolicyStatus
+	16, // 23: meshfed.gateway.v1.ReportRequest.links:type_name -> meshfed.gateway.v1.LinkCounters
+	0,  // 24: meshfed.gateway.v1.Config.Stream:input_type -> meshfed.gateway.v1.StreamRequest
+	13, // 25: meshfed.gateway.v1.Config.SignSVID:input_type -> meshfed.gateway.v1.SignSVIDRequest
+	15, // 26: meshfed.gateway.v1.Config.Report:input_type -> meshfed.gateway.v1.ReportRequest
+	1,  // 27: meshfed.gateway.v1.Config.Stream:output_type -> meshfed.gateway.v1.StreamResponse
+	14, // 28: meshfed.gateway.v1.Config.SignSVID:output_type -> meshfed.gateway.v1.SignSVIDResponse
+	18, // 29: meshfed.gateway.v1.Config.Report:output_type -> meshfed.gateway.v1.ReportResponse
+	27, // [27:30] is the sub-list for method output_type
+	24, // [24:27] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_gateway_v1_gateway_proto_init() }
@@ -1545,7 +1664,7 @@ func file_meshfed_gateway_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_gateway_v1_gateway_proto_rawDesc), len(file_meshfed_gateway_v1_gateway_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -2400,6 +2400,277 @@ func (x *ReadIndexResponse) GetIndex() uint64 {
 	return 0
 }
 
+type PeerViewRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerViewRequest) Reset() {
+	*x = PeerViewRequest{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerViewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerViewRequest) ProtoMessage() {}
+
+func (x *PeerViewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerViewRequest.ProtoReflect.Descriptor instead.
+func (*PeerViewRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{35}
+}
+
+type PeerViewResponse struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Traffic      []*HeldTraffic         `protobuf:"bytes,1,rep,name=traffic,proto3" json:"traffic,omitempty"`
+	Events       []*TimelineEvent       `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	AppliedIndex uint64                 `protobuf:"varint,3,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// leader, follower, candidate, shutdown
+	State         string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	Streams       int64  `protobuf:"varint,5,opt,name=streams,proto3" json:"streams,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerViewResponse) Reset() {
+	*x = PeerViewResponse{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerViewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerViewResponse) ProtoMessage() {}
+
+func (x *PeerViewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerViewResponse.ProtoReflect.Descriptor instead.
+func (*PeerViewResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *PeerViewResponse) GetTraffic() []*HeldTraffic {
+	if x != nil {
+		return x.Traffic
+	}
+	return nil
+}
+
+func (x *PeerViewResponse) GetEvents() []*TimelineEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *PeerViewResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *PeerViewResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *PeerViewResponse) GetStreams() int64 {
+	if x != nil {
+		return x.Streams
+	}
+	return 0
+}
+
+// The latest traffic summary on one Sync stream.
+type HeldTraffic struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// The stream, unique on its server.
+	Stream uint64 `protobuf:"varint,2,opt,name=stream,proto3" json:"stream,omitempty"`
+	// When the server received it, Unix ms (its clock).
+	ReceivedMs    int64              `protobuf:"varint,3,opt,name=received_ms,json=receivedMs,proto3" json:"received_ms,omitempty"`
+	Summary       *v1.TrafficSummary `protobuf:"bytes,4,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeldTraffic) Reset() {
+	*x = HeldTraffic{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeldTraffic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeldTraffic) ProtoMessage() {}
+
+func (x *HeldTraffic) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeldTraffic.ProtoReflect.Descriptor instead.
+func (*HeldTraffic) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *HeldTraffic) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *HeldTraffic) GetStream() uint64 {
+	if x != nil {
+		return x.Stream
+	}
+	return 0
+}
+
+func (x *HeldTraffic) GetReceivedMs() int64 {
+	if x != nil {
+		return x.ReceivedMs
+	}
+	return 0
+}
+
+func (x *HeldTraffic) GetSummary() *v1.TrafficSummary {
+	if x != nil {
+		return x.Summary
+	}
+	return nil
+}
+
+// One web UI timeline event.
+type TimelineEvent struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	TimeMs int64                  `protobuf:"varint,1,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"`
+	// failover, ejection, join, removal, rotation, disconnect, connect
+	Kind    string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Cluster string `protobuf:"bytes,3,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Detail  string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	// The server that derived it, and its sequence there (deduplication).
+	Server        string `protobuf:"bytes,5,opt,name=server,proto3" json:"server,omitempty"`
+	Seq           uint64 `protobuf:"varint,6,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TimelineEvent) Reset() {
+	*x = TimelineEvent{}
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimelineEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimelineEvent) ProtoMessage() {}
+
+func (x *TimelineEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_hub_v1_hub_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimelineEvent.ProtoReflect.Descriptor instead.
+func (*TimelineEvent) Descriptor() ([]byte, []int) {
+	return file_meshfed_hub_v1_hub_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *TimelineEvent) GetTimeMs() int64 {
+	if x != nil {
+		return x.TimeMs
+	}
+	return 0
+}
+
+func (x *TimelineEvent) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *TimelineEvent) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *TimelineEvent) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *TimelineEvent) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *TimelineEvent) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 var File_meshfed_hub_v1_hub_proto protoreflect.FileDescriptor
 
 const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
@@ -2576,10 +2847,31 @@ const file_meshfed_hub_v1_hub_proto_rawDesc = "" +
 	"\tduplicate\x18\x05 \x01(\bR\tduplicate\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index2\xa2\x01\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"\x11\n" +
+	"\x0fPeerViewRequest\"\xd5\x01\n" +
+	"\x10PeerViewResponse\x125\n" +
+	"\atraffic\x18\x01 \x03(\v2\x1b.meshfed.hub.v1.HeldTrafficR\atraffic\x125\n" +
+	"\x06events\x18\x02 \x03(\v2\x1d.meshfed.hub.v1.TimelineEventR\x06events\x12#\n" +
+	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x18\n" +
+	"\astreams\x18\x05 \x01(\x03R\astreams\"\xa1\x01\n" +
+	"\vHeldTraffic\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
+	"\x06stream\x18\x02 \x01(\x04R\x06stream\x12\x1f\n" +
+	"\vreceived_ms\x18\x03 \x01(\x03R\n" +
+	"receivedMs\x12?\n" +
+	"\asummary\x18\x04 \x01(\v2%.meshfed.federation.v1.TrafficSummaryR\asummary\"\x98\x01\n" +
+	"\rTimelineEvent\x12\x17\n" +
+	"\atime_ms\x18\x01 \x01(\x03R\x06timeMs\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
+	"\acluster\x18\x03 \x01(\tR\acluster\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x16\n" +
+	"\x06server\x18\x05 \x01(\tR\x06server\x12\x10\n" +
+	"\x03seq\x18\x06 \x01(\x04R\x03seq2\xf1\x01\n" +
 	"\bInternal\x12D\n" +
 	"\x05Apply\x12\x1c.meshfed.hub.v1.ApplyRequest\x1a\x1d.meshfed.hub.v1.ApplyResponse\x12P\n" +
-	"\tReadIndex\x12 .meshfed.hub.v1.ReadIndexRequest\x1a!.meshfed.hub.v1.ReadIndexResponseB5Z3github.com/meshfed/meshfed/hub/internal/hubpb;hubpbb\x06proto3"
+	"\tReadIndex\x12 .meshfed.hub.v1.ReadIndexRequest\x1a!.meshfed.hub.v1.ReadIndexResponse\x12M\n" +
+	"\bPeerView\x12\x1f.meshfed.hub.v1.PeerViewRequest\x1a .meshfed.hub.v1.PeerViewResponseB5Z3github.com/meshfed/meshfed/hub/internal/hubpb;hubpbb\x06proto3"
 
 var (
 	file_meshfed_hub_v1_hub_proto_rawDescOnce sync.Once
@@ -2593,7 +2885,7 @@ func file_meshfed_hub_v1_hub_proto_rawDescGZIP() []byte {
 	return file_meshfed_hub_v1_hub_proto_rawDescData
 }
 
-var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_meshfed_hub_v1_hub_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*CAState)(nil),                   // 0: meshfed.hub.v1.CAState
 	(*Token)(nil),                     // 1: meshfed.hub.v1.Token
@@ -2630,58 +2922,68 @@ var file_meshfed_hub_v1_hub_proto_goTypes = []any{
 	(*ApplyResponse)(nil),             // 32: meshfed.hub.v1.ApplyResponse
 	(*ReadIndexRequest)(nil),          // 33: meshfed.hub.v1.ReadIndexRequest
 	(*ReadIndexResponse)(nil),         // 34: meshfed.hub.v1.ReadIndexResponse
-	(*v1.ClusterRecord)(nil),          // 35: meshfed.federation.v1.ClusterRecord
-	(*v1.TrustBundle)(nil),            // 36: meshfed.federation.v1.TrustBundle
-	(*v1.ExportedService)(nil),        // 37: meshfed.federation.v1.ExportedService
-	(*v1.TrafficPolicy)(nil),          // 38: meshfed.federation.v1.TrafficPolicy
-	(*v1.Locality)(nil),               // 39: meshfed.federation.v1.Locality
-	(*v1.FederationRelationship)(nil), // 40: meshfed.federation.v1.FederationRelationship
-	(*v1.BundleSequence)(nil),         // 41: meshfed.federation.v1.BundleSequence
-	(*v1.GatewayReplicaPolicies)(nil), // 42: meshfed.federation.v1.GatewayReplicaPolicies
-	(v1.PolicyAction)(0),              // 43: meshfed.federation.v1.PolicyAction
-	(*v1.ExportRecord)(nil),           // 44: meshfed.federation.v1.ExportRecord
+	(*PeerViewRequest)(nil),           // 35: meshfed.hub.v1.PeerViewRequest
+	(*PeerViewResponse)(nil),          // 36: meshfed.hub.v1.PeerViewResponse
+	(*HeldTraffic)(nil),               // 37: meshfed.hub.v1.HeldTraffic
+	(*TimelineEvent)(nil),             // 38: meshfed.hub.v1.TimelineEvent
+	(*v1.ClusterRecord)(nil),          // 39: meshfed.federation.v1.ClusterRecord
+	(*v1.TrustBundle)(nil),            // 40: meshfed.federation.v1.TrustBundle
+	(*v1.ExportedService)(nil),        // 41: meshfed.federation.v1.ExportedService
+	(*v1.TrafficPolicy)(nil),          // 42: meshfed.federation.v1.TrafficPolicy
+	(*v1.Locality)(nil),               // 43: meshfed.federation.v1.Locality
+	(*v1.FederationRelationship)(nil), // 44: meshfed.federation.v1.FederationRelationship
+	(*v1.BundleSequence)(nil),         // 45: meshfed.federation.v1.BundleSequence
+	(*v1.GatewayReplicaPolicies)(nil), // 46: meshfed.federation.v1.GatewayReplicaPolicies
+	(v1.PolicyAction)(0),              // 47: meshfed.federation.v1.PolicyAction
+	(*v1.ExportRecord)(nil),           // 48: meshfed.federation.v1.ExportRecord
+	(*v1.TrafficSummary)(nil),         // 49: meshfed.federation.v1.TrafficSummary
 }
 var file_meshfed_hub_v1_hub_proto_depIdxs = []int32{
 	0,  // 0: meshfed.hub.v1.CmdSetCA.ca:type_name -> meshfed.hub.v1.CAState
 	1,  // 1: meshfed.hub.v1.CmdCreateToken.token:type_name -> meshfed.hub.v1.Token
-	35, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	36, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	37, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
-	36, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	38, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
-	38, // 7: meshfed.hub.v1.CmdApplyPolicies.policies:type_name -> meshfed.federation.v1.TrafficPolicy
-	39, // 8: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
-	40, // 9: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
-	36, // 10: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
-	41, // 11: meshfed.hub.v1.CmdAckBundles.bundles:type_name -> meshfed.federation.v1.BundleSequence
-	42, // 12: meshfed.hub.v1.CmdReportGatewayPolicies.replicas:type_name -> meshfed.federation.v1.GatewayReplicaPolicies
-	42, // 13: meshfed.hub.v1.ClusterGatewayPolicies.replicas:type_name -> meshfed.federation.v1.GatewayReplicaPolicies
+	39, // 2: meshfed.hub.v1.CmdJoin.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	40, // 3: meshfed.hub.v1.CmdJoin.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	41, // 4: meshfed.hub.v1.CmdPublishExports.upserts:type_name -> meshfed.federation.v1.ExportedService
+	40, // 5: meshfed.hub.v1.CmdPutBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	42, // 6: meshfed.hub.v1.CmdPutPolicy.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	42, // 7: meshfed.hub.v1.CmdApplyPolicies.policies:type_name -> meshfed.federation.v1.TrafficPolicy
+	43, // 8: meshfed.hub.v1.CmdUpdateClusterEndpoint.locality:type_name -> meshfed.federation.v1.Locality
+	44, // 9: meshfed.hub.v1.CmdPutFederation.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	40, // 10: meshfed.hub.v1.CmdPutExternalBundle.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	45, // 11: meshfed.hub.v1.CmdAckBundles.bundles:type_name -> meshfed.federation.v1.BundleSequence
+	46, // 12: meshfed.hub.v1.CmdReportGatewayPolicies.replicas:type_name -> meshfed.federation.v1.GatewayReplicaPolicies
+	46, // 13: meshfed.hub.v1.ClusterGatewayPolicies.replicas:type_name -> meshfed.federation.v1.GatewayReplicaPolicies
 	1,  // 14: meshfed.hub.v1.RequestRecord.token:type_name -> meshfed.hub.v1.Token
-	43, // 15: meshfed.hub.v1.RequestRecord.policy_actions:type_name -> meshfed.federation.v1.PolicyAction
+	47, // 15: meshfed.hub.v1.RequestRecord.policy_actions:type_name -> meshfed.federation.v1.PolicyAction
 	29, // 16: meshfed.hub.v1.SnapshotRecord.header:type_name -> meshfed.hub.v1.SnapshotHeader
 	0,  // 17: meshfed.hub.v1.SnapshotRecord.ca:type_name -> meshfed.hub.v1.CAState
 	1,  // 18: meshfed.hub.v1.SnapshotRecord.token:type_name -> meshfed.hub.v1.Token
-	35, // 19: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
-	44, // 20: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
+	39, // 19: meshfed.hub.v1.SnapshotRecord.cluster:type_name -> meshfed.federation.v1.ClusterRecord
+	48, // 20: meshfed.hub.v1.SnapshotRecord.export:type_name -> meshfed.federation.v1.ExportRecord
 	30, // 21: meshfed.hub.v1.SnapshotRecord.bundle:type_name -> meshfed.hub.v1.BundleRecord
-	38, // 22: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
+	42, // 22: meshfed.hub.v1.SnapshotRecord.policy:type_name -> meshfed.federation.v1.TrafficPolicy
 	27, // 23: meshfed.hub.v1.SnapshotRecord.tombstone:type_name -> meshfed.hub.v1.Tombstone
-	40, // 24: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
+	44, // 24: meshfed.hub.v1.SnapshotRecord.federation:type_name -> meshfed.federation.v1.FederationRelationship
 	24, // 25: meshfed.hub.v1.SnapshotRecord.bundle_ack:type_name -> meshfed.hub.v1.BundleAck
 	15, // 26: meshfed.hub.v1.SnapshotRecord.connection:type_name -> meshfed.hub.v1.ClusterConnection
 	26, // 27: meshfed.hub.v1.SnapshotRecord.request:type_name -> meshfed.hub.v1.RequestRecord
 	23, // 28: meshfed.hub.v1.SnapshotRecord.gateway_policies:type_name -> meshfed.hub.v1.ClusterGatewayPolicies
-	36, // 29: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
+	40, // 29: meshfed.hub.v1.BundleRecord.bundle:type_name -> meshfed.federation.v1.TrustBundle
 	26, // 30: meshfed.hub.v1.ApplyResponse.request:type_name -> meshfed.hub.v1.RequestRecord
-	31, // 31: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
-	33, // 32: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
-	32, // 33: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
-	34, // 34: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
-	33, // [33:35] is the sub-list for method output_type
-	31, // [31:33] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	37, // 31: meshfed.hub.v1.PeerViewResponse.traffic:type_name -> meshfed.hub.v1.HeldTraffic
+	38, // 32: meshfed.hub.v1.PeerViewResponse.events:type_name -> meshfed.hub.v1.TimelineEvent
+	49, // 33: meshfed.hub.v1.HeldTraffic.summary:type_name -> meshfed.federation.v1.TrafficSummary
+	31, // 34: meshfed.hub.v1.Internal.Apply:input_type -> meshfed.hub.v1.ApplyRequest
+	33, // 35: meshfed.hub.v1.Internal.ReadIndex:input_type -> meshfed.hub.v1.ReadIndexRequest
+	35, // 36: meshfed.hub.v1.Internal.PeerView:input_type -> meshfed.hub.v1.PeerViewRequest
+	32, // 37: meshfed.hub.v1.Internal.Apply:output_type -> meshfed.hub.v1.ApplyResponse
+	34, // 38: meshfed.hub.v1.Internal.ReadIndex:output_type -> meshfed.hub.v1.ReadIndexResponse
+	36, // 39: meshfed.hub.v1.Internal.PeerView:output_type -> meshfed.hub.v1.PeerViewResponse
+	37, // [37:40] is the sub-list for method output_type
+	34, // [34:37] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_hub_v1_hub_proto_init() }
@@ -2710,7 +3012,7 @@ func file_meshfed_hub_v1_hub_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_hub_v1_hub_proto_rawDesc), len(file_meshfed_hub_v1_hub_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Internal_Apply_FullMethodName     = "/meshfed.hub.v1.Internal/Apply"
 	Internal_ReadIndex_FullMethodName = "/meshfed.hub.v1.Internal/ReadIndex"
+	Internal_PeerView_FullMethodName  = "/meshfed.hub.v1.Internal/PeerView"
 )
 
 // InternalClient is the client API for Internal service.
@@ -40,6 +41,11 @@ type InternalClient interface {
 	// ReadIndex confirms leadership and returns the commit index a follower must
 	// reach before it answers a consistent read.
 	ReadIndex(ctx context.Context, in *ReadIndexRequest, opts ...grpc.CallOption) (*ReadIndexResponse, error)
+	// PeerView returns what only this server knows, for another server's
+	// web UI: the traffic summaries of the Sync streams it holds and the
+	// failover and ejection events it derived from them (in memory only),
+	// its Raft state and applied index, and its open Sync streams.
+	PeerView(ctx context.Context, in *PeerViewRequest, opts ...grpc.CallOption) (*PeerViewResponse, error)
 }
 
 type internalClient struct {
@@ -70,6 +76,16 @@ func (c *internalClient) ReadIndex(ctx context.Context, in *ReadIndexRequest, op
 	return out, nil
 }
 
+func (c *internalClient) PeerView(ctx context.Context, in *PeerViewRequest, opts ...grpc.CallOption) (*PeerViewResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PeerViewResponse)
+	err := c.cc.Invoke(ctx, Internal_PeerView_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InternalServer is the server API for Internal service.
 // All implementations must embed UnimplementedInternalServer
 // for forward compatibility.
@@ -81,6 +97,11 @@ type InternalServer interface {
 	// ReadIndex confirms leadership and returns the commit index a follower must
 	// reach before it answers a consistent read.
 	ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error)
+	// PeerView returns what only this server knows, for another server's
+	// web UI: the traffic summaries of the Sync streams it holds and the
+	// failover and ejection events it derived from them (in memory only),
+	// its Raft state and applied index, and its open Sync streams.
+	PeerView(context.Context, *PeerViewRequest) (*PeerViewResponse, error)
 	mustEmbedUnimplementedInternalServer()
 }
 
@@ -96,6 +117,9 @@ func (UnimplementedInternalServer) Apply(context.Context, *ApplyRequest) (*Apply
 }
 func (UnimplementedInternalServer) ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReadIndex not implemented")
+}
+func (UnimplementedInternalServer) PeerView(context.Context, *PeerViewRequest) (*PeerViewResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PeerView not implemented")
 }
 func (UnimplementedInternalServer) mustEmbedUnimplementedInternalServer() {}
 func (UnimplementedInternalServer) testEmbeddedByValue()                  {}
@@ -154,6 +178,24 @@ func _Internal_ReadIndex_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Internal_PeerView_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PeerViewRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).PeerView(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_PeerView_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).PeerView(ctx, req.(*PeerViewRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Internal_ServiceDesc is the grpc.ServiceDesc for Internal service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -168,6 +210,10 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReadIndex",
 			Handler:    _Internal_ReadIndex_Handler,
+		},
+		{
+			MethodName: "PeerView",
+			Handler:    _Internal_PeerView_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
