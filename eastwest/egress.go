@@ -296,7 +296,7 @@ func (g *Gateway) connect(ctx context.Context, k egressKey, identity string) (du
 			r.pol.clusterResult(r, tg.cluster, false, time.Now())
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", tg.label(), err))
-		g.m.failovers.WithLabelValues(k.service.String(), tg.label(), failReason(err)).Inc()
+		g.failedOver(k.service.String(), tg.label(), failReason(err))
 	}
 	release()
 	if len(errs) == 0 {
@@ -649,7 +649,7 @@ func (f *failoverTransport) RoundTrip(req *http.Request) (*http.Response, error)
 				g.clusterOut.failure(tg.cluster, time.Now())
 				f.e.policyResult(r, tg, false)
 			}
-			g.m.failovers.WithLabelValues(svc, tg.label(), "reset").Inc()
+			g.failedOver(svc, tg.label(), "reset")
 			retryOn := rp == nil || rp.OnReset()
 			if errors.Is(err, errPerTryTimeout) {
 				retryOn = rp.OnStatus(http.StatusGatewayTimeout)
@@ -666,7 +666,7 @@ func (f *failoverTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		if retryOn && retriable && retries < maxRetries && !last {
 			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 			_ = resp.Body.Close()
-			g.m.failovers.WithLabelValues(svc, tg.label(), "http_"+strconv.Itoa(resp.StatusCode)).Inc()
+			g.failedOver(svc, tg.label(), "http_"+strconv.Itoa(resp.StatusCode))
 			retries++
 			continue
 		}
@@ -737,7 +737,7 @@ func (f *failoverTransport) transport(tg target) *http.Transport {
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			c, err := e.g.dialTarget(ctx, tg, k)
 			if err != nil {
-				e.g.m.failovers.WithLabelValues(k.service.String(), tg.label(), failReason(err)).Inc()
+				e.g.failedOver(k.service.String(), tg.label(), failReason(err))
 				return nil, &connectError{err}
 			}
 			switch c := c.(type) {

@@ -94,6 +94,7 @@ type Gateway struct {
 	egress       *egressSet
 	policies     *policyCache
 	lastApplied  atomic.Uint64
+	reportSoon   chan struct{} // a failover or ejection happened: report soon
 	lastApplyErr atomic.Pointer[error]
 }
 
@@ -119,6 +120,7 @@ func New(cfg Config, d Deps) (*Gateway, error) {
 	g.pool = &pool{g: g, peers: map[federation.ClusterName]map[string]*peer{}}
 	g.clusterOut = newOutliers(cfg.ConsecutiveErrors, cfg.BaseEjection, cfg.MaxEjection, func(c federation.ClusterName) {
 		g.m.ejections.WithLabelValues("cluster", c.String()).Inc()
+		g.noteEvent()
 		g.log.Warn("cluster ejected by outlier detection", "cluster", c)
 	})
 	g.endpointOut = newOutliers(cfg.ConsecutiveErrors, cfg.BaseEjection, cfg.MaxEjection, func(e netip.AddrPort) {
@@ -127,6 +129,7 @@ func New(cfg Config, d Deps) (*Gateway, error) {
 	})
 	g.egress = newEgressSet(g)
 	g.policies = newPolicyCache()
+	g.reportSoon = make(chan struct{}, 1)
 	return g, nil
 }
 
@@ -241,9 +244,20 @@ func (g *Gateway) Run(ctx context.Context) error {
 	report := time.NewTicker(g.cfg.ReportInterval)
 	defer report.Stop()
 	g.report(wctx)
+	// A failover, an ejection or a remote gateway going down is reported
+	// at once (at most once a second), so the agent, the hub and the web
+	// UI see it within seconds rather than at the next periodic report.
+	var soon <-chan time.Time
 	for ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
+		case <-g.reportSoon:
+			if soon == nil {
+				soon = time.After(time.Second)
+			}
+		case <-soon:
+			soon = nil
+			g.report(wctx)
 		case <-watch:
 			if st, ok := g.src.State(); ok {
 				g.apply(wctx, st)
@@ -364,6 +378,7 @@ func (g *Gateway) apply(ctx context.Context, st *gatewayclient.State) {
 func (g *Gateway) compile(st *gatewayclient.State) *table {
 	pols := g.policies.update(st.Policies, func(svc federation.ServiceKey, c federation.ClusterName) {
 		g.m.ejections.WithLabelValues("service_cluster", svc.String()+"@"+c.String()).Inc()
+		g.noteEvent()
 		g.log.Warn("cluster ejected for a service by its policy's outlier detection", "service", svc, "cluster", c)
 	}, func(name string, rev uint64, err error) {
 		g.m.policyRej.WithLabelValues(name).Inc()
@@ -524,4 +539,19 @@ func (f *inflight) idle() <-chan struct{} {
 		f.waiter = make(chan struct{})
 	}
 	return f.waiter
+}
+
+// failedOver counts an attempt that moved on from cluster (why: reason)
+// and asks for an early report.
+func (g *Gateway) failedOver(service, cluster, reason string) {
+	g.m.failovers.WithLabelValues(service, cluster, reason).Inc()
+	g.noteEvent()
+}
+
+// noteEvent asks the run loop for an early report (see Run).
+func (g *Gateway) noteEvent() {
+	select {
+	case g.reportSoon <- struct{}{}:
+	default:
+	}
 }

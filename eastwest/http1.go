@@ -448,7 +448,7 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 				writeResponse(bw, http.StatusForbidden, nil, st.Message)
 				return keepClient
 			}
-			g.m.failovers.WithLabelValues(svc, tg.label(), failReason(err)).Inc()
+			g.failedOver(svc, tg.label(), failReason(err))
 			e.policyResult(r, tg, false)
 			connectFails++
 			pos++
@@ -465,7 +465,7 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 			// the cluster's fault.
 			_ = u.c.Close()
 			if u, key, err = e.upstream(ctx, tg, k, true); err != nil {
-				g.m.failovers.WithLabelValues(svc, tg.label(), failReason(err)).Inc()
+				g.failedOver(svc, tg.label(), failReason(err))
 				pos++
 				continue
 			}
@@ -485,7 +485,7 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 			if timedOut {
 				reason = "timeout"
 			}
-			g.m.failovers.WithLabelValues(svc, tg.label(), reason).Inc()
+			g.failedOver(svc, tg.label(), reason)
 			retryOn := rp == nil || timedOut && rp.OnStatus(http.StatusGatewayTimeout) || !timedOut && rp.OnReset()
 			if canRetry && retryOn && !errors.Is(err, errClientGone) && !pastDeadline(deadline) {
 				if done, ok := state.retryBudget(); ok {
@@ -525,7 +525,7 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 				} else {
 					_ = u.c.Close()
 				}
-				g.m.failovers.WithLabelValues(svc, tg.label(), "http_"+strconv.Itoa(resp.StatusCode)).Inc()
+				g.failedOver(svc, tg.label(), "http_"+strconv.Itoa(resp.StatusCode))
 				retries++
 				pos++
 				continue

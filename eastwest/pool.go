@@ -110,6 +110,7 @@ func (p *peer) setDown(qc *quic.Conn, err error) {
 	p.g.m.gateways.WithLabelValues(p.cluster.String(), p.addr).Set(0)
 	if was {
 		p.g.log.Warn("remote gateway down", "cluster", p.cluster, "address", p.addr, "err", err)
+		p.g.noteEvent()
 	}
 }
 
