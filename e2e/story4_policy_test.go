@@ -4,24 +4,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshfed/meshfed/federation/policy"
 	"github.com/meshfed/meshfed/testenv"
 )
-
-// splitPolicy is issue 12's document, unchanged: 90% of reviews' traffic
-// to east, 10% to west.
-const splitPolicy = `apiVersion: meshfed.io/v1alpha1
-kind: GlobalTrafficPolicy
-metadata:
-  name: reviews
-spec:
-  host: reviews.default
-  http:
-  - route:
-    - destination: {cluster: east}
-      weight: 90
-    - destination: {cluster: west}
-      weight: 10
-`
 
 // TestGlobalTrafficPolicySplits90To10 is story 4: `meshfed policy apply`
 // with the 90/10 document; once every gateway enforces its revision,
@@ -33,7 +18,7 @@ func TestGlobalTrafficPolicySplits90To10(t *testing.T) {
 	t.Cleanup(func() { deletePolicy(t, fed, "reviews") })
 
 	start := time.Now()
-	r, err := applyPolicy(fed, "", t.TempDir(), splitPolicy, 30*time.Second)
+	r, err := applyPolicy(fed, "", t.TempDir(), policy.ExampleReviews, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

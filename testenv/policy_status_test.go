@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshfed/meshfed/federation/policy"
 )
 
 // TestPolicyStatusShowsTheRevisionInForce applies the issue's example
@@ -24,19 +26,7 @@ func TestPolicyStatusShowsTheRevisionInForce(t *testing.T) {
 		t.Fatal("east has no gateway")
 	}
 	doc := filepath.Join(t.TempDir(), "reviews.yaml")
-	if err := os.WriteFile(doc, []byte(`apiVersion: meshfed.io/v1alpha1
-kind: GlobalTrafficPolicy
-metadata:
-  name: reviews
-spec:
-  host: reviews.default
-  http:
-  - route:
-    - destination: {cluster: east}
-      weight: 90
-    - destination: {cluster: west}
-      weight: 10
-`), 0o600); err != nil {
+	if err := os.WriteFile(doc, []byte(policy.ExampleReviews), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out, err := fed.Hub().Command(ctx, "policy", "apply", "-f", doc)

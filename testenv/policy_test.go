@@ -12,22 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// The issue's document, applied unchanged.
-const reviewsPolicy = `apiVersion: meshfed.io/v1alpha1
-kind: GlobalTrafficPolicy
-metadata:
-  name: reviews
-spec:
-  host: reviews.default
-  http:
-  - route:
-    - destination: {cluster: east}
-      weight: 90
-    - destination: {cluster: west}
-      weight: 10
-`
+	"github.com/meshfed/meshfed/federation/policy"
+)
 
 // gatewayPolicy is one policy as a gateway's /policies shows it.
 type gatewayPolicy struct {
@@ -173,7 +160,7 @@ func TestPoliciesAreEnforcedAcrossTheFederation(t *testing.T) {
 	r := startPolicyFederation(t)
 
 	// The issue's document, unchanged: 90% to east, 10% to west.
-	r.apply(reviewsPolicy, true)
+	r.apply(policy.ExampleReviews, true)
 	const n = 2000
 	res := r.central.Drive("default/reviews", Requests(n), Concurrency(4))
 	by := res.ByCluster()

@@ -29,19 +29,7 @@ func newPolicyCmd(d deps) *cobra.Command {
 		Long: `Manage global traffic policies: GlobalTrafficPolicy documents (see docs/policy.md),
 authored once at the hub and enforced by every cluster's gateways. For example:
 
-  apiVersion: meshfed.io/v1alpha1
-  kind: GlobalTrafficPolicy
-  metadata:
-    name: reviews
-  spec:
-    host: reviews.default
-    http:
-    - route:
-      - destination: {cluster: east}
-        weight: 90
-      - destination: {cluster: west}
-        weight: 10
-
+` + indent(policy.ExampleReviews, "  ") + `
 There is one policy per host: the hub refuses a second one and names the first.`,
 	}
 	cmd.AddCommand(newPolicyGetCmd(d), newPolicyDeleteCmd(d), newPolicyApplyCmd(d), newPolicyDiffCmd(d), newPolicyStatusCmd(d))
@@ -518,4 +506,14 @@ func age(ms int64) string {
 		return fmt.Sprintf("%dh%dm", int(d.Hours()), int(d.Minutes())%60)
 	}
 	return fmt.Sprintf("%dd%dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
+// indent prefixes every line of text with prefix.
+func indent(text, prefix string) string {
+	var b strings.Builder
+	for line := range strings.Lines(text) {
+		b.WriteString(prefix)
+		b.WriteString(line)
+	}
+	return b.String()
 }

@@ -22,20 +22,6 @@ import (
 	"github.com/meshfed/meshfed/hub"
 )
 
-// issueExample is the document of issue 12, which must apply unchanged.
-const issueExample = `apiVersion: meshfed.io/v1alpha1
-kind: GlobalTrafficPolicy
-metadata:
-  name: reviews
-spec:
-  host: reviews.default
-  http:
-  - route:
-    - destination: {cluster: east}
-      weight: 90
-    - destination: {cluster: west}
-      weight: 10
-`
 
 // freePort returns a port free on 127.0.0.1 for TCP and UDP (gossip uses
 // both) when it was asked.
@@ -237,7 +223,7 @@ func TestPolicyCommandsAgainstAHub(t *testing.T) {
 	}
 
 	t.Run("the issue's example applies and get -o yaml round-trips it", func(t *testing.T) {
-		example := file("reviews.yaml", issueExample)
+		example := file("reviews.yaml", policy.ExampleReviews)
 		r := run(t, d, "policy", "apply", "-f", example, "--config", admin)
 		if r.code != 0 || !strings.HasPrefix(r.stdout, "policy/reviews created (revision ") {
 			t.Fatalf("apply: exit %d, stdout %q", r.code, r.stdout)
@@ -246,15 +232,15 @@ func TestPolicyCommandsAgainstAHub(t *testing.T) {
 		if got.code != 0 {
 			t.Fatalf("get -o yaml: exit %d", got.code)
 		}
-		if !bytes.Equal(canonicalOf(t, got.stdout), canonicalOf(t, issueExample)) {
-			t.Errorf("get -o yaml printed\n%s\nwhich is not the applied document\n%s", got.stdout, issueExample)
+		if !bytes.Equal(canonicalOf(t, got.stdout), canonicalOf(t, policy.ExampleReviews)) {
+			t.Errorf("get -o yaml printed\n%s\nwhich is not the applied document\n%s", got.stdout, policy.ExampleReviews)
 		}
 		again := run(t, d, "policy", "apply", "-f", file("got.yaml", got.stdout), "--config", admin)
 		if again.code != 0 || again.stdout != "policy/reviews unchanged\n" {
 			t.Errorf("re-apply of get's output: exit %d, stdout %q; want unchanged", again.code, again.stdout)
 		}
 		j := run(t, d, "policy", "get", "reviews", "--config", admin, "-o", "json")
-		if j.code != 0 || !bytes.Equal(canonicalOf(t, j.stdout), canonicalOf(t, issueExample)) {
+		if j.code != 0 || !bytes.Equal(canonicalOf(t, j.stdout), canonicalOf(t, policy.ExampleReviews)) {
 			t.Errorf("get -o json: exit %d, %q", j.code, j.stdout)
 		}
 		for _, args := range [][]string{{"get"}, {"list"}, {"get", "reviews"}} {
@@ -270,7 +256,7 @@ func TestPolicyCommandsAgainstAHub(t *testing.T) {
 	})
 
 	t.Run("a second policy for the host is refused naming the first", func(t *testing.T) {
-		second := file("canary.yaml", strings.Replace(issueExample, "name: reviews", "name: reviews-canary", 1))
+		second := file("canary.yaml", strings.Replace(policy.ExampleReviews, "name: reviews", "name: reviews-canary", 1))
 		r := run(t, d, "policy", "apply", "-f", second, "--config", admin)
 		if r.code != exitError || !strings.HasPrefix(r.stderr, "error: FailedPrecondition: ") || !strings.Contains(r.stderr, `already has policy "reviews"`) {
 			t.Fatalf("second policy for reviews.default: exit %d, stderr %q", r.code, r.stderr)
@@ -281,8 +267,8 @@ func TestPolicyCommandsAgainstAHub(t *testing.T) {
 	})
 
 	t.Run("a file with one bad document applies nothing and names the document and field", func(t *testing.T) {
-		ratings := strings.ReplaceAll(strings.ReplaceAll(issueExample, "reviews", "ratings"), "weight: 90", "weight: 120")
-		bad := file("multi.yaml", strings.ReplaceAll(issueExample, "reviews", "details")+"---\n"+ratings)
+		ratings := strings.ReplaceAll(strings.ReplaceAll(policy.ExampleReviews, "reviews", "ratings"), "weight: 90", "weight: 120")
+		bad := file("multi.yaml", strings.ReplaceAll(policy.ExampleReviews, "reviews", "details")+"---\n"+ratings)
 		r := run(t, d, "policy", "apply", "-f", bad, "--config", admin)
 		want := "error: " + bad + ": document 2 (ratings, line 14): spec.http[0].route[0].weight: "
 		if r.code != exitError || !strings.HasPrefix(r.stderr, want) {
@@ -290,8 +276,8 @@ func TestPolicyCommandsAgainstAHub(t *testing.T) {
 		}
 		// Two good files that together break a rule of the batch: the
 		// hub refuses the batch and the CLI says which file each entry is.
-		a := file("a.yaml", strings.ReplaceAll(issueExample, "reviews", "details"))
-		b := file("b.yaml", strings.Replace(strings.ReplaceAll(issueExample, "reviews", "details"), "name: details", "name: details2", 1))
+		a := file("a.yaml", strings.ReplaceAll(policy.ExampleReviews, "reviews", "details"))
+		b := file("b.yaml", strings.Replace(strings.ReplaceAll(policy.ExampleReviews, "reviews", "details"), "name: details", "name: details2", 1))
 		r = run(t, d, "policy", "apply", "-f", a, "-f", b, "--config", admin)
 		if r.code != exitError || !strings.Contains(r.stderr, "FailedPrecondition") || !strings.Contains(r.stderr, "policies[1] is "+b+" document 1 (details2)") {
 			t.Fatalf("two files with one host: exit %d, stderr %q", r.code, r.stderr)
@@ -304,8 +290,8 @@ func TestPolicyCommandsAgainstAHub(t *testing.T) {
 	t.Run("diff shows the change and the touched clusters and writes nothing", func(t *testing.T) {
 		before := run(t, d, "policy", "get", "reviews", "--config", admin, "-o", "yaml").stdout
 		rev := run(t, d, "policy", "get", "reviews", "--config", admin).stdout
-		changed := strings.Replace(strings.Replace(issueExample, "weight: 90", "weight: 80", 1), "weight: 10", "weight: 20", 1)
-		ratings := strings.ReplaceAll(issueExample, "reviews", "ratings")
+		changed := strings.Replace(strings.Replace(policy.ExampleReviews, "weight: 90", "weight: 80", 1), "weight: 10", "weight: 20", 1)
+		ratings := strings.ReplaceAll(policy.ExampleReviews, "reviews", "ratings")
 		f := file("change.yaml", changed+"---\n"+ratings)
 		r := run(t, d, "policy", "diff", "-f", f, "--config", admin)
 		if r.code != 0 {
@@ -343,7 +329,7 @@ func TestPolicyCommandsAgainstAHub(t *testing.T) {
 		if ps := policies(); len(ps) != 1 {
 			t.Errorf("%d policies after diff, want 1: it created ratings", len(ps))
 		}
-		same := run(t, d, "policy", "diff", "-f", file("same.yaml", issueExample), "--config", admin)
+		same := run(t, d, "policy", "diff", "-f", file("same.yaml", policy.ExampleReviews), "--config", admin)
 		if same.code != 0 || strings.Contains(same.stdout, "@@") || !strings.HasPrefix(same.stdout, "policy/reviews unchanged ") {
 			t.Errorf("diff of the stored document: exit %d, %q", same.code, same.stdout)
 		}

@@ -11,7 +11,7 @@ import (
 // both), and every policy it returns survives policy.Marshal and
 // policy.Decode unchanged. Seeds are in testdata/fuzz/FuzzDecode.
 func FuzzDecode(f *testing.F) {
-	f.Add([]byte(issueExample))
+	f.Add([]byte(policy.ExampleReviews))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ps, err := Decode(data)
 		if err != nil {

@@ -10,23 +10,9 @@ import (
 	"github.com/meshfed/meshfed/federation/policy"
 )
 
-// issueExample is issue 12's document, byte for byte.
-const issueExample = `apiVersion: meshfed.io/v1alpha1
-kind: GlobalTrafficPolicy
-metadata:
-  name: reviews
-spec:
-  host: reviews.default
-  http:
-  - route:
-    - destination: {cluster: east}
-      weight: 90
-    - destination: {cluster: west}
-      weight: 10
-`
 
 func TestDecodeIssueExampleUnchanged(t *testing.T) {
-	ps, err := Decode([]byte(issueExample))
+	ps, err := Decode([]byte(policy.ExampleReviews))
 	if err != nil {
 		t.Fatalf("Decode: %v", err)
 	}
