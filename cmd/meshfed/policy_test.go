@@ -22,7 +22,6 @@ import (
 	"github.com/meshfed/meshfed/hub"
 )
 
-
 // freePort returns a port free on 127.0.0.1 for TCP and UDP (gossip uses
 // both) when it was asked.
 func freePort(t *testing.T) int {

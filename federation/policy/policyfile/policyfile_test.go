@@ -10,7 +10,6 @@ import (
 	"github.com/meshfed/meshfed/federation/policy"
 )
 
-
 func TestDecodeIssueExampleUnchanged(t *testing.T) {
 	ps, err := Decode([]byte(policy.ExampleReviews))
 	if err != nil {
