@@ -72,7 +72,8 @@ func TestUIViewsShowClustersServicesTrafficAndTimelineOnEveryServer(t *testing.T
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := west.syncHello(0, trafficHello()); err != nil {
+	ws, err := west.syncHello(0, trafficHello())
+	if err != nil {
 		t.Fatal(err)
 	}
 	if res, err := es.publishRetrying(1, []*fedv1.ExportedService{svc("default", "reviews", 3)}); err != nil || res.GetErrorCode() != "" {
@@ -107,6 +108,25 @@ func TestUIViewsShowClustersServicesTrafficAndTimelineOnEveryServer(t *testing.T
 		strings.Join(svcs.Services[0].Importers, ",") != "east,west" {
 		t.Errorf("services %+v: want default/reviews exported by east with 3 ready in z1, imported by east and west", svcs)
 	}
+	// West exports reviews too, its port "http" on another number: the
+	// view shows the conflict on both exports, by the agents' rule.
+	clash := svc("default", "reviews", 1)
+	clash.Ports[0].Port = 9090
+	if res, err := ws.publishRetrying(1, []*fedv1.ExportedService{clash}); err != nil || res.GetErrorCode() != "" {
+		t.Fatalf("west publish: %v %v", res, err)
+	}
+	waitFor(t, 10*time.Second, "the conflict in the services view", func() error {
+		var svcs uiServices
+		getJSON(t, c, base+"/ui/api/services", &svcs)
+		if len(svcs.Services) != 1 || len(svcs.Services[0].Exporters) != 2 {
+			return fmt.Errorf("services %+v: want reviews with two exporters", svcs)
+		}
+		ex := svcs.Services[0].Exporters // by cluster: east, west
+		if !strings.Contains(ex[0].Conflict, "conflict with this one") || !strings.Contains(ex[1].Conflict, "the oldest export, from cluster east, wins") {
+			return fmt.Errorf("exporters %+v: want east (oldest) and west (port clash) in conflict", ex)
+		}
+		return nil
+	})
 	var tr uiTrust
 	getJSON(t, c, base+"/ui/api/trust", &tr)
 	if len(tr.Domains) != 2 || tr.Domains[0].Cluster != "east" || tr.Domains[0].BundleSequence != 1 || tr.Domains[0].RootExpiry == "" {

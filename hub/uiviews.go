@@ -12,6 +12,7 @@ import (
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/hub/internal/hubpb"
 	"github.com/meshfed/meshfed/hub/state"
+	"github.com/meshfed/meshfed/internal/mcsconflict"
 )
 
 // The web UI's views, as the JSON API serves them (docs/architecture.md,
@@ -323,8 +324,11 @@ func servicesView(r *state.ReadTxn, now time.Time) uiServices {
 	for _, g := range globalServices(r) {
 		key, _ := federation.ParseServiceKey(g.GetKey()) // made from a parsed key
 		svc := uiService{Service: g.GetKey(), Exporters: []uiExporter{}}
-		for _, e := range g.GetExports() {
-			ex := uiExporter{Cluster: e.GetCluster(), ReadyByZone: map[string]int{}}
+		recs := slices.Clone(g.GetExports())
+		mcsconflict.Sort(recs)
+		conflicts := mcsconflict.Resolve(recs) // the agents' rule
+		for i, e := range recs {
+			ex := uiExporter{Cluster: e.GetCluster(), ReadyByZone: map[string]int{}, Conflict: conflicts[i].Message}
 			for _, eg := range e.GetService().GetEndpoints() {
 				ex.ReadyByZone[eg.GetZone()] += int(eg.GetReady())
 			}
