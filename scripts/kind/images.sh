@@ -20,7 +20,8 @@
 #              names and tags kubeadm of K8S_VERSION expects
 #   node image meshfed/kind-node:<tag> in Docker: kind's base image files
 #              (sigs.k8s.io/kind module: entrypoint, kubelet units, containerd
-#              config), the binaries, scripts/kind/node/*, and the images
+#              config), the binaries, scripts/kind/node/* (kind-cni: the pod
+#              network; kind-volumes: writable host-path volumes), and the images
 #              unpacked into /var/lib/containerd
 #
 # Each step is skipped when its output exists. Timings go to
@@ -58,7 +59,7 @@ readonly KIND_VERSION=v0.33.0
 readonly SUITE=bookworm
 # REV: bump when the node image's contents change for the same versions
 # (the cache folder, keyed by versions, is kept: binaries are not rebuilt).
-readonly REV=3
+readonly REV=4
 readonly KEY="k8s-$K8S_VERSION-etcd-$ETCD_VERSION-coredns-$COREDNS_VERSION-$SUITE"
 readonly CACHE_ROOT=${MESHFED_KIND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshfed/kind}
 readonly DEST="$CACHE_ROOT/$KEY"
@@ -277,6 +278,8 @@ node_image() {
 	for b in kubelet kubeadm kubectl crictl; do install -m 0755 "$DEST/bin/$b" "$root/usr/bin/$b"; done
 	install -m 0755 "$here/node/kind-cni" "$root/usr/local/bin/kind-cni"
 	install -m 0644 "$here/node/kind-cni.service" "$root/etc/systemd/system/kind-cni.service"
+	install -m 0755 "$here/node/kind-volumes" "$root/usr/local/bin/kind-volumes"
+	install -m 0644 "$here/node/kind-volumes.service" "$root/etc/systemd/system/kind-volumes.service"
 	install -m 0644 "$here/node/default-cni.yaml" "$here/node/default-storage.yaml" "$root/kind/manifests/"
 	echo "$K8S_VERSION" >"$root/kind/version"
 	# systemd as kind's base image sets it up
@@ -285,7 +288,7 @@ node_image() {
 		"$root"/lib/systemd/system/local-fs.target.wants/* "$root"/lib/systemd/system/sockets.target.wants/*udev* \
 		"$root"/lib/systemd/system/sockets.target.wants/*initctl* "$root"/lib/systemd/system/basic.target.wants/*
 	echo "ReadKMsg=no" >>"$root/etc/systemd/journald.conf"
-	chroot "$root" systemctl enable kubelet.service containerd.service undo-mount-hacks.service kind-cni.service >/dev/null 2>&1
+	chroot "$root" systemctl enable kubelet.service containerd.service undo-mount-hacks.service kind-cni.service kind-volumes.service >/dev/null 2>&1
 	chroot "$root" systemctl mask systemd-binfmt.service >/dev/null 2>&1
 	# preload: the images unpacked by this containerd into a folder that
 	# becomes the image's /var/lib/containerd

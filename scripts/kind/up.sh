@@ -4,7 +4,8 @@
 # east and west, one node each (control plane, schedulable), named
 # meshfed-<cluster>, with the address ranges of testenv's kind backend
 # (pods 10.<10·(i+1)>.0.0/16, services 10.<100+10·(i+1)>.0.0/16) and the
-# topology labels of deploy/kind/*.yaml. Kubeconfigs go to
+# topology labels of deploy/kind/*.yaml, then installs meshfed into them
+# (scripts/kind/install.sh: hub in the first, an agent in each). Kubeconfigs go to
 # ${MESHFED_KIND_CACHE:-~/.cache/meshfed/kind}/clusters/<cluster>.kubeconfig.
 #
 # Environment:
@@ -15,6 +16,7 @@
 #                      machine with registry access, kind's default
 #                      kindest/node can be named here)
 #   KIND_WORKERS       workers per cluster besides the control plane (default 0)
+#   KIND_INSTALL       1 (default): then install meshfed (scripts/kind/install.sh)
 #
 # Run through `make kind-up`. `make kind-down` (scripts/kind/down.sh)
 # deletes the clusters.
@@ -73,3 +75,7 @@ for c in $CLUSTERS; do
 		die "kind create cluster $kc failed (kind export logs --name $kc /tmp/$kc-logs shows the node's journal)"
 	log "$kc ready in $((SECONDS - start)) s"
 done
+[[ ${KIND_INSTALL:-1} == 1 ]] || exit 0
+start=$SECONDS
+"$here/install.sh"
+log "meshfed installed in $((SECONDS - start)) s"
