@@ -233,7 +233,11 @@ build_images() {
 	image_from_tree "registry.k8s.io/kube-proxy:$K8S_VERSION" "$work/kube-proxy" '["/usr/local/bin/kube-proxy"]'
 	rm -rf "$work"
 }
-timed "component images" build_images
+# seven images: kube-apiserver, -controller-manager, -scheduler, kube-proxy,
+# etcd, coredns, pause
+if (($(find "$DEST/images" -maxdepth 1 -name '*.tar' -size +0 | wc -l) < 7)); then
+	timed "component images" build_images
+fi
 
 # --- node image ---------------------------------------------------------------
 node_image() {

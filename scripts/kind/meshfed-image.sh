@@ -21,5 +21,10 @@ commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$work/tree/etc/passwd"
 printf 'root:x:0:\nnonroot:x:65532:\n' >"$work/tree/etc/group"
 tar -C "$work/tree" --numeric-owner --owner=0 --group=0 --sort=name -cf "$work/meshfed.tar" .
+old=$(docker image inspect -f '{{ .Id }}' "$tag" 2>/dev/null || true)
 docker import --change 'USER 65532:65532' --change 'ENTRYPOINT ["/meshfed"]' "$work/meshfed.tar" "$tag" >/dev/null
+# the previous build, now untagged (kept if a container still uses it)
+if [[ -n $old && $old != "$(docker image inspect -f '{{ .Id }}' "$tag")" ]]; then
+	docker rmi "$old" >/dev/null 2>&1 || true
+fi
 echo "meshfed-image: $tag ($version)" >&2
