@@ -14,6 +14,8 @@
 #                    .ui-tools/) for the web UI's browser tests
 #   make conformance the MCS API conformance suite against testenv clusters
 #                    (MCS_API=<checkout of kubernetes-sigs/mcs-api>)
+#   make kind-images, kind-up, e2e-kind, kind-down
+#                    kind clusters with real pods, built offline (docs/testing.md)
 #   make dev         a local federation that carries traffic: hub, 3 clusters with
 #                    agents, gateways and workloads, supervised (bin/meshfed dev)
 #   make clean       remove bin/ and .dev/ (make clean-tools also removes .bin/ and .ui-tools/)
@@ -121,6 +123,28 @@ testenv-pod-bins: testenv-bins
 .PHONY: conformance
 conformance: testenv-pod-bins
 	GO=$(GO) ./scripts/conformance.sh "$(MCS_API)"
+
+# kind clusters with real pods, with no registry (docs/testing.md, "The kind
+# backend"): kind-images builds the node image from source (Debian
+# debootstrap + Kubernetes, etcd, CoreDNS built through the Go module proxy;
+# about 20 minutes cold, cached in ~/.cache/meshfed/kind/); kind-up starts
+# dockerd if needed and creates the clusters; kind-down deletes them.
+# Not part of `make test`.
+.PHONY: kind-images
+kind-images:
+	scripts/kind/images.sh
+
+.PHONY: kind-up
+kind-up:
+	scripts/kind/up.sh
+
+.PHONY: e2e-kind
+e2e-kind:
+	scripts/kind/e2e.sh
+
+.PHONY: kind-down
+kind-down:
+	scripts/kind/down.sh
 
 .PHONY: lint-tools
 lint-tools:
