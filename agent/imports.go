@@ -146,8 +146,7 @@ func (p *importPlan) service() federation.ServiceKey {
 // The conflict rules live in internal/mcsconflict, which the hub's web UI
 // applies too.
 var (
-	sessionAffinity       = mcsconflict.SessionAffinity
-	internalTrafficPolicy = mcsconflict.InternalTrafficPolicy
-	hasPort               = mcsconflict.HasPort
-	portsConflict         = mcsconflict.PortsClash
+	sessionAffinity = mcsconflict.SessionAffinity
+	hasPort         = mcsconflict.HasPort
+	portsConflict   = mcsconflict.PortsClash
 )

@@ -202,7 +202,7 @@ func TestUIEventStreamSendsViewsAtConnectAndChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusOK || ct != "text/event-stream" {
 		t.Fatalf("events: %d %s", resp.StatusCode, ct)
 	}

@@ -104,7 +104,7 @@ func BenchmarkUIEventStream(b *testing.B) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer resp.Body.Close()
+			defer func() { _ = resp.Body.Close() }()
 			buf := make([]byte, 32<<10)
 			for {
 				n, err := resp.Body.Read(buf)
@@ -172,7 +172,7 @@ func rss(b *testing.B) uint64 {
 	if err != nil {
 		return 0
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	s, err := io.ReadAll(f)
 	if err != nil {
 		b.Fatal(err)

@@ -146,10 +146,7 @@ func (u *uiEngine) refresh(now time.Time, force bool) map[string][]byte {
 		u.s.timeline.merge(pv.resp.GetEvents())
 	}
 	r := u.s.fsm.Store().Read()
-	var removed []string
-	for _, n := range sortedKeys(u.removed) {
-		removed = append(removed, n)
-	}
+	removed := sortedKeys(u.removed)
 	st, err := u.s.status()
 	if err != nil {
 		st = nil // shutting down: no servers to show

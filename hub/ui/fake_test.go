@@ -323,9 +323,7 @@ func (f *fakeHub) events(w http.ResponseWriter, r *http.Request) {
 	f.mu.Unlock()
 	defer func() {
 		f.mu.Lock()
-		if _, open := f.streams[ch]; open {
-			delete(f.streams, ch)
-		}
+		delete(f.streams, ch)
 		f.mu.Unlock()
 	}()
 	w.Header().Set("Content-Type", "text/event-stream")
