@@ -118,8 +118,15 @@ func TestLeaderThatCannotRenewStopsBeforeAStandbyTakesOver(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cs := kubefake.NewClientset()
 		var failing atomic.Bool
+		renewedByA := make(chan struct{}, 1024) // one per renewal a makes
 		cs.PrependReactor("update", "leases", func(action k8stesting.Action) (bool, runtime.Object, error) {
 			l := action.(k8stesting.UpdateAction).GetObject().(*coordinationv1.Lease)
+			if !failing.Load() && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == "a" {
+				select {
+				case renewedByA <- struct{}{}:
+				default:
+				}
+			}
 			// Every update but b's (a's renewals, and its release of the
 			// Lease once it gives up) fails, as when a is cut off from
 			// the API server.
@@ -148,11 +155,14 @@ func TestLeaderThatCannotRenewStopsBeforeAStandbyTakesOver(t *testing.T) {
 		ra, promotedA, doneA := start("a")
 		<-promotedA
 		rb, promotedB, doneB := start("b")
-		// b stands by through many renewals of a.
-		time.Sleep(10 * cfg.LeaseDuration)
+		// b stands by through many renewals of a (a renews every retry
+		// period: 100 renewals span 10 lease durations).
+		for range 100 {
+			<-renewedByA
+		}
 		synctest.Wait()
 		if rb.isLeader() || !ra.isLeader() {
-			t.Fatalf("after 10 lease durations: a leads %v, b leads %v; want a alone", ra.isLeader(), rb.isLeader())
+			t.Fatalf("after 100 renewals by a: a leads %v, b leads %v; want a alone", ra.isLeader(), rb.isLeader())
 		}
 
 		failing.Store(true)

@@ -369,7 +369,7 @@ func (g *Gateway) dialTarget(ctx context.Context, tg target, k egressKey) (duple
 	for _, p := range peers {
 		s, err := g.openStream(ctx, p, hdr)
 		if err == nil {
-			g.clusterOut.success(tg.cluster)
+			g.clusterOut.success(tg.cluster, time.Now())
 			return s, nil
 		}
 		errs = append(errs, err)
@@ -671,7 +671,7 @@ func (f *failoverTransport) RoundTrip(req *http.Request) (*http.Response, error)
 			continue
 		}
 		if !tg.local {
-			g.clusterOut.success(tg.cluster)
+			g.clusterOut.success(tg.cluster, time.Now())
 		}
 		g.m.latency.WithLabelValues(svc, tg.label(), "egress").Observe(time.Since(start).Seconds())
 		g.m.requests.WithLabelValues(svc, tg.label(), "egress", strconv.Itoa(resp.StatusCode)).Inc()

@@ -509,7 +509,7 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 			return false
 		}
 		if !tg.local {
-			g.clusterOut.success(tg.cluster)
+			g.clusterOut.success(tg.cluster, time.Now())
 		}
 		e.policyResult(r, tg, resp.StatusCode < 500)
 		retryOn := rp == nil && resp.StatusCode == http.StatusServiceUnavailable || rp != nil && rp.OnStatus(resp.StatusCode)

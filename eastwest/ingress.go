@@ -217,7 +217,7 @@ func (g *Gateway) dialEndpoint(ctx context.Context, eps []netip.AddrPort) (net.C
 	for _, e := range order {
 		c, err := d.DialContext(ctx, "tcp", g.mapEndpoint(e).String())
 		if err == nil {
-			g.endpointOut.success(e)
+			g.endpointOut.success(e, time.Now())
 			return c, e, nil
 		}
 		g.endpointOut.failure(e, time.Now())

@@ -293,7 +293,7 @@ func (sp *servicePolicy) clusterResult(r *route, c federation.ClusterName, ok bo
 		return
 	}
 	if ok {
-		s.out.success(c)
+		s.out.success(c, now)
 		return
 	}
 	n, ejected := len(r.clusters), 0

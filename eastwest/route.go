@@ -462,14 +462,14 @@ func newOutliers[K comparable](consecutive int, base, maxEject time.Duration, on
 	return &outliers[K]{consecutive: consecutive, base: base, max: maxEject, onEject: onEject, state: map[K]*outlierState{}}
 }
 
-// success records a success: the run of errors ends, and a key that is
+// success records a success at now: the run of errors ends, and a key that is
 // no longer ejected earns back one step of its ejection multiplier (as
 // Envoy decays it), so a recovered key's next ejection is short again.
-func (o *outliers[K]) success(k K) {
+func (o *outliers[K]) success(k K, now time.Time) {
 	o.mu.Lock()
 	if s := o.state[k]; s != nil {
 		s.errors = 0
-		if !s.until.IsZero() && !time.Now().Before(s.until) {
+		if !s.until.IsZero() && !now.Before(s.until) {
 			s.until = time.Time{} // the last ejection is over
 		}
 		if s.ejections > 0 && s.until.IsZero() {

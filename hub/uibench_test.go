@@ -59,7 +59,11 @@ func BenchmarkUIEventStream(b *testing.B) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			time.Sleep(time.Duration(i) * uiBenchSummaryEvery / clusters) // stagger the start (not synchronization)
+			select { // stagger the clusters' starts over one period
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Duration(i) * uiBenchSummaryEvery / clusters):
+			}
 			t := time.NewTicker(uiBenchSummaryEvery)
 			defer t.Stop()
 			for n := uint64(1); ; n++ {
@@ -123,8 +127,8 @@ func BenchmarkUIEventStream(b *testing.B) {
 	b.ReportMetric(base.cpuPerMin, "cpu-s/min-no-ui")
 	b.ReportMetric(withUI.cpuPerMin, "cpu-s/min-10-browsers")
 	b.ReportMetric(withUI.cpuPerMin-base.cpuPerMin, "cpu-s/min-ui-cost")
-	b.ReportMetric(float64(withUI.heap-base.heap)/(1<<20), "heap-MiB-ui-delta")
-	b.ReportMetric(float64(withUI.rss-base.rss)/(1<<20), "rss-MiB-ui-delta")
+	b.ReportMetric((float64(withUI.heap)-float64(base.heap))/(1<<20), "heap-MiB-ui-delta") // may be negative: unsigned subtraction would wrap
+	b.ReportMetric((float64(withUI.rss)-float64(base.rss))/(1<<20), "rss-MiB-ui-delta")
 	b.ReportMetric(float64(sse)/phase.Seconds()/1024/browsers, "sse-KiB/s-per-browser")
 	b.Logf("100 clusters, summaries every %v: no UI %.2f CPU-s/min, heap %.1f MiB, RSS %.1f MiB; 10 browsers %.2f CPU-s/min, heap %.1f MiB, RSS %.1f MiB; %.1f KiB/s to each browser",
 		uiBenchSummaryEvery, base.cpuPerMin, float64(base.heap)/(1<<20), float64(base.rss)/(1<<20),

@@ -125,6 +125,23 @@ func flatten(err error) []error {
 // applyPolicies sends one ApplyPolicies call for every policy of the
 // files. A refusal names policies[i]: when the batch has several, the
 // error is followed by which file and document each index is.
+// apply reads the files and sends their policies in one ApplyPolicies
+// (dryRun: a diff), returning the answer with the policies and where each
+// was read.
+func (f *policyFiles) apply(cmd *cobra.Command, d deps, cf *clientFlags, dryRun bool) (*fedv1.ApplyPoliciesResponse, []*fedv1.TrafficPolicy, []policySource, error) {
+	ps, srcs, err := f.read(cmd.InOrStdin())
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c, err := cf.dial(cmd, d)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer c.done()
+	resp, err := applyPolicies(c, ps, srcs, dryRun)
+	return resp, ps, srcs, err
+}
+
 func applyPolicies(c *adminCall, ps []*fedv1.TrafficPolicy, srcs []policySource, dryRun bool) (*fedv1.ApplyPoliciesResponse, error) {
 	resp, err := c.client.ApplyPolicies(c.ctx, &fedv1.ApplyPoliciesRequest{Policies: ps, DryRun: dryRun})
 	if err == nil {
@@ -165,16 +182,7 @@ none of them. Each policy is reported created, configured or unchanged (the same
 document is stored already: nothing is written).`,
 		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			ps, srcs, err := files.read(cmd.InOrStdin())
-			if err != nil {
-				return err
-			}
-			c, err := cf.dial(cmd, d)
-			if err != nil {
-				return err
-			}
-			defer c.done()
-			resp, err := applyPolicies(c, ps, srcs, false)
+			resp, _, _, err := files.apply(cmd, d, &cf, false)
 			if err != nil {
 				return err
 			}
@@ -341,16 +349,7 @@ clusters, as they last reported (see policy status). The exit status is 0
 whether or not anything would change.`,
 		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			ps, srcs, err := files.read(cmd.InOrStdin())
-			if err != nil {
-				return err
-			}
-			c, err := cf.dial(cmd, d)
-			if err != nil {
-				return err
-			}
-			defer c.done()
-			resp, err := applyPolicies(c, ps, srcs, true)
+			resp, ps, srcs, err := files.apply(cmd, d, &cf, true)
 			if err != nil {
 				return err
 			}
