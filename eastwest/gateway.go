@@ -118,6 +118,7 @@ func New(cfg Config, d Deps) (*Gateway, error) {
 		m: newMetrics(reg), guard: trust.NewConnGuard(d.Bundles), pconn: d.PacketConn, ready: make(chan struct{}),
 		streamsByCl: map[federation.ClusterName]int{}, connsByCl: map[federation.ClusterName]int{}}
 	g.pool = &pool{g: g, peers: map[federation.ClusterName]map[string]*peer{}}
+	reg.MustRegister(newQUICCollector(g.pool))
 	g.clusterOut = newOutliers(cfg.ConsecutiveErrors, cfg.BaseEjection, cfg.MaxEjection, func(c federation.ClusterName) {
 		g.m.ejections.WithLabelValues("cluster", c.String()).Inc()
 		g.noteEvent()

@@ -364,3 +364,49 @@ func TestImportWithAClusterSetIPIsServedThereOnTheServicesOwnPort(t *testing.T) 
 		return nil
 	})
 }
+
+// TestQUICStatsOfRemoteGatewaysAreExported: after traffic, the egress
+// gateway's registry reports the QUIC connection to the remote gateway:
+// packets sent, an RTT and a congestion window, labelled with the cluster
+// and address.
+func TestQUICStatsOfRemoteGatewaysAreExported(t *testing.T) {
+	p := startPair(t)
+	client := &http.Client{Timeout: 5 * time.Second}
+	for i := range 5 {
+		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/q/%d", p.webPort, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+	}
+	mfs, err := p.westGW.g.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if !strings.HasPrefix(mf.GetName(), "meshfed_gateway_quic_") {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["cluster"] != "east" || labels["address"] != p.eastGW.addr {
+				t.Errorf("%s labelled %v, want cluster east, address %s", mf.GetName(), labels, p.eastGW.addr)
+			}
+			got[mf.GetName()] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	for _, name := range []string{"meshfed_gateway_quic_packets_sent_total", "meshfed_gateway_quic_smoothed_rtt_seconds",
+		"meshfed_gateway_quic_min_rtt_seconds", "meshfed_gateway_quic_congestion_window_bytes"} {
+		if got[name] <= 0 {
+			t.Errorf("%s = %v, want > 0 (all: %v)", name, got[name], got)
+		}
+	}
+	if _, ok := got["meshfed_gateway_quic_packets_lost_total"]; !ok {
+		t.Errorf("meshfed_gateway_quic_packets_lost_total missing (all: %v)", got)
+	}
+}

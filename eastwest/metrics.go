@@ -4,6 +4,53 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// quicCollector reports, at each scrape, the QUIC statistics of the
+// connections to remote gateways (quic-go's ConnectionStats): round-trip
+// times, the congestion window, and packets sent and lost. A congestion
+// window shrunk by losses limits requests in flight long before the CPU
+// does, so these explain a slow link the request series only show.
+type quicCollector struct {
+	pl                *pool
+	rtt, minRTT, cwnd *prometheus.Desc
+	sent, lost        *prometheus.Desc
+}
+
+func newQUICCollector(pl *pool) *quicCollector {
+	labels := []string{"cluster", "address"}
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("meshfed_gateway_quic_"+name, help, labels, nil)
+	}
+	return &quicCollector{pl: pl,
+		rtt:    d("smoothed_rtt_seconds", "Smoothed round-trip time of the QUIC connection to a remote gateway."),
+		minRTT: d("min_rtt_seconds", "Minimum round-trip time seen on the QUIC connection to a remote gateway."),
+		cwnd:   d("congestion_window_bytes", "Congestion window of the QUIC connection to a remote gateway."),
+		sent:   d("packets_sent_total", "QUIC packets sent to a remote gateway on the current connection, lost ones included."),
+		lost:   d("packets_lost_total", "QUIC packets to a remote gateway declared lost on the current connection."),
+	}
+}
+
+func (c *quicCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.rtt, c.minRTT, c.cwnd, c.sent, c.lost} {
+		ch <- d
+	}
+}
+
+func (c *quicCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range c.pl.all() {
+		qc := p.conn()
+		if qc == nil {
+			continue
+		}
+		st := qc.ConnectionStats()
+		l := []string{p.cluster.String(), p.addr}
+		ch <- prometheus.MustNewConstMetric(c.rtt, prometheus.GaugeValue, st.SmoothedRTT.Seconds(), l...)
+		ch <- prometheus.MustNewConstMetric(c.minRTT, prometheus.GaugeValue, st.MinRTT.Seconds(), l...)
+		ch <- prometheus.MustNewConstMetric(c.cwnd, prometheus.GaugeValue, float64(st.CongestionWindow), l...)
+		ch <- prometheus.MustNewConstMetric(c.sent, prometheus.CounterValue, float64(st.PacketsSent), l...)
+		ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(st.PacketsLost), l...)
+	}
+}
+
 // metrics are the gateway's Prometheus series. Labels: service is
 // "namespace/name", cluster the destination (egress) or source (ingress)
 // cluster, "local" for this cluster's own endpoints.

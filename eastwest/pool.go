@@ -290,6 +290,19 @@ func (pl *pool) up(cluster federation.ClusterName) []*peer {
 	return out
 }
 
+// all returns every peer.
+func (pl *pool) all() []*peer {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	var out []*peer
+	for _, ps := range pl.peers {
+		for _, p := range ps {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // anyUp reports whether a gateway of the cluster answers probes.
 func (pl *pool) anyUp(cluster federation.ClusterName) bool {
 	pl.mu.Lock()

@@ -82,7 +82,8 @@ func BenchmarkGatewayDataPath(b *testing.B) {
 	}
 	webDirect := web.Instances()[0].Addr()
 	bulkDirect := bulk.Instances()[0].Addr()
-	haWeb, haBulk, haPids := startHAProxyPair(b, haproxy, webDirect, bulkDirect)
+	ha := startHAProxyPair(b, haproxy, webDirect, bulkDirect)
+	floor := startQUICFloor(b, webDirect, bulkDirect)
 
 	paths := []struct {
 		name      string
@@ -91,62 +92,98 @@ func BenchmarkGatewayDataPath(b *testing.B) {
 	}{
 		{"direct", webDirect, bulkDirect, nil},
 		{"meshfed", egress["default/web"], egress["default/bulk"], []int{east.Gateway().Pid(), west.Gateway().Pid()}},
-		{"haproxy", haWeb, haBulk, haPids},
+		{"haproxy", ha.web, ha.bulk, ha.pids},
+		{"haproxy-http", ha.webHTTP, "", ha.pids},
+		{"quic-floor", floor.web, floor.bulk, floor.pids},
 	}
 	const conns = 16
 	type result struct {
-		rps, p50, p99, gbps, cpuPer1k float64
+		rates                                    []float64
+		rps, p50, p99, gbps, cpuPer1k, udpPerReq float64
+		cpu, udp                                 int64
+		n                                        int
+		log                                      []float64 // latencies at the fixed rate, µs
 	}
-	res := map[string]result{}
+	res := map[string]*result{}
+	url := func(web string) string { return "http://" + web + "/bytes/1024" }
 	b.ResetTimer()
 	for _, p := range paths {
-		url := "http://" + p.web + "/bytes/1024"
-		// Warm up, then the maximum rate.
-		runH2load(b, h2load, url, conns, 0, 2*time.Second, "")
-		cpu0 := cpuTicks(b, p.pids)
-		profiled := make(chan struct{})
-		if dir := os.Getenv("MESHFED_BENCH_PPROF"); dir != "" && p.name == "meshfed" {
-			// CPU profiles of both gateways during the max-rate run.
-			go func() {
-				defer close(profiled)
-				for _, g := range []*Gateway{east.Gateway(), west.Gateway()} {
-					go func() {
-						out, err := httpGetLong("http://"+g.MetricsAddr()+"/debug/pprof/profile?seconds=4", 10*time.Second)
-						if err == nil {
-							_ = os.WriteFile(filepath.Join(dir, g.cluster+".pprof"), out, 0o644)
-						}
-					}()
-				}
-			}()
-		} else {
-			close(profiled)
+		res[p.name] = &result{}
+		runH2load(b, h2load, url(p.web), conns, 0, 2*time.Second, "") // warm up
+	}
+	// The paths take turns, round after round, so that a burst of load
+	// from elsewhere on the machine lands on all of them alike.
+	const rateRounds, latencyRounds = 3, 4
+	for round := range rateRounds {
+		for _, p := range paths {
+			r := res[p.name]
+			cpu0, udp0 := cpuTicks(b, p.pids), udpDatagrams(b)
+			var rps float64
+			var n int
+			run := func() { rps, n = runH2load(b, h2load, url(p.web), conns, 0, 3*time.Second, "") }
+			if round == 0 {
+				profileDuring(b, p.name+".rate", p.pids, run)
+			} else {
+				run()
+			}
+			r.udp += udpDatagrams(b) - udp0
+			r.cpu += cpuTicks(b, p.pids) - cpu0
+			r.rates = append(r.rates, rps)
+			r.n += n
 		}
-		rps, n := runH2load(b, h2load, url, conns, 0, 5*time.Second, "")
-		<-profiled
-		cpu := cpuTicks(b, p.pids) - cpu0
-		// Istio's profile: 1000 rps over 16 connections.
-		logFile := filepath.Join(b.TempDir(), p.name+".log")
-		runH2load(b, h2load, url, conns, 1000/conns, 5*time.Second, logFile)
-		p50, p99 := percentiles(b, logFile)
-		r := result{rps: rps, p50: p50, p99: p99, gbps: bulkGbps(b, p.bulk, 256<<20)}
-		if len(p.pids) > 0 && n > 0 {
-			r.cpuPer1k = float64(cpu) / clockTicks * 1000 / float64(n) * 1000 // ms of CPU per 1000 requests
+	}
+	// Istio's profile: 1000 rps over 16 connections.
+	for range latencyRounds {
+		for _, p := range paths {
+			logFile := filepath.Join(b.TempDir(), p.name+".log")
+			runH2load(b, h2load, url(p.web), conns, 1000/conns, 3*time.Second, logFile)
+			res[p.name].log = append(res[p.name].log, latencies(b, logFile)...)
 		}
-		res[p.name] = r
-		b.Logf("%-8s %8.0f req/s  p50 %6.0f µs  p99 %6.0f µs  bulk %5.2f Gbit/s  cpu %5.1f ms/1k req", p.name, r.rps, r.p50, r.p99, r.gbps, r.cpuPer1k)
+	}
+	for _, p := range paths {
+		r := res[p.name]
+		slices.Sort(r.rates)
+		r.rps = r.rates[len(r.rates)/2] // the median round
+		r.p50, r.p99 = percentile(r.log, 50), percentile(r.log, 99)
+		if p.bulk != "" {
+			profileDuring(b, p.name+".bulk", p.pids, func() { r.gbps = bulkGbps(b, p.bulk, 256<<20) })
+		}
+		if len(p.pids) > 0 && r.n > 0 {
+			r.cpuPer1k = float64(r.cpu) / clockTicks * 1000 / float64(r.n) * 1000 // ms of CPU per 1000 requests
+		}
+		if r.n > 0 {
+			r.udpPerReq = float64(r.udp) / float64(r.n)
+		}
+		b.Logf("%-12s %8.0f req/s  p50 %6.0f µs  p99 %6.0f µs  bulk %5.2f Gbit/s  cpu %5.1f ms/1k req  %4.2f UDP datagrams/req", p.name, r.rps, r.p50, r.p99, r.gbps, r.cpuPer1k, r.udpPerReq)
 	}
 	b.StopTimer()
+	for _, g := range []*Gateway{east.Gateway(), west.Gateway()} {
+		out, err := httpGet(context.Background(), http.DefaultClient, "http://"+g.MetricsAddr()+"/metrics", "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for line := range strings.Lines(string(out)) {
+			if strings.HasPrefix(line, "meshfed_gateway_quic_") {
+				b.Logf("%s: %s", g.cluster, strings.TrimSpace(line))
+			}
+		}
+	}
 
-	d, m, h := res["direct"], res["meshfed"], res["haproxy"]
+	d, m, h, hh, fl := res["direct"], res["meshfed"], res["haproxy"], res["haproxy-http"], res["quic-floor"]
 	b.ReportMetric(m.rps, "req/s")
 	b.ReportMetric(m.rps/h.rps, "x-haproxy-req/s")
+	b.ReportMetric(m.rps/hh.rps, "x-haproxy-http-req/s")
 	b.ReportMetric(m.rps/d.rps, "x-direct-req/s")
+	b.ReportMetric(m.rps/fl.rps, "x-quic-floor-req/s")
+	b.ReportMetric(fl.rps/h.rps, "quic-floor-x-haproxy-req/s")
 	b.ReportMetric(m.p50-d.p50, "µs-p50-added")
 	b.ReportMetric(m.p99-d.p99, "µs-p99-added")
 	b.ReportMetric(h.p99-d.p99, "µs-p99-added-haproxy")
+	b.ReportMetric(hh.p99-d.p99, "µs-p99-added-haproxy-http")
 	b.ReportMetric(m.gbps, "Gbit/s-bulk")
 	b.ReportMetric(m.gbps/h.gbps, "x-haproxy-bulk")
 	b.ReportMetric(m.cpuPer1k, "ms-cpu/1k-req")
+	b.ReportMetric(m.udpPerReq, "udp-datagrams/req")
 	b.ReportMetric(h.cpuPer1k, "ms-cpu/1k-req-haproxy")
 	var rss int64
 	for _, g := range []*Gateway{east.Gateway(), west.Gateway()} {
@@ -161,6 +198,55 @@ func BenchmarkGatewayDataPath(b *testing.B) {
 }
 
 const clockTicks = 100 // USER_HZ
+
+// profileDuring runs fn; with MESHFED_BENCH_PERF=dir set it records the
+// processes' CPU (kernel included) with perf for the first 4 s of fn, into
+// dir/name.perf (read with `perf report -i`).
+func profileDuring(b *testing.B, name string, pids []int, fn func()) {
+	dir := os.Getenv("MESHFED_BENCH_PERF")
+	if dir == "" || len(pids) == 0 {
+		fn()
+		return
+	}
+	ps := make([]string, len(pids))
+	for i, pid := range pids {
+		ps[i] = strconv.Itoa(pid)
+	}
+	cmd := exec.Command("perf", "record", "-g", "-o", filepath.Join(dir, name+".perf"), "-p", strings.Join(ps, ","), "--", "sleep", "4")
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("perf: %v", err)
+	}
+	fn()
+	_ = cmd.Wait()
+}
+
+// udpDatagrams returns the host's UDP datagrams sent so far (each QUIC
+// packet on loopback is one; a GSO batch counts its segments).
+func udpDatagrams(b *testing.B) int64 {
+	data, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var names []string
+	for line := range strings.Lines(string(data)) {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, name := range names {
+			if name == "OutDatagrams" && i < len(f) {
+				n, _ := strconv.ParseInt(f[i], 10, 64)
+				return n
+			}
+		}
+	}
+	b.Fatal("/proc/net/snmp: no Udp OutDatagrams")
+	return 0
+}
 
 // cpuTicks sums utime+stime of the processes, in clock ticks.
 func cpuTicks(b *testing.B, pids []int) int64 {
@@ -185,11 +271,20 @@ var h2loadRequests = regexp.MustCompile(`requests: \d+ total, \d+ started, (\d+)
 // runH2load runs h2load over HTTP/1.1 with conns connections for d (rps
 // per connection when > 0), logging each request to logFile when set. It
 // returns the rate and the requests that succeeded.
+//
+// At a fixed rate the connections start one after another, spread over
+// one request interval (as fortio, Istio's load generator, spaces them):
+// started together, h2load's per-connection timers fire together and every
+// path would be measured on bursts of conns requests at once.
 func runH2load(b *testing.B, bin, url string, conns, rps int, d time.Duration, logFile string) (float64, int) {
 	b.Helper()
-	args := []string{"--h1", "-c", strconv.Itoa(conns), "-D", strconv.Itoa(int(d.Seconds())), "-t", "1"}
+	args := []string{"--h1", "-c", strconv.Itoa(conns), "-t", "1"}
 	if rps > 0 {
-		args = append(args, "--rps", strconv.Itoa(rps))
+		stagger := time.Second / time.Duration(rps*conns)
+		args = append(args, "--rps", strconv.Itoa(rps), "-n", strconv.Itoa(rps*conns*int(d.Seconds())),
+			"-r", "1", "--rate-period", fmt.Sprintf("%dms", max(1, stagger.Milliseconds())))
+	} else {
+		args = append(args, "-D", strconv.Itoa(int(d.Seconds())))
 	}
 	if logFile != "" {
 		args = append(args, "--log-file", logFile)
@@ -211,9 +306,9 @@ func runH2load(b *testing.B, bin, url string, conns, rps int, d time.Duration, l
 	return rate, ok
 }
 
-// percentiles reads an h2load log (start µs, status, duration µs per line)
-// and returns p50 and p99 of the durations in µs.
-func percentiles(b *testing.B, path string) (float64, float64) {
+// latencies reads an h2load log (start µs, status, duration µs per line)
+// and returns the durations in µs.
+func latencies(b *testing.B, path string) []float64 {
 	f, err := os.Open(path)
 	if err != nil {
 		b.Fatal(err)
@@ -234,8 +329,13 @@ func percentiles(b *testing.B, path string) (float64, float64) {
 	if len(ds) < 100 {
 		b.Fatalf("h2load log %s: %d requests", path, len(ds))
 	}
+	return ds
+}
+
+// percentile returns the p-th percentile of ds (sorting it).
+func percentile(ds []float64, p int) float64 {
 	slices.Sort(ds)
-	return ds[len(ds)*50/100], ds[len(ds)*99/100]
+	return ds[len(ds)*p/100]
 }
 
 // bulkGbps sends n bytes through a TCP echo at addr while reading them
@@ -265,13 +365,13 @@ func bulkGbps(b *testing.B, addr string, n int) float64 {
 	return float64(n) * 8 / time.Since(start).Seconds() / 1e9
 }
 
-// startHAProxyPair runs two haproxy processes: A listens (TCP) for the
-// HTTP and the bulk echo and forwards each over mutual TLS to B, which
-// forwards to the echo servers. It returns A's two addresses and the pids.
-func startHAProxyPair(b *testing.B, bin, web, bulk string) (string, string, []int) {
+// benchPKI writes a CA (ca.pem) and two leaves with their keys (a.pem,
+// b.pem; DNS names haproxy-a and haproxy-b, client and server use) to a
+// new directory, for the HAProxy pair and the QUIC floor. The same CA and
+// leaf helpers as the hub's (internal/pki); HAProxy checks the DNS name,
+// not the SPIFFE ID.
+func benchPKI(b *testing.B) string {
 	dir := b.TempDir()
-	// The same CA and leaf helpers as the hub's (internal/pki); HAProxy
-	// checks the DNS name, not the SPIFFE ID.
 	ca, err := pki.NewCA("bench.meshfed", 24*time.Hour, time.Now())
 	if err != nil {
 		b.Fatal(err)
@@ -297,16 +397,36 @@ func startHAProxyPair(b *testing.B, bin, web, bulk string) (string, string, []in
 			b.Fatal(err)
 		}
 	}
-	ports, err := freePorts(4)
+	return dir
+}
+
+// haproxyPair is the peer: two haproxy processes.
+type haproxyPair struct {
+	web     string // A's TCP frontend for the HTTP echo
+	webHTTP string // A's HTTP frontend for it: per request, as meshfed's egress
+	bulk    string // A's TCP frontend for the TCP echo
+	pids    []int
+}
+
+// startHAProxyPair runs two haproxy processes: A listens for the HTTP and
+// the bulk echo and forwards each over mutual TLS to B, which forwards to
+// the echo servers over TCP. A serves the HTTP echo twice: at layer 4 (a
+// TCP splice, the lightest job) and at layer 7 (mode http, each request
+// parsed and sent on a reused server connection: the job meshfed's egress
+// does for an HTTP port, which is what per-request failover needs).
+func startHAProxyPair(b *testing.B, bin, web, bulk string) haproxyPair {
+	dir := benchPKI(b)
+	ports, err := freePorts(5)
 	if err != nil {
 		b.Fatal(err)
 	}
-	aWeb, aBulk, bWeb, bBulk := loopback(ports[0]), loopback(ports[1]), loopback(ports[2]), loopback(ports[3])
+	aWeb, aBulk, bWeb, bBulk, aWebHTTP := loopback(ports[0]), loopback(ports[1]), loopback(ports[2]), loopback(ports[3]), loopback(ports[4])
 	common := "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
 	tls := func(addr string) string {
 		return fmt.Sprintf("  server s %s ssl crt %s/a.pem ca-file %s/ca.pem verify required verifyhost haproxy-b sni str(haproxy-b)\n", addr, dir, dir)
 	}
-	cfgA := common + "listen web\n  bind " + aWeb + "\n" + tls(bWeb) + "listen bulk\n  bind " + aBulk + "\n" + tls(bBulk)
+	cfgA := common + "listen web\n  bind " + aWeb + "\n" + tls(bWeb) + "listen bulk\n  bind " + aBulk + "\n" + tls(bBulk) +
+		"listen webhttp\n  mode http\n  bind " + aWebHTTP + "\n  option http-keep-alive\n  http-reuse always\n  timeout http-keep-alive 60s\n" + tls(bWeb)
 	cfgB := common + fmt.Sprintf("listen web\n  bind %s ssl crt %s/b.pem ca-file %s/ca.pem verify required\n  server s %s\n", bWeb, dir, dir, web) +
 		fmt.Sprintf("listen bulk\n  bind %s ssl crt %s/b.pem ca-file %s/ca.pem verify required\n  server s %s\n", bBulk, dir, dir, bulk)
 	var pids []int
@@ -327,7 +447,7 @@ func startHAProxyPair(b *testing.B, bin, web, bulk string) (string, string, []in
 		b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 		pids = append(pids, cmd.Process.Pid)
 	}
-	for _, a := range []string{aWeb, aBulk, bWeb, bBulk} {
+	for _, a := range []string{aWeb, aBulk, bWeb, bBulk, aWebHTTP} {
 		if err := WaitFor(context.Background(), 10*time.Second, func(context.Context) error {
 			c, err := net.Dial("tcp", a)
 			if err == nil {
@@ -340,15 +460,5 @@ func startHAProxyPair(b *testing.B, bin, web, bulk string) (string, string, []in
 			b.Fatalf("haproxy: %v\na: %s\nb: %s", err, la, lb)
 		}
 	}
-	return aWeb, aBulk, pids
-}
-
-func httpGetLong(url string, timeout time.Duration) ([]byte, error) {
-	c := &http.Client{Timeout: timeout}
-	resp, err := c.Get(url)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	return io.ReadAll(resp.Body)
+	return haproxyPair{web: aWeb, webHTTP: aWebHTTP, bulk: aBulk, pids: pids}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -142,7 +143,7 @@ $` + envDevOneShot + `=1 (--oneshot).`,
 	f.IntVar(&cfg.LiveRate, "live-rate", cfg.LiveRate, "calls a second of the live view")
 	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long the start may take")
 	f.Var(&level, "log-level", "log level: debug, info, warn or error")
-	cmd.AddCommand(newDevWorkloadCmd(), newDevFailCmd(d), newDevHealCmd(d))
+	cmd.AddCommand(newDevWorkloadCmd(), newDevCallCmd(), newDevFailCmd(d), newDevHealCmd(d))
 	return cmd
 }
 
@@ -320,6 +321,50 @@ func newDevWorkloadCmd() *cobra.Command {
 	f.StringVar(&cluster, "cluster", "", "the cluster it runs in")
 	f.StringVar(&zone, "zone", "", "the zone it runs in")
 	f.StringVar(&instance, "instance", "", "this instance's name")
+	return cmd
+}
+
+// newDevCallCmd calls a sample workload at a steady rate (hidden): the
+// client of the kind end-to-end stories, run as a pod.
+func newDevCallCmd() *cobra.Command {
+	var cfg devenv.CallConfig
+	var service string
+	cmd := &cobra.Command{
+		Use:    "call --url URL --service NS/NAME [--rate N] [--duration D]",
+		Short:  "Call a sample workload at a steady rate; a JSON line a second, then the totals",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			svc, err := federation.ParseServiceKey(service)
+			if err == nil {
+				cfg.Service = svc
+				err = cfg.Validate()
+			}
+			if err != nil {
+				return &codedError{code: exitUsage, err: err, lines: unjoin(err)}
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			total, err := devenv.RunCalls(ctx, cfg, cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			if err := enc.Encode(map[string]devenv.CallReport{"total": total}); err != nil {
+				return err
+			}
+			if total.Failed > 0 {
+				return fmt.Errorf("%d of %d calls failed", total.Failed, total.Calls)
+			}
+			return nil
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.URL, "url", "", "the URL to GET")
+	f.StringVar(&service, "service", "default/reviews", "the service that must answer (namespace/name)")
+	f.IntVar(&cfg.Rate, "rate", 20, "calls a second")
+	f.DurationVar(&cfg.Duration, "duration", time.Minute, "how long to call")
+	f.DurationVar(&cfg.Timeout, "timeout", 2*time.Second, "each call's bound")
 	return cmd
 }
 

@@ -2,9 +2,7 @@ package devenv
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -133,7 +131,7 @@ func (e *Env) runLive(ctx context.Context) {
 			return
 		case <-callEvery.C:
 			calls.Go(func() {
-				c, err := liveCall(ctx, client, url)
+				c, err := call(ctx, client, url, liveTo.key)
 				if ctx.Err() == nil { // not a call cut by the stop
 					v.record(c, err)
 				}
@@ -143,32 +141,4 @@ func (e *Env) runLive(ctx context.Context) {
 			e.console.Status(line, keep)
 		}
 	}
-}
-
-// liveCall makes one call and returns the cluster that answered.
-func liveCall(ctx context.Context, client *http.Client, url string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("%s", resp.Status)
-	}
-	var r Reply
-	if err := json.Unmarshal(body, &r); err != nil {
-		return "", err
-	}
-	if r.Service != liveTo.key.String() || r.Cluster == "" {
-		return "", fmt.Errorf("answered by %q in %q", r.Service, r.Cluster)
-	}
-	return r.Cluster, nil
 }

@@ -9,8 +9,18 @@
 #      with a fresh encrypt key, until its three servers are ready;
 #   5. an agent (deploy/kustomize/agent) per cluster: a token from the hub,
 #      the join/ component until the credentials Secret exists, then the
-#      plain Deployment; until `meshfed clusters list` shows it connected.
-# Gateways and workloads are not installed (see docs/testing.md).
+#      plain Deployment, with --gateway NODE-IP:15443 (what remote gateways
+#      dial); until `meshfed clusters list` shows it connected;
+#   6. a gateway (deploy/kustomize/gateway) per cluster: one replica, its
+#      QUIC ingress on the node's UDP 15443 (a hostPort: kind-cni chains
+#      the portmap plugin), so NODE-IP:15443 reaches it from the other
+#      clusters' gateways on the Docker network;
+#   7. CoreDNS forwarding clusterset.local to the agent
+#      (deploy/kustomize/agent/coredns-clusterset.md, done by a script);
+#   8. the sample workloads (scripts/kind/samples.yaml), as in `make dev`:
+#      default/reviews (HTTP 8080) in east and west, two instances each,
+#      default/ratings (TCP echo 9090) in central; until every cluster
+#      imports what the others export.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -81,10 +91,13 @@ overlay() {
 		[[ -n $comp ]] && printf 'components:\n  - %s\n' "$(realpath --relative-to="$dir" "$comp")"
 		if [[ -n $n ]]; then
 			printf 'configMapGenerator:\n  - name: meshfed-agent\n    behavior: merge\n    literals: [cluster=%s, region=%s, zone=%s, gateway-address=%s]\n' \
-				"$n" "${region[$n]}" "${zone[$n]}" "$(kc "$n" get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}')"
+				"$n" "${region[$n]}" "${zone[$n]}" "$(nodeip "$n")"
+			printf 'patches:\n  - target: {kind: Deployment, name: meshfed-agent}\n    patch: |-\n      - op: add\n        path: /spec/template/spec/containers/0/args/-\n        value: --gateway=%s:15443\n' "$(nodeip "$n")"
 		fi
 	} >"$dir/kustomization.yaml"
 }
+
+nodeip() { kc "$1" get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}'; }
 
 # 4. hub
 if ! kc "$hubc" -n meshfed-system get statefulset meshfed-hub >/dev/null 2>&1; then
@@ -122,4 +135,79 @@ for n in "${names[@]}"; do
 	kc "$n" -n meshfed-system delete secret meshfed-join-token --ignore-not-found >/dev/null
 	log "agent $n running"
 done
+
+# 6. gateways
+for n in "${names[@]}"; do
+	dir="$CACHE_ROOT/overlays/$n/gateway"
+	overlay "$dir" "$root/deploy/kustomize/gateway"
+	cat >>"$dir/kustomization.yaml" <<-'EOF'
+		patches:
+		  - target: {kind: Deployment, name: meshfed-gateway}
+		    patch: |-
+		      - op: replace
+		        path: /spec/replicas
+		        value: 1
+		      - op: add
+		        path: /spec/template/spec/containers/0/ports/0/hostPort
+		        value: 15443
+	EOF
+	kc "$n" apply -k "$dir" >/dev/null
+done
+for n in "${names[@]}"; do
+	kc "$n" -n meshfed-system rollout status deployment/meshfed-gateway --timeout 5m
+done
+log "gateways running"
+
+# 7. CoreDNS: clusterset.local to the agent's DNS Service
+for n in "${names[@]}"; do
+	corefile=$(kc "$n" -n kube-system get configmap coredns -o jsonpath='{.data.Corefile}')
+	if grep -q '^clusterset.local:53' <<<"$corefile"; then
+		continue
+	fi
+	ip=$(kc "$n" -n meshfed-system get svc meshfed-agent-dns -o jsonpath='{.spec.clusterIP}')
+	corefile+=$'\n'"clusterset.local:53 {"$'\n'"    errors"$'\n'"    cache 5"$'\n'"    forward . $ip:53"$'\n'"}"
+	kc "$n" -n kube-system patch configmap coredns --type merge -p "$(jq -n --arg c "$corefile" '{data: {Corefile: $c}}')" >/dev/null
+	kc "$n" -n kube-system rollout restart deployment coredns >/dev/null
+done
+for n in "${names[@]}"; do
+	kc "$n" -n kube-system rollout status deployment/coredns --timeout 3m >/dev/null
+done
+log "CoreDNS forwards clusterset.local to the agents"
+
+# 8. sample workloads
+sample() { # CLUSTER NAME REPLICAS KIND PORT PORT_NAME APP_PROTOCOL
+	sed -e "s|@CLUSTER@|$1|g" -e "s|@ZONE@|${zone[$1]}|g" -e "s|@NAME@|$2|g" -e "s|@REPLICAS@|$3|g" \
+		-e "s|@KIND@|$4|g" -e "s|@PORT@|$5|g" -e "s|@PORT_NAME@|$6|g" -e "s|@APP_PROTOCOL@|$7|g" "$here/samples.yaml" |
+		kc "$1" apply -f - >/dev/null
+}
+for n in "${names[@]}"; do
+	case $n in
+	east | west) sample "$n" reviews 2 http 8080 http http ;;
+	central) sample "$n" ratings 1 tcp 9090 tcp tcp ;;
+	esac
+done
+for n in "${names[@]}"; do
+	for d in $(kc "$n" -n default get deployments -o name); do
+		kc "$n" -n default rollout status "$d" --timeout 3m >/dev/null
+	done
+done
+# Every cluster imports what the others export: a ServiceImport with the
+# clusters behind it.
+for n in "${names[@]}"; do
+	for svc in reviews ratings; do
+		want=0
+		for m in "${names[@]}"; do
+			[[ $m == "$n" ]] && continue
+			kc "$m" -n default get serviceexport "$svc" >/dev/null 2>&1 && want=1
+		done
+		((want)) || continue
+		ok=""
+		for _ in $(seq 1 90); do
+			if kc "$n" -n default get serviceimport "$svc" >/dev/null 2>&1; then ok=1 && break; fi
+			sleep 2
+		done
+		[[ -n $ok ]] || die "cluster $n: no ServiceImport $svc after 3 min"
+	done
+done
+log "sample workloads exported and imported"
 hub clusters list
