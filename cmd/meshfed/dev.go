@@ -331,7 +331,7 @@ func newDevCallCmd() *cobra.Command {
 	var service string
 	cmd := &cobra.Command{
 		Use:    "call --url URL --service NS/NAME [--rate N] [--duration D]",
-		Short:  "Call a sample workload at a steady rate; a JSON line a second, then the totals",
+		Short:  "Call a sample workload at a steady rate; a JSON line a second, then the totals (also on SIGTERM)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
@@ -345,8 +345,10 @@ func newDevCallCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			// Stopped by a signal, it still prints the totals of the calls
+			// it made.
 			total, err := devenv.RunCalls(ctx, cfg, cmd.OutOrStdout())
-			if err != nil {
+			if err != nil && !errors.Is(err, context.Canceled) {
 				return err
 			}
 			enc := json.NewEncoder(cmd.OutOrStdout())

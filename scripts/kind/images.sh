@@ -59,10 +59,12 @@ readonly KIND_VERSION=v0.33.0
 readonly SUITE=bookworm
 # REV: bump when the node image's contents change for the same versions
 # (the cache folder, keyed by versions, is kept: binaries are not rebuilt).
-readonly REV=4
+readonly REV=5
 readonly KEY="k8s-$K8S_VERSION-etcd-$ETCD_VERSION-coredns-$COREDNS_VERSION-$SUITE"
 readonly CACHE_ROOT=${MESHFED_KIND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshfed/kind}
 readonly DEST="$CACHE_ROOT/$KEY"
+# The component images change with the node image: a folder per REV.
+readonly IMAGES="$DEST/images-r$REV"
 readonly NODE_IMAGE="meshfed/kind-node:$K8S_VERSION-r$REV"
 readonly TIMES="$DEST/build-times.log"
 
@@ -85,7 +87,7 @@ for c in debootstrap gcc jq docker; do
 done
 docker info >/dev/null 2>&1 || die "Docker does not answer: start it (scripts/kind/dockerd.sh)"
 
-mkdir -p "$DEST/bin" "$DEST/images"
+mkdir -p "$DEST/bin" "$IMAGES"
 exec 9>"$DEST/.lock"
 flock 9
 
@@ -176,7 +178,7 @@ readonly ROOTFS
 # layer, FROM scratch) and saves it to images/.
 image_from_tree() {
 	local name=$1 tree=$2 entry=$3 file
-	file="$DEST/images/$(echo "${name#registry.k8s.io/}" | tr '/:' '__').tar"
+	file="$IMAGES/$(echo "${name#registry.k8s.io/}" | tr '/:' '__').tar"
 	[[ -s $file ]] && return 0
 	tar -C "$tree" --numeric-owner --owner=0 --group=0 --mtime=@0 --sort=name -cf "$tree.tar" .
 	docker import --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin' \
@@ -222,8 +224,11 @@ build_images() {
 	cp "$DEST/bin/kube-proxy" "$work/kube-proxy/usr/local/bin/"
 	local xt
 	xt=$(cd "$work/rootfs" && ls usr/sbin/xtables-nft-multi usr/sbin/xtables-legacy-multi usr/sbin/conntrack)
+	# The xtables extensions are loaded at run time, with their own
+	# libraries (libxt_statistic.so, for Services with several endpoints,
+	# needs libm): ldd them too.
+	xt+=" "$(cd "$work/rootfs" && ls usr/lib/x86_64-linux-gnu/xtables/*.so)
 	copy_libs "$work/rootfs" "$work/kube-proxy" $(printf '/%s ' $xt)
-	(cd "$work/rootfs" && cp -a --parents ./usr/lib/x86_64-linux-gnu/xtables "$work/kube-proxy/")
 	(cd "$work/rootfs" && find ./usr/sbin -lname 'xtables-*-multi' -exec cp -a --parents {} "$work/kube-proxy/" \;)
 	# /usr/sbin/iptables is an alternatives link in Debian: the nft variant here.
 	for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
@@ -235,7 +240,7 @@ build_images() {
 }
 # seven images: kube-apiserver, -controller-manager, -scheduler, kube-proxy,
 # etcd, coredns, pause
-if (($(find "$DEST/images" -maxdepth 1 -name '*.tar' -size +0 | wc -l) < 7)); then
+if (($(find "$IMAGES" -maxdepth 1 -name '*.tar' -size +0 | wc -l) < 7)); then
 	timed "component images" build_images
 fi
 
@@ -301,7 +306,7 @@ node_image() {
 	tar -C "$root" --numeric-owner --xattrs -cf "$work/stage.tar" .
 	docker import "$work/stage.tar" "meshfed/kind-node-stage:$K8S_VERSION-r$REV" >/dev/null
 	rm -f "$work/stage.tar"
-	docker run -d --name "$name" --privileged -v "$work/containerd:/var/lib/containerd" -v "$DEST/images:/images:ro" \
+	docker run -d --name "$name" --privileged -v "$work/containerd:/var/lib/containerd" -v "$IMAGES:/images:ro" \
 		--entrypoint /usr/bin/containerd "meshfed/kind-node-stage:$K8S_VERSION-r$REV" >/dev/null
 	local ok=""
 	for _ in $(seq 1 50); do
