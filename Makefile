@@ -128,7 +128,9 @@ conformance: testenv-pod-bins
 # backend"): kind-images builds the node image from source (Debian
 # debootstrap + Kubernetes, etcd, CoreDNS built through the Go module proxy;
 # about 20 minutes cold, cached in ~/.cache/meshfed/kind/); kind-up starts
-# dockerd if needed and creates the clusters; kind-down deletes them.
+# dockerd if needed, creates the clusters and installs meshfed (hub,
+# agents, gateways, CoreDNS forwarding, sample workloads); e2e-kind runs the
+# stories of ./e2e/kind/ against them; kind-down deletes them.
 # Not part of `make test`.
 .PHONY: kind-images
 kind-images:
