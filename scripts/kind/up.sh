@@ -12,9 +12,10 @@
 #   KIND_CLUSTERS      clusters to create, "name:region:zone" words
 #                      (default "central:eu-central:eu-central-1a
 #                      east:us-east:us-east-1a west:us-west:us-west-1a")
-#   KIND_NODE_IMAGE    node image (default: the one images.sh builds; on a
-#                      machine with registry access, kind's default
-#                      kindest/node can be named here)
+#   KIND_NODE_IMAGE    node image (default: the one images.sh builds if it
+#                      is in Docker, else kind's default kindest/node, which
+#                      kind pulls: so on a laptop with registry access the
+#                      targets work unchanged)
 #   KIND_WORKERS       workers per cluster besides the control plane (default 0)
 #   KIND_INSTALL       1 (default): then install meshfed (scripts/kind/install.sh)
 #
@@ -38,8 +39,14 @@ die() {
 
 "$here/dockerd.sh"
 image=${KIND_NODE_IMAGE:-$("$here/images.sh" node-image)}
-docker image inspect "$image" >/dev/null 2>&1 ||
-	die "node image $image is not in Docker: build it with \`make kind-images\` (no registry needed), or set KIND_NODE_IMAGE"
+image_args=(--image "$image")
+if [[ -z ${KIND_NODE_IMAGE:-} ]] && ! docker image inspect "$image" >/dev/null 2>&1; then
+	# Not built here: kind's own default node image, which kind pulls (a
+	# laptop with registry access). Offline, `make kind-images` builds one.
+	log "node image $image not built (make kind-images builds it with no registry): using kind's default node image, which needs registry access"
+	image="kind's default node image"
+	image_args=()
+fi
 
 kind="$CACHE_ROOT/kind-$KIND_VERSION/kind"
 if [[ ! -x $kind ]]; then
@@ -71,7 +78,7 @@ for c in $CLUSTERS; do
 	} >"$cfg"
 	log "creating $kc from $image"
 	start=$SECONDS
-	"$kind" create cluster --config "$cfg" --image "$image" --kubeconfig "$CACHE_ROOT/clusters/$name.kubeconfig" --wait 5m ||
+	"$kind" create cluster --config "$cfg" "${image_args[@]}" --kubeconfig "$CACHE_ROOT/clusters/$name.kubeconfig" --wait 5m ||
 		die "kind create cluster $kc failed (kind export logs --name $kc /tmp/$kc-logs shows the node's journal)"
 	log "$kc ready in $((SECONDS - start)) s"
 done
