@@ -22,21 +22,29 @@ import (
 )
 
 // BenchmarkGatewayDataPath compares, in one run and at the same
-// concurrency, three paths to the same HTTP echo server (1 KiB responses)
+// concurrency, five paths to the same HTTP echo server (1 KiB responses)
 // and the same TCP echo server:
 //
 //  1. direct;
 //  2. east's gateway egress → QUIC → west's gateway ingress (meshfed);
 //  3. two HAProxy processes doing the same job over TCP+TLS (the peer):
-//     a TCP frontend in east, mutual TLS to a frontend in west.
+//     a TCP frontend in east, mutual TLS to a frontend in west (layer 4);
+//  4. the same pair with the HTTP frontend in mode http (layer 7: per
+//     request, as meshfed's egress handles an HTTP port);
+//  5. the QUIC floor: a minimal quic-go tunnel pair (quicfloor_bench_test.go),
+//     what quic-go itself costs here.
 //
-// It reports req/s (h2load --h1, 16 connections), the latency added over
-// direct at Istio's profile (1000 rps, 1 KiB, 16 connections; p50 and
-// p99 from h2load's per-request log), single-stream bulk Gbit/s (TCP
-// echo, 256 MiB each way), CPU per 1000 requests of the two proxies,
-// and gateway RSS. Ratios are against direct and against HAProxy. The
-// gateways talk directly (Options.DirectGateways): no simulated WAN. The
-// blackhole shift time is eastwest's BenchmarkBlackholeShift.
+// The paths take turns, round after round: 3 rounds of 3 s at the maximum
+// rate (h2load --h1, 16 connections; the median round is reported) and 4 of
+// 3 s at Istio's profile (1000 rps over 16 connections started 1 ms apart,
+// 1 KiB; p50 and p99 added over direct, from h2load's per-request logs).
+// Then single-connection bulk Gbit/s (TCP echo, 256 MiB each way). It
+// reports CPU per 1000 requests of the proxies, UDP datagrams per request,
+// gateway RSS and each gateway's QUIC connection statistics, with ratios
+// against direct, HAProxy and the floor. The gateways talk directly
+// (Options.DirectGateways): no simulated WAN. The blackhole shift time is
+// eastwest's BenchmarkBlackholeShift. MESHFED_BENCH_PERF=dir records the
+// proxies with perf during each path's first rate round and its bulk run.
 //
 // It needs h2load (Debian nghttp2-client) and haproxy: `make bench`
 // installs them.
