@@ -72,7 +72,7 @@ func exportersOf(f *devenv.File, service string) []string {
 // browser); the topology shows the three clusters; `meshfed dev fail
 // --cluster west --what gateway` turns west down (red) and puts a failover
 // on the timeline within 5 s, with no reload (before it, a link carries
-// the trickle of calls of --live); `meshfed dev heal` brings it
+// the calls of --live); `meshfed dev heal` brings it
 // back; the services view lists default/reviews with its exporters; trust
 // and hub views render (three servers, one leader); every view fits a
 // phone; axe-core finds no serious or critical violation. Screenshots are
@@ -82,9 +82,12 @@ func TestUIInABrowserAgainstMeshfedDev(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	// --live: a trickle of calls from central to reviews (served by east
-	// and west), so links carry traffic and west's failure is a failover.
-	d := startDevArgs(t, dir, freeBasePort(t), []string{"--live"})
+	// --live: calls from central to reviews (served by east and west), so
+	// links carry traffic and west's failure is a failover. A failover
+	// needs a call sent to west between the kill and its detection (about
+	// 0.6 s): at the default 10 a second about 3 go there, and one run in
+	// five under make test showed no failover; at 40 a second about 12 do.
+	d := startDevArgs(t, dir, freeBasePort(t), []string{"--live", "--live-rate=40"})
 	f := d.waitFile(ctx, "dev.json", func(*devenv.File) error { return nil })
 	login, base := uiLogin(t, f)
 
