@@ -69,7 +69,9 @@ func startCaller(t *testing.T, rate int, d time.Duration) *caller {
 	kubectl(t, "central", "-n", "default", "run", c.name, "--image=meshfed:kind", "--image-pull-policy=IfNotPresent",
 		"--restart=Never", "--", "dev", "call", "--url="+reviewsURL, "--service=default/reviews",
 		"--rate="+strconv.Itoa(rate), "--duration="+d.String())
-	t.Cleanup(func() { kubectl(t, "central", "-n", "default", "delete", "pod", c.name, "--wait=false", "--ignore-not-found") })
+	t.Cleanup(func() {
+		kubectl(t, "central", "-n", "default", "delete", "pod", c.name, "--wait=false", "--ignore-not-found")
+	})
 	kubectl(t, "central", "-n", "default", "wait", "--for=condition=Ready", "pod/"+c.name, "--timeout=120s")
 	ctx, cancel := context.WithTimeout(context.Background(), d+2*time.Minute)
 	logs := exec.CommandContext(ctx, "kubectl", "--kubeconfig", kubeconfig(t, "central"), "-n", "default", "logs", "-f", c.name)
