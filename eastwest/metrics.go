@@ -6,9 +6,11 @@ import (
 
 // quicCollector reports, at each scrape, the QUIC statistics of the
 // connections to remote gateways (quic-go's ConnectionStats): round-trip
-// times, the congestion window, and packets sent and lost. A congestion
-// window shrunk by losses limits requests in flight long before the CPU
-// does, so these explain a slow link the request series only show.
+// times, the congestion window, and packets sent and lost (counters of the
+// current connection: they restart with a new one). A congestion window
+// shrunk by losses limits what is in flight long before the CPU does:
+// these say why a link is slow where the request series only say that it
+// is.
 type quicCollector struct {
 	pl                *pool
 	rtt, minRTT, cwnd *prometheus.Desc
