@@ -208,7 +208,7 @@ func BenchmarkGatewayDataPath(b *testing.B) {
 const clockTicks = 100 // USER_HZ
 
 // profileDuring runs fn; with MESHFED_BENCH_PERF=dir set it records the
-// processes' CPU (kernel included) with perf for the first 4 s of fn, into
+// processes' CPU (kernel included) with perf for the first 3 s of fn (a rate round), into
 // dir/name.perf (read with `perf report -i`).
 func profileDuring(b *testing.B, name string, pids []int, fn func()) {
 	dir := os.Getenv("MESHFED_BENCH_PERF")
@@ -220,7 +220,7 @@ func profileDuring(b *testing.B, name string, pids []int, fn func()) {
 	for i, pid := range pids {
 		ps[i] = strconv.Itoa(pid)
 	}
-	cmd := exec.Command("perf", "record", "-g", "-o", filepath.Join(dir, name+".perf"), "-p", strings.Join(ps, ","), "--", "sleep", "4")
+	cmd := exec.Command("perf", "record", "-g", "-o", filepath.Join(dir, name+".perf"), "-p", strings.Join(ps, ","), "--", "sleep", "3")
 	if err := cmd.Start(); err != nil {
 		b.Fatalf("perf: %v", err)
 	}
