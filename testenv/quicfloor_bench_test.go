@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -190,17 +189,4 @@ func floorCopy(c *net.TCPConn, s *quic.Stream) {
 	<-done
 	_ = c.Close()
 	s.CancelRead(0)
-}
-
-// TestMain runs a QUIC floor half instead of the tests when
-// MESHFED_QUIC_FLOOR says so (BenchmarkGatewayDataPath starts them).
-func TestMain(m *testing.M) {
-	if spec := os.Getenv("MESHFED_QUIC_FLOOR"); spec != "" {
-		if err := runQUICFloor(spec, os.Getenv("MESHFED_QUIC_FLOOR_PKI")); err != nil && !errors.Is(err, context.Canceled) {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
 }
