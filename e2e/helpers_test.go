@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -237,21 +236,7 @@ func gatewayIdentity(t testing.TB, c *testenv.ClusterEnv) (*x509svid.SVID, *spif
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The certificates, then the key, as gatewayclient caches them.
-	var certs, key []byte
-	for rest := b; ; {
-		var blk *pem.Block
-		blk, rest = pem.Decode(rest)
-		if blk == nil {
-			break
-		}
-		if blk.Type == "CERTIFICATE" {
-			certs = append(certs, pem.EncodeToMemory(blk)...)
-		} else {
-			key = append(key, pem.EncodeToMemory(blk)...)
-		}
-	}
-	svid, err := x509svid.Parse(certs, key)
+	svid, err := gatewayclient.ParseSVIDPEM(b)
 	if err != nil {
 		t.Fatalf("%s's gateway SVID: %v", c.Name(), err)
 	}

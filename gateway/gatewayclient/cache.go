@@ -28,7 +28,7 @@ const maxCacheBytes = 256 << 20
 // config (if it parses), so that Run can start serving without the agent.
 func (c *Client) loadCache() {
 	if b, err := c.svidStore.Load(); err == nil {
-		svid, err := parseSVIDPEM(b)
+		svid, err := ParseSVIDPEM(b)
 		switch {
 		case err != nil:
 			c.log.Warn("cached SVID unreadable; ignoring it", "err", err)
@@ -102,8 +102,9 @@ func saveSVID(st *trust.FileStore, svid *x509svid.SVID) error {
 	return st.Save(append(certs, key...))
 }
 
-// parseSVIDPEM reads what saveSVID wrote: CERTIFICATE blocks, then the key.
-func parseSVIDPEM(b []byte) (*x509svid.SVID, error) {
+// ParseSVIDPEM reads the SVID a gateway caches in its data directory
+// (svid.pem, as saveSVID writes it): CERTIFICATE blocks, then the key.
+func ParseSVIDPEM(b []byte) (*x509svid.SVID, error) {
 	var certs, key []byte
 	for rest := b; ; {
 		var blk *pem.Block
