@@ -23,6 +23,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/meshfed/meshfed/eastwest/udpgro"
 	"github.com/meshfed/meshfed/federation"
 	fedv1 "github.com/meshfed/meshfed/federation/v1"
 	"github.com/meshfed/meshfed/gateway/gatewayclient"
@@ -329,7 +330,7 @@ func (g *Gateway) listen(st *gatewayclient.State) error {
 	if err != nil {
 		return fmt.Errorf("eastwest: ingress: %w", err)
 	}
-	g.pconn, g.ownConn = pc, true
+	g.pconn, g.ownConn = udpgro.Wrap(pc), true
 	return nil
 }
 

@@ -32,19 +32,22 @@ import (
 //  4. the same pair with the HTTP frontend in mode http (layer 7: per
 //     request, as meshfed's egress handles an HTTP port);
 //  5. the QUIC floor: a minimal quic-go tunnel pair (quicfloor_bench_test.go),
-//     what quic-go itself costs here.
+//     what quic-go itself costs here;
+//  6. for bulk only, the same floor receiving with UDP GRO as the gateways
+//     do (eastwest/udpgro): what GRO alone is worth.
 //
 // The paths take turns, round after round: 3 rounds of 3 s at the maximum
 // rate (h2load --h1, 16 connections; the median round is reported) and 4 of
 // 3 s at Istio's profile (1000 rps over 16 connections started 1 ms apart,
 // 1 KiB; p50 and p99 added over direct, from h2load's per-request logs).
-// Then single-connection bulk Gbit/s (TCP echo, 256 MiB each way). It
+// Then 3 rounds of single-connection bulk Gbit/s (TCP echo, 256 MiB each
+// way; the median is reported). It
 // reports CPU per 1000 requests of the proxies, UDP datagrams per request,
 // gateway RSS and each gateway's QUIC connection statistics, with ratios
 // against direct, HAProxy and the floor. The gateways talk directly
 // (Options.DirectGateways): no simulated WAN. The blackhole shift time is
 // eastwest's BenchmarkBlackholeShift. MESHFED_BENCH_PERF=dir records the
-// proxies with perf during each path's first rate round and its bulk run.
+// proxies with perf during each path's first rate and bulk rounds.
 //
 // It needs h2load (Debian nghttp2-client) and haproxy: `make bench`
 // installs them.
@@ -91,7 +94,8 @@ func BenchmarkGatewayDataPath(b *testing.B) {
 	webDirect := web.Instances()[0].Addr()
 	bulkDirect := bulk.Instances()[0].Addr()
 	ha := startHAProxyPair(b, haproxy, webDirect, bulkDirect)
-	floor := startQUICFloor(b, webDirect, bulkDirect)
+	floor := startQUICFloor(b, webDirect, bulkDirect, false)
+	floorGRO := startQUICFloor(b, webDirect, bulkDirect, true)
 
 	paths := []struct {
 		name      string
@@ -103,10 +107,11 @@ func BenchmarkGatewayDataPath(b *testing.B) {
 		{"haproxy", ha.web, ha.bulk, ha.pids},
 		{"haproxy-http", ha.webHTTP, "", ha.pids},
 		{"quic-floor", floor.web, floor.bulk, floor.pids},
+		{"quic-floor-gro", "", floorGRO.bulk, floorGRO.pids}, // bulk only: GRO's own effect
 	}
 	const conns = 16
 	type result struct {
-		rates                                    []float64
+		rates, bulks                             []float64
 		rps, p50, p99, gbps, cpuPer1k, udpPerReq float64
 		cpu, udp                                 int64
 		n                                        int
@@ -117,13 +122,18 @@ func BenchmarkGatewayDataPath(b *testing.B) {
 	b.ResetTimer()
 	for _, p := range paths {
 		res[p.name] = &result{}
-		runH2load(b, h2load, url(p.web), conns, 0, 2*time.Second, "") // warm up
+		if p.web != "" {
+			runH2load(b, h2load, url(p.web), conns, 0, 2*time.Second, "") // warm up
+		}
 	}
 	// The paths take turns, round after round, so that a burst of load
 	// from elsewhere on the machine lands on all of them alike.
 	const rateRounds, latencyRounds = 3, 4
 	for round := range rateRounds {
 		for _, p := range paths {
+			if p.web == "" {
+				continue
+			}
 			r := res[p.name]
 			cpu0, udp0 := cpuTicks(b, p.pids), udpDatagrams(b)
 			var rps float64
@@ -143,18 +153,40 @@ func BenchmarkGatewayDataPath(b *testing.B) {
 	// Istio's profile: 1000 rps over 16 connections.
 	for range latencyRounds {
 		for _, p := range paths {
+			if p.web == "" {
+				continue
+			}
 			logFile := filepath.Join(b.TempDir(), p.name+".log")
 			runH2load(b, h2load, url(p.web), conns, 1000/conns, 3*time.Second, logFile)
 			res[p.name].log = append(res[p.name].log, latencies(b, logFile)...)
 		}
 	}
+	// Bulk, in turns as well.
+	const bulkRounds = 3
+	for round := range bulkRounds {
+		for _, p := range paths {
+			if p.bulk == "" {
+				continue
+			}
+			r := res[p.name]
+			run := func() { r.bulks = append(r.bulks, bulkGbps(b, p.bulk, 256<<20)) }
+			if round == 0 {
+				profileDuring(b, p.name+".bulk", p.pids, run)
+			} else {
+				run()
+			}
+		}
+	}
 	for _, p := range paths {
 		r := res[p.name]
-		slices.Sort(r.rates)
-		r.rps = r.rates[len(r.rates)/2] // the median round
-		r.p50, r.p99 = percentile(r.log, 50), percentile(r.log, 99)
-		if p.bulk != "" {
-			profileDuring(b, p.name+".bulk", p.pids, func() { r.gbps = bulkGbps(b, p.bulk, 256<<20) })
+		if len(r.rates) > 0 {
+			slices.Sort(r.rates)
+			r.rps = r.rates[len(r.rates)/2] // the median round
+			r.p50, r.p99 = percentile(r.log, 50), percentile(r.log, 99)
+		}
+		if len(r.bulks) > 0 {
+			slices.Sort(r.bulks)
+			r.gbps = r.bulks[len(r.bulks)/2]
 		}
 		if len(p.pids) > 0 && r.n > 0 {
 			r.cpuPer1k = float64(r.cpu) / clockTicks * 1000 / float64(r.n) * 1000 // ms of CPU per 1000 requests
@@ -177,7 +209,7 @@ func BenchmarkGatewayDataPath(b *testing.B) {
 		}
 	}
 
-	d, m, h, hh, fl := res["direct"], res["meshfed"], res["haproxy"], res["haproxy-http"], res["quic-floor"]
+	d, m, h, hh, fl, flg := res["direct"], res["meshfed"], res["haproxy"], res["haproxy-http"], res["quic-floor"], res["quic-floor-gro"]
 	b.ReportMetric(m.rps, "req/s")
 	b.ReportMetric(m.rps/h.rps, "x-haproxy-req/s")
 	b.ReportMetric(m.rps/hh.rps, "x-haproxy-http-req/s")
@@ -190,6 +222,8 @@ func BenchmarkGatewayDataPath(b *testing.B) {
 	b.ReportMetric(hh.p99-d.p99, "µs-p99-added-haproxy-http")
 	b.ReportMetric(m.gbps, "Gbit/s-bulk")
 	b.ReportMetric(m.gbps/h.gbps, "x-haproxy-bulk")
+	b.ReportMetric(m.gbps/flg.gbps, "x-quic-floor-gro-bulk")
+	b.ReportMetric(flg.gbps/fl.gbps, "gro-x-no-gro-floor-bulk")
 	b.ReportMetric(m.cpuPer1k, "ms-cpu/1k-req")
 	b.ReportMetric(m.udpPerReq, "udp-datagrams/req")
 	b.ReportMetric(h.cpuPer1k, "ms-cpu/1k-req-haproxy")

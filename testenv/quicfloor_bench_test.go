@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/meshfed/meshfed/eastwest/udpgro"
 )
 
 // The QUIC floor is the least a QUIC tunnel pair can do, as two processes
@@ -27,9 +29,11 @@ import (
 // how much of the gap to HAProxy is meshfed's own.
 //
 // The two halves are this test binary run again with MESHFED_QUIC_FLOOR
-// set (see TestMain): "b <web> <bulk>" or "a <B's UDP address>", with the
-// certificates of benchPKI in MESHFED_QUIC_FLOOR_PKI. Each prints its
-// addresses on stdout and serves until its stdin closes.
+// set (see TestMain): "b <web> <bulk>" or "a <B's UDP address>", then
+// "gro" to receive with UDP GRO as the gateways do (eastwest/udpgro), or
+// "plain" for quic-go's own socket, with the certificates of benchPKI in
+// MESHFED_QUIC_FLOOR_PKI. Each prints its addresses on stdout and serves
+// until its stdin closes.
 
 type quicFloor struct {
 	web, bulk string
@@ -38,7 +42,11 @@ type quicFloor struct {
 
 const floorALPN = "meshfed-floor"
 
-func startQUICFloor(b *testing.B, web, bulk string) *quicFloor {
+func startQUICFloor(b *testing.B, web, bulk string, gro bool) *quicFloor {
+	socket := "plain"
+	if gro {
+		socket = "gro"
+	}
 	dir := benchPKI(b)
 	start := func(args ...string) (*exec.Cmd, *bufio.Reader) {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -65,9 +73,9 @@ func startQUICFloor(b *testing.B, web, bulk string) *quicFloor {
 		}
 		return strings.TrimSpace(l)
 	}
-	cb, outB := start("b", web, bulk)
+	cb, outB := start("b", web, bulk, socket)
 	addrB := line(outB)
-	ca, outA := start("a", addrB)
+	ca, outA := start("a", addrB, socket)
 	f := &quicFloor{pids: []int{ca.Process.Pid, cb.Process.Pid}}
 	f.web, f.bulk = line(outA), line(outA)
 	return f
@@ -76,6 +84,20 @@ func startQUICFloor(b *testing.B, web, bulk string) *quicFloor {
 // runQUICFloor is a floor half's main: it serves until stdin closes.
 func runQUICFloor(spec, dir string) error {
 	args := strings.Fields(spec)
+	if len(args) < 2 {
+		return fmt.Errorf("quic floor: bad spec %q", spec)
+	}
+	socket := args[len(args)-1]
+	args = args[:len(args)-1]
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return err
+	}
+	tr := &quic.Transport{Conn: pc}
+	if socket == "gro" {
+		tr.Conn = udpgro.Wrap(pc)
+	}
+	defer func() { _ = tr.Close() }()
 	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, args[0]+".pem"), filepath.Join(dir, args[0]+".pem"))
 	if err != nil {
 		return err
@@ -94,7 +116,7 @@ func runQUICFloor(spec, dir string) error {
 	go func() { _, _ = io.Copy(io.Discard, os.Stdin); cancel() }()
 	switch {
 	case args[0] == "b" && len(args) == 3:
-		ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: roots,
+		ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: roots,
 			ClientAuth: tls.RequireAndVerifyClientCert, NextProtos: []string{floorALPN}, MinVersion: tls.VersionTLS13}, qcfg)
 		if err != nil {
 			return err
@@ -108,7 +130,11 @@ func runQUICFloor(spec, dir string) error {
 			go floorServe(ctx, qc, args[1], args[2])
 		}
 	case args[0] == "a" && len(args) == 2:
-		qc, err := quic.DialAddr(ctx, args[1], &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: roots,
+		addr, err := net.ResolveUDPAddr("udp", args[1])
+		if err != nil {
+			return err
+		}
+		qc, err := tr.Dial(ctx, addr, &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: roots,
 			ServerName: "haproxy-b", NextProtos: []string{floorALPN}, MinVersion: tls.VersionTLS13}, qcfg)
 		if err != nil {
 			return err
