@@ -89,10 +89,14 @@ func runQUICFloor(spec, dir string) error {
 	}
 	socket := args[len(args)-1]
 	args = args[:len(args)-1]
+	if socket != "gro" && socket != "plain" {
+		return fmt.Errorf("quic floor: bad spec %q: want gro or plain last", spec)
+	}
 	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		return err
 	}
+	defer func() { _ = pc.Close() }()
 	tr := &quic.Transport{Conn: pc}
 	if socket == "gro" {
 		tr.Conn = udpgro.Wrap(pc)

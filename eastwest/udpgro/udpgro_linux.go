@@ -28,7 +28,9 @@ type groConn struct {
 	batch *ipv4.PacketConn
 	msgs  []ipv4.Message // the last receive; pending points into it
 	// pending[next:] are the packets of the last receive not yet handed
-	// over.
+	// over. The kernel bounds a coalesced datagram's packets (64 from a
+	// NIC, 128 from a local GSO send), so pending holds at most
+	// groBatch×128 and is reused.
 	pending []groSegment
 	next    int
 	// runs counts the received datagrams that held more than one packet.
