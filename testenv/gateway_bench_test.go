@@ -22,7 +22,7 @@ import (
 )
 
 // BenchmarkGatewayDataPath compares, in one run and at the same
-// concurrency, five paths to the same HTTP echo server (1 KiB responses)
+// concurrency, six paths to the same HTTP echo server (1 KiB responses)
 // and the same TCP echo server:
 //
 //  1. direct;
