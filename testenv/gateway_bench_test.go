@@ -22,18 +22,22 @@ import (
 )
 
 // BenchmarkGatewayDataPath compares, in one run and at the same
-// concurrency, six paths to the same HTTP echo server (1 KiB responses)
+// concurrency, seven paths to the same HTTP echo server (1 KiB responses)
 // and the same TCP echo server:
 //
 //  1. direct;
-//  2. east's gateway egress → QUIC → west's gateway ingress (meshfed);
-//  3. two HAProxy processes doing the same job over TCP+TLS (the peer):
+//  2. east's gateway egress → QUIC → west's gateway ingress (meshfed): the
+//     service's port is HTTP, so the egress handles it request by request;
+//  3. the same gateways with the same server behind a port declared plain
+//     TCP (meshfed-l4, requests only): connection by connection, the job
+//     HAProxy's layer 4 pair does;
+//  4. two HAProxy processes doing the same job over TCP+TLS (the peer):
 //     a TCP frontend in east, mutual TLS to a frontend in west (layer 4);
-//  4. the same pair with the HTTP frontend in mode http (layer 7: per
+//  5. the same pair with the HTTP frontend in mode http (layer 7: per
 //     request, as meshfed's egress handles an HTTP port);
-//  5. the QUIC floor: a minimal quic-go tunnel pair (quicfloor_bench_test.go),
+//  6. the QUIC floor: a minimal quic-go tunnel pair (quicfloor_bench_test.go),
 //     what quic-go itself costs here;
-//  6. for bulk only, the same floor receiving with UDP GRO as the gateways
+//  7. for bulk only, the same floor receiving with UDP GRO as the gateways
 //     do (eastwest/udpgro): what GRO alone is worth.
 //
 // The paths take turns, round after round: 3 rounds of 3 s at the maximum
@@ -66,13 +70,15 @@ func BenchmarkGatewayDataPath(b *testing.B) {
 	east, west, central := fed.Cluster("east"), fed.Cluster("west"), fed.Cluster("central")
 	web := west.Deploy(EchoHTTP("default/web", 1))
 	west.Export("default/web")
+	west.Deploy(EchoHTTP("default/web-l4", 1).WithOpaquePort())
+	west.Export("default/web-l4")
 	bulk := west.Deploy(EchoTCP("default/bulk", 1))
 	west.Export("default/bulk")
 	central.Deploy(EchoHTTP("default/web", 1))
 	central.Export("default/web")
 	ctx := context.Background()
 	egress := map[string]string{}
-	for _, svc := range []string{"default/web", "default/bulk"} {
+	for _, svc := range []string{"default/web", "default/web-l4", "default/bulk"} {
 		if err := WaitFor(ctx, 60*time.Second, func(ctx context.Context) error {
 			ts, err := east.Targets(ctx, svc)
 			if err == nil {
@@ -83,13 +89,15 @@ func BenchmarkGatewayDataPath(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	if err := WaitFor(ctx, 60*time.Second, func(context.Context) error {
-		if by := east.Drive("default/web", Requests(20)).ByCluster(); by["west"] != 20 {
-			return fmt.Errorf("east's requests answered by %v, want all by west", by)
+	for _, svc := range []string{"default/web", "default/web-l4"} {
+		if err := WaitFor(ctx, 60*time.Second, func(context.Context) error {
+			if by := east.Drive(svc, Requests(20)).ByCluster(); by["west"] != 20 {
+				return fmt.Errorf("east's requests to %s answered by %v, want all by west", svc, by)
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
 		}
-		return nil
-	}); err != nil {
-		b.Fatal(err)
 	}
 	webDirect := web.Instances()[0].Addr()
 	bulkDirect := bulk.Instances()[0].Addr()
@@ -104,6 +112,7 @@ func BenchmarkGatewayDataPath(b *testing.B) {
 	}{
 		{"direct", webDirect, bulkDirect, nil},
 		{"meshfed", egress["default/web"], egress["default/bulk"], []int{east.Gateway().Pid(), west.Gateway().Pid()}},
+		{"meshfed-l4", egress["default/web-l4"], "", []int{east.Gateway().Pid(), west.Gateway().Pid()}}, // requests only
 		{"haproxy", ha.web, ha.bulk, ha.pids},
 		{"haproxy-http", ha.webHTTP, "", ha.pids},
 		{"quic-floor", floor.web, floor.bulk, floor.pids},
@@ -209,15 +218,19 @@ func BenchmarkGatewayDataPath(b *testing.B) {
 		}
 	}
 
-	d, m, h, hh, fl, flg := res["direct"], res["meshfed"], res["haproxy"], res["haproxy-http"], res["quic-floor"], res["quic-floor-gro"]
+	d, m, m4, h, hh, fl, flg := res["direct"], res["meshfed"], res["meshfed-l4"], res["haproxy"], res["haproxy-http"], res["quic-floor"], res["quic-floor-gro"]
 	b.ReportMetric(m.rps, "req/s")
 	b.ReportMetric(m.rps/h.rps, "x-haproxy-req/s")
 	b.ReportMetric(m.rps/hh.rps, "x-haproxy-http-req/s")
+	b.ReportMetric(m4.rps/h.rps, "l4-x-haproxy-req/s")
+	b.ReportMetric(m4.rps/fl.rps, "l4-x-quic-floor-req/s")
+	b.ReportMetric(m4.cpuPer1k, "ms-cpu/1k-req-l4")
 	b.ReportMetric(m.rps/d.rps, "x-direct-req/s")
 	b.ReportMetric(m.rps/fl.rps, "x-quic-floor-req/s")
 	b.ReportMetric(fl.rps/h.rps, "quic-floor-x-haproxy-req/s")
 	b.ReportMetric(m.p50-d.p50, "µs-p50-added")
 	b.ReportMetric(m.p99-d.p99, "µs-p99-added")
+	b.ReportMetric(m4.p99-d.p99, "µs-p99-added-l4")
 	b.ReportMetric(h.p99-d.p99, "µs-p99-added-haproxy")
 	b.ReportMetric(hh.p99-d.p99, "µs-p99-added-haproxy-http")
 	b.ReportMetric(m.gbps, "Gbit/s-bulk")

@@ -29,6 +29,11 @@ type WorkloadSpec struct {
 	Port int32
 	// Labels are put on every endpoint's pod (for policy subsets).
 	Labels map[string]string
+	// OpaquePort, for an HTTP workload, declares the Service port plain
+	// TCP (named "tcp", no appProtocol): gateways then carry it
+	// connection by connection, as any TCP service, while its servers
+	// still speak HTTP. Build it with [WorkloadSpec.WithOpaquePort].
+	OpaquePort bool
 }
 
 // EchoHTTP is a Service "namespace/name" of replicas HTTP echo servers.
@@ -41,6 +46,12 @@ func EchoHTTP(service string, replicas int) WorkloadSpec {
 func EchoTCP(service string, replicas int) WorkloadSpec {
 	ns, name, _ := strings.Cut(service, "/")
 	return WorkloadSpec{Namespace: ns, Name: name, Replicas: replicas, Port: 9000}
+}
+
+// WithOpaquePort returns s with its Service port declared plain TCP.
+func (s WorkloadSpec) WithOpaquePort() WorkloadSpec {
+	s.OpaquePort = true
+	return s
 }
 
 // WithLabels returns s with pod labels on every endpoint.
@@ -73,7 +84,7 @@ func (w *Workload) close() {
 }
 
 func (w *Workload) portName() string {
-	if w.spec.HTTP {
+	if w.spec.HTTP && !w.spec.OpaquePort {
 		return "http"
 	}
 	return "tcp"
@@ -184,7 +195,7 @@ func (c *ClusterEnv) deploy(ctx context.Context, spec WorkloadSpec) (*Workload, 
 			Name: w.portName(), Port: spec.Port, Protocol: proto, TargetPort: intstr.FromString(w.portName()),
 		}}},
 	}
-	if spec.HTTP {
+	if spec.HTTP && !spec.OpaquePort {
 		ap := "http"
 		svc.Spec.Ports[0].AppProtocol = &ap
 	}
