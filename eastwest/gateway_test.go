@@ -410,3 +410,57 @@ func TestQUICStatsOfRemoteGatewaysAreExported(t *testing.T) {
 		t.Errorf("meshfed_gateway_quic_packets_lost_total missing (all: %v)", got)
 	}
 }
+
+// TestQUICPacketCountersCarryOnAcrossReconnections: the packet counters
+// of a remote gateway add up over its connections. After the connection
+// carried traffic and then closed, the egress gateway dials anew, and the
+// counter it reports is not below what it reported before (a counter that
+// restarted with the connection would be).
+func TestQUICPacketCountersCarryOnAcrossReconnections(t *testing.T) {
+	p := startPair(t)
+	client := &http.Client{Timeout: 5 * time.Second}
+	for i := range 100 {
+		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/c/%d", p.webPort, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+	}
+	sent := func() float64 {
+		mfs, err := p.westGW.g.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "meshfed_gateway_quic_packets_sent_total" {
+				for _, m := range mf.GetMetric() {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+		return 0
+	}
+	before := sent()
+	if before < 100 {
+		t.Fatalf("packets sent after 100 requests: %v, want at least 100", before)
+	}
+	peers := p.westGW.g.pool.all()
+	if len(peers) != 1 {
+		t.Fatalf("west's pool holds %d gateways, want 1 (east's)", len(peers))
+	}
+	old := peers[0].conn()
+	if old == nil {
+		t.Fatal("no connection to east's gateway")
+	}
+	_ = old.CloseWithError(0, "test: reconnect")
+	waitFor(t, 10*time.Second, func() error {
+		if qc := peers[0].conn(); qc == nil || qc == old {
+			return errors.New("not reconnected yet")
+		}
+		return nil
+	})
+	if after := sent(); after < before {
+		t.Errorf("packets sent fell from %v to %v across a reconnection", before, after)
+	}
+}

@@ -6,8 +6,9 @@ import (
 
 // quicCollector reports, at each scrape, the QUIC statistics of the
 // connections to remote gateways (quic-go's ConnectionStats): round-trip
-// times, the congestion window, and packets sent and lost (counters of the
-// current connection: they restart with a new one). A congestion window
+// times and the congestion window of the current connection, and packets
+// sent and lost over all connections to that gateway (a reconnection
+// carries the counters on). A congestion window
 // shrunk by losses limits what is in flight long before the CPU does:
 // these say why a link is slow where the request series only say that it
 // is.
@@ -26,8 +27,8 @@ func newQUICCollector(pl *pool) *quicCollector {
 		rtt:    d("smoothed_rtt_seconds", "Smoothed round-trip time of the QUIC connection to a remote gateway."),
 		minRTT: d("min_rtt_seconds", "Minimum round-trip time seen on the QUIC connection to a remote gateway."),
 		cwnd:   d("congestion_window_bytes", "Congestion window of the QUIC connection to a remote gateway."),
-		sent:   d("packets_sent_total", "QUIC packets sent to a remote gateway on the current connection, lost ones included."),
-		lost:   d("packets_lost_total", "QUIC packets to a remote gateway declared lost on the current connection."),
+		sent:   d("packets_sent_total", "QUIC packets sent to a remote gateway, lost ones included, over all connections to it."),
+		lost:   d("packets_lost_total", "QUIC packets to a remote gateway declared lost, over all connections to it."),
 	}
 }
 
@@ -39,17 +40,19 @@ func (c *quicCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *quicCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, p := range c.pl.all() {
+		l := []string{p.cluster.String(), p.addr}
+		if sent, lost := p.packets(); sent > 0 {
+			ch <- prometheus.MustNewConstMetric(c.sent, prometheus.CounterValue, float64(sent), l...)
+			ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(lost), l...)
+		}
 		qc := p.conn()
 		if qc == nil {
 			continue
 		}
 		st := qc.ConnectionStats()
-		l := []string{p.cluster.String(), p.addr}
 		ch <- prometheus.MustNewConstMetric(c.rtt, prometheus.GaugeValue, st.SmoothedRTT.Seconds(), l...)
 		ch <- prometheus.MustNewConstMetric(c.minRTT, prometheus.GaugeValue, st.MinRTT.Seconds(), l...)
 		ch <- prometheus.MustNewConstMetric(c.cwnd, prometheus.GaugeValue, float64(st.CongestionWindow), l...)
-		ch <- prometheus.MustNewConstMetric(c.sent, prometheus.CounterValue, float64(st.PacketsSent), l...)
-		ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(st.PacketsLost), l...)
 	}
 }
 

@@ -50,6 +50,9 @@ type peer struct {
 	mu       sync.Mutex
 	qc       *quic.Conn
 	last     error
+	// sent and lost count the packets of the peer's closed connections,
+	// so its counters add up across reconnections.
+	sent, lost uint64
 }
 
 // selectable: it answers probes and is not draining.
@@ -99,10 +102,25 @@ func (p *peer) run(ctx context.Context) {
 	}
 }
 
+// packets returns the packets sent to the peer and declared lost, over
+// all its connections so far.
+func (p *peer) packets() (sent, lost uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	sent, lost = p.sent, p.lost
+	if p.qc != nil {
+		st := p.qc.ConnectionStats()
+		sent, lost = sent+st.PacketsSent, lost+st.PacketsLost
+	}
+	return sent, lost
+}
+
 func (p *peer) setDown(qc *quic.Conn, err error) {
 	was := p.up.Swap(false)
 	p.mu.Lock()
-	if qc == nil || p.qc == qc {
+	if p.qc != nil && (qc == nil || p.qc == qc) {
+		st := p.qc.ConnectionStats()
+		p.sent, p.lost = p.sent+st.PacketsSent, p.lost+st.PacketsLost
 		p.qc = nil
 	}
 	p.last = err
