@@ -12,8 +12,16 @@ import (
 )
 
 // egressRequests reads, from a gateway's /metrics, how many egress
-// requests of service it sent to cluster.
+// requests of service it sent to cluster and got a 200 for.
 func egressRequests(t *testing.T, g *Gateway, service, cluster string) int {
+	t.Helper()
+	return egressResults(t, g, service, cluster, "200")
+}
+
+// egressResults reads, from a gateway's /metrics, how many egress requests
+// (HTTP ports) or connections (TCP ports) of service it sent to cluster
+// with result ("200", "ok" for a TCP connection, ...).
+func egressResults(t *testing.T, g *Gateway, service, cluster, result string) int {
 	t.Helper()
 	resp, err := http.Get("http://" + g.MetricsAddr() + "/metrics")
 	if err != nil {
@@ -21,7 +29,7 @@ func egressRequests(t *testing.T, g *Gateway, service, cluster string) int {
 	}
 	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
-	re := regexp.MustCompile(`meshfed_gateway_requests_total\{cluster="` + regexp.QuoteMeta(cluster) + `",direction="egress",result="200",service="` + regexp.QuoteMeta(service) + `"\} (\d+)`)
+	re := regexp.MustCompile(`meshfed_gateway_requests_total\{cluster="` + regexp.QuoteMeta(cluster) + `",direction="egress",result="` + regexp.QuoteMeta(result) + `",service="` + regexp.QuoteMeta(service) + `"\} (\d+)`)
 	m := re.FindSubmatch(b)
 	if m == nil {
 		return 0
@@ -48,8 +56,10 @@ func TestGatewaysCarryTrafficAndFailOver(t *testing.T) {
 	central.Export("default/reviews")
 	central.Deploy(EchoTCP("default/ratings", 1))
 	central.Export("default/ratings")
+	central.Deploy(EchoHTTP("default/details", 1).WithOpaquePort())
+	central.Export("default/details")
 	ctx := context.Background()
-	for _, svc := range []string{"default/reviews", "default/ratings"} {
+	for _, svc := range []string{"default/reviews", "default/ratings", "default/details"} {
 		if err := WaitFor(ctx, 60*time.Second, func(ctx context.Context) error {
 			_, err := east.Targets(ctx, svc)
 			return err
@@ -91,6 +101,22 @@ func TestGatewaysCarryTrafficAndFailOver(t *testing.T) {
 	// TCP through two gateways.
 	if res := east.Drive("default/ratings", Requests(50)); res.Succeeded() != 50 || res.ByCluster()["central"] != 50 {
 		t.Fatalf("TCP east → central: %d of 50 answered, by %v; first failure %v", res.Succeeded(), res.ByCluster(), firstFailure(res))
+	}
+	// HTTP behind a port declared plain TCP: carried connection by
+	// connection (a TCP result), never request by request.
+	if res := east.Drive("default/details", Requests(20)); res.Succeeded() != 20 || res.ByCluster()["central"] != 20 {
+		t.Fatalf("HTTP on a TCP port east → central: %d of 20 answered, by %v; first failure %v", res.Succeeded(), res.ByCluster(), firstFailure(res))
+	}
+	// A connection is counted when it ends: the driver's close reaches
+	// the gateway after Drive returns.
+	if err := WaitFor(ctx, 10*time.Second, func(context.Context) error {
+		conns, reqs := egressResults(t, east.Gateway(), "default/details", "central", "ok"), egressRequests(t, east.Gateway(), "default/details", "central")
+		if conns == 0 || reqs != 0 {
+			return fmt.Errorf("east's gateway counted %d TCP connections and %d HTTP requests of default/details, want connections only", conns, reqs)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 
 	// Steady load; SIGKILL west's gateway once some requests went there.
