@@ -8,12 +8,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/meshfed/meshfed/federation/policy"
 )
@@ -348,9 +350,11 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 	// mistake: the retry rules below only replay such requests.
 	noBody := req.Body == nil || req.Body == http.NoBody || req.ContentLength == 0 && len(req.TransferEncoding) == 0
 	keepClient := !req.Close && noBody // after an answer of ours: an unsent body would be read as the next request
-	if _, ok := req.Header["User-Agent"]; !ok {
-		req.Header["User-Agent"] = []string{""} // Request.Write adds Go's otherwise
-	}
+	// The client's Connection header is about its connection to this
+	// gateway: the upstream connection stays pooled.
+	clientClose := req.Close
+	req.Close = false
+	defer func() { req.Close = clientClose }()
 	var (
 		rule     *policy.HTTPRule
 		rp       *policy.RetryPolicy
@@ -390,6 +394,12 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 		rp = rule.Retries()
 		dests = rule.WeightedDestinations()
 		pick = rule.Pick(randFloat())
+	}
+	// The hop-by-hop headers stop here, after the policy matched and
+	// changed the request, as on the HTTP/2 path (httputil.ReverseProxy).
+	removeHopHeaders(req.Header, true)
+	if _, ok := req.Header["User-Agent"]; !ok {
+		req.Header["User-Agent"] = []string{""} // Request.Write adds Go's otherwise
 	}
 	release, err := state.acquire(ctx, true)
 	if err != nil {
@@ -533,6 +543,9 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 		}
 		g.m.latency.WithLabelValues(svc, tg.label(), "egress").Observe(time.Since(start).Seconds())
 		g.m.requests.WithLabelValues(svc, tg.label(), "egress", strconv.Itoa(resp.StatusCode)).Inc()
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			removeHopHeaders(resp.Header, false) // resp.Write adds "Connection: close" where the framing needs it
+		}
 		if rule != nil {
 			rule.ResponseHeaders().Apply(resp.Header)
 		}
@@ -547,6 +560,9 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 			return false
 		}
 		keepUp := !resp.Close
+		if clientClose {
+			resp.Close = true // the client's connection ends after this response: say so
+		}
 		werr := resp.Write(bw)
 		if werr == nil {
 			werr = bw.Flush()
@@ -572,6 +588,45 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 	g.m.requests.WithLabelValues(svc, "none", "egress", "unavailable").Inc()
 	writeUnavailable(bw, "no cluster could serve "+svc)
 	return keepClient
+}
+
+// hopHeaders are the hop-by-hop headers (RFC 9110 section 7.6.1) a proxy
+// does not forward: the list httputil.ReverseProxy removes.
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// removeHopHeaders deletes the hop-by-hop headers from h, and those its
+// Connection header names. For a request it keeps what the next hop needs
+// from them: "Te: trailers", and a protocol upgrade (Connection: Upgrade
+// and the Upgrade header), as httputil.ReverseProxy does. net/http keeps a
+// message's framing (Content-Length, chunked, trailers) in its own fields
+// and writes it anew.
+func removeHopHeaders(h http.Header, request bool) {
+	var upgrade string
+	var teTrailers bool
+	if request {
+		if httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
+			upgrade = h.Get("Upgrade")
+		}
+		teTrailers = httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
+	}
+	for _, v := range h["Connection"] {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
+	if teTrailers {
+		h.Set("Te", "trailers")
+	}
+	if upgrade != "" {
+		h.Set("Connection", "Upgrade")
+		h.Set("Upgrade", upgrade)
+	}
 }
 
 func pastDeadline(d time.Time) bool { return !d.IsZero() && !time.Now().Before(d) }

@@ -313,3 +313,73 @@ func TestH2CRequestWithABodyFailsOverWhole(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPEgressDropsHopByHopHeaders: the HTTP/1.1 path forwards neither
+// the client's hop-by-hop headers (those its Connection header names,
+// Keep-Alive, Proxy-Authorization; "Te" only as "trailers") nor the
+// server's, as the HTTP/2 path (httputil.ReverseProxy) does not; the
+// client's "Connection: close" closes the client's connection, not the
+// pooled upstream one.
+func TestHTTPEgressDropsHopByHopHeaders(t *testing.T) {
+	type seen struct {
+		header http.Header
+		close  bool
+	}
+	got := make(chan seen, 4)
+	addr := httpPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- seen{r.Header.Clone(), r.Close}
+		w.Header().Set("Connection", "X-Server-Hop")
+		w.Header().Set("X-Server-Hop", "1")
+		w.Header().Set("Keep-Alive", "timeout=5")
+		w.Header().Set("X-Server-End", "kept")
+		_, _ = io.WriteString(w, "ok")
+	}))
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	_, _ = io.WriteString(conn, "GET /a HTTP/1.1\r\nHost: web\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\n"+
+		"Keep-Alive: timeout=9\r\nProxy-Authorization: Basic eDp5\r\nTe: trailers, deflate\r\nX-End: kept\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	s := <-got
+	for _, name := range []string{"X-Hop", "Keep-Alive", "Proxy-Authorization", "Connection"} {
+		if v, ok := s.header[name]; ok {
+			t.Errorf("the server got %s: %q from the client, a hop-by-hop header", name, v)
+		}
+	}
+	if s.header.Get("X-End") != "kept" || s.header.Get("Te") != "trailers" {
+		t.Errorf("the server got X-End %q and Te %q, want kept and trailers", s.header.Get("X-End"), s.header.Get("Te"))
+	}
+	for _, name := range []string{"X-Server-Hop", "Keep-Alive"} {
+		if v, ok := resp.Header[name]; ok {
+			t.Errorf("the client got %s: %q from the server, a hop-by-hop header", name, v)
+		}
+	}
+	if resp.Header.Get("X-Server-End") != "kept" {
+		t.Errorf("the client got X-Server-End %q, want kept", resp.Header.Get("X-Server-End"))
+	}
+	// Connection: close ends the client's connection after the response;
+	// the server is not told to close the pooled one.
+	_, _ = io.WriteString(conn, "GET /b HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if s := <-got; s.close {
+		t.Error(`the server was asked to close: the client's "Connection: close" went upstream`)
+	}
+	if !resp.Close {
+		t.Error(`the response to "Connection: close" does not say it closes`)
+	}
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("after the response to Connection: close, read %v, want EOF", err)
+	}
+}
