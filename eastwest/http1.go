@@ -618,7 +618,7 @@ func removeHopHeaders(h http.Header, request bool) {
 		}
 	}
 	for _, name := range hopHeaders {
-		h.Del(name)
+		delete(h, name) // canonical already
 	}
 	if teTrailers {
 		h.Set("Te", "trailers")
