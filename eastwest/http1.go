@@ -343,8 +343,7 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 	start := time.Now()
 	r := g.table.Load().routes[k.service]
 	if r == nil {
-		writeUnavailable(bw, svc+" is not imported")
-		return false
+		return writeOwn(bw, req, http.StatusServiceUnavailable, nil, svc+" is not imported", false)
 	}
 	// Nothing of a request without a body can reach the server twice by
 	// mistake: the retry rules below only replay such requests.
@@ -380,8 +379,7 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 			}
 			if code, ok := f.Abort(randFloat()); ok {
 				g.m.requests.WithLabelValues(svc, "none", "egress", "fault_abort").Inc()
-				writeResponse(bw, code, nil, "fault filter abort")
-				return keepClient
+				return writeOwn(bw, req, code, nil, "fault filter abort", keepClient)
 			}
 		}
 		rule.RequestHeaders().Apply(req.Header)
@@ -404,8 +402,7 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 	release, err := state.acquire(ctx, true)
 	if err != nil {
 		g.m.requests.WithLabelValues(svc, "none", "egress", "overflow").Inc()
-		writeResponse(bw, http.StatusServiceUnavailable, http.Header{"X-Meshfed-Overflow": {"true"}}, "the connection pool of "+svc+" is full")
-		return keepClient
+		return writeOwn(bw, req, http.StatusServiceUnavailable, http.Header{"X-Meshfed-Overflow": {"true"}}, "the connection pool of "+svc+" is full", keepClient)
 	}
 	defer release()
 	if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
@@ -455,8 +452,7 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 		if err != nil {
 			if st, ok := forbidden(err); ok {
 				g.m.requests.WithLabelValues(svc, tg.label(), "egress", "403").Inc()
-				writeResponse(bw, http.StatusForbidden, nil, st.Message)
-				return keepClient
+				return writeOwn(bw, req, http.StatusForbidden, nil, st.Message, keepClient)
 			}
 			g.failedOver(svc, tg.label(), failReason(err))
 			e.policyResult(r, tg, false)
@@ -511,12 +507,10 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 			}
 			if timedOut {
 				g.m.requests.WithLabelValues(svc, tg.label(), "egress", "504").Inc()
-				writeResponse(bw, http.StatusGatewayTimeout, nil, "upstream request timeout")
-				return keepClient
+				return writeOwn(bw, req, http.StatusGatewayTimeout, nil, "upstream request timeout", keepClient)
 			}
 			g.m.requests.WithLabelValues(svc, tg.label(), "egress", "reset").Inc()
-			writeUnavailable(bw, "the connection to "+tg.label()+" failed: "+err.Error())
-			return false
+			return writeOwn(bw, req, http.StatusServiceUnavailable, nil, "the connection to "+tg.label()+" failed: "+err.Error(), false)
 		}
 		if !tg.local {
 			g.clusterOut.success(tg.cluster, time.Now())
@@ -582,12 +576,10 @@ func (e *egressSet) forward(ctx context.Context, req *http.Request, client net.C
 	}
 	if pastDeadline(deadline) {
 		g.m.requests.WithLabelValues(svc, "none", "egress", "504").Inc()
-		writeResponse(bw, http.StatusGatewayTimeout, nil, "upstream request timeout")
-		return keepClient
+		return writeOwn(bw, req, http.StatusGatewayTimeout, nil, "upstream request timeout", keepClient)
 	}
 	g.m.requests.WithLabelValues(svc, "none", "egress", "unavailable").Inc()
-	writeUnavailable(bw, "no cluster could serve "+svc)
-	return keepClient
+	return writeOwn(bw, req, http.StatusServiceUnavailable, nil, "no cluster could serve "+svc, keepClient)
 }
 
 // hopHeaders are the hop-by-hop headers (RFC 9110 section 7.6.1) a proxy
@@ -652,13 +644,28 @@ func (e *egressSet) putUpstream(key transportKey, u *upConn, pool policy.PoolLim
 	e.pool.put(key, u)
 }
 
-// writeResponse writes a short plain-text response of the gateway's own.
-func writeResponse(bw *bufio.Writer, code int, h http.Header, msg string) {
+// writeOwn writes a short plain-text response of the gateway's own to
+// req, and returns keep: whether the client's connection carries another
+// request, which the response says ("Connection: close") when it does not.
+// A response to HEAD, a 204 and a 304 carry no body, so the next response
+// on the connection starts where the client expects it.
+func writeOwn(bw *bufio.Writer, req *http.Request, code int, h http.Header, msg string, keep bool) bool {
 	body := "meshfed gateway: " + strings.ReplaceAll(msg, "\n", " ") + "\n"
-	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n", code, http.StatusText(code), len(body))
+	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\n", code, http.StatusText(code))
+	noBody := req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
+	if code != http.StatusNoContent && code != http.StatusNotModified {
+		fmt.Fprintf(bw, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n", len(body))
+	}
+	if !keep {
+		_, _ = io.WriteString(bw, "Connection: close\r\n")
+	}
 	_ = h.Write(bw)
-	fmt.Fprintf(bw, "\r\n%s", body)
+	_, _ = io.WriteString(bw, "\r\n")
+	if !noBody {
+		_, _ = io.WriteString(bw, body)
+	}
 	_ = bw.Flush()
+	return keep
 }
 
 func idempotentMethod(m string) bool {
@@ -667,12 +674,6 @@ func idempotentMethod(m string) bool {
 		return true
 	}
 	return false
-}
-
-func writeUnavailable(bw *bufio.Writer, msg string) {
-	body := "meshfed gateway: " + strings.ReplaceAll(msg, "\n", " ") + "\n"
-	fmt.Fprintf(bw, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	_ = bw.Flush()
 }
 
 // upDuplex adapts an upstream connection (its buffered reader first).

@@ -1,7 +1,9 @@
 package eastwest
 
 import (
+	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -676,5 +678,49 @@ func TestServiceAccountOfTakesOnlyThePeersTrustDomain(t *testing.T) {
 		if got := serviceAccountOf(id, td); got != want {
 			t.Errorf("serviceAccountOf(%q) = %q, want %q", id, got, want)
 		}
+	}
+}
+
+// TestGatewayOwnAnswersKeepTheConnectionInStep: a response of the
+// gateway's own (here a fault abort) to HEAD carries no body, so the next
+// response on the keep-alive connection is read where it starts; one that
+// ends the connection (a request with an unread body) says "Connection:
+// close".
+func TestGatewayOwnAnswersKeepTheConnectionInStep(t *testing.T) {
+	r := startPolicyRig(t, exporter{name: "west", region: "us-west", zone: "us-west-1a"})
+	r.apply(trafficPolicy(t, `{"apiVersion":"meshfed.io/v1alpha1","kind":"GlobalTrafficPolicy","metadata":{"name":"web"},
+		"spec":{"host":"web.default","http":[{"fault":{"abort":{"httpStatus":503,"percentage":{"value":100}}}}]}}`, 2))
+	conn, err := dialTCP(r.egress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	_, _ = io.WriteString(conn, "HEAD /a HTTP/1.1\r\nHost: web\r\n\r\nGET /b HTTP/1.1\r\nHost: web\r\n\r\n")
+	for _, method := range []string{http.MethodHead, http.MethodGet} {
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			t.Fatalf("%s: %v", method, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Close {
+			t.Fatalf("%s: %d, close %v; want 503 on a connection kept open", method, resp.StatusCode, resp.Close)
+		}
+		if method == http.MethodGet && string(b) != "meshfed gateway: fault filter abort\n" {
+			t.Fatalf("GET after HEAD: body %q", b)
+		}
+	}
+	_, _ = io.WriteString(conn, "POST /c HTTP/1.1\r\nHost: web\r\nContent-Length: 3\r\n\r\nabc")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if !resp.Close {
+		t.Error(`the answer to a request whose body the gateway did not read does not say "Connection: close"`)
+	}
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("after that answer, read %v, want EOF", err)
 	}
 }
