@@ -80,15 +80,23 @@ func TestCrossClusterTCPAndHTTPThroughTwoGateways(t *testing.T) {
 		t.Fatalf("TCP echo through two gateways: %d bytes back of %d, err %v", len(got), len(msg), err)
 	}
 	// HTTP: requests over one keep-alive connection.
+	p.getN(t, "r", 20)
+}
+
+// getN sends GET /<prefix>/<i>, for i below n, through the pair's HTTP
+// egress port on one keep-alive connection, and fails the test unless
+// each is answered 200 by east's server.
+func (p *pairEnv) getN(t *testing.T, prefix string, n int) {
+	t.Helper()
 	client := &http.Client{Timeout: 5 * time.Second}
-	for i := range 20 {
-		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/r/%d", p.webPort, i))
+	for i := range n {
+		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/%s/%d", p.webPort, prefix, i))
 		if err != nil {
 			t.Fatal(err)
 		}
 		b, _ := io.ReadAll(resp.Body)
 		_ = resp.Body.Close()
-		if want := fmt.Sprintf("east /r/%d", i); string(b) != want || resp.StatusCode != 200 {
+		if want := fmt.Sprintf("east /%s/%d", prefix, i); string(b) != want || resp.StatusCode != 200 {
 			t.Fatalf("HTTP through two gateways: %d %q, want 200 %q", resp.StatusCode, b, want)
 		}
 	}
@@ -371,15 +379,7 @@ func TestImportWithAClusterSetIPIsServedThereOnTheServicesOwnPort(t *testing.T) 
 // and address.
 func TestQUICStatsOfRemoteGatewaysAreExported(t *testing.T) {
 	p := startPair(t)
-	client := &http.Client{Timeout: 5 * time.Second}
-	for i := range 5 {
-		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/q/%d", p.webPort, i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		_ = resp.Body.Close()
-	}
+	p.getN(t, "q", 5)
 	mfs, err := p.westGW.g.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -418,15 +418,7 @@ func TestQUICStatsOfRemoteGatewaysAreExported(t *testing.T) {
 // restarted with the connection would be).
 func TestQUICPacketCountersCarryOnAcrossReconnections(t *testing.T) {
 	p := startPair(t)
-	client := &http.Client{Timeout: 5 * time.Second}
-	for i := range 100 {
-		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/c/%d", p.webPort, i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		_ = resp.Body.Close()
-	}
+	p.getN(t, "c", 100)
 	sent := func() float64 {
 		mfs, err := p.westGW.g.Registry().Gather()
 		if err != nil {

@@ -3,13 +3,9 @@ package udpgro
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
-	"math/big"
 	"net"
 	"testing"
 	"time"
@@ -18,6 +14,8 @@ import (
 	"github.com/quic-go/quic-go"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshfed/meshfed/internal/pki"
 )
 
 // groPair is a receiving groConn and a sending UDP socket on loopback; the
@@ -197,7 +195,7 @@ func TestQUICOverGROConnReceivesCoalescedRuns(t *testing.T) {
 	server := &quic.Transport{Conn: sg}
 	client := &quic.Transport{Conn: cg}
 	t.Cleanup(func() { _ = client.Close(); _ = server.Close(); _ = sc.Close(); _ = cc.Close() })
-	cert := selfSigned(t)
+	cert, pool := serverCert(t)
 	ln, err := server.Listen(&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"t"}}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -223,8 +221,6 @@ func TestQUICOverGROConnReceivesCoalescedRuns(t *testing.T) {
 		b, _ := io.ReadAll(s)
 		got <- b
 	}()
-	pool := x509.NewCertPool()
-	pool.AddCert(cert.Leaf)
 	qc, err := client.Dial(ctx, sc.LocalAddr(), &tls.Config{RootCAs: pool, ServerName: "udpgro.test", NextProtos: []string{"t"}}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -246,21 +242,25 @@ func TestQUICOverGROConnReceivesCoalescedRuns(t *testing.T) {
 	_ = qc.CloseWithError(0, "")
 }
 
-func selfSigned(t *testing.T) tls.Certificate {
+// serverCert is a server certificate for "udpgro.test" from a fresh CA
+// (the project's own pki), and a pool holding that CA.
+func serverCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	now := time.Now()
+	ca, err := pki.NewCA("udpgro.test", time.Hour, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{"udpgro.test"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	key, err := pki.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf, err := x509.ParseCertificate(der)
+	leaf, err := ca.Sign(key.Public(), pki.LeafOptions{SPIFFEID: "spiffe://udpgro.test/server", DNSNames: []string{"udpgro.test"},
+		TTL: time.Hour, Now: now, Server: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	return tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}, pool
 }
